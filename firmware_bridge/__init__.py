@@ -1,0 +1,1 @@
+"""Microcontrollers join the federation through a Linux gateway device (not built yet)."""
