@@ -1,0 +1,55 @@
+"""The aggregator's settings: one dataclass, defaults that work; see docs/configuration.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_client.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
+from edge_client.protocol.topics import check_name
+
+
+@dataclass
+class SyncConfig:
+    """Synchronous rounds with a deadline and over-selection."""
+
+    target_updates: int = 5  # close the round once this many updates are in
+    over_selection: float = 0.0  # invite this fraction more devices than the target
+    round_timeout_s: float = 60.0  # deadline after the task is published
+    min_fraction: float = 0.6  # at the deadline, aggregate if this share of the target came
+    wait_for_devices_s: float = 30.0  # then open a round with fewer devices than the target
+
+
+@dataclass
+class AsyncConfig:
+    """Buffered asynchronous aggregation (FedBuff, Nguyen et al. 2022)."""
+
+    buffer_size: int = 3  # aggregate every K updates
+    max_staleness: int = 10  # refuse updates whose base is older than this many versions
+    staleness_exponent: float = 0.5  # weight = samples / (1 + staleness) ** exponent
+    server_lr: float = 1.0
+
+
+@dataclass
+class AggregatorConfig:
+    federation: str = "default"
+    host: str = "127.0.0.1"
+    port: int = 1883
+    db_path: Path = Path("fedge-aggregator.sqlite3")
+    mode: str = "sync"  # "sync" or "async"
+    rounds: int = 10  # model versions to produce; 0 runs until stopped
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_update_bytes: int = 64 * 2**20
+    keepalive_s: int = 30
+    seed: int = 0  # device selection
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    async_: AsyncConfig = field(default_factory=AsyncConfig)
+
+    def __post_init__(self) -> None:
+        check_name("federation", self.federation)
+        if self.mode not in ("sync", "async"):
+            raise ValueError(f"mode must be 'sync' or 'async', not {self.mode!r}")
+        if self.rounds < 0:
+            raise ValueError("rounds must be >= 0")
+        self.db_path = Path(self.db_path)

@@ -1,0 +1,210 @@
+"""The aggregator's durable state in SQLite: models, tasks, updates, devices.
+
+WAL mode with synchronous=FULL: once a commit returns, the update survives a crash or
+power cut, and only then is the device's ack sent.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_client.protocol import Status, Task, Update, decode
+from edge_client.protocol.messages import unpack_map
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    version INTEGER PRIMARY KEY,
+    created_at REAL NOT NULL,
+    sha256 TEXT NOT NULL,
+    blob BLOB NOT NULL,
+    info TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    round INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    model_version INTEGER NOT NULL,
+    opened_at REAL NOT NULL,
+    state TEXT NOT NULL,          -- open | closed | aborted
+    message BLOB NOT NULL         -- the Task as published
+);
+CREATE TABLE IF NOT EXISTS updates (
+    device_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    base_version INTEGER NOT NULL,
+    num_samples INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    state TEXT NOT NULL,          -- pending | aggregated | late | discarded
+    used_in INTEGER,              -- the model version it went into
+    metrics TEXT NOT NULL,
+    payload BLOB NOT NULL,        -- the Update message as received
+    PRIMARY KEY (device_id, task_id, nonce)
+);
+CREATE INDEX IF NOT EXISTS updates_state ON updates(state);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    online INTEGER NOT NULL,
+    eligible INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    model_version INTEGER,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    at REAL NOT NULL,
+    device_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    version: int
+    blob: bytes
+    info: dict[str, Any]
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------ models
+    def add_model(self, version: int, blob: bytes, sha256: str, info: dict[str, Any],
+                  used: list[Update] | None = None, close_task: str | None = None) -> None:
+        """Store a new version, mark its updates used and close its task, atomically."""
+        with self._transaction():
+            self.db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?)",
+                            (version, time.time(), sha256, blob, json.dumps(info)))
+            for u in used or []:
+                self.db.execute(
+                    "UPDATE updates SET state='aggregated', used_in=? "
+                    "WHERE device_id=? AND task_id=? AND nonce=?",
+                    (version, u.device_id, u.task_id, u.nonce))
+            if close_task is not None:
+                self.db.execute("UPDATE tasks SET state='closed' WHERE task_id=?",
+                                (close_task,))
+
+    def latest_model(self) -> StoredModel | None:
+        row = self.db.execute(
+            "SELECT version, blob, info FROM models ORDER BY version DESC LIMIT 1").fetchone()
+        return None if row is None else StoredModel(row[0], row[1], json.loads(row[2]))
+
+    def model_history(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT version, created_at, info FROM models ORDER BY version")
+        return [{"version": v, "created_at": t, **json.loads(i)} for v, t, i in rows]
+
+    # ------------------------------------------------------------ tasks
+    def add_task(self, task: Task, message: bytes) -> None:
+        with self._transaction():
+            self.db.execute("UPDATE tasks SET state='aborted' WHERE state='open'")
+            self.db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, 'open', ?)",
+                            (task.task_id, task.round, task.mode, task.model_version,
+                             time.time(), message))
+
+    def task_state(self, task_id: str) -> tuple[str, int, str] | None:
+        """(mode, model_version, state) of a task, or None if it was never issued."""
+        row = self.db.execute("SELECT mode, model_version, state FROM tasks WHERE task_id=?",
+                              (task_id,)).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def open_task(self) -> tuple[Task, float] | None:
+        row = self.db.execute("SELECT message, opened_at FROM tasks WHERE state='open' "
+                              "ORDER BY opened_at DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        task = decode(row[0], expect=Task)
+        assert isinstance(task, Task)
+        return task, row[1]
+
+    def abort_task(self, task_id: str) -> None:
+        with self._transaction():
+            self.db.execute("UPDATE tasks SET state='aborted' WHERE task_id=?", (task_id,))
+            self.db.execute("UPDATE updates SET state='discarded' "
+                            "WHERE task_id=? AND state='pending'", (task_id,))
+
+    # ------------------------------------------------------------ updates
+    def add_update(self, update: Update, payload: bytes, state: str) -> bool:
+        """Store an update durably; False when this device already sent one for the task."""
+        with self._transaction():
+            seen = self.db.execute("SELECT 1 FROM updates WHERE device_id=? AND task_id=?",
+                                   (update.device_id, update.task_id)).fetchone()
+            if seen:
+                return False
+            self.db.execute(
+                "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                (update.device_id, update.task_id, update.nonce, update.base_version,
+                 update.num_samples, time.time(), state, json.dumps(update.metrics), payload))
+        return True
+
+    def pending_payloads(self) -> list[bytes]:
+        rows = self.db.execute("SELECT payload FROM updates WHERE state='pending' "
+                               "ORDER BY received_at")
+        return [r[0] for r in rows]
+
+    def count_updates(self, state: str | None = None) -> int:
+        if state is None:
+            return self.db.execute("SELECT COUNT(*) FROM updates").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM updates WHERE state=?",
+                               (state,)).fetchone()[0]
+
+    def update_keys(self) -> list[tuple[str, str, str, str]]:
+        """(device, task, nonce, state) of every stored update, for audits and tests."""
+        return list(self.db.execute(
+            "SELECT device_id, task_id, nonce, state FROM updates ORDER BY received_at"))
+
+    # ------------------------------------------------------------ devices
+    def set_device(self, status: Status) -> None:
+        self.db.execute(
+            "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE "
+            "SET online=excluded.online, eligible=excluded.eligible, reason=excluded.reason, "
+            "model_version=excluded.model_version, last_seen=excluded.last_seen",
+            (status.device_id, int(status.online), int(status.eligible), status.reason,
+             status.model_version, time.time()))
+
+    def devices(self) -> list[dict[str, Any]]:
+        cols = ("device_id", "online", "eligible", "reason", "model_version", "last_seen")
+        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM devices ORDER BY device_id")
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def add_rejection(self, device_id: str, nonce: str, reason: str) -> None:
+        self.db.execute("INSERT INTO rejections VALUES (?, ?, ?, ?)",
+                        (time.time(), device_id, nonce, reason))
+
+    def rejections(self) -> list[tuple[str, str, str]]:
+        return list(self.db.execute("SELECT device_id, nonce, reason FROM rejections"))
+
+    # ------------------------------------------------------------ plumbing
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def payload_header(payload: bytes) -> dict[str, Any]:
+    return unpack_map(payload)

@@ -1,0 +1,355 @@
+"""The device loop: follow the task and the global model, train, send, wait for the ack.
+
+Everything runs on the caller's thread. The MQTT link only queues events; this loop
+takes them one at a time, so the state below needs no locks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_client.outbox import Outbox, OutboxFull, atomic_write
+from edge_client.protocol import (
+    DEFAULT_CHUNK_SIZE,
+    Ack,
+    Assembler,
+    ModelManifest,
+    RemoteProtocolError,
+    Status,
+    Task,
+    Topics,
+    Update,
+    decode,
+    encode,
+    split,
+)
+from edge_client.protocol.messages import unpack_map
+from edge_client.protocol.model_transfer import model_transfer_id, open_model
+from edge_client.protocol.tensors import Weights
+from edge_client.protocol.topics import check_name
+from edge_client.training.trainer import FitConfig, Trainer
+from edge_client.transport import Connected, Disconnected, Inbound, MqttLink, Will
+
+log = logging.getLogger(__name__)
+AGGREGATOR = "aggregator"  # the one source of model chunks
+
+
+@dataclass
+class ClientConfig:
+    """Everything a device owner tunes; see docs/configuration.md."""
+
+    device_id: str
+    federation: str = "default"
+    host: str = "127.0.0.1"
+    port: int = 1883
+    state_dir: Path = Path("fedge-state")
+    keepalive_s: int = 30
+    ack_timeout_s: float = 30.0  # resend an unacknowledged update after this long
+    max_model_bytes: int = 64 * 2**20
+    max_model_elements: int = 16_000_000
+    outbox_max: int = 64
+    exit_when_done: bool = True  # return from run() when the aggregator says it is done
+
+    def __post_init__(self) -> None:
+        check_name("device", self.device_id)
+        check_name("federation", self.federation)
+        self.state_dir = Path(self.state_dir)
+
+
+@dataclass
+class ClientStats:
+    updates_sent: int = 0
+    acks: Counter = field(default_factory=Counter)
+    train_s: list[float] = field(default_factory=list)
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+@dataclass
+class _Sent:
+    payload: bytes
+    last_sent: float = 0.0
+
+
+class EdgeClient:
+    """Embeds in a device app: give it a Trainer and the device's own data, then run()."""
+
+    def __init__(self, config: ClientConfig, trainer: Trainer, x: np.ndarray,
+                 y: np.ndarray) -> None:
+        self.config = config
+        self.trainer = trainer
+        self.x, self.y = x, y
+        self.topics = Topics(config.federation)
+        self.stats = ClientStats()
+        self.events: queue.Queue = queue.Queue()
+        self.outbox = Outbox(config.state_dir / "outbox", config.outbox_max)
+        self._assembler = Assembler(config.max_model_bytes, max_transfers_per_source=1)
+        self._manifest: ModelManifest | None = None
+        self._fetching: int | None = None
+        self._task: Task | None = None
+        self._global: Weights | None = None
+        self.model_version: int | None = None
+        self._done_tasks: list[str] = []
+        self._sent: dict[str, _Sent] = {}
+        self._stop = threading.Event()
+        self.link = MqttLink(
+            client_id=f"fedge-{config.federation}-{config.device_id}",
+            host=config.host, port=config.port, events=self.events,
+            keepalive_s=config.keepalive_s,
+            will=Will(self.topics.status(config.device_id), self._status_payload(False)),
+        )
+        self._load_state()
+
+    # ------------------------------------------------------------ state on disk
+    @property
+    def _state_path(self) -> Path:
+        return self.config.state_dir / "state.json"
+
+    @property
+    def _model_path(self) -> Path:
+        return self.config.state_dir / "model.bin"
+
+    def _load_state(self) -> None:
+        """Resume after a reboot: the last model, tasks already done, unacked updates."""
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            state = json.loads(self._state_path.read_text())
+            self._done_tasks = [str(t) for t in state.get("done_tasks", [])][-100:]
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            log.error("%s: state file unreadable (%s); setting it aside",
+                      self.config.device_id, exc)
+            os.replace(self._state_path, self._state_path.with_suffix(".corrupt"))
+        self._load_model()
+        for entry in self.outbox.entries():
+            try:
+                header = unpack_map(entry.payload)
+                task_id = str(header["task_id"])
+            except (RemoteProtocolError, KeyError) as exc:
+                self.outbox.set_aside(entry.nonce, exc)
+                continue
+            self._sent[entry.nonce] = _Sent(entry.payload)
+            if task_id not in self._done_tasks:
+                self._done_tasks.append(task_id)
+
+    def _load_model(self) -> None:
+        try:
+            blob = self._model_path.read_bytes()
+            manifest = ModelManifest(**json.loads(
+                self._model_path.with_suffix(".json").read_text()))
+            model = open_model(manifest, blob, self.config.max_model_elements)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, RemoteProtocolError) as exc:
+            log.error("%s: stored model unusable (%s); will fetch it again",
+                      self.config.device_id, exc)
+            return
+        self._set_global(model.version, model.tensors)
+
+    def _save_state(self) -> None:
+        state = {"done_tasks": self._done_tasks[-100:], "model_version": self.model_version}
+        atomic_write(self._state_path, json.dumps(state).encode())
+
+    # ------------------------------------------------------------ the loop
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Block until the federation is done (or `stop` is set); reconnects on its own."""
+        if stop is not None:
+            self._stop = stop
+        self.link.start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    event = self.events.get(timeout=self._next_wakeup())
+                except queue.Empty:
+                    event = None
+                if event is not None:
+                    self._handle(event)
+                self._resend_due(time.monotonic())
+                if self._finished():
+                    break
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _finished(self) -> bool:
+        task = self._task
+        return bool(self.config.exit_when_done and task is not None and task.done
+                    and not self._sent)
+
+    def _next_wakeup(self) -> float:
+        if not self._sent:
+            return 0.5
+        oldest = min(s.last_sent for s in self._sent.values())
+        due = oldest + self.config.ack_timeout_s - time.monotonic()
+        return min(0.5, max(0.01, due))
+
+    def _shutdown(self) -> None:
+        if self.link.connected:
+            self.link.publish(self.topics.status(self.config.device_id),
+                              self._status_payload(False), retain=True)
+        self.link.stop()
+        self.stats.bytes_up = self.link.bytes_out
+        self.stats.bytes_down = self.link.bytes_in
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, Connected):
+            self._on_connected()
+        elif isinstance(event, Disconnected):
+            log.info("%s: disconnected (%s)", self.config.device_id, event.reason)
+        elif isinstance(event, Inbound):
+            try:
+                self._on_message(event)
+            except RemoteProtocolError as exc:
+                log.warning("%s: ignored a bad message on %s: %s", self.config.device_id,
+                            event.topic, exc.reason)
+
+    def _on_connected(self) -> None:
+        me = self.config.device_id
+        for topic in (self.topics.model, self.topics.task, self.topics.ack(me)):
+            self.link.subscribe(topic)
+        self.link.publish(self.topics.status(me), self._status_payload(True), retain=True)
+        for nonce in list(self._sent):
+            self._publish_update(nonce)
+
+    def _on_message(self, event: Inbound) -> None:
+        topic, payload = event.topic, event.payload
+        if not payload:
+            return  # a cleared retained message
+        if topic == self.topics.model:
+            manifest = decode(payload, expect=ModelManifest)
+            assert isinstance(manifest, ModelManifest)
+            self._on_manifest(manifest)
+        elif topic == self.topics.task:
+            task = decode(payload, expect=Task)
+            assert isinstance(task, Task)
+            self._task = task
+            self._maybe_train()
+        elif topic == self.topics.ack(self.config.device_id):
+            ack = decode(payload, expect=Ack)
+            assert isinstance(ack, Ack)
+            self._on_ack(ack)
+        elif self._fetching is not None and topic.startswith(
+                self.topics.model_chunks(self._fetching)[:-1]):
+            self._on_model_chunk(payload)
+
+    # ------------------------------------------------------------ downlink
+    def _on_manifest(self, manifest: ModelManifest) -> None:
+        if self.model_version is not None and manifest.version <= self.model_version:
+            return
+        if manifest.size > self.config.max_model_bytes:
+            raise RemoteProtocolError(f"model {manifest.version} is {manifest.size} bytes, "
+                                      f"over this device's limit")
+        if self._fetching is not None:
+            self.link.unsubscribe(self.topics.model_chunks(self._fetching))
+        self._manifest = manifest
+        self._fetching = manifest.version
+        self.link.subscribe(self.topics.model_chunks(manifest.version))
+
+    def _on_model_chunk(self, payload: bytes) -> None:
+        done = self._assembler.add(AGGREGATOR, payload, time.monotonic())
+        if done is None or self._manifest is None:
+            return
+        transfer, blob = done
+        if transfer != model_transfer_id(self._manifest.version):
+            return
+        model = open_model(self._manifest, blob, self.config.max_model_elements)
+        self.link.unsubscribe(self.topics.model_chunks(model.version))
+        self._fetching = None
+        atomic_write(self._model_path, blob)
+        atomic_write(self._model_path.with_suffix(".json"),
+                     json.dumps(self._manifest.__dict__).encode())
+        self._set_global(model.version, model.tensors)
+        self._save_state()
+        self.link.publish(self.topics.status(self.config.device_id),
+                          self._status_payload(True), retain=True)
+        self._maybe_train()
+
+    def _set_global(self, version: int, tensors: Weights) -> None:
+        self.trainer.set_weights(tensors)  # validates names and shapes against the model
+        self._global = {k: v.copy() for k, v in tensors.items()}
+        self.model_version = version
+
+    # ------------------------------------------------------------ training and uplink
+    def _maybe_train(self) -> None:
+        task, me = self._task, self.config.device_id
+        if task is None or task.done or self._global is None:
+            return
+        if task.model_version != self.model_version or not task.invites(me):
+            return
+        if task.task_id in self._done_tasks:
+            return
+        if task.deadline is not None and time.time() > task.deadline:
+            return  # too late to help this round
+        update = self._train(task)
+        payload = encode(update)
+        try:
+            self.outbox.put(update.nonce, payload)
+        except OutboxFull as exc:
+            log.error("%s: %s; not training until acks arrive", me, exc)
+            return
+        self._done_tasks.append(task.task_id)
+        self._save_state()
+        self._sent[update.nonce] = _Sent(payload)
+        self._publish_update(update.nonce)
+        self.stats.updates_sent += 1
+
+    def _train(self, task: Task) -> Update:
+        assert self._global is not None
+        self.trainer.set_weights(self._global)
+        t = task.train
+        fit = FitConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                        momentum=t.momentum, prox_mu=t.prox_mu,
+                        seed=int.from_bytes(os.urandom(4), "little"))
+        result = self.trainer.fit(self.x, self.y, fit, should_stop=self._stop.is_set)
+        self.stats.train_s.append(result.train_s)
+        local = self.trainer.get_weights()
+        delta = {name: (local[name] - self._global[name]).astype(np.float32)
+                 for name in self._global}
+        return Update(device_id=self.config.device_id, task_id=task.task_id,
+                      nonce=os.urandom(16).hex(), base_version=task.model_version,
+                      num_samples=len(self.x), tensors=delta,
+                      metrics={"train_loss": result.loss, "train_s": result.train_s},
+                      created_at=time.time())
+
+    def _publish_update(self, nonce: str) -> None:
+        sent = self._sent[nonce]
+        sent.last_sent = time.monotonic()
+        topic = self.topics.update(self.config.device_id)
+        chunk_size = self._task.chunk_size if self._task else DEFAULT_CHUNK_SIZE
+        for chunk in split(sent.payload, nonce, chunk_size):
+            if not self.link.publish(topic, chunk):
+                return  # resent in full after the next Connected
+
+    def _resend_due(self, now: float) -> None:
+        for nonce, sent in list(self._sent.items()):
+            if now - sent.last_sent > self.config.ack_timeout_s and self.link.connected:
+                log.info("%s: no ack for %s after %.0f s; resending", self.config.device_id,
+                         nonce[:8], self.config.ack_timeout_s)
+                self._publish_update(nonce)
+
+    def _on_ack(self, ack: Ack) -> None:
+        if ack.nonce not in self._sent:
+            return  # an ack for an update already cleared (a resend's second ack)
+        self.stats.acks[ack.status] += 1
+        if ack.status == "rejected":
+            log.error("%s: update %s rejected: %s", self.config.device_id, ack.nonce[:8],
+                      ack.reason)
+        self.outbox.remove(ack.nonce)
+        del self._sent[ack.nonce]
+
+    def _status_payload(self, online: bool) -> bytes:
+        return encode(Status(device_id=self.config.device_id, online=online,
+                             model_version=self.model_version, time=time.time()))

@@ -1,0 +1,171 @@
+"""Chunking of any payload into MQTT messages of bounded size, and reassembly.
+
+Sans-IO: `split` returns the messages to publish, and `Assembler.add` takes one
+received message and returns the whole payload once every chunk is in. Neither touches
+a socket, so tests can feed them dropped, duplicated and reordered chunks directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import msgpack
+
+from edge_client.protocol.errors import LocalProtocolError, RemoteProtocolError
+from edge_client.protocol.messages import PROTOCOL_VERSION, unpack_map
+
+DEFAULT_CHUNK_SIZE = 64 * 1024
+CHUNK_HEADER_RESERVE = 256  # room for the chunk's own fields inside the size limit
+MAX_TRANSFER_ID = 64
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a payload: `index` of `count`, with the whole payload's size and digest."""
+
+    transfer: str
+    index: int
+    count: int
+    size: int
+    sha256: str
+    data: bytes
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def split(payload: bytes, transfer: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[bytes]:
+    """Encode `payload` as chunk messages, each at most `chunk_size` bytes long."""
+    if chunk_size <= CHUNK_HEADER_RESERVE:
+        raise LocalProtocolError(f"chunk_size must exceed {CHUNK_HEADER_RESERVE} bytes")
+    if not payload:
+        raise LocalProtocolError("cannot send an empty payload")
+    if len(transfer) > MAX_TRANSFER_ID:
+        raise LocalProtocolError("transfer id too long")
+    step = chunk_size - CHUNK_HEADER_RESERVE
+    count = math.ceil(len(payload) / step)
+    digest = sha256_hex(payload)
+    return [
+        encode_chunk(Chunk(transfer, i, count, len(payload), digest,
+                           payload[i * step:(i + 1) * step]))
+        for i in range(count)
+    ]
+
+
+def encode_chunk(chunk: Chunk) -> bytes:
+    return msgpack.packb(
+        {"v": PROTOCOL_VERSION, "kind": "chunk", "transfer": chunk.transfer, "i": chunk.index,
+         "n": chunk.count, "size": chunk.size, "sha256": chunk.sha256, "data": chunk.data},
+        use_bin_type=True,
+    )
+
+
+def decode_chunk(message: bytes) -> Chunk:
+    """Parse one chunk message; every field is checked before it is trusted."""
+    obj = unpack_map(message)
+    if obj.get("kind") != "chunk":
+        raise RemoteProtocolError(f"expected a chunk, got {obj.get('kind')!r}")
+    transfer = obj.get("transfer")
+    if not isinstance(transfer, str) or not 0 < len(transfer) <= MAX_TRANSFER_ID:
+        raise RemoteProtocolError("chunk: bad transfer id")
+    index, count, size = obj.get("i"), obj.get("n"), obj.get("size")
+    digest, data = obj.get("sha256"), obj.get("data")
+    ints = (index, count, size)
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in ints):
+        raise RemoteProtocolError("chunk: index, count and size must be integers", transfer)
+    if not (count >= 1 and 0 <= index < count and size >= 1):
+        raise RemoteProtocolError(f"chunk: index {index} of {count} for size {size} is "
+                                  "out of range", transfer)
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise RemoteProtocolError("chunk: bad sha256", transfer)
+    if not isinstance(data, bytes) or not data:
+        raise RemoteProtocolError("chunk: no data", transfer)
+    return Chunk(transfer, index, count, size, digest, data)
+
+
+@dataclass
+class _Partial:
+    first: Chunk
+    started_at: float
+    parts: dict[int, bytes] = field(default_factory=dict)
+    received: int = 0
+
+
+class Assembler:
+    """Reassembles chunked payloads per source with bounded memory.
+
+    A source (a device, or the aggregator for models) may have at most
+    `max_transfers_per_source` transfers in progress; a new one evicts the oldest.
+    """
+
+    def __init__(self, max_payload: int, max_transfers_per_source: int = 2,
+                 timeout_s: float = 300.0) -> None:
+        self.max_payload = max_payload
+        self.max_transfers_per_source = max_transfers_per_source
+        self.timeout_s = timeout_s
+        self._partial: dict[tuple[str, str], _Partial] = {}
+
+    def add(self, source: str, message: bytes, now: float) -> tuple[str, bytes] | None:
+        """Take one chunk message; return (transfer, payload) when it completes a payload."""
+        chunk = decode_chunk(message)
+        key = (source, chunk.transfer)
+        partial = self._partial.get(key)
+        if partial is None:
+            partial = self._start(key, chunk, now)
+        elif (chunk.count, chunk.size, chunk.sha256) != (
+            partial.first.count, partial.first.size, partial.first.sha256
+        ):
+            del self._partial[key]
+            raise RemoteProtocolError("chunk disagrees with earlier chunks of its transfer",
+                                      chunk.transfer)
+        if chunk.index in partial.parts:
+            return None  # a QoS 1 redelivery: already have it
+        partial.received += len(chunk.data)
+        if partial.received > chunk.size:
+            del self._partial[key]
+            raise RemoteProtocolError("chunks carry more bytes than the declared size",
+                                      chunk.transfer)
+        partial.parts[chunk.index] = chunk.data
+        if len(partial.parts) < chunk.count:
+            return None
+        del self._partial[key]
+        return chunk.transfer, self._finish(chunk, partial)
+
+    def _start(self, key: tuple[str, str], chunk: Chunk, now: float) -> _Partial:
+        if chunk.size > self.max_payload:
+            raise RemoteProtocolError(f"declared size {chunk.size} exceeds the limit of "
+                                      f"{self.max_payload} bytes", chunk.transfer)
+        if chunk.count > chunk.size:
+            raise RemoteProtocolError("chunk count exceeds the payload size", chunk.transfer)
+        same_source = [k for k in self._partial if k[0] == key[0]]
+        while len(same_source) >= self.max_transfers_per_source:
+            oldest = min(same_source, key=lambda k: self._partial[k].started_at)
+            del self._partial[oldest]
+            same_source.remove(oldest)
+        partial = _Partial(first=chunk, started_at=now)
+        self._partial[key] = partial
+        return partial
+
+    @staticmethod
+    def _finish(chunk: Chunk, partial: _Partial) -> bytes:
+        payload = b"".join(partial.parts[i] for i in range(chunk.count))
+        if len(payload) != chunk.size:
+            raise RemoteProtocolError(f"reassembled {len(payload)} bytes, declared "
+                                      f"{chunk.size}", chunk.transfer)
+        if sha256_hex(payload) != chunk.sha256:
+            raise RemoteProtocolError("sha256 of the reassembled payload does not match",
+                                      chunk.transfer)
+        return payload
+
+    def expire(self, now: float) -> list[tuple[str, str]]:
+        """Drop transfers that stalled for longer than the timeout; return their keys."""
+        stale = [k for k, p in self._partial.items() if now - p.started_at > self.timeout_s]
+        for key in stale:
+            del self._partial[key]
+        return stale
+
+    def pending_bytes(self) -> int:
+        return sum(p.received for p in self._partial.values())

@@ -1,0 +1,333 @@
+"""The messages of the fedge protocol, as frozen dataclasses, and their wire encoding.
+
+Every message is one MessagePack map with a protocol version `v` and a `kind`. Unknown
+versions and kinds are refused with a reason, never guessed at. Decoding never
+unpickles and bounds every size before it allocates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from edge_client.protocol.errors import LocalProtocolError, RemoteProtocolError
+from edge_client.protocol.tensors import Weights, decode_tensors, encode_tensors
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_ELEMENTS = 50_000_000  # 200 MB of float32: a bound, not a target
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training settings the aggregator asks devices to use."""
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 0.1
+    momentum: float = 0.0
+    prox_mu: float = 0.0
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the aggregator wants now; retained on the task topic."""
+
+    task_id: str
+    mode: str  # "sync" or "async"
+    round: int
+    model_version: int
+    train: TrainConfig
+    deadline: float | None = None  # unix time; updates after it are late (sync mode)
+    invited: tuple[str, ...] | None = None  # None: every device may take part
+    chunk_size: int = 65536
+    done: bool = False  # the federation has finished; devices may stop
+
+    def invites(self, device_id: str) -> bool:
+        return self.invited is None or device_id in self.invited
+
+
+@dataclass(frozen=True)
+class Update:
+    """One device's contribution: the delta from the global model it trained from."""
+
+    device_id: str
+    task_id: str
+    nonce: str
+    base_version: int
+    num_samples: int
+    tensors: Weights = field(repr=False)
+    metrics: dict[str, float] = field(default_factory=dict)
+    created_at: float = 0.0
+    codec: str = "dense"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A global model version: the blob whose chunks follow a manifest."""
+
+    version: int
+    tensors: Weights = field(repr=False)
+    arch: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """Retained on the model topic: which model is current and how to fetch it."""
+
+    version: int
+    sha256: str
+    size: int
+    chunk_count: int
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The aggregator's answer to one update: stored (accepted, duplicate, late) or not."""
+
+    status: str  # "accepted" | "duplicate" | "late" | "rejected"
+    task_id: str = ""
+    nonce: str = ""
+    reason: str = ""
+    next_checkin_s: float | None = None
+
+    @property
+    def final(self) -> bool:
+        """Every status is final: the device may drop the update from its outbox."""
+        return self.status in ACK_STATUSES
+
+
+ACK_STATUSES = ("accepted", "duplicate", "late", "rejected")
+
+
+@dataclass(frozen=True)
+class Status:
+    """A device's presence and eligibility; retained, and its last will says offline."""
+
+    device_id: str
+    online: bool
+    eligible: bool = True
+    reason: str = ""
+    model_version: int | None = None
+    time: float = 0.0
+
+
+Message = Task | Update | Model | ModelManifest | Ack | Status
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode(message: Message) -> bytes:
+    """Serialize a message to bytes for one MQTT payload or one chunked blob."""
+    body = _ENCODERS.get(type(message))
+    if body is None:
+        raise LocalProtocolError(f"cannot encode {type(message).__name__}")
+    kind, to_map = body
+    return msgpack.packb({"v": PROTOCOL_VERSION, "kind": kind, **to_map(message)},
+                         use_bin_type=True)
+
+
+def _task_map(t: Task) -> dict[str, Any]:
+    return {
+        "task_id": t.task_id, "mode": t.mode, "round": t.round,
+        "model_version": t.model_version, "deadline": t.deadline,
+        "invited": list(t.invited) if t.invited is not None else None,
+        "chunk_size": t.chunk_size, "done": t.done,
+        "train": {"epochs": t.train.epochs, "batch_size": t.train.batch_size,
+                  "lr": t.train.lr, "momentum": t.train.momentum,
+                  "prox_mu": t.train.prox_mu},
+    }
+
+
+def _update_map(u: Update) -> dict[str, Any]:
+    return {
+        "device_id": u.device_id, "task_id": u.task_id, "nonce": u.nonce,
+        "base_version": u.base_version, "num_samples": u.num_samples,
+        "metrics": {k: float(v) for k, v in u.metrics.items()},
+        "created_at": u.created_at, "codec": u.codec,
+        "tensors": encode_tensors(u.tensors),
+    }
+
+
+def _model_map(m: Model) -> dict[str, Any]:
+    return {"version": m.version, "arch": m.arch, "tensors": encode_tensors(m.tensors)}
+
+
+def _manifest_map(m: ModelManifest) -> dict[str, Any]:
+    return {"version": m.version, "sha256": m.sha256, "size": m.size,
+            "chunk_count": m.chunk_count, "created_at": m.created_at}
+
+
+def _ack_map(a: Ack) -> dict[str, Any]:
+    return {"status": a.status, "task_id": a.task_id, "nonce": a.nonce, "reason": a.reason,
+            "next_checkin_s": a.next_checkin_s}
+
+
+def _status_map(s: Status) -> dict[str, Any]:
+    return {"device_id": s.device_id, "online": s.online, "eligible": s.eligible,
+            "reason": s.reason, "model_version": s.model_version, "time": s.time}
+
+
+_ENCODERS: dict[type, tuple[str, Any]] = {
+    Task: ("task", _task_map),
+    Update: ("update", _update_map),
+    Model: ("model", _model_map),
+    ModelManifest: ("manifest", _manifest_map),
+    Ack: ("ack", _ack_map),
+    Status: ("status", _status_map),
+}
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def unpack_map(data: bytes) -> dict[str, Any]:
+    """Parse untrusted bytes into a map; msgpack bounds every length by len(data)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise RemoteProtocolError("payload is not bytes")
+    try:
+        obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises many types for garbage; all mean the same
+        raise RemoteProtocolError(f"payload is not valid MessagePack: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("payload is not a map")
+    version = obj.get("v")
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(f"unsupported protocol version {version!r} "
+                                  f"(this side speaks {PROTOCOL_VERSION})")
+    return obj
+
+
+def decode(data: bytes, expect: type | None = None,
+           max_elements: int = DEFAULT_MAX_ELEMENTS) -> Message:
+    """Decode and validate one message; `expect` refuses any other kind."""
+    obj = unpack_map(data)
+    kind = obj.get("kind")
+    decoder = _DECODERS.get(kind)  # type: ignore[arg-type]
+    if decoder is None:
+        raise RemoteProtocolError(f"unknown message kind {kind!r}")
+    cls, from_map = decoder
+    if expect is not None and cls is not expect:
+        raise RemoteProtocolError(f"expected a {expect.__name__} message, got {kind!r}")
+    return from_map(_Fields(obj, kind), max_elements)
+
+
+class _Fields:
+    """Typed field access that turns a missing or mistyped field into a clear reason."""
+
+    def __init__(self, obj: dict[str, Any], kind: str) -> None:
+        self.obj = obj
+        self.kind = kind
+
+    def _get(self, name: str, types: tuple[type, ...], optional: bool) -> Any:
+        if name not in self.obj or self.obj[name] is None:
+            if optional:
+                return None
+            raise RemoteProtocolError(f"{self.kind}: missing field {name!r}")
+        value = self.obj[name]
+        if isinstance(value, bool) and bool not in types:
+            raise RemoteProtocolError(f"{self.kind}: field {name!r} has the wrong type")
+        if not isinstance(value, types):
+            raise RemoteProtocolError(f"{self.kind}: field {name!r} has the wrong type")
+        return value
+
+    def str(self, name: str, optional: bool = False, max_len: int = 256) -> Any:
+        value = self._get(name, (str,), optional)
+        if value is not None and len(value) > max_len:
+            raise RemoteProtocolError(f"{self.kind}: field {name!r} is too long")
+        return value
+
+    def int(self, name: str, optional: bool = False, minimum: int = 0) -> Any:
+        value = self._get(name, (int,), optional)
+        if value is not None and value < minimum:
+            raise RemoteProtocolError(f"{self.kind}: field {name!r} must be >= {minimum}")
+        return value
+
+    def float(self, name: str, optional: bool = False) -> Any:
+        value = self._get(name, (int, float), optional)
+        if value is not None and not math.isfinite(value):
+            raise RemoteProtocolError(f"{self.kind}: field {name!r} must be finite")
+        return None if value is None else float(value)
+
+    def bool(self, name: str) -> bool:
+        return bool(self._get(name, (bool,), optional=False))
+
+    def map(self, name: str, optional: bool = False) -> Any:
+        return self._get(name, (dict,), optional)
+
+    def list(self, name: str, optional: bool = False) -> Any:
+        return self._get(name, (list,), optional)
+
+    def sub(self, name: str) -> _Fields:
+        return _Fields(self.map(name), f"{self.kind}.{name}")
+
+
+def _task_from(f: _Fields, _max: int) -> Task:
+    mode = f.str("mode")
+    if mode not in ("sync", "async"):
+        raise RemoteProtocolError(f"task: unknown mode {mode!r}")
+    invited = f.list("invited", optional=True)
+    if invited is not None and not all(isinstance(d, str) for d in invited):
+        raise RemoteProtocolError("task: invited must be a list of device ids")
+    t = f.sub("train")
+    train = TrainConfig(epochs=t.int("epochs"), batch_size=t.int("batch_size", minimum=1),
+                        lr=t.float("lr"), momentum=t.float("momentum"),
+                        prox_mu=t.float("prox_mu"))
+    return Task(task_id=f.str("task_id"), mode=mode, round=f.int("round"),
+                model_version=f.int("model_version"), train=train,
+                deadline=f.float("deadline", optional=True),
+                invited=tuple(invited) if invited is not None else None,
+                chunk_size=f.int("chunk_size", minimum=512), done=f.bool("done"))
+
+
+def _update_from(f: _Fields, max_elements: int) -> Update:
+    metrics = f.map("metrics")
+    if not all(isinstance(k, str) and isinstance(v, int | float) for k, v in metrics.items()):
+        raise RemoteProtocolError("update: metrics must map names to numbers")
+    return Update(device_id=f.str("device_id"), task_id=f.str("task_id"),
+                  nonce=f.str("nonce", max_len=64), base_version=f.int("base_version"),
+                  num_samples=f.int("num_samples", minimum=1),
+                  tensors=decode_tensors(f.map("tensors"), max_elements),
+                  metrics={k: float(v) for k, v in metrics.items()},
+                  created_at=f.float("created_at"), codec=f.str("codec"))
+
+
+def _model_from(f: _Fields, max_elements: int) -> Model:
+    return Model(version=f.int("version"), arch=f.map("arch"),
+                 tensors=decode_tensors(f.map("tensors"), max_elements))
+
+
+def _manifest_from(f: _Fields, _max: int) -> ModelManifest:
+    return ModelManifest(version=f.int("version"), sha256=f.str("sha256", max_len=64),
+                         size=f.int("size", minimum=1), chunk_count=f.int("chunk_count", 1),
+                         created_at=f.float("created_at"))
+
+
+def _ack_from(f: _Fields, _max: int) -> Ack:
+    status = f.str("status")
+    if status not in ACK_STATUSES:
+        raise RemoteProtocolError(f"ack: unknown status {status!r}")
+    return Ack(status=status, task_id=f.str("task_id"), nonce=f.str("nonce", max_len=64),
+               reason=f.str("reason", max_len=2000),
+               next_checkin_s=f.float("next_checkin_s", optional=True))
+
+
+def _status_from(f: _Fields, _max: int) -> Status:
+    return Status(device_id=f.str("device_id"), online=f.bool("online"),
+                  eligible=f.bool("eligible"), reason=f.str("reason", max_len=2000),
+                  model_version=f.int("model_version", optional=True),
+                  time=f.float("time"))
+
+
+_DECODERS: dict[str, tuple[type, Any]] = {
+    "task": (Task, _task_from),
+    "update": (Update, _update_from),
+    "model": (Model, _model_from),
+    "manifest": (ModelManifest, _manifest_from),
+    "ack": (Ack, _ack_from),
+    "status": (Status, _status_from),
+}

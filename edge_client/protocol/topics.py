@@ -1,0 +1,68 @@
+"""MQTT topic names: one federation is one topic prefix."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Federation and device names become topic levels, so they may not hold / + # or spaces."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(f"{kind} {value!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    federation: str
+    root: str = "fedge"
+
+    def __post_init__(self) -> None:
+        check_name("federation", self.federation)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.root}/{self.federation}"
+
+    @property
+    def model(self) -> str:
+        """Retained manifest of the current global model."""
+        return f"{self.prefix}/model"
+
+    def model_chunk(self, version: int, index: int) -> str:
+        return f"{self.prefix}/model/{version}/{index}"
+
+    def model_chunks(self, version: int) -> str:
+        """Subscription filter for every chunk of one model version."""
+        return f"{self.prefix}/model/{version}/+"
+
+    @property
+    def task(self) -> str:
+        """Retained: what the aggregator wants now."""
+        return f"{self.prefix}/task"
+
+    def update(self, device: str) -> str:
+        return f"{self.prefix}/update/{device}"
+
+    @property
+    def all_updates(self) -> str:
+        return f"{self.prefix}/update/+"
+
+    def ack(self, device: str) -> str:
+        return f"{self.prefix}/ack/{device}"
+
+    def status(self, device: str) -> str:
+        """Retained presence; the last will marks the device offline."""
+        return f"{self.prefix}/status/{device}"
+
+    @property
+    def all_statuses(self) -> str:
+        return f"{self.prefix}/status/+"
+
+    def device_of(self, topic: str) -> str:
+        """The device id is the last topic level of update and status topics."""
+        device = topic.rsplit("/", 1)[-1]
+        return check_name("device", device)

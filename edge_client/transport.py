@@ -1,0 +1,133 @@
+"""A thin shell around paho-mqtt shared by devices and the aggregator.
+
+paho's callbacks run on its network thread; here they only put events on a queue,
+so the owner's loop handles every message on one thread of its own. The link
+remembers its subscriptions and renews them on every (re)connect, because fedge uses
+clean sessions and relies on retained messages and resends rather than broker state.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The link is (re)connected and its subscriptions are renewed."""
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    retained: bool
+
+
+LinkEvent = Connected | Disconnected | Inbound
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+class MqttLink:
+    """One MQTT connection; MQTT 3.1.1 so it works with every broker fedge supports."""
+
+    def __init__(self, client_id: str, host: str, port: int, events: queue.Queue,
+                 keepalive_s: int = 30, will: Will | None = None,
+                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0) -> None:
+        self.host, self.port = host, port
+        self.events = events
+        self.keepalive_s = keepalive_s
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self._filters: set[str] = set()
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                   client_id=client_id, protocol=mqtt.MQTTv311,
+                                   clean_session=True)
+        self._client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        self._client.max_queued_messages_set(0)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # -- paho callbacks: network thread, enqueue only
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("mqtt: connection refused: %s", reason_code)
+            return
+        with self._lock:
+            filters = sorted(self._filters)
+        for topic in filters:
+            client.subscribe(topic, qos=1)
+        self._connected.set()
+        self.events.put(Connected())
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        self.events.put(Disconnected(str(reason_code)))
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.bytes_in += len(message.payload)
+        self.events.put(Inbound(message.topic, bytes(message.payload), bool(message.retain)))
+
+    # -- owner's thread
+    def start(self) -> None:
+        """Connect in the background; paho retries with backoff until it gets through."""
+        self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def drop_connection(self) -> None:
+        """Close the socket without a DISCONNECT, as a crash or lost link would (tests)."""
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def subscribe(self, topic: str) -> None:
+        with self._lock:
+            self._filters.add(topic)
+        if self.connected:
+            self._client.subscribe(topic, qos=1)
+
+    def unsubscribe(self, topic: str) -> None:
+        with self._lock:
+            self._filters.discard(topic)
+        if self.connected:
+            self._client.unsubscribe(topic)
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool:
+        """QoS 1 publish; False when not connected (the caller resends after Connected)."""
+        if not self.connected:
+            return False
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        self.bytes_out += len(payload)
+        return True
