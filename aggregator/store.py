@@ -72,10 +72,12 @@ class StoredModel:
 
 
 class Store:
+    """Owned by one thread at a time: built by the caller, then used by the service loop."""
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
@@ -104,6 +106,11 @@ class Store:
             "SELECT version, blob, info FROM models ORDER BY version DESC LIMIT 1").fetchone()
         return None if row is None else StoredModel(row[0], row[1], json.loads(row[2]))
 
+    def model_size(self, version: int) -> int | None:
+        row = self.db.execute("SELECT length(blob) FROM models WHERE version=?",
+                              (version,)).fetchone()
+        return None if row is None else row[0]
+
     def model_history(self) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT version, created_at, info FROM models ORDER BY version")
         return [{"version": v, "created_at": t, **json.loads(i)} for v, t, i in rows]
@@ -111,7 +118,7 @@ class Store:
     # ------------------------------------------------------------ tasks
     def add_task(self, task: Task, message: bytes) -> None:
         with self._transaction():
-            self.db.execute("UPDATE tasks SET state='aborted' WHERE state='open'")
+            self.db.execute("UPDATE tasks SET state='closed' WHERE state='open'")
             self.db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, 'open', ?)",
                             (task.task_id, task.round, task.mode, task.model_version,
                              time.time(), message))
@@ -150,6 +157,10 @@ class Store:
                 (update.device_id, update.task_id, update.nonce, update.base_version,
                  update.num_samples, time.time(), state, json.dumps(update.metrics), payload))
         return True
+
+    def has_update(self, device_id: str, task_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM updates WHERE device_id=? AND task_id=?",
+                               (device_id, task_id)).fetchone() is not None
 
     def pending_payloads(self) -> list[bytes]:
         rows = self.db.execute("SELECT payload FROM updates WHERE state='pending' "

@@ -185,9 +185,9 @@ class EdgeClient:
         self._stop.set()
 
     def _finished(self) -> bool:
+        """Done when the aggregator says so; unacked updates stay in the outbox on disk."""
         task = self._task
-        return bool(self.config.exit_when_done and task is not None and task.done
-                    and not self._sent)
+        return bool(self.config.exit_when_done and task is not None and task.done)
 
     def _next_wakeup(self) -> float:
         if not self._sent:

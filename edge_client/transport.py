@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -57,6 +58,7 @@ class MqttLink:
         self.bytes_out = 0
         self.bytes_in = 0
         self._filters: set[str] = set()
+        self._unconfirmed: list[mqtt.MQTTMessageInfo] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
@@ -96,9 +98,29 @@ class MqttLink:
         self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
         self._client.loop_start()
 
-    def stop(self) -> None:
+    def stop(self, flush_timeout_s: float = 5.0) -> None:
+        """Disconnect once the broker has confirmed what we published (or time runs out).
+
+        paho's disconnect() drops packets it has not written yet, so without this the
+        last acks or the final task of a run could be lost.
+        """
+        self.flush(flush_timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every QoS 1 publish so far is confirmed; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        for info in list(self._unconfirmed):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.connected:
+                return False
+            try:
+                info.wait_for_publish(remaining)
+            except (RuntimeError, ValueError):
+                return False
+        self._unconfirmed.clear()
+        return True
 
     def drop_connection(self) -> None:
         """Close the socket without a DISCONNECT, as a crash or lost link would (tests)."""
@@ -129,5 +151,7 @@ class MqttLink:
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return False
+        self._unconfirmed = [i for i in self._unconfirmed if not i.is_published()]
+        self._unconfirmed.append(info)
         self.bytes_out += len(payload)
         return True

@@ -17,11 +17,12 @@ from edge_client.protocol import Weights
 
 @dataclass(frozen=True)
 class Contribution:
-    """One update's delta and its weight (samples, times a staleness factor in async)."""
+    """One update's delta, its sample count, and (in async mode) its staleness factor."""
 
     device_id: str
     delta: Weights
-    weight: float
+    samples: int
+    staleness_factor: float = 1.0
 
 
 class Strategy(Protocol):
@@ -32,13 +33,19 @@ class Strategy(Protocol):
 
 
 def weighted_mean(contributions: list[Contribution]) -> Weights:
-    """Sum of weight * delta over the sum of weights, one vectorised pass per tensor."""
+    """Sum of samples * staleness * delta over the sum of samples.
+
+    Dividing by the samples alone (not by samples * staleness) makes stale updates
+    shrink the step rather than only reweight it, as FedBuff does; with no staleness it
+    is FedAvg's sample-weighted mean. One vectorised pass per tensor.
+    """
     if not contributions:
         raise ValueError("no contributions to aggregate")
-    weights = np.array([c.weight for c in contributions], dtype=np.float64)
-    if not np.all(np.isfinite(weights)) or weights.sum() <= 0:
-        raise ValueError("contribution weights must be finite and sum to more than zero")
-    weights /= weights.sum()
+    samples = np.array([c.samples for c in contributions], dtype=np.float64)
+    factors = np.array([c.staleness_factor for c in contributions], dtype=np.float64)
+    if samples.min() <= 0 or not np.all(np.isfinite(factors)) or factors.min() < 0:
+        raise ValueError("contributions need positive samples and finite staleness factors")
+    weights = samples * factors / samples.sum()
     out: Weights = {}
     for name in contributions[0].delta:
         stacked = np.stack([c.delta[name] for c in contributions]).astype(np.float64)

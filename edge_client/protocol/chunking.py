@@ -37,6 +37,11 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def chunk_count(size: int, chunk_size: int) -> int:
+    """How many chunk messages `split` makes of a payload of `size` bytes."""
+    return math.ceil(size / (chunk_size - CHUNK_HEADER_RESERVE))
+
+
 def split(payload: bytes, transfer: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[bytes]:
     """Encode `payload` as chunk messages, each at most `chunk_size` bytes long."""
     if chunk_size <= CHUNK_HEADER_RESERVE:
@@ -46,7 +51,7 @@ def split(payload: bytes, transfer: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -
     if len(transfer) > MAX_TRANSFER_ID:
         raise LocalProtocolError("transfer id too long")
     step = chunk_size - CHUNK_HEADER_RESERVE
-    count = math.ceil(len(payload) / step)
+    count = chunk_count(len(payload), chunk_size)
     digest = sha256_hex(payload)
     return [
         encode_chunk(Chunk(transfer, i, count, len(payload), digest,

@@ -1,0 +1,150 @@
+"""Who takes part and when a model version is due: sync rounds or buffered async.
+
+Sans-IO: each mode takes what the service knows (online devices, the stored task of an
+update, the number of pending updates, the time) and returns decisions; the service
+does the MQTT and SQLite work. Both modes answer the same four questions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from dataclasses import dataclass
+
+from aggregator.config import AggregatorConfig
+from edge_client.protocol import Task, Update
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with an incoming update: store it as `state`, or reject with `reason`."""
+
+    ack: str  # "accepted" | "late" | "rejected"
+    state: str = "pending"  # how it is stored when not rejected
+    reason: str = ""
+
+
+ACCEPT = Verdict("accepted", "pending")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the store knows of the task an update names."""
+
+    mode: str
+    model_version: int
+    state: str  # open | closed | aborted
+
+
+class SyncRounds:
+    """Rounds with over-selection, a target count, a deadline and a minimum fraction."""
+
+    mode = "sync"
+
+    def __init__(self, config: AggregatorConfig) -> None:
+        self.config = config
+        self.sync = config.sync
+        self._rng = random.Random(config.seed)
+        self._waiting_since: float | None = None
+
+    def plan(self, round_no: int, version: int, online: list[str],
+             now: float) -> Task | None:
+        """A task for the next round, or None while too few devices are online."""
+        target = self.sync.target_updates
+        if self._waiting_since is None:
+            self._waiting_since = now
+        waited = now - self._waiting_since
+        enough = len(online) >= target or (
+            online and len(online) >= self.min_updates()
+            and waited >= self.sync.wait_for_devices_s)
+        if not enough:
+            return None
+        self._waiting_since = None
+        invite_count = min(len(online), math.ceil(target * (1 + self.sync.over_selection)))
+        invited = tuple(sorted(self._rng.sample(sorted(online), invite_count)))
+        return Task(task_id=f"r{round_no}-{uuid.uuid4().hex[:8]}", mode="sync",
+                    round=round_no, model_version=version, train=self.config.train,
+                    deadline=now + self.sync.round_timeout_s, invited=invited,
+                    chunk_size=self.config.chunk_size)
+
+    def min_updates(self) -> int:
+        return max(1, math.ceil(self.sync.min_fraction * self.sync.target_updates))
+
+    def judge(self, update: Update, task: TaskInfo, open_task: Task | None,
+              current_version: int) -> Verdict:
+        if task.mode != "sync":
+            return Verdict("rejected", reason="task is not a sync round")
+        if open_task is None or update.task_id != open_task.task_id:
+            return Verdict("late", "late", "the round has closed")
+        if not open_task.invites(update.device_id):
+            return Verdict("rejected", reason="device was not invited to this round")
+        if update.base_version != open_task.model_version:
+            return Verdict("rejected", reason=f"base version {update.base_version} is not "
+                                              f"the round's {open_task.model_version}")
+        return ACCEPT
+
+    def due(self, pending: int, open_task: Task, now: float) -> str:
+        """'aggregate', 'wait' or 'abort' (deadline passed with too few updates)."""
+        if pending >= self.sync.target_updates:
+            return "aggregate"
+        if open_task.deadline is not None and now >= open_task.deadline:
+            return "aggregate" if pending >= self.min_updates() else "abort"
+        return "wait"
+
+    def staleness_factor(self, update: Update, current_version: int) -> float:
+        return 1.0
+
+    @property
+    def server_lr(self) -> float:
+        return 1.0
+
+
+class BufferedAsync:
+    """FedBuff: every device may train on the newest model; aggregate every K updates.
+
+    Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous Aggregation",
+    https://arxiv.org/abs/2106.06639
+    """
+
+    mode = "async"
+
+    def __init__(self, config: AggregatorConfig) -> None:
+        self.config = config
+        self.cfg = config.async_
+
+    def plan(self, round_no: int, version: int, online: list[str],
+             now: float) -> Task | None:
+        return Task(task_id=f"v{version}-async", mode="async", round=round_no,
+                    model_version=version, train=self.config.train, deadline=None,
+                    invited=None, chunk_size=self.config.chunk_size)
+
+    def judge(self, update: Update, task: TaskInfo, open_task: Task | None,
+              current_version: int) -> Verdict:
+        if task.mode != "async":
+            return Verdict("rejected", reason="task is not an async task")
+        if update.base_version != task.model_version:
+            return Verdict("rejected", reason="base version does not match the task")
+        staleness = current_version - update.base_version
+        if staleness > self.cfg.max_staleness:
+            return Verdict("rejected", reason=f"staleness {staleness} exceeds the maximum "
+                                              f"of {self.cfg.max_staleness}")
+        return ACCEPT
+
+    def due(self, pending: int, open_task: Task, now: float) -> str:
+        return "aggregate" if pending >= self.cfg.buffer_size else "wait"
+
+    def staleness_factor(self, update: Update, current_version: int) -> float:
+        staleness = max(0, current_version - update.base_version)
+        return 1.0 / (1.0 + staleness) ** self.cfg.staleness_exponent
+
+    @property
+    def server_lr(self) -> float:
+        return self.cfg.server_lr
+
+
+Participation = SyncRounds | BufferedAsync
+
+
+def participation_for(config: AggregatorConfig) -> Participation:
+    return SyncRounds(config) if config.mode == "sync" else BufferedAsync(config)

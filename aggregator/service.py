@@ -1,0 +1,325 @@
+"""The aggregator service: MQTT in, SQLite for state, global models out.
+
+One thread runs `Aggregator.run`; the MQTT link only queues events for it. An update
+is acknowledged only after its SQLite commit returns, so an acked update survives a
+crash, and a restart resumes the open round or buffer from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aggregator.config import AggregatorConfig
+from aggregator.participation import TaskInfo, Verdict, participation_for
+from aggregator.store import Store
+from aggregator.strategy import Contribution, FedAvg, Strategy
+from edge_client.protocol import (
+    Ack,
+    Assembler,
+    Model,
+    RemoteProtocolError,
+    Status,
+    Task,
+    Topics,
+    Update,
+    Weights,
+    decode,
+    encode,
+)
+from edge_client.protocol.chunking import chunk_count, sha256_hex
+from edge_client.protocol.model_transfer import package_model
+from edge_client.protocol.tensors import check_like
+from edge_client.transport import Connected, Disconnected, Inbound, MqttLink
+
+log = logging.getLogger(__name__)
+Evaluate = Callable[[Weights], dict[str, float]]
+
+
+@dataclass
+class VersionReport:
+    """What the service tells its owner (the demo's progress bar) after each version."""
+
+    version: int
+    round: int
+    updates: int
+    round_wall_s: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Aggregator:
+    def __init__(self, config: AggregatorConfig, initial_weights: Weights | None = None,
+                 arch: dict | None = None, evaluate: Evaluate | None = None,
+                 strategy: Strategy | None = None,
+                 on_version: Callable[[VersionReport], None] | None = None) -> None:
+        self.config = config
+        self.topics = Topics(config.federation)
+        self.store = Store(config.db_path)
+        self.strategy = strategy or FedAvg()
+        self.participation = participation_for(config)
+        self.evaluate = evaluate
+        self.on_version = on_version
+        self.events: queue.Queue = queue.Queue()
+        self.link = MqttLink(f"fedge-{config.federation}-aggregator", config.host,
+                             config.port, self.events, keepalive_s=config.keepalive_s)
+        self._assembler = Assembler(config.max_update_bytes, max_transfers_per_source=4)
+        self._stop = threading.Event()
+        self.online: set[str] = set()
+        self.version, self.global_weights, self.arch = self._load_or_create(
+            initial_weights, arch or {})
+        self._task: Task | None = None
+        self._task_opened = 0.0
+        self._pending: list[Update] = []
+        self.history: list[dict] = self.store.model_history()
+        self._resume()
+
+    # ------------------------------------------------------------ start-up
+    def _load_or_create(self, initial: Weights | None,
+                        arch: dict) -> tuple[int, Weights, dict]:
+        stored = self.store.latest_model()
+        if stored is not None:
+            model = decode(stored.blob, expect=Model)
+            assert isinstance(model, Model)
+            log.info("aggregator: resuming at model version %d", model.version)
+            return model.version, model.tensors, model.arch
+        if initial is None:
+            raise ValueError("the store holds no model: pass initial weights")
+        model = Model(version=0, tensors=initial, arch=arch)
+        blob = encode(model)
+        self.store.add_model(0, blob, sha256_hex(blob), {"round": 0, "updates": 0})
+        return 0, {k: np.asarray(v, dtype=np.float32) for k, v in initial.items()}, arch
+
+    def _resume(self) -> None:
+        """Pick up the open task and every stored, not yet aggregated update."""
+        opened = self.store.open_task()
+        if opened is not None and opened[0].model_version == self.version:
+            self._task, self._task_opened = opened[0], time.monotonic()
+        for payload in self.store.pending_payloads():
+            update = decode(payload, expect=Update)
+            assert isinstance(update, Update)
+            self._pending.append(update)
+        if self._pending:
+            log.info("aggregator: resumed with %d pending updates", len(self._pending))
+
+    # ------------------------------------------------------------ the loop
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Serve until `rounds` versions exist (or `stop` is set)."""
+        if stop is not None:
+            self._stop = stop
+        self.link.start()
+        try:
+            while not self._stop.is_set() and not self.finished:
+                try:
+                    event = self.events.get(timeout=0.05)
+                except queue.Empty:
+                    event = None
+                if event is not None:
+                    self._handle(event)
+                self._tick(time.time())
+            if self.finished:
+                self._publish_done()
+        finally:
+            self.link.stop()
+            self.store.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def finished(self) -> bool:
+        return self.config.rounds > 0 and self.version >= self.config.rounds
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, Connected):
+            self.link.subscribe(self.topics.all_updates)
+            self.link.subscribe(self.topics.all_statuses)
+            self._publish_model()
+            if self._task is not None:
+                self._publish_task(self._task)
+        elif isinstance(event, Disconnected):
+            log.warning("aggregator: disconnected from the broker (%s)", event.reason)
+        elif isinstance(event, Inbound) and event.payload:
+            if event.topic.startswith(self.topics.prefix + "/update/"):
+                self._on_update_chunk(event.topic, event.payload)
+            elif event.topic.startswith(self.topics.prefix + "/status/"):
+                self._on_status(event.topic, event.payload)
+
+    def _tick(self, now: float) -> None:
+        if not self.link.connected or self.finished:
+            return
+        if self._task is None:
+            self._open_task(now)
+            return
+        decision = self.participation.due(len(self._pending), self._task, now)
+        if decision == "aggregate":
+            self._aggregate()
+            self._open_task(now)
+        elif decision == "abort":
+            log.warning("aggregator: round %d reached its deadline with %d of %d updates; "
+                        "starting it again", self._task.round, len(self._pending),
+                        self.config.sync.target_updates)
+            self.store.abort_task(self._task.task_id)
+            self._pending.clear()
+            self._task = None
+
+    # ------------------------------------------------------------ tasks and models
+    def _open_task(self, now: float) -> None:
+        if self.finished:
+            return
+        task = self.participation.plan(self.version + 1, self.version, sorted(self.online),
+                                       now)
+        if task is None:
+            return
+        message = encode(task)
+        self.store.add_task(task, message)
+        self._task, self._task_opened = task, time.monotonic()
+        self._publish_task(task)
+
+    def _publish_task(self, task: Task) -> None:
+        self.link.publish(self.topics.task, encode(task), retain=True)
+
+    def _publish_model(self) -> None:
+        """Retained chunks first, then the manifest that points at them."""
+        model = Model(version=self.version, tensors=self.global_weights, arch=self.arch)
+        manifest, chunks = package_model(model, self.config.chunk_size)
+        for i, chunk in enumerate(chunks):
+            self.link.publish(self.topics.model_chunk(self.version, i), chunk, retain=True)
+        self.link.publish(self.topics.model, encode(manifest), retain=True)
+        self._clear_model_chunks(self.version - 2)
+
+    def _clear_model_chunks(self, version: int) -> None:
+        """Old versions' retained chunks would otherwise stay on the broker forever."""
+        size = self.store.model_size(version)
+        if size is None:
+            return
+        for i in range(chunk_count(size, self.config.chunk_size)):
+            self.link.publish(self.topics.model_chunk(version, i), b"", retain=True)
+
+    def _aggregate(self) -> None:
+        assert self._task is not None
+        contributions = [
+            Contribution(u.device_id, u.tensors, u.num_samples,
+                         self.participation.staleness_factor(u, self.version))
+            for u in self._pending
+        ]
+        new_weights = self.strategy.aggregate(self.global_weights, contributions,
+                                              self.participation.server_lr)
+        version = self.version + 1
+        round_wall_s = time.monotonic() - self._task_opened
+        metrics = self._evaluate(new_weights)
+        blob = encode(Model(version=version, tensors=new_weights, arch=self.arch))
+        info = {"round": self._task.round, "updates": len(self._pending),
+                "round_wall_s": round_wall_s, "mode": self.participation.mode,
+                "max_train_s": max(u.metrics.get("train_s", 0.0) for u in self._pending),
+                "devices": sorted({u.device_id for u in self._pending}), **metrics}
+        close = self._task.task_id if self._task.mode == "sync" else None
+        self.store.add_model(version, blob, sha256_hex(blob), info, used=self._pending,
+                             close_task=close)
+        self.version, self.global_weights = version, new_weights
+        self.history.append({"version": version, "created_at": time.time(), **info})
+        report = VersionReport(version, self._task.round, len(self._pending), round_wall_s,
+                               metrics)
+        self._pending = []
+        self._task = None
+        self._publish_model()
+        if self.on_version is not None:
+            self.on_version(report)
+
+    def _evaluate(self, weights: Weights) -> dict[str, float]:
+        if self.evaluate is None:
+            return {}
+        return {k: float(v) for k, v in self.evaluate(weights).items()}
+
+    def _publish_done(self) -> None:
+        """A retained task that tells every device, now or later, that training is over."""
+        done = Task(task_id=f"done-v{self.version}", mode=self.config.mode,
+                    round=self.version, model_version=self.version, train=self.config.train,
+                    invited=(), chunk_size=self.config.chunk_size, done=True)
+        self.link.publish(self.topics.task, encode(done), retain=True)
+
+    # ------------------------------------------------------------ ingest
+    def _on_status(self, topic: str, payload: bytes) -> None:
+        try:
+            device = self.topics.device_of(topic)
+            status = decode(payload, expect=Status)
+        except (ValueError, RemoteProtocolError) as exc:
+            log.warning("aggregator: bad status on %s: %s", topic, exc)
+            return
+        assert isinstance(status, Status)
+        if status.device_id != device:
+            log.warning("aggregator: status on %s names device %s", topic, status.device_id)
+            return
+        (self.online.add if status.online else self.online.discard)(device)
+        self.store.set_device(status)
+
+    def _on_update_chunk(self, topic: str, payload: bytes) -> None:
+        try:
+            device = self.topics.device_of(topic)
+        except ValueError:
+            return  # cannot even answer: the topic has no valid device id
+        try:
+            done = self._assembler.add(device, payload, time.monotonic())
+        except RemoteProtocolError as exc:
+            self._reject(device, exc.transfer or "", "", exc.reason)
+            return
+        if done is None:
+            return
+        transfer, message = done
+        try:
+            update = self._validate(device, transfer, message)
+        except RemoteProtocolError as exc:
+            self._reject(device, transfer, "", exc.reason)
+            return
+        self._store_and_ack(update, message)
+
+    def _validate(self, device: str, transfer: str, message: bytes) -> Update:
+        elements = sum(w.size for w in self.global_weights.values())
+        update = decode(message, expect=Update, max_elements=elements)
+        assert isinstance(update, Update)
+        if update.device_id != device:
+            raise RemoteProtocolError(f"update names device {update.device_id!r} but came "
+                                      f"on {device!r}'s topic")
+        if update.nonce != transfer:
+            raise RemoteProtocolError("update nonce does not match its transfer id")
+        if update.codec != "dense":
+            raise RemoteProtocolError(f"unknown codec {update.codec!r}")
+        check_like(update.tensors, self.global_weights)
+        return update
+
+    def _store_and_ack(self, update: Update, message: bytes) -> None:
+        if self.store.has_update(update.device_id, update.task_id):
+            # A resend whose first ack was lost, or a second update for one task.
+            self._ack(update, Verdict("duplicate", reason="already stored for this task"))
+            return
+        stored = self.store.task_state(update.task_id)
+        if stored is None:
+            self._reject(update.device_id, update.nonce, update.task_id, "unknown task")
+            return
+        verdict = self.participation.judge(update, TaskInfo(*stored), self._task,
+                                           self.version)
+        if verdict.ack == "rejected":
+            self._reject(update.device_id, update.nonce, update.task_id, verdict.reason)
+            return
+        if not self.store.add_update(update, message, verdict.state):
+            self._ack(update, Verdict("duplicate", reason="already stored for this task"))
+            return
+        if verdict.state == "pending":
+            self._pending.append(update)
+        self._ack(update, verdict)
+
+    def _ack(self, update: Update, verdict: Verdict) -> None:
+        ack = Ack(status=verdict.ack, task_id=update.task_id, nonce=update.nonce,
+                  reason=verdict.reason)
+        self.link.publish(self.topics.ack(update.device_id), encode(ack))
+
+    def _reject(self, device: str, nonce: str, task_id: str, reason: str) -> None:
+        log.warning("aggregator: rejected an update from %s: %s", device, reason)
+        self.store.add_rejection(device, nonce, reason)
+        ack = Ack(status="rejected", task_id=task_id, nonce=nonce, reason=reason)
+        self.link.publish(self.topics.ack(device), encode(ack))

@@ -1,0 +1,86 @@
+"""The `fedge` command: demo, aggregator, device."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from fedge.demo import DemoConfig, run_demo
+from fedge.progress import ProgressBar
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedge", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run a whole federation on this machine")
+    d = DemoConfig()
+    p.add_argument("--devices", type=int, default=d.devices)
+    p.add_argument("--rounds", type=int, default=d.rounds,
+                   help="model versions to produce (rounds in sync mode)")
+    p.add_argument("--mode", choices=("sync", "async"), default=d.mode)
+    p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default=d.broker)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet label skew")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--buffer-size", type=int, default=d.buffer_size,
+                   help="async: aggregate every K updates")
+    p.add_argument("--workdir", help="keep the SQLite store and device state here")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON last")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    cfg = DemoConfig(devices=args.devices, rounds=args.rounds, mode=args.mode,
+                     broker=args.broker, seed=args.seed, alpha=args.alpha,
+                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     momentum=args.momentum, buffer_size=args.buffer_size,
+                     workdir=args.workdir)
+    bar = ProgressBar(cfg.rounds, f"fedge demo ({cfg.mode}, {cfg.devices} devices)")
+    bar.show(0, "starting")
+
+    def on_version(report) -> None:
+        bar.show(report.version, f"accuracy {report.metrics.get('accuracy', 0):.3f}")
+
+    try:
+        summary = run_demo(cfg, on_version=on_version)
+    except (RuntimeError, TimeoutError, ValueError) as exc:
+        bar.close()
+        print(f"fedge demo failed: {exc}", file=sys.stderr)
+        return 1
+    bar.close()
+    _print_summary(summary, sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def _print_summary(s: dict, stream) -> None:
+    lines = [
+        f"broker            {s['broker']}",
+        f"mode              {s['mode']}, {s['devices']} devices, {s['rounds']} model versions",
+        f"final accuracy    {s['final_accuracy']:.4f}",
+        f"accuracy by round {' '.join(f'{a:.3f}' for a in s['accuracy_per_version'])}",
+        f"uplink            {s['bytes_up'] / 1e6:.2f} MB   downlink {s['bytes_down'] / 1e6:.2f} MB",
+        f"wall time         {s['wall_s']:.2f} s; median round {s['round_wall_s_median']:.3f} s, "
+        f"median local training {s['train_s_median']:.3f} s",
+        f"store             {s['workdir']}",
+    ]
+    print("\n".join(lines), file=stream)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

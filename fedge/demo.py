@@ -1,0 +1,167 @@
+"""`fedge demo`: a whole federation on one machine.
+
+This is the fleet simulator, the one place that composes the device SDK and the
+aggregator: a broker, an aggregator and N devices, each an EdgeClient with its own MQTT
+connection and only its own Dirichlet share of the digits data.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aggregator.config import AggregatorConfig, AsyncConfig, SyncConfig
+from aggregator.service import Aggregator, VersionReport
+from edge_client.client import ClientConfig, EdgeClient
+from edge_client.protocol import TrainConfig
+from edge_client.training import mlp_trainer
+from fedge.broker import start_broker
+from fedge.datasets import dirichlet_partition, load_digits, stratified_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoConfig:
+    devices: int = 5
+    rounds: int = 10  # model versions (sync: rounds)
+    mode: str = "sync"
+    hidden: int = 1333
+    alpha: float = 0.5
+    seed: int = 42
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 0.1
+    momentum: float = 0.5
+    buffer_size: int = 3  # async: aggregate every K updates
+    broker: str = "auto"  # auto | mosquitto | embedded
+    workdir: Path | None = None
+    timeout_s: float = 600.0
+
+
+@dataclass
+class _Job:
+    x_test: np.ndarray
+    y_test: np.ndarray
+    shards: list[tuple[np.ndarray, np.ndarray]]
+
+
+def prepare_data(cfg: DemoConfig) -> _Job:
+    """Digits, a stratified 20% test split, and a Dirichlet(alpha) split of the rest."""
+    x, y = load_digits()
+    x_train, y_train, x_test, y_test = stratified_split(x, y, 0.2, cfg.seed)
+    parts = dirichlet_partition(y_train, cfg.devices, cfg.alpha, cfg.seed)
+    return _Job(x_test, y_test, [(x_train[p], y_train[p]) for p in parts])
+
+
+def run_demo(cfg: DemoConfig,
+             on_version: Callable[[VersionReport], None] | None = None) -> dict[str, Any]:
+    """Run the federation to the end and return the summary."""
+    job = prepare_data(cfg)
+    sizes = [job.shards[0][0].shape[1], cfg.hidden, 10]
+    workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="fedge-demo-"))
+    started = time.monotonic()
+    with start_broker(cfg.broker) as broker:
+        agg_cfg = _aggregator_config(cfg, broker.host, broker.port, workdir)
+        evaluator = mlp_trainer(sizes, seed=cfg.seed)
+
+        def evaluate(weights: dict) -> dict[str, float]:
+            evaluator.set_weights(weights)
+            return evaluator.evaluate(job.x_test, job.y_test)
+
+        aggregator = Aggregator(agg_cfg, initial_weights=mlp_trainer(sizes, cfg.seed)
+                                .get_weights(), arch={"kind": "mlp", "sizes": sizes},
+                                evaluate=evaluate, on_version=on_version)
+        clients = [
+            EdgeClient(ClientConfig(device_id=f"device-{i}", federation="demo",
+                                    host=broker.host, port=broker.port,
+                                    state_dir=workdir / f"device-{i}"),
+                       mlp_trainer(sizes, seed=cfg.seed + 1 + i), xs, ys)
+            for i, (xs, ys) in enumerate(job.shards)
+        ]
+        _run_all(aggregator, clients, cfg.timeout_s)
+        wall_s = time.monotonic() - started
+        return _summary(cfg, aggregator, clients, broker.kind, wall_s, workdir)
+
+
+def _aggregator_config(cfg: DemoConfig, host: str, port: int,
+                       workdir: Path) -> AggregatorConfig:
+    train = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                        momentum=cfg.momentum)
+    return AggregatorConfig(
+        federation="demo", host=host, port=port, db_path=workdir / "aggregator.sqlite3",
+        mode=cfg.mode, rounds=cfg.rounds, seed=cfg.seed, train=train,
+        sync=SyncConfig(target_updates=cfg.devices, wait_for_devices_s=30.0),
+        async_=AsyncConfig(buffer_size=min(cfg.buffer_size, cfg.devices)),
+    )
+
+
+def _run_all(aggregator: Aggregator, clients: list[EdgeClient], timeout_s: float) -> None:
+    """Run every party on its own thread; the first error anywhere ends the demo."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def guarded(target: Callable[[threading.Event], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target(stop)
+            except BaseException as exc:
+                errors.append(exc)
+                stop.set()
+        return run
+
+    agg_thread = threading.Thread(target=guarded(aggregator.run), name="aggregator",
+                                  daemon=True)
+    threads = [threading.Thread(target=guarded(c.run), name=c.config.device_id, daemon=True)
+               for c in clients]
+    for t in [agg_thread, *threads]:
+        t.start()
+    agg_thread.join(timeout_s)
+    timed_out = agg_thread.is_alive()
+    if timed_out or errors:
+        stop.set()
+    for t in [agg_thread, *threads]:
+        t.join(30)
+    stop.set()
+    if errors:
+        raise RuntimeError(f"a demo party failed: {errors[0]!r}") from errors[0]
+    if timed_out:
+        raise TimeoutError(f"the federation did not finish within {timeout_s:.0f} s")
+
+
+def _summary(cfg: DemoConfig, aggregator: Aggregator, clients: list[EdgeClient],
+             broker_kind: str, wall_s: float, workdir: Path) -> dict[str, Any]:
+    history = [h for h in aggregator.history if h["version"] > 0]
+    train_s = [t for c in clients for t in c.stats.train_s]
+    round_walls = [h["round_wall_s"] for h in history]
+    return {
+        "final_accuracy": history[-1]["accuracy"] if history else None,
+        "rounds": len(history),
+        "devices": cfg.devices,
+        "mode": cfg.mode,
+        "broker": broker_kind,
+        "bytes_up": sum(c.stats.bytes_up for c in clients),
+        "bytes_down": sum(c.stats.bytes_down for c in clients),
+        "wall_s": round(wall_s, 3),
+        "round_wall_s_median": _median(round_walls),
+        "train_s_median": _median(train_s),
+        "round_overhead_s_median": _median(
+            [h["round_wall_s"] - h.get("max_train_s", 0.0) for h in history]),
+        "updates_accepted": sum(c.stats.acks["accepted"] for c in clients),
+        "accuracy_per_version": [round(h["accuracy"], 4) for h in history],
+        "parameters": int(sum(w.size for w in aggregator.global_weights.values())),
+        "workdir": str(workdir),
+    }
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
