@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from fedge.demo import DemoConfig, run_demo
+from fedge.demo import DemoConfig, model_versions, run_demo
 from fedge.progress import ProgressBar
 
 
@@ -27,7 +27,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     d = DemoConfig()
     p.add_argument("--devices", type=int, default=d.devices)
     p.add_argument("--rounds", type=int, default=d.rounds,
-                   help="model versions to produce (rounds in sync mode)")
+                   help="rounds of device work; async makes rounds*devices/buffer versions")
     p.add_argument("--mode", choices=("sync", "async"), default=d.mode)
     p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default=d.broker)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -49,7 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      momentum=args.momentum, buffer_size=args.buffer_size,
                      workdir=args.workdir)
-    bar = ProgressBar(cfg.rounds, f"fedge demo ({cfg.mode}, {cfg.devices} devices)")
+    bar = ProgressBar(model_versions(cfg), f"fedge demo ({cfg.mode}, {cfg.devices} devices)")
     bar.show(0, "starting")
 
     def on_version(report) -> None:
@@ -71,7 +71,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _print_summary(s: dict, stream) -> None:
     lines = [
         f"broker            {s['broker']}",
-        f"mode              {s['mode']}, {s['devices']} devices, {s['rounds']} model versions",
+        f"mode              {s['mode']}, {s['devices']} devices, {s['rounds']} rounds, "
+        f"{s['model_versions']} model versions",
         f"final accuracy    {s['final_accuracy']:.4f}",
         f"accuracy by round {' '.join(f'{a:.3f}' for a in s['accuracy_per_version'])}",
         f"uplink            {s['bytes_up'] / 1e6:.2f} MB   downlink {s['bytes_down'] / 1e6:.2f} MB",

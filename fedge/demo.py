@@ -8,6 +8,7 @@ connection and only its own Dirichlet share of the digits data.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import tempfile
 import threading
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class DemoConfig:
     devices: int = 5
-    rounds: int = 10  # model versions (sync: rounds)
+    rounds: int = 10  # rounds of device work: sync rounds, or rounds*devices async updates
     mode: str = "sync"
     hidden: int = 1333
     alpha: float = 0.5
@@ -53,6 +54,17 @@ class _Job:
     x_test: np.ndarray
     y_test: np.ndarray
     shards: list[tuple[np.ndarray, np.ndarray]]
+
+
+def model_versions(cfg: DemoConfig) -> int:
+    """Versions to produce so that both modes get the same device work.
+
+    A sync round takes one update from each device; in async mode a version takes
+    `buffer_size` updates, so `rounds` rounds of work are rounds*devices/K versions.
+    """
+    if cfg.mode == "sync":
+        return cfg.rounds
+    return math.ceil(cfg.rounds * cfg.devices / min(cfg.buffer_size, cfg.devices))
 
 
 def prepare_data(cfg: DemoConfig) -> _Job:
@@ -99,7 +111,7 @@ def _aggregator_config(cfg: DemoConfig, host: str, port: int,
                         momentum=cfg.momentum)
     return AggregatorConfig(
         federation="demo", host=host, port=port, db_path=workdir / "aggregator.sqlite3",
-        mode=cfg.mode, rounds=cfg.rounds, seed=cfg.seed, train=train,
+        mode=cfg.mode, rounds=model_versions(cfg), seed=cfg.seed, train=train,
         sync=SyncConfig(target_updates=cfg.devices, wait_for_devices_s=30.0),
         async_=AsyncConfig(buffer_size=min(cfg.buffer_size, cfg.devices)),
     )
@@ -145,7 +157,8 @@ def _summary(cfg: DemoConfig, aggregator: Aggregator, clients: list[EdgeClient],
     round_walls = [h["round_wall_s"] for h in history]
     return {
         "final_accuracy": history[-1]["accuracy"] if history else None,
-        "rounds": len(history),
+        "rounds": cfg.rounds,
+        "model_versions": len(history),
         "devices": cfg.devices,
         "mode": cfg.mode,
         "broker": broker_kind,
