@@ -185,9 +185,14 @@ class EdgeClient:
         self._stop.set()
 
     def _finished(self) -> bool:
-        """Done when the aggregator says so; unacked updates stay in the outbox on disk."""
+        """Done when the aggregator says so and the final model is here.
+
+        Unacked updates, if any, stay in the outbox on disk for a later run.
+        """
         task = self._task
-        return bool(self.config.exit_when_done and task is not None and task.done)
+        if not (self.config.exit_when_done and task is not None and task.done):
+            return False
+        return self.model_version is not None and self.model_version >= task.model_version
 
     def _next_wakeup(self) -> float:
         if not self._sent:

@@ -8,8 +8,10 @@ clean sessions and relies on retained messages and resends rather than broker st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -123,10 +125,14 @@ class MqttLink:
         return True
 
     def drop_connection(self) -> None:
-        """Close the socket without a DISCONNECT, as a crash or lost link would (tests)."""
+        """Cut the TCP connection without a DISCONNECT, as a lost link would.
+
+        paho then sees a broken connection and reconnects on its own; tests use this.
+        """
         sock = self._client.socket()
         if sock is not None:
-            sock.close()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     @property
     def connected(self) -> bool:

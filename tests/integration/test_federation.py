@@ -1,0 +1,149 @@
+"""Whole federations through a real mosquitto on a loopback port."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+
+from aggregator.config import SyncConfig
+from tests.integration.fleet import Digits, Running, make_aggregator, make_client, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def digits3() -> Digits:
+    return Digits(devices=3)
+
+
+def _stored_updates(db_path) -> list[tuple]:
+    with sqlite3.connect(db_path) as db:
+        return list(db.execute("SELECT device_id, task_id, nonce, state, used_in FROM updates"))
+
+
+def test_sync_federation_converges_and_every_update_is_used_once(mosquitto, tmp_path, digits3):
+    agg = make_aggregator(mosquitto, tmp_path, digits3, rounds=3)
+    initial = digits3.accuracy(agg.global_weights)
+    clients = [make_client(mosquitto, tmp_path, digits3, i) for i in range(3)]
+    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"dev{i}")
+                                               for i, c in enumerate(clients)]
+    for run in runs:
+        run.join(60)
+    assert agg.version == 3
+    assert [h["updates"] for h in agg.history[1:]] == [3, 3, 3]
+    assert digits3.accuracy(agg.global_weights) > initial + 0.3
+    rows = _stored_updates(agg.config.db_path)
+    assert len(rows) == 9 and {r[3] for r in rows} == {"aggregated"}
+    assert sorted(r[4] for r in rows) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    for c in clients:
+        assert c.stats.acks["accepted"] == 3 and len(c.outbox) == 0
+        assert c.model_version == 3  # devices follow the global model to the end
+        assert c.stats.bytes_up > 0 and c.stats.bytes_down > 0
+
+
+def test_async_federation_weights_stale_updates(mosquitto, tmp_path, digits3):
+    agg = make_aggregator(mosquitto, tmp_path, digits3, mode="async", rounds=5)
+    initial = digits3.accuracy(agg.global_weights)
+    clients = [make_client(mosquitto, tmp_path, digits3, i) for i in range(3)]
+    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
+                                               for i, c in enumerate(clients)]
+    for run in runs:
+        run.join(60)
+    assert agg.version == 5
+    assert all(h["updates"] == 2 for h in agg.history[1:])
+    assert digits3.accuracy(agg.global_weights) > initial + 0.3
+    rows = _stored_updates(agg.config.db_path)
+    assert sum(1 for r in rows if r[3] == "aggregated") == 10
+
+
+def test_device_cut_off_mid_upload_resends_and_is_counted_once(mosquitto, tmp_path, digits3):
+    # Chunks of 1 KiB make the ~5 KB update several messages long.
+    agg = make_aggregator(mosquitto, tmp_path, digits3, rounds=1, chunk_size=1024)
+    clients = [make_client(mosquitto, tmp_path, digits3, i, ack_timeout_s=60)
+               for i in range(3)]
+    flaky = clients[0]
+    publish, cut = flaky.link.publish, threading.Event()
+    seen = {"update_chunks": 0}
+
+    def publish_then_cut(topic: str, payload: bytes, retain: bool = False) -> bool:
+        if "/update/" in topic and not cut.is_set():
+            seen["update_chunks"] += 1
+            if seen["update_chunks"] == 3:  # two chunks are out, the link goes down
+                cut.set()
+                flaky.link.drop_connection()
+                return False
+        return publish(topic, payload, retain)
+
+    flaky.link.publish = publish_then_cut
+    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
+                                               for i, c in enumerate(clients)]
+    for run in runs:
+        run.join(60)
+    assert cut.is_set()
+    rows = _stored_updates(agg.config.db_path)
+    assert [r[0] for r in rows].count("dev-0") == 1
+    assert agg.history[1]["updates"] == 3
+    assert flaky.stats.acks["accepted"] == 1 and len(flaky.outbox) == 0
+
+
+class _GatedTrainer:
+    """A trainer that waits for a gate before fitting: a slow device we control."""
+
+    def __init__(self, inner, gate: threading.Event) -> None:
+        self.inner, self.gate = inner, gate
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def fit(self, *args, **kwargs):
+        assert self.gate.wait(60)
+        return self.inner.fit(*args, **kwargs)
+
+
+def test_aggregator_restart_mid_round_keeps_every_acked_update(mosquitto, tmp_path, digits3):
+    from edge_client.training import mlp_trainer
+
+    sync = SyncConfig(target_updates=3, round_timeout_s=60)
+    first = make_aggregator(mosquitto, tmp_path, digits3, rounds=2, sync=sync)
+    gate = threading.Event()
+    slow = _GatedTrainer(mlp_trainer(digits3.sizes, seed=2), gate)
+    clients = [make_client(mosquitto, tmp_path, digits3, 0),
+               make_client(mosquitto, tmp_path, digits3, 1),
+               make_client(mosquitto, tmp_path, digits3, 2, trainer=slow)]
+    agg_run = Running(first.run, "aggregator-1")
+    device_runs = [Running(c.run, f"d{i}") for i, c in enumerate(clients)]
+    wait_until(lambda: sum(c.stats.acks["accepted"] for c in clients[:2]) == 2, 30,
+               "two acked updates")
+    agg_run.halt()  # stopped with an open round holding two stored updates
+    assert first.version == 0
+
+    second = make_aggregator(mosquitto, tmp_path, digits3, rounds=2, sync=sync)
+    assert second.version == 0 and len(second._pending) == 2
+    agg_run = Running(second.run, "aggregator-2")
+    gate.set()
+    agg_run.join(60)
+    for run in device_runs:
+        run.join(30)
+    assert second.version == 2
+    assert [h["updates"] for h in second.history[1:]] == [3, 3]
+    assert second.history[1]["devices"] == ["dev-0", "dev-1", "dev-2"]
+    rows = _stored_updates(second.config.db_path)
+    assert len(rows) == 6 and {r[3] for r in rows} == {"aggregated"}
+
+
+def test_restart_between_rounds_resumes_from_sqlite(mosquitto, tmp_path, digits3):
+    first = make_aggregator(mosquitto, tmp_path, digits3, rounds=1)
+    clients = [make_client(mosquitto, tmp_path, digits3, i, exit_when_done=False)
+               for i in range(3)]
+    device_runs = [Running(c.run, f"d{i}") for i, c in enumerate(clients)]
+    Running(first.run, "aggregator-1").join(60)
+    assert first.version == 1
+    second = make_aggregator(mosquitto, tmp_path, digits3, rounds=3)
+    assert second.version == 1
+    Running(second.run, "aggregator-2").join(60)
+    for run in device_runs:
+        run.halt()
+    assert second.version == 3
+    assert len(_stored_updates(second.config.db_path)) == 9
