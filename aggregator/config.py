@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edge_client.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
 from edge_client.protocol.topics import check_name
+from edge_client.settings import from_table
 
 
 @dataclass
@@ -53,3 +55,8 @@ class AggregatorConfig:
         if self.rounds < 0:
             raise ValueError("rounds must be >= 0")
         self.db_path = Path(self.db_path)
+
+
+def load_aggregator_config(table: dict[str, Any], where: str = "config") -> AggregatorConfig:
+    """The aggregator's TOML: top-level keys, plus [train], [sync] and [async] tables."""
+    return from_table(AggregatorConfig, table, where, nested={"async": "async_"})

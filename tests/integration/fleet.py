@@ -39,7 +39,8 @@ class Digits:
         return trainer.evaluate(self.x_test, self.y_test)["accuracy"]
 
 
-def make_aggregator(broker, workdir: Path, data: Digits, **overrides) -> Aggregator:
+def make_aggregator(broker, workdir: Path, data: Digits, initial=None, arch=None,
+                    **overrides) -> Aggregator:
     sync = overrides.pop("sync", SyncConfig(target_updates=len(data.shards),
                                             round_timeout_s=30))
     async_ = overrides.pop("async_", AsyncConfig(buffer_size=2))
@@ -47,8 +48,8 @@ def make_aggregator(broker, workdir: Path, data: Digits, **overrides) -> Aggrega
                            db_path=workdir / "aggregator.sqlite3",
                            train=TrainConfig(epochs=1, lr=0.1, momentum=0.5),
                            sync=sync, async_=async_, **overrides)
-    return Aggregator(cfg, initial_weights=data.initial_weights(),
-                      arch={"kind": "mlp", "sizes": data.sizes})
+    return Aggregator(cfg, initial_weights=initial or data.initial_weights(),
+                      arch=arch or {"kind": "mlp", "sizes": data.sizes})
 
 
 def make_client(broker, workdir: Path, data: Digits, index: int, trainer=None,

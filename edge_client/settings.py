@@ -1,0 +1,81 @@
+"""Reading a role's TOML config into its dataclass, with clear errors.
+
+Shared by the device and the aggregator: standard library only (tomllib, or tomli on
+Python 3.10). Unknown keys are errors, not silently ignored: a typo in a config file
+should never fall back to a default unnoticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message says where and why."""
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+def from_table(cls: type[T], table: dict[str, Any], where: str,
+               nested: dict[str, str] | None = None) -> T:
+    """Build dataclass `cls` from a TOML table; `nested` maps table names to field names."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    nested = nested or {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        name = nested.get(key, key)
+        if name not in fields or (key not in nested and name in nested.values()):
+            allowed = sorted({*fields} - set(nested.values()) | set(nested))
+            raise ConfigError(f"unknown key {key!r} in {where}; known keys: {allowed}")
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_table(hint, value, f"[{key}]")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{where} {key}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a TOML value against a field's type; paths become Path, ints may be floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(value, options[0], where)
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a path string")
+        return Path(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    check = origin or hint
+    if isinstance(check, type) and not isinstance(value, check):
+        raise ConfigError(f"{where} must be {check.__name__}, got {type(value).__name__}")
+    if check is int and isinstance(value, bool):
+        raise ConfigError(f"{where} must be int, got bool")
+    return value

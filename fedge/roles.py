@@ -1,0 +1,88 @@
+"""Running one role from its TOML config: `fedge aggregator` and `fedge device`.
+
+This module composes the device SDK and the aggregator (it builds the initial model
+with the numpy trainer), so it lives in `fedge`, not in `aggregator`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aggregator.config import load_aggregator_config
+from aggregator.service import Aggregator
+from edge_client.client import ClientConfig, EdgeClient
+from edge_client.settings import ConfigError, from_table, read_toml
+from edge_client.training import NumpyTrainer, mlp_trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSpec:
+    """The [model] table: which model to start from."""
+
+    kind: str = "mlp"
+    sizes: list = field(default_factory=lambda: [64, 1333, 10])
+    seed: int = 0
+
+    def trainer(self) -> NumpyTrainer:
+        if self.kind != "mlp":
+            raise ConfigError(f"[model] kind {self.kind!r} is not known; use 'mlp'")
+        if len(self.sizes) < 2 or not all(isinstance(s, int) and s > 0 for s in self.sizes):
+            raise ConfigError("[model] sizes must be two or more positive integers")
+        return mlp_trainer(self.sizes, seed=self.seed)
+
+
+@dataclass
+class DataSpec:
+    """The device's [data] table: an .npz file with arrays `x` and `y`."""
+
+    path: Path = Path("data.npz")
+
+
+def _split_tables(table: dict[str, Any], *names: str) -> list[dict[str, Any]]:
+    return [table.pop(name, {}) for name in names]
+
+
+def build_aggregator(path: Path) -> Aggregator:
+    table = read_toml(path)
+    (model_table,) = _split_tables(table, "model")
+    config = load_aggregator_config(table, str(path))
+    spec = from_table(ModelSpec, model_table, "[model]")
+    trainer = spec.trainer()
+    return Aggregator(config, initial_weights=trainer.get_weights(),
+                      arch={"kind": spec.kind, "sizes": list(spec.sizes)})
+
+
+def build_device(path: Path) -> EdgeClient:
+    table = read_toml(path)
+    model_table, data_table = _split_tables(table, "model", "data")
+    config = from_table(ClientConfig, table, str(path))
+    spec = from_table(ModelSpec, model_table, "[model]")
+    data = from_table(DataSpec, data_table, "[data]")
+    x, y = load_npz(data.path)
+    return EdgeClient(config, spec.trainer(), x, y)
+
+
+def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Local data as arrays x (samples, features) and y (labels); never unpickles."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return np.asarray(npz["x"], np.float32), np.asarray(npz["y"], np.int64)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"[data] {path}: need an .npz with arrays x and y ({exc})") from None
+
+
+def run_until_signal(run: Any) -> None:
+    """Run a role's loop until it finishes or SIGINT/SIGTERM asks it to stop."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run(stop)

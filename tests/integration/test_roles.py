@@ -1,0 +1,64 @@
+"""The gateway and device commands as a user runs them, and a user's own Trainer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from examples.custom_trainer import SoftmaxRegressionTrainer
+from fedge.datasets import load_digits
+from tests.integration.fleet import Digits, Running, make_aggregator, make_client
+
+pytestmark = pytest.mark.integration
+
+
+def _fedge(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fedge.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_aggregator_and_devices_from_toml(mosquitto, tmp_path):
+    x, y = load_digits()
+    for i in range(2):
+        np.savez(tmp_path / f"data{i}.npz", x=x[i::2], y=y[i::2])
+        (tmp_path / f"device{i}.toml").write_text(
+            f'device_id = "dev-{i}"\nfederation = "toml"\nport = {mosquitto.port}\n'
+            f'state_dir = "{tmp_path / f"state{i}"}"\n'
+            f'[model]\nsizes = [64, 16, 10]\n[data]\npath = "{tmp_path / f"data{i}.npz"}"\n')
+    (tmp_path / "aggregator.toml").write_text(
+        f'federation = "toml"\nport = {mosquitto.port}\nrounds = 2\n'
+        f'db_path = "{tmp_path / "agg.sqlite3"}"\n[model]\nsizes = [64, 16, 10]\n'
+        f'[sync]\ntarget_updates = 2\n')
+    procs = [_fedge("aggregator", "--config", str(tmp_path / "aggregator.toml"))]
+    procs += [_fedge("device", "--config", str(tmp_path / f"device{i}.toml"))
+              for i in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-2000:] for o in outputs]
+    assert "federation 'toml', sync mode" in outputs[0][1]
+
+
+def test_a_bad_config_exits_2_with_the_reason(tmp_path):
+    (tmp_path / "a.toml").write_text("rouns = 3\n")
+    proc = _fedge("aggregator", "--config", str(tmp_path / "a.toml"))
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "unknown key 'rouns'" in err
+
+
+def test_a_custom_trainer_federates(mosquitto, tmp_path):
+    data = Digits(devices=2)
+    trainers = [SoftmaxRegressionTrainer(64, 10) for _ in range(2)]
+    agg = make_aggregator(mosquitto, tmp_path, data, rounds=3,
+                          initial=trainers[0].get_weights(),
+                          arch={"kind": "softmax-regression"})
+    clients = [make_client(mosquitto, tmp_path, data, i, trainer=t)
+               for i, t in enumerate(trainers)]
+    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
+                                               for i, c in enumerate(clients)]
+    for run in runs:
+        run.join(60)
+    final = SoftmaxRegressionTrainer(64, 10)
+    final.set_weights(agg.global_weights)
+    assert final.evaluate(data.x_test, data.y_test)["accuracy"] > 0.8
