@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command, fresh machine: install everything the tests need, then run them.
+# Integration tests start their own mosquitto on free loopback ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh test yes
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest -q "$@"
