@@ -42,6 +42,7 @@ class AggregatorConfig:
     rounds: int = 10  # model versions to produce; 0 runs until stopped
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_update_bytes: int = 64 * 2**20
+    upload_timeout_s: float = 300.0  # drop an upload whose chunks stop coming
     keepalive_s: int = 30
     seed: int = 0  # device selection
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -68,7 +68,8 @@ class Aggregator:
         self.events: queue.Queue = queue.Queue()
         self.link = MqttLink(f"fedge-{config.federation}-aggregator", config.host,
                              config.port, self.events, keepalive_s=config.keepalive_s)
-        self._assembler = Assembler(config.max_update_bytes, max_transfers_per_source=4)
+        self._assembler = Assembler(config.max_update_bytes, max_transfers_per_source=2,
+                                    timeout_s=config.upload_timeout_s)
         self._stop = threading.Event()
         self.online: set[str] = set()
         self.version, self.global_weights, self.arch = self._load_or_create(
@@ -132,6 +133,11 @@ class Aggregator:
         self._stop.set()
 
     @property
+    def pending_count(self) -> int:
+        """Stored updates waiting for the next aggregation."""
+        return len(self._pending)
+
+    @property
     def finished(self) -> bool:
         return self.config.rounds > 0 and self.version >= self.config.rounds
 
@@ -151,6 +157,8 @@ class Aggregator:
                 self._on_status(event.topic, event.payload)
 
     def _tick(self, now: float) -> None:
+        for device, transfer in self._assembler.expire(time.monotonic()):
+            log.warning("aggregator: dropped a stalled upload %s from %s", transfer[:8], device)
         if not self.link.connected or self.finished:
             return
         if self._task is None:

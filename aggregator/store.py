@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from edge_client.protocol import Status, Task, Update, decode
-from edge_client.protocol.messages import unpack_map
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -216,6 +215,3 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
-
-def payload_header(payload: bytes) -> dict[str, Any]:
-    return unpack_map(payload)

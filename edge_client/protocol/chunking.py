@@ -103,14 +103,18 @@ class Assembler:
     """Reassembles chunked payloads per source with bounded memory.
 
     A source (a device, or the aggregator for models) may have at most
-    `max_transfers_per_source` transfers in progress; a new one evicts the oldest.
+    `max_transfers_per_source` transfers in progress; a new one evicts that source's
+    oldest. Across all sources, the declared sizes of transfers in progress stay under
+    `max_total_bytes` (default: four payloads of the maximum size); a new transfer
+    evicts the oldest ones until it fits.
     """
 
     def __init__(self, max_payload: int, max_transfers_per_source: int = 2,
-                 timeout_s: float = 300.0) -> None:
+                 timeout_s: float = 300.0, max_total_bytes: int | None = None) -> None:
         self.max_payload = max_payload
         self.max_transfers_per_source = max_transfers_per_source
         self.timeout_s = timeout_s
+        self.max_total_bytes = max_total_bytes or 4 * max_payload
         self._partial: dict[tuple[str, str], _Partial] = {}
 
     def add(self, source: str, message: bytes, now: float) -> tuple[str, bytes] | None:
@@ -147,12 +151,17 @@ class Assembler:
             raise RemoteProtocolError("chunk count exceeds the payload size", chunk.transfer)
         same_source = [k for k in self._partial if k[0] == key[0]]
         while len(same_source) >= self.max_transfers_per_source:
-            oldest = min(same_source, key=lambda k: self._partial[k].started_at)
-            del self._partial[oldest]
-            same_source.remove(oldest)
+            same_source.remove(self._evict_oldest(same_source))
+        while self._partial and self.reserved_bytes() + chunk.size > self.max_total_bytes:
+            self._evict_oldest(list(self._partial))
         partial = _Partial(first=chunk, started_at=now)
         self._partial[key] = partial
         return partial
+
+    def _evict_oldest(self, keys: list[tuple[str, str]]) -> tuple[str, str]:
+        oldest = min(keys, key=lambda k: self._partial[k].started_at)
+        del self._partial[oldest]
+        return oldest
 
     @staticmethod
     def _finish(chunk: Chunk, partial: _Partial) -> bytes:
@@ -173,4 +182,9 @@ class Assembler:
         return stale
 
     def pending_bytes(self) -> int:
+        """Bytes held right now."""
         return sum(p.received for p in self._partial.values())
+
+    def reserved_bytes(self) -> int:
+        """Declared sizes of the transfers in progress: what they may grow to."""
+        return sum(p.first.size for p in self._partial.values())

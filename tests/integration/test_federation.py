@@ -120,7 +120,7 @@ def test_aggregator_restart_mid_round_keeps_every_acked_update(mosquitto, tmp_pa
     assert first.version == 0
 
     second = make_aggregator(mosquitto, tmp_path, digits3, rounds=2, sync=sync)
-    assert second.version == 0 and len(second._pending) == 2
+    assert second.version == 0 and second.pending_count == 2
     agg_run = Running(second.run, "aggregator-2")
     gate.set()
     agg_run.join(60)

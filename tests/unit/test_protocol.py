@@ -216,6 +216,17 @@ def test_memory_per_source_is_bounded():
     assert assembler.pending_bytes() <= 2 * 1024
 
 
+def test_memory_across_sources_is_bounded_by_declared_sizes():
+    assembler = Assembler(max_payload=3000, max_total_bytes=7000)
+    for source in range(10):  # ten "devices" each start a 3000-byte transfer
+        assembler.add(f"dev{source}", split(os.urandom(3000), "t", 1024)[0], float(source))
+    assert assembler.reserved_bytes() <= 7000
+    # the newest survive: the last source can still complete its transfer
+    chunks = split(os.urandom(3000), "u", 1024)
+    results = [assembler.add("dev9", c, 20.0) for c in chunks]
+    assert results[-1] is not None
+
+
 def test_split_refuses_nonsense():
     with pytest.raises(LocalProtocolError):
         split(b"", "t")
