@@ -44,6 +44,7 @@ class AggregatorConfig:
     max_update_bytes: int = 64 * 2**20
     upload_timeout_s: float = 300.0  # drop an upload whose chunks stop coming
     keepalive_s: int = 30
+    presence_settle_s: float = 0.5  # after connecting, collect device statuses this long
     seed: int = 0  # device selection
     train: TrainConfig = field(default_factory=TrainConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)

@@ -76,6 +76,7 @@ class Aggregator:
             initial_weights, arch or {})
         self._task: Task | None = None
         self._task_opened = 0.0
+        self._connected_at = 0.0
         self._pending: list[Update] = []
         self.history: list[dict] = self.store.model_history()
         self._resume()
@@ -116,11 +117,7 @@ class Aggregator:
         self.link.start()
         try:
             while not self._stop.is_set() and not self.finished:
-                try:
-                    event = self.events.get(timeout=0.05)
-                except queue.Empty:
-                    event = None
-                if event is not None:
+                for event in self._next_events(timeout_s=0.05):
                     self._handle(event)
                 self._tick(time.time())
             if self.finished:
@@ -128,6 +125,19 @@ class Aggregator:
         finally:
             self.link.stop()
             self.store.close()
+
+    def _next_events(self, timeout_s: float) -> list[object]:
+        """Everything queued, so a burst (retained statuses at connect) is seen whole."""
+        try:
+            events = [self.events.get(timeout=timeout_s)]
+        except queue.Empty:
+            return []
+        while len(events) < 1000:
+            try:
+                events.append(self.events.get_nowait())
+            except queue.Empty:
+                break
+        return events
 
     def stop(self) -> None:
         self._stop.set()
@@ -143,6 +153,7 @@ class Aggregator:
 
     def _handle(self, event: object) -> None:
         if isinstance(event, Connected):
+            self._connected_at = time.monotonic()
             self.link.subscribe(self.topics.all_updates)
             self.link.subscribe(self.topics.all_statuses)
             self._publish_model()
@@ -162,7 +173,9 @@ class Aggregator:
         if not self.link.connected or self.finished:
             return
         if self._task is None:
-            self._open_task(now)
+            settled = time.monotonic() - self._connected_at >= self.config.presence_settle_s
+            if settled:  # retained statuses of online devices have come in
+                self._open_task(now)
             return
         decision = self.participation.due(len(self._pending), self._task, now)
         if decision == "aggregate":

@@ -147,3 +147,50 @@ def test_restart_between_rounds_resumes_from_sqlite(mosquitto, tmp_path, digits3
         run.halt()
     assert second.version == 3
     assert len(_stored_updates(second.config.db_path)) == 9
+
+
+def test_a_late_update_never_breaks_a_round(mosquitto, tmp_path):
+    from edge_client.training import mlp_trainer
+
+    data = Digits(devices=4)
+    sync = SyncConfig(target_updates=3, over_selection=0.34, round_timeout_s=60)
+    agg = make_aggregator(mosquitto, tmp_path, data, rounds=0, sync=sync)  # until halted
+    gate = threading.Event()
+    slow = _GatedTrainer(mlp_trainer(data.sizes, seed=3), gate)
+    clients = [make_client(mosquitto, tmp_path, data, i) for i in range(3)]
+    clients.append(make_client(mosquitto, tmp_path, data, 3, trainer=slow))
+    device_runs = [Running(c.run, f"d{i}") for i, c in enumerate(clients)]
+    wait_until(lambda: all(c.link.connected for c in clients), 10, "devices online")
+    agg_run = Running(agg.run, "aggregator")
+    wait_until(lambda: agg.version >= 1, 30, "round 1 to close with three updates")
+    gate.set()  # the over-selected fourth device finishes after its round closed
+    wait_until(lambda: clients[3].stats.acks["late"] == 1, 30, "the late ack")
+    wait_until(lambda: agg.version >= 3, 30, "later rounds")
+    agg_run.halt()
+    for run in device_runs:
+        run.halt()
+    assert agg.history[1]["updates"] == 3 and "dev-3" not in agg.history[1]["devices"]
+    assert all(h["updates"] == 3 for h in agg.history[1:])
+    rows = [r for r in _stored_updates(agg.config.db_path) if r[0] == "dev-3"]
+    assert rows[0][3] == "late" and rows[0][1].startswith("r1-")
+
+
+def test_the_deadline_closes_a_round_with_the_minimum_fraction(mosquitto, tmp_path,
+                                                               digits3):
+    from edge_client.training import mlp_trainer
+
+    sync = SyncConfig(target_updates=3, round_timeout_s=1.5, min_fraction=0.6)
+    agg = make_aggregator(mosquitto, tmp_path, digits3, rounds=1, sync=sync)
+    gate = threading.Event()
+    stuck = _GatedTrainer(mlp_trainer(digits3.sizes, seed=2), gate)
+    clients = [make_client(mosquitto, tmp_path, digits3, 0),
+               make_client(mosquitto, tmp_path, digits3, 1),
+               make_client(mosquitto, tmp_path, digits3, 2, trainer=stuck)]
+    agg_run = Running(agg.run, "aggregator")
+    device_runs = [Running(c.run, f"d{i}") for i, c in enumerate(clients)]
+    agg_run.join(30)
+    gate.set()
+    for run in device_runs:
+        run.join(30)
+    assert agg.history[1]["updates"] == 2  # ceil(0.6 * 3) came by the deadline
+    assert agg.history[1]["round_wall_s"] >= 1.5
