@@ -117,7 +117,11 @@ class Aggregator:
         self.link.start()
         try:
             while not self._stop.is_set() and not self.finished:
-                for event in self._next_events(timeout_s=0.05):
+                try:
+                    event = self.events.get(timeout=0.05)
+                except queue.Empty:
+                    event = None
+                if event is not None:
                     self._handle(event)
                 self._tick(time.time())
             if self.finished:
@@ -125,19 +129,6 @@ class Aggregator:
         finally:
             self.link.stop()
             self.store.close()
-
-    def _next_events(self, timeout_s: float) -> list[object]:
-        """Everything queued, so a burst (retained statuses at connect) is seen whole."""
-        try:
-            events = [self.events.get(timeout=timeout_s)]
-        except queue.Empty:
-            return []
-        while len(events) < 1000:
-            try:
-                events.append(self.events.get_nowait())
-            except queue.Empty:
-                break
-        return events
 
     def stop(self) -> None:
         self._stop.set()

@@ -50,6 +50,17 @@ def _bad_payloads(data: Digits) -> dict[str, list[bytes]]:
     }
 
 
+def _attacker_after_aggregator_is_up(broker):
+    """An attacker client, returned once the aggregator is subscribed.
+
+    The aggregator subscribes before it publishes its retained manifest, and the broker
+    handles one client's packets in order, so a manifest means the subscription is in.
+    """
+    attacker = paho_client(broker.host, broker.port, "attacker")
+    subscribe(attacker, f"fedge/{FEDERATION}/model").get(timeout=10)
+    return attacker, subscribe(attacker, f"fedge/{FEDERATION}/ack/{EVIL}")
+
+
 EXPECTED_REASON = {
     "truncated chunk": "not valid MessagePack",
     "wrong digest": "sha256",
@@ -65,8 +76,7 @@ def test_each_malformed_update_is_rejected_and_the_aggregator_keeps_serving(mosq
     data = Digits(devices=1)
     agg = make_aggregator(mosquitto, tmp_path, data, rounds=1)
     agg_run = Running(agg.run, "aggregator")
-    attacker = paho_client(mosquitto.host, mosquitto.port, "attacker")
-    acks = subscribe(attacker, f"fedge/{FEDERATION}/ack/{EVIL}")
+    attacker, acks = _attacker_after_aggregator_is_up(mosquitto)
     try:
         reasons = {}
         for case, messages in _bad_payloads(data).items():
@@ -97,8 +107,7 @@ def test_an_update_claiming_another_device_is_rejected(mosquitto, tmp_path):
     data = Digits(devices=1)
     agg = make_aggregator(mosquitto, tmp_path, data, rounds=1)
     agg_run = Running(agg.run, "aggregator")
-    attacker = paho_client(mosquitto.host, mosquitto.port, "attacker")
-    acks = subscribe(attacker, f"fedge/{FEDERATION}/ack/{EVIL}")
+    attacker, acks = _attacker_after_aggregator_is_up(mosquitto)
     try:
         tensors = {k: np.zeros_like(v) for k, v in data.initial_weights().items()}
         nonce = os.urandom(16).hex()
