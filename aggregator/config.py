@@ -21,6 +21,14 @@ class SyncConfig:
     min_fraction: float = 0.6  # at the deadline, aggregate if this share of the target came
     wait_for_devices_s: float = 30.0  # then open a round with fewer devices than the target
 
+    def __post_init__(self) -> None:
+        if self.target_updates < 1:
+            raise ValueError("sync.target_updates must be >= 1")
+        if self.over_selection < 0 or not 0 < self.min_fraction <= 1:
+            raise ValueError("sync: need over_selection >= 0 and 0 < min_fraction <= 1")
+        if self.round_timeout_s <= 0 or self.wait_for_devices_s < 0:
+            raise ValueError("sync: round_timeout_s must be > 0, wait_for_devices_s >= 0")
+
 
 @dataclass
 class AsyncConfig:
@@ -30,6 +38,12 @@ class AsyncConfig:
     max_staleness: int = 10  # refuse updates whose base is older than this many versions
     staleness_exponent: float = 0.5  # weight = samples / (1 + staleness) ** exponent
     server_lr: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.buffer_size < 1 or self.max_staleness < 0:
+            raise ValueError("async: need buffer_size >= 1 and max_staleness >= 0")
+        if self.staleness_exponent < 0 or self.server_lr <= 0:
+            raise ValueError("async: need staleness_exponent >= 0 and server_lr > 0")
 
 
 @dataclass
@@ -42,7 +56,7 @@ class AggregatorConfig:
     rounds: int = 10  # model versions to produce; 0 runs until stopped
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_update_bytes: int = 64 * 2**20
-    upload_timeout_s: float = 300.0  # drop an upload whose chunks stop coming
+    upload_timeout_s: float = 300.0  # drop an upload not complete this long after it began
     keepalive_s: int = 30
     presence_settle_s: float = 0.5  # after connecting, collect device statuses this long
     seed: int = 0  # device selection
@@ -56,6 +70,8 @@ class AggregatorConfig:
             raise ValueError(f"mode must be 'sync' or 'async', not {self.mode!r}")
         if self.rounds < 0:
             raise ValueError("rounds must be >= 0")
+        if not 1024 <= self.chunk_size <= 256 * 2**20:
+            raise ValueError("chunk_size must be between 1 KiB and 256 MiB")
         self.db_path = Path(self.db_path)
 
 

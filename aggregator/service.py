@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -77,6 +78,8 @@ class Aggregator:
         self._task: Task | None = None
         self._task_opened = 0.0
         self._connected_at = 0.0
+        self._done_published = False
+        self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._pending: list[Update] = []
         self.history: list[dict] = self.store.model_history()
         self._resume()
@@ -92,10 +95,10 @@ class Aggregator:
             return model.version, model.tensors, model.arch
         if initial is None:
             raise ValueError("the store holds no model: pass initial weights")
-        model = Model(version=0, tensors=initial, arch=arch)
-        blob = encode(model)
+        weights = {k: np.asarray(v, dtype=np.float32) for k, v in initial.items()}
+        blob = encode(Model(version=0, tensors=weights, arch=arch))
         self.store.add_model(0, blob, sha256_hex(blob), {"round": 0, "updates": 0})
-        return 0, {k: np.asarray(v, dtype=np.float32) for k, v in initial.items()}, arch
+        return 0, weights, arch
 
     def _resume(self) -> None:
         """Pick up the open task and every stored, not yet aggregated update."""
@@ -116,7 +119,7 @@ class Aggregator:
             self._stop = stop
         self.link.start()
         try:
-            while not self._stop.is_set() and not self.finished:
+            while not self._stop.is_set() and not self._done_published:
                 try:
                     event = self.events.get(timeout=0.05)
                 except queue.Empty:
@@ -124,8 +127,6 @@ class Aggregator:
                 if event is not None:
                     self._handle(event)
                 self._tick(time.time())
-            if self.finished:
-                self._publish_done()
         finally:
             self.link.stop()
             self.store.close()
@@ -161,7 +162,10 @@ class Aggregator:
     def _tick(self, now: float) -> None:
         for device, transfer in self._assembler.expire(time.monotonic()):
             log.warning("aggregator: dropped a stalled upload %s from %s", transfer[:8], device)
-        if not self.link.connected or self.finished:
+        if not self.link.connected:
+            return
+        if self.finished:
+            self._publish_done()  # also when started with every version already made
             return
         if self._task is None:
             settled = time.monotonic() - self._connected_at >= self.config.presence_settle_s
@@ -254,6 +258,7 @@ class Aggregator:
                     round=self.version, model_version=self.version, train=self.config.train,
                     invited=(), chunk_size=self.config.chunk_size, done=True)
         self.link.publish(self.topics.task, encode(done), retain=True)
+        self._done_published = True
 
     # ------------------------------------------------------------ ingest
     def _on_status(self, topic: str, payload: bytes) -> None:
@@ -278,7 +283,8 @@ class Aggregator:
         try:
             done = self._assembler.add(device, payload, time.monotonic())
         except RemoteProtocolError as exc:
-            self._reject(device, exc.transfer or "", "", exc.reason)
+            if not self._already_rejected(device, exc.transfer):
+                self._reject(device, exc.transfer or "", "", exc.reason)
             return
         if done is None:
             return
@@ -289,6 +295,18 @@ class Aggregator:
             self._reject(device, transfer, "", exc.reason)
             return
         self._store_and_ack(update, message)
+
+    def _already_rejected(self, device: str, transfer: str | None) -> bool:
+        """Answer a bad transfer once, not once per chunk; remembers the last 1000."""
+        if transfer is None:
+            return False
+        key = (device, transfer)
+        if key in self._rejected:
+            return True
+        self._rejected[key] = None
+        if len(self._rejected) > 1000:
+            self._rejected.popitem(last=False)
+        return False
 
     def _validate(self, device: str, transfer: str, message: bytes) -> Update:
         elements = sum(w.size for w in self.global_weights.values())

@@ -103,7 +103,7 @@ class EdgeClient:
         self._sent: dict[str, _Sent] = {}
         self._stop = threading.Event()
         self.link = MqttLink(
-            client_id=f"fedge-{config.federation}-{config.device_id}",
+            client_id=f"fedge-{config.federation}-dev-{config.device_id}",
             host=config.host, port=config.port, events=self.events,
             keepalive_s=config.keepalive_s,
             will=Will(self.topics.status(config.device_id), self._status_payload(False)),
@@ -149,13 +149,12 @@ class EdgeClient:
             manifest = ModelManifest(**json.loads(
                 self._model_path.with_suffix(".json").read_text()))
             model = open_model(manifest, blob, self.config.max_model_elements)
+            self._set_global(model.version, model.tensors)
         except FileNotFoundError:
             return
         except (OSError, ValueError, TypeError, RemoteProtocolError) as exc:
             log.error("%s: stored model unusable (%s); will fetch it again",
                       self.config.device_id, exc)
-            return
-        self._set_global(model.version, model.tensors)
 
     def _save_state(self) -> None:
         state = {"done_tasks": self._done_tasks[-100:], "model_version": self.model_version}
@@ -273,18 +272,22 @@ class EdgeClient:
         model = open_model(self._manifest, blob, self.config.max_model_elements)
         self.link.unsubscribe(self.topics.model_chunks(model.version))
         self._fetching = None
+        try:
+            self._set_global(model.version, model.tensors)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"model {model.version} does not fit this device's "
+                                      f"trainer: {exc}") from None
         atomic_write(self._model_path, blob)
         atomic_write(self._model_path.with_suffix(".json"),
                      json.dumps(self._manifest.__dict__).encode())
-        self._set_global(model.version, model.tensors)
         self._save_state()
         self.link.publish(self.topics.status(self.config.device_id),
                           self._status_payload(True), retain=True)
         self._maybe_train()
 
     def _set_global(self, version: int, tensors: Weights) -> None:
-        self.trainer.set_weights(tensors)  # validates names and shapes against the model
-        self._global = {k: v.copy() for k, v in tensors.items()}
+        self.trainer.set_weights(_copy(tensors))  # validates names and shapes
+        self._global = _copy(tensors)
         self.model_version = version
 
     # ------------------------------------------------------------ training and uplink
@@ -296,14 +299,17 @@ class EdgeClient:
             return
         if task.task_id in self._done_tasks:
             return
-        if task.deadline is not None and time.time() > task.deadline:
-            return  # too late to help this round
+        if len(self.outbox) >= self.outbox.max_entries:
+            log.error("%s: outbox full; not training until acks arrive", me)
+            return
         update = self._train(task)
+        if update is None:
+            return  # stopped at a batch boundary: nothing is published
         payload = encode(update)
         try:
             self.outbox.put(update.nonce, payload)
         except OutboxFull as exc:
-            log.error("%s: %s; not training until acks arrive", me, exc)
+            log.error("%s: %s", me, exc)
             return
         self._done_tasks.append(task.task_id)
         self._save_state()
@@ -311,14 +317,17 @@ class EdgeClient:
         self._publish_update(update.nonce)
         self.stats.updates_sent += 1
 
-    def _train(self, task: Task) -> Update:
+    def _train(self, task: Task) -> Update | None:
+        """Train from the global model; None when training was stopped part-way."""
         assert self._global is not None
-        self.trainer.set_weights(self._global)
+        self.trainer.set_weights(_copy(self._global))
         t = task.train
         fit = FitConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                         momentum=t.momentum, prox_mu=t.prox_mu,
                         seed=int.from_bytes(os.urandom(4), "little"))
         result = self.trainer.fit(self.x, self.y, fit, should_stop=self._stop.is_set)
+        if result.stopped_early:
+            return None
         self.stats.train_s.append(result.train_s)
         local = self.trainer.get_weights()
         delta = {name: (local[name] - self._global[name]).astype(np.float32)
@@ -358,3 +367,8 @@ class EdgeClient:
     def _status_payload(self, online: bool) -> bytes:
         return encode(Status(device_id=self.config.device_id, online=online,
                              model_version=self.model_version, time=time.time()))
+
+
+def _copy(weights: Weights) -> Weights:
+    """Trainers may update arrays in place; never hand them our reference copy."""
+    return {name: array.copy() for name, array in weights.items()}

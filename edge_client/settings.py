@@ -52,7 +52,7 @@ def from_table(cls: type[T], table: dict[str, Any], where: str,
             raise ConfigError(f"unknown key {key!r} in {where}; known keys: {allowed}")
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_table(hint, value, f"[{key}]")
+            kwargs[name] = from_table(hint, value, f"{where} [{key}]")
         else:
             kwargs[name] = _coerce(value, hint, f"{where} {key}")
     try:

@@ -56,9 +56,13 @@ def build_aggregator(path: Path) -> Aggregator:
     (model_table,) = _split_tables(table, "model")
     config = load_aggregator_config(table, str(path))
     spec = from_table(ModelSpec, model_table, "[model]")
-    trainer = spec.trainer()
-    return Aggregator(config, initial_weights=trainer.get_weights(),
-                      arch={"kind": spec.kind, "sizes": list(spec.sizes)})
+    arch = {"kind": spec.kind, "sizes": list(spec.sizes)}
+    aggregator = Aggregator(config, initial_weights=spec.trainer().get_weights(), arch=arch)
+    if aggregator.arch != arch:
+        log.warning("aggregator: [model] in %s is %s, but the store continues from %s; "
+                    "the stored model wins (start a new db_path for a new model)",
+                    path, arch, aggregator.arch)
+    return aggregator
 
 
 def build_device(path: Path) -> EdgeClient:

@@ -30,6 +30,12 @@ class TrainConfig:
     momentum: float = 0.0
     prox_mu: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("train: epochs and batch_size must be >= 1")
+        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.prox_mu >= 0):
+            raise ValueError("train: need lr > 0, 0 <= momentum < 1, prox_mu >= 0")
+
 
 @dataclass(frozen=True)
 class Task:
@@ -212,8 +218,13 @@ def decode(data: bytes, expect: type | None = None,
         raise RemoteProtocolError(f"unknown message kind {kind!r}")
     cls, from_map = decoder
     if expect is not None and cls is not expect:
-        raise RemoteProtocolError(f"expected a {expect.__name__} message, got {kind!r}")
+        raise RemoteProtocolError(f"expected a message of kind {_kind_of(expect)!r}, "
+                                  f"got {kind!r}")
     return from_map(_Fields(obj, kind), max_elements)
+
+
+def _kind_of(cls: type) -> str:
+    return next(kind for kind, (c, _) in _DECODERS.items() if c is cls)
 
 
 class _Fields:
@@ -274,9 +285,12 @@ def _task_from(f: _Fields, _max: int) -> Task:
     if invited is not None and not all(isinstance(d, str) for d in invited):
         raise RemoteProtocolError("task: invited must be a list of device ids")
     t = f.sub("train")
-    train = TrainConfig(epochs=t.int("epochs"), batch_size=t.int("batch_size", minimum=1),
-                        lr=t.float("lr"), momentum=t.float("momentum"),
-                        prox_mu=t.float("prox_mu"))
+    try:
+        train = TrainConfig(epochs=t.int("epochs"), batch_size=t.int("batch_size"),
+                            lr=t.float("lr"), momentum=t.float("momentum"),
+                            prox_mu=t.float("prox_mu"))
+    except ValueError as exc:
+        raise RemoteProtocolError(f"task: {exc}") from None
     return Task(task_id=f.str("task_id"), mode=mode, round=f.int("round"),
                 model_version=f.int("model_version"), train=train,
                 deadline=f.float("deadline", optional=True),
@@ -303,7 +317,7 @@ def _model_from(f: _Fields, max_elements: int) -> Model:
 
 def _manifest_from(f: _Fields, _max: int) -> ModelManifest:
     return ModelManifest(version=f.int("version"), sha256=f.str("sha256", max_len=64),
-                         size=f.int("size", minimum=1), chunk_count=f.int("chunk_count", 1),
+                         size=f.int("size", minimum=1), chunk_count=f.int("chunk_count", minimum=1),
                          created_at=f.float("created_at"))
 
 

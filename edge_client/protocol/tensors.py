@@ -56,18 +56,16 @@ def decode_tensors(raw: Any, max_elements: int) -> Weights:
         raise RemoteProtocolError("tensors must be a map")
     if len(raw) > MAX_TENSORS:
         raise RemoteProtocolError(f"too many tensors ({len(raw)} > {MAX_TENSORS})")
-    total = 0
+    remaining = max_elements
     out: Weights = {}
     for name, spec in raw.items():
-        array = _decode_one(name, spec)
-        total += array.size
-        if total > max_elements:
-            raise RemoteProtocolError(f"tensors hold more than {max_elements} elements")
+        array = _decode_one(name, spec, remaining, max_elements)
+        remaining -= array.size
         out[name] = array
     return out
 
 
-def _decode_one(name: Any, spec: Any) -> np.ndarray:
+def _decode_one(name: Any, spec: Any, remaining: int, max_elements: int) -> np.ndarray:
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LEN:
         raise RemoteProtocolError("tensor names must be non-empty strings")
     if not isinstance(spec, dict):
@@ -86,6 +84,8 @@ def _decode_one(name: Any, spec: Any) -> np.ndarray:
     count = 1
     for d in shape:
         count *= d
+    if count > remaining:
+        raise RemoteProtocolError(f"tensors hold more than {max_elements} elements")
     if count * dtype.itemsize != len(data):
         raise RemoteProtocolError(
             f"tensor {name!r}: shape {shape} of {spec['dtype']} needs "

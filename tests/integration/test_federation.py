@@ -194,3 +194,19 @@ def test_the_deadline_closes_a_round_with_the_minimum_fraction(mosquitto, tmp_pa
         run.join(30)
     assert agg.history[1]["updates"] == 2  # ceil(0.6 * 3) came by the deadline
     assert agg.history[1]["round_wall_s"] >= 1.5
+
+
+def test_an_aggregator_that_starts_finished_still_serves_the_final_model(mosquitto, tmp_path,
+                                                                         digits3):
+    first = make_aggregator(mosquitto, tmp_path, digits3, rounds=1)
+    clients = [make_client(mosquitto, tmp_path, digits3, i) for i in range(3)]
+    runs = [Running(first.run, "aggregator-1")] + [Running(c.run, f"d{i}")
+                                                   for i, c in enumerate(clients)]
+    for run in runs:
+        run.join(60)
+    mosquitto.restart()  # a fresh broker: no retained model or task
+    again = make_aggregator(mosquitto, tmp_path, digits3, rounds=1)
+    Running(again.run, "aggregator-2").join(30)
+    newcomer = make_client(mosquitto, tmp_path / "new", digits3, 0)
+    Running(newcomer.run, "newcomer").join(30)
+    assert newcomer.model_version == 1 and newcomer.stats.updates_sent == 0

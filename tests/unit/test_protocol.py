@@ -89,6 +89,13 @@ def _raw(**fields) -> bytes:
     (_raw(kind="ack", status="accepted", task_id=3, nonce="", reason=""), "wrong type"),
     (_raw(kind="manifest", version=1, sha256="x", size=0, chunk_count=1, created_at=0),
      "must be >= 1"),
+    (_raw(kind="manifest", version=1, sha256="x", size=5, chunk_count=0, created_at=0),
+     "chunk_count' must be >= 1"),
+    (_raw(kind="manifest", version=1, sha256="x", size=5, created_at=0),
+     "missing field 'chunk_count'"),
+    (_raw(kind="task", task_id="t", mode="sync", round=1, model_version=0, chunk_size=4096,
+          done=False, train={"epochs": 0, "batch_size": 1, "lr": 0.1, "momentum": 0,
+                             "prox_mu": 0}), "epochs and batch_size"),
 ])
 def test_malformed_messages_are_rejected_with_a_reason(payload, reason):
     with pytest.raises(RemoteProtocolError, match=reason):
@@ -96,7 +103,7 @@ def test_malformed_messages_are_rejected_with_a_reason(payload, reason):
 
 
 def test_decode_refuses_the_wrong_kind():
-    with pytest.raises(RemoteProtocolError, match="expected a Update"):
+    with pytest.raises(RemoteProtocolError, match="kind 'update', got 'ack'"):
         decode(encode(Ack(status="accepted")), expect=Update)
 
 

@@ -34,9 +34,14 @@ def test_the_example_device_config_loads():
     ({"rounds": "3"}, "rounds must be int"),
     ({"rounds": True}, "must be int"),
     ({"mode": "semi"}, "mode must be"),
-    ({"sync": {"target": 3}}, r"unknown key 'target' in \[sync\]"),
+    ({"sync": {"target": 3}}, r"unknown key 'target' in config \[sync\]"),
     ({"async_": {}}, "unknown key 'async_'"),
     ({"sync": 3}, "must be a table"),
+    ({"sync": {"target_updates": 0}}, "target_updates must be >= 1"),
+    ({"async": {"buffer_size": 0}}, "buffer_size >= 1"),
+    ({"train": {"lr": 0}}, "lr > 0"),
+    ({"train": {"epochs": 0}}, "epochs and batch_size must be >= 1"),
+    ({"chunk_size": 100}, "chunk_size must be between"),
     ({"db_path": 5}, "path string"),
 ])
 def test_bad_aggregator_configs_say_what_is_wrong(table, message):
