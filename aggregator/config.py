@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_client.codecs import CodecConfig
 from edge_client.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
 from edge_client.protocol.topics import check_name
 from edge_client.settings import from_table
@@ -47,6 +48,15 @@ class AsyncConfig:
 
 
 @dataclass
+class DownlinkConfig:
+    """How new models reach devices: always the full model, plus a delta when enabled."""
+
+    delta: bool = True  # publish the change from the previous version, compressed
+    codec: CodecConfig = field(default_factory=lambda: CodecConfig(
+        sparsify="none", quantize="q8", error_feedback=True, compress="zlib"))
+
+
+@dataclass
 class AggregatorConfig:
     federation: str = "default"
     host: str = "127.0.0.1"
@@ -63,6 +73,8 @@ class AggregatorConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     async_: AsyncConfig = field(default_factory=AsyncConfig)
+    uplink: CodecConfig | None = None  # how devices encode updates; None: dense float32
+    downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)

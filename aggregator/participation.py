@@ -66,7 +66,7 @@ class SyncRounds:
         return Task(task_id=f"r{round_no}-{uuid.uuid4().hex[:8]}", mode="sync",
                     round=round_no, model_version=version, train=self.config.train,
                     deadline=now + self.sync.round_timeout_s, invited=invited,
-                    chunk_size=self.config.chunk_size)
+                    chunk_size=self.config.chunk_size, codec=_uplink(self.config))
 
     def min_updates(self) -> int:
         return max(1, math.ceil(self.sync.min_fraction * self.sync.target_updates))
@@ -117,7 +117,7 @@ class BufferedAsync:
              now: float) -> Task | None:
         return Task(task_id=f"v{version}-async", mode="async", round=round_no,
                     model_version=version, train=self.config.train, deadline=None,
-                    invited=None, chunk_size=self.config.chunk_size)
+                    invited=None, chunk_size=self.config.chunk_size, codec=_uplink(self.config))
 
     def judge(self, update: Update, task: TaskInfo, open_task: Task | None,
               current_version: int) -> Verdict:
@@ -141,6 +141,10 @@ class BufferedAsync:
     @property
     def server_lr(self) -> float:
         return self.cfg.server_lr
+
+
+def _uplink(config: AggregatorConfig) -> dict | None:
+    return None if config.uplink is None else config.uplink.to_wire()
 
 
 Participation = SyncRounds | BufferedAsync

@@ -7,6 +7,7 @@ crash, and a restart resumes the open round or buffer from the store.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aggregator.config import AggregatorConfig
+from aggregator.downlink import DownlinkEncoder
+from aggregator.ingest import check_sender, open_update
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.store import Store
 from aggregator.strategy import Contribution, FedAvg, Strategy
@@ -35,8 +38,7 @@ from edge_client.protocol import (
     encode,
 )
 from edge_client.protocol.chunking import chunk_count, sha256_hex
-from edge_client.protocol.model_transfer import package_model
-from edge_client.protocol.tensors import check_like
+from edge_client.protocol.model_transfer import package_delta, package_model
 from edge_client.transport import Connected, Disconnected, Inbound, MqttLink
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,8 @@ class Aggregator:
         self._task_opened = 0.0
         self._connected_at = 0.0
         self._done_published = False
+        self._update_bytes: dict[str, int] = {}  # message size of each pending update
+        self.downlink = DownlinkEncoder(config.downlink, seed=config.seed)
         self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._pending: list[Update] = []
         self.history: list[dict] = self.store.model_history()
@@ -106,9 +110,7 @@ class Aggregator:
         if opened is not None and opened[0].model_version == self.version:
             self._task, self._task_opened = opened[0], time.monotonic()
         for payload in self.store.pending_payloads():
-            update = decode(payload, expect=Update)
-            assert isinstance(update, Update)
-            self._pending.append(update)
+            self._pending.append(open_update(payload, self.global_weights))
         if self._pending:
             log.info("aggregator: resumed with %d pending updates", len(self._pending))
 
@@ -201,11 +203,20 @@ class Aggregator:
         self.link.publish(self.topics.task, encode(task), retain=True)
 
     def _publish_model(self) -> None:
-        """Retained chunks first, then the manifest that points at them."""
+        """Retained chunks (full, and the delta if any) first, then the manifest."""
         model = Model(version=self.version, tensors=self.global_weights, arch=self.arch)
         manifest, chunks = package_model(model, self.config.chunk_size)
         for i, chunk in enumerate(chunks):
             self.link.publish(self.topics.model_chunk(self.version, i), chunk, retain=True)
+        delta = self.store.model_delta(self.version) if self.version > 0 else None
+        if delta:
+            info, delta_chunks = package_delta(delta, self.version,
+                                               self.config.downlink.codec.to_wire(),
+                                               self.config.chunk_size)
+            for i, chunk in enumerate(delta_chunks):
+                self.link.publish(self.topics.model_delta_chunk(self.version, i), chunk,
+                                  retain=True)
+            manifest = dataclasses.replace(manifest, delta=info)
         self.link.publish(self.topics.model, encode(manifest), retain=True)
         self._clear_model_chunks(self.version - 2)
 
@@ -216,6 +227,9 @@ class Aggregator:
             return
         for i in range(chunk_count(size, self.config.chunk_size)):
             self.link.publish(self.topics.model_chunk(version, i), b"", retain=True)
+        delta = self.store.model_delta(version)
+        for i in range(chunk_count(len(delta), self.config.chunk_size) if delta else 0):
+            self.link.publish(self.topics.model_delta_chunk(version, i), b"", retain=True)
 
     def _aggregate(self) -> None:
         assert self._task is not None
@@ -224,19 +238,22 @@ class Aggregator:
                          self.participation.staleness_factor(u, self.version))
             for u in self._pending
         ]
-        new_weights = self.strategy.aggregate(self.global_weights, contributions,
-                                              self.participation.server_lr)
+        proposed = self.strategy.aggregate(self.global_weights, contributions,
+                                           self.participation.server_lr)
         version = self.version + 1
+        new_weights, delta = self.downlink.step(self.global_weights, proposed, version)
         round_wall_s = time.monotonic() - self._task_opened
         metrics = self._evaluate(new_weights)
         blob = encode(Model(version=version, tensors=new_weights, arch=self.arch))
         info = {"round": self._task.round, "updates": len(self._pending),
+                "update_bytes": sum(self._update_bytes.pop(u.nonce, 0) for u in self._pending),
+                "model_bytes": len(blob), "delta_bytes": len(delta) if delta else 0,
                 "round_wall_s": round_wall_s, "mode": self.participation.mode,
                 "max_train_s": max(u.metrics.get("train_s", 0.0) for u in self._pending),
                 "devices": sorted({u.device_id for u in self._pending}), **metrics}
         close = self._task.task_id if self._task.mode == "sync" else None
         self.store.add_model(version, blob, sha256_hex(blob), info, used=self._pending,
-                             close_task=close)
+                             close_task=close, delta=delta)
         self.version, self.global_weights = version, new_weights
         self.history.append({"version": version, "created_at": time.time(), **info})
         report = VersionReport(version, self._task.round, len(self._pending), round_wall_s,
@@ -309,17 +326,8 @@ class Aggregator:
         return False
 
     def _validate(self, device: str, transfer: str, message: bytes) -> Update:
-        elements = sum(w.size for w in self.global_weights.values())
-        update = decode(message, expect=Update, max_elements=elements)
-        assert isinstance(update, Update)
-        if update.device_id != device:
-            raise RemoteProtocolError(f"update names device {update.device_id!r} but came "
-                                      f"on {device!r}'s topic")
-        if update.nonce != transfer:
-            raise RemoteProtocolError("update nonce does not match its transfer id")
-        if update.codec != "dense":
-            raise RemoteProtocolError(f"unknown codec {update.codec!r}")
-        check_like(update.tensors, self.global_weights)
+        update = open_update(message, self.global_weights)
+        check_sender(update, device, transfer)
         return update
 
     def _store_and_ack(self, update: Update, message: bytes) -> None:
@@ -341,6 +349,7 @@ class Aggregator:
             return
         if verdict.state == "pending":
             self._pending.append(update)
+            self._update_bytes[update.nonce] = len(message)
         self._ack(update, verdict)
 
     def _ack(self, update: Update, verdict: Verdict) -> None:

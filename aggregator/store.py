@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS models (
     created_at REAL NOT NULL,
     sha256 TEXT NOT NULL,
     blob BLOB NOT NULL,
-    info TEXT NOT NULL
+    info TEXT NOT NULL,
+    delta BLOB                    -- the downlink delta from the previous version, if any
 );
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
@@ -86,11 +87,12 @@ class Store:
 
     # ------------------------------------------------------------ models
     def add_model(self, version: int, blob: bytes, sha256: str, info: dict[str, Any],
-                  used: list[Update] | None = None, close_task: str | None = None) -> None:
+                  used: list[Update] | None = None, close_task: str | None = None,
+                  delta: bytes | None = None) -> None:
         """Store a new version, mark its updates used and close its task, atomically."""
         with self._transaction():
-            self.db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?)",
-                            (version, time.time(), sha256, blob, json.dumps(info)))
+            self.db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?)",
+                            (version, time.time(), sha256, blob, json.dumps(info), delta))
             for u in used or []:
                 self.db.execute(
                     "UPDATE updates SET state='aggregated', used_in=? "
@@ -104,6 +106,11 @@ class Store:
         row = self.db.execute(
             "SELECT version, blob, info FROM models ORDER BY version DESC LIMIT 1").fetchone()
         return None if row is None else StoredModel(row[0], row[1], json.loads(row[2]))
+
+    def model_delta(self, version: int) -> bytes | None:
+        row = self.db.execute("SELECT delta FROM models WHERE version=?",
+                              (version,)).fetchone()
+        return None if row is None else row[0]
 
     def model_size(self, version: int) -> int | None:
         row = self.db.execute("SELECT length(blob) FROM models WHERE version=?",

@@ -6,6 +6,7 @@ takes them one at a time, so the state below needs no locks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_client.codecs import CodecConfig, ErrorFeedback, encode_vector
+from edge_client.model_fetch import FetchStep, Held, ModelFetcher
 from edge_client.outbox import Outbox, OutboxFull, atomic_write
 from edge_client.protocol import (
     DEFAULT_CHUNK_SIZE,
     Ack,
-    Assembler,
+    Model,
     ModelManifest,
     RemoteProtocolError,
     Status,
@@ -33,15 +36,16 @@ from edge_client.protocol import (
     encode,
     split,
 )
+from edge_client.protocol.chunking import sha256_hex
 from edge_client.protocol.messages import unpack_map
-from edge_client.protocol.model_transfer import model_transfer_id, open_model
-from edge_client.protocol.tensors import Weights
+from edge_client.protocol.seeds import update_seed
+from edge_client.protocol.tensors import Weights, flatten_sorted
 from edge_client.protocol.topics import check_name
 from edge_client.training.trainer import FitConfig, Trainer
 from edge_client.transport import Connected, Disconnected, Inbound, MqttLink, Will
 
 log = logging.getLogger(__name__)
-AGGREGATOR = "aggregator"  # the one source of model chunks
+MAX_RESIDUAL_AGE = 20  # model versions after which an error-feedback residual is dropped
 
 
 @dataclass
@@ -73,6 +77,9 @@ class ClientStats:
     train_s: list[float] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
+    update_bytes: int = 0  # encoded update messages made
+    dense_bytes: int = 0  # what those updates would be as dense float32
+    models_via_delta: int = 0
 
 
 @dataclass
@@ -93,11 +100,14 @@ class EdgeClient:
         self.stats = ClientStats()
         self.events: queue.Queue = queue.Queue()
         self.outbox = Outbox(config.state_dir / "outbox", config.outbox_max)
-        self._assembler = Assembler(config.max_model_bytes, max_transfers_per_source=1)
-        self._manifest: ModelManifest | None = None
-        self._fetching: int | None = None
+        self._fetcher = ModelFetcher(self.topics, config.max_model_bytes,
+                                     config.max_model_elements)
         self._task: Task | None = None
         self._global: Weights | None = None
+        self._arch: dict = {}
+        self._feedback: ErrorFeedback | None = None
+        self._feedback_version: int | None = None
+        self._rng = np.random.default_rng()
         self.model_version: int | None = None
         self._done_tasks: list[str] = []
         self._sent: dict[str, _Sent] = {}
@@ -146,15 +156,43 @@ class EdgeClient:
     def _load_model(self) -> None:
         try:
             blob = self._model_path.read_bytes()
-            manifest = ModelManifest(**json.loads(
-                self._model_path.with_suffix(".json").read_text()))
-            model = open_model(manifest, blob, self.config.max_model_elements)
-            self._set_global(model.version, model.tensors)
+            meta = json.loads(self._model_path.with_suffix(".json").read_text())
+            if sha256_hex(blob) != meta["sha256"]:
+                raise ValueError("sha256 mismatch")
+            model = decode(blob, expect=Model, max_elements=self.config.max_model_elements)
+            assert isinstance(model, Model)
+            self._set_global(model.version, model.tensors, model.arch)
         except FileNotFoundError:
             return
-        except (OSError, ValueError, TypeError, RemoteProtocolError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, RemoteProtocolError) as exc:
             log.error("%s: stored model unusable (%s); will fetch it again",
                       self.config.device_id, exc)
+            return
+        self._load_feedback()
+
+    def _load_feedback(self) -> None:
+        """The error-feedback residual of the last compressed update, if it still fits."""
+        try:
+            meta = json.loads(self._feedback_path.with_suffix(".json").read_text())
+            size = sum(w.size for w in (self._global or {}).values())
+            self._feedback = ErrorFeedback.from_bytes(self._feedback_path.read_bytes(), size)
+            self._feedback_version = int(meta["version"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error("%s: residual unusable (%s); starting without it",
+                      self.config.device_id, exc)
+
+    @property
+    def _feedback_path(self) -> Path:
+        return self.config.state_dir / "residual.bin"
+
+    def _save_feedback(self) -> None:
+        if self._feedback is None:
+            return
+        atomic_write(self._feedback_path, self._feedback.to_bytes())
+        atomic_write(self._feedback_path.with_suffix(".json"),
+                     json.dumps({"version": self._feedback_version}).encode())
 
     def _save_state(self) -> None:
         state = {"done_tasks": self._done_tasks[-100:], "model_version": self.model_version}
@@ -245,49 +283,48 @@ class EdgeClient:
             ack = decode(payload, expect=Ack)
             assert isinstance(ack, Ack)
             self._on_ack(ack)
-        elif self._fetching is not None and topic.startswith(
-                self.topics.model_chunks(self._fetching)[:-1]):
-            self._on_model_chunk(payload)
+        else:
+            step = self._fetcher.on_chunk(topic, payload, self._held())
+            if step is not None:
+                self._apply_fetch(step)
 
     # ------------------------------------------------------------ downlink
     def _on_manifest(self, manifest: ModelManifest) -> None:
-        if self.model_version is not None and manifest.version <= self.model_version:
-            return
         if manifest.size > self.config.max_model_bytes:
             raise RemoteProtocolError(f"model {manifest.version} is {manifest.size} bytes, "
                                       f"over this device's limit")
-        if self._fetching is not None:
-            self.link.unsubscribe(self.topics.model_chunks(self._fetching))
-        self._manifest = manifest
-        self._fetching = manifest.version
-        self.link.subscribe(self.topics.model_chunks(manifest.version))
+        self._apply_fetch(self._fetcher.on_manifest(manifest, self._held()))
 
-    def _on_model_chunk(self, payload: bytes) -> None:
-        done = self._assembler.add(AGGREGATOR, payload, time.monotonic())
-        if done is None or self._manifest is None:
+    def _held(self) -> Held:
+        return Held(self.model_version, self._global, self._arch)
+
+    def _apply_fetch(self, step: FetchStep) -> None:
+        for topic in step.unsubscribe:
+            self.link.unsubscribe(topic)
+        for topic in step.subscribe:
+            self.link.subscribe(topic)
+        if step.model is None:
             return
-        transfer, blob = done
-        if transfer != model_transfer_id(self._manifest.version):
-            return
-        model = open_model(self._manifest, blob, self.config.max_model_elements)
-        self.link.unsubscribe(self.topics.model_chunks(model.version))
-        self._fetching = None
+        model = step.model
         try:
-            self._set_global(model.version, model.tensors)
+            self._set_global(model.version, model.tensors, model.arch)
         except ValueError as exc:
             raise RemoteProtocolError(f"model {model.version} does not fit this device's "
                                       f"trainer: {exc}") from None
-        atomic_write(self._model_path, blob)
+        self.stats.models_via_delta += int(step.via_delta)
+        atomic_write(self._model_path, step.blob)
         atomic_write(self._model_path.with_suffix(".json"),
-                     json.dumps(self._manifest.__dict__).encode())
+                     json.dumps({"version": model.version,
+                                 "sha256": sha256_hex(step.blob)}).encode())
         self._save_state()
         self.link.publish(self.topics.status(self.config.device_id),
                           self._status_payload(True), retain=True)
         self._maybe_train()
 
-    def _set_global(self, version: int, tensors: Weights) -> None:
+    def _set_global(self, version: int, tensors: Weights, arch: dict) -> None:
         self.trainer.set_weights(_copy(tensors))  # validates names and shapes
         self._global = _copy(tensors)
+        self._arch = arch
         self.model_version = version
 
     # ------------------------------------------------------------ training and uplink
@@ -311,6 +348,9 @@ class EdgeClient:
         except OutboxFull as exc:
             log.error("%s: %s", me, exc)
             return
+        self._save_feedback()  # after the outbox: a crash between loses no update
+        self.stats.update_bytes += len(payload)
+        self.stats.dense_bytes += 4 * sum(w.size for w in self._global.values())
         self._done_tasks.append(task.task_id)
         self._save_state()
         self._sent[update.nonce] = _Sent(payload)
@@ -332,11 +372,36 @@ class EdgeClient:
         local = self.trainer.get_weights()
         delta = {name: (local[name] - self._global[name]).astype(np.float32)
                  for name in self._global}
-        return Update(device_id=self.config.device_id, task_id=task.task_id,
-                      nonce=os.urandom(16).hex(), base_version=task.model_version,
-                      num_samples=len(self.x), tensors=delta,
-                      metrics={"train_loss": result.loss, "train_s": result.train_s},
-                      created_at=time.time())
+        update = Update(device_id=self.config.device_id, task_id=task.task_id,
+                        nonce=os.urandom(16).hex(), base_version=task.model_version,
+                        num_samples=len(self.x), tensors=delta,
+                        metrics={"train_loss": result.loss, "train_s": result.train_s},
+                        created_at=time.time())
+        if task.codec is None:
+            return update
+        return self._compress(update, CodecConfig.from_wire(task.codec))
+
+    def _compress(self, update: Update, codec: CodecConfig) -> Update:
+        """Encode the delta with the task's codec, carrying what is left out forward."""
+        vector = flatten_sorted(update.tensors)
+        if codec.error_feedback:
+            feedback = self._feedback_for(vector.size, update.base_version)
+            vector = feedback.compensate(vector)
+        encoded = encode_vector(vector, codec, update_seed(update.task_id, update.device_id),
+                                self._rng)
+        if codec.error_feedback:
+            feedback.record(vector, encoded.sent)
+            self._feedback_version = update.base_version
+        return dataclasses.replace(update, tensors={}, codec=codec.to_wire(),
+                                   blob=encoded.blob)
+
+    def _feedback_for(self, size: int, version: int) -> ErrorFeedback:
+        """The residual, unless it belongs to another model shape or is too old to help."""
+        stale = (self._feedback_version is None
+                 or version - self._feedback_version > MAX_RESIDUAL_AGE)
+        if self._feedback is None or self._feedback.residual.size != size or stale:
+            self._feedback = ErrorFeedback(size)
+        return self._feedback
 
     def _publish_update(self, nonce: str) -> None:
         sent = self._sent[nonce]

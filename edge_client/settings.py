@@ -50,7 +50,7 @@ def from_table(cls: type[T], table: dict[str, Any], where: str,
         if name not in fields or (key not in nested and name in nested.values()):
             allowed = sorted({*fields} - set(nested.values()) | set(nested))
             raise ConfigError(f"unknown key {key!r} in {where}; known keys: {allowed}")
-        hint = hints[name]
+        hint = _without_none(hints[name])
         if dataclasses.is_dataclass(hint):
             kwargs[name] = from_table(hint, value, f"{where} [{key}]")
         else:
@@ -59,6 +59,15 @@ def from_table(cls: type[T], table: dict[str, Any], where: str,
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _without_none(hint: Any) -> Any:
+    """`X | None` -> X, so an optional table is read like a required one."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return hint
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

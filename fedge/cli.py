@@ -43,6 +43,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--buffer-size", type=int, default=d.buffer_size,
                    help="async: aggregate every K updates")
+    p.add_argument("--uplink", default=d.uplink,
+                   help="update codec, e.g. 'topk=0.01,q4', 'randk=0.05,q8', 'f16', 'dense'")
+    p.add_argument("--downlink", default=d.downlink,
+                   help="model delta codec, e.g. 'q8', 'q4'; 'full' sends whole models only")
     p.add_argument("--workdir", help="keep the SQLite store and device state here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON last")
     p.set_defaults(func=_demo)
@@ -83,7 +87,7 @@ def _demo(args: argparse.Namespace) -> int:
                      broker=args.broker, seed=args.seed, alpha=args.alpha,
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      momentum=args.momentum, buffer_size=args.buffer_size,
-                     workdir=args.workdir)
+                     uplink=args.uplink, downlink=args.downlink, workdir=args.workdir)
     bar = ProgressBar(model_versions(cfg), f"fedge demo ({cfg.mode}, {cfg.devices} devices)")
     bar.show(0, "starting")
 
@@ -110,7 +114,10 @@ def _print_summary(s: dict, stream) -> None:
         f"{s['model_versions']} model versions",
         f"final accuracy    {s['final_accuracy']:.4f}",
         f"accuracy by round {' '.join(f'{a:.3f}' for a in s['accuracy_per_version'])}",
-        f"uplink            {s['bytes_up'] / 1e6:.2f} MB   downlink {s['bytes_down'] / 1e6:.2f} MB",
+        f"uplink            {s['bytes_up'] / 1e6:.2f} MB ({s['uplink_codec']}, updates "
+        f"{s['uplink_compression']}x smaller than float32)",
+        f"downlink          {s['bytes_down'] / 1e6:.2f} MB ({s['downlink_codec']} deltas, "
+        f"{s['models_via_delta']} models rebuilt from deltas)",
         f"wall time         {s['wall_s']:.2f} s; median round {s['round_wall_s_median']:.3f} s, "
         f"median local training {s['train_s_median']:.3f} s",
         f"store             {s['workdir']}",

@@ -20,12 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.config import AggregatorConfig, AsyncConfig, SyncConfig
+from aggregator.config import AggregatorConfig, AsyncConfig, DownlinkConfig, SyncConfig
 from aggregator.service import Aggregator, VersionReport
 from edge_client.client import ClientConfig, EdgeClient
+from edge_client.codecs import DENSE
 from edge_client.protocol import TrainConfig
 from edge_client.training import mlp_trainer
 from fedge.broker import start_broker
+from fedge.codec_spec import describe, parse_codec
 from fedge.datasets import dirichlet_partition, load_digits, stratified_split
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class DemoConfig:
     lr: float = 0.1
     momentum: float = 0.5
     buffer_size: int = 3  # async: aggregate every K updates
+    uplink: str = "topk=0.01,q4"  # codec spec (fedge/codec_spec.py); "dense" for float32
+    downlink: str = "q8"  # codec of the model deltas; "full" sends only whole models
     broker: str = "auto"  # auto | mosquitto | embedded
     workdir: Path | None = None
     timeout_s: float = 600.0
@@ -109,9 +113,12 @@ def _aggregator_config(cfg: DemoConfig, host: str, port: int,
                        workdir: Path) -> AggregatorConfig:
     train = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                         momentum=cfg.momentum)
+    downlink = (DownlinkConfig(delta=False) if cfg.downlink == "full"
+                else DownlinkConfig(codec=parse_codec(cfg.downlink) or DENSE))
     return AggregatorConfig(
         federation="demo", host=host, port=port, db_path=workdir / "aggregator.sqlite3",
         mode=cfg.mode, rounds=model_versions(cfg), seed=cfg.seed, train=train,
+        uplink=parse_codec(cfg.uplink), downlink=downlink,
         sync=SyncConfig(target_updates=cfg.devices, wait_for_devices_s=30.0),
         async_=AsyncConfig(buffer_size=min(cfg.buffer_size, cfg.devices)),
     )
@@ -155,6 +162,8 @@ def _summary(cfg: DemoConfig, aggregator: Aggregator, clients: list[EdgeClient],
     history = [h for h in aggregator.history if h["version"] > 0]
     train_s = [t for c in clients for t in c.stats.train_s]
     round_walls = [h["round_wall_s"] for h in history]
+    update_bytes = sum(c.stats.update_bytes for c in clients)
+    device_rounds = max(1, cfg.devices * len(history))
     return {
         "final_accuracy": history[-1]["accuracy"] if history else None,
         "rounds": cfg.rounds,
@@ -170,7 +179,19 @@ def _summary(cfg: DemoConfig, aggregator: Aggregator, clients: list[EdgeClient],
         "round_overhead_s_median": _median(
             [h["round_wall_s"] - h.get("max_train_s", 0.0) for h in history]),
         "updates_accepted": sum(c.stats.acks["accepted"] for c in clients),
+        "uplink_codec": describe(aggregator.config.uplink),
+        "downlink_codec": (aggregator.config.downlink.codec.name()
+                           if aggregator.config.downlink.delta else "full"),
+        "uplink_compression": round(sum(c.stats.dense_bytes for c in clients)
+                                    / max(1, update_bytes), 1),
+        "update_bytes": update_bytes,
+        "bytes_up_per_device_round": round(sum(c.stats.bytes_up for c in clients)
+                                           / device_rounds),
+        "bytes_down_per_device_round": round(sum(c.stats.bytes_down for c in clients)
+                                             / device_rounds),
+        "models_via_delta": sum(c.stats.models_via_delta for c in clients),
         "accuracy_per_version": [round(h["accuracy"], 4) for h in history],
+        "update_bytes_per_version": [h["update_bytes"] for h in history],
         "parameters": int(sum(w.size for w in aggregator.global_weights.values())),
         "workdir": str(workdir),
     }

@@ -50,6 +50,7 @@ class Task:
     invited: tuple[str, ...] | None = None  # None: every device may take part
     chunk_size: int = 65536
     done: bool = False  # the federation has finished; devices may stop
+    codec: dict[str, Any] | None = None  # how to encode updates (codec config); None: dense
 
     def invites(self, device_id: str) -> bool:
         return self.invited is None or device_id in self.invited
@@ -67,7 +68,8 @@ class Update:
     tensors: Weights = field(repr=False)
     metrics: dict[str, float] = field(default_factory=dict)
     created_at: float = 0.0
-    codec: str = "dense"
+    codec: dict[str, Any] | None = None  # None: `tensors` holds the dense delta
+    blob: bytes = field(default=b"", repr=False)  # the encoded delta when `codec` is set
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,23 @@ class ModelManifest:
     size: int
     chunk_count: int
     created_at: float = 0.0
+    delta: DeltaInfo | None = None  # a smaller way to get here from the previous version
+
+
+@dataclass(frozen=True)
+class DeltaInfo:
+    """The change from `base_version`, encoded with `codec`, published beside the model.
+
+    A device holding `base_version` adds the decoded delta, then checks that the result
+    encodes to the manifest's sha256: it gets the aggregator's model bit for bit, or
+    falls back to the full model.
+    """
+
+    base_version: int
+    sha256: str
+    size: int
+    chunk_count: int
+    codec: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -142,7 +161,7 @@ def _task_map(t: Task) -> dict[str, Any]:
         "task_id": t.task_id, "mode": t.mode, "round": t.round,
         "model_version": t.model_version, "deadline": t.deadline,
         "invited": list(t.invited) if t.invited is not None else None,
-        "chunk_size": t.chunk_size, "done": t.done,
+        "chunk_size": t.chunk_size, "done": t.done, "codec": t.codec,
         "train": {"epochs": t.train.epochs, "batch_size": t.train.batch_size,
                   "lr": t.train.lr, "momentum": t.train.momentum,
                   "prox_mu": t.train.prox_mu},
@@ -154,7 +173,7 @@ def _update_map(u: Update) -> dict[str, Any]:
         "device_id": u.device_id, "task_id": u.task_id, "nonce": u.nonce,
         "base_version": u.base_version, "num_samples": u.num_samples,
         "metrics": {k: float(v) for k, v in u.metrics.items()},
-        "created_at": u.created_at, "codec": u.codec,
+        "created_at": u.created_at, "codec": u.codec, "blob": u.blob,
         "tensors": encode_tensors(u.tensors),
     }
 
@@ -164,8 +183,11 @@ def _model_map(m: Model) -> dict[str, Any]:
 
 
 def _manifest_map(m: ModelManifest) -> dict[str, Any]:
+    delta = None if m.delta is None else {
+        "base_version": m.delta.base_version, "sha256": m.delta.sha256, "size": m.delta.size,
+        "chunk_count": m.delta.chunk_count, "codec": m.delta.codec}
     return {"version": m.version, "sha256": m.sha256, "size": m.size,
-            "chunk_count": m.chunk_count, "created_at": m.created_at}
+            "chunk_count": m.chunk_count, "created_at": m.created_at, "delta": delta}
 
 
 def _ack_map(a: Ack) -> dict[str, Any]:
@@ -267,6 +289,10 @@ class _Fields:
     def bool(self, name: str) -> bool:
         return bool(self._get(name, (bool,), optional=False))
 
+    def bytes(self, name: str) -> bytes:
+        value = self._get(name, (bytes,), optional=True)
+        return b"" if value is None else value
+
     def map(self, name: str, optional: bool = False) -> Any:
         return self._get(name, (dict,), optional)
 
@@ -295,19 +321,24 @@ def _task_from(f: _Fields, _max: int) -> Task:
                 model_version=f.int("model_version"), train=train,
                 deadline=f.float("deadline", optional=True),
                 invited=tuple(invited) if invited is not None else None,
-                chunk_size=f.int("chunk_size", minimum=512), done=f.bool("done"))
+                chunk_size=f.int("chunk_size", minimum=512), done=f.bool("done"),
+                codec=f.map("codec", optional=True))
 
 
 def _update_from(f: _Fields, max_elements: int) -> Update:
     metrics = f.map("metrics")
     if not all(isinstance(k, str) and isinstance(v, int | float) for k, v in metrics.items()):
         raise RemoteProtocolError("update: metrics must map names to numbers")
+    codec = f.map("codec", optional=True)
+    blob = f.bytes("blob")
+    tensors = decode_tensors(f.map("tensors"), max_elements)
+    if (codec is None) != (not blob) or (codec is not None and tensors):
+        raise RemoteProtocolError("update: send either dense tensors, or a codec and a blob")
     return Update(device_id=f.str("device_id"), task_id=f.str("task_id"),
                   nonce=f.str("nonce", max_len=64), base_version=f.int("base_version"),
-                  num_samples=f.int("num_samples", minimum=1),
-                  tensors=decode_tensors(f.map("tensors"), max_elements),
+                  num_samples=f.int("num_samples", minimum=1), tensors=tensors,
                   metrics={k: float(v) for k, v in metrics.items()},
-                  created_at=f.float("created_at"), codec=f.str("codec"))
+                  created_at=f.float("created_at"), codec=codec, blob=blob)
 
 
 def _model_from(f: _Fields, max_elements: int) -> Model:
@@ -316,9 +347,15 @@ def _model_from(f: _Fields, max_elements: int) -> Model:
 
 
 def _manifest_from(f: _Fields, _max: int) -> ModelManifest:
+    delta = None
+    if f.map("delta", optional=True) is not None:
+        d = f.sub("delta")
+        delta = DeltaInfo(base_version=d.int("base_version"), sha256=d.str("sha256", max_len=64),
+                          size=d.int("size", minimum=1),
+                          chunk_count=d.int("chunk_count", minimum=1), codec=d.map("codec"))
     return ModelManifest(version=f.int("version"), sha256=f.str("sha256", max_len=64),
                          size=f.int("size", minimum=1), chunk_count=f.int("chunk_count", minimum=1),
-                         created_at=f.float("created_at"))
+                         created_at=f.float("created_at"), delta=delta)
 
 
 def _ack_from(f: _Fields, _max: int) -> Ack:

@@ -6,7 +6,7 @@ import time
 
 from edge_client.protocol.chunking import sha256_hex, split
 from edge_client.protocol.errors import RemoteProtocolError
-from edge_client.protocol.messages import Model, ModelManifest, decode, encode
+from edge_client.protocol.messages import DeltaInfo, Model, ModelManifest, decode, encode
 
 
 def model_transfer_id(version: int) -> str:
@@ -34,3 +34,15 @@ def open_model(manifest: ModelManifest, blob: bytes, max_elements: int) -> Model
         raise RemoteProtocolError(f"model blob says version {model.version}, manifest "
                                   f"says {manifest.version}")
     return model
+
+
+def delta_transfer_id(version: int) -> str:
+    return f"delta-{version}"
+
+
+def package_delta(blob: bytes, version: int, codec: dict,
+                  chunk_size: int) -> tuple[DeltaInfo, list[bytes]]:
+    """The manifest entry and chunk messages of the delta that leads to `version`."""
+    chunks = split(blob, delta_transfer_id(version), chunk_size)
+    return DeltaInfo(base_version=version - 1, sha256=sha256_hex(blob), size=len(blob),
+                     chunk_count=len(chunks), codec=codec), chunks

@@ -39,6 +39,13 @@ class Topics:
         """Subscription filter for every chunk of one model version."""
         return f"{self.prefix}/model/{version}/+"
 
+    def model_delta_chunk(self, version: int, index: int) -> str:
+        return f"{self.prefix}/model/{version}/d/{index}"
+
+    def model_delta_chunks(self, version: int) -> str:
+        """Subscription filter for every chunk of the delta that leads to `version`."""
+        return f"{self.prefix}/model/{version}/d/+"
+
     @property
     def task(self) -> str:
         """Retained: what the aggregator wants now."""

@@ -24,14 +24,28 @@ def _demo(*args: str, tmp_path) -> dict:
     return summary
 
 
-def test_demo_sync_on_mosquitto(tmp_path):
+DENSE_UPDATE = 99_985 * 4  # bytes of one float32 update of the demo's MLP
+
+
+def test_demo_sync_on_mosquitto_compresses_both_ways(tmp_path):
     s = _demo("--devices", "3", "--rounds", "3", "--broker", "mosquitto", tmp_path=tmp_path)
     assert (s["broker"], s["mode"], s["devices"], s["model_versions"]) == (
         "mosquitto", "sync", 3, 3)
     assert s["final_accuracy"] > 0.85
-    # 3 rounds x 3 devices x ~400 KB of float32 deltas went up
-    assert s["bytes_up"] > 9 * 99_985 * 4
-    assert s["bytes_down"] >= 4 * 3 * 99_985 * 4 * 0.99  # 4 versions to 3 devices
+    assert s["uplink_codec"].startswith("topk") and s["uplink_compression"] > 100
+    assert s["update_bytes"] < 9 * DENSE_UPDATE / 100  # 9 updates, each >100x smaller
+    # Version 0 comes whole; versions 1-3 reach each device as q8 deltas, rebuilt bit for
+    # bit (a mismatch would make the device fetch the full model instead).
+    assert s["models_via_delta"] == 3 * 3
+    assert s["bytes_down"] < 3 * (DENSE_UPDATE + 3 * DENSE_UPDATE / 3.5)
+
+
+def test_demo_dense_sends_float32_both_ways(tmp_path):
+    s = _demo("--devices", "3", "--rounds", "2", "--uplink", "dense", "--downlink", "full",
+              tmp_path=tmp_path)
+    assert s["uplink_codec"] == "dense-f32" and s["models_via_delta"] == 0
+    assert s["bytes_up"] > 6 * DENSE_UPDATE  # 2 rounds x 3 devices of float32 deltas
+    assert s["bytes_down"] >= 3 * 3 * DENSE_UPDATE  # 3 versions to 3 devices
 
 
 def test_demo_async_on_the_embedded_broker(tmp_path):

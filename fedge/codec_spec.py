@@ -1,0 +1,40 @@
+"""Short codec specs for the command line, e.g. `topk=0.01,q4` or `dense`.
+
+Tokens, in any order: a sparsifier (`topk=F`, `randk=F`, `threshold=T`), a number
+format (`f32`, `f16`, `q8`, `q4`, `q2`, `q1`), `noef` to turn error feedback off and
+`raw` to skip zlib. `dense` alone means plain float32 with nothing else.
+"""
+
+from __future__ import annotations
+
+from edge_client.codecs import CodecConfig
+
+QUANTIZERS = ("f32", "f16", "q8", "q4", "q2", "q1")
+SPARSIFIERS = ("topk", "randk", "threshold")
+
+
+def parse_codec(spec: str) -> CodecConfig | None:
+    """A codec config from a spec; None for `dense`. ValueError names a bad token."""
+    spec = spec.strip().lower()
+    if spec in ("dense", "none", ""):
+        return None
+    fields: dict = {}
+    for token in (t.strip() for t in spec.split(",") if t.strip()):
+        name, _, value = token.partition("=")
+        if name in QUANTIZERS and not value:
+            fields["quantize"] = name
+        elif name in SPARSIFIERS and value:
+            fields["sparsify"] = name
+            fields["threshold" if name == "threshold" else "fraction"] = float(value)
+        elif token == "noef":
+            fields["error_feedback"] = False
+        elif token == "raw":
+            fields["compress"] = "none"
+        else:
+            raise ValueError(f"unknown codec token {token!r} in {spec!r}; use e.g. "
+                             f"'topk=0.01,q4', 'randk=0.05,q8', 'f16', 'noef', 'raw'")
+    return CodecConfig(**fields)
+
+
+def describe(codec: CodecConfig | None) -> str:
+    return "dense-f32" if codec is None else codec.name()
