@@ -233,10 +233,10 @@ class Aggregator:
 
     def _aggregate(self) -> None:
         assert self._task is not None
-        contributions = [
+        contributions = [  # in device order, so float sums do not depend on arrival
             Contribution(u.device_id, u.tensors, u.num_samples,
                          self.participation.staleness_factor(u, self.version))
-            for u in self._pending
+            for u in sorted(self._pending, key=lambda u: (u.device_id, u.nonce))
         ]
         proposed = self.strategy.aggregate(self.global_weights, contributions,
                                            self.participation.server_lr)

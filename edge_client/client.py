@@ -38,7 +38,7 @@ from edge_client.protocol import (
 )
 from edge_client.protocol.chunking import sha256_hex
 from edge_client.protocol.messages import unpack_map
-from edge_client.protocol.seeds import update_seed
+from edge_client.protocol.seeds import training_seed, update_seed
 from edge_client.protocol.tensors import Weights, flatten_sorted
 from edge_client.protocol.topics import check_name
 from edge_client.training.trainer import FitConfig, Trainer
@@ -362,9 +362,10 @@ class EdgeClient:
         assert self._global is not None
         self.trainer.set_weights(_copy(self._global))
         t = task.train
+        seed = training_seed(self.config.device_id, task.round, task.model_version)
+        self._rng = np.random.default_rng(seed)  # stochastic rounding, reproducible
         fit = FitConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                        momentum=t.momentum, prox_mu=t.prox_mu,
-                        seed=int.from_bytes(os.urandom(4), "little"))
+                        momentum=t.momentum, prox_mu=t.prox_mu, seed=seed)
         result = self.trainer.fit(self.x, self.y, fit, should_stop=self._stop.is_set)
         if result.stopped_early:
             return None

@@ -11,6 +11,12 @@ def update_seed(task_id: str, device_id: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def training_seed(device_id: str, round_no: int, model_version: int) -> int:
+    """A device's shuffling and rounding seed for one task: runs repeat exactly."""
+    digest = hashlib.sha256(f"train/{device_id}/{round_no}/{model_version}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
 def delta_seed(version: int) -> int:
     """The seed of the downlink delta that leads to model `version`."""
     digest = hashlib.sha256(f"delta/{version}".encode()).digest()
