@@ -69,6 +69,8 @@ class AggregatorConfig:
     upload_timeout_s: float = 300.0  # drop an upload not complete this long after it began
     keepalive_s: int = 30
     presence_settle_s: float = 0.5  # after connecting, collect device statuses this long
+    checkin_interval_s: float = 60.0  # pace steering: devices that sleep come back after this
+    checkin_jitter: float = 0.5  # ... times a random factor in [1 - jitter, 1 + jitter]
     seed: int = 0  # device selection
     train: TrainConfig = field(default_factory=TrainConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
@@ -82,6 +84,8 @@ class AggregatorConfig:
             raise ValueError(f"mode must be 'sync' or 'async', not {self.mode!r}")
         if self.rounds < 0:
             raise ValueError("rounds must be >= 0")
+        if self.checkin_interval_s < 0 or not 0 <= self.checkin_jitter < 1:
+            raise ValueError("need checkin_interval_s >= 0 and 0 <= checkin_jitter < 1")
         if not 1024 <= self.chunk_size <= 256 * 2**20:
             raise ValueError("chunk_size must be between 1 KiB and 256 MiB")
         self.db_path = Path(self.db_path)

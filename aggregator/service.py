@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -74,7 +75,7 @@ class Aggregator:
         self._assembler = Assembler(config.max_update_bytes, max_transfers_per_source=2,
                                     timeout_s=config.upload_timeout_s)
         self._stop = threading.Event()
-        self.online: set[str] = set()
+        self.available: set[str] = set()  # online and eligible: who may be invited
         self.version, self.global_weights, self.arch = self._load_or_create(
             initial_weights, arch or {})
         self._task: Task | None = None
@@ -83,6 +84,7 @@ class Aggregator:
         self._done_published = False
         self._update_bytes: dict[str, int] = {}  # message size of each pending update
         self.downlink = DownlinkEncoder(config.downlink, seed=config.seed)
+        self._pace_rng = random.Random(config.seed)
         self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._pending: list[Update] = []
         self.history: list[dict] = self.store.model_history()
@@ -190,8 +192,8 @@ class Aggregator:
     def _open_task(self, now: float) -> None:
         if self.finished:
             return
-        task = self.participation.plan(self.version + 1, self.version, sorted(self.online),
-                                       now)
+        task = self.participation.plan(self.version + 1, self.version,
+                                       sorted(self.available), now)
         if task is None:
             return
         message = encode(task)
@@ -289,7 +291,10 @@ class Aggregator:
         if status.device_id != device:
             log.warning("aggregator: status on %s names device %s", topic, status.device_id)
             return
-        (self.online.add if status.online else self.online.discard)(device)
+        if status.online and status.eligible:
+            self.available.add(device)
+        else:
+            self.available.discard(device)
         self.store.set_device(status)
 
     def _on_update_chunk(self, topic: str, payload: bytes) -> None:
@@ -354,8 +359,14 @@ class Aggregator:
 
     def _ack(self, update: Update, verdict: Verdict) -> None:
         ack = Ack(status=verdict.ack, task_id=update.task_id, nonce=update.nonce,
-                  reason=verdict.reason)
+                  reason=verdict.reason, next_checkin_s=self._next_checkin())
         self.link.publish(self.topics.ack(update.device_id), encode(ack))
+
+    def _next_checkin(self) -> float:
+        """Pace steering: when this device should look again, jittered so that a fleet
+        does not come back all at once."""
+        jitter = self.config.checkin_jitter
+        return self.config.checkin_interval_s * self._pace_rng.uniform(1 - jitter, 1 + jitter)
 
     def _reject(self, device: str, nonce: str, task_id: str, reason: str) -> None:
         log.warning("aggregator: rejected an update from %s: %s", device, reason)

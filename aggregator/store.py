@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS devices (
     eligible INTEGER NOT NULL,
     reason TEXT NOT NULL,
     model_version INTEGER,
-    last_seen REAL NOT NULL
+    last_seen REAL NOT NULL,
+    battery_pct REAL
 );
 CREATE TABLE IF NOT EXISTS rejections (
     at REAL NOT NULL,
@@ -187,14 +188,16 @@ class Store:
     # ------------------------------------------------------------ devices
     def set_device(self, status: Status) -> None:
         self.db.execute(
-            "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE "
+            "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE "
             "SET online=excluded.online, eligible=excluded.eligible, reason=excluded.reason, "
-            "model_version=excluded.model_version, last_seen=excluded.last_seen",
+            "model_version=excluded.model_version, last_seen=excluded.last_seen, "
+            "battery_pct=excluded.battery_pct",
             (status.device_id, int(status.online), int(status.eligible), status.reason,
-             status.model_version, time.time()))
+             status.model_version, time.time(), status.battery_pct))
 
     def devices(self) -> list[dict[str, Any]]:
-        cols = ("device_id", "online", "eligible", "reason", "model_version", "last_seen")
+        cols = ("device_id", "online", "eligible", "reason", "model_version", "last_seen",
+                "battery_pct")
         rows = self.db.execute(f"SELECT {', '.join(cols)} FROM devices ORDER BY device_id")
         return [dict(zip(cols, r, strict=True)) for r in rows]
 

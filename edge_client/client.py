@@ -11,15 +11,18 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edge_client.codecs import CodecConfig, ErrorFeedback, encode_vector
+from edge_client.eligibility import Decision, EligibilityConfig, EligibilityPolicy
 from edge_client.model_fetch import FetchStep, Held, ModelFetcher
 from edge_client.outbox import Outbox, OutboxFull, atomic_write
 from edge_client.protocol import (
@@ -63,6 +66,9 @@ class ClientConfig:
     max_model_elements: int = 16_000_000
     outbox_max: int = 64
     exit_when_done: bool = True  # return from run() when the aggregator says it is done
+    eligibility: EligibilityConfig = field(default_factory=EligibilityConfig)
+    eligibility_check_s: float = 5.0  # how often to re-check while waiting
+    sleep_between_tasks: bool = False  # disconnect until the aggregator's next check-in
 
     def __post_init__(self) -> None:
         check_name("device", self.device_id)
@@ -77,6 +83,8 @@ class ClientStats:
     train_s: list[float] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
+    skipped: Counter = field(default_factory=Counter)  # tasks not done, by reason
+    stopped_mid_training: int = 0
     update_bytes: int = 0  # encoded update messages made
     dense_bytes: int = 0  # what those updates would be as dense float32
     models_via_delta: int = 0
@@ -92,8 +100,14 @@ class EdgeClient:
     """Embeds in a device app: give it a Trainer and the device's own data, then run()."""
 
     def __init__(self, config: ClientConfig, trainer: Trainer, x: np.ndarray,
-                 y: np.ndarray) -> None:
+                 y: np.ndarray, policy: EligibilityPolicy | None = None,
+                 app_busy: Callable[[], bool] | None = None) -> None:
         self.config = config
+        self.policy = policy or EligibilityPolicy.from_config(config.eligibility, app_busy)
+        self._decision: Decision | None = None
+        self._next_check = 0.0
+        self._skipped_tasks: set[str] = set()
+        self._sleep_until: float | None = None
         self.trainer = trainer
         self.x, self.y = x, y
         self.topics = Topics(config.federation)
@@ -212,7 +226,12 @@ class EdgeClient:
                     event = None
                 if event is not None:
                     self._handle(event)
-                self._resend_due(time.monotonic())
+                now = time.monotonic()
+                if self._sleeping(now):
+                    continue
+                self._resend_due(now)
+                if now >= self._next_check:
+                    self._recheck()
                 if self._finished():
                     break
         finally:
@@ -220,6 +239,61 @@ class EdgeClient:
 
     def stop(self) -> None:
         self._stop.set()
+
+    # ------------------------------------------------------------ eligibility and pacing
+    def _eligible(self) -> Decision:
+        """Ask the policy; a change is reported on the status topic at once."""
+        decision = self.policy.check(time.time())
+        changed = (self._decision is None or decision.eligible != self._decision.eligible
+                   or decision.reason != self._decision.reason)
+        self._decision = decision
+        if changed and self.link.connected:
+            self._publish_status(True)
+        return decision
+
+    def _recheck(self) -> None:
+        """Periodic look while idle: a device that became eligible picks up its task."""
+        self._next_check = time.monotonic() + self.config.eligibility_check_s
+        if self._eligible().eligible:
+            self._maybe_train()
+
+    def _sleeping(self, now: float) -> bool:
+        """Honour the aggregator's pace: stay off the broker until the check-in time."""
+        if self._sleep_until is None:
+            return False
+        if now < self._sleep_until:
+            return True
+        self._sleep_until = None
+        self.link.start()
+        return False
+
+    def _maybe_sleep(self, ack: Ack) -> None:
+        if not (self.config.sleep_between_tasks and ack.next_checkin_s) or self._sent:
+            return
+        log.info("%s: sleeping %.1f s until the next check-in", self.config.device_id,
+                 ack.next_checkin_s)
+        self._publish_status(False, reason=f"sleeping {ack.next_checkin_s:.0f} s")
+        self.link.stop()
+        self._sleep_until = time.monotonic() + ack.next_checkin_s
+
+    def _account_for(self, task: Task) -> None:
+        """Every round a device sits out is counted once, with why: the device-side view
+        of participation that the demo summary reports."""
+        if task.done or task.task_id in self._done_tasks:
+            return
+        decision = self._eligible()
+        if not decision.eligible:
+            self._skip(task, decision.reasons[0])
+        elif not task.invites(self.config.device_id):
+            self._skip(task, "not invited")
+
+    def _skip(self, task: Task, reason: str) -> None:
+        """Count a task this device could not do, once per task and reason."""
+        kind = reason_kind(reason)
+        key = f"{task.task_id}/{kind}"
+        if key not in self._skipped_tasks:
+            self._skipped_tasks.add(key)
+            self.stats.skipped[kind] += 1
 
     def _finished(self) -> bool:
         """Done when the aggregator says so and the final model is here.
@@ -232,6 +306,8 @@ class EdgeClient:
         return self.model_version is not None and self.model_version >= task.model_version
 
     def _next_wakeup(self) -> float:
+        if self._sleep_until is not None:
+            return max(0.01, min(0.5, self._sleep_until - time.monotonic()))
         if not self._sent:
             return 0.5
         oldest = min(s.last_sent for s in self._sent.values())
@@ -240,9 +316,9 @@ class EdgeClient:
 
     def _shutdown(self) -> None:
         if self.link.connected:
-            self.link.publish(self.topics.status(self.config.device_id),
-                              self._status_payload(False), retain=True)
-        self.link.stop()
+            self._publish_status(False)
+        if self._sleep_until is None:
+            self.link.stop()
         self.stats.bytes_up = self.link.bytes_out
         self.stats.bytes_down = self.link.bytes_in
 
@@ -262,7 +338,7 @@ class EdgeClient:
         me = self.config.device_id
         for topic in (self.topics.model, self.topics.task, self.topics.ack(me)):
             self.link.subscribe(topic)
-        self.link.publish(self.topics.status(me), self._status_payload(True), retain=True)
+        self._publish_status(True)
         for nonce in list(self._sent):
             self._publish_update(nonce)
 
@@ -278,6 +354,7 @@ class EdgeClient:
             task = decode(payload, expect=Task)
             assert isinstance(task, Task)
             self._task = task
+            self._account_for(task)
             self._maybe_train()
         elif topic == self.topics.ack(self.config.device_id):
             ack = decode(payload, expect=Ack)
@@ -317,8 +394,7 @@ class EdgeClient:
                      json.dumps({"version": model.version,
                                  "sha256": sha256_hex(step.blob)}).encode())
         self._save_state()
-        self.link.publish(self.topics.status(self.config.device_id),
-                          self._status_payload(True), retain=True)
+        self._publish_status(True)
         self._maybe_train()
 
     def _set_global(self, version: int, tensors: Weights, arch: dict) -> None:
@@ -338,6 +414,10 @@ class EdgeClient:
             return
         if len(self.outbox) >= self.outbox.max_entries:
             log.error("%s: outbox full; not training until acks arrive", me)
+            return
+        decision = self._eligible()
+        if not decision.eligible:
+            self._skip(task, decision.reasons[0])
             return
         update = self._train(task)
         if update is None:
@@ -366,8 +446,11 @@ class EdgeClient:
         self._rng = np.random.default_rng(seed)  # stochastic rounding, reproducible
         fit = FitConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                         momentum=t.momentum, prox_mu=t.prox_mu, seed=seed)
-        result = self.trainer.fit(self.x, self.y, fit, should_stop=self._stop.is_set)
+        result = self.trainer.fit(self.x, self.y, fit, should_stop=self._should_stop)
         if result.stopped_early:
+            if not self._stop.is_set() and self._decision is not None:
+                self.stats.stopped_mid_training += 1
+                self._skip(task, f"stopped: {self._decision.reasons[0]}")
             return None
         self.stats.train_s.append(result.train_s)
         local = self.trainer.get_weights()
@@ -381,6 +464,10 @@ class EdgeClient:
         if task.codec is None:
             return update
         return self._compress(update, CodecConfig.from_wire(task.codec))
+
+    def _should_stop(self) -> bool:
+        """Checked between batches: shutting down, or the policy stopped holding."""
+        return self._stop.is_set() or not self._eligible().eligible
 
     def _compress(self, update: Update, codec: CodecConfig) -> Update:
         """Encode the delta with the task's codec, carrying what is left out forward."""
@@ -429,10 +516,28 @@ class EdgeClient:
                       ack.reason)
         self.outbox.remove(ack.nonce)
         del self._sent[ack.nonce]
+        self._maybe_sleep(ack)
 
-    def _status_payload(self, online: bool) -> bytes:
-        return encode(Status(device_id=self.config.device_id, online=online,
-                             model_version=self.model_version, time=time.time()))
+    def _publish_status(self, online: bool, reason: str | None = None) -> None:
+        self.link.publish(self.topics.status(self.config.device_id),
+                          self._status_payload(online, reason), retain=True)
+
+    def _status_payload(self, online: bool, reason: str | None = None) -> bytes:
+        d = self._decision
+        battery = d.facts.get("battery_pct") if d is not None else None
+        return encode(Status(
+            device_id=self.config.device_id, online=online,
+            eligible=d.eligible if d is not None else True,
+            reason=reason if reason is not None else (d.reason if d is not None else ""),
+            model_version=self.model_version, time=time.time(),
+            battery_pct=float(battery) if isinstance(battery, int | float) else None))
+
+
+def reason_kind(reason: str) -> str:
+    """'battery 18% < 20%' -> 'battery': reasons without their numbers, for counting."""
+    prefix, _, rest = reason.partition("stopped: ")
+    kind = re.split(r"[:(\d]", rest or prefix)[0].strip()
+    return f"stopped: {kind}" if rest else kind
 
 
 def _copy(weights: Weights) -> Weights:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import random
 import socket
 import threading
 import time
@@ -66,7 +67,10 @@ class MqttLink:
         self._client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                                    client_id=client_id, protocol=mqtt.MQTTv311,
                                    clean_session=True)
-        self._client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        # paho backs off exponentially from min to max; a random start per device is the
+        # jitter that keeps a fleet from reconnecting in lockstep after an outage.
+        self._client.reconnect_delay_set(reconnect_min_s * random.uniform(1.0, 2.0),
+                                         reconnect_max_s)
         self._client.max_queued_messages_set(0)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)

@@ -47,6 +47,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="update codec, e.g. 'topk=0.01,q4', 'randk=0.05,q8', 'f16', 'dense'")
     p.add_argument("--downlink", default=d.downlink,
                    help="model delta codec, e.g. 'q8', 'q4'; 'full' sends whole models only")
+    p.add_argument("--profile", choices=("always", "diurnal"), default=d.profile,
+                   help="device behaviour: always eligible, or simulated days of charging, "
+                        "use and flaky Wi-Fi")
+    p.add_argument("--day-s", type=float, default=d.day_s,
+                   help="diurnal: wall seconds per simulated day")
     p.add_argument("--workdir", help="keep the SQLite store and device state here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON last")
     p.set_defaults(func=_demo)
@@ -87,7 +92,8 @@ def _demo(args: argparse.Namespace) -> int:
                      broker=args.broker, seed=args.seed, alpha=args.alpha,
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      momentum=args.momentum, buffer_size=args.buffer_size,
-                     uplink=args.uplink, downlink=args.downlink, workdir=args.workdir)
+                     uplink=args.uplink, downlink=args.downlink, profile=args.profile,
+                     day_s=args.day_s, workdir=args.workdir)
     bar = ProgressBar(model_versions(cfg), f"fedge demo ({cfg.mode}, {cfg.devices} devices)")
     bar.show(0, "starting")
 
@@ -120,9 +126,19 @@ def _print_summary(s: dict, stream) -> None:
         f"{s['models_via_delta']} models rebuilt from deltas)",
         f"wall time         {s['wall_s']:.2f} s; median round {s['round_wall_s_median']:.3f} s, "
         f"median local training {s['train_s_median']:.3f} s",
+        f"devices           {s['profile']} profile; skipped device-rounds: "
+        f"{_reasons(s['skipped_by_reason'])}; stopped mid-training "
+        f"{s['stopped_mid_training']}, late {s['late_updates']}",
         f"store             {s['workdir']}",
     ]
     print("\n".join(lines), file=stream)
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    if not counts:
+        return "none"
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(),
+                                                             key=lambda kv: -kv[1]))
 
 
 if __name__ == "__main__":

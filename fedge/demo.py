@@ -13,6 +13,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from edge_client.training import mlp_trainer
 from fedge.broker import start_broker
 from fedge.codec_spec import describe, parse_codec
 from fedge.datasets import dirichlet_partition, load_digits, stratified_split
+from fedge.fleet import SimulatedFleet
+from fedge.profiles import Diurnal, Profile, profile_by_name
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ class DemoConfig:
     buffer_size: int = 3  # async: aggregate every K updates
     uplink: str = "topk=0.01,q4"  # codec spec (fedge/codec_spec.py); "dense" for float32
     downlink: str = "q8"  # codec of the model deltas; "full" sends only whole models
+    profile: str = "always"  # device behaviour: "always" eligible, or "diurnal" days
+    day_s: float = 20.0  # diurnal: one simulated day in wall seconds
     broker: str = "auto"  # auto | mosquitto | embedded
     workdir: Path | None = None
     timeout_s: float = 600.0
@@ -97,16 +102,34 @@ def run_demo(cfg: DemoConfig,
         aggregator = Aggregator(agg_cfg, initial_weights=mlp_trainer(sizes, cfg.seed)
                                 .get_weights(), arch={"kind": "mlp", "sizes": sizes},
                                 evaluate=evaluate, on_version=on_version)
+        fleet = SimulatedFleet(_profile(cfg), workdir, cfg.devices)
         clients = [
             EdgeClient(ClientConfig(device_id=f"device-{i}", federation="demo",
                                     host=broker.host, port=broker.port,
-                                    state_dir=workdir / f"device-{i}"),
-                       mlp_trainer(sizes, seed=cfg.seed + 1 + i), xs, ys)
+                                    state_dir=workdir / f"device-{i}",
+                                    eligibility_check_s=0.2),
+                       fleet.trainer(i, mlp_trainer(sizes, seed=cfg.seed + 1 + i)), xs, ys,
+                       policy=fleet.policy(i))
             for i, (xs, ys) in enumerate(job.shards)
         ]
-        _run_all(aggregator, clients, cfg.timeout_s)
+        _run_all(aggregator, clients, fleet, cfg.timeout_s)
         wall_s = time.monotonic() - started
         return _summary(cfg, aggregator, clients, broker.kind, wall_s, workdir)
+
+
+def _profile(cfg: DemoConfig) -> Profile:
+    if cfg.profile == "diurnal":
+        return Diurnal(period_s=cfg.day_s, seed=cfg.seed)
+    return profile_by_name(cfg.profile, cfg.seed)
+
+
+def _sync_config(cfg: DemoConfig) -> SyncConfig:
+    """All devices each round when they are always there; else what a real fleet needs:
+    a smaller target, over-selection and a deadline."""
+    if cfg.profile == "always":
+        return SyncConfig(target_updates=cfg.devices, wait_for_devices_s=30.0)
+    return SyncConfig(target_updates=max(1, math.ceil(0.6 * cfg.devices)), over_selection=0.5,
+                      round_timeout_s=2.5, min_fraction=0.5, wait_for_devices_s=1.0)
 
 
 def _aggregator_config(cfg: DemoConfig, host: str, port: int,
@@ -119,12 +142,13 @@ def _aggregator_config(cfg: DemoConfig, host: str, port: int,
         federation="demo", host=host, port=port, db_path=workdir / "aggregator.sqlite3",
         mode=cfg.mode, rounds=model_versions(cfg), seed=cfg.seed, train=train,
         uplink=parse_codec(cfg.uplink), downlink=downlink,
-        sync=SyncConfig(target_updates=cfg.devices, wait_for_devices_s=30.0),
+        sync=_sync_config(cfg),
         async_=AsyncConfig(buffer_size=min(cfg.buffer_size, cfg.devices)),
     )
 
 
-def _run_all(aggregator: Aggregator, clients: list[EdgeClient], timeout_s: float) -> None:
+def _run_all(aggregator: Aggregator, clients: list[EdgeClient], fleet: SimulatedFleet,
+             timeout_s: float) -> None:
     """Run every party on its own thread; the first error anywhere ends the demo."""
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -140,6 +164,7 @@ def _run_all(aggregator: Aggregator, clients: list[EdgeClient], timeout_s: float
 
     agg_thread = threading.Thread(target=guarded(aggregator.run), name="aggregator",
                                   daemon=True)
+    threading.Thread(target=fleet.run, args=(stop,), name="simulator", daemon=True).start()
     threads = [threading.Thread(target=guarded(c.run), name=c.config.device_id, daemon=True)
                for c in clients]
     for t in [agg_thread, *threads]:
@@ -179,6 +204,10 @@ def _summary(cfg: DemoConfig, aggregator: Aggregator, clients: list[EdgeClient],
         "round_overhead_s_median": _median(
             [h["round_wall_s"] - h.get("max_train_s", 0.0) for h in history]),
         "updates_accepted": sum(c.stats.acks["accepted"] for c in clients),
+        "profile": cfg.profile,
+        "skipped_by_reason": dict(sum((c.stats.skipped for c in clients), Counter())),
+        "stopped_mid_training": sum(c.stats.stopped_mid_training for c in clients),
+        "late_updates": sum(c.stats.acks["late"] for c in clients),
         "uplink_codec": describe(aggregator.config.uplink),
         "downlink_codec": (aggregator.config.downlink.codec.name()
                            if aggregator.config.downlink.delta else "full"),

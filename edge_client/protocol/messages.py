@@ -138,6 +138,7 @@ class Status:
     reason: str = ""
     model_version: int | None = None
     time: float = 0.0
+    battery_pct: float | None = None
 
 
 Message = Task | Update | Model | ModelManifest | Ack | Status
@@ -197,7 +198,8 @@ def _ack_map(a: Ack) -> dict[str, Any]:
 
 def _status_map(s: Status) -> dict[str, Any]:
     return {"device_id": s.device_id, "online": s.online, "eligible": s.eligible,
-            "reason": s.reason, "model_version": s.model_version, "time": s.time}
+            "reason": s.reason, "model_version": s.model_version, "time": s.time,
+            "battery_pct": s.battery_pct}
 
 
 _ENCODERS: dict[type, tuple[str, Any]] = {
@@ -371,7 +373,7 @@ def _status_from(f: _Fields, _max: int) -> Status:
     return Status(device_id=f.str("device_id"), online=f.bool("online"),
                   eligible=f.bool("eligible"), reason=f.str("reason", max_len=2000),
                   model_version=f.int("model_version", optional=True),
-                  time=f.float("time"))
+                  time=f.float("time"), battery_pct=f.float("battery_pct", optional=True))
 
 
 _DECODERS: dict[str, tuple[type, Any]] = {

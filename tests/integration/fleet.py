@@ -12,6 +12,7 @@ import numpy as np
 from aggregator.config import AggregatorConfig, AsyncConfig, SyncConfig
 from aggregator.service import Aggregator
 from edge_client.client import ClientConfig, EdgeClient
+from edge_client.eligibility import EligibilityConfig
 from edge_client.protocol import TrainConfig
 from edge_client.training import mlp_trainer
 from fedge.datasets import dirichlet_partition, load_digits, stratified_split
@@ -55,6 +56,7 @@ def make_aggregator(broker, workdir: Path, data: Digits, initial=None, arch=None
 def make_client(broker, workdir: Path, data: Digits, index: int, trainer=None,
                 **overrides) -> EdgeClient:
     x, y = data.shards[index]
+    overrides.setdefault("eligibility", EligibilityConfig(enabled=False))  # real /proc varies
     cfg = ClientConfig(device_id=f"dev-{index}", federation=FEDERATION, host=broker.host,
                        port=broker.port, state_dir=workdir / f"dev-{index}", **overrides)
     return EdgeClient(cfg, trainer or mlp_trainer(data.sizes, seed=index), x, y)

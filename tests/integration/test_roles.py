@@ -27,7 +27,8 @@ def test_aggregator_and_devices_from_toml(mosquitto, tmp_path):
         (tmp_path / f"device{i}.toml").write_text(
             f'device_id = "dev-{i}"\nfederation = "toml"\nport = {mosquitto.port}\n'
             f'state_dir = "{tmp_path / f"state{i}"}"\n'
-            f'[model]\nsizes = [64, 16, 10]\n[data]\npath = "{tmp_path / f"data{i}.npz"}"\n')
+            f'[model]\nsizes = [64, 16, 10]\n[data]\npath = "{tmp_path / f"data{i}.npz"}"\n'
+            f'[eligibility]\nenabled = false\n')
     (tmp_path / "aggregator.toml").write_text(
         f'federation = "toml"\nport = {mosquitto.port}\nrounds = 2\n'
         f'db_path = "{tmp_path / "agg.sqlite3"}"\n[model]\nsizes = [64, 16, 10]\n'
