@@ -85,6 +85,7 @@ class ClientStats:
     bytes_down: int = 0
     skipped: Counter = field(default_factory=Counter)  # tasks not done, by reason
     stopped_mid_training: int = 0
+    sleeps: int = 0  # times it went off the broker until the aggregator's check-in time
     update_bytes: int = 0  # encoded update messages made
     dense_bytes: int = 0  # what those updates would be as dense float32
     models_via_delta: int = 0
@@ -274,6 +275,7 @@ class EdgeClient:
                  ack.next_checkin_s)
         self._publish_status(False, reason=f"sleeping {ack.next_checkin_s:.0f} s")
         self.link.stop()
+        self.stats.sleeps += 1
         self._sleep_until = time.monotonic() + ack.next_checkin_s
 
     def _account_for(self, task: Task) -> None:
