@@ -19,6 +19,9 @@ def test_the_example_gateway_config_loads():
     assert cfg.federation == "plant-7" and cfg.rounds == 0
     assert cfg.sync.over_selection == 0.3 and cfg.async_.buffer_size == 3
     assert cfg.train.momentum == 0.5 and cfg.db_path == Path("/var/lib/fedge/aggregator.sqlite3")
+    assert cfg.uplink is not None and (cfg.uplink.sparsify, cfg.uplink.quantize) == ("topk", "q4")
+    assert cfg.downlink.delta and cfg.downlink.codec.quantize == "q8"
+    assert cfg.checkin_interval_s == 60.0
 
 
 def test_the_example_device_config_loads():
@@ -26,6 +29,7 @@ def test_the_example_device_config_loads():
     model, _data = table.pop("model"), table.pop("data")
     cfg = from_table(ClientConfig, table, "device.toml")
     assert cfg.device_id == "pi-kitchen" and cfg.exit_when_done is False
+    assert cfg.eligibility.min_battery_pct == 20.0 and cfg.eligibility.hold_s == 60.0
     assert from_table(ModelSpec, model, "[model]").sizes == [64, 1333, 10]
 
 
@@ -42,6 +46,9 @@ def test_the_example_device_config_loads():
     ({"train": {"lr": 0}}, "lr > 0"),
     ({"train": {"epochs": 0}}, "epochs and batch_size must be >= 1"),
     ({"chunk_size": 100}, "chunk_size must be between"),
+    ({"uplink": {"sparsify": "top"}}, r"\[uplink\]"),
+    ({"downlink": {"codec": {"quantize": "q3"}}}, r"\[downlink\] \[codec\]"),
+    ({"checkin_jitter": 1.5}, "checkin_jitter"),
     ({"db_path": 5}, "path string"),
 ])
 def test_bad_aggregator_configs_say_what_is_wrong(table, message):
