@@ -9,6 +9,7 @@ from typing import Any
 from edge_client.codecs import CodecConfig
 from edge_client.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
 from edge_client.protocol.topics import check_name
+from edge_client.security import AggregatorSecurity, BrokerAuth
 from edge_client.settings import from_table
 
 
@@ -77,6 +78,8 @@ class AggregatorConfig:
     async_: AsyncConfig = field(default_factory=AsyncConfig)
     uplink: CodecConfig | None = None  # how devices encode updates; None: dense float32
     downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
+    security: AggregatorSecurity = field(default_factory=AggregatorSecurity)
+    broker_auth: BrokerAuth = field(default_factory=BrokerAuth)
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)

@@ -6,6 +6,7 @@ power cut, and only then is the device's ack sent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -43,8 +44,19 @@ CREATE TABLE IF NOT EXISTS updates (
     state TEXT NOT NULL,          -- pending | aggregated | late | discarded
     used_in INTEGER,              -- the model version it went into
     metrics TEXT NOT NULL,
-    payload BLOB NOT NULL,        -- the Update message as received
+    payload BLOB NOT NULL,        -- the Update message as received (inside its signature)
+    digest TEXT NOT NULL,         -- sha256 of payload: the audit trail's fingerprint
     PRIMARY KEY (device_id, task_id, nonce)
+);
+CREATE TABLE IF NOT EXISTS enrolment (
+    device_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,     -- "ed25519:<base64>"
+    enrolled_at REAL NOT NULL,
+    revoked_at REAL               -- set: refused from then on
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS updates_state ON updates(state);
 CREATE TABLE IF NOT EXISTS devices (
@@ -160,9 +172,10 @@ class Store:
             if seen:
                 return False
             self.db.execute(
-                "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
                 (update.device_id, update.task_id, update.nonce, update.base_version,
-                 update.num_samples, time.time(), state, json.dumps(update.metrics), payload))
+                 update.num_samples, time.time(), state, json.dumps(update.metrics), payload,
+                 hashlib.sha256(payload).hexdigest()))
         return True
 
     def has_update(self, device_id: str, task_id: str) -> bool:
@@ -184,6 +197,51 @@ class Store:
         """(device, task, nonce, state) of every stored update, for audits and tests."""
         return list(self.db.execute(
             "SELECT device_id, task_id, nonce, state FROM updates ORDER BY received_at"))
+
+    def audit(self, version: int | None = None) -> list[dict[str, Any]]:
+        """Who contributed to which model version: ids, counts and digests, never data."""
+        cols = ("used_in", "device_id", "task_id", "nonce", "num_samples", "digest",
+                "received_at")
+        query = f"SELECT {', '.join(cols)} FROM updates WHERE state='aggregated'"
+        args: tuple = ()
+        if version is not None:
+            query += " AND used_in=?"
+            args = (version,)
+        rows = self.db.execute(query + " ORDER BY used_in, device_id", args)
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    # ------------------------------------------------------------ enrolment
+    def enroll(self, device_id: str, public_key: str) -> None:
+        """Allow a device's key; enrolling again replaces the key and lifts a revocation."""
+        self.db.execute(
+            "INSERT INTO enrolment VALUES (?, ?, ?, NULL) ON CONFLICT(device_id) DO UPDATE "
+            "SET public_key=excluded.public_key, enrolled_at=excluded.enrolled_at, "
+            "revoked_at=NULL", (device_id, public_key, time.time()))
+
+    def revoke(self, device_id: str) -> bool:
+        """Refuse a device from now on; False when it was never enrolled."""
+        cur = self.db.execute("UPDATE enrolment SET revoked_at=? WHERE device_id=?",
+                              (time.time(), device_id))
+        return cur.rowcount == 1
+
+    def device_key(self, device_id: str) -> str | None:
+        """The enrolled, unrevoked public key of a device, or None."""
+        row = self.db.execute("SELECT public_key FROM enrolment WHERE device_id=? AND "
+                              "revoked_at IS NULL", (device_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def enrolment(self) -> list[dict[str, Any]]:
+        cols = ("device_id", "public_key", "enrolled_at", "revoked_at")
+        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM enrolment ORDER BY device_id")
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def count(self, name: str, by: int = 1) -> None:
+        self.db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
+                        "SET value=value+excluded.value", (name, by))
+
+    def counter(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+        return 0 if row is None else row[0]
 
     # ------------------------------------------------------------ devices
     def set_device(self, status: Status) -> None:

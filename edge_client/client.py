@@ -44,6 +44,7 @@ from edge_client.protocol.messages import unpack_map
 from edge_client.protocol.seeds import training_seed, update_seed
 from edge_client.protocol.tensors import Weights, flatten_sorted
 from edge_client.protocol.topics import check_name
+from edge_client.security import BrokerAuth, DeviceSecurity
 from edge_client.training.trainer import FitConfig, Trainer
 from edge_client.transport import Connected, Disconnected, Inbound, MqttLink, Will
 
@@ -69,6 +70,8 @@ class ClientConfig:
     eligibility: EligibilityConfig = field(default_factory=EligibilityConfig)
     eligibility_check_s: float = 5.0  # how often to re-check while waiting
     sleep_between_tasks: bool = False  # disconnect until the aggregator's next check-in
+    security: DeviceSecurity = field(default_factory=DeviceSecurity)
+    broker_auth: BrokerAuth = field(default_factory=BrokerAuth)
 
     def __post_init__(self) -> None:
         check_name("device", self.device_id)
