@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from edge_client.codecs import CodecConfig, decode_dense
+from edge_client.identity import parse_public_key
 from edge_client.protocol import RemoteProtocolError, Update, Weights, decode
 from edge_client.protocol.seeds import update_seed
+from edge_client.protocol.signing import is_signed, open_envelope, verify_envelope
 from edge_client.protocol.tensors import check_like, unflatten_like
 
 
@@ -35,3 +37,28 @@ def check_sender(update: Update, device: str, transfer: str) -> None:
                                   f"{device!r}'s topic")
     if update.nonce != transfer:
         raise RemoteProtocolError("update nonce does not match its transfer id")
+
+
+def verified_body(message: bytes, device: str, enrolled_key: str | None,
+                  required: bool) -> bytes:
+    """The update inside its signature, checked against the key enrolled for `device`.
+
+    The device is the one the topic names, so a device cannot sign for another; a
+    revoked or unknown device has no key here. Without security the envelope, if any,
+    is taken off unchecked.
+    """
+    if not required:
+        return open_envelope(message).body if is_signed(message) else message
+    if enrolled_key is None:
+        raise RemoteProtocolError(f"device {device!r} is not enrolled, or was revoked")
+    if not is_signed(message):
+        raise RemoteProtocolError("update is not signed")
+    return verify_envelope(open_envelope(message), parse_public_key(enrolled_key))
+
+
+def check_clock(update: Update, now: float, max_skew_s: float) -> None:
+    """Refuse updates stamped too far from our clock: old captures replayed later."""
+    skew = update.created_at - now
+    if abs(skew) > max_skew_s:
+        raise RemoteProtocolError(f"update time is {skew:+.0f} s from the aggregator's clock "
+                                  f"(limit {max_skew_s:.0f} s)")

@@ -21,10 +21,11 @@ import numpy as np
 
 from aggregator.config import AggregatorConfig
 from aggregator.downlink import DownlinkEncoder
-from aggregator.ingest import check_sender, open_update
+from aggregator.ingest import check_clock, check_sender, open_update, verified_body
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.store import Store
 from aggregator.strategy import Contribution, FedAvg, Strategy
+from edge_client.identity import load_or_create_identity
 from edge_client.protocol import (
     Ack,
     Assembler,
@@ -40,6 +41,7 @@ from edge_client.protocol import (
 )
 from edge_client.protocol.chunking import chunk_count, sha256_hex
 from edge_client.protocol.model_transfer import package_delta, package_model
+from edge_client.protocol.signing import seal
 from edge_client.transport import Connected, Disconnected, Inbound, MqttLink
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,9 @@ class Aggregator:
         self.on_version = on_version
         self.events: queue.Queue = queue.Queue()
         self.link = MqttLink(f"fedge-{config.federation}-aggregator", config.host,
-                             config.port, self.events, keepalive_s=config.keepalive_s)
+                             config.port, self.events, keepalive_s=config.keepalive_s,
+                             tls=config.broker_auth.tls(),
+                             credentials=config.broker_auth.credentials())
         self._assembler = Assembler(config.max_update_bytes, max_transfers_per_source=2,
                                     timeout_s=config.upload_timeout_s)
         self._stop = threading.Event()
@@ -85,6 +89,8 @@ class Aggregator:
         self._update_bytes: dict[str, int] = {}  # message size of each pending update
         self.downlink = DownlinkEncoder(config.downlink, seed=config.seed)
         self._pace_rng = random.Random(config.seed)
+        self.identity = (load_or_create_identity(config.security.key_file)
+                         if config.security.enabled else None)
         self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._pending: list[Update] = []
         self.history: list[dict] = self.store.model_history()
@@ -193,7 +199,7 @@ class Aggregator:
         if self.finished:
             return
         task = self.participation.plan(self.version + 1, self.version,
-                                       sorted(self.available), now)
+                                       self._candidates(), now)
         if task is None:
             return
         message = encode(task)
@@ -201,8 +207,19 @@ class Aggregator:
         self._task, self._task_opened = task, time.monotonic()
         self._publish_task(task)
 
+    def _candidates(self) -> list[str]:
+        """Devices that may be invited: available, and (with security) still enrolled, so
+        a revocation made from another process counts from the next task on."""
+        if not self.config.security.enabled:
+            return sorted(self.available)
+        return sorted(d for d in self.available if self.store.device_key(d) is not None)
+
     def _publish_task(self, task: Task) -> None:
-        self.link.publish(self.topics.task, encode(task), retain=True)
+        self.link.publish(self.topics.task, self._signed(encode(task)), retain=True)
+
+    def _signed(self, message: bytes) -> bytes:
+        """What devices that pin our key accept: the message sealed with our signature."""
+        return message if self.identity is None else seal(message, self.identity)
 
     def _publish_model(self) -> None:
         """Retained chunks (full, and the delta if any) first, then the manifest."""
@@ -219,7 +236,7 @@ class Aggregator:
                 self.link.publish(self.topics.model_delta_chunk(self.version, i), chunk,
                                   retain=True)
             manifest = dataclasses.replace(manifest, delta=info)
-        self.link.publish(self.topics.model, encode(manifest), retain=True)
+        self.link.publish(self.topics.model, self._signed(encode(manifest)), retain=True)
         self._clear_model_chunks(self.version - 2)
 
     def _clear_model_chunks(self, version: int) -> None:
@@ -276,7 +293,7 @@ class Aggregator:
         done = Task(task_id=f"done-v{self.version}", mode=self.config.mode,
                     round=self.version, model_version=self.version, train=self.config.train,
                     invited=(), chunk_size=self.config.chunk_size, done=True)
-        self.link.publish(self.topics.task, encode(done), retain=True)
+        self.link.publish(self.topics.task, self._signed(encode(done)), retain=True)
         self._done_published = True
 
     # ------------------------------------------------------------ ingest
@@ -312,7 +329,12 @@ class Aggregator:
             return
         transfer, message = done
         try:
+            security = self.config.security
+            message = verified_body(message, device, self.store.device_key(device),
+                                    required=security.enabled)
             update = self._validate(device, transfer, message)
+            if security.enabled:
+                check_clock(update, time.time(), security.max_clock_skew_s)
         except RemoteProtocolError as exc:
             self._reject(device, transfer, "", exc.reason)
             return
@@ -337,7 +359,9 @@ class Aggregator:
 
     def _store_and_ack(self, update: Update, message: bytes) -> None:
         if self.store.has_update(update.device_id, update.task_id):
-            # A resend whose first ack was lost, or a second update for one task.
+            # A resend whose first ack was lost, a replay, or a second update for one task:
+            # counted once, never stored again.
+            self.store.count("duplicates")
             self._ack(update, Verdict("duplicate", reason="already stored for this task"))
             return
         stored = self.store.task_state(update.task_id)
@@ -360,7 +384,7 @@ class Aggregator:
     def _ack(self, update: Update, verdict: Verdict) -> None:
         ack = Ack(status=verdict.ack, task_id=update.task_id, nonce=update.nonce,
                   reason=verdict.reason, next_checkin_s=self._next_checkin())
-        self.link.publish(self.topics.ack(update.device_id), encode(ack))
+        self.link.publish(self.topics.ack(update.device_id), self._signed(encode(ack)))
 
     def _next_checkin(self) -> float:
         """Pace steering: when this device should look again, jittered so that a fleet
@@ -372,4 +396,4 @@ class Aggregator:
         log.warning("aggregator: rejected an update from %s: %s", device, reason)
         self.store.add_rejection(device, nonce, reason)
         ack = Ack(status="rejected", task_id=task_id, nonce=nonce, reason=reason)
-        self.link.publish(self.topics.ack(device), encode(ack))
+        self.link.publish(self.topics.ack(device), self._signed(encode(ack)))

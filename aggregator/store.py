@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS updates (
     state TEXT NOT NULL,          -- pending | aggregated | late | discarded
     used_in INTEGER,              -- the model version it went into
     metrics TEXT NOT NULL,
-    payload BLOB NOT NULL,        -- the Update message as received (inside its signature)
+    payload BLOB NOT NULL,        -- the Update message (its signature checked and removed)
     digest TEXT NOT NULL,         -- sha256 of payload: the audit trail's fingerprint
     PRIMARY KEY (device_id, task_id, nonce)
 );

@@ -23,6 +23,7 @@ import numpy as np
 
 from edge_client.codecs import CodecConfig, ErrorFeedback, encode_vector
 from edge_client.eligibility import Decision, EligibilityConfig, EligibilityPolicy
+from edge_client.identity import load_or_create_identity, parse_public_key
 from edge_client.model_fetch import FetchStep, Held, ModelFetcher
 from edge_client.outbox import Outbox, OutboxFull, atomic_write
 from edge_client.protocol import (
@@ -42,6 +43,7 @@ from edge_client.protocol import (
 from edge_client.protocol.chunking import sha256_hex
 from edge_client.protocol.messages import unpack_map
 from edge_client.protocol.seeds import training_seed, update_seed
+from edge_client.protocol.signing import is_signed, open_envelope, seal, verify_envelope
 from edge_client.protocol.tensors import Weights, flatten_sorted
 from edge_client.protocol.topics import check_name
 from edge_client.security import BrokerAuth, DeviceSecurity
@@ -130,11 +132,17 @@ class EdgeClient:
         self._done_tasks: list[str] = []
         self._sent: dict[str, _Sent] = {}
         self._stop = threading.Event()
+        security = config.security
+        self.identity = (load_or_create_identity(Path(security.key_file))
+                         if security.key_file else None)
+        self._pinned = (parse_public_key(security.aggregator_key)
+                        if security.aggregator_key else None)
         self.link = MqttLink(
             client_id=f"fedge-{config.federation}-dev-{config.device_id}",
             host=config.host, port=config.port, events=self.events,
             keepalive_s=config.keepalive_s,
             will=Will(self.topics.status(config.device_id), self._status_payload(False)),
+            tls=config.broker_auth.tls(), credentials=config.broker_auth.credentials(),
         )
         self._load_state()
 
@@ -162,8 +170,9 @@ class EdgeClient:
         self._load_model()
         for entry in self.outbox.entries():
             try:
-                header = unpack_map(entry.payload)
-                task_id = str(header["task_id"])
+                body = (open_envelope(entry.payload).body if is_signed(entry.payload)
+                        else entry.payload)
+                task_id = str(unpack_map(body)["task_id"])
             except (RemoteProtocolError, KeyError) as exc:
                 self.outbox.set_aside(entry.nonce, exc)
                 continue
@@ -347,10 +356,25 @@ class EdgeClient:
         for nonce in list(self._sent):
             self._publish_update(nonce)
 
+    def _from_aggregator(self, payload: bytes) -> bytes:
+        """A manifest, task or ack, checked against the pinned aggregator key if any."""
+        if not is_signed(payload):
+            if self._pinned is not None:
+                raise RemoteProtocolError("unsigned message refused: this device pins the "
+                                          "aggregator's key")
+            return payload
+        envelope = open_envelope(payload)
+        if self._pinned is None:
+            return envelope.body
+        return verify_envelope(envelope, self._pinned)
+
     def _on_message(self, event: Inbound) -> None:
         topic, payload = event.topic, event.payload
         if not payload:
             return  # a cleared retained message
+        if topic in (self.topics.model, self.topics.task,
+                     self.topics.ack(self.config.device_id)):
+            payload = self._from_aggregator(payload)
         if topic == self.topics.model:
             manifest = decode(payload, expect=ModelManifest)
             assert isinstance(manifest, ModelManifest)
@@ -428,6 +452,8 @@ class EdgeClient:
         if update is None:
             return  # stopped at a batch boundary: nothing is published
         payload = encode(update)
+        if self.identity is not None:
+            payload = seal(payload, self.identity)  # resends repeat these exact bytes
         try:
             self.outbox.put(update.nonce, payload)
         except OutboxFull as exc:

@@ -13,9 +13,11 @@ import logging
 import queue
 import random
 import socket
+import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
@@ -49,12 +51,32 @@ class Will:
     retain: bool = True
 
 
+@dataclass(frozen=True)
+class TlsConfig:
+    """Server verification (and, for mTLS, our certificate) for a broker that speaks TLS."""
+
+    ca_file: Path  # CA that signed the broker's certificate
+    cert_file: Path | None = None  # client certificate (mTLS)
+    key_file: Path | None = None
+    # Only for tests with certificates that lack the broker's name; the default verifies it.
+    insecure_skip_hostname: bool = False
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Username and password; the password stays out of repr so it never reaches a log."""
+
+    username: str
+    password: str = field(repr=False)
+
+
 class MqttLink:
     """One MQTT connection; MQTT 3.1.1 so it works with every broker fedge supports."""
 
     def __init__(self, client_id: str, host: str, port: int, events: queue.Queue,
                  keepalive_s: int = 30, will: Will | None = None,
-                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0) -> None:
+                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0,
+                 tls: TlsConfig | None = None, credentials: Credentials | None = None) -> None:
         self.host, self.port = host, port
         self.events = events
         self.keepalive_s = keepalive_s
@@ -74,6 +96,10 @@ class MqttLink:
         self._client.max_queued_messages_set(0)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        if tls is not None:
+            _apply_tls(self._client, tls)
+        if credentials is not None:
+            self._client.username_pw_set(credentials.username, credentials.password)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -165,3 +191,13 @@ class MqttLink:
         self._unconfirmed.append(info)
         self.bytes_out += len(payload)
         return True
+
+
+def _apply_tls(client: mqtt.Client, tls: TlsConfig) -> None:
+    """Verify the broker against our CA (and its name unless told not to); mTLS if given."""
+    client.tls_set(ca_certs=str(tls.ca_file),
+                   certfile=str(tls.cert_file) if tls.cert_file is not None else None,
+                   keyfile=str(tls.key_file) if tls.key_file is not None else None,
+                   tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    if tls.insecure_skip_hostname:
+        client.tls_insecure_set(True)

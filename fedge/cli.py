@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 from edge_client.settings import ConfigError
+from fedge.aggregator_cli import add_aggregator_parser
 from fedge.demo import DemoConfig, model_versions, run_demo
+from fedge.keys_cli import add_keys_parser
 from fedge.progress import ProgressBar
-from fedge.roles import build_aggregator, build_device, run_until_signal
+from fedge.roles import build_device, run_until_signal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_demo(sub)
-    _add_role(sub, "aggregator", "run the aggregator on a gateway", _aggregator)
+    add_aggregator_parser(sub)
     _add_role(sub, "device", "run a device client on local data from an .npz file", _device)
+    add_keys_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -61,20 +64,6 @@ def _add_role(sub: argparse._SubParsersAction, name: str, help_text: str, func) 
     p = sub.add_parser(name, help=help_text)
     p.add_argument("--config", required=True, type=Path, help="the role's TOML file")
     p.set_defaults(func=func)
-
-
-def _aggregator(args: argparse.Namespace) -> int:
-    try:
-        aggregator = build_aggregator(args.config)
-    except ConfigError as exc:
-        print(f"fedge aggregator: {exc}", file=sys.stderr)
-        return 2
-    cfg = aggregator.config
-    print(f"fedge aggregator: federation {cfg.federation!r}, {cfg.mode} mode, broker "
-          f"{cfg.host}:{cfg.port}, store {cfg.db_path}, model version {aggregator.version}",
-          file=sys.stderr)
-    run_until_signal(aggregator.run)
-    return 0
 
 
 def _device(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.config import load_aggregator_config
+from aggregator.config import AggregatorConfig, load_aggregator_config
 from aggregator.service import Aggregator
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.settings import ConfigError, from_table, read_toml
@@ -51,11 +51,15 @@ def _split_tables(table: dict[str, Any], *names: str) -> list[dict[str, Any]]:
     return [table.pop(name, {}) for name in names]
 
 
-def build_aggregator(path: Path) -> Aggregator:
+def load_aggregator_file(path: Path) -> tuple[AggregatorConfig, ModelSpec]:
     table = read_toml(path)
     (model_table,) = _split_tables(table, "model")
-    config = load_aggregator_config(table, str(path))
-    spec = from_table(ModelSpec, model_table, "[model]")
+    return load_aggregator_config(table, str(path)), from_table(ModelSpec, model_table,
+                                                                "[model]")
+
+
+def build_aggregator(path: Path) -> Aggregator:
+    config, spec = load_aggregator_file(path)
     arch = {"kind": spec.kind, "sizes": list(spec.sizes)}
     aggregator = Aggregator(config, initial_weights=spec.trainer().get_weights(), arch=arch)
     if aggregator.arch != arch:

@@ -33,7 +33,7 @@ def test_aggregator_and_devices_from_toml(mosquitto, tmp_path):
         f'federation = "toml"\nport = {mosquitto.port}\nrounds = 2\n'
         f'db_path = "{tmp_path / "agg.sqlite3"}"\n[model]\nsizes = [64, 16, 10]\n'
         f'[sync]\ntarget_updates = 2\n')
-    procs = [_fedge("aggregator", "--config", str(tmp_path / "aggregator.toml"))]
+    procs = [_fedge("aggregator", "serve", "--config", str(tmp_path / "aggregator.toml"))]
     procs += [_fedge("device", "--config", str(tmp_path / f"device{i}.toml"))
               for i in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]
@@ -43,7 +43,7 @@ def test_aggregator_and_devices_from_toml(mosquitto, tmp_path):
 
 def test_a_bad_config_exits_2_with_the_reason(tmp_path):
     (tmp_path / "a.toml").write_text("rouns = 3\n")
-    proc = _fedge("aggregator", "--config", str(tmp_path / "a.toml"))
+    proc = _fedge("aggregator", "serve", "--config", str(tmp_path / "a.toml"))
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "unknown key 'rouns'" in err
 

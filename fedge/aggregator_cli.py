@@ -1,0 +1,103 @@
+"""`fedge aggregator ...`: run the service, and the operator's few write actions.
+
+serve          run the aggregator (SIGINT/SIGTERM stop it cleanly)
+enroll         allow a device's public key (`fedge keys export` on the device prints it)
+revoke         refuse a device from its next update on
+audit          which devices went into which model version: ids, counts, digests
+broker-config  write a mosquitto TLS + password + ACL setup for the federation's devices
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
+from aggregator.store import Store
+from edge_client.identity import parse_public_key
+from edge_client.protocol.topics import check_name
+from edge_client.settings import ConfigError
+from fedge.roles import build_aggregator, load_aggregator_file, run_until_signal
+
+
+def add_aggregator_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("aggregator", help="the gateway service and its admin actions",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = p.add_subparsers(dest="aggregator_action", required=True)
+    serve = actions.add_parser("serve", help="run the aggregator")
+    enroll = actions.add_parser("enroll", help="allow a device's public key")
+    enroll.add_argument("--device", required=True)
+    enroll.add_argument("--key", required=True, help='"ed25519:..." from `fedge keys export`')
+    revoke = actions.add_parser("revoke", help="refuse a device from now on")
+    revoke.add_argument("--device", required=True)
+    audit = actions.add_parser("audit", help="contributions per model version, as JSON")
+    audit.add_argument("--version", type=int, help="only this model version")
+    broker = actions.add_parser("broker-config", help="write mosquitto TLS, passwords, ACL")
+    broker.add_argument("--out", required=True, type=Path, help="folder for the files")
+    broker.add_argument("--devices", required=True, help="comma-separated device ids")
+    broker.add_argument("--host", default="127.0.0.1", help="broker address and cert name")
+    broker.add_argument("--port", type=int, default=8883)
+    broker.add_argument("--mtls", action="store_true", help="require client certificates")
+    for action, func in ((serve, _serve), (enroll, _enroll), (revoke, _revoke),
+                         (audit, _audit), (broker, _broker_config)):
+        action.add_argument("--config", required=True, type=Path,
+                            help="the aggregator's TOML file")
+        action.set_defaults(func=_reporting(func))
+
+
+def _reporting(func):
+    """User errors (config, keys, names) become a message and exit code 2."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (ConfigError, ValueError, OSError) as exc:
+            print(f"fedge aggregator {args.aggregator_action}: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _serve(args: argparse.Namespace) -> int:
+    aggregator = build_aggregator(args.config)
+    cfg = aggregator.config
+    secure = "on" if cfg.security.enabled else "off"
+    print(f"fedge aggregator: federation {cfg.federation!r}, {cfg.mode} mode, broker "
+          f"{cfg.host}:{cfg.port}, store {cfg.db_path}, model version {aggregator.version}, "
+          f"security {secure}", file=sys.stderr)
+    run_until_signal(aggregator.run)
+    return 0
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return Store(load_aggregator_file(args.config)[0].db_path)
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    check_name("device", args.device)
+    parse_public_key(args.key)  # refuse a malformed key before storing it
+    _store(args).enroll(args.device, args.key.strip())
+    print(f"enrolled {args.device}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    if not _store(args).revoke(args.device):
+        raise ValueError(f"device {args.device!r} was never enrolled")
+    print(f"revoked {args.device}; it is refused from its next update on")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    print(json.dumps(_store(args).audit(args.version), indent=2))
+    return 0
+
+
+def _broker_config(args: argparse.Namespace) -> int:
+    config = load_aggregator_file(args.config)[0]
+    devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    files = write_broker_config(BrokerSecurityPlan(config.federation, devices, args.host,
+                                                   args.port, args.mtls), args.out)
+    print(f"wrote {files.conf}; passwords in {args.out / 'credentials'}; start it with "
+          f"`mosquitto -c {files.conf}`")
+    return 0

@@ -1,0 +1,182 @@
+"""Signed updates and models through a real mosquitto: who may take part, and every
+forgery, replay and tampered model refused with a reason and nothing stored."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sqlite3
+import time
+
+import numpy as np
+import pytest
+
+from edge_client.identity import Identity, load_or_create_identity
+from edge_client.protocol import ModelManifest, Update, encode, split
+from edge_client.protocol.signing import seal
+from edge_client.security import AggregatorSecurity, DeviceSecurity
+from tests.integration.fleet import (
+    FEDERATION,
+    Digits,
+    Running,
+    make_aggregator,
+    make_client,
+    wait_until,
+)
+from tests.mqtt_helpers import close_client, paho_client, publish, subscribe
+
+pytestmark = pytest.mark.integration
+
+
+def _secure_aggregator(broker, tmp_path, data, **overrides):
+    security = AggregatorSecurity(enabled=True, key_file=tmp_path / "keys" / "aggregator.key")
+    return make_aggregator(broker, tmp_path, data, security=security, **overrides)
+
+
+def _secure_client(broker, tmp_path, data, index, agg, enroll=True, **overrides):
+    key = tmp_path / "keys" / f"dev-{index}.key"
+    security = DeviceSecurity(key_file=key, aggregator_key=agg.identity.public_text)
+    client = make_client(broker, tmp_path, data, index, security=security, **overrides)
+    if enroll:
+        agg.store.enroll(client.config.device_id, client.identity.public_text)
+    return client
+
+
+def _rows(db_path) -> list[tuple]:
+    with sqlite3.connect(db_path) as db:
+        return list(db.execute("SELECT device_id, task_id, nonce FROM updates"))
+
+
+def _reasons(db_path) -> list[str]:
+    with sqlite3.connect(db_path) as db:
+        return [r[0] for r in db.execute("SELECT reason FROM rejections")]
+
+
+def test_enrolled_devices_take_part_and_strangers_are_refused(mosquitto, tmp_path):
+    data = Digits(devices=3)
+    agg = _secure_aggregator(mosquitto, tmp_path, data, rounds=1,
+                             sync=dataclasses.replace(make_aggregator_sync(), target_updates=2))
+    members = [_secure_client(mosquitto, tmp_path, data, i, agg) for i in range(2)]
+    stranger = _secure_client(mosquitto, tmp_path, data, 2, agg, enroll=False)
+    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
+                                               for i, c in enumerate([*members, stranger])]
+    for run in runs[:3]:
+        run.join(60)
+    runs[3].halt()
+    assert agg.version == 1 and agg.history[1]["devices"] == ["dev-0", "dev-1"]
+    assert {r[0] for r in _rows(agg.config.db_path)} == {"dev-0", "dev-1"}
+    assert all(c.stats.acks["accepted"] == 1 for c in members)
+    from aggregator.store import Store
+    audit = Store(agg.config.db_path).audit(1)  # what `fedge aggregator audit` reads
+    assert [a["device_id"] for a in audit] == ["dev-0", "dev-1"]
+    assert all(len(a["digest"]) == 64 and a["num_samples"] > 0 for a in audit)
+
+
+def make_aggregator_sync():
+    from aggregator.config import SyncConfig
+    return SyncConfig(target_updates=3, round_timeout_s=30)
+
+
+def _update(data: Digits, device: str, task_id: str, created_at: float | None = None):
+    tensors = {k: np.zeros_like(v) for k, v in data.initial_weights().items()}
+    return Update(device_id=device, task_id=task_id, nonce=os.urandom(16).hex(),
+                  base_version=0, num_samples=3, tensors=tensors,
+                  created_at=time.time() if created_at is None else created_at)
+
+
+def _send(client, device: str, update: Update, signer: Identity | None) -> None:
+    body = encode(update)
+    message = body if signer is None else seal(body, signer)
+    for chunk in split(message, update.nonce):
+        publish(client, f"fedge/{FEDERATION}/update/{device}", chunk)
+
+
+def test_forged_unsigned_replayed_stale_and_cross_device_updates_are_refused(mosquitto,
+                                                                            tmp_path):
+    data = Digits(devices=2)
+    agg = _secure_aggregator(mosquitto, tmp_path, data, rounds=1,
+                             sync=dataclasses.replace(make_aggregator_sync(), target_updates=2))
+    alice = load_or_create_identity(tmp_path / "keys" / "alice.key")
+    bob = load_or_create_identity(tmp_path / "keys" / "bob.key")
+    mallory = load_or_create_identity(tmp_path / "keys" / "mallory.key")
+    agg.store.enroll("alice", alice.public_text)
+    agg.store.enroll("bob", bob.public_text)
+    run = Running(agg.run, "aggregator")
+    attacker = paho_client(mosquitto.host, mosquitto.port, "attacker")
+    subscribe(attacker, f"fedge/{FEDERATION}/model").get(timeout=10)  # aggregator is up
+    try:
+        agg.available.update({"alice", "bob"})  # as if both had reported themselves
+        wait_until(lambda: agg._task is not None, 10, "a task")
+        task_id = agg._task.task_id
+        good = _update(data, "alice", task_id)
+        _send(attacker, "alice", good, alice)  # the real thing, accepted
+        wait_until(lambda: len(_rows(agg.config.db_path)) == 1, 10, "alice's update")
+
+        _send(attacker, "alice", good, alice)  # replayed byte for byte
+        _send(attacker, "bob", _update(data, "bob", task_id), mallory)  # forged signature
+        _send(attacker, "bob", _update(data, "bob", task_id), None)  # unsigned
+        _send(attacker, "bob", _update(data, "bob", task_id, time.time() - 3600), bob)  # stale
+        _send(attacker, "alice", _update(data, "bob", task_id), bob)  # bob on alice's topic
+        _send(attacker, "mallory", _update(data, "mallory", task_id), mallory)  # unknown
+        wait_until(lambda: len(_reasons(agg.config.db_path)) == 5, 10, "five rejections")
+        wait_until(lambda: agg.store.counter("duplicates") == 1, 10, "the replay counted")
+    finally:
+        close_client(attacker)
+        run.halt()
+    with sqlite3.connect(agg.config.db_path) as db:
+        refused = sorted(db.execute("SELECT device_id, reason FROM rejections"))
+    assert refused == [
+        ("alice", "bad signature"),  # bob's key on alice's topic
+        ("bob", "bad signature"),  # mallory's key
+        ("bob", "update is not signed"),
+        ("bob", "update time is -3600 s from the aggregator's clock (limit 300 s)"),
+        ("mallory", "device 'mallory' is not enrolled, or was revoked"),
+    ]
+    assert _rows(agg.config.db_path) == [("alice", task_id, good.nonce)]  # nothing else
+
+
+def test_devices_refuse_a_tampered_or_unsigned_manifest(mosquitto, tmp_path, caplog):
+    data = Digits(devices=1)
+    agg = _secure_aggregator(mosquitto, tmp_path, data, rounds=0)
+    device = _secure_client(mosquitto, tmp_path, data, 0, agg, exit_when_done=False)
+    runs = [Running(agg.run, "aggregator"), Running(device.run, "device")]
+    wait_until(lambda: device.model_version is not None, 20, "the signed model")
+    held = device.model_version
+    attacker = paho_client(mosquitto.host, mosquitto.port, "attacker")
+    rogue = ModelManifest(version=99, sha256="0" * 64, size=10, chunk_count=1)
+    impostor = Identity.generate()
+    caplog.set_level(logging.WARNING, logger="edge_client.client")
+    try:
+        publish(attacker, f"fedge/{FEDERATION}/model", encode(rogue), retain=True)
+        publish(attacker, f"fedge/{FEDERATION}/model", seal(encode(rogue), impostor),
+                retain=True)
+        wait_until(lambda: sum("ignored a bad message" in r.message for r in caplog.records)
+                   >= 2, 10, "two refusals in the log")
+    finally:
+        close_client(attacker)
+        for run in runs:
+            run.halt()
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "unsigned message refused" in messages and "bad signature" in messages
+    assert device.model_version == held  # still the aggregator's model
+
+
+def test_a_revoked_device_is_refused_from_the_next_task_on(mosquitto, tmp_path):
+    data = Digits(devices=2)
+    agg = _secure_aggregator(mosquitto, tmp_path, data, rounds=0,
+                             sync=dataclasses.replace(make_aggregator_sync(), target_updates=2,
+                                                      wait_for_devices_s=0.5,
+                                                      min_fraction=0.5, round_timeout_s=2))
+    clients = [_secure_client(mosquitto, tmp_path, data, i, agg, exit_when_done=False)
+               for i in range(2)]
+    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
+                                               for i, c in enumerate(clients)]
+    wait_until(lambda: agg.version >= 1, 30, "round 1 with both devices")
+    assert agg.history[1]["devices"] == ["dev-0", "dev-1"]
+    agg.store.revoke("dev-1")  # as `fedge aggregator revoke` does, from any process
+    wait_until(lambda: agg.version >= 3, 30, "two more rounds")
+    for run in runs:
+        run.halt()
+    later = [h["devices"] for h in agg.history[2:]]
+    assert all(devices == ["dev-0"] for devices in later[1:]), later
