@@ -123,6 +123,7 @@ class MosquittoBroker(BrokerHandle):
     workdir: Path
     executable: str
     extra_conf: str = ""
+    given_conf: Path | None = None  # a complete config of the caller's (TLS, ACL): used as is
     kind: str = field(default="mosquitto", init=False)
     _owns_workdir: bool = field(default=False, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -156,9 +157,25 @@ class MosquittoBroker(BrokerHandle):
             raise
         return broker
 
+    @classmethod
+    def start_with_conf(cls, conf: Path, port: int, host: str = "127.0.0.1") -> MosquittoBroker:
+        """Launch mosquitto on a config written elsewhere (`fedge aggregator broker-config`);
+        `host` and `port` must be its listener's, so we can tell when it is up."""
+        executable = find_mosquitto()
+        if executable is None:
+            raise RuntimeError("mosquitto not found: apt-get install mosquitto")
+        broker = cls(host=host, port=port, workdir=Path(conf).parent, executable=executable,
+                     given_conf=Path(conf))
+        try:
+            broker._launch()
+        except BaseException:
+            broker.stop()
+            raise
+        return broker
+
     @property
     def conf_path(self) -> Path:
-        return self.workdir / "mosquitto.conf"
+        return self.given_conf or self.workdir / "mosquitto.conf"
 
     @property
     def log_path(self) -> Path:
@@ -181,6 +198,8 @@ class MosquittoBroker(BrokerHandle):
         self._launch()
 
     def _write_conf(self) -> None:
+        if self.given_conf is not None:
+            return
         # log_dest stderr (captured into log_path by us) rather than `log_dest file`: when run as
         # root, mosquitto 2.x drops to the `mosquitto` user and cannot open files in our workdir.
         conf = MOSQUITTO_CONF_TEMPLATE.format(port=self.port, host=self.host)

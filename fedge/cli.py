@@ -55,6 +55,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "use and flaky Wi-Fi")
     p.add_argument("--day-s", type=float, default=d.day_s,
                    help="diurnal: wall seconds per simulated day")
+    p.add_argument("--secure", action="store_true",
+                   help="TLS, passwords and per-device ACLs at mosquitto; signed updates, "
+                        "models, tasks and acks; every device enrolled")
     p.add_argument("--workdir", help="keep the SQLite store and device state here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON last")
     p.set_defaults(func=_demo)
@@ -82,7 +85,7 @@ def _demo(args: argparse.Namespace) -> int:
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      momentum=args.momentum, buffer_size=args.buffer_size,
                      uplink=args.uplink, downlink=args.downlink, profile=args.profile,
-                     day_s=args.day_s, workdir=args.workdir)
+                     day_s=args.day_s, secure=args.secure, workdir=args.workdir)
     bar = ProgressBar(model_versions(cfg), f"fedge demo ({cfg.mode}, {cfg.devices} devices)")
     bar.show(0, "starting")
 
@@ -115,6 +118,8 @@ def _print_summary(s: dict, stream) -> None:
         f"{s['models_via_delta']} models rebuilt from deltas)",
         f"wall time         {s['wall_s']:.2f} s; median round {s['round_wall_s_median']:.3f} s, "
         f"median local training {s['train_s_median']:.3f} s",
+        f"security          {'TLS + passwords + ACLs, signed messages' if s['secure'] else 'off'}"
+        f"; rejected updates {s['rejected_updates']}",
         f"devices           {s['profile']} profile; skipped device-rounds: "
         f"{_reasons(s['skipped_by_reason'])}; stopped mid-training "
         f"{s['stopped_mid_training']}, late {s['late_updates']}",

@@ -21,13 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
 from aggregator.config import AggregatorConfig, AsyncConfig, DownlinkConfig, SyncConfig
 from aggregator.service import Aggregator, VersionReport
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.codecs import DENSE
 from edge_client.protocol import TrainConfig
+from edge_client.security import AggregatorSecurity, BrokerAuth, DeviceSecurity
 from edge_client.training import mlp_trainer
-from fedge.broker import start_broker
+from fedge.broker import MosquittoBroker, free_port, start_broker
 from fedge.codec_spec import describe, parse_codec
 from fedge.datasets import dirichlet_partition, load_digits, stratified_split
 from fedge.fleet import SimulatedFleet
@@ -54,6 +56,7 @@ class DemoConfig:
     profile: str = "always"  # device behaviour: "always" eligible, or "diurnal" days
     day_s: float = 20.0  # diurnal: one simulated day in wall seconds
     broker: str = "auto"  # auto | mosquitto | embedded
+    secure: bool = False  # TLS, passwords and ACLs at the broker; signed messages
     workdir: Path | None = None
     timeout_s: float = 600.0
 
@@ -91,8 +94,12 @@ def run_demo(cfg: DemoConfig,
     sizes = [job.shards[0][0].shape[1], cfg.hidden, 10]
     workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="fedge-demo-"))
     started = time.monotonic()
-    with start_broker(cfg.broker) as broker:
+    secure = _Secure(workdir / "security", cfg.devices) if cfg.secure else None
+    broker_handle = secure.start_broker() if secure else start_broker(cfg.broker)
+    with broker_handle as broker:
         agg_cfg = _aggregator_config(cfg, broker.host, broker.port, workdir)
+        if secure:
+            agg_cfg.security, agg_cfg.broker_auth = secure.aggregator()
         evaluator = mlp_trainer(sizes, seed=cfg.seed)
 
         def evaluate(weights: dict) -> dict[str, float]:
@@ -103,18 +110,52 @@ def run_demo(cfg: DemoConfig,
                                 .get_weights(), arch={"kind": "mlp", "sizes": sizes},
                                 evaluate=evaluate, on_version=on_version)
         fleet = SimulatedFleet(_profile(cfg), workdir, cfg.devices)
-        clients = [
-            EdgeClient(ClientConfig(device_id=f"device-{i}", federation="demo",
-                                    host=broker.host, port=broker.port,
-                                    state_dir=workdir / f"device-{i}",
-                                    eligibility_check_s=0.2),
-                       fleet.trainer(i, mlp_trainer(sizes, seed=cfg.seed + 1 + i)), xs, ys,
-                       policy=fleet.policy(i))
-            for i, (xs, ys) in enumerate(job.shards)
-        ]
+        clients = []
+        for i, (xs, ys) in enumerate(job.shards):
+            config = ClientConfig(device_id=f"device-{i}", federation="demo",
+                                  host=broker.host, port=broker.port,
+                                  state_dir=workdir / f"device-{i}", eligibility_check_s=0.2)
+            if secure:
+                config.security, config.broker_auth = secure.device(i, aggregator)
+            clients.append(EdgeClient(config, fleet.trainer(i, mlp_trainer(
+                sizes, seed=cfg.seed + 1 + i)), xs, ys, policy=fleet.policy(i)))
+            if secure:
+                aggregator.store.enroll(config.device_id, clients[-1].identity.public_text)
         _run_all(aggregator, clients, fleet, cfg.timeout_s)
         wall_s = time.monotonic() - started
         return _summary(cfg, aggregator, clients, broker.kind, wall_s, workdir)
+
+
+class _Secure:
+    """The secure demo's gateway setup, made the way an operator would make it: a broker
+    config with TLS, passwords and per-device ACLs, signing keys, every device enrolled."""
+
+    def __init__(self, folder: Path, devices: int) -> None:
+        # mosquitto started as root drops to the `mosquitto` user, which must be able to
+        # walk into the folder; the private keys inside stay 0600.
+        folder.parent.chmod(0o755)
+        self.folder = folder
+        self.port = free_port()
+        self.files = write_broker_config(
+            BrokerSecurityPlan("demo", tuple(f"device-{i}" for i in range(devices)),
+                               host="127.0.0.1", port=self.port), folder / "broker")
+
+    def start_broker(self) -> MosquittoBroker:
+        return MosquittoBroker.start_with_conf(self.files.conf, self.port)
+
+    def _auth(self, user: str) -> BrokerAuth:
+        password = self.folder / "broker" / "credentials" / f"{user}.txt"
+        return BrokerAuth(ca_file=self.files.ca_cert, username=user, password_file=password)
+
+    def aggregator(self) -> tuple[AggregatorSecurity, BrokerAuth]:
+        key = self.folder / "aggregator.key"
+        return AggregatorSecurity(enabled=True, key_file=key), self._auth("aggregator")
+
+    def device(self, index: int, aggregator: Aggregator) -> tuple[DeviceSecurity, BrokerAuth]:
+        assert aggregator.identity is not None
+        security = DeviceSecurity(key_file=self.folder / f"device-{index}.key",
+                                  aggregator_key=aggregator.identity.public_text)
+        return security, self._auth(f"device-{index}")
 
 
 def _profile(cfg: DemoConfig) -> Profile:
@@ -205,6 +246,8 @@ def _summary(cfg: DemoConfig, aggregator: Aggregator, clients: list[EdgeClient],
             [h["round_wall_s"] - h.get("max_train_s", 0.0) for h in history]),
         "updates_accepted": sum(c.stats.acks["accepted"] for c in clients),
         "profile": cfg.profile,
+        "secure": cfg.secure,
+        "rejected_updates": sum(c.stats.acks["rejected"] for c in clients),
         "skipped_by_reason": dict(sum((c.stats.skipped for c in clients), Counter())),
         "stopped_mid_training": sum(c.stats.stopped_mid_training for c in clients),
         "late_updates": sum(c.stats.acks["late"] for c in clients),

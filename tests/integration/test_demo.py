@@ -59,3 +59,11 @@ def test_demo_reports_bad_arguments_clearly(tmp_path):
     done = subprocess.run([sys.executable, "-m", "fedge.cli", "demo", "--devices", "0"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode != 0 and "devices" in done.stderr
+
+
+def test_demo_secure_runs_over_tls_with_acls_and_signatures(tmp_path):
+    s = _demo("--devices", "2", "--rounds", "2", "--secure", tmp_path=tmp_path)
+    assert s["secure"] is True and s["broker"] == "mosquitto"
+    assert s["model_versions"] == 2 and s["rejected_updates"] == 0
+    conf = (tmp_path / "security" / "broker" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "certfile" in conf and "acl_file" in conf
