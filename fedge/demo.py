@@ -123,7 +123,10 @@ def run_demo(cfg: DemoConfig,
                 aggregator.store.enroll(config.device_id, clients[-1].identity.public_text)
         _run_all(aggregator, clients, fleet, cfg.timeout_s)
         wall_s = time.monotonic() - started
-        return _summary(cfg, aggregator, clients, broker.kind, wall_s, workdir)
+        summary = _summary(cfg, aggregator, clients, broker.kind, wall_s, workdir)
+        if secure:
+            summary["broker_config"] = str(secure.files.conf)
+        return summary
 
 
 class _Secure:
@@ -131,20 +134,22 @@ class _Secure:
     config with TLS, passwords and per-device ACLs, signing keys, every device enrolled."""
 
     def __init__(self, folder: Path, devices: int) -> None:
-        # mosquitto started as root drops to the `mosquitto` user, which must be able to
-        # walk into the folder; the private keys inside stay 0600.
-        folder.parent.chmod(0o755)
         self.folder = folder
         self.port = free_port()
+        # mosquitto started as root drops to the `mosquitto` user, which must be able to
+        # walk to its files: they get a folder of their own that it can enter (the private
+        # keys inside are not world-readable).
+        self.broker_folder = Path(tempfile.mkdtemp(prefix="fedge-demo-broker-"))
+        self.broker_folder.chmod(0o755)
         self.files = write_broker_config(
             BrokerSecurityPlan("demo", tuple(f"device-{i}" for i in range(devices)),
-                               host="127.0.0.1", port=self.port), folder / "broker")
+                               host="127.0.0.1", port=self.port), self.broker_folder)
 
     def start_broker(self) -> MosquittoBroker:
         return MosquittoBroker.start_with_conf(self.files.conf, self.port)
 
     def _auth(self, user: str) -> BrokerAuth:
-        password = self.folder / "broker" / "credentials" / f"{user}.txt"
+        password = self.broker_folder / "credentials" / f"{user}.txt"
         return BrokerAuth(ca_file=self.files.ca_cert, username=user, password_file=password)
 
     def aggregator(self) -> tuple[AggregatorSecurity, BrokerAuth]:

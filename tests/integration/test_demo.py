@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,5 +66,5 @@ def test_demo_secure_runs_over_tls_with_acls_and_signatures(tmp_path):
     s = _demo("--devices", "2", "--rounds", "2", "--secure", tmp_path=tmp_path)
     assert s["secure"] is True and s["broker"] == "mosquitto"
     assert s["model_versions"] == 2 and s["rejected_updates"] == 0
-    conf = (tmp_path / "security" / "broker" / "mosquitto.conf").read_text()
+    conf = Path(s["broker_config"]).read_text()
     assert "allow_anonymous false" in conf and "certfile" in conf and "acl_file" in conf
