@@ -19,9 +19,10 @@ Decisions (mosquitto 2.0):
   ``mosquitto`` user, and a root-started broker keeps dropping its privileges. Started by
   a non-root user, mosquitto does not switch users and reads the files as their owner.
 * **mTLS keeps passwords.** With ``mtls`` a client needs a certificate from our CA *and* its
-  password; ``use_identity_as_username`` is off. Otherwise ``revoke_device`` would need a
-  CRL, because with that option mosquitto ignores the password file and every certificate
-  the CA ever signed would still get in.
+  password; ``use_identity_as_username`` is off. With that option mosquitto ignores the
+  password file, so ``revoke_device`` would need a CRL: every certificate the CA ever
+  signed would still get in. The price: mosquitto does not tie a certificate to a user, so
+  the certificate proves "one of ours" and the password says which one.
 * **No persistence.** The aggregator republishes the retained model and task on every
   connect and devices republish their status, so nothing needs a folder the broker can
   write, and nothing retained by a revoked device survives a restart.
@@ -74,6 +75,8 @@ PRIVATE_DIR_MODE = 0o700
 
 @dataclass(frozen=True)
 class BrokerSecurityPlan:
+    """One federation's broker: its users, and where devices will reach it (the SAN)."""
+
     federation: str
     devices: tuple[str, ...]
     host: str = "127.0.0.1"  # listener address, and the name put in the server certificate
@@ -93,6 +96,8 @@ class BrokerSecurityPlan:
 
 @dataclass(frozen=True)
 class BrokerSecurityFiles:
+    """What write_broker_config made; hand each party its password (and certificate)."""
+
     folder: Path
     conf: Path
     ca_cert: Path
@@ -204,15 +209,17 @@ def _join_acl(header: str, blocks: Sequence[str]) -> str:
 
 
 def _split_acl(text: str) -> tuple[str, list[str]]:
-    """Header and `user` blocks, such that _join_acl gives the text back."""
+    """Header and `user` blocks without blank lines, so _join_acl gives acl_text's form."""
     header, blocks = "", []
-    for line in text.splitlines(keepends=True):
+    for line in (raw + "\n" for raw in text.splitlines()):
+        if not line.strip():
+            continue
         if line.startswith("user "):
             blocks.append(line)
-        elif not blocks:
-            header += line
-        elif line.strip():
+        elif blocks:
             blocks[-1] += line
+        else:
+            header += line
     return header, blocks
 
 
@@ -480,13 +487,18 @@ def _read_acl(layout: _Layout, federation: str) -> tuple[str, list[str]]:
     return header, blocks
 
 
+def _refuse_aggregator(blocks: Sequence[str], device: str) -> None:
+    """Turning the aggregator into a device (or deleting it) would stop the federation."""
+    if any(_block_user(b) == device and "topic readwrite" in b for b in blocks):
+        raise ValueError(f"{device!r} is the aggregator, not a device")
+
+
 def add_device(folder: Path, federation: str, device: str) -> DeviceAccess:
     """Add a device (or give an existing one a new password); SIGHUP the broker to apply."""
     layout = _Layout(Path(folder).resolve())
     check_name("device", device)
     header, blocks = _read_acl(layout, federation)
-    if any(_block_user(b) == device and "topic readwrite" in b for b in blocks):
-        raise ValueError(f"{device!r} is the aggregator, not a device")
+    _refuse_aggregator(blocks, device)
     password = _set_password(layout, device)
     client_cert = _issue_client(layout, device) if _mtls_enabled(layout) else None
     blocks = [b for b in blocks if _block_user(b) != device]
@@ -503,8 +515,7 @@ def revoke_device(folder: Path, federation: str, device: str) -> None:
     layout = _Layout(Path(folder).resolve())
     check_name("device", device)
     header, blocks = _read_acl(layout, federation)
-    if any(_block_user(b) == device and "topic readwrite" in b for b in blocks):
-        raise ValueError(f"{device!r} is the aggregator, not a device")
+    _refuse_aggregator(blocks, device)
     kept = [b for b in blocks if _block_user(b) != device]
     _write_file(layout.acl, _join_acl(header, kept).encode(), SHARED_MODE)
     if device in _password_users(layout.passwords):
