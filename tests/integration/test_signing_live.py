@@ -6,16 +6,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 
+from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
 from edge_client.identity import Identity, load_or_create_identity
 from edge_client.protocol import ModelManifest, Update, encode, split
 from edge_client.protocol.signing import seal
-from edge_client.security import AggregatorSecurity, DeviceSecurity
+from edge_client.security import AggregatorSecurity, BrokerAuth, DeviceSecurity
+from fedge.broker import MosquittoBroker, free_port
 from tests.integration.fleet import (
     FEDERATION,
     Digits,
@@ -92,10 +98,41 @@ def _send(client, device: str, update: Update, signer: Identity | None) -> None:
         publish(client, f"fedge/{FEDERATION}/update/{device}", chunk)
 
 
-def test_forged_unsigned_replayed_stale_and_cross_device_updates_are_refused(mosquitto,
-                                                                            tmp_path):
+@pytest.fixture
+def tls_broker():
+    """mosquitto with the generated TLS, password and ACL setup (not pytest's tmp_path:
+    the broker's own user must be able to walk to its files)."""
+    folder = Path(tempfile.mkdtemp(prefix="fedge-test-tls-"))
+    folder.chmod(0o755)
+    port = free_port()
+    files = write_broker_config(BrokerSecurityPlan(FEDERATION, ("alice", "bob", "mallory"),
+                                                   port=port), folder / "broker")
+    broker = MosquittoBroker.start_with_conf(files.conf, port)
+    yield broker, files
+    broker.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _tls_client(broker, files, user: str) -> mqtt.Client:
+    """A paho client logged in as `user` over TLS: what a device (or a thief of its
+    broker password) gets."""
+    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                         client_id=f"test-{user}", protocol=mqtt.MQTTv311)
+    client.tls_set(ca_certs=str(files.ca_cert))
+    client.username_pw_set(user, files.credentials[user])
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    wait_until(client.is_connected, 10, f"{user} to connect over TLS")
+    return client
+
+
+def test_over_tls_and_acls_forged_replayed_stale_and_foreign_updates_are_refused(
+        tls_broker, tmp_path):
+    broker, files = tls_broker
     data = Digits(devices=2)
-    agg = _secure_aggregator(mosquitto, tmp_path, data, rounds=1,
+    auth = BrokerAuth(ca_file=files.ca_cert, username="aggregator",
+                      password_file=files.folder / "credentials" / "aggregator.txt")
+    agg = _secure_aggregator(broker, tmp_path, data, rounds=1, broker_auth=auth,
                              sync=dataclasses.replace(make_aggregator_sync(), target_updates=2))
     alice = load_or_create_identity(tmp_path / "keys" / "alice.key")
     bob = load_or_create_identity(tmp_path / "keys" / "bob.key")
@@ -103,36 +140,39 @@ def test_forged_unsigned_replayed_stale_and_cross_device_updates_are_refused(mos
     agg.store.enroll("alice", alice.public_text)
     agg.store.enroll("bob", bob.public_text)
     run = Running(agg.run, "aggregator")
-    attacker = paho_client(mosquitto.host, mosquitto.port, "attacker")
-    subscribe(attacker, f"fedge/{FEDERATION}/model").get(timeout=10)  # aggregator is up
+    as_alice, as_bob, as_mallory = (_tls_client(broker, files, u)
+                                    for u in ("alice", "bob", "mallory"))
     try:
+        subscribe(as_alice, f"fedge/{FEDERATION}/model").get(timeout=10)  # aggregator is up
         agg.available.update({"alice", "bob"})  # as if both had reported themselves
         wait_until(lambda: agg._task is not None, 10, "a task")
         task_id = agg._task.task_id
         good = _update(data, "alice", task_id)
-        _send(attacker, "alice", good, alice)  # the real thing, accepted
+        _send(as_alice, "alice", good, alice)  # the real thing, accepted
         wait_until(lambda: len(_rows(agg.config.db_path)) == 1, 10, "alice's update")
 
-        _send(attacker, "alice", good, alice)  # replayed byte for byte
-        _send(attacker, "bob", _update(data, "bob", task_id), mallory)  # forged signature
-        _send(attacker, "bob", _update(data, "bob", task_id), None)  # unsigned
-        _send(attacker, "bob", _update(data, "bob", task_id, time.time() - 3600), bob)  # stale
-        _send(attacker, "alice", _update(data, "bob", task_id), bob)  # bob on alice's topic
-        _send(attacker, "mallory", _update(data, "mallory", task_id), mallory)  # unknown
-        wait_until(lambda: len(_reasons(agg.config.db_path)) == 5, 10, "five rejections")
+        _send(as_alice, "alice", good, alice)  # replayed byte for byte
+        # bob's broker password in a thief's hands, but not bob's signing key:
+        _send(as_bob, "bob", _update(data, "bob", task_id), mallory)  # forged signature
+        _send(as_bob, "bob", _update(data, "bob", task_id), None)  # unsigned
+        _send(as_bob, "bob", _update(data, "bob", task_id, time.time() - 3600), bob)  # old
+        _send(as_bob, "alice", _update(data, "alice", task_id), bob)  # alice's topic: ACL
+        _send(as_mallory, "mallory", _update(data, "mallory", task_id), mallory)  # stranger
+        wait_until(lambda: len(_reasons(agg.config.db_path)) == 4, 10, "four rejections")
         wait_until(lambda: agg.store.counter("duplicates") == 1, 10, "the replay counted")
+        time.sleep(0.5)  # room for anything the ACL let through by mistake to arrive
     finally:
-        close_client(attacker)
+        for client in (as_alice, as_bob, as_mallory):
+            close_client(client)
         run.halt()
     with sqlite3.connect(agg.config.db_path) as db:
         refused = sorted(db.execute("SELECT device_id, reason FROM rejections"))
     assert refused == [
-        ("alice", "bad signature"),  # bob's key on alice's topic
         ("bob", "bad signature"),  # mallory's key
         ("bob", "update is not signed"),
         ("bob", "update time is -3600 s from the aggregator's clock (limit 300 s)"),
         ("mallory", "device 'mallory' is not enrolled, or was revoked"),
-    ]
+    ]  # the write to alice's topic never reached the aggregator: the broker's ACL dropped it
     assert _rows(agg.config.db_path) == [("alice", task_id, good.nonce)]  # nothing else
 
 
