@@ -55,6 +55,12 @@ class DownlinkConfig:
     delta: bool = True  # publish the change from the previous version, compressed
     codec: CodecConfig = field(default_factory=lambda: CodecConfig(
         sparsify="none", quantize="q8", error_feedback=True, compress="zlib"))
+    full: str = "f32"  # the full model as "f32", or "f16" (half the bytes; the global model
+    #                    is then kept to values float16 can hold, so every copy is exact)
+
+    def __post_init__(self) -> None:
+        if self.full not in ("f32", "f16"):
+            raise ValueError("downlink.full must be 'f32' or 'f16'")
 
 
 @dataclass

@@ -27,7 +27,7 @@ class DownlinkEncoder:
              version: int) -> tuple[Weights, bytes | None]:
         """The next global model and the delta blob that leads to it (None: full only)."""
         if not self.config.delta:
-            return proposed, None
+            return representable(proposed, self.config.full), None
         old = flatten_sorted(current)
         change = flatten_sorted(proposed) - old
         if self._feedback is None or self._feedback.residual.size != change.size:
@@ -35,6 +35,22 @@ class DownlinkEncoder:
         if self.config.codec.error_feedback:
             change = self._feedback.compensate(change)
         encoded = encode_vector(change, self.config.codec, delta_seed(version), self._rng)
+        new = representable(unflatten_like(old + encoded.sent, current), self.config.full)
         if self.config.codec.error_feedback:
-            self._feedback.record(change, encoded.sent)
-        return unflatten_like(old + encoded.sent, current), encoded.blob
+            # What devices really get, after rounding to the full model's precision.
+            self._feedback.record(change, flatten_sorted(new) - old)
+        return new, encoded.blob
+
+
+def representable(weights: Weights, full: str) -> Weights:
+    """Round to what the full model's wire precision holds (a no-op for float32)."""
+    if full == "f32":
+        return weights
+    return {k: v.astype(np.float16).astype(np.float32) for k, v in weights.items()}
+
+
+def on_the_wire(weights: Weights, full: str) -> Weights:
+    """The tensors as the full model carries them: float32, or float16."""
+    if full == "f32":
+        return weights
+    return {k: v.astype(np.float16) for k, v in weights.items()}

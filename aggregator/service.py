@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aggregator.config import AggregatorConfig
-from aggregator.downlink import DownlinkEncoder
+from aggregator.downlink import DownlinkEncoder, on_the_wire, representable
 from aggregator.ingest import check_clock, check_sender, open_update, verified_body
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.store import Store
@@ -104,11 +104,13 @@ class Aggregator:
             model = decode(stored.blob, expect=Model)
             assert isinstance(model, Model)
             log.info("aggregator: resuming at model version %d", model.version)
-            return model.version, model.tensors, model.arch
+            weights = {k: v.astype(np.float32) for k, v in model.tensors.items()}
+            return model.version, weights, model.arch
         if initial is None:
             raise ValueError("the store holds no model: pass initial weights")
-        weights = {k: np.asarray(v, dtype=np.float32) for k, v in initial.items()}
-        blob = encode(Model(version=0, tensors=weights, arch=arch))
+        weights = representable({k: np.asarray(v, dtype=np.float32)
+                                 for k, v in initial.items()}, self.config.downlink.full)
+        blob = encode(Model(version=0, tensors=self._wire(weights), arch=arch))
         self.store.add_model(0, blob, sha256_hex(blob), {"round": 0, "updates": 0})
         return 0, weights, arch
 
@@ -207,6 +209,9 @@ class Aggregator:
         self._task, self._task_opened = task, time.monotonic()
         self._publish_task(task)
 
+    def _wire(self, weights: Weights) -> Weights:
+        return on_the_wire(weights, self.config.downlink.full)
+
     def _candidates(self) -> list[str]:
         """Devices that may be invited: available, and (with security) still enrolled, so
         a revocation made from another process counts from the next task on."""
@@ -223,7 +228,8 @@ class Aggregator:
 
     def _publish_model(self) -> None:
         """Retained chunks (full, and the delta if any) first, then the manifest."""
-        model = Model(version=self.version, tensors=self.global_weights, arch=self.arch)
+        model = Model(version=self.version, tensors=self._wire(self.global_weights),
+                      arch=self.arch)
         manifest, chunks = package_model(model, self.config.chunk_size)
         for i, chunk in enumerate(chunks):
             self.link.publish(self.topics.model_chunk(self.version, i), chunk, retain=True)
@@ -263,7 +269,7 @@ class Aggregator:
         new_weights, delta = self.downlink.step(self.global_weights, proposed, version)
         round_wall_s = time.monotonic() - self._task_opened
         metrics = self._evaluate(new_weights)
-        blob = encode(Model(version=version, tensors=new_weights, arch=self.arch))
+        blob = encode(Model(version=version, tensors=self._wire(new_weights), arch=self.arch))
         info = {"round": self._task.round, "updates": len(self._pending),
                 "update_bytes": sum(self._update_bytes.pop(u.nonce, 0) for u in self._pending),
                 "model_bytes": len(blob), "delta_bytes": len(delta) if delta else 0,

@@ -101,7 +101,9 @@ class ModelFetcher:
             codec = CodecConfig.from_wire(manifest.delta.codec)
             old = flatten_sorted(held.tensors)
             change = decode_dense(blob, codec, old.size, delta_seed(manifest.version))
-            tensors = unflatten_like(old + change, held.tensors)
+            rebuilt = unflatten_like(old + change, held.tensors)
+            # Same precision as the full model (float16 or float32), rounded the same way.
+            tensors = {k: v.astype(held.tensors[k].dtype) for k, v in rebuilt.items()}
             model = Model(version=manifest.version, tensors=tensors, arch=held.arch)
             full_blob = encode(model)
             if sha256_hex(full_blob) != manifest.sha256:

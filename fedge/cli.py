@@ -50,6 +50,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="update codec, e.g. 'topk=0.01,q4', 'randk=0.05,q8', 'f16', 'dense'")
     p.add_argument("--downlink", default=d.downlink,
                    help="model delta codec, e.g. 'q8', 'q4'; 'full' sends whole models only")
+    p.add_argument("--full-model", choices=("f32", "f16"), default=d.full_model,
+                   help="precision of whole models sent to devices")
     p.add_argument("--profile", choices=("always", "diurnal"), default=d.profile,
                    help="device behaviour: always eligible, or simulated days of charging, "
                         "use and flaky Wi-Fi")
@@ -85,7 +87,8 @@ def _demo(args: argparse.Namespace) -> int:
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      momentum=args.momentum, buffer_size=args.buffer_size,
                      uplink=args.uplink, downlink=args.downlink, profile=args.profile,
-                     day_s=args.day_s, secure=args.secure, workdir=args.workdir)
+                     day_s=args.day_s, secure=args.secure, full_model=args.full_model,
+                     workdir=args.workdir)
     bar = ProgressBar(model_versions(cfg), f"fedge demo ({cfg.mode}, {cfg.devices} devices)")
     bar.show(0, "starting")
 

@@ -53,6 +53,7 @@ class DemoConfig:
     buffer_size: int = 3  # async: aggregate every K updates
     uplink: str = "topk=0.01,q4"  # codec spec (fedge/codec_spec.py); "dense" for float32
     downlink: str = "q8"  # codec of the model deltas; "full" sends only whole models
+    full_model: str = "f32"  # whole models as "f32" or "f16"
     profile: str = "always"  # device behaviour: "always" eligible, or "diurnal" days
     day_s: float = 20.0  # diurnal: one simulated day in wall seconds
     broker: str = "auto"  # auto | mosquitto | embedded
@@ -182,8 +183,9 @@ def _aggregator_config(cfg: DemoConfig, host: str, port: int,
                        workdir: Path) -> AggregatorConfig:
     train = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                         momentum=cfg.momentum)
-    downlink = (DownlinkConfig(delta=False) if cfg.downlink == "full"
-                else DownlinkConfig(codec=parse_codec(cfg.downlink) or DENSE))
+    downlink = (DownlinkConfig(delta=False, full=cfg.full_model) if cfg.downlink == "full"
+                else DownlinkConfig(codec=parse_codec(cfg.downlink) or DENSE,
+                                    full=cfg.full_model))
     return AggregatorConfig(
         federation="demo", host=host, port=port, db_path=workdir / "aggregator.sqlite3",
         mode=cfg.mode, rounds=model_versions(cfg), seed=cfg.seed, train=train,
