@@ -77,6 +77,8 @@ class ClientConfig:
 
     def __post_init__(self) -> None:
         check_name("device", self.device_id)
+        if self.eligibility_check_s <= 0 or self.ack_timeout_s <= 0:
+            raise ValueError("eligibility_check_s and ack_timeout_s must be > 0")
         check_name("federation", self.federation)
         self.state_dir = Path(self.state_dir)
 
@@ -257,8 +259,9 @@ class EdgeClient:
     def _eligible(self) -> Decision:
         """Ask the policy; a change is reported on the status topic at once."""
         decision = self.policy.check(time.time())
+        # Compare reasons without their readings, or every check would publish a status.
         changed = (self._decision is None or decision.eligible != self._decision.eligible
-                   or decision.reason != self._decision.reason)
+                   or reason_kind(decision.reason) != reason_kind(self._decision.reason))
         self._decision = decision
         if changed and self.link.connected:
             self._publish_status(True)
@@ -303,11 +306,9 @@ class EdgeClient:
 
     def _skip(self, task: Task, reason: str) -> None:
         """Count a task this device could not do, once per task and reason."""
-        kind = reason_kind(reason)
-        key = f"{task.task_id}/{kind}"
-        if key not in self._skipped_tasks:
-            self._skipped_tasks.add(key)
-            self.stats.skipped[kind] += 1
+        if task.task_id not in self._skipped_tasks:  # one reason per device-round
+            self._skipped_tasks.add(task.task_id)
+            self.stats.skipped[reason_kind(reason)] += 1
 
     def _finished(self) -> bool:
         """Done when the aggregator says so and the final model is here.
@@ -444,11 +445,18 @@ class EdgeClient:
         if len(self.outbox) >= self.outbox.max_entries:
             log.error("%s: outbox full; not training until acks arrive", me)
             return
+        try:
+            codec = CodecConfig.from_wire(task.codec) if task.codec is not None else None
+        except RemoteProtocolError as exc:
+            log.error("%s: task %s asks for a codec this device cannot use: %s", me,
+                      task.task_id, exc.reason)
+            self._done_tasks.append(task.task_id)  # never retried; the round goes on
+            return
         decision = self._eligible()
         if not decision.eligible:
             self._skip(task, decision.reasons[0])
             return
-        update = self._train(task)
+        update = self._train(task, codec)
         if update is None:
             return  # stopped at a batch boundary: nothing is published
         payload = encode(update)
@@ -468,7 +476,7 @@ class EdgeClient:
         self._publish_update(update.nonce)
         self.stats.updates_sent += 1
 
-    def _train(self, task: Task) -> Update | None:
+    def _train(self, task: Task, codec: CodecConfig | None) -> Update | None:
         """Train from the global model; None when training was stopped part-way."""
         assert self._global is not None
         self.trainer.set_weights(_copy(self._global))
@@ -492,9 +500,7 @@ class EdgeClient:
                         num_samples=len(self.x), tensors=delta,
                         metrics={"train_loss": result.loss, "train_s": result.train_s},
                         created_at=time.time())
-        if task.codec is None:
-            return update
-        return self._compress(update, CodecConfig.from_wire(task.codec))
+        return update if codec is None else self._compress(update, codec)
 
     def _should_stop(self) -> bool:
         """Checked between batches: shutting down, or the policy stopped holding."""

@@ -37,8 +37,12 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def from_table(cls: type[T], table: dict[str, Any], where: str,
-               nested: dict[str, str] | None = None) -> T:
-    """Build dataclass `cls` from a TOML table; `nested` maps table names to field names."""
+               nested: dict[str, str] | None = None, base: Any = None) -> T:
+    """Build dataclass `cls` from a TOML table; `nested` maps table names to field names.
+
+    Keys the table leaves out keep their values from `base` (a default instance), so a
+    table that sets one key changes only that key.
+    """
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     nested = nested or {}
@@ -52,13 +56,23 @@ def from_table(cls: type[T], table: dict[str, Any], where: str,
             raise ConfigError(f"unknown key {key!r} in {where}; known keys: {allowed}")
         hint = _without_none(hints[name])
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_table(hint, value, f"{where} [{key}]")
+            kwargs[name] = from_table(hint, value, f"{where} [{key}]",
+                                      base=_field_default(fields[name]))
         else:
             kwargs[name] = _coerce(value, hint, f"{where} {key}")
     try:
+        if base is not None:
+            return dataclasses.replace(base, **kwargs)
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    """The default a nested table starts from (None when the field has no default table)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _without_none(hint: Any) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import time
 
 import msgpack
 import numpy as np
@@ -120,3 +121,32 @@ def test_an_update_claiming_another_device_is_rejected(mosquitto, tmp_path):
     finally:
         close_client(attacker)
         agg_run.halt()
+
+
+def test_a_task_with_an_unusable_codec_is_logged_and_the_device_keeps_running(
+        mosquitto, tmp_path, caplog):
+    import dataclasses
+    import logging
+
+    from aggregator.config import AsyncConfig
+    from tests.integration.fleet import wait_until
+
+    data = Digits(devices=1)
+    agg = make_aggregator(mosquitto, tmp_path, data, rounds=0, mode="async",
+                          async_=AsyncConfig(buffer_size=5))
+    device = make_client(mosquitto, tmp_path, data, 0, exit_when_done=False)
+    runs = [Running(agg.run, "aggregator"), Running(device.run, "device")]
+    caplog.set_level(logging.ERROR, logger="edge_client.client")
+    wait_until(lambda: device.stats.updates_sent == 1, 20, "a first update")
+    attacker = paho_client(mosquitto.host, mosquitto.port, "attacker")
+    try:
+        bad = dataclasses.replace(agg._task, task_id="v0-bogus", codec={"sparsify": "magic"})
+        publish(attacker, f"fedge/{FEDERATION}/task", encode(bad), retain=True)
+        wait_until(lambda: "cannot use" in caplog.text, 10, "the refusal in the log")
+        time.sleep(0.5)  # the periodic re-check must not trip over it either
+        assert runs[1].thread.is_alive() and runs[1].error is None
+        assert device.stats.updates_sent == 1
+    finally:
+        close_client(attacker)
+        for run in runs:
+            run.halt()

@@ -67,3 +67,10 @@ def test_unreadable_and_invalid_files(tmp_path):
     bad.write_text("rounds = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         read_toml(bad)
+
+
+def test_a_partial_nested_table_keeps_the_other_defaults():
+    cfg = load_aggregator_config({"downlink": {"codec": {"block_size": 128}}})
+    assert cfg.downlink.codec.block_size == 128
+    assert cfg.downlink.codec.quantize == "q8"  # the default delta codec, not CodecConfig()'s
+    assert load_aggregator_config({"sync": {"min_fraction": 0.5}}).sync.target_updates == 5
