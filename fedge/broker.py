@@ -63,6 +63,13 @@ def find_mosquitto() -> str | None:
     return str(fallback) if fallback.is_file() else None
 
 
+def _require_mosquitto() -> str:
+    executable = find_mosquitto()
+    if executable is None:
+        raise RuntimeError("mosquitto not found: apt-get install mosquitto")
+    return executable
+
+
 def amqtt_available() -> bool:
     """amqtt is an optional (demo) dependency, so check before promising an embedded broker."""
     return importlib.util.find_spec("amqtt") is not None
@@ -137,9 +144,7 @@ class MosquittoBroker(BrokerHandle):
         extra_conf: str = "",
     ) -> MosquittoBroker:
         """Write a config into workdir, launch mosquitto and wait until it accepts connections."""
-        executable = find_mosquitto()
-        if executable is None:
-            raise RuntimeError("mosquitto not found: apt-get install mosquitto")
+        executable = _require_mosquitto()
         owns = workdir is None
         directory = Path(tempfile.mkdtemp(prefix="fedge-mosquitto-")) if owns else Path(workdir)
         broker = cls(
@@ -150,28 +155,24 @@ class MosquittoBroker(BrokerHandle):
             extra_conf=extra_conf,
             _owns_workdir=owns,
         )
-        try:
-            broker._launch()
-        except BaseException:
-            broker.stop()
-            raise
-        return broker
+        return broker._launched()
 
     @classmethod
     def start_with_conf(cls, conf: Path, port: int, host: str = "127.0.0.1") -> MosquittoBroker:
         """Launch mosquitto on a config written elsewhere (`fedge aggregator broker-config`);
         `host` and `port` must be its listener's, so we can tell when it is up."""
-        executable = find_mosquitto()
-        if executable is None:
-            raise RuntimeError("mosquitto not found: apt-get install mosquitto")
-        broker = cls(host=host, port=port, workdir=Path(conf).parent, executable=executable,
-                     given_conf=Path(conf))
+        broker = cls(host=host, port=port, workdir=Path(conf).parent,
+                     executable=_require_mosquitto(), given_conf=Path(conf))
+        return broker._launched()
+
+    def _launched(self) -> MosquittoBroker:
+        """Start it, or clean up (our process, our workdir) and re-raise."""
         try:
-            broker._launch()
+            self._launch()
         except BaseException:
-            broker.stop()
+            self.stop()
             raise
-        return broker
+        return self
 
     @property
     def conf_path(self) -> Path:
