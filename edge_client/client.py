@@ -7,7 +7,6 @@ takes them one at a time, so the state below needs no locks.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import queue
@@ -22,14 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from edge_client.codecs import CodecConfig, ErrorFeedback, encode_vector
+from edge_client.device_state import DeviceState
 from edge_client.eligibility import Decision, EligibilityConfig, EligibilityPolicy
 from edge_client.identity import load_or_create_identity, parse_public_key
 from edge_client.model_fetch import FetchStep, Held, ModelFetcher
-from edge_client.outbox import Outbox, OutboxFull, atomic_write
+from edge_client.outbox import Outbox, OutboxFull
 from edge_client.protocol import (
     DEFAULT_CHUNK_SIZE,
     Ack,
-    Model,
     ModelManifest,
     RemoteProtocolError,
     Status,
@@ -40,7 +39,6 @@ from edge_client.protocol import (
     encode,
     split,
 )
-from edge_client.protocol.chunking import sha256_hex
 from edge_client.protocol.messages import unpack_map
 from edge_client.protocol.seeds import training_seed, update_seed
 from edge_client.protocol.signing import is_signed, open_envelope, seal, verify_envelope
@@ -121,6 +119,7 @@ class EdgeClient:
         self.topics = Topics(config.federation)
         self.stats = ClientStats()
         self.events: queue.Queue = queue.Queue()
+        self.disk = DeviceState(config.state_dir, config.device_id, config.max_model_elements)
         self.outbox = Outbox(config.state_dir / "outbox", config.outbox_max)
         self._fetcher = ModelFetcher(self.topics, config.max_model_bytes,
                                      config.max_model_elements)
@@ -149,27 +148,21 @@ class EdgeClient:
         self._load_state()
 
     # ------------------------------------------------------------ state on disk
-    @property
-    def _state_path(self) -> Path:
-        return self.config.state_dir / "state.json"
-
-    @property
-    def _model_path(self) -> Path:
-        return self.config.state_dir / "model.bin"
-
     def _load_state(self) -> None:
         """Resume after a reboot: the last model, tasks already done, unacked updates."""
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            state = json.loads(self._state_path.read_text())
-            self._done_tasks = [str(t) for t in state.get("done_tasks", [])][-100:]
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as exc:
-            log.error("%s: state file unreadable (%s); setting it aside",
-                      self.config.device_id, exc)
-            os.replace(self._state_path, self._state_path.with_suffix(".corrupt"))
-        self._load_model()
+        self._done_tasks = self.disk.load_done_tasks()
+        model = self.disk.load_model()
+        if model is not None:
+            try:
+                self._set_global(model.version, model.tensors, model.arch)
+            except ValueError as exc:
+                log.error("%s: stored model does not fit the trainer (%s); will fetch it again",
+                          self.config.device_id, exc)
+            else:
+                size = sum(w.size for w in model.tensors.values())
+                loaded = self.disk.load_residual(size)
+                if loaded is not None:
+                    self._feedback, self._feedback_version = loaded
         for entry in self.outbox.entries():
             try:
                 body = (open_envelope(entry.payload).body if is_signed(entry.payload)
@@ -182,50 +175,12 @@ class EdgeClient:
             if task_id not in self._done_tasks:
                 self._done_tasks.append(task_id)
 
-    def _load_model(self) -> None:
-        try:
-            blob = self._model_path.read_bytes()
-            meta = json.loads(self._model_path.with_suffix(".json").read_text())
-            if sha256_hex(blob) != meta["sha256"]:
-                raise ValueError("sha256 mismatch")
-            model = decode(blob, expect=Model, max_elements=self.config.max_model_elements)
-            assert isinstance(model, Model)
-            self._set_global(model.version, model.tensors, model.arch)
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, TypeError, KeyError, RemoteProtocolError) as exc:
-            log.error("%s: stored model unusable (%s); will fetch it again",
-                      self.config.device_id, exc)
-            return
-        self._load_feedback()
-
-    def _load_feedback(self) -> None:
-        """The error-feedback residual of the last compressed update, if it still fits."""
-        try:
-            meta = json.loads(self._feedback_path.with_suffix(".json").read_text())
-            size = sum(w.size for w in (self._global or {}).values())
-            self._feedback = ErrorFeedback.from_bytes(self._feedback_path.read_bytes(), size)
-            self._feedback_version = int(meta["version"])
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.error("%s: residual unusable (%s); starting without it",
-                      self.config.device_id, exc)
-
-    @property
-    def _feedback_path(self) -> Path:
-        return self.config.state_dir / "residual.bin"
-
     def _save_feedback(self) -> None:
-        if self._feedback is None:
-            return
-        atomic_write(self._feedback_path, self._feedback.to_bytes())
-        atomic_write(self._feedback_path.with_suffix(".json"),
-                     json.dumps({"version": self._feedback_version}).encode())
+        if self._feedback is not None:
+            self.disk.save_residual(self._feedback, self._feedback_version)
 
     def _save_state(self) -> None:
-        state = {"done_tasks": self._done_tasks[-100:], "model_version": self.model_version}
-        atomic_write(self._state_path, json.dumps(state).encode())
+        self.disk.save_done_tasks(self._done_tasks, self.model_version)
 
     # ------------------------------------------------------------ the loop
     def run(self, stop: threading.Event | None = None) -> None:
@@ -419,10 +374,7 @@ class EdgeClient:
             raise RemoteProtocolError(f"model {model.version} does not fit this device's "
                                       f"trainer: {exc}") from None
         self.stats.models_via_delta += int(step.via_delta)
-        atomic_write(self._model_path, step.blob)
-        atomic_write(self._model_path.with_suffix(".json"),
-                     json.dumps({"version": model.version,
-                                 "sha256": sha256_hex(step.blob)}).encode())
+        self.disk.save_model(step.blob, model.version)
         self._save_state()
         self._publish_status(True)
         self._maybe_train()
