@@ -32,7 +32,7 @@ DEFAULT_CONFIGS = [
 
 def measure(uplink: str, downlink: str, rounds: int) -> dict:
     s = run_demo(DemoConfig(rounds=rounds, uplink=uplink, downlink=downlink,
-                            broker="mosquitto"))
+                            broker="mosquitto", mode="sync"))
     accuracy = s["accuracy_per_version"]
     reached = next((i + 1 for i, a in enumerate(accuracy) if a >= TARGET_ACCURACY), None)
     cumulative = None
