@@ -64,6 +64,17 @@ class DownlinkConfig:
 
 
 @dataclass
+class DashboardConfig:
+    """The web dashboard, REST API and metrics (docs/gateway.md)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # "0.0.0.0" for the whole LAN
+    port: int = 8080
+    read_token_file: Path | None = None  # None: GET API and /metrics open (closed LAN only)
+    admin_token_file: Path | None = None  # None: admin API off (403)
+
+
+@dataclass
 class AggregatorConfig:
     federation: str = "default"
     host: str = "127.0.0.1"
@@ -86,6 +97,7 @@ class AggregatorConfig:
     downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
     security: AggregatorSecurity = field(default_factory=AggregatorSecurity)
     broker_auth: BrokerAuth = field(default_factory=BrokerAuth)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)

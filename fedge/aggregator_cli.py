@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
+from aggregator.service import Aggregator
 from aggregator.store import Store
 from edge_client.identity import parse_public_key
 from edge_client.protocol.topics import check_name
@@ -65,8 +66,29 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"fedge aggregator: federation {cfg.federation!r}, {cfg.mode} mode, broker "
           f"{cfg.host}:{cfg.port}, store {cfg.db_path}, model version {aggregator.version}, "
           f"security {secure}", file=sys.stderr)
-    run_until_signal(aggregator.run)
+    server = _start_dashboard(aggregator)
+    try:
+        run_until_signal(aggregator.run)
+    finally:
+        if server is not None:
+            server.stop()
     return 0
+
+
+def _start_dashboard(aggregator: Aggregator):
+    """The dashboard and REST API beside the service, when [dashboard] enabled = true."""
+    dash = aggregator.config.dashboard
+    if not dash.enabled:
+        return None
+    try:
+        from aggregator.web import create_app, load_token, serve_dashboard
+    except ImportError as exc:
+        raise ValueError("the dashboard needs: pip install 'fedge[aggregator]'") from exc
+    app = create_app(aggregator.config.db_path, load_token(dash.read_token_file),
+                     load_token(dash.admin_token_file), actions=None)
+    server = serve_dashboard(app, dash.host, dash.port)
+    print(f"fedge aggregator: dashboard on {server.url}", file=sys.stderr)
+    return server
 
 
 def _store(args: argparse.Namespace) -> Store:

@@ -5,14 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="$1"
-want_mosquitto="${2:-no}"
+want_system_packages="${2:-no}"   # "yes": mosquitto and chromium from apt, for the tests
 
-if [ "$want_mosquitto" = "yes" ] && ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
-  echo "setup: installing mosquitto from apt" >&2
+missing=()
+if [ "$want_system_packages" = "yes" ]; then
+  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)   # the dashboard's browser test
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]} from apt" >&2
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq mosquitto >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
   # Debian starts a system mosquitto on port 1883; fedge starts its own on free ports.
 fi
 

@@ -41,6 +41,50 @@ def test_aggregator_and_devices_from_toml(mosquitto, tmp_path):
     assert "federation 'toml', sync mode" in outputs[0][1]
 
 
+def test_serve_with_the_dashboard_answers_the_api_during_a_federation(mosquitto, tmp_path):
+    import json
+    import time
+    import urllib.request
+
+    from fedge.broker import free_port
+
+    x, y = load_digits()
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    port = free_port()
+    (tmp_path / "token").write_text("read-secret\n")
+    (tmp_path / "aggregator.toml").write_text(
+        f'federation = "web"\nport = {mosquitto.port}\nrounds = 0\n'
+        f'db_path = "{tmp_path / "agg.sqlite3"}"\n[model]\nsizes = [64, 16, 10]\n'
+        f'[sync]\ntarget_updates = 1\n[dashboard]\nenabled = true\nport = {port}\n'
+        f'read_token_file = "{tmp_path / "token"}"\n')
+    (tmp_path / "device.toml").write_text(
+        f'device_id = "dev-0"\nfederation = "web"\nport = {mosquitto.port}\n'
+        f'state_dir = "{tmp_path / "state"}"\nexit_when_done = false\n'
+        f'[model]\nsizes = [64, 16, 10]\n[data]\npath = "{tmp_path / "data.npz"}"\n'
+        f'[eligibility]\nenabled = false\n')
+    procs = [_fedge("aggregator", "serve", "--config", str(tmp_path / "aggregator.toml")),
+             _fedge("device", "--config", str(tmp_path / "device.toml"))]
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/overview",
+                                     headers={"Authorization": "Bearer read-secret"})
+    try:
+        deadline, overview = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(request, timeout=2) as reply:
+                    overview = json.load(reply)
+                if (overview.get("model_version") or 0) >= 2:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        assert (overview.get("model_version") or 0) >= 2, overview
+    finally:
+        for proc in procs:
+            proc.terminate()  # SIGTERM: both stop cleanly
+        codes = [proc.wait(30) for proc in procs]
+    assert codes == [0, 0]
+
+
 def test_a_bad_config_exits_2_with_the_reason(tmp_path):
     (tmp_path / "a.toml").write_text("rouns = 3\n")
     proc = _fedge("aggregator", "serve", "--config", str(tmp_path / "a.toml"))

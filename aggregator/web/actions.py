@@ -1,0 +1,23 @@
+"""The admin actions that need the running service, not just its store."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class AdminActions(Protocol):
+    """What the service offers the admin API.
+
+    The web server calls these from its own worker threads, so an implementation should
+    hand the request to the service's loop (its event queue) rather than change state
+    directly, and return at once. Raise ValueError for a request it refuses (an unknown
+    strategy, say): the API answers 400 with the message.
+    """
+
+    def set_training(self, running: bool) -> None:
+        """Pause (False) or resume (True) issuing tasks and making versions."""
+        ...
+
+    def set_strategy(self, name: str) -> None:
+        """Aggregate with the named strategy from the next version on."""
+        ...

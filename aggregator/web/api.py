@@ -1,0 +1,176 @@
+"""The views: the dashboard page, the JSON API under /api/, and /metrics.
+
+`ROUTES` (at the end) says what each endpoint needs (no token, read, admin); the app
+checks it before any view runs, so a view never has to remember to.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from aggregator.web import metrics, readmodel
+from aggregator.web.actions import AdminActions
+from aggregator.web.auth import Access
+from aggregator.web.context import ApiError, request_store, web_context
+from aggregator.web.openapi import openapi_document
+from edge_client.identity import parse_public_key
+from edge_client.protocol.topics import check_name
+
+_VERSION = re.compile(r"[0-9]{1,12}")
+_APPLIED_LATER = "requested; the service applies it on its own loop"
+
+
+# ---------------------------------------------------------------- page and metrics
+def index() -> Response:
+    return current_app.send_static_file("index.html")
+
+
+def metrics_text() -> Response:
+    return Response(metrics.render(web_context().registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def openapi() -> Response:
+    return jsonify(openapi_document())
+
+
+# ---------------------------------------------------------------- reads
+def overview() -> Response:
+    return jsonify(readmodel.overview(request_store()))
+
+
+def versions() -> Response:
+    return jsonify({"versions": readmodel.versions(request_store())})
+
+
+def devices() -> Response:
+    return jsonify({"devices": readmodel.devices(request_store())})
+
+
+def audit() -> Response:
+    text = request.args.get("version")
+    version = None if text is None else parse_version(text)
+    return jsonify({"audit": readmodel.finite(request_store().audit(version))})
+
+
+def enrolment() -> Response:
+    return jsonify({"enrolment": request_store().enrolment()})
+
+
+def model(version: str) -> Response:
+    found = readmodel.model_blob(request_store(), parse_version(version))
+    if found is None:
+        raise ApiError(404, f"no model version {version}")
+    return Response(found.blob, mimetype="application/octet-stream", headers={
+        "Content-Disposition": f'attachment; filename="fedge-model-v{found.version}.msgpack"',
+        "ETag": f'"{found.sha256}"', "X-Fedge-Sha256": found.sha256})
+
+
+def parse_version(text: str) -> int:
+    """Digits only: int() would also take ' 7', '+7', '7_0' and other scripts' digits."""
+    if not _VERSION.fullmatch(text):
+        raise ApiError(400, f"version must be a whole number >= 0, not {text[:20]!r}")
+    return int(text)
+
+
+# ---------------------------------------------------------------- admin
+def enroll() -> Response:
+    body = json_body()
+    device, key = field(body, "device", str), field(body, "key", str)
+    _valid(check_name, "device", device)
+    _valid(parse_public_key, key)
+    request_store().enroll(device, key.strip())
+    return jsonify({"enrolled": device})
+
+
+def revoke() -> Response:
+    device = field(json_body(), "device", str)
+    _valid(check_name, "device", device)
+    if not request_store().revoke(device):
+        raise ApiError(404, f"device {device!r} was never enrolled")
+    return jsonify({"revoked": device})
+
+
+def training() -> tuple[Response, int]:
+    running = field(json_body(), "running", bool)
+    _valid(_actions("training").set_training, running)
+    return jsonify({"training": "running" if running else "paused",
+                    "note": _APPLIED_LATER}), 202
+
+
+def strategy() -> tuple[Response, int]:
+    name = field(json_body(), "name", str)
+    _valid(_actions("strategy").set_strategy, name)
+    return jsonify({"strategy": name, "note": _APPLIED_LATER}), 202
+
+
+def _actions(what: str) -> AdminActions:
+    actions = web_context().actions
+    if actions is None:
+        raise ApiError(501, f"changing {what} needs the running aggregator service, and this "
+                            "dashboard was started without it")
+    return actions
+
+
+def _valid(check: Any, *args: Any) -> None:
+    """Run a check that raises ValueError on bad input; the message becomes a 400."""
+    try:
+        check(*args)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def json_body() -> dict[str, Any]:
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type) -> Any:
+    """A required field of an exact type (so `true` is not taken for a number)."""
+    if name not in body:
+        raise ApiError(400, f"missing field {name!r}")
+    if type(body[name]) is not kind:
+        raise ApiError(400, f"field {name!r} must be a {_TYPE_NAMES[kind]}")
+    return body[name]
+
+
+_TYPE_NAMES = {str: "string", bool: "boolean (true or false)"}
+
+
+@dataclass(frozen=True)
+class Route:
+    rule: str
+    view: Callable[..., Any]  # its name is the endpoint's name
+    access: Access
+    methods: tuple[str, ...] = ("GET",)
+
+
+ROUTES = (
+    Route("/", index, Access.PUBLIC),
+    Route("/metrics", metrics_text, Access.READ),
+    Route("/api/openapi.json", openapi, Access.PUBLIC),
+    Route("/api/overview", overview, Access.READ),
+    Route("/api/versions", versions, Access.READ),
+    Route("/api/devices", devices, Access.READ),
+    Route("/api/audit", audit, Access.READ),
+    Route("/api/enrolment", enrolment, Access.READ),
+    Route("/api/models/<version>", model, Access.READ),
+    Route("/api/admin/enroll", enroll, Access.ADMIN, ("POST",)),
+    Route("/api/admin/revoke", revoke, Access.ADMIN, ("POST",)),
+    Route("/api/admin/training", training, Access.ADMIN, ("POST",)),
+    Route("/api/admin/strategy", strategy, Access.ADMIN, ("POST",)),
+)
+
+
+def register_routes(app: Flask) -> dict[str, Access]:
+    """Add every route to the app; returns what each endpoint needs."""
+    for route in ROUTES:
+        app.add_url_rule(route.rule, route.view.__name__, route.view, methods=route.methods)
+    return {r.view.__name__: r.access for r in ROUTES} | {"static": Access.PUBLIC}

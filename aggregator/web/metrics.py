@@ -1,0 +1,74 @@
+"""Prometheus metrics, read from the store at each scrape.
+
+A collector on a registry of the app's own (never prometheus-client's global one), so
+two apps in one process, or a test beside a running service, do not share metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from aggregator.store import Store
+from aggregator.web import readmodel
+
+
+class StoreCollector:
+    """Turns the store's current state into metric families when Prometheus scrapes."""
+
+    def __init__(self, open_store: Callable[[], Store]) -> None:
+        self.open_store = open_store
+
+    def collect(self) -> Iterator[Metric]:
+        store = self.open_store()
+        try:
+            yield from _families(store)
+        finally:
+            store.close()
+
+
+def _families(store: Store) -> list[Metric]:
+    history = readmodel.versions(store)
+    devices = store.devices()
+    families: list[Metric] = []
+    if history:
+        families.append(GaugeMetricFamily("fedge_model_version", "Current global model version",
+                                          value=history[-1]["version"]))
+    families.append(GaugeMetricFamily("fedge_devices_online", "Devices whose status is online",
+                                      value=sum(1 for d in devices if d["online"])))
+    families.append(GaugeMetricFamily(
+        "fedge_devices_eligible", "Devices online and eligible to train",
+        value=sum(1 for d in devices if d["online"] and d["eligible"])))
+    families.append(_updates_by_state(store))
+    families.append(CounterMetricFamily("fedge_rejections", "Updates refused, with a reason",
+                                        value=readmodel.rejection_count(store)))
+    families.append(CounterMetricFamily(
+        "fedge_update_bytes", "Bytes of stored update messages, any state",
+        value=readmodel.stored_update_bytes(store)))
+    evaluated = [h for h in history if h.get("accuracy") is not None]
+    if evaluated:
+        families.append(GaugeMetricFamily("fedge_last_accuracy",
+                                          "Test accuracy of the latest evaluated version",
+                                          value=evaluated[-1]["accuracy"]))
+    return families
+
+
+def _updates_by_state(store: Store) -> GaugeMetricFamily:
+    """A gauge although named _total: pending updates leave that state when aggregated."""
+    family = GaugeMetricFamily("fedge_updates_total", "Stored updates by state",
+                               labels=["state"])
+    for state, count in readmodel.update_counts(store).items():
+        family.add_metric([state], count)
+    return family
+
+
+def make_registry(open_store: Callable[[], Store]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(open_store))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

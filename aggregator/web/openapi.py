@@ -1,0 +1,142 @@
+"""The OpenAPI 3 description of the gateway's HTTP API, written by hand.
+
+A test checks that every /api/ route of the app appears here, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = "application/json"
+
+
+def _bearer() -> list[dict[str, list]]:
+    """GETs take the read or the admin token (open without a read token); admin: admin."""
+    return [{"bearer": []}]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    reasons = {400: "Bad input", 401: "No token given", 403: "The token does not grant this",
+               404: "Not found", 501: "Not offered by this gateway"}
+    return {str(c): _json(_ref("Error"), reasons[c]) for c in codes}
+
+
+def _listing(key: str, item: str) -> dict[str, Any]:
+    return {"type": "object", "required": [key],
+            "properties": {key: {"type": "array", "items": _ref(item)}}}
+
+
+def _get(summary: str, ok: dict[str, Any], *codes: int, **extra: Any) -> dict[str, Any]:
+    return {"get": {"summary": summary, "security": _bearer(),
+                    "responses": {"200": ok, **_errors(401, 403, *codes)}, **extra}}
+
+
+def _post(summary: str, body: dict[str, Any], ok_code: str, *codes: int) -> dict[str, Any]:
+    return {"post": {"summary": summary, "security": _bearer(),
+                     "requestBody": {"required": True, "content": {JSON: {"schema": body}}},
+                     "responses": {ok_code: _json({"type": "object"}),
+                                   **_errors(400, 401, 403, *codes)}}}
+
+
+def _body(**props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": list(props), "properties": props}
+
+
+def _paths() -> dict[str, Any]:
+    version_query = {"name": "version", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 0},
+                     "description": "only this model version"}
+    version_path = {"name": "version", "in": "path", "required": True,
+                    "schema": {"type": "integer", "minimum": 0}}
+    blob = {"description": "The model as devices receive it: a MessagePack `Model` message",
+            "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                "format": "binary"}}}}
+    return {
+        "/api/overview": _get("Headline numbers of the federation", _json(_ref("Overview"))),
+        "/api/versions": _get("Every model version with its info",
+                              _json(_listing("versions", "Version"))),
+        "/api/devices": _get("Devices: status, eligibility, contributions, rejections",
+                             _json(_listing("devices", "Device"))),
+        "/api/audit": _get("Which devices' updates went into which version",
+                           _json(_listing("audit", "AuditRow")), 400,
+                           parameters=[version_query]),
+        "/api/enrolment": _get("Enrolled device keys and revocations",
+                               _json(_listing("enrolment", "Enrolment"))),
+        "/api/models/{version}": _get("Download one model version", blob, 400, 404,
+                                      parameters=[version_path]),
+        "/api/openapi.json": {"get": {"summary": "This document", "security": [],
+                                      "responses": {"200": _json({"type": "object"})}}},
+        "/api/admin/enroll": _post("Allow a device's Ed25519 public key",
+                                   _body(device={"type": "string"},
+                                         key={"type": "string", "example": "ed25519:..."}),
+                                   "200"),
+        "/api/admin/revoke": _post("Refuse a device from its next update on",
+                                   _body(device={"type": "string"}), "200", 404),
+        "/api/admin/training": _post("Pause or resume training",
+                                     _body(running={"type": "boolean"}), "202", 501),
+        "/api/admin/strategy": _post("Choose the aggregation strategy",
+                                     _body(name={"type": "string", "example": "fedavg"}),
+                                     "202", 501),
+        "/metrics": _get("Prometheus metrics (text exposition format)",
+                         {"description": "OK", "content": {"text/plain": {"schema": {
+                             "type": "string"}}}}),
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    num = {"type": "number", "nullable": True}
+    integer = {"type": "integer"}
+    text = {"type": "string"}
+    return {
+        "Error": _body(error=text),
+        "Overview": {"type": "object", "properties": {
+            "model_version": {"type": "integer", "nullable": True},
+            "mode": {"type": "string", "nullable": True, "enum": ["sync", "async", None]},
+            "rounds": integer, "versions": integer, "accuracy": num, "loss": num,
+            "evaluated_version": {"type": "integer", "nullable": True},
+            "update_bytes": integer, "dense_bytes_estimate": integer, "compression_ratio": num,
+            "updates": {"type": "object", "additionalProperties": integer},
+            "rejections": integer, "enrolled": integer, "generated_at": {"type": "number"},
+            "devices": {"type": "object", "properties": {
+                "known": integer, "online": integer, "eligible": integer}}}},
+        "Version": {"type": "object", "additionalProperties": True, "properties": {
+            "version": integer, "created_at": {"type": "number"}, "round": integer,
+            "updates": integer, "update_bytes": integer, "model_bytes": integer,
+            "delta_bytes": integer, "round_wall_s": {"type": "number"},
+            "max_train_s": {"type": "number"}, "mode": text,
+            "devices": {"type": "array", "items": text}, "accuracy": num, "loss": num}},
+        "Device": {"type": "object", "properties": {
+            "device_id": text, "online": {"type": "boolean", "nullable": True},
+            "eligible": {"type": "boolean", "nullable": True}, "reason": text,
+            "model_version": {"type": "integer", "nullable": True},
+            "last_seen": num, "battery_pct": num,
+            "contributions": integer, "rejections": integer}},
+        "AuditRow": {"type": "object", "properties": {
+            "used_in": integer, "device_id": text, "task_id": text, "nonce": text,
+            "num_samples": integer, "digest": text, "received_at": {"type": "number"}}},
+        "Enrolment": {"type": "object", "properties": {
+            "device_id": text, "public_key": text, "enrolled_at": {"type": "number"},
+            "revoked_at": num}},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """A fresh copy each call, so a caller may change it freely."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "fedge gateway API", "version": "1",
+                 "description": "Read the federation's state and manage enrolment. GET "
+                                "endpoints take the read or the admin token, /api/admin/* "
+                                "only the admin token, as 'Authorization: Bearer <token>'."},
+        "paths": _paths(),
+        "components": {"schemas": _schemas(),
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

@@ -1,0 +1,130 @@
+"""What the dashboard, the API and the metrics show, read from the aggregator's store.
+
+Only reads. Where `Store` has no method for a figure (counts grouped by device or
+state, a model blob by version) this module runs its own SELECT on the store's
+connection, so the dashboard never loads every update or every model to count them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aggregator.store import Store
+
+UPDATE_STATES = ("pending", "aggregated", "late", "discarded")
+
+
+@dataclass(frozen=True)
+class ModelBlob:
+    """One stored model version as devices receive it (a MessagePack `Model`)."""
+
+    version: int
+    sha256: str
+    blob: bytes
+
+
+def finite(value: Any) -> Any:
+    """NaN and infinities become None: JSON has no such numbers and browsers refuse them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def versions(store: Store) -> list[dict[str, Any]]:
+    """One row per model version: its number, creation time and the service's info."""
+    return [finite(row) for row in store.model_history()]
+
+
+def overview(store: Store) -> dict[str, Any]:
+    """The headline numbers; a store without any model yet gives nulls and zeros."""
+    history = versions(store)
+    latest = history[-1] if history else {}
+    evaluated = [h for h in history if h.get("accuracy") is not None]
+    devices = store.devices()
+    return {
+        "model_version": latest.get("version"),
+        "mode": _mode(store, history),
+        "rounds": latest.get("round", 0),
+        "versions": sum(1 for h in history if h["version"] > 0),
+        "accuracy": evaluated[-1]["accuracy"] if evaluated else None,
+        "loss": evaluated[-1].get("loss") if evaluated else None,
+        "evaluated_version": evaluated[-1]["version"] if evaluated else None,
+        **uplink(history),
+        "updates": update_counts(store),
+        "rejections": rejection_count(store),
+        "devices": {"known": len(devices),
+                    "online": sum(1 for d in devices if d["online"]),
+                    "eligible": sum(1 for d in devices if d["online"] and d["eligible"])},
+        "enrolled": sum(1 for e in store.enrolment() if e["revoked_at"] is None),
+        "generated_at": time.time(),
+    }
+
+
+def uplink(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Update bytes the versions were made from, and how much smaller than float32.
+
+    A dense float32 update has as many values as the model, so `model_bytes` (the
+    float32 model as sent) times the number of updates estimates the uncompressed size.
+    """
+    sent = sum(h.get("update_bytes", 0) for h in history)
+    dense = sum(h.get("model_bytes", 0) * h.get("updates", 0) for h in history
+                if h.get("update_bytes"))
+    ratio = round(dense / sent, 1) if sent and dense else None
+    return {"update_bytes": sent, "dense_bytes_estimate": dense, "compression_ratio": ratio}
+
+
+def _mode(store: Store, history: list[dict[str, Any]]) -> str | None:
+    """The latest version's mode, or the latest task's before any version was made."""
+    for h in reversed(history):
+        if h.get("mode"):
+            return h["mode"]
+    row = store.db.execute("SELECT mode FROM tasks ORDER BY opened_at DESC LIMIT 1").fetchone()
+    return None if row is None else row[0]
+
+
+def devices(store: Store) -> list[dict[str, Any]]:
+    """Every device with a status, plus any that only ever sent (rejected) updates."""
+    rows = {d["device_id"]: {**d, "online": bool(d["online"]),
+                             "eligible": bool(d["eligible"])} for d in store.devices()}
+    contributions = _count_by_device(store, "SELECT device_id, COUNT(*) FROM updates "
+                                            "WHERE state='aggregated' GROUP BY device_id")
+    rejections = _count_by_device(store, "SELECT device_id, COUNT(*) FROM rejections "
+                                         "GROUP BY device_id")
+    for device in (contributions.keys() | rejections.keys()) - rows.keys():
+        rows[device] = {"device_id": device, "online": None, "eligible": None, "reason": "",
+                        "model_version": None, "last_seen": None, "battery_pct": None}
+    return [finite({**rows[d], "contributions": contributions.get(d, 0),
+                    "rejections": rejections.get(d, 0)}) for d in sorted(rows)]
+
+
+def _count_by_device(store: Store, query: str) -> dict[str, int]:
+    return {device: n for device, n in store.db.execute(query)}
+
+
+def update_counts(store: Store) -> dict[str, int]:
+    """Stored updates by state; every state is present, zero when none."""
+    counts = dict.fromkeys(UPDATE_STATES, 0)
+    counts.update(store.db.execute("SELECT state, COUNT(*) FROM updates GROUP BY state"))
+    return counts
+
+
+def rejection_count(store: Store) -> int:
+    return store.db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
+
+
+def stored_update_bytes(store: Store) -> int:
+    """Bytes of every stored update message, any state: grows as updates arrive."""
+    return store.db.execute("SELECT COALESCE(SUM(length(payload)), 0) FROM updates").fetchone()[0]
+
+
+def model_blob(store: Store, version: int) -> ModelBlob | None:
+    row = store.db.execute("SELECT sha256, blob FROM models WHERE version=?",
+                           (version,)).fetchone()
+    return None if row is None else ModelBlob(version, row[0], bytes(row[1]))

@@ -1,0 +1,186 @@
+// The dashboard: reads the gateway's JSON API with the read token and draws it.
+// The token comes from ?token= on first load or from the form, and is kept in
+// sessionStorage (this tab only); it is then removed from the address bar.
+"use strict";
+(function () {
+  const KEY = "fedge-read-token";
+  const REFRESH_MS = 5000;
+  const MAX_VERSION_ROWS = 50;
+  const $ = (id) => document.getElementById(id);
+  let timer = null;
+
+  class AuthError extends Error {}
+
+  // ------------------------------------------------------------ formatting
+  const dash = "–";
+  const fixed = (digits) => (v) => (v === null || v === undefined ? dash : Number(v).toFixed(digits));
+  const int = (v) => (v === null || v === undefined ? dash : Math.round(v).toLocaleString("en"));
+
+  function bytes(n) {
+    if (n === null || n === undefined) return dash;
+    const units = ["B", "kB", "MB", "GB", "TB"];
+    let i = 0;
+    while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+    return String(i ? Number(n.toPrecision(3)) : n) + " " + units[i];
+  }
+
+  function ago(unix) {
+    if (!unix) return dash;
+    const s = Math.max(0, Date.now() / 1000 - unix);
+    if (s < 90) return Math.round(s) + " s ago";
+    if (s < 5400) return Math.round(s / 60) + " min ago";
+    if (s < 172800) return Math.round(s / 3600) + " h ago";
+    return Math.round(s / 86400) + " days ago";
+  }
+
+  const when = (unix) => (unix ? new Date(unix * 1000).toLocaleString() : dash);
+
+  // ------------------------------------------------------------ the API
+  function takeTokenFromUrl() {
+    const url = new URL(location.href);
+    const token = url.searchParams.get("token");
+    if (token === null) return;
+    sessionStorage.setItem(KEY, token);
+    url.searchParams.delete("token");
+    history.replaceState(null, "", url.pathname + url.search + url.hash);
+  }
+
+  async function api(path) {
+    const token = sessionStorage.getItem(KEY);
+    const res = await fetch(path, {
+      headers: token ? { Authorization: "Bearer " + token } : {}, cache: "no-store",
+    });
+    const body = await res.json().catch(() => ({}));
+    if (res.status === 401 || res.status === 403) throw new AuthError(body.error || res.statusText);
+    if (!res.ok) throw new Error(`${path}: ${res.status} ${body.error || res.statusText}`);
+    return body;
+  }
+
+  // ------------------------------------------------------------ drawing
+  function text(id, value) { $(id).textContent = value; }
+
+  function renderOverview(o) {
+    text("ov-version", o.model_version === null ? dash : "v" + o.model_version);
+    text("ov-mode", o.mode ? `${o.mode} · round ${o.rounds}` : "");
+    text("ov-accuracy", fixed(3)(o.accuracy));
+    text("ov-loss", o.loss === null ? "" : `loss ${fixed(3)(o.loss)} (v${o.evaluated_version})`);
+    text("ov-devices", `${o.devices.online} / ${o.devices.known}`);
+    text("ov-eligible", `${o.devices.eligible} eligible · ${o.enrolled} enrolled`);
+    text("ov-updates", int(o.updates.aggregated));
+    text("ov-pending", `${o.updates.pending} pending · ${o.updates.late} late · ${o.rejections} rejected`);
+    text("ov-uplink", bytes(o.update_bytes));
+    const ratio = o.compression_ratio;
+    text("ov-ratio", ratio ? `${ratio >= 10 ? Math.round(ratio) : ratio}× smaller than float32` : "");
+  }
+
+  function series(versions, key) {
+    return versions.filter((v) => typeof v[key] === "number" && (key !== "updates" || v.version > 0))
+      .map((v) => ({ x: v.version, y: v[key] }));
+  }
+
+  function renderCharts(versions) {
+    const C = window.FedgeChart;
+    C.line($("chart-accuracy"), series(versions, "accuracy"),
+      { label: "Accuracy", format: fixed(2), cls: "accuracy" });
+    C.line($("chart-loss"), series(versions, "loss"),
+      { label: "Loss", format: fixed(2), cls: "loss" });
+    C.bars($("chart-bytes"), series(versions, "update_bytes"),
+      { label: "Uplink bytes", format: bytes, cls: "bytes" });
+    C.bars($("chart-updates"), series(versions, "updates"),
+      { label: "Updates", format: int, cls: "updates" });
+  }
+
+  // cells: [text, className?, title?]
+  function row(cells) {
+    const tr = document.createElement("tr");
+    for (const [value, cls, title] of cells) {
+      const td = document.createElement("td");
+      td.textContent = value;
+      if (cls) td.className = cls;
+      if (title) td.title = title;
+      tr.appendChild(td);
+    }
+    return tr;
+  }
+
+  function emptyRow(columns, message) {
+    const tr = document.createElement("tr");
+    const td = document.createElement("td");
+    td.colSpan = columns;
+    td.className = "empty";
+    td.textContent = message;
+    tr.appendChild(td);
+    return tr;
+  }
+
+  function renderDevices(devices) {
+    const rows = devices.map((d) => {
+      const status = d.online === null ? "unknown" : d.online ? "online" : "offline";
+      const eligible = d.eligible === null ? dash : d.eligible ? "yes" : "no";
+      const battery = d.battery_pct === null ? dash : Math.round(d.battery_pct) + " %";
+      return row([[d.device_id, "id"], [status, "state " + status],
+        [eligible + (d.reason ? ` (${d.reason})` : ""), d.eligible === false ? "warn" : ""],
+        [d.model_version === null ? dash : "v" + d.model_version, "num"], [battery, "num"],
+        [ago(d.last_seen), "", when(d.last_seen)], [int(d.contributions), "num"],
+        [int(d.rejections), d.rejections ? "num warn" : "num"]]);
+    });
+    $("devices").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(8, "No devices yet")]));
+  }
+
+  function renderVersions(versions) {
+    const rows = versions.slice(-MAX_VERSION_ROWS).reverse().map((v) => row([
+      ["v" + v.version, "num"], [when(v.created_at)], [int(v.round), "num"],
+      [int(v.updates), "num"], [bytes(v.update_bytes), "num"], [fixed(4)(v.accuracy), "num"],
+      [fixed(4)(v.loss), "num"], [v.round_wall_s === undefined ? dash : fixed(2)(v.round_wall_s) + " s", "num"],
+      [(v.devices || []).join(", ")],
+    ]));
+    $("versions").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(9, "No model yet")]));
+  }
+
+  // ------------------------------------------------------------ the loop
+  function askForToken(reason) {
+    clearTimeout(timer);
+    $("login").hidden = false;
+    text("login-error", sessionStorage.getItem(KEY) ? reason : "");
+    text("status", "Waiting for the read token");
+    $("token").focus();
+  }
+
+  async function refresh() {
+    clearTimeout(timer);
+    try {
+      const [overview, versions, devices] = await Promise.all(
+        [api("api/overview"), api("api/versions"), api("api/devices")]);
+      renderOverview(overview);
+      renderCharts(versions.versions);
+      renderDevices(devices.devices);
+      renderVersions(versions.versions);
+      $("login").hidden = true;
+      $("forget").hidden = !sessionStorage.getItem(KEY);
+      text("status", "Updated " + new Date().toLocaleTimeString());
+      document.body.dataset.loaded = "true";
+      timer = setTimeout(refresh, REFRESH_MS);
+    } catch (err) {
+      if (err instanceof AuthError) return askForToken(err.message);
+      text("status", "Cannot reach the gateway: " + err.message + "; retrying");
+      timer = setTimeout(refresh, REFRESH_MS);
+    }
+  }
+
+  function start() {
+    takeTokenFromUrl();
+    $("login").addEventListener("submit", (event) => {
+      event.preventDefault();
+      sessionStorage.setItem(KEY, $("token").value.trim());
+      $("token").value = "";
+      refresh();
+    });
+    $("forget").addEventListener("click", () => {
+      sessionStorage.removeItem(KEY);
+      location.reload();
+    });
+    refresh();
+  }
+
+  start();
+})();
