@@ -275,7 +275,8 @@ class Aggregator:
                 "model_bytes": len(blob), "delta_bytes": len(delta) if delta else 0,
                 "round_wall_s": round_wall_s, "mode": self.participation.mode,
                 "max_train_s": max(u.metrics.get("train_s", 0.0) for u in self._pending),
-                "devices": sorted({u.device_id for u in self._pending}), **metrics}
+                "devices": sorted({u.device_id for u in self._pending}),
+                **_device_evaluation(self._pending), **metrics}
         close = self._task.task_id if self._task.mode == "sync" else None
         self.store.add_model(version, blob, sha256_hex(blob), info, used=self._pending,
                              close_task=close, delta=delta)
@@ -403,3 +404,18 @@ class Aggregator:
         self.store.add_rejection(device, nonce, reason)
         ack = Ack(status="rejected", task_id=task_id, nonce=nonce, reason=reason)
         self.link.publish(self.topics.ack(device), self._signed(encode(ack)))
+
+
+def _device_evaluation(updates: list[Update]) -> dict[str, float]:
+    """The previous model on the devices' own data, sample-weighted: quality measured
+    where the data is. Devices that sent no such metric are left out."""
+    rows = [(u.num_samples, u.metrics["local_accuracy"], u.metrics.get("local_loss"))
+            for u in updates if np.isfinite(u.metrics.get("local_accuracy", np.nan))]
+    if not rows:
+        return {}
+    samples = sum(n for n, _, _ in rows)
+    out = {"device_accuracy": sum(n * a for n, a, _ in rows) / samples}
+    losses = [(n, loss) for n, _, loss in rows if loss is not None and np.isfinite(loss)]
+    if losses:
+        out["device_loss"] = sum(n * loss for n, loss in losses) / sum(n for n, _ in losses)
+    return out

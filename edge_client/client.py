@@ -432,6 +432,9 @@ class EdgeClient:
         """Train from the global model; None when training was stopped part-way."""
         assert self._global is not None
         self.trainer.set_weights(_copy(self._global))
+        # How the global model does on this device's own data: reported with the update,
+        # so the gateway sees quality where the data is (the data itself stays here).
+        before = self.trainer.evaluate(self.x, self.y)
         t = task.train
         seed = training_seed(self.config.device_id, task.round, task.model_version)
         self._rng = np.random.default_rng(seed)  # stochastic rounding, reproducible
@@ -450,7 +453,9 @@ class EdgeClient:
         update = Update(device_id=self.config.device_id, task_id=task.task_id,
                         nonce=os.urandom(16).hex(), base_version=task.model_version,
                         num_samples=len(self.x), tensors=delta,
-                        metrics={"train_loss": result.loss, "train_s": result.train_s},
+                        metrics={"train_loss": result.loss, "train_s": result.train_s,
+                                 "local_accuracy": before.get("accuracy", float("nan")),
+                                 "local_loss": before.get("loss", float("nan"))},
                         created_at=time.time())
         return update if codec is None else self._compress(update, codec)
 
