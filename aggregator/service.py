@@ -24,7 +24,7 @@ from aggregator.downlink import DownlinkEncoder, on_the_wire, representable
 from aggregator.ingest import check_clock, check_sender, open_update, verified_body
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.store import Store
-from aggregator.strategy import Contribution, FedAvg, Strategy
+from aggregator.strategy import Contribution, FedAvg, Strategy, strategy_by_name
 from edge_client.identity import load_or_create_identity
 from edge_client.protocol import (
     Ack,
@@ -46,6 +46,18 @@ from edge_client.transport import Connected, Disconnected, Inbound, MqttLink
 
 log = logging.getLogger(__name__)
 Evaluate = Callable[[Weights], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class SetTraining:
+    """An operator's request, queued onto the service loop like any other event."""
+
+    running: bool
+
+
+@dataclass(frozen=True)
+class SetStrategy:
+    name: str
 
 
 @dataclass
@@ -86,6 +98,7 @@ class Aggregator:
         self._task_opened = 0.0
         self._connected_at = 0.0
         self._done_published = False
+        self._paused = False
         self._update_bytes: dict[str, int] = {}  # message size of each pending update
         self.downlink = DownlinkEncoder(config.downlink, seed=config.seed)
         self._pace_rng = random.Random(config.seed)
@@ -146,6 +159,21 @@ class Aggregator:
     def stop(self) -> None:
         self._stop.set()
 
+    # ------------------------------------------------------------ admin actions
+    # The dashboard's admin API calls these from its own threads: they only queue.
+    def set_training(self, running: bool) -> None:
+        """Pause (no new tasks, no new versions; updates are still stored) or resume."""
+        self.events.put(SetTraining(bool(running)))
+
+    def set_strategy(self, name: str) -> None:
+        """Aggregate with `name` from the next version on; ValueError if unknown."""
+        strategy_by_name(name)
+        self.events.put(SetStrategy(name))
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     @property
     def pending_count(self) -> int:
         """Stored updates waiting for the next aggregation."""
@@ -165,6 +193,13 @@ class Aggregator:
                 self._publish_task(self._task)
         elif isinstance(event, Disconnected):
             log.warning("aggregator: disconnected from the broker (%s)", event.reason)
+        elif isinstance(event, SetTraining):
+            self._paused = not event.running
+            log.warning("aggregator: training %s by the operator",
+                        "resumed" if event.running else "paused")
+        elif isinstance(event, SetStrategy):
+            self.strategy = strategy_by_name(event.name)
+            log.warning("aggregator: strategy %s from the next version on", event.name)
         elif isinstance(event, Inbound) and event.payload:
             if event.topic.startswith(self.topics.prefix + "/update/"):
                 self._on_update_chunk(event.topic, event.payload)
@@ -174,7 +209,7 @@ class Aggregator:
     def _tick(self, now: float) -> None:
         for device, transfer in self._assembler.expire(time.monotonic()):
             log.warning("aggregator: dropped a stalled upload %s from %s", transfer[:8], device)
-        if not self.link.connected:
+        if not self.link.connected or self._paused:
             return
         if self.finished:
             self._publish_done()  # also when started with every version already made

@@ -85,7 +85,7 @@ def _start_dashboard(aggregator: Aggregator):
     except ImportError as exc:
         raise ValueError("the dashboard needs: pip install 'fedge[aggregator]'") from exc
     app = create_app(aggregator.config.db_path, load_token(dash.read_token_file),
-                     load_token(dash.admin_token_file), actions=None)
+                     load_token(dash.admin_token_file), actions=aggregator)
     server = serve_dashboard(app, dash.host, dash.port)
     print(f"fedge aggregator: dashboard on {server.url}", file=sys.stderr)
     return server
