@@ -85,6 +85,7 @@ class ClientConfig:
 class ClientStats:
     updates_sent: int = 0
     acks: Counter = field(default_factory=Counter)
+    acked: list[tuple[str, str]] = field(default_factory=list)  # (nonce, status) as received
     train_s: list[float] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
@@ -505,6 +506,7 @@ class EdgeClient:
         if ack.nonce not in self._sent:
             return  # an ack for an update already cleared (a resend's second ack)
         self.stats.acks[ack.status] += 1
+        self.stats.acked.append((ack.nonce, ack.status))
         if ack.status == "rejected":
             log.error("%s: update %s rejected: %s", self.config.device_id, ack.nonce[:8],
                       ack.reason)
