@@ -51,17 +51,44 @@ def _split_tables(table: dict[str, Any], *names: str) -> list[dict[str, Any]]:
     return [table.pop(name, {}) for name in names]
 
 
+@dataclass
+class EvaluationSpec:
+    """The aggregator's [evaluation] table: an optional held-out set on the gateway."""
+
+    data: Path | None = None  # an .npz with arrays x and y; each new version is scored on it
+
+
 def load_aggregator_file(path: Path) -> tuple[AggregatorConfig, ModelSpec]:
+    config, spec, _ = _aggregator_tables(path)
+    return config, spec
+
+
+def _aggregator_tables(path: Path) -> tuple[AggregatorConfig, ModelSpec, EvaluationSpec]:
     table = read_toml(path)
-    (model_table,) = _split_tables(table, "model")
-    return load_aggregator_config(table, str(path)), from_table(ModelSpec, model_table,
-                                                                "[model]")
+    model_table, evaluation_table = _split_tables(table, "model", "evaluation")
+    return (load_aggregator_config(table, str(path)),
+            from_table(ModelSpec, model_table, "[model]"),
+            from_table(EvaluationSpec, evaluation_table, "[evaluation]"))
+
+
+def held_out_evaluator(spec: ModelSpec, evaluation: EvaluationSpec):
+    """Accuracy and loss of each new version on the gateway's held-out set, if it has one."""
+    if evaluation.data is None:
+        return None
+    x, y = load_npz(evaluation.data)
+    scorer = spec.trainer()
+
+    def evaluate(weights: dict[str, np.ndarray]) -> dict[str, float]:
+        scorer.set_weights(weights)
+        return scorer.evaluate(x, y)
+    return evaluate
 
 
 def build_aggregator(path: Path) -> Aggregator:
-    config, spec = load_aggregator_file(path)
+    config, spec, evaluation = _aggregator_tables(path)
     arch = {"kind": spec.kind, "sizes": list(spec.sizes)}
-    aggregator = Aggregator(config, initial_weights=spec.trainer().get_weights(), arch=arch)
+    aggregator = Aggregator(config, initial_weights=spec.trainer().get_weights(), arch=arch,
+                            evaluate=held_out_evaluator(spec, evaluation))
     if aggregator.arch != arch:
         log.warning("aggregator: [model] in %s is %s, but the store continues from %s; "
                     "the stored model wins (start a new db_path for a new model)",

@@ -29,16 +29,22 @@ def test_aggregator_and_devices_from_toml(mosquitto, tmp_path):
             f'state_dir = "{tmp_path / f"state{i}"}"\n'
             f'[model]\nsizes = [64, 16, 10]\n[data]\npath = "{tmp_path / f"data{i}.npz"}"\n'
             f'[eligibility]\nenabled = false\n')
+    np.savez(tmp_path / "heldout.npz", x=x[-300:], y=y[-300:])
     (tmp_path / "aggregator.toml").write_text(
         f'federation = "toml"\nport = {mosquitto.port}\nrounds = 2\n'
         f'db_path = "{tmp_path / "agg.sqlite3"}"\n[model]\nsizes = [64, 16, 10]\n'
-        f'[sync]\ntarget_updates = 2\n')
+        f'[sync]\ntarget_updates = 2\n[evaluation]\ndata = "{tmp_path / "heldout.npz"}"\n')
     procs = [_fedge("aggregator", "serve", "--config", str(tmp_path / "aggregator.toml"))]
     procs += [_fedge("device", "--config", str(tmp_path / f"device{i}.toml"))
               for i in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-2000:] for o in outputs]
     assert "federation 'toml', sync mode" in outputs[0][1]
+    from aggregator.store import Store
+    history = Store(tmp_path / "agg.sqlite3").model_history()
+    assert [h["version"] for h in history] == [0, 1, 2]
+    assert all(0.0 <= h["accuracy"] <= 1.0 for h in history[1:])  # scored on the held-out set
+    assert all("device_accuracy" in h for h in history[1:])  # and on the devices' own data
 
 
 def test_serve_with_the_dashboard_answers_the_api_during_a_federation(mosquitto, tmp_path):
