@@ -63,6 +63,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "models, tasks and acks; every device enrolled")
     p.add_argument("--workdir", help="keep the SQLite store and device state here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON last")
+    p.add_argument("--dashboard", type=int, metavar="PORT", default=d.dashboard_port,
+                   help="serve the gateway dashboard while the federation runs, on "
+                        "127.0.0.1:PORT only (0: a free port), without tokens: anyone on "
+                        "this machine can read it; needs the aggregator extra")
     p.set_defaults(func=_demo)
 
 
@@ -89,9 +93,10 @@ def _demo(args: argparse.Namespace) -> int:
                      momentum=args.momentum, buffer_size=args.buffer_size,
                      uplink=args.uplink, downlink=args.downlink, profile=args.profile,
                      day_s=args.day_s, secure=args.secure, full_model=args.full_model,
-                     workdir=args.workdir)
+                     workdir=args.workdir, dashboard_port=args.dashboard)
     bar = ProgressBar(model_versions(cfg), f"fedge demo ({cfg.mode}, {cfg.devices} devices)")
-    bar.show(0, "starting")
+    if cfg.dashboard_port is None:  # else the bar starts below the dashboard's address
+        bar.show(0, "starting")
 
     def on_version(report) -> None:
         bar.show(report.version, f"accuracy {report.metrics.get('accuracy', 0):.3f}")

@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +36,9 @@ from fedge.codec_spec import describe, parse_codec
 from fedge.datasets import dirichlet_partition, load_digits, stratified_split
 from fedge.fleet import SimulatedFleet
 from fedge.profiles import Diurnal, Profile, profile_by_name
+
+if TYPE_CHECKING:
+    from aggregator.web import DashboardServer
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,7 @@ class DemoConfig:
     secure: bool = False  # TLS, passwords and ACLs at the broker; signed messages
     workdir: Path | None = None
     timeout_s: float = 600.0
+    dashboard_port: int | None = None  # serve the dashboard on 127.0.0.1 (0: a free port)
 
 
 @dataclass
@@ -107,7 +113,7 @@ def run_demo(cfg: DemoConfig,
     started = time.monotonic()
     secure = _Secure(workdir / "security", cfg.devices) if cfg.secure else None
     broker_handle = secure.start_broker() if secure else start_broker(cfg.broker)
-    with broker_handle as broker:
+    with broker_handle as broker, _dashboard(cfg.dashboard_port, workdir) as dashboard_url:
         agg_cfg = _aggregator_config(cfg, broker.host, broker.port, workdir)
         if secure:
             agg_cfg.security, agg_cfg.broker_auth = secure.aggregator()
@@ -137,7 +143,44 @@ def run_demo(cfg: DemoConfig,
         summary = _summary(cfg, aggregator, clients, broker.kind, wall_s, workdir)
         if secure:
             summary["broker_config"] = str(secure.files.conf)
+        if dashboard_url:
+            summary["dashboard_url"] = dashboard_url
         return summary
+
+
+@contextmanager
+def _dashboard(port: int | None, workdir: Path) -> Iterator[str | None]:
+    """The gateway's dashboard over the demo's store while the federation runs.
+
+    The URL goes to stderr at once, since with port 0 nobody could guess it, and stdout
+    stays clean for --json.
+    """
+    if port is None:
+        yield None
+        return
+    # the store's path as _aggregator_config sets it; the web app opens it per request
+    server = _serve_dashboard(port, workdir / "aggregator.sqlite3")
+    print(f"dashboard: {server.url}", file=sys.stderr, flush=True)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _serve_dashboard(port: int, db_path: Path) -> DashboardServer:
+    """Without tokens, so only on 127.0.0.1. aggregator.web is imported here, not at the
+    top, because the demo extra alone has no flask."""
+    if not 0 <= port <= 65535:  # waitress would quietly wrap a larger number around
+        raise ValueError(f"the dashboard port must be 0 to 65535, not {port}")
+    try:
+        from aggregator.web import create_app, serve_dashboard
+    except ImportError as exc:
+        raise RuntimeError("--dashboard needs flask, waitress and prometheus-client: "
+                           "pip install 'fedge[aggregator]'") from exc
+    try:
+        return serve_dashboard(create_app(db_path, None, None), "127.0.0.1", port)
+    except OSError as exc:  # the port is taken
+        raise RuntimeError(f"cannot serve the dashboard on 127.0.0.1:{port}: {exc}") from exc
 
 
 class _Secure:

@@ -91,6 +91,15 @@ def _paths() -> dict[str, Any]:
     }
 
 
+_DEVICE_EVAL = ("Sample-weighted mean {} that the devices whose updates made this version "
+                "measured on their own data before training: how the model they started "
+                "from (version - 1 in sync mode) did where the data is")
+
+
+def _described(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {**schema, "description": description}
+
+
 def _schemas() -> dict[str, Any]:
     num = {"type": "number", "nullable": True}
     integer = {"type": "integer"}
@@ -112,13 +121,21 @@ def _schemas() -> dict[str, Any]:
             "updates": integer, "update_bytes": integer, "model_bytes": integer,
             "delta_bytes": integer, "round_wall_s": {"type": "number"},
             "max_train_s": {"type": "number"}, "mode": text,
-            "devices": {"type": "array", "items": text}, "accuracy": num, "loss": num}},
+            "devices": {"type": "array", "items": text}, "accuracy": num, "loss": num,
+            "device_accuracy": _described(num, _DEVICE_EVAL.format("accuracy")),
+            "device_loss": _described(num, _DEVICE_EVAL.format("loss"))}},
         "Device": {"type": "object", "properties": {
             "device_id": text, "online": {"type": "boolean", "nullable": True},
             "eligible": {"type": "boolean", "nullable": True}, "reason": text,
             "model_version": {"type": "integer", "nullable": True},
             "last_seen": num, "battery_pct": num,
-            "contributions": integer, "rejections": integer}},
+            "contributions": integer, "rejections": integer,
+            "last_local_accuracy": _described(
+                num, "Accuracy of the model the device's latest update started from, on "
+                     "the device's own data before training; null when not reported"),
+            "last_local_version": _described(
+                {"type": "integer", "nullable": True},
+                "The model version last_local_accuracy was measured on")}},
         "AuditRow": {"type": "object", "properties": {
             "used_in": integer, "device_id": text, "task_id": text, "nonce": text,
             "num_samples": integer, "digest": text, "received_at": {"type": "number"}}},

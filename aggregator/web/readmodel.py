@@ -7,6 +7,7 @@ connection, so the dashboard never loads every update or every model to count th
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -90,18 +91,41 @@ def _mode(store: Store, history: list[dict[str, Any]]) -> str | None:
 
 
 def devices(store: Store) -> list[dict[str, Any]]:
-    """Every device with a status, plus any that only ever sent (rejected) updates."""
+    """Every device with a status, plus any that only ever sent updates (stored or refused)."""
     rows = {d["device_id"]: {**d, "online": bool(d["online"]),
                              "eligible": bool(d["eligible"])} for d in store.devices()}
     contributions = _count_by_device(store, "SELECT device_id, COUNT(*) FROM updates "
                                             "WHERE state='aggregated' GROUP BY device_id")
     rejections = _count_by_device(store, "SELECT device_id, COUNT(*) FROM rejections "
                                          "GROUP BY device_id")
-    for device in (contributions.keys() | rejections.keys()) - rows.keys():
+    local = last_local_accuracy(store)
+    for device in (contributions.keys() | rejections.keys() | local.keys()) - rows.keys():
         rows[device] = {"device_id": device, "online": None, "eligible": None, "reason": "",
                         "model_version": None, "last_seen": None, "battery_pct": None}
     return [finite({**rows[d], "contributions": contributions.get(d, 0),
-                    "rejections": rejections.get(d, 0)}) for d in sorted(rows)]
+                    "rejections": rejections.get(d, 0),
+                    **local.get(d, {"last_local_accuracy": None, "last_local_version": None})})
+            for d in sorted(rows)]
+
+
+def last_local_accuracy(store: Store) -> dict[str, dict[str, Any]]:
+    """Per device, what its latest stored update said about the model it started from.
+
+    `local_accuracy` is that model on the device's own data, before training; the update's
+    `base_version` says which model. Parsed in Python rather than with json_extract: a
+    device's metrics may hold NaN, which SQLite's JSON functions refuse as malformed.
+    SQLite takes the bare columns from the row that has the MAX.
+    """
+    rows = store.db.execute("SELECT device_id, metrics, base_version, MAX(received_at) "
+                            "FROM updates GROUP BY device_id")
+    return {device: {"last_local_accuracy": _metric(metrics, "local_accuracy"),
+                     "last_local_version": base} for device, metrics, base, _ in rows}
+
+
+def _metric(metrics: str, name: str) -> float | None:
+    """A number from an update's metrics JSON; None when absent (older devices) or NaN."""
+    value = json.loads(metrics).get(name)
+    return finite(float(value)) if isinstance(value, int | float) else None
 
 
 def _count_by_device(store: Store, query: str) -> dict[str, int]:

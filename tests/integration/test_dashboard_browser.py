@@ -7,7 +7,14 @@ rewrite docs/dashboard.png from this run.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import select
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,7 +22,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from aggregator.web import DashboardServer, create_app, serve_dashboard
-from tests.unit.test_web_api import DEVICES, READ, fill_store
+from fedge.broker import free_port
+from tests.unit.test_web_api import DEVICES, READ, fill_store, local_accuracy
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +31,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync",
                  "--disable-quic"]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "dashboard.png"
+DEMO_DEVICES = ("device-0", "device-1", "device-2")
 
 
 @pytest.fixture
@@ -64,9 +74,15 @@ def _watch(page, base: str) -> list[str]:
 
 def _assert_charts(page) -> None:
     for chart in ("accuracy", "loss"):
-        d = page.get_attribute(f"#chart-{chart} path.series", "d")
-        assert d and d.startswith("M") and d.count("L") == 9, (chart, d)
-        assert page.locator(f"#chart-{chart} circle.dot").count() == 10
+        for series in (chart, "device"):  # the test set's line, the devices' own data's
+            d = page.get_attribute(f"#chart-{chart} path.series.{series}", "d")
+            assert d and d.startswith("M") and d.count("L") == 9, (chart, series, d)
+            assert page.locator(f"#chart-{chart} circle.dot.{series}").count() == 10
+        legend = page.locator(f"#chart-{chart} text.legend").all_text_contents()
+        assert legend == ["test set", "on devices' data"], (chart, legend)
+        # the devices' line is drawn one version earlier: v0 .. v9 against v1 .. v10
+        first = page.locator(f"#chart-{chart} circle.dot.device title").first.text_content()
+        assert first.startswith("v0 on devices' data"), first
     for chart in ("bytes", "updates"):
         bars = page.locator(f"#chart-{chart} rect.bar")
         assert bars.count() == 10
@@ -75,6 +91,13 @@ def _assert_charts(page) -> None:
     for chart in ("accuracy", "loss", "bytes", "updates"):
         box = page.locator(f"#chart-{chart}").bounding_box()
         assert box and box["width"] > 200 and box["height"] > 80, (chart, box)
+
+
+def _column(page, header: str) -> list[str]:
+    """The device table's cells under a header, top to bottom."""
+    headers = page.locator("#devices thead th").all_text_contents()
+    index = headers.index(header) + 1
+    return page.locator(f"#devices tbody tr td:nth-child({index})").all_text_contents()
 
 
 def test_dashboard_with_token_in_the_url(server, browser, tmp_path):
@@ -89,6 +112,9 @@ def test_dashboard_with_token_in_the_url(server, browser, tmp_path):
     _assert_charts(page)
     ids = page.locator("#devices tbody tr td.id").all_text_contents()
     assert ids == sorted([*DEVICES, "intruder"])
+    local = _column(page, "Own-data accuracy")
+    assert local[:5] == [f"{local_accuracy(b, d):.3f}" for b, d in
+                         ((10, "dev-0"), (10, "dev-1"), (9, "dev-2"), (9, "dev-3"))] + ["–"]
     assert page.locator("#versions tbody tr").count() == 11
     assert page.is_hidden("#login")
     shot = SCREENSHOT if os.environ.get("FEDGE_UPDATE_SCREENSHOT") else tmp_path / "shot.png"
@@ -110,3 +136,85 @@ def test_dashboard_asks_for_the_token(server, browser):
     page.wait_for_selector("body[data-loaded=true]", timeout=10_000)
     assert page.locator("#devices tbody tr").count() == len(DEVICES) + 1
     assert page.is_visible("#forget")
+
+
+# ---------------------------------------------------------------- during a live demo
+def _start_demo(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """`fedge demo --dashboard`: 40 rounds of 3 devices keep it running for ~13 s."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedge.cli", "demo", "--devices", "3", "--rounds", "40",
+         "--dashboard", str(port), "--json", "--workdir", str(workdir)],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_url(demo: subprocess.Popen[bytes], timeout_s: float = 20.0) -> tuple[str, bytes]:
+    """The address the demo prints on stderr, read raw (the progress bar writes no newline,
+    so readline could block); returns it and what stderr said before it."""
+    deadline, said = time.monotonic() + timeout_s, b""
+    while time.monotonic() < deadline:
+        found = re.search(rb"dashboard: (http://\S+)\n", said)
+        if found:
+            return found.group(1).decode(), said[:found.start()]
+        ready, _, _ = select.select([demo.stderr], [], [], 0.2)
+        if ready:
+            chunk = os.read(demo.stderr.fileno(), 4096)  # type: ignore[union-attr]
+            if not chunk:
+                break
+            said += chunk
+    pytest.fail(f"the demo printed no dashboard address; stderr: {said[-2000:]!r}")
+
+
+def _wait_for_contributions(url: str, timeout_s: float = 15.0) -> None:
+    """Until every device has an update in a version, so that one page load shows it all
+    (the page itself only refreshes every 5 s)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url + "api/devices", timeout=5) as response:
+            rows = {d["device_id"]: d for d in json.load(response)["devices"]}
+        if all(rows.get(d, {}).get("contributions", 0) > 0 for d in DEMO_DEVICES):
+            return
+        time.sleep(0.2)
+    pytest.fail(f"the devices made no version within {timeout_s} s")
+
+
+def _assert_live_page(page) -> None:
+    """Charts drawn from the versions so far, and every demo device with contributions."""
+    for chart in ("accuracy", "loss"):
+        d = page.get_attribute(f"#chart-{chart} path.series.{chart}", "d")
+        assert d and d.startswith("M"), (chart, d)
+        assert page.locator(f"#chart-{chart} circle.dot").count() >= 2  # test set + devices
+    for chart in ("bytes", "updates"):
+        bars = page.locator(f"#chart-{chart} rect.bar")
+        assert bars.count() >= 1, chart
+        assert all(float(h) > 0 for h in
+                   bars.evaluate_all("rs => rs.map(r => r.getAttribute('height'))")), chart
+    assert page.locator("#devices tbody tr td.id").all_text_contents() == list(DEMO_DEVICES)
+    contributions = [int(c) for c in _column(page, "Contributions")]
+    assert all(c > 0 for c in contributions), contributions
+    assert all(float(a) > 0 for a in _column(page, "Own-data accuracy"))
+
+
+def test_dashboard_during_a_live_demo(browser, tmp_path):
+    port = free_port()
+    demo = _start_demo(port, tmp_path / "demo")
+    try:
+        url, said = _wait_for_url(demo)
+        assert url == f"http://127.0.0.1:{port}/"
+        assert b"[" not in said  # the address comes before the progress bar
+        _wait_for_contributions(url)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems = _watch(page, url)
+        page.goto(url)  # no token: the demo's dashboard is for this machine only
+        page.wait_for_selector("body[data-loaded=true]", timeout=10_000)
+        assert demo.poll() is None, "the federation ended before the page loaded"
+        _assert_live_page(page)
+        assert problems == []
+        page.close()  # before the demo ends: its refreshes would then fail
+        out, err = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 0, err[-3000:].decode(errors="replace")
+    summary = json.loads(out.decode().strip().splitlines()[-1])
+    assert summary["dashboard_url"] == url and summary["model_versions"] == 40

@@ -51,9 +51,33 @@ def _weights(seed: int) -> dict[str, np.ndarray]:
             "w": rng.normal(size=(8, 4)).astype(np.float32)}
 
 
-def _update(device: str, task: str, base: int, seed: int) -> Update:
+def local_accuracy(base: int, device: str) -> float:
+    """How version `base` did on the device's own data: a little above its test accuracy
+    (the devices trained on that data in earlier rounds), near chance for version 0."""
+    test = 0.11 if base == 0 else ACCURACY[base - 1]
+    return round(min(0.99, test + 0.01 * DEVICES.index(device)), 4)
+
+
+def local_loss(base: int, device: str) -> float:
+    return round((2.3 if base == 0 else LOSS[base - 1]) - 0.01 * DEVICES.index(device), 4)
+
+
+def _update(device: str, task: str, base: int, seed: int,
+            local: float | None = None) -> Update:
+    """An update whose metrics say how its base version did on the device's data; `local`
+    overrides that accuracy (NaN: a device that could not measure it)."""
+    accuracy = local_accuracy(base, device) if local is None else local
     return Update(device_id=device, task_id=task, nonce=f"n-{device}-{task}", base_version=base,
-                  num_samples=100 + seed, tensors=_weights(seed), metrics={"train_s": 0.2})
+                  num_samples=100 + seed, tensors=_weights(seed),
+                  metrics={"train_s": 0.2, "local_accuracy": accuracy,
+                           "local_loss": local_loss(base, device)})
+
+
+def device_evaluation(used: list[Update]) -> dict[str, float]:
+    """What the service puts in a version's info: sample-weighted means over its updates."""
+    samples = sum(u.num_samples for u in used)
+    return {f"device_{m}": sum(u.num_samples * u.metrics[f"local_{m}"] for u in used) / samples
+            for m in ("accuracy", "loss")}
 
 
 def _store_update(store: Store, filled: Filled, update: Update, state: str) -> None:
@@ -85,7 +109,7 @@ def _round(store: Store, filled: Filled, r: int) -> None:
     info = {"round": r, "updates": len(used), "update_bytes": update_bytes,
             "model_bytes": MODEL_BYTES, "delta_bytes": 44_877, "round_wall_s": 0.3 + r / 100,
             "mode": "sync", "max_train_s": 0.21, "devices": present,
-            "accuracy": ACCURACY[r - 1], "loss": LOSS[r - 1]}
+            "accuracy": ACCURACY[r - 1], "loss": LOSS[r - 1], **device_evaluation(used)}
     _add_model(store, filled, r, info, used=used, close=task.task_id)
 
 
@@ -119,7 +143,7 @@ def fill_store(path: Path) -> Filled:
     store.add_task(task, encode(task))
     for i, device in enumerate(DEVICES[:2]):
         _store_update(store, filled, _update(device, "t11", 10, 500 + i), "pending")
-    _store_update(store, filled, _update("dev-4", "t9", 8, 900), "late")
+    _store_update(store, filled, _update("dev-4", "t9", 8, 900, float("nan")), "late")
     _statuses(store)
     store.add_rejection("dev-1", "n-x", "base version 2 is too stale")
     store.add_rejection("intruder", "n-y", "device is not enrolled")
@@ -209,6 +233,23 @@ def test_versions(client, filled):
             "max_train_s", "created_at"} <= last.keys()
 
 
+def test_versions_carry_the_devices_evaluation(client, filled):
+    """Version N's device figures are version N-1 on the devices' data, sample-weighted."""
+    rows = get(client, "/api/versions").get_json()["versions"]
+    assert "device_accuracy" not in rows[0] and "device_loss" not in rows[0]
+    audit = get(client, "/api/audit").get_json()["audit"]
+    for row in rows[1:]:
+        used = [a for a in audit if a["used_in"] == row["version"]]
+        samples = sum(a["num_samples"] for a in used)
+        base = row["version"] - 1
+        expected = sum(a["num_samples"] * local_accuracy(base, a["device_id"])
+                       for a in used) / samples
+        assert row["device_accuracy"] == pytest.approx(expected), row["version"]
+        assert row["device_loss"] == pytest.approx(sum(
+            a["num_samples"] * local_loss(base, a["device_id"]) for a in used) / samples)
+    assert rows[1]["device_accuracy"] < 0.2 < rows[2]["device_accuracy"]  # v0 is untrained
+
+
 def test_devices(client, filled):
     rows = {d["device_id"]: d for d in get(client, "/api/devices").get_json()["devices"]}
     assert list(rows) == sorted([*DEVICES, "intruder"])
@@ -220,7 +261,35 @@ def test_devices(client, filled):
     assert rows["dev-1"]["rejections"] == 1 and rows["dev-2"]["rejections"] == 0
     assert rows["intruder"] == {"device_id": "intruder", "online": None, "eligible": None,
                                 "reason": "", "model_version": None, "last_seen": None,
-                                "battery_pct": None, "contributions": 0, "rejections": 2}
+                                "battery_pct": None, "contributions": 0, "rejections": 2,
+                                "last_local_accuracy": None, "last_local_version": None}
+
+
+def test_devices_show_their_latest_local_accuracy(client):
+    """From each device's latest stored update, whatever its state."""
+    rows = {d["device_id"]: d for d in get(client, "/api/devices").get_json()["devices"]}
+    latest = {"dev-0": 10, "dev-1": 10, "dev-2": 9, "dev-3": 9}  # dev-0, dev-1: pending t11
+    for device, base in latest.items():
+        assert rows[device]["last_local_accuracy"] == pytest.approx(
+            local_accuracy(base, device)), device
+        assert rows[device]["last_local_version"] == base
+    # dev-4's latest is a late update whose device could not measure (NaN): null, not
+    # an older figure, and no NaN in the JSON
+    assert rows["dev-4"]["last_local_accuracy"] is None
+    assert rows["dev-4"]["last_local_version"] == 8
+
+
+def test_local_accuracy_of_a_device_from_before_the_metric(tmp_path):
+    """Updates without local_accuracy (older devices) show null rather than an error."""
+    store = Store(tmp_path / "old.sqlite3")
+    update = dataclasses.replace(_update("dev-0", "t1", 0, 1), metrics={"train_s": 0.2})
+    assert store.add_update(update, encode(update), "pending")
+    store.close()
+    client = create_app(tmp_path / "old.sqlite3", None, None).test_client()
+    assert client.get("/api/devices").get_json()["devices"] == [{
+        "device_id": "dev-0", "online": None, "eligible": None, "reason": "",
+        "model_version": None, "last_seen": None, "battery_pct": None, "contributions": 0,
+        "rejections": 0, "last_local_accuracy": None, "last_local_version": 0}]
 
 
 def test_audit_all_and_one_version(client, filled):
@@ -463,6 +532,15 @@ def test_openapi_covers_every_api_route(client):
             assert method.lower() in paths[path], f"{method} {rule.rule} is not documented"
     routed = {_openapi_path(r.rule) for r in app.url_map.iter_rules()}
     assert set(paths) <= routed, "the document names paths the app does not serve"
+
+
+@pytest.mark.parametrize(("path", "key", "schema"), [("/api/versions", "versions", "Version"),
+                                                     ("/api/devices", "devices", "Device")])
+def test_openapi_schemas_name_every_field_served(client, path, key, schema):
+    properties = openapi_document()["components"]["schemas"][schema]["properties"]
+    served = {name for row in get(client, path).get_json()[key] for name in row}
+    assert served <= properties.keys(), served - properties.keys()
+    assert {"device_accuracy", "device_loss", "last_local_accuracy"} & properties.keys()
 
 
 def test_openapi_refs_resolve():

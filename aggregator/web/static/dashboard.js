@@ -78,12 +78,31 @@
       .map((v) => ({ x: v.version, y: v[key] }));
   }
 
+  // A version's device_accuracy (device_loss) is how the model its updates started from
+  // did on the devices' own data: version - 1 in sync rounds. It is drawn at that version,
+  // so that both lines at one x describe the same model (docs/gateway.md).
+  function onDevices(versions, key) {
+    return series(versions, key).map((p) => ({ x: p.x - 1, y: p.y }));
+  }
+
+  function deviceTip(p, value) {
+    return `v${p.x} on devices' data: ${value} (reported with v${p.x + 1}'s updates)`;
+  }
+
+  function evaluation(versions, key, cls) {
+    return [
+      { name: "test set", cls, points: series(versions, key) },
+      { name: "on devices' data", cls: "device", points: onDevices(versions, "device_" + key),
+        tip: deviceTip },
+    ];
+  }
+
   function renderCharts(versions) {
     const C = window.FedgeChart;
-    C.line($("chart-accuracy"), series(versions, "accuracy"),
-      { label: "Accuracy", format: fixed(2), cls: "accuracy" });
-    C.line($("chart-loss"), series(versions, "loss"),
-      { label: "Loss", format: fixed(2), cls: "loss" });
+    C.line($("chart-accuracy"), evaluation(versions, "accuracy", "accuracy"),
+      { label: "Accuracy", format: fixed(2) });
+    C.line($("chart-loss"), evaluation(versions, "loss", "loss"),
+      { label: "Loss", format: fixed(2) });
     C.bars($("chart-bytes"), series(versions, "update_bytes"),
       { label: "Uplink bytes", format: bytes, cls: "bytes" });
     C.bars($("chart-updates"), series(versions, "updates"),
@@ -113,6 +132,13 @@
     return tr;
   }
 
+  // The device's latest report of the model it started from, on its own data.
+  function localAccuracy(d) {
+    const tip = d.last_local_accuracy === null ? "" :
+      `v${d.last_local_version} on this device's own data, before it trained`;
+    return [fixed(3)(d.last_local_accuracy), "num", tip];
+  }
+
   function renderDevices(devices) {
     const rows = devices.map((d) => {
       const status = d.online === null ? "unknown" : d.online ? "online" : "offline";
@@ -121,10 +147,10 @@
       return row([[d.device_id, "id"], [status, "state " + status],
         [eligible + (d.reason ? ` (${d.reason})` : ""), d.eligible === false ? "warn" : ""],
         [d.model_version === null ? dash : "v" + d.model_version, "num"], [battery, "num"],
-        [ago(d.last_seen), "", when(d.last_seen)], [int(d.contributions), "num"],
+        [ago(d.last_seen), "", when(d.last_seen)], localAccuracy(d), [int(d.contributions), "num"],
         [int(d.rejections), d.rejections ? "num warn" : "num"]]);
     });
-    $("devices").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(8, "No devices yet")]));
+    $("devices").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(9, "No devices yet")]));
   }
 
   function renderVersions(versions) {
