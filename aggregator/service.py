@@ -124,7 +124,8 @@ class Aggregator:
         weights = representable({k: np.asarray(v, dtype=np.float32)
                                  for k, v in initial.items()}, self.config.downlink.full)
         blob = encode(Model(version=0, tensors=self._wire(weights), arch=arch))
-        self.store.add_model(0, blob, sha256_hex(blob), {"round": 0, "updates": 0})
+        self.store.add_model(0, blob, sha256_hex(blob),
+                             {"round": 0, "updates": 0, "model_bytes": len(blob)})
         return 0, weights, arch
 
     def _resume(self) -> None:

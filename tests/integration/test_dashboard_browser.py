@@ -192,6 +192,12 @@ def _assert_live_page(page) -> None:
     contributions = [int(c) for c in _column(page, "Contributions")]
     assert all(c > 0 for c in contributions), contributions
     assert all(float(a) > 0 for a in _column(page, "Own-data accuracy"))
+    # The version history: each version's download cost, and the model itself.
+    downlinks = page.locator("#versions tbody tr td:nth-child(6)").all_text_contents()
+    assert downlinks and all(d.endswith("B") for d in downlinks), downlinks
+    with page.expect_download() as info:
+        page.locator("#versions tbody tr button.link").first.click()
+    assert info.value.suggested_filename.startswith("fedge-model-v")
 
 
 def test_dashboard_during_a_live_demo(browser, tmp_path):

@@ -153,14 +153,53 @@
     $("devices").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(9, "No devices yet")]));
   }
 
+  // Per device: the delta when one was published (devices holding the previous version
+  // take it), else the whole model.
+  function downlink(v) {
+    if (v.delta_bytes) return [bytes(v.delta_bytes), "num", `delta; full model ${bytes(v.model_bytes)}`];
+    return [v.model_bytes === undefined ? dash : bytes(v.model_bytes), "num", "full model"];
+  }
+
+  // Downloads need the bearer token, so fetch the blob and hand it to the browser.
+  async function download(version) {
+    const token = sessionStorage.getItem(KEY);
+    const res = await fetch(`api/models/${version}`, {
+      headers: token ? { Authorization: "Bearer " + token } : {}, cache: "no-store",
+    });
+    if (!res.ok) return;
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(await res.blob());
+    link.download = `fedge-model-v${version}.msgpack`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  }
+
+  function downloadCell(version) {
+    const td = document.createElement("td");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link";
+    button.textContent = "⬇";
+    button.title = `download model v${version}`;
+    button.setAttribute("aria-label", button.title);
+    button.addEventListener("click", () => download(version));
+    td.appendChild(button);
+    return td;
+  }
+
   function renderVersions(versions) {
-    const rows = versions.slice(-MAX_VERSION_ROWS).reverse().map((v) => row([
-      ["v" + v.version, "num"], [when(v.created_at)], [int(v.round), "num"],
-      [int(v.updates), "num"], [bytes(v.update_bytes), "num"], [fixed(4)(v.accuracy), "num"],
-      [fixed(4)(v.loss), "num"], [v.round_wall_s === undefined ? dash : fixed(2)(v.round_wall_s) + " s", "num"],
-      [(v.devices || []).join(", ")],
-    ]));
-    $("versions").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(9, "No model yet")]));
+    const rows = versions.slice(-MAX_VERSION_ROWS).reverse().map((v) => {
+      const tr = row([
+        ["v" + v.version, "num"], [when(v.created_at)], [int(v.round), "num"],
+        [int(v.updates), "num"], [bytes(v.update_bytes), "num"], downlink(v),
+        [fixed(4)(v.accuracy), "num"], [fixed(4)(v.loss), "num"],
+        [v.round_wall_s === undefined ? dash : fixed(2)(v.round_wall_s) + " s", "num"],
+        [(v.devices || []).join(", ")],
+      ]);
+      tr.appendChild(downloadCell(v.version));
+      return tr;
+    });
+    $("versions").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(11, "No model yet")]));
   }
 
   // ------------------------------------------------------------ the loop
