@@ -134,7 +134,9 @@ class Aggregator:
         if opened is not None and opened[0].model_version == self.version:
             self._task, self._task_opened = opened[0], time.monotonic()
         for payload in self.store.pending_payloads():
-            self._pending.append(open_update(payload, self.global_weights))
+            update = open_update(payload, self.global_weights)
+            self._pending.append(update)
+            self._update_bytes[update.nonce] = len(payload)
         if self._pending:
             log.info("aggregator: resumed with %d pending updates", len(self._pending))
 
