@@ -1,18 +1,30 @@
-"""Aggregation strategies, chosen in the aggregator config."""
+"""Aggregation strategies, chosen in the aggregator config ([strategy], see
+docs/strategies.md)."""
 
-from aggregator.strategy.base import Contribution, Strategy, weighted_mean
+from aggregator.strategy.base import Contribution, Strategy, mean_weights, weighted_mean
+from aggregator.strategy.config import STRATEGIES, StrategyConfig, build_strategy
 from aggregator.strategy.fedavg import FedAvg
-
-STRATEGIES: dict[str, type] = {"fedavg": FedAvg}
+from aggregator.strategy.fedopt import (
+    FedAdagrad,
+    FedAdam,
+    FedAvgM,
+    FedOpt,
+    FedOptConfig,
+    FedYogi,
+)
+from aggregator.strategy.krum import Krum
+from aggregator.strategy.median import Median
+from aggregator.strategy.norm_bound import NormBound
+from aggregator.strategy.trimmed_mean import TrimmedMean
 
 
 def strategy_by_name(name: str) -> Strategy:
-    """A strategy from its config name; ValueError lists the known ones."""
-    try:
-        return STRATEGIES[name]()
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}") from None
+    """A strategy from its config name with default settings; ValueError lists the known
+    ones."""
+    return build_strategy(StrategyConfig(name=name))
 
 
-__all__ = ["STRATEGIES", "Contribution", "FedAvg", "Strategy", "strategy_by_name",
-           "weighted_mean"]
+__all__ = ["STRATEGIES", "Contribution", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM",
+           "FedOpt", "FedOptConfig", "FedYogi", "Krum", "Median", "NormBound", "Strategy",
+           "StrategyConfig", "TrimmedMean", "build_strategy", "mean_weights",
+           "strategy_by_name", "weighted_mean"]

@@ -39,15 +39,24 @@ def weighted_mean(contributions: list[Contribution]) -> Weights:
     shrink the step rather than only reweight it, as FedBuff does; with no staleness it
     is FedAvg's sample-weighted mean. One vectorised pass per tensor.
     """
+    weights = mean_weights(contributions)
+    out: Weights = {}
+    for name in contributions[0].delta:
+        stacked = np.stack([c.delta[name] for c in contributions]).astype(np.float64)
+        out[name] = np.tensordot(weights, stacked, axes=1).astype(np.float32)
+    return out
+
+
+def mean_weights(contributions: list[Contribution]) -> np.ndarray:
+    """Each contribution's weight in `weighted_mean`: samples * staleness / sum of samples.
+
+    Shared with the strategies that average after their own step (norm bounding, the
+    server optimizers), so every mean in the package weighs updates the same way.
+    """
     if not contributions:
         raise ValueError("no contributions to aggregate")
     samples = np.array([c.samples for c in contributions], dtype=np.float64)
     factors = np.array([c.staleness_factor for c in contributions], dtype=np.float64)
     if samples.min() <= 0 or not np.all(np.isfinite(factors)) or factors.min() < 0:
         raise ValueError("contributions need positive samples and finite staleness factors")
-    weights = samples * factors / samples.sum()
-    out: Weights = {}
-    for name in contributions[0].delta:
-        stacked = np.stack([c.delta[name] for c in contributions]).astype(np.float64)
-        out[name] = np.tensordot(weights, stacked, axes=1).astype(np.float32)
-    return out
+    return samples * factors / samples.sum()
