@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aggregator.strategy.config import StrategyConfig
 from edge_client.codecs import CodecConfig
 from edge_client.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
 from edge_client.protocol.topics import check_name
@@ -98,6 +99,7 @@ class AggregatorConfig:
     security: AggregatorSecurity = field(default_factory=AggregatorSecurity)
     broker_auth: BrokerAuth = field(default_factory=BrokerAuth)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)  # docs/strategies.md
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)
@@ -105,6 +107,12 @@ class AggregatorConfig:
             raise ValueError(f"mode must be 'sync' or 'async', not {self.mode!r}")
         if self.rounds < 0:
             raise ValueError("rounds must be >= 0")
+        if self.strategy.name in ("krum", "multi_krum"):
+            size = self.sync.target_updates if self.mode == "sync" else self.async_.buffer_size
+            if size <= 2 * self.strategy.byzantine + 2:
+                raise ValueError(f"{self.strategy.name} with byzantine = "
+                                 f"{self.strategy.byzantine} needs more than "
+                                 f"{2 * self.strategy.byzantine + 2} updates per version")
         if self.checkin_interval_s < 0 or not 0 <= self.checkin_jitter < 1:
             raise ValueError("need checkin_interval_s >= 0 and 0 <= checkin_jitter < 1")
         if not 1024 <= self.chunk_size <= 256 * 2**20:

@@ -24,7 +24,8 @@ from aggregator.downlink import DownlinkEncoder, on_the_wire, representable
 from aggregator.ingest import check_clock, check_sender, open_update, verified_body
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.store import Store
-from aggregator.strategy import Contribution, FedAvg, Strategy, strategy_by_name
+from aggregator.strategy import Contribution, Strategy
+from aggregator.strategy.config import build_strategy
 from edge_client.identity import load_or_create_identity
 from edge_client.protocol import (
     Ack,
@@ -79,7 +80,7 @@ class Aggregator:
         self.config = config
         self.topics = Topics(config.federation)
         self.store = Store(config.db_path)
-        self.strategy = strategy or FedAvg()
+        self.strategy = strategy or build_strategy(config.strategy)
         self.participation = participation_for(config)
         self.evaluate = evaluate
         self.on_version = on_version
@@ -170,8 +171,12 @@ class Aggregator:
 
     def set_strategy(self, name: str) -> None:
         """Aggregate with `name` from the next version on; ValueError if unknown."""
-        strategy_by_name(name)
+        self._strategy_named(name)  # refuses an unknown name here, in the caller's thread
         self.events.put(SetStrategy(name))
+
+    def _strategy_named(self, name: str) -> Strategy:
+        """The named strategy with the config's other settings (trim, f, eta, ...)."""
+        return build_strategy(dataclasses.replace(self.config.strategy, name=name))
 
     @property
     def paused(self) -> bool:
@@ -201,7 +206,7 @@ class Aggregator:
             log.warning("aggregator: training %s by the operator",
                         "resumed" if event.running else "paused")
         elif isinstance(event, SetStrategy):
-            self.strategy = strategy_by_name(event.name)
+            self.strategy = self._strategy_named(event.name)
             log.warning("aggregator: strategy %s from the next version on", event.name)
         elif isinstance(event, Inbound) and event.payload:
             if event.topic.startswith(self.topics.prefix + "/update/"):
@@ -301,8 +306,16 @@ class Aggregator:
                          self.participation.staleness_factor(u, self.version))
             for u in sorted(self._pending, key=lambda u: (u.device_id, u.nonce))
         ]
-        proposed = self.strategy.aggregate(self.global_weights, contributions,
-                                           self.participation.server_lr)
+        try:
+            proposed = self.strategy.aggregate(self.global_weights, contributions,
+                                               self.participation.server_lr)
+        except ValueError as exc:  # e.g. every update non-finite, or an overflow
+            log.error("aggregator: version %d not made: %s; starting the round again",
+                      self.version + 1, exc)
+            if self._task.mode == "sync":
+                self.store.abort_task(self._task.task_id)
+            self._pending, self._task = [], None
+            return
         version = self.version + 1
         new_weights, delta = self.downlink.step(self.global_weights, proposed, version)
         round_wall_s = time.monotonic() - self._task_opened

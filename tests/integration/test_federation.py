@@ -210,3 +210,20 @@ def test_an_aggregator_that_starts_finished_still_serves_the_final_model(mosquit
     newcomer = make_client(mosquitto, tmp_path / "new", digits3, 0)
     Running(newcomer.run, "newcomer").join(30)
     assert newcomer.model_version == 1 and newcomer.stats.updates_sent == 0
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed_mean", "fedadam"])
+def test_a_strategy_chosen_in_the_config_trains(mosquitto, tmp_path, digits3, name):
+    from aggregator.strategy.config import StrategyConfig
+
+    agg = make_aggregator(mosquitto, tmp_path, digits3, rounds=3,
+                          strategy=StrategyConfig(name=name))
+    assert type(agg.strategy).__name__.lower().replace("_", "") != "fedavg"
+    initial = digits3.accuracy(agg.global_weights)
+    clients = [make_client(mosquitto, tmp_path, digits3, i) for i in range(3)]
+    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
+                                               for i, c in enumerate(clients)]
+    for run in runs:
+        run.join(60)
+    assert agg.version == 3
+    assert digits3.accuracy(agg.global_weights) > initial + 0.2
