@@ -129,7 +129,9 @@ def test_dashboard_asks_for_the_token(server, browser):
     page.wait_for_selector("#login:not([hidden])", timeout=10_000)
     page.fill("#token", "wrong")
     page.click("#login button[type=submit]")
-    page.wait_for_function("document.querySelector('#login-error').textContent.length > 0")
+    # A selector wait, not wait_for_function: the page's CSP forbids eval, which
+    # Playwright's polling of a string predicate needs when it is not true at once.
+    page.wait_for_selector("#login-error:not(:empty)", timeout=10_000)
     assert "token" in page.text_content("#login-error")
     page.fill("#token", READ)
     page.click("#login button[type=submit]")
