@@ -89,6 +89,12 @@ class Running:
         self.join(timeout)
 
 
+def start_all(aggregator: Aggregator, clients: list[EdgeClient]) -> list[Running]:
+    """The aggregator and every device, each on its own thread; aggregator first."""
+    return [Running(aggregator.run, "aggregator")] + [
+        Running(c.run, c.config.device_id) for c in clients]
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -23,6 +23,7 @@ from tests.integration.fleet import (
     Running,
     make_aggregator,
     make_client,
+    start_all,
     wait_until,
 )
 
@@ -99,8 +100,7 @@ def test_updates_pending_through_a_broker_outage_arrive_exactly_once(mosquitto, 
     gate = threading.Event()
     clients = [make_client(mosquitto, tmp_path, data, i, trainer=_gated(data, i, gate),
                            ack_timeout_s=2.0) for i in range(3)]
-    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
-                                               for i, c in enumerate(clients)]
+    runs = start_all(agg, clients)
     wait_until(lambda: all(c._task is not None and c.model_version == 0 for c in clients),
                20, "devices holding the task")
     mosquitto.stop()

@@ -8,7 +8,14 @@ import threading
 import pytest
 
 from aggregator.config import SyncConfig
-from tests.integration.fleet import Digits, Running, make_aggregator, make_client, wait_until
+from tests.integration.fleet import (
+    Digits,
+    Running,
+    make_aggregator,
+    make_client,
+    start_all,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +54,7 @@ def test_async_federation_weights_stale_updates(mosquitto, tmp_path, digits3):
     agg = make_aggregator(mosquitto, tmp_path, digits3, mode="async", rounds=5)
     initial = digits3.accuracy(agg.global_weights)
     clients = [make_client(mosquitto, tmp_path, digits3, i) for i in range(3)]
-    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
-                                               for i, c in enumerate(clients)]
+    runs = start_all(agg, clients)
     for run in runs:
         run.join(60)
     assert agg.version == 5
@@ -77,8 +83,7 @@ def test_device_cut_off_mid_upload_resends_and_is_counted_once(mosquitto, tmp_pa
         return publish(topic, payload, retain)
 
     flaky.link.publish = publish_then_cut
-    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
-                                               for i, c in enumerate(clients)]
+    runs = start_all(agg, clients)
     for run in runs:
         run.join(60)
     assert cut.is_set()
@@ -102,16 +107,21 @@ class _GatedTrainer:
         return self.inner.fit(*args, **kwargs)
 
 
-def test_aggregator_restart_mid_round_keeps_every_acked_update(mosquitto, tmp_path, digits3):
+def _two_plus_gated(broker, workdir, data: Digits, gate: threading.Event) -> list:
+    """Devices 0 and 1 as usual; device 2 trains only once `gate` is set."""
     from edge_client.training import mlp_trainer
+
+    slow = _GatedTrainer(mlp_trainer(data.sizes, seed=2), gate)
+    return [make_client(broker, workdir, data, 0), make_client(broker, workdir, data, 1),
+            make_client(broker, workdir, data, 2, trainer=slow)]
+
+
+def test_aggregator_restart_mid_round_keeps_every_acked_update(mosquitto, tmp_path, digits3):
 
     sync = SyncConfig(target_updates=3, round_timeout_s=60)
     first = make_aggregator(mosquitto, tmp_path, digits3, rounds=2, sync=sync)
     gate = threading.Event()
-    slow = _GatedTrainer(mlp_trainer(digits3.sizes, seed=2), gate)
-    clients = [make_client(mosquitto, tmp_path, digits3, 0),
-               make_client(mosquitto, tmp_path, digits3, 1),
-               make_client(mosquitto, tmp_path, digits3, 2, trainer=slow)]
+    clients = _two_plus_gated(mosquitto, tmp_path, digits3, gate)
     agg_run = Running(first.run, "aggregator-1")
     device_runs = [Running(c.run, f"d{i}") for i, c in enumerate(clients)]
     wait_until(lambda: sum(c.stats.acks["accepted"] for c in clients[:2]) == 2, 30,
@@ -177,15 +187,11 @@ def test_a_late_update_never_breaks_a_round(mosquitto, tmp_path):
 
 def test_the_deadline_closes_a_round_with_the_minimum_fraction(mosquitto, tmp_path,
                                                                digits3):
-    from edge_client.training import mlp_trainer
 
     sync = SyncConfig(target_updates=3, round_timeout_s=1.5, min_fraction=0.6)
     agg = make_aggregator(mosquitto, tmp_path, digits3, rounds=1, sync=sync)
     gate = threading.Event()
-    stuck = _GatedTrainer(mlp_trainer(digits3.sizes, seed=2), gate)
-    clients = [make_client(mosquitto, tmp_path, digits3, 0),
-               make_client(mosquitto, tmp_path, digits3, 1),
-               make_client(mosquitto, tmp_path, digits3, 2, trainer=stuck)]
+    clients = _two_plus_gated(mosquitto, tmp_path, digits3, gate)
     agg_run = Running(agg.run, "aggregator")
     device_runs = [Running(c.run, f"d{i}") for i, c in enumerate(clients)]
     agg_run.join(30)
@@ -221,8 +227,7 @@ def test_a_strategy_chosen_in_the_config_trains(mosquitto, tmp_path, digits3, na
     assert type(agg.strategy).__name__.lower().replace("_", "") != "fedavg"
     initial = digits3.accuracy(agg.global_weights)
     clients = [make_client(mosquitto, tmp_path, digits3, i) for i in range(3)]
-    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
-                                               for i, c in enumerate(clients)]
+    runs = start_all(agg, clients)
     for run in runs:
         run.join(60)
     assert agg.version == 3

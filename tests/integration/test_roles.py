@@ -10,7 +10,7 @@ import pytest
 
 from examples.custom_trainer import SoftmaxRegressionTrainer
 from fedge.datasets import load_digits
-from tests.integration.fleet import Digits, Running, make_aggregator, make_client
+from tests.integration.fleet import Digits, make_aggregator, make_client, start_all
 
 pytestmark = pytest.mark.integration
 
@@ -106,8 +106,7 @@ def test_a_custom_trainer_federates(mosquitto, tmp_path):
                           arch={"kind": "softmax-regression"})
     clients = [make_client(mosquitto, tmp_path, data, i, trainer=t)
                for i, t in enumerate(trainers)]
-    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
-                                               for i, c in enumerate(clients)]
+    runs = start_all(agg, clients)
     for run in runs:
         run.join(60)
     final = SoftmaxRegressionTrainer(64, 10)

@@ -28,6 +28,7 @@ from tests.integration.fleet import (
     Running,
     make_aggregator,
     make_client,
+    start_all,
     wait_until,
 )
 from tests.mqtt_helpers import close_client, paho_client, publish, subscribe
@@ -210,8 +211,7 @@ def test_a_revoked_device_is_refused_from_the_next_task_on(mosquitto, tmp_path):
                                                       min_fraction=0.5, round_timeout_s=2))
     clients = [_secure_client(mosquitto, tmp_path, data, i, agg, exit_when_done=False)
                for i in range(2)]
-    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
-                                               for i, c in enumerate(clients)]
+    runs = start_all(agg, clients)
     wait_until(lambda: agg.version >= 1, 30, "round 1 with both devices")
     assert agg.history[1]["devices"] == ["dev-0", "dev-1"]
     agg.store.revoke("dev-1")  # as `fedge aggregator revoke` does, from any process
