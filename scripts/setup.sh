@@ -11,6 +11,7 @@ missing=()
 if [ "$want_system_packages" = "yes" ]; then
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
   [ -x /usr/bin/chromium ] || missing+=(chromium)   # the dashboard's browser test
+  command -v gcc >/dev/null || missing+=(gcc libc6-dev)  # the firmware bridge's C code
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from apt" >&2
