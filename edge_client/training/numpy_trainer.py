@@ -1,60 +1,20 @@
-"""A small numpy MLP and the Trainer that fits it; numpy + stdlib only so it runs on a Pi."""
+"""The Trainer that fits a Sequential model; numpy + stdlib only so it runs on a Pi."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from itertools import pairwise
 
 import numpy as np
 
-from edge_client.training.layers import Dense, Layer, ReLU
+from edge_client.training.arch import mlp
 from edge_client.training.losses import softmax_cross_entropy
+from edge_client.training.model import Sequential
 from edge_client.training.optim import SGD
 from edge_client.training.trainer import FitConfig, FitResult
 from edge_client.training.weights import Weights, check_weights_match
 
 _EVAL_CHUNK = 1024  # rows per evaluate forward pass; bounds memory on small devices
-
-
-class Sequential:
-    """Layers applied in order; backward runs them in reverse."""
-
-    def __init__(self, layers: Sequence[Layer]) -> None:
-        self.layers = list(layers)
-        names = [name for layer in self.layers for name in layer.params()]
-        if len(names) != len(set(names)):
-            raise ValueError(f"parameter names must be unique, got {names}")
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        for layer in self.layers:
-            x = layer.forward(x)
-        return x
-
-    def backward(self, grad: np.ndarray) -> np.ndarray:
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
-        return grad
-
-    def params(self) -> dict[str, np.ndarray]:
-        """The live arrays (not copies), so an optimizer can update them in place."""
-        return {name: p for layer in self.layers for name, p in layer.params().items()}
-
-    def grads(self) -> dict[str, np.ndarray]:
-        return {name: g for layer in self.layers for name, g in layer.grads().items()}
-
-
-def mlp(sizes: Sequence[int], seed: int = 0) -> Sequential:
-    """Dense/ReLU/.../Dense with layers named dense0, dense1, ...; the last layer gives logits."""
-    if len(sizes) < 2:
-        raise ValueError(f"mlp needs at least input and output sizes, got {list(sizes)}")
-    rng = np.random.default_rng(seed)
-    layers: list[Layer] = []
-    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
-        if i > 0:
-            layers.append(ReLU())
-        layers.append(Dense(n_in, n_out, f"dense{i}", rng))
-    return Sequential(layers)
 
 
 class NumpyTrainer:
@@ -86,16 +46,22 @@ class NumpyTrainer:
         anchor = self.get_weights() if config.prox_mu > 0 else None
         losses: list[float] = []
         stopped = False
-        for epoch in range(config.epochs):
-            order = np.random.default_rng((config.seed, epoch)).permutation(len(x))
-            for begin in range(0, len(x), config.batch_size):
-                if should_stop is not None and should_stop():
-                    stopped = True
+        self.model.set_training(True)  # QAT: ActQuant layers track their ranges
+        try:
+            for epoch in range(config.epochs):
+                order = np.random.default_rng((config.seed, epoch)).permutation(len(x))
+                for begin in range(0, len(x), config.batch_size):
+                    if should_stop is not None and should_stop():
+                        stopped = True
+                        break
+                    batch = order[begin : begin + config.batch_size]
+                    losses.append(
+                        self._step(x[batch], y[batch], optimizer, anchor, config.prox_mu)
+                    )
+                if stopped:
                     break
-                batch = order[begin : begin + config.batch_size]
-                losses.append(self._step(x[batch], y[batch], optimizer, anchor, config.prox_mu))
-            if stopped:
-                break
+        finally:
+            self.model.set_training(False)
         return FitResult(
             num_samples=len(x),
             loss=float(np.mean(losses)) if losses else float("nan"),
@@ -105,8 +71,12 @@ class NumpyTrainer:
         )
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        """Mean loss and accuracy, in chunks so big test sets fit in memory."""
+        """Mean loss and accuracy, in chunks so big test sets fit in memory.
+
+        A QAT model is evaluated as its int8 export will run: fake-quantized, ranges frozen.
+        """
         x, y = _as_dataset(x, y)
+        self.model.set_training(False)
         loss_sum = 0.0
         correct = 0
         for begin in range(0, len(x), _EVAL_CHUNK):
@@ -127,7 +97,9 @@ class NumpyTrainer:
     ) -> float:
         loss, dlogits = softmax_cross_entropy(self.model.forward(x), y)
         self.model.backward(dlogits)
-        params, grads = self.model.params(), self.model.grads()
+        grads = self.model.grads()
+        # Only trained parameters step; statistics (ActQuant ranges) have no gradient.
+        params = {name: p for name, p in self.model.params().items() if name in grads}
         if anchor is not None:
             # Gradient of mu/2 * ||w - w_start||^2 is mu * (w - w_start).
             grads = {name: g + prox_mu * (params[name] - anchor[name]) for name, g in grads.items()}
@@ -135,17 +107,19 @@ class NumpyTrainer:
         return loss
 
 
-def mlp_trainer(sizes: Sequence[int], seed: int = 0) -> NumpyTrainer:
+def mlp_trainer(sizes: Sequence[int], seed: int = 0, qat: bool = False) -> NumpyTrainer:
     """Shortcut for the common case: a fresh MLP wrapped in a NumpyTrainer."""
-    return NumpyTrainer(mlp(sizes, seed))
+    return NumpyTrainer(mlp(sizes, seed, qat))
 
 
 def _as_dataset(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coerce to float32 features and int64 labels, rejecting empty or mismatched data early."""
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y)
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D (samples, features), got shape {x.shape}")
+    if x.ndim < 2:
+        raise ValueError(
+            f"x must be (samples, features) or (samples, length, channels), got shape {x.shape}"
+        )
     if y.ndim != 1 or len(y) != len(x):
         raise ValueError(f"y must be 1-D with {len(x)} labels, got shape {y.shape}")
     if len(x) == 0:
