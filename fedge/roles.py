@@ -19,25 +19,50 @@ from aggregator.config import AggregatorConfig, load_aggregator_config
 from aggregator.service import Aggregator
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.settings import ConfigError, from_table, read_toml
-from edge_client.training import NumpyTrainer, mlp_trainer
+from edge_client.training import NumpyTrainer, build_model
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ModelSpec:
-    """The [model] table: which model to start from."""
+    """The [model] table: which model to start from (edge_client/training/arch.py).
+
+    kind "mlp" reads `sizes`; kind "sequential" reads `input_shape` and `layers`;
+    `qat = true` trains either one for int8.
+    """
 
     kind: str = "mlp"
     sizes: list = field(default_factory=lambda: [64, 1333, 10])
+    input_shape: list = field(default_factory=list)
+    layers: list = field(default_factory=list)
+    qat: bool = False
     seed: int = 0
 
+    def arch(self) -> dict[str, Any]:
+        """The arch stored with the model; a float MLP's is exactly what it always was."""
+        if self.kind == "mlp":
+            if self.input_shape or self.layers:
+                raise ConfigError("[model] input_shape and layers are for kind = 'sequential'")
+            if len(self.sizes) < 2 or not all(isinstance(s, int) and s > 0 for s in self.sizes):
+                raise ConfigError("[model] sizes must be two or more positive integers")
+            arch: dict[str, Any] = {"kind": "mlp", "sizes": list(self.sizes)}
+        elif self.kind == "sequential":
+            arch = {"kind": "sequential", "input_shape": list(self.input_shape),
+                    "layers": list(self.layers)}
+        else:
+            raise ConfigError(f"[model] kind {self.kind!r} is not known; "
+                              "use 'mlp' or 'sequential'")
+        if self.qat:
+            arch["qat"] = True
+        return arch
+
     def trainer(self) -> NumpyTrainer:
-        if self.kind != "mlp":
-            raise ConfigError(f"[model] kind {self.kind!r} is not known; use 'mlp'")
-        if len(self.sizes) < 2 or not all(isinstance(s, int) and s > 0 for s in self.sizes):
-            raise ConfigError("[model] sizes must be two or more positive integers")
-        return mlp_trainer(self.sizes, seed=self.seed)
+        arch = self.arch()
+        try:
+            return NumpyTrainer(build_model(arch, seed=self.seed))
+        except ValueError as exc:  # the message names the key, e.g. layers[2] (dense) units
+            raise ConfigError(f"[model] {str(exc).removeprefix('arch ')}") from None
 
 
 @dataclass
@@ -86,7 +111,7 @@ def held_out_evaluator(spec: ModelSpec, evaluation: EvaluationSpec):
 
 def build_aggregator(path: Path) -> Aggregator:
     config, spec, evaluation = _aggregator_tables(path)
-    arch = {"kind": spec.kind, "sizes": list(spec.sizes)}
+    arch = spec.arch()
     aggregator = Aggregator(config, initial_weights=spec.trainer().get_weights(), arch=arch,
                             evaluate=held_out_evaluator(spec, evaluation))
     if aggregator.arch != arch:
