@@ -108,7 +108,8 @@ class EdgeClient:
 
     def __init__(self, config: ClientConfig, trainer: Trainer, x: np.ndarray,
                  y: np.ndarray, policy: EligibilityPolicy | None = None,
-                 app_busy: Callable[[], bool] | None = None) -> None:
+                 app_busy: Callable[[], bool] | None = None,
+                 on_model: Callable[[int, dict, Weights], None] | None = None) -> None:
         self.config = config
         self.policy = policy or EligibilityPolicy.from_config(config.eligibility, app_busy)
         self._decision: Decision | None = None
@@ -116,6 +117,7 @@ class EdgeClient:
         self._skipped_tasks: set[str] = set()
         self._sleep_until: float | None = None
         self.trainer = trainer
+        self.on_model = on_model  # (version, arch, weights) of each global model, e.g. a Predictor
         self.x, self.y = x, y
         self.topics = Topics(config.federation)
         self.stats = ClientStats()
@@ -385,6 +387,12 @@ class EdgeClient:
         self._global = _copy(tensors)
         self._arch = arch
         self.model_version = version
+        if self.on_model is not None:
+            try:
+                self.on_model(version, arch, _copy(tensors))
+            except Exception:  # the app's serving must never stop the device loop
+                log.exception("%s: on_model failed for version %d", self.config.device_id,
+                              version)
 
     # ------------------------------------------------------------ training and uplink
     def _maybe_train(self) -> None:

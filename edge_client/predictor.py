@@ -1,0 +1,106 @@
+"""Serve the federation's latest global model on the device, in the runtime of your choice.
+
+    predictor = Predictor(runtime="onnxruntime", int8=True)
+    client = EdgeClient(config, trainer, x, y, on_model=predictor.load)
+    ...
+    labels = predictor.predict(window)      # from any thread
+
+`load` builds the new version completely (export, session, interpreter) before it
+swaps it in with one reference assignment; a predict already running keeps the model
+it started with and finishes on it, and the next one sees the new version. A failed
+load leaves the old model serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_client.export.runtimes import RUNTIMES, InferenceModel, load_model
+from edge_client.training.weights import Weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One model version, ready to serve."""
+
+    version: int
+    arch: dict[str, Any]
+    model: InferenceModel
+
+
+class Predictor:
+    """Predictions from the latest global model; hot-swaps when a new version is loaded.
+
+    runtime: "numpy" (always there), "onnxruntime" (fedge[onnx]), "litert" (fedge[litert])
+    or "tflite-runtime" (numpy < 2 only). int8: serve the int8 model, which needs a QAT
+    model or a `calibration` set (an array of inputs) to quantize a float model on the
+    device after training.
+    """
+
+    def __init__(self, runtime: str = "numpy", int8: bool = False,
+                 calibration: np.ndarray | None = None) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r} is not known; use one of "
+                             f"{', '.join(RUNTIMES)}")
+        self.runtime, self.int8 = runtime, int8
+        self.calibration = None if calibration is None else np.asarray(calibration, np.float32)
+        self._current: LoadedModel | None = None
+        self._swap_lock = threading.Lock()
+
+    @property
+    def version(self) -> int | None:
+        current = self._current
+        return None if current is None else current.version
+
+    def load(self, version: int, arch: dict[str, Any], weights: Weights) -> LoadedModel:
+        """Build this version in the runtime, then swap it in; errors leave the old one."""
+        loaded = self.build(version, arch, weights)
+        self.swap_in(loaded)
+        return loaded
+
+    def build(self, version: int, arch: dict[str, Any], weights: Weights) -> LoadedModel:
+        """Export and load without serving it yet (slow: runs outside any lock)."""
+        if self.int8 and not arch.get("qat") and self.calibration is not None:
+            from edge_client.training.quantize import calibrate
+
+            arch, weights = calibrate(arch, weights, self.calibration)
+        model = load_model(self.runtime, arch, weights, self.int8)
+        return LoadedModel(version, dict(arch), model)
+
+    def swap_in(self, loaded: LoadedModel) -> None:
+        """Serve `loaded` from the next predict on; a version older than the current is kept
+        out, so a late load never rolls the device back."""
+        with self._swap_lock:
+            current = self._current
+            if current is not None and loaded.version < current.version:
+                log.warning("predictor: version %d is older than the served %d; not swapped",
+                            loaded.version, current.version)
+                return
+            self._current = loaded  # one reference assignment: atomic for readers
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self._serving().model.logits(x)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class ids (n,) for inputs (n, *input_shape)."""
+        return self.logits(x).argmax(axis=1)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Softmax of the logits, (n, classes), rows summing to 1."""
+        logits = self.logits(x).astype(np.float64)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def _serving(self) -> LoadedModel:
+        current = self._current  # read once: this call finishes on this model
+        if current is None:
+            raise RuntimeError("no model loaded yet: call load(version, arch, weights) or "
+                               "pass predictor.load as the EdgeClient's on_model")
+        return current
