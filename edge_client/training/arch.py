@@ -87,8 +87,8 @@ def sequential(input_shape: Sequence[int], layers: Sequence[dict[str, Any]], see
     counts = {"conv": 0, "dense": 0}
     built: list[Layer] = []
     for i, spec in enumerate(layers):
-        where = f"arch layers[{i}]"
-        kind, options = _layer_options(spec, where)
+        kind, options = _layer_options(spec, f"arch layers[{i}]")
+        where = f"arch layers[{i}] ({kind})"
         layer, shape = _BUILDERS[kind](options, shape, counts, rng, qat, where)
         built.append(layer)
     if len(shape) != 1:
