@@ -1,0 +1,37 @@
+"""Secure aggregation (SecAgg, Bonawitz et al. 2017; SecAgg+, Bell et al. 2020), sans-IO.
+
+The server learns the sum of the devices' integer vectors mod 2**bits and nothing else
+about any one of them, even when some devices drop out. Both ends are state machines
+that take and return messages (`messages`) and never touch the network; the transport
+relays them. Used by devices and by the aggregator, so it depends on numpy, msgpack,
+`cryptography` and (lazily, for Shamir sharing) pycryptodome only.
+See docs/secure-aggregation.md.
+"""
+
+from edge_client.secagg.client import SecAggClient
+from edge_client.secagg.coordinates import gather, scatter, shared_coordinates
+from edge_client.secagg.errors import BadSecAggMessage, RoundAborted
+from edge_client.secagg.fixed_point import FixedPoint
+from edge_client.secagg.graph import GraphParams, neighbour_graph, sparse_degree, threshold_for
+from edge_client.secagg.messages import decode_message
+from edge_client.secagg.phases import Phase
+from edge_client.secagg.server import Dropout, SecAggResult, SecAggServer
+
+__all__ = [
+    "BadSecAggMessage",
+    "Dropout",
+    "FixedPoint",
+    "GraphParams",
+    "Phase",
+    "RoundAborted",
+    "SecAggClient",
+    "SecAggResult",
+    "SecAggServer",
+    "decode_message",
+    "gather",
+    "neighbour_graph",
+    "scatter",
+    "shared_coordinates",
+    "sparse_degree",
+    "threshold_for",
+]
