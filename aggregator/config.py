@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aggregator.anomalies import AnomalyConfig
+from aggregator.privacy.config import PrivacyConfig, check_privacy
 from aggregator.strategy.config import StrategyConfig
 from edge_client.codecs import CodecConfig
 from edge_client.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
@@ -100,6 +102,8 @@ class AggregatorConfig:
     broker_auth: BrokerAuth = field(default_factory=BrokerAuth)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)  # docs/strategies.md
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # docs/privacy.md
+    anomalies: AnomalyConfig = field(default_factory=AnomalyConfig)  # docs/privacy.md
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)
@@ -117,6 +121,7 @@ class AggregatorConfig:
             raise ValueError("need checkin_interval_s >= 0 and 0 <= checkin_jitter < 1")
         if not 1024 <= self.chunk_size <= 256 * 2**20:
             raise ValueError("chunk_size must be between 1 KiB and 256 MiB")
+        check_privacy(self)
         self.db_path = Path(self.db_path)
 
 

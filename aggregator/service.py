@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aggregator.anomalies import AnomalyWatch, clipping_of
 from aggregator.config import AggregatorConfig
 from aggregator.downlink import DownlinkEncoder, on_the_wire, representable
 from aggregator.ingest import check_clock, check_sender, open_update, verified_body
 from aggregator.participation import TaskInfo, Verdict, participation_for
+from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.store import Store
 from aggregator.strategy import Contribution, Strategy
 from aggregator.strategy.config import build_strategy
@@ -47,6 +49,7 @@ from edge_client.transport import Connected, Disconnected, Inbound, MqttLink
 
 log = logging.getLogger(__name__)
 Evaluate = Callable[[Weights], dict[str, float]]
+STOPPED_NOTE = "stopped"  # why training ended early, for the dashboard
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,11 @@ class Aggregator:
         self.config = config
         self.topics = Topics(config.federation)
         self.store = Store(config.db_path)
-        self.strategy = strategy or build_strategy(config.strategy)
+        self.privacy = ServicePrivacy(config, self.store)  # no-ops with [privacy] mode off
+        self.anomalies = AnomalyWatch(self.store, config.anomalies)
+        self.strategy = self.privacy.wrap(strategy or build_strategy(config.strategy))
+        self._stopped: str | None = None  # why training ended before `rounds`
+        self.store.set_note(STOPPED_NOTE, None)
         self.participation = participation_for(config)
         self.evaluate = evaluate
         self.on_version = on_version
@@ -176,7 +183,8 @@ class Aggregator:
 
     def _strategy_named(self, name: str) -> Strategy:
         """The named strategy with the config's other settings (trim, f, eta, ...)."""
-        return build_strategy(dataclasses.replace(self.config.strategy, name=name))
+        return self.privacy.wrap(build_strategy(dataclasses.replace(self.config.strategy,
+                                                                    name=name)))
 
     @property
     def paused(self) -> bool:
@@ -189,7 +197,8 @@ class Aggregator:
 
     @property
     def finished(self) -> bool:
-        return self.config.rounds > 0 and self.version >= self.config.rounds
+        reached = self.config.rounds > 0 and self.version >= self.config.rounds
+        return reached or self._stopped is not None
 
     def _handle(self, event: object) -> None:
         if isinstance(event, Connected):
@@ -243,9 +252,15 @@ class Aggregator:
     def _open_task(self, now: float) -> None:
         if self.finished:
             return
-        task = self.participation.plan(self.version + 1, self.version,
-                                       self._candidates(), now)
+        candidates = self._candidates()
+        task = self.participation.plan(self.version + 1, self.version, candidates, now)
         if task is None:
+            return
+        task, stop = self.privacy.admit(task, len(candidates))
+        if stop is not None:
+            log.warning("aggregator: training stops at version %d: %s", self.version, stop)
+            self._stopped = stop
+            self.store.set_note(STOPPED_NOTE, stop)
             return
         message = encode(task)
         self.store.add_task(task, message)
@@ -320,6 +335,7 @@ class Aggregator:
         new_weights, delta = self.downlink.step(self.global_weights, proposed, version)
         round_wall_s = time.monotonic() - self._task_opened
         metrics = self._evaluate(new_weights)
+        clipping = clipping_of(self.strategy, contributions)
         blob = encode(Model(version=version, tensors=self._wire(new_weights), arch=self.arch))
         info = {"round": self._task.round, "updates": len(self._pending),
                 "update_bytes": sum(self._update_bytes.pop(u.nonce, 0) for u in self._pending),
@@ -327,12 +343,14 @@ class Aggregator:
                 "round_wall_s": round_wall_s, "mode": self.participation.mode,
                 "max_train_s": max(u.metrics.get("train_s", 0.0) for u in self._pending),
                 "devices": sorted({u.device_id for u in self._pending}),
-                **_device_evaluation(self._pending), **metrics}
+                **_device_evaluation(self._pending), **metrics,
+                **self.privacy.commit(self._task.task_id)}
         close = self._task.task_id if self._task.mode == "sync" else None
         self.store.add_model(version, blob, sha256_hex(blob), info, used=self._pending,
                              close_task=close, delta=delta)
         self.version, self.global_weights = version, new_weights
         self.history.append({"version": version, "created_at": time.time(), **info})
+        self.anomalies.after_version(version, info["devices"], clipping)
         report = VersionReport(version, self._task.round, len(self._pending), round_wall_s,
                                metrics)
         self._pending = []
@@ -413,6 +431,7 @@ class Aggregator:
     def _validate(self, device: str, transfer: str, message: bytes) -> Update:
         update = open_update(message, self.global_weights)
         check_sender(update, device, transfer)
+        self.privacy.check_update(update)
         return update
 
     def _store_and_ack(self, update: Update, message: bytes) -> None:
@@ -453,6 +472,7 @@ class Aggregator:
     def _reject(self, device: str, nonce: str, task_id: str, reason: str) -> None:
         log.warning("aggregator: rejected an update from %s: %s", device, reason)
         self.store.add_rejection(device, nonce, reason)
+        self.anomalies.after_rejection(device)
         ack = Ack(status="rejected", task_id=task_id, nonce=nonce, reason=reason)
         self.link.publish(self.topics.ack(device), self._signed(encode(ack)))
 

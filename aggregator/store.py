@@ -74,6 +74,17 @@ CREATE TABLE IF NOT EXISTS rejections (
     nonce TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS clipping (
+    version INTEGER NOT NULL,     -- the model version the clipped update went into
+    device_id TEXT NOT NULL,
+    norm REAL NOT NULL,           -- the update's L2 norm before clipping
+    bound REAL NOT NULL           -- what it was clipped to
+);
+CREATE INDEX IF NOT EXISTS clipping_device ON clipping(device_id, version);
+CREATE TABLE IF NOT EXISTS notes (
+    key TEXT PRIMARY KEY,         -- small service state for the dashboard and restarts
+    value TEXT NOT NULL           -- JSON
+);
 """
 
 
@@ -265,6 +276,56 @@ class Store:
 
     def rejections(self) -> list[tuple[str, str, str]]:
         return list(self.db.execute("SELECT device_id, nonce, reason FROM rejections"))
+
+    # ------------------------------------------------------------ anomaly flags
+    def add_clipping(self, version: int, norms: dict[str, float], bound: float) -> None:
+        """Record the devices whose updates to `version` were clipped, with their norms."""
+        self.db.executemany("INSERT INTO clipping VALUES (?, ?, ?, ?)",
+                            [(version, d, n, bound) for d, n in sorted(norms.items())])
+
+    def device_outcomes(self, window: int, clip_factor: float,
+                        device_id: str | None = None) -> list[dict[str, Any]]:
+        """Per device, its last `window` outcomes: stored updates and rejections, newest
+        first. `rejected` and `clipped` count the bad ones among them (an update counts as
+        clipped when its norm was >= clip_factor times the bound); `clipped_total` counts
+        every clipped update ever."""
+        where = "WHERE device_id = :device" if device_id is not None else ""
+        rows = self.db.execute(f"""
+            WITH events AS (
+                SELECT u.device_id, u.received_at AS at,
+                       EXISTS (SELECT 1 FROM clipping c WHERE c.version = u.used_in
+                               AND c.device_id = u.device_id
+                               AND c.norm >= :factor * c.bound) AS clipped,
+                       0 AS rejected, NULL AS reason
+                FROM updates u
+                UNION ALL
+                SELECT device_id, at, 0, 1, reason FROM rejections
+            ), ranked AS (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY at DESC) AS n
+                FROM events {where}
+            )
+            SELECT device_id, COUNT(*), SUM(rejected), SUM(clipped),
+                   (SELECT COUNT(*) FROM clipping c WHERE c.device_id = ranked.device_id),
+                   (SELECT reason FROM rejections r WHERE r.device_id = ranked.device_id
+                    ORDER BY at DESC LIMIT 1)
+            FROM ranked WHERE n <= :window GROUP BY device_id ORDER BY device_id""",
+            {"window": window, "factor": clip_factor, "device": device_id})
+        cols = ("device_id", "recent", "rejected", "clipped", "clipped_total",
+                "last_rejection")
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    # ------------------------------------------------------------ notes
+    def set_note(self, key: str, value: Any) -> None:
+        """Keep a small JSON value under `key`; None removes it."""
+        if value is None:
+            self.db.execute("DELETE FROM notes WHERE key=?", (key,))
+            return
+        self.db.execute("INSERT INTO notes VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                        "SET value=excluded.value", (key, json.dumps(value)))
+
+    def note(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM notes WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     # ------------------------------------------------------------ plumbing
     def _transaction(self) -> _Transaction:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_client.codecs import CodecConfig, ErrorFeedback, encode_vector
+from edge_client.codecs.dp import DeviceDp, clip_and_noise
 from edge_client.device_state import DeviceState
 from edge_client.eligibility import Decision, EligibilityConfig, EligibilityPolicy
 from edge_client.identity import load_or_create_identity, parse_public_key
@@ -42,7 +43,7 @@ from edge_client.protocol import (
 from edge_client.protocol.messages import unpack_map
 from edge_client.protocol.seeds import training_seed, update_seed
 from edge_client.protocol.signing import is_signed, open_envelope, seal, verify_envelope
-from edge_client.protocol.tensors import Weights, flatten_sorted
+from edge_client.protocol.tensors import Weights, flatten_sorted, unflatten_like
 from edge_client.protocol.topics import check_name
 from edge_client.security import BrokerAuth, DeviceSecurity
 from edge_client.training.trainer import FitConfig, Trainer
@@ -132,6 +133,7 @@ class EdgeClient:
         self._feedback: ErrorFeedback | None = None
         self._feedback_version: int | None = None
         self._rng = np.random.default_rng()
+        self._dp_rng = np.random.default_rng()  # OS entropy: DP noise nobody can redraw
         self.model_version: int | None = None
         self._done_tasks: list[str] = []
         self._sent: dict[str, _Sent] = {}
@@ -408,8 +410,9 @@ class EdgeClient:
             return
         try:
             codec = CodecConfig.from_wire(task.codec) if task.codec is not None else None
+            dp = DeviceDp.from_wire(task.dp) if task.dp is not None else None
         except RemoteProtocolError as exc:
-            log.error("%s: task %s asks for a codec this device cannot use: %s", me,
+            log.error("%s: task %s asks for a codec or DP this device cannot use: %s", me,
                       task.task_id, exc.reason)
             self._done_tasks.append(task.task_id)  # never retried; the round goes on
             return
@@ -417,7 +420,7 @@ class EdgeClient:
         if not decision.eligible:
             self._skip(task, decision.reasons[0])
             return
-        update = self._train(task, codec)
+        update = self._train(task, codec, dp)
         if update is None:
             return  # stopped at a batch boundary: nothing is published
         payload = encode(update)
@@ -437,7 +440,8 @@ class EdgeClient:
         self._publish_update(update.nonce)
         self.stats.updates_sent += 1
 
-    def _train(self, task: Task, codec: CodecConfig | None) -> Update | None:
+    def _train(self, task: Task, codec: CodecConfig | None,
+               dp: DeviceDp | None = None) -> Update | None:
         """Train from the global model; None when training was stopped part-way."""
         assert self._global is not None
         self.trainer.set_weights(_copy(self._global))
@@ -466,7 +470,15 @@ class EdgeClient:
                                  "local_accuracy": before.get("accuracy", float("nan")),
                                  "local_loss": before.get("loss", float("nan"))},
                         created_at=time.time())
+        if dp is not None:
+            update = self._add_dp_noise(update, dp)
         return update if codec is None else self._compress(update, codec)
+
+    def _add_dp_noise(self, update: Update, dp: DeviceDp) -> Update:
+        """Distributed DP: the whole delta clipped to C, plus this device's noise share."""
+        vector, _ = clip_and_noise(flatten_sorted(update.tensors), dp, self._dp_rng)
+        return dataclasses.replace(update, tensors=unflatten_like(vector, update.tensors),
+                                   metrics={**update.metrics, **dp.metrics()})
 
     def _should_stop(self) -> bool:
         """Checked between batches: shutting down, or the policy stopped holding."""

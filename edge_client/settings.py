@@ -89,7 +89,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _coerce(value, options[0], where)
+        for option in options:  # the first type that fits: `clip = 0.5` or "adaptive"
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+        raise ConfigError(f"{where} must be {names}, got {type(value).__name__}")
     if hint is Path:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a path string")

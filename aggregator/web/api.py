@@ -52,6 +52,10 @@ def devices() -> Response:
     return jsonify({"devices": readmodel.devices(request_store())})
 
 
+def anomalies() -> Response:
+    return jsonify(readmodel.anomalies(request_store()))
+
+
 def audit() -> Response:
     text = request.args.get("version")
     version = None if text is None else parse_version(text)
@@ -159,6 +163,7 @@ ROUTES = (
     Route("/api/overview", overview, Access.READ),
     Route("/api/versions", versions, Access.READ),
     Route("/api/devices", devices, Access.READ),
+    Route("/api/anomalies", anomalies, Access.READ),
     Route("/api/audit", audit, Access.READ),
     Route("/api/enrolment", enrolment, Access.READ),
     Route("/api/models/<version>", model, Access.READ),

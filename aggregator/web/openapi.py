@@ -65,6 +65,8 @@ def _paths() -> dict[str, Any]:
                               _json(_listing("versions", "Version"))),
         "/api/devices": _get("Devices: status, eligibility, contributions, rejections",
                              _json(_listing("devices", "Device"))),
+        "/api/anomalies": _get("Devices whose recent updates were rejected or clipped",
+                               _json(_ref("Anomalies"))),
         "/api/audit": _get("Which devices' updates went into which version",
                            _json(_listing("audit", "AuditRow")), 400,
                            parameters=[version_query]),
@@ -114,6 +116,10 @@ def _schemas() -> dict[str, Any]:
             "update_bytes": integer, "dense_bytes_estimate": integer, "compression_ratio": num,
             "updates": {"type": "object", "additionalProperties": integer},
             "rejections": integer, "enrolled": integer, "generated_at": {"type": "number"},
+            "privacy": {**_ref("Privacy"), "nullable": True},
+            "stopped": _described({"type": "string", "nullable": True},
+                                  "Why training ended before `rounds` (the privacy "
+                                  "budget), or null"),
             "devices": {"type": "object", "properties": {
                 "known": integer, "online": integer, "eligible": integer}}}},
         "Version": {"type": "object", "additionalProperties": True, "properties": {
@@ -123,7 +129,8 @@ def _schemas() -> dict[str, Any]:
             "max_train_s": {"type": "number"}, "mode": text,
             "devices": {"type": "array", "items": text}, "accuracy": num, "loss": num,
             "device_accuracy": _described(num, _DEVICE_EVAL.format("accuracy")),
-            "device_loss": _described(num, _DEVICE_EVAL.format("loss"))}},
+            "device_loss": _described(num, _DEVICE_EVAL.format("loss")),
+            **_dp_version_fields()}},
         "Device": {"type": "object", "properties": {
             "device_id": text, "online": {"type": "boolean", "nullable": True},
             "eligible": {"type": "boolean", "nullable": True}, "reason": text,
@@ -136,6 +143,25 @@ def _schemas() -> dict[str, Any]:
             "last_local_version": _described(
                 {"type": "integer", "nullable": True},
                 "The model version last_local_accuracy was measured on")}},
+        "Privacy": {"type": "object", "properties": {
+            "mode": {"type": "string", "enum": ["off", "central", "distributed"]},
+            "epsilon": _described({"type": "number"}, "Spent so far, at delta"),
+            "delta": {"type": "number"}, "target_epsilon": _described(
+                {"type": "number"}, "The budget; 0: none"),
+            "noise_multiplier": {"type": "number"},
+            "clip": {"oneOf": [{"type": "number"}, {"type": "string", "enum": ["adaptive"]}]},
+            "population": integer, "cohort": integer,
+            "versions": _described(integer, "Versions made with DP")}},
+        "Anomalies": {"type": "object", "properties": {
+            "window": integer, "threshold": integer, "clip_factor": {"type": "number"},
+            "devices": {"type": "array", "items": _ref("AnomalyRow")}}},
+        "AnomalyRow": {"type": "object", "properties": {
+            "device_id": text, "recent": _described(integer, "Outcomes in the window"),
+            "rejected": integer,
+            "clipped": _described(integer, "Updates in the window clipped by clip_factor or "
+                                           "more"),
+            "clipped_total": integer, "last_rejection": {"type": "string", "nullable": True},
+            "flagged": {"type": "boolean"}}},
         "AuditRow": {"type": "object", "properties": {
             "used_in": integer, "device_id": text, "task_id": text, "nonce": text,
             "num_samples": integer, "digest": text, "received_at": {"type": "number"}}},
@@ -143,6 +169,20 @@ def _schemas() -> dict[str, Any]:
             "device_id": text, "public_key": text, "enrolled_at": {"type": "number"},
             "revoked_at": num}},
     }
+
+
+def _dp_version_fields() -> dict[str, Any]:
+    """What a version made with differential privacy adds to its info."""
+    number = {"type": "number"}
+    return {
+        "epsilon": _described(number, "Privacy spent after this version, at dp_delta"),
+        "dp_delta": number, "dp_mode": {"type": "string"},
+        "dp_sampling_rate": _described(number, "q: the chance a device was in the cohort"),
+        "dp_noise_multiplier": _described(number, "z as the accountant counts it"),
+        "dp_clip": _described(number, "The L2 clip C used"),
+        "dp_next_clip": _described(number, "C for the next version (adaptive clipping)"),
+        "dp_clipped": _described({"type": "integer"}, "Updates clipped (central mode)"),
+        "dp_noise_std": _described(number, "Noise std per coordinate of the mean")}
 
 
 def openapi_document() -> dict[str, Any]:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from aggregator.anomalies import device_anomalies, stored_config
 from aggregator.store import Store
 
 UPDATE_STATES = ("pending", "aggregated", "late", "discarded")
@@ -64,8 +65,29 @@ def overview(store: Store) -> dict[str, Any]:
                     "online": sum(1 for d in devices if d["online"]),
                     "eligible": sum(1 for d in devices if d["online"] and d["eligible"])},
         "enrolled": sum(1 for e in store.enrolment() if e["revoked_at"] is None),
+        "privacy": privacy(store, history),
+        "stopped": store.note("stopped"),
         "generated_at": time.time(),
     }
+
+
+def privacy(store: Store, history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The [privacy] settings the service runs with and the epsilon spent so far; None
+    when no version was made with DP and the service does not run with it."""
+    settings = store.note("privacy")
+    spent = [h for h in history if h.get("epsilon") is not None]
+    if settings is None and not spent:
+        return None
+    return finite({**(settings or {}), "epsilon": spent[-1]["epsilon"] if spent else 0.0,
+                   "versions": len(spent)})
+
+
+def anomalies(store: Store) -> dict[str, Any]:
+    """Every device's recent rejections and clipped updates, and its flag."""
+    config = stored_config(store)
+    return {"window": config.window, "threshold": config.threshold,
+            "clip_factor": config.clip_factor,
+            "devices": device_anomalies(store, config)}
 
 
 def uplink(history: list[dict[str, Any]]) -> dict[str, Any]:

@@ -71,6 +71,17 @@
     text("ov-uplink", bytes(o.update_bytes));
     const ratio = o.compression_ratio;
     text("ov-ratio", ratio ? `${ratio >= 10 ? Math.round(ratio) : ratio}× smaller than float32` : "");
+    renderPrivacy(o.privacy, o.stopped);
+  }
+
+  // Differential privacy: epsilon spent at delta, against the budget (docs/privacy.md).
+  function renderPrivacy(p, stopped) {
+    $("ov-privacy-card").hidden = !p;
+    if (!p) return;
+    const budget = p.target_epsilon ? ` of ${p.target_epsilon}` : "";
+    text("ov-epsilon", `ε ${fixed(2)(p.epsilon)}${budget}`);
+    text("ov-privacy", `${p.mode} DP · δ ${p.delta} · z ${p.noise_multiplier}` +
+      (stopped ? ` · stopped: ${stopped}` : ""));
   }
 
   function series(versions, key) {
@@ -139,7 +150,16 @@
     return [fixed(3)(d.last_local_accuracy), "num", tip];
   }
 
-  function renderDevices(devices) {
+  // A device whose recent updates were repeatedly rejected or clipped (api/anomalies).
+  function flagCell(a) {
+    if (!a) return ["", "flag"];
+    const tip = `${a.rejected} rejected, ${a.clipped} clipped of its last ${a.recent}` +
+      (a.last_rejection ? `; last rejection: ${a.last_rejection}` : "");
+    return [a.flagged ? "⚑ flagged" : "", a.flagged ? "flag warn" : "flag", tip];
+  }
+
+  function renderDevices(devices, anomalies) {
+    const byDevice = new Map(anomalies.devices.map((a) => [a.device_id, a]));
     const rows = devices.map((d) => {
       const status = d.online === null ? "unknown" : d.online ? "online" : "offline";
       const eligible = d.eligible === null ? dash : d.eligible ? "yes" : "no";
@@ -148,9 +168,9 @@
         [eligible + (d.reason ? ` (${d.reason})` : ""), d.eligible === false ? "warn" : ""],
         [d.model_version === null ? dash : "v" + d.model_version, "num"], [battery, "num"],
         [ago(d.last_seen), "", when(d.last_seen)], localAccuracy(d), [int(d.contributions), "num"],
-        [int(d.rejections), d.rejections ? "num warn" : "num"]]);
+        [int(d.rejections), d.rejections ? "num warn" : "num"], flagCell(byDevice.get(d.device_id))]);
     });
-    $("devices").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(9, "No devices yet")]));
+    $("devices").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(10, "No devices yet")]));
   }
 
   // Per device: the delta when one was published (devices holding the previous version
@@ -194,12 +214,13 @@
         [int(v.updates), "num"], [bytes(v.update_bytes), "num"], downlink(v),
         [fixed(4)(v.accuracy), "num"], [fixed(4)(v.loss), "num"],
         [v.round_wall_s === undefined ? dash : fixed(2)(v.round_wall_s) + " s", "num"],
+        [fixed(2)(v.epsilon), "num", v.epsilon === undefined ? "" : `at δ ${v.dp_delta}, q ${fixed(3)(v.dp_sampling_rate)}, z ${fixed(2)(v.dp_noise_multiplier)}, clip ${fixed(3)(v.dp_clip)}`],
         [(v.devices || []).join(", ")],
       ]);
       tr.appendChild(downloadCell(v.version));
       return tr;
     });
-    $("versions").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(11, "No model yet")]));
+    $("versions").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(12, "No model yet")]));
   }
 
   // ------------------------------------------------------------ the loop
@@ -214,11 +235,11 @@
   async function refresh() {
     clearTimeout(timer);
     try {
-      const [overview, versions, devices] = await Promise.all(
-        [api("api/overview"), api("api/versions"), api("api/devices")]);
+      const [overview, versions, devices, anomalies] = await Promise.all(
+        [api("api/overview"), api("api/versions"), api("api/devices"), api("api/anomalies")]);
       renderOverview(overview);
       renderCharts(versions.versions);
-      renderDevices(devices.devices);
+      renderDevices(devices.devices, anomalies);
       renderVersions(versions.versions);
       $("login").hidden = true;
       $("forget").hidden = !sessionStorage.getItem(KEY);
