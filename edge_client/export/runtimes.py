@@ -18,7 +18,9 @@ Runtimes:
 
 from __future__ import annotations
 
+import platform
 import threading
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -46,11 +48,12 @@ class InferenceModel(Protocol):
 
 
 def load_model(runtime: str, arch: dict[str, Any], weights: Weights,
-               int8: bool = False) -> InferenceModel:
+               int8: bool = False, ort_fuse_int8: bool | None = None) -> InferenceModel:
     """Export (arch, weights) for `runtime` and load it there.
 
     int8 needs activation ranges in the weights (QAT, or calibrate first); ExportError
     otherwise. ImportError names the extra when the runtime is not installed.
+    ort_fuse_int8: see OnnxModel (None: fuse where onnxruntime's int8 kernels are exact).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r} is not known; use one of {', '.join(RUNTIMES)}")
@@ -62,7 +65,7 @@ def load_model(runtime: str, arch: dict[str, Any], weights: Weights,
         return NumpyFloatModel(build_trained_model(arch, weights), graph.input_shape)
     if runtime == "onnxruntime":
         data = onnx_from_quantized(qgraph) if qgraph else onnx_from_graph(graph)
-        return OnnxModel(data, int8, graph.input_shape)
+        return OnnxModel(data, int8, graph.input_shape, ort_fuse_int8)
     data = tflite_from_quantized(qgraph) if qgraph else tflite_from_graph(graph)
     return TfliteModel(data, runtime, graph.input_shape)
 
@@ -105,20 +108,24 @@ class NumpyInt8Model:
 class OnnxModel:
     """An onnxruntime session; `run` is thread-safe.
 
-    On x86 CPUs without VNNI (AVX2 only), onnxruntime's fused int8 GEMM multiplies
-    u8 x s8 pairs with a 16-bit intermediate that saturates, so its int8 logits can
-    differ from TFLite's by a few steps; `optimize=False` keeps the QDQ graph unfused
-    (exactly the integer math, computed in float) to check the export itself.
+    onnxruntime fuses an int8 QDQ graph into integer kernels (QGemm, QLinearConv). On
+    x86-64 CPUs without VNNI (AVX2 only) those multiply u8 x s8 pairs into a 16-bit
+    intermediate that saturates (onnxruntime issue 16105), so the logits drift from
+    the integer reference by several steps and about 1% of digits predictions change.
+    fuse_int8=None fuses only where that cannot happen (not x86-64, or VNNI present);
+    unfused, onnxruntime folds the weights' DequantizeLinear and runs the QDQ graph's
+    exact math in float. True or False forces the choice.
     """
 
     runtime = "onnxruntime"
 
     def __init__(self, data: bytes, int8: bool, input_shape: tuple[int, ...],
-                 optimize: bool = True) -> None:
+                 fuse_int8: bool | None = None) -> None:
         ort = _import("onnxruntime", "onnxruntime", "onnx")
         options = ort.SessionOptions()
-        if not optimize:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        self.fused = int8 and (fused_int8_is_exact() if fuse_int8 is None else fuse_int8)
+        if int8 and not self.fused:
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
         self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         self.int8, self.input_shape, self.size_bytes = int8, input_shape, len(data)
         self.data = data
@@ -126,6 +133,17 @@ class OnnxModel:
     def logits(self, x: np.ndarray) -> np.ndarray:
         x = check_input(x, self.input_shape)
         return self.session.run(None, {"x": x})[0]
+
+
+def fused_int8_is_exact(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """False on x86-64 without VNNI, where onnxruntime's fused int8 GEMM saturates."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True  # arm64 kernels widen to 32 bits (and the Pi is where devices run)
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return True  # cannot tell: trust the runtime
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 class TfliteModel:
