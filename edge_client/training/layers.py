@@ -7,12 +7,7 @@ from typing import Protocol
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from edge_client.training.quantize import (
-    act_clip_bounds,
-    act_qparams,
-    fake_quant_act,
-    fake_quant_weight,
-)
+from edge_client.training.quantize import act_qparams, fake_quant_act_ste, fake_quant_weight
 
 
 class Layer(Protocol):
@@ -264,7 +259,7 @@ class ActQuant:
         self._mask: np.ndarray | None = None
 
     def observed(self) -> bool:
-        return bool(np.any(self.range != 0))
+        return bool(self.range.any())
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if self.training:
@@ -272,10 +267,8 @@ class ActQuant:
         if not self.observed():
             self._mask = None
             return x
-        lo, hi = float(self.range[0]), float(self.range[1])
-        clip_lo, clip_hi = act_clip_bounds(lo, hi)
-        self._mask = (x >= clip_lo) & (x <= clip_hi)
-        return fake_quant_act(x, lo, hi)
+        out, self._mask = fake_quant_act_ste(x, float(self.range[0]), float(self.range[1]))
+        return out
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
         return grad if self._mask is None else grad * self._mask

@@ -33,15 +33,26 @@ def weight_scales(w: np.ndarray) -> np.ndarray:
     if w.ndim < 1 or w.size == 0:
         raise ValueError(f"weights need a non-empty last (output channel) axis, got {w.shape}")
     dtype = np.float64 if w.dtype == np.float64 else np.float32
-    max_abs = np.abs(w).reshape(-1, w.shape[-1]).max(axis=0).astype(dtype)
+    magnitudes = np.abs(w.reshape(-1, w.shape[-1]))
+    if magnitudes.shape[1] < 64:  # few channels (a logits layer): reduce contiguous rows
+        max_abs = np.ascontiguousarray(magnitudes.T).max(axis=1).astype(dtype)
+    else:
+        max_abs = magnitudes.max(axis=0).astype(dtype)
     return np.maximum(max_abs / dtype(WEIGHT_QMAX), dtype(_WEIGHT_SCALE_FLOOR))
+
+
+def _weight_codes(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(round(w / scale) clipped to [-127, 127] as floats, scales); in place for speed."""
+    scales = weight_scales(w)
+    q = np.divide(np.asarray(w, scales.dtype), scales)
+    np.rint(q, out=q)
+    np.clip(q, -WEIGHT_QMAX, WEIGHT_QMAX, out=q)
+    return q, scales
 
 
 def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(int8 values, per-channel scales): round(w / scale) clipped to [-127, 127]."""
-    scales = weight_scales(w)
-    w = np.asarray(w, scales.dtype)
-    q = np.clip(np.rint(w / scales), -WEIGHT_QMAX, WEIGHT_QMAX)
+    q, scales = _weight_codes(w)
     return q.astype(np.int8), scales
 
 
@@ -50,8 +61,13 @@ def dequantize_weight(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 def fake_quant_weight(w: np.ndarray) -> np.ndarray:
-    """w snapped to its int8 grid, still as floats: what the int8 model will multiply by."""
-    return dequantize_weight(*quantize_weight(w))
+    """w snapped to its int8 grid, still as floats: what the int8 model will multiply by.
+
+    Equal to dequantize_weight(*quantize_weight(w)), without the int8 round trip.
+    """
+    q, scales = _weight_codes(w)
+    q *= scales
+    return q
 
 
 def act_qparams(lo: float, hi: float) -> tuple[float, int]:
@@ -63,14 +79,22 @@ def act_qparams(lo: float, hi: float) -> tuple[float, int]:
         raise ValueError(f"activation range must have min <= max, got [{lo}, {hi}]")
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = float(np.float32(max((hi - lo) / (ACT_QMAX - ACT_QMIN), _ACT_SCALE_FLOOR)))
-    zero_point = int(np.clip(round(ACT_QMIN - lo / scale), ACT_QMIN, ACT_QMAX))
+    zero_point = min(max(round(ACT_QMIN - lo / scale), ACT_QMIN), ACT_QMAX)
     return scale, zero_point
+
+
+def _act_codes(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """round(x / scale) + zero_point, not yet saturated, as floats in a new array."""
+    q = np.divide(x, scale)
+    np.rint(q, out=q)
+    q += zero_point
+    return q
 
 
 def quantize_act(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """int8 codes: round(x / scale) + zero_point, saturated (ONNX QuantizeLinear's formula)."""
-    q = np.rint(x / scale) + zero_point
-    return np.clip(q, ACT_QMIN, ACT_QMAX).astype(np.int8)
+    q = _act_codes(x, scale, zero_point)
+    return np.clip(q, ACT_QMIN, ACT_QMAX, out=q).astype(np.int8)
 
 
 def dequantize_act(q: np.ndarray, scale: float, zero_point: int,
@@ -80,14 +104,24 @@ def dequantize_act(q: np.ndarray, scale: float, zero_point: int,
 
 def fake_quant_act(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """x snapped to the int8 grid of the range [lo, hi], in x's float dtype."""
-    scale, zero_point = act_qparams(lo, hi)
-    return dequantize_act(quantize_act(x, scale, zero_point), scale, zero_point, x.dtype)
+    return fake_quant_act_ste(x, lo, hi)[0]
 
 
-def act_clip_bounds(lo: float, hi: float) -> tuple[float, float]:
-    """The float interval the int8 grid of [lo, hi] covers; outside it values saturate."""
+def fake_quant_act_ste(x: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """fake_quant_act(x, lo, hi) and where it did not saturate: where the STE lets gradients by.
+
+    Equal to dequantize_act(quantize_act(...)): clipping round(x / scale) to
+    [-128 - zp, 127 - zp] is clipping the codes to [-128, 127] with the zero point taken
+    back out, since both are exact small integers in float. Fewer passes over x, as this
+    runs on every activation of every training batch.
+    """
     scale, zero_point = act_qparams(lo, hi)
-    return (ACT_QMIN - zero_point) * scale, (ACT_QMAX - zero_point) * scale
+    steps = np.divide(x, scale)
+    np.rint(steps, out=steps)
+    snapped = np.clip(steps, ACT_QMIN - zero_point, ACT_QMAX - zero_point)
+    inside = snapped == steps
+    snapped *= scale
+    return snapped, inside
 
 
 def quantize_bias(bias: np.ndarray, input_scale: float, scales: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from edge_client.training import (
     quantize_weight,
     weight_scales,
 )
-from edge_client.training.quantize import act_clip_bounds
+from edge_client.training.quantize import fake_quant_act_ste
 
 
 def test_weight_scales_are_max_abs_per_output_channel_over_127():
@@ -98,12 +98,13 @@ def test_activation_codes_saturate_and_round_trip_within_half_a_step():
     np.testing.assert_array_equal(extremes, [-128, 127])
 
 
-def test_clip_bounds_are_the_ends_of_the_int8_grid():
-    scale, zp = act_qparams(-1.0, 3.0)
-    clip_lo, clip_hi = act_clip_bounds(-1.0, 3.0)
-    assert clip_lo == pytest.approx((-128 - zp) * scale) and clip_hi == pytest.approx((127 - zp)
-                                                                                      * scale)
-    assert clip_lo <= -1.0 + scale / 2 and clip_hi >= 3.0 - scale / 2
+def test_the_ste_mask_is_true_inside_the_range_and_false_where_codes_saturate():
+    lo, hi = -1.0, 3.0
+    x = np.linspace(-3, 5, 801, dtype=np.float32)
+    out, inside = fake_quant_act_ste(x, lo, hi)
+    np.testing.assert_array_equal(out, fake_quant_act(x, lo, hi))
+    assert inside[(x >= lo) & (x <= hi)].all()
+    assert not inside[(x < lo - 0.05) | (x > hi + 0.05)].any()  # a half step is 4 / 255 / 2
 
 
 def test_fake_quant_act_equals_quantize_then_dequantize():
