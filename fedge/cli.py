@@ -1,4 +1,4 @@
-"""The `fedge` command: demo, aggregator, device."""
+"""The `fedge` command: demo, aggregator, device, keys, export."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from edge_client.settings import ConfigError
 from fedge.aggregator_cli import add_aggregator_parser
 from fedge.demo import DemoConfig, model_versions, run_demo
+from fedge.export_cli import add_export_parser
 from fedge.keys_cli import add_keys_parser
 from fedge.progress import ProgressBar
 from fedge.roles import build_device, run_until_signal
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     add_aggregator_parser(sub)
     _add_role(sub, "device", "run a device client on local data from an .npz file", _device)
     add_keys_parser(sub)
+    add_export_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
