@@ -1,0 +1,286 @@
+"""The service's privacy hooks, anomaly flags and their web side, on a real SQLite store:
+sampling rates, the budget stop, resuming after a restart, distributed DP's task field
+and update check, and the flags' query, log line and API."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from aggregator.anomalies import AnomalyConfig, AnomalyWatch, clipping_of, device_anomalies
+from aggregator.config import AggregatorConfig, SyncConfig
+from aggregator.privacy import CentralDp, DistributedDp, PrivacyConfig, Step, epsilon
+from aggregator.privacy.hooks import ServicePrivacy
+from aggregator.store import Store
+from aggregator.strategy import Contribution, FedAvg, Median, NormBound
+from aggregator.web import create_app
+from edge_client.codecs.dp import DeviceDp
+from edge_client.protocol import RemoteProtocolError, Task, TrainConfig, Update, decode, encode
+
+MODEL = {"w": np.zeros(4, np.float32)}
+
+
+def _config(tmp_path, target: int = 4, **privacy) -> AggregatorConfig:
+    privacy.setdefault("mode", "central")
+    return AggregatorConfig(db_path=tmp_path / "agg.sqlite3",
+                            sync=SyncConfig(target_updates=target, min_fraction=0.5),
+                            privacy=PrivacyConfig(**privacy))
+
+
+def _task(n: int, invited: int, mode: str = "sync") -> Task:
+    return Task(task_id=f"r{n}", mode=mode, round=n, model_version=n - 1, train=TrainConfig(),
+                invited=tuple(f"d{i}" for i in range(invited)) if mode == "sync" else None)
+
+
+def _update(device: str, task: str, metrics: dict | None = None) -> Update:
+    return Update(device_id=device, task_id=task, nonce=f"n-{device}-{task}", base_version=0,
+                  num_samples=10, tensors=dict(MODEL), metrics=metrics or {})
+
+
+def _make_version(hooks: ServicePrivacy, store: Store, task: Task, version: int,
+                  updates: dict[str, float]) -> dict:
+    """What the service does for one version: aggregate with the wrapped strategy, then
+    commit, then store the version with the info."""
+    strategy = hooks.wrap(FedAvg())
+    strategy.aggregate(MODEL, [Contribution(d, {"w": np.full(4, v, np.float32)}, 10)
+                               for d, v in updates.items()])
+    info = {"round": version, **hooks.commit(task.task_id)}
+    store.add_model(version, b"m", "sha", info)
+    return info
+
+
+# ---------------------------------------------------------------- sampling rate
+def test_sampling_rate_is_invited_over_the_pool(tmp_path):
+    store = Store(tmp_path / "agg.sqlite3")
+    hooks = ServicePrivacy(_config(tmp_path), store)
+    assert hooks.sampling_rate(_task(1, 4), available=20) == pytest.approx(0.2)
+    assert hooks.sampling_rate(_task(1, 4), available=3) == 1.0  # capped
+    assert hooks.sampling_rate(_task(1, 0, mode="async"), available=50) == 1.0
+    fixed = ServicePrivacy(_config(tmp_path, population=400), store)
+    assert fixed.sampling_rate(_task(1, 4), available=20) == pytest.approx(0.01)
+
+
+def test_off_is_a_no_op(tmp_path):
+    store = Store(tmp_path / "agg.sqlite3")
+    hooks = ServicePrivacy(_config(tmp_path, mode="off"), store)
+    strategy = Median()
+    assert hooks.wrap(strategy) is strategy
+    task = _task(1, 4)
+    assert hooks.admit(task, 10) == (task, None)
+    assert hooks.commit("r1") == {} and hooks.clipped() == {}
+    hooks.check_update(_update("d0", "r1"))
+    assert store.note("privacy") is None
+
+
+def test_wrap_refuses_robust_strategies(tmp_path):
+    hooks = ServicePrivacy(_config(tmp_path), Store(tmp_path / "agg.sqlite3"))
+    assert isinstance(hooks.wrap(FedAvg()), CentralDp)
+    for robust in (Median(), NormBound(1.0)):
+        with pytest.raises(ValueError, match="fedavg and the server optimizers only"):
+            hooks.wrap(robust)
+
+
+# ---------------------------------------------------------------- versions and budget
+def test_each_version_records_epsilon_as_dp_accounting_computes_it(tmp_path):
+    store = Store(tmp_path / "agg.sqlite3")
+    hooks = ServicePrivacy(_config(tmp_path, noise_multiplier=1.2, seed=1), store)
+    infos = []
+    for version in (1, 2, 3):
+        task, stop = hooks.admit(_task(version, 4), available=10)
+        assert stop is None and task.dp is None
+        infos.append(_make_version(hooks, store, task, version, {"a": 0.1, "b": 9.0}))
+    assert [i["dp_sampling_rate"] for i in infos] == [0.4, 0.4, 0.4]
+    assert [i["dp_clipped"] for i in infos] == [1, 1, 1]  # b's norm 18 > 1
+    for n, info in enumerate(infos, start=1):
+        assert info["epsilon"] == pytest.approx(epsilon([Step(0.4, 1.2)] * n, 1e-5))
+    assert infos[0]["epsilon"] < infos[1]["epsilon"] < infos[2]["epsilon"]
+    history = store.model_history()
+    assert [h["epsilon"] for h in history] == [i["epsilon"] for i in infos]
+
+
+def test_budget_stops_before_the_version_that_would_pass_it(tmp_path):
+    store = Store(tmp_path / "agg.sqlite3")
+    limit = (epsilon([Step(1.0, 1.0)] * 3, 1e-5) + epsilon([Step(1.0, 1.0)] * 4, 1e-5)) / 2
+    hooks = ServicePrivacy(_config(tmp_path, target_epsilon=limit, seed=2), store)
+    made = 0
+    for version in range(1, 10):
+        task, stop = hooks.admit(_task(version, 4), available=4)
+        if stop is not None:
+            break
+        _make_version(hooks, store, task, version, {"a": 0.1})
+        made += 1
+    assert made == 3
+    assert "privacy budget" in stop and f"{limit:g}" in stop
+    assert store.model_history()[-1]["epsilon"] <= limit
+
+
+def test_restart_resumes_the_count_and_the_adaptive_clip(tmp_path):
+    config = _config(tmp_path, clip="adaptive", initial_clip=1.0, clip_count_stddev=4.0,
+                     seed=3)
+    store = Store(tmp_path / "agg.sqlite3")
+    hooks = ServicePrivacy(config, store)
+    for version in (1, 2):
+        task, _ = hooks.admit(_task(version, 4), available=8)
+        info = _make_version(hooks, store, task, version, {"a": 0.01, "b": 0.01, "c": 0.01})
+    assert info["dp_next_clip"] != 1.0 and hooks.state.clip == info["dp_next_clip"]
+    store.close()
+    again = ServicePrivacy(config, Store(tmp_path / "agg.sqlite3"))
+    assert again.state.clip == info["dp_next_clip"] and again.state.version == 3
+    assert again.accountant.epsilon() == pytest.approx(info["epsilon"])
+
+
+def test_an_open_task_from_before_a_restart_keeps_its_rate(tmp_path):
+    store = Store(tmp_path / "agg.sqlite3")
+    task, _ = ServicePrivacy(_config(tmp_path, seed=1), store).admit(_task(1, 2), 20)
+    hooks = ServicePrivacy(_config(tmp_path, seed=1), store)  # restarted, task still open
+    assert _make_version(hooks, store, task, 1, {"a": 0.1})["dp_sampling_rate"] == 0.1
+    unknown = _make_version(hooks, store, _task(2, 2), 2, {"a": 0.1})
+    assert unknown["dp_sampling_rate"] == 1.0  # never planned here: no amplification claimed
+
+
+# ---------------------------------------------------------------- distributed
+def test_distributed_task_carries_the_devices_share_and_updates_must_echo_it(tmp_path):
+    store = Store(tmp_path / "agg.sqlite3")
+    hooks = ServicePrivacy(_config(tmp_path, mode="distributed", clip=0.5,
+                                   noise_multiplier=2.0), store)
+    assert isinstance(hooks.wrap(FedAvg()), DistributedDp)
+    task, stop = hooks.admit(_task(1, 4), available=4)
+    assert stop is None
+    decoded = decode(encode(task), expect=Task)
+    dp = DeviceDp.from_wire(decoded.dp)
+    assert dp == DeviceDp(0.5, 2.0 * 0.5 / 2)  # z C / sqrt(m), m = 4
+    hooks.check_update(_update("d0", task.task_id, dp.metrics()))
+    with pytest.raises(RemoteProtocolError, match="does not carry it"):
+        hooks.check_update(_update("d0", task.task_id, {"train_loss": 0.3}))
+    with pytest.raises(RemoteProtocolError, match="is not the task's"):
+        hooks.check_update(_update("d0", task.task_id, DeviceDp(0.5, 0.1).metrics()))
+
+
+def test_distributed_accounting_counts_the_noise_that_came(tmp_path):
+    """k of m devices bring sqrt(k / m) of the noise: z shrinks with dropouts, and the
+    budget check assumes the fewest updates that still make a version."""
+    store = Store(tmp_path / "agg.sqlite3")
+    hooks = ServicePrivacy(_config(tmp_path, mode="distributed", noise_multiplier=1.0), store)
+    task, _ = hooks.admit(_task(1, 4), available=4)
+    info = _make_version(hooks, store, task, 1, {"a": 0.1, "b": 0.1, "c": 0.1})
+    assert info["dp_noise_multiplier"] == pytest.approx(math.sqrt(3 / 4))
+    assert hooks._planned_multiplier() == pytest.approx(math.sqrt(2 / 4))  # min_fraction 0.5
+
+
+def test_a_task_without_dp_encodes_as_before():
+    task = _task(1, 2)
+    assert decode(encode(task), expect=Task).dp is None
+    with_dp = dataclasses.replace(task, dp=DeviceDp(1.0, 0.5).to_wire())
+    assert decode(encode(with_dp), expect=Task).dp == {"v": 1, "clip": 1.0, "noise_std": 0.5}
+
+
+# ---------------------------------------------------------------- anomaly flags
+def _fill(store: Store) -> None:
+    """good: 4 clean updates; noisy: 2 rejections and 2 updates clipped at 5x; big: 3
+    updates clipped just over the bound (1.2x: under the default 2x factor)."""
+    for v in (1, 2, 3, 4):
+        used = []
+        for device in ("good", "noisy", "big"):
+            if device == "big" and v == 4:
+                continue
+            update = _update(device, f"r{v}")
+            store.add_update(update, encode(update), "pending")
+            used.append(update)
+        store.add_model(v, b"m", "sha", {}, used=used)
+        clipped = {"big": 1.2} if v < 4 else {}
+        if v in (2, 3):
+            clipped["noisy"] = 5.0
+        store.add_clipping(v, clipped, 1.0)
+    store.add_rejection("noisy", "x1", "bad shape")
+    store.add_rejection("noisy", "x2", "base version 0 is not the round's 3")
+
+
+def test_device_outcomes_count_rejections_and_clipping_in_the_window(tmp_path):
+    store = Store(tmp_path / "agg.sqlite3")
+    _fill(store)
+    rows = {r["device_id"]: r for r in device_anomalies(store, AnomalyConfig())}
+    assert (rows["noisy"]["rejected"], rows["noisy"]["clipped"]) == (2, 2)
+    assert rows["noisy"]["flagged"] and rows["noisy"]["recent"] == 6
+    assert rows["noisy"]["last_rejection"] == "base version 0 is not the round's 3"
+    assert (rows["big"]["clipped"], rows["big"]["clipped_total"]) == (0, 3)
+    assert not rows["big"]["flagged"] and not rows["good"]["flagged"]
+    any_clip = {r["device_id"]: r for r in device_anomalies(
+        store, AnomalyConfig(clip_factor=1.0))}
+    assert any_clip["big"]["clipped"] == 3 and any_clip["big"]["flagged"]
+    short = {r["device_id"]: r for r in device_anomalies(store, AnomalyConfig(window=2,
+                                                                               threshold=2))}
+    assert short["noisy"]["recent"] == 2 and short["noisy"]["rejected"] == 2  # the newest
+
+
+def test_watch_logs_once_when_a_device_crosses_the_threshold(tmp_path, caplog):
+    store = Store(tmp_path / "agg.sqlite3")
+    watch = AnomalyWatch(store, AnomalyConfig(window=5, threshold=2))
+    caplog.set_level(logging.WARNING, logger="aggregator.anomalies")
+    store.add_rejection("dev-x", "n1", "bad signature")
+    watch.after_rejection("dev-x")
+    assert not caplog.records
+    for nonce in ("n2", "n3"):
+        store.add_rejection("dev-x", nonce, "bad signature")
+        watch.after_rejection("dev-x")
+    flagged = [r.getMessage() for r in caplog.records]
+    assert len(flagged) == 1 and "dev-x flagged: 2 rejected" in flagged[0]
+    assert "bad signature" in flagged[0]
+    assert AnomalyWatch(store, AnomalyConfig(window=5, threshold=2)).flagged == {"dev-x"}
+
+
+def test_watch_records_what_the_dp_wrapper_clipped(tmp_path):
+    store = Store(tmp_path / "agg.sqlite3")
+    hooks = ServicePrivacy(_config(tmp_path, seed=1), store)
+    strategy = hooks.wrap(FedAvg())
+    contributions = [Contribution("a", {"w": np.full(4, 0.1, np.float32)}, 1),
+                     Contribution("b", {"w": np.full(4, 5.0, np.float32)}, 1)]
+    strategy.aggregate(MODEL, contributions)
+    clipping = clipping_of(strategy, contributions)
+    assert clipping.bound == 1.0 and clipping.norms == {"b": pytest.approx(10.0)}
+    fixed = clipping_of(NormBound(0.5), contributions)
+    assert set(fixed.norms) == {"b"} and fixed.bound == 0.5
+    assert clipping_of(NormBound(None), contributions) is None  # median: half by design
+    assert clipping_of(FedAvg(), contributions) is None
+    update = _update("b", "r1")
+    store.add_update(update, encode(update), "pending")
+    store.add_model(1, b"m", "sha", {}, used=[update])
+    AnomalyWatch(store, AnomalyConfig()).after_version(1, ["a", "b"], clipping)
+    assert device_anomalies(store, AnomalyConfig(), "b")[0]["clipped"] == 1
+
+
+# ---------------------------------------------------------------- web
+def test_api_serves_anomalies_and_the_privacy_overview(tmp_path):
+    store = Store(tmp_path / "agg.sqlite3")
+    _fill(store)
+    AnomalyWatch(store, AnomalyConfig(window=8, threshold=4, clip_factor=1.1))
+    hooks = ServicePrivacy(_config(tmp_path, target_epsilon=50.0, seed=1), store)
+    task, _ = hooks.admit(_task(5, 4), available=4)
+    _make_version(hooks, store, task, 5, {"good": 0.1})
+    store.set_note("stopped", "privacy budget: test")
+    store.close()
+    client = create_app(tmp_path / "agg.sqlite3", None, None).test_client()
+    body = client.get("/api/anomalies").get_json()
+    assert (body["window"], body["threshold"], body["clip_factor"]) == (8, 4, 1.1)
+    rows = {r["device_id"]: r for r in body["devices"]}
+    assert rows["noisy"]["flagged"] and rows["big"]["clipped"] == 3
+    assert not rows["big"]["flagged"]  # 3 < threshold 4
+    overview = client.get("/api/overview").get_json()
+    assert overview["stopped"] == "privacy budget: test"
+    privacy = overview["privacy"]
+    assert privacy["mode"] == "central" and privacy["target_epsilon"] == 50.0
+    assert privacy["epsilon"] == pytest.approx(epsilon([Step(1.0, 1.0)], 1e-5))
+    assert privacy["versions"] == 1
+    versions = client.get("/api/versions").get_json()["versions"]
+    assert versions[-1]["epsilon"] == privacy["epsilon"]
+
+
+def test_overview_of_a_store_without_privacy(tmp_path):
+    Store(tmp_path / "agg.sqlite3").close()
+    client = create_app(tmp_path / "agg.sqlite3", None, None).test_client()
+    overview = client.get("/api/overview").get_json()
+    assert overview["privacy"] is None and overview["stopped"] is None
+    assert client.get("/api/anomalies").get_json()["devices"] == []
