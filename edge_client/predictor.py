@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_client.export.runtimes import RUNTIMES, InferenceModel, load_model
+from edge_client.export.runtimes import RUNTIMES, InferenceModel, RuntimeOptions, load_model
 from edge_client.training.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,18 @@ class Predictor:
     runtime: "numpy" (always there), "onnxruntime" (fedge[onnx]), "litert" (fedge[litert])
     or "tflite-runtime" (numpy < 2 only). int8: serve the int8 model, which needs a QAT
     model or a `calibration` set (an array of inputs) to quantize a float model on the
-    device after training. ort_fuse_int8: onnxruntime's fused int8 kernels, by default
-    only where they are exact (see edge_client.export.runtimes.OnnxModel).
+    device after training. options: threads, and whether onnxruntime fuses int8 kernels
+    (by default only where they are exact; see edge_client.export.runtimes).
     """
 
     def __init__(self, runtime: str = "numpy", int8: bool = False,
                  calibration: np.ndarray | None = None,
-                 ort_fuse_int8: bool | None = None) -> None:
+                 options: RuntimeOptions | None = None) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime {runtime!r} is not known; use one of "
                              f"{', '.join(RUNTIMES)}")
-        self.runtime, self.int8, self.ort_fuse_int8 = runtime, int8, ort_fuse_int8
+        self.runtime, self.int8 = runtime, int8
+        self.options = options or RuntimeOptions()
         self.calibration = None if calibration is None else np.asarray(calibration, np.float32)
         self._current: LoadedModel | None = None
         self._swap_lock = threading.Lock()
@@ -73,7 +74,7 @@ class Predictor:
             from edge_client.training.quantize import calibrate
 
             arch, weights = calibrate(arch, weights, self.calibration)
-        model = load_model(self.runtime, arch, weights, self.int8, self.ort_fuse_int8)
+        model = load_model(self.runtime, arch, weights, self.int8, self.options)
         return LoadedModel(version, dict(arch), model)
 
     def swap_in(self, loaded: LoadedModel) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import platform
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +38,21 @@ RUNTIMES = ("numpy", "onnxruntime", "litert", "tflite-runtime")
 _NUMPY_CHUNK = 1024  # rows per numpy forward pass; bounds memory on small devices
 
 
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a runtime runs: what a device app tunes beside the runtime's name."""
+
+    threads: int | None = None
+    """Threads per call in onnxruntime and the TFLite interpreters; None: their default.
+    numpy's BLAS reads OPENBLAS_NUM_THREADS (or OMP_NUM_THREADS) at import instead."""
+    ort_fuse_int8: bool | None = None
+    """onnxruntime's fused int8 kernels; None: only where they are exact (see OnnxModel)."""
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
 class InferenceModel(Protocol):
     """A loaded model: float input (n, *input_shape) -> float logits (n, classes)."""
 
@@ -47,16 +63,16 @@ class InferenceModel(Protocol):
     def logits(self, x: np.ndarray) -> np.ndarray: ...
 
 
-def load_model(runtime: str, arch: dict[str, Any], weights: Weights,
-               int8: bool = False, ort_fuse_int8: bool | None = None) -> InferenceModel:
+def load_model(runtime: str, arch: dict[str, Any], weights: Weights, int8: bool = False,
+               options: RuntimeOptions | None = None) -> InferenceModel:
     """Export (arch, weights) for `runtime` and load it there.
 
     int8 needs activation ranges in the weights (QAT, or calibrate first); ExportError
     otherwise. ImportError names the extra when the runtime is not installed.
-    ort_fuse_int8: see OnnxModel (None: fuse where onnxruntime's int8 kernels are exact).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r} is not known; use one of {', '.join(RUNTIMES)}")
+    options = options or RuntimeOptions()
     graph = float_graph(arch, weights)
     qgraph = quantize_graph(graph) if int8 else None
     if runtime == "numpy":
@@ -65,9 +81,9 @@ def load_model(runtime: str, arch: dict[str, Any], weights: Weights,
         return NumpyFloatModel(build_trained_model(arch, weights), graph.input_shape)
     if runtime == "onnxruntime":
         data = onnx_from_quantized(qgraph) if qgraph else onnx_from_graph(graph)
-        return OnnxModel(data, int8, graph.input_shape, ort_fuse_int8)
+        return OnnxModel(data, int8, graph.input_shape, options.ort_fuse_int8, options.threads)
     data = tflite_from_quantized(qgraph) if qgraph else tflite_from_graph(graph)
-    return TfliteModel(data, runtime, graph.input_shape)
+    return TfliteModel(data, runtime, graph.input_shape, options.threads)
 
 
 class NumpyFloatModel:
@@ -120,9 +136,11 @@ class OnnxModel:
     runtime = "onnxruntime"
 
     def __init__(self, data: bytes, int8: bool, input_shape: tuple[int, ...],
-                 fuse_int8: bool | None = None) -> None:
+                 fuse_int8: bool | None = None, threads: int | None = None) -> None:
         ort = _import("onnxruntime", "onnxruntime", "onnx")
         options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
         self.fused = int8 and (fused_int8_is_exact() if fuse_int8 is None else fuse_int8)
         if int8 and not self.fused:
             options.add_session_config_entry("session.disable_quant_qdq", "1")
@@ -153,10 +171,11 @@ class TfliteModel:
     resized only when the batch size changes.
     """
 
-    def __init__(self, data: bytes, runtime: str, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, data: bytes, runtime: str, input_shape: tuple[int, ...],
+                 threads: int | None = None) -> None:
         self.runtime, self.input_shape, self.size_bytes = runtime, input_shape, len(data)
         self.data = data
-        self.interpreter = _interpreter(runtime, data)
+        self.interpreter = _interpreter(runtime, data, threads)
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self.int8 = self._input["dtype"] == np.int8
@@ -195,13 +214,13 @@ def check_input(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
     return x
 
 
-def _interpreter(runtime: str, data: bytes) -> Any:
+def _interpreter(runtime: str, data: bytes, threads: int | None) -> Any:
     if runtime == "litert":
         module = _import("ai_edge_litert.interpreter", "ai-edge-litert", "litert")
-        return module.Interpreter(model_content=data)
+        return module.Interpreter(model_content=data, num_threads=threads)
     module = _import("tflite_runtime.interpreter", "tflite-runtime", None)
     try:
-        return module.Interpreter(model_content=data)
+        return module.Interpreter(model_content=data, num_threads=threads)
     except Exception as exc:  # its C extension fails in many ways under numpy 2
         raise RuntimeError(f"tflite-runtime could not create an interpreter under numpy "
                            f"{np.__version__} ({type(exc).__name__}: {exc}); tflite-runtime "

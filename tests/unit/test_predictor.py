@@ -13,6 +13,7 @@ import pytest
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
 from edge_client.export import ExportError
+from edge_client.export.runtimes import RuntimeOptions
 from edge_client.predictor import LoadedModel, Predictor
 from edge_client.protocol import Model, encode
 from edge_client.training import NumpyTrainer, build_model
@@ -48,6 +49,18 @@ def test_a_float_model_served_as_int8_is_calibrated_on_the_device():
     predictor = Predictor("litert", int8=True, calibration=x_train[:200])
     predictor.load(1, arch, weights)
     assert (predictor.predict(x_test) == y_test).mean() > 0.85
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "litert"])
+def test_one_thread_predicts_the_same(runtime):
+    arch, weights = trained("cnn")
+    x = vibration()[2]
+    default, single = Predictor(runtime), Predictor(runtime, options=RuntimeOptions(threads=1))
+    default.load(1, arch, weights)
+    single.load(1, arch, weights)
+    assert np.allclose(single.logits(x), default.logits(x), atol=1e-5)
+    with pytest.raises(ValueError, match="threads"):
+        RuntimeOptions(threads=0)
 
 
 def test_nothing_to_predict_before_the_first_model():
