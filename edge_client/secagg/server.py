@@ -243,6 +243,11 @@ class SecAggServer:
             if self.graph_alive(v, contributors):
                 self._need_holders(Phase.MASKED_INPUT, v, "masking key",
                                    self.graph_alive(v, contributors))
+        groups = self._groups(contributors)
+        if groups > 1:
+            raise RoundAborted(Phase.MASKED_INPUT.value, f"the contributors' pairwise masks "
+                               f"link them in {groups} separate groups: unmasking would "
+                               "reveal the sum of each group, not only the total")
         self._requests = {
             u: UnmaskRequest(round_id=self.setup.round_id, device_id=u,
                              survivors=tuple(sorted((self._masked_with[u] & contributors)
@@ -287,6 +292,19 @@ class SecAggServer:
     def graph_alive(self, device: str, alive: set[str]) -> set[str]:
         """`device`'s neighbours that it exchanged shares with and that are in `alive`."""
         return self._masked_with.get(device, set()) & alive
+
+    def _groups(self, contributors: set[str]) -> int:
+        """Connected groups of contributors, linked by the pairwise masks between them.
+        Masks only cancel within a group, so each group's sum could be unmasked alone."""
+        unseen, groups = set(contributors), 0
+        while unseen:
+            groups += 1
+            frontier = [unseen.pop()]
+            while frontier:
+                linked = self._masked_with[frontier.pop()] & unseen
+                unseen -= linked
+                frontier.extend(linked)
+        return groups
 
     def _drop_silent(self, phase: Phase) -> None:
         for u in sorted(self._alive - set(self._received)):

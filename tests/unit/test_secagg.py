@@ -18,6 +18,7 @@ from edge_client.secagg import (
     shared_coordinates,
     threshold_for,
 )
+from edge_client.secagg.graph import ring_order
 from edge_client.secagg.messages import MaskedInput
 from edge_client.secagg.simulation import run_round
 
@@ -171,6 +172,22 @@ def test_a_neighbourhood_emptied_by_dropouts_aborts_before_unmasking():
     gone = list(server.graph[victim])[: params.degree - params.threshold + 1]
     with pytest.raises(RoundAborted, match=f"self-mask seed of '{victim}' cannot be rebuilt"):
         run_round(server, clients, dropouts={u: Phase.MASKED_INPUT for u in gone})
+
+
+def test_dropouts_that_split_the_contributors_in_two_abort_the_round():
+    """Each part's masks would cancel on their own, revealing each part's sum."""
+    n, params = 16, GraphParams(degree=4, threshold=2)
+    inputs = _random_inputs(n)
+    server, clients = _round(n, params, inputs)
+    ring = ring_order(sorted(inputs), server.setup.round_seed)
+    gaps = [ring[0], ring[1], ring[8], ring[9]]  # the ring falls into two arcs of 6
+    with pytest.raises(RoundAborted, match="2 separate groups") as info:
+        run_round(server, clients, dropouts={u: Phase.MASKED_INPUT for u in gaps})
+    assert info.value.phase == "masked_input"
+    # a single gap leaves one arc: the round finishes
+    server, clients = _round(n, params, inputs)
+    run_round(server, clients, dropouts={u: Phase.MASKED_INPUT for u in ring[:2]})
+    assert np.array_equal(server.result.total, _plain_sum(inputs, sorted(ring[2:])))
 
 
 def test_share_phase_pruning_drops_devices_whose_neighbours_left():
