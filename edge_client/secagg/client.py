@@ -71,18 +71,18 @@ class SecAggClient:
 
     def handle(self, message: SecAggMessage) -> SecAggMessage:
         """The reply to the server's message; a refusal raises and ends this client."""
-        steps: dict[type, Callable[[object], SecAggMessage]] = {
-            RoundSetup: self._advertise,  # type: ignore[dict-item]
-            NeighbourKeys: self._share_keys,  # type: ignore[dict-item]
-            ShareDelivery: self._masked_input,  # type: ignore[dict-item]
-            UnmaskRequest: self._unmask,  # type: ignore[dict-item]
-        }
-        step = steps.get(type(message))
-        if step is None:
-            self.phase = Phase.ABORTED
-            raise BadSecAggMessage(f"a device never handles {type(message).__name__}")
         try:
-            return step(message)
+            match message:
+                case RoundSetup():
+                    return self._advertise(message)
+                case NeighbourKeys():
+                    return self._share_keys(message)
+                case ShareDelivery():
+                    return self._masked_input(message)
+                case UnmaskRequest():
+                    return self._unmask(message)
+                case _:
+                    raise BadSecAggMessage(f"a device never handles {type(message).__name__}")
         except Exception:
             self.phase = Phase.ABORTED
             raise
