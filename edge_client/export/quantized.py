@@ -87,6 +87,7 @@ def quantize_graph(graph: Graph) -> QuantizedGraph:
                           "(edge_client.training.quantize.calibrate, or `fedge export "
                           "--calibration data.npz`)")
     assert graph.input_range is not None
+    _check_seen(graph)
     current = _qparams(graph.input_range)
     first = current
     outputs: list[QParams] = []
@@ -101,6 +102,17 @@ def quantize_graph(graph: Graph) -> QuantizedGraph:
             layers.append(None)
         outputs.append(current)
     return QuantizedGraph(graph, first, tuple(outputs), tuple(layers))
+
+
+def _check_seen(graph: Graph) -> None:
+    """[0, 0] is a range that has seen no data yet (a fresh QAT model): int8 would be noise."""
+    ranges = [("the input", graph.input_range)] + [
+        (f"the output of {op.name}", op.out_range)
+        for op in graph.ops if isinstance(op, DenseOp | Conv1DOp)]
+    unseen = [where for where, r in ranges if r is not None and r[0] == r[1] == 0.0]
+    if unseen:
+        raise ExportError(f"the activation range of {', '.join(unseen)} is [0, 0]: this QAT "
+                          "model has not seen data yet; train it (a round or more) first")
 
 
 def round_half_away(x: np.ndarray) -> np.ndarray:

@@ -233,6 +233,13 @@ def test_a_calibrated_float_model_exports_to_int8():
     assert _tflite(to_tflite(arch, weights, int8=True)).subgraphs[0].operators
 
 
+def test_int8_of_a_fresh_qat_model_says_it_has_seen_no_data():
+    arch = qat(SMALL)  # every range starts at [0, 0]
+    with pytest.raises(ExportError, match=r"input, the output of dense0.*\[0, 0\].*train"):
+        to_tflite(arch, _weights(arch), int8=True)
+    assert to_tflite(arch, _weights(arch))  # float export does not need ranges
+
+
 @pytest.mark.parametrize("bad", [[np.nan, 1.0], [2.0, 1.0], [-np.inf, 0.0]])
 def test_a_broken_activation_range_is_refused(bad):
     arch = qat(SMALL)
