@@ -1,4 +1,4 @@
-/* fedge_link.c: see fedge_link.h. C99, no malloc, no globals besides constant tables. */
+/* fedge_link.c: see fedge_link.h. C99, no malloc, no global state. */
 #include "fedge_link.h"
 
 #include <string.h>

@@ -1,7 +1,7 @@
 /*
  * Runs the shared link vectors through the C library and prints what it computed.
  *
- *   link_vectors VECTOR_FILE      prints "NAME<TAB>RESULT" per vector; exit 1 if any
+ *   link_vectors VECTOR_FILE      prints "KIND NAME<TAB>RESULT" per vector; exit 1 if any
  *                                 result differs from the file's expected one
  *
  * The line format (firmware_bridge/vectors/link_vectors.txt) is words separated by
@@ -305,11 +305,11 @@ int main(int argc, char **argv)
         *rest++ = '\0';
         result[0] = '\0';
         expected = run_line(kind, rest);
-        printf("%s\t%s\n", name, result);
+        printf("%s %s\t%s\n", kind, name, result);
         count++;
         if (strcmp(result, expected) != 0) {
-            fprintf(stderr, "MISMATCH %s\n  expected %s\n  got      %s\n", name, expected,
-                    result);
+            fprintf(stderr, "MISMATCH %s %s\n  expected %s\n  got      %s\n", kind, name,
+                    expected, result);
             failures++;
         }
     }
