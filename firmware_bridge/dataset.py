@@ -130,11 +130,13 @@ class SampleDataset:
                 if sample is not None:
                     yield sample
 
-    def arrays(self, labelled_only: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def arrays(self, labelled_only: bool = True,
+               scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """x (n, features) float32 and y (n,) int64 for a trainer.
 
-        Windows are flattened. Only samples of the most common shape are used, so a
-        device that changed its window size does not break training; y is -1 for
+        Windows are flattened and multiplied by `scale` (an MCU sends raw int16 counts;
+        the model may want other units). Only samples of the most common shape are used,
+        so a device that changed its window size does not break training; y is -1 for
         unlabelled samples when labelled_only is False.
         """
         chosen = [s for s in self.samples() if s.label is not None or not labelled_only]
@@ -146,12 +148,14 @@ class SampleDataset:
         shape = max(shapes, key=lambda k: shapes[k])
         kept = [s for s in chosen if s.shape == shape]
         x = np.stack([s.values().astype(np.float32).reshape(-1) for s in kept])
+        if scale != 1.0:
+            x *= np.float32(scale)
         y = np.array([-1 if s.label is None else s.label for s in kept], np.int64)
         return x, y
 
-    def export_npz(self, path: Path, labelled_only: bool = True) -> int:
+    def export_npz(self, path: Path, labelled_only: bool = True, scale: float = 1.0) -> int:
         """Writes arrays x and y (what `fedge device` reads); returns the sample count."""
-        x, y = self.arrays(labelled_only)
+        x, y = self.arrays(labelled_only, scale)
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
