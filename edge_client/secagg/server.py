@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -144,6 +144,7 @@ class SecAggServer:
         self._check(sender, message)
         if isinstance(message, MaskedInput):
             self._add_masked(message)
+            message = replace(message, masked=b"")  # only the running sum is kept
         self._received[sender] = message
 
     def receive_bytes(self, sender: str, data: bytes) -> None:

@@ -286,6 +286,19 @@ def test_the_server_never_holds_an_unmasked_input():
     assert kinds == {AdvertiseKeys, ShareKeys, MaskedInput, UnmaskResponse}
 
 
+def test_the_server_keeps_the_running_sum_not_the_masked_vectors():
+    inputs, server, clients = _setup()
+    out = {u: server.setup for u in inputs}
+    for _ in range(2):
+        out = _step(server, clients, out)
+    for u, message in out.items():
+        server.receive(u, clients[u].handle(message))
+    stored = [m for m in server._received.values() if isinstance(m, MaskedInput)]
+    assert len(stored) == N and all(m.masked == b"" for m in stored)
+    arrays = [v for v in vars(server).values() if isinstance(v, np.ndarray)]
+    assert [a.shape for a in arrays] == [(DIM,)]  # the sum, uniform until unmasked
+
+
 def test_one_input_needs_both_the_self_mask_seed_and_every_pairwise_key():
     inputs, server, clients = _setup(n=8, dim=500, params=GraphParams(degree=4, threshold=2))
     trace = run_round(server, clients, keep_uplink=True)
