@@ -239,11 +239,11 @@ class SecAggServer:
         self._need_survivors(Phase.MASKED_INPUT)
         for u in sorted(contributors):
             self._need_holders(Phase.MASKED_INPUT, u, "self-mask seed",
-                               self.graph_alive(u, contributors))
+                               self._linked(u, contributors))
         for v in sorted(dropped):
-            if self.graph_alive(v, contributors):
+            if self._linked(v, contributors):
                 self._need_holders(Phase.MASKED_INPUT, v, "masking key",
-                                   self.graph_alive(v, contributors))
+                                   self._linked(v, contributors))
         groups = self._groups(contributors)
         if groups > 1:
             raise RoundAborted(Phase.MASKED_INPUT.value, f"the contributors' pairwise masks "
@@ -269,7 +269,7 @@ class SecAggServer:
                                  == self._keys[u].seed_commitment)
             total -= self_mask(seed, setup.round_id, u, setup.dim, setup.bits)
         for v in sorted(dropped):
-            survivors = sorted(self.graph_alive(v, self._contributors))
+            survivors = sorted(self._linked(v, self._contributors))
             if not survivors:
                 continue
             raw = self._recover(v, "masking key", responses, lambda r: r.key_shares,
@@ -290,7 +290,7 @@ class SecAggServer:
 
     # ------------------------------------------------------------ helpers
 
-    def graph_alive(self, device: str, alive: set[str]) -> set[str]:
+    def _linked(self, device: str, alive: set[str]) -> set[str]:
         """`device`'s neighbours that it exchanged shares with and that are in `alive`."""
         return self._masked_with.get(device, set()) & alive
 
