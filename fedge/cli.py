@@ -1,4 +1,4 @@
-"""The `fedge` command: demo, aggregator, device, keys, export."""
+"""The `fedge` command: demo, aggregator, device, keys, export, bridge."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edge_client.settings import ConfigError
 from fedge.aggregator_cli import add_aggregator_parser
+from fedge.bridge_cli import add_bridge_parser
 from fedge.demo import DemoConfig, model_versions, run_demo
 from fedge.export_cli import add_export_parser
 from fedge.keys_cli import add_keys_parser
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_role(sub, "device", "run a device client on local data from an .npz file", _device)
     add_keys_parser(sub)
     add_export_parser(sub)
+    add_bridge_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

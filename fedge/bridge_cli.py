@@ -1,0 +1,138 @@
+"""`fedge bridge`: one microcontroller on a serial port joins through this Linux device.
+
+    fedge bridge --port /dev/ttyUSB0 --data-dir /var/lib/fedge/mcu
+    fedge bridge --port /dev/ttyACM0 --data-dir DIR --device-config device.toml --scale 0.0625
+
+Without --device-config it collects: samples into DIR/samples, predictions, logs and
+model confirmations into DIR/events.jsonl, and pushes --push-model once. With it, an
+edge client (the `fedge device` TOML, without [data]) trains on the MCU's labelled
+samples and every new global model goes back to the MCU as a full-int8 .tflite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from edge_client.client import ClientConfig, EdgeClient
+from edge_client.settings import ConfigError, from_table, read_toml
+from fedge.roles import ModelSpec
+from firmware_bridge.bridge import Bridge, BridgeConfig, open_serial
+from firmware_bridge.federation import ModelRelay
+
+log = logging.getLogger(__name__)
+
+
+def add_bridge_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bridge", help="connect a microcontroller on a serial port",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = BridgeConfig(port="", data_dir=Path("."))
+    p.add_argument("--port", required=True,
+                   help="serial device (/dev/ttyUSB0) or pyserial URL (socket://host:port)")
+    p.add_argument("--baud", type=int, default=d.baud)
+    p.add_argument("--data-dir", required=True, type=Path,
+                   help="samples, events.jsonl; kept across restarts")
+    p.add_argument("--max-samples", type=int, default=d.max_samples,
+                   help="keep at most this many samples; the oldest go first")
+    p.add_argument("--ack-timeout", type=float, default=d.ack_timeout_s,
+                   help="seconds before an unacknowledged frame is resent")
+    p.add_argument("--retries", type=int, default=d.max_retries)
+    p.add_argument("--push-model", type=Path, metavar="FILE",
+                   help="send this model file (e.g. an int8 .tflite) to the MCU once")
+    p.add_argument("--model-version", type=int, default=1, help="version for --push-model")
+    p.add_argument("--device-config", type=Path, metavar="TOML",
+                   help="also join a federation as a device that trains on the MCU's data")
+    p.add_argument("--min-samples", type=int, default=100,
+                   help="with --device-config: labelled samples to collect before joining")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply sample values by this for training (raw counts to units)")
+    p.add_argument("--export-npz", type=Path, metavar="FILE",
+                   help="on exit, write the labelled samples as x, y (what `fedge device` reads)")
+    p.set_defaults(func=run_bridge)
+
+
+def build_mcu_client(path: Path, bridge: Bridge, scale: float,
+                     relay: ModelRelay) -> EdgeClient:
+    """The `fedge device` TOML, with the MCU's samples as its data and the relay as on_model."""
+    table = read_toml(path)
+    model_table = table.pop("model", {})
+    if table.pop("data", None) is not None:
+        log.warning("bridge: [data] in %s is ignored: the device trains on the MCU's samples",
+                    path)
+    config = from_table(ClientConfig, table, str(path))
+    spec = from_table(ModelSpec, model_table, "[model]")
+    x, y = bridge.dataset.arrays(scale=scale)
+    return EdgeClient(config, spec.trainer(), x, y, on_model=relay.on_model)
+
+
+def run_bridge(args: argparse.Namespace) -> int:
+    try:
+        config = BridgeConfig(port=args.port, data_dir=args.data_dir, baud=args.baud,
+                              max_samples=args.max_samples, ack_timeout_s=args.ack_timeout,
+                              max_retries=args.retries)
+        model = args.push_model.read_bytes() if args.push_model else None
+        if args.device_config is not None:
+            read_toml(args.device_config)  # a bad path or TOML fails now, not after waiting
+        port = open_serial(config.port, config.baud, config.read_timeout_s)
+    except (ConfigError, ValueError, OSError, ImportError) as exc:
+        print(f"fedge bridge: {exc}", file=sys.stderr)
+        return 2
+    bridge = Bridge(config, port=port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if model is not None:
+        bridge.push_model(model, args.model_version)
+    serving = threading.Thread(target=bridge.run, args=(stop,), name="bridge")
+    serving.start()
+    status = 0
+    try:
+        if args.device_config is not None:
+            status = _federate(args, bridge, stop)
+        stop.wait()
+    finally:
+        stop.set()
+        serving.join()
+        port.close()
+    if args.export_npz is not None:
+        count = bridge.dataset.export_npz(args.export_npz, scale=args.scale)
+        print(f"wrote {count} labelled samples to {args.export_npz}")
+    _print_summary(bridge)
+    return status
+
+
+def _federate(args: argparse.Namespace, bridge: Bridge, stop: threading.Event) -> int:
+    """Wait for enough labelled samples, then run the edge client until it finishes."""
+    while not stop.is_set() and not _enough_labelled(bridge, args.min_samples):
+        stop.wait(1.0)
+    if stop.is_set():
+        return 0
+    relay = ModelRelay(bridge)
+    try:
+        client = build_mcu_client(args.device_config, bridge, args.scale, relay)
+    except (ConfigError, ValueError) as exc:
+        print(f"fedge bridge: {exc}", file=sys.stderr)
+        stop.set()
+        return 2
+    log.info("bridge: joining the federation with %d samples from the MCU", len(client.x))
+    client.run(stop)  # returns when the federation is done (exit_when_done) or on stop
+    return 0
+
+
+def _enough_labelled(bridge: Bridge, wanted: int) -> bool:
+    """Cheap count first; the disk is read only once enough samples of any kind are in."""
+    return len(bridge.dataset) >= wanted and len(bridge.dataset.arrays()[1]) >= wanted
+
+
+def _print_summary(bridge: Bridge) -> None:
+    s, link = bridge.stats, bridge.endpoint.stats
+    device = bridge.device.device_id if bridge.device else "none"
+    confirmed = bridge.confirmed_versions
+    print(f"device {device}; samples {s.samples} (held {len(bridge.dataset)}), predictions "
+          f"{s.predictions}, logs {s.logs}; models confirmed {confirmed or 'none'}; frames in "
+          f"{link.frames_in}, out {link.frames_out}, resent {link.retransmissions}, bad "
+          f"{sum(s.frame_errors.values())}")
