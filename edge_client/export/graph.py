@@ -154,21 +154,10 @@ def _model_for(arch: dict[str, Any], seed: int) -> Sequential:
 
 
 def _input_shape(arch: dict[str, Any]) -> tuple[int, ...]:
+    """One sample's shape; build_model has checked the keys by now."""
     if arch["kind"] == "mlp":
-        return (_sizes(arch)[0],)
-    shape = arch.get("input_shape")
-    if not isinstance(shape, list | tuple) or not shape or \
-            not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ExportError(f"arch input_shape must be positive integers, got {shape!r}")
-    return tuple(shape)
-
-
-def _sizes(arch: dict[str, Any]) -> list[int]:
-    sizes = arch.get("sizes")
-    if not isinstance(sizes, list | tuple) or len(sizes) < 2 or \
-            not all(isinstance(s, int) and s > 0 for s in sizes):
-        raise ExportError(f"mlp arch sizes must be two or more positive integers, got {sizes!r}")
-    return list(sizes)
+        return (int(arch["sizes"][0]),)
+    return tuple(int(d) for d in arch["input_shape"])
 
 
 def _fuse_relu(ops: list[Op]) -> None:

@@ -76,11 +76,9 @@ class _OnnxBuilder:
     def build(self) -> bytes:
         helper, tp = self.onnx.helper, self.onnx.TensorProto
         x = INPUT
-        channels_first = False
-        if any(isinstance(op, Conv1DOp) for op in self.graph.ops) and len(
-                self.graph.input_shape) == 2:
+        channels_first = len(self.graph.input_shape) == 2  # windows: NWC -> NCW for Conv
+        if channels_first:
             x = self._node("Transpose", [x], perm=[0, 2, 1])
-            channels_first = True
         if self.qgraph is not None:
             x = self._qdq(x, self.qgraph.input)
         for index, op in enumerate(self.graph.ops):

@@ -15,6 +15,7 @@ from edge_client.export import quantized_graph, runtimes, to_tflite
 from edge_client.export.int8_reference import run_int8
 from edge_client.export.onnx_export import onnx_from_quantized
 from edge_client.export.runtimes import OnnxModel, fused_int8_is_exact, load_model
+from edge_client.training import NumpyTrainer, build_model, calibrate
 from tests.unit.export_models import calibrated, data_for, trained
 
 FLOAT_TOL = 1e-4
@@ -58,6 +59,44 @@ def test_int8_predictions_agree_across_runtimes(key):
     assert _agreement(logits["onnxruntime"], logits["numpy"]) >= AGREEMENT
     assert _agreement(logits["litert"], logits["numpy"]) >= AGREEMENT
     assert _agreement(logits["onnxruntime"], logits["litert"]) >= AGREEMENT
+
+
+ODD_ARCHS = {
+    "pool-first": {"kind": "sequential", "input_shape": [37, 2], "layers": [
+        {"type": "maxpool1d", "size": 3}, {"type": "conv1d", "filters": 5, "kernel": 3},
+        {"type": "flatten"}, {"type": "dense", "units": 3}]},
+    "strided-stack": {"kind": "sequential", "input_shape": [41, 3], "layers": [
+        {"type": "conv1d", "filters": 6, "kernel": 4, "stride": 2}, {"type": "relu"},
+        {"type": "conv1d", "filters": 4, "kernel": 3, "stride": 3}, {"type": "relu"},
+        {"type": "maxpool1d", "size": 2}, {"type": "flatten"}, {"type": "dense", "units": 5},
+        {"type": "relu"}, {"type": "dense", "units": 3}]},
+    "pool-only": {"kind": "sequential", "input_shape": [9, 4], "layers": [
+        {"type": "maxpool1d", "size": 2}, {"type": "flatten"}, {"type": "dense", "units": 3}]},
+    "flatten-only": {"kind": "sequential", "input_shape": [7, 3], "layers": [
+        {"type": "flatten"}, {"type": "dense", "units": 4}]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_ARCHS))
+def test_odd_shapes_agree_too(name):
+    """Pooling the raw input, strides, stacked convs, odd lengths: layouts, not luck."""
+    arch = ODD_ARCHS[name]
+    rng = np.random.default_rng(1)
+    weights = NumpyTrainer(build_model(arch, seed=2)).get_weights()
+    weights = {k: v + 0.1 * rng.standard_normal(v.shape).astype(np.float32)
+               for k, v in weights.items()}
+    x = rng.standard_normal((50, *arch["input_shape"])).astype(np.float32)
+    reference = load_model("numpy", arch, weights).logits(x)
+    for runtime in ("onnxruntime", "litert"):
+        assert np.abs(load_model(runtime, arch, weights).logits(x) - reference).max() \
+            <= FLOAT_TOL, runtime
+    qat_arch, qat_weights = calibrate(arch, weights, x)
+    qg = quantized_graph(qat_arch, qat_weights)
+    codes = run_int8(qg, qg.input.quantize(x))
+    for runtime in ("onnxruntime", "litert"):
+        logits = load_model(runtime, qat_arch, qat_weights, int8=True).logits(x)
+        steps = np.abs(logits - qg.output.dequantize(codes)) / qg.output.scale
+        assert steps.max() <= 1.0 + 1e-3, runtime
 
 
 @pytest.mark.parametrize("key", ["mlp-qat", "cnn-ptq"])
