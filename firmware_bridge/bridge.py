@@ -296,15 +296,17 @@ class Bridge:
 
     # ------------------------------------------------------------ model pushes
     def _take_requests(self) -> None:
-        latest = None
+        newest = None
         while True:
             try:
-                latest = self._requests.get_nowait()
+                request = self._requests.get_nowait()
             except queue.Empty:
                 break
-        if latest is None:
+            if newest is None or request[1] > newest[1]:
+                newest = request
+        if newest is None:
             return
-        blob, version = latest
+        blob, version = newest
         if self._wanted is not None and self._wanted[1] >= version:
             return  # an older version than the one already pushed or on its way
         # A newer model replaces one still on its way; the MCU restarts at MODEL_BEGIN.

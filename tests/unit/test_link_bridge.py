@@ -1,0 +1,202 @@
+"""The Bridge's logic with an in-memory port and a Python endpoint playing the MCU."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import pytest
+
+from firmware_bridge.bridge import Bridge, BridgeConfig
+from firmware_bridge.federation import ModelRelay
+from firmware_bridge.link import (
+    Ack,
+    Capability,
+    Hello,
+    LinkEndpoint,
+    Log,
+    ModelBegin,
+    ModelChunk,
+    ModelEnd,
+    Nack,
+    NackReason,
+    Prediction,
+    Received,
+    Sample,
+    crc32,
+)
+
+ALL_CAPS = int(Capability.SAMPLES | Capability.LABELS | Capability.MODEL_UPDATE
+               | Capability.INFERENCE | Capability.LOGS)
+
+
+class FakePort:
+    """Bytes in both directions, no waiting: the bridge's step() returns at once."""
+
+    def __init__(self) -> None:
+        self.to_bridge = bytearray()
+        self.from_bridge = bytearray()
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self.to_bridge)
+
+    def read(self, size: int = 1) -> bytes:
+        data = bytes(self.to_bridge[:size])
+        del self.to_bridge[:size]
+        return data
+
+    def write(self, data: bytes) -> int:
+        self.from_bridge += data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+class PyMcu:
+    """An MCU in Python: assembles models like fedge_link.c's model receiver."""
+
+    def __init__(self, capacity: int = 4096, caps: int = ALL_CAPS) -> None:
+        self.endpoint = LinkEndpoint(answer=self.answer)
+        self.capacity, self.caps = capacity, caps
+        self.buffer = bytearray()
+        self.expected: ModelBegin | None = None
+        self.installed: list[tuple[int, bytes]] = []
+        self.received: list = []
+
+    def answer(self, message):
+        if isinstance(message, ModelBegin):
+            self.expected, self.buffer = message, bytearray()
+            return Ack(0)
+        if isinstance(message, ModelChunk):
+            if self.expected is None or message.offset != len(self.buffer):
+                return Nack(0, NackReason.BAD_OFFSET)
+            self.buffer += message.data
+            return Ack(0)
+        if isinstance(message, ModelEnd):
+            crc = crc32(bytes(self.buffer))
+            if self.expected is None or crc != self.expected.crc32:
+                return Nack(0, NackReason.BAD_CHECKSUM, crc)
+            self.installed.append((message.version, bytes(self.buffer)))
+            return Ack(0, crc)
+        return Ack(0)
+
+    def hello(self, now: float = 0.0) -> None:
+        self.endpoint.send(Hello("py-mcu", 3, self.caps, 256, self.capacity), now)
+
+
+def make(tmp_path, mcu: PyMcu | None = None) -> tuple[Bridge, PyMcu, FakePort]:
+    port = FakePort()
+    bridge = Bridge(BridgeConfig(port="fake", data_dir=tmp_path), port=port)
+    return bridge, mcu or PyMcu(), port
+
+
+def pump(bridge: Bridge, mcu: PyMcu, port: FakePort, rounds: int = 400) -> None:
+    for _ in range(rounds):
+        bridge.step()
+        data = bytes(port.from_bridge)
+        port.from_bridge.clear()
+        mcu.received += [e.message for e in mcu.endpoint.receive_data(data, 0.0)
+                         if isinstance(e, Received)]
+        port.to_bridge += mcu.endpoint.data_to_send()
+        if not data and not port.to_bridge and mcu.endpoint.idle and bridge.endpoint.idle:
+            return
+
+
+def test_handshake_then_samples_predictions_and_logs_are_recorded(tmp_path):
+    bridge, mcu, port = make(tmp_path)
+    pump(bridge, mcu, port)
+    assert isinstance(mcu.received[0], Hello) and mcu.received[0].device_id == "fedge-bridge"
+    assert bridge.device is None  # the MCU has not said who it is yet
+    mcu.hello()
+    for i in range(3):
+        mcu.endpoint.send(Sample.from_values([i, i], (2,), label=i), 0.0)
+    mcu.endpoint.send(Prediction(0, 4, 0.75), 0.0)
+    mcu.endpoint.send(Log(2, "low battery"), 0.0)
+    pump(bridge, mcu, port)
+    assert bridge.device is not None and bridge.device.device_id == "py-mcu"
+    assert bridge.handshake.is_set()
+    assert [s.values().tolist() for s in bridge.dataset.samples()] == [[0, 0], [1, 1], [2, 2]]
+    assert [(p.class_index, p.score) for p in bridge.predictions] == [(4, 0.75)]
+    assert [(e.level, e.text) for e in bridge.logs] == [("WARNING", "low battery")]
+    kinds = [json.loads(line)["kind"] for line in
+             (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert kinds == ["hello", "prediction", "log"]
+
+
+def test_samples_before_the_hello_are_not_stored(tmp_path):
+    bridge, mcu, port = make(tmp_path)
+    mcu.endpoint.send(Sample.from_values([1], (1,), label=1), 0.0)
+    pump(bridge, mcu, port)
+    assert len(bridge.dataset) == 0 and bridge.stats.samples_refused == 1
+
+
+def test_a_model_asked_for_before_the_handshake_waits_for_it(tmp_path):
+    bridge, mcu, port = make(tmp_path)
+    blob = bytes(range(200)) * 5
+    bridge.push_model(blob, 3)
+    pump(bridge, mcu, port)
+    assert not mcu.installed
+    mcu.hello()
+    pump(bridge, mcu, port)
+    assert mcu.installed == [(3, blob)]
+    assert bridge.confirmed_versions == [3]
+    assert bridge.pushes[0].crc32 == zlib.crc32(blob)
+
+
+def test_a_newer_model_replaces_an_older_one_and_older_requests_are_ignored(tmp_path):
+    bridge, mcu, port = make(tmp_path)
+    mcu.hello()
+    pump(bridge, mcu, port)
+    bridge.push_model(b"A" * 3000, 1)
+    for _ in range(3):  # the push of v1 has begun
+        bridge.step()
+    bridge.push_model(b"B" * 700, 2)
+    bridge.push_model(b"C" * 700, 1)  # older than what is on its way: ignored
+    pump(bridge, mcu, port)
+    assert [v for v, _ in mcu.installed] == [2]
+    assert mcu.installed[-1][1] == b"B" * 700
+
+
+def test_a_device_that_restarts_gets_the_model_again(tmp_path):
+    bridge, mcu, port = make(tmp_path)
+    mcu.hello()
+    pump(bridge, mcu, port)
+    bridge.push_model(b"model" * 100, 4)
+    pump(bridge, mcu, port)
+    rebooted = PyMcu()
+    rebooted.hello()
+    pump(bridge, rebooted, port)
+    assert rebooted.installed == [(4, b"model" * 100)]
+    assert bridge.confirmed_versions == [4, 4]
+    assert bridge.stats.hellos == 2
+
+
+@pytest.mark.parametrize(("mcu", "problem"), [
+    (PyMcu(capacity=100), "capacity of 100"),
+    (PyMcu(caps=int(Capability.SAMPLES)), "does not take model updates"),
+])
+def test_a_device_that_cannot_take_the_model_is_not_sent_it(tmp_path, mcu, problem):
+    bridge, mcu, port = make(tmp_path, mcu)
+    mcu.hello()
+    bridge.push_model(b"x" * 200, 1)
+    pump(bridge, mcu, port)
+    assert not bridge.pushes[0].confirmed and problem in bridge.pushes[0].reason
+    assert not any(isinstance(m, ModelBegin) for m in mcu.received)
+
+
+def test_model_relay_converts_and_queues_or_records_why_not(tmp_path):
+    bridge, mcu, port = make(tmp_path)
+    mcu.hello()
+
+    def to_bytes(version, arch, weights):
+        if version == 0:
+            raise ValueError("no activation ranges yet")
+        return f"{arch['kind']}-v{version}".encode()
+    relay = ModelRelay(bridge, to_bytes)
+    relay.on_model(0, {"kind": "mlp"}, {})
+    relay.on_model(1, {"kind": "mlp"}, {})
+    pump(bridge, mcu, port)
+    assert relay.failed == {0: "no activation ranges yet"} and relay.relayed == [1]
+    assert mcu.installed == [(1, b"mlp-v1")]
