@@ -1,0 +1,1 @@
+../../firmware_bridge/firmware/fedge_link.h
