@@ -59,7 +59,7 @@ def _trained(key: str) -> tuple[dict, Weights]:
         arch = qat(arch)
     x, y, _, _ = data_for(arch)
     trainer = NumpyTrainer(build_model(arch, seed=0))
-    epochs = 15 if arch["kind"] == "mlp" else 8
+    epochs = 8 if arch["kind"] == "mlp" else 6
     trainer.fit(x, y, FitConfig(epochs=epochs, batch_size=32, lr=0.05, momentum=0.5))
     return arch, trainer.get_weights()
 
