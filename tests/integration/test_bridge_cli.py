@@ -17,7 +17,7 @@ import pytest
 from edge_client.training import mlp_trainer
 from tests.integration.bridge_harness import (
     McuSim,
-    PtyWire,
+    NullModem,
     build_or_skip,
     wait_until,
     write_samples,
@@ -60,7 +60,7 @@ def test_fedge_bridge_collects_pushes_and_exports(sim_binary, tmp_path):
     samples = write_samples(tmp_path / "samples.txt", rows)
     model = tmp_path / "model.tflite"
     model.write_bytes(os.urandom(1500))
-    wire = PtyWire()
+    wire = NullModem()
     sim = McuSim(sim_binary, wire.mcu_port, "--samples", str(samples), "--shape", "2")
     data_dir = tmp_path / "mcu"
     process = _fedge("--port", wire.bridge_port, "--data-dir", str(data_dir),
@@ -124,7 +124,7 @@ def test_fedge_bridge_joins_a_federation_on_the_mcus_data(sim_binary, tmp_path, 
         sizes = {digits.sizes}
         qat = true
         """))
-    wire = PtyWire()
+    wire = NullModem()
     sim = McuSim(sim_binary, wire.mcu_port, "--samples", str(samples), "--shape", "64")
     process = _fedge("--port", wire.bridge_port, "--data-dir", str(tmp_path / "mcu"),
                      "--device-config", str(config), "--min-samples", "300",

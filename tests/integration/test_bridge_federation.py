@@ -20,7 +20,7 @@ from firmware_bridge.bridge import Bridge, BridgeConfig
 from firmware_bridge.federation import ModelRelay
 from tests.integration.bridge_harness import (
     McuSim,
-    PtyWire,
+    NullModem,
     build_or_skip,
     wait_until,
     write_samples,
@@ -65,7 +65,7 @@ def outcome(tmp_path_factory, request) -> Outcome:
             for row, label in zip(x0, y0, strict=True)]
     samples = write_samples(tmp / "digits.txt", rows)
 
-    wire = PtyWire()
+    wire = NullModem()
     sim = McuSim(sim_binary, wire.mcu_port, "--samples", str(samples), "--shape", "8x8",
                  "--model-out", str(tmp / "mcu_model.tflite"), "--predictions", "2")
     bridge = Bridge(BridgeConfig(port=wire.bridge_port, data_dir=tmp / "bridge"))

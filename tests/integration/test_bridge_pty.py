@@ -25,7 +25,7 @@ from firmware_bridge.link import (
 )
 from tests.integration.bridge_harness import (
     McuSim,
-    PtyWire,
+    NullModem,
     build_or_skip,
     frame_of,
     wait_until,
@@ -42,8 +42,8 @@ def sim_binary(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def wire() -> Iterator[PtyWire]:
-    w = PtyWire()
+def wire() -> Iterator[NullModem]:
+    w = NullModem()
     yield w
     w.close()
 
@@ -51,7 +51,7 @@ def wire() -> Iterator[PtyWire]:
 class Rig:
     """A bridge on its own thread plus the simulator, both on the pty wire."""
 
-    def __init__(self, sim_binary: Path, wire: PtyWire, tmp_path: Path, *sim_args: str,
+    def __init__(self, sim_binary: Path, wire: NullModem, tmp_path: Path, *sim_args: str,
                  **bridge_overrides) -> None:
         self.wire, self.tmp_path = wire, tmp_path
         samples = write_samples(tmp_path / "samples.txt", ROWS)

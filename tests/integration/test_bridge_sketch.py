@@ -14,7 +14,7 @@ import pytest
 
 from firmware_bridge.bridge import Bridge, BridgeConfig
 from firmware_bridge.firmware import FIRMWARE_DIR, build_sketch, find_compiler, find_cxx
-from tests.integration.bridge_harness import PtyWire, wait_until
+from tests.integration.bridge_harness import NullModem, wait_until
 
 pytestmark = pytest.mark.integration
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mcu_sensor_node"
@@ -37,7 +37,7 @@ def test_the_sketch_uses_the_library_files_not_copies_that_could_drift():
 
 
 def test_the_sketch_streams_windows_and_installs_a_model(node_binary, tmp_path):
-    wire = PtyWire()
+    wire = NullModem()
     node = subprocess.Popen([str(node_binary)], env={**os.environ,
                                                      "FEDGE_SERIAL": wire.mcu_port},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
