@@ -2,9 +2,13 @@
 
 A broken sensor, a stale firmware or an attacker shows up the same way: its updates are
 refused (bad shape, wrong base, bad signature) or are far larger than the others' and
-get clipped (by the DP clip, or a fixed `norm_bound`). A device is flagged when at least
-`threshold` of its last `window` outcomes were such; the service logs a warning when a
-device crosses it, and the API and dashboard show the flags (docs/privacy.md).
+get clipped (by the DP clip, or a fixed `norm_bound`). A clipped update counts when its
+norm was at least `clip_factor` times the median norm of its version's updates: a clip
+set for privacy may clip most honest updates (early ones are large), so being clipped
+alone says little, while being an outlier among one's peers does. A device is flagged
+when at least `threshold` of its last `window` outcomes were such; the service logs a
+warning when a device crosses it, and the API and dashboard show the flags
+(docs/privacy.md).
 
 The clipping counts reveal which devices' updates were large: they are for the gateway's
 operators and are not covered by the DP guarantee.
@@ -33,9 +37,9 @@ SETTINGS_NOTE = "anomalies"  # the settings, for the dashboard (which has no con
 class AnomalyConfig:
     window: int = 10  # a device's last N outcomes: stored updates and rejections
     threshold: int = 3  # flagged when this many of them were rejected or clipped
-    clip_factor: float = 2.0  # an update counts as clipped when its norm >= this x bound;
-    #                           1.0 counts any clipping (adaptive clipping at the median
-    #                           clips half the updates on purpose)
+    clip_factor: float = 3.0  # a clipped update counts when its norm >= this x the median
+    #                           norm of its version (honest ones stayed under 2x on the
+    #                           demo job); 0 counts every clipped update
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -43,17 +47,19 @@ class AnomalyConfig:
         if not 1 <= self.threshold <= self.window:
             raise ValueError(f"anomalies.threshold must be in [1, window = {self.window}], "
                              f"not {self.threshold}")
-        if not (math.isfinite(self.clip_factor) and self.clip_factor >= 1):
-            raise ValueError(f"anomalies.clip_factor must be a finite number >= 1, "
+        if not (math.isfinite(self.clip_factor) and self.clip_factor >= 0):
+            raise ValueError(f"anomalies.clip_factor must be a finite number >= 0, "
                              f"not {self.clip_factor}")
 
 
 @dataclass(frozen=True)
 class Clipping:
-    """Which updates one version clipped: device -> norm before, and the bound."""
+    """Which updates one version clipped: device -> norm before, the bound, and the
+    median norm of all the version's updates."""
 
     norms: dict[str, float]
     bound: float
+    median: float
 
 
 def flagged(row: dict[str, Any], config: AnomalyConfig) -> bool:
@@ -80,12 +86,13 @@ def clipping_of(strategy: Strategy, contributions: list[Contribution]) -> Clippi
     """What the strategy just clipped: the central DP wrapper says; a fixed norm bound is
     recomputed (a median bound clips half the updates by design, so it says nothing)."""
     if isinstance(strategy, CentralDp) and strategy.state.last is not None:
-        return Clipping(strategy.state.last.clipped, strategy.state.last.clip)
+        last = strategy.state.last
+        return Clipping(last.clipped, last.clip, last.median_norm)
     if isinstance(strategy, NormBound) and strategy.bound is not None:
         norms = {c.device_id: float(np.linalg.norm(flatten_sorted(c.delta)))
                  for c in contributions}
         return Clipping({d: n for d, n in norms.items() if n > strategy.bound},
-                        strategy.bound)
+                        strategy.bound, float(np.median(list(norms.values()))))
     return None
 
 
@@ -105,7 +112,7 @@ class AnomalyWatch:
     def after_version(self, version: int, devices: list[str],
                       clipping: Clipping | None) -> None:
         if clipping is not None and clipping.norms:
-            self.store.add_clipping(version, clipping.norms, clipping.bound)
+            self.store.add_clipping(version, clipping.norms, clipping.bound, clipping.median)
         self._check(devices)
 
     def _check(self, devices: list[str]) -> None:

@@ -78,7 +78,8 @@ CREATE TABLE IF NOT EXISTS clipping (
     version INTEGER NOT NULL,     -- the model version the clipped update went into
     device_id TEXT NOT NULL,
     norm REAL NOT NULL,           -- the update's L2 norm before clipping
-    bound REAL NOT NULL           -- what it was clipped to
+    bound REAL NOT NULL,          -- what it was clipped to
+    median REAL NOT NULL          -- the median norm of that version's updates
 );
 CREATE INDEX IF NOT EXISTS clipping_device ON clipping(device_id, version);
 CREATE TABLE IF NOT EXISTS notes (
@@ -278,24 +279,26 @@ class Store:
         return list(self.db.execute("SELECT device_id, nonce, reason FROM rejections"))
 
     # ------------------------------------------------------------ anomaly flags
-    def add_clipping(self, version: int, norms: dict[str, float], bound: float) -> None:
-        """Record the devices whose updates to `version` were clipped, with their norms."""
-        self.db.executemany("INSERT INTO clipping VALUES (?, ?, ?, ?)",
-                            [(version, d, n, bound) for d, n in sorted(norms.items())])
+    def add_clipping(self, version: int, norms: dict[str, float], bound: float,
+                     median: float) -> None:
+        """Record the devices whose updates to `version` were clipped, with their norms,
+        the bound and the median norm of the version's updates."""
+        self.db.executemany("INSERT INTO clipping VALUES (?, ?, ?, ?, ?)",
+                            [(version, d, n, bound, median) for d, n in sorted(norms.items())])
 
     def device_outcomes(self, window: int, clip_factor: float,
                         device_id: str | None = None) -> list[dict[str, Any]]:
         """Per device, its last `window` outcomes: stored updates and rejections, newest
-        first. `rejected` and `clipped` count the bad ones among them (an update counts as
-        clipped when its norm was >= clip_factor times the bound); `clipped_total` counts
-        every clipped update ever."""
+        first. `rejected` and `clipped` count the bad ones among them (a clipped update
+        counts when its norm was >= clip_factor times its version's median norm: an
+        outlier among its peers); `clipped_total` counts every clipped update ever."""
         where = "WHERE device_id = :device" if device_id is not None else ""
         rows = self.db.execute(f"""
             WITH events AS (
                 SELECT u.device_id, u.received_at AS at,
                        EXISTS (SELECT 1 FROM clipping c WHERE c.version = u.used_in
                                AND c.device_id = u.device_id
-                               AND c.norm >= :factor * c.bound) AS clipped,
+                               AND c.norm >= :factor * c.median) AS clipped,
                        0 AS rejected, NULL AS reason
                 FROM updates u
                 UNION ALL

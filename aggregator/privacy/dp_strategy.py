@@ -39,6 +39,7 @@ class DpRound:
     clip: float  # C used this version
     devices: int  # distinct devices in the sum
     clipped: dict[str, float]  # device -> its norm before clipping (central only)
+    median_norm: float  # of the devices' updates before clipping (central only; else 0)
     noise_std: float  # per coordinate, on the mean
     next_clip: float  # C for the next version (== clip unless adaptive)
 
@@ -112,7 +113,7 @@ class CentralDp:
             clip=clip, devices=len(devices),
             clipped={d: float(n) for d, n, o in zip(devices, clipped.norms, over, strict=True)
                      if o},
-            noise_std=std, next_clip=following)
+            median_norm=float(np.median(clipped.norms)), noise_std=std, next_clip=following)
         return proposed
 
 
@@ -145,8 +146,8 @@ class DistributedDp:
         clip = self.state.clip
         k = len(devices)
         std = self.config.noise_multiplier * clip * np.sqrt(k / self.cohort) / self.cohort
-        self.state.last = DpRound(clip=clip, devices=k, clipped={}, noise_std=float(std),
-                                  next_clip=clip)
+        self.state.last = DpRound(clip=clip, devices=k, clipped={}, median_norm=0.0,
+                                  noise_std=float(std), next_clip=clip)
         return proposed
 
 

@@ -158,8 +158,9 @@ def _schemas() -> dict[str, Any]:
         "AnomalyRow": {"type": "object", "properties": {
             "device_id": text, "recent": _described(integer, "Outcomes in the window"),
             "rejected": integer,
-            "clipped": _described(integer, "Updates in the window clipped by clip_factor or "
-                                           "more"),
+            "clipped": _described(integer, "Updates in the window that were clipped and "
+                                           "had a norm >= clip_factor x their version's "
+                                           "median norm"),
             "clipped_total": integer, "last_rejection": {"type": "string", "nullable": True},
             "flagged": {"type": "boolean"}}},
         "AuditRow": {"type": "object", "properties": {

@@ -103,7 +103,7 @@ def test_privacy_must_be_a_table():
     ({"window": 0}, "anomalies.window must be >= 1"),
     ({"threshold": 0}, "anomalies.threshold must be in [1, window = 10]"),
     ({"threshold": 11}, "anomalies.threshold must be in [1, window = 10]"),
-    ({"clip_factor": 0.5}, "anomalies.clip_factor must be a finite number >= 1"),
+    ({"clip_factor": -0.5}, "anomalies.clip_factor must be a finite number >= 0"),
     ({"windows": 3}, "unknown key 'windows' in agg.toml [anomalies]"),
 ])
 def test_malformed_anomalies_tables_name_the_key(table, message):

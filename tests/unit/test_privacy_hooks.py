@@ -180,8 +180,8 @@ def test_a_task_without_dp_encodes_as_before():
 
 # ---------------------------------------------------------------- anomaly flags
 def _fill(store: Store) -> None:
-    """good: 4 clean updates; noisy: 2 rejections and 2 updates clipped at 5x; big: 3
-    updates clipped just over the bound (1.2x: under the default 2x factor)."""
+    """good: 4 clean updates; noisy: 2 rejections and 2 updates clipped at 5x the median
+    norm; big: 3 updates clipped at 1.2x the median (under the default factor 3)."""
     for v in (1, 2, 3, 4):
         used = []
         for device in ("good", "noisy", "big"):
@@ -194,7 +194,7 @@ def _fill(store: Store) -> None:
         clipped = {"big": 1.2} if v < 4 else {}
         if v in (2, 3):
             clipped["noisy"] = 5.0
-        store.add_clipping(v, clipped, 1.0)
+        store.add_clipping(v, clipped, 1.0, median=1.0)
     store.add_rejection("noisy", "x1", "bad shape")
     store.add_rejection("noisy", "x2", "base version 0 is not the round's 3")
 
@@ -241,15 +241,19 @@ def test_watch_records_what_the_dp_wrapper_clipped(tmp_path):
     strategy.aggregate(MODEL, contributions)
     clipping = clipping_of(strategy, contributions)
     assert clipping.bound == 1.0 and clipping.norms == {"b": pytest.approx(10.0)}
+    assert clipping.median == pytest.approx((0.2 + 10.0) / 2)
     fixed = clipping_of(NormBound(0.5), contributions)
     assert set(fixed.norms) == {"b"} and fixed.bound == 0.5
+    assert fixed.median == pytest.approx(5.1)
     assert clipping_of(NormBound(None), contributions) is None  # median: half by design
     assert clipping_of(FedAvg(), contributions) is None
     update = _update("b", "r1")
     store.add_update(update, encode(update), "pending")
     store.add_model(1, b"m", "sha", {}, used=[update])
     AnomalyWatch(store, AnomalyConfig()).after_version(1, ["a", "b"], clipping)
-    assert device_anomalies(store, AnomalyConfig(), "b")[0]["clipped"] == 1
+    row = device_anomalies(store, AnomalyConfig(), "b")[0]
+    assert row["clipped_total"] == 1 and row["clipped"] == 0  # 10 < 3 x median 5.1
+    assert device_anomalies(store, AnomalyConfig(clip_factor=0), "b")[0]["clipped"] == 1
 
 
 # ---------------------------------------------------------------- web
