@@ -142,3 +142,12 @@ def test_reader_waits_for_the_delimiter() -> None:
     assert reader.next_frame() is None
     reader.feed(b"\x00")
     assert reader.next_frame() == Frame(0x04, 3, b"\x01ok")
+
+
+def test_the_link_package_imports_without_numpy():
+    """The protocol must run where numpy does not (and the C side's tests use it)."""
+    import subprocess
+    import sys
+
+    code = "import sys, firmware_bridge.link; sys.exit('numpy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
