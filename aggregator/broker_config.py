@@ -176,17 +176,20 @@ def aggregator_acl_block(federation: str, aggregator_user: str) -> str:
 
 
 def device_acl_block(federation: str, device: str) -> str:
-    """Write only its own update and status; read model, task and its own acks."""
+    """Write only its own update, status and secagg messages; read model, task, and its
+    own acks and relayed secagg messages."""
     topics = Topics(check_name("federation", federation))
     check_name("device", device)
     lines = [
         f"user {device}",
         f"topic write {topics.update(device)}",
         f"topic write {topics.status(device)}",
+        f"topic write {topics.secagg(device)}",
         f"topic read {topics.model}",
         f"topic read {topics.model}/#",
         f"topic read {topics.task}",
         f"topic read {topics.ack(device)}",
+        f"topic read {topics.secagg_to(device)}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from aggregator.anomalies import AnomalyConfig
 from aggregator.privacy.config import PrivacyConfig, check_privacy
+from aggregator.secagg_config import SecAggConfig, check_secagg
 from aggregator.strategy.config import StrategyConfig
 from edge_client.codecs import CodecConfig
 from edge_client.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
@@ -104,6 +105,7 @@ class AggregatorConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)  # docs/strategies.md
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # docs/privacy.md
     anomalies: AnomalyConfig = field(default_factory=AnomalyConfig)  # docs/privacy.md
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)  # docs/secure-aggregation.md
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)
@@ -122,6 +124,7 @@ class AggregatorConfig:
         if not 1024 <= self.chunk_size <= 256 * 2**20:
             raise ValueError("chunk_size must be between 1 KiB and 256 MiB")
         check_privacy(self)
+        check_secagg(self)
         self.db_path = Path(self.db_path)
 
 

@@ -25,6 +25,7 @@ from aggregator.downlink import DownlinkEncoder, on_the_wire, representable
 from aggregator.ingest import check_clock, check_sender, open_update, verified_body
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.privacy.hooks import ServicePrivacy
+from aggregator.secure_round import SecureOutcome, SecureRounds, forget_secure_round
 from aggregator.store import Store
 from aggregator.strategy import Contribution, Strategy
 from aggregator.strategy.config import build_strategy
@@ -112,6 +113,8 @@ class Aggregator:
         self._pace_rng = random.Random(config.seed)
         self.identity = (load_or_create_identity(config.security.key_file)
                          if config.security.enabled else None)
+        self.secure = (SecureRounds(config, self.store, self.topics, self._signed)
+                       if config.secagg.enabled else None)  # docs/secure-aggregation.md
         self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._pending: list[Update] = []
         self.history: list[dict] = self.store.model_history()
@@ -138,7 +141,7 @@ class Aggregator:
 
     def _resume(self) -> None:
         """Pick up the open task and every stored, not yet aggregated update."""
-        opened = self.store.open_task()
+        opened = forget_secure_round(self.store, self.store.open_task())
         if opened is not None and opened[0].model_version == self.version:
             self._task, self._task_opened = opened[0], time.monotonic()
         for payload in self.store.pending_payloads():
@@ -179,6 +182,8 @@ class Aggregator:
     def set_strategy(self, name: str) -> None:
         """Aggregate with `name` from the next version on; ValueError if unknown."""
         self._strategy_named(name)  # refuses an unknown name here, in the caller's thread
+        if self.secure is not None:
+            self.secure.check_strategy(name)
         self.events.put(SetStrategy(name))
 
     def _strategy_named(self, name: str) -> Strategy:
@@ -208,6 +213,9 @@ class Aggregator:
             self._publish_model()
             if self._task is not None:
                 self._publish_task(self._task)
+            if self.secure is not None:
+                self.link.subscribe(self.topics.all_secagg)
+                self._publish_all(self.secure.resend())
         elif isinstance(event, Disconnected):
             log.warning("aggregator: disconnected from the broker (%s)", event.reason)
         elif isinstance(event, SetTraining):
@@ -222,6 +230,9 @@ class Aggregator:
                 self._on_update_chunk(event.topic, event.payload)
             elif event.topic.startswith(self.topics.prefix + "/status/"):
                 self._on_status(event.topic, event.payload)
+            elif self.secure is not None and event.topic.startswith(
+                    self.topics.prefix + "/secagg/"):
+                self._on_secagg(event.topic, event.payload)
 
     def _tick(self, now: float) -> None:
         for device, transfer in self._assembler.expire(time.monotonic()):
@@ -235,6 +246,9 @@ class Aggregator:
             settled = time.monotonic() - self._connected_at >= self.config.presence_settle_s
             if settled:  # retained statuses of online devices have come in
                 self._open_task(now)
+            return
+        if self.secure is not None:
+            self._tick_secure(now)
             return
         decision = self.participation.due(len(self._pending), self._task, now)
         if decision == "aggregate":
@@ -262,10 +276,43 @@ class Aggregator:
             self._stopped = stop
             self.store.set_note(STOPPED_NOTE, stop)
             return
+        if self.secure is not None:
+            task = self.secure.open(task, sum(w.size for w in self.global_weights.values()),
+                                    now)
         message = encode(task)
         self.store.add_task(task, message)
         self._task, self._task_opened = task, time.monotonic()
         self._publish_task(task)
+
+    def _tick_secure(self, now: float) -> None:
+        """Relay the next phase of the secure round, or end it: a version, or a restart."""
+        assert self.secure is not None and self._task is not None
+        step = self.secure.tick(now)
+        self._publish_all(step.outgoing)
+        if step.aborted is not None:
+            log.warning("aggregator: secure round %d (%s) aborted: %s; starting it again",
+                        self._task.round, self._task.task_id, step.aborted)
+            self.store.abort_task(self._task.task_id)
+            self._task = None
+        elif step.done:
+            self._aggregate(self.secure.outcome(self.global_weights))
+            self._open_task(now)
+
+    def _on_secagg(self, topic: str, payload: bytes) -> None:
+        assert self.secure is not None
+        try:
+            device = self.topics.device_of(topic)
+        except ValueError:
+            return
+        reason = self.secure.receive(device, payload, time.time())
+        if reason is not None:  # logged and counted like a rejected update; no ack
+            log.warning("aggregator: rejected a secagg message from %s: %s", device, reason)
+            self.store.add_rejection(device, "secagg", reason)
+            self.anomalies.after_rejection(device)
+
+    def _publish_all(self, messages: list[tuple[str, bytes]]) -> None:
+        for topic, payload in messages:
+            self.link.publish(topic, payload)
 
     def _wire(self, weights: Weights) -> Weights:
         return on_the_wire(weights, self.config.downlink.full)
@@ -314,9 +361,10 @@ class Aggregator:
         for i in range(chunk_count(len(delta), self.config.chunk_size) if delta else 0):
             self.link.publish(self.topics.model_delta_chunk(version, i), b"", retain=True)
 
-    def _aggregate(self) -> None:
+    def _aggregate(self, secure: SecureOutcome | None = None) -> None:
         assert self._task is not None
-        contributions = [  # in device order, so float sums do not depend on arrival
+        contributions = secure.contributions if secure is not None else [
+            # in device order, so float sums do not depend on arrival
             Contribution(u.device_id, u.tensors, u.num_samples,
                          self.participation.staleness_factor(u, self.version))
             for u in sorted(self._pending, key=lambda u: (u.device_id, u.nonce))
@@ -341,9 +389,11 @@ class Aggregator:
                 "update_bytes": sum(self._update_bytes.pop(u.nonce, 0) for u in self._pending),
                 "model_bytes": len(blob), "delta_bytes": len(delta) if delta else 0,
                 "round_wall_s": round_wall_s, "mode": self.participation.mode,
-                "max_train_s": max(u.metrics.get("train_s", 0.0) for u in self._pending),
+                "max_train_s": max((u.metrics.get("train_s", 0.0) for u in self._pending),
+                                   default=0.0),
                 "devices": sorted({u.device_id for u in self._pending}),
                 **_device_evaluation(self._pending), **metrics,
+                **(secure.info if secure is not None else {}),
                 **self.privacy.commit(self._task.task_id)}
         close = self._task.task_id if self._task.mode == "sync" else None
         self.store.add_model(version, blob, sha256_hex(blob), info, used=self._pending,
@@ -351,7 +401,7 @@ class Aggregator:
         self.version, self.global_weights = version, new_weights
         self.history.append({"version": version, "created_at": time.time(), **info})
         self.anomalies.after_version(version, info["devices"], clipping)
-        report = VersionReport(version, self._task.round, len(self._pending), round_wall_s,
+        report = VersionReport(version, self._task.round, info["updates"], round_wall_s,
                                metrics)
         self._pending = []
         self._task = None
@@ -429,6 +479,9 @@ class Aggregator:
         return False
 
     def _validate(self, device: str, transfer: str, message: bytes) -> Update:
+        if self.secure is not None:  # never store an unmasked update, not even once
+            raise RemoteProtocolError("this federation uses secure aggregation: plain "
+                                      "updates are refused (the device must follow Task.secagg)")
         update = open_update(message, self.global_weights)
         check_sender(update, device, transfer)
         self.privacy.check_update(update)

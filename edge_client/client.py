@@ -45,6 +45,8 @@ from edge_client.protocol.seeds import training_seed, update_seed
 from edge_client.protocol.signing import is_signed, open_envelope, seal, verify_envelope
 from edge_client.protocol.tensors import Weights, flatten_sorted, unflatten_like
 from edge_client.protocol.topics import check_name
+from edge_client.secagg.task import SecAggTask
+from edge_client.secagg_session import DeviceSecAgg
 from edge_client.security import BrokerAuth, DeviceSecurity
 from edge_client.training.trainer import FitConfig, Trainer
 from edge_client.transport import Connected, Disconnected, Inbound, MqttLink, Will
@@ -143,6 +145,8 @@ class EdgeClient:
                          if security.key_file else None)
         self._pinned = (parse_public_key(security.aggregator_key)
                         if security.aggregator_key else None)
+        self.secagg = DeviceSecAgg(config.device_id, self.topics, config.max_model_bytes,
+                                   self._sealed)  # secure rounds (docs/secure-aggregation.md)
         self.link = MqttLink(
             client_id=f"fedge-{config.federation}-dev-{config.device_id}",
             host=config.host, port=config.port, events=self.events,
@@ -311,11 +315,13 @@ class EdgeClient:
 
     def _on_connected(self) -> None:
         me = self.config.device_id
-        for topic in (self.topics.model, self.topics.task, self.topics.ack(me)):
+        for topic in (self.topics.model, self.topics.task, self.topics.ack(me),
+                      self.topics.secagg_to(me)):
             self.link.subscribe(topic)
         self._publish_status(True)
         for nonce in list(self._sent):
             self._publish_update(nonce)
+        self._publish_all(self.secagg.resend())
 
     def _from_aggregator(self, payload: bytes) -> bytes:
         """A manifest, task or ack, checked against the pinned aggregator key if any."""
@@ -350,6 +356,8 @@ class EdgeClient:
             ack = decode(payload, expect=Ack)
             assert isinstance(ack, Ack)
             self._on_ack(ack)
+        elif topic == self.topics.secagg_to(self.config.device_id):
+            self._publish_all(self.secagg.on_chunk(payload, self._from_aggregator))
         else:
             step = self._fetcher.on_chunk(topic, payload, self._held())
             if step is not None:
@@ -411,18 +419,24 @@ class EdgeClient:
         try:
             codec = CodecConfig.from_wire(task.codec) if task.codec is not None else None
             dp = DeviceDp.from_wire(task.dp) if task.dp is not None else None
+            secagg = SecAggTask.from_wire(task.secagg) if task.secagg is not None else None
         except RemoteProtocolError as exc:
-            log.error("%s: task %s asks for a codec or DP this device cannot use: %s", me,
-                      task.task_id, exc.reason)
+            log.error("%s: task %s asks for a codec, DP or secure aggregation this device "
+                      "cannot use: %s", me, task.task_id, exc.reason)
             self._done_tasks.append(task.task_id)  # never retried; the round goes on
             return
         decision = self._eligible()
         if not decision.eligible:
             self._skip(task, decision.reasons[0])
             return
-        update = self._train(task, codec, dp)
+        update = self._train(task, None if secagg else codec, dp)
         if update is None:
             return  # stopped at a batch boundary: nothing is published
+        if secagg is not None:  # the masked round replaces the update, its outbox and ack
+            self._done_tasks.append(task.task_id)
+            self._save_state()
+            self._publish_all(self.secagg.join(task, secagg, flatten_sorted(update.tensors)))
+            return
         payload = encode(update)
         if self.identity is not None:
             payload = seal(payload, self.identity)  # resends repeat these exact bytes
@@ -514,6 +528,14 @@ class EdgeClient:
         for chunk in split(sent.payload, nonce, chunk_size):
             if not self.link.publish(topic, chunk):
                 return  # resent in full after the next Connected
+
+    def _sealed(self, body: bytes) -> bytes:
+        """A message signed with this device's key, when it has one."""
+        return body if self.identity is None else seal(body, self.identity)
+
+    def _publish_all(self, messages: list[tuple[str, bytes]]) -> None:
+        for topic, payload in messages:
+            self.link.publish(topic, payload)
 
     def _resend_due(self, now: float) -> None:
         for nonce, sent in list(self._sent.items()):

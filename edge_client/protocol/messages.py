@@ -52,6 +52,7 @@ class Task:
     done: bool = False  # the federation has finished; devices may stop
     codec: dict[str, Any] | None = None  # how to encode updates (codec config); None: dense
     dp: dict[str, Any] | None = None  # distributed DP: clip and noise (codecs.dp.DeviceDp)
+    secagg: dict[str, Any] | None = None  # secure aggregation round (secagg.task.SecAggTask)
 
     def invites(self, device_id: str) -> bool:
         return self.invited is None or device_id in self.invited
@@ -164,6 +165,7 @@ def _task_map(t: Task) -> dict[str, Any]:
         "model_version": t.model_version, "deadline": t.deadline,
         "invited": list(t.invited) if t.invited is not None else None,
         "chunk_size": t.chunk_size, "done": t.done, "codec": t.codec, "dp": t.dp,
+        "secagg": t.secagg,
         "train": {"epochs": t.train.epochs, "batch_size": t.train.batch_size,
                   "lr": t.train.lr, "momentum": t.train.momentum,
                   "prox_mu": t.train.prox_mu},
@@ -325,7 +327,8 @@ def _task_from(f: _Fields, _max: int) -> Task:
                 deadline=f.float("deadline", optional=True),
                 invited=tuple(invited) if invited is not None else None,
                 chunk_size=f.int("chunk_size", minimum=512), done=f.bool("done"),
-                codec=f.map("codec", optional=True), dp=f.map("dp", optional=True))
+                codec=f.map("codec", optional=True), dp=f.map("dp", optional=True),
+                secagg=f.map("secagg", optional=True))
 
 
 def _update_from(f: _Fields, max_elements: int) -> Update:

@@ -69,7 +69,19 @@ class Topics:
     def all_statuses(self) -> str:
         return f"{self.prefix}/status/+"
 
+    def secagg(self, device: str) -> str:
+        """Secure-aggregation messages of one round, device -> aggregator."""
+        return f"{self.prefix}/secagg/{device}"
+
+    @property
+    def all_secagg(self) -> str:
+        return f"{self.prefix}/secagg/+"
+
+    def secagg_to(self, device: str) -> str:
+        """Secure-aggregation messages relayed by the aggregator to one device."""
+        return f"{self.prefix}/secagg_to/{device}"
+
     def device_of(self, topic: str) -> str:
-        """The device id is the last topic level of update and status topics."""
+        """The device id is the last topic level of update, status and secagg topics."""
         device = topic.rsplit("/", 1)[-1]
         return check_name("device", device)

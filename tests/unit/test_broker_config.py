@@ -65,18 +65,22 @@ def test_acl_text_exact_lines() -> None:
         "user dev1",
         "topic write fedge/fed/update/dev1",
         "topic write fedge/fed/status/dev1",
+        "topic write fedge/fed/secagg/dev1",
         "topic read fedge/fed/model",
         "topic read fedge/fed/model/#",
         "topic read fedge/fed/task",
         "topic read fedge/fed/ack/dev1",
+        "topic read fedge/fed/secagg_to/dev1",
         "",
         "user dev2",
         "topic write fedge/fed/update/dev2",
         "topic write fedge/fed/status/dev2",
+        "topic write fedge/fed/secagg/dev2",
         "topic read fedge/fed/model",
         "topic read fedge/fed/model/#",
         "topic read fedge/fed/task",
         "topic read fedge/fed/ack/dev2",
+        "topic read fedge/fed/secagg_to/dev2",
     ]
 
 
