@@ -81,7 +81,9 @@ def run_bridge(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError, OSError, ImportError) as exc:
         print(f"fedge bridge: {exc}", file=sys.stderr)
         return 2
-    bridge = Bridge(config, port=port)
+    bridge = Bridge(config, port=port,  # reopened after a failure (USB unplugged)
+                    opener=lambda: open_serial(config.port, config.baud,
+                                               config.read_timeout_s))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -97,7 +99,6 @@ def run_bridge(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         serving.join()
-        port.close()
     if args.export_npz is not None:
         count = bridge.dataset.export_npz(args.export_npz, scale=args.scale)
         print(f"wrote {count} labelled samples to {args.export_npz}")

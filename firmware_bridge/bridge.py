@@ -12,6 +12,7 @@ dataset records which device they came from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -70,13 +71,16 @@ class BridgeConfig:
     hello_interval_s: float = 2.0  # resend our HELLO this often until the MCU answers
     max_samples: int = 50_000
     read_timeout_s: float = 0.02
+    reopen_interval_s: float = 1.0  # after the port fails (USB unplugged), retry this often
     fsync: bool = False  # fsync the dataset after every sample (slow on SD cards)
     recent: int = 1000  # predictions and logs kept in memory
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
-        if self.baud <= 0 or self.hello_interval_s <= 0 or self.read_timeout_s <= 0:
-            raise ValueError("baud, hello_interval_s and read_timeout_s must be > 0")
+        if min(self.baud, self.hello_interval_s, self.read_timeout_s,
+               self.reopen_interval_s) <= 0:
+            raise ValueError("baud, hello_interval_s, read_timeout_s and reopen_interval_s "
+                             "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -134,8 +138,13 @@ class Bridge:
 
     def __init__(self, config: BridgeConfig, port: SerialLike | None = None,
                  dataset: SampleDataset | None = None,
-                 on_confirmed: Callable[[PushResult], None] | None = None) -> None:
+                 on_confirmed: Callable[[PushResult], None] | None = None,
+                 opener: Callable[[], SerialLike] | None = None) -> None:
         self.config = config
+        # The bridge reopens a failed port only if it can open one itself.
+        self._can_reopen = port is None or opener is not None
+        self._opener = opener or (lambda: open_serial(config.port, config.baud,
+                                                      config.read_timeout_s))
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.dataset = dataset or SampleDataset(config.data_dir / "samples",
                                                 config.max_samples, fsync=config.fsync)
@@ -170,18 +179,54 @@ class Bridge:
 
     # ------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> None:
-        """Serve the link until `stop` is set; opens the port unless one was given."""
-        own_port = self._port is None
-        if own_port:
-            self._port = open_serial(self.config.port, self.config.baud,
-                                     self.config.read_timeout_s)
+        """Serve the link until `stop` is set.
+
+        The bridge opens the port itself unless one was given; when the port fails (the
+        USB cable pulled) it closes it and opens it again every `reopen_interval_s` until
+        the device is back. A port given without an `opener` is not reopened: its
+        failure ends `run` with the OSError.
+        """
+        own_port = self._can_reopen
         try:
             while not stop.is_set():
-                self.step()
+                if self._port is None and not self._reopen(stop):
+                    continue
+                try:
+                    self.step()
+                except OSError as exc:  # pyserial's SerialException is an OSError
+                    if not own_port:
+                        raise
+                    log.error("bridge: serial port %s failed (%s); reopening it",
+                              self.config.port, exc)
+                    self._close_port()
         finally:
-            self._flush()
-            if own_port and self._port is not None:
-                self._port.close()
+            if self._port is not None:
+                with contextlib.suppress(OSError):
+                    self._flush()
+                if own_port:
+                    self._close_port()
+
+    def _reopen(self, stop: threading.Event) -> bool:
+        try:
+            self._port = self._opener()
+        except OSError as exc:
+            log.warning("bridge: cannot open %s (%s); trying again in %.0f s",
+                        self.config.port, exc, self.config.reopen_interval_s)
+            stop.wait(self.config.reopen_interval_s)
+            return False
+        # Whatever was in flight is lost; the device is asked who it is again, and the
+        # newest model goes to it again after its HELLO.
+        self.endpoint.reset("the serial port was reopened")
+        self.device = None
+        self._hello_token = self._push_token = None
+        self._next_hello = 0.0
+        return True
+
+    def _close_port(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            with contextlib.suppress(OSError):
+                port.close()
 
     def step(self) -> None:
         """One turn: read what arrived (waiting at most read_timeout_s), then act on it."""

@@ -173,6 +173,15 @@ class LinkEndpoint:
         self._out.clear()
         return data
 
+    def reset(self, reason: str) -> list[Failed]:
+        """Start over on a new line: drop partial input, what is in flight and queued, and
+        the memory of the peer's last seq."""
+        self._reader = FrameReader(self.max_payload)
+        self._out.clear()
+        self._last_seq = None
+        self.peer_max_payload = self.max_payload
+        return self.cancel_all(reason)
+
     def cancel_all(self, reason: str) -> list[Failed]:
         """Drop what is queued or in flight (the peer restarted, or we shut down)."""
         dropped = [] if self._inflight is None else [(self._inflight.token,

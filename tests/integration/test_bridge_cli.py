@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,7 +53,15 @@ def _events(data_dir: Path) -> list[dict]:
     path = data_dir / "events.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    events = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
+            events.append(json.loads(line))
+    return events
+
+
+def _confirmed(data_dir: Path) -> list[int]:
+    return [e["version"] for e in _events(data_dir) if e["kind"] == "model" and e["confirmed"]]
 
 
 def test_fedge_bridge_collects_pushes_and_exports(sim_binary, tmp_path):
@@ -72,6 +81,7 @@ def test_fedge_bridge_collects_pushes_and_exports(sim_binary, tmp_path):
             f"model-installed version=5 size=1500 crc32={crc:08x}"
         wait_until(lambda: any(e.get("text") == "all 25 samples sent"
                                for e in _events(data_dir)), 20, "the MCU's last log")
+        wait_until(lambda: _confirmed(data_dir) == [5], 20, "the bridge to see the ACK")
         out, err = _interrupt(process)
     finally:
         if process.poll() is None:
@@ -134,6 +144,7 @@ def test_fedge_bridge_joins_a_federation_on_the_mcus_data(sim_binary, tmp_path, 
         run.join(90)
         assert agg.version == 2
         sim.wait_for("model-installed version=2 ", timeout=30)
+        wait_until(lambda: 2 in _confirmed(tmp_path / "mcu"), 20, "the bridge to see the ACK")
         out, err = _interrupt(process)
     finally:
         if process.poll() is None:

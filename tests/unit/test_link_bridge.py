@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import zlib
 
 import pytest
@@ -31,24 +33,38 @@ ALL_CAPS = int(Capability.SAMPLES | Capability.LABELS | Capability.MODEL_UPDATE
 
 
 class FakePort:
-    """Bytes in both directions, no waiting: the bridge's step() returns at once."""
+    """Bytes in both directions, no waiting: the bridge's step() returns at once.
+    Locked, because one test runs the bridge on its own thread."""
 
     def __init__(self) -> None:
         self.to_bridge = bytearray()
         self.from_bridge = bytearray()
+        self.lock = threading.Lock()
 
     @property
     def in_waiting(self) -> int:
         return len(self.to_bridge)
 
     def read(self, size: int = 1) -> bytes:
-        data = bytes(self.to_bridge[:size])
-        del self.to_bridge[:size]
+        with self.lock:
+            data = bytes(self.to_bridge[:size])
+            del self.to_bridge[:size]
         return data
 
     def write(self, data: bytes) -> int:
-        self.from_bridge += data
+        with self.lock:
+            self.from_bridge += data
         return len(data)
+
+    def take_written(self) -> bytes:
+        with self.lock:
+            data = bytes(self.from_bridge)
+            self.from_bridge.clear()
+        return data
+
+    def give(self, data: bytes) -> None:
+        with self.lock:
+            self.to_bridge += data
 
     def close(self) -> None:
         pass
@@ -200,3 +216,61 @@ def test_model_relay_converts_and_queues_or_records_why_not(tmp_path):
     pump(bridge, mcu, port)
     assert relay.failed == {0: "no activation ranges yet"} and relay.relayed == [1]
     assert mcu.installed == [(1, b"mlp-v1")]
+
+
+class FailingPort(FakePort):
+    """A port that fails like an unplugged USB adapter once `unplug` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unplugged = False
+        self.closed = False
+
+    def read(self, size: int = 1) -> bytes:
+        if self.unplugged:
+            raise OSError(5, "device reports readiness to read but returned no data")
+        return super().read(size)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_an_unplugged_port_is_reopened_and_the_device_found_again(tmp_path):
+    ports = [FailingPort(), FailingPort()]
+    opened: list[FailingPort] = []
+    failures = [OSError(2, "no such device")]  # the first reopen attempt finds nothing
+
+    def opener():
+        if len(opened) == 1 and failures:
+            raise failures.pop()
+        opened.append(ports[len(opened)])
+        return opened[-1]
+    config = BridgeConfig(port="fake", data_dir=tmp_path, reopen_interval_s=0.01,
+                          read_timeout_s=0.01, hello_interval_s=0.05)
+    bridge = Bridge(config, opener=opener)
+    bridge.push_model(b"m" * 300, 1)
+    mcus = [PyMcu(), PyMcu()]
+    stop = threading.Event()
+    thread = threading.Thread(target=bridge.run, args=(stop,), daemon=True)
+    thread.start()
+
+    def serve(index: int, until) -> None:
+        deadline = time.monotonic() + 10
+        while not until() and time.monotonic() < deadline:
+            if len(opened) > index:
+                port, mcu = opened[index], mcus[index]
+                for e in mcu.endpoint.receive_data(port.take_written(), 0.0):
+                    if isinstance(e, Received) and isinstance(e.message, Hello):
+                        mcu.hello()  # answer the bridge's HELLO, as firmware does
+                port.give(mcu.endpoint.data_to_send())
+            time.sleep(0.002)
+    try:
+        serve(0, lambda: len(bridge.confirmed_versions) == 1)
+        ports[0].unplugged = True
+        serve(1, lambda: len(bridge.confirmed_versions) == 2)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert mcus[0].installed == mcus[1].installed == [(1, b"m" * 300)]
+    assert ports[0].closed and len(opened) == 2 and not failures
+    assert bridge.confirmed_versions == [1, 1]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from firmware_bridge.link import (
@@ -146,8 +149,5 @@ def test_reader_waits_for_the_delimiter() -> None:
 
 def test_the_link_package_imports_without_numpy():
     """The protocol must run where numpy does not (and the C side's tests use it)."""
-    import subprocess
-    import sys
-
     code = "import sys, firmware_bridge.link; sys.exit('numpy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
