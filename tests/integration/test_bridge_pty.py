@@ -107,7 +107,9 @@ def test_handshake_samples_model_predictions_and_logs(rig_factory, tmp_path):
     assert line == f"model-installed version=4 size=9000 crc32={zlib.crc32(blob):08x}"
     assert (tmp_path / "mcu_model.bin").read_bytes() == blob
     # 9000 bytes in chunks of 252 (256-byte payload minus the offset)
-    assert rig.wire.count("to_mcu", MsgType.MODEL_CHUNK) == -(-9000 // 252)
+    offsets = {decode_message(f).offset for f in list(rig.wire.frames["to_mcu"])
+               if f is not None and f.type == MsgType.MODEL_CHUNK}
+    assert offsets == set(range(0, 9000, 252))
 
     wait_until(lambda: len(bridge.predictions) == 3, 10, "three predictions")
     assert [(p.model_version, p.class_index, p.score) for p in bridge.predictions] == \
