@@ -147,6 +147,8 @@ class SecureRound:
             return None, False
         if device not in self.server.setup.participants:
             return f"{device!r} is not a participant of round {self.task.task_id!r}", False
+        if message.device_id != device:  # a forgery whatever its phase
+            return f"{device!r} sent a message in the name of {message.device_id!r}", False
         if (device, kind) in self._accepted:
             return None, False
         if self._late(device, phase):
