@@ -12,6 +12,7 @@ if [ "$want_system_packages" = "yes" ]; then
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
   [ -x /usr/bin/chromium ] || missing+=(chromium)   # the dashboard's browser test
   command -v gcc >/dev/null || missing+=(gcc libc6-dev)  # the firmware bridge's C code
+  command -v g++ >/dev/null || missing+=(g++)  # the Arduino sketch, built for the host
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from apt" >&2
