@@ -111,9 +111,12 @@ class AnomalyWatch:
 
     def after_version(self, version: int, devices: list[str],
                       clipping: Clipping | None) -> None:
-        if clipping is not None and clipping.norms:
+        clipped = set(clipping.norms) if clipping is not None else set()
+        if clipped:
             self.store.add_clipping(version, clipping.norms, clipping.bound, clipping.median)
-        self._check(devices)
+        # Only a bad outcome can flag a device, and only a good one clear a flag: the
+        # rest of the cohort needs no query.
+        self._check(sorted(clipped | (set(devices) & self.flagged)))
 
     def _check(self, devices: list[str]) -> None:
         for device in sorted(set(devices)):

@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS clipping (
     median REAL NOT NULL          -- the median norm of that version's updates
 );
 CREATE INDEX IF NOT EXISTS clipping_device ON clipping(device_id, version);
+CREATE INDEX IF NOT EXISTS rejections_device ON rejections(device_id, at);
 CREATE TABLE IF NOT EXISTS notes (
     key TEXT PRIMARY KEY,         -- small service state for the dashboard and restarts
     value TEXT NOT NULL           -- JSON
@@ -292,7 +293,9 @@ class Store:
         first. `rejected` and `clipped` count the bad ones among them (a clipped update
         counts when its norm was >= clip_factor times its version's median norm: an
         outlier among its peers); `clipped_total` counts every clipped update ever."""
-        where = "WHERE device_id = :device" if device_id is not None else ""
+        one = device_id is not None  # filter inside each branch, so the indexes serve it
+        where_u = "WHERE u.device_id = :device" if one else ""
+        where_r = "WHERE device_id = :device" if one else ""
         rows = self.db.execute(f"""
             WITH events AS (
                 SELECT u.device_id, u.received_at AS at,
@@ -300,12 +303,12 @@ class Store:
                                AND c.device_id = u.device_id
                                AND c.norm >= :factor * c.median) AS clipped,
                        0 AS rejected, NULL AS reason
-                FROM updates u
+                FROM updates u {where_u}
                 UNION ALL
-                SELECT device_id, at, 0, 1, reason FROM rejections
+                SELECT device_id, at, 0, 1, reason FROM rejections {where_r}
             ), ranked AS (
                 SELECT *, ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY at DESC) AS n
-                FROM events {where}
+                FROM events
             )
             SELECT device_id, COUNT(*), SUM(rejected), SUM(clipped),
                    (SELECT COUNT(*) FROM clipping c WHERE c.device_id = ranked.device_id),

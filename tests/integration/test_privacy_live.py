@@ -106,13 +106,15 @@ def test_distributed_dp_devices_clip_and_noise_and_an_old_device_is_refused(
     rows = _stored_updates(agg.config.db_path)
     assert rows and {r[0] for r in rows} == {"dev-0", "dev-1"}  # dev-2 never stored
     noise_std = 1.0 * 0.5 / np.sqrt(2)  # z C / sqrt(m), m = target_updates = 2
+    values = []
     for _, _, payload in rows:
         update = decode(payload, expect=Update)
         assert update.metrics["dp_clip"] == 0.5
         assert update.metrics["dp_noise_std"] == pytest.approx(noise_std)
-        # The clipped update has norm <= 0.5; the noise makes each coordinate's spread
-        # noise_std, which is all one can see of a single update.
-        assert flatten_sorted(update.tensors).std() == pytest.approx(noise_std, rel=0.05)
+        values.append(flatten_sorted(update.tensors))
+    # A clipped update has norm <= 0.5 over 1,210 values; what one sees of it is the noise,
+    # std noise_std per value (measured over all stored values, ~10k: 0.7% standard error).
+    assert np.concatenate(values).std() == pytest.approx(noise_std, rel=0.05)
     assert clients[2].stats.acks["rejected"] >= 3 and clients[2].stats.acks["accepted"] == 0
     history = [h for h in agg.history if h["version"] > 0]
     assert all(h["dp_mode"] == "distributed" and h["updates"] == 2 for h in history)
