@@ -81,7 +81,8 @@
     const budget = p.target_epsilon ? ` of ${p.target_epsilon}` : "";
     text("ov-epsilon", `ε ${fixed(2)(p.epsilon)}${budget}`);
     text("ov-privacy", `${p.mode} DP · δ ${p.delta} · z ${p.noise_multiplier}` +
-      (stopped ? ` · stopped: ${stopped}` : ""));
+      (stopped ? " · training stopped" : ""));
+    $("ov-privacy").title = stopped || "";
   }
 
   function series(versions, key) {
