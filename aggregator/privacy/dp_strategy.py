@@ -136,17 +136,26 @@ class DistributedDp:
 
     def aggregate(self, global_weights: Weights, contributions: list[Contribution],
                   server_lr: float = 1.0) -> Weights:
+        """The plain sum of unmasked updates (until secure aggregation supplies it)."""
         stacked = stack(global_weights, contributions)
         devices = {c.device_id for c in stacked.contributions}
         if len(devices) != len(stacked.contributions):
             raise ValueError("distributed DP takes one update per device per version")
-        mean = stacked.rows.sum(axis=0) / self.cohort
+        return self.aggregate_sum(global_weights, stacked.rows.sum(axis=0), len(devices),
+                                  server_lr)
+
+    def aggregate_sum(self, global_weights: Weights, total: np.ndarray, devices: int,
+                      server_lr: float = 1.0) -> Weights:
+        """The next model from the sum of `devices` clipped, noised updates (flat, in
+        sorted-name order): what a secure aggregation round yields."""
+        if devices < 1:
+            raise ValueError("no updates in the sum")
+        mean = np.asarray(total, np.float64) / self.cohort
         proposed = self.inner.aggregate(global_weights, [_as_contribution(mean, global_weights)],
                                         server_lr)
         clip = self.state.clip
-        k = len(devices)
-        std = self.config.noise_multiplier * clip * np.sqrt(k / self.cohort) / self.cohort
-        self.state.last = DpRound(clip=clip, devices=k, clipped={}, median_norm=0.0,
+        std = self.config.noise_multiplier * clip * np.sqrt(devices / self.cohort) / self.cohort
+        self.state.last = DpRound(clip=clip, devices=devices, clipped={}, median_norm=0.0,
                                   noise_std=float(std), next_clip=clip)
         return proposed
 

@@ -116,7 +116,7 @@ def _schemas() -> dict[str, Any]:
             "update_bytes": integer, "dense_bytes_estimate": integer, "compression_ratio": num,
             "updates": {"type": "object", "additionalProperties": integer},
             "rejections": integer, "enrolled": integer, "generated_at": {"type": "number"},
-            "privacy": {**_ref("Privacy"), "nullable": True},
+            "privacy": {"allOf": [_ref("Privacy")], "nullable": True},
             "stopped": _described({"type": "string", "nullable": True},
                                   "Why training ended before `rounds` (the privacy "
                                   "budget), or null"),

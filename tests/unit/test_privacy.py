@@ -230,6 +230,8 @@ def test_distributed_server_sums_over_the_cohort_without_clipping_or_noise():
     assert state.last.noise_std == pytest.approx(1.0 * math.sqrt(2 / 4) / 4)
     with pytest.raises(ValueError, match="one update per device"):
         dp.aggregate(MODEL, [updates[0], updates[0]])
+    summed = flatten_sorted(dp.aggregate_sum(MODEL, np.full(9, 3.0), devices=2))
+    assert summed == pytest.approx(result)  # the secure sum's entry point: same result
 
 
 # ---------------------------------------------------------------- the accountant
