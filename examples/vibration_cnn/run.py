@@ -1,7 +1,7 @@
 """A QAT 1D-CNN federated across simulated machines on synthetic vibration, served as int8.
 
     .venv/bin/python examples/vibration_cnn/run.py [--devices 5] [--rounds 15] [--seed 0]
-                                                   [--json] [--out DIR]
+                                                   [--json] [--out DIR] [--workdir DIR]
 
 One machine runs everything: an MQTT broker (mosquitto, or the embedded amqtt
 fallback), the gateway's Aggregator, and one EdgeClient per simulated machine, each
@@ -76,7 +76,7 @@ class ExampleConfig:
     alpha: float = 1.0  # Dirichlet concentration of each machine's class mix
     epochs: int = 2
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.5
     broker: str = "auto"  # auto | mosquitto | embedded
     out: Path | None = None  # keep the .onnx files here
@@ -258,6 +258,7 @@ def print_summary(s: dict[str, Any], stream: TextIO) -> None:
         f"{s['bytes_down'] / 1e6:.2f} MB",
         f"wall time             {s['wall_s']['total']:.1f} s (federation "
         f"{s['wall_s']['federation']:.1f} s)",
+        f"aggregator store      {s['workdir']}/aggregator.sqlite3",
     ]
     lines += [f"wrote                 {path}" for path in final["files"].values()]
     print("\n".join(lines), file=stream)
@@ -271,6 +272,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="data, model and selection seed")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--out", type=Path, help="folder to keep the float32 and int8 .onnx")
+    parser.add_argument("--workdir", type=Path,
+                        help="the aggregator's store and device state (default: a new "
+                             "temporary folder, kept for `fedge export --db`)")
     parser.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto")
     return parser.parse_args(argv)
 
@@ -288,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = ExampleConfig(devices=args.devices, rounds=args.rounds, seed=args.seed,
-                            broker=args.broker, out=args.out)
+                            broker=args.broker, out=args.out, workdir=args.workdir)
         summary = run_example(cfg, on_version=on_version)
     except (RuntimeError, TimeoutError, ValueError) as exc:
         print(f"vibration_cnn failed: {exc}", file=sys.stderr)
