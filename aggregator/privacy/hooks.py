@@ -50,12 +50,10 @@ class ServicePrivacy:
                              version=int(latest.get("version", 0)) + 1)
         self.delta = self.config.resolved_delta()
         self.accountant = Accountant.from_history(history, self.delta)
-        if self.enabled:
-            store.set_note(SUMMARY_NOTE, self.summary())
-            if self.config.seed is not None:
-                log.warning("privacy: the noise is seeded from [privacy] seed: anyone who "
-                            "knows it can redraw and remove the noise; leave it out in "
-                            "production")
+        store.set_note(SUMMARY_NOTE, self.summary() if self.enabled else None)
+        if self.enabled and self.config.seed is not None:
+            log.warning("privacy: the noise is seeded from [privacy] seed: anyone who knows "
+                        "it can redraw and remove the noise; leave it out in production")
 
     @property
     def enabled(self) -> bool:

@@ -282,6 +282,18 @@ def test_api_serves_anomalies_and_the_privacy_overview(tmp_path):
     assert versions[-1]["epsilon"] == privacy["epsilon"]
 
 
+def test_turning_privacy_off_keeps_the_spent_epsilon_and_drops_the_settings(tmp_path):
+    store = Store(tmp_path / "agg.sqlite3")
+    hooks = ServicePrivacy(_config(tmp_path, seed=1), store)
+    task, _ = hooks.admit(_task(1, 4), available=4)
+    spent = _make_version(hooks, store, task, 1, {"a": 0.1})["epsilon"]
+    ServicePrivacy(_config(tmp_path, mode="off"), store)
+    store.close()
+    client = create_app(tmp_path / "agg.sqlite3", None, None).test_client()
+    privacy = client.get("/api/overview").get_json()["privacy"]
+    assert privacy == {"epsilon": spent, "versions": 1}
+
+
 def test_overview_of_a_store_without_privacy(tmp_path):
     Store(tmp_path / "agg.sqlite3").close()
     client = create_app(tmp_path / "agg.sqlite3", None, None).test_client()
