@@ -18,8 +18,11 @@ from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.store import Store
 from aggregator.strategy import Contribution, FedAvg, Median, NormBound
 from aggregator.web import create_app
+from edge_client.client import ClientConfig, EdgeClient
 from edge_client.codecs.dp import DeviceDp
+from edge_client.eligibility import EligibilityConfig
 from edge_client.protocol import RemoteProtocolError, Task, TrainConfig, Update, decode, encode
+from edge_client.training import mlp_trainer
 
 MODEL = {"w": np.zeros(4, np.float32)}
 
@@ -300,3 +303,37 @@ def test_overview_of_a_store_without_privacy(tmp_path):
     overview = client.get("/api/overview").get_json()
     assert overview["privacy"] is None and overview["stopped"] is None
     assert client.get("/api/anomalies").get_json()["devices"] == []
+
+
+# ---------------------------------------------------------------- the device's side
+def _device(tmp_path) -> EdgeClient:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 8)).astype(np.float32), rng.integers(0, 3, 40)
+    client = EdgeClient(ClientConfig(device_id="dev-0", state_dir=tmp_path / "dev",
+                                     eligibility=EligibilityConfig(enabled=False)),
+                        mlp_trainer([8, 6, 3], seed=1), x, y)
+    client._set_global(0, mlp_trainer([8, 6, 3], seed=0).get_weights(), {})
+    return client
+
+
+def test_the_device_clips_and_noises_as_the_task_asks(tmp_path):
+    """Through EdgeClient's own training path, offline (the update waits in the outbox)."""
+    client = _device(tmp_path)
+    dp = DeviceDp(clip=0.01, noise_std=0.5)
+    client._task = dataclasses.replace(_task(1, 1), invited=("dev-0",), dp=dp.to_wire())
+    client._maybe_train()
+    [entry] = client.outbox.entries()
+    update = decode(entry.payload, expect=Update)
+    assert update.metrics["dp_clip"] == 0.01 and update.metrics["dp_noise_std"] == 0.5
+    values = np.concatenate([v.ravel() for v in update.tensors.values()])
+    assert values.std() == pytest.approx(0.5, rel=0.2)  # 75 values: the noise, not the
+    assert np.linalg.norm(values) > 1.0                  # update clipped to 0.01
+
+
+def test_the_device_refuses_a_task_with_unreadable_dp(tmp_path, caplog):
+    client = _device(tmp_path)
+    client._task = dataclasses.replace(_task(1, 1), invited=("dev-0",),
+                                       dp={"v": 9, "clip": 1.0, "noise_std": 0.1})
+    client._maybe_train()
+    assert client.outbox.entries() == [] and "r1" in client._done_tasks
+    assert "dp settings version 9" in caplog.text
