@@ -6,12 +6,17 @@ are refused."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 
+from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
 from aggregator.config import DownlinkConfig, SyncConfig
 from aggregator.privacy import PrivacyConfig
 from aggregator.secagg_config import SecAggConfig
@@ -25,6 +30,7 @@ from edge_client.secagg.messages import AdvertiseKeys
 from edge_client.secagg.prg import modulus_mask, to_wire
 from edge_client.secagg.task import SecAggTask
 from edge_client.security import AggregatorSecurity, DeviceSecurity
+from fedge.broker import MosquittoBroker, free_port
 from tests.integration.fleet import (
     FEDERATION,
     Digits,
@@ -230,3 +236,53 @@ def test_forged_secagg_messages_and_plain_updates_are_refused_and_the_round_goes
     assert any(d == "dev-1" and n == "secagg" and "not signed" in r for d, n, r in reasons)
     assert any(d == "dev-0" and "secure aggregation" in r for d, _, r in reasons)
     assert Store(agg.config.db_path).count_updates() == 0
+
+
+@pytest.fixture
+def acl_broker():
+    """mosquitto with the generated TLS, passwords and per-device ACL (under /tmp: the
+    broker's own user must be able to walk to its files)."""
+    folder = Path(tempfile.mkdtemp(prefix="fedge-test-secagg-acl-"))
+    folder.chmod(0o755)
+    port = free_port()
+    files = write_broker_config(BrokerSecurityPlan(FEDERATION, ("dev-1", "dev-2"), port=port),
+                                folder / "broker")
+    broker = MosquittoBroker.start_with_conf(files.conf, port)
+    yield broker, files
+    broker.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _login(broker, files, user: str):
+    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                         client_id=f"test-acl-{user}", protocol=mqtt.MQTTv311)
+    client.tls_set(ca_certs=str(files.ca_cert))
+    client.username_pw_set(user, files.credentials[user])
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    wait_until(client.is_connected, 10, f"{user} to connect")
+    return client
+
+
+def test_the_broker_lets_a_device_write_only_its_own_secagg_topic_and_read_only_its_relay(
+        acl_broker):
+    broker, files = acl_broker
+    aggregator, dev1 = _login(broker, files, "aggregator"), _login(broker, files, "dev-1")
+    try:
+        to_aggregator = subscribe(aggregator, f"fedge/{FEDERATION}/secagg/+")
+        to_dev1 = subscribe(dev1, f"fedge/{FEDERATION}/#")  # granted; filtered by `read`
+        for topic in ("secagg/dev-2", "secagg_to/dev-2", "secagg_to/dev-1", "secagg/dev-1"):
+            publish(dev1, f"fedge/{FEDERATION}/{topic}", f"dev-1 on {topic}".encode())
+        for device in ("dev-2", "dev-1"):
+            publish(aggregator, f"fedge/{FEDERATION}/secagg_to/{device}", device.encode())
+        arrived = to_aggregator.get()
+        assert (arrived.topic, arrived.payload) == (f"fedge/{FEDERATION}/secagg/dev-1",
+                                                    b"dev-1 on secagg/dev-1")
+        relayed = to_dev1.get()
+        assert (relayed.topic, relayed.payload) == (f"fedge/{FEDERATION}/secagg_to/dev-1",
+                                                    b"dev-1")
+        time.sleep(0.5)  # anything the ACL let through by mistake would be here by now
+        assert to_aggregator.drain() == [] and to_dev1.drain() == []
+    finally:
+        close_client(aggregator)
+        close_client(dev1)
