@@ -314,6 +314,8 @@ class SecureRounds:
     # ------------------------------------------------------------ time
     def tick(self, now: float) -> RoundStep:
         """Close the phase when it is due; the messages that relays, or the round's end."""
+        for device, transfer in self._assembler.expire(time.monotonic()):
+            log.info("secagg: dropped a stalled message %s from %s", transfer[:12], device)
         round_ = self.round
         if round_ is None:  # a plain task resumed after secure aggregation was turned on
             return RoundStep(aborted="the open task is not a secure round")
