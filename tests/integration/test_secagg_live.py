@@ -238,6 +238,35 @@ def test_forged_secagg_messages_and_plain_updates_are_refused_and_the_round_goes
     assert Store(agg.config.db_path).count_updates() == 0
 
 
+def test_an_aggregator_restart_mid_round_aborts_that_round_and_the_next_one_completes(
+        mosquitto, tmp_path, digits6):
+    secagg = SecAggConfig(enabled=True, phase_timeout_s=60)
+    agg, clients, _ = _federation(mosquitto, tmp_path, digits6, devices=4, rounds=1,
+                                  min_fraction=0.75, secagg=secagg)
+    for c in clients:  # keys go out, then the round waits for shares that never come
+        c.secagg.silent_from = Phase.SHARE_KEYS
+    first = Running(agg.run, "aggregator")
+    devices = [Running(c.run, c.config.device_id) for c in clients]
+    wait_until(lambda: agg.secure.round is not None
+               and agg.secure.round.phase is Phase.SHARE_KEYS, 30, "phase 1 of round 1")
+    stuck = agg.secure.round.task.task_id
+    first.halt()
+    for c in clients:
+        c.secagg.silent_from = None
+    again, _, _ = _federation(mosquitto, tmp_path, digits6, devices=4, rounds=1,
+                              min_fraction=0.75, secagg=secagg)
+    for run in [Running(again.run, "aggregator again"), *devices]:
+        run.join(60)
+    assert again.version == 1 and again.history[1]["secagg"]["contributors"] == 4
+    with sqlite3.connect(again.config.db_path) as db:
+        state = db.execute("SELECT state FROM tasks WHERE task_id=?", (stuck,)).fetchone()
+        rows = db.execute("SELECT task_id, state, info FROM secagg_rounds "
+                          "ORDER BY opened_at").fetchall()
+    assert state == ("aborted",)
+    assert [(t, st) for t, st, _ in rows] == [(stuck, "aborted"), (rows[1][0], "done")]
+    assert "restarted" in rows[0][2]
+
+
 @pytest.fixture
 def acl_broker():
     """mosquitto with the generated TLS, passwords and per-device ACL (under /tmp: the
