@@ -121,7 +121,7 @@ class EdgeClient:
         self._sleep_until: float | None = None
         self.trainer = trainer
         self.on_model = on_model  # (version, arch, weights) of each global model, e.g. a Predictor
-        self.x, self.y = x, y
+        self._data = (x, y)  # one tuple, swapped whole by set_data
         self.topics = Topics(config.federation)
         self.stats = ClientStats()
         self.events: queue.Queue = queue.Queue()
@@ -215,6 +215,23 @@ class EdgeClient:
                     break
         finally:
             self._shutdown()
+
+    def set_data(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Train on new local data from the next task on: devices keep collecting samples
+        (the firmware bridge's MCU windows, an app's sensor log) while they federate.
+        Safe from any thread; a training run in progress keeps the data it started with."""
+        if len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"need as many labels as samples, and at least one; "
+                             f"got {len(x)} samples and {len(y)} labels")
+        self._data = (x, y)
+
+    @property
+    def x(self) -> np.ndarray:
+        return self._data[0]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self._data[1]
 
     def stop(self) -> None:
         self._stop.set()
@@ -459,15 +476,16 @@ class EdgeClient:
         """Train from the global model; None when training was stopped part-way."""
         assert self._global is not None
         self.trainer.set_weights(_copy(self._global))
+        x, y = self._data  # one consistent pair, even if set_data runs meanwhile
         # How the global model does on this device's own data: reported with the update,
         # so the gateway sees quality where the data is (the data itself stays here).
-        before = self.trainer.evaluate(self.x, self.y)
+        before = self.trainer.evaluate(x, y)
         t = task.train
         seed = training_seed(self.config.device_id, task.round, task.model_version)
         self._rng = np.random.default_rng(seed)  # stochastic rounding, reproducible
         fit = FitConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                         momentum=t.momentum, prox_mu=t.prox_mu, seed=seed)
-        result = self.trainer.fit(self.x, self.y, fit, should_stop=self._should_stop)
+        result = self.trainer.fit(x, y, fit, should_stop=self._should_stop)
         if result.stopped_early:
             if not self._stop.is_set() and self._decision is not None:
                 self.stats.stopped_mid_training += 1
@@ -479,7 +497,7 @@ class EdgeClient:
                  for name in self._global}
         update = Update(device_id=self.config.device_id, task_id=task.task_id,
                         nonce=os.urandom(16).hex(), base_version=task.model_version,
-                        num_samples=len(self.x), tensors=delta,
+                        num_samples=len(x), tensors=delta,
                         metrics={"train_loss": result.loss, "train_s": result.train_s,
                                  "local_accuracy": before.get("accuracy", float("nan")),
                                  "local_loss": before.get("loss", float("nan"))},

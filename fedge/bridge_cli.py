@@ -120,8 +120,26 @@ def _federate(args: argparse.Namespace, bridge: Bridge, stop: threading.Event) -
         stop.set()
         return 2
     log.info("bridge: joining the federation with %d samples from the MCU", len(client.x))
+    refresher = threading.Thread(target=_refresh_data, args=(client, bridge, args.scale, stop),
+                                 name="bridge-data", daemon=True)
+    refresher.start()
     client.run(stop)  # returns when the federation is done (exit_when_done) or on stop
     return 0
+
+
+def _refresh_data(client: EdgeClient, bridge: Bridge, scale: float, stop: threading.Event,
+                  every_s: float = 5.0) -> None:
+    """Samples keep coming from the MCU while the device federates: hand them to the
+    client, which trains on them from its next task on."""
+    held = len(bridge.dataset)
+    while not stop.wait(every_s):
+        if len(bridge.dataset) == held:
+            continue
+        held = len(bridge.dataset)
+        x, y = bridge.dataset.arrays(scale=scale)
+        if len(y):
+            client.set_data(x, y)
+            log.info("bridge: the device now trains on %d samples from the MCU", len(y))
 
 
 def _enough_labelled(bridge: Bridge, wanted: int) -> bool:

@@ -232,3 +232,23 @@ def test_a_strategy_chosen_in_the_config_trains(mosquitto, tmp_path, digits3, na
         run.join(60)
     assert agg.version == 3
     assert digits3.accuracy(agg.global_weights) > initial + 0.2
+
+
+def test_set_data_trains_on_new_samples_from_the_next_task(mosquitto, tmp_path, digits3):
+    """A device that keeps collecting (the bridge's MCU samples) swaps its data mid-run."""
+    agg = make_aggregator(mosquitto, tmp_path, digits3, rounds=2)
+    clients = [make_client(mosquitto, tmp_path, digits3, i) for i in range(3)]
+    x, y = digits3.shards[0]
+
+    def on_model(version, arch, weights):
+        if version == 1:  # called before the device takes the task for round 2
+            clients[0].set_data(x[:20], y[:20])
+    clients[0].on_model = on_model
+    with pytest.raises(ValueError, match="as many labels"):
+        clients[0].set_data(x[:5], y[:4])
+    for run in start_all(agg, clients):
+        run.join(60)
+    with sqlite3.connect(agg.config.db_path) as db:
+        counts = dict(db.execute(
+            "SELECT used_in, num_samples FROM updates WHERE device_id = 'dev-0'"))
+    assert counts == {1: len(x), 2: 20}

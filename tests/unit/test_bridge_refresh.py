@@ -1,0 +1,49 @@
+"""`fedge bridge` hands the MCU's new samples to the edge client while it federates."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from fedge.bridge_cli import _refresh_data
+
+
+class _Dataset:
+    def __init__(self) -> None:
+        self.y = np.array([0, 1], np.int64)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def arrays(self, scale: float = 1.0):
+        return np.ones((len(self.y), 4), np.float32) * scale, self.y
+
+
+class _Bridge:
+    def __init__(self) -> None:
+        self.dataset = _Dataset()
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.given: list[int] = []
+        self.got_new = threading.Event()
+
+    def set_data(self, x, y) -> None:
+        self.given.append(len(y))
+        self.got_new.set()
+
+
+def test_new_samples_reach_the_client_and_unchanged_data_does_not():
+    bridge, client, stop = _Bridge(), _Client(), threading.Event()
+    thread = threading.Thread(target=_refresh_data, args=(client, bridge, 0.5, stop, 0.01))
+    thread.start()
+    try:
+        assert not client.got_new.wait(0.1)  # nothing new yet: no call
+        bridge.dataset.y = np.array([0, 1, 2, 3, 1], np.int64)
+        assert client.got_new.wait(5)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert client.given == [5]
