@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_client.protocol.errors import RemoteProtocolError
+from edge_client.protocol.errors import RemoteProtocolError, check_settings_map
 
 DP_WIRE_VERSION = 1
 _WIRE_KEYS = ("v", "clip", "noise_std")
@@ -52,15 +52,7 @@ class DeviceDp:
     @classmethod
     def from_wire(cls, raw: object) -> DeviceDp:
         """Settings sent by the aggregator; anything unexpected is a RemoteProtocolError."""
-        if not isinstance(raw, dict):
-            raise RemoteProtocolError("dp settings must be a map")
-        if raw.get("v") != DP_WIRE_VERSION:
-            raise RemoteProtocolError(f"dp settings version {raw.get('v')!r} is not "
-                                      f"supported (this device speaks {DP_WIRE_VERSION})")
-        unknown = sorted(str(key) for key in raw if key not in _WIRE_KEYS)
-        missing = [key for key in _WIRE_KEYS if key not in raw]
-        if unknown or missing:
-            raise RemoteProtocolError(f"dp settings: unknown keys {unknown}, missing {missing}")
+        raw = check_settings_map(raw, "dp", DP_WIRE_VERSION, _WIRE_KEYS)
         try:
             return cls(raw["clip"], raw["noise_std"])
         except ValueError as exc:

@@ -23,3 +23,19 @@ class RemoteProtocolError(ProtocolError):
 
 class LocalProtocolError(ProtocolError):
     """The caller asked for something the protocol cannot express."""
+
+
+def check_settings_map(raw: object, what: str, version: int, keys: tuple[str, ...],
+                       error: type[RemoteProtocolError] = RemoteProtocolError) -> dict:
+    """A versioned settings map from the aggregator (a task's dp or secagg field), with
+    exactly `keys`: one place decides what an unknown version or key means."""
+    if not isinstance(raw, dict):
+        raise error(f"{what} settings must be a map")
+    if raw.get("v") != version:
+        raise error(f"{what} settings version {raw.get('v')!r} is not supported "
+                    f"(this device speaks {version})")
+    unknown = sorted(str(key) for key in raw if key not in keys)
+    missing = [key for key in keys if key not in raw]
+    if unknown or missing:
+        raise error(f"{what} settings: unknown keys {unknown}, missing {missing}")
+    return raw

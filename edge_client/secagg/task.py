@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edge_client.codecs.sparsify import k_for
+from edge_client.protocol.errors import check_settings_map
 from edge_client.secagg.coordinates import shared_coordinates
 from edge_client.secagg.errors import BadSecAggMessage
 from edge_client.secagg.fixed_point import FixedPoint
@@ -102,16 +103,8 @@ class SecAggTask:
     @classmethod
     def from_wire(cls, raw: object) -> SecAggTask:
         """Settings sent by the aggregator; anything unexpected is a BadSecAggMessage."""
-        if not isinstance(raw, dict):
-            raise BadSecAggMessage("secagg settings must be a map")
-        if raw.get("v") != SECAGG_TASK_VERSION:
-            raise BadSecAggMessage(f"secagg settings version {raw.get('v')!r} is not "
-                                   f"supported (this device speaks {SECAGG_TASK_VERSION})")
-        unknown = sorted(str(key) for key in raw if key not in _WIRE_KEYS)
-        missing = [key for key in _WIRE_KEYS if key not in raw]
-        if unknown or missing:
-            raise BadSecAggMessage(f"secagg settings: unknown keys {unknown}, "
-                                   f"missing {missing}")
+        raw = check_settings_map(raw, "secagg", SECAGG_TASK_VERSION, _WIRE_KEYS,
+                                 BadSecAggMessage)
         ints = {k: raw[k] for k in ("size", "dim", "bits", "degree", "threshold")}
         floats = {k: raw[k] for k in ("clip", "scale", "fraction")}
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints.values()):
