@@ -5,7 +5,8 @@ Clipping", https://arxiv.org/abs/1905.03871: after each version,
 
     C <- C * exp(-eta_C * (b - gamma))
 
-where b is the noised share of updates with norm <= C and gamma the target quantile. The
+where b is the noised share of updates with norm <= C (counted with bits centred on 0,
+see `next_clip`) and gamma the target quantile. The
 geometric step moves C by the same factor whether it is far too large or far too small.
 """
 
@@ -50,14 +51,20 @@ def l2_clip(rows: np.ndarray, bound: float) -> Clipped:
 
 
 def next_clip(clip: float, unclipped: int, cohort: int, target_quantile: float,
-              clip_lr: float, count_stddev: float, rng: np.random.Generator) -> float:
+              clip_lr: float, count_stddev: float, rng: np.random.Generator, *,
+              devices: int) -> float:
     """One geometric step of the clip towards the target quantile of the norms.
 
-    The count is noised (std `count_stddev`) and divided by the expected cohort, as the
-    update mean is, so it costs a known share of the privacy budget (see
-    `PrivacyConfig.update_noise_multiplier`).
+    Each of the `devices` in the sum gives a bit centred on 0 (+1/2 unclipped, -1/2
+    clipped), so adding or removing one device moves the sum by 1/2, the sensitivity
+    `PrivacyConfig.update_noise_multiplier` pays for; a plain 0/1 count would move by 1.
+    The sum is noised (std `count_stddev`), divided by the expected cohort as the update
+    mean is, and shifted back by 1/2 (Andrew et al. 2021, as in TensorFlow Privacy).
     """
     if cohort < 1:
         raise ValueError(f"the cohort must be >= 1, not {cohort}")
-    share = (unclipped + rng.normal(0.0, count_stddev)) / cohort
+    if not 0 <= unclipped <= devices:
+        raise ValueError(f"unclipped must be in [0, devices = {devices}], not {unclipped}")
+    centred = unclipped - devices / 2
+    share = (centred + rng.normal(0.0, count_stddev)) / cohort + 0.5
     return float(clip * math.exp(-clip_lr * (share - target_quantile)))

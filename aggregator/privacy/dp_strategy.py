@@ -105,7 +105,8 @@ class CentralDp:
         if self.config.adaptive:
             c = self.config
             following = next_clip(clip, clipped.unclipped, self.cohort, c.target_quantile,
-                                  c.clip_lr, c.count_stddev(self.cohort), rng)
+                                  c.clip_lr, c.count_stddev(self.cohort), rng,
+                                  devices=len(devices))
         proposed = self.inner.aggregate(global_weights, [_as_contribution(mean, global_weights)],
                                         server_lr)
         over = clipped.norms > clip

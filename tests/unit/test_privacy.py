@@ -74,7 +74,7 @@ def test_adaptive_clip_moves_to_the_target_quantile_of_the_norms(quantile, start
     for step in range(400):
         norms = rng.lognormal(0.0, 0.5, size=100)
         unclipped = int(np.count_nonzero(norms <= clip))
-        clip = next_clip(clip, unclipped, 100, quantile, 0.2, 1.0, rng)
+        clip = next_clip(clip, unclipped, 100, quantile, 0.2, 1.0, rng, devices=100)
         if step >= 300:
             seen.append(clip)
     true_quantile = math.exp(0.5 * _normal_quantile(quantile))
@@ -89,10 +89,35 @@ def _normal_quantile(p: float) -> float:
 def test_adaptive_clip_step_has_the_papers_sign_and_size():
     """Every update unclipped (b = 1 > gamma): C shrinks by exp(-eta (1 - gamma))."""
     rng = np.random.default_rng(0)
-    shrunk = next_clip(2.0, 10, 10, 0.5, 0.2, 1e-12, rng)
+    shrunk = next_clip(2.0, 10, 10, 0.5, 0.2, 1e-12, rng, devices=10)
     assert shrunk == pytest.approx(2.0 * math.exp(-0.2 * 0.5))
-    grown = next_clip(2.0, 0, 10, 0.5, 0.2, 1e-12, rng)
+    grown = next_clip(2.0, 0, 10, 0.5, 0.2, 1e-12, rng, devices=10)
     assert grown == pytest.approx(2.0 * math.exp(0.2 * 0.5))
+
+
+def _adaptive_step(norms: list[float], cohort: int = 10) -> float:
+    """log(next clip / clip) after one central aggregation of updates with these norms;
+    seeded, so runs with the same number of coordinates draw the same count noise."""
+    config = PrivacyConfig(mode="central", clip="adaptive", initial_clip=1.0,
+                           noise_multiplier=1.0, clip_count_stddev=2.0, seed=8)
+    dp = _central(config, cohort)
+    dp.aggregate(MODEL, [Contribution(f"d{i}", _delta([n] + [0] * 8), 1)
+                         for i, n in enumerate(norms)])
+    return math.log(dp.state.last.next_clip)
+
+
+def test_adaptive_count_has_the_sensitivity_its_noise_is_calibrated_to():
+    """update_noise_multiplier pays for a count of sensitivity 1/2 (Andrew et al.'s
+    centred bits): adding or removing one device, clipped or not, moves the noisy share
+    by exactly 1/(2 m), so the clip's log moves by clip_lr / (2 m) and no more."""
+    base = _adaptive_step([0.5, 3.0])  # one unclipped, one clipped (C = 1)
+    for neighbour in ([0.5, 3.0, 0.2], [0.5, 3.0, 7.0], [0.5], [3.0]):
+        assert abs(_adaptive_step(neighbour) - base) == pytest.approx(0.2 / (2 * 10))
+
+
+def test_adaptive_count_refuses_more_unclipped_than_devices():
+    with pytest.raises(ValueError, match="unclipped"):
+        next_clip(1.0, 3, 10, 0.5, 0.2, 1.0, np.random.default_rng(0), devices=2)
 
 
 # ---------------------------------------------------------------- central DP
