@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 WEIGHT_QMAX = 127
 ACT_QMIN, ACT_QMAX = -128, 127
-_WEIGHT_SCALE_FLOOR = 1e-8 / WEIGHT_QMAX  # all-zero channel: any positive scale is exact
+_WEIGHT_SCALE_FLOOR = 1e-8 / WEIGHT_QMAX  # a channel of tiny weights: no division by zero
+# An all-zero channel is exact at any scale; scaling it as if max|w| were 1 keeps its bias
+# (int32 at input_scale * weight_scale) representable instead of saturating int32.
+_ZERO_CHANNEL_SCALE = 1.0 / WEIGHT_QMAX
 _ACT_SCALE_FLOOR = 1e-8 / (ACT_QMAX - ACT_QMIN)
 _CALIBRATION_CHUNK = 1024  # rows per forward pass while calibrating
 
@@ -38,7 +41,9 @@ def weight_scales(w: np.ndarray) -> np.ndarray:
         max_abs = np.ascontiguousarray(magnitudes.T).max(axis=1).astype(dtype)
     else:
         max_abs = magnitudes.max(axis=0).astype(dtype)
-    return np.maximum(max_abs / dtype(WEIGHT_QMAX), dtype(_WEIGHT_SCALE_FLOOR))
+    scales = np.maximum(max_abs / dtype(WEIGHT_QMAX), dtype(_WEIGHT_SCALE_FLOOR))
+    scales[max_abs == 0] = dtype(_ZERO_CHANNEL_SCALE)
+    return scales
 
 
 def _weight_codes(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,8 +22,9 @@ from edge_client.export import (
 )
 from edge_client.export import graph as graph_module
 from edge_client.export.graph import Conv1DOp, DenseOp, FlattenOp, MaxPool1DOp
+from edge_client.export.int8_reference import int8_logits
 from edge_client.training import Dense, Sequential, act_qparams, build_model, quantize_weight
-from tests.unit.export_models import CNN, MLP, calibrated, qat, trained
+from tests.unit.export_models import CNN, MLP, calibrated, qat, trained, vibration
 
 SMALL = {"kind": "mlp", "sizes": [6, 5, 3]}
 
@@ -247,6 +248,25 @@ def test_a_broken_activation_range_is_refused(bad):
     weights["aq1.range"] = np.array(bad, np.float32)
     with pytest.raises(ExportError, match="aq1"):
         to_onnx(arch, weights, int8=True)
+
+
+def test_a_dead_channel_keeps_its_bias_in_int8():
+    """A channel whose weights are all zero outputs its bias; int8 must too."""
+    arch, weights = calibrated("cnn")
+    weights["dense1.weight"][:, 2] = 0.0
+    weights["dense1.bias"][2] = 0.8
+    x = vibration()[2][:20]
+    qg = quantized_graph(arch, weights)
+    logits = int8_logits(qg, x)
+    assert np.abs(logits[:, 2] - 0.8).max() <= qg.output.scale  # one int8 step
+
+
+def test_a_bias_int32_cannot_hold_is_refused_not_clipped():
+    arch, weights = calibrated("cnn")
+    weights["dense1.weight"][:, 2] = 1e-12  # near zero, not zero: a tiny weight scale
+    weights["dense1.bias"][2] = 0.8
+    with pytest.raises(ExportError, match=r"dense1: the bias of output channel\(s\) \[2\]"):
+        quantized_graph(arch, weights)
 
 
 # ------------------------------------------------------------ optional packages

@@ -48,12 +48,23 @@ def test_weight_round_trip_error_is_at_most_half_a_step():
     assert np.all(error <= scales / 2 * (1 + 1e-5))
 
 
-def test_an_all_zero_channel_has_a_tiny_positive_scale_and_stays_zero():
+def test_an_all_zero_channel_stays_zero_at_a_scale_its_bias_fits():
+    """Zero is exact at any scale; a tiny one would push the channel's int32 bias
+    (at input_scale * weight_scale) past int32, and the int8 model would lose it."""
     w = np.array([[0.0, 1.0], [0.0, -2.0]], dtype=np.float32)
+    q, scales = quantize_weight(w)
+    assert scales[0] == np.float32(1 / 127) and scales[1] == np.float32(2 / 127)
+    np.testing.assert_array_equal(q[:, 0], [0, 0])
+    np.testing.assert_array_equal(fake_quant_weight(w)[:, 0], [0.0, 0.0])
+    bias_q = quantize_bias(np.array([0.8, 0.8]), 0.02, scales)
+    np.testing.assert_allclose(bias_q * 0.02 * scales, [0.8, 0.8], rtol=1e-3)
+
+
+def test_a_tiny_nonzero_channel_still_gets_a_positive_scale():
+    w = np.array([[1e-12, 1.0], [0.0, -2.0]], dtype=np.float32)
     q, scales = quantize_weight(w)
     assert 0 < scales[0] < 1e-9 and np.isfinite(scales).all()
     np.testing.assert_array_equal(q[:, 0], [0, 0])
-    np.testing.assert_array_equal(fake_quant_weight(w)[:, 0], [0.0, 0.0])
 
 
 def test_fake_quant_weight_equals_quantize_then_dequantize():
