@@ -46,7 +46,10 @@ class ServicePrivacy:
             if config.mode == "sync" else self.cohort
         history = store.model_history()
         latest = history[-1] if history else {}
-        self.state = DpState(clip=float(latest.get("dp_next_clip", self.config.start_clip)),
+        # An adaptive clip goes on from where it was; a fixed one is the configured value,
+        # which may have changed since the last version.
+        resumed = latest.get("dp_next_clip") if self.config.adaptive else None
+        self.state = DpState(clip=float(resumed or self.config.start_clip),
                              version=int(latest.get("version", 0)) + 1)
         self.delta = self.config.resolved_delta()
         self.accountant = Accountant.from_history(history, self.delta)

@@ -136,6 +136,21 @@ def test_restart_resumes_the_count_and_the_adaptive_clip(tmp_path):
     assert again.accountant.epsilon() == pytest.approx(info["epsilon"])
 
 
+def test_a_restart_with_another_fixed_clip_uses_the_configured_one(tmp_path):
+    """Only an adaptive clip carries over; a fixed one is what [privacy] clip says now
+    (the devices' share in distributed mode too)."""
+    store = Store(tmp_path / "agg.sqlite3")
+    hooks = ServicePrivacy(_config(tmp_path, clip=1.0, seed=1), store)
+    task, _ = hooks.admit(_task(1, 4), available=4)
+    assert _make_version(hooks, store, task, 1, {"a": 0.1})["dp_next_clip"] == 1.0
+    again = ServicePrivacy(_config(tmp_path, clip=0.25, seed=1), store)
+    assert again.state.clip == 0.25
+    task, _ = again.admit(_task(2, 4), available=4)
+    assert _make_version(again, store, task, 2, {"a": 0.1})["dp_clip"] == 0.25
+    shared = ServicePrivacy(_config(tmp_path, mode="distributed", clip=0.5), store)
+    assert DeviceDp.from_wire(shared.admit(_task(3, 4), available=4)[0].dp).clip == 0.5
+
+
 def test_an_open_task_from_before_a_restart_keeps_its_rate(tmp_path):
     store = Store(tmp_path / "agg.sqlite3")
     task, _ = ServicePrivacy(_config(tmp_path, seed=1), store).admit(_task(1, 2), 20)
