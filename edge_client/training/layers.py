@@ -245,6 +245,8 @@ class ActQuant:
     lives in the weights anyway, so FedAvg averages the devices' ranges and the model file
     carries them to the int8 export. The optimizer never touches it (`grads()` leaves it
     out). A range of [0, 0] means nothing was observed yet: eval passes values through.
+    So does a range no batch could give (NaN, inf, min > max), which DP noise or a
+    server optimizer can make of an averaged range: the next training batch sets it afresh.
     Backward is the straight-through estimator: gradient inside the int8 grid, zero where
     the forward pass saturated.
     """
@@ -259,7 +261,9 @@ class ActQuant:
         self._mask: np.ndarray | None = None
 
     def observed(self) -> bool:
-        return bool(self.range.any())
+        """True when the range is usable: seen data (not [0, 0]), finite, min <= max."""
+        lo, hi = float(self.range[0]), float(self.range[1])
+        return bool(np.isfinite(lo) and np.isfinite(hi) and lo <= hi and (lo or hi))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if self.training:

@@ -11,8 +11,10 @@ from edge_client.training import (
     ActQuant,
     Conv1D,
     Dense,
+    FitConfig,
     Flatten,
     MaxPool1D,
+    NumpyTrainer,
     ReLU,
     build_model,
     fake_quant_act,
@@ -216,6 +218,38 @@ def test_act_quant_passes_values_through_until_a_range_is_observed():
     x = np.array([[0.123, -4.56]], dtype=np.float32)
     np.testing.assert_array_equal(aq.forward(x), x)
     np.testing.assert_array_equal(aq.backward(np.ones_like(x)), np.ones_like(x))
+
+
+@pytest.mark.parametrize("bad", [[np.nan, np.nan], [np.nan, 2.0], [-np.inf, 1.0],
+                                 [2.0, -1.0]])
+def test_act_quant_treats_a_range_no_batch_gives_as_unseen(bad):
+    """What noise or a server optimizer may make of an averaged range: eval passes values
+    through, and the next training batch sets the range afresh instead of failing."""
+    aq = ActQuant("aq")
+    aq.range[:] = bad
+    assert not aq.observed()
+    x = np.array([[-1.0, 0.5, 3.0]], dtype=np.float32)
+    np.testing.assert_array_equal(aq.forward(x), x)
+    aq.training = True
+    aq.forward(x)
+    np.testing.assert_array_equal(aq.range, [-1.0, 3.0])
+    assert aq.observed()
+
+
+def test_a_qat_model_with_a_broken_range_from_the_aggregator_still_trains():
+    arch = {"kind": "mlp", "sizes": [4, 6, 3], "qat": True}
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 4)).astype(np.float32), rng.integers(0, 3, 64)
+    trainer = NumpyTrainer(build_model(arch))
+    config = FitConfig(epochs=1, batch_size=16, lr=0.1, momentum=0.0)
+    trainer.fit(x, y, config)
+    weights = trainer.get_weights()
+    for bad in ([np.nan, np.nan], [2.0, -1.0]):
+        trainer.set_weights({**weights, "aq1.range": np.array(bad, np.float32)})
+        assert np.isfinite(trainer.evaluate(x, y)["loss"])
+        assert np.isfinite(trainer.fit(x, y, config).loss)
+        lo, hi = trainer.get_weights()["aq1.range"]
+        assert 0 <= lo <= hi and hi > 0  # after a ReLU: reset from the batches
 
 
 def test_qat_dense_multiplies_by_int8_weights_and_passes_gradients_straight_through():
