@@ -473,7 +473,8 @@ class EdgeClient:
 
     def _train(self, task: Task, codec: CodecConfig | None,
                dp: DeviceDp | None = None) -> Update | None:
-        """Train from the global model; None when training was stopped part-way."""
+        """Train from the global model; None when training was stopped part-way (or, under
+        DP, gave an update that cannot be sent)."""
         assert self._global is not None
         self.trainer.set_weights(_copy(self._global))
         x, y = self._data  # one consistent pair, even if set_data runs meanwhile
@@ -503,7 +504,14 @@ class EdgeClient:
                                  "local_loss": before.get("loss", float("nan"))},
                         created_at=time.time())
         if dp is not None:
-            update = self._add_dp_noise(update, dp)
+            try:
+                update = self._add_dp_noise(update, dp)
+            except ValueError as exc:  # a diverged run: no noisy update can be made of it
+                log.error("%s: task %s: no update sent: %s", self.config.device_id,
+                          task.task_id, exc)
+                self._done_tasks.append(task.task_id)  # retraining would diverge again
+                self._save_state()
+                return None
         return update if codec is None else self._compress(update, codec)
 
     def _add_dp_noise(self, update: Update, dp: DeviceDp) -> Update:

@@ -352,3 +352,18 @@ def test_the_device_refuses_a_task_with_unreadable_dp(tmp_path, caplog):
     client._maybe_train()
     assert client.outbox.entries() == [] and "r1" in client._done_tasks
     assert "dp settings version 9" in caplog.text
+
+
+def test_a_diverged_update_under_dp_is_not_sent_and_does_not_stop_the_device(tmp_path,
+                                                                          caplog):
+    """NaN weights after training (a diverged run): the device logs it, sends nothing
+    (it cannot noise such an update) and does not retry the task; its loop goes on."""
+    client = _device(tmp_path)
+    trained = client.trainer.get_weights
+    client.trainer.get_weights = lambda: {k: np.full_like(v, np.nan)
+                                          for k, v in trained().items()}
+    dp = DeviceDp(clip=0.01, noise_std=0.5)
+    client._task = dataclasses.replace(_task(1, 1), invited=("dev-0",), dp=dp.to_wire())
+    client._maybe_train()
+    assert client.outbox.entries() == [] and "r1" in client._done_tasks
+    assert "NaN" in caplog.text
