@@ -6,7 +6,8 @@ no-op, so service.py needs no branches. The hooks:
 - `wrap(strategy)`: the DP wrapper over FedAvg (or a server optimizer); refuses others.
 - `admit(task, available)`: before a task opens: its sampling rate, its `dp` field
   (distributed), or a reason to stop because one more version would pass the budget.
-- `check_update(update)`: distributed mode refuses updates sent without the device's DP.
+- `check_update(update)`: distributed mode refuses updates sent without the device's DP,
+  or with NaN or inf values.
 - `commit(task_id)`: after a version is made: the accountant's step and epsilon, and the
   next clip, as fields for the version's info.
 """
@@ -17,6 +18,8 @@ import dataclasses
 import logging
 import math
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from aggregator.privacy.accountant import Accountant, Step
 from aggregator.privacy.config import expected_cohort
@@ -140,6 +143,11 @@ class ServicePrivacy:
             raise RemoteProtocolError(f"the update's DP (clip {got[0]:g}, noise std "
                                       f"{got[1]:g}) is not the task's (clip {want.clip:g}, "
                                       f"noise std {want.noise_std:g})")
+        # The strategy would drop it, and the version would carry fewer noise shares than
+        # the budget check assumed (the round's minimum of updates).
+        if not all(np.isfinite(t).all() for t in update.tensors.values()):
+            raise RemoteProtocolError("the update has NaN or inf values: its noise share "
+                                      "cannot be used")
 
     # ------------------------------------------------------------ versions
     def commit(self, task_id: str) -> dict[str, Any]:

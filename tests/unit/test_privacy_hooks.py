@@ -178,6 +178,21 @@ def test_distributed_task_carries_the_devices_share_and_updates_must_echo_it(tmp
         hooks.check_update(_update("d0", task.task_id, DeviceDp(0.5, 0.1).metrics()))
 
 
+def test_distributed_refuses_a_non_finite_update_at_ingest(tmp_path):
+    """The strategy would drop it later, leaving fewer noise shares in the sum than the
+    budget check assumed (the round's minimum): refused up front, like a missing DP."""
+    store = Store(tmp_path / "agg.sqlite3")
+    hooks = ServicePrivacy(_config(tmp_path, mode="distributed"), store)
+    task, _ = hooks.admit(_task(1, 4), available=4)
+    metrics = DeviceDp.from_wire(task.dp).metrics()
+    for bad in (np.nan, np.inf):
+        update = dataclasses.replace(_update("d0", task.task_id, metrics),
+                                     tensors={"w": np.array([0, bad, 0, 0], np.float32)})
+        with pytest.raises(RemoteProtocolError, match="NaN or inf"):
+            hooks.check_update(update)
+    hooks.check_update(_update("d0", task.task_id, metrics))
+
+
 def test_distributed_accounting_counts_the_noise_that_came(tmp_path):
     """k of m devices bring sqrt(k / m) of the noise: z shrinks with dropouts, and the
     budget check assumes the fewest updates that still make a version."""
