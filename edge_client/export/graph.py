@@ -103,13 +103,18 @@ def build_trained_model(arch: dict[str, Any], weights: Weights, seed: int = 0) -
     """The training side's model for `arch` with `weights` loaded and checked.
 
     A mismatch between arch and weights (a missing, extra or mis-shaped array) is an
-    ExportError naming them, not a broadcast surprise later.
+    ExportError naming them, not a broadcast surprise later; so are NaN or infinite
+    weights (a diverged model), which no runtime would serve sensibly.
     """
     model = _model_for(arch, seed)
     try:
         NumpyTrainer(model).set_weights(weights)
     except ValueError as exc:
         raise ExportError(f"weights do not match the arch {_short(arch)}: {exc}") from None
+    broken = [name for name, p in model.params().items()
+              if not name.endswith(".range") and not np.isfinite(p).all()]
+    if broken:  # ranges have their own check, with the layer's name, in float_graph
+        raise ExportError(f"weights {broken} hold NaN or infinite values (a diverged model)")
     model.set_training(False)  # inference never moves ActQuant ranges
     return model
 

@@ -162,6 +162,9 @@ def calibrate(arch: dict, weights: Weights, x_calib: np.ndarray) -> tuple[dict, 
     x_calib = np.asarray(x_calib, np.float32)
     if len(x_calib) == 0:
         raise ValueError("calibration needs at least one sample")
+    bad = int(np.size(x_calib) - np.count_nonzero(np.isfinite(x_calib)))
+    if bad:  # min/max would make the ranges NaN or infinite
+        raise ValueError(f"calibration inputs must be finite; {bad} values are NaN or inf")
     seen: dict[str, list[float]] = {}
     for begin in range(0, len(x_calib), _CALIBRATION_CHUNK):
         x = x_calib[begin:begin + _CALIBRATION_CHUNK]

@@ -217,6 +217,15 @@ def test_weights_of_the_wrong_shape_are_named():
         to_onnx(SMALL, weights)
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_diverged_model_is_refused(int8):
+    arch, weights = calibrated("cnn")
+    weights["conv0.weight"][0, 0, 0] = np.nan
+    weights["dense0.bias"][1] = np.inf
+    with pytest.raises(ExportError, match=r"\['conv0.weight', 'dense0.bias'\].*NaN"):
+        to_onnx(arch, weights, int8=int8)
+
+
 def test_weights_of_a_different_model_are_refused():
     with pytest.raises(ExportError, match="do not match"):
         to_onnx(CNN, _weights(MLP))

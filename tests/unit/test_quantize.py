@@ -203,6 +203,15 @@ def test_calibrate_a_1d_cnn():
     assert calibrated["aq1.range"][0] == 0 and calibrated["aq1.range"][1] > 0  # after ReLU
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_calibrate_refuses_non_finite_inputs(bad):
+    model, x = _float_mlp_and_data()
+    x = x.copy()
+    x[3, 2] = bad
+    with pytest.raises(ValueError, match="calibration inputs must be finite; 1 values"):
+        calibrate({"kind": "mlp", "sizes": [6, 8, 3]}, model.params(), x)
+
+
 def test_calibrate_refuses_a_qat_arch_and_mismatched_weights():
     model, x = _float_mlp_and_data()
     with pytest.raises(ValueError, match="already has qat"):
