@@ -142,7 +142,11 @@ class Aggregator:
     def _resume(self) -> None:
         """Pick up the open task and every stored, not yet aggregated update."""
         opened = forget_secure_round(self.store, self.store.open_task())
-        if opened is not None and opened[0].model_version == self.version:
+        refused = self.privacy.refuse_resumed(opened[0]) if opened is not None else None
+        if refused is not None:  # admitted under other settings: the next task is checked
+            log.warning("aggregator: task %s not resumed: %s", opened[0].task_id, refused)
+            self.store.abort_task(opened[0].task_id)
+        elif opened is not None and opened[0].model_version == self.version:
             self._task, self._task_opened = opened[0], time.monotonic()
         for payload in self.store.pending_payloads():
             update = open_update(payload, self.global_weights)

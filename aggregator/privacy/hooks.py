@@ -6,6 +6,7 @@ no-op, so service.py needs no branches. The hooks:
 - `wrap(strategy)`: the DP wrapper over FedAvg (or a server optimizer); refuses others.
 - `admit(task, available)`: before a task opens: its sampling rate, its `dp` field
   (distributed), or a reason to stop because one more version would pass the budget.
+- `refuse_resumed(task)`: the same checks for a task still open at a restart.
 - `check_update(update)`: distributed mode refuses updates sent without the device's DP,
   or with NaN or inf values.
 - `commit(task_id)`: after a version is made: the accountant's step and epsilon, and the
@@ -103,6 +104,27 @@ class ServicePrivacy:
             dp = self._device_dp().to_wire()
             task = dataclasses.replace(task, dp=dp)
         return task, None
+
+    def refuse_resumed(self, task: Task) -> str | None:
+        """Why an open task from before a restart must not go on under the settings the
+        aggregator now has, or None: its version would pass the budget (with the rate it
+        was opened with), or, in distributed mode, it asked devices for other DP (its
+        updates would carry the wrong noise, or none). `admit` never saw it."""
+        if not self.enabled:
+            return None
+        if self.mode == "distributed":
+            try:
+                asked = DeviceDp.from_wire(task.dp) if task.dp is not None else None
+            except RemoteProtocolError:
+                asked = None
+            if asked != self._device_dp():
+                return "it asks devices for other DP than [privacy] now sets"
+        target = self.config.target_epsilon
+        if target > 0:
+            step = Step(self._rate_of(task.task_id), self._planned_multiplier())
+            if self.accountant.epsilon_after(step) > target:
+                return f"its version would take epsilon past target_epsilon {target:g}"
+        return None
 
     def sampling_rate(self, task: Task, available: int) -> float:
         """q: the chance a device is in this task's cohort.

@@ -160,6 +160,49 @@ def test_an_open_task_from_before_a_restart_keeps_its_rate(tmp_path):
     assert unknown["dp_sampling_rate"] == 1.0  # never planned here: no amplification claimed
 
 
+def _restart_with_open_task(tmp_path, before: dict, after: dict):
+    """A task opened (and an update stored) under `before`; the aggregator restarted
+    with `after`. Returns the restarted aggregator (never run: offline)."""
+    from aggregator.service import Aggregator
+
+    weights = {"w": np.zeros(4, np.float32)}
+    Aggregator(_config(tmp_path, **before), initial_weights=weights).store.close()
+    store = Store(tmp_path / "agg.sqlite3")
+    task, stop = ServicePrivacy(_config(tmp_path, **before), store).admit(_task(1, 4), 4)
+    assert stop is None
+    store.add_task(task, encode(task))
+    update = _update("d0", task.task_id, DeviceDp.from_wire(task.dp).metrics()
+                     if task.dp else {})
+    store.add_update(update, encode(update), "pending")
+    store.close()
+    return Aggregator(_config(tmp_path, **after), initial_weights=weights)
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ({"mode": "off"}, {"mode": "distributed"}),  # its updates carry no device noise
+    ({"mode": "distributed", "clip": 1.0}, {"mode": "distributed", "clip": 0.1}),
+    ({"mode": "central"}, {"mode": "central", "target_epsilon": 1.0}),  # over the budget
+])
+def test_an_open_task_that_the_new_settings_would_not_admit_is_aborted_at_restart(
+        tmp_path, before, after):
+    agg = _restart_with_open_task(tmp_path, before, after)
+    try:
+        assert agg._task is None and agg.pending_count == 0
+        assert agg.store.task_state("r1")[2] == "aborted"
+        assert agg.store.count_updates("discarded") == 1
+    finally:
+        agg.store.close()
+
+
+def test_an_open_task_the_settings_still_admit_resumes_at_restart(tmp_path):
+    settings = {"mode": "distributed", "clip": 1.0, "target_epsilon": 100.0}
+    agg = _restart_with_open_task(tmp_path, settings, settings)
+    try:
+        assert agg._task.task_id == "r1" and agg.pending_count == 1
+    finally:
+        agg.store.close()
+
+
 # ---------------------------------------------------------------- distributed
 def test_distributed_task_carries_the_devices_share_and_updates_must_echo_it(tmp_path):
     store = Store(tmp_path / "agg.sqlite3")
