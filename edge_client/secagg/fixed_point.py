@@ -41,6 +41,8 @@ class FixedPoint:
         check_bits(self.bits)
         if self.max_devices < 1:
             raise ValueError(f"max_devices must be >= 1, not {self.max_devices!r}")
+        if not math.isfinite(self.clip * self.scale):
+            raise ValueError(f"clip * scale = {self.clip} * {self.scale} is too large")
         if self.bound < 1:
             raise ValueError(f"clip * scale = {self.clip * self.scale} rounds every value to 0")
         if self.max_devices * self.bound > _signed_max(self.bits):
@@ -93,9 +95,10 @@ class FixedPoint:
             raise ValueError(f"a sum of {count} inputs is outside [1, {self.max_devices}]: "
                              "it may have wrapped")
         residues = np.asarray(total, dtype=np.uint64) & modulus_mask(self.bits)
-        signed = residues.astype(np.int64)
-        if self.bits < 64:
-            signed = np.where(signed > _signed_max(self.bits), signed - (1 << self.bits), signed)
+        # two's complement: shift the sign bit of `bits` to bit 63, then shift back
+        # arithmetically (no 2**bits constant, which would not fit int64 for bits = 63)
+        spare = 64 - self.bits
+        signed = (residues << np.uint64(spare)).astype(np.int64) >> np.int64(spare)
         return signed.astype(np.float64) / self.scale
 
 

@@ -1,0 +1,51 @@
+"""Edges of secure aggregation found in review: every modulus width decodes negative sums,
+absurd fixed-point settings from a task are a clear refusal, and the docs' figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aggregator.config import load_aggregator_config
+from edge_client.secagg import BadSecAggMessage, FixedPoint
+from edge_client.secagg.prg import MAX_BITS, MIN_BITS
+from edge_client.secagg.task import SecAggTask
+from tests.unit.test_secagg_round import MODEL, Fleet
+
+
+@pytest.mark.parametrize("bits", range(MIN_BITS, MAX_BITS + 1))
+def test_every_modulus_width_decodes_sums_on_both_sides_of_zero(bits):
+    fixed = FixedPoint(clip=1.0, scale=1.0, bits=bits, max_devices=1)
+    half = 1 << (bits - 1)
+    signed = [0, 1, -1, 5, -5, half - 1, -half]  # the extremes of a signed bits-bit word
+    ring = np.array([v % (1 << bits) for v in signed], dtype=np.uint64)
+    assert fixed.decode_sum(ring, 1).tolist() == [float(v) for v in signed]
+
+
+def test_a_round_with_a_63_bit_modulus_makes_its_outcome(tmp_path):
+    """secagg.bits = 63 is a valid setting; decoding its sum must not overflow."""
+    assert load_aggregator_config({"secagg": {"enabled": True, "bits": 63}}).secagg.bits == 63
+    fleet = Fleet(tmp_path, devices=4, min_fraction=0.75, bits=63)
+    fleet.join()
+    assert fleet.run().done
+    outcome = fleet.secure.outcome(MODEL)
+    fixed = fleet.settings.fixed_point(4)
+    plain = np.mean([np.clip(x, -fixed.clip, fixed.clip) for x in fleet.deltas.values()], 0)
+    share = np.concatenate([outcome.contributions[0].delta[k].ravel() for k in sorted(MODEL)])
+    assert np.max(np.abs(share - plain)) <= 1 / fixed.scale  # negative values included
+    assert np.any(plain < 0)
+
+
+def test_fixed_point_settings_whose_product_overflows_are_refused_clearly():
+    with pytest.raises(ValueError, match="too large"):
+        FixedPoint(clip=1e300, scale=1e300, bits=64, max_devices=1)
+
+
+def test_a_task_with_overflowing_fixed_point_settings_is_a_secagg_refusal():
+    """The device reads Task.secagg from the network: anything it refuses must be a
+    BadSecAggMessage, which its loop logs, never an OverflowError that ends the loop."""
+    raw = {"v": 1, "round_seed": bytes(32), "size": 10, "dim": 10, "bits": 64, "degree": 4,
+           "threshold": 2, "clip": 1e300, "scale": 1e300, "sparsify": "none",
+           "fraction": 1.0}
+    with pytest.raises(BadSecAggMessage, match="too large"):
+        SecAggTask.from_wire(raw)
