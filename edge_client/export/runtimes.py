@@ -206,11 +206,22 @@ class TfliteModel:
 
 
 def check_input(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
-    """float32, C-contiguous, shaped (n, *input_shape) with n >= 1; ValueError otherwise."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    """float32, C-contiguous, shaped (n, *input_shape) with n >= 1, finite; ValueError
+    otherwise. Strings, objects or complex numbers would be cast or fail deep in a
+    runtime, and a NaN would come back as some class id (an int8 cast of NaN is undefined).
+    """
+    given = np.asarray(x)
+    if given.dtype.kind not in "biuf":
+        raise ValueError(f"expected real numbers (float or int), got dtype {given.dtype}")
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused below
+        x = np.ascontiguousarray(given, dtype=np.float32)
     if x.ndim != len(input_shape) + 1 or x.shape[1:] != tuple(input_shape) or len(x) == 0:
         expected = ", ".join(str(d) for d in input_shape)
         raise ValueError(f"expected input of shape (n, {expected}) with n >= 1, got {x.shape}")
+    if not np.isfinite(x).all():
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        raise ValueError(f"input holds {bad} NaN or infinite values (after conversion to "
+                         "float32)")
     return x
 
 

@@ -82,6 +82,26 @@ def test_input_of_the_wrong_shape_is_a_clear_error(runtime):
             predictor.predict(bad)
 
 
+@pytest.mark.parametrize("runtime", ["numpy", "onnxruntime", "litert"])
+@pytest.mark.parametrize("int8", [False, True])
+def test_input_that_is_not_real_finite_numbers_is_a_clear_error(runtime, int8):
+    """Not a class id for NaN (an int8 cast of NaN is undefined), nor a silent cast."""
+    arch, weights = trained("mlp-qat")
+    predictor = Predictor(runtime, int8=int8)
+    predictor.load(1, arch, weights)
+    good = digits()[2][:3]
+    nan, inf = good.copy(), good.astype(np.float64)
+    nan[1, 5] = np.nan
+    inf[0, 0] = 1e39  # finite in float64, infinite as float32
+    cases = [(nan, "1 NaN or infinite"), (inf, "1 NaN or infinite"),
+             (good.astype(complex), "complex"), (good.astype(str), "<U"),
+             (good.astype(object), "object")]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            predictor.predict(bad)
+    assert predictor.predict(good.astype(np.int64)).shape == (3,)
+
+
 def test_a_new_version_replaces_the_old_and_an_older_one_does_not():
     x = digits()[2]
     predictor = Predictor("onnxruntime")
