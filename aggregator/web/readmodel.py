@@ -78,7 +78,9 @@ def privacy(store: Store, history: list[dict[str, Any]]) -> dict[str, Any] | Non
     spent = [h for h in history if h.get("epsilon") is not None]
     if settings is None and not spent:
         return None
-    return finite({**(settings or {}), "epsilon": spent[-1]["epsilon"] if spent else 0.0,
+    if settings is None:  # privacy turned off since: what the spent epsilon is measured at
+        settings = {"mode": "off", "delta": spent[-1].get("dp_delta")}
+    return finite({**settings, "epsilon": spent[-1]["epsilon"] if spent else 0.0,
                    "versions": len(spent)})
 
 

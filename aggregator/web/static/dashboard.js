@@ -80,8 +80,9 @@
     if (!p) return;
     const budget = p.target_epsilon ? ` of ${p.target_epsilon}` : "";
     text("ov-epsilon", `ε ${fixed(2)(p.epsilon)}${budget}`);
-    text("ov-privacy", `${p.mode} DP · δ ${p.delta} · z ${p.noise_multiplier}` +
-      (stopped ? " · training stopped" : ""));
+    // After privacy is turned off only the mode ("off") and delta of the spent epsilon remain.
+    const z = p.noise_multiplier === undefined ? "" : ` · z ${p.noise_multiplier}`;
+    text("ov-privacy", `${p.mode} DP · δ ${p.delta}${z}` + (stopped ? " · training stopped" : ""));
     $("ov-privacy").title = stopped || "";
   }
 
