@@ -1,8 +1,9 @@
 """The C reference of the MCU end, and a way to build its host programs with gcc.
 
 fedge_link.h / fedge_link.c: the library (C99, no malloc) that firmware compiles in.
-link_vectors.c: runs the shared vectors through it. mcu_sim.c: plays an MCU on a
-serial port or pty (POSIX). The tests build both with `build_program`, and run the
+link_vectors.c: runs the shared vectors through it. link_fuzz.c: random and mutated
+bytes through every parser (built with sanitizers by the tests). mcu_sim.c: plays an MCU
+on a serial port or pty (POSIX). The tests build both with `build_program`, and run the
 Arduino example itself on the host with `build_sketch` (host_arduino/: Serial on a pty).
 """
 
@@ -17,6 +18,7 @@ FIRMWARE_DIR = Path(__file__).parent
 CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2")
 PROGRAMS = {
     "link_vectors": ("link_vectors.c", "fedge_link.c"),
+    "link_fuzz": ("link_fuzz.c", "fedge_link.c"),
     "mcu_sim": ("mcu_sim.c", "fedge_link.c"),
 }
 
@@ -26,9 +28,10 @@ def find_compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "gcc"))
 
 
-def build_program(name: str, out_dir: Path, defines: dict[str, str] | None = None) -> Path:
-    """Compile one host program with the strict flags; RuntimeError shows the compiler's
-    complaint (warnings are errors)."""
+def build_program(name: str, out_dir: Path, defines: dict[str, str] | None = None,
+                  extra_flags: tuple[str, ...] = ()) -> Path:
+    """Compile one host program with the strict flags (plus `extra_flags`, e.g. the
+    sanitizers); RuntimeError shows the compiler's complaint (warnings are errors)."""
     compiler = find_compiler()
     if compiler is None:
         raise RuntimeError("no C compiler: apt-get install gcc (or set CC)")
@@ -37,7 +40,7 @@ def build_program(name: str, out_dir: Path, defines: dict[str, str] | None = Non
     out = Path(out_dir) / name
     flags = [f"-D{k}={v}" for k, v in (defines or {}).items()]
     sources = [str(FIRMWARE_DIR / s) for s in PROGRAMS[name]]
-    done = subprocess.run([compiler, *CFLAGS, *flags, "-o", str(out), *sources],
+    done = subprocess.run([compiler, *CFLAGS, *extra_flags, *flags, "-o", str(out), *sources],
                           capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"{compiler} failed on {name}:\n{done.stderr}")
