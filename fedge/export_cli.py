@@ -96,6 +96,8 @@ def read_model(db_path: Path, version: int | None = None) -> StoredGlobalModel:
     """One stored model (the latest by default), through a read-only connection."""
     if not Path(db_path).is_file():
         raise ValueError(f"{db_path}: no such aggregator store")
+    if version is not None and not 0 <= version < 2**63:  # beyond SQLite's INTEGER
+        raise ValueError(f"{db_path}: no model version {version}")
     db = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
     try:
         if version is None:
@@ -145,11 +147,14 @@ def _int8_ready(model: StoredGlobalModel, calibration: Path | None) -> tuple[dic
 
 def _calibration_inputs(path: Path) -> np.ndarray:
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("this is a single .npy array, not an .npz archive")
+        with loaded as npz:
             x = np.asarray(npz["x"], np.float32)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ValueError(f"--calibration {path}: need an .npz with an array x ({exc})") \
-            from None
+    except Exception as exc:  # a damaged file raises BadZipFile, zlib.error, EOFError, ...
+        raise ValueError(f"--calibration {path}: need an .npz with an array x "
+                         f"({type(exc).__name__}: {exc})") from None
     if x.ndim < 2 or len(x) == 0:
         raise ValueError(f"--calibration {path}: x must hold samples, got shape {x.shape}")
     return x
@@ -165,5 +170,9 @@ def _write_atomically(out: Path, data: bytes) -> None:
     """A reader of `out` sees the old file or the whole new one, never half of it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    except BaseException:  # a full disk, --out a folder: leave no half-written temp file
+        tmp.unlink(missing_ok=True)
+        raise

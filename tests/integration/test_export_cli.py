@@ -157,6 +157,34 @@ def test_user_errors_exit_2_with_the_reason(tmp_path, args, message):
     assert not out.exists()
 
 
+def test_bad_calibration_files_and_versions_exit_2_not_a_traceback(tmp_path):
+    db = _store(tmp_path / "agg.sqlite3", MLP, {0: _weights(MLP, 0)})
+    np.save(tmp_path / "plain.npy", np.ones((5, 64), np.float32))
+    np.savez(tmp_path / "good.npz", x=np.ones((5, 64), np.float32))
+    data = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out.onnx"
+    for args, message in [
+            (["--calibration", tmp_path / "plain.npy"], "not an .npz archive"),
+            (["--calibration", tmp_path / "cut.npz"], "need an .npz with an array x"),
+            (["--version", str(2**70)], f"no model version {2**70}")]:
+        done = _fedge("export", "--db", db, "--format", "onnx", "--int8", *args, "--out", out)
+        assert (done.returncode, "Traceback" in done.stderr) == (2, False), done.stderr
+        assert message in done.stderr
+    assert not out.exists()
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    db = _store(tmp_path / "agg.sqlite3", MLP, {0: _weights(MLP, 0)})
+    (tmp_path / "out").mkdir()  # --out names a folder: the rename fails
+    done = _fedge("export", "--db", db, "--format", "onnx", "--out", tmp_path / "out")
+    assert done.returncode == 2 and "Is a directory" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("agg")) == ["out"]
+    written = _fedge("export", "--db", db, "--format", "onnx",
+                     "--out", tmp_path / "new" / "dir" / "m.onnx")  # folders are made
+    assert written.returncode == 0 and (tmp_path / "new" / "dir" / "m.onnx").stat().st_size
+
+
 def test_a_missing_store_is_not_created(tmp_path):
     done = _fedge("export", "--db", tmp_path / "nope.sqlite3", "--format", "onnx",
                   "--out", tmp_path / "m.onnx")
