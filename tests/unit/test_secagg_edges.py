@@ -1,13 +1,17 @@
 """Edges of secure aggregation found in review: every modulus width decodes negative sums,
-absurd fixed-point settings from a task are a clear refusal, and the docs' figures."""
+absurd fixed-point settings from a task are a clear refusal, and random-k coordinates
+do not depend on the NumPy version."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from aggregator.config import load_aggregator_config
-from edge_client.secagg import BadSecAggMessage, FixedPoint
+from edge_client.secagg import BadSecAggMessage, FixedPoint, shared_coordinates
 from edge_client.secagg.prg import MAX_BITS, MIN_BITS
 from edge_client.secagg.task import SecAggTask
 from tests.unit.test_secagg_round import MODEL, Fleet
@@ -49,3 +53,28 @@ def test_a_task_with_overflowing_fixed_point_settings_is_a_secagg_refusal():
            "fraction": 1.0}
     with pytest.raises(BadSecAggMessage, match="too large"):
         SecAggTask.from_wire(raw)
+
+
+def test_shared_coordinates_do_not_depend_on_numpys_generator(monkeypatch):
+    """A device and the gateway may run different NumPy versions, whose Generator streams
+    may differ; the coordinates must come from the round seed alone."""
+    seed = bytes(range(32))
+    before = shared_coordinates(seed, 1000, 0.05)
+
+    class OtherStream:  # what another NumPy release's generator might draw
+        def __init__(self, *args, **kwargs) -> None:
+            self.rng = np.random.Generator(np.random.MT19937(7))
+
+        def __getattr__(self, name):
+            return getattr(self.rng, name)
+
+    monkeypatch.setattr(np.random, "default_rng", OtherStream)
+    after = shared_coordinates(seed, 1000, 0.05)
+    assert np.array_equal(before, after)
+    # and they are the 50 lowest ChaCha20 scores, recomputed here without NumPy's sort
+    key = hashlib.sha256(b"fedge-secagg/v1/randk\0" + seed).digest()
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    raw = stream.update(bytes(8 * 1000))
+    scores = [int.from_bytes(raw[8 * i:8 * i + 8], "little") for i in range(1000)]
+    lowest = sorted(range(1000), key=lambda i: (scores[i], i))[:50]
+    assert before.tolist() == sorted(lowest) and before.dtype == np.int64
