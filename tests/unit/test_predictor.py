@@ -159,6 +159,11 @@ def test_a_predict_in_flight_finishes_on_the_model_it_started_with():
 
 @pytest.mark.parametrize("runtime", ["numpy", "litert"])
 def test_threads_predicting_through_swaps_always_see_one_whole_version(runtime):
+    """Three threads predict while versions swap in; each sees every version, whole.
+
+    Each swap waits until every thread has finished two predictions after it (so one
+    started after it), with a generous deadline only against a hang: no timing guess.
+    """
     x = digits()[2][:32]
     versions = {v: _weights(SMALL, v) for v in (1, 2, 3, 4)}
     expected = {}
@@ -169,25 +174,43 @@ def test_threads_predicting_through_swaps_always_see_one_whole_version(runtime):
     predictor = Predictor(runtime)
     predictor.load(1, SMALL, versions[1])
     errors, stop = [], threading.Event()
+    counts = [0, 0, 0]
+    seen: list[set[int]] = [set(), set(), set()]
 
-    def serve() -> None:
+    def serve(i: int) -> None:
         try:
             while not stop.is_set():
                 proba = predictor.predict_proba(x)
-                if not any(np.allclose(proba, e, atol=1e-6) for e in expected.values()):
+                match = [v for v, e in expected.items() if np.allclose(proba, e, atol=1e-6)]
+                if not match:
                     errors.append("a prediction matched no single version")
+                seen[i].update(match)
+                counts[i] += 1
         except Exception as exc:  # surfaced below
             errors.append(repr(exc))
 
-    threads = [threading.Thread(target=serve) for _ in range(3)]
+    def two_more_each() -> None:
+        marks = list(counts)
+        for _ in range(6000):  # up to 60 s on a very busy machine
+            if all(c >= m + 2 for c, m in zip(counts, marks, strict=True)) or errors:
+                return
+            stop.wait(0.01)
+        raise AssertionError(f"threads stalled: {marks} -> {counts}")
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
-    for v in (2, 3, 4):
-        predictor.load(v, SMALL, versions[v])
-    stop.set()
-    for t in threads:
-        t.join(10)
+    try:
+        two_more_each()
+        for v in (2, 3, 4):
+            predictor.load(v, SMALL, versions[v])
+            two_more_each()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
     assert errors == [] and predictor.version == 4
+    assert seen == [{1, 2, 3, 4}] * 3
 
 
 # ------------------------------------------------------------ runtimes that are missing
