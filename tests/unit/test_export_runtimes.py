@@ -99,6 +99,34 @@ def test_odd_shapes_agree_too(name):
         assert steps.max() <= 1.0 + 1e-3, runtime
 
 
+@pytest.mark.parametrize("lo", [-0.005, -0.05, -0.3])
+def test_a_relu_range_averaged_below_zero_exports_alike_everywhere(lo):
+    """FedAvg and lossy codecs can give a ReLU's output range a slightly negative min, so
+    the fused ReLU clamps at a zero point above -128: every runtime must clamp there too.
+    Strided convs whose (L - k) % stride != 0, batch 1 and a batch size that changes."""
+    arch = ODD_ARCHS["strided-stack"]
+    rng = np.random.default_rng(3)
+    weights = NumpyTrainer(build_model(arch, seed=2)).get_weights()
+    weights = {k: v + 0.1 * rng.standard_normal(v.shape).astype(np.float32)
+               for k, v in weights.items()}
+    x = rng.standard_normal((30, *arch["input_shape"])).astype(np.float32)
+    qat_arch, qat_weights = calibrate(arch, weights, x)
+    for name in ("aq1", "aq2", "aq3"):  # the outputs of conv0, conv1 and dense0 (+ReLU)
+        assert qat_weights[f"{name}.range"][0] == 0
+        qat_weights[f"{name}.range"][0] = lo
+    qg = quantized_graph(qat_arch, qat_weights)
+    if lo <= -0.05:  # -0.005 is under half a step here: the zero point stays -128
+        assert all(qp.zero_point > -128 for qp in qg.outputs[:-1])
+    reference = load_model("numpy", qat_arch, qat_weights, int8=True).logits(x)
+    fake_quant = load_model("numpy", qat_arch, qat_weights).logits(x)
+    assert np.abs(fake_quant - reference).max() / qg.output.scale <= 2 + 1e-3
+    for runtime in ("onnxruntime", "litert"):
+        model = load_model(runtime, qat_arch, qat_weights, int8=True)
+        for begin, end in ((0, 30), (0, 1), (7, 8), (0, 5), (0, 30)):
+            steps = np.abs(model.logits(x[begin:end]) - reference[begin:end]) / qg.output.scale
+            assert steps.max() <= 1.0 + 1e-3, (runtime, begin, end)
+
+
 @pytest.mark.parametrize("key", ["mlp-qat", "cnn-ptq"])
 def test_litert_int8_computes_the_integer_reference(key):
     """Same int8 codes to within one rounding step, on every output of the test set."""
