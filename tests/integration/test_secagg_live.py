@@ -142,9 +142,11 @@ def test_versions_are_the_exact_mean_of_masked_inputs_and_nothing_unmasked_is_st
 
 def test_a_third_of_devices_dropping_after_masking_still_gives_the_survivors_sum(
         mosquitto, tmp_path, digits10):
+    # 5 s per phase: the 7 devices that do answer must make every deadline on a loaded
+    # 2-core machine, or they count as dropouts too and the counts below are off
     agg, clients, inputs = _federation(mosquitto, tmp_path, digits10, devices=10, rounds=1,
                                        min_fraction=0.5,
-                                       secagg=SecAggConfig(enabled=True, phase_timeout_s=2))
+                                       secagg=SecAggConfig(enabled=True, phase_timeout_s=5))
     for c in clients[1:3]:  # share keys, then go silent: their masks must be taken out
         c.secagg.silent_from = Phase.MASKED_INPUT
     clients[5].secagg.silent_from = Phase.UNMASKING  # its masked input is in, then it goes
