@@ -23,6 +23,7 @@ from edge_client.settings import ConfigError, from_table, read_toml
 from fedge.roles import ModelSpec
 from firmware_bridge.bridge import Bridge, BridgeConfig, open_serial
 from firmware_bridge.federation import ModelRelay
+from firmware_bridge.model_push import check_model
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ def run_bridge(args: argparse.Namespace) -> int:
                               max_samples=args.max_samples, ack_timeout_s=args.ack_timeout,
                               max_retries=args.retries)
         model = args.push_model.read_bytes() if args.push_model else None
+        if model is not None:
+            check_model(model, args.model_version)
         if args.device_config is not None:
             read_toml(args.device_config)  # a bad path or TOML fails now, not after waiting
         port = open_serial(config.port, config.baud, config.read_timeout_s)

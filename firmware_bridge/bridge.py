@@ -40,7 +40,13 @@ from firmware_bridge.link import (
     RetryPolicy,
     Sample,
 )
-from firmware_bridge.model_push import CHUNK_HEADER, ModelPush, PushState
+from firmware_bridge.model_push import (
+    CHUNK_HEADER,
+    MIN_PUSH_PAYLOAD,
+    ModelPush,
+    PushState,
+    check_model,
+)
 
 log = logging.getLogger(__name__)
 BRIDGE_ID = "fedge-bridge"
@@ -168,9 +174,9 @@ class Bridge:
 
     # ------------------------------------------------------------ other threads
     def push_model(self, blob: bytes, version: int) -> None:
-        """Queue a model for the MCU; a newer one replaces one not yet started."""
-        if not blob:
-            raise ValueError("cannot push an empty model")
+        """Queue a model for the MCU; a newer one replaces one not yet started.
+        ValueError here, on the caller's thread, for a model no MCU could be sent."""
+        check_model(blob, int(version))
         self._requests.put((bytes(blob), int(version)))
 
     @property
@@ -360,8 +366,9 @@ class Bridge:
         self._push_token = None
 
     def _new_push(self, blob: bytes, version: int) -> ModelPush:
-        """Chunks fill the payload the MCU said it takes (its HELLO lowers the default)."""
-        chunk = self.endpoint.peer_max_payload - CHUNK_HEADER
+        """Chunks fill the payload the MCU said it takes (its HELLO lowers the default).
+        A device whose limit leaves no room is refused by `_cannot_take`, not here."""
+        chunk = max(1, self.endpoint.peer_max_payload - CHUNK_HEADER)
         return ModelPush(blob, version, chunk)
 
     def _advance_push(self, now: float) -> None:
@@ -382,6 +389,10 @@ class Bridge:
         assert device is not None
         if not device.capabilities & Capability.MODEL_UPDATE:
             return f"device {device.device_id} does not take model updates"
+        if self.endpoint.peer_max_payload < MIN_PUSH_PAYLOAD:
+            return (f"device {device.device_id} takes payloads of at most "
+                    f"{self.endpoint.peer_max_payload} bytes; a model push needs "
+                    f"{MIN_PUSH_PAYLOAD}")
         if len(push.blob) > device.model_capacity:
             return (f"model of {len(push.blob)} bytes is larger than device "
                     f"{device.device_id}'s capacity of {device.model_capacity}")

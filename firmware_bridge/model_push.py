@@ -14,6 +14,16 @@ from enum import Enum
 from firmware_bridge.link import Ack, Message, ModelBegin, ModelChunk, ModelEnd, crc32
 
 CHUNK_HEADER = 4  # MODEL_CHUNK's offset field
+MIN_PUSH_PAYLOAD = 12  # MODEL_BEGIN's payload: a link with less cannot carry a push
+
+
+def check_model(blob: bytes, version: int) -> None:
+    """ValueError unless `blob` can go out as model `version`: MODEL_BEGIN carries both
+    as u32, and an empty model is not a model."""
+    if not blob:
+        raise ValueError("a model push needs a non-empty blob")
+    if not 0 <= version <= 0xFFFFFFFF or len(blob) > 0xFFFFFFFF:
+        raise ValueError(f"model version {version} and size {len(blob)} must fit in 32 bits")
 
 
 class PushState(Enum):
@@ -36,10 +46,7 @@ class ModelPush:
     _waiting: bool = False
 
     def __post_init__(self) -> None:
-        if not self.blob:
-            raise ValueError("a model push needs a non-empty blob")
-        if not 0 <= self.version <= 0xFFFFFFFF or len(self.blob) > 0xFFFFFFFF:
-            raise ValueError("model version and size must fit in 32 bits")
+        check_model(self.blob, self.version)
         if self.chunk_size < 1:
             raise ValueError(f"chunk size {self.chunk_size} leaves no room for model bytes")
         self.crc32 = crc32(self.blob)

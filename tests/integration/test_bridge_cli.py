@@ -108,6 +108,24 @@ def test_fedge_bridge_refuses_a_port_it_cannot_open(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize(("content", "version", "problem"), [
+    (b"", "1", "non-empty"),
+    (b"model", "-1", "version -1"),
+])
+def test_fedge_bridge_refuses_a_model_it_could_never_push(tmp_path, content, version, problem):
+    """At once, with the reason, before anything is opened: not a traceback, and not a
+    bridge thread that dies while the command waits on for Ctrl-C."""
+    model = tmp_path / "model.tflite"
+    model.write_bytes(content)
+    done = subprocess.run([sys.executable, "-m", "fedge.cli", "bridge", "--port", "loop://",
+                           "--data-dir", str(tmp_path / "d"), "--push-model", str(model),
+                           "--model-version", version],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert problem in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "d").exists()
+
+
 def test_fedge_bridge_joins_a_federation_on_the_mcus_data(sim_binary, tmp_path, mosquitto):
     digits = Digits(devices=1)
     x, y = digits.shards[0]

@@ -274,3 +274,35 @@ def test_an_unplugged_port_is_reopened_and_the_device_found_again(tmp_path):
     assert mcus[0].installed == mcus[1].installed == [(1, b"m" * 300)]
     assert ports[0].closed and len(opened) == 2 and not failures
     assert bridge.confirmed_versions == [1, 1]
+
+
+@pytest.mark.parametrize("max_payload", [0, 4, 11])
+def test_a_device_whose_payloads_are_too_small_for_a_push_does_not_stop_the_bridge(
+        tmp_path, max_payload):
+    """Its HELLO is untrusted input: the push fails with the reason, the loop goes on."""
+    bridge, mcu, port = make(tmp_path)
+    bridge.push_model(b"m" * 100, 1)
+    mcu.endpoint.send(Hello("tiny-mcu", 3, ALL_CAPS, max_payload, 4096), 0.0)
+    mcu.endpoint.send(Sample.from_values([7], (1,), label=1), 0.0)
+    pump(bridge, mcu, port)
+    assert not bridge.pushes[0].confirmed
+    assert f"at most {max_payload} bytes" in bridge.pushes[0].reason
+    assert not any(isinstance(m, ModelBegin) for m in mcu.received)
+    assert len(bridge.dataset) == 1  # still serving the device
+
+
+@pytest.mark.parametrize(("blob", "version", "problem"), [
+    (b"", 1, "empty"),
+    (b"m", -1, "version"),
+    (b"m", 1 << 32, "version"),
+])
+def test_a_model_that_cannot_be_pushed_is_refused_by_push_model(tmp_path, blob, version,
+                                                                 problem):
+    """Refused on the caller's thread, not later on the bridge's, where it would end the
+    loop."""
+    bridge, mcu, port = make(tmp_path)
+    with pytest.raises(ValueError, match=problem):
+        bridge.push_model(blob, version)
+    mcu.hello()
+    pump(bridge, mcu, port)
+    assert bridge.device is not None and not bridge.pushes
