@@ -9,6 +9,7 @@ give (x, y) for the edge client's trainer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -83,13 +84,25 @@ class SampleDataset:
         if not self._segments or self._segments[-1].count >= self.segment_samples:
             self._segments.append(self._new_segment())
         segment = self._segments[-1]
-        with open(segment.path, "ab") as f:
-            f.write(_RECORD_HEAD.pack(len(body), zlib.crc32(body)) + body)
-            f.flush()
-            if self.fsync:
-                os.fsync(f.fileno())
+        self._write_record(segment.path, _RECORD_HEAD.pack(len(body), zlib.crc32(body)) + body)
         segment.count += 1
         self._enforce_bound()
+
+    def _write_record(self, path: Path, record: bytes) -> None:
+        """All of the record or none of it: a write that fails half way (a full disk) is
+        cut back off, or the torn record would hide every later one at the next open."""
+        with open(path, "ab", buffering=0) as f:  # unbuffered: what failed is not retried
+            start = f.seek(0, os.SEEK_END)
+            try:
+                view = memoryview(record)
+                while view:
+                    view = view[f.write(view):]
+                if self.fsync:
+                    os.fsync(f.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    f.truncate(start)
+                raise
 
     def _new_segment(self) -> _Segment:
         number = int(self._segments[-1].path.stem.split("-")[1]) + 1 if self._segments else 1

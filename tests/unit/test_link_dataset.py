@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -62,6 +66,42 @@ def test_a_torn_write_is_cut_off_and_appends_continue(tmp_path):
     assert len(again) == 3 and again.damaged_records == 1
     again.append(sample(9), "m")
     assert [s.values()[0, 0] for s in SampleDataset(tmp_path).samples()] == [0, 10, 20, 90]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE as on Linux")
+def test_an_append_that_fails_half_way_leaves_no_torn_record_behind(tmp_path):
+    """A full disk writes part of a record and fails. The bridge counts that sample as
+    refused and goes on appending; those later samples must still be there after a
+    restart, not hidden behind the torn record. A file size limit makes the real write
+    stop half way (in a child process, so the limit touches nothing else)."""
+    script = textwrap.dedent("""
+        import resource, sys
+        from pathlib import Path
+        from firmware_bridge.dataset import SampleDataset
+        from firmware_bridge.link import Dtype, Sample
+        def sample(i):
+            return Sample.from_values([i] * 4, (2, 2), Dtype.INT16, 1)
+        directory = Path(sys.argv[1])
+        ds = SampleDataset(directory)
+        for i in range(3):
+            ds.append(sample(i), "m")
+        size = next(directory.glob("samples-*.bin")).stat().st_size
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, hard))  # room for 20 bytes
+        try:
+            ds.append(sample(3), "m")
+        except OSError:
+            print("refused")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # the disk has room again
+        for i in range(4, 7):
+            ds.append(sample(i), "m")
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "refused", done.stderr
+    again = SampleDataset(tmp_path)
+    assert [s.values()[0, 0] for s in again.samples()] == [0, 1, 2, 4, 5, 6]
+    assert again.damaged_records == 0
 
 
 def test_a_flipped_byte_stops_reading_at_the_damage(tmp_path):
