@@ -16,11 +16,14 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.settings import ConfigError, from_table, read_toml
-from fedge.roles import ModelSpec
+from fedge.roles import ModelSpec, check_data_fits
 from firmware_bridge.bridge import Bridge, BridgeConfig, open_serial
 from firmware_bridge.federation import ModelRelay
 from firmware_bridge.model_push import check_model
@@ -59,15 +62,23 @@ def add_bridge_parser(sub: argparse._SubParsersAction) -> None:
 def build_mcu_client(path: Path, bridge: Bridge, scale: float,
                      relay: ModelRelay) -> EdgeClient:
     """The `fedge device` TOML, with the MCU's samples as its data and the relay as on_model."""
+    config, spec = load_device_config(path)
+    trainer = spec.trainer()
+    x, y = bridge.dataset.arrays(scale=scale)
+    check_data_fits(trainer, x, y, "the MCU's samples")
+    return EdgeClient(config, trainer, x, y, on_model=relay.on_model)
+
+
+def load_device_config(path: Path) -> tuple[ClientConfig, ModelSpec]:
+    """The device TOML's settings and [model] ([data] is left out); any mistake in them is
+    a ConfigError."""
     table = read_toml(path)
     model_table = table.pop("model", {})
-    if table.pop("data", None) is not None:
-        log.warning("bridge: [data] in %s is ignored: the device trains on the MCU's samples",
-                    path)
+    table.pop("data", None)
     config = from_table(ClientConfig, table, str(path))
     spec = from_table(ModelSpec, model_table, "[model]")
-    x, y = bridge.dataset.arrays(scale=scale)
-    return EdgeClient(config, spec.trainer(), x, y, on_model=relay.on_model)
+    spec.trainer()  # a [model] that cannot be built fails here too
+    return config, spec
 
 
 def run_bridge(args: argparse.Namespace) -> int:
@@ -78,8 +89,11 @@ def run_bridge(args: argparse.Namespace) -> int:
         model = args.push_model.read_bytes() if args.push_model else None
         if model is not None:
             check_model(model, args.model_version)
-        if args.device_config is not None:
-            read_toml(args.device_config)  # a bad path or TOML fails now, not after waiting
+        if args.device_config is not None:  # a mistake in it fails now, not after waiting
+            load_device_config(args.device_config)
+            if "data" in read_toml(args.device_config):
+                log.warning("bridge: [data] in %s is ignored: the device trains on the MCU's "
+                            "samples", args.device_config)
         port = open_serial(config.port, config.baud, config.read_timeout_s)
     except (ConfigError, ValueError, OSError, ImportError) as exc:
         print(f"fedge bridge: {exc}", file=sys.stderr)
@@ -123,26 +137,37 @@ def _federate(args: argparse.Namespace, bridge: Bridge, stop: threading.Event) -
         stop.set()
         return 2
     log.info("bridge: joining the federation with %d samples from the MCU", len(client.x))
-    refresher = threading.Thread(target=_refresh_data, args=(client, bridge, args.scale, stop),
-                                 name="bridge-data", daemon=True)
+    checker = load_device_config(args.device_config)[1].trainer()  # not the client's: it trains
+
+    def fits(x: np.ndarray, y: np.ndarray) -> None:
+        check_data_fits(checker, x, y, "the MCU's samples")
+    refresher = threading.Thread(target=_refresh_data, name="bridge-data", daemon=True,
+                                 args=(client, bridge, args.scale, stop, 5.0, fits))
     refresher.start()
     client.run(stop)  # returns when the federation is done (exit_when_done) or on stop
     return 0
 
 
 def _refresh_data(client: EdgeClient, bridge: Bridge, scale: float, stop: threading.Event,
-                  every_s: float = 5.0) -> None:
+                  every_s: float = 5.0,
+                  fits: Callable[[np.ndarray, np.ndarray], None] | None = None) -> None:
     """Samples keep coming from the MCU while the device federates: hand them to the
-    client, which trains on them from its next task on."""
+    client, which trains on them from its next task on. `fits` raises ConfigError for
+    data the model cannot train on, which the client then never gets."""
     held = len(bridge.dataset)
     while not stop.wait(every_s):
         if len(bridge.dataset) == held:
             continue
         held = len(bridge.dataset)
         x, y = bridge.dataset.arrays(scale=scale)
-        if len(y):
-            client.set_data(x, y)
-            log.info("bridge: the device now trains on %d samples from the MCU", len(y))
+        try:
+            if fits is not None:
+                fits(x, y)
+        except ConfigError as exc:  # e.g. a label the model has no class for
+            log.warning("bridge: the device keeps training on its earlier data: %s", exc)
+            continue
+        client.set_data(x, y)
+        log.info("bridge: the device now trains on %d samples from the MCU", len(y))
 
 
 def _enough_labelled(bridge: Bridge, wanted: int) -> bool:

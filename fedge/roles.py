@@ -128,7 +128,25 @@ def build_device(path: Path) -> EdgeClient:
     spec = from_table(ModelSpec, model_table, "[model]")
     data = from_table(DataSpec, data_table, "[data]")
     x, y = load_npz(data.path)
-    return EdgeClient(config, spec.trainer(), x, y)
+    trainer = spec.trainer()
+    check_data_fits(trainer, x, y, f"[data] {data.path}")
+    return EdgeClient(config, trainer, x, y)
+
+
+def check_data_fits(trainer: NumpyTrainer, x: np.ndarray, y: np.ndarray, where: str) -> None:
+    """Data that does not fit the [model] is a config error at start, not a traceback that
+    ends the device's loop at its first task."""
+    if x.ndim < 2 or len(x) == 0 or y.shape != (len(x),):
+        raise ConfigError(f"{where}: need x of shape (samples, ...) and y of shape (samples,), "
+                          f"at least one sample; got x {x.shape}, y {y.shape}")
+    trainer.model.set_training(False)
+    try:
+        classes = trainer.model.forward(x[:1]).shape[1]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: x of shape {x.shape} does not fit [model]: {exc}") from None
+    if y.min() < 0 or y.max() >= classes:
+        raise ConfigError(f"{where}: labels y must be 0 to {classes - 1} for this [model], got "
+                          f"{y.min()} to {y.max()}")
 
 
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
