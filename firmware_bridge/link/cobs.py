@@ -2,8 +2,10 @@
 
 Cheshire and Baker's scheme as on Wikipedia's examples: a block of 254 non-zero bytes
 is coded 0xFF and is not followed by an implicit zero, and no extra code byte follows
-a full block at the end. Decoding is strict: anything the encoder cannot produce is
-`BadCobs`, so a corrupted frame is not silently accepted.
+a full block at the end. Decoding refuses a zero byte inside the frame and a code
+running past its end (`BadCobs`). It accepts one form the encoder never makes, a final
+code 0x01 right after a full block, which decodes to the same bytes as without it; the
+frame's CRC-16 still checks every byte (the C decoder does the same).
 """
 
 from __future__ import annotations
