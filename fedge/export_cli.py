@@ -122,9 +122,12 @@ def read_model(db_path: Path, version: int | None = None) -> StoredGlobalModel:
 
 
 def c_name(path: Path) -> str:
-    """A C identifier from a file name: model_data.h -> model_data, 2-b.h -> m_2_b."""
-    name = re.sub(r"\W", "_", path.name.split(".")[0]) or "model"
-    return name if re.match(r"[A-Za-z_]", name) else f"m_{name}"
+    """A C identifier from a file name: model_data.h -> model_data, 2-b.h -> m_2_b,
+    int.h -> m_int (a keyword)."""
+    from edge_client.export.c_header import is_c_name
+
+    name = re.sub(r"\W", "_", path.name.split(".")[0], flags=re.ASCII) or "model"
+    return name if is_c_name(name) else f"m_{name}"
 
 
 def _int8_ready(model: StoredGlobalModel, calibration: Path | None) -> tuple[dict, Weights, str]:

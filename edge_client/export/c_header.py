@@ -10,6 +10,26 @@ import re
 
 _BYTES_PER_LINE = 12
 _C_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Keywords of C11 and C++ (the header is included from both): `int[]` does not compile.
+_KEYWORDS = frozenset((
+    "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
+    "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
+    "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch", "typedef",
+    "union", "unsigned", "void", "volatile", "while", "_Alignas", "_Alignof", "_Atomic", "_Bool",
+    "_Complex", "_Generic", "_Imaginary", "_Noreturn", "_Static_assert", "_Thread_local",
+    "alignas", "alignof", "and", "and_eq", "asm", "bitand", "bitor", "bool", "catch", "char8_t",
+    "char16_t", "char32_t", "class", "compl", "concept", "consteval", "constexpr", "constinit",
+    "const_cast", "co_await", "co_return", "co_yield", "decltype", "delete", "dynamic_cast",
+    "explicit", "export", "false", "friend", "mutable", "namespace", "new", "noexcept", "not",
+    "not_eq", "nullptr", "operator", "or", "or_eq", "private", "protected", "public",
+    "reinterpret_cast", "requires", "static_assert", "static_cast", "template", "this",
+    "thread_local", "throw", "true", "try", "typeid", "typename", "using", "virtual", "wchar_t",
+    "xor", "xor_eq"))
+
+
+def is_c_name(name: str) -> bool:
+    """Usable as the array's name in C and C++: an identifier and not a keyword."""
+    return bool(_C_NAME.fullmatch(name)) and name not in _KEYWORDS
 
 
 def to_c_header(tflite_bytes: bytes, name: str) -> str:
@@ -17,8 +37,8 @@ def to_c_header(tflite_bytes: bytes, name: str) -> str:
 
     Includes <stdalign.h> under C11 so `alignas` works in C as well as C++.
     """
-    if not _C_NAME.fullmatch(name):
-        raise ValueError(f"{name!r} is not a C identifier")
+    if not is_c_name(name):
+        raise ValueError(f"{name!r} is not a C identifier (or it is a C/C++ keyword)")
     if len(tflite_bytes) < 8 or tflite_bytes[4:8] != b"TFL3":
         raise ValueError("not a .tflite flatbuffer (no TFL3 identifier at byte 4)")
     guard = f"FEDGE_{name.upper()}_H"

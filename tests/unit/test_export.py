@@ -168,11 +168,25 @@ def test_c_header_holds_the_bytes_aligned_with_their_length():
     (b"\x00" * 16, "model", "TFL3"),
     (None, "1model", "C identifier"),
     (None, "my-model", "C identifier"),
+    (None, "int", "keyword"),
+    (None, "new", "keyword"),
 ])
 def test_c_header_refuses_non_tflite_bytes_and_bad_names(data, name, match):
     data = data if data is not None else to_tflite(SMALL, _weights(SMALL))
     with pytest.raises(ValueError, match=match):
         to_c_header(data, name)
+
+
+@pytest.mark.parametrize(("file", "name"), [
+    ("model_data.h", "model_data"), ("2-b.h", "m_2_b"), ("int.h", "m_int"),
+    ("class.h", "m_class"), ("modèle.h", "mod_le"), (".h", "model")])
+def test_fedge_export_names_the_array_after_the_file(file, name):
+    from pathlib import Path
+
+    from fedge.export_cli import c_name
+
+    assert c_name(Path(file)) == name
+    assert to_c_header(to_tflite(SMALL, _weights(SMALL)), name)
 
 
 # ------------------------------------------------------------ bad input
