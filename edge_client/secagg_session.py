@@ -70,7 +70,8 @@ class SecureRoundSession:
     def handle(self, body: bytes) -> bytes | None:
         """Our reply to one message of the aggregator, or None for another round's.
 
-        BadSecAggMessage (a message we refuse) ends the session.
+        BadSecAggMessage: bytes that do not decode change nothing; a message the client
+        refuses ends the session (its phase is then ABORTED).
         """
         if body in self._answers:
             return self._answers[body]
@@ -141,8 +142,12 @@ class DeviceSecAgg:
         try:
             reply = session.handle(body)
         except BadSecAggMessage as exc:
-            log.warning("%s: left secure round %s: %s", self.device_id, session.task_id,
-                        exc.reason)
+            if session.phase is Phase.ABORTED:
+                log.warning("%s: left secure round %s: %s", self.device_id, session.task_id,
+                            exc.reason)
+            else:  # undecodable bytes: nothing was used, the round goes on
+                log.warning("%s: ignored an unreadable secagg message: %s", self.device_id,
+                            exc.reason)
             return []
         except LocalProtocolError as exc:  # e.g. pycryptodome missing: fedge[secagg]
             log.error("%s: left secure round %s: %s", self.device_id, session.task_id, exc)

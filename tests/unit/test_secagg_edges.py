@@ -11,10 +11,11 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from aggregator.config import load_aggregator_config
-from edge_client.secagg import BadSecAggMessage, FixedPoint, shared_coordinates
+from edge_client.protocol.chunking import split
+from edge_client.secagg import BadSecAggMessage, FixedPoint, Phase, shared_coordinates
 from edge_client.secagg.prg import MAX_BITS, MIN_BITS
 from edge_client.secagg.task import SecAggTask
-from tests.unit.test_secagg_round import MODEL, Fleet
+from tests.unit.test_secagg_round import MODEL, T0, Fleet
 
 
 @pytest.mark.parametrize("bits", range(MIN_BITS, MAX_BITS + 1))
@@ -78,3 +79,18 @@ def test_shared_coordinates_do_not_depend_on_numpys_generator(monkeypatch):
     scores = [int.from_bytes(raw[8 * i:8 * i + 8], "little") for i in range(1000)]
     lowest = sorted(range(1000), key=lambda i: (scores[i], i))[:50]
     assert before.tolist() == sorted(lowest) and before.dtype == np.int64
+
+
+def test_unreadable_bytes_on_the_relay_topic_do_not_end_the_devices_round(tmp_path, caplog):
+    """Only a message the client refuses ends its round; bytes that do not even decode
+    change nothing, and the log must not claim the device left."""
+    fleet = Fleet(tmp_path, devices=3, min_fraction=1.0)
+    fleet.join()
+    device = fleet.devices["dev-0"]
+    garbage = split(b"\x93not secagg", "junk-1", 4096)[0]
+    assert device.on_chunk(garbage, unwrap=lambda b: b) == []
+    assert device.session.phase is Phase.SHARE_KEYS
+    assert "ignored an unreadable secagg message" in caplog.text
+    assert "left secure round" not in caplog.text
+    fleet.down(fleet.secure.tick(T0).outgoing)  # the round goes on with this device in it
+    assert fleet.run().done and "dev-0" in fleet.secure.last_result.contributors
