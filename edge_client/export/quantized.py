@@ -124,12 +124,15 @@ def _quantize_layer(op: DenseOp | Conv1DOp, inp: QParams, out: QParams) -> Quant
     weight_q, weight_scale = quantize_weight(op.weight)
     weight_scale = weight_scale.astype(np.float32)
     bias_q = quantize_bias(op.bias, inp.scale, weight_scale)
-    info = np.iinfo(np.int32)
-    saturated = np.flatnonzero((bias_q == info.min) | (bias_q == info.max))
-    if saturated.size:  # quantize_bias clips: the int8 model would lose these biases
-        raise ExportError(f"{op.name}: the bias of output channel(s) {saturated.tolist()} "
-                          "does not fit int32 at input_scale * weight_scale: their weights "
-                          "are too close to zero for int8")
+    # The largest accumulator any int8 input can give: |x_q - x_zero| <= 255. Past int32,
+    # quantize_bias has clipped the bias or the runtimes' accumulators would wrap.
+    worst = (np.abs(bias_q.astype(np.int64))
+             + 255 * np.abs(weight_q.astype(np.int64)).reshape(-1, len(bias_q)).sum(axis=0))
+    too_big = np.flatnonzero(worst >= np.iinfo(np.int32).max)
+    if too_big.size:
+        raise ExportError(f"{op.name}: the bias of output channel(s) {too_big.tolist()} "
+                          "does not fit the int32 accumulator at input_scale * "
+                          "weight_scale: their weights are too close to zero for int8")
     return QuantizedLayer(op, weight_q, weight_scale, bias_q, inp, out)
 
 

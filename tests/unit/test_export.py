@@ -292,6 +292,18 @@ def test_a_bias_int32_cannot_hold_is_refused_not_clipped():
         quantized_graph(arch, weights)
 
 
+def test_a_bias_that_leaves_no_room_in_the_int32_accumulator_is_refused():
+    """The bias fits int32, but inputs at the range's edge would overflow the accumulator:
+    refused at export, not an OverflowError (or a wrapped int32) on some predict later."""
+    arch, weights = calibrated("cnn")
+    weights["dense1.weight"][:, 2] = 1e-6  # every code 127 at scale 1e-6 / 127
+    input_scale = quantized_graph(arch, weights).layers[-1].input.scale
+    bias_scale = np.float32(input_scale) * np.float32(1e-6 / 127)
+    weights["dense1.bias"][2] = (2**31 - 10_000) * float(bias_scale)
+    with pytest.raises(ExportError, match=r"dense1: the bias of output channel\(s\) \[2\]"):
+        quantized_graph(arch, weights)
+
+
 # ------------------------------------------------------------ optional packages
 def test_the_device_sdk_imports_no_runtime():
     code = ("import sys, edge_client.export, edge_client.predictor, edge_client.client; "
