@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -324,7 +325,8 @@ class Bridge:
         self.stats.predictions += 1
         self._record({"kind": "prediction", "device": record.device_id,
                       "model_version": p.model_version, "class": p.class_index,
-                      "score": p.score})
+                      # the MCU's f32 may be NaN or inf, which JSON has no words for
+                      "score": p.score if math.isfinite(p.score) else None})
 
     def _on_log(self, entry: Log) -> None:
         assert self.device is not None

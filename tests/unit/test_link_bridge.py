@@ -306,3 +306,20 @@ def test_a_model_that_cannot_be_pushed_is_refused_by_push_model(tmp_path, blob, 
     mcu.hello()
     pump(bridge, mcu, port)
     assert bridge.device is not None and not bridge.pushes
+
+
+def test_events_stay_strict_json_when_the_mcu_sends_a_nan_or_infinite_score(tmp_path):
+    """The score is the MCU's f32, untrusted: NaN and inf are not JSON, so a strict reader
+    of events.jsonl (jq, a browser) would stop at that line."""
+    bridge, mcu, port = make(tmp_path)
+    mcu.hello()
+    for score in (float("nan"), float("inf"), 0.25):
+        mcu.endpoint.send(Prediction(1, 2, score), 0.0)
+    pump(bridge, mcu, port)
+
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    events = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert [e["score"] for e in events if e["kind"] == "prediction"] == [None, None, 0.25]
+    assert len(bridge.predictions) == 3  # kept in memory as sent
