@@ -346,6 +346,11 @@ class SecureRounds:
                         "dropouts": _dropouts(round_.server)})
         return outcome
 
+    def not_used(self, task_id: str, reason: str) -> None:
+        """The round ended with a sum but made no version (the strategy refused it): its
+        row says so, so an audit does not show a finished round without a model."""
+        self.log.ended(task_id, "aborted", {"reason": reason})
+
     def resend(self) -> list[tuple[str, bytes]]:
         """This phase's messages again (after a reconnect) for devices yet to answer."""
         round_ = self.round

@@ -381,6 +381,8 @@ class Aggregator:
                       self.version + 1, exc)
             if self._task.mode == "sync":
                 self.store.abort_task(self._task.task_id)
+            if secure is not None and self.secure is not None:
+                self.secure.not_used(self._task.task_id, f"version not made: {exc}")
             self._pending, self._task = [], None
             return
         version = self.version + 1

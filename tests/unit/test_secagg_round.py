@@ -7,6 +7,7 @@ config's refusals and the task field's wire form."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 
 import numpy as np
@@ -448,3 +449,24 @@ def test_privacy_config_is_importable_with_secagg():  # distributed DP rides on 
     config = load_aggregator_config({"secagg": {"enabled": True, "clip": 2.0},
                                      "privacy": {"mode": "distributed", "clip": 1.0}})
     assert config.privacy == PrivacyConfig(mode="distributed", clip=1.0)
+
+
+def test_a_sum_the_strategy_refuses_leaves_the_round_aborted_not_done(tmp_path):
+    """The service's failure path: no version, so the secure round's row must not say done."""
+    from aggregator.service import Aggregator
+
+    class Refusing:
+        def aggregate(self, global_weights, contributions, server_lr=1.0):
+            raise ValueError("overflow")
+
+    fleet = Fleet(tmp_path, devices=4)
+    agg = Aggregator(fleet.config, initial_weights=MODEL, strategy=Refusing())
+    agg.secure, agg._task = fleet.secure, fleet.task
+    fleet.store.add_task(fleet.task, b"task")
+    fleet.join()
+    assert fleet.run().done
+    agg._aggregate(fleet.secure.outcome(MODEL))
+    assert agg.version == 0 and agg._task is None
+    states = {r["task_id"]: (r["state"], r["info"]) for r in fleet.secure.log.rounds()}
+    state, info = states[fleet.task.task_id]
+    assert state == "aborted" and "overflow" in json.dumps(info)
