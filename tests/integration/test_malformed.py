@@ -21,10 +21,13 @@ pytestmark = pytest.mark.integration
 EVIL = "mallory"
 
 
-def _update_payload(data: Digits, shape_ok: bool = True) -> tuple[str, bytes]:
+def _update_payload(data: Digits, shape_ok: bool = True,
+                    finite: bool = True) -> tuple[str, bytes]:
     tensors = {k: np.zeros_like(v) for k, v in data.initial_weights().items()}
     if not shape_ok:
         tensors["dense0.weight"] = np.zeros((3, 3), np.float32)
+    if not finite:
+        tensors["dense0.bias"][1] = np.nan
     nonce = os.urandom(16).hex()
     update = Update(device_id=EVIL, task_id="r1-whatever", nonce=nonce, base_version=0,
                     num_samples=5, tensors=tensors)
@@ -38,6 +41,7 @@ def _bad_payloads(data: Digits) -> dict[str, list[bytes]]:
     tampered = msgpack.unpackb(chunks[0])
     tampered["data"] = bytes(len(tampered["data"]))  # same length, other bytes
     wrong_shape_nonce, wrong_shape = _update_payload(data, shape_ok=False)
+    nan_nonce, with_nan = _update_payload(data, finite=False)
     huge = Chunk("ab" * 16, 0, 2, 10**9, "0" * 64, b"x")
     future = msgpack.unpackb(split(b"payload", "cd" * 16)[0])
     future["v"] = 2
@@ -45,6 +49,7 @@ def _bad_payloads(data: Digits) -> dict[str, list[bytes]]:
         "truncated chunk": [chunks[0][: len(chunks[0]) // 2]],
         "wrong digest": [msgpack.packb(tampered, use_bin_type=True), *chunks[1:]],
         "wrong shape": split(wrong_shape, wrong_shape_nonce),
+        "NaN values": split(with_nan, nan_nonce),
         "oversized declared size": [encode_chunk(huge)],
         "random bytes": [os.urandom(300)],
         "unknown version": [msgpack.packb(future, use_bin_type=True)],
@@ -66,6 +71,7 @@ EXPECTED_REASON = {
     "truncated chunk": "not valid MessagePack",
     "wrong digest": "sha256",
     "wrong shape": "shape",
+    "NaN values": "'dense0.bias' holds NaN or infinity",
     "oversized declared size": "exceeds the limit",
     "random bytes": "MessagePack|not a map|protocol version",
     "unknown version": "unsupported protocol version 2",
