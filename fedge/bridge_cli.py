@@ -106,7 +106,8 @@ def run_bridge(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if model is not None:
         bridge.push_model(model, args.model_version)
-    serving = threading.Thread(target=bridge.run, args=(stop,), name="bridge")
+    failures: list[BaseException] = []
+    serving = threading.Thread(target=_serve, args=(bridge, stop, failures), name="bridge")
     serving.start()
     status = 0
     try:
@@ -116,11 +117,26 @@ def run_bridge(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         serving.join()
+    if failures:
+        print(f"fedge bridge: the bridge stopped: {failures[0]!r}", file=sys.stderr)
+        status = 1
     if args.export_npz is not None:
         count = bridge.dataset.export_npz(args.export_npz, scale=args.scale)
         print(f"wrote {count} labelled samples to {args.export_npz}")
     _print_summary(bridge)
     return status
+
+
+def _serve(bridge: Bridge, stop: threading.Event, failures: list[BaseException]) -> None:
+    """The bridge's loop; if it dies, the whole command stops instead of waiting for a
+    Ctrl-C with nothing serving the port."""
+    try:
+        bridge.run(stop)
+    except Exception as exc:
+        log.exception("bridge: the serial loop failed")
+        failures.append(exc)
+    finally:
+        stop.set()
 
 
 def _federate(args: argparse.Namespace, bridge: Bridge, stop: threading.Event) -> int:

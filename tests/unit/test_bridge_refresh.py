@@ -47,3 +47,16 @@ def test_new_samples_reach_the_client_and_unchanged_data_does_not():
         stop.set()
         thread.join(5)
     assert client.given == [5]
+
+
+def test_a_bridge_loop_that_dies_stops_the_command_and_is_reported():
+    from fedge.bridge_cli import _serve
+
+    class Broken:
+        def run(self, stop):
+            raise RuntimeError("port exploded")
+
+    stop, failures = threading.Event(), []
+    _serve(Broken(), stop, failures)
+    assert stop.is_set()  # run_bridge's stop.wait() returns instead of hanging
+    assert [str(f) for f in failures] == ["port exploded"]
