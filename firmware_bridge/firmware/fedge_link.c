@@ -345,7 +345,11 @@ static fl_status parse_hello(const uint8_t *p, size_t n, fl_hello *h)
 static fl_status parse_sample(const uint8_t *p, size_t n, fl_sample *s)
 {
     uint8_t flags;
-    size_t count = 1, i, head, width;
+    /* uint32_t, not size_t: on 16-bit boards (AVR) a size_t product of shapes could wrap
+       and pass the length check; count stays <= n before each multiplication, so
+       count * shape * width < 2^32 here. */
+    uint32_t count = 1, width;
+    size_t i, head;
     if (n < SAMPLE_HEAD) {
         return FL_ERR_BAD_PAYLOAD;
     }
@@ -371,11 +375,11 @@ static fl_status parse_sample(const uint8_t *p, size_t n, fl_sample *s)
             return FL_ERR_BAD_PAYLOAD;
         }
         count *= s->shape[i];
-        if (count * width > n) { /* also stops overflow: n is small */
+        if (count * width > (uint32_t)n) {
             return FL_ERR_BAD_PAYLOAD;
         }
     }
-    if (n - head != count * width) {
+    if ((uint32_t)(n - head) != count * width) {
         return FL_ERR_BAD_PAYLOAD;
     }
     s->data = p + head;
