@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from firmware_bridge.dataset import SampleDataset
 from firmware_bridge.link import (
     DEFAULT_MAX_PAYLOAD,
+    Ack,
     Capability,
     Delivered,
     Failed,
@@ -36,6 +37,8 @@ from firmware_bridge.link import (
     LinkEndpoint,
     Log,
     LogLevel,
+    Nack,
+    NackReason,
     Prediction,
     Received,
     RetryPolicy,
@@ -156,7 +159,8 @@ class Bridge:
         self.dataset = dataset or SampleDataset(config.data_dir / "samples",
                                                 config.max_samples, fsync=config.fsync)
         self.endpoint = LinkEndpoint(config.max_payload,
-                                     RetryPolicy(config.ack_timeout_s, config.max_retries))
+                                     RetryPolicy(config.ack_timeout_s, config.max_retries),
+                                     answer=self._answer)
         self.stats = BridgeStats()
         self.device: Hello | None = None
         self.predictions: deque[PredictionRecord] = deque(maxlen=config.recent)
@@ -307,14 +311,26 @@ class Bridge:
         else:
             log.warning("bridge: unexpected %s from the device", type(message).__name__)
 
-    def _on_sample(self, sample: Sample) -> None:
-        assert self.device is not None
+    def _answer(self, message: Any) -> Ack | Nack:
+        """A sample is stored before it is acknowledged: an MCU that gets the ACK may
+        forget the window. A failed write asks for a resend (BUSY), a sample the dataset
+        refuses is answered BAD_PAYLOAD; other messages are handled once delivered."""
+        if not isinstance(message, Sample) or self.device is None:
+            return Ack(0)
         try:
-            self.dataset.append(sample, self.device.device_id)
-        except (OSError, ValueError) as exc:
+            self.dataset.append(message, self.device.device_id)
+        except OSError as exc:
             self.stats.samples_refused += 1
-            log.error("bridge: could not store a sample: %s", exc)
-            return
+            log.error("bridge: could not store a sample, asking for it again: %s", exc)
+            return Nack(0, NackReason.BUSY)
+        except ValueError as exc:
+            self.stats.samples_refused += 1
+            log.error("bridge: refused a sample: %s", exc)
+            return Nack(0, NackReason.BAD_PAYLOAD)
+        return Ack(0)
+
+    def _on_sample(self, sample: Sample) -> None:
+        """Delivered, so already stored by `_answer` (a refused one is not delivered)."""
         self.stats.samples += 1
 
     def _on_prediction(self, p: Prediction) -> None:

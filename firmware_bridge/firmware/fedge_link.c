@@ -737,6 +737,9 @@ static fl_status encode_answer(uint8_t seq, uint8_t reason, uint32_t detail, uin
 fl_status fl_receiver_answer(fl_receiver *r, uint8_t seq, uint8_t reason, uint32_t detail,
                              uint8_t *dst, size_t dst_cap, size_t *out_len)
 {
+    if (reason == FL_NACK_BUSY) { /* not taken: its resend is judged afresh */
+        return encode_answer(seq, reason, detail, dst, dst_cap, out_len);
+    }
     r->last_seq = seq;
     r->last_reason = reason;
     r->last_detail = detail;

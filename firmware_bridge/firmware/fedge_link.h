@@ -255,7 +255,8 @@ void fl_receiver_init(fl_receiver *r);
  * last one (our answer was lost); call fl_receiver_repeat and do not handle it again.
  * A HELLO is always new: the peer has restarted. Never call this for ACK/NACK. */
 int fl_receiver_accept(fl_receiver *r, const fl_frame *frame);
-/* The ACK (reason 0) or NACK frame for a new message, remembered for repeats. */
+/* The ACK (reason 0) or NACK frame for a new message, remembered for repeats; a NACK
+ * BUSY is not remembered, so the peer's resend of that message counts as new. */
 fl_status fl_receiver_answer(fl_receiver *r, uint8_t seq, uint8_t reason, uint32_t detail,
                              uint8_t *dst, size_t dst_cap, size_t *out_len);
 fl_status fl_receiver_repeat(const fl_receiver *r, uint8_t *dst, size_t dst_cap,

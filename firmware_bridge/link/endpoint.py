@@ -6,6 +6,8 @@ NACK(BAD_FRAME or BUSY) or when no answer came within `ack_timeout_s`, up to
 `max_retries` times, then reported as `Failed`. The receiver remembers the last seq it
 accepted and answers a repeat with the same ACK without delivering it twice. A HELLO is
 always delivered and starts a new session (the peer rebooted: its seq starts over).
+Only what `answer` ACKs is delivered; a NACK BUSY is not remembered, so the peer's resend
+of that message is judged afresh (the bridge answers BUSY when a sample's write fails).
 
 It never touches a serial port: `fedge bridge` (firmware_bridge.bridge) is the thin
 shell that moves bytes, and the tests drive two endpoints against each other directly.
@@ -286,9 +288,11 @@ class LinkEndpoint:
             self._write(self._last_answer)
             return []
         answer = self.answer(message)
-        self._last_seq = frame.seq
-        self._last_answer = self._reply(_with_seq(answer, frame.seq))
-        return [Received(message, frame.seq)]
+        wire = self._reply(_with_seq(answer, frame.seq))
+        if isinstance(answer, Nack) and answer.reason == NackReason.BUSY:
+            return []  # not taken: the peer resends it, and that resend is judged afresh
+        self._last_seq, self._last_answer = frame.seq, wire
+        return [] if isinstance(answer, Nack) else [Received(message, frame.seq)]
 
     def _on_ack(self, ack: Ack, now: float) -> list[Event]:
         flight = self._inflight

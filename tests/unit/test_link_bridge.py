@@ -323,3 +323,47 @@ def test_events_stay_strict_json_when_the_mcu_sends_a_nan_or_infinite_score(tmp_
     events = [json.loads(line, parse_constant=refuse) for line in lines]
     assert [e["score"] for e in events if e["kind"] == "prediction"] == [None, None, 0.25]
     assert len(bridge.predictions) == 3  # kept in memory as sent
+
+
+def test_a_sample_that_could_not_be_stored_is_asked_for_again_and_stored_once(tmp_path):
+    """The bridge ACKs a sample only once it is on disk; a failed write answers BUSY, the
+    MCU resends, and the resend is taken (not mistaken for a repeat of a stored one)."""
+    bridge, mcu, port = make(tmp_path)
+    mcu.hello()
+    pump(bridge, mcu, port)
+    real_append, failures = bridge.dataset.append, []
+
+    def append_failing_once(sample, device_id, when=None):
+        if not failures:
+            failures.append(1)
+            raise OSError(28, "No space left on device")
+        return real_append(sample, device_id, when)
+    bridge.dataset.append = append_failing_once
+    mcu.endpoint.send(Sample.from_values([7, 8], (2,), label=1), 0.0)
+    pump(bridge, mcu, port)
+    mcu.endpoint.handle_timeout(10.0)  # a BUSY NACK is retried: resend now
+    pump(bridge, mcu, port)
+    assert failures == [1]
+    assert [s.values().tolist() for s in bridge.dataset.samples()] == [[7, 8]]
+    assert bridge.stats.samples == 1 and bridge.stats.samples_refused == 1
+    assert mcu.endpoint.idle and mcu.endpoint.stats.delivered >= 2  # HELLO and the sample
+
+
+def test_a_sample_the_dataset_refuses_is_nacked_not_acked(tmp_path):
+    bridge, mcu, port = make(tmp_path)
+    mcu.hello()
+    pump(bridge, mcu, port)
+
+    def refuse(sample, device_id, when=None):
+        raise ValueError("window too long for this dataset")
+    bridge.dataset.append = refuse
+    token = mcu.endpoint.send(Sample.from_values([1, 2], (2,), label=0), 0.0)
+    events = []
+    for _ in range(50):
+        bridge.step()
+        data = bytes(port.from_bridge)
+        port.from_bridge.clear()
+        events += mcu.endpoint.receive_data(data, 0.0)
+        port.to_bridge += mcu.endpoint.data_to_send()
+    failed = [e for e in events if type(e).__name__ == "Failed" and e.token == token]
+    assert failed and bridge.stats.samples == 0 and bridge.stats.samples_refused == 1
