@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import random
 import socket
@@ -101,7 +102,9 @@ class MqttLink:
         if credentials is not None:
             self._client.username_pw_set(credentials.username, credentials.password)
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
+        self.connect_failures = 0  # in a row; a wrong host or port shows in the log
         self._client.on_message = self._on_message
 
     # -- paho callbacks: network thread, enqueue only
@@ -113,8 +116,18 @@ class MqttLink:
             filters = sorted(self._filters)
         for topic in filters:
             client.subscribe(topic, qos=1)
+        self.connect_failures = 0
         self._connected.set()
         self.events.put(Connected())
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        """paho keeps retrying quietly; say so, or a wrong host or port looks like a hang.
+        The 1st, 10th, 100th, ... failure in a row is logged, so an outage does not flood."""
+        self.connect_failures += 1
+        if math.log10(self.connect_failures).is_integer():
+            log.warning("mqtt: cannot reach the broker at %s:%d (%d attempt%s so far); "
+                        "retrying", self.host, self.port, self.connect_failures,
+                        "" if self.connect_failures == 1 else "s")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()

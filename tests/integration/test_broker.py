@@ -132,3 +132,30 @@ def test_start_broker_auto_prefers_mosquitto() -> None:
 def test_start_broker_rejects_unknown_kind() -> None:
     with pytest.raises(ValueError, match="prefer"):
         start_broker("rabbitmq")
+
+
+def test_a_link_to_a_port_with_no_broker_says_so_in_the_log(caplog) -> None:
+    """paho retries quietly; a wrong host or port must not look like a hang."""
+    import logging
+    import time
+
+    from edge_client.transport import MqttLink
+    from fedge.broker import free_port
+
+    port = free_port()  # nothing listens there
+    link = MqttLink("lonely", "127.0.0.1", port, queue.Queue(), reconnect_min_s=0.05,
+                    reconnect_max_s=0.1)
+    with caplog.at_level(logging.WARNING, logger="edge_client.transport"):
+        link.start()
+        try:
+            deadline = time.monotonic() + 20
+            while link.connect_failures < 10 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            link.stop(flush_timeout_s=0)
+    said = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert link.connect_failures >= 10 and not link.connected
+    assert said[:2] == [f"mqtt: cannot reach the broker at 127.0.0.1:{port} (1 attempt so "
+                        "far); retrying",
+                        f"mqtt: cannot reach the broker at 127.0.0.1:{port} (10 attempts so "
+                        "far); retrying"]
