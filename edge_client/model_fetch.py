@@ -1,10 +1,12 @@
-"""Getting the newest global model: from a delta when the device holds its base, else whole.
+"""Getting the newest global model: from deltas when the device holds a base, else whole.
 
 Sans-IO: the fetcher takes manifests and chunk messages and returns the topic filters
-to subscribe to or drop, and, once complete, the model and its encoded blob. A model
-rebuilt from a delta must encode to exactly the manifest's sha256; if it does not, the
-fetcher falls back to the full model, so a device never trains on a model that differs
-from the aggregator's.
+to subscribe to or drop, and, once complete, the model and its encoded blob. A device
+that holds version b rebuilds version v from the retained deltas b+1, ..., v (the
+manifest's chain), one at a time. Every model rebuilt on the way must encode to exactly
+the SHA-256 the manifest lists for it; at the first that does not, the fetcher falls
+back to the full model, so a device never trains on a model that differs from the
+aggregator's.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from dataclasses import dataclass, field
 from edge_client.codecs import CodecConfig, decode_dense
 from edge_client.protocol import Assembler, Model, ModelManifest, RemoteProtocolError, Topics
 from edge_client.protocol.chunking import sha256_hex
-from edge_client.protocol.messages import encode
+from edge_client.protocol.messages import DeltaInfo, encode
 from edge_client.protocol.model_transfer import (
+    delta_path,
     delta_transfer_id,
     model_transfer_id,
     open_model,
@@ -50,13 +53,22 @@ class Held:
 
 
 class ModelFetcher:
+    """Fetches one manifest's model: through its deltas, one at a time, or whole.
+
+    Memory stays bounded: one transfer in the assembler, and besides the held model
+    only the latest intermediate model of a delta chain.
+    """
+
     def __init__(self, topics: Topics, max_bytes: int, max_elements: int) -> None:
         self.topics = topics
         self.max_elements = max_elements
         self._assembler = Assembler(max_bytes, max_transfers_per_source=1)
         self._manifest: ModelManifest | None = None
         self._filter: str | None = None
-        self._delta = False
+        self._steps: list[DeltaInfo] = []  # deltas still to apply; empty: full model
+        self._base: Weights | None = None  # the model the next delta applies to
+        self._base_version: int | None = None
+        self._arch: dict = {}
 
     @property
     def fetching(self) -> int | None:
@@ -67,63 +79,92 @@ class ModelFetcher:
             return FetchStep()
         step = self._drop_subscription()
         self._manifest = manifest
-        use_delta = (manifest.delta is not None and held.tensors is not None
-                     and held.version == manifest.delta.base_version)
-        self._subscribe(step, delta=use_delta)
+        if not self._ahead_of(held):
+            self._base, self._base_version, self._arch = held.tensors, held.version, held.arch
+        self._steps = delta_path(manifest, self._base_version) if self._base is not None else []
+        self._subscribe(step)
         return step
+
+    def _ahead_of(self, held: Held) -> bool:
+        """Whether a chain cut short by a newer manifest left a newer model than `held`:
+        it was checked against its SHA-256, so the next chain can start from it."""
+        return (self._base is not None and self._base_version is not None
+                and held.version is not None and self._base_version > held.version)
 
     def on_chunk(self, topic: str, payload: bytes, held: Held) -> FetchStep | None:
         """Handle a message on a model chunk topic; None when it is not ours."""
         if self._filter is None or not _matches(self._filter, topic):
             return None
+        if not payload and self._steps:  # the aggregator cleared this delta's chunks
+            return self._fall_back(self._steps[0].version, "its delta is no longer retained")
         done = self._assembler.add(AGGREGATOR, payload, time.monotonic())
         if done is None:
             return FetchStep()
         transfer, blob = done
         assert self._manifest is not None
-        version = self._manifest.version
-        wanted = delta_transfer_id(version) if self._delta else model_transfer_id(version)
-        if transfer != wanted:
-            return FetchStep()
-        if not self._delta:
+        if not self._steps:
+            if transfer != model_transfer_id(self._manifest.version):
+                return FetchStep()
             model = open_model(self._manifest, blob, self.max_elements)
             step = self._drop_subscription()
             step.model, step.blob = model, blob
             return step
-        return self._apply_delta(blob, held)
+        if transfer != delta_transfer_id(self._steps[0].version):
+            return FetchStep()
+        return self._apply_delta(blob)
 
-    def _apply_delta(self, blob: bytes, held: Held) -> FetchStep:
-        manifest = self._manifest
-        assert manifest is not None and manifest.delta is not None and held.tensors is not None
+    def _apply_delta(self, blob: bytes) -> FetchStep:
+        """Apply the next delta; then fetch the one after it, or hand over the model."""
+        manifest, delta = self._manifest, self._steps[0]
+        assert manifest is not None and self._base is not None
         try:
-            if sha256_hex(blob) != manifest.delta.sha256:
-                raise RemoteProtocolError("delta does not match its manifest entry")
-            codec = CodecConfig.from_wire(manifest.delta.codec)
-            old = flatten_sorted(held.tensors)
-            change = decode_dense(blob, codec, old.size, delta_seed(manifest.version))
-            rebuilt = unflatten_like(old + change, held.tensors)
-            # Same precision as the full model (float16 or float32), rounded the same way.
-            tensors = {k: v.astype(held.tensors[k].dtype) for k, v in rebuilt.items()}
-            model = Model(version=manifest.version, tensors=tensors, arch=held.arch)
-            full_blob = encode(model)
-            if sha256_hex(full_blob) != manifest.sha256:
-                raise RemoteProtocolError("model rebuilt from the delta differs from the "
-                                          "aggregator's")
+            model, full_blob = self._rebuild(delta, blob, self._base)
         except (RemoteProtocolError, ValueError) as exc:
-            log.warning("model %d: %s; fetching the full model", manifest.version, exc)
-            step = self._drop_subscription()
-            self._subscribe(step, delta=False)
-            return step
+            return self._fall_back(delta.version, str(exc))
+        self._steps.pop(0)
         step = self._drop_subscription()
+        if self._steps:  # the intermediate model replaces the one before it
+            self._base, self._base_version = model.tensors, model.version
+            self._subscribe(step)
+            return step
+        self._base = None
         step.model, step.blob, step.via_delta = model, full_blob, True
         return step
 
-    def _subscribe(self, step: FetchStep, delta: bool) -> None:
+    def _rebuild(self, delta: DeltaInfo, blob: bytes, base: Weights) -> tuple[Model, bytes]:
+        """`base` plus the decoded delta, checked bit for bit against the manifest."""
         assert self._manifest is not None
-        version = self._manifest.version
-        self._delta = delta
-        self._filter = (self.topics.model_delta_chunks(version) if delta
-                        else self.topics.model_chunks(version))
+        if sha256_hex(blob) != delta.sha256:
+            raise RemoteProtocolError("delta does not match its manifest entry")
+        codec = CodecConfig.from_wire(delta.codec)
+        old = flatten_sorted(base)
+        change = decode_dense(blob, codec, old.size, delta_seed(delta.version))
+        rebuilt = unflatten_like(old + change, base)
+        # Same precision as the full model (float16 or float32), rounded the same way.
+        tensors = {k: v.astype(base[k].dtype) for k, v in rebuilt.items()}
+        model = Model(version=delta.version, tensors=tensors, arch=self._arch)
+        full_blob = encode(model)
+        digest = sha256_hex(full_blob)
+        last = delta.version == self._manifest.version
+        if (delta.model_sha256 is not None and digest != delta.model_sha256) or (
+                last and digest != self._manifest.sha256):
+            raise RemoteProtocolError("model rebuilt from the delta differs from the "
+                                      "aggregator's")
+        return model, full_blob
+
+    def _fall_back(self, version: int, reason: str) -> FetchStep:
+        assert self._manifest is not None
+        log.warning("model %d: delta to %d: %s; fetching the full model",
+                    self._manifest.version, version, reason)
+        step = self._drop_subscription()
+        self._steps, self._base = [], None
+        self._subscribe(step)
+        return step
+
+    def _subscribe(self, step: FetchStep) -> None:
+        assert self._manifest is not None
+        self._filter = (self.topics.model_delta_chunks(self._steps[0].version) if self._steps
+                        else self.topics.model_chunks(self._manifest.version))
         step.subscribe.append(self._filter)
 
     def _drop_subscription(self) -> FetchStep:
