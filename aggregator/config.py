@@ -12,6 +12,7 @@ from aggregator.secagg_config import SecAggConfig, check_secagg
 from aggregator.strategy.config import StrategyConfig
 from edge_client.codecs import CodecConfig
 from edge_client.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
+from edge_client.protocol.messages import MAX_CHAIN
 from edge_client.protocol.topics import check_name
 from edge_client.security import AggregatorSecurity, BrokerAuth
 from edge_client.settings import from_table
@@ -61,10 +62,14 @@ class DownlinkConfig:
         sparsify="none", quantize="q8", error_feedback=True, compress="zlib"))
     full: str = "f32"  # the full model as "f32", or "f16" (half the bytes; the global model
     #                    is then kept to values float16 can hold, so every copy is exact)
+    keep_deltas: int = 8  # retain this many versions' deltas and list them in the manifest,
+    #                       so devices that skipped versions apply them in turn; 0 or 1: one
 
     def __post_init__(self) -> None:
         if self.full not in ("f32", "f16"):
             raise ValueError("downlink.full must be 'f32' or 'f16'")
+        if not 0 <= self.keep_deltas <= MAX_CHAIN:
+            raise ValueError(f"downlink.keep_deltas must be between 0 and {MAX_CHAIN}")
 
 
 @dataclass

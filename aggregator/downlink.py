@@ -4,17 +4,28 @@ The aggregator defines the new global model as the old one plus the *decoded* de
 so a device that applies the delta holds exactly the aggregator's model, bit for bit,
 and no error can pile up across versions. What quantization leaves out of one delta is
 kept here (server-side error feedback) and sent with the next.
+
+The deltas of the last `keep_deltas` versions stay on the broker as a chain, so a
+device that skipped a few versions applies them in turn instead of fetching the whole
+model (`retained_chain`).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aggregator.config import DownlinkConfig
 from edge_client.codecs import ErrorFeedback, encode_vector
 from edge_client.protocol import Weights
+from edge_client.protocol.messages import DeltaInfo
+from edge_client.protocol.model_transfer import package_delta
 from edge_client.protocol.seeds import delta_seed
 from edge_client.protocol.tensors import flatten_sorted, unflatten_like
+
+if TYPE_CHECKING:
+    from aggregator.store import Store
 
 
 class DownlinkEncoder:
@@ -54,3 +65,22 @@ def on_the_wire(weights: Weights, full: str) -> Weights:
     if full == "f32":
         return weights
     return {k: v.astype(np.float16) for k, v in weights.items()}
+
+
+def retained_chain(store: Store, version: int, config: DownlinkConfig,
+                   chunk_size: int) -> list[tuple[DeltaInfo, list[bytes]]]:
+    """The stored deltas of the last `keep_deltas` versions, oldest first, ending at
+    `version` without a gap; each with its manifest entry and chunk messages.
+
+    Rebuilt from the store, so it is the same after a restart. The codec named is
+    today's `[downlink.codec]`: a delta made under another one fails the device's hash
+    check, and the device then fetches the full model.
+    """
+    chain: list[tuple[DeltaInfo, list[bytes]]] = []
+    for step in range(version, max(0, version - max(1, config.keep_deltas)), -1):
+        blob, sha256 = store.model_delta(step), store.model_sha256(step)
+        if not blob or sha256 is None:
+            break
+        chain.append(package_delta(blob, step, config.codec.to_wire(), chunk_size,
+                                   model_sha256=sha256))
+    return chain[::-1]

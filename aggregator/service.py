@@ -21,7 +21,7 @@ import numpy as np
 
 from aggregator.anomalies import AnomalyWatch, clipping_of
 from aggregator.config import AggregatorConfig
-from aggregator.downlink import DownlinkEncoder, on_the_wire, representable
+from aggregator.downlink import DownlinkEncoder, on_the_wire, representable, retained_chain
 from aggregator.ingest import check_clock, check_sender, open_update, verified_body
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.privacy.hooks import ServicePrivacy
@@ -44,7 +44,7 @@ from edge_client.protocol import (
     encode,
 )
 from edge_client.protocol.chunking import chunk_count, sha256_hex
-from edge_client.protocol.model_transfer import package_delta, package_model
+from edge_client.protocol.model_transfer import package_model
 from edge_client.protocol.signing import seal
 from edge_client.transport import Connected, Disconnected, Inbound, MqttLink
 
@@ -214,7 +214,7 @@ class Aggregator:
             self._connected_at = time.monotonic()
             self.link.subscribe(self.topics.all_updates)
             self.link.subscribe(self.topics.all_statuses)
-            self._publish_model()
+            self._publish_model(whole_chain=True)
             if self._task is not None:
                 self._publish_task(self._task)
             if self.secure is not None:
@@ -335,32 +335,38 @@ class Aggregator:
         """What devices that pin our key accept: the message sealed with our signature."""
         return message if self.identity is None else seal(message, self.identity)
 
-    def _publish_model(self) -> None:
-        """Retained chunks (full, and the delta if any) first, then the manifest."""
+    def _publish_model(self, whole_chain: bool = False) -> None:
+        """Retained chunks (full, and the deltas) first, then the manifest.
+
+        After a new version only its own delta is new on the broker; on (re)connect
+        (`whole_chain`) every retained delta goes out again, in case the broker lost them.
+        """
         model = Model(version=self.version, tensors=self._wire(self.global_weights),
                       arch=self.arch)
         manifest, chunks = package_model(model, self.config.chunk_size)
         for i, chunk in enumerate(chunks):
             self.link.publish(self.topics.model_chunk(self.version, i), chunk, retain=True)
-        delta = self.store.model_delta(self.version) if self.version > 0 else None
-        if delta:
-            info, delta_chunks = package_delta(delta, self.version,
-                                               self.config.downlink.codec.to_wire(),
-                                               self.config.chunk_size)
+        downlink = self.config.downlink
+        chain = (retained_chain(self.store, self.version, downlink, self.config.chunk_size)
+                 if self.version > 0 else [])
+        for info, delta_chunks in chain if whole_chain else chain[-1:]:
             for i, chunk in enumerate(delta_chunks):
-                self.link.publish(self.topics.model_delta_chunk(self.version, i), chunk,
+                self.link.publish(self.topics.model_delta_chunk(info.version, i), chunk,
                                   retain=True)
-            manifest = dataclasses.replace(manifest, delta=info)
+        if chain:
+            listed = tuple(info for info, _ in chain) if downlink.keep_deltas >= 2 else None
+            manifest = dataclasses.replace(manifest, delta=chain[-1][0], chain=listed)
         self.link.publish(self.topics.model, self._signed(encode(manifest)), retain=True)
         self._clear_model_chunks(self.version - 2)
+        self._clear_delta_chunks(self.version - max(2, downlink.keep_deltas))
 
     def _clear_model_chunks(self, version: int) -> None:
         """Old versions' retained chunks would otherwise stay on the broker forever."""
         size = self.store.model_size(version)
-        if size is None:
-            return
-        for i in range(chunk_count(size, self.config.chunk_size)):
+        for i in range(chunk_count(size, self.config.chunk_size) if size else 0):
             self.link.publish(self.topics.model_chunk(version, i), b"", retain=True)
+
+    def _clear_delta_chunks(self, version: int) -> None:
         delta = self.store.model_delta(version)
         for i in range(chunk_count(len(delta), self.config.chunk_size) if delta else 0):
             self.link.publish(self.topics.model_delta_chunk(version, i), b"", retain=True)

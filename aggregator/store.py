@@ -138,6 +138,11 @@ class Store:
                               (version,)).fetchone()
         return None if row is None else row[0]
 
+    def model_sha256(self, version: int) -> str | None:
+        row = self.db.execute("SELECT sha256 FROM models WHERE version=?",
+                              (version,)).fetchone()
+        return None if row is None else row[0]
+
     def model_size(self, version: int) -> int | None:
         row = self.db.execute("SELECT length(blob) FROM models WHERE version=?",
                               (version,)).fetchone()

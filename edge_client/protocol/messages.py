@@ -18,6 +18,7 @@ from edge_client.protocol.tensors import Weights, decode_tensors, encode_tensors
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_ELEMENTS = 50_000_000  # 200 MB of float32: a bound, not a target
+MAX_CHAIN = 64  # delta steps a manifest may list (the aggregator's keep_deltas)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ class ModelManifest:
     chunk_count: int
     created_at: float = 0.0
     delta: DeltaInfo | None = None  # a smaller way to get here from the previous version
+    # The retained deltas, oldest first, the last leading to `version`: a device that
+    # skipped versions applies them in turn. None: not sent (older aggregators).
+    chain: tuple[DeltaInfo, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,15 +104,21 @@ class DeltaInfo:
     """The change from `base_version`, encoded with `codec`, published beside the model.
 
     A device holding `base_version` adds the decoded delta, then checks that the result
-    encodes to the manifest's sha256: it gets the aggregator's model bit for bit, or
-    falls back to the full model.
+    encodes to `model_sha256` (the manifest's sha256 for the last step): it gets the
+    aggregator's model bit for bit, or falls back to the full model.
     """
 
     base_version: int
-    sha256: str
+    sha256: str  # of the delta blob
     size: int
     chunk_count: int
     codec: dict[str, Any]
+    model_sha256: str | None = None  # of the model it leads to; required in a chain
+
+    @property
+    def version(self) -> int:
+        """The model version this delta leads to."""
+        return self.base_version + 1
 
 
 @dataclass(frozen=True)
@@ -187,11 +197,20 @@ def _model_map(m: Model) -> dict[str, Any]:
 
 
 def _manifest_map(m: ModelManifest) -> dict[str, Any]:
-    delta = None if m.delta is None else {
-        "base_version": m.delta.base_version, "sha256": m.delta.sha256, "size": m.delta.size,
-        "chunk_count": m.delta.chunk_count, "codec": m.delta.codec}
-    return {"version": m.version, "sha256": m.sha256, "size": m.size,
-            "chunk_count": m.chunk_count, "created_at": m.created_at, "delta": delta}
+    delta = None if m.delta is None else _delta_map(m.delta)
+    fields = {"version": m.version, "sha256": m.sha256, "size": m.size,
+              "chunk_count": m.chunk_count, "created_at": m.created_at, "delta": delta}
+    if m.chain is not None:  # left out when absent, so old manifests encode as before
+        fields["chain"] = [_delta_map(d) for d in m.chain]
+    return fields
+
+
+def _delta_map(d: DeltaInfo) -> dict[str, Any]:
+    fields = {"base_version": d.base_version, "sha256": d.sha256, "size": d.size,
+              "chunk_count": d.chunk_count, "codec": d.codec}
+    if d.model_sha256 is not None:
+        fields["model_sha256"] = d.model_sha256
+    return fields
 
 
 def _ack_map(a: Ack) -> dict[str, Any]:
@@ -355,13 +374,42 @@ def _model_from(f: _Fields, max_elements: int) -> Model:
 def _manifest_from(f: _Fields, _max: int) -> ModelManifest:
     delta = None
     if f.map("delta", optional=True) is not None:
-        d = f.sub("delta")
-        delta = DeltaInfo(base_version=d.int("base_version"), sha256=d.str("sha256", max_len=64),
-                          size=d.int("size", minimum=1),
-                          chunk_count=d.int("chunk_count", minimum=1), codec=d.map("codec"))
-    return ModelManifest(version=f.int("version"), sha256=f.str("sha256", max_len=64),
+        delta = _delta_from(f.sub("delta"), chained=False)
+    version = f.int("version")
+    chain = None
+    if f.list("chain", optional=True) is not None:
+        chain = _chain_from(f.list("chain"), version, delta)
+    return ModelManifest(version=version, sha256=f.str("sha256", max_len=64),
                          size=f.int("size", minimum=1), chunk_count=f.int("chunk_count", minimum=1),
-                         created_at=f.float("created_at"), delta=delta)
+                         created_at=f.float("created_at"), delta=delta, chain=chain)
+
+
+def _delta_from(d: _Fields, chained: bool) -> DeltaInfo:
+    return DeltaInfo(base_version=d.int("base_version"), sha256=d.str("sha256", max_len=64),
+                     size=d.int("size", minimum=1), chunk_count=d.int("chunk_count", minimum=1),
+                     codec=d.map("codec"),
+                     model_sha256=d.str("model_sha256", optional=not chained, max_len=64))
+
+
+def _chain_from(entries: list, version: int, delta: DeltaInfo | None) -> tuple[DeltaInfo, ...]:
+    """Every step checked: bounded count, consecutive versions ending at `version`."""
+    if not 1 <= len(entries) <= MAX_CHAIN:
+        raise RemoteProtocolError(f"manifest: chain must have 1 to {MAX_CHAIN} entries, "
+                                  f"not {len(entries)}")
+    if not all(isinstance(e, dict) for e in entries):
+        raise RemoteProtocolError("manifest: chain entries must be maps")
+    chain = tuple(_delta_from(_Fields(e, f"manifest.chain[{i}]"), chained=True)
+                  for i, e in enumerate(entries))
+    first = version - len(chain)
+    for i, step in enumerate(chain):
+        if step.base_version != first + i:
+            raise RemoteProtocolError(f"manifest: chain[{i}] has base_version "
+                                      f"{step.base_version}, expected {first + i} (the steps "
+                                      f"must be consecutive and end at version {version})")
+    if delta is not None and (delta.base_version, delta.sha256, delta.size) != (
+            chain[-1].base_version, chain[-1].sha256, chain[-1].size):
+        raise RemoteProtocolError("manifest: delta and the chain's last step disagree")
+    return chain
 
 
 def _ack_from(f: _Fields, _max: int) -> Ack:

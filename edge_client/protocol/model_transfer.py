@@ -40,9 +40,32 @@ def delta_transfer_id(version: int) -> str:
     return f"delta-{version}"
 
 
-def package_delta(blob: bytes, version: int, codec: dict,
-                  chunk_size: int) -> tuple[DeltaInfo, list[bytes]]:
-    """The manifest entry and chunk messages of the delta that leads to `version`."""
+def package_delta(blob: bytes, version: int, codec: dict, chunk_size: int,
+                  model_sha256: str | None = None) -> tuple[DeltaInfo, list[bytes]]:
+    """The manifest entry and chunk messages of the delta that leads to `version`.
+
+    `model_sha256` is the SHA-256 of the model it leads to, so a device that applies a
+    chain of deltas can check every step, not only the last.
+    """
     chunks = split(blob, delta_transfer_id(version), chunk_size)
     return DeltaInfo(base_version=version - 1, sha256=sha256_hex(blob), size=len(blob),
-                     chunk_count=len(chunks), codec=codec), chunks
+                     chunk_count=len(chunks), codec=codec, model_sha256=model_sha256), chunks
+
+
+def delta_path(manifest: ModelManifest, held_version: int | None) -> list[DeltaInfo]:
+    """The deltas that lead from `held_version` to the manifest's version, in order.
+
+    The chain is used when it starts at or before the held version and its bytes
+    are fewer than the full model's; else the single `delta` if it starts there.
+    Empty: fetch the full model.
+    """
+    if held_version is None or held_version >= manifest.version:
+        return []
+    if manifest.chain:
+        steps = [d for d in manifest.chain if d.base_version >= held_version]
+        if (steps and steps[0].base_version == held_version
+                and sum(d.size for d in steps) < manifest.size):
+            return steps
+    if manifest.delta is not None and manifest.delta.base_version == held_version:
+        return [manifest.delta]
+    return []
