@@ -25,7 +25,7 @@ from edge_client.codecs.dp import DeviceDp, clip_and_noise
 from edge_client.device_state import DeviceState
 from edge_client.eligibility import Decision, EligibilityConfig, EligibilityPolicy
 from edge_client.identity import load_or_create_identity, parse_public_key
-from edge_client.model_fetch import FetchStep, Held, ModelFetcher
+from edge_client.model_fetch import FetchStep, Held, ModelFetcher, started_over
 from edge_client.outbox import Outbox, OutboxFull
 from edge_client.protocol import (
     DEFAULT_CHUNK_SIZE,
@@ -40,6 +40,7 @@ from edge_client.protocol import (
     encode,
     split,
 )
+from edge_client.protocol.chunking import sha256_hex
 from edge_client.protocol.messages import unpack_map
 from edge_client.protocol.seeds import training_seed, update_seed
 from edge_client.protocol.signing import is_signed, open_envelope, seal, verify_envelope
@@ -134,6 +135,7 @@ class EdgeClient:
         self._arch: dict = {}
         self._feedback: ErrorFeedback | None = None
         self._feedback_version: int | None = None
+        self._model_sha256: str | None = None  # of the held model's encoding
         self._rng = np.random.default_rng()
         self._dp_rng = np.random.default_rng()  # OS entropy: DP noise nobody can redraw
         self.model_version: int | None = None
@@ -168,6 +170,7 @@ class EdgeClient:
                 log.error("%s: stored model does not fit the trainer (%s); will fetch it again",
                           self.config.device_id, exc)
             else:
+                self._model_sha256 = self.disk.model_sha256()
                 size = sum(w.size for w in model.tensors.values())
                 loaded = self.disk.load_residual(size)
                 if loaded is not None:
@@ -385,7 +388,22 @@ class EdgeClient:
         if manifest.size > self.config.max_model_bytes:
             raise RemoteProtocolError(f"model {manifest.version} is {manifest.size} bytes, "
                                       f"over this device's limit")
+        if started_over(manifest, self.model_version, self._model_sha256):
+            self._start_over(manifest)
         self._apply_fetch(self._fetcher.on_manifest(manifest, self._held()))
+
+    def _start_over(self, manifest: ModelManifest) -> None:
+        """Forget the old run's model, tasks and residual; unacked updates stay in the
+        outbox until the new aggregator answers them (it refuses their unknown tasks)."""
+        log.warning("%s: the aggregator's model is version %d (%s...), not the history of "
+                    "the version %s this device holds: the federation started over; "
+                    "following it from the start", self.config.device_id, manifest.version,
+                    manifest.sha256[:12], self.model_version)
+        self._global, self._arch, self.model_version = None, {}, None
+        self._model_sha256 = None
+        self._feedback, self._feedback_version = None, None
+        self._done_tasks = []
+        self._save_state()
 
     def _held(self) -> Held:
         return Held(self.model_version, self._global, self._arch)
@@ -405,6 +423,7 @@ class EdgeClient:
                                       f"trainer: {exc}") from None
         self.stats.models_via_delta += int(step.via_delta)
         self.disk.save_model(step.blob, model.version)
+        self._model_sha256 = sha256_hex(step.blob)
         self._save_state()
         self._publish_status(True)
         self._maybe_train()

@@ -72,6 +72,13 @@ class DeviceState:
         assert isinstance(model, Model)
         return model
 
+    def model_sha256(self) -> str | None:
+        """The digest saved with the last global model (what its manifest named)."""
+        try:
+            return str(json.loads(self._model.with_suffix(".json").read_text())["sha256"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
     def save_model(self, blob: bytes, version: int) -> None:
         atomic_write(self._model, blob)
         atomic_write(self._model.with_suffix(".json"),

@@ -52,6 +52,20 @@ class Held:
     arch: dict
 
 
+def started_over(manifest: ModelManifest, held_version: int | None,
+                 held_sha256: str | None) -> bool:
+    """Whether the aggregator's model history is not the one this device followed: versions
+    only grow, so a lower version, or the same version with other bytes, means the gateway
+    began again (a new store, a restored backup). The device must then follow it from
+    scratch instead of ignoring every manifest until the new run passes its old version."""
+    if held_version is None:
+        return False
+    if manifest.version < held_version:
+        return True
+    return (manifest.version == held_version and held_sha256 is not None
+            and manifest.sha256 != held_sha256)
+
+
 class ModelFetcher:
     """Fetches one manifest's model: through its deltas, one at a time, or whole.
 

@@ -190,3 +190,31 @@ def test_the_diurnal_demo_counts_skipped_device_rounds(tmp_path):
     assert s["profile"] == "diurnal" and s["model_versions"] == 3
     assert sum(s["skipped_by_reason"].values()) > 0
     assert s["final_accuracy"] > 0.5
+
+
+def test_a_device_follows_an_aggregator_that_started_over_with_a_new_store(mosquitto,
+                                                                          tmp_path):
+    """A gateway reset (new db_path, same federation name) must not strand devices that
+    hold a later version of the old run: they notice and follow the new run from v0."""
+    data = Digits(devices=2)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    first = make_aggregator(mosquitto, tmp_path / "old", data, rounds=2)
+    clients = [make_client(mosquitto, tmp_path, data, i, exit_when_done=False)
+               for i in range(2)]
+    runs = start_all(first, clients)
+    runs[0].join(60)  # the old run is done: its devices hold version 2
+    wait_until(lambda: all(c.model_version == 2 for c in clients), 30, "devices at v2")
+    old_sha = clients[0]._model_sha256
+    second = make_aggregator(mosquitto, tmp_path / "new", data, rounds=1)
+    run = Running(second.run, "new aggregator")
+    try:
+        run.join(60)
+        assert second.version == 1
+        assert [h["updates"] for h in second.history[1:]] == [2]  # both devices took part
+        wait_until(lambda: all(c.model_version == 1 for c in clients), 30,
+                   "devices following the new run")
+        assert clients[0]._model_sha256 != old_sha
+    finally:
+        for r in runs[1:]:
+            r.halt()

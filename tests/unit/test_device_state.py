@@ -57,3 +57,28 @@ def test_a_residual_of_another_size_or_damaged_is_dropped(tmp_path):
     assert state.load_residual(5) is None
     (tmp_path / "residual.bin").write_bytes(b"garbage")
     assert state.load_residual(4) is None
+
+
+def test_the_saved_model_digest_comes_back_and_a_missing_one_is_none(tmp_path):
+    from edge_client.protocol.chunking import sha256_hex
+
+    state = _state(tmp_path)
+    assert state.model_sha256() is None
+    blob = encode(Model(version=1, tensors={"w": np.ones(2, np.float32)}, arch={}))
+    state.save_model(blob, 1)
+    assert _state(tmp_path).model_sha256() == sha256_hex(blob)
+
+
+def test_a_lower_version_or_other_bytes_at_the_same_version_mean_the_run_started_over():
+    from edge_client.model_fetch import started_over
+    from edge_client.protocol import ModelManifest
+
+    def manifest(version: int, sha: str) -> ModelManifest:
+        return ModelManifest(version=version, sha256=sha, size=10, chunk_count=1)
+
+    assert not started_over(manifest(0, "a" * 64), None, None)  # nothing held yet
+    assert not started_over(manifest(5, "a" * 64), 4, "b" * 64)  # the next version
+    assert not started_over(manifest(4, "b" * 64), 4, "b" * 64)  # the same model again
+    assert started_over(manifest(0, "a" * 64), 4, "b" * 64)  # a new store
+    assert started_over(manifest(4, "a" * 64), 4, "b" * 64)  # same number, other model
+    assert not started_over(manifest(4, "a" * 64), 4, None)  # digest unknown: no guess
