@@ -133,6 +133,8 @@ class AggregatorConfig:
         self.db_path = Path(self.db_path)
 
 
-def load_aggregator_config(table: dict[str, Any], where: str = "config") -> AggregatorConfig:
+def load_aggregator_config(table: dict[str, Any], where: str = "config",
+                           also_known: tuple[str, ...] = ()) -> AggregatorConfig:
     """The aggregator's TOML: top-level keys, plus [train], [sync] and [async] tables."""
-    return from_table(AggregatorConfig, table, where, nested={"async": "async_"})
+    return from_table(AggregatorConfig, table, where, nested={"async": "async_"},
+                      also_known=also_known)

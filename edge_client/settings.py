@@ -37,11 +37,13 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def from_table(cls: type[T], table: dict[str, Any], where: str,
-               nested: dict[str, str] | None = None, base: Any = None) -> T:
+               nested: dict[str, str] | None = None, base: Any = None,
+               also_known: tuple[str, ...] = ()) -> T:
     """Build dataclass `cls` from a TOML table; `nested` maps table names to field names.
 
     Keys the table leaves out keep their values from `base` (a default instance), so a
-    table that sets one key changes only that key.
+    table that sets one key changes only that key. `also_known` names the tables the
+    caller reads itself (e.g. [model]), so the unknown-key message lists them too.
     """
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
@@ -52,7 +54,7 @@ def from_table(cls: type[T], table: dict[str, Any], where: str,
     for key, value in table.items():
         name = nested.get(key, key)
         if name not in fields or (key not in nested and name in nested.values()):
-            allowed = sorted({*fields} - set(nested.values()) | set(nested))
+            allowed = sorted({*fields} - set(nested.values()) | set(nested) | set(also_known))
             raise ConfigError(f"unknown key {key!r} in {where}; known keys: {allowed}")
         hint = _without_none(hints[name])
         if dataclasses.is_dataclass(hint):

@@ -75,7 +75,7 @@ def load_device_config(path: Path) -> tuple[ClientConfig, ModelSpec]:
     table = read_toml(path)
     model_table = table.pop("model", {})
     table.pop("data", None)
-    config = from_table(ClientConfig, table, str(path))
+    config = from_table(ClientConfig, table, str(path), also_known=("data", "model"))
     spec = from_table(ModelSpec, model_table, "[model]")
     spec.trainer()  # a [model] that cannot be built fails here too
     return config, spec

@@ -91,7 +91,7 @@ def load_aggregator_file(path: Path) -> tuple[AggregatorConfig, ModelSpec]:
 def _aggregator_tables(path: Path) -> tuple[AggregatorConfig, ModelSpec, EvaluationSpec]:
     table = read_toml(path)
     model_table, evaluation_table = _split_tables(table, "model", "evaluation")
-    return (load_aggregator_config(table, str(path)),
+    return (load_aggregator_config(table, str(path), also_known=("evaluation", "model")),
             from_table(ModelSpec, model_table, "[model]"),
             from_table(EvaluationSpec, evaluation_table, "[evaluation]"))
 
@@ -124,7 +124,7 @@ def build_aggregator(path: Path) -> Aggregator:
 def build_device(path: Path) -> EdgeClient:
     table = read_toml(path)
     model_table, data_table = _split_tables(table, "model", "data")
-    config = from_table(ClientConfig, table, str(path))
+    config = from_table(ClientConfig, table, str(path), also_known=("data", "model"))
     spec = from_table(ModelSpec, model_table, "[model]")
     data = from_table(DataSpec, data_table, "[data]")
     x, y = load_npz(data.path)

@@ -96,6 +96,7 @@ def test_a_bad_config_exits_2_with_the_reason(tmp_path):
     proc = _fedge("aggregator", "serve", "--config", str(tmp_path / "a.toml"))
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "unknown key 'rouns'" in err
+    assert "'evaluation'" in err and "'model'" in err  # read apart, still listed
 
 
 def test_a_custom_trainer_federates(mosquitto, tmp_path):
