@@ -32,7 +32,6 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,41 +39,14 @@ import numpy as np
 from aggregator.service import Aggregator
 from aggregator.strategy import Strategy, StrategyConfig, build_strategy
 from edge_client.client import ClientConfig, EdgeClient
-from edge_client.training import FitConfig, FitResult, Trainer, mlp_trainer
+from edge_client.training import Trainer, mlp_trainer
 from fedge.broker import start_broker
 from fedge.demo import DemoConfig, _aggregator_config, _profile, _run_all, prepare_data
 from fedge.fleet import SimulatedFleet
+from fedge.poisoning import ATTACKS, PoisonedTrainer
 
 TARGET_POINTS = 2.0
-ATTACKS: dict[str, float] = {"sign_flip": -1.0, "scale10": 10.0}  # factor on the update
 ROBUST = ("median", "trimmed_mean", "krum", "multi_krum", "norm_bound")
-
-
-class PoisonedTrainer:
-    """Trains honestly, then reports global + factor * (local - global)."""
-
-    def __init__(self, inner: Trainer, factor: float) -> None:
-        self.inner = inner
-        self.factor = factor
-        self._global: dict[str, np.ndarray] | None = None
-
-    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        self._global = {k: np.array(v, copy=True) for k, v in weights.items()}
-        self.inner.set_weights(weights)
-
-    def get_weights(self) -> dict[str, np.ndarray]:
-        local = self.inner.get_weights()
-        if self._global is None:
-            return local
-        return {k: (g + self.factor * (local[k] - g)).astype(local[k].dtype)
-                for k, g in self._global.items()}
-
-    def fit(self, x: np.ndarray, y: np.ndarray, config: FitConfig,
-            should_stop: Callable[[], bool] | None = None) -> FitResult:
-        return self.inner.fit(x, y, config, should_stop=should_stop)
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        return self.inner.evaluate(x, y)
 
 
 class _KrumChoices(logging.Handler):

@@ -8,12 +8,14 @@ import logging
 import sys
 from pathlib import Path
 
+from aggregator.strategy import STRATEGIES
 from edge_client.settings import ConfigError
 from fedge.aggregator_cli import add_aggregator_parser
 from fedge.bridge_cli import add_bridge_parser
-from fedge.demo import DemoConfig, model_versions, run_demo
+from fedge.demo import DP_MODES, DemoConfig, check_demo, model_versions, run_demo
 from fedge.export_cli import add_export_parser
 from fedge.keys_cli import add_keys_parser
+from fedge.poisoning import ATTACKS
 from fedge.progress import ProgressBar
 from fedge.roles import build_device, run_until_signal
 
@@ -71,6 +73,26 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="serve the gateway dashboard while the federation runs, on "
                         "127.0.0.1:PORT only (0: a free port), without tokens: anyone on "
                         "this machine can read it; needs the aggregator extra")
+    p.add_argument("--secagg", action="store_true",
+                   help="secure aggregation of sync rounds: the aggregator sees only the "
+                        "sum of the updates (replaces --uplink; needs >= 3 devices)")
+    p.add_argument("--dp", choices=DP_MODES, default=d.dp,
+                   help="differential privacy: central (the aggregator clips and adds noise) "
+                        "or distributed (each device does; needs --secagg)")
+    p.add_argument("--noise-multiplier", type=float, default=d.noise_multiplier,
+                   help="DP: z, the noise std over the clip")
+    p.add_argument("--clip", type=float, default=d.clip,
+                   help="DP: C, the L2 bound on each device's update (default: about the "
+                        "median update norm of the demo job)")
+    p.add_argument("--target-epsilon", type=float, default=d.target_epsilon,
+                   help="DP: stop training before epsilon (at delta 1e-5) would pass this; "
+                        "0: no budget")
+    p.add_argument("--strategy", choices=sorted(STRATEGIES), default=d.strategy,
+                   help="aggregation rule: fedavg, a server optimizer or a robust rule")
+    p.add_argument("--attackers", type=int, default=d.attackers, metavar="K",
+                   help="the first K devices send poisoned updates")
+    p.add_argument("--attack", choices=tuple(ATTACKS), default=d.attack,
+                   help="sign_flip: the honest update reversed; scale10: boosted tenfold")
     p.set_defaults(func=_demo)
 
 
@@ -97,7 +119,15 @@ def _demo(args: argparse.Namespace) -> int:
                      momentum=args.momentum, buffer_size=args.buffer_size,
                      uplink=args.uplink, downlink=args.downlink, profile=args.profile,
                      day_s=args.day_s, secure=args.secure, full_model=args.full_model,
-                     workdir=args.workdir, dashboard_port=args.dashboard)
+                     workdir=args.workdir, dashboard_port=args.dashboard,
+                     secagg=args.secagg, dp=args.dp, noise_multiplier=args.noise_multiplier,
+                     clip=args.clip, target_epsilon=args.target_epsilon,
+                     strategy=args.strategy, attackers=args.attackers, attack=args.attack)
+    try:
+        check_demo(cfg)
+    except ValueError as exc:
+        print(f"fedge demo: {exc}", file=sys.stderr)
+        return 2
     bar = ProgressBar(model_versions(cfg), f"fedge demo ({cfg.mode}, {cfg.devices} devices)")
     if cfg.dashboard_port is None:  # else the bar starts below the dashboard's address
         bar.show(0, "starting")
@@ -136,9 +166,30 @@ def _print_summary(s: dict, stream) -> None:
         f"devices           {s['profile']} profile; skipped device-rounds: "
         f"{_reasons(s['skipped_by_reason'])}; stopped mid-training "
         f"{s['stopped_mid_training']}, late {s['late_updates']}",
+        f"aggregation       {s['strategy']}; attackers "
+        f"{', '.join(s['attackers']) + ' (' + s['attack'] + ')' if s['attackers'] else 'none'}",
+        *_privacy_lines(s),
         f"store             {s['workdir']}",
     ]
     print("\n".join(lines), file=stream)
+
+
+def _privacy_lines(s: dict) -> list[str]:
+    lines = []
+    if s.get("secagg"):
+        a = s["secagg"]
+        lines.append(f"secure aggregation {a['secure_rounds']} secure rounds; contributors "
+                     f"{' '.join(map(str, a['contributors_per_round']))}; dropouts "
+                     f"{' '.join(map(str, a['dropouts_per_round']))}; "
+                     f"{a['bytes_per_device_round'] / 1e3:.1f} kB per device per round")
+    if s.get("privacy"):
+        p = s["privacy"]
+        budget = f"target {p['target_epsilon']:g}" if p["target_epsilon"] else "no budget"
+        stopped = "; the budget stopped training" if p["budget_stopped_training"] else ""
+        lines.append(f"privacy           {p['mode']} DP, z {p['noise_multiplier']:g}, clip "
+                     f"{p['clip']:g}: epsilon {p['epsilon']:.2f} at delta {p['delta']:g} "
+                     f"({budget}){stopped}")
+    return lines
 
 
 def _reasons(counts: dict[str, int]) -> str:

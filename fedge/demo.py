@@ -25,22 +25,35 @@ import numpy as np
 
 from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
 from aggregator.config import AggregatorConfig, AsyncConfig, DownlinkConfig, SyncConfig
-from aggregator.service import Aggregator, VersionReport
+from aggregator.privacy.config import PrivacyConfig
+from aggregator.secagg_config import SecAggConfig
+from aggregator.service import STOPPED_NOTE, Aggregator, VersionReport
+from aggregator.store import Store
+from aggregator.strategy import STRATEGIES, StrategyConfig
 from edge_client.client import ClientConfig, EdgeClient
-from edge_client.codecs import DENSE
+from edge_client.codecs import DENSE, CodecConfig
 from edge_client.protocol import TrainConfig
+from edge_client.secagg.graph import MIN_PARTICIPANTS
 from edge_client.security import AggregatorSecurity, BrokerAuth, DeviceSecurity
-from edge_client.training import mlp_trainer
+from edge_client.training import Trainer, mlp_trainer
 from fedge.broker import MosquittoBroker, free_port, start_broker
 from fedge.codec_spec import describe, parse_codec
 from fedge.datasets import dirichlet_partition, load_digits, stratified_split
 from fedge.fleet import SimulatedFleet
+from fedge.poisoning import ATTACKS, poisoned
 from fedge.profiles import Diurnal, Profile, profile_by_name
 
 if TYPE_CHECKING:
     from aggregator.web import DashboardServer
 
 log = logging.getLogger(__name__)
+
+
+# The median L2 norm of a device's update over a run of the demo job without DP
+# (benchmarks/privacy.py measured 0.497 with 5 devices and 0.463 with 10): a clip near it
+# keeps the clipped mean close to the real one, and z = 0.5 kept 0.80 to 0.93 accuracy.
+DEFAULT_DP_CLIP = 0.5
+DP_MODES = ("off", "central", "distributed")
 
 
 @dataclass
@@ -66,6 +79,14 @@ class DemoConfig:
     workdir: Path | None = None
     timeout_s: float = 600.0
     dashboard_port: int | None = None  # serve the dashboard on 127.0.0.1 (0: a free port)
+    secagg: bool = False  # secure aggregation of sync rounds (docs/secure-aggregation.md)
+    dp: str = "off"  # differential privacy: "off", "central" or "distributed"
+    noise_multiplier: float = 0.5  # z (docs/privacy.md)
+    clip: float = DEFAULT_DP_CLIP  # C, the L2 bound on each device's update
+    target_epsilon: float = 0.0  # stop before epsilon would pass this; 0: no budget
+    strategy: str = "fedavg"  # any name in aggregator.strategy.STRATEGIES
+    attackers: int = 0  # the first K devices send poisoned updates (fedge/poisoning.py)
+    attack: str = "sign_flip"  # a name in fedge.poisoning.ATTACKS
 
 
 @dataclass
@@ -81,8 +102,49 @@ class _Job:
 DEFAULT_UPLINK = {"sync": "topk=0.01,q4", "async": "q8"}
 
 
-def uplink_spec(cfg: DemoConfig) -> str:
+def uplink_spec(cfg: DemoConfig) -> str | None:
+    """The update codec; None with --secagg, whose fixed-point encoding replaces it."""
+    if cfg.secagg:
+        return None
     return cfg.uplink if cfg.uplink is not None else DEFAULT_UPLINK[cfg.mode]
+
+
+def check_demo(cfg: DemoConfig) -> None:
+    """Refuse combinations that cannot run, with the flags named, before anything starts.
+
+    The demo's own rules come first; then the aggregator's config is built, so that its
+    checks (a robust strategy under DP or secure aggregation, Krum with too few devices)
+    are refused here too rather than after the broker is up.
+    """
+    if cfg.devices < 1:
+        raise ValueError(f"--devices must be >= 1, not {cfg.devices}")
+    if cfg.secagg and cfg.mode != "sync":
+        raise ValueError("--secagg needs --mode sync: secure aggregation sums one round's "
+                         "updates, and async buffers have no rounds")
+    if cfg.secagg and cfg.uplink is not None:
+        raise ValueError(f"--secagg replaces the uplink codec (devices send fixed-point "
+                         f"integers under masks); leave out --uplink {cfg.uplink!r}")
+    if cfg.secagg and cfg.devices < MIN_PARTICIPANTS:
+        raise ValueError(f"--secagg needs at least {MIN_PARTICIPANTS} devices, "
+                         f"not {cfg.devices}")
+    if cfg.dp not in DP_MODES:
+        raise ValueError(f"--dp must be one of {DP_MODES}, not {cfg.dp!r}")
+    if cfg.dp == "distributed" and not cfg.secagg:
+        raise ValueError("--dp distributed needs --secagg: each device adds a share of the "
+                         "noise, which hides the mean only when the server sees no single "
+                         "update")
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"--strategy must be one of {tuple(STRATEGIES)}, "
+                         f"not {cfg.strategy!r}")
+    if not 0 <= cfg.attackers < cfg.devices:
+        raise ValueError(f"--attackers must be 0 to {cfg.devices - 1} (fewer than "
+                         f"--devices), not {cfg.attackers}")
+    if cfg.attack not in ATTACKS:
+        raise ValueError(f"--attack must be one of {tuple(ATTACKS)}, not {cfg.attack!r}")
+    try:
+        _aggregator_config(cfg, "127.0.0.1", 1883, Path("unused"))
+    except ValueError as exc:  # ConfigError is one; the message names the TOML keys
+        raise ValueError(f"these demo flags do not work together: {exc}") from None
 
 
 def model_versions(cfg: DemoConfig) -> int:
@@ -107,6 +169,7 @@ def prepare_data(cfg: DemoConfig) -> _Job:
 def run_demo(cfg: DemoConfig,
              on_version: Callable[[VersionReport], None] | None = None) -> dict[str, Any]:
     """Run the federation to the end and return the summary."""
+    check_demo(cfg)
     job = prepare_data(cfg)
     sizes = [job.shards[0][0].shape[1], cfg.hidden, 10]
     workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="fedge-demo-"))
@@ -134,8 +197,11 @@ def run_demo(cfg: DemoConfig,
                                   state_dir=workdir / f"device-{i}", eligibility_check_s=0.2)
             if secure:
                 config.security, config.broker_auth = secure.device(i, aggregator)
-            clients.append(EdgeClient(config, fleet.trainer(i, mlp_trainer(
-                sizes, seed=cfg.seed + 1 + i)), xs, ys, policy=fleet.policy(i)))
+            trainer: Trainer = mlp_trainer(sizes, seed=cfg.seed + 1 + i)
+            if i < cfg.attackers:
+                trainer = poisoned(trainer, cfg.attack)
+            clients.append(EdgeClient(config, fleet.trainer(i, trainer), xs, ys,
+                                      policy=fleet.policy(i)))
             if secure:
                 aggregator.store.enroll(config.device_id, clients[-1].identity.public_text)
         _run_all(aggregator, clients, fleet, cfg.timeout_s)
@@ -227,9 +293,20 @@ def _sync_config(cfg: DemoConfig) -> SyncConfig:
     """All devices each round when they are always there; else what a real fleet needs:
     a smaller target, over-selection and a deadline."""
     if cfg.profile == "always":
-        return SyncConfig(target_updates=cfg.devices, wait_for_devices_s=30.0)
-    return SyncConfig(target_updates=max(1, math.ceil(0.6 * cfg.devices)), over_selection=0.5,
-                      round_timeout_s=2.5, min_fraction=0.5, wait_for_devices_s=1.0)
+        return SyncConfig(target_updates=cfg.devices, wait_for_devices_s=30.0,
+                          min_fraction=_min_fraction(cfg, cfg.devices, 0.6))
+    target = max(1, math.ceil(0.6 * cfg.devices))
+    return SyncConfig(target_updates=target, over_selection=0.5, round_timeout_s=2.5,
+                      min_fraction=_min_fraction(cfg, target, 0.5), wait_for_devices_s=1.0)
+
+
+def _min_fraction(cfg: DemoConfig, target: int, usual: float) -> float:
+    """`usual`, raised under --secagg until a version needs the protocol's minimum of
+    devices (a secure sum of fewer would be one device's update, or two that know each
+    other's)."""
+    if not cfg.secagg:
+        return usual
+    return min(1.0, max(usual, MIN_PARTICIPANTS / target))
 
 
 def _aggregator_config(cfg: DemoConfig, host: str, port: int,
@@ -242,10 +319,21 @@ def _aggregator_config(cfg: DemoConfig, host: str, port: int,
     return AggregatorConfig(
         federation="demo", host=host, port=port, db_path=workdir / "aggregator.sqlite3",
         mode=cfg.mode, rounds=model_versions(cfg), seed=cfg.seed, train=train,
-        uplink=parse_codec(uplink_spec(cfg)), downlink=downlink,
+        uplink=_uplink(cfg), downlink=downlink,
         sync=_sync_config(cfg),
         async_=AsyncConfig(buffer_size=min(cfg.buffer_size, cfg.devices)),
+        # f = the attackers there are, as benchmarks/poisoning.py sets it
+        strategy=StrategyConfig(name=cfg.strategy, byzantine=cfg.attackers),
+        privacy=PrivacyConfig(mode=cfg.dp, clip=cfg.clip,
+                              noise_multiplier=cfg.noise_multiplier,
+                              target_epsilon=cfg.target_epsilon),
+        secagg=SecAggConfig(enabled=cfg.secagg),
     )
+
+
+def _uplink(cfg: DemoConfig) -> CodecConfig | None:
+    spec = uplink_spec(cfg)
+    return parse_codec(spec) if spec is not None else None  # None: dense, or secagg
 
 
 def _run_all(aggregator: Aggregator, clients: list[EdgeClient], fleet: SimulatedFleet,
@@ -289,6 +377,11 @@ def _summary(cfg: DemoConfig, aggregator: Aggregator, clients: list[EdgeClient],
     train_s = [t for c in clients for t in c.stats.train_s]
     round_walls = [h["round_wall_s"] for h in history]
     update_bytes = sum(c.stats.update_bytes for c in clients)
+    dense_bytes = sum(c.stats.dense_bytes for c in clients)
+    parameters = int(sum(w.size for w in aggregator.global_weights.values()))
+    if cfg.secagg:  # devices count no update bytes then: the masked vectors are the update
+        update_bytes = sum(h["update_bytes"] for h in history)
+        dense_bytes = 4 * parameters * sum(h["updates"] for h in history)
     device_rounds = max(1, cfg.devices * len(history))
     return {
         "final_accuracy": history[-1]["accuracy"] if history else None,
@@ -314,11 +407,11 @@ def _summary(cfg: DemoConfig, aggregator: Aggregator, clients: list[EdgeClient],
         "skipped_by_reason": dict(sum((c.stats.skipped for c in clients), Counter())),
         "stopped_mid_training": sum(c.stats.stopped_mid_training for c in clients),
         "late_updates": sum(c.stats.acks["late"] for c in clients),
-        "uplink_codec": describe(aggregator.config.uplink),
+        "uplink_codec": (f"secagg-fixed-point ({aggregator.config.secagg.value_bits}-bit)"
+                         if cfg.secagg else describe(aggregator.config.uplink)),
         "downlink_codec": (aggregator.config.downlink.codec.name()
                            if aggregator.config.downlink.delta else "full"),
-        "uplink_compression": round(sum(c.stats.dense_bytes for c in clients)
-                                    / max(1, update_bytes), 1),
+        "uplink_compression": round(dense_bytes / max(1, update_bytes), 1),
         "update_bytes": update_bytes,
         "bytes_up_per_device_round": round(sum(c.stats.bytes_up for c in clients)
                                            / device_rounds),
@@ -327,8 +420,54 @@ def _summary(cfg: DemoConfig, aggregator: Aggregator, clients: list[EdgeClient],
         "models_via_delta": sum(c.stats.models_via_delta for c in clients),
         "accuracy_per_version": [round(h["accuracy"], 4) for h in history],
         "update_bytes_per_version": [h["update_bytes"] for h in history],
-        "parameters": int(sum(w.size for w in aggregator.global_weights.values())),
+        "parameters": parameters,
         "workdir": str(workdir),
+        "secagg": _secagg_summary(history) if cfg.secagg else None,
+        "privacy": _privacy_summary(cfg, aggregator, history) if cfg.dp != "off" else None,
+        "strategy": cfg.strategy,
+        "attackers": [f"device-{i}" for i in range(cfg.attackers)],
+        "attack": cfg.attack if cfg.attackers else None,
+    }
+
+
+def _secagg_summary(history: list[dict]) -> dict[str, Any]:
+    """From each version's info "secagg" dict: who made the sum, who dropped, and the
+    bytes the aggregator received per device over the round's four phases."""
+    rounds = [h["secagg"] for h in history if isinstance(h.get("secagg"), dict)]
+    return {
+        "secure_rounds": len(rounds),
+        "contributors_per_round": [r["contributors"] for r in rounds],
+        "dropouts_per_round": [r["invited"] - r["contributors"] for r in rounds],
+        "bytes_per_device_round": round(sum(r["bytes_in"] for r in rounds)
+                                        / max(1, sum(r["joined"] for r in rounds))),
+        "modulus_bits": rounds[0]["bits"] if rounds else None,
+        "graph_degree": rounds[0]["degree"] if rounds else None,
+    }
+
+
+def _privacy_summary(cfg: DemoConfig, aggregator: Aggregator,
+                     history: list[dict]) -> dict[str, Any]:
+    """The accountant's figures after the last version, and whether the budget ended
+    training before --rounds."""
+    private = [h for h in history if "epsilon" in h]
+    store = Store(aggregator.config.db_path)  # the service closed its own at the end
+    try:
+        stopped = store.note(STOPPED_NOTE)
+    finally:
+        store.close()
+    return {
+        "mode": cfg.dp,
+        "epsilon": private[-1]["epsilon"] if private else 0.0,
+        "delta": aggregator.privacy.delta,
+        "noise_multiplier": cfg.noise_multiplier,
+        "clip": cfg.clip,
+        "target_epsilon": cfg.target_epsilon,
+        "budget_stopped_training": stopped is not None,
+        "stopped_reason": stopped,
+        # what the accountant composed, version by version: (q, z)
+        "sampling_rate_per_version": [h["dp_sampling_rate"] for h in private],
+        "accounted_noise_multiplier_per_version": [h["dp_noise_multiplier"]
+                                                   for h in private],
     }
 
 
