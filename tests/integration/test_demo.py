@@ -68,3 +68,78 @@ def test_demo_secure_runs_over_tls_with_acls_and_signatures(tmp_path):
     assert s["model_versions"] == 2 and s["rejected_updates"] == 0
     conf = Path(s["broker_config"]).read_text()
     assert "allow_anonymous false" in conf and "certfile" in conf and "acl_file" in conf
+
+
+def _refused(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "fedge.cli", "demo", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    return done.stderr
+
+
+def test_demo_secagg_makes_versions_from_secure_rounds(tmp_path):
+    s = _demo("--devices", "3", "--rounds", "2", "--secagg", tmp_path=tmp_path)
+    assert s["model_versions"] == 2 and s["secagg"]["secure_rounds"] == 2
+    assert s["secagg"]["contributors_per_round"] == [3, 3]
+    assert s["secagg"]["dropouts_per_round"] == [0, 0]
+    # each device sends at least its masked vector (99,985 words) in a round
+    assert s["secagg"]["bytes_per_device_round"] > 99_985 * s["secagg"]["modulus_bits"] / 8
+    assert s["uplink_codec"].startswith("secagg") and s["privacy"] is None
+    assert s["final_accuracy"] > 0.5  # it learns: the sum came out unmasked
+
+
+def test_demo_distributed_dp_reports_dp_accountings_epsilon(tmp_path):
+    from dp_accounting import dp_event, rdp
+
+    s = _demo("--devices", "3", "--rounds", "2", "--secagg", "--dp", "distributed",
+              "--noise-multiplier", "0.7", tmp_path=tmp_path)
+    p = s["privacy"]
+    assert p["mode"] == "distributed" and p["budget_stopped_training"] is False
+    # every device is invited every round (q = 1) and all three noise shares came (z as set)
+    assert p["sampling_rate_per_version"] == [1.0, 1.0]
+    assert p["accounted_noise_multiplier_per_version"] == pytest.approx([0.7, 0.7])
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp_event.PoissonSampledDpEvent(1.0, dp_event.GaussianDpEvent(0.7)),
+                       s["model_versions"])
+    assert p["epsilon"] == pytest.approx(accountant.get_epsilon(p["delta"]), rel=1e-9)
+    assert p["delta"] == 1e-5 and p["epsilon"] > 0
+
+
+def test_demo_central_dp_stops_at_the_epsilon_budget(tmp_path):
+    from dp_accounting import dp_event, rdp
+
+    target = 8.0  # z = 1, q = 1: epsilon 7.1 after two versions, 9.0 after three
+    s = _demo("--devices", "3", "--rounds", "10", "--dp", "central", "--noise-multiplier",
+              "1.0", "--target-epsilon", str(target), tmp_path=tmp_path)
+    p = s["privacy"]
+    assert p["budget_stopped_training"] is True and "budget" in p["stopped_reason"]
+    assert 0 < s["model_versions"] < 10 and p["epsilon"] <= target
+
+    def eps(steps: int) -> float:
+        accountant = rdp.RdpAccountant()
+        accountant.compose(dp_event.PoissonSampledDpEvent(
+            1.0, dp_event.GaussianDpEvent(1.0)), steps)
+        return accountant.get_epsilon(p["delta"])
+
+    # it stopped exactly where one more version would have passed the budget
+    assert eps(s["model_versions"]) <= target < eps(s["model_versions"] + 1)
+
+
+def test_demo_attackers_against_a_robust_strategy(tmp_path):
+    s = _demo("--devices", "4", "--rounds", "2", "--attackers", "1", "--attack", "scale10",
+              "--strategy", "median", tmp_path=tmp_path)
+    assert (s["strategy"], s["attackers"], s["attack"]) == ("median", ["device-0"], "scale10")
+    assert s["model_versions"] == 2 and s["final_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("--secagg", "--mode", "async"), ("--secagg", "--mode sync")),
+    (("--secagg", "--uplink", "q8"), ("--secagg", "--uplink")),
+    (("--dp", "distributed"), ("--dp distributed", "--secagg")),
+    (("--secagg", "--strategy", "median"), ("strategy", "median")),
+    (("--attackers", "5"), ("--attackers",)),
+])
+def test_demo_refuses_flags_that_do_not_work_together(args, words):
+    stderr = _refused("--devices", "5", *args)
+    assert all(w in stderr for w in words), stderr
