@@ -54,7 +54,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="async: aggregate every K updates")
     p.add_argument("--uplink", default=d.uplink,
                    help="update codec, e.g. 'topk=0.01,q4', 'randk=0.05,q8', 'f16', 'dense' "
-                        "(default: topk=0.01,q4 in sync mode, q8 in async mode)")
+                        "(default: topk=0.01,q4 in sync mode, q8 in async mode or with "
+                        "--dp central; --secagg sends its own fixed-point integers)")
     p.add_argument("--downlink", default=d.downlink,
                    help="model delta codec, e.g. 'q8', 'q4'; 'full' sends whole models only")
     p.add_argument("--full-model", choices=("f32", "f16"), default=d.full_model,
