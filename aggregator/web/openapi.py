@@ -115,6 +115,8 @@ def _schemas() -> dict[str, Any]:
             "evaluated_version": {"type": "integer", "nullable": True},
             "update_bytes": integer, "dense_bytes_estimate": integer, "compression_ratio": num,
             "updates": {"type": "object", "additionalProperties": integer},
+            "secure_contributions": _described(integer, "Device inputs summed by secure "
+                                               "rounds (no update of theirs is stored)"),
             "rejections": integer, "enrolled": integer, "generated_at": {"type": "number"},
             "privacy": {"allOf": [_ref("Privacy")], "nullable": True},
             "stopped": _described({"type": "string", "nullable": True},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ def overview(store: Store) -> dict[str, Any]:
         "evaluated_version": evaluated[-1]["version"] if evaluated else None,
         **uplink(history),
         "updates": update_counts(store),
+        "secure_contributions": sum(secure_contributions(store).values()),
         "rejections": rejection_count(store),
         "devices": {"known": len(devices),
                     "online": sum(1 for d in devices if d["online"]),
@@ -118,8 +120,9 @@ def devices(store: Store) -> list[dict[str, Any]]:
     """Every device with a status, plus any that only ever sent updates (stored or refused)."""
     rows = {d["device_id"]: {**d, "online": bool(d["online"]),
                              "eligible": bool(d["eligible"])} for d in store.devices()}
-    contributions = _count_by_device(store, "SELECT device_id, COUNT(*) FROM updates "
-                                            "WHERE state='aggregated' GROUP BY device_id")
+    contributions = Counter(_count_by_device(store, "SELECT device_id, COUNT(*) FROM updates "
+                                                    "WHERE state='aggregated' GROUP BY device_id"))
+    contributions.update(secure_contributions(store))
     rejections = _count_by_device(store, "SELECT device_id, COUNT(*) FROM rejections "
                                          "GROUP BY device_id")
     local = last_local_accuracy(store)
@@ -150,6 +153,20 @@ def _metric(metrics: str, name: str) -> float | None:
     """A number from an update's metrics JSON; None when absent (older devices) or NaN."""
     value = json.loads(metrics).get(name)
     return finite(float(value)) if isinstance(value, int | float) else None
+
+
+def secure_contributions(store: Store) -> dict[str, int]:
+    """Per device, the secure rounds whose sum took its input. Under secure aggregation no
+    update is stored, so the rounds' own records (aggregator/secagg_store.py) say who
+    contributed; a store that never ran one has no such table."""
+    has_table = store.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' "
+                                 "AND name='secagg_rounds'").fetchone()
+    if not has_table:
+        return {}
+    counts: Counter[str] = Counter()
+    for (info,) in store.db.execute("SELECT info FROM secagg_rounds WHERE state='done'"):
+        counts.update(str(d) for d in json.loads(info).get("contributors", []))
+    return dict(counts)
 
 
 def _count_by_device(store: Store, query: str) -> dict[str, int]:

@@ -602,3 +602,27 @@ def test_an_unusable_store_is_503(tmp_path):
     client = create_app(tmp_path / "a-folder", None, None).test_client()
     response = client.get("/api/overview")
     assert response.status_code == 503 and "retry" in response.get_json()["error"]
+
+
+def test_secure_rounds_count_as_contributions_though_no_update_is_stored(filled, actions):
+    """Secure aggregation stores no update row; the dashboard counts its rounds instead."""
+    from aggregator.secagg_store import SecAggLog
+
+    store = Store(filled.path)
+    log = SecAggLog(store.db)
+    for task, state, contributors in (("s1", "done", ["dev-0", "dev-1"]),
+                                      ("s2", "done", ["dev-1"]),
+                                      ("s3", "aborted", ["dev-0"])):  # made no version
+        log.opened(task, ("dev-0", "dev-1"), 16, 4, "advertise_keys")
+        log.ended(task, state, {"contributors": contributors})
+    store.db.commit()
+    store.close()
+    client = create_app(filled.path, READ, ADMIN, actions).test_client()
+    assert get(client, "/api/overview").get_json()["secure_contributions"] == 3
+    rows = {d["device_id"]: d for d in get(client, "/api/devices").get_json()["devices"]}
+    assert rows["dev-0"]["contributions"] == filled.contributions["dev-0"] + 1
+    assert rows["dev-1"]["contributions"] == filled.contributions["dev-1"] + 2
+
+
+def test_a_store_without_secure_rounds_reports_none(client):
+    assert get(client, "/api/overview").get_json()["secure_contributions"] == 0

@@ -66,8 +66,10 @@
     text("ov-loss", o.loss === null ? "" : `loss ${fixed(3)(o.loss)} (v${o.evaluated_version})`);
     text("ov-devices", `${o.devices.online} / ${o.devices.known}`);
     text("ov-eligible", `${o.devices.eligible} eligible · ${o.enrolled} enrolled`);
-    text("ov-updates", int(o.updates.aggregated));
-    text("ov-pending", `${o.updates.pending} pending · ${o.updates.late} late · ${o.rejections} rejected`);
+    const secure = o.secure_contributions || 0;  // secure rounds store no update
+    text("ov-updates", int(o.updates.aggregated + secure));
+    text("ov-pending", (secure ? `${secure} in secure sums · ` : "") +
+      `${o.updates.pending} pending · ${o.updates.late} late · ${o.rejections} rejected`);
     text("ov-uplink", bytes(o.update_bytes));
     const ratio = o.compression_ratio;
     text("ov-ratio", ratio ? `${ratio >= 10 ? Math.round(ratio) : ratio}× smaller than float32` : "");
