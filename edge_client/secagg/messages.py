@@ -126,10 +126,9 @@ class EncryptedShare:
 
 
 @dataclass(frozen=True)
-class ShareKeys(_Message):
-    """Phase 1, device to server: one encrypted share per neighbour."""
+class _SharesMessage(_Message):
+    """Encrypted shares in transit: the same fields both ways, checked differently."""
 
-    KIND: ClassVar[str] = "secagg_share_keys"
     round_id: str
     device_id: str
     shares: tuple[EncryptedShare, ...]
@@ -140,17 +139,17 @@ class ShareKeys(_Message):
 
 
 @dataclass(frozen=True)
-class ShareDelivery(_Message):
+class ShareKeys(_SharesMessage):
+    """Phase 1, device to server: one encrypted share per neighbour, all from device_id."""
+
+    KIND: ClassVar[str] = "secagg_share_keys"
+
+
+@dataclass(frozen=True)
+class ShareDelivery(_SharesMessage):
     """Phase 2, server to device u: the encrypted shares its neighbours sent it."""
 
     KIND: ClassVar[str] = "secagg_share_delivery"
-    round_id: str
-    device_id: str
-    shares: tuple[EncryptedShare, ...]
-
-    def fields(self) -> dict[str, Any]:
-        return {"round_id": self.round_id, "device_id": self.device_id,
-                "shares": _share_list(self.shares)}
 
 
 @dataclass(frozen=True)
