@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -136,17 +137,28 @@ def _demo(args: argparse.Namespace) -> int:
     def on_version(report) -> None:
         bar.show(report.version, f"accuracy {report.metrics.get('accuracy', 0):.3f}")
 
+    # SIGTERM (a service manager, `kill`, a test harness) unwinds like Ctrl-C, so the
+    # demo's `with` blocks stop the broker it started instead of leaving it running.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         summary = run_demo(cfg, on_version=on_version)
     except (RuntimeError, TimeoutError, ValueError) as exc:
         bar.close()
         print(f"fedge demo failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        bar.close()
+        print("fedge demo: interrupted; the broker and devices were stopped", file=sys.stderr)
+        return 130
     bar.close()
     _print_summary(summary, sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_summary(s: dict, stream) -> None:

@@ -143,3 +143,55 @@ def test_demo_attackers_against_a_robust_strategy(tmp_path):
 def test_demo_refuses_flags_that_do_not_work_together(args, words):
     stderr = _refused("--devices", "5", *args)
     assert all(w in stderr for w in words), stderr
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def test_sigterm_stops_the_demo_and_the_broker_it_started(tmp_path):
+    """A demo ended by SIGTERM (a service manager, `kill`) must not leave mosquitto behind."""
+    import os
+    import signal
+    import time
+
+    if not Path("/usr/sbin/mosquitto").exists():
+        pytest.skip("needs mosquitto: the embedded broker runs inside the demo's process")
+    demo = subprocess.Popen([sys.executable, "-m", "fedge.cli", "demo", "--devices", "2",
+                             "--rounds", "500", "--broker", "mosquitto",
+                             "--workdir", str(tmp_path / "demo")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        brokers: list[int] = []
+        while not brokers and time.monotonic() < deadline:
+            brokers = [k for k in _children(demo.pid)
+                       if "mosquitto" in Path(f"/proc/{k}/cmdline").read_bytes().decode()]
+            time.sleep(0.1)
+        assert brokers, "the demo started no mosquitto"
+        time.sleep(2)  # the federation is under way
+        demo.send_signal(signal.SIGTERM)
+        _out, err = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    left = []
+    for pid in brokers:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists() and not _is_zombie(pid):
+            left.append(pid)
+            os.kill(pid, signal.SIGTERM)  # ours (the demo's child): do not leak it on failure
+    assert not left, "mosquitto left running"
+    assert demo.returncode == 130 and b"interrupted" in err
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
