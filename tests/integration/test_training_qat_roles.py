@@ -14,6 +14,7 @@ import pytest
 
 from edge_client.protocol.messages import Model, decode
 from edge_client.training import NumpyTrainer, build_model
+from tests.integration.sine_windows import sine_windows
 
 pytestmark = pytest.mark.integration
 
@@ -31,17 +32,6 @@ ARCH = {"kind": "sequential", "input_shape": [32, 2], "qat": True, "layers": [
     {"type": "maxpool1d", "size": 2}, {"type": "flatten"}, {"type": "dense", "units": 2}]}
 
 
-def _windows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two classes of (32, 2) windows: a slow and a fast sine, random phase, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
-    t = np.arange(32)[None, :]
-    phase = rng.uniform(0, 2 * np.pi, (n, 1))
-    wave = np.sin(2 * np.pi * np.where(y[:, None] == 1, 0.25, 0.05) * t + phase)
-    x = np.stack([wave, -wave], axis=2) + 0.3 * rng.standard_normal((n, 32, 2))
-    return x.astype(np.float32), y
-
-
 def _fedge(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fedge.cli", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -49,13 +39,13 @@ def _fedge(*args: str) -> subprocess.Popen:
 
 def test_a_qat_1d_cnn_federates_from_toml(mosquitto, tmp_path):
     for i in range(2):
-        x, y = _windows(300, seed=i)
+        x, y = sine_windows(300, seed=i)
         np.savez(tmp_path / f"data{i}.npz", x=x, y=y)
         (tmp_path / f"device{i}.toml").write_text(
             f'device_id = "dev-{i}"\nfederation = "qat"\nport = {mosquitto.port}\n'
             f'state_dir = "{tmp_path / f"state{i}"}"\n{MODEL_TOML}'
             f'[data]\npath = "{tmp_path / f"data{i}.npz"}"\n[eligibility]\nenabled = false\n')
-    x_test, y_test = _windows(300, seed=9)
+    x_test, y_test = sine_windows(300, seed=9)
     np.savez(tmp_path / "heldout.npz", x=x_test, y=y_test)
     (tmp_path / "aggregator.toml").write_text(
         f'federation = "qat"\nport = {mosquitto.port}\nrounds = 3\n'

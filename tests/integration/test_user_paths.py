@@ -22,6 +22,7 @@ from edge_client.export import quantized_graph
 from edge_client.export.int8_reference import run_int8
 from edge_client.protocol import Model, decode
 from fedge.datasets import load_digits
+from tests.integration.sine_windows import sine_windows
 
 pytestmark = pytest.mark.integration
 
@@ -118,23 +119,12 @@ layers = [
 """
 
 
-def _windows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two classes of (32, 2) windows: a slow and a fast sine, random phase, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
-    t = np.arange(32)[None, :]
-    phase = rng.uniform(0, 2 * np.pi, (n, 1))
-    wave = np.sin(2 * np.pi * np.where(y[:, None] == 1, 0.25, 0.05) * t + phase)
-    x = np.stack([wave, -wave], axis=2) + 0.3 * rng.standard_normal((n, 32, 2))
-    return x.astype(np.float32), y
-
-
 def test_qat_sequential_federation_then_export_int8_tflite_runs_in_litert(mosquitto, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     devices = []
     for i in range(2):
-        x, y = _windows(300, seed=i)
+        x, y = sine_windows(300, seed=i)
         np.savez(tmp_path / f"data{i}.npz", x=x, y=y)
         devices.append(_device_toml(tmp_path / f"dev{i}.toml", f"dev-{i}", "qat",
                                     mosquitto.port, CNN, tmp_path / f"data{i}.npz"))
@@ -157,7 +147,7 @@ def test_qat_sequential_federation_then_export_int8_tflite_runs_in_litert(mosqui
     latest = decode(store.latest_model().blob, expect=Model)
     store.close()
     graph = quantized_graph(latest.arch, latest.tensors)
-    x_test, y_test = _windows(200, seed=9)
+    x_test, y_test = sine_windows(200, seed=9)
     x_q = graph.input.quantize(x_test)
 
     interpreter = Interpreter(model_content=out.read_bytes())
