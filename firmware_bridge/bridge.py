@@ -337,22 +337,23 @@ class Bridge:
         assert self.device is not None
         record = PredictionRecord(time.time(), self.device.device_id, p.model_version,
                                   p.class_index, p.score)
-        self.predictions.append(record)
-        self.stats.predictions += 1
+        # on disk first, so whoever sees the record in memory also finds it in the file
         self._record({"kind": "prediction", "device": record.device_id,
                       "model_version": p.model_version, "class": p.class_index,
                       # the MCU's f32 may be NaN or inf, which JSON has no words for
                       "score": p.score if math.isfinite(p.score) else None})
+        self.predictions.append(record)
+        self.stats.predictions += 1
 
     def _on_log(self, entry: Log) -> None:
         assert self.device is not None
         level = LogLevel(entry.level).name
         record = LogRecord(time.time(), self.device.device_id, level, entry.text)
-        self.logs.append(record)
-        self.stats.logs += 1
         log.log(getattr(logging, level), "device %s: %s", record.device_id, entry.text)
         self._record({"kind": "log", "device": record.device_id, "level": level,
                       "text": entry.text})
+        self.logs.append(record)
+        self.stats.logs += 1
 
     def _record(self, entry: dict) -> None:
         """Append to events.jsonl in the data dir: what the MCU said, for later reading."""
@@ -434,7 +435,6 @@ class Bridge:
         confirmed = push.state is PushState.CONFIRMED
         result = PushResult(push.version, len(push.blob), push.crc32, confirmed, push.reason,
                             time.time())
-        self.pushes.append(result)
         if confirmed:
             log.info("bridge: model v%d (%d bytes, crc32 %08x) confirmed by the device",
                      push.version, len(push.blob), push.crc32)
@@ -443,5 +443,6 @@ class Bridge:
         self._record({"kind": "model", "version": push.version, "size": len(push.blob),
                       "crc32": f"{push.crc32:08x}", "confirmed": confirmed,
                       "reason": push.reason})
+        self.pushes.append(result)
         if self.on_confirmed is not None and confirmed:
             self.on_confirmed(result)
