@@ -27,6 +27,12 @@ class SyncConfig:
     round_timeout_s: float = 60.0  # deadline after the task is published
     min_fraction: float = 0.6  # at the deadline, aggregate if this share of the target came
     wait_for_devices_s: float = 30.0  # then open a round with fewer devices than the target
+    # A round that ends at its deadline with too few updates makes the next deadline this
+    # many times longer, up to max_round_timeout_s (default 8 x round_timeout_s), so a
+    # fleet slower than round_timeout_s still makes versions; the first version made
+    # brings it back to round_timeout_s. 1.0 keeps every deadline at round_timeout_s.
+    deadline_growth: float = 1.5
+    max_round_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.target_updates < 1:
@@ -35,6 +41,19 @@ class SyncConfig:
             raise ValueError("sync: need over_selection >= 0 and 0 < min_fraction <= 1")
         if self.round_timeout_s <= 0 or self.wait_for_devices_s < 0:
             raise ValueError("sync: round_timeout_s must be > 0, wait_for_devices_s >= 0")
+        if self.deadline_growth < 1:
+            raise ValueError(f"sync.deadline_growth must be >= 1, not {self.deadline_growth}")
+        if self.max_round_timeout_s is not None and \
+                self.max_round_timeout_s < self.round_timeout_s:
+            raise ValueError(f"sync.max_round_timeout_s ({self.max_round_timeout_s}) must be "
+                             f">= round_timeout_s ({self.round_timeout_s})")
+
+    @property
+    def longest_round_timeout_s(self) -> float:
+        """The cap on a grown deadline."""
+        if self.max_round_timeout_s is not None:
+            return self.max_round_timeout_s
+        return 8.0 * self.round_timeout_s
 
 
 @dataclass

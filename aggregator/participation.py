@@ -47,6 +47,7 @@ class SyncRounds:
         self.sync = config.sync
         self._rng = random.Random(config.seed)
         self._waiting_since: float | None = None
+        self.timeout_s = config.sync.round_timeout_s  # grows after aborted rounds
 
     def plan(self, round_no: int, version: int, online: list[str],
              now: float) -> Task | None:
@@ -65,11 +66,20 @@ class SyncRounds:
         invited = tuple(sorted(self._rng.sample(sorted(online), invite_count)))
         return Task(task_id=f"r{round_no}-{uuid.uuid4().hex[:8]}", mode="sync",
                     round=round_no, model_version=version, train=self.config.train,
-                    deadline=now + self.sync.round_timeout_s, invited=invited,
+                    deadline=now + self.timeout_s, invited=invited,
                     chunk_size=self.config.chunk_size, codec=_uplink(self.config))
 
     def min_updates(self) -> int:
         return max(1, math.ceil(self.sync.min_fraction * self.sync.target_updates))
+
+    def round_aborted(self) -> None:
+        """Too few updates by the deadline: give the next round longer, up to the cap."""
+        self.timeout_s = min(self.sync.longest_round_timeout_s,
+                             self.timeout_s * self.sync.deadline_growth)
+
+    def version_made(self) -> None:
+        """The fleet kept up: deadlines go back to round_timeout_s."""
+        self.timeout_s = self.sync.round_timeout_s
 
     def judge(self, update: Update, task: TaskInfo, open_task: Task | None,
               current_version: int) -> Verdict:
@@ -108,6 +118,7 @@ class BufferedAsync:
     """
 
     mode = "async"
+    timeout_s = None  # async tasks have no deadline
 
     def __init__(self, config: AggregatorConfig) -> None:
         self.config = config
@@ -133,6 +144,12 @@ class BufferedAsync:
 
     def due(self, pending: int, open_task: Task, now: float) -> str:
         return "aggregate" if pending >= self.cfg.buffer_size else "wait"
+
+    def round_aborted(self) -> None:
+        """Async tasks have no deadline to grow."""
+
+    def version_made(self) -> None:
+        """Async tasks have no deadline to reset."""
 
     def staleness_factor(self, update: Update, current_version: int) -> float:
         staleness = max(0, current_version - update.base_version)

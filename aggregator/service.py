@@ -259,9 +259,11 @@ class Aggregator:
             self._aggregate()
             self._open_task(now)
         elif decision == "abort":
+            self.participation.round_aborted()
             log.warning("aggregator: round %d reached its deadline with %d of %d updates; "
-                        "starting it again", self._task.round, len(self._pending),
-                        self.config.sync.target_updates)
+                        "starting it again with a %.3g s deadline", self._task.round,
+                        len(self._pending), self.config.sync.target_updates,
+                        self.participation.timeout_s)
             self.store.abort_task(self._task.task_id)
             self._pending.clear()
             self._task = None
@@ -294,6 +296,7 @@ class Aggregator:
         step = self.secure.tick(now)
         self._publish_all(step.outgoing)
         if step.aborted is not None:
+            self.participation.round_aborted()
             log.warning("aggregator: secure round %d (%s) aborted: %s; starting it again",
                         self._task.round, self._task.task_id, step.aborted)
             self.store.abort_task(self._task.task_id)
@@ -411,6 +414,7 @@ class Aggregator:
         self.store.add_model(version, blob, sha256_hex(blob), info, used=self._pending,
                              close_task=close, delta=delta)
         self.version, self.global_weights = version, new_weights
+        self.participation.version_made()
         self.history.append({"version": version, "created_at": time.time(), **info})
         self.anomalies.after_version(version, info["devices"], clipping)
         report = VersionReport(version, self._task.round, info["updates"], round_wall_s,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -141,6 +143,45 @@ def test_aggregator_restart_mid_round_keeps_every_acked_update(mosquitto, tmp_pa
     assert second.history[1]["devices"] == ["dev-0", "dev-1", "dev-2"]
     rows = _stored_updates(second.config.db_path)
     assert len(rows) == 6 and {r[3] for r in rows} == {"aggregated"}
+
+
+class _SlowTrainer:
+    """A device that needs `delay_s` more than usual to train: slower than the deadline."""
+
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def fit(self, *args, **kwargs):
+        time.sleep(self.delay_s)
+        return self.inner.fit(*args, **kwargs)
+
+
+def test_a_fleet_slower_than_the_deadline_still_makes_a_version(mosquitto, tmp_path, caplog):
+    """Every device needs over 1 s; the deadline starts at 0.3 s. Aborted rounds grow it
+    (0.3, 0.6, 1.2, ...) until the fleet meets it; the version resets it to 0.3 s."""
+    from edge_client.training import mlp_trainer
+
+    data = Digits(devices=2)
+    sync = SyncConfig(target_updates=2, min_fraction=1.0, round_timeout_s=0.3,
+                      deadline_growth=2.0, wait_for_devices_s=0)
+    agg = make_aggregator(mosquitto, tmp_path, data, rounds=1, sync=sync)
+    clients = [make_client(mosquitto, tmp_path, data, i,
+                           trainer=_SlowTrainer(mlp_trainer(data.sizes, seed=i), 1.0))
+               for i in range(2)]
+    with caplog.at_level(logging.WARNING, logger="aggregator.service"):
+        for run in start_all(agg, clients):
+            run.join(90)
+    assert agg.version == 1 and agg.history[1]["updates"] == 2
+    assert agg.history[1]["round_wall_s"] > 1.0  # met only by a grown deadline
+    grown = [r.getMessage() for r in caplog.records if "starting it again with" in r.getMessage()]
+    assert grown and "with a 0.6 s deadline" in grown[0]
+    with sqlite3.connect(agg.config.db_path) as db:
+        aborted = db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'aborted'").fetchone()[0]
+    assert aborted == len(grown)
+    assert agg.participation.timeout_s == 0.3
 
 
 def test_restart_between_rounds_resumes_from_sqlite(mosquitto, tmp_path, digits3):

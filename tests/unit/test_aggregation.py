@@ -75,6 +75,44 @@ def test_sync_closes_at_target_or_deadline():
     assert rounds.due(1, task, now=task.deadline) == "abort"
 
 
+def _deadline_after(rounds: SyncRounds, now: float = 0.0) -> float:
+    task = rounds.plan(1, 0, ["a", "b", "c", "d"], now=now)
+    assert task is not None and task.deadline is not None
+    return task.deadline - now
+
+
+def test_aborted_rounds_grow_the_deadline_up_to_the_cap_and_a_version_resets_it():
+    rounds = SyncRounds(AggregatorConfig(sync=SyncConfig(
+        target_updates=4, round_timeout_s=10, deadline_growth=2, max_round_timeout_s=35)))
+    seen = [_deadline_after(rounds)]
+    for _ in range(3):
+        rounds.round_aborted()
+        seen.append(_deadline_after(rounds))
+    assert seen == [10, 20, 35, 35]
+    rounds.version_made()
+    assert _deadline_after(rounds) == 10
+
+
+def test_the_default_cap_is_eight_round_timeouts_and_growth_one_keeps_deadlines_fixed():
+    grown = SyncRounds(AggregatorConfig(sync=SyncConfig(target_updates=4, round_timeout_s=2)))
+    for _ in range(20):
+        grown.round_aborted()
+    assert _deadline_after(grown) == 16
+    fixed = SyncRounds(AggregatorConfig(sync=SyncConfig(target_updates=4, round_timeout_s=2,
+                                                        deadline_growth=1.0)))
+    fixed.round_aborted()
+    assert _deadline_after(fixed) == 2
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"deadline_growth": 0.5}, "deadline_growth must be >= 1"),
+    ({"round_timeout_s": 60, "max_round_timeout_s": 30}, "max_round_timeout_s (30) must be"),
+])
+def test_bad_deadline_growth_settings_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SyncConfig(**fields)
+
+
 def test_sync_verdicts():
     rounds = SyncRounds(AggregatorConfig())
     task = rounds.plan(1, 0, ["a", "b", "c", "d", "e"], now=0.0)
