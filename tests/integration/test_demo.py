@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.fedge_process import run_fedge
+
 pytestmark = pytest.mark.integration
 REQUIRED = {"final_accuracy", "rounds", "model_versions", "devices", "bytes_up", "bytes_down",
             "wall_s", "round_wall_s_median", "train_s_median", "broker", "mode"}
 
 
 def _demo(*args: str, tmp_path) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "fedge.cli", "demo", "--json", "--workdir", str(tmp_path),
-         *args], capture_output=True, text=True, timeout=300, check=False)
+    done = run_fedge("demo", "--json", "--workdir", str(tmp_path), *args, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary.keys() >= REQUIRED

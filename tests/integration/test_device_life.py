@@ -3,7 +3,6 @@ SIGKILL and reboot, sleeping until the aggregator's check-in time."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from aggregator.config import AsyncConfig
 from edge_client.eligibility import EligibilityConfig
 from edge_client.training import mlp_trainer
 from fedge.profiles import AlwaysOn, FakeDeviceTree, apply, policy_for
+from tests.integration.fedge_process import run_fedge
 from tests.integration.fleet import (
     FEDERATION,
     Digits,
@@ -179,11 +179,9 @@ def test_a_sleeping_device_comes_back_at_its_check_in_time(mosquitto, tmp_path):
 
 
 def test_the_diurnal_demo_counts_skipped_device_rounds(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "fedge.cli", "demo", "--devices", "4", "--rounds", "3",
-         "--profile", "diurnal", "--day-s", "8", "--json", "--workdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    done = run_fedge("demo", "--devices", "4", "--rounds", "3", "--profile", "diurnal",
+                     "--day-s", "8", "--json", "--workdir", str(tmp_path), timeout=300,
+                     env={"PYTHONUNBUFFERED": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     import json
     s = json.loads(done.stdout.strip().splitlines()[-1])
