@@ -220,9 +220,13 @@ def test_dashboard_during_a_live_demo(browser, tmp_path):
         page.close()  # before the demo ends: its refreshes would then fail
         out, err = demo.communicate(timeout=240)  # slow on a loaded machine
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.communicate()
+        if demo.poll() is None:  # SIGTERM: the demo stops the mosquitto it started
+            demo.terminate()
+            try:
+                demo.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.communicate()
     assert demo.returncode == 0, err[-3000:].decode(errors="replace")
     summary = json.loads(out.decode().strip().splitlines()[-1])
     assert summary["dashboard_url"] == url and summary["model_versions"] == 40
