@@ -413,7 +413,7 @@ class Aggregator:
         close = self._task.task_id if self._task.mode == "sync" else None
         self.store.add_model(version, blob, sha256_hex(blob), info, used=self._pending,
                              close_task=close, delta=delta)
-        self.version, self.global_weights = version, new_weights
+        self.global_weights = new_weights
         self.participation.version_made()
         self.history.append({"version": version, "created_at": time.time(), **info})
         self.anomalies.after_version(version, info["devices"], clipping)
@@ -421,6 +421,8 @@ class Aggregator:
                                metrics)
         self._pending = []
         self._task = None
+        # The number last: other threads wait on `version`, then read history and weights.
+        self.version = version
         self._publish_model()
         if self.on_version is not None:
             self.on_version(report)
