@@ -367,6 +367,9 @@ static void on_model_message(sim *s, const fl_frame *f, const fl_message *m)
     uint32_t detail = 0;
     uint8_t reason = fl_model_rx_handle(&s->model, m, &detail);
     char text[96];
+    if (m->type == FL_MODEL_END && reason == FL_NACK_NONE) {
+        save_model(s); /* before the ACK and the line: whoever saw either finds the file */
+    }
     answer(s, f->seq, reason, detail);
     if (m->type != FL_MODEL_END && reason == FL_NACK_NONE) {
         return;
@@ -380,7 +383,6 @@ static void on_model_message(sim *s, const fl_frame *f, const fl_message *m)
                 (unsigned long)detail);
         queue_log(s, FL_LOG_INFO, text);
         s->predictions_left = s->opt.predictions;
-        save_model(s);
     } else {
         say("model-refused type=%u reason=%u detail=%08lx", (unsigned)m->type,
             (unsigned)reason, (unsigned long)detail);

@@ -176,9 +176,11 @@ def test_corrupted_and_lost_frames_are_resent_and_counted_once(rig_factory, wire
     assert sum(bridge.stats.frame_errors.values()) == 1  # bad_crc or bad_cobs, by byte
     assert bridge.endpoint.stats.duplicates >= 1  # the resend after the lost ACK
     assert bridge.endpoint.stats.retransmissions >= 1  # the corrupted chunk
-    assert len(rig.sim.matching("frame-error")) == 1
+    # the sim's stdout reaches us on a reader thread, in order: once the install line
+    # (printed after the chunk's frame-error) is in, the frame-error line is too
     assert rig.sim.wait_for("model-installed") == \
         f"model-installed version=1 size=3000 crc32={zlib.crc32(blob):08x}"
+    assert len(rig.sim.matching("frame-error")) == 1
     assert rig.wire.count("to_bridge", MsgType.SAMPLE) >= len(ROWS) + 2  # two resends
 
 
@@ -226,6 +228,7 @@ def test_a_restarted_bridge_keeps_its_dataset_and_finds_the_device_again(rig_fac
     wait_until(lambda: len(first.bridge.dataset) == len(ROWS), 15, "every sample")
     first.stop.set()
     first.thread.join(10)
+    assert not first.thread.is_alive()  # else two bridges would share the port
     again = Bridge(first.config)  # same data dir, same port, the MCU still running
     assert len(again.dataset) == len(ROWS)
     stop = threading.Event()
@@ -239,6 +242,7 @@ def test_a_restarted_bridge_keeps_its_dataset_and_finds_the_device_again(rig_fac
     finally:
         stop.set()
         thread.join(10)
+    assert not thread.is_alive()
     npz = tmp_path / "mcu.npz"
     assert again.dataset.export_npz(npz) == len(ROWS)
     with np.load(npz, allow_pickle=False) as data:
