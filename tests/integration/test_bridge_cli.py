@@ -157,8 +157,14 @@ def test_fedge_bridge_joins_a_federation_on_the_mcus_data(sim_binary, tmp_path, 
     process = _fedge("--port", wire.bridge_port, "--data-dir", str(tmp_path / "mcu"),
                      "--device-config", str(config), "--min-samples", "300",
                      "--scale", "0.0625")
+    # A newer model replaces one still on its way to the MCU, so version 2 must not exist
+    # before version 1 is confirmed: training pauses at version 1 (queued on the loop
+    # before any update for round 2 is taken) until the MCU has it.
+    agg.on_version = lambda report: agg.set_training(False) if report.version == 1 else None
     run = Running(agg.run, "aggregator")
     try:
+        wait_until(lambda: 1 in _confirmed(tmp_path / "mcu"), 60, "the MCU to confirm v1")
+        agg.set_training(True)
         run.join(90)
         assert agg.version == 2
         sim.wait_for("model-installed version=2 ", timeout=30)

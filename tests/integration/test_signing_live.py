@@ -180,6 +180,10 @@ def test_over_tls_and_acls_forged_replayed_stale_and_foreign_updates_are_refused
 def test_devices_refuse_a_tampered_or_unsigned_manifest(mosquitto, tmp_path, caplog):
     data = Digits(devices=1)
     agg = _secure_aggregator(mosquitto, tmp_path, data, rounds=0)
+    # Paused: it serves its signed version 0 and makes no other, so a device that moves
+    # off version 0 below can only have taken a forged manifest (with training on, a
+    # real version 1 would come within a second and move it).
+    agg.set_training(False)
     device = _secure_client(mosquitto, tmp_path, data, 0, agg, exit_when_done=False)
     runs = [Running(agg.run, "aggregator"), Running(device.run, "device")]
     wait_until(lambda: device.model_version is not None, 20, "the signed model")
@@ -211,10 +215,14 @@ def test_a_revoked_device_is_refused_from_the_next_task_on(mosquitto, tmp_path):
                                                       min_fraction=0.5, round_timeout_s=2))
     clients = [_secure_client(mosquitto, tmp_path, data, i, agg, exit_when_done=False)
                for i in range(2)]
+    # Paused at version 1 (on the loop, before it takes any update for round 2), so the
+    # revocation lands while round 2 is open however late this thread gets to it.
+    agg.on_version = lambda report: agg.set_training(False) if report.version == 1 else None
     runs = start_all(agg, clients)
-    wait_until(lambda: agg.version >= 1, 30, "round 1 with both devices")
+    wait_until(lambda: agg.version >= 1 and agg.paused, 30, "round 1 with both devices")
     assert agg.history[1]["devices"] == ["dev-0", "dev-1"]
     agg.store.revoke("dev-1")  # as `fedge aggregator revoke` does, from any process
+    agg.set_training(True)
     wait_until(lambda: agg.version >= 3, 30, "two more rounds")
     for run in runs:
         run.halt()
