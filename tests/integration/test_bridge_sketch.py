@@ -61,6 +61,7 @@ def test_the_sketch_streams_windows_and_installs_a_model(node_binary, tmp_path):
         node.terminate()
         node.wait(10)
         wire.close()
+    assert not thread.is_alive()  # the dataset read below is no longer being written
     assert bridge.pushes[0].confirmed and bridge.pushes[0].crc32 == zlib.crc32(blob)
     assert f"crc32 {zlib.crc32(blob):08x}" in next(e.text for e in bridge.logs
                                                    if "installed" in e.text)

@@ -100,6 +100,23 @@ def _spy(broker):
     return client, subscribe(client, f"fedge/{FEDERATION}/secagg/+")
 
 
+def _spied(spy, uplink) -> list[bytes]:
+    """Every secagg payload the spy got, once all have reached it, then the spy closed.
+
+    Runs that ended do not mean the spy's own thread has read its socket: a last message
+    may still be on its way. mosquitto queues a message to every subscriber before it
+    acknowledges it, and the devices had theirs acknowledged before they stopped, so a
+    message the spy publishes now comes in behind all of them.
+    """
+    barrier = f"fedge/{FEDERATION}/secagg/test-spy-barrier"
+    publish(spy, barrier, b"barrier")
+    payloads = []
+    while (message := uplink.get(timeout=10)).topic != barrier:
+        payloads.append(message.payload)
+    close_client(spy)
+    return payloads
+
+
 def test_versions_are_the_exact_mean_of_masked_inputs_and_nothing_unmasked_is_stored(
         mosquitto, tmp_path, digits6):
     spy, uplink = _spy(mosquitto)
@@ -109,7 +126,7 @@ def test_versions_are_the_exact_mean_of_masked_inputs_and_nothing_unmasked_is_st
     initial = digits6.accuracy(agg.global_weights)
     for run in start_all(agg, clients):
         run.join(60)
-    close_client(spy)
+    received = _spied(spy, uplink)
     assert agg.version == 3
     assert digits6.accuracy(agg.global_weights) > initial + 0.3
     rounds, models = _rounds(agg.config.db_path), _models(agg.config.db_path)
@@ -125,7 +142,6 @@ def test_versions_are_the_exact_mean_of_masked_inputs_and_nothing_unmasked_is_st
         if version == 3:  # the sum the aggregator unmasked is that sum, bit for bit
             assert np.array_equal(agg.secure.last_result.total, ring)
     stored = _stored_bytes(agg.config.db_path)
-    received = [m.payload for m in uplink.drain()]
     assert len(received) >= 3 * 6 * 4  # every phase of every device went through the broker
     assert len(inputs) == 18
     for (task_id, _), x in inputs.items():
@@ -176,7 +192,7 @@ def test_random_k_rounds_with_distributed_dp_move_only_the_shared_coordinates(
     spy, uplink = _spy(mosquitto)
     for run in start_all(agg, clients):
         run.join(60)
-    close_client(spy)
+    received = _spied(spy, uplink)
     assert agg.version == 2
     rounds, models = _rounds(agg.config.db_path), _models(agg.config.db_path)
     for version in (1, 2):
@@ -193,7 +209,7 @@ def test_random_k_rounds_with_distributed_dp_move_only_the_shared_coordinates(
         assert history["dp_mode"] == "distributed" and history["epsilon"] > 0
         assert rounds[version].dp is not None
     assert agg.history[2]["epsilon"] > agg.history[1]["epsilon"]
-    words = {len(m.payload) for m in uplink.drain()}
+    words = {len(payload) for payload in received}
     assert max(words) < 4 * settings.size  # no message carries a dense 32-bit vector
 
 
