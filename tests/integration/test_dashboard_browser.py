@@ -142,9 +142,9 @@ def test_dashboard_asks_for_the_token(server, browser):
 
 # ---------------------------------------------------------------- during a live demo
 def _start_demo(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """`fedge demo --dashboard`: 40 rounds of 3 devices keep it running for ~13 s."""
+    """`fedge demo --dashboard`: 60 rounds of 3 devices run ~20 s, well past the page checks."""
     return subprocess.Popen(
-        [sys.executable, "-m", "fedge.cli", "demo", "--devices", "3", "--rounds", "40",
+        [sys.executable, "-m", "fedge.cli", "demo", "--devices", "3", "--rounds", "60",
          "--dashboard", str(port), "--json", "--workdir", str(workdir)],
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -229,4 +229,4 @@ def test_dashboard_during_a_live_demo(browser, tmp_path):
                 demo.communicate()
     assert demo.returncode == 0, err[-3000:].decode(errors="replace")
     summary = json.loads(out.decode().strip().splitlines()[-1])
-    assert summary["dashboard_url"] == url and summary["model_versions"] == 40
+    assert summary["dashboard_url"] == url and summary["model_versions"] == 60
