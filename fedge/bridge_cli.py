@@ -146,6 +146,7 @@ def _federate(args: argparse.Namespace, bridge: Bridge, stop: threading.Event) -
     if stop.is_set():
         return 0
     relay = ModelRelay(bridge)
+    held = len(bridge.dataset)  # before the client reads it: later samples are all new
     try:
         client = build_mcu_client(args.device_config, bridge, args.scale, relay)
     except (ConfigError, ValueError) as exc:
@@ -158,19 +159,20 @@ def _federate(args: argparse.Namespace, bridge: Bridge, stop: threading.Event) -
     def fits(x: np.ndarray, y: np.ndarray) -> None:
         check_data_fits(checker, x, y, "the MCU's samples")
     refresher = threading.Thread(target=_refresh_data, name="bridge-data", daemon=True,
-                                 args=(client, bridge, args.scale, stop, 5.0, fits))
+                                 args=(client, bridge, held, args.scale, stop, 5.0, fits))
     refresher.start()
     client.run(stop)  # returns when the federation is done (exit_when_done) or on stop
     return 0
 
 
-def _refresh_data(client: EdgeClient, bridge: Bridge, scale: float, stop: threading.Event,
-                  every_s: float = 5.0,
+def _refresh_data(client: EdgeClient, bridge: Bridge, held: int, scale: float,
+                  stop: threading.Event, every_s: float = 5.0,
                   fits: Callable[[np.ndarray, np.ndarray], None] | None = None) -> None:
     """Samples keep coming from the MCU while the device federates: hand them to the
-    client, which trains on them from its next task on. `fits` raises ConfigError for
-    data the model cannot train on, which the client then never gets."""
-    held = len(bridge.dataset)
+    client, which trains on them from its next task on. `held` is the dataset's length
+    when the client got its data (read by the caller, so samples that come before this
+    thread runs still count as new). `fits` raises ConfigError for data the model cannot
+    train on, which the client then never gets."""
     while not stop.wait(every_s):
         if len(bridge.dataset) == held:
             continue

@@ -141,7 +141,7 @@ def test_bridge_keeps_the_data_that_fits_when_new_mcu_samples_do_not():
     def fits(x, y) -> None:
         check_data_fits(checker, x, y, "the MCU's samples")
     thread = threading.Thread(target=_refresh_data,
-                              args=(client, bridge, 1.0, stop, 0.01, fits))
+                              args=(client, bridge, 2, 1.0, stop, 0.01, fits))
     thread.start()
     try:
         bridge.dataset.y = np.array([0, 1, 7], np.int64)  # a label the model has no class for

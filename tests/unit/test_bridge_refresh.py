@@ -37,7 +37,7 @@ class _Client:
 
 def test_new_samples_reach_the_client_and_unchanged_data_does_not():
     bridge, client, stop = _Bridge(), _Client(), threading.Event()
-    thread = threading.Thread(target=_refresh_data, args=(client, bridge, 0.5, stop, 0.01))
+    thread = threading.Thread(target=_refresh_data, args=(client, bridge, 2, 0.5, stop, 0.01))
     thread.start()
     try:
         assert not client.got_new.wait(0.1)  # nothing new yet: no call
@@ -47,6 +47,19 @@ def test_new_samples_reach_the_client_and_unchanged_data_does_not():
         stop.set()
         thread.join(5)
     assert client.given == [5]
+
+
+def test_samples_that_came_before_the_thread_ran_are_new_too():
+    bridge, client, stop = _Bridge(), _Client(), threading.Event()
+    bridge.dataset.y = np.array([0, 1, 2], np.int64)  # after the client got 2 samples
+    thread = threading.Thread(target=_refresh_data, args=(client, bridge, 2, 0.5, stop, 0.01))
+    thread.start()
+    try:
+        assert client.got_new.wait(5)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert client.given == [3]
 
 
 def test_a_bridge_loop_that_dies_stops_the_command_and_is_reported():
