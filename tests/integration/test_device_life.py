@@ -179,8 +179,11 @@ def test_a_sleeping_device_comes_back_at_its_check_in_time(mosquitto, tmp_path):
 
 
 def test_the_diurnal_demo_counts_skipped_device_rounds(tmp_path):
+    # A 16 s day: slots of 1/3 s, longer than a fit even on a loaded machine. With an 8 s
+    # day, fits under load outlast their slots, most are stopped mid-way, and the run took
+    # up to 250 s instead of 12.
     done = run_fedge("demo", "--devices", "4", "--rounds", "3", "--profile", "diurnal",
-                     "--day-s", "8", "--json", "--workdir", str(tmp_path), timeout=300,
+                     "--day-s", "16", "--json", "--workdir", str(tmp_path), timeout=300,
                      env={"PYTHONUNBUFFERED": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     import json
