@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from edge_client.blas_threads import limit_blas_threads
 from fedge.broker import EmbeddedBroker, MosquittoBroker, find_mosquitto
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In-process fleets train like `fedge` runs them: one BLAS thread (blas_threads.py)."""
+    limit_blas_threads(1)
 
 
 @pytest.fixture
