@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from edge_client.protocol import Model, encode
 from edge_client.protocol.chunking import sha256_hex
 from edge_client.settings import ConfigError, from_table, read_toml
 from edge_client.training import mlp_trainer
-from fedge.bridge_cli import _refresh_data
 from fedge.broker import free_port
 from fedge.roles import DataSpec, ModelSpec, _aggregator_tables, check_data_fits
 from firmware_bridge.null_modem import NullModem
@@ -106,52 +104,6 @@ def test_bridge_refuses_a_bad_device_config_before_waiting_for_samples(tmp_path)
         wire.close()
     assert done.returncode == 2
     assert "unknown key 'devce_id'" in done.stderr
-
-
-class _Dataset:
-    def __init__(self, y: np.ndarray) -> None:
-        self.y = y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def arrays(self, scale: float = 1.0):
-        return np.ones((len(self.y), 4), np.float32) * scale, self.y
-
-
-class _Bridge:
-    def __init__(self, y: np.ndarray) -> None:
-        self.dataset = _Dataset(y)
-
-
-class _Client:
-    def __init__(self) -> None:
-        self.given: list[int] = []
-        self.got_new = threading.Event()
-
-    def set_data(self, x, y) -> None:
-        self.given.append(len(y))
-        self.got_new.set()
-
-
-def test_bridge_keeps_the_data_that_fits_when_new_mcu_samples_do_not():
-    checker = mlp_trainer([4, 8, 3])
-    bridge, client, stop = _Bridge(np.array([0, 1], np.int64)), _Client(), threading.Event()
-
-    def fits(x, y) -> None:
-        check_data_fits(checker, x, y, "the MCU's samples")
-    thread = threading.Thread(target=_refresh_data,
-                              args=(client, bridge, 2, 1.0, stop, 0.01, fits))
-    thread.start()
-    try:
-        bridge.dataset.y = np.array([0, 1, 7], np.int64)  # a label the model has no class for
-        assert not client.got_new.wait(0.3)
-        bridge.dataset.y = np.array([0, 1, 2, 2], np.int64)
-        assert client.got_new.wait(10)
-    finally:
-        stop.set()
-        thread.join(10)
-    assert client.given == [4]
 
 
 def test_the_shipped_example_configs_load():

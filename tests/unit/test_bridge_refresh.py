@@ -6,12 +6,14 @@ import threading
 
 import numpy as np
 
+from edge_client.training import mlp_trainer
 from fedge.bridge_cli import _refresh_data
+from fedge.roles import check_data_fits
 
 
 class _Dataset:
-    def __init__(self) -> None:
-        self.y = np.array([0, 1], np.int64)
+    def __init__(self, y: np.ndarray) -> None:
+        self.y = y
 
     def __len__(self) -> int:
         return len(self.y)
@@ -21,8 +23,8 @@ class _Dataset:
 
 
 class _Bridge:
-    def __init__(self) -> None:
-        self.dataset = _Dataset()
+    def __init__(self, y: np.ndarray | None = None) -> None:
+        self.dataset = _Dataset(np.array([0, 1], np.int64) if y is None else y)
 
 
 class _Client:
@@ -60,6 +62,26 @@ def test_samples_that_came_before_the_thread_ran_are_new_too():
         stop.set()
         thread.join(5)
     assert client.given == [3]
+
+
+def test_bridge_keeps_the_data_that_fits_when_new_mcu_samples_do_not():
+    checker = mlp_trainer([4, 8, 3])
+    bridge, client, stop = _Bridge(np.array([0, 1], np.int64)), _Client(), threading.Event()
+
+    def fits(x, y) -> None:
+        check_data_fits(checker, x, y, "the MCU's samples")
+    thread = threading.Thread(target=_refresh_data,
+                              args=(client, bridge, 2, 1.0, stop, 0.01, fits))
+    thread.start()
+    try:
+        bridge.dataset.y = np.array([0, 1, 7], np.int64)  # a label the model has no class for
+        assert not client.got_new.wait(0.3)
+        bridge.dataset.y = np.array([0, 1, 2, 2], np.int64)
+        assert client.got_new.wait(10)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert client.given == [4]
 
 
 def test_a_bridge_loop_that_dies_stops_the_command_and_is_reported():
