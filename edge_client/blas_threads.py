@@ -1,11 +1,12 @@
 """One BLAS thread for training: small models on small CPUs train faster that way.
 
 numpy's OpenBLAS starts a thread per core for every matrix product. For the layer sizes a
-device trains (tens to a few thousand units, batches of 32), the product is over before
-the threads pay for themselves, and when anything else wants the CPU (the app, MQTT, other
-devices in a simulation) the spinning threads fight it. Measured on a 2-core machine with
-`fedge demo --devices 1 --rounds 10`: median local training 0.087 s with one thread, 0.34 s
-with two; with 3 devices and another process busy on one core, 0.06 s against 2.7 s.
+device trains (tens to a few thousand units, batches of 32), the threads gain little, and
+when anything else wants the CPU (the app, MQTT, other devices in a simulation) the
+spinning threads fight it. Median local training on a 2-core machine, one thread against
+two, with another process busy on one core: 0.085 s against 0.35 s
+(`fedge demo --devices 1 --rounds 10`) and 0.059 s against 2.2 s (`--devices 3 --rounds
+20`). On the idle machine the two were within 25% of each other either way.
 
 threadpoolctl changes the limit at run time, after numpy is loaded, which an environment
 variable cannot. The limit is process-wide; an app that embeds the SDK decides for itself

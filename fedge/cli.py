@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limit_blas_threads(1)  # see edge_client/blas_threads.py: 4x faster local training here
+    limit_blas_threads(1)  # edge_client/blas_threads.py: far faster when the CPU is shared
     return args.func(args)
 
 

@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=Path("fedge-state"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    limit_blas_threads(1)  # small models train ~4x faster on one BLAS thread
+    limit_blas_threads(1)  # small models train much faster on one BLAS thread on a busy CPU
 
     x, y = local_samples(args.device)
     config = ClientConfig(device_id=args.device, federation=args.federation,
