@@ -119,7 +119,7 @@ def _schemas() -> dict[str, Any]:
     num = {"type": "number", "nullable": True}
     integer = {"type": "integer"}
     text = {"type": "string"}
-    return {
+    schemas = {
         "Error": _body(error=text),
         "Overview": {"type": "object", "properties": {
             "model_version": {"type": "integer", "nullable": True},
@@ -185,6 +185,10 @@ def _schemas() -> dict[str, Any]:
             "device_id": text, "public_key": text, "enrolled_at": {"type": "number"},
             "revoked_at": num}},
     }
+    for name in ("Overview", "Device", "Anomalies", "AnomalyRow", "AuditRow", "Enrolment"):
+        schemas[name]["required"] = list(schemas[name]["properties"])  # readmodel fills all
+    schemas["Version"]["required"] = ["version", "created_at"]  # the rest is the info kept
+    return schemas
 
 
 def _dp_version_fields() -> dict[str, Any]:

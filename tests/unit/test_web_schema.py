@@ -82,3 +82,13 @@ def test_the_read_token_gets_what_the_document_says(case, app):
 @admin_schema.parametrize()
 def test_the_admin_token_gets_what_the_document_says(case, app):
     case.call_and_validate()
+
+
+@pytest.mark.parametrize("path", ["/api/overview", "/api/versions", "/api/devices",
+                                  "/api/anomalies", "/api/audit", "/api/enrolment"])
+def test_an_empty_store_answers_what_the_document_says(tmp_path, path):
+    """The generated run reads a filled store; a gateway's first minutes have none."""
+    client = create_app(tmp_path / "agg.sqlite3", READ, ADMIN).test_client()
+    response = client.get(path, headers={"Authorization": f"Bearer {READ}"})
+    assert response.status_code == 200
+    read_schema[path]["GET"].validate_response(response)  # raises on a mismatch
