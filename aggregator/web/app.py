@@ -95,7 +95,7 @@ def _store_error(exc: sqlite3.OperationalError) -> tuple[Response, int]:
     return jsonify({"error": f"the store is unavailable, retry: {exc}"}), 503
 
 
-def _unexpected(exc: Exception) -> Response | tuple[Response, int]:
+def _unexpected(exc: Exception) -> tuple[Response, int]:
     """A bug, not bad input: the traceback goes to the log, the client gets one line."""
     log.error("dashboard: %s %s failed", request.method, request.path, exc_info=exc)
     return jsonify({"error": "internal error; the gateway's log has the details"}), 500

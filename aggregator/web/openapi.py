@@ -212,7 +212,11 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "fedge gateway API", "version": "1",
                  "description": "Read the federation's state and manage enrolment. GET "
                                 "endpoints take the read or the admin token, /api/admin/* "
-                                "only the admin token, as 'Authorization: Bearer <token>'."},
+                                "only the admin token, as 'Authorization: Bearer <token>'. "
+                                "Errors are one JSON line, {\"error\": reason}, naming the "
+                                "field or parameter; bodies are JSON objects of exactly the "
+                                "fields shown, sent as application/json, at most "
+                                f"{bodies.MAX_BODY_BYTES} bytes."},
         "paths": _paths(),
         "components": {"schemas": _schemas(),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
