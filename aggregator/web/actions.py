@@ -10,8 +10,9 @@ class AdminActions(Protocol):
 
     The web server calls these from its own worker threads, so an implementation should
     hand the request to the service's loop (its event queue) rather than change state
-    directly, and return at once. Raise ValueError for a request it refuses (an unknown
-    strategy, say): the API answers 400 with the message.
+    directly, and return at once. Raise ValueError for a request it refuses as it runs now
+    (a strategy secure aggregation cannot use, say): the API answers 409 with the message.
+    Malformed requests (an unknown strategy name) never get here: the API answers 400.
     """
 
     def set_training(self, running: bool) -> None:

@@ -14,15 +14,15 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from aggregator.web import metrics, readmodel
+from aggregator.web import bodies, metrics, readmodel
 from aggregator.web.actions import AdminActions
 from aggregator.web.auth import Access
 from aggregator.web.context import ApiError, request_store, web_context
-from aggregator.web.openapi import openapi_document
+from aggregator.web.openapi import MAX_VERSION, openapi_document
 from edge_client.identity import parse_public_key
 from edge_client.protocol.topics import check_name
 
-_VERSION = re.compile(r"[0-9]{1,12}")
+_VERSION = re.compile(r"[0-9]{1,19}")
 _APPLIED_LATER = "requested; the service applies it on its own loop"
 
 
@@ -77,15 +77,16 @@ def model(version: str) -> Response:
 
 def parse_version(text: str) -> int:
     """Digits only: int() would also take ' 7', '+7', '7_0' and other scripts' digits."""
-    if not _VERSION.fullmatch(text):
-        raise ApiError(400, f"version must be a whole number >= 0, not {text[:20]!r}")
+    if not _VERSION.fullmatch(text) or int(text) > MAX_VERSION:
+        raise ApiError(400, f"version must be a whole number from 0 to {MAX_VERSION}, "
+                            f"not {text[:20]!r}")
     return int(text)
 
 
 # ---------------------------------------------------------------- admin
 def enroll() -> Response:
-    body = json_body()
-    device, key = field(body, "device", str), field(body, "key", str)
+    body = bodies.ENROLL.read()
+    device, key = body["device"], body["key"]
     _valid(check_name, "device", device)
     _valid(parse_public_key, key)
     request_store().enroll(device, key.strip())
@@ -93,7 +94,7 @@ def enroll() -> Response:
 
 
 def revoke() -> Response:
-    device = field(json_body(), "device", str)
+    device = bodies.REVOKE.read()["device"]
     _valid(check_name, "device", device)
     if not request_store().revoke(device):
         raise ApiError(404, f"device {device!r} was never enrolled")
@@ -101,15 +102,15 @@ def revoke() -> Response:
 
 
 def training() -> tuple[Response, int]:
-    running = field(json_body(), "running", bool)
-    _valid(_actions("training").set_training, running)
+    running = bodies.TRAINING.read()["running"]
+    _service_accepts(_actions("training").set_training, running)
     return jsonify({"training": "running" if running else "paused",
                     "note": _APPLIED_LATER}), 202
 
 
 def strategy() -> tuple[Response, int]:
-    name = field(json_body(), "name", str)
-    _valid(_actions("strategy").set_strategy, name)
+    name = bodies.STRATEGY.read()["name"]
+    _service_accepts(_actions("strategy").set_strategy, name)
     return jsonify({"strategy": name, "note": _APPLIED_LATER}), 202
 
 
@@ -129,23 +130,28 @@ def _valid(check: Any, *args: Any) -> None:
         raise ApiError(400, str(exc)) from None
 
 
-def json_body() -> dict[str, Any]:
-    body = request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
+def _service_accepts(action: Any, value: Any) -> None:
+    """A well-formed request the service refuses as it runs now (a strategy that secure
+    aggregation or DP cannot use): 409, since the same request may suit another setup."""
+    try:
+        action(value)
+    except ValueError as exc:
+        raise ApiError(409, str(exc)) from None
 
 
-def field(body: dict[str, Any], name: str, kind: type) -> Any:
-    """A required field of an exact type (so `true` is not taken for a number)."""
-    if name not in body:
-        raise ApiError(400, f"missing field {name!r}")
-    if type(body[name]) is not kind:
-        raise ApiError(400, f"field {name!r} must be a {_TYPE_NAMES[kind]}")
-    return body[name]
-
-
-_TYPE_NAMES = {str: "string", bool: "boolean (true or false)"}
+def check_query() -> None:
+    """Query parameters an endpoint does not take, or one given twice: 400, never ignored,
+    so a typo'd filter is not silently a different question."""
+    route = _BY_ENDPOINT.get(request.endpoint or "")
+    if route is None or not route.rule.startswith(("/api/", "/metrics")):
+        return  # the page takes ?token= (dashboard.js)
+    for name in request.args:
+        if name not in route.query:
+            takes = ", ".join(route.query) or "none"
+            raise ApiError(400, f"unknown query parameter {name[:40]!r}; this endpoint takes "
+                                f"{takes}")
+        if len(request.args.getlist(name)) > 1:
+            raise ApiError(400, f"query parameter {name!r} given more than once")
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ class Route:
     view: Callable[..., Any]  # its name is the endpoint's name
     access: Access
     methods: tuple[str, ...] = ("GET",)
+    query: tuple[str, ...] = ()  # the query parameters it takes; others are a 400
 
 
 ROUTES = (
@@ -164,7 +171,7 @@ ROUTES = (
     Route("/api/versions", versions, Access.READ),
     Route("/api/devices", devices, Access.READ),
     Route("/api/anomalies", anomalies, Access.READ),
-    Route("/api/audit", audit, Access.READ),
+    Route("/api/audit", audit, Access.READ, query=("version",)),
     Route("/api/enrolment", enrolment, Access.READ),
     Route("/api/models/<version>", model, Access.READ),
     Route("/api/admin/enroll", enroll, Access.ADMIN, ("POST",)),
@@ -172,6 +179,7 @@ ROUTES = (
     Route("/api/admin/training", training, Access.ADMIN, ("POST",)),
     Route("/api/admin/strategy", strategy, Access.ADMIN, ("POST",)),
 )
+_BY_ENDPOINT = {r.view.__name__: r for r in ROUTES}
 
 
 def register_routes(app: Flask) -> dict[str, Access]:

@@ -11,13 +11,13 @@ from werkzeug.exceptions import HTTPException
 
 from aggregator.store import Store
 from aggregator.web.actions import AdminActions
-from aggregator.web.api import register_routes
+from aggregator.web.api import check_query, register_routes
 from aggregator.web.auth import Access, Tokens
+from aggregator.web.bodies import MAX_BODY_BYTES
 from aggregator.web.context import ApiError, WebContext, close_request_store
 from aggregator.web.metrics import make_registry
 
 log = logging.getLogger(__name__)
-MAX_BODY_BYTES = 64 * 1024  # admin requests are a few fields
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
@@ -42,11 +42,13 @@ def create_app(db_path: Path, read_token: str | None, admin_token: str | None,
         make_registry(lambda: Store(db_path)))
     access = register_routes(app)
     app.before_request(lambda: _authorize(app, access))
+    app.before_request(check_query)  # after the token check: no hints before that
     app.after_request(_security_headers)
     app.teardown_appcontext(close_request_store)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(sqlite3.OperationalError, _store_error)
+    app.register_error_handler(Exception, _unexpected)
     return app
 
 
@@ -91,6 +93,12 @@ def _store_error(exc: sqlite3.OperationalError) -> tuple[Response, int]:
     """Locked past the busy timeout, or the file is gone: worth a retry, not a traceback."""
     log.warning("dashboard: store unavailable: %s", exc)
     return jsonify({"error": f"the store is unavailable, retry: {exc}"}), 503
+
+
+def _unexpected(exc: Exception) -> tuple[Response, int]:
+    """A bug, not bad input: the traceback goes to the log, the client gets one line."""
+    log.error("dashboard: %s %s failed", request.method, request.path, exc_info=exc)
+    return jsonify({"error": "internal error; the gateway's log has the details"}), 500
 
 
 def _http_error(exc: HTTPException) -> Response | HTTPException:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-JSON = "application/json"
+from aggregator.web import bodies
+
+JSON = bodies.JSON
+MAX_VERSION = 2**63 - 1  # the largest SQLite INTEGER: no version number can be larger
 
 
 def _bearer() -> list[dict[str, list]]:
@@ -23,10 +26,16 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
+_REASONS = {400: "Bad input: the reason names the field or parameter",
+            401: "No token given", 403: "The token does not grant this",
+            404: "Not found", 409: "Well-formed, but the running service refuses it",
+            413: f"The body is over {bodies.MAX_BODY_BYTES} bytes",
+            415: "The body is not sent as application/json",
+            501: "Not offered by this gateway", 503: "The store is busy or unavailable: retry"}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
-    reasons = {400: "Bad input", 401: "No token given", 403: "The token does not grant this",
-               404: "Not found", 501: "Not offered by this gateway"}
-    return {str(c): _json(_ref("Error"), reasons[c]) for c in codes}
+    return {str(c): _json(_ref("Error"), _REASONS[c]) for c in codes}
 
 
 def _listing(key: str, item: str) -> dict[str, Any]:
@@ -35,27 +44,32 @@ def _listing(key: str, item: str) -> dict[str, Any]:
 
 
 def _get(summary: str, ok: dict[str, Any], *codes: int, **extra: Any) -> dict[str, Any]:
+    """Every GET can meet a query parameter it does not take (400) and a busy store (503)."""
     return {"get": {"summary": summary, "security": _bearer(),
-                    "responses": {"200": ok, **_errors(401, 403, *codes)}, **extra}}
+                    "responses": {"200": ok, **_errors(400, 401, 403, 503, *codes)}, **extra}}
 
 
-def _post(summary: str, body: dict[str, Any], ok_code: str, *codes: int) -> dict[str, Any]:
+def _post(summary: str, body: bodies.Body, ok_code: str, ok: dict[str, Any],
+          *codes: int) -> dict[str, Any]:
     return {"post": {"summary": summary, "security": _bearer(),
-                     "requestBody": {"required": True, "content": {JSON: {"schema": body}}},
-                     "responses": {ok_code: _json({"type": "object"}),
-                                   **_errors(400, 401, 403, *codes)}}}
+                     "requestBody": {"required": True,
+                                     "content": {JSON: {"schema": body.schema()}}},
+                     "responses": {ok_code: _json(ok),
+                                   **_errors(400, 401, 403, 413, 415, 503, *codes)}}}
 
 
 def _body(**props: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "required": list(props), "properties": props}
+    """An object with exactly these properties, all present."""
+    return {"type": "object", "required": list(props), "properties": props,
+            "additionalProperties": False}
 
 
 def _paths() -> dict[str, Any]:
-    version_query = {"name": "version", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 0},
+    version = {"type": "integer", "minimum": 0, "maximum": MAX_VERSION}
+    version_query = {"name": "version", "in": "query", "required": False, "schema": version,
                      "description": "only this model version"}
-    version_path = {"name": "version", "in": "path", "required": True,
-                    "schema": {"type": "integer", "minimum": 0}}
+    version_path = {"name": "version", "in": "path", "required": True, "schema": version}
+    text = {"type": "string"}
     blob = {"description": "The model as devices receive it: a MessagePack `Model` message",
             "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                 "format": "binary"}}}}
@@ -68,25 +82,24 @@ def _paths() -> dict[str, Any]:
         "/api/anomalies": _get("Devices whose recent updates were rejected or clipped",
                                _json(_ref("Anomalies"))),
         "/api/audit": _get("Which devices' updates went into which version",
-                           _json(_listing("audit", "AuditRow")), 400,
-                           parameters=[version_query]),
+                           _json(_listing("audit", "AuditRow")), parameters=[version_query]),
         "/api/enrolment": _get("Enrolled device keys and revocations",
                                _json(_listing("enrolment", "Enrolment"))),
-        "/api/models/{version}": _get("Download one model version", blob, 400, 404,
+        "/api/models/{version}": _get("Download one model version", blob, 404,
                                       parameters=[version_path]),
         "/api/openapi.json": {"get": {"summary": "This document", "security": [],
-                                      "responses": {"200": _json({"type": "object"})}}},
-        "/api/admin/enroll": _post("Allow a device's Ed25519 public key",
-                                   _body(device={"type": "string"},
-                                         key={"type": "string", "example": "ed25519:..."}),
-                                   "200"),
-        "/api/admin/revoke": _post("Refuse a device from its next update on",
-                                   _body(device={"type": "string"}), "200", 404),
-        "/api/admin/training": _post("Pause or resume training",
-                                     _body(running={"type": "boolean"}), "202", 501),
-        "/api/admin/strategy": _post("Choose the aggregation strategy",
-                                     _body(name={"type": "string", "example": "fedavg"}),
-                                     "202", 501),
+                                      "responses": {"200": _json({"type": "object"}),
+                                                    **_errors(400)}}},
+        "/api/admin/enroll": _post("Allow a device's Ed25519 public key", bodies.ENROLL,
+                                   "200", _body(enrolled=text)),
+        "/api/admin/revoke": _post("Refuse a device from its next update on", bodies.REVOKE,
+                                   "200", _body(revoked=text), 404),
+        "/api/admin/training": _post("Pause or resume training", bodies.TRAINING, "202",
+                                     _body(training={"type": "string",
+                                                     "enum": ["running", "paused"]},
+                                           note=text), 409, 501),
+        "/api/admin/strategy": _post("Choose the aggregation strategy", bodies.STRATEGY,
+                                     "202", _body(strategy=text, note=text), 409, 501),
         "/metrics": _get("Prometheus metrics (text exposition format)",
                          {"description": "OK", "content": {"text/plain": {"schema": {
                              "type": "string"}}}}),
@@ -106,7 +119,7 @@ def _schemas() -> dict[str, Any]:
     num = {"type": "number", "nullable": True}
     integer = {"type": "integer"}
     text = {"type": "string"}
-    return {
+    schemas = {
         "Error": _body(error=text),
         "Overview": {"type": "object", "properties": {
             "model_version": {"type": "integer", "nullable": True},
@@ -172,6 +185,10 @@ def _schemas() -> dict[str, Any]:
             "device_id": text, "public_key": text, "enrolled_at": {"type": "number"},
             "revoked_at": num}},
     }
+    for name in ("Overview", "Device", "Anomalies", "AnomalyRow", "AuditRow", "Enrolment"):
+        schemas[name]["required"] = list(schemas[name]["properties"])  # readmodel fills all
+    schemas["Version"]["required"] = ["version", "created_at"]  # the rest is the info kept
+    return schemas
 
 
 def _dp_version_fields() -> dict[str, Any]:
@@ -195,7 +212,11 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "fedge gateway API", "version": "1",
                  "description": "Read the federation's state and manage enrolment. GET "
                                 "endpoints take the read or the admin token, /api/admin/* "
-                                "only the admin token, as 'Authorization: Bearer <token>'."},
+                                "only the admin token, as 'Authorization: Bearer <token>'. "
+                                "Errors are one JSON line, {\"error\": reason}, naming the "
+                                "field or parameter; bodies are JSON objects of exactly the "
+                                "fields shown, sent as application/json, at most "
+                                f"{bodies.MAX_BODY_BYTES} bytes."},
         "paths": _paths(),
         "components": {"schemas": _schemas(),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},

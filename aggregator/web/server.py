@@ -15,7 +15,13 @@ from waitress import create_server
 from waitress.trigger import trigger as Trigger
 from waitress.wasyncore import close_all
 
+from aggregator.web.bodies import MAX_BODY_BYTES
+
 log = logging.getLogger(__name__)
+# waitress reads a whole body before the app sees it (1 GB by default, spooled to disk):
+# past this it answers 413 itself and reads no further. Above the app's own limit, so a
+# body between the two gets the app's JSON 413.
+MAX_REQUEST_BYTES = 2 * MAX_BODY_BYTES
 
 
 @dataclass
@@ -47,7 +53,8 @@ class DashboardServer:
 def serve_dashboard(app: Any, host: str = "127.0.0.1", port: int = 8080,
                     threads: int = 4) -> DashboardServer:
     """Start serving `app` at host:port (port 0: a free one) and return at once."""
-    server = create_server(app, host=host, port=port, threads=threads, ident="fedge")
+    server = create_server(app, host=host, port=port, threads=threads, ident="fedge",
+                           max_request_body_size=MAX_REQUEST_BYTES)
     effective_host, effective_port = _listening(server)
     thread = threading.Thread(target=server.run, name=f"fedge-dashboard-{effective_port}",
                               daemon=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import re
 import shutil
@@ -156,17 +157,19 @@ def fill_store(path: Path) -> Filled:
 
 
 class FakeActions:
-    """Stands in for the service: records requests, refuses unknown strategies."""
+    """Stands in for the service: records requests; refuses the strategies in `refused`
+    as a service in secure mode refuses the robust ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, refused: tuple[str, ...] = ()) -> None:
         self.calls: list[tuple[str, object]] = []
+        self.refused = refused
 
     def set_training(self, running: bool) -> None:
         self.calls.append(("training", running))
 
     def set_strategy(self, name: str) -> None:
-        if name not in ("fedavg", "fedprox"):
-            raise ValueError(f"unknown strategy {name!r}")
+        if name in self.refused:
+            raise ValueError(f"secure aggregation cannot run {name!r}")
         self.calls.append(("strategy", name))
 
 
@@ -332,6 +335,30 @@ def test_bad_version_is_400(client, path):
     assert "version" in response.get_json()["error"]
 
 
+def test_versions_up_to_the_largest_sqlite_integer(client):
+    assert get(client, f"/api/models/{2**63 - 1}").status_code == 404
+    too_big = get(client, f"/api/models/{2**63}")
+    assert too_big.status_code == 400 and str(2**63 - 1) in too_big.get_json()["error"]
+
+
+@pytest.mark.parametrize(("path", "reason"), [
+    ("/api/audit?versoin=3", "unknown query parameter 'versoin'; this endpoint takes version"),
+    ("/api/overview?x=1", "unknown query parameter 'x'; this endpoint takes none"),
+    ("/api/models/1?download=1", "unknown query parameter 'download'"),
+    ("/metrics?name[]=fedge_model_version", "unknown query parameter 'name[]'"),
+    ("/api/openapi.json?v=2", "unknown query parameter 'v'"),
+    ("/api/audit?version=1&version=2", "'version' given more than once"),
+])
+def test_bad_query_parameters_are_400(client, path, reason):
+    response = get(client, path)
+    assert response.status_code == 400 and reason in response.get_json()["error"]
+
+
+def test_query_parameters_are_checked_after_the_token(client):
+    assert client.get("/api/overview?x=1").status_code == 401
+    assert client.get("/?token=abc").status_code == 200  # the page takes its token so
+
+
 def test_empty_store(tmp_path):
     client = create_app(tmp_path / "empty.sqlite3", None, None).test_client()
     o = client.get("/api/overview").get_json()
@@ -455,27 +482,79 @@ def test_enroll_and_revoke(client, filled):
 
 
 @pytest.mark.parametrize(("path", "body", "reason"), [
-    ("/api/admin/enroll", {"device": "dev-9", "key": "ed25519:AAAA"}, "32 bytes"),
+    ("/api/admin/enroll", {"device": "dev-9", "key": "ed25519:AAAA"}, "32-byte"),
     ("/api/admin/enroll", {"device": "dev-9", "key": "rsa:abc"}, "ed25519:"),
     ("/api/admin/enroll", {"device": "a/b", "key": "ed25519:x"}, "device"),
     ("/api/admin/enroll", {"device": "dev-9"}, "missing field 'key'"),
     ("/api/admin/enroll", {"device": "dev-9", "key": 5}, "must be a string"),
     ("/api/admin/revoke", {"device": "dev 0"}, "device"),
     ("/api/admin/revoke", {}, "missing field 'device'"),
-    ("/api/admin/revoke", "{not json", "JSON object"),
-    ("/api/admin/revoke", "[1, 2]", "JSON object"),
-    ("/api/admin/revoke", "", "JSON object"),
+    ("/api/admin/revoke", "{not json", "not valid JSON"),
+    ("/api/admin/revoke", "[1, 2]", "JSON object, not an array"),
+    ("/api/admin/revoke", "5", "JSON object, not a number"),
+    ("/api/admin/revoke", "", "not valid JSON"),
     ("/api/admin/training", {"running": "yes"}, "boolean"),
     ("/api/admin/training", {"running": 1}, "boolean"),
     ("/api/admin/training", {}, "missing field 'running'"),
-    ("/api/admin/strategy", {"name": "krum"}, "unknown strategy"),
+    ("/api/admin/strategy", {"name": "krum-42"}, "must be one of"),
     ("/api/admin/strategy", {"name": None}, "must be a string"),
+    # what the OpenAPI document forbids (additionalProperties false, patterns, strict JSON)
+    ("/api/admin/revoke", {"device": "dev-0", "force": True}, "unknown field 'force'"),
+    ("/api/admin/revoke", {"device": "dev-0\n"}, "field 'device' must be 1-64"),
+    ("/api/admin/revoke", {"device": "d" * 65}, "field 'device' must be 1-64"),
+    ("/api/admin/revoke", {"device": [[["dev-0"]]]}, "must be a string"),
+    ("/api/admin/revoke", '{"device": "dev-0", "device": "dev-1"}', "given twice"),
+    ("/api/admin/revoke", b'{"device": "dev-\xff"}', "not valid JSON"),
+    ("/api/admin/training", '{"running": NaN}', "NaN is not JSON"),
+    ("/api/admin/training", {"running": None}, "boolean"),
+    ("/api/admin/enroll", {"device": "dev-9", "key": "ed25519:" + "A" * 42 + "B="}, "32-byte"),
+    ("/api/admin/revoke", "[" * 30_000 + "]" * 30_000, "nested too deeply"),
+    ("/api/admin/revoke", '{"device": ' + "[" * 30_000 + "]" * 30_000 + "}", "too deeply"),
 ])
 def test_bad_admin_input_is_400(client, actions, path, body, reason):
     response = post(client, path, body)
     assert response.status_code == 400
-    assert reason in response.get_json()["error"]
+    error = response.get_json()["error"]
+    assert reason in error and "\n" not in error and len(error) < 300
     assert actions.calls == []
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "application/jsonx", None])
+def test_a_body_not_sent_as_json_is_415(client, actions, content_type):
+    headers = auth(ADMIN) | ({"Content-Type": content_type} if content_type else {})
+    response = client.post("/api/admin/training", data='{"running": false}', headers=headers)
+    assert response.status_code == 415
+    assert "Content-Type: application/json" in response.get_json()["error"]
+    assert actions.calls == []
+
+
+def test_json_with_a_charset_is_json(client, actions):
+    json_utf8 = {"Content-Type": "application/json; charset=utf-8"}
+    response = client.post("/api/admin/training", data='{"running": false}',
+                           headers=auth(ADMIN) | json_utf8)
+    assert response.status_code == 202 and actions.calls == [("training", False)]
+
+
+def test_a_strategy_the_service_refuses_is_409(filled):
+    actions = FakeActions(refused=("krum",))
+    client = create_app(filled.path, READ, ADMIN, actions).test_client()
+    response = post(client, "/api/admin/strategy", {"name": "krum"})
+    assert response.status_code == 409
+    assert response.get_json() == {"error": "secure aggregation cannot run 'krum'"}
+    assert actions.calls == []
+
+
+def test_a_bug_answers_one_json_line_and_logs_the_traceback(filled, caplog):
+    class Broken(FakeActions):
+        def set_training(self, running: bool) -> None:
+            raise RuntimeError("a bug in the service")
+
+    client = create_app(filled.path, READ, ADMIN, Broken()).test_client()
+    response = post(client, "/api/admin/training", {"running": True})
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "internal error; the gateway's log has the details"}
+    assert "a bug in the service" in caplog.text and "Traceback" in caplog.text
 
 
 def test_revoking_an_unknown_device_is_404(client):
@@ -486,9 +565,9 @@ def test_revoking_an_unknown_device_is_404(client):
 def test_training_and_strategy_go_to_the_service(client, actions):
     assert post(client, "/api/admin/training", {"running": False}).status_code == 202
     assert post(client, "/api/admin/training", {"running": True}).status_code == 202
-    response = post(client, "/api/admin/strategy", {"name": "fedprox"})
-    assert response.status_code == 202 and response.get_json()["strategy"] == "fedprox"
-    assert actions.calls == [("training", False), ("training", True), ("strategy", "fedprox")]
+    response = post(client, "/api/admin/strategy", {"name": "median"})
+    assert response.status_code == 202 and response.get_json()["strategy"] == "median"
+    assert actions.calls == [("training", False), ("training", True), ("strategy", "median")]
 
 
 @pytest.mark.parametrize(("path", "body"), [("/api/admin/training", {"running": True}),
@@ -595,6 +674,51 @@ def test_serve_dashboard_on_a_free_port_and_stop(filled):
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(server.url, timeout=2)
     server.stop()  # twice is fine
+
+
+def _raw_post(server, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """One POST over a real socket, headers as given (a length that is not the body's)."""
+    if "Transfer-Encoding" not in headers:
+        headers = {"Content-Length": str(len(body))} | headers
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        connection.putrequest("POST", path)
+        for name, value in (auth(ADMIN) | headers).items():
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_nested_and_huge_bodies_through_waitress(filled):
+    """The real path: waitress in front, real HTTP on 127.0.0.1. Nothing is a 500."""
+    actions = FakeActions()
+    server = serve_dashboard(create_app(filled.path, READ, ADMIN, actions), "127.0.0.1", 0)
+    json_type = {"Content-Type": "application/json"}
+    try:
+        nested = b"[" * 30_000 + b"]" * 30_000  # under 64 KiB, far deeper than the parser goes
+        status, body = _raw_post(server, "/api/admin/training", nested, json_type)
+        assert status == 400 and "nested too deeply" in json.loads(body)["error"]
+        inside = b'{"running": ' + nested + b"}"
+        status, body = _raw_post(server, "/api/admin/training", inside, json_type)
+        assert status == 400 and "nested too deeply" in json.loads(body)["error"]
+        over_app = json.dumps({"device": "x" * 100_000}).encode()  # over 64 KiB, under waitress'
+        status, body = _raw_post(server, "/api/admin/revoke", over_app, json_type)
+        assert status == 413 and json.loads(body)["error"]
+        # a gigabyte announced: waitress refuses on the headers alone, reading no body
+        status, _ = _raw_post(server, "/api/admin/revoke", b"",
+                              json_type | {"Content-Length": str(10**9)})
+        assert status == 413
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in [b"[" * 60_000] * 3)
+        status, _ = _raw_post(server, "/api/admin/revoke", chunked + b"0\r\n\r\n",
+                              json_type | {"Transfer-Encoding": "chunked"})
+        assert status == 413
+        status, body = _raw_post(server, "/api/admin/training", b'{"running": false}', json_type)
+        assert status == 202 and actions.calls == [("training", False)]  # still serving
+    finally:
+        server.stop()
 
 
 def test_an_unusable_store_is_503(tmp_path):
