@@ -25,6 +25,7 @@ from edge_client.codecs.dp import DeviceDp, clip_and_noise
 from edge_client.device_state import DeviceState
 from edge_client.eligibility import Decision, EligibilityConfig, EligibilityPolicy
 from edge_client.identity import load_or_create_identity, parse_public_key
+from edge_client.local_data import checked_local_data
 from edge_client.model_fetch import FetchStep, Held, ModelFetcher, started_over
 from edge_client.outbox import Outbox, OutboxFull
 from edge_client.protocol import (
@@ -122,7 +123,7 @@ class EdgeClient:
         self._sleep_until: float | None = None
         self.trainer = trainer
         self.on_model = on_model  # (version, arch, weights) of each global model, e.g. a Predictor
-        self._data = (x, y)  # one tuple, swapped whole by set_data
+        self._data = checked_local_data(x, y)  # one tuple, swapped whole by set_data
         self.topics = Topics(config.federation)
         self.stats = ClientStats()
         self.events: queue.Queue = queue.Queue()
@@ -238,10 +239,7 @@ class EdgeClient:
         """Train on new local data from the next task on: devices keep collecting samples
         (the firmware bridge's MCU windows, an app's sensor log) while they federate.
         Safe from any thread; a training run in progress keeps the data it started with."""
-        if len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"need as many labels as samples, and at least one; "
-                             f"got {len(x)} samples and {len(y)} labels")
-        self._data = (x, y)
+        self._data = checked_local_data(x, y)  # ValueError says what is wrong
 
     @property
     def x(self) -> np.ndarray:

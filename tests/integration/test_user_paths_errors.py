@@ -121,3 +121,24 @@ def test_the_shipped_example_configs_load():
     with pytest.raises(ConfigError, match="does not fit"):
         check_data_fits(spec.trainer(), np.zeros((2, 10), np.float32), np.zeros(2, np.int64),
                         "[data]")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: np.savez(p, x=np.full((4, 8), np.nan, np.float32), y=np.arange(4) % 3),
+     "x holds NaN or infinite values in 4 of 4 samples"),
+    (lambda p: np.savez(p, x=np.ones((4, 8), np.float32), y=np.array([0, 1.5, 2, 0])),
+     "labels y must be whole numbers; y[1] is 1.5"),
+    (lambda p: p.write_text("x,y\n1,2\n"), "not an .npz archive"),
+])
+def test_device_data_with_bad_values_is_refused_at_start(tmp_path, make, message):
+    """NaN samples crashed `fedge device` at its first task, float labels were silently
+    truncated, and a text file got advice about allow_pickle."""
+    data = tmp_path / "data.npz"
+    make(data)
+    config = tmp_path / "dev.toml"
+    config.write_text(f'device_id = "d"\nport = {free_port()}\nstate_dir = "{tmp_path / "s"}"\n'
+                      f'[model]\nsizes = [8, 4, 3]\n[data]\npath = "{data}"\n')
+    done = _fedge("device", "--config", config)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert "allow_pickle" not in done.stderr

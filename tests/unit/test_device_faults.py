@@ -133,3 +133,30 @@ def test_a_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         outbox_module.atomic_write(target, b"data")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the device's own data
+@pytest.mark.parametrize("x, y, message", [
+    (np.array([[0.0, np.nan], [1.0, 2.0]]), np.array([0, 1]),
+     "x holds NaN or infinite values in 1 of 2 samples (first: sample 0)"),
+    (np.array([[0.0, 1.0], [np.inf, 2.0]]), np.array([0, 1]), "first: sample 1"),
+    (np.ones((2, 2)), np.array([0.0, 1.5]), "labels y must be whole numbers; y[1] is 1.5"),
+    (np.ones((2, 2)), np.array([0, -1]), "labels y must be >= 0"),
+    (np.ones((2, 2)), np.array([0, 1, 2]), "got x (2, 2), y (3,)"),
+    (np.ones(3), np.array([0, 1, 2]), "need x of shape (samples, ...)"),
+    (np.array([["a", "b"]]), np.array([0]), "must be numbers"),
+])
+def test_bad_local_data_is_refused_when_it_is_handed_over(tmp_path, x, y, message):
+    with pytest.raises(ValueError) as refused:
+        EdgeClient(ClientConfig(device_id="dev-0", state_dir=tmp_path / "dev"),
+                   mlp_trainer([2, 3], seed=1), x, y)
+    assert message in str(refused.value)
+    client = _device(tmp_path)
+    with pytest.raises(ValueError):
+        client.set_data(x, y)
+
+
+def test_whole_float_labels_are_taken_as_integers(tmp_path):
+    client = _device(tmp_path)
+    client.set_data(np.ones((3, 8), np.float64), np.array([0.0, 1.0, 2.0]))
+    assert client.y.dtype == np.int64 and client.x.dtype == np.float32
