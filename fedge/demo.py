@@ -124,6 +124,15 @@ def check_demo(cfg: DemoConfig) -> None:
     """
     if cfg.devices < 1:
         raise ValueError(f"--devices must be >= 1, not {cfg.devices}")
+    for flag, value in (("--rounds", cfg.rounds), ("--buffer-size", cfg.buffer_size),
+                        ("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size)):
+        if value < 1:  # the demo runs a fixed job: 0 rounds would never end
+            raise ValueError(f"{flag} must be >= 1, not {value}")
+    for flag, number in (("--day-s", cfg.day_s), ("--lr", cfg.lr), ("--alpha", cfg.alpha)):
+        if not (math.isfinite(number) and number > 0):
+            raise ValueError(f"{flag} must be a number > 0, not {number}")
+    if not 0 <= cfg.momentum < 1:
+        raise ValueError(f"--momentum must be 0 or more and below 1, not {cfg.momentum}")
     if cfg.secagg and cfg.mode != "sync":
         raise ValueError("--secagg needs --mode sync: secure aggregation sums one round's "
                          "updates, and async buffers have no rounds")

@@ -139,6 +139,12 @@ def test_demo_attackers_against_a_robust_strategy(tmp_path):
     (("--dp", "distributed"), ("--dp distributed", "--secagg")),
     (("--secagg", "--strategy", "median"), ("strategy", "median")),
     (("--attackers", "5"), ("--attackers",)),
+    (("--profile", "diurnal", "--day-s", "0"), ("--day-s must be a number > 0, not 0.0",)),
+    (("--day-s", "-5"), ("--day-s must be a number > 0, not -5.0",)),
+    (("--mode", "async", "--buffer-size", "0"), ("--buffer-size must be >= 1, not 0",)),
+    (("--rounds", "0"), ("--rounds must be >= 1, not 0",)),
+    (("--lr", "nan"), ("--lr must be a number > 0",)),
+    (("--momentum", "1"), ("--momentum must be 0 or more and below 1",)),
 ])
 def test_demo_refuses_flags_that_do_not_work_together(args, words):
     stderr = _refused("--devices", "5", *args)
