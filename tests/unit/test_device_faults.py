@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -160,3 +161,20 @@ def test_whole_float_labels_are_taken_as_integers(tmp_path):
     client = _device(tmp_path)
     client.set_data(np.ones((3, 8), np.float64), np.array([0.0, 1.0, 2.0]))
     assert client.y.dtype == np.int64 and client.x.dtype == np.float32
+
+
+def test_stopping_the_link_survives_paho_ending_its_thread_first():
+    """Under load paho's network thread can end (and set its handle to None) between
+    loop_stop's check and its join(): AttributeError escaped EdgeClient's shutdown."""
+    import queue
+
+    from edge_client.transport import MqttLink
+
+    link = MqttLink("c", "127.0.0.1", 1, queue.Queue())
+
+    class Ended(threading.Thread):
+        def join(self, timeout=None):  # what paho does once its thread set _thread = None
+            raise AttributeError("'NoneType' object has no attribute 'join'")
+
+    link._client._thread = Ended()
+    link.stop(flush_timeout_s=0.01)  # returns instead of raising
