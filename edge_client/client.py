@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections import Counter
@@ -43,6 +42,7 @@ from edge_client.protocol import (
 )
 from edge_client.protocol.chunking import sha256_hex
 from edge_client.protocol.messages import unpack_map
+from edge_client.protocol.reasons import reason_kind
 from edge_client.protocol.seeds import training_seed, update_seed
 from edge_client.protocol.signing import is_signed, open_envelope, seal, verify_envelope
 from edge_client.protocol.tensors import Weights, flatten_sorted, unflatten_like
@@ -668,13 +668,6 @@ class EdgeClient:
             reason=reason if reason is not None else (d.reason if d is not None else ""),
             model_version=self.model_version, time=time.time(),
             battery_pct=float(battery) if isinstance(battery, int | float) else None))
-
-
-def reason_kind(reason: str) -> str:
-    """'battery 18% < 20%' -> 'battery': reasons without their numbers, for counting."""
-    prefix, _, rest = reason.partition("stopped: ")
-    kind = re.split(r"[:(\d]", rest or prefix)[0].strip()
-    return f"stopped: {kind}" if rest else kind
 
 
 def _copy(weights: Weights) -> Weights:
