@@ -26,7 +26,7 @@ from aggregator.ingest import check_clock, check_sender, open_update, verified_b
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureOutcome, SecureRounds, forget_secure_round
-from aggregator.status import FINISHED_NOTE
+from aggregator.status import BROKER_NOTE, FINISHED_NOTE
 from aggregator.store import Store
 from aggregator.strategy import Contribution, Strategy
 from aggregator.strategy.config import build_strategy
@@ -91,6 +91,8 @@ class Aggregator:
         self._stopped: str | None = None  # why training ended before `rounds`
         self.store.set_note(STOPPED_NOTE, None)
         self.store.set_note(FINISHED_NOTE, None)
+        self.store.set_note(BROKER_NOTE, {"connected": False, "since": time.time(),
+                                          "reason": "starting"})
         self.participation = participation_for(config)
         self.evaluate = evaluate
         self.on_version = on_version
@@ -219,6 +221,8 @@ class Aggregator:
     def _handle(self, event: object) -> None:
         if isinstance(event, Connected):
             self._connected_at = time.monotonic()
+            self.store.set_note(BROKER_NOTE, {"connected": True, "since": time.time(),
+                                              "reason": ""})
             self._done_published = False  # a finished run says so again after a reconnect
             self.link.subscribe(self.topics.all_updates)
             self.link.subscribe(self.topics.all_statuses)
@@ -230,6 +234,8 @@ class Aggregator:
                 self._publish_all(self.secure.resend())
         elif isinstance(event, Disconnected):
             log.warning("aggregator: disconnected from the broker (%s)", event.reason)
+            self.store.set_note(BROKER_NOTE, {"connected": False, "since": time.time(),
+                                              "reason": event.reason})
         elif isinstance(event, SetTraining):
             self._paused = not event.running
             log.warning("aggregator: training %s by the operator",

@@ -14,6 +14,7 @@ from edge_client.protocol.reasons import reason_kind
 
 RECENT_REJECTIONS = 5
 FINISHED_NOTE = "finished"  # set by the service when it publishes its final task
+BROKER_NOTE = "broker"  # {"connected": bool, "since": unix time, "reason": str}
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class FleetStatus:
     recent_rejections: list[Rejection]
     stopped: str | None  # why training ended before its rounds (e.g. a privacy budget)
     finished: bool  # a final "done" task was published
+    broker: dict[str, Any] | None  # the service's link: connected or not, since when, why
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +92,7 @@ def fleet_status(store: Store, now: float | None = None) -> FleetStatus:
         recent_rejections=[Rejection(device, reason, now - at) for at, device, reason in rows],
         stopped=store.note("stopped"),
         finished=bool(store.note(FINISHED_NOTE)),
+        broker=store.note(BROKER_NOTE),
     )
 
 

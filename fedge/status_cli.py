@@ -89,6 +89,10 @@ def render(s: FleetStatus, db: Path) -> str:
         lines.append("training    finished: every round is done")
     elif s.stopped:
         lines.append(f"training    stopped: {s.stopped}")
+    if s.broker is not None:
+        state = ("connected" if s.broker["connected"]
+                 else f"not connected ({s.broker['reason'] or 'unknown'})")
+        lines.append(f"broker      {state} since {_ago(time.time() - s.broker['since'])}")
     lines.append(_round_line(s))
     online = [d for d in s.devices if d.online]
     eligible = [d for d in online if d.eligible]
