@@ -186,7 +186,7 @@ def _print_summary(s: dict, stream) -> None:
         f"aggregation       {s['strategy']}; attackers "
         f"{', '.join(s['attackers']) + ' (' + s['attack'] + ')' if s['attackers'] else 'none'}",
         *_privacy_lines(s),
-        f"store             {s['workdir']}",
+        f"store             {s['workdir'] or 'removed with the run (--workdir DIR keeps it)'}",
     ]
     print("\n".join(lines), file=stream)
 
