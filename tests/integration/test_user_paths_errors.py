@@ -142,3 +142,34 @@ def test_device_data_with_bad_values_is_refused_at_start(tmp_path, make, message
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert "allow_pickle" not in done.stderr
+
+
+def _commented_tables(text: str) -> dict[str, str]:
+    """Each `# [table]` block of the example, uncommented: '# key = 1  # why' -> 'key = 1'."""
+    blocks: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# [") and "]" in stripped:
+            name = stripped[2:stripped.index("]") + 1]
+            blocks[name] = name + "\n"
+        elif name and stripped.startswith("# ") and "=" in stripped.split("#")[1]:
+            blocks[name] += stripped[2:] + "\n"
+        elif not stripped:
+            name = None
+    return blocks
+
+
+def test_every_commented_key_of_the_example_gateway_config_is_a_real_key(tmp_path):
+    example = (REPO / "examples/gateway/aggregator.toml").read_text()
+    blocks = _commented_tables(example)
+    assert {"[privacy]", "[secagg]", "[dashboard]", "[security]", "[broker_auth]"} <= set(blocks)
+    for name, block in blocks.items():
+        kept = "\n".join(line for line in example.splitlines()
+                         if not line.startswith(name))  # the empty [evaluation] stays
+        path = tmp_path / "agg.toml"
+        path.write_text(kept + "\n" + block)
+        try:
+            _aggregator_tables(path)
+        except ConfigError as exc:  # settings that exclude each other are fine here
+            assert "unknown" not in str(exc) and "wrong type" not in str(exc), (name, exc)
