@@ -26,6 +26,7 @@ from aggregator.ingest import check_clock, check_sender, open_update, verified_b
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureOutcome, SecureRounds, forget_secure_round
+from aggregator.status import BROKER_NOTE, FINISHED_NOTE
 from aggregator.store import Store
 from aggregator.strategy import Contribution, Strategy
 from aggregator.strategy.config import build_strategy
@@ -89,6 +90,9 @@ class Aggregator:
         self.strategy = self.privacy.wrap(strategy or build_strategy(config.strategy))
         self._stopped: str | None = None  # why training ended before `rounds`
         self.store.set_note(STOPPED_NOTE, None)
+        self.store.set_note(FINISHED_NOTE, None)
+        self.store.set_note(BROKER_NOTE, {"connected": False, "since": time.time(),
+                                          "reason": "starting"})
         self.participation = participation_for(config)
         self.evaluate = evaluate
         self.on_version = on_version
@@ -156,13 +160,18 @@ class Aggregator:
             log.info("aggregator: resumed with %d pending updates", len(self._pending))
 
     # ------------------------------------------------------------ the loop
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Serve until `rounds` versions exist (or `stop` is set)."""
+    def run(self, stop: threading.Event | None = None, exit_when_done: bool = True) -> None:
+        """Serve until `stop` is set, or until `rounds` versions exist with `exit_when_done`.
+
+        A gateway keeps serving after its last round (`fedge aggregator serve` does, unless
+        --exit-when-done): late updates still get their acks, statuses still come in, and
+        the dashboard keeps showing who is online.
+        """
         if stop is not None:
             self._stop = stop
         self.link.start()
         try:
-            while not self._stop.is_set() and not self._done_published:
+            while not self._stop.is_set() and not (exit_when_done and self._done_published):
                 try:
                     event = self.events.get(timeout=0.05)
                 except queue.Empty:
@@ -212,6 +221,9 @@ class Aggregator:
     def _handle(self, event: object) -> None:
         if isinstance(event, Connected):
             self._connected_at = time.monotonic()
+            self.store.set_note(BROKER_NOTE, {"connected": True, "since": time.time(),
+                                              "reason": ""})
+            self._done_published = False  # a finished run says so again after a reconnect
             self.link.subscribe(self.topics.all_updates)
             self.link.subscribe(self.topics.all_statuses)
             self._publish_model(whole_chain=True)
@@ -222,6 +234,8 @@ class Aggregator:
                 self._publish_all(self.secure.resend())
         elif isinstance(event, Disconnected):
             log.warning("aggregator: disconnected from the broker (%s)", event.reason)
+            self.store.set_note(BROKER_NOTE, {"connected": False, "since": time.time(),
+                                              "reason": event.reason})
         elif isinstance(event, SetTraining):
             self._paused = not event.running
             log.warning("aggregator: training %s by the operator",
@@ -244,7 +258,8 @@ class Aggregator:
         if not self.link.connected or self._paused:
             return
         if self.finished:
-            self._publish_done()  # also when started with every version already made
+            if not self._done_published:  # also when started with every version made
+                self._publish_done()
             return
         if self._task is None:
             settled = time.monotonic() - self._connected_at >= self.config.presence_settle_s
@@ -438,7 +453,12 @@ class Aggregator:
                     round=self.version, model_version=self.version, train=self.config.train,
                     invited=(), chunk_size=self.config.chunk_size, done=True)
         self.link.publish(self.topics.task, self._signed(encode(done)), retain=True)
+        if not self.store.note(FINISHED_NOTE):
+            why = self._stopped or f"{self.version} of {self.config.rounds} versions made"
+            log.info("aggregator: training finished at version %d (%s); devices are told "
+                     "to stop", self.version, why)
         self._done_published = True
+        self.store.set_note(FINISHED_NOTE, True)  # `fedge status`: every round is done
 
     # ------------------------------------------------------------ ingest
     def _on_status(self, topic: str, payload: bytes) -> None:

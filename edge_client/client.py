@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from edge_client.codecs.dp import DeviceDp, clip_and_noise
 from edge_client.device_state import DeviceState
 from edge_client.eligibility import Decision, EligibilityConfig, EligibilityPolicy
 from edge_client.identity import load_or_create_identity, parse_public_key
+from edge_client.local_data import checked_local_data
 from edge_client.model_fetch import FetchStep, Held, ModelFetcher, started_over
 from edge_client.outbox import Outbox, OutboxFull
 from edge_client.protocol import (
@@ -42,6 +42,7 @@ from edge_client.protocol import (
 )
 from edge_client.protocol.chunking import sha256_hex
 from edge_client.protocol.messages import unpack_map
+from edge_client.protocol.reasons import reason_kind
 from edge_client.protocol.seeds import training_seed, update_seed
 from edge_client.protocol.signing import is_signed, open_envelope, seal, verify_envelope
 from edge_client.protocol.tensors import Weights, flatten_sorted, unflatten_like
@@ -122,7 +123,7 @@ class EdgeClient:
         self._sleep_until: float | None = None
         self.trainer = trainer
         self.on_model = on_model  # (version, arch, weights) of each global model, e.g. a Predictor
-        self._data = (x, y)  # one tuple, swapped whole by set_data
+        self._data = checked_local_data(x, y)  # one tuple, swapped whole by set_data
         self.topics = Topics(config.federation)
         self.stats = ClientStats()
         self.events: queue.Queue = queue.Queue()
@@ -189,10 +190,25 @@ class EdgeClient:
 
     def _save_feedback(self) -> None:
         if self._feedback is not None:
-            self.disk.save_residual(self._feedback, self._feedback_version)
+            feedback, version = self._feedback, self._feedback_version
+            self._persist("error-feedback residual",
+                          lambda: self.disk.save_residual(feedback, version))
 
     def _save_state(self) -> None:
-        self.disk.save_done_tasks(self._done_tasks, self.model_version)
+        self._persist("task list", lambda: self.disk.save_done_tasks(self._done_tasks,
+                                                                     self.model_version))
+
+    def _persist(self, what: str, write: Callable[[], None]) -> bool:
+        """Write state that helps after a reboot but loses no update when it fails (the
+        outbox is written first): a full or read-only disk is logged, not fatal."""
+        try:
+            write()
+        except OSError as exc:
+            log.error("%s: could not save the %s in %s (%s); carrying on, will save it "
+                      "again next time", self.config.device_id, what, self.config.state_dir,
+                      exc.strerror or exc)
+            return False
+        return True
 
     # ------------------------------------------------------------ the loop
     def run(self, stop: threading.Event | None = None) -> None:
@@ -223,10 +239,7 @@ class EdgeClient:
         """Train on new local data from the next task on: devices keep collecting samples
         (the firmware bridge's MCU windows, an app's sensor log) while they federate.
         Safe from any thread; a training run in progress keeps the data it started with."""
-        if len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"need as many labels as samples, and at least one; "
-                             f"got {len(x)} samples and {len(y)} labels")
-        self._data = (x, y)
+        self._data = checked_local_data(x, y)  # ValueError says what is wrong
 
     @property
     def x(self) -> np.ndarray:
@@ -422,7 +435,8 @@ class EdgeClient:
             raise RemoteProtocolError(f"model {model.version} does not fit this device's "
                                       f"trainer: {exc}") from None
         self.stats.models_via_delta += int(step.via_delta)
-        self.disk.save_model(step.blob, model.version)
+        self._persist(f"model version {model.version}",
+                      lambda: self.disk.save_model(step.blob, model.version))
         self._model_sha256 = sha256_hex(step.blob)
         self._save_state()
         self._publish_status(True)
@@ -465,6 +479,7 @@ class EdgeClient:
         if not decision.eligible:
             self._skip(task, decision.reasons[0])
             return
+        feedback_before = self._feedback_snapshot()
         update = self._train(task, None if secagg else codec, dp)
         if update is None:
             return  # stopped at a batch boundary: nothing is published
@@ -480,6 +495,13 @@ class EdgeClient:
             self.outbox.put(update.nonce, payload)
         except OutboxFull as exc:
             log.error("%s: %s", me, exc)
+            self._restore_feedback(feedback_before)
+            return
+        except OSError as exc:  # a full or read-only disk: train again at the next check
+            log.error("%s: task %s: could not write the update to the outbox in %s (%s); "
+                      "nothing sent, trying again in %.0f s", me, task.task_id,
+                      self.outbox.folder, exc.strerror or exc, self.config.eligibility_check_s)
+            self._restore_feedback(feedback_before)
             return
         self._save_feedback()  # after the outbox: a crash between loses no update
         self.stats.update_bytes += len(payload)
@@ -489,6 +511,18 @@ class EdgeClient:
         self._sent[update.nonce] = _Sent(payload)
         self._publish_update(update.nonce)
         self.stats.updates_sent += 1
+
+    def _feedback_snapshot(self) -> tuple[ErrorFeedback | None, np.ndarray | None, int | None]:
+        """The residual as it stands, to put back if the update made from it is not kept."""
+        feedback = self._feedback
+        return feedback, None if feedback is None else feedback.residual, self._feedback_version
+
+    def _restore_feedback(self, snapshot: tuple[ErrorFeedback | None, np.ndarray | None,
+                                                int | None]) -> None:
+        feedback, residual, version = snapshot
+        if feedback is not None and residual is not None:
+            feedback.residual = residual  # record() rebinds, so this is the old array
+        self._feedback, self._feedback_version = feedback, version
 
     def _train(self, task: Task, codec: CodecConfig | None,
                dp: DeviceDp | None = None) -> Update | None:
@@ -506,10 +540,7 @@ class EdgeClient:
         fit = FitConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                         momentum=t.momentum, prox_mu=t.prox_mu, seed=seed)
         result = self.trainer.fit(x, y, fit, should_stop=self._should_stop)
-        if result.stopped_early:
-            if not self._stop.is_set() and self._decision is not None:
-                self.stats.stopped_mid_training += 1
-                self._skip(task, f"stopped: {self._decision.reasons[0]}")
+        if result.stopped_early and not self._keep_early_stop(task, result.batches):
             return None
         self.stats.train_s.append(result.train_s)
         local = self.trainer.get_weights()
@@ -538,6 +569,29 @@ class EdgeClient:
         vector, _ = clip_and_noise(flatten_sorted(update.tensors), dp, self._dp_rng)
         return dataclasses.replace(update, tensors=unflatten_like(vector, update.tensors),
                                    metrics={**update.metrics, **dp.metrics()})
+
+    def _keep_early_stop(self, task: Task, batches: int) -> bool:
+        """A fit that stopped early: ours to drop (shutdown, policy), or the trainer's own
+        stop (a time budget, say), whose batches are sent like a shorter fit."""
+        me = self.config.device_id
+        if self._stop.is_set():
+            return False
+        decision = self._decision
+        if decision is not None and not decision.eligible:
+            reason = decision.reasons[0] if decision.reasons else decision.reason
+            log.info("%s: task %s: training stopped at a batch boundary: %s; nothing sent",
+                     me, task.task_id, reason)
+            self.stats.stopped_mid_training += 1
+            self._skip(task, f"stopped: {reason}")
+            return False
+        if batches < 1:
+            log.info("%s: task %s: the trainer stopped before its first batch; nothing sent",
+                     me, task.task_id)
+            self._skip(task, "stopped: trainer")
+            return False
+        log.info("%s: task %s: the trainer stopped on its own after %d batches; sending "
+                 "what it learned", me, task.task_id, batches)
+        return True
 
     def _should_stop(self) -> bool:
         """Checked between batches: shutting down, or the policy stopped holding."""
@@ -614,13 +668,6 @@ class EdgeClient:
             reason=reason if reason is not None else (d.reason if d is not None else ""),
             model_version=self.model_version, time=time.time(),
             battery_pct=float(battery) if isinstance(battery, int | float) else None))
-
-
-def reason_kind(reason: str) -> str:
-    """'battery 18% < 20%' -> 'battery': reasons without their numbers, for counting."""
-    prefix, _, rest = reason.partition("stopped: ")
-    kind = re.split(r"[:(\d]", rest or prefix)[0].strip()
-    return f"stopped: {kind}" if rest else kind
 
 
 def _copy(weights: Weights) -> Weights:

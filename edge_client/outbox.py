@@ -8,6 +8,7 @@ in a crash loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -21,11 +22,16 @@ _NONCE = re.compile(r"^[0-9a-f]{8,64}$")
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that readers never see a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:  # a full disk: leave no half-written temp file to take up space
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

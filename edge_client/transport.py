@@ -151,7 +151,10 @@ class MqttLink:
         """
         self.flush(flush_timeout_s)
         self._client.disconnect()
-        self._client.loop_stop()
+        # paho 2.x: its network thread ends on the disconnect and sets its own handle to
+        # None between loop_stop's check and its join(); the thread is gone, as wanted.
+        with contextlib.suppress(AttributeError):
+            self._client.loop_stop()
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every QoS 1 publish so far is confirmed; False on timeout."""

@@ -28,6 +28,9 @@ def add_aggregator_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = p.add_subparsers(dest="aggregator_action", required=True)
     serve = actions.add_parser("serve", help="run the aggregator")
+    serve.add_argument("--exit-when-done", action="store_true",
+                       help="exit after the last round instead of serving on (acks, "
+                            "statuses, dashboard) until SIGINT/SIGTERM; rounds = 0 never ends")
     enroll = actions.add_parser("enroll", help="allow a device's public key")
     enroll.add_argument("--device", required=True)
     enroll.add_argument("--key", required=True, help='"ed25519:..." from `fedge keys export`')
@@ -68,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
           f"security {secure}", file=sys.stderr)
     server = _start_dashboard(aggregator)
     try:
-        run_until_signal(aggregator.run)
+        run_until_signal(lambda stop: aggregator.run(stop, args.exit_when_done))
     finally:
         if server is not None:
             server.stop()

@@ -1,4 +1,4 @@
-"""The `fedge` command: demo, aggregator, device, keys, export, bridge."""
+"""The `fedge` command: demo, aggregator, device, keys, export, bridge, status."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from fedge.keys_cli import add_keys_parser
 from fedge.poisoning import ATTACKS
 from fedge.progress import ProgressBar
 from fedge.roles import build_device, run_until_signal
+from fedge.status_cli import add_status_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     add_keys_parser(sub)
     add_export_parser(sub)
     add_bridge_parser(sub)
+    add_status_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -184,7 +186,7 @@ def _print_summary(s: dict, stream) -> None:
         f"aggregation       {s['strategy']}; attackers "
         f"{', '.join(s['attackers']) + ' (' + s['attack'] + ')' if s['attackers'] else 'none'}",
         *_privacy_lines(s),
-        f"store             {s['workdir']}",
+        f"store             {s['workdir'] or 'removed with the run (--workdir DIR keeps it)'}",
     ]
     print("\n".join(lines), file=stream)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import statistics
 import sys
 import tempfile
@@ -124,6 +125,15 @@ def check_demo(cfg: DemoConfig) -> None:
     """
     if cfg.devices < 1:
         raise ValueError(f"--devices must be >= 1, not {cfg.devices}")
+    for flag, value in (("--rounds", cfg.rounds), ("--buffer-size", cfg.buffer_size),
+                        ("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size)):
+        if value < 1:  # the demo runs a fixed job: 0 rounds would never end
+            raise ValueError(f"{flag} must be >= 1, not {value}")
+    for flag, number in (("--day-s", cfg.day_s), ("--lr", cfg.lr), ("--alpha", cfg.alpha)):
+        if not (math.isfinite(number) and number > 0):
+            raise ValueError(f"{flag} must be a number > 0, not {number}")
+    if not 0 <= cfg.momentum < 1:
+        raise ValueError(f"--momentum must be 0 or more and below 1, not {cfg.momentum}")
     if cfg.secagg and cfg.mode != "sync":
         raise ValueError("--secagg needs --mode sync: secure aggregation sums one round's "
                          "updates, and async buffers have no rounds")
@@ -178,9 +188,26 @@ def run_demo(cfg: DemoConfig,
     check_demo(cfg)
     job = prepare_data(cfg)
     sizes = [job.shards[0][0].shape[1], cfg.hidden, 10]
+    temporary = cfg.workdir is None  # removed at the end, as is the broker's folder
     workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="fedge-demo-"))
-    started = time.monotonic()
     secure = _Secure(workdir / "security", cfg.devices) if cfg.secure else None
+    try:
+        summary = _federate(cfg, job, sizes, workdir, secure, on_version)
+    finally:
+        if secure is not None:  # its CA key must not stay behind in /tmp
+            secure.clean_up(None if temporary else workdir / "broker")
+        if temporary:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if secure is not None and not temporary:
+        summary["broker_config"] = str(workdir / "broker" / secure.files.conf.name)
+    summary["workdir"] = None if temporary else str(workdir)
+    return summary
+
+
+def _federate(cfg: DemoConfig, job: _Job, sizes: list[int], workdir: Path,
+              secure: _Secure | None,
+              on_version: Callable[[VersionReport], None] | None) -> dict[str, Any]:
+    started = time.monotonic()
     broker_handle = secure.start_broker() if secure else start_broker(cfg.broker)
     with broker_handle as broker, _dashboard(cfg.dashboard_port, workdir) as dashboard_url:
         agg_cfg = _aggregator_config(cfg, broker.host, broker.port, workdir)
@@ -213,8 +240,6 @@ def run_demo(cfg: DemoConfig,
         _run_all(aggregator, clients, fleet, cfg.timeout_s)
         wall_s = time.monotonic() - started
         summary = _summary(cfg, aggregator, clients, broker.kind, wall_s, workdir)
-        if secure:
-            summary["broker_config"] = str(secure.files.conf)
         if dashboard_url:
             summary["dashboard_url"] = dashboard_url
         return summary
@@ -270,6 +295,15 @@ class _Secure:
         self.files = write_broker_config(
             BrokerSecurityPlan("demo", tuple(f"device-{i}" for i in range(devices)),
                                host="127.0.0.1", port=self.port), self.broker_folder)
+
+    def clean_up(self, keep_in: Path | None) -> None:
+        """After the broker stopped: move its files (CA key included) to `keep_in`, or
+        remove them, so that nothing of the demo's security stays in /tmp."""
+        if keep_in is not None:
+            shutil.rmtree(keep_in, ignore_errors=True)
+            shutil.move(str(self.broker_folder), str(keep_in))
+        else:
+            shutil.rmtree(self.broker_folder, ignore_errors=True)
 
     def start_broker(self) -> MosquittoBroker:
         return MosquittoBroker.start_with_conf(self.files.conf, self.port)

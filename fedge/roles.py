@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 from aggregator.config import AggregatorConfig, load_aggregator_config
 from aggregator.service import Aggregator
 from edge_client.client import ClientConfig, EdgeClient
+from edge_client.local_data import checked_local_data
 from edge_client.settings import ConfigError, from_table, read_toml
 from edge_client.training import NumpyTrainer, build_model
 
@@ -151,11 +153,18 @@ def check_data_fits(trainer: NumpyTrainer, x: np.ndarray, y: np.ndarray, where: 
 
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Local data as arrays x (samples, features) and y (labels); never unpickles."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise ConfigError(f"[data] {path}: not an .npz archive (write one with "
+                          f"numpy.savez(path, x=..., y=...))")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return np.asarray(npz["x"], np.float32), np.asarray(npz["y"], np.int64)
-    except (OSError, KeyError, ValueError) as exc:
+            x, y = npz["x"], npz["y"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"[data] {path}: need an .npz with arrays x and y ({exc})") from None
+    try:
+        return checked_local_data(x, y, negative_labels_ok=True)  # check_data_fits
+    except ValueError as exc:
+        raise ConfigError(f"[data] {path}: {exc}") from None
 
 
 def run_until_signal(run: Any) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from aggregator.status import BROKER_NOTE, FINISHED_NOTE
 from aggregator.store import Store
 from aggregator.web import readmodel
 
@@ -47,11 +48,44 @@ def _families(store: Store) -> list[Metric]:
     families.append(CounterMetricFamily(
         "fedge_update_bytes", "Bytes of stored update messages, any state",
         value=readmodel.stored_update_bytes(store)))
+    families += _health(store, history)
     evaluated = [h for h in history if h.get("accuracy") is not None]
     if evaluated:
         families.append(GaugeMetricFamily("fedge_last_accuracy",
                                           "Test accuracy of the latest evaluated version",
                                           value=evaluated[-1]["accuracy"]))
+    return families
+
+
+def _health(store: Store, history: list[dict]) -> list[Metric]:
+    """What the alert rules in deploy/prometheus-alerts.yml watch: the broker link, stalled
+    or aborting rounds, the privacy budget."""
+    families: list[Metric] = []
+    broker = store.note(BROKER_NOTE)
+    if broker is not None:
+        families.append(GaugeMetricFamily("fedge_broker_connected",
+                                          "1 while the service is connected to the broker",
+                                          value=int(bool(broker["connected"]))))
+    if history:
+        families.append(GaugeMetricFamily("fedge_last_version_timestamp_seconds",
+                                          "When the latest model version was made (unix)",
+                                          value=history[-1]["created_at"]))
+    aborted = store.db.execute("SELECT COUNT(*) FROM tasks WHERE state='aborted'").fetchone()
+    families.append(CounterMetricFamily("fedge_rounds_aborted",
+                                        "Rounds that reached their deadline without enough "
+                                        "updates, or failed", value=aborted[0]))
+    families.append(GaugeMetricFamily("fedge_training_finished",
+                                      "1 once every round is done",
+                                      value=int(bool(store.note(FINISHED_NOTE)))))
+    privacy = readmodel.privacy(store, history)
+    if privacy is not None:
+        families.append(GaugeMetricFamily("fedge_privacy_epsilon",
+                                          "Differential privacy spent so far (epsilon)",
+                                          value=privacy["epsilon"]))
+        if privacy.get("target_epsilon"):
+            families.append(GaugeMetricFamily("fedge_privacy_target_epsilon",
+                                              "The privacy budget (target epsilon)",
+                                              value=privacy["target_epsilon"]))
     return families
 
 

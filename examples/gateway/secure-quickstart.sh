@@ -76,7 +76,7 @@ np.savez(sys.argv[1], x=(d.data[:300] / 16).astype("float32"), y=d.target[:300])
 PY
 
 # 6. Run both; the device leaves when the aggregator says the federation is done.
-$FEDGE aggregator serve --config "$S/aggregator.toml" &
+$FEDGE aggregator serve --exit-when-done --config "$S/aggregator.toml" &
 AGGREGATOR=$!
 $FEDGE device --config "$S/device.toml"
 wait $AGGREGATOR

@@ -20,7 +20,7 @@ KILLS = 10
 
 def _serve(config) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fedge.cli", "aggregator", "serve",
-                             "--config", str(config)],
+                             "--exit-when-done", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

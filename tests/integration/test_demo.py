@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,7 @@ def test_demo_secure_runs_over_tls_with_acls_and_signatures(tmp_path):
     assert s["secure"] is True and s["broker"] == "mosquitto"
     assert s["model_versions"] == 2 and s["rejected_updates"] == 0
     conf = Path(s["broker_config"]).read_text()
+    assert Path(s["broker_config"]).is_relative_to(tmp_path)  # kept with the store
     assert "allow_anonymous false" in conf and "certfile" in conf and "acl_file" in conf
 
 
@@ -139,6 +141,12 @@ def test_demo_attackers_against_a_robust_strategy(tmp_path):
     (("--dp", "distributed"), ("--dp distributed", "--secagg")),
     (("--secagg", "--strategy", "median"), ("strategy", "median")),
     (("--attackers", "5"), ("--attackers",)),
+    (("--profile", "diurnal", "--day-s", "0"), ("--day-s must be a number > 0, not 0.0",)),
+    (("--day-s", "-5"), ("--day-s must be a number > 0, not -5.0",)),
+    (("--mode", "async", "--buffer-size", "0"), ("--buffer-size must be >= 1, not 0",)),
+    (("--rounds", "0"), ("--rounds must be >= 1, not 0",)),
+    (("--lr", "nan"), ("--lr must be a number > 0",)),
+    (("--momentum", "1"), ("--momentum must be 0 or more and below 1",)),
 ])
 def test_demo_refuses_flags_that_do_not_work_together(args, words):
     stderr = _refused("--devices", "5", *args)
@@ -195,3 +203,17 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+def test_the_secure_demo_leaves_nothing_in_the_temporary_folder():
+    """Without --workdir the store, the device state and the broker's files (the CA's
+    private key among them) are removed at the end."""
+    tmp = Path(tempfile.gettempdir())
+    before = {p.name for p in tmp.glob("fedge-demo*")}
+    done = run_fedge("demo", "--json", "--devices", "3", "--rounds", "1", "--secure",
+                     timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["workdir"] is None and "broker_config" not in summary
+    assert "removed with the run" in done.stderr
+    assert {p.name for p in tmp.glob("fedge-demo*")} <= before

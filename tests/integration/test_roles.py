@@ -34,7 +34,8 @@ def test_aggregator_and_devices_from_toml(mosquitto, tmp_path):
         f'federation = "toml"\nport = {mosquitto.port}\nrounds = 2\n'
         f'db_path = "{tmp_path / "agg.sqlite3"}"\n[model]\nsizes = [64, 16, 10]\n'
         f'[sync]\ntarget_updates = 2\n[evaluation]\ndata = "{tmp_path / "heldout.npz"}"\n')
-    procs = [_fedge("aggregator", "serve", "--config", str(tmp_path / "aggregator.toml"))]
+    procs = [_fedge("aggregator", "serve", "--exit-when-done", "--config",
+                    str(tmp_path / "aggregator.toml"))]
     procs += [_fedge("device", "--config", str(tmp_path / f"device{i}.toml"))
               for i in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]
@@ -68,7 +69,8 @@ def test_serve_with_the_dashboard_answers_the_api_during_a_federation(mosquitto,
         f'state_dir = "{tmp_path / "state"}"\nexit_when_done = false\n'
         f'[model]\nsizes = [64, 16, 10]\n[data]\npath = "{tmp_path / "data.npz"}"\n'
         f'[eligibility]\nenabled = false\n')
-    procs = [_fedge("aggregator", "serve", "--config", str(tmp_path / "aggregator.toml")),
+    procs = [_fedge("aggregator", "serve", "--exit-when-done", "--config",
+                    str(tmp_path / "aggregator.toml")),
              _fedge("device", "--config", str(tmp_path / "device.toml"))]
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/overview",
                                      headers={"Authorization": "Bearer read-secret"})
@@ -93,7 +95,7 @@ def test_serve_with_the_dashboard_answers_the_api_during_a_federation(mosquitto,
 
 def test_a_bad_config_exits_2_with_the_reason(tmp_path):
     (tmp_path / "a.toml").write_text("rouns = 3\n")
-    proc = _fedge("aggregator", "serve", "--config", str(tmp_path / "a.toml"))
+    proc = _fedge("aggregator", "serve", "--exit-when-done", "--config", str(tmp_path / "a.toml"))
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "unknown key 'rouns'" in err
     assert "'evaluation'" in err and "'model'" in err  # read apart, still listed

@@ -52,7 +52,8 @@ def test_a_qat_1d_cnn_federates_from_toml(mosquitto, tmp_path):
         f'db_path = "{tmp_path / "agg.sqlite3"}"\n{MODEL_TOML}'
         f'[train]\nepochs = 2\nlr = 0.05\nmomentum = 0.5\n'
         f'[sync]\ntarget_updates = 2\n[evaluation]\ndata = "{tmp_path / "heldout.npz"}"\n')
-    procs = [_fedge("aggregator", "serve", "--config", str(tmp_path / "aggregator.toml"))]
+    procs = [_fedge("aggregator", "serve", "--exit-when-done", "--config",
+                    str(tmp_path / "aggregator.toml"))]
     procs += [_fedge("device", "--config", str(tmp_path / f"device{i}.toml"))
               for i in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]

@@ -81,7 +81,7 @@ def test_secagg_with_distributed_dp_from_toml(mosquitto, tmp_path):
         '[privacy]\nmode = "distributed"\nclip = 1.0\nnoise_multiplier = 0.1\n'
         '[anomalies]\nwindow = 4\nthreshold = 2\nclip_factor = 5.0\n'
         f'[evaluation]\ndata = "{tmp_path / "heldout.npz"}"\n')
-    procs = [_fedge("aggregator", "serve", "--config", tmp_path / "agg.toml")]
+    procs = [_fedge("aggregator", "serve", "--exit-when-done", "--config", tmp_path / "agg.toml")]
     procs += [_fedge("device", "--config", d) for d in devices]
     outputs = _run_all(procs)
     assert "federation 'sa', sync mode" in outputs[0][1]
@@ -132,7 +132,7 @@ def test_qat_sequential_federation_then_export_int8_tflite_runs_in_litert(mosqui
     (tmp_path / "agg.toml").write_text(
         f'federation = "qat"\nport = {mosquitto.port}\nrounds = 2\ndb_path = "{db}"\n{CNN}'
         '[train]\nepochs = 2\nlr = 0.05\nmomentum = 0.5\n[sync]\ntarget_updates = 2\n')
-    procs = [_fedge("aggregator", "serve", "--config", tmp_path / "agg.toml")]
+    procs = [_fedge("aggregator", "serve", "--exit-when-done", "--config", tmp_path / "agg.toml")]
     procs += [_fedge("device", "--config", d) for d in devices]
     _run_all(procs)
 

@@ -121,3 +121,55 @@ def test_the_shipped_example_configs_load():
     with pytest.raises(ConfigError, match="does not fit"):
         check_data_fits(spec.trainer(), np.zeros((2, 10), np.float32), np.zeros(2, np.int64),
                         "[data]")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: np.savez(p, x=np.full((4, 8), np.nan, np.float32), y=np.arange(4) % 3),
+     "x holds NaN or infinite values in 4 of 4 samples"),
+    (lambda p: np.savez(p, x=np.ones((4, 8), np.float32), y=np.array([0, 1.5, 2, 0])),
+     "labels y must be whole numbers; y[1] is 1.5"),
+    (lambda p: p.write_text("x,y\n1,2\n"), "not an .npz archive"),
+])
+def test_device_data_with_bad_values_is_refused_at_start(tmp_path, make, message):
+    """NaN samples crashed `fedge device` at its first task, float labels were silently
+    truncated, and a text file got advice about allow_pickle."""
+    data = tmp_path / "data.npz"
+    make(data)
+    config = tmp_path / "dev.toml"
+    config.write_text(f'device_id = "d"\nport = {free_port()}\nstate_dir = "{tmp_path / "s"}"\n'
+                      f'[model]\nsizes = [8, 4, 3]\n[data]\npath = "{data}"\n')
+    done = _fedge("device", "--config", config)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert "allow_pickle" not in done.stderr
+
+
+def _commented_tables(text: str) -> dict[str, str]:
+    """Each `# [table]` block of the example, uncommented: '# key = 1  # why' -> 'key = 1'."""
+    blocks: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# [") and "]" in stripped:
+            name = stripped[2:stripped.index("]") + 1]
+            blocks[name] = name + "\n"
+        elif name and stripped.startswith("# ") and "=" in stripped.split("#")[1]:
+            blocks[name] += stripped[2:] + "\n"
+        elif not stripped:
+            name = None
+    return blocks
+
+
+def test_every_commented_key_of_the_example_gateway_config_is_a_real_key(tmp_path):
+    example = (REPO / "examples/gateway/aggregator.toml").read_text()
+    blocks = _commented_tables(example)
+    assert {"[privacy]", "[secagg]", "[dashboard]", "[security]", "[broker_auth]"} <= set(blocks)
+    for name, block in blocks.items():
+        kept = "\n".join(line for line in example.splitlines()
+                         if not line.startswith(name))  # the empty [evaluation] stays
+        path = tmp_path / "agg.toml"
+        path.write_text(kept + "\n" + block)
+        try:
+            _aggregator_tables(path)
+        except ConfigError as exc:  # settings that exclude each other are fine here
+            assert "unknown" not in str(exc) and "wrong type" not in str(exc), (name, exc)

@@ -1,0 +1,115 @@
+"""The federation at a glance, read from the aggregator's store: what `fedge status` and
+`GET /api/status` show. Only reads, so it works beside a running service (SQLite WAL
+lets readers in while the service writes)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aggregator.store import Store
+from edge_client.protocol.reasons import reason_kind
+
+RECENT_REJECTIONS = 5
+FINISHED_NOTE = "finished"  # set by the service when it publishes its final task
+BROKER_NOTE = "broker"  # {"connected": bool, "since": unix time, "reason": str}
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """The open task: how far its round has come and what it waits for."""
+
+    task_id: str
+    round: int
+    mode: str
+    model_version: int
+    invited: int | None  # None: every device may take part (async)
+    updates: int  # stored for this task so far
+    opened_s_ago: float
+    deadline_in_s: float | None  # negative once passed
+
+
+@dataclass(frozen=True)
+class DeviceLine:
+    device_id: str
+    online: bool | None  # None: never sent a status, only updates
+    eligible: bool | None
+    reason: str
+    model_version: int | None
+    last_seen_s_ago: float | None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    device_id: str
+    reason: str
+    s_ago: float
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    model_version: int | None
+    versions: int
+    accuracy: float | None
+    last_version_s_ago: float | None
+    round: RoundProgress | None
+    devices: list[DeviceLine]
+    not_eligible: dict[str, int]  # online devices that may not train now, by reason
+    rejections_total: int
+    recent_rejections: list[Rejection]
+    stopped: str | None  # why training ended before its rounds (e.g. a privacy budget)
+    finished: bool  # a final "done" task was published
+    broker: dict[str, Any] | None  # the service's link: connected or not, since when, why
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fleet_status(store: Store, now: float | None = None) -> FleetStatus:
+    now = time.time() if now is None else now
+    history = store.model_history()
+    latest = history[-1] if history else None
+    evaluated = [h for h in history if h.get("accuracy") is not None]
+    devices = [DeviceLine(d["device_id"], bool(d["online"]), bool(d["eligible"]), d["reason"],
+                          d["model_version"], _ago(now, d["last_seen"]))
+               for d in store.devices()]
+    not_eligible = Counter(reason_kind(d.reason) or "unknown" for d in devices
+                           if d.online and not d.eligible)
+    rows = store.db.execute("SELECT at, device_id, reason FROM rejections "
+                            "ORDER BY at DESC LIMIT ?", (RECENT_REJECTIONS,)).fetchall()
+    total = store.db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
+    return FleetStatus(
+        model_version=latest["version"] if latest else None,
+        versions=sum(1 for h in history if h["version"] > 0),
+        accuracy=evaluated[-1]["accuracy"] if evaluated else None,
+        last_version_s_ago=_ago(now, latest["created_at"]) if latest else None,
+        round=_round(store, now),
+        devices=devices,
+        not_eligible=dict(not_eligible.most_common()),
+        rejections_total=int(total),
+        recent_rejections=[Rejection(device, reason, now - at) for at, device, reason in rows],
+        stopped=store.note("stopped"),
+        finished=bool(store.note(FINISHED_NOTE)),
+        broker=store.note(BROKER_NOTE),
+    )
+
+
+def _round(store: Store, now: float) -> RoundProgress | None:
+    opened = store.open_task()
+    if opened is None:
+        return None
+    task, opened_at = opened
+    updates = store.db.execute("SELECT COUNT(*) FROM updates WHERE task_id=?",
+                               (task.task_id,)).fetchone()[0]
+    return RoundProgress(
+        task_id=task.task_id, round=task.round, mode=task.mode,
+        model_version=task.model_version,
+        invited=len(task.invited) if task.invited is not None else None,
+        updates=int(updates), opened_s_ago=now - opened_at,
+        deadline_in_s=task.deadline - now if task.deadline is not None else None)
+
+
+def _ago(now: float, at: float | None) -> float | None:
+    return None if at is None else max(0.0, now - at)

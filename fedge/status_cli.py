@@ -1,0 +1,136 @@
+"""`fedge status`: the federation at a glance in the terminal, from the gateway's store.
+
+    fedge status --config aggregator.toml [--watch [SECONDS]] [--json]
+    fedge status --db aggregator.sqlite3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from aggregator.status import FleetStatus, fleet_status
+from aggregator.store import Store
+from edge_client.settings import ConfigError
+from fedge.roles import load_aggregator_file
+
+
+def add_status_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="the federation at a glance: version, round, devices",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="the aggregator's TOML file (its db_path)")
+    where.add_argument("--db", type=Path, help="the aggregator's SQLite store")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                   help="redraw every SECONDS (default 2) until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="one JSON object (per redraw)")
+    p.set_defaults(func=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        db = _db_path(args)
+    except ConfigError as exc:
+        print(f"fedge status: {exc}", file=sys.stderr)
+        return 2
+    if args.watch is not None and not args.watch > 0:
+        print(f"fedge status: --watch must be > 0 seconds, not {args.watch}", file=sys.stderr)
+        return 2
+    try:
+        while True:
+            try:
+                status = _read(db)
+            except sqlite3.DatabaseError as exc:
+                print(f"fedge status: cannot read the store {db}: {exc}", file=sys.stderr)
+                return 2
+            if args.json:
+                print(json.dumps(status.to_json()), flush=True)
+            else:
+                if args.watch is not None:
+                    print("\033[2J\033[H", end="")  # clear the terminal, cursor home
+                print(render(status, db), flush=True)
+            if args.watch is None:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _read(db: Path) -> FleetStatus:
+    store = Store(db)
+    try:
+        return fleet_status(store)
+    finally:
+        store.close()
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    path = args.db if args.db is not None else load_aggregator_file(args.config)[0].db_path
+    if not Path(path).is_file():
+        raise ConfigError(f"no aggregator store at {path} (has `fedge aggregator serve` "
+                          f"run with this config?)")
+    return Path(path)
+
+
+def render(s: FleetStatus, db: Path) -> str:
+    """Plain lines a person reads top to bottom: the model, the round, the devices."""
+    lines = [f"store       {db}"]
+    if s.model_version is None:
+        lines.append("model       none yet")
+    else:
+        accuracy = f", accuracy {s.accuracy:.4f}" if s.accuracy is not None else ""
+        lines.append(f"model       version {s.model_version} ({s.versions} made{accuracy}; "
+                     f"last {_ago(s.last_version_s_ago)})")
+    if s.finished:
+        lines.append("training    finished: every round is done")
+    elif s.stopped:
+        lines.append(f"training    stopped: {s.stopped}")
+    if s.broker is not None:
+        state = ("connected" if s.broker["connected"]
+                 else f"not connected ({s.broker['reason'] or 'unknown'})")
+        lines.append(f"broker      {state} since {_ago(time.time() - s.broker['since'])}")
+    lines.append(_round_line(s))
+    online = [d for d in s.devices if d.online]
+    eligible = [d for d in online if d.eligible]
+    summary = f"devices     {len(s.devices)} known, {len(online)} online, {len(eligible)} eligible"
+    if s.not_eligible:
+        summary += "; not eligible: " + ", ".join(f"{n} {why}"
+                                                  for why, n in s.not_eligible.items())
+    lines.append(summary)
+    for d in s.devices:
+        state = ("offline" if not d.online else "eligible" if d.eligible
+                 else f"not eligible: {d.reason}")
+        version = f"v{d.model_version}" if d.model_version is not None else "-"
+        lines.append(f"  {d.device_id:<20} {version:>6}  {state}  "
+                     f"(seen {_ago(d.last_seen_s_ago)})")
+    lines.append(f"rejections  {s.rejections_total} in all")
+    for r in s.recent_rejections:
+        lines.append(f"  {_ago(r.s_ago):>10}  {r.device_id}: {r.reason[:120]}")
+    return "\n".join(lines)
+
+
+def _round_line(s: FleetStatus) -> str:
+    r = s.round
+    if r is None:
+        return "round       none open"
+    wanted = f"of {r.invited} invited" if r.invited is not None else "(open to all)"
+    deadline = ""
+    if r.deadline_in_s is not None:
+        deadline = (f", deadline in {r.deadline_in_s:.0f} s" if r.deadline_in_s >= 0
+                    else f", deadline passed {-r.deadline_in_s:.0f} s ago")
+    return (f"round       {r.round} ({r.mode}, from version {r.model_version}): {r.updates} "
+            f"updates {wanted}, open {r.opened_s_ago:.0f} s{deadline}")
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"

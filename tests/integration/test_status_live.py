@@ -1,0 +1,62 @@
+"""`fedge status` beside a live federation over real mosquitto: the round, the devices
+and why one of them is not training, then the finished run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from aggregator.config import SyncConfig
+from edge_client.client import EdgeClient
+from edge_client.eligibility import EligibilityPolicy
+from edge_client.eligibility.idle import CpuIdleProbe
+from edge_client.training import mlp_trainer
+from tests.integration.fleet import (
+    Digits,
+    Running,
+    make_aggregator,
+    make_client,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _status(db, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedge.cli", "status", "--db", str(db),
+                           *flags], capture_output=True, text=True, timeout=60, check=True)
+
+
+def test_status_shows_the_round_and_why_a_device_is_idle(mosquitto, tmp_path):
+    data = Digits(3)
+    aggregator = make_aggregator(mosquitto, tmp_path, data, rounds=3,
+                                 sync=SyncConfig(target_updates=2, round_timeout_s=30))
+    clients = [make_client(mosquitto, tmp_path, data, i) for i in range(2)]
+    busy = make_client(mosquitto, tmp_path, data, 2, exit_when_done=False)
+    # The third device's app is always busy: online, never eligible, and says why.
+    busy = EdgeClient(busy.config, mlp_trainer(data.sizes, seed=2), *data.shards[2],
+                      policy=EligibilityPolicy([CpuIdleProbe(app_busy=lambda: True)],
+                                               hold_s=0))
+    # The gateway serves on after its last round, as `fedge aggregator serve` does.
+    running = [Running(lambda stop: aggregator.run(stop, exit_when_done=False), "aggregator")]
+    running += [Running(c.run, c.config.device_id) for c in [*clients, busy]]
+    db = aggregator.config.db_path
+    try:
+        for device in running[1:3]:
+            device.join(60)  # they leave when told the federation is done
+        wait_until(lambda: "1 online" in _status(db).stdout, 30, "the two devices offline")
+        text = _status(db).stdout
+        after = json.loads(_status(db, "--json").stdout)
+    finally:
+        for r in running:
+            r.halt()
+    assert "version 3 (3 made" in text and "training    finished" in text
+    assert "3 known, 1 online, 0 eligible; not eligible: 1 app busy" in text
+    assert "dev-0                    v3  offline" in text
+    assert after["model_version"] == 3 and after["finished"] is True
+    assert after["not_eligible"] == {"app busy": 1}
+    [idle] = [d for d in after["devices"] if d["device_id"] == "dev-2"]
+    assert (idle["online"], idle["eligible"], idle["reason"]) == (True, False, "app busy")

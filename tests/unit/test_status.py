@@ -1,0 +1,58 @@
+"""`fedge status` from a store built by hand: what it reads and how it prints it."""
+
+from __future__ import annotations
+
+import json
+
+from aggregator.status import FINISHED_NOTE, fleet_status
+from aggregator.store import Store
+from edge_client.protocol import Status, Task, TrainConfig, encode
+from fedge.cli import main
+from fedge.status_cli import render
+
+
+def _store(tmp_path) -> Store:
+    store = Store(tmp_path / "agg.sqlite3")
+    store.add_model(0, b"m0", "00", {"round": 0})
+    store.add_model(1, b"m1", "11", {"round": 1, "accuracy": 0.91})
+    task = Task(task_id="r2", mode="sync", round=2, model_version=1, train=TrainConfig(),
+                invited=("a", "b", "c"), deadline=4_000_000_000.0)
+    store.add_task(task, encode(task))
+    store.set_device(Status("a", online=True, eligible=True, model_version=1))
+    store.set_device(Status("b", online=True, eligible=False,
+                            reason="cpu busy 55% > 30%; battery 10% < 20%", model_version=1))
+    store.set_device(Status("c", online=True, eligible=False, reason="cpu busy 80% > 30%"))
+    store.set_device(Status("d", online=False, eligible=True))
+    store.add_rejection("x", "n1", "bad signature")
+    return store
+
+
+def test_the_status_counts_devices_by_their_first_reason(tmp_path):
+    store = _store(tmp_path)
+    s = fleet_status(store)
+    assert (s.model_version, s.versions, s.accuracy) == (1, 1, 0.91)
+    assert s.round is not None and (s.round.round, s.round.invited, s.round.updates) == (2, 3, 0)
+    assert s.not_eligible == {"cpu busy": 2}
+    assert [r.reason for r in s.recent_rejections] == ["bad signature"]
+    assert not s.finished
+    text = render(s, tmp_path / "agg.sqlite3")
+    assert "version 1 (1 made, accuracy 0.9100" in text
+    assert "round       2 (sync, from version 1): 0 updates of 3 invited" in text
+    assert "4 known, 3 online, 1 eligible; not eligible: 2 cpu busy" in text
+    assert "not eligible: cpu busy 55% > 30%; battery 10% < 20%" in text
+    assert "x: bad signature" in text
+    store.set_note(FINISHED_NOTE, True)
+    assert fleet_status(store).finished
+
+
+def test_the_command_prints_json_and_refuses_what_it_cannot_read(tmp_path, capsys):
+    _store(tmp_path).close()
+    assert main(["status", "--db", str(tmp_path / "agg.sqlite3"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["round"]["task_id"] == "r2" and len(out["devices"]) == 4
+    assert main(["status", "--db", str(tmp_path / "missing.sqlite3")]) == 2
+    assert "no aggregator store at" in capsys.readouterr().err
+    (tmp_path / "junk.sqlite3").write_text("not sqlite")
+    assert main(["status", "--db", str(tmp_path / "junk.sqlite3")]) == 2
+    assert "cannot read the store" in capsys.readouterr().err
+    assert main(["status", "--db", str(tmp_path / "agg.sqlite3"), "--watch", "0"]) == 2
