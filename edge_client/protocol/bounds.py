@@ -82,7 +82,7 @@ def _walk(value: Any, what: str, depth: int, budget: list[int]) -> None:
         for key, item in value.items():
             if not isinstance(key, str) or len(key) > 64:
                 raise RemoteProtocolError(f"{what} has a key that is not a short string")
-            _walk(item, what, depth - 1, budget)
+            _walk(item, f"{what}.{key}", depth - 1, budget)
     else:
-        for item in value:
-            _walk(item, what, depth - 1, budget)
+        for i, item in enumerate(value):
+            _walk(item, f"{what}[{i}]", depth - 1, budget)

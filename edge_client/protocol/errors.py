@@ -40,10 +40,14 @@ def check_settings_map(raw: object, what: str, version: int, keys: tuple[str, ..
                        error: type[RemoteProtocolError] = RemoteProtocolError) -> dict:
     """A versioned settings map from the aggregator (a task's dp or secagg field), with
     exactly `keys`: one place decides what an unknown version or key means."""
-    from edge_client.protocol.bounds import describe, is_int  # bounds imports this module
+    from edge_client.protocol.bounds import check_plain, describe, is_int  # imports us
 
     if not isinstance(raw, dict):
         raise error(f"{what} settings must be a map")
+    try:
+        check_plain(raw, f"{what} settings", max_depth=1, max_items=64)
+    except RemoteProtocolError as exc:
+        raise error(exc.reason) from None
     if not is_int(raw.get("v")) or raw.get("v") != version:
         raise error(f"{what} settings version {describe(raw.get('v'))} is not supported "
                     f"(this device speaks {version})")

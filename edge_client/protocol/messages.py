@@ -331,6 +331,8 @@ class _Fields:
 
     def check_device(self, value: Any, name: str) -> str:
         try:
+            if not isinstance(value, str):
+                raise ValueError("not text")
             return check_name("device", value)
         except ValueError:
             raise self.fail(name, f"holds {describe(value)}, not a device id (1-64 "
@@ -452,8 +454,8 @@ def _manifest_from(f: _Fields, _max: int) -> ModelManifest:
         delta = _delta_from(f.sub("delta"), chained=False)
     version = f.int("version")
     chain = None
-    if f.list("chain", optional=True, max_len=MAX_CHAIN) is not None:
-        chain = _chain_from(f.list("chain", max_len=MAX_CHAIN), version, delta)
+    if f.list("chain", optional=True) is not None:  # _chain_from bounds it to MAX_CHAIN
+        chain = _chain_from(f.list("chain"), version, delta)
     return ModelManifest(version=version, sha256=f.str("sha256", max_len=64),
                          size=f.int("size", minimum=1), chunk_count=f.int("chunk_count", minimum=1),
                          created_at=f.float("created_at"), delta=delta, chain=chain)
