@@ -207,6 +207,7 @@ def test_an_ack_checkin_is_bounded():
     ("task", ("secagg",), {"v": 1, "round_seed": b"x" * 10_000}),
     ("task", ("secagg",), {"v": 1, "size": 2**63}),
     ("update", ("device_id",), "dev 1"),
+    ("update", ("device_id",), "dev-1\n"),  # re's $ matches before a final newline
     ("update", ("device_id",), "x" * 10**5),
     ("update", ("nonce",), "n" * 65),
     ("update", ("metrics",), []),
