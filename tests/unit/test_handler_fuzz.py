@@ -176,6 +176,27 @@ def test_the_aggregator_survives_hostile_statuses_and_updates(tmp_path, signed, 
     agg.store.close()
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["plain", "signed"])
+def test_the_reported_bodies_are_rejected_with_a_reason(tmp_path, signed):
+    """Issue 13: `kind: []` and num_samples 2**63, validly signed by an enrolled device,
+    passed the signature check and crashed the service."""
+    agg = _aggregator(tmp_path, signed)
+    kind_list = msgpack.packb({"v": 1, "kind": []}, use_bin_type=True)
+    huge = dataclasses.replace(_update(agg, "dev-1"), num_samples=2**63)
+    for body, nonce in ((kind_list, "n" * 32), (encode(huge), huge.nonce)):
+        for chunk in split(_sealed(body, "dev-1", signed), nonce, 4096):
+            _feed(agg, TOPICS.update("dev-1"), chunk, "a reported body")
+    reasons = [a.reason for a in _acks(agg, "dev-1")]
+    assert [a.status for a in _acks(agg, "dev-1")] == ["rejected", "rejected"]
+    assert "unknown message kind list of 0 items" in reasons[0]
+    assert "num_samples" in reasons[1] and "must be <=" in reasons[1]
+    _feed(agg, TOPICS.status("dev-1"), kind_list, "a status of kind []")
+    status = Status(device_id="dev-1", online=True, model_version=2**63, time=1.0)
+    _feed(agg, TOPICS.status("dev-1"), encode(status), "a status at 2**63")
+    assert agg.store.devices() == []
+    agg.store.close()
+
+
 def test_the_secure_aggregation_service_survives_hostile_secagg_messages(tmp_path, caplog):
     agg = _aggregator(tmp_path, signed=True, secagg=True)
     task = agg._task
