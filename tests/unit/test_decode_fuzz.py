@@ -23,6 +23,8 @@ from edge_client.protocol.chunking import decode_chunk
 from edge_client.protocol.errors import MAX_REASON
 from edge_client.protocol.seeds import update_seed
 from edge_client.protocol.signing import is_signed, open_envelope, seal, verify_envelope
+from edge_client.secagg import Phase, RoundAborted, SecAggClient, SecAggServer
+from edge_client.secagg.graph import GraphParams
 from edge_client.secagg.keys import CIPHERTEXT_SIZE
 from edge_client.secagg.messages import (
     AdvertiseKeys,
@@ -38,6 +40,7 @@ from edge_client.secagg.messages import (
     UnmaskResponse,
     decode_message,
 )
+from edge_client.secagg.simulation import run_round
 from edge_client.secagg.task import SecAggTask
 from tests.mutations import Mutator
 from tests.unit.test_decode_total import MESSAGES, UPDATE, WEIGHTS
@@ -130,3 +133,30 @@ def test_mutated_messages_raise_only_protocol_errors(name, valid, run):
         except Exception as exc:  # pragma: no cover - the failure we look for
             pytest.fail(f"{name} case {case}: {type(exc).__name__}: {exc} for {data[:200]!r}")
     assert refused > CASES_PER_TARGET // 3  # the mutations do reach the checks
+
+
+def test_the_secure_aggregation_state_machines_survive_tampered_messages():
+    """Whole rounds (4 devices) where one message, either way, is mutated in transit:
+    the clients and the server refuse it (BadSecAggMessage) or the round aborts
+    (RoundAborted), never another exception."""
+    mutator = Mutator(seed=42)
+    outcomes = {"finished": 0, "aborted": 0}
+    for case in range(200):
+        inputs = {f"dev-{i}": np.arange(8, dtype=np.int64) * i for i in range(4)}
+        server = SecAggServer("r-1", list(inputs), 8, bits=32,
+                              params=GraphParams.complete(4), round_seed=bytes(32))
+        clients = {u: SecAggClient(u, "r-1", lambda x=x: x) for u, x in inputs.items()}
+        target = (mutator.rng.choice(["down", "up"]), mutator.rng.choice(sorted(inputs)),
+                  mutator.rng.choice(list(Phase)[:4]))
+
+        def tamper(direction, device, phase, data, target=target):
+            return mutator.mutate(data) if (direction, device, phase) == target else data
+
+        try:
+            run_round(server, clients, tamper=tamper)
+            outcomes["finished"] += 1
+        except RoundAborted:
+            outcomes["aborted"] += 1
+        except Exception as exc:  # pragma: no cover - the failure we look for
+            pytest.fail(f"round {case} ({target}): {type(exc).__name__}: {exc}")
+    assert outcomes["finished"] > 0
