@@ -177,11 +177,30 @@ class Aggregator:
                 except queue.Empty:
                     event = None
                 if event is not None:
-                    self._handle(event)
+                    self._handle_one(event)
                 self._tick(time.time())
         finally:
             self.link.stop()
             self.store.close()
+
+    def _handle_one(self, event: object) -> None:
+        """The boundary of one inbound event: whatever one bad message raises is logged
+        and counted ("bad_messages"), and the loop goes on, so no single message (a
+        retained one at every start included) can stop the service."""
+        topic = event.topic if isinstance(event, Inbound) else type(event).__name__
+        try:
+            self._handle(event)
+        except RemoteProtocolError as exc:
+            log.warning("aggregator: dropped a bad message on %s: %s", topic, exc.reason)
+        except Exception as exc:  # our bug, not the sender's: keep serving the others
+            log.error("aggregator: handling a message on %s failed: %s", topic, exc,
+                      exc_info=True)
+        else:
+            return
+        try:
+            self.store.count("bad_messages")
+        except Exception as exc:  # logged, not raised: the next message may still be served
+            log.error("aggregator: cannot count a bad message: %s", exc)
 
     def stop(self) -> None:
         self._stop.set()

@@ -100,6 +100,7 @@ class ClientStats:
     update_bytes: int = 0  # encoded update messages made
     dense_bytes: int = 0  # what those updates would be as dense float32
     models_via_delta: int = 0
+    bad_messages: int = 0  # inbound messages refused or that failed to handle
 
 
 @dataclass
@@ -340,11 +341,16 @@ class EdgeClient:
         elif isinstance(event, Disconnected):
             log.info("%s: disconnected (%s)", self.config.device_id, event.reason)
         elif isinstance(event, Inbound):
-            try:
+            try:  # the boundary of one message: none can stop the device loop
                 self._on_message(event)
             except RemoteProtocolError as exc:
+                self.stats.bad_messages += 1
                 log.warning("%s: ignored a bad message on %s: %s", self.config.device_id,
                             event.topic, exc.reason)
+            except Exception as exc:  # our bug, not the sender's: log it and go on
+                self.stats.bad_messages += 1
+                log.error("%s: handling a message on %s failed: %s", self.config.device_id,
+                          event.topic, exc, exc_info=True)
 
     def _on_connected(self) -> None:
         me = self.config.device_id

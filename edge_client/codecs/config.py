@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from edge_client.protocol.bounds import check_plain
 from edge_client.protocol.errors import RemoteProtocolError
 
 SPARSIFIERS = ("none", "topk", "randk", "threshold")
@@ -74,6 +75,7 @@ class CodecConfig:
         """Rebuild a config sent by a peer; anything unexpected is a RemoteProtocolError."""
         if not isinstance(raw, dict):
             raise RemoteProtocolError("codec config must be a map")
+        check_plain(raw, "codec config", max_depth=1, max_items=64)
         unknown = sorted(str(key) for key in raw if key not in _WIRE_KEYS)
         if unknown:
             raise RemoteProtocolError(f"codec config has unknown keys {unknown}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from edge_client.protocol.bounds import MAX_INT, describe, is_int
 from edge_client.protocol.errors import LocalProtocolError, RemoteProtocolError
 from edge_client.protocol.messages import PROTOCOL_VERSION, unpack_map
 
@@ -71,19 +72,20 @@ def encode_chunk(chunk: Chunk) -> bytes:
 def decode_chunk(message: bytes) -> Chunk:
     """Parse one chunk message; every field is checked before it is trusted."""
     obj = unpack_map(message)
-    if obj.get("kind") != "chunk":
-        raise RemoteProtocolError(f"expected a chunk, got {obj.get('kind')!r}")
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or kind != "chunk":
+        raise RemoteProtocolError(f"expected a chunk, got {describe(kind)}")
     transfer = obj.get("transfer")
     if not isinstance(transfer, str) or not 0 < len(transfer) <= MAX_TRANSFER_ID:
         raise RemoteProtocolError("chunk: bad transfer id")
     index, count, size = obj.get("i"), obj.get("n"), obj.get("size")
     digest, data = obj.get("sha256"), obj.get("data")
     ints = (index, count, size)
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in ints):
+    if not all(is_int(x) for x in ints):
         raise RemoteProtocolError("chunk: index, count and size must be integers", transfer)
-    if not (count >= 1 and 0 <= index < count and size >= 1):
-        raise RemoteProtocolError(f"chunk: index {index} of {count} for size {size} is "
-                                  "out of range", transfer)
+    if not (1 <= count <= MAX_INT and 0 <= index < count and 1 <= size <= MAX_INT):
+        raise RemoteProtocolError(f"chunk: index {describe(index)} of {describe(count)} for "
+                                  f"size {describe(size)} is out of range", transfer)
     if not isinstance(digest, str) or len(digest) != 64:
         raise RemoteProtocolError("chunk: bad sha256", transfer)
     if not isinstance(data, bytes) or not data:

@@ -13,12 +13,29 @@ from typing import Any
 
 import msgpack
 
-from edge_client.protocol.errors import LocalProtocolError, RemoteProtocolError
+from edge_client.protocol.bounds import MAX_INT, check_plain, describe, is_int, is_number
+from edge_client.protocol.errors import (
+    MAX_REASON,
+    LocalProtocolError,
+    RemoteProtocolError,
+    cap_reason,
+)
 from edge_client.protocol.tensors import Weights, decode_tensors, encode_tensors
+from edge_client.protocol.topics import check_name
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_ELEMENTS = 50_000_000  # 200 MB of float32: a bound, not a target
 MAX_CHAIN = 64  # delta steps a manifest may list (the aggregator's keep_deltas)
+# Per-field bounds of decoding (docs/protocol.md, "Decoding rules"); MAX_INT otherwise.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 2**20
+MAX_SAMPLES = 2**40  # num_samples: a sum over many updates stays exact in a float64
+MAX_CHUNK_SIZE = 256 * 2**20  # the aggregator's own chunk_size limit
+MAX_CHECKIN_S = 366 * 86400.0  # an ack's next_checkin_s: a year
+MAX_INVITED = 100_000  # devices one task may invite (secure aggregation's own limit)
+MAX_METRICS = 64
+MAX_SETTINGS = 32  # entries of a codec, dp or secagg map
+MAX_ARCH_ITEMS = 10_000  # values in a model's arch description
 
 
 @dataclass(frozen=True)
@@ -214,13 +231,14 @@ def _delta_map(d: DeltaInfo) -> dict[str, Any]:
 
 
 def _ack_map(a: Ack) -> dict[str, Any]:
-    return {"status": a.status, "task_id": a.task_id, "nonce": a.nonce, "reason": a.reason,
-            "next_checkin_s": a.next_checkin_s}
+    # The reason is capped here, once for every sender: an ack always decodes.
+    return {"status": a.status, "task_id": a.task_id, "nonce": a.nonce,
+            "reason": cap_reason(a.reason), "next_checkin_s": a.next_checkin_s}
 
 
 def _status_map(s: Status) -> dict[str, Any]:
     return {"device_id": s.device_id, "online": s.online, "eligible": s.eligible,
-            "reason": s.reason, "model_version": s.model_version, "time": s.time,
+            "reason": cap_reason(s.reason), "model_version": s.model_version, "time": s.time,
             "battery_pct": s.battery_pct}
 
 
@@ -244,24 +262,29 @@ def unpack_map(data: bytes) -> dict[str, Any]:
     try:
         obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises many types for garbage; all mean the same
-        raise RemoteProtocolError(f"payload is not valid MessagePack: {exc}") from None
+        raise RemoteProtocolError(f"payload is not valid MessagePack: "
+                                  f"{type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError("payload is not a map")
     version = obj.get("v")
-    if version != PROTOCOL_VERSION:
-        raise RemoteProtocolError(f"unsupported protocol version {version!r} "
+    if not is_int(version) or version != PROTOCOL_VERSION:  # True == 1, 1.0 == 1: not ours
+        raise RemoteProtocolError(f"unsupported protocol version {describe(version)} "
                                   f"(this side speaks {PROTOCOL_VERSION})")
     return obj
 
 
 def decode(data: bytes, expect: type | None = None,
            max_elements: int = DEFAULT_MAX_ELEMENTS) -> Message:
-    """Decode and validate one message; `expect` refuses any other kind."""
+    """Decode and validate one message; `expect` refuses any other kind.
+
+    Total: whatever `data` is, the result is a message whose every field is in range, or
+    a RemoteProtocolError with a reason; never any other exception.
+    """
     obj = unpack_map(data)
     kind = obj.get("kind")
-    decoder = _DECODERS.get(kind)  # type: ignore[arg-type]
+    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
     if decoder is None:
-        raise RemoteProtocolError(f"unknown message kind {kind!r}")
+        raise RemoteProtocolError(f"unknown message kind {describe(kind)}")
     cls, from_map = decoder
     if expect is not None and cls is not expect:
         raise RemoteProtocolError(f"expected a message of kind {_kind_of(expect)!r}, "
@@ -274,11 +297,15 @@ def _kind_of(cls: type) -> str:
 
 
 class _Fields:
-    """Typed field access that turns a missing or mistyped field into a clear reason."""
+    """Typed, bounded field access that turns a missing, mistyped or out-of-range field
+    into a clear reason (docs/protocol.md, "Decoding rules")."""
 
     def __init__(self, obj: dict[str, Any], kind: str) -> None:
         self.obj = obj
         self.kind = kind
+
+    def fail(self, name: str, problem: str) -> RemoteProtocolError:
+        return RemoteProtocolError(f"{self.kind}: field {name!r} {problem}")
 
     def _get(self, name: str, types: tuple[type, ...], optional: bool) -> Any:
         if name not in self.obj or self.obj[name] is None:
@@ -287,28 +314,50 @@ class _Fields:
             raise RemoteProtocolError(f"{self.kind}: missing field {name!r}")
         value = self.obj[name]
         if isinstance(value, bool) and bool not in types:
-            raise RemoteProtocolError(f"{self.kind}: field {name!r} has the wrong type")
+            raise self.fail(name, "has the wrong type")
         if not isinstance(value, types):
-            raise RemoteProtocolError(f"{self.kind}: field {name!r} has the wrong type")
+            raise self.fail(name, "has the wrong type")
         return value
 
     def str(self, name: str, optional: bool = False, max_len: int = 256) -> Any:
         value = self._get(name, (str,), optional)
         if value is not None and len(value) > max_len:
-            raise RemoteProtocolError(f"{self.kind}: field {name!r} is too long")
+            raise self.fail(name, f"is longer than {max_len} characters")
         return value
 
-    def int(self, name: str, optional: bool = False, minimum: int = 0) -> Any:
+    def device(self, name: str) -> str:
+        """A device id: what topic levels allow (topics.check_name)."""
+        return self.check_device(self._get(name, (str,), optional=False), name)
+
+    def check_device(self, value: Any, name: str) -> str:
+        try:
+            if not isinstance(value, str):
+                raise ValueError("not text")
+            return check_name("device", value)
+        except ValueError:
+            raise self.fail(name, f"holds {describe(value)}, not a device id (1-64 "
+                                  "characters of A-Z a-z 0-9 _ . -)") from None
+
+    def int(self, name: str, optional: bool = False, minimum: int = 0,
+            maximum: int = MAX_INT) -> Any:
         value = self._get(name, (int,), optional)
         if value is not None and value < minimum:
-            raise RemoteProtocolError(f"{self.kind}: field {name!r} must be >= {minimum}")
+            raise self.fail(name, f"must be >= {minimum}, not {describe(value)}")
+        if value is not None and value > maximum:
+            raise self.fail(name, f"must be <= {maximum}, not {describe(value)}")
         return value
 
-    def float(self, name: str, optional: bool = False) -> Any:
+    def float(self, name: str, optional: bool = False, minimum: float = -math.inf,
+              maximum: float = math.inf) -> Any:
         value = self._get(name, (int, float), optional)
-        if value is not None and not math.isfinite(value):
-            raise RemoteProtocolError(f"{self.kind}: field {name!r} must be finite")
-        return None if value is None else float(value)
+        if value is None:
+            return None
+        value = float(value)  # msgpack ints are at most 64 bits: always convertible
+        if not math.isfinite(value):
+            raise self.fail(name, "must be finite")
+        if not minimum <= value <= maximum:
+            raise self.fail(name, f"must be in [{minimum:g}, {maximum:g}], not {value:g}")
+        return value
 
     def bool(self, name: str) -> bool:
         return bool(self._get(name, (bool,), optional=False))
@@ -317,67 +366,95 @@ class _Fields:
         value = self._get(name, (bytes,), optional=True)
         return b"" if value is None else value
 
-    def map(self, name: str, optional: bool = False) -> Any:
+    def map(self, name: str, optional: bool = False, max_items: int = MAX_SETTINGS,
+            max_depth: int = 1) -> Any:
+        """A settings map (codec, dp, secagg, arch): plain values only, bounded in size,
+        depth and key type; what its keys mean is checked where it is used."""
+        value = self._get(name, (dict,), optional)
+        if value is not None:
+            check_plain(value, f"{self.kind}.{name}", max_depth, max_items + 1)
+        return value
+
+    def raw_map(self, name: str, optional: bool = False) -> Any:
+        """A map whose contents the caller checks itself (tensors, metrics, a delta)."""
         return self._get(name, (dict,), optional)
 
-    def list(self, name: str, optional: bool = False) -> Any:
-        return self._get(name, (list,), optional)
+    def list(self, name: str, optional: bool = False, max_len: int = MAX_INVITED) -> Any:
+        value = self._get(name, (list,), optional)
+        if value is not None and len(value) > max_len:
+            raise self.fail(name, f"has more than {max_len} entries")
+        return value
 
     def sub(self, name: str) -> _Fields:
-        return _Fields(self.map(name), f"{self.kind}.{name}")
+        return _Fields(self.raw_map(name), f"{self.kind}.{name}")
 
 
 def _task_from(f: _Fields, _max: int) -> Task:
     mode = f.str("mode")
     if mode not in ("sync", "async"):
-        raise RemoteProtocolError(f"task: unknown mode {mode!r}")
+        raise RemoteProtocolError(f"task: unknown mode {describe(mode)}")
     invited = f.list("invited", optional=True)
-    if invited is not None and not all(isinstance(d, str) for d in invited):
-        raise RemoteProtocolError("task: invited must be a list of device ids")
+    if invited is not None:
+        invited = tuple(f.check_device(d, "invited") for d in invited)
     t = f.sub("train")
     try:
-        train = TrainConfig(epochs=t.int("epochs"), batch_size=t.int("batch_size"),
+        train = TrainConfig(epochs=t.int("epochs", maximum=MAX_EPOCHS),
+                            batch_size=t.int("batch_size", maximum=MAX_BATCH_SIZE),
                             lr=t.float("lr"), momentum=t.float("momentum"),
                             prox_mu=t.float("prox_mu"))
     except ValueError as exc:
         raise RemoteProtocolError(f"task: {exc}") from None
     return Task(task_id=f.str("task_id"), mode=mode, round=f.int("round"),
                 model_version=f.int("model_version"), train=train,
-                deadline=f.float("deadline", optional=True),
-                invited=tuple(invited) if invited is not None else None,
-                chunk_size=f.int("chunk_size", minimum=512), done=f.bool("done"),
-                codec=f.map("codec", optional=True), dp=f.map("dp", optional=True),
-                secagg=f.map("secagg", optional=True))
+                deadline=f.float("deadline", optional=True), invited=invited,
+                chunk_size=f.int("chunk_size", minimum=512, maximum=MAX_CHUNK_SIZE),
+                done=f.bool("done"), codec=f.map("codec", optional=True),
+                dp=f.map("dp", optional=True), secagg=f.map("secagg", optional=True))
 
 
 def _update_from(f: _Fields, max_elements: int) -> Update:
-    metrics = f.map("metrics")
-    if not all(isinstance(k, str) and isinstance(v, int | float) for k, v in metrics.items()):
-        raise RemoteProtocolError("update: metrics must map names to numbers")
+    metrics = _metrics(f)
     codec = f.map("codec", optional=True)
     blob = f.bytes("blob")
-    tensors = decode_tensors(f.map("tensors"), max_elements)
+    tensors = decode_tensors(f.raw_map("tensors"), max_elements)
     if (codec is None) != (not blob) or (codec is not None and tensors):
         raise RemoteProtocolError("update: send either dense tensors, or a codec and a blob")
-    return Update(device_id=f.str("device_id"), task_id=f.str("task_id"),
+    return Update(device_id=f.device("device_id"), task_id=f.str("task_id"),
                   nonce=f.str("nonce", max_len=64), base_version=f.int("base_version"),
-                  num_samples=f.int("num_samples", minimum=1), tensors=tensors,
-                  metrics={k: float(v) for k, v in metrics.items()},
-                  created_at=f.float("created_at"), codec=codec, blob=blob)
+                  num_samples=f.int("num_samples", minimum=1, maximum=MAX_SAMPLES),
+                  tensors=tensors, metrics=metrics, created_at=f.float("created_at"),
+                  codec=codec, blob=blob)
+
+
+def _metrics(f: _Fields) -> dict[str, float]:
+    """Names to numbers; NaN stands for "not measured" (a trainer without accuracy), but
+    an infinity or an integer beyond 2**53 is refused."""
+    metrics = f.raw_map("metrics")
+    if len(metrics) > MAX_METRICS:
+        raise f.fail("metrics", f"has more than {MAX_METRICS} entries")
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if not (isinstance(key, str) and 0 < len(key) <= 64 and is_number(value)):
+            raise RemoteProtocolError("update: metrics must map names to numbers")
+        if abs(value) > MAX_INT and not math.isnan(value):
+            raise RemoteProtocolError(f"update: metric {key!r} is out of range")
+        out[key] = float(value)
+    return out
 
 
 def _model_from(f: _Fields, max_elements: int) -> Model:
-    return Model(version=f.int("version"), arch=f.map("arch"),
-                 tensors=decode_tensors(f.map("tensors"), max_elements))
+    return Model(version=f.int("version"),
+                 arch=f.map("arch", max_items=MAX_ARCH_ITEMS, max_depth=6),
+                 tensors=decode_tensors(f.raw_map("tensors"), max_elements))
 
 
 def _manifest_from(f: _Fields, _max: int) -> ModelManifest:
     delta = None
-    if f.map("delta", optional=True) is not None:
+    if f.raw_map("delta", optional=True) is not None:
         delta = _delta_from(f.sub("delta"), chained=False)
     version = f.int("version")
     chain = None
-    if f.list("chain", optional=True) is not None:
+    if f.list("chain", optional=True) is not None:  # _chain_from bounds it to MAX_CHAIN
         chain = _chain_from(f.list("chain"), version, delta)
     return ModelManifest(version=version, sha256=f.str("sha256", max_len=64),
                          size=f.int("size", minimum=1), chunk_count=f.int("chunk_count", minimum=1),
@@ -415,15 +492,16 @@ def _chain_from(entries: list, version: int, delta: DeltaInfo | None) -> tuple[D
 def _ack_from(f: _Fields, _max: int) -> Ack:
     status = f.str("status")
     if status not in ACK_STATUSES:
-        raise RemoteProtocolError(f"ack: unknown status {status!r}")
+        raise RemoteProtocolError(f"ack: unknown status {describe(status)}")
     return Ack(status=status, task_id=f.str("task_id"), nonce=f.str("nonce", max_len=64),
-               reason=f.str("reason", max_len=2000),
-               next_checkin_s=f.float("next_checkin_s", optional=True))
+               reason=f.str("reason", max_len=MAX_REASON),
+               next_checkin_s=f.float("next_checkin_s", optional=True, minimum=0,
+                                      maximum=MAX_CHECKIN_S))
 
 
 def _status_from(f: _Fields, _max: int) -> Status:
-    return Status(device_id=f.str("device_id"), online=f.bool("online"),
-                  eligible=f.bool("eligible"), reason=f.str("reason", max_len=2000),
+    return Status(device_id=f.device("device_id"), online=f.bool("online"),
+                  eligible=f.bool("eligible"), reason=f.str("reason", max_len=MAX_REASON),
                   model_version=f.int("model_version", optional=True),
                   time=f.float("time"), battery_pct=f.float("battery_pct", optional=True))
 

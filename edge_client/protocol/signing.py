@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import msgpack
 
+from edge_client.protocol.bounds import describe
 from edge_client.protocol.errors import LocalProtocolError, RemoteProtocolError
 from edge_client.protocol.messages import PROTOCOL_VERSION, unpack_map
 
@@ -66,13 +67,14 @@ def _check_body(body: bytes) -> None:
     except RemoteProtocolError as exc:
         raise LocalProtocolError(f"seal: body is not an encoded fedge message: {exc}") from None
     if not isinstance(kind, str) or kind == SIGNED_KIND:
-        raise LocalProtocolError(f"seal: cannot seal a message of kind {kind!r}")
+        raise LocalProtocolError(f"seal: cannot seal a message of kind {describe(kind)}")
 
 
 def is_signed(message: bytes) -> bool:
     """Whether `message` is an envelope, judged by its kind alone; nothing is verified."""
     try:
-        return unpack_map(message).get("kind") == SIGNED_KIND
+        kind = unpack_map(message).get("kind")
+        return isinstance(kind, str) and kind == SIGNED_KIND
     except RemoteProtocolError:
         return False
 
@@ -81,8 +83,9 @@ def open_envelope(message: bytes) -> SignedEnvelope:
     """Parse and check an envelope's fields; the signature is left to `verify_envelope`."""
     obj = unpack_map(message)
     kind = obj.get("kind")
-    if kind != SIGNED_KIND:
-        raise RemoteProtocolError(f"expected a message of kind {SIGNED_KIND!r}, got {kind!r}")
+    if not isinstance(kind, str) or kind != SIGNED_KIND:
+        raise RemoteProtocolError(f"expected a message of kind {SIGNED_KIND!r}, "
+                                  f"got {describe(kind)}")
     key_id = _field(obj, "key_id", str)
     _check_key_id(key_id, RemoteProtocolError)
     body = _field(obj, "body", bytes)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_client.protocol.bounds import describe, is_int
 from edge_client.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 Weights = dict[str, np.ndarray]
@@ -67,28 +68,32 @@ def decode_tensors(raw: Any, max_elements: int) -> Weights:
 
 def _decode_one(name: Any, spec: Any, remaining: int, max_elements: int) -> np.ndarray:
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LEN:
-        raise RemoteProtocolError("tensor names must be non-empty strings")
+        raise RemoteProtocolError(f"tensor names must be strings of 1 to {MAX_NAME_LEN} "
+                                  "characters")
     if not isinstance(spec, dict):
         raise RemoteProtocolError(f"tensor {name!r} must be a map")
-    dtype = WIRE_DTYPES.get(spec.get("dtype"))  # type: ignore[arg-type]
+    wire = spec.get("dtype")
+    dtype = WIRE_DTYPES.get(wire) if isinstance(wire, str) else None
     if dtype is None:
-        raise RemoteProtocolError(f"tensor {name!r} has unknown dtype {spec.get('dtype')!r}")
+        raise RemoteProtocolError(f"tensor {name!r} has unknown dtype {describe(wire)}")
     shape = spec.get("shape")
     if not isinstance(shape, list) or len(shape) > MAX_DIMS:
         raise RemoteProtocolError(f"tensor {name!r} has a bad shape")
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise RemoteProtocolError(f"tensor {name!r} has a bad shape {shape!r}")
+    if not all(is_int(d) and d >= 0 for d in shape):
+        raise RemoteProtocolError(f"tensor {name!r} has a bad shape: dimensions must be "
+                                  "integers >= 0")
     data = spec.get("data")
     if not isinstance(data, bytes):
         raise RemoteProtocolError(f"tensor {name!r} has no data bytes")
-    count = 1
+    count, extent = 1, 1  # extent counts a 0 as 1: (0, 2**60) is no array numpy can shape
     for d in shape:
         count *= d
-    if count > remaining:
+        extent *= max(d, 1)
+    if count > remaining or extent > max(max_elements, 1):
         raise RemoteProtocolError(f"tensors hold more than {max_elements} elements")
     if count * dtype.itemsize != len(data):
         raise RemoteProtocolError(
-            f"tensor {name!r}: shape {shape} of {spec['dtype']} needs "
+            f"tensor {name!r}: shape {shape} of {wire} needs "
             f"{count * dtype.itemsize} bytes, got {len(data)}"
         )
     return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))

@@ -10,7 +10,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 def check_name(kind: str, value: str) -> str:
     """Federation and device names become topic levels, so they may not hold / + # or spaces."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):  # match() allows a final \n
         raise ValueError(f"{kind} {value!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
     return value
 

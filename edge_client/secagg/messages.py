@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from edge_client.protocol.bounds import describe, is_int
 from edge_client.secagg.errors import BadSecAggMessage
 from edge_client.secagg.keys import CIPHERTEXT_SIZE, KEY_SIZE, SEED_SIZE
 from edge_client.secagg.prg import MAX_BITS, MIN_BITS
@@ -222,16 +223,18 @@ def decode_message(data: bytes) -> SecAggMessage:
     try:
         obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises many types for garbage; all mean the same
-        raise BadSecAggMessage(f"secagg payload is not valid MessagePack: {exc}") from None
+        raise BadSecAggMessage(f"secagg payload is not valid MessagePack: "
+                               f"{type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise BadSecAggMessage("secagg payload is not a map")
-    if obj.get("v") != SECAGG_VERSION:
-        raise BadSecAggMessage(f"unsupported secagg version {obj.get('v')!r} "
+    version = obj.get("v")
+    if not is_int(version) or version != SECAGG_VERSION:
+        raise BadSecAggMessage(f"unsupported secagg version {describe(version)} "
                                f"(this side speaks {SECAGG_VERSION})")
     kind = obj.get("kind")
     decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
     if decoder is None:
-        raise BadSecAggMessage(f"unknown secagg message kind {kind!r}")
+        raise BadSecAggMessage(f"unknown secagg message kind {describe(kind)}")
     return decoder(_Fields(obj, kind))
 
 

@@ -27,7 +27,7 @@ from edge_client.secagg.coordinates import shared_coordinates
 from edge_client.secagg.errors import BadSecAggMessage
 from edge_client.secagg.fixed_point import FixedPoint
 from edge_client.secagg.graph import GraphParams
-from edge_client.secagg.messages import MAX_DIM, ROUND_SEED_SIZE, RoundSetup
+from edge_client.secagg.messages import MAX_DIM, MAX_PARTICIPANTS, ROUND_SEED_SIZE, RoundSetup
 from edge_client.secagg.prg import MAX_BITS, MIN_BITS
 
 SECAGG_TASK_VERSION = 1
@@ -113,6 +113,9 @@ class SecAggTask:
         if not all(isinstance(v, int | float) and not isinstance(v, bool)
                    for v in floats.values()):
             raise BadSecAggMessage("secagg settings: clip, scale and fraction must be numbers")
+        if not all(0 <= ints[k] <= MAX_PARTICIPANTS for k in ("degree", "threshold")):
+            raise BadSecAggMessage(f"secagg settings: degree and threshold must be in "
+                                   f"[0, {MAX_PARTICIPANTS}]")
         if not MIN_BITS <= ints["bits"] <= MAX_BITS:
             raise BadSecAggMessage(f"secagg settings: bits must be in [{MIN_BITS}, "
                                    f"{MAX_BITS}], not {ints['bits']}")
