@@ -134,9 +134,9 @@ def _rebuild(store: Store, before: StoreReport, report: RecoveryReport) -> None:
             db.execute("DELETE FROM models WHERE version >= ?", (first,))
             db.execute("DELETE FROM downlink_state WHERE version >= ?", (first,))
             db.execute("DELETE FROM clipping WHERE version >= ?", (first,))
-            # tasks for a dropped base model are void; a round in progress starts again
-            db.execute("UPDATE tasks SET state='aborted' WHERE model_version >= ? "
-                       "AND state='open'", (first,))
+            # Tasks from the new latest version on go: the service plans the next one
+            # afresh, and an async task's id (v{base}-async) must be free for it again.
+            db.execute("DELETE FROM tasks WHERE model_version >= ?", (first - 1,))
         _reopen(db, "used_in IS NOT NULL AND used_in NOT IN (SELECT version FROM models)",
                 (), report)
         if ProblemKind.DOWNLINK_STATE in before.kinds():
