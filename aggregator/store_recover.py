@@ -59,6 +59,11 @@ class RecoveryReport:
         elif self.reopened_updates or self.discarded_updates:
             out.append(f"{self.reopened_updates} updates of missing versions are pending "
                        f"again, {self.discarded_updates} discarded")
+        unsure = {ProblemKind.SEAL_MISSING, ProblemKind.SEAL_UNREADABLE,
+                  ProblemKind.SEAL_MISMATCH} & b.kinds()
+        if unsure:
+            out.append(f"the seal was {' and '.join(sorted(k.value for k in unsure))}: "
+                       "whether commits were lost before cannot be told")
         if self.residual_dropped:
             out.append("the downlink residual was damaged: its error feedback restarts "
                        "from zero")
