@@ -254,3 +254,44 @@ def test_a_store_from_before_seals_is_sealed_at_start(tmp_path):
     assert check_store(db).ok
     _aggregator(db).store.close()
     assert read_seal(seal_path(db)).version == 0
+
+
+def test_a_gap_in_the_versions_is_refused_and_recover_rolls_back_before_it(tmp_path):
+    db = tmp_path / "agg.sqlite3"
+    agg = _aggregator(db)
+    for _ in range(3):
+        _make_version(agg)
+    agg.store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM models WHERE version=2")
+    report = check_store(db)
+    assert {ProblemKind.VERSION_CHAIN, ProblemKind.ORPHAN_UPDATES} <= report.kinds()
+    assert "1 missing (2)" in "\n".join(report.lines())
+    with pytest.raises(StoreDamaged):
+        _aggregator(db)
+    recovered = recover_store(db)
+    assert recovered.ok and recovered.dropped_versions == [3]
+    assert recovered.reopened_updates == 6  # version 2's orphans and version 3's
+    restarted = _aggregator(db)
+    assert restarted.version == 1 and restarted.pending_count == 6
+    restarted.store.close()
+
+
+def test_a_damaged_downlink_residual_is_refused_and_recover_drops_it(tmp_path):
+    db = tmp_path / "agg.sqlite3"
+    agg = _aggregator(db)
+    _make_version(agg)
+    agg.store.close()
+    with sqlite3.connect(db) as conn:
+        state = bytearray(conn.execute("SELECT residual FROM downlink_state WHERE version=1"
+                                       ).fetchone()[0])
+        state[10] ^= 0x40
+        conn.execute("UPDATE downlink_state SET residual=? WHERE version=1", (bytes(state),))
+    with pytest.raises(StoreDamaged, match="residual stored with version 1 fails its CRC"):
+        _aggregator(db)
+    recovered = recover_store(db)
+    assert recovered.ok and recovered.residual_dropped
+    assert "restarts from zero" in "\n".join(recovered.lines())
+    restarted = _aggregator(db)
+    assert restarted.version == 1
+    restarted.store.close()
