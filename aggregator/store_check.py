@@ -64,7 +64,7 @@ class StoreReport:
     checked_versions: tuple[int, ...] = ()  # whose blobs were hashed
     problems: list[Problem] = field(default_factory=list)
     sealed_note: bool = False  # the store says it has had a seal file
-    _sealed_sha: str | None = None  # the stored SHA-256 of the seal's version
+    sealed_version_sha256: str | None = None  # the stored SHA-256 of the sealed version
 
     @property
     def ok(self) -> bool:
@@ -219,7 +219,7 @@ def _check_models(db: sqlite3.Connection, report: StoreReport, served: int | Non
     if report.seal is not None and report.seal.version >= 0:
         row = db.execute("SELECT sha256 FROM models WHERE version=?",
                          (report.seal.version,)).fetchone()
-        report._sealed_sha = None if row is None else row[0]
+        report.sealed_version_sha256 = None if row is None else row[0]
 
 
 def _check_used_in(db: sqlite3.Connection, report: StoreReport) -> None:
@@ -267,10 +267,11 @@ def _compare_with_seal(report: StoreReport) -> None:
         lost.append(Problem(ProblemKind.LOST_VERSIONS, (
             f"the seal records model version {seal.version}; the store holds {holds}: "
             f"{report.lost_versions} lost")))
-    elif seal.version >= 0 and report._sealed_sha not in (None, seal.sha256):
+    elif seal.version >= 0 and report.sealed_version_sha256 not in (None, seal.sha256):
+        stored = str(report.sealed_version_sha256)[:12]
         lost.append(Problem(ProblemKind.SEAL_MISMATCH, (
             f"model version {seal.version} in the store is not the one sealed "
-            f"(SHA-256 {str(report._sealed_sha)[:12]}..., sealed {seal.sha256[:12]}...)")))
+            f"(SHA-256 {stored}..., sealed {seal.sha256[:12]}...)")))
     report.problems[0:0] = lost
 
 

@@ -295,3 +295,18 @@ def test_a_damaged_downlink_residual_is_refused_and_recover_drops_it(tmp_path):
     restarted = _aggregator(db)
     assert restarted.version == 1
     restarted.store.close()
+
+
+def test_another_model_under_the_sealed_version_is_refused(tmp_path):
+    """A store swapped for another one that holds as much: the sealed hash tells."""
+    db = tmp_path / "agg.sqlite3"
+    agg = _aggregator(db)
+    _make_version(agg)
+    agg.store.close()
+    with sqlite3.connect(db) as conn:  # version 1 replaced, consistently, by other bytes
+        conn.execute("UPDATE models SET blob=(SELECT blob FROM models WHERE version=0), "
+                     "sha256=(SELECT sha256 FROM models WHERE version=0) WHERE version=1")
+    report = check_store(db)
+    assert report.kinds() == {ProblemKind.SEAL_MISMATCH}
+    with pytest.raises(StoreDamaged, match="model version 1 in the store is not the one sealed"):
+        _aggregator(db)
