@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -15,8 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.store_check import SEALED_NOTE
-from aggregator.store_seal import Seal, SealWriter, read_seal, seal_path, write_new_seal
+from aggregator.store_seal import (
+    Seal,
+    SealWriter,
+    read_seal,
+    seal_in_use,
+    seal_path,
+    write_new_seal,
+)
 from edge_client.protocol import Status, Task, Update, decode
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -131,6 +141,9 @@ class Store:
         row = self.db.execute(
             "SELECT version, sha256 FROM models ORDER BY version DESC LIMIT 1").fetchone()
         path = seal_path(self.path)
+        if seal_in_use(path):
+            log.warning("aggregator: another process holds %s: is a second aggregator "
+                        "serving this store?", path)
         try:
             old = read_seal(path)
         except ValueError:

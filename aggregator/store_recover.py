@@ -20,7 +20,7 @@ from typing import Any
 
 from aggregator.store import Store
 from aggregator.store_check import ProblemKind, StoreReport, check_store
-from aggregator.store_seal import seal_path
+from aggregator.store_seal import seal_in_use, seal_path
 
 
 @dataclass
@@ -109,6 +109,9 @@ def backup_files(db_path: Path) -> Path:
 def recover_store(db_path: Path) -> RecoveryReport:
     """Back up, rebuild, re-seal; the report says what was lost and what was rebuilt."""
     db_path = Path(db_path)
+    if seal_in_use(seal_path(db_path)):
+        raise ValueError(f"an aggregator is serving {db_path} (it holds "
+                         f"{seal_path(db_path)}): stop it before recovering the store")
     before = check_store(db_path)  # every version's blob, not only the served ones
     report = RecoveryReport(before, backup_files(db_path))
     main = [p for p in before.problems if p.kind.main_file]

@@ -16,6 +16,7 @@ file is created with an fsync, so it cannot vanish after its first write.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import zlib
@@ -83,13 +84,31 @@ def write_new_seal(path: Path, seal: Seal) -> None:
         os.close(dir_fd)
 
 
+def seal_in_use(path: Path) -> bool:
+    """Whether a running service holds this seal (its SealWriter's lock): `recover`
+    must not rebuild a store under a live service."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases a lock taken here
+    return False
+
+
 class SealWriter:
-    """Keeps the seal file open and overwrites one slot per commit (one pwrite)."""
+    """Keeps the seal file open and locked, and overwrites one slot per commit (one
+    pwrite). The lock is released when the process ends, however it ends."""
 
     def __init__(self, path: Path, first: Seal) -> None:
         self.path = path
         self._seq = first.seq
         self._fd = os.open(path, os.O_WRONLY)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody holds it
 
     def write(self, updates: int, version: int, sha256: str) -> None:
         self._seq += 1

@@ -310,3 +310,13 @@ def test_another_model_under_the_sealed_version_is_refused(tmp_path):
     assert report.kinds() == {ProblemKind.SEAL_MISMATCH}
     with pytest.raises(StoreDamaged, match="model version 1 in the store is not the one sealed"):
         _aggregator(db)
+
+
+def test_recover_refuses_while_an_aggregator_serves_the_store(tmp_path):
+    db = tmp_path / "agg.sqlite3"
+    agg = _aggregator(db)  # holds the seal's lock until its store closes
+    with pytest.raises(ValueError, match="stop it before recovering"):
+        recover_store(db)
+    assert not list(tmp_path.glob("agg.sqlite3.damaged-*"))  # not even a backup made
+    agg.store.close()
+    assert recover_store(db).ok
