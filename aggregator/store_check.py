@@ -24,6 +24,9 @@ from typing import Any
 from aggregator.store_seal import Seal, read_seal, seal_path
 
 SEALED_NOTE = "sealed"  # aggregator/store.py writes it once the store has a seal file
+# The DP steps of versions `recover` dropped: they were published, so their privacy cost
+# stays spent (aggregator/privacy/hooks.py adds them to the accountant).
+DROPPED_DP_NOTE = "privacy_dropped_versions"
 
 
 class ProblemKind(Enum):

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aggregator.privacy.hooks import SUMMARY_NOTE
 from aggregator.store import Store
-from aggregator.store_check import ProblemKind, StoreReport, check_store
+from aggregator.store_check import DROPPED_DP_NOTE, ProblemKind, StoreReport, check_store
 from aggregator.store_seal import seal_in_use, seal_path
 
 
@@ -32,6 +33,7 @@ class RecoveryReport:
     reopened_updates: int = 0  # back to pending: they go into the next version again
     discarded_updates: int = 0  # their payload fails its digest: unusable
     residual_dropped: bool = False  # the downlink error feedback restarts from zero
+    private: bool = False  # the federation uses DP: lost versions' cost is not counted
     after: StoreReport | None = None
 
     @property
@@ -51,6 +53,10 @@ class RecoveryReport:
             out.append(f"lost for good: model versions {b.latest_version + 1}.."
                        f"{b.seal.version if b.seal else 0}; the service makes new versions "
                        f"from {max(0, b.latest_version)} on")
+        if b.lost_versions and self.private:
+            out.append(f"privacy: the DP cost of the {b.lost_versions} lost versions was "
+                       "lost with them, so epsilon from now on is too low by up to that "
+                       "many versions; lower [privacy] target_epsilon to allow for it")
         if self.dropped_versions:
             out.append(f"dropped model versions {self.dropped_versions[0]}.."
                        f"{self.dropped_versions[-1]} (a damaged blob or a gap); "
@@ -86,7 +92,7 @@ class RecoveryReport:
                 "dropped_versions": self.dropped_versions,
                 "reopened_updates": self.reopened_updates,
                 "discarded_updates": self.discarded_updates,
-                "residual_dropped": self.residual_dropped,
+                "residual_dropped": self.residual_dropped, "private": self.private,
                 "before": self.before.to_json(),
                 "after": None if self.after is None else self.after.to_json()}
 
@@ -122,6 +128,8 @@ def recover_store(db_path: Path) -> RecoveryReport:
         return report
     store = Store(db_path)
     try:
+        report.private = ((store.note(SUMMARY_NOTE) or {}).get("mode", "off") != "off"
+                          or any("dp_sampling_rate" in h for h in store.model_history()))
         _rebuild(store, before, report)
         store.keep_sealed()
     finally:
@@ -139,6 +147,7 @@ def _rebuild(store: Store, before: StoreReport, report: RecoveryReport) -> None:
             report.dropped_versions = [v for (v,) in db.execute(
                 "SELECT version FROM models WHERE version >= ? ORDER BY version", (first,))]
             _reopen(db, "used_in >= ?", (first,), report)
+            _keep_dp_steps(store, first)
             db.execute("DELETE FROM models WHERE version >= ?", (first,))
             db.execute("DELETE FROM downlink_state WHERE version >= ?", (first,))
             db.execute("DELETE FROM clipping WHERE version >= ?", (first,))
@@ -151,6 +160,16 @@ def _rebuild(store: Store, before: StoreReport, report: RecoveryReport) -> None:
             db.execute("DELETE FROM downlink_state WHERE version = ?",
                        (before.latest_version,))
             report.residual_dropped = True
+
+
+def _keep_dp_steps(store: Store, first: int) -> None:
+    """The dropped versions were published: their DP cost stays in the accountant."""
+    steps = [{"version": h["version"], "dp_sampling_rate": h["dp_sampling_rate"],
+              "dp_noise_multiplier": h["dp_noise_multiplier"]}
+             for h in store.model_history() if h["version"] >= first
+             and "dp_sampling_rate" in h and "dp_noise_multiplier" in h]
+    if steps:
+        store.set_note(DROPPED_DP_NOTE, [*(store.note(DROPPED_DP_NOTE) or []), *steps])
 
 
 def _reopen(db, where: str, args: tuple, report: RecoveryReport) -> None:

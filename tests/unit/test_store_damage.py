@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from aggregator.config import AggregatorConfig
+from aggregator.privacy.config import PrivacyConfig
 from aggregator.service import Aggregator
 from aggregator.store_check import ProblemKind, StoreDamaged, check_store
 from aggregator.store_recover import recover_store
@@ -21,8 +22,8 @@ MODEL = {"a": np.linspace(-1, 1, 60, dtype=np.float32).reshape(6, 10),
          "b": np.zeros(10, np.float32)}
 
 
-def _aggregator(db, seed: int = 3) -> Aggregator:
-    return Aggregator(AggregatorConfig(db_path=db, seed=seed), initial_weights=MODEL)
+def _aggregator(db, seed: int = 3, **config) -> Aggregator:
+    return Aggregator(AggregatorConfig(db_path=db, seed=seed, **config), initial_weights=MODEL)
 
 
 def _make_version(agg: Aggregator, tag: str = "") -> None:
@@ -320,3 +321,24 @@ def test_recover_refuses_while_an_aggregator_serves_the_store(tmp_path):
     assert not list(tmp_path.glob("agg.sqlite3.damaged-*"))  # not even a backup made
     agg.store.close()
     assert recover_store(db).ok
+
+
+def test_versions_recover_drops_keep_their_privacy_cost(tmp_path):
+    """They were published: dropping them must not lower epsilon."""
+    db = tmp_path / "agg.sqlite3"
+    private = {"privacy": PrivacyConfig(mode="central")}
+    agg = _aggregator(db, **private)
+    for _ in range(3):
+        _make_version(agg)
+    spent = agg.privacy.accountant.epsilon()
+    assert len(agg.privacy.accountant.steps) == 3
+    agg.store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE models SET blob=x'00' WHERE version=2")
+    recovered = recover_store(db)
+    assert recovered.ok and recovered.dropped_versions == [2, 3] and recovered.private
+    restarted = _aggregator(db, **private)
+    assert restarted.version == 1
+    assert len(restarted.privacy.accountant.steps) == 3
+    assert restarted.privacy.accountant.epsilon() == pytest.approx(spent)
+    restarted.store.close()
