@@ -66,6 +66,30 @@ def _flip_header(db: Path) -> None:
     db.write_bytes(bytes(data))
 
 
+def _checkpoint(db: Path) -> int:
+    """Move the WAL into the main file, as a clean stop does; the latest version."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return conn.execute("SELECT MAX(version) FROM models").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _flip_in_blob(db: Path, version: int) -> None:
+    """One flipped byte inside a model blob, in the file itself (not through SQLite)."""
+    conn = sqlite3.connect(db)
+    try:
+        blob = conn.execute("SELECT blob FROM models WHERE version=?", (version,)).fetchone()[0]
+    finally:
+        conn.close()
+    data = bytearray(db.read_bytes())
+    at = data.find(blob[-64:])  # the blob's tail: past msgpack's common header bytes
+    assert at > 0 and data.find(blob[-64:], at + 1) < 0
+    data[at + 10] ^= 0x01
+    db.write_bytes(bytes(data))
+
+
 WAL_DAMAGE: dict[str, Callable[[Path], None]] = {
     "deleted WAL": lambda db: Path(f"{db}-wal").unlink(),
     "emptied WAL": _cut_wal(0.0),
@@ -165,12 +189,20 @@ def test_a_damaged_store_is_refused_checked_and_recovered(mosquitto, tmp_path):
         assert (backed_up.read_bytes() if backed_up.exists() else b"") == damaged_wal
         _starts(config)  # its start-up check passes now
 
+    config = _copy(live, tmp_path / "model-blob", mosquitto.port, sizes)
+    latest = _checkpoint(config.parent / DB)
+    _flip_in_blob(config.parent / DB, latest)
+    assert f"the model blob of version {latest} fails its stored SHA-256" in _refused(config)
+    recovered = run_fedge("aggregator", "recover", "--config", str(config), timeout=60)
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert f"dropped model versions {latest}..{latest}" in recovered.stdout
+    assert "3 of their updates are pending again" in recovered.stdout
+    _starts(config)
+
     # The main file matters once the WAL is checkpointed into it (as at a clean stop);
     # before that SQLite reads page 1 from the WAL, and a damaged header there is moot.
     config = _copy(live, tmp_path / "main-file", mosquitto.port, sizes)
-    with sqlite3.connect(config.parent / DB) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    _checkpoint(config.parent / DB)
     clean = config.parent / "clean.sqlite3"
     shutil.copy2(config.parent / DB, clean)
     _flip_header(config.parent / DB)
