@@ -29,10 +29,23 @@ if TYPE_CHECKING:
 
 
 class DownlinkEncoder:
+    """Its only state is the error feedback residual, which the service stores with each
+    version (`state`, `restore`); the random stream is derived from (seed, version), so
+    a restarted aggregator makes exactly the models an uninterrupted one would."""
+
     def __init__(self, config: DownlinkConfig, seed: int = 0) -> None:
         self.config = config
         self._feedback: ErrorFeedback | None = None
-        self._rng = np.random.default_rng(seed)
+        self._seed = seed
+
+    def state(self) -> bytes | None:
+        """The residual to store with the version just made (None: nothing to keep)."""
+        return None if self._feedback is None else self._feedback.to_bytes()
+
+    def restore(self, state: bytes, size: int) -> None:
+        """Continue from a stored residual of a model with `size` parameters;
+        ValueError if it is damaged or for another size."""
+        self._feedback = ErrorFeedback.from_bytes(state, size)
 
     def step(self, current: Weights, proposed: Weights,
              version: int) -> tuple[Weights, bytes | None]:
@@ -45,7 +58,8 @@ class DownlinkEncoder:
             self._feedback = ErrorFeedback(change.size)
         if self.config.codec.error_feedback:
             change = self._feedback.compensate(change)
-        encoded = encode_vector(change, self.config.codec, delta_seed(version), self._rng)
+        rng = np.random.default_rng((self._seed % 2**64, version))
+        encoded = encode_vector(change, self.config.codec, delta_seed(version), rng)
         new = representable(unflatten_like(old + encoded.sent, current), self.config.full)
         if self.config.codec.error_feedback:
             # What devices really get, after rounding to the full model's precision.

@@ -28,6 +28,7 @@ from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureOutcome, SecureRounds, forget_secure_round
 from aggregator.status import BROKER_NOTE, FINISHED_NOTE
 from aggregator.store import Store
+from aggregator.store_check import refuse_if_damaged
 from aggregator.strategy import Contribution, Strategy
 from aggregator.strategy.config import build_strategy
 from edge_client.identity import load_or_create_identity
@@ -84,7 +85,11 @@ class Aggregator:
                  on_version: Callable[[VersionReport], None] | None = None) -> None:
         self.config = config
         self.topics = Topics(config.federation)
+        # Refuse a damaged store before opening it (aggregator/store_check.py): never
+        # start over silently, never serve a model that fails its hash.
+        refuse_if_damaged(config.db_path, config.downlink.keep_deltas)
         self.store = Store(config.db_path)
+        self.store.keep_sealed()
         self.privacy = ServicePrivacy(config, self.store)  # no-ops with [privacy] mode off
         self.anomalies = AnomalyWatch(self.store, config.anomalies)
         self.strategy = self.privacy.wrap(strategy or build_strategy(config.strategy))
@@ -113,7 +118,8 @@ class Aggregator:
         self._done_published = False
         self._paused = False
         self._update_bytes: dict[str, int] = {}  # message size of each pending update
-        self.downlink = DownlinkEncoder(config.downlink, seed=config.seed)
+        self.downlink = self._restore_downlink(DownlinkEncoder(config.downlink,
+                                                               seed=config.seed))
         self._pace_rng = random.Random(config.seed)
         self.identity = (load_or_create_identity(config.security.key_file)
                          if config.security.enabled else None)
@@ -129,6 +135,10 @@ class Aggregator:
                         arch: dict) -> tuple[int, Weights, dict]:
         stored = self.store.latest_model()
         if stored is not None:
+            if sha256_hex(stored.blob) != stored.sha256:  # store_check saw it; a 2nd line
+                raise ValueError(f"the store {self.config.db_path}: model version "
+                                 f"{stored.version} fails its SHA-256; run `fedge aggregator "
+                                 "check` and `recover`")
             model = decode(stored.blob, expect=Model)
             assert isinstance(model, Model)
             log.info("aggregator: resuming at model version %d", model.version)
@@ -142,6 +152,25 @@ class Aggregator:
         self.store.add_model(0, blob, sha256_hex(blob),
                              {"round": 0, "updates": 0, "model_bytes": len(blob)})
         return 0, weights, arch
+
+    def _restore_downlink(self, encoder: DownlinkEncoder) -> DownlinkEncoder:
+        """Continue the error feedback stored with the current version, so a restart makes
+        the same models as an uninterrupted run."""
+        state = self.store.downlink_residual(self.version)
+        if state is None:
+            if self.version > 0 and self.config.downlink.delta:
+                log.info("aggregator: no downlink residual stored with version %d (a store "
+                         "from an older fedge): the error feedback starts from zero",
+                         self.version)
+            return encoder
+        size = sum(w.size for w in self.global_weights.values())
+        try:
+            encoder.restore(state, size)
+        except ValueError as exc:
+            raise ValueError(
+                f"the store {self.config.db_path}: the downlink residual of version "
+                f"{self.version} is unusable ({exc}); run `fedge aggregator check`") from None
+        return encoder
 
     def _resume(self) -> None:
         """Pick up the open task and every stored, not yet aggregated update."""
@@ -446,7 +475,7 @@ class Aggregator:
                 **self.privacy.commit(self._task.task_id)}
         close = self._task.task_id if self._task.mode == "sync" else None
         self.store.add_model(version, blob, sha256_hex(blob), info, used=self._pending,
-                             close_task=close, delta=delta)
+                             close_task=close, delta=delta, residual=self.downlink.state())
         self.global_weights = new_weights
         self.participation.version_made()
         self.history.append({"version": version, "created_at": time.time(), **info})

@@ -8,13 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aggregator.store_check import SEALED_NOTE
+from aggregator.store_seal import (
+    Seal,
+    SealWriter,
+    read_seal,
+    seal_in_use,
+    seal_path,
+    write_new_seal,
+)
 from edge_client.protocol import Status, Task, Update, decode
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -83,6 +95,10 @@ CREATE TABLE IF NOT EXISTS clipping (
 );
 CREATE INDEX IF NOT EXISTS clipping_device ON clipping(device_id, version);
 CREATE INDEX IF NOT EXISTS rejections_device ON rejections(device_id, at);
+CREATE TABLE IF NOT EXISTS downlink_state (
+    version INTEGER PRIMARY KEY,  -- the downlink encoder's error feedback after this version
+    residual BLOB NOT NULL        -- ErrorFeedback.to_bytes(): a restart continues it exactly
+);
 CREATE TABLE IF NOT EXISTS notes (
     key TEXT PRIMARY KEY,         -- small service state for the dashboard and restarts
     value TEXT NOT NULL           -- JSON
@@ -95,6 +111,7 @@ class StoredModel:
     version: int
     blob: bytes
     info: dict[str, Any]
+    sha256: str = ""  # as stored when the version was made
 
 
 class Store:
@@ -107,18 +124,55 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._seal: SealWriter | None = None
+        self._sealed = Seal(0, -1, "")
 
     def close(self) -> None:
+        if self._seal is not None:
+            self._seal.close()
+            self._seal = None
         self.db.close()
+
+    # ------------------------------------------------------------ seal
+    def keep_sealed(self) -> None:
+        """Seal the store as it is now, then after every commit that acks an update or
+        makes a version (aggregator/store_seal.py). Only the service calls this, after
+        aggregator/store_check.py found the store whole."""
+        row = self.db.execute(
+            "SELECT version, sha256 FROM models ORDER BY version DESC LIMIT 1").fetchone()
+        path = seal_path(self.path)
+        if seal_in_use(path):
+            log.warning("aggregator: another process holds %s: is a second aggregator "
+                        "serving this store?", path)
+        try:
+            old = read_seal(path)
+        except ValueError:
+            old = None
+        self._sealed = Seal(self.count_updates(), *(row or (-1, "")),
+                            seq=(old.seq if old else 0) + 1)
+        write_new_seal(path, self._sealed)
+        self.set_note(SEALED_NOTE, True)
+        self._seal = SealWriter(path, self._sealed)
+
+    def _reseal(self, updates: int = 0, version: int | None = None, sha256: str = "") -> None:
+        if self._seal is None:
+            return
+        s = self._sealed
+        self._sealed = Seal(s.updates + updates, s.version if version is None else version,
+                            sha256 or s.sha256)
+        self._seal.write(self._sealed.updates, self._sealed.version, self._sealed.sha256)
 
     # ------------------------------------------------------------ models
     def add_model(self, version: int, blob: bytes, sha256: str, info: dict[str, Any],
                   used: list[Update] | None = None, close_task: str | None = None,
-                  delta: bytes | None = None) -> None:
-        """Store a new version, mark its updates used and close its task, atomically."""
+                  delta: bytes | None = None, residual: bytes | None = None) -> None:
+        """Store a new version, mark its updates used and close its task, atomically;
+        `residual` is the downlink encoder's state after it, in the same commit."""
         with self._transaction():
             self.db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?)",
                             (version, time.time(), sha256, blob, json.dumps(info), delta))
+            if residual is not None:
+                self.db.execute("INSERT INTO downlink_state VALUES (?, ?)", (version, residual))
             for u in used or []:
                 self.db.execute(
                     "UPDATE updates SET state='aggregated', used_in=? "
@@ -127,11 +181,19 @@ class Store:
             if close_task is not None:
                 self.db.execute("UPDATE tasks SET state='closed' WHERE task_id=?",
                                 (close_task,))
+        self._reseal(version=version, sha256=sha256)
 
     def latest_model(self) -> StoredModel | None:
-        row = self.db.execute(
-            "SELECT version, blob, info FROM models ORDER BY version DESC LIMIT 1").fetchone()
-        return None if row is None else StoredModel(row[0], row[1], json.loads(row[2]))
+        row = self.db.execute("SELECT version, blob, info, sha256 FROM models "
+                              "ORDER BY version DESC LIMIT 1").fetchone()
+        return None if row is None else StoredModel(row[0], row[1], json.loads(row[2]),
+                                                    row[3])
+
+    def downlink_residual(self, version: int) -> bytes | None:
+        """The downlink encoder's error feedback as it was right after `version`."""
+        row = self.db.execute("SELECT residual FROM downlink_state WHERE version=?",
+                              (version,)).fetchone()
+        return None if row is None else row[0]
 
     def model_delta(self, version: int) -> bytes | None:
         row = self.db.execute("SELECT delta FROM models WHERE version=?",
@@ -194,6 +256,7 @@ class Store:
                 (update.device_id, update.task_id, update.nonce, update.base_version,
                  update.num_samples, time.time(), state, json.dumps(update.metrics), payload,
                  hashlib.sha256(payload).hexdigest()))
+        self._reseal(updates=1)
         return True
 
     def has_update(self, device_id: str, task_id: str) -> bool:

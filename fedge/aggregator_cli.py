@@ -5,6 +5,8 @@ enroll         allow a device's public key (`fedge keys export` on the device pr
 revoke         refuse a device from its next update on
 audit          which devices went into which model version: ids, counts, digests
 broker-config  write a mosquitto TLS + password + ACL setup for the federation's devices
+check          is the store whole? what is damaged, what is lost (exit 1 when damaged)
+recover        back the store's files up, rebuild what can be rebuilt, re-seal, report
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
 from aggregator.service import Aggregator
 from aggregator.store import Store
+from aggregator.store_check import StoreDamaged, check_store
+from aggregator.store_recover import recover_store
 from edge_client.identity import parse_public_key
 from edge_client.protocol.topics import check_name
 from edge_client.settings import ConfigError
@@ -44,8 +48,13 @@ def add_aggregator_parser(sub: argparse._SubParsersAction) -> None:
     broker.add_argument("--host", default="127.0.0.1", help="broker address and cert name")
     broker.add_argument("--port", type=int, default=8883)
     broker.add_argument("--mtls", action="store_true", help="require client certificates")
+    check = actions.add_parser("check", help="is the store whole? (exit 1 when damaged)")
+    check.add_argument("--json", action="store_true", help="the report as JSON")
+    recover = actions.add_parser("recover", help="back up, rebuild, re-seal a damaged store")
+    recover.add_argument("--json", action="store_true", help="the report as JSON")
     for action, func in ((serve, _serve), (enroll, _enroll), (revoke, _revoke),
-                         (audit, _audit), (broker, _broker_config)):
+                         (audit, _audit), (broker, _broker_config), (check, _check),
+                         (recover, _recover)):
         action.add_argument("--config", required=True, type=Path,
                             help="the aggregator's TOML file")
         action.set_defaults(func=_reporting(func))
@@ -63,7 +72,10 @@ def _reporting(func):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    aggregator = build_aggregator(args.config)
+    try:
+        aggregator = build_aggregator(args.config)
+    except StoreDamaged as exc:  # name the user's config in the commands to run
+        raise StoreDamaged(exc.report, str(args.config)) from None
     cfg = aggregator.config
     secure = "on" if cfg.security.enabled else "off"
     print(f"fedge aggregator: federation {cfg.federation!r}, {cfg.mode} mode, broker "
@@ -116,6 +128,27 @@ def _revoke(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     print(json.dumps(_store(args).audit(args.version), indent=2))
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    report = check_store(load_aggregator_file(args.config)[0].db_path)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+        if not report.ok:
+            print(f"next: `fedge aggregator recover --config {args.config}` (it backs the "
+                  "files up first; stop the service before)")
+    return 0 if report.ok else 1
+
+
+def _recover(args: argparse.Namespace) -> int:
+    report = recover_store(load_aggregator_file(args.config)[0].db_path)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.ok else 1
 
 
 def _broker_config(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from aggregator.privacy.accountant import Accountant, Step
 from aggregator.privacy.config import expected_cohort
 from aggregator.privacy.dp_strategy import CentralDp, DistributedDp, DpRound, DpState
 from aggregator.store import Store
+from aggregator.store_check import DROPPED_DP_NOTE
 from aggregator.strategy.base import Strategy
 from aggregator.strategy.fedavg import FedAvg
 from aggregator.strategy.fedopt import FedOpt
@@ -56,7 +57,8 @@ class ServicePrivacy:
         self.state = DpState(clip=float(resumed or self.config.start_clip),
                              version=int(latest.get("version", 0)) + 1)
         self.delta = self.config.resolved_delta()
-        self.accountant = Accountant.from_history(history, self.delta)
+        dropped = store.note(DROPPED_DP_NOTE) or []  # versions `recover` dropped
+        self.accountant = Accountant.from_history([*dropped, *history], self.delta)
         store.set_note(SUMMARY_NOTE, self.summary() if self.enabled else None)
         if self.enabled and self.config.seed is not None:
             log.warning("privacy: the noise is seeded from [privacy] seed: anyone who knows "
