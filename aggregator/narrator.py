@@ -22,6 +22,7 @@ from edge_client.protocol.reasons import reason_kind
 
 log = logging.getLogger("aggregator.service")
 DEFAULT_INTERVAL_S = 30.0
+LOOK_S = 1.0  # while waiting, look at most this often whether the situation changed
 LISTED_DEVICES = 5  # device ids named in one line; the rest are counted
 
 
@@ -69,6 +70,8 @@ class Narrator:
         self.clock = clock
         self._waiting: Waiting | None = None
         self._said_at = 0.0
+        self._looked_at = 0.0
+        self._key: object = None
 
     # ------------------------------------------------------------ events
     def round_opened(self, task: Task, available: int) -> None:
@@ -92,26 +95,46 @@ class Narrator:
                  info.get("model_bytes", 0), info.get("delta_bytes", 0))
 
     # ------------------------------------------------------------ waiting
-    def waiting(self, kind: Waiting, detail: Callable[[], str]) -> None:
-        """Called on every tick that makes no progress: says `detail()` when the reason
-        changes, then again every `interval_s` while it lasts."""
+    def waiting(self, kind: Waiting, describe: Callable[[], tuple[object, str]]) -> None:
+        """Called on every tick that makes no progress. `describe()` gives a key and a
+        line; the line is said when the kind of wait or its key changes (looked at once a
+        second at most), and again every `interval_s` while it lasts."""
         now = self.clock()
-        if kind == self._waiting and now - self._said_at < self.interval_s:
+        same = kind == self._waiting
+        if same and now - self._looked_at < LOOK_S:
             return
-        self._waiting, self._said_at = kind, now
-        log.info("aggregator: waiting for %s: %s", kind.value, detail())
+        self._looked_at = now
+        key, text = describe()
+        if same and key == self._key and now - self._said_at < self.interval_s:
+            return
+        self._waiting, self._key, self._said_at = kind, key, now
+        log.info("aggregator: waiting for %s: %s", kind.value, text)
 
-    def for_devices(self, round_no: int, available: int, needed: int) -> str:
-        return (f"round {round_no} needs {needed} available (online and eligible) devices, "
-                f"{available} are; {Fleet.of(self.store).why_not()}")
+    def for_devices(self, round_no: int, available: int,
+                    needed: int) -> tuple[object, str]:
+        fleet = Fleet.of(self.store)
+        return ((available, fleet), f"round {round_no} needs {needed} available (online and "
+                f"eligible) devices, {available} are; {fleet.why_not()}")
 
-    def for_updates(self, task: Task, pending: list[str], target: int) -> str:
-        waited = time.time() - (task.deadline or time.time())
+    def for_updates(self, task: Task, pending: list[str], target: int) -> tuple[object, str]:
+        """How far the open round is, and what the invited devices that sent nothing last
+        said about themselves (offline, or not eligible and why)."""
         missing = sorted(set(task.invited or ()) - set(pending))
-        listed = ", ".join(missing[:LISTED_DEVICES])
-        more = f" and {len(missing) - LISTED_DEVICES} more" if len(missing) > LISTED_DEVICES else ""
-        deadline = (f"deadline in {-waited:.0f} s" if task.deadline is not None
-                    else "no deadline")
-        silent = f"; not heard from: {listed}{more}" if missing else ""
-        return (f"round {task.round} has {len(pending)} of {target} updates; "
-                f"{deadline}{silent}")
+        states = {d["device_id"]: d for d in self.store.devices()} if missing else {}
+        described = [f"{m} ({_state(states.get(m))})" for m in missing[:LISTED_DEVICES]]
+        more = (f" and {len(missing) - LISTED_DEVICES} more"
+                if len(missing) > LISTED_DEVICES else "")
+        deadline = (f"deadline in {task.deadline - time.time():.0f} s"
+                    if task.deadline is not None else "no deadline")
+        silent = f"; not heard from: {', '.join(described)}{more}" if missing else ""
+        key = (task.task_id, len(pending), tuple(described))
+        return key, (f"round {task.round} has {len(pending)} of {target} updates; "
+                     f"{deadline}{silent}")
+
+
+def _state(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "no status"
+    if not row["online"]:
+        return "offline"
+    return "eligible" if row["eligible"] else f"not eligible: {reason_kind(row['reason'])}"

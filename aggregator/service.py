@@ -311,13 +311,13 @@ class Aggregator:
         for device, transfer in self._assembler.expire(time.monotonic()):
             log.warning("aggregator: dropped a stalled upload %s from %s", transfer[:8], device)
         if not self.link.connected:
-            self.narrator.waiting(Waiting.BROKER, lambda: (
+            self.narrator.waiting(Waiting.BROKER, lambda: (self._link_problem, (
                 f"not connected to {self.config.host}:{self.config.port} "
-                f"({self._link_problem})"))
+                f"({self._link_problem})")))
             return
         if self._paused:
-            self.narrator.waiting(Waiting.PAUSED, lambda: "training is paused; resume it "
-                                  "from the dashboard or POST /api/admin/training")
+            self.narrator.waiting(Waiting.PAUSED, lambda: (None, "training is paused; resume "
+                                  "it from the dashboard or POST /api/admin/training"))
             return
         if self.finished:
             if not self._done_published:  # also when started with every version made

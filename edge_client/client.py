@@ -76,6 +76,7 @@ class ClientConfig:
     eligibility: EligibilityConfig = field(default_factory=EligibilityConfig)
     eligibility_check_s: float = 5.0  # how often to re-check while waiting
     sleep_between_tasks: bool = False  # disconnect until the aggregator's next check-in
+    no_task_warning_s: float = 60.0  # connected this long with no task: warn (federation?)
     security: DeviceSecurity = field(default_factory=DeviceSecurity)
     broker_auth: BrokerAuth = field(default_factory=BrokerAuth)
 
@@ -83,6 +84,8 @@ class ClientConfig:
         check_name("device", self.device_id)
         if self.eligibility_check_s <= 0 or self.ack_timeout_s <= 0:
             raise ValueError("eligibility_check_s and ack_timeout_s must be > 0")
+        if not self.no_task_warning_s > 0:
+            raise ValueError(f"no_task_warning_s must be > 0, not {self.no_task_warning_s}")
         check_name("federation", self.federation)
         self.state_dir = Path(self.state_dir)
 
@@ -160,7 +163,8 @@ class EdgeClient:
             will=Will(self.topics.status(config.device_id), self._status_payload(False)),
             tls=config.broker_auth.tls(), credentials=config.broker_auth.credentials(),
         )
-        self.narrator = DeviceNarrator(config.device_id, config.federation, self.topics.task)
+        self.narrator = DeviceNarrator(config.device_id, config.federation, self.topics.task,
+                                       no_task_warning_s=config.no_task_warning_s)
         self._load_state()
 
     # ------------------------------------------------------------ state on disk
@@ -222,6 +226,7 @@ class EdgeClient:
         self.narrator.started(self.config.host, self.config.port, self.config.state_dir,
                               self.model_version, len(self._sent),
                               self.config.eligibility.enabled, self.identity is not None)
+        self._eligible()  # before the first status: it must not claim eligible unchecked
         self.link.start()
         try:
             while not self._stop.is_set():

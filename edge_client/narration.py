@@ -70,8 +70,7 @@ class DeviceNarrator:
     # ------------------------------------------------------------ eligibility
     def eligibility_changed(self, decision: Decision, before: Decision | None) -> None:
         if decision.eligible:
-            if before is not None:
-                log.info("%s: eligible to train again", self.me)
+            log.info("%s: eligible to train%s", self.me, "" if before is None else " again")
             return
         log.info("%s: not eligible to train: %s", self.me, decision.reason)
 
@@ -86,7 +85,8 @@ class DeviceNarrator:
         if task.done:
             after = ("leaving once that model is here" if exit_when_done
                      else "staying connected for the next run (exit_when_done = false)")
-            stale = " (a finished run still on the broker?)" if first else ""
+            stale = (" (it had finished before this device saw any of its tasks: an "
+                     "earlier run still on the broker?)" if first else "")
             log.info("%s: the aggregator says the federation finished at version %d%s; %s",
                      self.me, task.model_version, stale, after)
         elif done_here:
@@ -123,12 +123,14 @@ class DeviceNarrator:
 
     # ------------------------------------------------------------ two clients, one id
     def own_status(self, status: Status, session: str) -> None:
-        """Our own retained status, as the broker holds it: a fresh one from another
-        session means a second client runs with this device id."""
+        """Our own retained status, as the broker holds it: one from another session made
+        after this run started (an online status, or the last will the broker published
+        when the other client's connection was taken over) means a second client runs
+        with this device id."""
         if not status.session or status.session == session:
             return
-        if not status.online or status.time < self._started_wall:
-            return  # an earlier run of this device, or its last will
+        if status.time < self._started_wall:
+            return  # an earlier run of this device (its last status, or its last will)
         now = self.clock()
         if self._duplicate_said is not None and now - self._duplicate_said < REPEAT_WARNING_S:
             return
