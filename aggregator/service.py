@@ -27,7 +27,7 @@ from aggregator.narrator import Narrator, Waiting
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureOutcome, SecureRounds, forget_secure_round
-from aggregator.status import BROKER_NOTE, FINISHED_NOTE
+from aggregator.status import BROKER_NOTE, FINISHED_NOTE, HEARTBEAT_NOTE, HEARTBEAT_S
 from aggregator.store import Store
 from aggregator.store_check import refuse_if_damaged
 from aggregator.strategy import Contribution, Strategy
@@ -112,6 +112,7 @@ class Aggregator:
         self._stop = threading.Event()
         self.narrator = Narrator(self.store, config.waiting_log_s)  # what it does, at INFO
         self._link_problem = "connecting"  # why the link is down, for the waiting line
+        self._heartbeat_at = 0.0
         self.available: set[str] = set()  # online and eligible: who may be invited
         self.version, self.global_weights, self.arch = self._load_or_create(
             initial_weights, arch or {})
@@ -308,6 +309,9 @@ class Aggregator:
                 self._on_secagg(event.topic, event.payload)
 
     def _tick(self, now: float) -> None:
+        if now - self._heartbeat_at >= HEARTBEAT_S:  # /api/health: the loop runs
+            self._heartbeat_at = now
+            self.store.set_note(HEARTBEAT_NOTE, now)
         for device, transfer in self._assembler.expire(time.monotonic()):
             log.warning("aggregator: dropped a stalled upload %s from %s", transfer[:8], device)
         if not self.link.connected:
