@@ -44,6 +44,7 @@ import grp
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -183,7 +184,7 @@ def device_acl_block(federation: str, device: str) -> str:
     lines = [
         f"user {device}",
         f"topic write {topics.update(device)}",
-        f"topic write {topics.status(device)}",
+        f"topic readwrite {topics.status(device)}",  # reads its own: a duplicate id shows
         f"topic write {topics.secagg(device)}",
         f"topic read {topics.model}",
         f"topic read {topics.model}/#",
@@ -492,7 +493,8 @@ def _read_acl(layout: _Layout, federation: str) -> tuple[str, list[str]]:
 
 def _refuse_aggregator(blocks: Sequence[str], device: str) -> None:
     """Turning the aggregator into a device (or deleting it) would stop the federation."""
-    if any(_block_user(b) == device and "topic readwrite" in b for b in blocks):
+    if any(_block_user(b) == device and re.search(r"^topic readwrite \S+/#$", b, re.M)
+           for b in blocks):
         raise ValueError(f"{device!r} is the aggregator, not a device")
 
 

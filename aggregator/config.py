@@ -117,6 +117,7 @@ class AggregatorConfig:
     presence_settle_s: float = 0.5  # after connecting, collect device statuses this long
     checkin_interval_s: float = 60.0  # pace steering: devices that sleep come back after this
     checkin_jitter: float = 0.5  # ... times a random factor in [1 - jitter, 1 + jitter]
+    waiting_log_s: float = 30.0  # while nothing progresses, say what it waits for this often
     seed: int = 0  # device selection
     train: TrainConfig = field(default_factory=TrainConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
@@ -145,6 +146,8 @@ class AggregatorConfig:
                                  f"{2 * self.strategy.byzantine + 2} updates per version")
         if self.checkin_interval_s < 0 or not 0 <= self.checkin_jitter < 1:
             raise ValueError("need checkin_interval_s >= 0 and 0 <= checkin_jitter < 1")
+        if not self.waiting_log_s > 0:
+            raise ValueError(f"waiting_log_s must be > 0, not {self.waiting_log_s}")
         if not 1024 <= self.chunk_size <= 256 * 2**20:
             raise ValueError("chunk_size must be between 1 KiB and 256 MiB")
         check_privacy(self)

@@ -23,10 +23,11 @@ from aggregator.anomalies import AnomalyWatch, clipping_of
 from aggregator.config import AggregatorConfig
 from aggregator.downlink import DownlinkEncoder, on_the_wire, representable, retained_chain
 from aggregator.ingest import check_clock, check_sender, open_update, verified_body
+from aggregator.narrator import Narrator, Waiting
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureOutcome, SecureRounds, forget_secure_round
-from aggregator.status import BROKER_NOTE, FINISHED_NOTE
+from aggregator.status import BROKER_NOTE, FINISHED_NOTE, HEARTBEAT_NOTE, HEARTBEAT_S
 from aggregator.store import Store
 from aggregator.store_check import refuse_if_damaged
 from aggregator.strategy import Contribution, Strategy
@@ -109,6 +110,9 @@ class Aggregator:
         self._assembler = Assembler(config.max_update_bytes, max_transfers_per_source=2,
                                     timeout_s=config.upload_timeout_s)
         self._stop = threading.Event()
+        self.narrator = Narrator(self.store, config.waiting_log_s)  # what it does, at INFO
+        self._link_problem = "connecting"  # why the link is down, for the waiting line
+        self._heartbeat_at = 0.0
         self.available: set[str] = set()  # online and eligible: who may be invited
         self.version, self.global_weights, self.arch = self._load_or_create(
             initial_weights, arch or {})
@@ -269,6 +273,9 @@ class Aggregator:
     def _handle(self, event: object) -> None:
         if isinstance(event, Connected):
             self._connected_at = time.monotonic()
+            log.info("aggregator: connected to the broker at %s:%d; federation %r (topics "
+                     "%s/...)", self.config.host, self.config.port, self.config.federation,
+                     self.topics.prefix)
             self.store.set_note(BROKER_NOTE, {"connected": True, "since": time.time(),
                                               "reason": ""})
             self._done_published = False  # a finished run says so again after a reconnect
@@ -282,6 +289,7 @@ class Aggregator:
                 self._publish_all(self.secure.resend())
         elif isinstance(event, Disconnected):
             log.warning("aggregator: disconnected from the broker (%s)", event.reason)
+            self._link_problem = event.reason
             self.store.set_note(BROKER_NOTE, {"connected": False, "since": time.time(),
                                               "reason": event.reason})
         elif isinstance(event, SetTraining):
@@ -301,9 +309,19 @@ class Aggregator:
                 self._on_secagg(event.topic, event.payload)
 
     def _tick(self, now: float) -> None:
+        if now - self._heartbeat_at >= HEARTBEAT_S:  # /api/health: the loop runs
+            self._heartbeat_at = now
+            self.store.set_note(HEARTBEAT_NOTE, now)
         for device, transfer in self._assembler.expire(time.monotonic()):
             log.warning("aggregator: dropped a stalled upload %s from %s", transfer[:8], device)
-        if not self.link.connected or self._paused:
+        if not self.link.connected:
+            self.narrator.waiting(Waiting.BROKER, lambda: (self._link_problem, (
+                f"not connected to {self.config.host}:{self.config.port} "
+                f"({self._link_problem})")))
+            return
+        if self._paused:
+            self.narrator.waiting(Waiting.PAUSED, lambda: (None, "training is paused; resume "
+                                  "it from the dashboard or POST /api/admin/training"))
             return
         if self.finished:
             if not self._done_published:  # also when started with every version made
@@ -318,6 +336,10 @@ class Aggregator:
             self._tick_secure(now)
             return
         decision = self.participation.due(len(self._pending), self._task, now)
+        if decision not in ("aggregate", "abort"):
+            task, pending = self._task, self._pending
+            self.narrator.waiting(Waiting.UPDATES, lambda: self.narrator.for_updates(
+                task, [u.device_id for u in pending], self._updates_wanted()))
         if decision == "aggregate":
             self._aggregate()
             self._open_task(now)
@@ -338,6 +360,8 @@ class Aggregator:
         candidates = self._candidates()
         task = self.participation.plan(self.version + 1, self.version, candidates, now)
         if task is None:
+            self.narrator.waiting(Waiting.DEVICES, lambda: self.narrator.for_devices(
+                self.version + 1, len(candidates), self._updates_wanted()))
             return
         task, stop = self.privacy.admit(task, len(candidates))
         if stop is not None:
@@ -352,6 +376,7 @@ class Aggregator:
         self.store.add_task(task, message)
         self._task, self._task_opened = task, time.monotonic()
         self._publish_task(task)
+        self.narrator.round_opened(task, len(candidates))
 
     def _tick_secure(self, now: float) -> None:
         """Relay the next phase of the secure round, or end it: a version, or a restart."""
@@ -379,6 +404,12 @@ class Aggregator:
             log.warning("aggregator: rejected a secagg message from %s: %s", device, reason)
             self.store.add_rejection(device, "secagg", reason)
             self.anomalies.after_rejection(device)
+
+    def _updates_wanted(self) -> int:
+        """Updates that make a version: the sync target, or the async buffer."""
+        if self.config.mode == "sync":
+            return self.config.sync.target_updates
+        return self.config.async_.buffer_size
 
     def _publish_all(self, messages: list[tuple[str, bytes]]) -> None:
         for topic, payload in messages:
@@ -480,6 +511,7 @@ class Aggregator:
         self.participation.version_made()
         self.history.append({"version": version, "created_at": time.time(), **info})
         self.anomalies.after_version(version, info["devices"], clipping)
+        self.narrator.version_made(version, info)
         report = VersionReport(version, self._task.round, info["updates"], round_wall_s,
                                metrics)
         self._pending = []

@@ -15,6 +15,9 @@ from edge_client.protocol.reasons import reason_kind
 RECENT_REJECTIONS = 5
 FINISHED_NOTE = "finished"  # set by the service when it publishes its final task
 BROKER_NOTE = "broker"  # {"connected": bool, "since": unix time, "reason": str}
+HEARTBEAT_NOTE = "heartbeat"  # unix time the service loop last said it runs
+HEARTBEAT_S = 10.0  # how often the service writes it
+STALE_HEARTBEAT_S = 3 * HEARTBEAT_S  # older than this: the service loop is not running
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,18 @@ class FleetStatus:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FleetStatus:
+        """What /api/status answered (to_json's output), back as a FleetStatus."""
+        try:
+            return cls(**{**data,
+                          "round": RoundProgress(**data["round"]) if data["round"] else None,
+                          "devices": [DeviceLine(**d) for d in data["devices"]],
+                          "recent_rejections": [Rejection(**r)
+                                                for r in data["recent_rejections"]]})
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"not a fedge status: {exc}") from None
+
 
 def fleet_status(store: Store, now: float | None = None) -> FleetStatus:
     now = time.time() if now is None else now
@@ -113,3 +128,37 @@ def _round(store: Store, now: float) -> RoundProgress | None:
 
 def _ago(now: float, at: float | None) -> float | None:
     return None if at is None else max(0.0, now - at)
+
+
+@dataclass(frozen=True)
+class Health:
+    """For probes: is the service loop running and connected to its broker?"""
+
+    ok: bool
+    problem: str | None
+    broker_connected: bool | None
+    heartbeat_age_s: float | None
+    model_version: int | None
+    training_finished: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def service_health(store: Store, now: float | None = None) -> Health:
+    now = time.time() if now is None else now
+    beat = store.note(HEARTBEAT_NOTE)
+    age = None if beat is None else max(0.0, now - float(beat))
+    broker = store.note(BROKER_NOTE)
+    connected = None if broker is None else bool(broker["connected"])
+    problem = None
+    if age is None or age > STALE_HEARTBEAT_S:
+        problem = ("the service loop has not run yet" if age is None
+                   else f"the service loop last ran {age:.0f} s ago")
+    elif not connected:
+        reason = broker["reason"] if broker else "unknown"
+        problem = f"not connected to the broker ({reason})"
+    latest = store.latest_model()
+    return Health(ok=problem is None, problem=problem, broker_connected=connected,
+                  heartbeat_age_s=age, model_version=latest.version if latest else None,
+                  training_finished=bool(store.note(FINISHED_NOTE)))

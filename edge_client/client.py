@@ -26,6 +26,7 @@ from edge_client.eligibility import Decision, EligibilityConfig, EligibilityPoli
 from edge_client.identity import load_or_create_identity, parse_public_key
 from edge_client.local_data import checked_local_data
 from edge_client.model_fetch import FetchStep, Held, ModelFetcher, started_over
+from edge_client.narration import DeviceNarrator, eligibility_kind_changed
 from edge_client.outbox import Outbox, OutboxFull
 from edge_client.protocol import (
     DEFAULT_CHUNK_SIZE,
@@ -75,6 +76,7 @@ class ClientConfig:
     eligibility: EligibilityConfig = field(default_factory=EligibilityConfig)
     eligibility_check_s: float = 5.0  # how often to re-check while waiting
     sleep_between_tasks: bool = False  # disconnect until the aggregator's next check-in
+    no_task_warning_s: float = 60.0  # connected this long with no task: warn (federation?)
     security: DeviceSecurity = field(default_factory=DeviceSecurity)
     broker_auth: BrokerAuth = field(default_factory=BrokerAuth)
 
@@ -82,6 +84,8 @@ class ClientConfig:
         check_name("device", self.device_id)
         if self.eligibility_check_s <= 0 or self.ack_timeout_s <= 0:
             raise ValueError("eligibility_check_s and ack_timeout_s must be > 0")
+        if not self.no_task_warning_s > 0:
+            raise ValueError(f"no_task_warning_s must be > 0, not {self.no_task_warning_s}")
         check_name("federation", self.federation)
         self.state_dir = Path(self.state_dir)
 
@@ -151,6 +155,7 @@ class EdgeClient:
                         if security.aggregator_key else None)
         self.secagg = DeviceSecAgg(config.device_id, self.topics, config.max_model_bytes,
                                    self._sealed)  # secure rounds (docs/secure-aggregation.md)
+        self._session = os.urandom(6).hex()  # tells this run's statuses from another's
         self.link = MqttLink(
             client_id=f"fedge-{config.federation}-dev-{config.device_id}",
             host=config.host, port=config.port, events=self.events,
@@ -158,6 +163,8 @@ class EdgeClient:
             will=Will(self.topics.status(config.device_id), self._status_payload(False)),
             tls=config.broker_auth.tls(), credentials=config.broker_auth.credentials(),
         )
+        self.narrator = DeviceNarrator(config.device_id, config.federation, self.topics.task,
+                                       no_task_warning_s=config.no_task_warning_s)
         self._load_state()
 
     # ------------------------------------------------------------ state on disk
@@ -216,6 +223,10 @@ class EdgeClient:
         """Block until the federation is done (or `stop` is set); reconnects on its own."""
         if stop is not None:
             self._stop = stop
+        self.narrator.started(self.config.host, self.config.port, self.config.state_dir,
+                              self.model_version, len(self._sent),
+                              self.config.eligibility.enabled, self.identity is not None)
+        self._eligible()  # before the first status: it must not claim eligible unchecked
         self.link.start()
         try:
             while not self._stop.is_set():
@@ -231,6 +242,7 @@ class EdgeClient:
                 self._resend_due(now)
                 if now >= self._next_check:
                     self._recheck()
+                self.narrator.tick()
                 if self._finished():
                     break
         finally:
@@ -258,11 +270,11 @@ class EdgeClient:
         """Ask the policy; a change is reported on the status topic at once."""
         decision = self.policy.check(time.time())
         # Compare reasons without their readings, or every check would publish a status.
-        changed = (self._decision is None or decision.eligible != self._decision.eligible
-                   or reason_kind(decision.reason) != reason_kind(self._decision.reason))
-        self._decision = decision
-        if changed and self.link.connected:
-            self._publish_status(True)
+        before, self._decision = self._decision, decision
+        if eligibility_kind_changed(decision, before):
+            self.narrator.eligibility_changed(decision, before)
+            if self.link.connected:
+                self._publish_status(True)
         return decision
 
     def _recheck(self) -> None:
@@ -307,6 +319,8 @@ class EdgeClient:
         if task.task_id not in self._skipped_tasks:  # one reason per device-round
             self._skipped_tasks.add(task.task_id)
             self.stats.skipped[reason_kind(reason)] += 1
+            if reason != "not invited":  # said with the task already
+                self.narrator.skipped(task, reason)
 
     def _finished(self) -> bool:
         """Done when the aggregator says so and the final model is here.
@@ -339,7 +353,7 @@ class EdgeClient:
         if isinstance(event, Connected):
             self._on_connected()
         elif isinstance(event, Disconnected):
-            log.info("%s: disconnected (%s)", self.config.device_id, event.reason)
+            self.narrator.disconnected(event.reason)
         elif isinstance(event, Inbound):
             try:  # the boundary of one message: none can stop the device loop
                 self._on_message(event)
@@ -355,8 +369,9 @@ class EdgeClient:
     def _on_connected(self) -> None:
         me = self.config.device_id
         for topic in (self.topics.model, self.topics.task, self.topics.ack(me),
-                      self.topics.secagg_to(me)):
+                      self.topics.secagg_to(me), self.topics.status(me)):
             self.link.subscribe(topic)
+        self.narrator.connected(self.config.host, self.config.port)
         self._publish_status(True)
         for nonce in list(self._sent):
             self._publish_update(nonce)
@@ -389,8 +404,15 @@ class EdgeClient:
             task = decode(payload, expect=Task)
             assert isinstance(task, Task)
             self._task = task
+            self.narrator.task(task, task.task_id in self._done_tasks,
+                               self.config.exit_when_done)
             self._account_for(task)
             self._maybe_train()
+        elif topic == self.topics.status(self.config.device_id):
+            body = open_envelope(payload).body if is_signed(payload) else payload
+            status = decode(body, expect=Status)
+            assert isinstance(status, Status)
+            self.narrator.own_status(status, self._session)
         elif topic == self.topics.ack(self.config.device_id):
             ack = decode(payload, expect=Ack)
             assert isinstance(ack, Ack)
@@ -441,6 +463,7 @@ class EdgeClient:
             raise RemoteProtocolError(f"model {model.version} does not fit this device's "
                                       f"trainer: {exc}") from None
         self.stats.models_via_delta += int(step.via_delta)
+        self.narrator.model_installed(model.version, step.via_delta, len(step.blob))
         self._persist(f"model version {model.version}",
                       lambda: self.disk.save_model(step.blob, model.version))
         self._model_sha256 = sha256_hex(step.blob)
@@ -486,6 +509,7 @@ class EdgeClient:
             self._skip(task, decision.reasons[0])
             return
         feedback_before = self._feedback_snapshot()
+        self.narrator.training(task, len(self._data[0]))
         update = self._train(task, None if secagg else codec, dp)
         if update is None:
             return  # stopped at a batch boundary: nothing is published
@@ -517,6 +541,7 @@ class EdgeClient:
         self._sent[update.nonce] = _Sent(payload)
         self._publish_update(update.nonce)
         self.stats.updates_sent += 1
+        self.narrator.sent(task, update.nonce, len(payload), update.metrics.get("train_s", 0.0))
 
     def _feedback_snapshot(self) -> tuple[ErrorFeedback | None, np.ndarray | None, int | None]:
         """The residual as it stands, to put back if the update made from it is not kept."""
@@ -654,9 +679,7 @@ class EdgeClient:
             return  # an ack for an update already cleared (a resend's second ack)
         self.stats.acks[ack.status] += 1
         self.stats.acked.append((ack.nonce, ack.status))
-        if ack.status == "rejected":
-            log.error("%s: update %s rejected: %s", self.config.device_id, ack.nonce[:8],
-                      ack.reason)
+        self.narrator.acked(ack)
         self.outbox.remove(ack.nonce)
         del self._sent[ack.nonce]
         self._maybe_sleep(ack)
@@ -673,7 +696,8 @@ class EdgeClient:
             eligible=d.eligible if d is not None else True,
             reason=reason if reason is not None else (d.reason if d is not None else ""),
             model_version=self.model_version, time=time.time(),
-            battery_pct=float(battery) if isinstance(battery, int | float) else None))
+            battery_pct=float(battery) if isinstance(battery, int | float) else None,
+            session=self._session))
 
 
 def _copy(weights: Weights) -> Weights:

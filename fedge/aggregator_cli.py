@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from edge_client.identity import parse_public_key
 from edge_client.protocol.topics import check_name
 from edge_client.settings import ConfigError
 from fedge.roles import build_aggregator, load_aggregator_file, run_until_signal
+
+log = logging.getLogger(__name__)
 
 
 def add_aggregator_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,9 +81,10 @@ def _serve(args: argparse.Namespace) -> int:
         raise StoreDamaged(exc.report, str(args.config)) from None
     cfg = aggregator.config
     secure = "on" if cfg.security.enabled else "off"
-    print(f"fedge aggregator: federation {cfg.federation!r}, {cfg.mode} mode, broker "
-          f"{cfg.host}:{cfg.port}, store {cfg.db_path}, model version {aggregator.version}, "
-          f"security {secure}", file=sys.stderr)
+    rounds = f"{cfg.rounds} versions" if cfg.rounds else "versions until stopped"
+    log.info("fedge aggregator: federation %r, %s mode, %s, broker %s:%d, store %s, model "
+             "version %d, security %s", cfg.federation, cfg.mode, rounds, cfg.host, cfg.port,
+             cfg.db_path, aggregator.version, secure)
     server = _start_dashboard(aggregator)
     try:
         run_until_signal(lambda stop: aggregator.run(stop, args.exit_when_done))

@@ -17,6 +17,7 @@ from fedge.bridge_cli import add_bridge_parser
 from fedge.demo import DP_MODES, DemoConfig, check_demo, model_versions, run_demo
 from fedge.export_cli import add_export_parser
 from fedge.keys_cli import add_keys_parser
+from fedge.log_format import setup_logging
 from fedge.poisoning import ATTACKS
 from fedge.progress import ProgressBar
 from fedge.roles import build_device, run_until_signal
@@ -25,7 +26,12 @@ from fedge.status_cli import add_status_parser
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedge", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log more: DEBUG (the demo: INFO)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="log only warnings and errors")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="json: one JSON object per line, for log shippers")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_demo(sub)
     add_aggregator_parser(sub)
@@ -35,10 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     add_bridge_parser(sub)
     add_status_parser(sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(_log_level(args), args.log_format)
     limit_blas_threads(1)  # edge_client/blas_threads.py: far faster when the CPU is shared
     return args.func(args)
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    """INFO by default, so a gateway and a device say what they do; the demo draws a
+    progress bar instead and logs only warnings unless -v."""
+    if args.quiet:
+        return logging.WARNING
+    if args.command == "demo":
+        return logging.INFO if args.verbose else logging.WARNING
+    return logging.DEBUG if args.verbose else logging.INFO
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

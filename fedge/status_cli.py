@@ -2,6 +2,7 @@
 
     fedge status --config aggregator.toml [--watch [SECONDS]] [--json]
     fedge status --db aggregator.sqlite3
+    fedge status --url http://gateway:8080 [--token-file read.token]   (the REST API)
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import json
 import sqlite3
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from aggregator.status import FleetStatus, fleet_status
@@ -25,6 +29,8 @@ def add_status_parser(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", type=Path, help="the aggregator's TOML file (its db_path)")
     where.add_argument("--db", type=Path, help="the aggregator's SQLite store")
+    where.add_argument("--url", help="the gateway's dashboard, e.g. http://gateway:8080")
+    p.add_argument("--token-file", type=Path, help="with --url: a file holding the read token")
     p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                    help="redraw every SECONDS (default 2) until Ctrl-C")
     p.add_argument("--json", action="store_true", help="one JSON object (per redraw)")
@@ -33,7 +39,7 @@ def add_status_parser(sub: argparse._SubParsersAction) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     try:
-        db = _db_path(args)
+        read = _from_api(args) if args.url else _from_store(_db_path(args))
     except ConfigError as exc:
         print(f"fedge status: {exc}", file=sys.stderr)
         return 2
@@ -43,16 +49,16 @@ def _status(args: argparse.Namespace) -> int:
     try:
         while True:
             try:
-                status = _read(db)
-            except sqlite3.DatabaseError as exc:
-                print(f"fedge status: cannot read the store {db}: {exc}", file=sys.stderr)
+                status, where = read()
+            except ConfigError as exc:
+                print(f"fedge status: {exc}", file=sys.stderr)
                 return 2
             if args.json:
                 print(json.dumps(status.to_json()), flush=True)
             else:
                 if args.watch is not None:
                     print("\033[2J\033[H", end="")  # clear the terminal, cursor home
-                print(render(status, db), flush=True)
+                print(render(status, where), flush=True)
             if args.watch is None:
                 return 0
             time.sleep(args.watch)
@@ -60,12 +66,45 @@ def _status(args: argparse.Namespace) -> int:
         return 0
 
 
-def _read(db: Path) -> FleetStatus:
-    store = Store(db)
-    try:
-        return fleet_status(store)
-    finally:
-        store.close()
+def _from_store(db: Path) -> Callable[[], tuple[FleetStatus, str]]:
+    def read() -> tuple[FleetStatus, str]:
+        try:
+            store = Store(db)
+            try:
+                return fleet_status(store), str(db)
+            finally:
+                store.close()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"cannot read the store {db}: {exc}") from None
+    return read
+
+
+def _from_api(args: argparse.Namespace) -> Callable[[], tuple[FleetStatus, str]]:
+    """GET /api/status of a running gateway, with the read token if one is given."""
+    headers = {}
+    if args.token_file is not None:
+        try:
+            headers["Authorization"] = f"Bearer {args.token_file.read_text().strip()}"
+        except OSError as exc:
+            raise ConfigError(f"--token-file {args.token_file}: {exc.strerror}") from None
+    url = args.url.rstrip("/") + "/api/status"
+
+    def read() -> tuple[FleetStatus, str]:
+        request = urllib.request.Request(url, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                body = json.load(answer)
+        except urllib.error.HTTPError as exc:
+            raise ConfigError(f"{url} answered {exc.code} {exc.reason}"
+                              + (" (a read token is needed: --token-file)"
+                                 if exc.code in (401, 403) else "")) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {url}: {getattr(exc, 'reason', exc)}") from None
+        try:
+            return FleetStatus.from_json(body), url
+        except ValueError as exc:
+            raise ConfigError(f"{url}: {exc}") from None
+    return read
 
 
 def _db_path(args: argparse.Namespace) -> Path:
@@ -76,9 +115,9 @@ def _db_path(args: argparse.Namespace) -> Path:
     return Path(path)
 
 
-def render(s: FleetStatus, db: Path) -> str:
+def render(s: FleetStatus, where: object) -> str:
     """Plain lines a person reads top to bottom: the model, the round, the devices."""
-    lines = [f"store       {db}"]
+    lines = [f"from        {where}"]
     if s.model_version is None:
         lines.append("model       none yet")
     else:

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from aggregator.status import fleet_status, service_health
 from aggregator.web import bodies, metrics, readmodel
 from aggregator.web.actions import AdminActions
 from aggregator.web.auth import Access
@@ -60,6 +61,15 @@ def audit() -> Response:
     text = request.args.get("version")
     version = None if text is None else parse_version(text)
     return jsonify({"audit": readmodel.finite(request_store().audit(version))})
+
+
+def status() -> Response:
+    return jsonify(readmodel.finite(fleet_status(request_store()).to_json()))
+
+
+def health() -> tuple[Response, int]:
+    found = service_health(request_store())
+    return jsonify(readmodel.finite(found.to_json())), 200 if found.ok else 503
 
 
 def enrolment() -> Response:
@@ -167,6 +177,8 @@ ROUTES = (
     Route("/", index, Access.PUBLIC),
     Route("/metrics", metrics_text, Access.READ),
     Route("/api/openapi.json", openapi, Access.PUBLIC),
+    Route("/api/health", health, Access.PUBLIC),
+    Route("/api/status", status, Access.READ),
     Route("/api/overview", overview, Access.READ),
     Route("/api/versions", versions, Access.READ),
     Route("/api/devices", devices, Access.READ),

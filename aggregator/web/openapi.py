@@ -87,6 +87,14 @@ def _paths() -> dict[str, Any]:
                                _json(_listing("enrolment", "Enrolment"))),
         "/api/models/{version}": _get("Download one model version", blob, 404,
                                       parameters=[version_path]),
+        "/api/status": _get("The federation at a glance, as `fedge status` prints it",
+                            _json(_ref("Status"))),
+        "/api/health": {"get": {
+            "summary": "For probes, without a token: 200 while the service loop runs and "
+                       "holds its broker connection, else 503", "security": [],
+            "responses": {"200": _json(_ref("Health")),
+                          "503": _json(_ref("Health"), "Not healthy: `problem` says why"),
+                          **_errors(400)}}},
         "/api/openapi.json": {"get": {"summary": "This document", "security": [],
                                       "responses": {"200": _json({"type": "object"}),
                                                     **_errors(400)}}},
@@ -184,11 +192,48 @@ def _schemas() -> dict[str, Any]:
         "Enrolment": {"type": "object", "properties": {
             "device_id": text, "public_key": text, "enrolled_at": {"type": "number"},
             "revoked_at": num}},
+        "Health": _body(ok={"type": "boolean"},
+                        problem={"type": "string", "nullable": True},
+                        broker_connected={"type": "boolean", "nullable": True},
+                        heartbeat_age_s=num,
+                        model_version={"type": "integer", "nullable": True},
+                        training_finished={"type": "boolean"}),
+        "Status": _status_schema(),
     }
     for name in ("Overview", "Device", "Anomalies", "AnomalyRow", "AuditRow", "Enrolment"):
         schemas[name]["required"] = list(schemas[name]["properties"])  # readmodel fills all
     schemas["Version"]["required"] = ["version", "created_at"]  # the rest is the info kept
     return schemas
+
+
+def _status_schema() -> dict[str, Any]:
+    """aggregator.status.FleetStatus as JSON."""
+    num = {"type": "number", "nullable": True}
+    maybe_int = {"type": "integer", "nullable": True}
+    maybe_bool = {"type": "boolean", "nullable": True}
+    text = {"type": "string"}
+    round_ = {"type": "object", "nullable": True, "properties": {
+        "task_id": text, "round": {"type": "integer"}, "mode": text,
+        "model_version": {"type": "integer"}, "invited": maybe_int,
+        "updates": {"type": "integer"}, "opened_s_ago": {"type": "number"},
+        "deadline_in_s": num}}
+    device = {"type": "object", "properties": {
+        "device_id": text, "online": maybe_bool, "eligible": maybe_bool, "reason": text,
+        "model_version": maybe_int, "last_seen_s_ago": num}}
+    rejection = {"type": "object", "properties": {
+        "device_id": text, "reason": text, "s_ago": {"type": "number"}}}
+    schema = {"type": "object", "properties": {
+        "model_version": maybe_int, "versions": {"type": "integer"}, "accuracy": num,
+        "last_version_s_ago": num, "round": round_,
+        "devices": {"type": "array", "items": device},
+        "not_eligible": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "rejections_total": {"type": "integer"},
+        "recent_rejections": {"type": "array", "items": rejection},
+        "stopped": {"type": "string", "nullable": True}, "finished": {"type": "boolean"},
+        "broker": {"type": "object", "nullable": True, "properties": {
+            "connected": {"type": "boolean"}, "since": {"type": "number"}, "reason": text}}}}
+    schema["required"] = list(schema["properties"])
+    return schema
 
 
 def _dp_version_fields() -> dict[str, Any]:

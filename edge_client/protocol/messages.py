@@ -25,6 +25,7 @@ from edge_client.protocol.topics import check_name
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_ELEMENTS = 50_000_000  # 200 MB of float32: a bound, not a target
+MAX_SESSION = 32  # a status's session id
 MAX_CHAIN = 64  # delta steps a manifest may list (the aggregator's keep_deltas)
 # Per-field bounds of decoding (docs/protocol.md, "Decoding rules"); MAX_INT otherwise.
 MAX_EPOCHS = 10_000
@@ -168,6 +169,9 @@ class Status:
     model_version: int | None = None
     time: float = 0.0
     battery_pct: float | None = None
+    # A random id per run of the device: two clients with one device id show as two
+    # sessions taking turns. "" from older devices.
+    session: str = ""
 
 
 Message = Task | Update | Model | ModelManifest | Ack | Status
@@ -239,7 +243,7 @@ def _ack_map(a: Ack) -> dict[str, Any]:
 def _status_map(s: Status) -> dict[str, Any]:
     return {"device_id": s.device_id, "online": s.online, "eligible": s.eligible,
             "reason": cap_reason(s.reason), "model_version": s.model_version, "time": s.time,
-            "battery_pct": s.battery_pct}
+            "battery_pct": s.battery_pct, "session": s.session}
 
 
 _ENCODERS: dict[type, tuple[str, Any]] = {
@@ -503,7 +507,8 @@ def _status_from(f: _Fields, _max: int) -> Status:
     return Status(device_id=f.device("device_id"), online=f.bool("online"),
                   eligible=f.bool("eligible"), reason=f.str("reason", max_len=MAX_REASON),
                   model_version=f.int("model_version", optional=True),
-                  time=f.float("time"), battery_pct=f.float("battery_pct", optional=True))
+                  time=f.float("time"), battery_pct=f.float("battery_pct", optional=True),
+                  session=f.str("session", optional=True, max_len=MAX_SESSION) or "")
 
 
 _DECODERS: dict[str, tuple[type, Any]] = {

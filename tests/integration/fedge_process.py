@@ -31,3 +31,59 @@ def run_fedge(*args: str, timeout: float, env: dict[str, str] | None = None
         raise AssertionError(f"`fedge {' '.join(args)}` ran over {timeout:g} s; "
                              f"its stderr ended:\n{err[-3000:]}") from None
     return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+class LoggedFedge:
+    """A `fedge` command left running, its stderr read line by line on a thread, so a
+    test can wait for a log line while the process goes on. Stopped with SIGTERM."""
+
+    def __init__(self, *args: str) -> None:
+        import threading
+
+        self.args = args
+        self.process = subprocess.Popen([sys.executable, "-m", "fedge.cli", *args],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        text=True)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        """The first line holding `text`; AssertionError with the log after `timeout`."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = next((line for line in self.lines if text in line), None)
+                if found is not None:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"`fedge {' '.join(self.args)}` logged no line with "
+                                         f"{text!r}; its log:\n" + "\n".join(self.lines[-40:]))
+                self._changed.wait(min(left, 0.2))
+
+    @property
+    def text(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._reader.join(5)
+        return code

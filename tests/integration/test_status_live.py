@@ -60,3 +60,53 @@ def test_status_shows_the_round_and_why_a_device_is_idle(mosquitto, tmp_path):
     assert after["not_eligible"] == {"app busy": 1}
     [idle] = [d for d in after["devices"] if d["device_id"] == "dev-2"]
     assert (idle["online"], idle["eligible"], idle["reason"]) == (True, False, "app busy")
+
+
+def test_status_over_the_api_and_health_for_probes(mosquitto, tmp_path):
+    """`fedge aggregator serve` with its dashboard: `fedge status --url` reads the REST
+    API, /api/health answers 200 while the service holds its broker link and 503 with
+    the reason once the broker is gone."""
+    import urllib.error
+    import urllib.request
+
+    from fedge.broker import free_port
+    from tests.integration.fedge_process import LoggedFedge
+
+    port = free_port()
+    (tmp_path / "read.token").write_text("read-secret\n")
+    config = tmp_path / "aggregator.toml"
+    config.write_text(f'federation = "api"\nport = {mosquitto.port}\nrounds = 0\n'
+                      f'db_path = "{tmp_path / "agg.sqlite3"}"\n[model]\nsizes = [64, 16, 10]\n'
+                      f'[dashboard]\nenabled = true\nport = {port}\n'
+                      f'read_token_file = "{tmp_path / "read.token"}"\n')
+    serve = LoggedFedge("aggregator", "serve", "--config", str(config))
+    url = f"http://127.0.0.1:{port}"
+
+    def health() -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=5) as answer:
+                return answer.status, json.load(answer)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+        except OSError:
+            return 0, {}
+
+    try:
+        serve.wait_for("connected to the broker", 30)
+        wait_until(lambda: health()[0] == 200, 30, "a healthy gateway")
+        shown = subprocess.run([sys.executable, "-m", "fedge.cli", "status", "--url", url,
+                                "--token-file", str(tmp_path / "read.token")],
+                               capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert f"from        {url}/api/status" in shown.stdout
+        assert "model       version 0" in shown.stdout and "broker      connected" in shown.stdout
+        refused = subprocess.run([sys.executable, "-m", "fedge.cli", "status", "--url", url],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "answered 401" in refused.stderr
+        mosquitto.stop()
+        wait_until(lambda: health()[0] == 503, 30, "the gateway to report its broker gone")
+        assert "not connected to the broker" in health()[1]["problem"]
+        serve.wait_for("waiting for the broker: not connected to", 30)
+    finally:
+        assert serve.stop() == 0
+    assert "Traceback" not in serve.text

@@ -64,7 +64,7 @@ def test_acl_text_exact_lines() -> None:
         "",
         "user dev1",
         "topic write fedge/fed/update/dev1",
-        "topic write fedge/fed/status/dev1",
+        "topic readwrite fedge/fed/status/dev1",  # its own: a duplicate id shows
         "topic write fedge/fed/secagg/dev1",
         "topic read fedge/fed/model",
         "topic read fedge/fed/model/#",
@@ -74,7 +74,7 @@ def test_acl_text_exact_lines() -> None:
         "",
         "user dev2",
         "topic write fedge/fed/update/dev2",
-        "topic write fedge/fed/status/dev2",
+        "topic readwrite fedge/fed/status/dev2",
         "topic write fedge/fed/secagg/dev2",
         "topic read fedge/fed/model",
         "topic read fedge/fed/model/#",

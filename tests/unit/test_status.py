@@ -6,6 +6,7 @@ import json
 
 from aggregator.status import FINISHED_NOTE, fleet_status
 from aggregator.store import Store
+from aggregator.web import create_app
 from edge_client.protocol import Status, Task, TrainConfig, encode
 from fedge.cli import main
 from fedge.status_cli import render
@@ -56,3 +57,25 @@ def test_the_command_prints_json_and_refuses_what_it_cannot_read(tmp_path, capsy
     assert main(["status", "--db", str(tmp_path / "junk.sqlite3")]) == 2
     assert "cannot read the store" in capsys.readouterr().err
     assert main(["status", "--db", str(tmp_path / "agg.sqlite3"), "--watch", "0"]) == 2
+
+
+def test_health_says_what_is_wrong(tmp_path):
+    from aggregator.status import BROKER_NOTE, HEARTBEAT_NOTE, service_health
+
+    store = _store(tmp_path)
+    now = 1_000_000.0
+    assert service_health(store, now).problem == "the service loop has not run yet"
+    store.set_note(HEARTBEAT_NOTE, now - 5)
+    store.set_note(BROKER_NOTE, {"connected": False, "since": now, "reason": "refused"})
+    found = service_health(store, now)
+    assert not found.ok and found.problem == "not connected to the broker (refused)"
+    store.set_note(BROKER_NOTE, {"connected": True, "since": now, "reason": ""})
+    found = service_health(store, now)
+    assert found.ok and found.problem is None and found.model_version == 1
+    assert service_health(store, now + 60).problem == "the service loop last ran 65 s ago"
+    client = create_app(tmp_path / "agg.sqlite3", "read-token", None).test_client()
+    answer = client.get("/api/health")  # no token needed
+    assert answer.status_code == 503 and answer.get_json()["ok"] is False
+    assert client.get("/api/status").status_code == 401
+    status = client.get("/api/status", headers={"Authorization": "Bearer read-token"})
+    assert status.get_json()["round"]["task_id"] == "r2"

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 import pytest
 import schemathesis
 from flask import Flask
+from schemathesis.checks import not_a_server_error
 
 from aggregator.web import create_app
 from aggregator.web.openapi import openapi_document
@@ -74,14 +75,21 @@ def test_the_standard_checks_are_on():
         assert {m.name for m in schema.config.generation.modes} == {"POSITIVE", "NEGATIVE"}
 
 
+def _call_and_validate(case) -> None:
+    """/api/health answers 503 by design while the service is down (the store here has
+    no running service); the document says so, and every other check still applies."""
+    excluded = [not_a_server_error] if case.path == "/api/health" else []
+    case.call_and_validate(excluded_checks=excluded)
+
+
 @read_schema.parametrize()
 def test_the_read_token_gets_what_the_document_says(case, app):
-    case.call_and_validate()
+    _call_and_validate(case)
 
 
 @admin_schema.parametrize()
 def test_the_admin_token_gets_what_the_document_says(case, app):
-    case.call_and_validate()
+    _call_and_validate(case)
 
 
 @pytest.mark.parametrize("path", ["/api/overview", "/api/versions", "/api/devices",
