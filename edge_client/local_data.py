@@ -12,6 +12,8 @@ def checked_local_data(x: np.ndarray, y: np.ndarray,
     is wrong: shapes, NaN or infinite features, labels that are not whole numbers.
     `negative_labels_ok` leaves the label range to a caller that knows the model's."""
     x, y = np.asarray(x), np.asarray(y)
+    if x.ndim >= 1 and y.ndim == 1 and len(x) != len(y):
+        raise ValueError(f"need as many labels as samples; got x {x.shape}, y {y.shape}")
     if x.ndim < 2 or len(x) == 0 or y.shape != (len(x),):
         raise ValueError(f"need x of shape (samples, ...) and y of shape (samples,), at "
                          f"least one sample; got x {x.shape}, y {y.shape}")
