@@ -150,7 +150,7 @@ class Aggregator:
             self.store.abort_task(opened[0].task_id)
         elif opened is not None and opened[0].model_version == self.version:
             self._task, self._task_opened = opened[0], time.monotonic()
-            self.presence.round_opened(opened[0])
+            # not watched for no-shows: invitees may have sent updates while we were down
         for payload in self.store.pending_payloads():
             update = open_update(payload, self.global_weights)
             self._pending.append(update)
