@@ -10,8 +10,11 @@ mode nothing checks who sent it). So:
   at start: the retained statuses of those still around bring them back.
 - Invitations are topped up with proven devices (SyncRounds.plan), so newcomers that do
   not show up cannot hold a round while enough proven devices are available.
-- No-shows are counted (aggregator/no_shows.py); a benched newcomer is dropped, its row
-  deleted and its retained status cleared from the broker (the service does that).
+- No-shows are counted (aggregator/no_shows.py). A benched newcomer stays tracked (it may
+  still send a late update) but is the first to make room; if its backoff passes without
+  an update or a fresh status, it is dropped, its row deleted and its retained status
+  cleared from the broker (the service does that), so it does not come back at every
+  start.
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ class Presence:
         self.proven: set[str] = set(store.proven_devices())
         self.available: set[str] = set()  # online and eligible, by their last status
         self._newcomers: dict[str, None] = {}  # tracked newcomers, in arrival order
-        self._idle: OrderedDict[str, None] = OrderedDict()  # of those, not available
+        self._idle: OrderedDict[str, None] = OrderedDict()  # of those, unavailable or benched
+        self._benched: OrderedDict[str, float] = OrderedDict()  # newcomers: backoff ends
         self.no_shows = NoShows(config.max_no_shows, config.no_show_backoff_s)
         self._skipped: tuple[str, ...] = ()  # benched devices left out, as last logged
 
@@ -90,7 +94,9 @@ class Presence:
             self._newcomers[device] = None
         if up:
             self.available.add(device)
-            self._idle.pop(device, None)
+            if returning:
+                self._idle.pop(device, None)
+                self._benched.pop(device, None)
         else:
             self.available.discard(device)
             self.no_shows.went_away(device)
@@ -112,6 +118,7 @@ class Presence:
     def _forget(self, device: str) -> None:
         self._newcomers.pop(device, None)
         self._idle.pop(device, None)
+        self._benched.pop(device, None)
         self.available.discard(device)
         self.store.forget_device(device)
 
@@ -146,9 +153,11 @@ class Presence:
         self.proven.add(device)
         self._newcomers.pop(device, None)
         self._idle.pop(device, None)
+        self._benched.pop(device, None)
 
     def round_ended(self, task_id: str, now: float) -> list[str]:
-        """Count no-shows of the round that ended; returns the benched newcomers, whose
+        """Count no-shows of the round that ended (at monotonic `now`); returns the
+        newcomers dropped because their backoff passed with no sign of life, whose
         retained statuses the caller clears from the broker."""
         end = self.no_shows.round_ended(task_id, now)
         if end.missed:
@@ -156,9 +165,16 @@ class Presence:
                      len(end.missed), task_id, _some(end.missed),
                      f"; benched {len(end.benched)} ({_some(end.benched)})"
                      if end.benched else "")
-        dropped = [d for d in end.benched if d not in self.proven]
-        for device in dropped:
-            self._forget(device)
+        for device in end.benched:
+            if device in self._newcomers:
+                self._idle[device] = None  # the first to make room
+                self._benched[device] = now + self.config.no_show_backoff_s
+        dropped = []
+        while self._benched and next(iter(self._benched.values())) <= now:
+            device, _ = self._benched.popitem(last=False)
+            if self.no_shows.is_benched(device):
+                self._forget(device)
+                dropped.append(device)
         return dropped
 
 

@@ -102,14 +102,35 @@ def test_a_device_that_said_it_went_away_is_not_a_no_show(store):
     assert presence.candidates() == ["a"]
 
 
-def test_a_benched_newcomer_is_forgotten_and_its_status_is_to_be_cleared(store):
-    presence = _presence(store, max_no_shows=1, no_show_backoff_s=50)
-    presence.on_status(_status("ghost"), 0.0)
+def test_a_benched_newcomer_is_dropped_once_its_backoff_passes_without_a_sign_of_life(
+        store):
+    presence = _presence(store, max_no_shows=1, no_show_backoff_s=50, max_newcomers=2)
+    for device in ("ghost", "slow"):
+        presence.on_status(_status(device), 0.0)
+    presence.round_opened(_task("t1", ("ghost", "slow")))
+    assert presence.round_ended("t1", 1.0) == []  # benched, still tracked: may be late
+    assert presence.candidates() == []
+    presence.update_seen("slow", "t1")  # a late update: proven, and back
+    assert presence.candidates() == ["slow"]
+    assert presence.on_status(_status("ghost"), 10.0) is Taken.TRACKED  # still benched
+    assert presence.candidates() == ["slow"]
+    presence.round_opened(_task("t2", ("slow",)))
+    presence.update_seen("slow", "t2")
+    assert presence.round_ended("t2", 51.0) == ["ghost"]  # to be cleared from the broker
+    assert [d["device_id"] for d in store.devices()] == ["slow"]
+    assert presence.on_status(_status("ghost"), 52.0) is Taken.TRACKED  # one more chance
+    assert presence.candidates() == ["ghost", "slow"]
+
+
+def test_a_benched_newcomer_is_the_first_to_make_room(store):
+    presence = _presence(store, max_no_shows=1, max_newcomers=2)
+    for device in ("ghost", "honest"):
+        presence.on_status(_status(device), 0.0)
     presence.round_opened(_task("t1", ("ghost",)))
-    assert presence.round_ended("t1", 1.0) == ["ghost"]
-    assert presence.candidates() == [] and store.devices() == []
-    assert presence.on_status(_status("ghost"), 10.0) is Taken.BENCHED  # re-announced
-    assert presence.on_status(_status("ghost"), 60.0) is Taken.TRACKED
+    presence.round_ended("t1", 1.0)
+    assert presence.on_status(_status("new"), 2.0) is Taken.TRACKED
+    assert presence.candidates() == ["honest", "new"]
+    assert sorted(d["device_id"] for d in store.devices()) == ["honest", "new"]
 
 
 def test_async_tasks_and_other_rounds_count_no_no_shows():
