@@ -1,11 +1,12 @@
 """No-shows: devices that say they are available but send nothing when invited.
 
 A device invited to a sync round that sends no update before the round ends (closes or
-aborts), and did not say meanwhile that it became unavailable, did not show up. After
-`max_no_shows` such rounds in a row it is benched: not invited again until it sends an
-update, or a status that arrives once `backoff_s` has passed (then it gets one more
-chance). So a fake "online, eligible" status costs the federation a bounded number of
-invitations, however long it stays retained on the broker.
+aborts), not even one that is refused, and did not say meanwhile that it became
+unavailable, did not show up. After `max_no_shows` such rounds in a row it is benched:
+not invited again until it sends an update that is stored, or a status that arrives once
+`backoff_s` has passed (then it gets one more chance). So a fake "online, eligible"
+status costs the federation a bounded number of invitations, however long it stays
+retained on the broker.
 
 Memory is bounded: at most MAX_TRACKED devices per table, the oldest forgotten first.
 """
@@ -54,6 +55,12 @@ class NoShows:
         self._counts.pop(device, None)
         self._benched.pop(device, None)
         if task_id == self._round:
+            self._heard.add(device)
+
+    def showed_up(self, device: str) -> None:
+        """It sent something during the round, even if refused: not a no-show (it is not
+        silent; anomaly flags deal with devices whose updates keep being refused)."""
+        if device in self._invited:
             self._heard.add(device)
 
     def went_away(self, device: str) -> None:

@@ -147,6 +147,10 @@ class Presence:
                      "newcomer(s) on trial (%s)", task.round,
                      len(task.invited) - len(newcomers), len(newcomers), _some(newcomers))
 
+    def sent_something(self, device: str) -> None:
+        """A whole update came from `device` (perhaps to be refused): it showed up."""
+        self.no_shows.showed_up(device)
+
     def update_seen(self, device: str, task_id: str) -> None:
         """An update from `device` was stored: it has a track record now."""
         self.no_shows.heard(device, task_id)

@@ -516,6 +516,7 @@ class Aggregator:
             security = self.config.security
             message = verified_body(message, device, self.store.device_key(device),
                                     required=security.enabled)
+            self.presence.sent_something(device)  # even if refused below: not a no-show
             update = self._validate(device, transfer, message)
             if security.enabled:
                 check_clock(update, time.time(), security.max_clock_skew_s)

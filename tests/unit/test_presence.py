@@ -133,6 +133,15 @@ def test_a_benched_newcomer_is_the_first_to_make_room(store):
     assert sorted(d["device_id"] for d in store.devices()) == ["honest", "new"]
 
 
+def test_a_device_whose_update_was_refused_showed_up_but_has_no_track_record(store):
+    presence = _presence(store, max_no_shows=1)
+    presence.on_status(_status("a"), 0.0)
+    presence.round_opened(_task("t1", ("a",)))
+    presence.sent_something("a")
+    presence.round_ended("t1", 1.0)
+    assert presence.candidates() == ["a"] and presence.proven == set()
+
+
 def test_async_tasks_and_other_rounds_count_no_no_shows():
     shows = NoShows(max_no_shows=1, backoff_s=10)
     shows.round_opened(_task("v1-async", None, mode="async"))
