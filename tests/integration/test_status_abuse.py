@@ -16,7 +16,7 @@ from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
 from edge_client.identity import load_or_create_identity
 from edge_client.protocol import Status, Task, decode, encode
-from edge_client.protocol.signing import seal
+from edge_client.protocol.signing import open_envelope, seal, verify_envelope
 from edge_client.security import BrokerAuth, DeviceSecurity
 from edge_client.training import mlp_trainer
 from tests.integration.fleet import (
@@ -99,6 +99,18 @@ def test_secure_mode_believes_only_a_devices_own_fresh_signed_status(
         publish(thief, _status_topic("bob"), fresh)  # replayed: bob is not back
         wait_until(lambda: _counter(db, "statuses_refused") == 4, 10, "the replay refused")
         assert "bob" not in agg.available and "alice" in agg.available
+
+        seen: list[Status] = []  # what the aggregator user reads on alice's status topic
+        watcher = _tls_client(broker, files, "aggregator")
+        watcher.on_message = lambda _c, _u, m: m.payload and seen.append(decode(
+            verify_envelope(open_envelope(m.payload), alice.identity.public_bytes)))
+        watcher.subscribe(_status_topic("alice"), 1)
+        wait_until(lambda: len(seen) >= 1, 10, "alice's retained status")
+        alice.link.drop_connection()  # a lost link: the broker publishes her sealed will
+        wait_until(lambda: any(not s.online for s in seen), 10, "alice's will")
+        wait_until(lambda: seen[-1].online and "alice" in agg.available, 10, "alice back")
+        close_client(watcher)
+        assert _counter(db, "statuses_refused") == 4  # her will was taken, not refused
     finally:
         close_client(thief)
         for run in reversed(runs):
