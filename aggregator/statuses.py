@@ -44,13 +44,14 @@ class StatusGate:
 
     def _check_time(self, status: Status, now: float) -> None:
         newest = self._newest.get(status.device_id)
+        limit = self.security.max_clock_skew_s
+        skew = status.time - now
         if status.online and status.eligible:
-            limit = self.security.max_clock_skew_s
-            skew = status.time - now
             if abs(skew) > limit:
                 raise RemoteProtocolError(f"status time is {skew:+.0f} s from the "
                                           f"aggregator's clock (limit {limit:.0f} s)")
             if newest is not None and status.time <= newest:
                 raise RemoteProtocolError("status is not newer than the last one taken "
                                           "from this device (a replay?)")
-        self._newest[status.device_id] = max(status.time, newest or status.time)
+        if abs(skew) <= limit:  # a stamp far off (a wrong clock) must not lock it out
+            self._newest[status.device_id] = max(status.time, newest or status.time)

@@ -68,6 +68,12 @@ def test_an_old_offline_status_is_taken_it_can_only_make_a_device_unavailable():
     gate.open("dev-1", seal(_status(at=NOW - 4), DEVICE), NOW)  # still newer than the last
 
 
+def test_an_offline_status_stamped_far_ahead_does_not_lock_the_device_out():
+    gate = _gate()
+    gate.open("dev-1", seal(_status(online=False, at=NOW + 86_400), DEVICE), NOW)
+    assert gate.open("dev-1", seal(_status(at=NOW), DEVICE), NOW).online
+
+
 def test_plain_mode_takes_unsigned_and_signed_statuses_unchecked():
     gate = _gate(enabled=False)
     assert gate.open("ghost", _status(device="ghost", at=0.0), NOW).online
