@@ -27,7 +27,7 @@ from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.presence import Presence
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureOutcome, SecureRounds, forget_secure_round
-from aggregator.statuses import StatusGate
+from aggregator.status_gate import StatusGate
 from aggregator.store import Store
 from aggregator.strategy import Contribution, Strategy
 from aggregator.strategy.config import build_strategy

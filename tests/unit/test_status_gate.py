@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from aggregator.statuses import StatusGate
+from aggregator.status_gate import StatusGate
 from edge_client.identity import Identity
 from edge_client.protocol import RemoteProtocolError, Status, encode
 from edge_client.protocol.signing import seal
