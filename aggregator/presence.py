@@ -5,8 +5,8 @@ mode nothing checks who sent it). So:
 
 - A device with a track record (an update stored, in this run or an earlier one) is
   "proven". Others are "newcomers": at most `max_newcomers` of them are tracked at once
-  (the oldest unavailable one makes room; else a new one is not taken), and only those
-  get a row in the devices table. Rows of devices that never sent an update are dropped
+  (the oldest unavailable or benched one makes room; else a new one is not taken), and
+  only those get a row in the devices table. Rows of devices that never sent an update are dropped
   at start: the retained statuses of those still around bring them back.
 - Invitations are topped up with proven devices (SyncRounds.plan), so newcomers that do
   not show up cannot hold a round while enough proven devices are available.
@@ -55,8 +55,7 @@ class Taken(Enum):
     """What became of one status."""
 
     TRACKED = "tracked"  # its device's availability and row were updated
-    UNKNOWN = "unknown"  # a newcomer that is not available: nothing to track
-    FULL = "full"  # a newcomer, but max_newcomers are tracked already
+    FULL = "full"  # a newcomer, but max_newcomers are tracked already, none of them idle
     BENCHED = "benched"  # a benched newcomer still in its backoff
 
 
@@ -85,8 +84,6 @@ class Presence:
         up = status.online and status.eligible
         returning = self.no_shows.may_return(device, now) if up else True
         if device not in self.proven and device not in self._newcomers:
-            if not up:
-                return Taken.UNKNOWN
             if not returning:
                 return Taken.BENCHED
             if not self._make_room():

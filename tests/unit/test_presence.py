@@ -46,11 +46,20 @@ def test_newcomers_are_bounded_and_the_oldest_idle_one_makes_room(store):
     presence = _presence(store, max_newcomers=3)
     assert [presence.on_status(_status(d), 0.0) for d in "abc"] == [Taken.TRACKED] * 3
     assert presence.on_status(_status("d"), 0.0) is Taken.FULL  # nobody idle to replace
-    assert presence.on_status(_status("zz", online=False), 0.0) is Taken.UNKNOWN
+    assert presence.on_status(_status("zz", online=False), 0.0) is Taken.FULL
     assert presence.on_status(_status("b", eligible=False), 0.0) is Taken.TRACKED
     assert presence.on_status(_status("d"), 0.0) is Taken.TRACKED  # b made room
     assert presence.candidates() == ["a", "c", "d"]
     assert sorted(d["device_id"] for d in store.devices()) == ["a", "c", "d"]
+
+
+def test_a_newcomer_that_is_online_but_not_eligible_is_shown_not_invited(store):
+    presence = _presence(store, max_newcomers=2)
+    assert presence.on_status(_status("busy", eligible=False), 0.0) is Taken.TRACKED
+    assert presence.candidates() == []
+    assert [(d["device_id"], d["eligible"]) for d in store.devices()] == [("busy", 0)]
+    presence.on_status(_status("a"), 0.0)
+    assert presence.on_status(_status("b"), 0.0) is Taken.TRACKED  # busy, idle, made room
 
 
 def test_proven_devices_are_not_newcomers_and_junk_rows_go_at_start(store):
