@@ -76,6 +76,7 @@ class Presence:
         self._benched: OrderedDict[str, float] = OrderedDict()  # newcomers: backoff ends
         self.no_shows = NoShows(config.max_no_shows, config.no_show_backoff_s)
         self._skipped: tuple[str, ...] = ()  # benched devices left out, as last logged
+        self._turned_away = 0  # newcomer statuses not taken since the list was last full
 
     # ------------------------------------------------------------ statuses
     def on_status(self, status: Status, now: float) -> Taken:
@@ -87,8 +88,10 @@ class Presence:
             if not returning:
                 return Taken.BENCHED
             if not self._make_room():
+                self._turn_away(device)
                 return Taken.FULL
             self._newcomers[device] = None
+            self._turned_away = 0
         if up:
             self.available.add(device)
             if returning:
@@ -111,6 +114,15 @@ class Presence:
         oldest, _ = self._idle.popitem(last=False)
         self._forget(oldest)
         return True
+
+    def _turn_away(self, device: str) -> None:
+        """Logged (INFO) once each time the list fills up, not once per status."""
+        self._turned_away += 1
+        if self._turned_away == 1:
+            log.info("aggregator: not taking the status of %s, nor of other new devices "
+                     "until there is room: %d devices without a stored update are tracked "
+                     "already, none of them offline or benched ([presence] max_newcomers)",
+                     device, len(self._newcomers))
 
     def _forget(self, device: str) -> None:
         self._newcomers.pop(device, None)

@@ -5,9 +5,11 @@ federation's rounds, and retained junk is cleared once instead of re-read at eve
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 
+import numpy as np
 import pytest
 
 from aggregator.config import SyncConfig
@@ -15,7 +17,7 @@ from aggregator.presence import PresenceConfig
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
 from edge_client.identity import load_or_create_identity
-from edge_client.protocol import Status, Task, decode, encode
+from edge_client.protocol import Status, Task, Update, decode, encode, split
 from edge_client.protocol.signing import open_envelope, seal, verify_envelope
 from edge_client.security import BrokerAuth, DeviceSecurity
 from edge_client.training import mlp_trainer
@@ -117,6 +119,14 @@ def test_secure_mode_believes_only_a_devices_own_fresh_signed_status(
             run.halt()
 
 
+def _send_update(client, data: Digits, device: str, task_id: str) -> None:
+    tensors = {k: np.zeros_like(v) for k, v in data.initial_weights().items()}
+    update = Update(device_id=device, task_id=task_id, nonce=os.urandom(16).hex(),
+                    base_version=0, num_samples=3, tensors=tensors, created_at=time.time())
+    for chunk in split(encode(update), update.nonce):
+        publish(client, f"fedge/{FEDERATION}/update/{device}", chunk)
+
+
 def _retained(broker, topic_filter: str, quiet_s: float = 0.5) -> dict[str, bytes]:
     """The retained messages under a filter, as a new subscriber gets them."""
     got: dict[str, bytes] = {}
@@ -167,6 +177,11 @@ def test_plain_mode_ghosts_cannot_hold_rounds_and_retained_junk_is_read_once(
         for device in ghosts:  # "online, eligible", retained, none of them real
             publish(attacker, _status_topic(device), _status(device), retain=True)
         wait_until(lambda: agg.version >= 12, 20, "eleven versions beside the ghosts")
+        closed = _rows(db, "SELECT task_id FROM tasks WHERE state = 'closed' LIMIT 1")[0][0]
+        _send_update(attacker, data, "mallory", closed)  # never invited to that round
+        wait_until(lambda: _rows(db, "SELECT reason FROM rejections WHERE device_id = "
+                                     "'mallory'") == [("device was not invited to this round",)],
+                   10, "mallory's late update refused")
         runs[0].halt()
         invited = [d for task in _invitations(db) for d in task if d.startswith("ghost")]
         assert invited, "the ghosts were never tried: the test shows nothing"
@@ -174,7 +189,7 @@ def test_plain_mode_ghosts_cannot_hold_rounds_and_retained_junk_is_read_once(
         assert "aborted" not in _states(db)  # no round waited for a ghost
         assert "benched" in caplog.text
         refused = (_counter(db, "statuses_refused"), len(_rows(db, "SELECT * FROM rejections")))
-        assert refused == (10, 10)  # every junk message refused once
+        assert refused == (10, 11)  # every junk message refused once, and mallory
         left = _retained(mosquitto, f"fedge/{FEDERATION}/#")
         assert not any("junk" in topic for topic in left)  # cleared from the broker
         cleared = {r.getMessage().rsplit("/", 1)[1] for r in caplog.records

@@ -42,7 +42,8 @@ def _presence(store: Store, **config) -> Presence:
     return Presence(PresenceConfig(**config), store)
 
 
-def test_newcomers_are_bounded_and_the_oldest_idle_one_makes_room(store):
+def test_newcomers_are_bounded_and_the_oldest_idle_one_makes_room(store, caplog):
+    caplog.set_level(logging.INFO, logger="aggregator.presence")
     presence = _presence(store, max_newcomers=3)
     assert [presence.on_status(_status(d), 0.0) for d in "abc"] == [Taken.TRACKED] * 3
     assert presence.on_status(_status("d"), 0.0) is Taken.FULL  # nobody idle to replace
@@ -51,6 +52,8 @@ def test_newcomers_are_bounded_and_the_oldest_idle_one_makes_room(store):
     assert presence.on_status(_status("d"), 0.0) is Taken.TRACKED  # b made room
     assert presence.candidates() == ["a", "c", "d"]
     assert sorted(d["device_id"] for d in store.devices()) == ["a", "c", "d"]
+    full = [r.getMessage() for r in caplog.records if "not taking the status" in r.getMessage()]
+    assert len(full) == 1 and "of d, nor of other new devices" in full[0]  # once, not twice
 
 
 def test_a_newcomer_that_is_online_but_not_eligible_is_shown_not_invited(store):
