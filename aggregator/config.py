@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.anomalies import AnomalyConfig
+from aggregator.presence import PresenceConfig
 from aggregator.privacy.config import PrivacyConfig, check_privacy
 from aggregator.secagg_config import SecAggConfig, check_secagg
 from aggregator.strategy.config import StrategyConfig
@@ -131,6 +132,7 @@ class AggregatorConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # docs/privacy.md
     anomalies: AnomalyConfig = field(default_factory=AnomalyConfig)  # docs/privacy.md
     secagg: SecAggConfig = field(default_factory=SecAggConfig)  # docs/secure-aggregation.md
+    presence: PresenceConfig = field(default_factory=PresenceConfig)  # docs/security.md
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)

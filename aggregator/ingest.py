@@ -40,8 +40,9 @@ def check_sender(update: Update, device: str, transfer: str) -> None:
 
 
 def verified_body(message: bytes, device: str, enrolled_key: str | None,
-                  required: bool) -> bytes:
-    """The update inside its signature, checked against the key enrolled for `device`.
+                  required: bool, what: str = "update") -> bytes:
+    """The message (an update, or `what`) inside its signature, checked against the key
+    enrolled for `device`.
 
     The device is the one the topic names, so a device cannot sign for another; a
     revoked or unknown device has no key here. Without security the envelope, if any,
@@ -52,7 +53,7 @@ def verified_body(message: bytes, device: str, enrolled_key: str | None,
     if enrolled_key is None:
         raise RemoteProtocolError(f"device {device!r} is not enrolled, or was revoked")
     if not is_signed(message):
-        raise RemoteProtocolError("update is not signed")
+        raise RemoteProtocolError(f"{what} is not signed")
     return verify_envelope(open_envelope(message), parse_public_key(enrolled_key))
 
 

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from aggregator.store import Store
-from edge_client.protocol import Task
+from edge_client.protocol import Status, Task
 from edge_client.protocol.reasons import reason_kind
 
 log = logging.getLogger("aggregator.service")
 DEFAULT_INTERVAL_S = 30.0
 LOOK_S = 1.0  # while waiting, look at most this often whether the situation changed
 LISTED_DEVICES = 5  # device ids named in one line; the rest are counted
+TWIN_WINDOW_S = 120.0  # a session coming back within this long: two clients, one id
+TWIN_REPEAT_S = 600.0  # the warning for one device id, at most this often
+WATCHED_SESSIONS = 10_000  # devices whose sessions are remembered (oldest forgotten)
 
 
 class Waiting(Enum):
@@ -138,3 +141,35 @@ def _state(row: dict[str, Any] | None) -> str:
     if not row["online"]:
         return "offline"
     return "eligible" if row["eligible"] else f"not eligible: {reason_kind(row['reason'])}"
+
+
+class TwinWatch:
+    """Two clients with one device id take turns on the broker (each connection takes
+    the other's over), so that device's statuses alternate between two sessions:
+    A, B, A within a short time. A restart shows as A, B and stays at B."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._seen: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        self._warned: dict[str, float] = {}
+
+    def status(self, status: Status) -> None:
+        if not status.session:
+            return  # an older device: no session to compare
+        device, now = status.device_id, self.clock()
+        last, before, switched_at = self._seen.pop(device, (status.session, "", 0.0))
+        if status.session != last:
+            if status.session == before and now - switched_at < TWIN_WINDOW_S:
+                self._warn(device, last, status.session, now)
+            before, last, switched_at = last, status.session, now
+        self._seen[device] = (last, before, switched_at)
+        if len(self._seen) > WATCHED_SESSIONS:
+            self._seen.popitem(last=False)
+
+    def _warn(self, device: str, one: str, other: str, now: float) -> None:
+        if now - self._warned.get(device, -TWIN_REPEAT_S) < TWIN_REPEAT_S:
+            return
+        self._warned[device] = now
+        log.warning("aggregator: two clients are using device id %r (sessions %s and %s take "
+                    "turns on the broker): device ids must be unique; each knocks the other "
+                    "off at every connect", device, one, other)

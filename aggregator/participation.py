@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from aggregator.config import AggregatorConfig
@@ -35,6 +36,7 @@ class TaskInfo:
     mode: str
     model_version: int
     state: str  # open | closed | aborted
+    invited: tuple[str, ...] | None = None  # None: every device (or not known)
 
 
 class SyncRounds:
@@ -49,9 +51,15 @@ class SyncRounds:
         self._waiting_since: float | None = None
         self.timeout_s = config.sync.round_timeout_s  # grows after aborted rounds
 
-    def plan(self, round_no: int, version: int, online: list[str],
-             now: float) -> Task | None:
-        """A task for the next round, or None while too few devices are online."""
+    def plan(self, round_no: int, version: int, online: list[str], now: float,
+             proven: Collection[str] | None = None) -> Task | None:
+        """A task for the next round, or None while too few devices are online.
+
+        `proven`: the devices with a track record (None: all of them). Invitations are
+        drawn from all of `online` alike, then topped up with proven devices until as
+        many proven ones are invited as the round needs (when there are that many), so
+        newcomers that never show up cannot hold the round (aggregator/presence.py).
+        """
         target = self.sync.target_updates
         if self._waiting_since is None:
             self._waiting_since = now
@@ -63,11 +71,23 @@ class SyncRounds:
             return None
         self._waiting_since = None
         invite_count = min(len(online), math.ceil(target * (1 + self.sync.over_selection)))
-        invited = tuple(sorted(self._rng.sample(sorted(online), invite_count)))
+        picked = self._rng.sample(sorted(online), invite_count)
+        if proven is not None:
+            picked += self._top_up(picked, online, proven, invite_count)
+        invited = tuple(sorted(picked))
         return Task(task_id=f"r{round_no}-{uuid.uuid4().hex[:8]}", mode="sync",
                     round=round_no, model_version=version, train=self.config.train,
                     deadline=now + self.timeout_s, invited=invited,
                     chunk_size=self.config.chunk_size, codec=_uplink(self.config))
+
+    def _top_up(self, picked: list[str], online: list[str], proven: Collection[str],
+                count: int) -> list[str]:
+        have = sum(1 for d in picked if d in proven)
+        if have >= count:
+            return []
+        chosen = set(picked)
+        spare = sorted(d for d in online if d in proven and d not in chosen)
+        return self._rng.sample(spare, min(len(spare), count - have))
 
     def min_updates(self) -> int:
         return max(1, math.ceil(self.sync.min_fraction * self.sync.target_updates))
@@ -86,6 +106,9 @@ class SyncRounds:
         if task.mode != "sync":
             return Verdict("rejected", reason="task is not a sync round")
         if open_task is None or update.task_id != open_task.task_id:
+            # late means invited, but after the round closed; others were never asked
+            if task.invited is not None and update.device_id not in task.invited:
+                return Verdict("rejected", reason="device was not invited to this round")
             return Verdict("late", "late", "the round has closed")
         if not open_task.invites(update.device_id):
             return Verdict("rejected", reason="device was not invited to this round")
@@ -124,8 +147,8 @@ class BufferedAsync:
         self.config = config
         self.cfg = config.async_
 
-    def plan(self, round_no: int, version: int, online: list[str],
-             now: float) -> Task | None:
+    def plan(self, round_no: int, version: int, online: list[str], now: float,
+             proven: Collection[str] | None = None) -> Task | None:
         return Task(task_id=f"v{version}-async", mode="async", round=round_no,
                     model_version=version, train=self.config.train, deadline=None,
                     invited=None, chunk_size=self.config.chunk_size, codec=_uplink(self.config))

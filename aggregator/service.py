@@ -23,11 +23,13 @@ from aggregator.anomalies import AnomalyWatch, clipping_of
 from aggregator.config import AggregatorConfig
 from aggregator.downlink import DownlinkEncoder, on_the_wire, representable, retained_chain
 from aggregator.ingest import check_clock, check_sender, open_update, verified_body
-from aggregator.narrator import Narrator, Waiting
+from aggregator.narrator import Narrator, TwinWatch, Waiting
 from aggregator.participation import TaskInfo, Verdict, participation_for
+from aggregator.presence import Presence
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureOutcome, SecureRounds, forget_secure_round
 from aggregator.status import BROKER_NOTE, FINISHED_NOTE, HEARTBEAT_NOTE, HEARTBEAT_S
+from aggregator.status_gate import StatusGate
 from aggregator.store import Store
 from aggregator.store_check import refuse_if_damaged
 from aggregator.strategy import Contribution, Strategy
@@ -38,7 +40,6 @@ from edge_client.protocol import (
     Assembler,
     Model,
     RemoteProtocolError,
-    Status,
     Task,
     Topics,
     Update,
@@ -111,9 +112,11 @@ class Aggregator:
                                     timeout_s=config.upload_timeout_s)
         self._stop = threading.Event()
         self.narrator = Narrator(self.store, config.waiting_log_s)  # what it does, at INFO
+        self.twins = TwinWatch()  # two devices with one id
         self._link_problem = "connecting"  # why the link is down, for the waiting line
         self._heartbeat_at = 0.0
-        self.available: set[str] = set()  # online and eligible: who may be invited
+        self.presence = Presence(config.presence, self.store)  # who may be invited
+        self.status_gate = StatusGate(config.security, self.store.device_key)
         self.version, self.global_weights, self.arch = self._load_or_create(
             initial_weights, arch or {})
         self._task: Task | None = None
@@ -185,10 +188,12 @@ class Aggregator:
             self.store.abort_task(opened[0].task_id)
         elif opened is not None and opened[0].model_version == self.version:
             self._task, self._task_opened = opened[0], time.monotonic()
+            # not watched for no-shows: invitees may have sent updates while we were down
         for payload in self.store.pending_payloads():
             update = open_update(payload, self.global_weights)
             self._pending.append(update)
             self._update_bytes[update.nonce] = len(payload)
+            self.presence.update_seen(update.device_id, update.task_id)
         if self._pending:
             log.info("aggregator: resumed with %d pending updates", len(self._pending))
 
@@ -257,6 +262,15 @@ class Aggregator:
                                                                     name=name)))
 
     @property
+    def available(self) -> set[str]:
+        """Devices online and eligible by their last status (aggregator/presence.py)."""
+        return self.presence.available
+
+    @available.setter
+    def available(self, devices: set[str]) -> None:
+        self.presence.available = set(devices)
+
+    @property
     def paused(self) -> bool:
         return self._paused
 
@@ -301,9 +315,9 @@ class Aggregator:
             log.warning("aggregator: strategy %s from the next version on", event.name)
         elif isinstance(event, Inbound) and event.payload:
             if event.topic.startswith(self.topics.prefix + "/update/"):
-                self._on_update_chunk(event.topic, event.payload)
+                self._on_update_chunk(event.topic, event.payload, event.retained)
             elif event.topic.startswith(self.topics.prefix + "/status/"):
-                self._on_status(event.topic, event.payload)
+                self._on_status(event.topic, event.payload, event.retained)
             elif self.secure is not None and event.topic.startswith(
                     self.topics.prefix + "/secagg/"):
                 self._on_secagg(event.topic, event.payload)
@@ -336,10 +350,12 @@ class Aggregator:
             self._tick_secure(now)
             return
         decision = self.participation.due(len(self._pending), self._task, now)
-        if decision not in ("aggregate", "abort"):
+        if decision == "wait":
             task, pending = self._task, self._pending
             self.narrator.waiting(Waiting.UPDATES, lambda: self.narrator.for_updates(
                 task, [u.device_id for u in pending], self._updates_wanted()))
+        else:
+            self._round_over(self._task)
         if decision == "aggregate":
             self._aggregate()
             self._open_task(now)
@@ -358,7 +374,8 @@ class Aggregator:
         if self.finished:
             return
         candidates = self._candidates()
-        task = self.participation.plan(self.version + 1, self.version, candidates, now)
+        task = self.participation.plan(self.version + 1, self.version, candidates, now,
+                                       proven=self._proven_for_plan())
         if task is None:
             self.narrator.waiting(Waiting.DEVICES, lambda: self.narrator.for_devices(
                 self.version + 1, len(candidates), self._updates_wanted()))
@@ -375,14 +392,35 @@ class Aggregator:
         message = encode(task)
         self.store.add_task(task, message)
         self._task, self._task_opened = task, time.monotonic()
+        self.presence.round_opened(task)
         self._publish_task(task)
         self.narrator.round_opened(task, len(candidates))
+
+    def _proven_for_plan(self) -> set[str] | None:
+        """Devices with a track record, for topping up invitations; None (no top-up) when
+        DP accounting or secure aggregation's sizes assume uniformly drawn devices."""
+        if self.config.privacy.enabled or self.secure is not None:
+            return None
+        return self.presence.proven
+
+    def _round_over(self, task: Task) -> None:
+        """Count the round's no-shows; clear the retained statuses of benched newcomers
+        (never seen with an update), so they do not come back at every start."""
+        for device in self.presence.round_ended(task.task_id, time.monotonic()):
+            self._clear_retained(self.topics.status(device))
+
+    def _clear_retained(self, topic: str) -> None:
+        """Publish an empty retained message: the broker forgets what it held there."""
+        if self.link.publish(topic, b"", retain=True):
+            log.info("aggregator: cleared the retained message on %s", topic)
 
     def _tick_secure(self, now: float) -> None:
         """Relay the next phase of the secure round, or end it: a version, or a restart."""
         assert self.secure is not None and self._task is not None
         step = self.secure.tick(now)
         self._publish_all(step.outgoing)
+        if step.aborted is not None or step.done:
+            self._round_over(self._task)
         if step.aborted is not None:
             self.participation.round_aborted()
             log.warning("aggregator: secure round %d (%s) aborted: %s; starting it again",
@@ -404,6 +442,8 @@ class Aggregator:
             log.warning("aggregator: rejected a secagg message from %s: %s", device, reason)
             self.store.add_rejection(device, "secagg", reason)
             self.anomalies.after_rejection(device)
+        elif self._task is not None:
+            self.presence.update_seen(device, self._task.task_id)
 
     def _updates_wanted(self) -> int:
         """Updates that make a version: the sync target, or the async buffer."""
@@ -419,11 +459,13 @@ class Aggregator:
         return on_the_wire(weights, self.config.downlink.full)
 
     def _candidates(self) -> list[str]:
-        """Devices that may be invited: available, and (with security) still enrolled, so
-        a revocation made from another process counts from the next task on."""
+        """Devices that may be invited: available and not benched, and (with security)
+        still enrolled, so a revocation made from another process counts from the next
+        task on."""
+        candidates = self.presence.candidates()
         if not self.config.security.enabled:
-            return sorted(self.available)
-        return sorted(d for d in self.available if self.store.device_key(d) is not None)
+            return candidates
+        return [d for d in candidates if self.store.device_key(d) is not None]
 
     def _publish_task(self, task: Task) -> None:
         self.link.publish(self.topics.task, self._signed(encode(task)), retain=True)
@@ -541,24 +583,24 @@ class Aggregator:
         self.store.set_note(FINISHED_NOTE, True)  # `fedge status`: every round is done
 
     # ------------------------------------------------------------ ingest
-    def _on_status(self, topic: str, payload: bytes) -> None:
+    def _on_status(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        """Statuses are checked by the StatusGate (signed, in secure mode) and weighed by
+        Presence; a refused one is logged, counted and, if retained, cleared."""
         try:
             device = self.topics.device_of(topic)
-            status = decode(payload, expect=Status)
+            status = self.status_gate.open(device, payload, time.time())
         except (ValueError, RemoteProtocolError) as exc:
-            log.warning("aggregator: bad status on %s: %s", topic, exc)
+            log.warning("aggregator: ignored a status on %s: %s", topic, exc)
+            self.store.count("statuses_refused")
+            if retained:
+                self._clear_retained(topic)
             return
-        assert isinstance(status, Status)
-        if status.device_id != device:
-            log.warning("aggregator: status on %s names device %s", topic, status.device_id)
-            return
-        if status.online and status.eligible:
-            self.available.add(device)
-        else:
-            self.available.discard(device)
-        self.store.set_device(status)
+        self.presence.on_status(status, time.monotonic())
+        self.twins.status(status)
 
-    def _on_update_chunk(self, topic: str, payload: bytes) -> None:
+    def _on_update_chunk(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        if retained:  # devices never retain updates: whatever this is, read it only once
+            self._clear_retained(topic)
         try:
             device = self.topics.device_of(topic)
         except ValueError:
@@ -576,6 +618,7 @@ class Aggregator:
             security = self.config.security
             message = verified_body(message, device, self.store.device_key(device),
                                     required=security.enabled)
+            self.presence.sent_something(device)  # even if refused below: not a no-show
             update = self._validate(device, transfer, message)
             if security.enabled:
                 check_clock(update, time.time(), security.max_clock_skew_s)
@@ -624,6 +667,7 @@ class Aggregator:
         if not self.store.add_update(update, message, verdict.state):
             self._ack(update, Verdict("duplicate", reason="already stored for this task"))
             return
+        self.presence.update_seen(update.device_id, update.task_id)
         if verdict.state == "pending":
             self._pending.append(update)
             self._update_bytes[update.nonce] = len(message)

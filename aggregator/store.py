@@ -222,11 +222,17 @@ class Store:
                             (task.task_id, task.round, task.mode, task.model_version,
                              time.time(), message))
 
-    def task_state(self, task_id: str) -> tuple[str, int, str] | None:
-        """(mode, model_version, state) of a task, or None if it was never issued."""
-        row = self.db.execute("SELECT mode, model_version, state FROM tasks WHERE task_id=?",
-                              (task_id,)).fetchone()
-        return None if row is None else (row[0], row[1], row[2])
+    def task_state(self, task_id: str
+                   ) -> tuple[str, int, str, tuple[str, ...] | None] | None:
+        """(mode, model_version, state, invited) of a task, or None if it was never issued;
+        invited is None when the task invited every device."""
+        row = self.db.execute("SELECT mode, model_version, state, message FROM tasks "
+                              "WHERE task_id=?", (task_id,)).fetchone()
+        if row is None:
+            return None
+        task = decode(row[3], expect=Task)
+        assert isinstance(task, Task)
+        return row[0], row[1], row[2], task.invited
 
     def open_task(self) -> tuple[Task, float] | None:
         row = self.db.execute("SELECT message, opened_at FROM tasks WHERE state='open' "
@@ -333,6 +339,18 @@ class Store:
             "battery_pct=excluded.battery_pct",
             (status.device_id, int(status.online), int(status.eligible), status.reason,
              status.model_version, time.time(), status.battery_pct))
+
+    def forget_device(self, device_id: str) -> None:
+        self.db.execute("DELETE FROM devices WHERE device_id=?", (device_id,))
+
+    def forget_unproven_devices(self) -> int:
+        """Drop the rows of devices that never had an update stored; how many."""
+        return self.db.execute("DELETE FROM devices WHERE device_id NOT IN "
+                               "(SELECT device_id FROM updates)").rowcount
+
+    def proven_devices(self) -> list[str]:
+        """Devices with at least one stored update (any state): a track record."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT device_id FROM updates")]
 
     def devices(self) -> list[dict[str, Any]]:
         cols = ("device_id", "online", "eligible", "reason", "model_version", "last_seen",

@@ -77,6 +77,7 @@ class ClientConfig:
     eligibility_check_s: float = 5.0  # how often to re-check while waiting
     sleep_between_tasks: bool = False  # disconnect until the aggregator's next check-in
     no_task_warning_s: float = 60.0  # connected this long with no task: warn (federation?)
+    status_interval_s: float = 120.0  # republish the (retained) status at least this often
     security: DeviceSecurity = field(default_factory=DeviceSecurity)
     broker_auth: BrokerAuth = field(default_factory=BrokerAuth)
 
@@ -86,6 +87,8 @@ class ClientConfig:
             raise ValueError("eligibility_check_s and ack_timeout_s must be > 0")
         if not self.no_task_warning_s > 0:
             raise ValueError(f"no_task_warning_s must be > 0, not {self.no_task_warning_s}")
+        if not self.status_interval_s > 0:
+            raise ValueError(f"status_interval_s must be > 0, not {self.status_interval_s}")
         check_name("federation", self.federation)
         self.state_dir = Path(self.state_dir)
 
@@ -124,6 +127,7 @@ class EdgeClient:
         self.policy = policy or EligibilityPolicy.from_config(config.eligibility, app_busy)
         self._decision: Decision | None = None
         self._next_check = 0.0
+        self._status_sent = 0.0  # monotonic time of the last status published
         self._skipped_tasks: set[str] = set()
         self._sleep_until: float | None = None
         self.trainer = trainer
@@ -280,7 +284,11 @@ class EdgeClient:
     def _recheck(self) -> None:
         """Periodic look while idle: a device that became eligible picks up its task."""
         self._next_check = time.monotonic() + self.config.eligibility_check_s
-        if self._eligible().eligible:
+        decision = self._eligible()
+        if (self.link.connected and time.monotonic() - self._status_sent
+                >= self.config.status_interval_s):
+            self._publish_status(True)  # fresh, so a signed one stays within the clock skew
+        if decision.eligible:
             self._maybe_train()
 
     def _sleeping(self, now: float) -> bool:
@@ -685,19 +693,22 @@ class EdgeClient:
         self._maybe_sleep(ack)
 
     def _publish_status(self, online: bool, reason: str | None = None) -> None:
+        self._status_sent = time.monotonic()
         self.link.publish(self.topics.status(self.config.device_id),
                           self._status_payload(online, reason), retain=True)
 
     def _status_payload(self, online: bool, reason: str | None = None) -> bytes:
+        """The status, signed when the device has a key (also the last will, sealed once
+        at start: the aggregator takes "offline" statuses at any age)."""
         d = self._decision
         battery = d.facts.get("battery_pct") if d is not None else None
-        return encode(Status(
+        return self._sealed(encode(Status(
             device_id=self.config.device_id, online=online,
             eligible=d.eligible if d is not None else True,
             reason=reason if reason is not None else (d.reason if d is not None else ""),
             model_version=self.model_version, time=time.time(),
             battery_pct=float(battery) if isinstance(battery, int | float) else None,
-            session=self._session))
+            session=self._session)))
 
 
 def _copy(weights: Weights) -> Weights:

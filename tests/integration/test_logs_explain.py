@@ -136,6 +136,7 @@ def test_two_devices_with_one_id_are_told_so(mosquitto, tmp_path):
         while not any(warning in p.text for p in (one, two)):
             assert time.monotonic() < deadline, one.text + "\n----\n" + two.text
             time.sleep(0.2)
+        aggregator.wait_for("two clients are using device id 'pi-twin'", WITHIN)
     finally:
         one.stop()
         two.stop()

@@ -79,3 +79,21 @@ def test_health_says_what_is_wrong(tmp_path):
     assert client.get("/api/status").status_code == 401
     status = client.get("/api/status", headers={"Authorization": "Bearer read-token"})
     assert status.get_json()["round"]["task_id"] == "r2"
+
+
+def test_twin_watch_tells_two_clients_from_a_restart(caplog):
+    from aggregator.narrator import TwinWatch
+
+    now = [0.0]
+    watch = TwinWatch(clock=lambda: now[0])
+
+    def seen(session: str) -> None:
+        now[0] += 1.0
+        watch.status(Status("pi", online=True, session=session))
+
+    for session in ("a", "b", "b", "b"):  # a restart: a new session that stays
+        seen(session)
+    assert "two clients" not in caplog.text
+    for session in ("a", "b", "a"):  # taking turns
+        seen(session)
+    assert "two clients are using device id 'pi' (sessions" in caplog.text

@@ -1,0 +1,132 @@
+"""Fake "online, eligible" statuses beside an honest federation, in plain mode.
+
+    .venv/bin/python benchmarks/ghost_statuses.py [--ghosts 20000] [--versions 20]
+
+An honest federation (5 devices, digits MLP, target 5, 10 s deadline) makes its first
+version; then one client publishes `--ghosts` retained statuses of made-up devices.
+Measured: the time for the next `--versions` versions (capped at --cap-s), aborted
+rounds, the rows in the devices table; then the aggregator is restarted with the ghosts
+still retained, and the time for 5 more versions. Once without ghosts, once with.
+Prints one JSON list. Needs mosquitto.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from aggregator.config import AggregatorConfig, SyncConfig
+from aggregator.service import Aggregator
+from edge_client.client import ClientConfig, EdgeClient
+from edge_client.eligibility import EligibilityConfig
+from edge_client.protocol import Status, TrainConfig, encode
+from edge_client.training import mlp_trainer
+from fedge.broker import MosquittoBroker
+from fedge.datasets import dirichlet_partition, load_digits
+
+DEVICES = 5
+
+
+def _flood(broker: MosquittoBroker, federation: str, count: int) -> float:
+    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                         client_id="ghosts", protocol=mqtt.MQTTv311)
+    client.max_inflight_messages_set(1000)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    began = time.monotonic()
+    infos = [client.publish(f"fedge/{federation}/status/ghost-{i}", encode(Status(
+        device_id=f"ghost-{i}", online=True, eligible=True, time=time.time())), qos=1,
+        retain=True) for i in range(count)]
+    for info in infos:
+        info.wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
+    return time.monotonic() - began
+
+
+def _until(predicate: Callable[[], bool], cap_s: float) -> float:
+    began = time.monotonic()
+    while not predicate() and time.monotonic() - began < cap_s:
+        time.sleep(0.05)
+    return time.monotonic() - began
+
+
+def _count(db: Path, query: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(query).fetchone()[0]
+
+
+def run(ghosts: int, versions: int, cap_s: float) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="fedge-ghosts-"))
+    broker = MosquittoBroker.start(workdir=work / "mosquitto")
+    x, y = load_digits()
+    parts = dirichlet_partition(y, DEVICES, 1.0, 0)
+    sizes = [x.shape[1], 16, 10]
+    config = AggregatorConfig(federation="ghosts", host=broker.host, port=broker.port,
+                              db_path=work / "aggregator.sqlite3", rounds=0,
+                              train=TrainConfig(epochs=1),
+                              sync=SyncConfig(target_updates=DEVICES, round_timeout_s=10))
+    stops = [threading.Event() for _ in range(DEVICES + 1)]
+    threads: list[threading.Thread] = []
+    try:
+        agg = Aggregator(config, initial_weights=mlp_trainer(sizes, seed=0).get_weights(),
+                         arch={"kind": "mlp", "sizes": sizes})
+        threads.append(threading.Thread(target=agg.run, args=(stops[0],), daemon=True))
+        for i, part in enumerate(parts):
+            client = EdgeClient(ClientConfig(
+                device_id=f"dev-{i}", federation="ghosts", host=broker.host,
+                port=broker.port, state_dir=work / f"dev-{i}", exit_when_done=False,
+                eligibility=EligibilityConfig(enabled=False)),
+                mlp_trainer(sizes, seed=i), x[part], y[part])
+            threads.append(threading.Thread(target=client.run, args=(stops[i + 1],),
+                                            daemon=True))
+        for thread in threads:
+            thread.start()
+        _until(lambda: agg.version >= 1, 60)
+        flood_s = _flood(broker, "ghosts", ghosts) if ghosts else 0.0
+        start = agg.version
+        took = _until(lambda: agg.version >= start + versions, cap_s)
+        made = agg.version - start
+        stops[0].set()
+        threads[0].join(30)
+        db = config.db_path
+        result = {"ghosts": ghosts, "flood_s": round(flood_s, 2), "versions": made,
+                  "s": round(took, 2),
+                  "aborted": _count(db, "SELECT COUNT(*) FROM tasks WHERE state='aborted'"),
+                  "device_rows": _count(db, "SELECT COUNT(*) FROM devices")}
+        again = Aggregator(config)  # a restart, the ghosts still retained on the broker
+        stops[0] = threading.Event()
+        threads[0] = threading.Thread(target=again.run, args=(stops[0],), daemon=True)
+        threads[0].start()
+        start = again.version
+        took = _until(lambda: again.version >= start + 5, cap_s)
+        result["after_restart"] = {"versions": again.version - start, "s": round(took, 2)}
+        return result
+    finally:
+        for stop in stops:
+            stop.set()
+        for thread in threads:
+            thread.join(30)
+        broker.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ghosts", type=int, default=20_000)
+    parser.add_argument("--versions", type=int, default=20)
+    parser.add_argument("--cap-s", type=float, default=300.0)
+    args = parser.parse_args()
+    print(json.dumps([run(0, args.versions, args.cap_s),
+                      run(args.ghosts, args.versions, args.cap_s)]))
+
+
+if __name__ == "__main__":
+    main()
