@@ -23,6 +23,7 @@ from aggregator.anomalies import AnomalyWatch, clipping_of
 from aggregator.config import AggregatorConfig
 from aggregator.downlink import DownlinkEncoder, on_the_wire, representable, retained_chain
 from aggregator.ingest import check_clock, check_sender, open_update, verified_body
+from aggregator.limits import upload_assembler
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureOutcome, SecureRounds, forget_secure_round
@@ -30,9 +31,9 @@ from aggregator.store import Store
 from aggregator.strategy import Contribution, Strategy
 from aggregator.strategy.config import build_strategy
 from edge_client.identity import load_or_create_identity
+from edge_client.inbox import Inbox
 from edge_client.protocol import (
     Ack,
-    Assembler,
     Model,
     RemoteProtocolError,
     Status,
@@ -84,6 +85,8 @@ class Aggregator:
         self.config = config
         self.topics = Topics(config.federation)
         self.store = Store(config.db_path)
+        self.store.keep_rejections(config.limits.rejections_per_device,
+                                   config.limits.rejections_total)
         self.privacy = ServicePrivacy(config, self.store)  # no-ops with [privacy] mode off
         self.anomalies = AnomalyWatch(self.store, config.anomalies)
         self.strategy = self.privacy.wrap(strategy or build_strategy(config.strategy))
@@ -92,13 +95,13 @@ class Aggregator:
         self.participation = participation_for(config)
         self.evaluate = evaluate
         self.on_version = on_version
-        self.events: queue.Queue = queue.Queue()
+        limits = config.limits  # docs/abuse.md
+        self.events = Inbox(limits.inbound_queue_bytes, limits.inbound_block_s)
         self.link = MqttLink(f"fedge-{config.federation}-aggregator", config.host,
                              config.port, self.events, keepalive_s=config.keepalive_s,
                              tls=config.broker_auth.tls(),
                              credentials=config.broker_auth.credentials())
-        self._assembler = Assembler(config.max_update_bytes, max_transfers_per_source=2,
-                                    timeout_s=config.upload_timeout_s)
+        self._assembler = upload_assembler(config)
         self._stop = threading.Event()
         self.available: set[str] = set()  # online and eligible: who may be invited
         self.version, self.global_weights, self.arch = self._load_or_create(

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from edge_client.inbox import Inbox
+
 log = logging.getLogger(__name__)
 
 
@@ -74,7 +76,7 @@ class Credentials:
 class MqttLink:
     """One MQTT connection; MQTT 3.1.1 so it works with every broker fedge supports."""
 
-    def __init__(self, client_id: str, host: str, port: int, events: queue.Queue,
+    def __init__(self, client_id: str, host: str, port: int, events: queue.Queue | Inbox,
                  keepalive_s: int = 30, will: Will | None = None,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0,
                  tls: TlsConfig | None = None, credentials: Credentials | None = None) -> None:
@@ -147,8 +149,12 @@ class MqttLink:
         """Disconnect once the broker has confirmed what we published (or time runs out).
 
         paho's disconnect() drops packets it has not written yet, so without this the
-        last acks or the final task of a run could be lost.
+        last acks or the final task of a run could be lost. A bounded inbox is closed
+        first: its owner no longer reads it, and a network thread waiting for room in it
+        could not write those packets.
         """
+        if isinstance(self.events, Inbox):
+            self.events.close()
         self.flush(flush_timeout_s)
         self._client.disconnect()
         self._client.loop_stop()

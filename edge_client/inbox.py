@@ -1,0 +1,123 @@
+"""The event queue between paho's network thread and the owner's loop, bounded in bytes.
+
+When the loop falls behind (a flood, a slow aggregation), `put` of a received message
+blocks paho's network thread instead of growing without bound. paho then stops reading
+the socket, TCP's window closes, and QoS 1 messages wait at the broker (up to its own
+`max_queued_messages`). Nothing is dropped while the owner runs: after `block_s` the
+waiting message is let in over the bound with a log line, so a loop stuck for good cannot
+hang the network thread (and its keepalives) forever either; at most one message per
+`block_s` gets past the bound that way.
+
+Deadlock: the owner's loop publishes through the same paho client while the network
+thread may be blocked here. paho 2.x's `publish()` from another thread only appends to
+its outgoing deque and pokes a socketpair (it takes no lock that the network thread holds
+during `on_message`), so a publish never waits for this queue; only waiting for a
+publish's confirmation (`MqttLink.flush`) needs the network thread, which is why the link
+closes this queue before it flushes on stop.
+
+Events that are not received messages (connected, disconnected, an operator's request)
+never block and are not counted: they are few, and an admin thread must not hang.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# What one queued message costs beyond its payload and topic (the event object, the bytes
+# and str headers): so that a flood of empty messages is bounded too.
+MESSAGE_OVERHEAD = 256
+DEFAULT_MAX_BYTES = 32 * 2**20
+DEFAULT_BLOCK_S = 10.0
+
+
+def message_cost(event: Any) -> int:
+    """Bytes a received message holds while queued; 0 for every other event."""
+    payload = getattr(event, "payload", None)
+    if not isinstance(payload, bytes | bytearray):
+        return 0
+    return len(payload) + len(getattr(event, "topic", "")) + MESSAGE_OVERHEAD
+
+
+class Inbox:
+    """A FIFO like `queue.Queue` (put / get with timeout), bounded in bytes of messages."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES,
+                 block_s: float = DEFAULT_BLOCK_S) -> None:
+        if max_bytes < 1 or block_s <= 0:
+            raise ValueError("Inbox: need max_bytes >= 1 and block_s > 0")
+        self.max_bytes = max_bytes
+        self.block_s = block_s
+        self.held_bytes = 0
+        self.peak_bytes = 0
+        self.blocked = 0  # puts that had to wait
+        self.over_bound = 0  # messages let in over the bound after waiting block_s
+        self.dropped = 0  # messages refused after close()
+        self._items: collections.deque[tuple[Any, int]] = collections.deque()
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, event: Any) -> bool:
+        """Queue `event`; a message waits while the queue is full. False: dropped (closed)."""
+        cost = message_cost(event)
+        with self._cond:
+            if cost and not self._fits(cost):
+                self.blocked += 1
+                started = time.monotonic()
+                deadline = started + self.block_s
+                while not self._closed and not self._fits(cost):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self.over_bound += 1
+                        log.warning("inbox: queue full (%d of %d bytes) for %.3g s: letting "
+                                    "one message in over the bound; the loop is not keeping up",
+                                    self.held_bytes, self.max_bytes, time.monotonic() - started)
+                        break
+                    self._cond.wait(remaining)
+            if self._closed and cost:
+                self.dropped += 1
+                return False
+            self._items.append((event, cost))
+            self.held_bytes += cost
+            self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+            self._cond.notify_all()
+            return True
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """The oldest event; raises queue.Empty when none comes within `timeout`."""
+        with self._cond:
+            if block:
+                self._cond.wait_for(lambda: bool(self._items), timeout)
+            if not self._items:
+                raise queue.Empty
+            event, cost = self._items.popleft()
+            self.held_bytes -= cost
+            self._cond.notify_all()
+            return event
+
+    def get_nowait(self) -> Any:
+        return self.get(block=False)
+
+    def close(self) -> None:
+        """The owner is stopping: release a waiting network thread; later messages are
+        dropped (QoS 1 senders resend them: their acks never come)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def qsize(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def _fits(self, cost: int) -> bool:
+        # An empty queue takes any one message, so a message larger than the bound passes.
+        return self.held_bytes == 0 or self.held_bytes + cost <= self.max_bytes
