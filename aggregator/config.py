@@ -151,7 +151,7 @@ class AggregatorConfig:
             raise ValueError("chunk_size must be between 1 KiB and 256 MiB")
         check_privacy(self)
         check_secagg(self)
-        check_limits(self.max_update_bytes, self.limits)
+        check_limits(self)
         self.db_path = Path(self.db_path)
 
 

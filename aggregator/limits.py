@@ -50,11 +50,16 @@ class LimitsConfig:
         return self.open_upload_bytes
 
 
-def check_limits(max_update_bytes: int, limits: LimitsConfig) -> None:
-    """One upload of the largest allowed size must fit under the global byte cap."""
-    if limits.upload_bytes(max_update_bytes) < max_update_bytes:
+def check_limits(config: AggregatorConfig) -> None:
+    """One upload of the largest allowed size must fit under the global byte cap, and the
+    kept rejections must cover the anomaly window (or flags would miss some)."""
+    limits, largest = config.limits, config.max_update_bytes
+    if limits.upload_bytes(largest) < largest:
         raise ValueError(f"limits.open_upload_bytes ({limits.open_upload_bytes}) must be >= "
-                         f"max_update_bytes ({max_update_bytes})")
+                         f"max_update_bytes ({largest})")
+    if limits.rejections_per_device < config.anomalies.window:
+        raise ValueError(f"limits.rejections_per_device ({limits.rejections_per_device}) must "
+                         f"be >= anomalies.window ({config.anomalies.window})")
 
 
 def upload_assembler(config: AggregatorConfig) -> Assembler:
