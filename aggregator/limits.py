@@ -22,6 +22,8 @@ class LimitsConfig:
     #                    when full, paho stops reading and the broker holds the rest
     inbound_block_s: float = DEFAULT_BLOCK_S  # after this long full, one message is let in
     #                    over the bound (with a warning) so a stuck loop cannot hang paho
+    unconfirmed_publishes: int = 5000  # our QoS 1 publishes awaiting the broker's PUBACK;
+    #                    past it acks are not sent (devices resend), models and tasks are
     uploads_per_device: int = 2  # open (unfinished) uploads per device; a new one evicts
     #                    that device's least recently active one
     open_uploads: int = 1000  # open uploads across all devices
@@ -36,6 +38,9 @@ class LimitsConfig:
                              f"not {self.inbound_queue_bytes}")
         if not self.inbound_block_s > 0:
             raise ValueError(f"limits.inbound_block_s must be > 0, not {self.inbound_block_s}")
+        if self.unconfirmed_publishes < 100:
+            raise ValueError(f"limits.unconfirmed_publishes must be >= 100, "
+                             f"not {self.unconfirmed_publishes}")
         if self.uploads_per_device < 1 or self.open_uploads < 1:
             raise ValueError("limits: uploads_per_device and open_uploads must be >= 1")
         if self.open_upload_bytes is not None and self.open_upload_bytes < 1:

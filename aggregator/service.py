@@ -100,7 +100,8 @@ class Aggregator:
         self.link = MqttLink(f"fedge-{config.federation}-aggregator", config.host,
                              config.port, self.events, keepalive_s=config.keepalive_s,
                              tls=config.broker_auth.tls(),
-                             credentials=config.broker_auth.credentials())
+                             credentials=config.broker_auth.credentials(),
+                             max_unconfirmed=limits.unconfirmed_publishes)
         self._assembler = upload_assembler(config)
         self._stop = threading.Event()
         self.available: set[str] = set()  # online and eligible: who may be invited

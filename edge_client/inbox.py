@@ -11,9 +11,11 @@ hang the network thread (and its keepalives) forever either; at most one message
 Deadlock: the owner's loop publishes through the same paho client while the network
 thread may be blocked here. paho 2.x's `publish()` from another thread only appends to
 its outgoing deque and pokes a socketpair (it takes no lock that the network thread holds
-during `on_message`), so a publish never waits for this queue; only waiting for a
-publish's confirmation (`MqttLink.flush`) needs the network thread, which is why the link
-closes this queue before it flushes on stop.
+during `on_message`), so a publish never waits for this queue. But only the network thread
+writes those packets, so while it waits here it writes them itself (`while_waiting`, see
+`MqttLink`): otherwise our acks, and our PUBACKs that let the broker send more, would
+queue up behind the flood. Waiting for a publish's confirmation (`MqttLink.flush`) needs
+the network thread, which is why the link closes this queue before it flushes on stop.
 
 Events that are not received messages (connected, disconnected, an operator's request)
 never block and are not counted: they are few, and an admin thread must not hang.
@@ -26,6 +28,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 MESSAGE_OVERHEAD = 256
 DEFAULT_MAX_BYTES = 32 * 2**20
 DEFAULT_BLOCK_S = 10.0
+WAIT_SLICE_S = 0.05  # a waiting putter wakes at least this often (to write, and to re-check)
 
 
 def message_cost(event: Any) -> int:
@@ -63,31 +67,44 @@ class Inbox:
         self._closed = False
         self._cond = threading.Condition()
 
-    def put(self, event: Any) -> bool:
-        """Queue `event`; a message waits while the queue is full. False: dropped (closed)."""
+    def put(self, event: Any, while_waiting: Callable[[], object] | None = None) -> bool:
+        """Queue `event`; a message waits while the queue is full. False: dropped (closed).
+
+        `while_waiting` runs (outside the lock) before each wait and after each wake-up:
+        the link uses it to write paho's pending packets, so acks and PUBACKs keep flowing
+        while the network thread is held here.
+        """
         cost = message_cost(event)
         with self._cond:
-            if cost and not self._fits(cost):
-                self.blocked += 1
-                started = time.monotonic()
-                deadline = started + self.block_s
-                while not self._closed and not self._fits(cost):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        self.over_bound += 1
-                        log.warning("inbox: queue full (%d of %d bytes) for %.3g s: letting "
-                                    "one message in over the bound; the loop is not keeping up",
-                                    self.held_bytes, self.max_bytes, time.monotonic() - started)
-                        break
-                    self._cond.wait(remaining)
-            if self._closed and cost:
-                self.dropped += 1
-                return False
-            self._items.append((event, cost))
-            self.held_bytes += cost
-            self.peak_bytes = max(self.peak_bytes, self.held_bytes)
-            self._cond.notify_all()
-            return True
+            if not cost or self._closed or self._fits(cost):
+                return self._take(event, cost)
+            self.blocked += 1
+        started = time.monotonic()
+        while True:
+            if while_waiting is not None:
+                while_waiting()
+            with self._cond:
+                waited = time.monotonic() - started
+                if self._closed or self._fits(cost):
+                    return self._take(event, cost)
+                if waited >= self.block_s:
+                    self.over_bound += 1
+                    log.warning("inbox: queue full (%d of %d bytes) for %.3g s: letting one "
+                                "message in over the bound; the loop is not keeping up",
+                                self.held_bytes, self.max_bytes, waited)
+                    return self._take(event, cost)
+                self._cond.wait(min(WAIT_SLICE_S, self.block_s - waited))
+
+    def _take(self, event: Any, cost: int) -> bool:
+        """Append under the lock; a message after close() is dropped."""
+        if self._closed and cost:
+            self.dropped += 1
+            return False
+        self._items.append((event, cost))
+        self.held_bytes += cost
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+        self._cond.notify_all()
+        return True
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """The oldest event; raises queue.Empty when none comes within `timeout`."""
@@ -110,6 +127,11 @@ class Inbox:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+    def reopen(self) -> None:
+        """The owner starts again (a device back from sleep): messages are taken again."""
+        with self._cond:
+            self._closed = False
 
     def qsize(self) -> int:
         with self._cond:

@@ -79,6 +79,9 @@ def test_close_releases_a_waiting_putter_and_drops_later_messages():
     assert result == [False]
     assert inbox.put(_message(10)) is False and inbox.dropped == 2
     assert inbox.put(Connected())  # control events still pass
+    inbox.reopen()  # a device back from sleep starts its link again
+    inbox.get(timeout=1)
+    assert inbox.put(_message(10)) and inbox.dropped == 2 and inbox.over_bound == 0
 
 
 def test_get_times_out_like_a_queue():
@@ -101,3 +104,17 @@ def test_fifo_order_is_kept_across_a_wait():
 def test_nonsense_bounds_are_refused(kwargs):
     with pytest.raises(ValueError):
         Inbox(**kwargs)
+
+
+def test_a_waiting_putter_runs_while_waiting_between_waits():
+    inbox = Inbox(max_bytes=1500, block_s=60)
+    inbox.put(_message(1000))
+    calls = []
+    thread = threading.Thread(target=inbox.put, args=(_message(1000),),
+                              kwargs={"while_waiting": lambda: calls.append(1)}, daemon=True)
+    thread.start()
+    thread.join(0.3)  # several wait slices: the link writes paho's packets in each
+    assert len(calls) >= 2
+    inbox.get(timeout=1)
+    thread.join(WAIT_S)
+    assert not thread.is_alive() and inbox.qsize() == 1
