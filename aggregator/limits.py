@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edge_client.inbox import DEFAULT_BLOCK_S, DEFAULT_MAX_BYTES
+from edge_client.inbox import DEFAULT_BLOCK_S, DEFAULT_MAX_BYTES, Inbox
 from edge_client.protocol.chunking import Assembler
 
 if TYPE_CHECKING:
@@ -73,3 +73,16 @@ def upload_assembler(config: AggregatorConfig) -> Assembler:
     return Assembler(config.max_update_bytes, limits.uploads_per_device,
                      config.upload_timeout_s, limits.upload_bytes(config.max_update_bytes),
                      limits.open_uploads)
+
+
+def service_inbox(config: AggregatorConfig) -> Inbox:
+    """The service loop's bounded, per-device fair event queue: a device's messages are
+    keyed by the last level of their topic (update, status and secagg topics end in the
+    device id); everything else shares one key."""
+    limits = config.limits
+
+    def source_of(event: object) -> str:
+        topic = getattr(event, "topic", None)
+        return topic.rsplit("/", 1)[-1] if isinstance(topic, str) else ""
+
+    return Inbox(limits.inbound_queue_bytes, limits.inbound_block_s, source_of=source_of)

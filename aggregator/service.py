@@ -23,7 +23,7 @@ from aggregator.anomalies import AnomalyWatch, clipping_of
 from aggregator.config import AggregatorConfig
 from aggregator.downlink import DownlinkEncoder, on_the_wire, representable, retained_chain
 from aggregator.ingest import check_clock, check_sender, open_update, verified_body
-from aggregator.limits import upload_assembler
+from aggregator.limits import service_inbox, upload_assembler
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureOutcome, SecureRounds, forget_secure_round
@@ -31,7 +31,6 @@ from aggregator.store import Store
 from aggregator.strategy import Contribution, Strategy
 from aggregator.strategy.config import build_strategy
 from edge_client.identity import load_or_create_identity
-from edge_client.inbox import Inbox
 from edge_client.protocol import (
     Ack,
     Model,
@@ -96,7 +95,7 @@ class Aggregator:
         self.evaluate = evaluate
         self.on_version = on_version
         limits = config.limits  # docs/abuse.md
-        self.events = Inbox(limits.inbound_queue_bytes, limits.inbound_block_s)
+        self.events = service_inbox(config)  # bounded and fair per device
         self.link = MqttLink(f"fedge-{config.federation}-aggregator", config.host,
                              config.port, self.events, keepalive_s=config.keepalive_s,
                              tls=config.broker_auth.tls(),

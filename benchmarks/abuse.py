@@ -163,11 +163,14 @@ def main() -> None:
     parser.add_argument("--phase-s", type=float, default=10.0, help="seconds per attack")
     parser.add_argument("--attacks", default=",".join(ATTACK_ORDER))
     parser.add_argument("--inbound-queue-bytes", type=int, help="[limits] of the aggregator")
+    parser.add_argument("--workdir", help="keep configs, store and logs here (default: a "
+                        "temporary folder, removed)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fedge-abuse-") as tmp:
-        work = Path(tmp)
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         broker = MosquittoBroker.start(workdir=work / "mosquitto")
         fleet = None
         try:

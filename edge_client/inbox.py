@@ -50,20 +50,31 @@ def message_cost(event: Any) -> int:
 
 
 class Inbox:
-    """A FIFO like `queue.Queue` (put / get with timeout), bounded in bytes of messages."""
+    """A queue like `queue.Queue` (put / get with timeout), bounded in bytes of messages.
+
+    With `source_of` (event -> a key, e.g. the device id in its topic) it is fair: `get`
+    takes from each source's own FIFO in turn, so an honest device's message waits behind
+    at most one message of each other busy source, not behind a flood from one of them.
+    Order is kept within a source. Without it, one FIFO (a device keeps the order of
+    model chunks, tasks and acks as they came).
+    """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES,
-                 block_s: float = DEFAULT_BLOCK_S) -> None:
+                 block_s: float = DEFAULT_BLOCK_S,
+                 source_of: Callable[[Any], str] | None = None) -> None:
         if max_bytes < 1 or block_s <= 0:
             raise ValueError("Inbox: need max_bytes >= 1 and block_s > 0")
         self.max_bytes = max_bytes
         self.block_s = block_s
+        self._source_of = source_of
         self.held_bytes = 0
         self.peak_bytes = 0
         self.blocked = 0  # puts that had to wait
         self.over_bound = 0  # messages let in over the bound after waiting block_s
         self.dropped = 0  # messages refused after close()
-        self._items: collections.deque[tuple[Any, int]] = collections.deque()
+        self._queues: dict[str, collections.deque[tuple[Any, int]]] = {}  # per source
+        self._turns: collections.deque[str] = collections.deque()  # sources with items
+        self._count = 0
         self._closed = False
         self._cond = threading.Condition()
 
@@ -100,20 +111,34 @@ class Inbox:
         if self._closed and cost:
             self.dropped += 1
             return False
-        self._items.append((event, cost))
+        source = self._source_of(event) if self._source_of is not None else ""
+        items = self._queues.get(source)
+        if items is None:
+            items = self._queues[source] = collections.deque()
+            self._turns.append(source)
+        items.append((event, cost))
+        self._count += 1
         self.held_bytes += cost
         self.peak_bytes = max(self.peak_bytes, self.held_bytes)
         self._cond.notify_all()
         return True
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        """The oldest event; raises queue.Empty when none comes within `timeout`."""
+        """The next event (the oldest of the next source in turn); raises queue.Empty
+        when none comes within `timeout`."""
         with self._cond:
             if block:
-                self._cond.wait_for(lambda: bool(self._items), timeout)
-            if not self._items:
+                self._cond.wait_for(lambda: self._count > 0, timeout)
+            if not self._count:
                 raise queue.Empty
-            event, cost = self._items.popleft()
+            source = self._turns.popleft()
+            items = self._queues[source]
+            event, cost = items.popleft()
+            if items:
+                self._turns.append(source)  # its next one after everyone else's
+            else:
+                del self._queues[source]
+            self._count -= 1
             self.held_bytes -= cost
             self._cond.notify_all()
             return event
@@ -135,7 +160,7 @@ class Inbox:
 
     def qsize(self) -> int:
         with self._cond:
-            return len(self._items)
+            return self._count
 
     def empty(self) -> bool:
         return self.qsize() == 0

@@ -118,3 +118,18 @@ def test_a_waiting_putter_runs_while_waiting_between_waits():
     inbox.get(timeout=1)
     thread.join(WAIT_S)
     assert not thread.is_alive() and inbox.qsize() == 1
+
+
+def test_with_sources_an_honest_message_does_not_wait_behind_a_flood():
+    inbox = Inbox(max_bytes=10**7, source_of=lambda e: getattr(e, "topic", "").split("/")[-1])
+    for i in range(100):
+        inbox.put(Inbound("fedge/f/update/evil", i.to_bytes(2, "big"), False))
+    inbox.put(Inbound("fedge/f/update/honest", b"h", False))
+    inbox.put(Connected())  # control events share one source
+    first = [inbox.get(timeout=1) for _ in range(3)]
+    assert {getattr(e, "topic", "control") for e in first} == {
+        "fedge/f/update/evil", "fedge/f/update/honest", "control"}
+    rest = [inbox.get(timeout=1) for _ in range(99)]
+    evil = [first[0], *rest]  # a source's own messages keep their order
+    assert [int.from_bytes(e.payload, "big") for e in evil] == list(range(100))
+    assert inbox.qsize() == 0 and inbox.held_bytes == 0
