@@ -29,6 +29,9 @@ class LimitsConfig:
     open_uploads: int = 1000  # open uploads across all devices
     open_upload_bytes: int | None = None  # their declared sizes together; None: 4 x
     #                    max_update_bytes
+    answered_rejections_per_device_s: float = 50.0  # rejections answered (logged, stored,
+    #                    acked) per device per second; past it only counted
+    answered_rejections_s: float = 500.0  # ... and across all devices
     rejections_per_device: int = 100  # rejections kept per device (newest); older pruned
     rejections_total: int = 100_000  # rejections kept across all devices
 
@@ -41,6 +44,9 @@ class LimitsConfig:
         if self.unconfirmed_publishes < 100:
             raise ValueError(f"limits.unconfirmed_publishes must be >= 100, "
                              f"not {self.unconfirmed_publishes}")
+        if not (self.answered_rejections_per_device_s > 0 and self.answered_rejections_s > 0):
+            raise ValueError("limits: answered_rejections_per_device_s and "
+                             "answered_rejections_s must be > 0")
         if self.uploads_per_device < 1 or self.open_uploads < 1:
             raise ValueError("limits: uploads_per_device and open_uploads must be >= 1")
         if self.open_upload_bytes is not None and self.open_upload_bytes < 1:

@@ -26,6 +26,7 @@ from aggregator.ingest import check_clock, check_sender, open_update, verified_b
 from aggregator.limits import service_inbox, upload_assembler
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.privacy.hooks import ServicePrivacy
+from aggregator.rejection_gate import RejectionGate
 from aggregator.secure_round import SecureOutcome, SecureRounds, forget_secure_round
 from aggregator.store import Store
 from aggregator.strategy import Contribution, Strategy
@@ -102,6 +103,8 @@ class Aggregator:
                              credentials=config.broker_auth.credentials(),
                              max_unconfirmed=limits.unconfirmed_publishes)
         self._assembler = upload_assembler(config)
+        self._answers = RejectionGate(limits.answered_rejections_per_device_s,
+                                      limits.answered_rejections_s)
         self._stop = threading.Event()
         self.available: set[str] = set()  # online and eligible: who may be invited
         self.version, self.global_weights, self.arch = self._load_or_create(
@@ -544,6 +547,8 @@ class Aggregator:
         return self.config.checkin_interval_s * self._pace_rng.uniform(1 - jitter, 1 + jitter)
 
     def _reject(self, device: str, nonce: str, task_id: str, reason: str) -> None:
+        if not self._answers.allow(device, time.monotonic()):
+            return  # a flood: counted, and summed up in the log (aggregator/rejection_gate.py)
         log.warning("aggregator: rejected an update from %s: %s", device, reason)
         self.store.add_rejection(device, nonce, reason)
         self.anomalies.after_rejection(device)
