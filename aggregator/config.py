@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.anomalies import AnomalyConfig
+from aggregator.limits import LimitsConfig, check_limits
 from aggregator.presence import PresenceConfig
 from aggregator.privacy.config import PrivacyConfig, check_privacy
 from aggregator.secagg_config import SecAggConfig, check_secagg
@@ -133,6 +134,7 @@ class AggregatorConfig:
     anomalies: AnomalyConfig = field(default_factory=AnomalyConfig)  # docs/privacy.md
     secagg: SecAggConfig = field(default_factory=SecAggConfig)  # docs/secure-aggregation.md
     presence: PresenceConfig = field(default_factory=PresenceConfig)  # docs/security.md
+    limits: LimitsConfig = field(default_factory=LimitsConfig)  # docs/abuse.md
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)
@@ -154,6 +156,7 @@ class AggregatorConfig:
             raise ValueError("chunk_size must be between 1 KiB and 256 MiB")
         check_privacy(self)
         check_secagg(self)
+        check_limits(self)
         self.db_path = Path(self.db_path)
 
 

@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aggregator.ingest import verified_body
+from aggregator.limits import upload_assembler
 from aggregator.secagg_config import MEAN_STRATEGIES, max_invited, min_contributors
 from aggregator.secagg_store import SecAggLog
 from aggregator.strategy.base import Contribution
 from edge_client.codecs.sparsify import k_for
-from edge_client.protocol import Assembler, RemoteProtocolError, Task, Topics, Weights
+from edge_client.protocol import RemoteProtocolError, Task, Topics, Weights
 from edge_client.protocol.chunking import split
 from edge_client.protocol.tensors import unflatten_like
 from edge_client.secagg import (
@@ -246,8 +247,7 @@ class SecureRounds:
         self.topics = topics
         self.log = SecAggLog(store.db)
         self._sign = sign
-        self._assembler = Assembler(config.max_update_bytes, max_transfers_per_source=2,
-                                    timeout_s=config.upload_timeout_s)
+        self._assembler = upload_assembler(config)
         self.round: SecureRound | None = None
         self.last_result: SecAggResult | None = None  # the last exact sum (tests, audits)
 

@@ -23,10 +23,12 @@ from aggregator.anomalies import AnomalyWatch, clipping_of
 from aggregator.config import AggregatorConfig
 from aggregator.downlink import DownlinkEncoder, on_the_wire, representable, retained_chain
 from aggregator.ingest import check_clock, check_sender, open_update, verified_body
+from aggregator.limits import service_inbox, upload_assembler
 from aggregator.narrator import Narrator, TwinWatch, Waiting
 from aggregator.participation import TaskInfo, Verdict, participation_for
 from aggregator.presence import Presence
 from aggregator.privacy.hooks import ServicePrivacy
+from aggregator.rejection_gate import RejectionGate
 from aggregator.secure_round import SecureOutcome, SecureRounds, forget_secure_round
 from aggregator.status import BROKER_NOTE, FINISHED_NOTE, HEARTBEAT_NOTE, HEARTBEAT_S
 from aggregator.status_gate import StatusGate
@@ -37,7 +39,6 @@ from aggregator.strategy.config import build_strategy
 from edge_client.identity import load_or_create_identity
 from edge_client.protocol import (
     Ack,
-    Assembler,
     Model,
     RemoteProtocolError,
     Task,
@@ -92,6 +93,8 @@ class Aggregator:
         refuse_if_damaged(config.db_path, config.downlink.keep_deltas)
         self.store = Store(config.db_path)
         self.store.keep_sealed()
+        self.store.keep_rejections(config.limits.rejections_per_device,
+                                   config.limits.rejections_total)
         self.privacy = ServicePrivacy(config, self.store)  # no-ops with [privacy] mode off
         self.anomalies = AnomalyWatch(self.store, config.anomalies)
         self.strategy = self.privacy.wrap(strategy or build_strategy(config.strategy))
@@ -103,13 +106,16 @@ class Aggregator:
         self.participation = participation_for(config)
         self.evaluate = evaluate
         self.on_version = on_version
-        self.events: queue.Queue = queue.Queue()
+        limits = config.limits  # docs/abuse.md
+        self.events = service_inbox(config)  # bounded and fair per device
         self.link = MqttLink(f"fedge-{config.federation}-aggregator", config.host,
                              config.port, self.events, keepalive_s=config.keepalive_s,
                              tls=config.broker_auth.tls(),
-                             credentials=config.broker_auth.credentials())
-        self._assembler = Assembler(config.max_update_bytes, max_transfers_per_source=2,
-                                    timeout_s=config.upload_timeout_s)
+                             credentials=config.broker_auth.credentials(),
+                             max_unconfirmed=limits.unconfirmed_publishes)
+        self._assembler = upload_assembler(config)
+        self._answers = RejectionGate(limits.answered_rejections_per_device_s,
+                                      limits.answered_rejections_s)
         self._stop = threading.Event()
         self.narrator = Narrator(self.store, config.waiting_log_s)  # what it does, at INFO
         self.twins = TwinWatch()  # two devices with one id
@@ -685,6 +691,8 @@ class Aggregator:
         return self.config.checkin_interval_s * self._pace_rng.uniform(1 - jitter, 1 + jitter)
 
     def _reject(self, device: str, nonce: str, task_id: str, reason: str) -> None:
+        if not self._answers.allow(device, time.monotonic()):
+            return  # a flood: counted, and summed up in the log (aggregator/rejection_gate.py)
         log.warning("aggregator: rejected an update from %s: %s", device, reason)
         self.store.add_rejection(device, nonce, reason)
         self.anomalies.after_rejection(device)

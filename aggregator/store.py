@@ -99,6 +99,7 @@ CREATE TABLE IF NOT EXISTS downlink_state (
     version INTEGER PRIMARY KEY,  -- the downlink encoder's error feedback after this version
     residual BLOB NOT NULL        -- ErrorFeedback.to_bytes(): a restart continues it exactly
 );
+CREATE INDEX IF NOT EXISTS updates_device ON updates(device_id, received_at);
 CREATE TABLE IF NOT EXISTS notes (
     key TEXT PRIMARY KEY,         -- small service state for the dashboard and restarts
     value TEXT NOT NULL           -- JSON
@@ -358,9 +359,50 @@ class Store:
         rows = self.db.execute(f"SELECT {', '.join(cols)} FROM devices ORDER BY device_id")
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
+    # How many rejections to keep, per device and in all (`keep_rejections`); class-level
+    # defaults so that a Store built anywhere prunes.
+    _keep_per_device = 100
+    _keep_total = 100_000
+    _added_since_trim = 0
+
+    def keep_rejections(self, per_device: int, total: int) -> None:
+        """Keep only each device's newest `per_device` rejections and about `total` in all:
+        a flood of junk must not grow the store or the cost of the next rejection."""
+        self._keep_per_device, self._keep_total = per_device, total
+
     def add_rejection(self, device_id: str, nonce: str, reason: str) -> None:
-        self.db.execute("INSERT INTO rejections VALUES (?, ?, ?, ?)",
-                        (time.time(), device_id, nonce, reason))
+        """Record one rejection and prune, at a cost independent of the history: the
+        per-device prune walks `per_device` index entries; the global one runs every
+        `total / 10` rejections (amortized: about 10 rows per rejection). A rejection is
+        a log line, not an acknowledged update: its commit skips the fsync (the next
+        synchronous commit makes it durable), so a flood of junk costs no disk flushes."""
+        prior = self.db.execute("PRAGMA synchronous").fetchone()[0]
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._add_rejection(device_id, nonce, reason)
+        finally:
+            self.db.execute(f"PRAGMA synchronous={int(prior)}")
+
+    def _add_rejection(self, device_id: str, nonce: str, reason: str) -> None:
+        with self._transaction():
+            self.db.execute("INSERT INTO rejections VALUES (?, ?, ?, ?)",
+                            (time.time(), device_id, nonce, reason))
+            self.db.execute(
+                "DELETE FROM rejections WHERE rowid IN (SELECT rowid FROM rejections "
+                "WHERE device_id=? ORDER BY at DESC LIMIT -1 OFFSET ?)",
+                (device_id, self._keep_per_device))
+            self._added_since_trim += 1
+            if self._added_since_trim >= max(1, self._keep_total // 10):
+                self._added_since_trim = 0
+                self.db.execute(
+                    "DELETE FROM rejections WHERE rowid IN (SELECT rowid FROM rejections "
+                    "ORDER BY rowid DESC LIMIT -1 OFFSET ?)", (self._keep_total,))
+
+    def count_rejections(self, device_id: str | None = None) -> int:
+        if device_id is None:
+            return self.db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM rejections WHERE device_id=?",
+                               (device_id,)).fetchone()[0]
 
     def rejections(self) -> list[tuple[str, str, str]]:
         return list(self.db.execute("SELECT device_id, nonce, reason FROM rejections"))
@@ -379,19 +421,25 @@ class Store:
         first. `rejected` and `clipped` count the bad ones among them (a clipped update
         counts when its norm was >= clip_factor times its version's median norm: an
         outlier among its peers); `clipped_total` counts every clipped update ever."""
-        one = device_id is not None  # filter inside each branch, so the indexes serve it
+        # For one device (after each rejection), each branch reads only its newest
+        # `window` rows through an index: the cost does not grow with the history.
+        one = device_id is not None
         where_u = "WHERE u.device_id = :device" if one else ""
         where_r = "WHERE device_id = :device" if one else ""
+        newest_u = "ORDER BY u.received_at DESC LIMIT :window" if one else ""
+        newest_r = "ORDER BY at DESC LIMIT :window" if one else ""
         rows = self.db.execute(f"""
             WITH events AS (
-                SELECT u.device_id, u.received_at AS at,
-                       EXISTS (SELECT 1 FROM clipping c WHERE c.version = u.used_in
-                               AND c.device_id = u.device_id
-                               AND c.norm >= :factor * c.median) AS clipped,
-                       0 AS rejected, NULL AS reason
-                FROM updates u {where_u}
+                SELECT * FROM (
+                    SELECT u.device_id, u.received_at AS at,
+                           EXISTS (SELECT 1 FROM clipping c WHERE c.version = u.used_in
+                                   AND c.device_id = u.device_id
+                                   AND c.norm >= :factor * c.median) AS clipped,
+                           0 AS rejected, NULL AS reason
+                    FROM updates u {where_u} {newest_u})
                 UNION ALL
-                SELECT device_id, at, 0, 1, reason FROM rejections {where_r}
+                SELECT * FROM (
+                    SELECT device_id, at, 0, 1, reason FROM rejections {where_r} {newest_r})
             ), ranked AS (
                 SELECT *, ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY at DESC) AS n
                 FROM events

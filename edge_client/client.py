@@ -24,6 +24,7 @@ from edge_client.codecs.dp import DeviceDp, clip_and_noise
 from edge_client.device_state import DeviceState
 from edge_client.eligibility import Decision, EligibilityConfig, EligibilityPolicy
 from edge_client.identity import load_or_create_identity, parse_public_key
+from edge_client.inbox import Inbox
 from edge_client.local_data import checked_local_data
 from edge_client.model_fetch import FetchStep, Held, ModelFetcher, started_over
 from edge_client.narration import DeviceNarrator, eligibility_kind_changed
@@ -72,6 +73,7 @@ class ClientConfig:
     max_model_bytes: int = 64 * 2**20
     max_model_elements: int = 16_000_000
     outbox_max: int = 64
+    inbound_queue_bytes: int = 8 * 2**20  # received messages waiting for the loop
     exit_when_done: bool = True  # return from run() when the aggregator says it is done
     eligibility: EligibilityConfig = field(default_factory=EligibilityConfig)
     eligibility_check_s: float = 5.0  # how often to re-check while waiting
@@ -89,6 +91,9 @@ class ClientConfig:
             raise ValueError(f"no_task_warning_s must be > 0, not {self.no_task_warning_s}")
         if not self.status_interval_s > 0:
             raise ValueError(f"status_interval_s must be > 0, not {self.status_interval_s}")
+        if self.inbound_queue_bytes < 64 * 1024:
+            raise ValueError(f"inbound_queue_bytes must be >= 65536, "
+                             f"not {self.inbound_queue_bytes}")
         check_name("federation", self.federation)
         self.state_dir = Path(self.state_dir)
 
@@ -135,7 +140,7 @@ class EdgeClient:
         self._data = checked_local_data(x, y)  # one tuple, swapped whole by set_data
         self.topics = Topics(config.federation)
         self.stats = ClientStats()
-        self.events: queue.Queue = queue.Queue()
+        self.events = Inbox(config.inbound_queue_bytes)  # bounded: the broker holds the rest
         self.disk = DeviceState(config.state_dir, config.device_id, config.max_model_elements)
         self.outbox = Outbox(config.state_dir / "outbox", config.outbox_max)
         self._fetcher = ModelFetcher(self.topics, config.max_model_bytes,

@@ -8,6 +8,7 @@ clean sessions and relies on retained messages and resends rather than broker st
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+
+from edge_client.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +77,29 @@ class Credentials:
 class MqttLink:
     """One MQTT connection; MQTT 3.1.1 so it works with every broker fedge supports."""
 
-    def __init__(self, client_id: str, host: str, port: int, events: queue.Queue,
+    def __init__(self, client_id: str, host: str, port: int, events: queue.Queue | Inbox,
                  keepalive_s: int = 30, will: Will | None = None,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0,
-                 tls: TlsConfig | None = None, credentials: Credentials | None = None) -> None:
+                 tls: TlsConfig | None = None, credentials: Credentials | None = None,
+                 max_unconfirmed: int = 5000) -> None:
         self.host, self.port = host, port
+        # Unconfirmed QoS 1 publishes paho may hold: past it, publish() refuses messages
+        # that are not retained (acks), so answering a flood cannot grow without bound
+        # while the broker's confirmations wait behind that flood; retained state (models,
+        # tasks, statuses) always goes.
+        self.max_unconfirmed = max_unconfirmed
+        self.refused = 0
+        self._refusals_logged = 0
+        self._refusal_logged_at: float | None = None
         self.events = events
         self.keepalive_s = keepalive_s
         self.bytes_out = 0
         self.bytes_in = 0
         self._filters: set[str] = set()
-        self._unconfirmed: list[mqtt.MQTTMessageInfo] = []
+        self._unconfirmed: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # see _write_pending
+        self._stopping = False
         self._connected = threading.Event()
         self._client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                                    client_id=client_id, protocol=mqtt.MQTTv311,
@@ -95,6 +109,7 @@ class MqttLink:
         self._client.reconnect_delay_set(reconnect_min_s * random.uniform(1.0, 2.0),
                                          reconnect_max_s)
         self._client.max_queued_messages_set(0)
+        self._client.max_inflight_messages_set(200)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
         if tls is not None:
@@ -135,11 +150,42 @@ class MqttLink:
 
     def _on_message(self, client, userdata, message) -> None:
         self.bytes_in += len(message.payload)
-        self.events.put(Inbound(message.topic, bytes(message.payload), bool(message.retain)))
+        event = Inbound(message.topic, bytes(message.payload), bool(message.retain))
+        if isinstance(self.events, Inbox):
+            self.events.put(event, while_waiting=self._write_pending)
+        else:
+            self.events.put(event)
+
+    def _write_pending(self) -> None:
+        """On paho's network thread, held by a full inbox: write what is queued to go out.
+
+        paho writes only between reads; a thread held inside a read would otherwise send
+        nothing (acks, PUBACKs) until the flood behind it is read. This runs on paho's own
+        thread, so nothing else touches its socket meanwhile. It calls paho's internal
+        `_packet_write`, not `loop_write`: on an error, or on a DISCONNECT packet, those
+        call on_disconnect under a lock this callback already holds (a self-deadlock).
+        An error is left in place for paho's loop to find; a DISCONNECT is never queued
+        while this runs (`stop` takes `_write_lock` first). Without `_packet_write` (a
+        future paho), nothing is written here: the link still works, only slower to ack.
+        """
+        write = getattr(self._client, "_packet_write", None)
+        if write is None or not self._write_lock.acquire(blocking=False):
+            return
+        try:
+            if not self._stopping:
+                write()
+        except (OSError, ValueError) as exc:  # the connection broke: paho notices on return
+            log.debug("mqtt: write while waiting failed: %s", exc)
+        finally:
+            self._write_lock.release()
 
     # -- owner's thread
     def start(self) -> None:
-        """Connect in the background; paho retries with backoff until it gets through."""
+        """Connect in the background; paho retries with backoff until it gets through.
+        Also after a `stop` (a device that sleeps between tasks)."""
+        if isinstance(self.events, Inbox):
+            self.events.reopen()
+        self._stopping = False
         self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
         self._client.loop_start()
 
@@ -147,9 +193,15 @@ class MqttLink:
         """Disconnect once the broker has confirmed what we published (or time runs out).
 
         paho's disconnect() drops packets it has not written yet, so without this the
-        last acks or the final task of a run could be lost.
+        last acks or the final task of a run could be lost. A bounded inbox is closed
+        first: its owner no longer reads it, and a network thread waiting for room in it
+        could not write those packets.
         """
+        if isinstance(self.events, Inbox):
+            self.events.close()
         self.flush(flush_timeout_s)
+        with self._write_lock:
+            self._stopping = True  # no more writes from inside a callback (DISCONNECT)
         self._client.disconnect()
         # paho 2.x: its network thread ends on the disconnect and sets its own handle to
         # None between loop_stop's check and its join(); the thread is gone, as wanted.
@@ -197,16 +249,34 @@ class MqttLink:
             self._client.unsubscribe(topic)
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool:
-        """QoS 1 publish; False when not connected (the caller resends after Connected)."""
+        """QoS 1 publish; False when not connected (the caller resends after Connected), or
+        when too many publishes wait for the broker's confirmation and this one is not
+        retained (an ack: the device resends its update and is answered then)."""
         if not self.connected:
+            return False
+        # Confirmed ones leave from the front: O(1) amortized, not a pass over all of
+        # them per publish (thousands pile up while a flood is being answered).
+        while self._unconfirmed and self._unconfirmed[0].is_published():
+            self._unconfirmed.popleft()
+        if not retain and len(self._unconfirmed) >= self.max_unconfirmed:
+            self._refuse(topic)
             return False
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return False
-        self._unconfirmed = [i for i in self._unconfirmed if not i.is_published()]
         self._unconfirmed.append(info)
         self.bytes_out += len(payload)
         return True
+
+    def _refuse(self, topic: str) -> None:
+        """Count a refused publish; log the first, then at most one line per 10 s."""
+        self.refused += 1
+        now = time.monotonic()
+        if self._refusal_logged_at is None or now - self._refusal_logged_at >= 10.0:
+            log.warning("mqtt: %d publishes wait for the broker's confirmation; %d not sent "
+                        "since the last report (latest to %s)", len(self._unconfirmed),
+                        self.refused - self._refusals_logged, topic)
+            self._refusal_logged_at, self._refusals_logged = now, self.refused
 
 
 def _apply_tls(client: mqtt.Client, tls: TlsConfig) -> None:

@@ -8,6 +8,7 @@ a socket, so tests can feed them dropped, duplicated and reordered chunks direct
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -16,6 +17,9 @@ import msgpack
 from edge_client.protocol.bounds import MAX_INT, describe, is_int
 from edge_client.protocol.errors import LocalProtocolError, RemoteProtocolError
 from edge_client.protocol.messages import PROTOCOL_VERSION, unpack_map
+from edge_client.protocol.open_uploads import OpenUploads
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 64 * 1024
 CHUNK_HEADER_RESERVE = 256  # room for the chunk's own fields inside the size limit
@@ -102,22 +106,31 @@ class _Partial:
 
 
 class Assembler:
-    """Reassembles chunked payloads per source with bounded memory.
+    """Reassembles chunked payloads per source with bounded memory and O(1) work per chunk.
 
     A source (a device, or the aggregator for models) may have at most
-    `max_transfers_per_source` transfers in progress; a new one evicts that source's
-    oldest. Across all sources, the declared sizes of transfers in progress stay under
-    `max_total_bytes` (default: four payloads of the maximum size); a new transfer
-    evicts the oldest ones until it fits.
+    `max_transfers_per_source` transfers in progress; a new one evicts that source's least
+    recently active one. Across all sources at most `max_transfers` are in progress and
+    their declared sizes stay under `max_total_bytes` (default: four payloads of the
+    maximum size); a new transfer evicts others until it fits, fairly per source (see
+    `OpenUploads.victim`). Evictions are counted and logged at most every 10 s.
     """
 
     def __init__(self, max_payload: int, max_transfers_per_source: int = 2,
-                 timeout_s: float = 300.0, max_total_bytes: int | None = None) -> None:
+                 timeout_s: float = 300.0, max_total_bytes: int | None = None,
+                 max_transfers: int = 1000) -> None:
         self.max_payload = max_payload
         self.max_transfers_per_source = max_transfers_per_source
+        self.max_transfers = max_transfers
         self.timeout_s = timeout_s
         self.max_total_bytes = max_total_bytes or 4 * max_payload
+        self.evicted = 0  # transfers dropped by the global limits
         self._partial: dict[tuple[str, str], _Partial] = {}
+        self._open = OpenUploads()
+        self._reserved = 0  # running totals: never a sum over open transfers
+        self._held = 0
+        self._logged_at: float | None = None
+        self._evicted_logged = 0
 
     def add(self, source: str, message: bytes, now: float) -> tuple[str, bytes] | None:
         """Take one chunk message; return (transfer, payload) when it completes a payload."""
@@ -129,20 +142,23 @@ class Assembler:
         elif (chunk.count, chunk.size, chunk.sha256) != (
             partial.first.count, partial.first.size, partial.first.sha256
         ):
-            del self._partial[key]
+            self._drop(key)
             raise RemoteProtocolError("chunk disagrees with earlier chunks of its transfer",
                                       chunk.transfer)
+        else:
+            self._open.touch(key)
         if chunk.index in partial.parts:
             return None  # a QoS 1 redelivery: already have it
-        partial.received += len(chunk.data)
-        if partial.received > chunk.size:
-            del self._partial[key]
+        if partial.received + len(chunk.data) > chunk.size:
+            self._drop(key)
             raise RemoteProtocolError("chunks carry more bytes than the declared size",
                                       chunk.transfer)
+        partial.received += len(chunk.data)
+        self._held += len(chunk.data)
         partial.parts[chunk.index] = chunk.data
         if len(partial.parts) < chunk.count:
             return None
-        del self._partial[key]
+        self._drop(key)
         return chunk.transfer, self._finish(chunk, partial)
 
     def _start(self, key: tuple[str, str], chunk: Chunk, now: float) -> _Partial:
@@ -151,19 +167,35 @@ class Assembler:
                                       f"{self.max_payload} bytes", chunk.transfer)
         if chunk.count > chunk.size:
             raise RemoteProtocolError("chunk count exceeds the payload size", chunk.transfer)
-        same_source = [k for k in self._partial if k[0] == key[0]]
-        while len(same_source) >= self.max_transfers_per_source:
-            same_source.remove(self._evict_oldest(same_source))
-        while self._partial and self.reserved_bytes() + chunk.size > self.max_total_bytes:
-            self._evict_oldest(list(self._partial))
+        source = key[0]
+        while self._open.count(source) >= self.max_transfers_per_source:
+            self._drop(self._open.idlest_of(source))  # the source replaces its own
+        while self._open and (len(self._open) >= self.max_transfers
+                              or self._reserved + chunk.size > self.max_total_bytes):
+            victim = self._open.victim()
+            self._drop(victim)
+            self.evicted += 1
+            self._log_eviction(victim, now)
         partial = _Partial(first=chunk, started_at=now)
         self._partial[key] = partial
+        self._open.add(key)
+        self._reserved += chunk.size
         return partial
 
-    def _evict_oldest(self, keys: list[tuple[str, str]]) -> tuple[str, str]:
-        oldest = min(keys, key=lambda k: self._partial[k].started_at)
-        del self._partial[oldest]
-        return oldest
+    def _drop(self, key: tuple[str, str]) -> None:
+        partial = self._partial.pop(key)
+        self._open.remove(key)
+        self._reserved -= partial.first.size
+        self._held -= partial.received
+
+    def _log_eviction(self, victim: tuple[str, str], now: float) -> None:
+        if self._logged_at is not None and now - self._logged_at < 10.0:
+            return
+        log.warning("chunking: %d open upload(s) dropped at the limits (%d uploads, %d "
+                    "declared bytes) since the last report; the latest from %s",
+                    self.evicted - self._evicted_logged, self.max_transfers,
+                    self.max_total_bytes, victim[0])
+        self._logged_at, self._evicted_logged = now, self.evicted
 
     @staticmethod
     def _finish(chunk: Chunk, partial: _Partial) -> bytes:
@@ -178,15 +210,21 @@ class Assembler:
 
     def expire(self, now: float) -> list[tuple[str, str]]:
         """Drop transfers that stalled for longer than the timeout; return their keys."""
-        stale = [k for k, p in self._partial.items() if now - p.started_at > self.timeout_s]
-        for key in stale:
-            del self._partial[key]
+        stale = []
+        while (key := self._open.oldest_started()) is not None and \
+                now - self._partial[key].started_at > self.timeout_s:
+            self._drop(key)
+            stale.append(key)
         return stale
 
     def pending_bytes(self) -> int:
         """Bytes held right now."""
-        return sum(p.received for p in self._partial.values())
+        return self._held
 
     def reserved_bytes(self) -> int:
         """Declared sizes of the transfers in progress: what they may grow to."""
-        return sum(p.first.size for p in self._partial.values())
+        return self._reserved
+
+    def open_count(self) -> int:
+        """Transfers in progress."""
+        return len(self._open)
