@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from aggregator.config import AggregatorConfig, SyncConfig
+from aggregator.limits import LimitsConfig
 from aggregator.secagg_config import SecAggConfig
 from aggregator.service import Aggregator
 from edge_client.client import ClientConfig, EdgeClient
@@ -91,7 +92,10 @@ def _aggregator(tmp_path, signed: bool, secagg: bool = False) -> Aggregator:
         federation=FED, db_path=tmp_path / "agg.sqlite3", rounds=0,
         sync=SyncConfig(target_updates=len(DEVICES), round_timeout_s=600),
         train=TrainConfig(epochs=1), security=security,
-        secagg=SecAggConfig(enabled=secagg, phase_timeout_s=600, graph="complete"))
+        secagg=SecAggConfig(enabled=secagg, phase_timeout_s=600, graph="complete"),
+        # every refusal answered: the rate gate (test_rejection_gate.py) would hold back
+        # most of a burst of hundreds from one device within a second
+        limits=LimitsConfig(answered_rejections_per_device_s=1e9, answered_rejections_s=1e9))
     agg = Aggregator(config, initial_weights=WEIGHTS)
     agg.link = FakeLink()
     agg.store.db.execute("PRAGMA synchronous=OFF")  # thousands of rejections, fast
