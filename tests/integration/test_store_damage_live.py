@@ -40,7 +40,7 @@ def _config(folder: Path, port: int, sizes: list[int]) -> Path:
 
 def _serve(config: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fedge.cli", "aggregator", "serve",
-                             "--config", str(config)],
+                             "--exit-when-done", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
