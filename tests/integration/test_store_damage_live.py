@@ -144,8 +144,10 @@ def _starts(config: Path) -> None:
     process = _serve(config)
     try:
         assert process.stderr is not None
-        line = process.stderr.readline()
-        assert line.startswith("fedge aggregator: federation"), line + process.stderr.read()
+        seen = []
+        while len(seen) < 20 and not any("fedge aggregator: federation" in s for s in seen):
+            seen.append(process.stderr.readline())  # INFO lines may come first
+        assert "fedge aggregator: federation" in seen[-1], "".join(seen)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
