@@ -120,18 +120,25 @@ class MqttLink:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self.connect_failures = 0  # in a row; a wrong host or port shows in the log
+        self.refusals = 0  # connections in a row the broker closed or refused unaccepted
         self._client.on_message = self._on_message
 
     # -- paho callbacks: network thread, enqueue only
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("mqtt: connection refused: %s", reason_code)
+            self.refusals += 1
+            if _worth_saying(self.refusals):
+                log.warning("mqtt: the broker at %s:%d refused the connection: %s%s (%d "
+                            "time%s in a row)", self.host, self.port, reason_code,
+                            _refusal_hint(str(reason_code)), self.refusals,
+                            "" if self.refusals == 1 else "s")
             return
         with self._lock:
             filters = sorted(self._filters)
         for topic in filters:
             client.subscribe(topic, qos=1)
         self.connect_failures = 0
+        self.refusals = 0
         self._connected.set()
         self.events.put(Connected())
 
@@ -139,12 +146,22 @@ class MqttLink:
         """paho keeps retrying quietly; say so, or a wrong host or port looks like a hang.
         The 1st, 10th, 100th, ... failure in a row is logged, so an outage does not flood."""
         self.connect_failures += 1
-        if math.log10(self.connect_failures).is_integer():
+        if _worth_saying(self.connect_failures):
             log.warning("mqtt: cannot reach the broker at %s:%d (%d attempt%s so far); "
                         "retrying", self.host, self.port, self.connect_failures,
                         "" if self.connect_failures == 1 else "s")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not self._connected.is_set():  # closed before the broker accepted us
+            self.refusals += 1
+            if _worth_saying(self.refusals):
+                log.warning("mqtt: the broker at %s:%d closed the connection before accepting "
+                            "it (%d time%s in a row; %s): it may be at a limit (mosquitto's "
+                            "max_connections, or its open-file limit: LimitNOFILE in its "
+                            "systemd unit, 1,024 by default, caps it near 1,000 clients), or "
+                            "it refuses this client; its log says which", self.host,
+                            self.port, self.refusals, "" if self.refusals == 1 else "s",
+                            reason_code)
         self._connected.clear()
         self.events.put(Disconnected(str(reason_code)))
 
@@ -277,6 +294,24 @@ class MqttLink:
                         "since the last report (latest to %s)", len(self._unconfirmed),
                         self.refused - self._refusals_logged, topic)
             self._refusal_logged_at, self._refusals_logged = now, self.refused
+
+
+def _worth_saying(count: int) -> bool:
+    """The 1st, 10th, 100th, ... time in a row: an outage does not flood the log."""
+    return math.log10(count).is_integer()
+
+
+def _refusal_hint(reason: str) -> str:
+    """What a CONNACK refusal usually means for a fedge device or gateway."""
+    lowered = reason.lower()
+    if "password" in lowered or "not authorized" in lowered:
+        return (" (check [broker_auth] username and password_file against the broker's "
+                "password file; `fedge aggregator broker-config` writes both)")
+    if "identifier" in lowered:
+        return " (the broker refuses this client id)"
+    if "unavailable" in lowered:
+        return " (the broker is not ready or is at a limit)"
+    return ""
 
 
 def _apply_tls(client: mqtt.Client, tls: TlsConfig) -> None:
