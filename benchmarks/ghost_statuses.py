@@ -7,13 +7,14 @@ version; then one client publishes `--ghosts` retained statuses of made-up devic
 Measured: the time for the next `--versions` versions (capped at --cap-s), aborted
 rounds, the rows in the devices table; then the aggregator is restarted with the ghosts
 still retained, and the time for 5 more versions. Once without ghosts, once with.
-Prints one JSON list. Needs mosquitto.
+Prints one JSON object: both runs and the ratio of their times. Needs mosquitto.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import tempfile
 import threading
@@ -124,8 +125,18 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=20)
     parser.add_argument("--cap-s", type=float, default=300.0)
     args = parser.parse_args()
-    print(json.dumps([run(0, args.versions, args.cap_s),
-                      run(args.ghosts, args.versions, args.cap_s)]))
+    load_before = os.getloadavg()
+    baseline = run(0, args.versions, args.cap_s)
+    attacked = run(args.ghosts, args.versions, args.cap_s)
+    print(json.dumps({
+        "benchmark": "ghost_statuses", "baseline": baseline, "with_ghosts": attacked,
+        # wall time for the same versions, with the ghosts over without: 1.0 is no harm
+        "ratio_s": round(attacked["s"] / baseline["s"], 2) if baseline["s"] else None,
+        "ratio_after_restart_s": (round(attacked["after_restart"]["s"]
+                                        / baseline["after_restart"]["s"], 2)
+                                  if baseline.get("after_restart", {}).get("s") else None),
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        "cpus": os.cpu_count()}, indent=2))
 
 
 if __name__ == "__main__":
