@@ -15,6 +15,13 @@ from edge_client.protocol import Ack, Status, Task
 from edge_client.protocol.reasons import reason_kind
 
 log = logging.getLogger("edge_client.client")
+# The [eligibility] key behind each kind of reason, named in the log so a user who
+# disagrees with the device knows what to change (docs/eligibility.md).
+SETTING_OF = {"cpu busy": "max_cpu_busy_pct", "load": "max_load_per_cpu",
+              "battery": "min_battery_pct", "on battery": "require_charging",
+              "metered network": "allow_metered, metered_interfaces",
+              "too hot": "max_temp_c", "outside": "windows",
+              "holding": "hold_s: conditions must hold this long before training resumes"}
 NO_TASK_WARNING_S = 60.0  # connected this long without any task: say so
 REPEAT_WARNING_S = 600.0  # a warning that still holds is repeated this often
 
@@ -72,7 +79,9 @@ class DeviceNarrator:
         if decision.eligible:
             log.info("%s: eligible to train%s", self.me, "" if before is None else " again")
             return
-        log.info("%s: not eligible to train: %s", self.me, decision.reason)
+        hint = SETTING_OF.get(reason_kind(decision.reason))
+        log.info("%s: not eligible to train: %s%s", self.me, decision.reason,
+                 f" ([eligibility] {hint})" if hint else "")
 
     # ------------------------------------------------------------ tasks and updates
     def task(self, task: Task, done_here: bool, exit_when_done: bool) -> None:
