@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -49,7 +50,7 @@ from edge_client.secagg.phases import Phase
 from edge_client.secagg.prg import check_bits, from_wire, word_bytes
 from edge_client.secagg.shamir import combine_shares
 
-_EXPECTED = {
+_EXPECTED: dict[Phase, type[AdvertiseKeys | ShareKeys | MaskedInput | UnmaskResponse]] = {
     Phase.ADVERTISE_KEYS: AdvertiseKeys,
     Phase.SHARE_KEYS: ShareKeys,
     Phase.MASKED_INPUT: MaskedInput,
@@ -265,16 +266,14 @@ class SecAggServer:
         dropped = set(self._masked_with) - self._contributors
         for u in sorted(self._contributors):
             seed = self._recover(u, "self-mask seed", responses, lambda r: r.seed_shares,
-                                 lambda s, u=u: seed_commitment(s, setup.round_id, u)
-                                 == self._keys[u].seed_commitment)
+                                 partial(self._is_seed_of, u))
             total -= self_mask(seed, setup.round_id, u, setup.dim, setup.bits)
         for v in sorted(dropped):
             survivors = sorted(self._linked(v, self._contributors))
             if not survivors:
                 continue
             raw = self._recover(v, "masking key", responses, lambda r: r.key_shares,
-                                lambda k, v=v: KeyPair.from_private_bytes(k).public
-                                == self._keys[v].s_pk)
+                                partial(self._is_masking_key_of, v))
             private = KeyPair.from_private_bytes(raw).private
             for u in survivors:  # y_u holds sign(u, v) * PRG(s_uv): take it out
                 mask = pair_mask(private, self._keys[u].s_pk, setup.round_id, v, u,
@@ -338,6 +337,12 @@ class SecAggServer:
             raise RoundAborted(phase.value, f"the {what} of {owner!r} cannot be rebuilt: only "
                                             f"{len(holders)} of its share holders remain, "
                                             f"{self.threshold} needed")
+
+    def _is_seed_of(self, u: str, seed: bytes) -> bool:
+        return seed_commitment(seed, self.setup.round_id, u) == self._keys[u].seed_commitment
+
+    def _is_masking_key_of(self, v: str, private: bytes) -> bool:
+        return KeyPair.from_private_bytes(private).public == self._keys[v].s_pk
 
     def _recover(self, owner: str, what: str, responses: dict[str, UnmaskResponse],
                  pick: Callable[[UnmaskResponse], tuple], valid: Callable[[bytes], bool]
