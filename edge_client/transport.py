@@ -106,8 +106,9 @@ class MqttLink:
                                    clean_session=True)
         # paho backs off exponentially from min to max; a random start per device is the
         # jitter that keeps a fleet from reconnecting in lockstep after an outage.
-        self._client.reconnect_delay_set(reconnect_min_s * random.uniform(1.0, 2.0),
-                                         reconnect_max_s)
+        min_delay = reconnect_min_s * random.uniform(1.0, 2.0)
+        # paho's stubs say int; it only adds, doubles and compares the delays: floats work
+        self._client.reconnect_delay_set(min_delay, reconnect_max_s)  # type: ignore[arg-type]
         self._client.max_queued_messages_set(0)
         self._client.max_inflight_messages_set(200)
         if will is not None:
@@ -245,7 +246,7 @@ class MqttLink:
         paho then sees a broken connection and reconnects on its own; tests use this.
         """
         sock = self._client.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):  # TCP, or TLS (an SSLSocket is one)
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
