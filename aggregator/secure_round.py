@@ -52,6 +52,7 @@ from edge_client.secagg import (
 )
 from edge_client.secagg.messages import (
     AdvertiseKeys,
+    FromDevice,
     MaskedInput,
     SecAggMessage,
     ShareKeys,
@@ -139,9 +140,9 @@ class SecureRound:
         except BadSecAggMessage as exc:
             return exc.reason, False
         kind = message.KIND
-        phase = _PHASE_OF.get(kind)
-        if phase is None:
+        if not isinstance(message, FromDevice):  # exactly the kinds in _PHASE_OF
             return f"a device never sends {kind!r}", False
+        phase = _PHASE_OF[kind]
         if message.round_id != self.task.task_id:
             log.info("secagg: ignored a %s from %s for round %s", kind, device,
                      message.round_id)

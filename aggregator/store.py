@@ -149,7 +149,8 @@ class Store:
             old = read_seal(path)
         except ValueError:
             old = None
-        self._sealed = Seal(self.count_updates(), *(row or (-1, "")),
+        version, sha256 = row or (-1, "")
+        self._sealed = Seal(self.count_updates(), version, sha256,
                             seq=(old.seq if old else 0) + 1)
         write_new_seal(path, self._sealed)
         self.set_note(SEALED_NOTE, True)

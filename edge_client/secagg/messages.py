@@ -208,6 +208,8 @@ class UnmaskResponse(_Message):
 
 SecAggMessage = (RoundSetup | AdvertiseKeys | NeighbourKeys | ShareKeys | ShareDelivery
                  | MaskedInput | UnmaskRequest | UnmaskResponse)
+# What devices send the server, one kind per phase.
+FromDevice = AdvertiseKeys | ShareKeys | MaskedInput | UnmaskResponse
 
 
 def _share_list(shares: tuple[EncryptedShare, ...]) -> list[list[Any]]:

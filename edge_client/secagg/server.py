@@ -35,6 +35,7 @@ from edge_client.secagg.messages import (
     ROUND_SEED_SIZE,
     AdvertiseKeys,
     EncryptedShare,
+    FromDevice,
     MaskedInput,
     NeighbourKeys,
     PeerKeys,
@@ -50,7 +51,7 @@ from edge_client.secagg.phases import Phase
 from edge_client.secagg.prg import check_bits, from_wire, word_bytes
 from edge_client.secagg.shamir import combine_shares
 
-_EXPECTED: dict[Phase, type[AdvertiseKeys | ShareKeys | MaskedInput | UnmaskResponse]] = {
+_EXPECTED: dict[Phase, type[FromDevice]] = {
     Phase.ADVERTISE_KEYS: AdvertiseKeys,
     Phase.SHARE_KEYS: ShareKeys,
     Phase.MASKED_INPUT: MaskedInput,
