@@ -41,15 +41,7 @@ from edge_client.codecs.sparsify import k_for
 from edge_client.protocol import RemoteProtocolError, Task, Topics, Weights
 from edge_client.protocol.chunking import split
 from edge_client.protocol.tensors import unflatten_like
-from edge_client.secagg import (
-    BadSecAggMessage,
-    GraphParams,
-    Phase,
-    RoundAborted,
-    SecAggResult,
-    SecAggServer,
-    scatter,
-)
+from edge_client.secagg import BadSecAggMessage, GraphParams, Phase, RoundAborted, scatter
 from edge_client.secagg.messages import (
     AdvertiseKeys,
     FromDevice,
@@ -60,6 +52,7 @@ from edge_client.secagg.messages import (
     decode_message,
 )
 from edge_client.secagg.prg import from_wire, modulus_mask
+from edge_client.secagg.server import SecAggResult, SecAggServer
 from edge_client.secagg.task import SecAggTask
 
 if TYPE_CHECKING:
