@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -50,6 +51,8 @@ from edge_client.secagg.messages import (
 from edge_client.secagg.phases import Phase
 from edge_client.secagg.prg import check_bits, from_wire, word_bytes
 from edge_client.secagg.shamir import combine_shares
+
+M = TypeVar("M", bound=FromDevice)
 
 _EXPECTED: dict[Phase, type[FromDevice]] = {
     Phase.ADVERTISE_KEYS: AdvertiseKeys,
@@ -210,7 +213,7 @@ class SecAggServer:
         return outgoing
 
     def _close_advertise(self) -> dict[str, SecAggMessage]:
-        self._keys = {u: m for u, m in self._received.items()}  # type: ignore[misc]
+        self._keys = self._received_as(AdvertiseKeys)
         self._prune(Phase.ADVERTISE_KEYS, "fewer neighbours than the threshold advertised keys")
         self._sent_keys = {
             u: NeighbourKeys(round_id=self.setup.round_id, device_id=u, peers=tuple(
@@ -223,9 +226,9 @@ class SecAggServer:
     def _close_share_keys(self) -> dict[str, SecAggMessage]:
         self._prune(Phase.SHARE_KEYS, "fewer neighbours than the threshold shared keys")
         inbox: dict[str, list[EncryptedShare]] = {u: [] for u in self._alive}
+        received = self._received_as(ShareKeys)
         for u in sorted(self._alive):
-            message: ShareKeys = self._received[u]  # type: ignore[assignment]
-            for share in message.shares:
+            for share in received[u].shares:
                 if share.recipient in self._alive:
                     inbox[share.recipient].append(share)
         self._masked_with = {u: {s.sender for s in shares} for u, shares in inbox.items()}
@@ -261,7 +264,7 @@ class SecAggServer:
         return dict(self._requests)
 
     def _close_unmasking(self) -> dict[str, SecAggMessage]:
-        responses: dict[str, UnmaskResponse] = self._received  # type: ignore[assignment]
+        responses = self._received_as(UnmaskResponse)
         setup = self.setup
         total = self._masked_sum.copy()
         dropped = set(self._masked_with) - self._contributors
@@ -338,6 +341,10 @@ class SecAggServer:
             raise RoundAborted(phase.value, f"the {what} of {owner!r} cannot be rebuilt: only "
                                             f"{len(holders)} of its share holders remain, "
                                             f"{self.threshold} needed")
+
+    def _received_as(self, kind: type[M]) -> dict[str, M]:
+        """This phase's messages, as the one kind `receive` let in during it."""
+        return {u: m for u, m in self._received.items() if isinstance(m, kind)}
 
     def _is_seed_of(self, u: str, seed: bytes) -> bool:
         return seed_commitment(seed, self.setup.round_id, u) == self._keys[u].seed_commitment
