@@ -112,7 +112,7 @@ class AnomalyWatch:
     def after_version(self, version: int, devices: list[str],
                       clipping: Clipping | None) -> None:
         clipped = set(clipping.norms) if clipping is not None else set()
-        if clipped:
+        if clipping is not None and clipped:
             self.store.add_clipping(version, clipping.norms, clipping.bound, clipping.median)
         # Only a bad outcome can flag a device, and only a good one clear a flag: the
         # rest of the cohort needs no query.

@@ -41,17 +41,10 @@ from edge_client.codecs.sparsify import k_for
 from edge_client.protocol import RemoteProtocolError, Task, Topics, Weights
 from edge_client.protocol.chunking import split
 from edge_client.protocol.tensors import unflatten_like
-from edge_client.secagg import (
-    BadSecAggMessage,
-    GraphParams,
-    Phase,
-    RoundAborted,
-    SecAggResult,
-    SecAggServer,
-    scatter,
-)
+from edge_client.secagg import BadSecAggMessage, GraphParams, Phase, RoundAborted, scatter
 from edge_client.secagg.messages import (
     AdvertiseKeys,
+    FromDevice,
     MaskedInput,
     SecAggMessage,
     ShareKeys,
@@ -59,6 +52,7 @@ from edge_client.secagg.messages import (
     decode_message,
 )
 from edge_client.secagg.prg import from_wire, modulus_mask
+from edge_client.secagg.server import SecAggResult, SecAggServer
 from edge_client.secagg.task import SecAggTask
 
 if TYPE_CHECKING:
@@ -139,9 +133,9 @@ class SecureRound:
         except BadSecAggMessage as exc:
             return exc.reason, False
         kind = message.KIND
-        phase = _PHASE_OF.get(kind)
-        if phase is None:
+        if not isinstance(message, FromDevice):  # exactly the kinds in _PHASE_OF
             return f"a device never sends {kind!r}", False
+        phase = _PHASE_OF[kind]
         if message.round_id != self.task.task_id:
             log.info("secagg: ignored a %s from %s for round %s", kind, device,
                      message.round_id)

@@ -189,7 +189,8 @@ class Aggregator:
         """Pick up the open task and every stored, not yet aggregated update."""
         opened = forget_secure_round(self.store, self.store.open_task())
         refused = self.privacy.refuse_resumed(opened[0]) if opened is not None else None
-        if refused is not None:  # admitted under other settings: the next task is checked
+        # refused: admitted under other settings; the next task is checked
+        if opened is not None and refused is not None:
             log.warning("aggregator: task %s not resumed: %s", opened[0].task_id, refused)
             self.store.abort_task(opened[0].task_id)
         elif opened is not None and opened[0].model_version == self.version:

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from aggregator.store_check import SEALED_NOTE
@@ -149,7 +150,8 @@ class Store:
             old = read_seal(path)
         except ValueError:
             old = None
-        self._sealed = Seal(self.count_updates(), *(row or (-1, "")),
+        version, sha256 = row or (-1, "")
+        self._sealed = Seal(self.count_updates(), version, sha256,
                             seq=(old.seq if old else 0) + 1)
         write_new_seal(path, self._sealed)
         self.set_note(SEALED_NOTE, True)
@@ -481,6 +483,7 @@ class _Transaction:
     def __enter__(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 

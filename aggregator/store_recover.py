@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +173,7 @@ def _keep_dp_steps(store: Store, first: int) -> None:
         store.set_note(DROPPED_DP_NOTE, [*(store.note(DROPPED_DP_NOTE) or []), *steps])
 
 
-def _reopen(db, where: str, args: tuple, report: RecoveryReport) -> None:
+def _reopen(db: sqlite3.Connection, where: str, args: tuple, report: RecoveryReport) -> None:
     """Updates used by versions that are gone: pending again if intact, else discarded."""
     rows = db.execute(f"SELECT rowid, payload, digest FROM updates WHERE {where}", args)
     for rowid, payload, digest in rows.fetchall():

@@ -34,7 +34,8 @@ import time
 
 import numpy as np
 
-from edge_client.secagg import FixedPoint, GraphParams, Phase, SecAggClient, SecAggServer
+from edge_client.secagg import FixedPoint, GraphParams, Phase, SecAggClient
+from edge_client.secagg.server import SecAggServer
 from edge_client.secagg.simulation import PHASES, run_round
 
 CLIP = 0.05

@@ -87,7 +87,7 @@ class Outbox:
                 self._set_aside(path, exc)
         return out
 
-    def set_aside(self, nonce: str, why: str) -> None:
+    def set_aside(self, nonce: str, why: object) -> None:
         """Move an entry whose content proved unusable out of the way, keeping it."""
         self._set_aside(self._path(nonce), why)
 

@@ -12,14 +12,17 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -48,7 +51,7 @@ def from_table(cls: type[T], table: dict[str, Any], where: str,
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     nested = nested or {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
@@ -57,7 +60,7 @@ def from_table(cls: type[T], table: dict[str, Any], where: str,
             allowed = sorted({*fields} - set(nested.values()) | set(nested) | set(also_known))
             raise ConfigError(f"unknown key {key!r} in {where}; known keys: {allowed}")
         hint = _without_none(hints[name])
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[name] = from_table(hint, value, f"{where} [{key}]",
                                       base=_field_default(fields[name]))
         else:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_client.inbox import Inbox
 
@@ -106,8 +108,9 @@ class MqttLink:
                                    clean_session=True)
         # paho backs off exponentially from min to max; a random start per device is the
         # jitter that keeps a fleet from reconnecting in lockstep after an outage.
-        self._client.reconnect_delay_set(reconnect_min_s * random.uniform(1.0, 2.0),
-                                         reconnect_max_s)
+        min_delay = reconnect_min_s * random.uniform(1.0, 2.0)
+        # paho's stubs say int; it only adds, doubles and compares the delays: floats work
+        self._client.reconnect_delay_set(min_delay, reconnect_max_s)  # type: ignore[arg-type]
         self._client.max_queued_messages_set(0)
         self._client.max_inflight_messages_set(200)
         if will is not None:
@@ -124,7 +127,8 @@ class MqttLink:
         self._client.on_message = self._on_message
 
     # -- paho callbacks: network thread, enqueue only
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                    reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
             self.refusals += 1
             if _worth_saying(self.refusals):
@@ -142,7 +146,7 @@ class MqttLink:
         self._connected.set()
         self.events.put(Connected())
 
-    def _on_connect_fail(self, client, userdata) -> None:
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         """paho keeps retrying quietly; say so, or a wrong host or port looks like a hang.
         The 1st, 10th, 100th, ... failure in a row is logged, so an outage does not flood."""
         self.connect_failures += 1
@@ -151,7 +155,8 @@ class MqttLink:
                         "retrying", self.host, self.port, self.connect_failures,
                         "" if self.connect_failures == 1 else "s")
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
+                       reason_code: ReasonCode, properties: Properties | None) -> None:
         if not self._connected.is_set():  # closed before the broker accepted us
             self.refusals += 1
             if _worth_saying(self.refusals):
@@ -165,7 +170,8 @@ class MqttLink:
         self._connected.clear()
         self.events.put(Disconnected(str(reason_code)))
 
-    def _on_message(self, client, userdata, message) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: object,
+                    message: mqtt.MQTTMessage) -> None:
         self.bytes_in += len(message.payload)
         event = Inbound(message.topic, bytes(message.payload), bool(message.retain))
         if isinstance(self.events, Inbox):
@@ -245,7 +251,7 @@ class MqttLink:
         paho then sees a broken connection and reconnects on its own; tests use this.
         """
         sock = self._client.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):  # TCP, or TLS (an SSLSocket is one)
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 

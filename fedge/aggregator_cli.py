@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
 from aggregator.service import Aggregator
@@ -26,6 +27,9 @@ from edge_client.identity import parse_public_key
 from edge_client.protocol.topics import check_name
 from edge_client.settings import ConfigError
 from fedge.roles import build_aggregator, load_aggregator_file, run_until_signal
+
+if TYPE_CHECKING:
+    from aggregator.web.server import DashboardServer  # flask: the `aggregator` extra
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_dashboard(aggregator: Aggregator):
+def _start_dashboard(aggregator: Aggregator) -> DashboardServer | None:
     """The dashboard and REST API beside the service, when [dashboard] enabled = true."""
     dash = aggregator.config.dashboard
     if not dash.enabled:

@@ -146,7 +146,8 @@ class MosquittoBroker(BrokerHandle):
         """Write a config into workdir, launch mosquitto and wait until it accepts connections."""
         executable = _require_mosquitto()
         owns = workdir is None
-        directory = Path(tempfile.mkdtemp(prefix="fedge-mosquitto-")) if owns else Path(workdir)
+        directory = (Path(tempfile.mkdtemp(prefix="fedge-mosquitto-")) if workdir is None
+                     else Path(workdir))
         broker = cls(
             host=host,
             port=port or free_port(host),

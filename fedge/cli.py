@@ -7,7 +7,9 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from aggregator.strategy import STRATEGIES
 from edge_client.blas_threads import limit_blas_threads
@@ -22,6 +24,9 @@ from fedge.poisoning import ATTACKS
 from fedge.progress import ProgressBar
 from fedge.roles import build_device, run_until_signal
 from fedge.status_cli import add_status_parser
+
+if TYPE_CHECKING:
+    from aggregator.service import VersionReport
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +122,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_demo)
 
 
-def _add_role(sub: argparse._SubParsersAction, name: str, help_text: str, func) -> None:
+def _add_role(sub: argparse._SubParsersAction, name: str, help_text: str,
+              func: Callable[[argparse.Namespace], int]) -> None:
     p = sub.add_parser(name, help=help_text)
     p.add_argument("--config", required=True, type=Path, help="the role's TOML file")
     p.set_defaults(func=func)
@@ -153,7 +159,7 @@ def _demo(args: argparse.Namespace) -> int:
     if cfg.dashboard_port is None:  # else the bar starts below the dashboard's address
         bar.show(0, "starting")
 
-    def on_version(report) -> None:
+    def on_version(report: VersionReport) -> None:
         bar.show(report.version, f"accuracy {report.metrics.get('accuracy', 0):.3f}")
 
     # SIGTERM (a service manager, `kill`, a test harness) unwinds like Ctrl-C, so the
@@ -180,7 +186,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _print_summary(s: dict, stream) -> None:
+def _print_summary(s: dict, stream: TextIO) -> None:
     lines = [
         f"broker            {s['broker']}",
         f"mode              {s['mode']}, {s['devices']} devices, {s['rounds']} rounds, "

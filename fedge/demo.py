@@ -235,8 +235,9 @@ def _federate(cfg: DemoConfig, job: _Job, sizes: list[int], workdir: Path,
                 trainer = poisoned(trainer, cfg.attack)
             clients.append(EdgeClient(config, fleet.trainer(i, trainer), xs, ys,
                                       policy=fleet.policy(i)))
-            if secure:
-                aggregator.store.enroll(config.device_id, clients[-1].identity.public_text)
+            identity = clients[-1].identity
+            if secure and identity is not None:  # security configured: the device made one
+                aggregator.store.enroll(config.device_id, identity.public_text)
         _run_all(aggregator, clients, fleet, cfg.timeout_s)
         wall_s = time.monotonic() - started
         summary = _summary(cfg, aggregator, clients, broker.kind, wall_s, workdir)

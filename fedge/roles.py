@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from aggregator.config import AggregatorConfig, load_aggregator_config
-from aggregator.service import Aggregator
+from aggregator.service import Aggregator, Evaluate
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.local_data import checked_local_data
 from edge_client.settings import ConfigError, from_table, read_toml
@@ -98,7 +98,7 @@ def _aggregator_tables(path: Path) -> tuple[AggregatorConfig, ModelSpec, Evaluat
             from_table(EvaluationSpec, evaluation_table, "[evaluation]"))
 
 
-def held_out_evaluator(spec: ModelSpec, evaluation: EvaluationSpec):
+def held_out_evaluator(spec: ModelSpec, evaluation: EvaluationSpec) -> Evaluate | None:
     """Accuracy and loss of each new version on the gateway's held-out set, if it has one."""
     if evaluation.data is None:
         return None

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 _RECORD_HEAD = struct.Struct("<II")  # body length, crc32(body)
 _BODY_HEAD = struct.Struct("<dBBiB")  # time, dtype, ndim, label (-1 none), device id length
-_NUMPY_DTYPE = {Dtype.INT16: np.dtype("<i2"), Dtype.FLOAT32: np.dtype("<f4")}
+_NUMPY_DTYPE: dict[Dtype, np.dtype] = {Dtype.INT16: np.dtype("<i2"), Dtype.FLOAT32: np.dtype("<f4")}
 MAX_RECORD = 64 * 1024
 
 

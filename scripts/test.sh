@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test yes
 .venv/bin/ruff check .
+.venv/bin/python -m mypy  # [tool.mypy] in pyproject.toml: the four packages
 exec .venv/bin/python -m pytest -q "$@"

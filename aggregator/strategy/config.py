@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aggregator.strategy.base import Strategy
 from aggregator.strategy.fedavg import FedAvg
-from aggregator.strategy.fedopt import DEFAULT_ETA, FedOpt, FedOptConfig
+from aggregator.strategy.fedopt import DEFAULT_ETA, FedOpt, FedOptConfig, Rule
 from aggregator.strategy.krum import Krum
 from aggregator.strategy.median import Median
 from aggregator.strategy.norm_bound import NormBound
@@ -53,11 +53,11 @@ class StrategyConfig:
             raise ValueError(f"tau must be a finite number > 0, not {self.tau}")
 
 
-def _server_optimizer(rule: str) -> Callable[[StrategyConfig], Strategy]:
+def _server_optimizer(rule: Rule) -> Callable[[StrategyConfig], Strategy]:
     def build(c: StrategyConfig) -> Strategy:
         eta = DEFAULT_ETA[rule] if c.eta is None else c.eta
         beta1 = c.momentum if rule == "momentum" else c.beta1
-        return FedOpt(FedOptConfig(rule, eta, beta1, c.beta2, c.tau))  # type: ignore[arg-type]
+        return FedOpt(FedOptConfig(rule, eta, beta1, c.beta2, c.tau))
     return build
 
 

@@ -71,7 +71,7 @@ def stack(global_weights: Weights, contributions: list[Contribution]) -> Stacked
     rows = np.empty((len(contributions), size), np.float64)
     for i, c in enumerate(contributions):
         rows[i] = flatten_sorted(c.delta)
-    finite = np.isfinite(rows).all(axis=1)
+    finite = np.all(np.isfinite(rows), axis=1)
     if not finite.all():
         dropped = [c.device_id for c, ok in zip(contributions, finite, strict=True) if not ok]
         log.warning("strategy: dropped %d update(s) with NaN or inf values: %s",

@@ -35,12 +35,16 @@ class Field:
     def check(self, value: Any) -> Any:
         if type(value) is not self.kind:
             raise ApiError(400, f"field {self.name!r} must be a {_TYPE_NAMES[self.kind]}")
+        if isinstance(value, str):  # enum and pattern are for strings (bool fields have none)
+            self._check_text(value)
+        return value
+
+    def _check_text(self, value: str) -> None:
         if self.enum and value not in self.enum:
             raise ApiError(400, f"field {self.name!r} must be one of {', '.join(self.enum)}, "
                                 f"not {value[:40]!r}")
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
             raise ApiError(400, f"field {self.name!r} must be {self.rule}, not {value[:40]!r}")
-        return value
 
     def schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": _TYPE_NAMES[self.kind].split()[0]}

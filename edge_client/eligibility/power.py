@@ -114,9 +114,10 @@ def _capacity(path: str) -> float | None:
 def _battery_pct(batteries: tuple[Battery, ...]) -> float | None:
     """The mean level (two laptop batteries drain one after the other); None if any unknown."""
     levels = [b.capacity for b in batteries]
-    if any(level is None for level in levels):
+    known = [level for level in levels if level is not None]
+    if len(known) != len(levels):
         return None
-    return round(sum(levels) / len(levels), 1)  # type: ignore[arg-type]
+    return round(sum(known) / len(known), 1)
 
 
 def _not_charging_reason(batteries: tuple[Battery, ...]) -> str:

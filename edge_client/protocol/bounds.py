@@ -9,7 +9,7 @@ strings, lists and maps bounded in length, depth and key type. A refusal is alwa
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 from edge_client.protocol.errors import RemoteProtocolError
 
@@ -34,7 +34,7 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """An int that is not a bool (msgpack gives both; only one is a number)."""
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -84,8 +84,7 @@ def decode_chunk(message: bytes) -> Chunk:
         raise RemoteProtocolError("chunk: bad transfer id")
     index, count, size = obj.get("i"), obj.get("n"), obj.get("size")
     digest, data = obj.get("sha256"), obj.get("data")
-    ints = (index, count, size)
-    if not all(is_int(x) for x in ints):
+    if not (is_int(index) and is_int(count) and is_int(size)):
         raise RemoteProtocolError("chunk: index, count and size must be integers", transfer)
     if not (1 <= count <= MAX_INT and 0 <= index < count and 1 <= size <= MAX_INT):
         raise RemoteProtocolError(f"chunk: index {describe(index)} of {describe(count)} for "

@@ -7,6 +7,7 @@ unpickles and bounds every size before it allocates.
 
 from __future__ import annotations
 
+import builtins
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -286,10 +287,9 @@ def decode(data: bytes, expect: type | None = None,
     """
     obj = unpack_map(data)
     kind = obj.get("kind")
-    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
-    if decoder is None:
+    if not isinstance(kind, str) or kind not in _DECODERS:
         raise RemoteProtocolError(f"unknown message kind {describe(kind)}")
-    cls, from_map = decoder
+    cls, from_map = _DECODERS[kind]
     if expect is not None and cls is not expect:
         raise RemoteProtocolError(f"expected a message of kind {_kind_of(expect)!r}, "
                                   f"got {kind!r}")
@@ -302,7 +302,10 @@ def _kind_of(cls: type) -> str:
 
 class _Fields:
     """Typed, bounded field access that turns a missing, mistyped or out-of-range field
-    into a clear reason (docs/protocol.md, "Decoding rules")."""
+    into a clear reason (docs/protocol.md, "Decoding rules").
+
+    Its methods are named after the types they read, so below them the annotations spell
+    the types `builtins.str` etc."""
 
     def __init__(self, obj: dict[str, Any], kind: str) -> None:
         self.obj = obj
@@ -329,11 +332,11 @@ class _Fields:
             raise self.fail(name, f"is longer than {max_len} characters")
         return value
 
-    def device(self, name: str) -> str:
+    def device(self, name: builtins.str) -> builtins.str:
         """A device id: what topic levels allow (topics.check_name)."""
         return self.check_device(self._get(name, (str,), optional=False), name)
 
-    def check_device(self, value: Any, name: str) -> str:
+    def check_device(self, value: Any, name: builtins.str) -> builtins.str:
         try:
             if not isinstance(value, str):
                 raise ValueError("not text")
@@ -342,7 +345,7 @@ class _Fields:
             raise self.fail(name, f"holds {describe(value)}, not a device id (1-64 "
                                   "characters of A-Z a-z 0-9 _ . -)") from None
 
-    def int(self, name: str, optional: bool = False, minimum: int = 0,
+    def int(self, name: builtins.str, optional: bool = False, minimum: int = 0,
             maximum: int = MAX_INT) -> Any:
         value = self._get(name, (int,), optional)
         if value is not None and value < minimum:
@@ -351,8 +354,8 @@ class _Fields:
             raise self.fail(name, f"must be <= {maximum}, not {describe(value)}")
         return value
 
-    def float(self, name: str, optional: bool = False, minimum: float = -math.inf,
-              maximum: float = math.inf) -> Any:
+    def float(self, name: builtins.str, optional: bool = False,
+              minimum: builtins.float = -math.inf, maximum: builtins.float = math.inf) -> Any:
         value = self._get(name, (int, float), optional)
         if value is None:
             return None
@@ -363,15 +366,15 @@ class _Fields:
             raise self.fail(name, f"must be in [{minimum:g}, {maximum:g}], not {value:g}")
         return value
 
-    def bool(self, name: str) -> bool:
+    def bool(self, name: builtins.str) -> builtins.bool:
         return bool(self._get(name, (bool,), optional=False))
 
-    def bytes(self, name: str) -> bytes:
+    def bytes(self, name: builtins.str) -> builtins.bytes:
         value = self._get(name, (bytes,), optional=True)
         return b"" if value is None else value
 
-    def map(self, name: str, optional: bool = False, max_items: int = MAX_SETTINGS,
-            max_depth: int = 1) -> Any:
+    def map(self, name: builtins.str, optional: builtins.bool = False,
+            max_items: builtins.int = MAX_SETTINGS, max_depth: builtins.int = 1) -> Any:
         """A settings map (codec, dp, secagg, arch): plain values only, bounded in size,
         depth and key type; what its keys mean is checked where it is used."""
         value = self._get(name, (dict,), optional)
@@ -379,17 +382,18 @@ class _Fields:
             check_plain(value, f"{self.kind}.{name}", max_depth, max_items + 1)
         return value
 
-    def raw_map(self, name: str, optional: bool = False) -> Any:
+    def raw_map(self, name: builtins.str, optional: builtins.bool = False) -> Any:
         """A map whose contents the caller checks itself (tensors, metrics, a delta)."""
         return self._get(name, (dict,), optional)
 
-    def list(self, name: str, optional: bool = False, max_len: int = MAX_INVITED) -> Any:
+    def list(self, name: builtins.str, optional: builtins.bool = False,
+             max_len: builtins.int = MAX_INVITED) -> Any:
         value = self._get(name, (list,), optional)
         if value is not None and len(value) > max_len:
             raise self.fail(name, f"has more than {max_len} entries")
         return value
 
-    def sub(self, name: str) -> _Fields:
+    def sub(self, name: builtins.str) -> _Fields:
         return _Fields(self.raw_map(name), f"{self.kind}.{name}")
 
 

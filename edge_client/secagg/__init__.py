@@ -5,6 +5,8 @@ about any one of them, even when some devices drop out. Both ends are state mach
 that take and return messages (`messages`) and never touch the network; the transport
 relays them. Used by devices and by the aggregator, so it depends on numpy, msgpack,
 `cryptography` and (lazily, for Shamir sharing) pycryptodome only.
+The server (`SecAggServer`, `SecAggResult`, `Dropout`) is imported from
+`edge_client.secagg.server` and not from here, so a device never loads it.
 See docs/secure-aggregation.md.
 """
 
@@ -15,18 +17,14 @@ from edge_client.secagg.fixed_point import FixedPoint
 from edge_client.secagg.graph import GraphParams, neighbour_graph, sparse_degree, threshold_for
 from edge_client.secagg.messages import decode_message
 from edge_client.secagg.phases import Phase
-from edge_client.secagg.server import Dropout, SecAggResult, SecAggServer
 
 __all__ = [
     "BadSecAggMessage",
-    "Dropout",
     "FixedPoint",
     "GraphParams",
     "Phase",
     "RoundAborted",
     "SecAggClient",
-    "SecAggResult",
-    "SecAggServer",
     "decode_message",
     "gather",
     "neighbour_graph",

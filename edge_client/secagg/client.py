@@ -99,7 +99,7 @@ class SecAggClient:
     # ------------------------------------------------------------ phases
 
     def _advertise(self, setup: RoundSetup) -> AdvertiseKeys:
-        self._expect(Phase.ADVERTISE_KEYS, setup.round_id)
+        self._check(Phase.ADVERTISE_KEYS, setup.round_id)
         if self.device_id not in setup.participants:
             raise BadSecAggMessage(f"{self.device_id!r} is not a participant of this round")
         problem = GraphParams(setup.degree, setup.threshold).problem(len(setup.participants))
@@ -195,6 +195,12 @@ class SecAggClient:
     # ------------------------------------------------------------ helpers
 
     def _expect(self, phase: Phase, round_id: str, device_id: str | None = None) -> RoundSetup:
+        """Check a message of a phase after the first, and return the round's setup."""
+        self._check(phase, round_id, device_id)
+        assert self._setup is not None  # _advertise set it, or the phase would not match
+        return self._setup
+
+    def _check(self, phase: Phase, round_id: str, device_id: str | None = None) -> None:
         if self.phase is not phase:
             raise BadSecAggMessage(f"a {phase.value!r} message arrived while this device is in "
                                    f"phase {self.phase.value!r}")
@@ -202,7 +208,6 @@ class SecAggClient:
             raise BadSecAggMessage(f"message for round {round_id!r}, not {self.round_id!r}")
         if device_id is not None and device_id != self.device_id:
             raise BadSecAggMessage(f"message for device {device_id!r}, not {self.device_id!r}")
-        return self._setup  # type: ignore[return-value]
 
     def _input(self, setup: RoundSetup) -> np.ndarray:
         """The provider's vector as uint64 residues mod 2**bits (a copy we may add into)."""

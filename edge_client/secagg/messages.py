@@ -20,6 +20,7 @@ Who sends what (u is a device; the server relays everything):
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -207,6 +208,8 @@ class UnmaskResponse(_Message):
 
 SecAggMessage = (RoundSetup | AdvertiseKeys | NeighbourKeys | ShareKeys | ShareDelivery
                  | MaskedInput | UnmaskRequest | UnmaskResponse)
+# What devices send the server, one kind per phase.
+FromDevice = AdvertiseKeys | ShareKeys | MaskedInput | UnmaskResponse
 
 
 def _share_list(shares: tuple[EncryptedShare, ...]) -> list[list[Any]]:
@@ -232,14 +235,16 @@ def decode_message(data: bytes) -> SecAggMessage:
         raise BadSecAggMessage(f"unsupported secagg version {describe(version)} "
                                f"(this side speaks {SECAGG_VERSION})")
     kind = obj.get("kind")
-    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
-    if decoder is None:
+    if not isinstance(kind, str) or kind not in _DECODERS:
         raise BadSecAggMessage(f"unknown secagg message kind {describe(kind)}")
-    return decoder(_Fields(obj, kind))
+    return _DECODERS[kind](_Fields(obj, kind))
 
 
 class _Fields:
-    """Typed, bounded field access; a missing or mistyped field is a clear refusal."""
+    """Typed, bounded field access; a missing or mistyped field is a clear refusal.
+
+    Its methods are named after the types they read, so below them the annotations spell
+    the types `builtins.int` etc."""
 
     def __init__(self, obj: dict[str, Any], kind: str) -> None:
         self.obj = obj
@@ -270,11 +275,12 @@ class _Fields:
             raise self.fail(f"{what} must be a non-empty string of at most {MAX_ID_LEN} chars")
         return value
 
-    def bytes(self, name: str, size: int | None = None, max_size: int | None = None) -> bytes:
+    def bytes(self, name: str, size: builtins.int | None = None,
+              max_size: builtins.int | None = None) -> builtins.bytes:
         return self.check_bytes(self._get(name, bytes), name, size, max_size)
 
-    def check_bytes(self, value: Any, what: str, size: int | None = None,
-                    max_size: int | None = None) -> bytes:
+    def check_bytes(self, value: Any, what: str, size: builtins.int | None = None,
+                    max_size: builtins.int | None = None) -> builtins.bytes:
         if not isinstance(value, bytes):
             raise self.fail(f"{what} must be bytes")
         if size is not None and len(value) != size:
@@ -296,7 +302,7 @@ class _Fields:
             raise self.fail(f"{name!r} has more than {MAX_PARTICIPANTS} entries")
         return value
 
-    def rows(self, name: str, width: int) -> list[list[Any]]:
+    def rows(self, name: str, width: builtins.int) -> builtins.list[builtins.list[Any]]:
         rows = self.list(name)
         if not all(isinstance(r, list) and len(r) == width for r in rows):
             raise self.fail(f"every entry of {name!r} must be a list of {width} items")

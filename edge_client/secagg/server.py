@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -34,6 +36,7 @@ from edge_client.secagg.messages import (
     ROUND_SEED_SIZE,
     AdvertiseKeys,
     EncryptedShare,
+    FromDevice,
     MaskedInput,
     NeighbourKeys,
     PeerKeys,
@@ -49,7 +52,9 @@ from edge_client.secagg.phases import Phase
 from edge_client.secagg.prg import check_bits, from_wire, word_bytes
 from edge_client.secagg.shamir import combine_shares
 
-_EXPECTED = {
+M = TypeVar("M", bound=FromDevice)
+
+_EXPECTED: dict[Phase, type[FromDevice]] = {
     Phase.ADVERTISE_KEYS: AdvertiseKeys,
     Phase.SHARE_KEYS: ShareKeys,
     Phase.MASKED_INPUT: MaskedInput,
@@ -208,7 +213,7 @@ class SecAggServer:
         return outgoing
 
     def _close_advertise(self) -> dict[str, SecAggMessage]:
-        self._keys = {u: m for u, m in self._received.items()}  # type: ignore[misc]
+        self._keys = self._received_as(AdvertiseKeys)
         self._prune(Phase.ADVERTISE_KEYS, "fewer neighbours than the threshold advertised keys")
         self._sent_keys = {
             u: NeighbourKeys(round_id=self.setup.round_id, device_id=u, peers=tuple(
@@ -221,9 +226,9 @@ class SecAggServer:
     def _close_share_keys(self) -> dict[str, SecAggMessage]:
         self._prune(Phase.SHARE_KEYS, "fewer neighbours than the threshold shared keys")
         inbox: dict[str, list[EncryptedShare]] = {u: [] for u in self._alive}
+        received = self._received_as(ShareKeys)
         for u in sorted(self._alive):
-            message: ShareKeys = self._received[u]  # type: ignore[assignment]
-            for share in message.shares:
+            for share in received[u].shares:
                 if share.recipient in self._alive:
                     inbox[share.recipient].append(share)
         self._masked_with = {u: {s.sender for s in shares} for u, shares in inbox.items()}
@@ -259,22 +264,20 @@ class SecAggServer:
         return dict(self._requests)
 
     def _close_unmasking(self) -> dict[str, SecAggMessage]:
-        responses: dict[str, UnmaskResponse] = self._received  # type: ignore[assignment]
+        responses = self._received_as(UnmaskResponse)
         setup = self.setup
         total = self._masked_sum.copy()
         dropped = set(self._masked_with) - self._contributors
         for u in sorted(self._contributors):
             seed = self._recover(u, "self-mask seed", responses, lambda r: r.seed_shares,
-                                 lambda s, u=u: seed_commitment(s, setup.round_id, u)
-                                 == self._keys[u].seed_commitment)
+                                 partial(self._is_seed_of, u))
             total -= self_mask(seed, setup.round_id, u, setup.dim, setup.bits)
         for v in sorted(dropped):
             survivors = sorted(self._linked(v, self._contributors))
             if not survivors:
                 continue
             raw = self._recover(v, "masking key", responses, lambda r: r.key_shares,
-                                lambda k, v=v: KeyPair.from_private_bytes(k).public
-                                == self._keys[v].s_pk)
+                                partial(self._is_masking_key_of, v))
             private = KeyPair.from_private_bytes(raw).private
             for u in survivors:  # y_u holds sign(u, v) * PRG(s_uv): take it out
                 mask = pair_mask(private, self._keys[u].s_pk, setup.round_id, v, u,
@@ -338,6 +341,16 @@ class SecAggServer:
             raise RoundAborted(phase.value, f"the {what} of {owner!r} cannot be rebuilt: only "
                                             f"{len(holders)} of its share holders remain, "
                                             f"{self.threshold} needed")
+
+    def _received_as(self, kind: type[M]) -> dict[str, M]:
+        """This phase's messages, as the one kind `receive` let in during it."""
+        return {u: m for u, m in self._received.items() if isinstance(m, kind)}
+
+    def _is_seed_of(self, u: str, seed: bytes) -> bool:
+        return seed_commitment(seed, self.setup.round_id, u) == self._keys[u].seed_commitment
+
+    def _is_masking_key_of(self, v: str, private: bytes) -> bool:
+        return KeyPair.from_private_bytes(private).public == self._keys[v].s_pk
 
     def _recover(self, owner: str, what: str, responses: dict[str, UnmaskResponse],
                  pick: Callable[[UnmaskResponse], tuple], valid: Callable[[bytes], bool]

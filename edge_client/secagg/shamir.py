@@ -9,8 +9,12 @@ has x = i + 1. pycryptodome is imported here, lazily: only secure aggregation ne
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from edge_client.protocol.errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from Crypto.Protocol.SecretSharing import Shamir
 
 HALF = 16
 
@@ -38,7 +42,7 @@ def combine_shares(shares: Sequence[tuple[int, bytes]]) -> bytes:
                     for i in range(0, size, HALF))
 
 
-def _shamir() -> type:
+def _shamir() -> type[Shamir]:
     try:
         from Crypto.Protocol.SecretSharing import Shamir
     except ImportError as exc:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from edge_client.secagg.client import SecAggClient
 from edge_client.secagg.errors import BadSecAggMessage
+from edge_client.secagg.messages import SecAggMessage
 from edge_client.secagg.phases import Phase
 from edge_client.secagg.server import SecAggServer
 
@@ -45,7 +46,7 @@ def run_round(server: SecAggServer, clients: Mapping[str, SecAggClient],
     """
     dropouts = dict(dropouts or {})
     trace = RoundTrace()
-    outgoing = {u: server.setup for u in server.setup.participants}
+    outgoing: dict[str, SecAggMessage] = {u: server.setup for u in server.setup.participants}
     for phase in PHASES:
         trace.device_seconds[phase.value] = {}
         server_time = 0.0

@@ -123,7 +123,8 @@ class SecAggTask:
             raise BadSecAggMessage("secagg settings: sparsify must be text and round_seed "
                                    "bytes")
         try:
-            return cls(round_seed=raw["round_seed"], sparsify=raw["sparsify"],
-                       **ints, **{k: float(v) for k, v in floats.items()})
+            return cls(round_seed=raw["round_seed"], sparsify=raw["sparsify"], **ints,
+                       clip=float(floats["clip"]), scale=float(floats["scale"]),
+                       fraction=float(floats["fraction"]))
         except ValueError as exc:
             raise BadSecAggMessage(str(exc)) from None

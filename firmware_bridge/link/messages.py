@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from firmware_bridge.link.errors import BadPayload, UnknownType
 from firmware_bridge.link.frames import Frame, MsgType
@@ -218,7 +220,8 @@ def _encode_nack(m: Nack) -> bytes:
     return _NACK.pack(m.seq, m.reason, m.detail)
 
 
-_ENCODERS = {
+# Each encoder takes the message class it is filed under.
+_ENCODERS: dict[type, Callable[[Any], bytes]] = {
     Hello: _encode_hello,
     Sample: _encode_sample,
     Prediction: lambda m: _PREDICTION.pack(m.model_version, m.class_index, m.score),
@@ -297,7 +300,8 @@ def _decode_nack(p: bytes) -> Nack:
     return Nack(seq, reason, detail)
 
 
-_DECODERS = {
+# Keyed by MsgType, an IntEnum: a frame's plain int type finds its decoder.
+_DECODERS: dict[int, Callable[[bytes], Message]] = {
     MsgType.HELLO: _decode_hello,
     MsgType.SAMPLE: _decode_sample,
     MsgType.PREDICTION: lambda p: Prediction(*_exact(p, _PREDICTION, "PREDICTION")),

@@ -17,6 +17,7 @@ from firmware_bridge.link import (
     Frame,
     Hello,
     Log,
+    Message,
     ModelBegin,
     ModelChunk,
     ModelEnd,
@@ -120,7 +121,7 @@ def cases() -> list[tuple[str, str, tuple[str, ...]]]:
     for name, data in streams:
         add("frame_stream", name, hexed(data))
 
-    messages = [
+    messages: list[tuple[str, Message, int]] = [
         ("hello", Hello("node-1", 0x00010203, 0x1F, 256, 65536), 0),
         ("hello_long_id", Hello("x" * 32, 1, 0, 64, 0), 200),
         ("sample_int16_labelled", Sample.from_values([0, -1, 32767, -32768, 5, 0],

@@ -23,7 +23,7 @@ from edge_client.protocol.chunking import decode_chunk
 from edge_client.protocol.errors import MAX_REASON
 from edge_client.protocol.seeds import update_seed
 from edge_client.protocol.signing import is_signed, open_envelope, seal, verify_envelope
-from edge_client.secagg import Phase, RoundAborted, SecAggClient, SecAggServer
+from edge_client.secagg import Phase, RoundAborted, SecAggClient
 from edge_client.secagg.graph import GraphParams
 from edge_client.secagg.keys import CIPHERTEXT_SIZE
 from edge_client.secagg.messages import (
@@ -40,6 +40,7 @@ from edge_client.secagg.messages import (
     UnmaskResponse,
     decode_message,
 )
+from edge_client.secagg.server import SecAggServer
 from edge_client.secagg.simulation import run_round
 from edge_client.secagg.task import SecAggTask
 from tests.mutations import Mutator

@@ -12,7 +12,6 @@ from edge_client.secagg import (
     Phase,
     RoundAborted,
     SecAggClient,
-    SecAggServer,
     gather,
     scatter,
     shared_coordinates,
@@ -20,6 +19,7 @@ from edge_client.secagg import (
 )
 from edge_client.secagg.graph import ring_order
 from edge_client.secagg.messages import MaskedInput
+from edge_client.secagg.server import SecAggServer
 from edge_client.secagg.simulation import run_round
 
 DIM = 300

@@ -14,7 +14,6 @@ from edge_client.secagg import (
     Phase,
     RoundAborted,
     SecAggClient,
-    SecAggServer,
 )
 from edge_client.secagg.masking import add_signed, pair_mask, self_mask
 from edge_client.secagg.messages import (
@@ -27,6 +26,7 @@ from edge_client.secagg.messages import (
     UnmaskResponse,
     decode_message,
 )
+from edge_client.secagg.server import SecAggServer
 from edge_client.secagg.simulation import run_round
 
 N, DIM, BITS = 10, 200, 32
