@@ -39,9 +39,16 @@ def combine_shares(shares: Sequence[tuple[int, bytes]]) -> bytes:
 
 
 def _shamir() -> type:
+    """pycryptodome's Shamir: `Crypto` from pip, `Cryptodome` from Debian's
+    python3-pycryptodome (32-bit Raspberry Pi OS, where pip has no armv7l wheel)."""
     try:
         from Crypto.Protocol.SecretSharing import Shamir
-    except ImportError as exc:
-        raise LocalProtocolError("secure aggregation needs pycryptodome: "
-                                 "pip install 'fedge[secagg]'") from exc
+    except ImportError:
+        try:
+            from Cryptodome.Protocol.SecretSharing import Shamir
+        except ImportError as exc:
+            raise LocalProtocolError(
+                "secure aggregation needs pycryptodome (neither `Crypto` nor `Cryptodome` "
+                "imports): pip install 'fedge[secagg]', or on Debian/Raspberry Pi OS "
+                "apt install python3-pycryptodome") from exc
     return Shamir
