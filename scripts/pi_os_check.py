@@ -32,6 +32,8 @@ BASE_PACKAGES = ["python3", "python3-venv", "python3-pip", "ca-certificates"]
 # Debian's own builds; paho-mqtt 1.6.1 and cryptography 38.0.4 are what bookworm ships.
 ARMHF_PACKAGES = ["python3-numpy", "python3-msgpack", "python3-cryptography",
                   "python3-pycryptodome", "python3-paho-mqtt", "python3-threadpoolctl"]
+PROBED_WHEELS = ["numpy", "msgpack", "cffi", "cryptography", "pycryptodome", "paho-mqtt",
+                 "onnxruntime", "ai-edge-litert"]
 VENV = "/opt/fedge"
 CHECK = "/opt/fedge-check"
 ROUNDS = 3
@@ -67,6 +69,7 @@ class Figures:
     numpy_import_s: float
     import_ratio: float
     device_rss_mb_peak: float  # of the qemu process: emulator included
+    wheels_on_index: dict[str, bool]  # has the index a wheel for this arch's pip?
     device_log_accepted: int  # "accepted by the aggregator" lines in the device's log
     model_versions: list[int]
     accuracy: float | None  # the aggregator's held-out accuracy of the last version
@@ -89,6 +92,8 @@ def chroot_env(arch: str) -> dict[str, str]:
            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     if arch == "arm64":
         env["OPENBLAS_CORETYPE"] = "ARMV8"  # qemu's default CPU makes OpenBLAS pick slow code
+    if os.environ.get("PIP_CERT"):  # a TLS-inspecting proxy here: the chroot's pip trusts it
+        env["PIP_CERT"] = f"{CHECK}/host-ca.pem"
     return env
 
 
@@ -110,11 +115,18 @@ def ensure_rootfs(work: Path, arch: str) -> Path:
     marker = root / ".fedge-rootfs-ok"
     if marker.exists():
         return root
-    packages = BASE_PACKAGES + (ARMHF_PACKAGES if arch == "armhf" else [])
-    sh("debootstrap", "--variant=minbase", f"--arch={arch}", "--include=" + ",".join(packages),
-       "bookworm", str(root), MIRROR)
+    # Only the base here: debootstrap's --include does not resolve virtual packages
+    # (python3-cryptography needs python3-cffi-backend-api-*); apt-get does, in `check`.
+    sh("debootstrap", "--variant=minbase", f"--arch={arch}",
+       "--include=" + ",".join(BASE_PACKAGES), "bookworm", str(root), MIRROR)
     marker.touch()
     return root
+
+
+def installed_packages(root: Path, arch: str) -> set[str]:
+    out = in_chroot(root, arch, "dpkg-query", "-W", "-f", "${db:Status-Abbrev}|${Package}\n")
+    return {name for status, _, name in (line.partition("|") for line in out.splitlines())
+            if status.startswith("ii")}
 
 
 def mount_proc(root: Path) -> None:
@@ -139,6 +151,8 @@ def install(root: Path, arch: str, wheel: Path) -> None:
     """The documented route for `arch` (docs/raspberry-pi.md)."""
     shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")  # the chroot's pip and apt
     (root / CHECK.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    if os.environ.get("PIP_CERT"):
+        shutil.copy(os.environ["PIP_CERT"], root / CHECK.lstrip("/") / "host-ca.pem")
     target = root / CHECK.lstrip("/") / wheel.name
     shutil.copy(wheel, target)
     inner_wheel = f"{CHECK}/{wheel.name}"
@@ -150,6 +164,18 @@ def install(root: Path, arch: str, wheel: Path) -> None:
         in_chroot(root, arch, "python3", "-m", "venv", "--system-site-packages", VENV)
         in_chroot(root, arch, f"{VENV}/bin/pip", "install", "--no-deps", inner_wheel)
     print(in_chroot(root, arch, f"{VENV}/bin/pip", "check"), file=sys.stderr)
+
+
+def wheels_on_index(root: Path, arch: str) -> dict[str, bool]:
+    """Whether pip in the chroot finds a wheel (never an sdist to build) of each."""
+    found = {}
+    for name in PROBED_WHEELS:
+        done = subprocess.run(["chroot", str(root), f"{VENV}/bin/pip", "download", "--no-deps",
+                               "--only-binary=:all:", "-d", "/tmp/fedge-probe", name],
+                              capture_output=True, text=True, env=chroot_env(arch))
+        found[name] = done.returncode == 0
+    shutil.rmtree(root / "tmp/fedge-probe", ignore_errors=True)
+    return found
 
 
 def du_mib(path: Path) -> float:
@@ -267,8 +293,7 @@ def check(work: Path, arch: str, wheel: Path, host_accuracy: float | None) -> Fi
     root = ensure_rootfs(work, arch)
     mount_proc(root)
     try:
-        if arch == "armhf" and "python3-threadpoolctl" not in in_chroot(
-                root, arch, "dpkg-query", "-W", "-f", "${Package}\n"):
+        if arch == "armhf" and not set(ARMHF_PACKAGES) <= installed_packages(root, arch):
             in_chroot(root, arch, "apt-get", "update")
             in_chroot(root, arch, "apt-get", "install", "-y", "--no-install-recommends",
                       *ARMHF_PACKAGES)
@@ -293,6 +318,7 @@ def check(work: Path, arch: str, wheel: Path, host_accuracy: float | None) -> Fi
             import_s=client_s, numpy_import_s=numpy_s,
             import_ratio=round(client_s / numpy_s, 2),
             device_rss_mb_peak=result["peak_rss_mb"], device_log_accepted=accepted,
+            wheels_on_index=wheels_on_index(root, arch),
             model_versions=model_versions, accuracy=accuracy, host_accuracy=host_accuracy)
     finally:
         umount_proc(root)
