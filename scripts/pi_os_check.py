@@ -34,6 +34,9 @@ ARMHF_PACKAGES = ["python3-numpy", "python3-msgpack", "python3-cryptography",
                   "python3-pycryptodome", "python3-paho-mqtt", "python3-threadpoolctl"]
 PROBED_WHEELS = ["numpy", "msgpack", "cffi", "cryptography", "pycryptodome", "paho-mqtt",
                  "onnxruntime", "ai-edge-litert"]
+UNIT_TESTS = " ".join(f"tests/unit/test_{name}.py" for name in (
+    "identity", "signing", "secagg", "secagg_edges", "secagg_parts", "secagg_round",
+    "secagg_security", "paho_compat"))
 VENV = "/opt/fedge"
 CHECK = "/opt/fedge-check"
 ROUNDS = 3
@@ -74,6 +77,7 @@ class Figures:
     model_versions: list[int]
     accuracy: float | None  # the aggregator's held-out accuracy of the last version
     host_accuracy: float | None  # the same federation with the device on this machine
+    unit_tests: str | None  # --unit-tests: pytest's last line for UNIT_TESTS in the chroot
 
 
 def sh(*cmd: str, env: dict[str, str] | None = None, log: bool = True,
@@ -176,6 +180,25 @@ def wheels_on_index(root: Path, arch: str) -> dict[str, bool]:
         found[name] = done.returncode == 0
     shutil.rmtree(root / "tmp/fedge-probe", ignore_errors=True)
     return found
+
+
+def unit_tests(root: Path, arch: str) -> str:
+    """The signing, identity, secure aggregation and paho adapter tests, on this arch's
+    own cryptography, pycryptodome, paho and numpy (pytest is added to the venv)."""
+    tests = root / "opt/fedge-tests"
+    shutil.rmtree(tests, ignore_errors=True)
+    tests.mkdir(parents=True)
+    shutil.copytree(REPO / "tests", tests / "tests",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tests)
+    in_chroot(root, arch, f"{VENV}/bin/pip", "install", "--only-binary=:all:", "pytest")
+    done = subprocess.run(["chroot", str(root), "sh", "-c", f"cd /opt/fedge-tests && "
+                           f"{VENV}/bin/python -m pytest -q -p no:cacheprovider {UNIT_TESTS}"],
+                          capture_output=True, text=True, env=chroot_env(arch))
+    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
+    if done.returncode != 0:
+        raise SystemExit(f"{arch}: unit tests failed: {done.stdout[-3000:]}")
+    return last
 
 
 def du_mib(path: Path) -> float:
@@ -288,7 +311,8 @@ def host_device(folder: Path, port: int) -> tuple[str, dict]:
     return done.stderr, {"rc": done.returncode}
 
 
-def check(work: Path, arch: str, wheel: Path, host_accuracy: float | None) -> Figures:
+def check(work: Path, arch: str, wheel: Path, host_accuracy: float | None,
+          with_unit_tests: bool) -> Figures:
     ensure_binfmt(arch)
     root = ensure_rootfs(work, arch)
     mount_proc(root)
@@ -319,7 +343,8 @@ def check(work: Path, arch: str, wheel: Path, host_accuracy: float | None) -> Fi
             import_ratio=round(client_s / numpy_s, 2),
             device_rss_mb_peak=result["peak_rss_mb"], device_log_accepted=accepted,
             wheels_on_index=wheels_on_index(root, arch),
-            model_versions=model_versions, accuracy=accuracy, host_accuracy=host_accuracy)
+            model_versions=model_versions, accuracy=accuracy, host_accuracy=host_accuracy,
+            unit_tests=unit_tests(root, arch) if with_unit_tests else None)
     finally:
         umount_proc(root)
 
@@ -328,6 +353,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", action="append", choices=("arm64", "armhf"))
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/fedge-pi-os"))
+    parser.add_argument("--unit-tests", action="store_true",
+                        help="also run the crypto and paho unit tests in each chroot")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("pi_os_check.py needs root (debootstrap, chroot, mount)")
@@ -339,7 +366,7 @@ def main() -> None:
     if result["rc"] != 0 or host_versions[-1:] != [ROUNDS]:
         raise SystemExit(f"the device on this machine failed ({host_versions}):\n{log[-3000:]}")
     for arch in args.arch or ["arm64", "armhf"]:
-        figures = check(args.work, arch, wheel, host_accuracy)
+        figures = check(args.work, arch, wheel, host_accuracy, args.unit_tests)
         print(json.dumps(asdict(figures)), flush=True)
     print(f"done in {time.monotonic() - started:.0f} s", file=sys.stderr)
 
