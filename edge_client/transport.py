@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_client import paho_compat
 from edge_client.inbox import Inbox
 
 log = logging.getLogger(__name__)
@@ -103,9 +102,7 @@ class MqttLink:
         self._write_lock = threading.Lock()  # see _write_pending
         self._stopping = False
         self._connected = threading.Event()
-        self._client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                                   client_id=client_id, protocol=mqtt.MQTTv311,
-                                   clean_session=True)
+        self._client = paho_compat.new_client(client_id)  # paho 1.6 or 2.x
         # paho backs off exponentially from min to max; a random start per device is the
         # jitter that keeps a fleet from reconnecting in lockstep after an outage.
         min_delay = reconnect_min_s * random.uniform(1.0, 2.0)
@@ -119,28 +116,26 @@ class MqttLink:
             _apply_tls(self._client, tls)
         if credentials is not None:
             self._client.username_pw_set(credentials.username, credentials.password)
-        self._client.on_connect = self._on_connect
+        paho_compat.bind_callbacks(self._client, self._on_connect, self._on_disconnect)
         self._client.on_connect_fail = self._on_connect_fail
-        self._client.on_disconnect = self._on_disconnect
         self.connect_failures = 0  # in a row; a wrong host or port shows in the log
         self.refusals = 0  # connections in a row the broker closed or refused unaccepted
         self._client.on_message = self._on_message
 
-    # -- paho callbacks: network thread, enqueue only
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
-                    reason_code: ReasonCode, properties: Properties | None) -> None:
-        if reason_code.is_failure:
+    # -- paho callbacks: network thread, enqueue only (paho_compat adapts 1.6 and 2.x)
+    def _on_connect(self, refused: bool, reason: str) -> None:
+        if refused:
             self.refusals += 1
             if _worth_saying(self.refusals):
                 log.warning("mqtt: the broker at %s:%d refused the connection: %s%s (%d "
-                            "time%s in a row)", self.host, self.port, reason_code,
-                            _refusal_hint(str(reason_code)), self.refusals,
+                            "time%s in a row)", self.host, self.port, reason,
+                            _refusal_hint(reason), self.refusals,
                             "" if self.refusals == 1 else "s")
             return
         with self._lock:
             filters = sorted(self._filters)
         for topic in filters:
-            client.subscribe(topic, qos=1)
+            self._client.subscribe(topic, qos=1)
         self.connect_failures = 0
         self.refusals = 0
         self._connected.set()
@@ -155,8 +150,7 @@ class MqttLink:
                         "retrying", self.host, self.port, self.connect_failures,
                         "" if self.connect_failures == 1 else "s")
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
-                       reason_code: ReasonCode, properties: Properties | None) -> None:
+    def _on_disconnect(self, reason: str) -> None:
         if not self._connected.is_set():  # closed before the broker accepted us
             self.refusals += 1
             if _worth_saying(self.refusals):
@@ -166,9 +160,9 @@ class MqttLink:
                             "systemd unit, 1,024 by default, caps it near 1,000 clients), or "
                             "it refuses this client; its log says which", self.host,
                             self.port, self.refusals, "" if self.refusals == 1 else "s",
-                            reason_code)
+                            reason)
         self._connected.clear()
-        self.events.put(Disconnected(str(reason_code)))
+        self.events.put(Disconnected(reason))
 
     def _on_message(self, client: mqtt.Client, userdata: object,
                     message: mqtt.MQTTMessage) -> None:
@@ -310,7 +304,7 @@ def _worth_saying(count: int) -> bool:
 def _refusal_hint(reason: str) -> str:
     """What a CONNACK refusal usually means for a fedge device or gateway."""
     lowered = reason.lower()
-    if "password" in lowered or "not authorized" in lowered:
+    if "password" in lowered or "not authori" in lowered:  # 2.x: -ized, 1.6: -ised
         return (" (check [broker_auth] username and password_file against the broker's "
                 "password file; `fedge aggregator broker-config` writes both)")
     if "identifier" in lowered:

@@ -43,9 +43,18 @@ def combine_shares(shares: Sequence[tuple[int, bytes]]) -> bytes:
 
 
 def _shamir() -> type[Shamir]:
-    try:
-        from Crypto.Protocol.SecretSharing import Shamir
-    except ImportError as exc:
-        raise LocalProtocolError("secure aggregation needs pycryptodome: "
-                                 "pip install 'fedge[secagg]'") from exc
-    return Shamir
+    """pycryptodome's Shamir: `Crypto` from pip, `Cryptodome` from Debian's
+    python3-pycryptodome (32-bit Raspberry Pi OS, where pip has no armv7l wheel)."""
+    import importlib
+
+    for package in ("Crypto", "Cryptodome"):  # the same module under its two names
+        try:
+            module = importlib.import_module(f"{package}.Protocol.SecretSharing")
+        except ImportError:
+            continue
+        found: type[Shamir] = module.Shamir
+        return found
+    raise LocalProtocolError(
+        "secure aggregation needs pycryptodome (neither `Crypto` nor `Cryptodome` "
+        "imports): pip install 'fedge[secagg]', or on Debian/Raspberry Pi OS "
+        "apt install python3-pycryptodome")
