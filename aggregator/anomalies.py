@@ -27,7 +27,7 @@ from aggregator.privacy.dp_strategy import CentralDp
 from aggregator.store import Store
 from aggregator.strategy.base import Contribution, Strategy
 from aggregator.strategy.norm_bound import NormBound
-from edge_client.protocol.tensors import flatten_sorted
+from edge_client.shared.protocol.tensors import flatten_sorted
 
 log = logging.getLogger(__name__)
 SETTINGS_NOTE = "anomalies"  # the settings, for the dashboard (which has no config)

@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge_client.protocol.topics import Topics, check_name
+from edge_client.shared.protocol.topics import Topics, check_name
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ from aggregator.anomalies import AnomalyConfig
 from aggregator.limits import LimitsConfig, check_limits
 from aggregator.presence import PresenceConfig
 from aggregator.privacy.config import PrivacyConfig, check_privacy
-from aggregator.secagg_config import SecAggConfig, check_secagg
+from aggregator.secagg.config import SecAggConfig, check_secagg
 from aggregator.strategy.config import StrategyConfig
-from edge_client.codecs import CodecConfig
-from edge_client.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
-from edge_client.protocol.messages import MAX_CHAIN
-from edge_client.protocol.topics import check_name
-from edge_client.security import AggregatorSecurity, BrokerAuth
-from edge_client.settings import from_table
+from edge_client.shared.codecs import CodecConfig
+from edge_client.shared.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
+from edge_client.shared.protocol.messages import MAX_CHAIN
+from edge_client.shared.protocol.topics import check_name
+from edge_client.shared.security import AggregatorSecurity, BrokerAuth
+from edge_client.shared.settings import from_table
 
 
 @dataclass

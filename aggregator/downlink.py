@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from aggregator.config import DownlinkConfig
-from edge_client.codecs import ErrorFeedback, encode_vector
-from edge_client.protocol import Weights
-from edge_client.protocol.messages import DeltaInfo
-from edge_client.protocol.model_transfer import package_delta
-from edge_client.protocol.seeds import delta_seed
-from edge_client.protocol.tensors import flatten_sorted, unflatten_like
+from edge_client.shared.codecs import ErrorFeedback, encode_vector
+from edge_client.shared.protocol import Weights
+from edge_client.shared.protocol.messages import DeltaInfo
+from edge_client.shared.protocol.model_transfer import package_delta
+from edge_client.shared.protocol.seeds import delta_seed
+from edge_client.shared.protocol.tensors import flatten_sorted, unflatten_like
 
 if TYPE_CHECKING:
     from aggregator.store import Store

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from edge_client.codecs import CodecConfig, decode_dense
-from edge_client.identity import parse_public_key
-from edge_client.protocol import RemoteProtocolError, Update, Weights, decode
-from edge_client.protocol.seeds import update_seed
-from edge_client.protocol.signing import is_signed, open_envelope, verify_envelope
-from edge_client.protocol.tensors import check_like, unflatten_like
+from edge_client.shared.codecs import CodecConfig, decode_dense
+from edge_client.shared.identity import parse_public_key
+from edge_client.shared.protocol import RemoteProtocolError, Update, Weights, decode
+from edge_client.shared.protocol.seeds import update_seed
+from edge_client.shared.protocol.signing import is_signed, open_envelope, verify_envelope
+from edge_client.shared.protocol.tensors import check_like, unflatten_like
 
 
 def open_update(message: bytes, global_weights: Weights) -> Update:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edge_client.inbox import DEFAULT_BLOCK_S, DEFAULT_MAX_BYTES, Inbox
-from edge_client.protocol.chunking import Assembler
+from edge_client.shared.inbox import DEFAULT_BLOCK_S, DEFAULT_MAX_BYTES, Inbox
+from edge_client.shared.protocol.chunking import Assembler
 
 if TYPE_CHECKING:
     from aggregator.config import AggregatorConfig

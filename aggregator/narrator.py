@@ -17,8 +17,8 @@ from enum import Enum
 from typing import Any
 
 from aggregator.store import Store
-from edge_client.protocol import Status, Task
-from edge_client.protocol.reasons import reason_kind
+from edge_client.shared.protocol import Status, Task
+from edge_client.shared.protocol.reasons import reason_kind
 
 log = logging.getLogger("aggregator.service")
 DEFAULT_INTERVAL_S = 30.0

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from edge_client.protocol import Task
+from edge_client.shared.protocol import Task
 
 MAX_TRACKED = 100_000  # entries per table; a forgotten device simply starts afresh
 

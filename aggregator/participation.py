@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from aggregator.config import AggregatorConfig
-from edge_client.protocol import Task, Update
+from edge_client.shared.protocol import Task, Update
 
 
 @dataclass(frozen=True)

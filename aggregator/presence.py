@@ -27,7 +27,7 @@ from enum import Enum
 
 from aggregator.no_shows import NoShows
 from aggregator.store import Store
-from edge_client.protocol import Status, Task
+from edge_client.shared.protocol import Status, Task
 
 log = logging.getLogger(__name__)
 LOGGED_IDS = 5  # device ids named in one log line; the rest are counted

@@ -34,15 +34,16 @@ import numpy as np
 
 from aggregator.ingest import verified_body
 from aggregator.limits import upload_assembler
-from aggregator.secagg_config import MEAN_STRATEGIES, max_invited, min_contributors
-from aggregator.secagg_store import SecAggLog
+from aggregator.secagg.config import MEAN_STRATEGIES, max_invited, min_contributors
+from aggregator.secagg.server import SecAggResult, SecAggServer
+from aggregator.secagg.store import SecAggLog
 from aggregator.strategy.base import Contribution
-from edge_client.codecs.sparsify import k_for
-from edge_client.protocol import RemoteProtocolError, Task, Topics, Weights
-from edge_client.protocol.chunking import split
-from edge_client.protocol.tensors import unflatten_like
-from edge_client.secagg import BadSecAggMessage, GraphParams, Phase, RoundAborted, scatter
-from edge_client.secagg.messages import (
+from edge_client.shared.codecs.sparsify import k_for
+from edge_client.shared.protocol import RemoteProtocolError, Task, Topics, Weights
+from edge_client.shared.protocol.chunking import split
+from edge_client.shared.protocol.tensors import unflatten_like
+from edge_client.shared.secagg import BadSecAggMessage, GraphParams, Phase, RoundAborted, scatter
+from edge_client.shared.secagg.messages import (
     AdvertiseKeys,
     FromDevice,
     MaskedInput,
@@ -51,9 +52,8 @@ from edge_client.secagg.messages import (
     UnmaskResponse,
     decode_message,
 )
-from edge_client.secagg.prg import from_wire, modulus_mask
-from edge_client.secagg.server import SecAggResult, SecAggServer
-from edge_client.secagg.task import SecAggTask
+from edge_client.shared.secagg.prg import from_wire, modulus_mask
+from edge_client.shared.secagg.task import SecAggTask
 
 if TYPE_CHECKING:
     from aggregator.config import AggregatorConfig

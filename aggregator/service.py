@@ -36,8 +36,8 @@ from aggregator.store import Store
 from aggregator.store_check import refuse_if_damaged
 from aggregator.strategy import Contribution, Strategy
 from aggregator.strategy.config import build_strategy
-from edge_client.identity import load_or_create_identity
-from edge_client.protocol import (
+from edge_client.shared.identity import load_or_create_identity
+from edge_client.shared.protocol import (
     Ack,
     Model,
     RemoteProtocolError,
@@ -48,10 +48,10 @@ from edge_client.protocol import (
     decode,
     encode,
 )
-from edge_client.protocol.chunking import chunk_count, sha256_hex
-from edge_client.protocol.model_transfer import package_model
-from edge_client.protocol.signing import seal
-from edge_client.transport import Connected, Disconnected, Inbound, MqttLink
+from edge_client.shared.protocol.chunking import chunk_count, sha256_hex
+from edge_client.shared.protocol.model_transfer import package_model
+from edge_client.shared.protocol.signing import seal
+from edge_client.shared.transport import Connected, Disconnected, Inbound, MqttLink
 
 log = logging.getLogger(__name__)
 Evaluate = Callable[[Weights], dict[str, float]]

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from aggregator.store import Store
-from edge_client.protocol.reasons import reason_kind
+from edge_client.shared.protocol.reasons import reason_kind
 
 RECENT_REJECTIONS = 5
 FINISHED_NOTE = "finished"  # set by the service when it publishes its final task

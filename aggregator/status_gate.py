@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aggregator.ingest import verified_body
-from edge_client.protocol import RemoteProtocolError, Status, decode
-from edge_client.security import AggregatorSecurity
+from edge_client.shared.protocol import RemoteProtocolError, Status, decode
+from edge_client.shared.security import AggregatorSecurity
 
 
 class StatusGate:

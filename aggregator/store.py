@@ -25,7 +25,7 @@ from aggregator.store_seal import (
     seal_path,
     write_new_seal,
 )
-from edge_client.protocol import Status, Task, Update, decode
+from edge_client.shared.protocol import Status, Task, Update, decode
 
 log = logging.getLogger(__name__)
 

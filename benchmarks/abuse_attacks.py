@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 
 import paho.mqtt.client as mqtt
 
-from edge_client.protocol import Status, encode
-from edge_client.protocol.chunking import Chunk, encode_chunk, split
+from edge_client.shared.protocol import Status, encode
+from edge_client.shared.protocol.chunking import Chunk, encode_chunk, split
 
 Message = tuple[str, bytes, bool]  # topic, payload, retain
 WINDOW = 1000  # unconfirmed publishes at most

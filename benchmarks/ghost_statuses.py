@@ -28,7 +28,7 @@ from aggregator.config import AggregatorConfig, SyncConfig
 from aggregator.service import Aggregator
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
-from edge_client.protocol import Status, TrainConfig, encode
+from edge_client.shared.protocol import Status, TrainConfig, encode
 from edge_client.training import mlp_trainer
 from fedge.broker import MosquittoBroker
 from fedge.datasets import dirichlet_partition, load_digits

@@ -35,8 +35,8 @@ from aggregator.privacy import PrivacyConfig, Step, epsilon
 from aggregator.service import Aggregator
 from aggregator.strategy import Contribution, FedAvg
 from edge_client.client import ClientConfig, EdgeClient
-from edge_client.protocol import Weights
-from edge_client.protocol.tensors import flatten_sorted
+from edge_client.shared.protocol import Weights
+from edge_client.shared.protocol.tensors import flatten_sorted
 from edge_client.training import mlp_trainer
 from fedge.broker import start_broker
 from fedge.demo import DemoConfig, _aggregator_config, _profile, _run_all, prepare_data

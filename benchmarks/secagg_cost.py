@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/secagg_cost.py [--dim 100000] [--devices 10 50 100]
         [--graphs complete sparse] [--dropouts 0 0.3] [--complete-dim-100 N]
 
-Each case is one whole round of `edge_client.secagg` in this process: the server and
+Each case is one whole round of `edge_client.shared.secagg` in this process: the server and
 one client per device, every message crossing the in-process relay as bytes
-(`edge_client.secagg.simulation.run_round`). Inputs are q8-quantized dense updates of
+(`aggregator.secagg.simulation.run_round`). Inputs are q8-quantized dense updates of
 `--dim` coordinates (the demo model's size is about 100,000): float32 values clipped to
 [-0.05, 0.05] and rounded to 8-bit signed levels with one scale for the whole round, so
 the masked sum needs 16 bits (the smallest word holding 100 * 127). Dropouts leave after
@@ -34,9 +34,9 @@ import time
 
 import numpy as np
 
-from edge_client.secagg import FixedPoint, GraphParams, Phase, SecAggClient
-from edge_client.secagg.server import SecAggServer
-from edge_client.secagg.simulation import PHASES, run_round
+from aggregator.secagg.server import SecAggServer
+from aggregator.secagg.simulation import PHASES, run_round
+from edge_client.shared.secagg import FixedPoint, GraphParams, Phase, SecAggClient
 
 CLIP = 0.05
 VALUE_BITS = 8

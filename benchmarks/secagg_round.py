@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from aggregator.config import AggregatorConfig, DownlinkConfig, SyncConfig
-from aggregator.secagg_config import SecAggConfig
+from aggregator.secagg.config import SecAggConfig
 from aggregator.service import Aggregator
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
-from edge_client.protocol import TrainConfig
+from edge_client.shared.protocol import TrainConfig
 from edge_client.training import mlp_trainer
 from fedge.broker import MosquittoBroker
 from fedge.datasets import dirichlet_partition, load_digits, stratified_split

@@ -19,17 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_client.codecs import CodecConfig, ErrorFeedback, encode_vector
-from edge_client.codecs.dp import DeviceDp, clip_and_noise
 from edge_client.device_state import DeviceState
 from edge_client.eligibility import Decision, EligibilityConfig, EligibilityPolicy
-from edge_client.identity import load_or_create_identity, parse_public_key
-from edge_client.inbox import Inbox
 from edge_client.local_data import checked_local_data
 from edge_client.model_fetch import FetchStep, Held, ModelFetcher, started_over
 from edge_client.narration import DeviceNarrator, eligibility_kind_changed
 from edge_client.outbox import Outbox, OutboxFull
-from edge_client.protocol import (
+from edge_client.secagg_session import DeviceSecAgg
+from edge_client.shared.codecs import CodecConfig, ErrorFeedback, encode_vector
+from edge_client.shared.codecs.dp import DeviceDp, clip_and_noise
+from edge_client.shared.identity import load_or_create_identity, parse_public_key
+from edge_client.shared.inbox import Inbox
+from edge_client.shared.protocol import (
     DEFAULT_CHUNK_SIZE,
     Ack,
     ModelManifest,
@@ -42,18 +43,17 @@ from edge_client.protocol import (
     encode,
     split,
 )
-from edge_client.protocol.chunking import sha256_hex
-from edge_client.protocol.messages import unpack_map
-from edge_client.protocol.reasons import reason_kind
-from edge_client.protocol.seeds import training_seed, update_seed
-from edge_client.protocol.signing import is_signed, open_envelope, seal, verify_envelope
-from edge_client.protocol.tensors import Weights, flatten_sorted, unflatten_like
-from edge_client.protocol.topics import check_name
-from edge_client.secagg.task import SecAggTask
-from edge_client.secagg_session import DeviceSecAgg
-from edge_client.security import BrokerAuth, DeviceSecurity
+from edge_client.shared.protocol.chunking import sha256_hex
+from edge_client.shared.protocol.messages import unpack_map
+from edge_client.shared.protocol.reasons import reason_kind
+from edge_client.shared.protocol.seeds import training_seed, update_seed
+from edge_client.shared.protocol.signing import is_signed, open_envelope, seal, verify_envelope
+from edge_client.shared.protocol.tensors import Weights, flatten_sorted, unflatten_like
+from edge_client.shared.protocol.topics import check_name
+from edge_client.shared.secagg.task import SecAggTask
+from edge_client.shared.security import BrokerAuth, DeviceSecurity
+from edge_client.shared.transport import Connected, Disconnected, Inbound, MqttLink, Will
 from edge_client.training.trainer import FitConfig, Trainer
-from edge_client.transport import Connected, Disconnected, Inbound, MqttLink, Will
 
 log = logging.getLogger(__name__)
 MAX_RESIDUAL_AGE = 20  # model versions after which an error-feedback residual is dropped

@@ -12,10 +12,10 @@ import logging
 import os
 from pathlib import Path
 
-from edge_client.codecs import ErrorFeedback
 from edge_client.outbox import atomic_write
-from edge_client.protocol import Model, RemoteProtocolError, decode
-from edge_client.protocol.chunking import sha256_hex
+from edge_client.shared.codecs import ErrorFeedback
+from edge_client.shared.protocol import Model, RemoteProtocolError, decode
+from edge_client.shared.protocol.chunking import sha256_hex
 
 log = logging.getLogger(__name__)
 MAX_DONE_TASKS = 100

@@ -15,18 +15,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from edge_client.codecs import CodecConfig, decode_dense
-from edge_client.protocol import Assembler, Model, ModelManifest, RemoteProtocolError, Topics
-from edge_client.protocol.chunking import sha256_hex
-from edge_client.protocol.messages import DeltaInfo, encode
-from edge_client.protocol.model_transfer import (
+from edge_client.shared.codecs import CodecConfig, decode_dense
+from edge_client.shared.protocol import Assembler, Model, ModelManifest, RemoteProtocolError, Topics
+from edge_client.shared.protocol.chunking import sha256_hex
+from edge_client.shared.protocol.messages import DeltaInfo, encode
+from edge_client.shared.protocol.model_transfer import (
     delta_path,
     delta_transfer_id,
     model_transfer_id,
     open_model,
 )
-from edge_client.protocol.seeds import delta_seed
-from edge_client.protocol.tensors import Weights, flatten_sorted, unflatten_like
+from edge_client.shared.protocol.seeds import delta_seed
+from edge_client.shared.protocol.tensors import Weights, flatten_sorted, unflatten_like
 
 log = logging.getLogger(__name__)
 AGGREGATOR = "aggregator"  # the one source of model chunks

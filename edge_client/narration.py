@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 
 from edge_client.eligibility import Decision
-from edge_client.protocol import Ack, Status, Task
-from edge_client.protocol.reasons import reason_kind
+from edge_client.shared.protocol import Ack, Status, Task
+from edge_client.shared.protocol.reasons import reason_kind
 
 log = logging.getLogger("edge_client.client")
 # The [eligibility] key behind each kind of reason, named in the log so a user who

@@ -21,12 +21,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edge_client.protocol import Assembler, Task, Topics
-from edge_client.protocol.chunking import split
-from edge_client.protocol.errors import LocalProtocolError, ProtocolError
-from edge_client.secagg import BadSecAggMessage, Phase, SecAggClient, gather
-from edge_client.secagg.messages import decode_message
-from edge_client.secagg.task import SecAggTask
+from edge_client.shared.protocol import Assembler, Task, Topics
+from edge_client.shared.protocol.chunking import split
+from edge_client.shared.protocol.errors import LocalProtocolError, ProtocolError
+from edge_client.shared.secagg import BadSecAggMessage, Phase, SecAggClient, gather
+from edge_client.shared.secagg.messages import decode_message
+from edge_client.shared.secagg.task import SecAggTask
 
 log = logging.getLogger(__name__)
 PHASES = (Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.UNMASKING)

@@ -23,9 +23,9 @@ from aggregator.service import Aggregator
 from aggregator.store import Store
 from aggregator.store_check import StoreDamaged, check_store
 from aggregator.store_recover import recover_store
-from edge_client.identity import parse_public_key
-from edge_client.protocol.topics import check_name
-from edge_client.settings import ConfigError
+from edge_client.shared.identity import parse_public_key
+from edge_client.shared.protocol.topics import check_name
+from edge_client.shared.settings import ConfigError
 from fedge.roles import build_aggregator, load_aggregator_file, run_until_signal
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_client.client import ClientConfig, EdgeClient
-from edge_client.settings import ConfigError, from_table, read_toml
+from edge_client.shared.settings import ConfigError, from_table, read_toml
 from fedge.roles import ModelSpec, check_data_fits
 from firmware_bridge.bridge import Bridge, BridgeConfig, open_serial
 from firmware_bridge.federation import ModelRelay

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from aggregator.strategy import STRATEGIES
 from edge_client.blas_threads import limit_blas_threads
-from edge_client.settings import ConfigError
+from edge_client.shared.settings import ConfigError
 from fedge.aggregator_cli import add_aggregator_parser
 from fedge.bridge_cli import add_bridge_parser
 from fedge.demo import DP_MODES, DemoConfig, check_demo, model_versions, run_demo

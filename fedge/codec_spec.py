@@ -7,7 +7,7 @@ format (`f32`, `f16`, `q8`, `q4`, `q2`, `q1`), `noef` to turn error feedback off
 
 from __future__ import annotations
 
-from edge_client.codecs import CodecConfig
+from edge_client.shared.codecs import CodecConfig
 
 QUANTIZERS = ("f32", "f16", "q8", "q4", "q2", "q1")
 SPARSIFIERS = ("topk", "randk", "threshold")

@@ -27,15 +27,15 @@ import numpy as np
 from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
 from aggregator.config import AggregatorConfig, AsyncConfig, DownlinkConfig, SyncConfig
 from aggregator.privacy.config import PrivacyConfig
-from aggregator.secagg_config import SecAggConfig
+from aggregator.secagg.config import SecAggConfig
 from aggregator.service import STOPPED_NOTE, Aggregator, VersionReport
 from aggregator.store import Store
 from aggregator.strategy import STRATEGIES, StrategyConfig
 from edge_client.client import ClientConfig, EdgeClient
-from edge_client.codecs import DENSE, CodecConfig
-from edge_client.protocol import TrainConfig
-from edge_client.secagg.graph import MIN_PARTICIPANTS
-from edge_client.security import AggregatorSecurity, BrokerAuth, DeviceSecurity
+from edge_client.shared.codecs import DENSE, CodecConfig
+from edge_client.shared.protocol import TrainConfig
+from edge_client.shared.secagg.graph import MIN_PARTICIPANTS
+from edge_client.shared.security import AggregatorSecurity, BrokerAuth, DeviceSecurity
 from edge_client.training import Trainer, mlp_trainer
 from fedge.broker import MosquittoBroker, free_port, start_broker
 from fedge.codec_spec import describe, parse_codec

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_client.protocol import Model, RemoteProtocolError, decode
-from edge_client.settings import ConfigError
+from edge_client.shared.protocol import Model, RemoteProtocolError, decode
+from edge_client.shared.settings import ConfigError
 from edge_client.training.weights import Weights
 
 FORMATS = ("onnx", "tflite", "c-header")

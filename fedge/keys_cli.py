@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_client.identity import Identity, create_identity, file_mode, load_identity
+from edge_client.shared.identity import Identity, create_identity, file_mode, load_identity
 
 Action = Callable[[argparse.Namespace], int]
 

@@ -20,7 +20,7 @@ from aggregator.config import AggregatorConfig, load_aggregator_config
 from aggregator.service import Aggregator, Evaluate
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.local_data import checked_local_data
-from edge_client.settings import ConfigError, from_table, read_toml
+from edge_client.shared.settings import ConfigError, from_table, read_toml
 from edge_client.training import NumpyTrainer, build_model
 
 log = logging.getLogger(__name__)

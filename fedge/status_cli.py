@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aggregator.status import FleetStatus, fleet_status
 from aggregator.store import Store
-from edge_client.settings import ConfigError
+from edge_client.shared.settings import ConfigError
 from fedge.roles import load_aggregator_file
 
 

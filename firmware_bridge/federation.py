@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from edge_client.protocol.tensors import Weights
+from edge_client.shared.protocol.tensors import Weights
 from firmware_bridge.bridge import Bridge
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ then goes to the inner strategy (FedAvg, or a server optimizer, which only
 post-processes it) as one contribution.
 
 Distributed: devices clip and add their share of the noise themselves
-(`edge_client.codecs.dp`); the server only sums and divides by m. The secure sum comes
+(`edge_client.shared.codecs.dp`); the server only sums and divides by m. The secure sum comes
 with secure aggregation; until then the sum is a plain one over unmasked updates.
 """
 
@@ -26,8 +26,8 @@ from aggregator.privacy.clipping import l2_clip, next_clip
 from aggregator.privacy.config import PrivacyConfig
 from aggregator.strategy.base import Contribution, Strategy
 from aggregator.strategy.stacking import Stacked, stack
-from edge_client.protocol import Weights
-from edge_client.protocol.tensors import unflatten_like
+from edge_client.shared.protocol import Weights
+from edge_client.shared.protocol.tensors import unflatten_like
 
 MEAN_ID = "dp-mean"  # the one contribution the inner strategy sees
 

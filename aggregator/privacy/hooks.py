@@ -30,8 +30,8 @@ from aggregator.store_check import DROPPED_DP_NOTE
 from aggregator.strategy.base import Strategy
 from aggregator.strategy.fedavg import FedAvg
 from aggregator.strategy.fedopt import FedOpt
-from edge_client.codecs.dp import CLIP_METRIC, NOISE_METRIC, DeviceDp
-from edge_client.protocol import RemoteProtocolError, Task, Update
+from edge_client.shared.codecs.dp import CLIP_METRIC, NOISE_METRIC, DeviceDp
+from edge_client.shared.protocol import RemoteProtocolError, Task, Update
 
 if TYPE_CHECKING:
     from aggregator.config import AggregatorConfig

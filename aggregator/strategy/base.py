@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edge_client.protocol import Weights
+from edge_client.shared.protocol import Weights
 
 
 @dataclass(frozen=True)

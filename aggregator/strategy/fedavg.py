@@ -7,7 +7,7 @@ Decentralized Data", https://arxiv.org/abs/1602.05629
 from __future__ import annotations
 
 from aggregator.strategy.base import Contribution, weighted_mean
-from edge_client.protocol import Weights
+from edge_client.shared.protocol import Weights
 
 
 class FedAvg:

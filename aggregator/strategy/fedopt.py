@@ -16,7 +16,7 @@ import numpy as np
 
 from aggregator.strategy.base import Contribution
 from aggregator.strategy.stacking import apply_step, stack
-from edge_client.protocol import Weights
+from edge_client.shared.protocol import Weights
 
 Rule = Literal["momentum", "adam", "yogi", "adagrad"]
 RULES: tuple[str, ...] = ("momentum", "adam", "yogi", "adagrad")

@@ -14,7 +14,7 @@ import numpy as np
 
 from aggregator.strategy.base import Contribution, mean_weights
 from aggregator.strategy.stacking import apply_step, as_matrix, stack
-from edge_client.protocol import Weights
+from edge_client.shared.protocol import Weights
 
 
 def clip_to_norm(updates: Sequence[np.ndarray] | np.ndarray,

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggregator.strategy.base import Contribution, mean_weights
-from edge_client.protocol import Weights
-from edge_client.protocol.tensors import flatten_sorted, unflatten_like
+from edge_client.shared.protocol import Weights
+from edge_client.shared.protocol.tensors import flatten_sorted, unflatten_like
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from aggregator.web.actions import AdminActions
 from aggregator.web.auth import Access
 from aggregator.web.context import ApiError, request_store, web_context
 from aggregator.web.openapi import MAX_VERSION, openapi_document
-from edge_client.identity import parse_public_key
-from edge_client.protocol.topics import check_name
+from edge_client.shared.identity import parse_public_key
+from edge_client.shared.protocol.topics import check_name
 
 _VERSION = re.compile(r"[0-9]{1,19}")
 _APPLIED_LATER = "requested; the service applies it on its own loop"

@@ -133,7 +133,7 @@ def _json_type(value: Any) -> str:
 _TYPE_NAMES = {str: "string", bool: "boolean (true or false)"}
 
 # ---------------------------------------------------------------- the admin bodies
-# check_name's rule (edge_client/protocol/topics.py): device names become topic levels
+# check_name's rule (edge_client/shared/protocol/topics.py): device names become topic levels
 DEVICE = Field("device", str, "1-64 characters of A-Z a-z 0-9 _ . -", r"[A-Za-z0-9_.-]{1,64}",
                example="pi-kitchen")
 # What `fedge keys export` prints: 32 bytes in canonical base64 (the last character before

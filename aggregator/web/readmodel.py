@@ -157,7 +157,7 @@ def _metric(metrics: str, name: str) -> float | None:
 
 def secure_contributions(store: Store) -> dict[str, int]:
     """Per device, the secure rounds whose sum took its input. Under secure aggregation no
-    update is stored, so the rounds' own records (aggregator/secagg_store.py) say who
+    update is stored, so the rounds' own records (aggregator/secagg/store.py) say who
     contributed; a store that never ran one has no such table."""
     has_table = store.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' "
                                  "AND name='secagg_rounds'").fetchone()

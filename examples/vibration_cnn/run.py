@@ -37,7 +37,7 @@ from aggregator.service import Aggregator, VersionReport
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
 from edge_client.predictor import Predictor
-from edge_client.protocol import TrainConfig
+from edge_client.shared.protocol import TrainConfig
 from edge_client.training import NumpyTrainer, build_model
 from examples.vibration_cnn.export_and_serve import FinalModel, export_and_serve
 from examples.vibration_cnn.serving import HotSwapLog

@@ -13,7 +13,7 @@ from aggregator.config import AggregatorConfig, AsyncConfig, SyncConfig
 from aggregator.service import Aggregator
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
-from edge_client.protocol import TrainConfig
+from edge_client.shared.protocol import TrainConfig
 from edge_client.training import mlp_trainer
 from fedge.datasets import dirichlet_partition, load_digits, stratified_split
 

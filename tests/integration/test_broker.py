@@ -139,13 +139,13 @@ def test_a_link_to_a_port_with_no_broker_says_so_in_the_log(caplog) -> None:
     import logging
     import time
 
-    from edge_client.transport import MqttLink
+    from edge_client.shared.transport import MqttLink
     from fedge.broker import free_port
 
     port = free_port()  # nothing listens there
     link = MqttLink("lonely", "127.0.0.1", port, queue.Queue(), reconnect_min_s=0.05,
                     reconnect_max_s=0.1)
-    with caplog.at_level(logging.WARNING, logger="edge_client.transport"):
+    with caplog.at_level(logging.WARNING, logger="edge_client.shared.transport"):
         link.start()
         try:
             deadline = time.monotonic() + 20

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from edge_client.transport import MqttLink
+from edge_client.shared.transport import MqttLink
 from fedge.broker import find_mosquitto, free_port
 from tests.integration.fedge_process import LoggedFedge
 

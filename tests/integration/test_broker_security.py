@@ -37,7 +37,7 @@ from aggregator.broker_config import (
     revoke_device,
     write_broker_config,
 )
-from edge_client.transport import Connected, Credentials, Inbound, MqttLink, TlsConfig
+from edge_client.shared.transport import Connected, Credentials, Inbound, MqttLink, TlsConfig
 from fedge.broker import find_mosquitto, free_port
 
 pytestmark = pytest.mark.integration

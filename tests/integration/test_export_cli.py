@@ -20,8 +20,8 @@ from aggregator.store import Store
 from edge_client.export import to_tflite
 from edge_client.export.runtimes import OnnxModel, TfliteModel
 from edge_client.predictor import Predictor
-from edge_client.protocol import Model, encode
-from edge_client.protocol.chunking import sha256_hex
+from edge_client.shared.protocol import Model, encode
+from edge_client.shared.protocol.chunking import sha256_hex
 from edge_client.training import NumpyTrainer, build_model, calibrate
 from tests.integration.fleet import Digits, make_aggregator, make_client, start_all
 

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from aggregator.limits import LimitsConfig
-from edge_client.protocol.chunking import Chunk, encode_chunk
+from edge_client.shared.protocol.chunking import Chunk, encode_chunk
 from fedge.broker import MosquittoBroker
 from tests.integration.fleet import FEDERATION, Digits, make_aggregator, make_client, start_all
 from tests.mqtt_helpers import close_client, paho_client

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from aggregator.config import DownlinkConfig
-from edge_client.protocol import Ack, Status, Update, decode, encode, split
+from edge_client.shared.protocol import Ack, Status, Update, decode, encode, split
 from fedge.broker import MosquittoBroker
 from tests.integration.fleet import (
     FEDERATION,

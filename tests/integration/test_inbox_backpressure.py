@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from edge_client.inbox import Inbox
-from edge_client.transport import Connected, Inbound, MqttLink
+from edge_client.shared.inbox import Inbox
+from edge_client.shared.transport import Connected, Inbound, MqttLink
 from fedge.broker import MosquittoBroker
 from tests.mqtt_helpers import close_client, paho_client, subscribe
 

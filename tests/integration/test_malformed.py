@@ -12,8 +12,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_client.protocol import Ack, Update, decode, encode, split
-from edge_client.protocol.chunking import Chunk, encode_chunk
+from edge_client.shared.protocol import Ack, Update, decode, encode, split
+from edge_client.shared.protocol.chunking import Chunk, encode_chunk
 from tests.integration.fleet import FEDERATION, Digits, Running, make_aggregator, make_client
 from tests.mqtt_helpers import close_client, paho_client, publish, subscribe
 

@@ -10,8 +10,8 @@ import pytest
 
 from aggregator.config import AsyncConfig
 from aggregator.store import Store
-from edge_client.protocol import Model, encode
-from edge_client.protocol.chunking import sha256_hex
+from edge_client.shared.protocol import Model, encode
+from edge_client.shared.protocol.chunking import sha256_hex
 from edge_client.training import mlp_trainer
 from tests.integration.fleet import (
     FEDERATION,

@@ -52,7 +52,8 @@ def _env(old_paho: Path) -> dict[str, str]:
 def test_device_on_paho_1_6_trains_with_an_aggregator_on_paho_2(mosquitto, tmp_path,
                                                                  old_paho):
     assert int(paho.mqtt.__version__.split(".")[0]) == 2  # this process: the aggregator
-    seen = subprocess.run([sys.executable, "-c", "import paho.mqtt, edge_client.paho_compat as c;"
+    seen = subprocess.run([sys.executable, "-c", "import paho.mqtt,"
+                           " edge_client.shared.paho_compat as c;"
                            " print(paho.mqtt.__version__, c.PAHO_MAJOR)"],
                           capture_output=True, text=True, env=_env(old_paho), timeout=60)
     assert seen.stdout.split() == [OLD_PAHO, "1"], seen.stderr

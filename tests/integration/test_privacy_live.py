@@ -23,8 +23,8 @@ from dp_accounting import dp_event, rdp
 from aggregator.config import SyncConfig
 from aggregator.privacy import PrivacyConfig
 from aggregator.web import create_app
-from edge_client.protocol import Update, decode
-from edge_client.protocol.tensors import flatten_sorted
+from edge_client.shared.protocol import Update, decode
+from edge_client.shared.protocol.tensors import flatten_sorted
 from tests.integration.fleet import Digits, make_aggregator, make_client, start_all
 
 pytestmark = pytest.mark.integration

@@ -19,17 +19,17 @@ import pytest
 from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
 from aggregator.config import DownlinkConfig, SyncConfig
 from aggregator.privacy import PrivacyConfig
-from aggregator.secagg_config import SecAggConfig
+from aggregator.secagg.config import SecAggConfig
 from aggregator.store import Store
-from edge_client.identity import load_or_create_identity
-from edge_client.protocol import Model, Task, Update, decode, encode, split
-from edge_client.protocol.signing import seal
-from edge_client.protocol.tensors import flatten_sorted
-from edge_client.secagg import Phase
-from edge_client.secagg.messages import AdvertiseKeys
-from edge_client.secagg.prg import modulus_mask, to_wire
-from edge_client.secagg.task import SecAggTask
-from edge_client.security import AggregatorSecurity, DeviceSecurity
+from edge_client.shared.identity import load_or_create_identity
+from edge_client.shared.protocol import Model, Task, Update, decode, encode, split
+from edge_client.shared.protocol.signing import seal
+from edge_client.shared.protocol.tensors import flatten_sorted
+from edge_client.shared.secagg import Phase
+from edge_client.shared.secagg.messages import AdvertiseKeys
+from edge_client.shared.secagg.prg import modulus_mask, to_wire
+from edge_client.shared.secagg.task import SecAggTask
+from edge_client.shared.security import AggregatorSecurity, DeviceSecurity
 from fedge.broker import MosquittoBroker, free_port
 from tests.integration.fleet import (
     FEDERATION,

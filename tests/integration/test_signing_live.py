@@ -17,10 +17,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
-from edge_client.identity import Identity, load_or_create_identity
-from edge_client.protocol import ModelManifest, Update, encode, split
-from edge_client.protocol.signing import seal
-from edge_client.security import AggregatorSecurity, BrokerAuth, DeviceSecurity
+from edge_client.shared.identity import Identity, load_or_create_identity
+from edge_client.shared.protocol import ModelManifest, Update, encode, split
+from edge_client.shared.protocol.signing import seal
+from edge_client.shared.security import AggregatorSecurity, BrokerAuth, DeviceSecurity
 from fedge.broker import MosquittoBroker, free_port
 from tests.integration.fleet import (
     FEDERATION,

@@ -16,10 +16,10 @@ from aggregator.config import SyncConfig
 from aggregator.presence import PresenceConfig
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
-from edge_client.identity import load_or_create_identity
-from edge_client.protocol import Status, Task, Update, decode, encode, split
-from edge_client.protocol.signing import open_envelope, seal, verify_envelope
-from edge_client.security import BrokerAuth, DeviceSecurity
+from edge_client.shared.identity import load_or_create_identity
+from edge_client.shared.protocol import Status, Task, Update, decode, encode, split
+from edge_client.shared.protocol.signing import open_envelope, seal, verify_envelope
+from edge_client.shared.security import BrokerAuth, DeviceSecurity
 from edge_client.training import mlp_trainer
 from tests.integration.fleet import (
     FEDERATION,

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from edge_client.protocol.messages import Model, decode
+from edge_client.shared.protocol.messages import Model, decode
 from edge_client.training import NumpyTrainer, build_model
 from tests.integration.sine_windows import sine_windows
 

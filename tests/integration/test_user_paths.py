@@ -20,7 +20,7 @@ from aggregator.store import Store
 from aggregator.web import create_app
 from edge_client.export import quantized_graph
 from edge_client.export.int8_reference import run_int8
-from edge_client.protocol import Model, decode
+from edge_client.shared.protocol import Model, decode
 from fedge.datasets import load_digits
 from tests.integration.sine_windows import sine_windows
 

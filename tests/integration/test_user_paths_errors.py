@@ -12,9 +12,9 @@ import pytest
 
 from aggregator.store import Store
 from edge_client.client import ClientConfig
-from edge_client.protocol import Model, encode
-from edge_client.protocol.chunking import sha256_hex
-from edge_client.settings import ConfigError, from_table, read_toml
+from edge_client.shared.protocol import Model, encode
+from edge_client.shared.protocol.chunking import sha256_hex
+from edge_client.shared.settings import ConfigError, from_table, read_toml
 from edge_client.training import mlp_trainer
 from fedge.broker import free_port
 from fedge.roles import DataSpec, ModelSpec, _aggregator_tables, check_data_fits

@@ -8,7 +8,7 @@ import pytest
 from aggregator.config import AggregatorConfig, AsyncConfig, SyncConfig
 from aggregator.participation import BufferedAsync, SyncRounds, TaskInfo
 from aggregator.strategy import Contribution, FedAvg, weighted_mean
-from edge_client.protocol import Update
+from edge_client.shared.protocol import Update
 
 
 def _c(device: str, value: float, samples: int, factor: float = 1.0) -> Contribution:

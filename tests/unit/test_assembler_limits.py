@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from edge_client.protocol import Assembler, RemoteProtocolError
-from edge_client.protocol.chunking import split
+from edge_client.shared.protocol import Assembler, RemoteProtocolError
+from edge_client.shared.protocol.chunking import split
 
 
 def _chunks(transfer: str, size: int = 3000, chunk_size: int = 1024) -> list[bytes]:
@@ -133,7 +133,7 @@ def test_expiry_counts_from_the_first_chunk_in_start_order():
 
 def test_evictions_are_logged_at_most_every_ten_seconds(caplog):
     assembler = Assembler(max_payload=10**6, max_transfers=2)
-    with caplog.at_level("WARNING", logger="edge_client.protocol.chunking"):
+    with caplog.at_level("WARNING", logger="edge_client.shared.protocol.chunking"):
         for i in range(40):
             assembler.add(f"ghost{i}", _chunks("t")[0], i * 0.1)  # 4 s of flood
         assert len(caplog.records) == 1

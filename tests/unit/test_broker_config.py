@@ -23,7 +23,7 @@ from aggregator.broker_config import (
     san_entries,
     write_broker_config,
 )
-from edge_client.transport import Credentials
+from edge_client.shared.transport import Credentials
 
 FED = "fed"
 

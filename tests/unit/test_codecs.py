@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from edge_client.codecs import (
+from edge_client.shared.codecs import (
     DENSE,
     CodecConfig,
     ErrorFeedback,
@@ -17,10 +17,10 @@ from edge_client.codecs import (
     decode_sparse,
     encode_vector,
 )
-from edge_client.codecs.config import QUANTIZERS, SPARSIFIERS
-from edge_client.codecs.pipeline import HEADER, TRAILER_SIZE
-from edge_client.codecs.sparsify import k_for, randk_indices
-from edge_client.protocol.errors import RemoteProtocolError
+from edge_client.shared.codecs.config import QUANTIZERS, SPARSIFIERS
+from edge_client.shared.codecs.pipeline import HEADER, TRAILER_SIZE
+from edge_client.shared.codecs.sparsify import k_for, randk_indices
+from edge_client.shared.protocol.errors import RemoteProtocolError
 
 SEED = 2024
 OVERHEAD = HEADER.size + TRAILER_SIZE

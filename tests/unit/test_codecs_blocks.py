@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_client.codecs.index_coding import (
+from edge_client.shared.codecs.index_coding import (
     TAG_BITMAP,
     TAG_VARINT,
     bitmap_size,
@@ -14,9 +14,9 @@ from edge_client.codecs.index_coding import (
     encode_indices,
     encode_varints,
 )
-from edge_client.codecs.quantize import dequantize, pack_codes, quantize, unpack_codes
-from edge_client.codecs.sparsify import k_for, randk_indices, threshold_indices, topk_indices
-from edge_client.protocol.errors import RemoteProtocolError
+from edge_client.shared.codecs.quantize import dequantize, pack_codes, quantize, unpack_codes
+from edge_client.shared.codecs.sparsify import k_for, randk_indices, threshold_indices, topk_indices
+from edge_client.shared.protocol.errors import RemoteProtocolError
 
 # ---------------------------------------------------------------- sparsify
 

@@ -13,9 +13,9 @@ import zlib
 import numpy as np
 import pytest
 
-from edge_client.codecs import CodecConfig, decode_dense, decode_sparse, encode_vector
-from edge_client.codecs.pipeline import HEADER, TRAILER_SIZE
-from edge_client.protocol.errors import RemoteProtocolError
+from edge_client.shared.codecs import CodecConfig, decode_dense, decode_sparse, encode_vector
+from edge_client.shared.codecs.pipeline import HEADER, TRAILER_SIZE
+from edge_client.shared.protocol.errors import RemoteProtocolError
 
 N = 300
 SEED = 99
@@ -45,7 +45,7 @@ def _blob(config: CodecConfig) -> bytes:
 
 def _header(config: CodecConfig, **fields: int) -> bytes:
     """A version-1 header for `config`, N and SEED, with `fields` overridden."""
-    from edge_client.codecs.config import COMPRESSORS, QUANTIZERS, SPARSIFIERS
+    from edge_client.shared.codecs.config import COMPRESSORS, QUANTIZERS, SPARSIFIERS
 
     values = {
         "version": 1,

@@ -15,18 +15,20 @@ import numpy as np
 import pytest
 
 from aggregator.ingest import open_update
-from edge_client.codecs import CodecConfig, encode_vector
-from edge_client.codecs.dp import DeviceDp
-from edge_client.identity import Identity, parse_public_key
-from edge_client.protocol import RemoteProtocolError, decode, encode, split
-from edge_client.protocol.chunking import decode_chunk
-from edge_client.protocol.errors import MAX_REASON
-from edge_client.protocol.seeds import update_seed
-from edge_client.protocol.signing import is_signed, open_envelope, seal, verify_envelope
-from edge_client.secagg import Phase, RoundAborted, SecAggClient
-from edge_client.secagg.graph import GraphParams
-from edge_client.secagg.keys import CIPHERTEXT_SIZE
-from edge_client.secagg.messages import (
+from aggregator.secagg.server import SecAggServer
+from aggregator.secagg.simulation import run_round
+from edge_client.shared.codecs import CodecConfig, encode_vector
+from edge_client.shared.codecs.dp import DeviceDp
+from edge_client.shared.identity import Identity, parse_public_key
+from edge_client.shared.protocol import RemoteProtocolError, decode, encode, split
+from edge_client.shared.protocol.chunking import decode_chunk
+from edge_client.shared.protocol.errors import MAX_REASON
+from edge_client.shared.protocol.seeds import update_seed
+from edge_client.shared.protocol.signing import is_signed, open_envelope, seal, verify_envelope
+from edge_client.shared.secagg import Phase, RoundAborted, SecAggClient
+from edge_client.shared.secagg.graph import GraphParams
+from edge_client.shared.secagg.keys import CIPHERTEXT_SIZE
+from edge_client.shared.secagg.messages import (
     AdvertiseKeys,
     EncryptedShare,
     MaskedInput,
@@ -40,9 +42,7 @@ from edge_client.secagg.messages import (
     UnmaskResponse,
     decode_message,
 )
-from edge_client.secagg.server import SecAggServer
-from edge_client.secagg.simulation import run_round
-from edge_client.secagg.task import SecAggTask
+from edge_client.shared.secagg.task import SecAggTask
 from tests.mutations import Mutator
 from tests.unit.test_decode_total import MESSAGES, UPDATE, WEIGHTS
 

@@ -10,9 +10,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_client.codecs import CodecConfig
-from edge_client.codecs.dp import DeviceDp
-from edge_client.protocol import (
+from edge_client.shared.codecs import CodecConfig
+from edge_client.shared.codecs.dp import DeviceDp
+from edge_client.shared.protocol import (
     Ack,
     Model,
     ModelManifest,
@@ -25,13 +25,13 @@ from edge_client.protocol import (
     encode,
     split,
 )
-from edge_client.protocol.chunking import decode_chunk
-from edge_client.protocol.errors import MAX_REASON, cap_reason
-from edge_client.protocol.messages import DeltaInfo
-from edge_client.protocol.signing import open_envelope
-from edge_client.secagg.errors import BadSecAggMessage
-from edge_client.secagg.messages import AdvertiseKeys, decode_message
-from edge_client.secagg.task import SecAggTask
+from edge_client.shared.protocol.chunking import decode_chunk
+from edge_client.shared.protocol.errors import MAX_REASON, cap_reason
+from edge_client.shared.protocol.messages import DeltaInfo
+from edge_client.shared.protocol.signing import open_envelope
+from edge_client.shared.secagg.errors import BadSecAggMessage
+from edge_client.shared.secagg.messages import AdvertiseKeys, decode_message
+from edge_client.shared.secagg.task import SecAggTask
 
 WEIGHTS = {"w": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
 TASK = Task("r1-abc", "sync", 1, 0, TrainConfig(), deadline=10.0, invited=("dev-1", "dev-2"),

@@ -12,9 +12,9 @@ import pytest
 
 from edge_client import outbox as outbox_module
 from edge_client.client import ClientConfig, EdgeClient
-from edge_client.codecs import CodecConfig
 from edge_client.eligibility import EligibilityConfig
-from edge_client.protocol import Task, TrainConfig, Update, decode
+from edge_client.shared.codecs import CodecConfig
+from edge_client.shared.protocol import Task, TrainConfig, Update, decode
 from edge_client.training import mlp_trainer
 
 
@@ -168,7 +168,7 @@ def test_stopping_the_link_survives_paho_ending_its_thread_first():
     loop_stop's check and its join(): AttributeError escaped EdgeClient's shutdown."""
     import queue
 
-    from edge_client.transport import MqttLink
+    from edge_client.shared.transport import MqttLink
 
     link = MqttLink("c", "127.0.0.1", 1, queue.Queue())
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_client.codecs import ErrorFeedback
 from edge_client.device_state import DeviceState
-from edge_client.protocol import Model, encode
+from edge_client.shared.codecs import ErrorFeedback
+from edge_client.shared.protocol import Model, encode
 
 
 def _state(tmp_path) -> DeviceState:
@@ -60,7 +60,7 @@ def test_a_residual_of_another_size_or_damaged_is_dropped(tmp_path):
 
 
 def test_the_saved_model_digest_comes_back_and_a_missing_one_is_none(tmp_path):
-    from edge_client.protocol.chunking import sha256_hex
+    from edge_client.shared.protocol.chunking import sha256_hex
 
     state = _state(tmp_path)
     assert state.model_sha256() is None
@@ -71,7 +71,7 @@ def test_the_saved_model_digest_comes_back_and_a_missing_one_is_none(tmp_path):
 
 def test_a_lower_version_or_other_bytes_at_the_same_version_mean_the_run_started_over():
     from edge_client.model_fetch import started_over
-    from edge_client.protocol import ModelManifest
+    from edge_client.shared.protocol import ModelManifest
 
     def manifest(version: int, sha: str) -> ModelManifest:
         return ModelManifest(version=version, sha256=sha, size=10, chunk_count=1)

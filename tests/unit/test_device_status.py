@@ -10,9 +10,9 @@ import pytest
 
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
-from edge_client.protocol import Status, decode
-from edge_client.protocol.signing import is_signed, open_envelope, verify_envelope
-from edge_client.security import DeviceSecurity
+from edge_client.shared.protocol import Status, decode
+from edge_client.shared.protocol.signing import is_signed, open_envelope, verify_envelope
+from edge_client.shared.security import DeviceSecurity
 from edge_client.training import mlp_trainer
 
 

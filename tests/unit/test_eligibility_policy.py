@@ -17,7 +17,7 @@ from edge_client.eligibility import (
     ThermalProbe,
     TimeWindowProbe,
 )
-from edge_client.settings import ConfigError, from_table
+from edge_client.shared.settings import ConfigError, from_table
 
 
 @dataclasses.dataclass

@@ -20,12 +20,13 @@ import pytest
 
 from aggregator.config import AggregatorConfig, SyncConfig
 from aggregator.limits import LimitsConfig
-from aggregator.secagg_config import SecAggConfig
+from aggregator.secagg.config import SecAggConfig
 from aggregator.service import Aggregator
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
-from edge_client.identity import Identity
-from edge_client.protocol import (
+from edge_client.secagg_session import DeviceSecAgg
+from edge_client.shared.identity import Identity
+from edge_client.shared.protocol import (
     Ack,
     ModelManifest,
     RemoteProtocolError,
@@ -38,14 +39,13 @@ from edge_client.protocol import (
     encode,
     split,
 )
-from edge_client.protocol.errors import MAX_REASON
-from edge_client.protocol.signing import DOMAIN, is_signed, open_envelope, seal
-from edge_client.secagg.messages import AdvertiseKeys, MaskedInput
-from edge_client.secagg.task import SecAggTask
-from edge_client.secagg_session import DeviceSecAgg
-from edge_client.security import AggregatorSecurity, DeviceSecurity
+from edge_client.shared.protocol.errors import MAX_REASON
+from edge_client.shared.protocol.signing import DOMAIN, is_signed, open_envelope, seal
+from edge_client.shared.secagg.messages import AdvertiseKeys, MaskedInput
+from edge_client.shared.secagg.task import SecAggTask
+from edge_client.shared.security import AggregatorSecurity, DeviceSecurity
+from edge_client.shared.transport import Inbound
 from edge_client.training import mlp_trainer
-from edge_client.transport import Inbound
 from tests.mutations import Mutator
 
 FED = "fz"

@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 
-from edge_client import identity as identity_mod
-from edge_client.identity import (
+from edge_client.shared import identity as identity_mod
+from edge_client.shared.identity import (
     Identity,
     create_identity,
     load_identity,

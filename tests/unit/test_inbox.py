@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from edge_client.inbox import MESSAGE_OVERHEAD, Inbox, message_cost
-from edge_client.transport import Connected, Inbound
+from edge_client.shared.inbox import MESSAGE_OVERHEAD, Inbox, message_cost
+from edge_client.shared.transport import Connected, Inbound
 
 WAIT_S = 5.0  # generous: only a failing test waits this long
 

@@ -7,8 +7,8 @@ import pytest
 from aggregator.config import AggregatorConfig, load_aggregator_config
 from aggregator.limits import LimitsConfig, service_inbox, upload_assembler
 from edge_client.client import ClientConfig
-from edge_client.settings import ConfigError
-from edge_client.transport import Inbound
+from edge_client.shared.settings import ConfigError
+from edge_client.shared.transport import Inbound
 
 
 def test_defaults_build_the_bounded_parts():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 
-from edge_client.transport import MqttLink
+from edge_client.shared.transport import MqttLink
 
 
 class _Info:

@@ -12,10 +12,10 @@ import pytest
 from aggregator.config import DownlinkConfig
 from aggregator.downlink import DownlinkEncoder, retained_chain
 from edge_client.model_fetch import FetchStep, Held, ModelFetcher
-from edge_client.protocol import Model, ModelManifest, RemoteProtocolError, Topics
-from edge_client.protocol.chunking import sha256_hex, split
-from edge_client.protocol.messages import MAX_CHAIN, PROTOCOL_VERSION, decode, encode
-from edge_client.protocol.model_transfer import delta_transfer_id, package_model
+from edge_client.shared.protocol import Model, ModelManifest, RemoteProtocolError, Topics
+from edge_client.shared.protocol.chunking import sha256_hex, split
+from edge_client.shared.protocol.messages import MAX_CHAIN, PROTOCOL_VERSION, decode, encode
+from edge_client.shared.protocol.model_transfer import delta_transfer_id, package_model
 
 ARCH = {"kind": "test"}
 CHUNK = 1024

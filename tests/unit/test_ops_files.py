@@ -13,8 +13,8 @@ import yaml
 from aggregator.status import BROKER_NOTE, FINISHED_NOTE
 from aggregator.store import Store
 from aggregator.web import create_app
-from edge_client.protocol import Task, TrainConfig, encode
-from edge_client.protocol.chunking import sha256_hex
+from edge_client.shared.protocol import Task, TrainConfig, encode
+from edge_client.shared.protocol.chunking import sha256_hex
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 METRIC = re.compile(r"\bfedge_[a-z_]+\b")

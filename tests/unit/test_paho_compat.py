@@ -9,9 +9,9 @@ import types
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_client import paho_compat
-from edge_client.protocol.errors import LocalProtocolError
-from edge_client.secagg import shamir
+from edge_client.shared import paho_compat
+from edge_client.shared.protocol.errors import LocalProtocolError
+from edge_client.shared.secagg import shamir
 
 
 def test_major_version_is_read_from_the_version_string():

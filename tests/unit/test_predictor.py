@@ -15,7 +15,7 @@ from edge_client.eligibility import EligibilityConfig
 from edge_client.export import ExportError
 from edge_client.export.runtimes import RuntimeOptions
 from edge_client.predictor import LoadedModel, Predictor
-from edge_client.protocol import Model, encode
+from edge_client.shared.protocol import Model, encode
 from edge_client.training import NumpyTrainer, build_model
 from tests.unit.export_models import digits, trained, vibration
 

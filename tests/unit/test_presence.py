@@ -13,8 +13,8 @@ from aggregator.no_shows import NoShows
 from aggregator.participation import SyncRounds, TaskInfo
 from aggregator.presence import Presence, PresenceConfig, Taken
 from aggregator.store import Store
-from edge_client.protocol import Status, Task, TrainConfig, Update, encode
-from edge_client.settings import ConfigError
+from edge_client.shared.protocol import Status, Task, TrainConfig, Update, encode
+from edge_client.shared.settings import ConfigError
 
 
 def _status(device: str, online: bool = True, eligible: bool = True) -> Status:

@@ -21,9 +21,9 @@ from aggregator.privacy import (
     next_clip,
 )
 from aggregator.strategy import Contribution, FedAdam, FedAvg
-from edge_client.codecs.dp import DeviceDp, clip_and_noise
-from edge_client.protocol import RemoteProtocolError
-from edge_client.protocol.tensors import flatten_sorted, unflatten_like
+from edge_client.shared.codecs.dp import DeviceDp, clip_and_noise
+from edge_client.shared.protocol import RemoteProtocolError
+from edge_client.shared.protocol.tensors import flatten_sorted, unflatten_like
 
 MODEL = {"b": np.zeros(3, np.float32), "w": np.zeros((2, 3), np.float32)}  # 9 values
 

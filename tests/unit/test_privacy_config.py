@@ -9,7 +9,7 @@ import pytest
 
 from aggregator.config import load_aggregator_config
 from aggregator.privacy import PrivacyConfig, expected_cohort
-from edge_client.settings import ConfigError, read_toml
+from edge_client.shared.settings import ConfigError, read_toml
 
 
 def _load(privacy: dict, **top) -> object:

@@ -19,9 +19,16 @@ from aggregator.store import Store
 from aggregator.strategy import Contribution, FedAvg, Median, NormBound
 from aggregator.web import create_app
 from edge_client.client import ClientConfig, EdgeClient
-from edge_client.codecs.dp import DeviceDp
 from edge_client.eligibility import EligibilityConfig
-from edge_client.protocol import RemoteProtocolError, Task, TrainConfig, Update, decode, encode
+from edge_client.shared.codecs.dp import DeviceDp
+from edge_client.shared.protocol import (
+    RemoteProtocolError,
+    Task,
+    TrainConfig,
+    Update,
+    decode,
+    encode,
+)
 from edge_client.training import mlp_trainer
 
 MODEL = {"w": np.zeros(4, np.float32)}

@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_client.protocol import (
+from edge_client.shared.protocol import (
     Ack,
     Assembler,
     LocalProtocolError,
@@ -26,9 +26,9 @@ from edge_client.protocol import (
     encode,
     split,
 )
-from edge_client.protocol.chunking import CHUNK_HEADER_RESERVE, chunk_count
-from edge_client.protocol.model_transfer import open_model, package_model
-from edge_client.protocol.tensors import check_like, decode_tensors, encode_tensors
+from edge_client.shared.protocol.chunking import CHUNK_HEADER_RESERVE, chunk_count
+from edge_client.shared.protocol.model_transfer import open_model, package_model
+from edge_client.shared.protocol.tensors import check_like, decode_tensors, encode_tensors
 
 
 def _update(**overrides) -> Update:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_client.secagg import (
+from aggregator.secagg.server import SecAggServer
+from aggregator.secagg.simulation import run_round
+from edge_client.shared.secagg import (
     FixedPoint,
     GraphParams,
     Phase,
@@ -17,10 +19,8 @@ from edge_client.secagg import (
     shared_coordinates,
     threshold_for,
 )
-from edge_client.secagg.graph import ring_order
-from edge_client.secagg.messages import MaskedInput
-from edge_client.secagg.server import SecAggServer
-from edge_client.secagg.simulation import run_round
+from edge_client.shared.secagg.graph import ring_order
+from edge_client.shared.secagg.messages import MaskedInput
 
 DIM = 300
 BITS = 32

@@ -11,10 +11,10 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from aggregator.config import load_aggregator_config
-from edge_client.protocol.chunking import split
-from edge_client.secagg import BadSecAggMessage, FixedPoint, Phase, shared_coordinates
-from edge_client.secagg.prg import MAX_BITS, MIN_BITS
-from edge_client.secagg.task import SecAggTask
+from edge_client.shared.protocol.chunking import split
+from edge_client.shared.secagg import BadSecAggMessage, FixedPoint, Phase, shared_coordinates
+from edge_client.shared.secagg.prg import MAX_BITS, MIN_BITS
+from edge_client.shared.secagg.task import SecAggTask
 from tests.unit.test_secagg_round import MODEL, T0, Fleet
 
 

@@ -10,10 +10,15 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_client.secagg import BadSecAggMessage, GraphParams, neighbour_graph, sparse_degree
-from edge_client.secagg.graph import DEFAULT_DROPOUT, _too_few_alive, neighbours_of, threshold_for
-from edge_client.secagg.keys import CIPHERTEXT_SIZE
-from edge_client.secagg.messages import (
+from edge_client.shared.secagg import BadSecAggMessage, GraphParams, neighbour_graph, sparse_degree
+from edge_client.shared.secagg.graph import (
+    DEFAULT_DROPOUT,
+    _too_few_alive,
+    neighbours_of,
+    threshold_for,
+)
+from edge_client.shared.secagg.keys import CIPHERTEXT_SIZE
+from edge_client.shared.secagg.messages import (
     SECAGG_VERSION,
     AdvertiseKeys,
     EncryptedShare,
@@ -28,8 +33,8 @@ from edge_client.secagg.messages import (
     UnmaskResponse,
     decode_message,
 )
-from edge_client.secagg.prg import expand_mask, from_wire, to_wire, word_bytes
-from edge_client.secagg.shamir import combine_shares, split_secret
+from edge_client.shared.secagg.prg import expand_mask, from_wire, to_wire, word_bytes
+from edge_client.shared.secagg.shamir import combine_shares, split_secret
 
 KEY = bytes(range(32))
 CT = bytes(CIPHERTEXT_SIZE)

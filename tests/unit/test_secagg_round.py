@@ -16,22 +16,22 @@ import pytest
 from aggregator.broker_config import device_acl_block
 from aggregator.config import AggregatorConfig, SyncConfig, load_aggregator_config
 from aggregator.privacy import PrivacyConfig
-from aggregator.secagg_config import SecAggConfig
+from aggregator.secagg.config import SecAggConfig
 from aggregator.secure_round import SecureRounds, forget_secure_round
 from aggregator.store import Store
 from aggregator.strategy import FedAvg
-from edge_client.codecs import CodecConfig
-from edge_client.identity import load_or_create_identity
-from edge_client.protocol import Task, Topics, TrainConfig, decode, encode
-from edge_client.protocol.signing import seal
-from edge_client.protocol.tensors import flatten_sorted
-from edge_client.secagg import BadSecAggMessage, Phase
-from edge_client.secagg.messages import AdvertiseKeys, MaskedInput, decode_message
-from edge_client.secagg.prg import modulus_mask, to_wire
-from edge_client.secagg.task import SecAggTask
 from edge_client.secagg_session import DeviceSecAgg, SecureRoundSession
-from edge_client.security import AggregatorSecurity
-from edge_client.settings import ConfigError
+from edge_client.shared.codecs import CodecConfig
+from edge_client.shared.identity import load_or_create_identity
+from edge_client.shared.protocol import Task, Topics, TrainConfig, decode, encode
+from edge_client.shared.protocol.signing import seal
+from edge_client.shared.protocol.tensors import flatten_sorted
+from edge_client.shared.secagg import BadSecAggMessage, Phase
+from edge_client.shared.secagg.messages import AdvertiseKeys, MaskedInput, decode_message
+from edge_client.shared.secagg.prg import modulus_mask, to_wire
+from edge_client.shared.secagg.task import SecAggTask
+from edge_client.shared.security import AggregatorSecurity
+from edge_client.shared.settings import ConfigError
 
 FED = "unit"
 MODEL = {"b": np.zeros(7, np.float32), "w": np.zeros((5, 9), np.float32)}  # 52 parameters
@@ -426,12 +426,12 @@ def test_each_device_may_write_only_its_own_secagg_topic_and_read_only_its_own_r
 
 # ---------------------------------------------------------------- helpers
 def _chunked(body: bytes) -> list[tuple[str, bytes]]:
-    from edge_client.protocol.chunking import split
+    from edge_client.shared.protocol.chunking import split
     return [("", c) for c in split(body, "t-" + str(len(body)), 4096)]
 
 
 def _whole_messages(chunks: list[bytes]) -> list[bytes]:
-    from edge_client.protocol import Assembler
+    from edge_client.shared.protocol import Assembler
     assembler, out = Assembler(2**24, max_transfers_per_source=64), []
     for chunk in chunks:
         done = assembler.add("x", chunk, 0.0)

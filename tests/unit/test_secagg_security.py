@@ -8,15 +8,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edge_client.secagg import (
+from aggregator.secagg.server import SecAggServer
+from aggregator.secagg.simulation import run_round
+from edge_client.shared.secagg import (
     BadSecAggMessage,
     GraphParams,
     Phase,
     RoundAborted,
     SecAggClient,
 )
-from edge_client.secagg.masking import add_signed, pair_mask, self_mask
-from edge_client.secagg.messages import (
+from edge_client.shared.secagg.masking import add_signed, pair_mask, self_mask
+from edge_client.shared.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
     RevealedShare,
@@ -26,8 +28,6 @@ from edge_client.secagg.messages import (
     UnmaskResponse,
     decode_message,
 )
-from edge_client.secagg.server import SecAggServer
-from edge_client.secagg.simulation import run_round
 
 N, DIM, BITS = 10, 200, 32
 

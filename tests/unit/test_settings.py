@@ -6,7 +6,7 @@ import pytest
 
 from aggregator.config import load_aggregator_config
 from edge_client.client import ClientConfig
-from edge_client.settings import ConfigError, from_table, read_toml
+from edge_client.shared.settings import ConfigError, from_table, read_toml
 from fedge.roles import ModelSpec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -6,10 +6,10 @@ import sys
 import msgpack
 import pytest
 
-from edge_client.identity import Identity, verify
-from edge_client.protocol.errors import LocalProtocolError, RemoteProtocolError
-from edge_client.protocol.messages import Ack, Status, decode, encode
-from edge_client.protocol.signing import (
+from edge_client.shared.identity import Identity, verify
+from edge_client.shared.protocol.errors import LocalProtocolError, RemoteProtocolError
+from edge_client.shared.protocol.messages import Ack, Status, decode, encode
+from edge_client.shared.protocol.signing import (
     DOMAIN,
     SIGNED_KIND,
     SignedEnvelope,
@@ -171,12 +171,13 @@ def test_seal_checks_what_the_signer_returns():
 
 
 def test_the_protocol_does_not_import_cryptography():
-    code = ("import sys, edge_client.protocol, edge_client.protocol.signing as s\n"
+    code = ("import sys, edge_client.shared.protocol, edge_client.shared.protocol.signing as s\n"
             "assert 'cryptography' not in sys.modules, 'imported at import time'\n"
             "class Fake:\n"
             "    key_id = 'fake'\n"
             "    def sign(self, data): return bytes(64)\n"
-            "body = edge_client.protocol.encode(edge_client.protocol.Ack(status='accepted'))\n"
+            "p = edge_client.shared.protocol\n"
+            "body = p.encode(p.Ack(status='accepted'))\n"
             "s.open_envelope(s.seal(body, Fake()))\n"
             "assert 'cryptography' not in sys.modules, 'imported by seal or open'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -7,7 +7,7 @@ import json
 from aggregator.status import FINISHED_NOTE, fleet_status
 from aggregator.store import Store
 from aggregator.web import create_app
-from edge_client.protocol import Status, Task, TrainConfig, encode
+from edge_client.shared.protocol import Status, Task, TrainConfig, encode
 from fedge.cli import main
 from fedge.status_cli import render
 

@@ -8,10 +8,10 @@ import re
 import pytest
 
 from aggregator.status_gate import StatusGate
-from edge_client.identity import Identity
-from edge_client.protocol import RemoteProtocolError, Status, encode
-from edge_client.protocol.signing import seal
-from edge_client.security import AggregatorSecurity
+from edge_client.shared.identity import Identity
+from edge_client.shared.protocol import RemoteProtocolError, Status, encode
+from edge_client.shared.protocol.signing import seal
+from edge_client.shared.security import AggregatorSecurity
 
 NOW = 1_000_000.0
 DEVICE = Identity.generate()

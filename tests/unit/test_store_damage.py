@@ -16,7 +16,7 @@ from aggregator.service import Aggregator
 from aggregator.store_check import ProblemKind, StoreDamaged, check_store
 from aggregator.store_recover import recover_store
 from aggregator.store_seal import SLOT, Seal, SealWriter, read_seal, seal_path, write_new_seal
-from edge_client.protocol import Task, TrainConfig, Update, encode
+from edge_client.shared.protocol import Task, TrainConfig, Update, encode
 
 MODEL = {"a": np.linspace(-1, 1, 60, dtype=np.float32).reshape(6, 10),
          "b": np.zeros(10, np.float32)}

@@ -26,7 +26,7 @@ from aggregator.strategy.krum import aggregate_krum, krum_scores
 from aggregator.strategy.median import aggregate_median
 from aggregator.strategy.norm_bound import clip_to_norm
 from aggregator.strategy.trimmed_mean import aggregate_trimmed_mean
-from edge_client.settings import ConfigError, from_table
+from edge_client.shared.settings import ConfigError, from_table
 
 ROBUST = ("median", "trimmed_mean", "krum", "multi_krum", "norm_bound")
 OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")

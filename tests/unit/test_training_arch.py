@@ -7,7 +7,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from edge_client.settings import ConfigError, from_table
+from edge_client.shared.settings import ConfigError, from_table
 from edge_client.training import (
     ActQuant,
     Conv1D,

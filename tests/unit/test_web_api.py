@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from aggregator.store import Store
 from aggregator.web import create_app, load_token, serve_dashboard
 from aggregator.web.openapi import openapi_document
-from edge_client.identity import Identity
-from edge_client.protocol import Model, Status, Task, TrainConfig, Update, decode, encode
-from edge_client.protocol.chunking import sha256_hex
+from edge_client.shared.identity import Identity
+from edge_client.shared.protocol import Model, Status, Task, TrainConfig, Update, decode, encode
+from edge_client.shared.protocol.chunking import sha256_hex
 
 READ, ADMIN = "read-token-123", "admin-token-456"
 DEVICES = ("dev-0", "dev-1", "dev-2", "dev-3", "dev-4")
@@ -730,7 +730,7 @@ def test_an_unusable_store_is_503(tmp_path):
 
 def test_secure_rounds_count_as_contributions_though_no_update_is_stored(filled, actions):
     """Secure aggregation stores no update row; the dashboard counts its rounds instead."""
-    from aggregator.secagg_store import SecAggLog
+    from aggregator.secagg.store import SecAggLog
 
     store = Store(filled.path)
     log = SecAggLog(store.db)

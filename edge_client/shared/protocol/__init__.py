@@ -1,0 +1,31 @@
+"""The wire protocol shared by devices, the aggregator and the firmware bridge.
+
+Depends on numpy, msgpack and the standard library only.
+"""
+
+from edge_client.shared.protocol.chunking import DEFAULT_CHUNK_SIZE, Assembler, split
+from edge_client.shared.protocol.errors import (
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from edge_client.shared.protocol.messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Model,
+    ModelManifest,
+    Status,
+    Task,
+    TrainConfig,
+    Update,
+    decode,
+    encode,
+)
+from edge_client.shared.protocol.tensors import Weights
+from edge_client.shared.protocol.topics import Topics
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE", "PROTOCOL_VERSION", "Ack", "Assembler", "LocalProtocolError", "Model",
+    "ModelManifest", "ProtocolError", "RemoteProtocolError", "Status", "Task", "Topics",
+    "TrainConfig", "Update", "Weights", "decode", "encode", "split",
+]
