@@ -32,26 +32,26 @@ from aggregator.core.events import (
 )
 from aggregator.core.ingest import UpdateIngest
 from aggregator.core.models import ModelPublisher, load_or_create, restored_downlink
-from aggregator.core.plain_round import PlainRound, updates_wanted
-from aggregator.core.rounds import Decision, RoundDriver
+from aggregator.core.plain_round import PlainRound
+from aggregator.core.rounds import RoundDriver
+from aggregator.core.schedule import STOPPED_NOTE, RoundSchedule
 from aggregator.core.secure_driver import SecureRound
 from aggregator.core.state import CoreState
 from aggregator.core.versions import Evaluate, VersionMaker
 from aggregator.ingest import open_update
-from aggregator.narrator import Narrator, TwinWatch, Waiting
+from aggregator.narrator import Narrator, TwinWatch
 from aggregator.participation import Participation, participation_for
 from aggregator.presence import Presence
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureRounds, forget_secure_round
-from aggregator.status import BROKER_NOTE, FINISHED_NOTE, HEARTBEAT_NOTE, HEARTBEAT_S
+from aggregator.status import BROKER_NOTE, FINISHED_NOTE
 from aggregator.status_gate import StatusGate
 from aggregator.store import Store
 from aggregator.strategy import Strategy
 from aggregator.strategy.config import build_strategy
-from edge_client.shared.protocol import RemoteProtocolError, Task, Topics, Weights, encode
+from edge_client.shared.protocol import RemoteProtocolError, Topics, Weights
 
 log = logging.getLogger("aggregator.service")
-STOPPED_NOTE = "stopped"  # why training ended early, for the dashboard
 
 
 class AggregatorCore:
@@ -85,6 +85,10 @@ class AggregatorCore:
                                      self.participation, self.privacy, self.anomalies,
                                      self.narrator, self.driver)
         self._out: list[Action] = []
+        self.schedule = RoundSchedule(config, store, topics, self.state, self.narrator,
+                                      self.participation, self.presence, self.privacy,
+                                      self.driver, self.ingest, self.versions,
+                                      self.publisher, self._out)
         self._resume(at)
 
     def _resume(self, at: Instant) -> None:
@@ -111,7 +115,8 @@ class AggregatorCore:
         """What to do about `event`, in order. If it raises, `drain` still gives what
         was decided before the failure."""
         if isinstance(event, Tick):
-            self._tick(event)
+            self._now = event.at
+            self.schedule.tick(event)
         elif isinstance(event, UpdateChunk):
             self._now = event.at
             if event.retained:  # devices never retain updates: read it only once
@@ -138,8 +143,15 @@ class AggregatorCore:
         return self.drain()
 
     def drain(self) -> list[Action]:
-        out, self._out = self._out, []
+        out = list(self._out)
+        self._out.clear()  # in place: the schedule appends to the same list
         return out
+
+    def open_task(self, at: Instant) -> list[Action]:
+        """Open the next task now, as a tick would once devices are known."""
+        self._now = at
+        self.schedule.open_task(at)
+        return self.drain()
 
     def strategy_named(self, name: str) -> Strategy:
         """The named strategy with the config's other settings (trim, f, eta, ...);
@@ -192,102 +204,6 @@ class AggregatorCore:
             self.anomalies.after_rejection(device)
         elif self.state.task is not None:
             self.presence.update_seen(device, self.state.task.task_id)
-
-    # ------------------------------------------------------------ time
-    def _tick(self, event: Tick) -> None:
-        at, state = event.at, self.state
-        self._now = at
-        if at.wall - state.heartbeat_at >= HEARTBEAT_S:  # /api/health: the loop runs
-            state.heartbeat_at = at.wall
-            self.store.set_note(HEARTBEAT_NOTE, at.wall)
-        self.ingest.expire(at)
-        if not event.connected:
-            self.narrator.waiting(Waiting.BROKER, lambda: (state.link_problem, (
-                f"not connected to {self.config.host}:{self.config.port} "
-                f"({state.link_problem})")))
-        elif state.paused:
-            self.narrator.waiting(Waiting.PAUSED, lambda: (None, "training is paused; resume "
-                                  "it from the dashboard or POST /api/admin/training"))
-        elif state.finished:
-            if not state.done_published:  # also when started with every version made
-                self._publish_done()
-        elif state.task is None:
-            if at.mono - state.connected_at >= self.config.presence_settle_s:
-                self.open_task(at)  # retained statuses of online devices have come in
-        else:
-            self._step_round(state.task, at)
-
-    def _step_round(self, task: Task, at: Instant) -> None:
-        """Ask the round's driver; end the round with a version or start it again."""
-        state = self.state
-        step = self.driver.tick(task, state.pending, at)
-        self._out += step.outgoing
-        if step.decision is Decision.WAIT:
-            return
-        self._round_over(task.task_id, at)
-        if step.decision is Decision.AGGREGATE:
-            self._out += self.versions.make(state, at)
-            self.open_task(at)
-            return
-        self.participation.round_aborted()
-        log.warning("aggregator: %s", self.driver.abort_line(task, state.pending))
-        self.store.abort_task(task.task_id)
-        state.pending.clear()
-        state.task = None
-
-    def open_task(self, at: Instant) -> None:
-        """Plan the next round or async task and publish it, or say why not yet."""
-        state = self.state
-        if state.finished:
-            return
-        candidates = self._candidates()
-        proven = (self.presence.proven if self.driver.proven_matters()
-                  and not self.config.privacy.enabled else None)
-        # no top-up when DP accounting or secure sizes assume uniformly drawn devices
-        task = self.participation.plan(state.version + 1, state.version, candidates, at.wall,
-                                       proven=proven)
-        if task is None:
-            self.narrator.waiting(Waiting.DEVICES, lambda: self.narrator.for_devices(
-                state.version + 1, len(candidates), updates_wanted(self.config)))
-            return
-        task, stop = self.privacy.admit(task, len(candidates))
-        if stop is not None:
-            log.warning("aggregator: training stops at version %d: %s", state.version, stop)
-            state.stopped = stop
-            self.store.set_note(STOPPED_NOTE, stop)
-            return
-        task = self.driver.open(task, sum(w.size for w in state.weights.values()), at)
-        self.store.add_task(task, encode(task))
-        state.task, state.task_opened = task, at.mono
-        self.presence.round_opened(task)
-        self._out.append(self.publisher.task(task))
-        self.narrator.round_opened(task, len(candidates))
-
-    def _candidates(self) -> list[str]:
-        """Devices that may be invited: available and not benched, and (with security)
-        still enrolled, so a revocation made from another process counts from the next
-        task on."""
-        candidates = self.presence.candidates()
-        if not self.config.security.enabled:
-            return candidates
-        return [d for d in candidates if self.store.device_key(d) is not None]
-
-    def _round_over(self, task_id: str, at: Instant) -> None:
-        """Count the round's no-shows; clear the retained statuses of benched newcomers
-        (never seen with an update), so they do not come back at every start."""
-        for device in self.presence.round_ended(task_id, at.mono):
-            self._out.append(ClearRetained(self.topics.status(device)))
-
-    def _publish_done(self) -> None:
-        state = self.state
-        self._out.append(self.publisher.done(state.version))
-        if not self.store.note(FINISHED_NOTE):
-            why = state.stopped or f"{state.version} of {self.config.rounds} versions made"
-            log.info("aggregator: training finished at version %d (%s); devices are told "
-                     "to stop", state.version, why)
-        state.done_published = True
-        self.store.set_note(FINISHED_NOTE, True)  # `fedge status`: every round is done
-
 
 def round_driver(config: AggregatorConfig, store: Store, topics: Topics,
                  sign: Callable[[bytes], bytes], participation: Participation,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from aggregator.config import AggregatorConfig
-from aggregator.core.actions import Action, ClearRetained, Publish, PublishTask
+from aggregator.core.actions import Action, Publish, PublishTask
 from aggregator.downlink import DownlinkEncoder, on_the_wire, representable, retained_chain
 from aggregator.store import Store
 from edge_client.shared.protocol import Model, Task, Topics, Weights, decode, encode
