@@ -157,9 +157,10 @@ class AggregatorCore:
         """The named strategy with the config's other settings (trim, f, eta, ...);
         ValueError if unknown or if this kind of round cannot use it. Safe to call from
         any thread: it reads only the config."""
-        strategy = build_strategy(dataclasses.replace(self.config.strategy, name=name))
+        strategy = self.privacy.wrap(build_strategy(dataclasses.replace(
+            self.config.strategy, name=name)))
         self.driver.check_strategy(name)
-        return self.privacy.wrap(strategy)
+        return strategy
 
     def _link_up(self, at: Instant) -> None:
         c, state = self.config, self.state

@@ -56,7 +56,7 @@ def test_central_dp_reports_epsilon_per_version_and_stops_at_the_budget(mosquitt
     for run in start_all(agg, clients):
         run.join(90)
     assert agg.version == 3 < agg.config.rounds
-    assert agg.finished and "privacy budget" in agg._stopped
+    assert agg.finished and "privacy budget" in agg.snapshot.stopped
     history = [h for h in agg.history if h["version"] > 0]
     epsilons = [h["epsilon"] for h in history]
     assert epsilons == sorted(epsilons) and epsilons[0] > 0
