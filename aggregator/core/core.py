@@ -211,5 +211,5 @@ def round_driver(config: AggregatorConfig, store: Store, topics: Topics,
                  narrator: Narrator) -> RoundDriver:
     """The one place that picks the kind of round (docs/secure-aggregation.md)."""
     if config.secagg.enabled:
-        return SecureRound(SecureRounds(config, store, topics, sign), topics)
+        return SecureRound(SecureRounds(config, store, topics, sign), topics, narrator)
     return PlainRound(config, participation, narrator)

@@ -8,6 +8,8 @@ from aggregator.core.actions import Action, Publish, Subscribe
 from aggregator.core.events import Instant
 from aggregator.core.pending import PendingUpdates
 from aggregator.core.rounds import Decision, RoundResult, RoundStep
+from aggregator.narrator import LISTED_DEVICES, Narrator, Waiting
+from aggregator.secure_round import SecureRound as PhasedRound
 from aggregator.secure_round import SecureRounds
 from edge_client.shared.protocol import Task, Topics, Weights
 
@@ -16,9 +18,10 @@ REFUSAL = ("this federation uses secure aggregation: plain updates are refused (
 
 
 class SecureRound:
-    def __init__(self, rounds: SecureRounds, topics: Topics) -> None:
+    def __init__(self, rounds: SecureRounds, topics: Topics, narrator: Narrator) -> None:
         self.rounds = rounds  # tests and audits read `rounds.round` and `last_result`
         self.topics = topics
+        self.narrator = narrator
         self._aborted = ""
 
     def on_link_up(self) -> list[Action]:
@@ -45,7 +48,12 @@ class SecureRound:
         if step.aborted is not None:
             self._aborted = step.aborted
             return RoundStep(Decision.ABORT, outgoing, step.aborted)
-        return RoundStep(Decision.AGGREGATE if step.done else Decision.WAIT, outgoing)
+        if step.done:
+            return RoundStep(Decision.AGGREGATE, outgoing)
+        phased = self.rounds.round
+        if phased is not None:
+            self.narrator.waiting(Waiting.UPDATES, lambda: _waiting(task, phased, at))
+        return RoundStep(Decision.WAIT, outgoing)
 
     def abort_line(self, task: Task, pending: PendingUpdates) -> str:
         return (f"secure round {task.round} ({task.task_id}) aborted: {self._aborted}; "
@@ -62,6 +70,17 @@ class SecureRound:
 
     def not_used(self, task_id: str, reason: str) -> None:
         self.rounds.not_used(task_id, reason)
+
+
+def _waiting(task: Task, phased: PhasedRound, at: Instant) -> tuple[object, str]:
+    """Which phase the round is in and who it still waits for."""
+    expecting = sorted(phased.server.expecting)
+    named = ", ".join(expecting[:LISTED_DEVICES])
+    more = f" and {len(expecting) - LISTED_DEVICES} more" if len(expecting) > LISTED_DEVICES else ""
+    key = (task.task_id, phased.phase, len(expecting))
+    return key, (f"secure round {task.round} in phase {phased.phase.value}: "
+                 f"{len(expecting)} devices still to answer ({named}{more}); the phase "
+                 f"closes in {phased.deadline - at.wall:.0f} s")
 
 
 def _publish(messages: list[tuple[str, bytes]]) -> list[Action]:

@@ -269,7 +269,7 @@ def test_every_version_is_done_then_devices_are_told_to_stop(tmp_path):
 
 
 # ---------------------------------------------------------------- secure rounds
-def test_a_secure_round_with_dropouts_makes_a_version_from_the_survivors(tmp_path):
+def test_a_secure_round_with_dropouts_makes_a_version_from_the_survivors(tmp_path, caplog):
     h = Harness(tmp_path, sync=SyncConfig(target_updates=5, min_fraction=0.6,
                                           round_timeout_s=60),
                 secagg=SecAggConfig(enabled=True, phase_timeout_s=10, graph="complete"))
@@ -283,6 +283,10 @@ def test_a_secure_round_with_dropouts_makes_a_version_from_the_survivors(tmp_pat
     sessions = {d: DeviceSecAgg(d, TOPICS, 2**20, seal=lambda b: b) for d in devices}
     sessions["dev-3"].silent_from = Phase.MASKED_INPUT  # keys shared, then gone
     rng = np.random.default_rng(1)
+    caplog.set_level(logging.INFO, logger="aggregator.service")
+    h.tick(1.0)  # nobody has advertised keys yet
+    [waiting] = [r.getMessage() for r in caplog.records if "waiting for" in r.getMessage()]
+    assert "secure round 1 in phase advertise_keys: 5 devices still to answer" in waiting
 
     def up(device, chunks):
         for topic, chunk in chunks:
