@@ -135,10 +135,9 @@ class Aggregator(ServiceReaders):
                       exc_info=True)
         else:
             return
-        finally:
-            self._refresh()
         try:
             self._perform(self.core.drain())  # what was decided before the failure
+            self._refresh()
             self.store.count("bad_messages")
         except Exception as exc:  # logged, not raised: the next message may still be served
             log.error("aggregator: cannot count a bad message: %s", exc)
@@ -147,6 +146,7 @@ class Aggregator(ServiceReaders):
         core_event = core_event_of(event, self.topics, now)
         if core_event is not None:
             self._perform(self.core.handle(core_event))
+            self._refresh()
 
     def _perform(self, actions: list[Action]) -> None:
         for action in actions:
