@@ -67,10 +67,12 @@ class Fleet:
 
 class Narrator:
     def __init__(self, store: Store, interval_s: float = DEFAULT_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.store = store
         self.interval_s = interval_s
-        self.clock = clock
+        self.clock = clock  # monotonic: how often to speak
+        self.wall = wall  # the time deadlines are in
         self._waiting: Waiting | None = None
         self._said_at = 0.0
         self._looked_at = 0.0
@@ -82,7 +84,7 @@ class Narrator:
         fleet = Fleet.of(self.store)
         invited = (f"invited {len(task.invited)} of {available} available"
                    if task.invited is not None else f"open to all {available} available")
-        deadline = (f"; deadline {task.deadline - time.time():.0f} s"
+        deadline = (f"; deadline {task.deadline - self.wall():.0f} s"
                     if task.deadline is not None else "")
         log.info("aggregator: round %d opened (task %s, from version %d): %s; %s%s",
                  task.round, task.task_id, task.model_version, invited, fleet.why_not(),
@@ -127,7 +129,7 @@ class Narrator:
         described = [f"{m} ({_state(states.get(m))})" for m in missing[:LISTED_DEVICES]]
         more = (f" and {len(missing) - LISTED_DEVICES} more"
                 if len(missing) > LISTED_DEVICES else "")
-        deadline = (f"deadline in {task.deadline - time.time():.0f} s"
+        deadline = (f"deadline in {task.deadline - self.wall():.0f} s"
                     if task.deadline is not None else "no deadline")
         silent = f"; not heard from: {', '.join(described)}{more}" if missing else ""
         key = (task.task_id, len(pending), tuple(described))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -280,10 +279,12 @@ class SecureRounds:
                              f"aggregation only {MEAN_STRATEGIES} can run")
 
     # ------------------------------------------------------------ messages in
-    def receive(self, device: str, payload: bytes, now: float) -> str | None:
-        """Take one chunk from `device`'s secagg topic; the rejection reason, or None."""
+    def receive(self, device: str, payload: bytes, now: float,
+                mono: float | None = None) -> str | None:
+        """Take one chunk from `device`'s secagg topic; the rejection reason, or None.
+        `mono`: the monotonic time for the reassembly timers (default: `now`)."""
         try:
-            done = self._assembler.add(device, payload, time.monotonic())
+            done = self._assembler.add(device, payload, now if mono is None else mono)
         except RemoteProtocolError as exc:
             return exc.reason
         if done is None:
@@ -306,9 +307,9 @@ class SecureRounds:
         return reason
 
     # ------------------------------------------------------------ time
-    def tick(self, now: float) -> RoundStep:
+    def tick(self, now: float, mono: float | None = None) -> RoundStep:
         """Close the phase when it is due; the messages that relays, or the round's end."""
-        for device, transfer in self._assembler.expire(time.monotonic()):
+        for device, transfer in self._assembler.expire(now if mono is None else mono):
             log.info("secagg: dropped a stalled message %s from %s", transfer[:12], device)
         round_ = self.round
         if round_ is None:  # a plain task resumed after secure aggregation was turned on

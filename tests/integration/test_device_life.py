@@ -133,7 +133,7 @@ def test_a_device_killed_before_its_ack_delivers_once_after_restart(mosquitto, t
     one = AsyncConfig(buffer_size=1)
     first = make_aggregator(mosquitto, tmp_path, data, rounds=1, mode="async", async_=one)
     run = Running(first.run, "aggregator-1")
-    wait_until(lambda: first._task is not None, 20, "the first task")
+    wait_until(lambda: first.task is not None, 20, "the first task")
     run.halt()  # the task stays retained; nobody will ack the update
     config = _device_toml(tmp_path, mosquitto.port, data)
     device = subprocess.Popen([sys.executable, "-m", "fedge.cli", "device", "--config", config],

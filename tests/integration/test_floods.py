@@ -82,7 +82,7 @@ def test_a_flood_from_one_device_leaves_the_aggregator_bounded_and_serving(mosqu
     assert inbox.blocked > 0  # backpressure held paho back ...
     assert inbox.peak_bytes <= LIMITS.inbound_queue_bytes  # ... within the bound
     assert inbox.over_bound == 0
-    assert agg._assembler.evicted == 0  # one id only ever replaces its own 2 uploads
+    assert agg.core.ingest.assembler.evicted == 0  # one id only ever replaces its own 2 uploads
     with sqlite3.connect(agg.config.db_path) as db:
         kept = db.execute("SELECT COUNT(*) FROM rejections WHERE device_id='mallory'")
         assert 0 < kept.fetchone()[0] <= LIMITS.rejections_per_device  # pruned

@@ -146,7 +146,7 @@ def test_a_task_with_an_unusable_codec_is_logged_and_the_device_keeps_running(
     wait_until(lambda: device.stats.updates_sent == 1, 20, "a first update")
     attacker = paho_client(mosquitto.host, mosquitto.port, "attacker")
     try:
-        bad = dataclasses.replace(agg._task, task_id="v0-bogus", codec={"sparsify": "magic"})
+        bad = dataclasses.replace(agg.task, task_id="v0-bogus", codec={"sparsify": "magic"})
         publish(attacker, f"fedge/{FEDERATION}/task", encode(bad), retain=True)
         wait_until(lambda: "cannot use" in caplog.text, 10, "the refusal in the log")
         time.sleep(0.5)  # the periodic re-check must not trip over it either

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sqlite3
-import time
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from dp_accounting import dp_event, rdp
 
 from aggregator.config import SyncConfig
 from aggregator.privacy import PrivacyConfig
+from aggregator.service import now
 from aggregator.web import create_app
 from edge_client.shared.protocol import Update, decode
 from edge_client.shared.protocol.tensors import flatten_sorted
@@ -56,7 +56,7 @@ def test_central_dp_reports_epsilon_per_version_and_stops_at_the_budget(mosquitt
     for run in start_all(agg, clients):
         run.join(90)
     assert agg.version == 3 < agg.config.rounds
-    assert agg.finished and "privacy budget" in agg._stopped
+    assert agg.finished and "privacy budget" in agg.snapshot.stopped
     history = [h for h in agg.history if h["version"] > 0]
     epsilons = [h["epsilon"] for h in history]
     assert epsilons == sorted(epsilons) and epsilons[0] > 0
@@ -81,8 +81,9 @@ def test_central_dp_reports_epsilon_per_version_and_stops_at_the_budget(mosquitt
     again = make_aggregator(mosquitto, tmp_path, digits3, rounds=10, privacy=privacy)
     assert again.privacy.accountant.epsilon() == pytest.approx(epsilons[-1])
     again.available = {"dev-0", "dev-1", "dev-2"}
-    again._open_task(time.time())
-    assert again._task is None and again.finished and "privacy budget" in again._stopped
+    again.core.open_task(now())  # the core directly: no loop runs
+    state = again.core.state
+    assert state.task is None and state.finished and "privacy budget" in state.stopped
     again.store.close()
 
 

@@ -146,8 +146,8 @@ def test_over_tls_and_acls_forged_replayed_stale_and_foreign_updates_are_refused
     try:
         subscribe(as_alice, f"fedge/{FEDERATION}/model").get(timeout=10)  # aggregator is up
         agg.available.update({"alice", "bob"})  # as if both had reported themselves
-        wait_until(lambda: agg._task is not None, 10, "a task")
-        task_id = agg._task.task_id
+        wait_until(lambda: agg.task is not None, 10, "a task")
+        task_id = agg.task.task_id
         good = _update(data, "alice", task_id)
         _send(as_alice, "alice", good, alice)  # the real thing, accepted
         wait_until(lambda: len(_rows(agg.config.db_path)) == 1, 10, "alice's update")

@@ -21,7 +21,7 @@ import pytest
 from aggregator.config import AggregatorConfig, SyncConfig
 from aggregator.limits import LimitsConfig
 from aggregator.secagg.config import SecAggConfig
-from aggregator.service import Aggregator
+from aggregator.service import Aggregator, now
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
 from edge_client.secagg_session import DeviceSecAgg
@@ -102,13 +102,13 @@ def _aggregator(tmp_path, signed: bool, secagg: bool = False) -> Aggregator:
     for device in DEVICES:
         agg.store.enroll(device, KEYS[device].public_text)
     agg.available = set(DEVICES)  # not through statuses: those are fuzzed below
-    agg._open_task(time.time())
-    assert agg._task is not None and agg._task.invited == DEVICES
+    agg.core.open_task(now())
+    assert agg.core.state.task is not None and agg.core.state.task.invited == DEVICES
     return agg
 
 
 def _update(agg: Aggregator, device: str) -> Update:
-    return Update(device_id=device, task_id=agg._task.task_id, nonce=os.urandom(16).hex(),
+    return Update(device_id=device, task_id=agg.core.state.task.task_id, nonce=os.urandom(16).hex(),
                   base_version=agg.version, num_samples=10,
                   tensors={k: np.full_like(v, 0.01) for k, v in WEIGHTS.items()},
                   metrics={"train_loss": 0.5}, created_at=time.time())
@@ -204,7 +204,7 @@ def test_the_reported_bodies_are_rejected_with_a_reason(tmp_path, signed):
 
 def test_the_secure_aggregation_service_survives_hostile_secagg_messages(tmp_path, caplog):
     agg = _aggregator(tmp_path, signed=True, secagg=True)
-    task = agg._task
+    task = agg.core.state.task
     caplog.set_level(logging.ERROR)
     mutator = Mutator(seed=7)
     valid = [AdvertiseKeys(task.task_id, "dev-1", b"c" * 32, b"s" * 32, b"h" * 32).to_bytes(),
@@ -238,7 +238,7 @@ def test_one_event_that_raises_is_logged_counted_and_the_loop_goes_on(tmp_path, 
     def refused(event):
         raise RemoteProtocolError("payload is not a map")
 
-    monkeypatch.setattr(agg, "_handle", refused)
+    monkeypatch.setattr(agg.core, "handle", refused)
     agg._handle_one(Inbound(TOPICS.status("dev-1"), b"\x90", retained=True))
     [record] = caplog.records
     assert record.levelno == logging.WARNING and record.exc_info is None
@@ -248,7 +248,7 @@ def test_one_event_that_raises_is_logged_counted_and_the_loop_goes_on(tmp_path, 
         raise KeyError("ours")
 
     caplog.clear()
-    monkeypatch.setattr(agg, "_handle", bug)
+    monkeypatch.setattr(agg.core, "handle", bug)
     agg._handle_one(Inbound(TOPICS.update("dev-1"), b"x", retained=False))
     [record] = caplog.records
     assert record.levelno == logging.ERROR and record.exc_info is not None

@@ -194,7 +194,7 @@ def test_an_open_task_that_the_new_settings_would_not_admit_is_aborted_at_restar
         tmp_path, before, after):
     agg = _restart_with_open_task(tmp_path, before, after)
     try:
-        assert agg._task is None and agg.pending_count == 0
+        assert agg.task is None and agg.pending_count == 0
         assert agg.store.task_state("r1")[2] == "aborted"
         assert agg.store.count_updates("discarded") == 1
     finally:
@@ -205,7 +205,7 @@ def test_an_open_task_the_settings_still_admit_resumes_at_restart(tmp_path):
     settings = {"mode": "distributed", "clip": 1.0, "target_epsilon": 100.0}
     agg = _restart_with_open_task(tmp_path, settings, settings)
     try:
-        assert agg._task.task_id == "r1" and agg.pending_count == 1
+        assert agg.task.task_id == "r1" and agg.pending_count == 1
     finally:
         agg.store.close()
 

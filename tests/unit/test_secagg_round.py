@@ -453,7 +453,7 @@ def test_privacy_config_is_importable_with_secagg():  # distributed DP rides on 
 
 def test_a_sum_the_strategy_refuses_leaves_the_round_aborted_not_done(tmp_path):
     """The service's failure path: no version, so the secure round's row must not say done."""
-    from aggregator.service import Aggregator
+    from aggregator.service import Aggregator, now
 
     class Refusing:
         def aggregate(self, global_weights, contributions, server_lr=1.0):
@@ -461,12 +461,12 @@ def test_a_sum_the_strategy_refuses_leaves_the_round_aborted_not_done(tmp_path):
 
     fleet = Fleet(tmp_path, devices=4)
     agg = Aggregator(fleet.config, initial_weights=MODEL, strategy=Refusing())
-    agg.secure, agg._task = fleet.secure, fleet.task
+    agg.core.driver.rounds, agg.core.state.task = fleet.secure, fleet.task
     fleet.store.add_task(fleet.task, b"task")
     fleet.join()
     assert fleet.run().done
-    agg._aggregate(fleet.secure.outcome(MODEL))
-    assert agg.version == 0 and agg._task is None
+    assert agg.core.versions.make(agg.core.state, now()) == []  # takes the secure outcome
+    assert agg.core.state.version == 0 and agg.core.state.task is None
     states = {r["task_id"]: (r["state"], r["info"]) for r in fleet.secure.log.rounds()}
     state, info = states[fleet.task.task_id]
     assert state == "aborted" and "overflow" in json.dumps(info)

@@ -12,7 +12,7 @@ import pytest
 
 from aggregator.config import AggregatorConfig
 from aggregator.privacy.config import PrivacyConfig
-from aggregator.service import Aggregator
+from aggregator.service import Aggregator, now
 from aggregator.store_check import ProblemKind, StoreDamaged, check_store
 from aggregator.store_recover import recover_store
 from aggregator.store_seal import SLOT, Seal, SealWriter, read_seal, seal_path, write_new_seal
@@ -28,11 +28,12 @@ def _aggregator(db, seed: int = 3, **config) -> Aggregator:
 
 def _make_version(agg: Aggregator, tag: str = "") -> None:
     """What a sync round does: a task, three stored updates, then the version."""
-    n = agg.version + 1
+    state = agg.core.state  # driven directly: no broker, no loop
+    n = state.version + 1
     task = Task(task_id=f"r{n}{tag}", mode="sync", round=n, model_version=n - 1,
                 train=TrainConfig(), invited=("d0", "d1", "d2"))
     agg.store.add_task(task, encode(task))
-    agg._task = task
+    state.task = task
     for i in range(3):
         rng = np.random.default_rng([n, i])
         update = Update(device_id=f"d{i}", task_id=task.task_id, nonce=f"n{n}{tag}-{i}",
@@ -40,9 +41,9 @@ def _make_version(agg: Aggregator, tag: str = "") -> None:
                         tensors={k: rng.normal(0, 0.05, v.shape).astype(np.float32)
                                  for k, v in MODEL.items()})
         assert agg.store.add_update(update, encode(update), "pending")
-        agg._pending.append(update)
-    agg._aggregate()
-    assert agg.version == n
+        state.pending.add(update, len(encode(update)))
+    agg.core.versions.make(state, now())
+    assert state.version == n
 
 
 def _blobs(db) -> dict[int, bytes]:

@@ -1,0 +1,85 @@
+"""What the aggregator core is told: one event at a time, each with the time it happened.
+
+The core never reads a clock: the shell (aggregator/service.py) stamps every event with
+an `Instant` and sends a `Tick` whenever it has nothing else, so tests can script time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Instant:
+    """A moment on both clocks: `wall` (time.time(), for deadlines devices see and for
+    stored times) and `mono` (time.monotonic(), for durations and local timers)."""
+
+    wall: float
+    mono: float
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    """Connected to the broker (again): subscribe, republish what is retained."""
+
+    at: Instant
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    at: Instant
+    reason: str
+
+
+@dataclass(frozen=True)
+class UpdateChunk:
+    """One chunk on `fedge/<fed>/update/<device>`; the core reassembles the update."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+    at: Instant
+
+
+@dataclass(frozen=True)
+class StatusMessage:
+    """A device's status on `fedge/<fed>/status/<device>` (retained ones included)."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+    at: Instant
+
+
+@dataclass(frozen=True)
+class SecAggChunk:
+    """One chunk of a secure-aggregation message on `fedge/<fed>/secagg/<device>`."""
+
+    topic: str
+    payload: bytes
+    at: Instant
+
+
+@dataclass(frozen=True)
+class SetTraining:
+    """An operator's request, queued onto the service loop like any other event."""
+
+    running: bool
+
+
+@dataclass(frozen=True)
+class SetStrategy:
+    name: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed: close rounds that are due, open the next, say what we wait for.
+    `connected`: whether the MQTT link is up right now."""
+
+    at: Instant
+    connected: bool
+
+
+Event = (LinkUp | LinkDown | UpdateChunk | StatusMessage | SecAggChunk | SetTraining
+         | SetStrategy | Tick)

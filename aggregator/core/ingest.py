@@ -1,0 +1,151 @@
+"""Update chunks in, acks out: reassembly, signature, checks, the store, the verdict.
+
+An update is acknowledged only after the store's commit returns (`Store.add_update`),
+so an acked update survives a crash. Every refusal is answered once per transfer, rate
+limited per device (aggregator/rejection_gate.py), logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+
+from aggregator.anomalies import AnomalyWatch
+from aggregator.config import AggregatorConfig
+from aggregator.core.actions import Action, SendAck
+from aggregator.core.events import Instant, UpdateChunk
+from aggregator.core.rounds import RoundDriver
+from aggregator.core.state import CoreState
+from aggregator.ingest import check_clock, check_sender, open_update, verified_body
+from aggregator.limits import upload_assembler
+from aggregator.participation import Participation, TaskInfo, Verdict
+from aggregator.presence import Presence
+from aggregator.privacy.hooks import ServicePrivacy
+from aggregator.rejection_gate import RejectionGate
+from aggregator.store import Store
+from edge_client.shared.protocol import Ack, RemoteProtocolError, Topics, Update, encode
+
+log = logging.getLogger("aggregator.service")
+REMEMBERED_REJECTIONS = 1000
+DUPLICATE = Verdict("duplicate", reason="already stored for this task")
+
+
+class UpdateIngest:
+    def __init__(self, config: AggregatorConfig, store: Store, topics: Topics,
+                 sign: Callable[[bytes], bytes], presence: Presence,
+                 privacy: ServicePrivacy, anomalies: AnomalyWatch,
+                 participation: Participation, driver: RoundDriver) -> None:
+        self.config = config
+        self.store = store
+        self.topics = topics
+        self.sign = sign
+        self.presence = presence
+        self.privacy = privacy
+        self.anomalies = anomalies
+        self.participation = participation
+        self.driver = driver
+        self.assembler = upload_assembler(config)
+        limits = config.limits
+        self._answers = RejectionGate(limits.answered_rejections_per_device_s,
+                                      limits.answered_rejections_s)
+        self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._pace_rng = random.Random(config.seed)
+
+    def on_chunk(self, event: UpdateChunk, state: CoreState) -> list[Action]:
+        out: list[Action] = []
+        try:
+            device = self.topics.device_of(event.topic)
+        except ValueError:
+            return out  # cannot even answer: the topic has no valid device id
+        try:
+            done = self.assembler.add(device, event.payload, event.at.mono)
+        except RemoteProtocolError as exc:
+            if not self._already_rejected(device, exc.transfer):
+                out += self.reject(device, exc.transfer or "", "", exc.reason, event.at)
+            return out
+        if done is None:
+            return out
+        transfer, message = done
+        try:
+            security = self.config.security
+            message = verified_body(message, device, self.store.device_key(device),
+                                    required=security.enabled)
+            self.presence.sent_something(device)  # even if refused below: not a no-show
+            update = self._validate(device, transfer, message, state)
+            if security.enabled:
+                check_clock(update, event.at.wall, security.max_clock_skew_s)
+        except RemoteProtocolError as exc:
+            return self.reject(device, transfer, "", exc.reason, event.at)
+        return self._store_and_ack(update, message, state, event.at)
+
+    def expire(self, at: Instant) -> None:
+        for device, transfer in self.assembler.expire(at.mono):
+            log.warning("aggregator: dropped a stalled upload %s from %s", transfer[:8], device)
+
+    def _already_rejected(self, device: str, transfer: str | None) -> bool:
+        """Answer a bad transfer once, not once per chunk; remembers the last 1000."""
+        if transfer is None:
+            return False
+        key = (device, transfer)
+        if key in self._rejected:
+            return True
+        self._rejected[key] = None
+        if len(self._rejected) > REMEMBERED_REJECTIONS:
+            self._rejected.popitem(last=False)
+        return False
+
+    def _validate(self, device: str, transfer: str, message: bytes,
+                  state: CoreState) -> Update:
+        refusal = self.driver.refusal()
+        if refusal is not None:
+            raise RemoteProtocolError(refusal)
+        update = open_update(message, state.weights)
+        check_sender(update, device, transfer)
+        self.privacy.check_update(update)
+        return update
+
+    def _store_and_ack(self, update: Update, message: bytes, state: CoreState,
+                       at: Instant) -> list[Action]:
+        if self.store.has_update(update.device_id, update.task_id):
+            # A resend whose first ack was lost, a replay, or a second update for one task:
+            # counted once, never stored again.
+            self.store.count("duplicates")
+            return [self._ack(update, DUPLICATE)]
+        stored = self.store.task_state(update.task_id)
+        if stored is None:
+            return self.reject(update.device_id, update.nonce, update.task_id,
+                               "unknown task", at)
+        verdict = self.participation.judge(update, TaskInfo(*stored), state.task,
+                                           state.version)
+        if verdict.ack == "rejected":
+            return self.reject(update.device_id, update.nonce, update.task_id,
+                               verdict.reason, at)
+        if not self.store.add_update(update, message, verdict.state):
+            return [self._ack(update, DUPLICATE)]
+        self.presence.update_seen(update.device_id, update.task_id)
+        if verdict.state == "pending":
+            state.pending.add(update, len(message))
+        return [self._ack(update, verdict)]
+
+    def _ack(self, update: Update, verdict: Verdict) -> SendAck:
+        ack = Ack(status=verdict.ack, task_id=update.task_id, nonce=update.nonce,
+                  reason=verdict.reason, next_checkin_s=self._next_checkin())
+        return SendAck(self.topics.ack(update.device_id), self.sign(encode(ack)), ack=ack)
+
+    def _next_checkin(self) -> float:
+        """Pace steering: when this device should look again, jittered so that a fleet
+        does not come back all at once."""
+        jitter = self.config.checkin_jitter
+        return self.config.checkin_interval_s * self._pace_rng.uniform(1 - jitter, 1 + jitter)
+
+    def reject(self, device: str, nonce: str, task_id: str, reason: str,
+               at: Instant) -> list[Action]:
+        if not self._answers.allow(device, at.mono):
+            return []  # a flood: counted, and summed up in the log (rejection_gate.py)
+        log.warning("aggregator: rejected an update from %s: %s", device, reason)
+        self.store.add_rejection(device, nonce, reason)
+        self.anomalies.after_rejection(device)
+        ack = Ack(status="rejected", task_id=task_id, nonce=nonce, reason=reason)
+        return [SendAck(self.topics.ack(device), self.sign(encode(ack)), ack=ack)]

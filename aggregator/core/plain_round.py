@@ -1,0 +1,94 @@
+"""The round driver for plain updates: sync rounds or the async buffer decide, by count
+and deadline, when the stored updates make a version (aggregator/participation.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aggregator.config import AggregatorConfig
+from aggregator.core.actions import Action
+from aggregator.core.events import Instant
+from aggregator.core.pending import PendingUpdates
+from aggregator.core.rounds import Decision, RoundResult, RoundStep
+from aggregator.narrator import Narrator, Waiting
+from aggregator.participation import Participation
+from aggregator.strategy import Contribution
+from edge_client.shared.protocol import Task, Update, Weights
+
+_DECISIONS = {d.value: d for d in Decision}
+
+
+class PlainRound:
+    def __init__(self, config: AggregatorConfig, participation: Participation,
+                 narrator: Narrator) -> None:
+        self.config = config
+        self.participation = participation
+        self.narrator = narrator
+
+    def on_link_up(self) -> list[Action]:
+        return []
+
+    def refusal(self) -> str | None:
+        return None
+
+    def proven_matters(self) -> bool:
+        return True
+
+    def check_strategy(self, name: str) -> None:
+        """Every strategy can aggregate plain updates."""
+
+    def open(self, task: Task, size: int, at: Instant) -> Task:
+        return task
+
+    def on_message(self, device: str, payload: bytes, at: Instant) -> str | None:
+        return "this federation does not use secure aggregation"  # not subscribed
+
+    def tick(self, task: Task, pending: PendingUpdates, at: Instant) -> RoundStep:
+        decision = _DECISIONS[self.participation.due(len(pending), task, at.wall)]
+        if decision is Decision.WAIT:
+            self.narrator.waiting(Waiting.UPDATES, lambda: self.narrator.for_updates(
+                task, pending.devices(), updates_wanted(self.config)))
+        return RoundStep(decision)
+
+    def abort_line(self, task: Task, pending: PendingUpdates) -> str:
+        return (f"round {task.round} reached its deadline with {len(pending)} of "
+                f"{self.config.sync.target_updates} updates; starting it again with a "
+                f"{self.participation.timeout_s:.3g} s deadline")
+
+    def result(self, pending: PendingUpdates, version: int,
+               global_weights: Weights) -> RoundResult:
+        updates = pending.updates
+        contributions = [  # in device order, so float sums do not depend on arrival
+            Contribution(u.device_id, u.tensors, u.num_samples,
+                         self.participation.staleness_factor(u, version))
+            for u in sorted(updates, key=lambda u: (u.device_id, u.nonce))]
+        return RoundResult(
+            contributions, updates=len(updates), update_bytes=pending.message_bytes(),
+            max_train_s=max((u.metrics.get("train_s", 0.0) for u in updates), default=0.0),
+            devices=sorted({u.device_id for u in updates}),
+            evaluation=device_evaluation(updates))
+
+    def not_used(self, task_id: str, reason: str) -> None:
+        """Plain updates stay stored; nothing else to record."""
+
+
+def updates_wanted(config: AggregatorConfig) -> int:
+    """Updates that make a version: the sync target, or the async buffer."""
+    if config.mode == "sync":
+        return config.sync.target_updates
+    return config.async_.buffer_size
+
+
+def device_evaluation(updates: list[Update]) -> dict[str, float]:
+    """The previous model on the devices' own data, sample-weighted: quality measured
+    where the data is. Devices that sent no such metric are left out."""
+    rows = [(u.num_samples, u.metrics["local_accuracy"], u.metrics.get("local_loss"))
+            for u in updates if np.isfinite(u.metrics.get("local_accuracy", np.nan))]
+    if not rows:
+        return {}
+    samples = sum(n for n, _, _ in rows)
+    out = {"device_accuracy": sum(n * a for n, a, _ in rows) / samples}
+    losses = [(n, loss) for n, _, loss in rows if loss is not None and np.isfinite(loss)]
+    if losses:
+        out["device_loss"] = sum(n * loss for n, loss in losses) / sum(n for n, _ in losses)
+    return out

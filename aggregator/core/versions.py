@@ -1,0 +1,102 @@
+"""A finished round becomes a model version: the strategy, the downlink encoder, the
+evaluation, the store, then the model on the broker."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aggregator.anomalies import AnomalyWatch, clipping_of
+from aggregator.core.actions import Action, VersionMade, VersionReport
+from aggregator.core.events import Instant
+from aggregator.core.models import ModelPublisher
+from aggregator.core.rounds import RoundDriver, RoundResult
+from aggregator.core.state import CoreState
+from aggregator.downlink import DownlinkEncoder
+from aggregator.narrator import Narrator
+from aggregator.participation import Participation
+from aggregator.privacy.hooks import ServicePrivacy
+from aggregator.store import Store
+from aggregator.strategy import Strategy
+from edge_client.shared.protocol import Model, Weights, encode
+from edge_client.shared.protocol.chunking import sha256_hex
+
+log = logging.getLogger("aggregator.service")
+Evaluate = Callable[[Weights], dict[str, float]]
+
+
+class VersionMaker:
+    def __init__(self, store: Store, strategy: Strategy, evaluate: Evaluate | None,
+                 downlink: DownlinkEncoder, publisher: ModelPublisher,
+                 participation: Participation, privacy: ServicePrivacy,
+                 anomalies: AnomalyWatch, narrator: Narrator, driver: RoundDriver) -> None:
+        self.store = store
+        self.strategy = strategy  # replaced by the operator's SetStrategy
+        self.evaluate = evaluate
+        self.downlink = downlink
+        self.publisher = publisher
+        self.participation = participation
+        self.privacy = privacy
+        self.anomalies = anomalies
+        self.narrator = narrator
+        self.driver = driver
+
+    def make(self, state: CoreState, at: Instant) -> list[Action]:
+        """The next version from the open round; none (and the round starts again) if
+        the strategy refuses what it got."""
+        task = state.task
+        assert task is not None
+        result = self.driver.result(state.pending, state.version, state.weights)
+        try:
+            proposed = self.strategy.aggregate(state.weights, result.contributions,
+                                               self.participation.server_lr)
+        except ValueError as exc:  # e.g. every update non-finite, or an overflow
+            log.error("aggregator: version %d not made: %s; starting the round again",
+                      state.version + 1, exc)
+            if task.mode == "sync":
+                self.store.abort_task(task.task_id)
+            self.driver.not_used(task.task_id, f"version not made: {exc}")
+            state.pending.clear()
+            state.task = None
+            return []
+        version = state.version + 1
+        new_weights, delta = self.downlink.step(state.weights, proposed, version)
+        round_wall_s = at.mono - state.task_opened
+        metrics = self._evaluate(new_weights)
+        clipping = clipping_of(self.strategy, result.contributions)
+        blob = encode(Model(version=version, tensors=self.publisher.wire(new_weights),
+                            arch=state.arch))
+        info = self._info(state, result, metrics, len(blob),
+                          len(delta) if delta else 0, round_wall_s)
+        close = task.task_id if task.mode == "sync" else None
+        self.store.add_model(version, blob, sha256_hex(blob), info,
+                             used=state.pending.updates, close_task=close, delta=delta,
+                             residual=self.downlink.state())
+        self.participation.version_made()
+        state.history.append({"version": version, "created_at": at.wall, **info})
+        self.anomalies.after_version(version, info["devices"], clipping)
+        self.narrator.version_made(version, info)
+        report = VersionReport(version, task.round, info["updates"], round_wall_s, metrics)
+        state.weights, state.version = new_weights, version
+        state.pending.clear()
+        state.task = None
+        return [*self.publisher.model(version, new_weights, state.arch),
+                VersionMade(report, state.snapshot())]
+
+    def _info(self, state: CoreState, result: RoundResult, metrics: dict[str, float],
+              model_bytes: int, delta_bytes: int, round_wall_s: float) -> dict[str, Any]:
+        """The version's row: the same keys, in the same order, for every kind of round."""
+        task = state.task
+        assert task is not None
+        return {"round": task.round, "updates": result.updates,
+                "update_bytes": result.update_bytes, "model_bytes": model_bytes,
+                "delta_bytes": delta_bytes, "round_wall_s": round_wall_s,
+                "mode": self.participation.mode, "max_train_s": result.max_train_s,
+                "devices": result.devices, **result.evaluation, **metrics, **result.extra,
+                **self.privacy.commit(task.task_id)}
+
+    def _evaluate(self, weights: Weights) -> dict[str, float]:
+        if self.evaluate is None:
+            return {}
+        return {k: float(v) for k, v in self.evaluate(weights).items()}
