@@ -159,12 +159,16 @@ class Federation:
         for party in self.parties:
             party.wait(JOIN_S)
 
-    def restart_aggregator(self) -> Aggregator:
-        """Stop the aggregator and start a new one on the same config and store, as a
-        gateway restart does (the devices and the broker go on)."""
+    def stop_aggregator(self) -> None:
+        """Stop the aggregator alone (a gateway going down); the devices go on."""
         if self._aggregator_party is not None:
             self._aggregator_party.stop.set()
             self._aggregator_party.wait(JOIN_S)
+
+    def restart_aggregator(self) -> Aggregator:
+        """Stop the aggregator if it runs and start a new one on the same config and
+        store, as a gateway restart does (the devices and the broker go on)."""
+        self.stop_aggregator()
         self._aggregator = Aggregator(self.aggregator.config, **self._aggregator_args)
         party = PartyThread(self._aggregator.run, "aggregator", self._failed)
         with self._lock:
