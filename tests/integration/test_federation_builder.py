@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -107,9 +109,9 @@ def test_a_restarted_aggregator_resumes_from_its_store(mosquitto, tmp_path, digi
         for i, (x, y) in enumerate(digits.shards):
             federation.add_device(_device(tmp_path, i), mlp_trainer(digits.sizes, i), x, y)
         federation.start()
-        deadline = __import__("time").monotonic() + 30
-        while first.version < 1 and __import__("time").monotonic() < deadline:
-            __import__("time").sleep(0.02)
+        deadline = time.monotonic() + 30
+        while first.version < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
         again = federation.restart_aggregator()
         assert again is federation.aggregator and again is not first
         assert again.version >= 1  # from the store, not from scratch
