@@ -24,10 +24,10 @@ def digits() -> Digits:
     return Digits(devices=3)
 
 
-def _config(tmp_path, rounds: int = 2) -> AggregatorConfig:
+def _config(tmp_path, rounds: int = 2, round_timeout_s: float = 30) -> AggregatorConfig:
     return AggregatorConfig(federation="builder", db_path=tmp_path / "agg.sqlite3",
                             rounds=rounds, train=TrainConfig(epochs=1, lr=0.1, momentum=0.5),
-                            sync=SyncConfig(target_updates=3, round_timeout_s=30))
+                            sync=SyncConfig(target_updates=3, round_timeout_s=round_timeout_s))
 
 
 def _device(tmp_path, i: int) -> ClientConfig:
@@ -103,7 +103,8 @@ def test_a_federation_that_does_not_finish_times_out(mosquitto, tmp_path, digits
 
 def test_a_restarted_aggregator_resumes_from_its_store(mosquitto, tmp_path, digits):
     with Federation(mosquitto) as federation:
-        first = federation.add_aggregator(_config(tmp_path, rounds=3),
+        # a round open at the restart may wait for its deadline: a short one
+        first = federation.add_aggregator(_config(tmp_path, rounds=3, round_timeout_s=2),
                                           digits.initial_weights(),
                                           {"kind": "mlp", "sizes": digits.sizes})
         for i, (x, y) in enumerate(digits.shards):
