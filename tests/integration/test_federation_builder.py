@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +123,17 @@ def test_a_restarted_aggregator_resumes_from_its_store(mosquitto, tmp_path, digi
         assert again.version >= 1  # from the store, not from scratch
         federation.wait(timeout_s=60)
         assert federation.result().version == 3
+
+
+def test_the_snippet_in_docs_federation_runs(tmp_path):
+    """docs/federation.md's example, as a reader would paste it into a file."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "federation.md").read_text()
+    snippet = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "snippet.py"
+    script.write_text(snippet)
+    repo = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=180, cwd=tmp_path, env={**os.environ, "PYTHONPATH": repo})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.fullmatch(r"3 versions, accuracy 0\.\d{3}, \d+ bytes up, \d+ bytes down\n",
+                        done.stdout)
