@@ -37,7 +37,7 @@ def test_sync_federation_converges_and_every_update_is_used_once(mosquitto, tmp_
     initial = digits3.accuracy(digits3.initial_weights())
     agg, clients, result = federate(mosquitto, tmp_path, digits3, rounds=3)
     assert agg.version == 3 == result.version
-    assert result.final_accuracy == result.history[-1]["accuracy"]
+    assert result.final_accuracy is None  # the test fleet's aggregator has no evaluator
     assert result.bytes_up == sum(c.stats.bytes_up for c in clients) > 0
     assert [h["updates"] for h in agg.history[1:]] == [3, 3, 3]
     assert digits3.accuracy(agg.global_weights) > initial + 0.3
