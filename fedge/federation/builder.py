@@ -50,6 +50,7 @@ class Federation:
         self.devices: list[EdgeClient] = []
         self._helpers: list[tuple[Run, str]] = []
         self.parties: list[PartyThread] = []  # helpers, the aggregator, the devices
+        self._helper_parties: list[PartyThread] = []
         self._aggregator_party: PartyThread | None = None
         self._started = 0.0
         self._lock = threading.Lock()
@@ -116,12 +117,16 @@ class Federation:
         """Start every party on its own thread: helpers, then the aggregator, the devices."""
         aggregator = self.aggregator
         self._started = time.monotonic()
-        for run, name in self._helpers:
-            self.parties.append(PartyThread(run, name, self._failed))
-        self._aggregator_party = PartyThread(aggregator.run, "aggregator", self._failed)
-        self.parties.append(self._aggregator_party)
-        self.parties += [PartyThread(d.run, d.config.device_id, self._failed)
-                         for d in self.devices]
+        self._helper_parties = [PartyThread(run, name, self._failed, start=False)
+                                for run, name in self._helpers]
+        self._aggregator_party = PartyThread(aggregator.run, "aggregator", self._failed,
+                                             start=False)
+        devices = [PartyThread(d.run, d.config.device_id, self._failed, start=False)
+                   for d in self.devices]
+        with self._lock:  # all listed before any starts, so a first failure stops all
+            self.parties += [*self._helper_parties, self._aggregator_party, *devices]
+        for party in [*self._helper_parties, self._aggregator_party, *devices]:
+            party.start()
 
     def wait(self, timeout_s: float) -> None:
         """Until the aggregator has made its versions and the devices have left.
@@ -134,7 +139,7 @@ class Federation:
         if not finished or self._first_error() is not None:
             self._stop_all()
         for party in self.parties:  # devices leave when the aggregator says it is done
-            if party.name not in self._helper_names():
+            if party not in self._helper_parties:
                 party.wait(JOIN_S)
         self._stop_all()
         failed = self._first_error()
@@ -177,9 +182,6 @@ class Federation:
             self.parties.append(party)
         self._aggregator_party = party
         return self._aggregator
-
-    def _helper_names(self) -> set[str]:
-        return {name for _, name in self._helpers}
 
     def _failed(self, party: PartyThread, error: BaseException) -> None:
         log.info("%s failed, stopping the federation: %r", party.name, error)
