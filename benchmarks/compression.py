@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from fedge.demo import DemoConfig, run_demo
+from fedge.demo import run_demo
+from fedge.demo_flags import parse_demo_flags
 
 TARGET_ACCURACY = 0.95
 DEFAULT_CONFIGS = [
@@ -31,8 +32,9 @@ DEFAULT_CONFIGS = [
 
 
 def measure(uplink: str, downlink: str, rounds: int) -> dict:
-    s = run_demo(DemoConfig(rounds=rounds, uplink=uplink, downlink=downlink,
-                            broker="mosquitto", mode="sync"))
+    s = run_demo(parse_demo_flags(["--rounds", str(rounds), "--uplink", uplink,
+                                   "--downlink", downlink, "--broker", "mosquitto",
+                                   "--mode", "sync"]))
     accuracy = s["accuracy_per_version"]
     reached = next((i + 1 for i, a in enumerate(accuracy) if a >= TARGET_ACCURACY), None)
     cumulative = None

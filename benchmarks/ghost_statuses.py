@@ -17,7 +17,6 @@ import json
 import os
 import sqlite3
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +24,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from aggregator.config import AggregatorConfig, SyncConfig
-from aggregator.service import Aggregator
-from edge_client.client import ClientConfig, EdgeClient
+from edge_client.client import ClientConfig
 from edge_client.eligibility import EligibilityConfig
 from edge_client.shared.protocol import Status, TrainConfig, encode
 from edge_client.training import mlp_trainer
 from fedge.broker import MosquittoBroker
 from fedge.datasets import dirichlet_partition, load_digits
+from fedge.federation import Federation
 
 DEVICES = 5
 
@@ -71,53 +70,39 @@ def run(ghosts: int, versions: int, cap_s: float) -> dict:
     x, y = load_digits()
     parts = dirichlet_partition(y, DEVICES, 1.0, 0)
     sizes = [x.shape[1], 16, 10]
-    config = AggregatorConfig(federation="ghosts", host=broker.host, port=broker.port,
-                              db_path=work / "aggregator.sqlite3", rounds=0,
+    config = AggregatorConfig(federation="ghosts", db_path=work / "aggregator.sqlite3", rounds=0,
                               train=TrainConfig(epochs=1),
                               sync=SyncConfig(target_updates=DEVICES, round_timeout_s=10))
-    stops = [threading.Event() for _ in range(DEVICES + 1)]
-    threads: list[threading.Thread] = []
     try:
-        agg = Aggregator(config, initial_weights=mlp_trainer(sizes, seed=0).get_weights(),
-                         arch={"kind": "mlp", "sizes": sizes})
-        threads.append(threading.Thread(target=agg.run, args=(stops[0],), daemon=True))
-        for i, part in enumerate(parts):
-            client = EdgeClient(ClientConfig(
-                device_id=f"dev-{i}", federation="ghosts", host=broker.host,
-                port=broker.port, state_dir=work / f"dev-{i}", exit_when_done=False,
-                eligibility=EligibilityConfig(enabled=False)),
-                mlp_trainer(sizes, seed=i), x[part], y[part])
-            threads.append(threading.Thread(target=client.run, args=(stops[i + 1],),
-                                            daemon=True))
-        for thread in threads:
-            thread.start()
-        _until(lambda: agg.version >= 1, 60)
-        flood_s = _flood(broker, "ghosts", ghosts) if ghosts else 0.0
-        start = agg.version
-        took = _until(lambda: agg.version >= start + versions, cap_s)
-        made = agg.version - start
-        stops[0].set()
-        threads[0].join(30)
-        db = config.db_path
-        result = {"ghosts": ghosts, "flood_s": round(flood_s, 2), "versions": made,
-                  "s": round(took, 2),
-                  "aborted": _count(db, "SELECT COUNT(*) FROM tasks WHERE state='aborted'"),
-                  "device_rows": _count(db, "SELECT COUNT(*) FROM devices")}
-        again = Aggregator(config)  # a restart, the ghosts still retained on the broker
-        stops[0] = threading.Event()
-        threads[0] = threading.Thread(target=again.run, args=(stops[0],), daemon=True)
-        threads[0].start()
-        start = again.version
-        took = _until(lambda: again.version >= start + 5, cap_s)
-        result["after_restart"] = {"versions": again.version - start, "s": round(took, 2)}
-        return result
+        with Federation(broker) as federation:
+            agg = federation.add_aggregator(config, mlp_trainer(sizes, seed=0).get_weights(),
+                                            {"kind": "mlp", "sizes": sizes})
+            for i, part in enumerate(parts):
+                federation.add_device(ClientConfig(
+                    device_id=f"dev-{i}", federation="ghosts", state_dir=work / f"dev-{i}",
+                    exit_when_done=False, eligibility=EligibilityConfig(enabled=False)),
+                    mlp_trainer(sizes, seed=i), x[part], y[part])
+            federation.start()
+            _until(lambda: agg.version >= 1, 60)
+            flood_s = _flood(broker, "ghosts", ghosts) if ghosts else 0.0
+            start = agg.version
+            took = _until(lambda: agg.version >= start + versions, cap_s)
+            made = agg.version - start
+            federation.stop_aggregator()
+            db = config.db_path
+            result = {"ghosts": ghosts, "flood_s": round(flood_s, 2), "versions": made,
+                      "s": round(took, 2),
+                      "aborted": _count(db, "SELECT COUNT(*) FROM tasks WHERE state='aborted'"),
+                      "device_rows": _count(db, "SELECT COUNT(*) FROM devices")}
+            # a restart, the ghosts still retained on the broker
+            again = federation.restart_aggregator()
+            start = again.version
+            took = _until(lambda: again.version >= start + 5, cap_s)
+            result["after_restart"] = {"versions": again.version - start,
+                                       "s": round(took, 2)}
+            return result
     finally:
-        for stop in stops:
-            stop.set()
-        for thread in threads:
-            thread.join(30)
         broker.stop()
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -27,6 +27,7 @@ on the demo job itself with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -36,14 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from aggregator.service import Aggregator
 from aggregator.strategy import Strategy, StrategyConfig, build_strategy
-from edge_client.client import ClientConfig, EdgeClient
-from edge_client.training import Trainer, mlp_trainer
-from fedge.broker import start_broker
-from fedge.demo import DemoConfig, _aggregator_config, _profile, _run_all, prepare_data
-from fedge.fleet import SimulatedFleet
-from fedge.poisoning import ATTACKS, PoisonedTrainer
+from fedge.demo import Demo, federate
+from fedge.demo_flags import parse_demo_flags
+from fedge.poisoning import ATTACKS
 
 TARGET_POINTS = 2.0
 ROBUST = ("median", "trimmed_mean", "krum", "multi_krum", "norm_bound")
@@ -64,37 +61,16 @@ class _KrumChoices(logging.Handler):
             self.with_attacker += bool(kept & self.attackers)
 
 
-def federation(cfg: DemoConfig, strategy: Strategy, attack: str | None,
+def federation(demo: Demo, strategy: Strategy, attack: str | None,
                attackers: int) -> dict:
-    """One federation as run_demo builds it, with the first `attackers` devices poisoned."""
-    job = prepare_data(cfg)
-    sizes = [job.shards[0][0].shape[1], cfg.hidden, 10]
+    """One federation as `fedge demo` builds it, with the first `attackers` devices
+    poisoned (the aggregator's config stays the clean demo's; `strategy` replaces its)."""
+    fleet = dataclasses.replace(demo.fleet, attackers=attackers if attack else 0,
+                                attack=attack or demo.fleet.attack)
     workdir = Path(tempfile.mkdtemp(prefix="fedge-poisoning-"))
     started = time.monotonic()
-    with start_broker(cfg.broker) as broker:
-        evaluator = mlp_trainer(sizes, seed=cfg.seed)
-
-        def evaluate(weights: dict) -> dict[str, float]:
-            evaluator.set_weights(weights)
-            return evaluator.evaluate(job.x_test, job.y_test)
-
-        aggregator = Aggregator(_aggregator_config(cfg, broker.host, broker.port, workdir),
-                                initial_weights=mlp_trainer(sizes, cfg.seed).get_weights(),
-                                arch={"kind": "mlp", "sizes": sizes}, evaluate=evaluate,
-                                strategy=strategy)
-        fleet = SimulatedFleet(_profile(cfg), workdir, cfg.devices)
-        clients = []
-        for i, (xs, ys) in enumerate(job.shards):
-            trainer: Trainer = mlp_trainer(sizes, seed=cfg.seed + 1 + i)
-            if attack is not None and i < attackers:
-                trainer = PoisonedTrainer(trainer, ATTACKS[attack])
-            config = ClientConfig(device_id=f"device-{i}", federation="demo",
-                                  host=broker.host, port=broker.port,
-                                  state_dir=workdir / f"device-{i}", eligibility_check_s=0.2)
-            clients.append(EdgeClient(config, fleet.trainer(i, trainer), xs, ys,
-                                      policy=fleet.policy(i)))
-        _run_all(aggregator, clients, fleet, cfg.timeout_s)
-    history = [h for h in aggregator.history if h["version"] > 0]
+    run = federate(dataclasses.replace(demo, fleet=fleet), workdir, strategy=strategy)
+    history = run.result.history
     accuracy = [round(float(h["accuracy"]), 4) for h in history]
     return {"final_accuracy": accuracy[-1], "best_accuracy": max(accuracy),
             "mean_accuracy": round(float(np.mean(accuracy)), 4),
@@ -112,8 +88,10 @@ def main() -> None:
     parser.add_argument("--no-clean-robust", action="store_true",
                         help="skip the robust strategies' runs without attackers")
     args = parser.parse_args()
-    cfg = DemoConfig(devices=args.devices, rounds=args.rounds, uplink="dense",
-                     downlink="full", broker="mosquitto", timeout_s=300)
+    demo = parse_demo_flags(["--devices", str(args.devices), "--rounds", str(args.rounds),
+                             "--uplink", "dense", "--downlink", "full",
+                             "--broker", "mosquitto"])
+    demo.fleet.timeout_s = 300
     attacker_ids = {f"device-{i}" for i in range(args.attackers)}
     warnings = logging.StreamHandler()  # warnings (a Krum fall-back, say) still print
     warnings.setLevel(logging.WARNING)
@@ -133,7 +111,7 @@ def main() -> None:
         # f = the attackers there are; trim 20% per side; Multi-Krum averages n - f
         strategy = build_strategy(StrategyConfig(name=name, byzantine=args.attackers))
         try:
-            run = federation(cfg, strategy, attack, args.attackers)
+            run = federation(demo, strategy, attack, args.attackers)
         finally:
             krum_log.removeHandler(choices)
         row = {"attack": attack or "none", "strategy": name, **run}
@@ -153,8 +131,9 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "poisoning",
         "job": {"devices": args.devices, "attackers": sorted(attacker_ids),
-                "rounds": args.rounds, "alpha": cfg.alpha, "seed": cfg.seed,
-                "epochs": cfg.epochs, "uplink": "dense-f32", "downlink": "full-f32",
+                "rounds": args.rounds, "alpha": demo.fleet.alpha,
+                "seed": demo.aggregator.seed, "epochs": demo.aggregator.train.epochs,
+                "uplink": "dense-f32", "downlink": "full-f32",
                 "broker": "mosquitto", "byzantine_f": args.attackers,
                 "trim_fraction": StrategyConfig().trim_fraction,
                 "multi_krum_m": args.devices - args.attackers},

@@ -32,15 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from aggregator.privacy import PrivacyConfig, Step, epsilon
-from aggregator.service import Aggregator
 from aggregator.strategy import Contribution, FedAvg
-from edge_client.client import ClientConfig, EdgeClient
 from edge_client.shared.protocol import Weights
 from edge_client.shared.protocol.tensors import flatten_sorted
-from edge_client.training import mlp_trainer
-from fedge.broker import start_broker
-from fedge.demo import DemoConfig, _aggregator_config, _profile, _run_all, prepare_data
-from fedge.fleet import SimulatedFleet
+from fedge.demo import Demo, federate
+from fedge.demo_flags import parse_demo_flags
 
 DELTA = 1e-5
 POPULATIONS = (100, 1000, 10000)
@@ -59,33 +55,12 @@ class NormRecordingFedAvg(FedAvg):
         return super().aggregate(global_weights, contributions, server_lr)
 
 
-def federation(cfg: DemoConfig, privacy: PrivacyConfig, strategy: FedAvg) -> dict:
-    job = prepare_data(cfg)
-    sizes = [job.shards[0][0].shape[1], cfg.hidden, 10]
+def federation(demo: Demo, privacy: PrivacyConfig, strategy: FedAvg) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="fedge-privacy-"))
     started = time.monotonic()
-    with start_broker(cfg.broker) as broker:
-        evaluator = mlp_trainer(sizes, seed=cfg.seed)
-
-        def evaluate(weights: dict) -> dict[str, float]:
-            evaluator.set_weights(weights)
-            return evaluator.evaluate(job.x_test, job.y_test)
-
-        config = dataclasses.replace(_aggregator_config(cfg, broker.host, broker.port,
-                                                        workdir), privacy=privacy)
-        aggregator = Aggregator(config, initial_weights=mlp_trainer(sizes, cfg.seed).get_weights(),
-                                arch={"kind": "mlp", "sizes": sizes}, evaluate=evaluate,
-                                strategy=strategy)
-        fleet = SimulatedFleet(_profile(cfg), workdir, cfg.devices)
-        clients = []
-        for i, (xs, ys) in enumerate(job.shards):
-            client_cfg = ClientConfig(device_id=f"device-{i}", federation="demo",
-                                      host=broker.host, port=broker.port,
-                                      state_dir=workdir / f"device-{i}", eligibility_check_s=0.2)
-            clients.append(EdgeClient(client_cfg, fleet.trainer(i, mlp_trainer(
-                sizes, seed=cfg.seed + 1 + i)), xs, ys, policy=fleet.policy(i)))
-        _run_all(aggregator, clients, fleet, cfg.timeout_s)
-    history = [h for h in aggregator.history if h["version"] > 0]
+    private = dataclasses.replace(demo, aggregator=dataclasses.replace(demo.aggregator,
+                                                                       privacy=privacy))
+    history = federate(private, workdir, strategy=strategy).result.history
     accuracy = [round(float(h["accuracy"]), 4) for h in history]
     out = {"final_accuracy": accuracy[-1], "best_accuracy": max(accuracy),
            "accuracy_per_version": accuracy, "wall_s": round(time.monotonic() - started, 1)}
@@ -97,7 +72,7 @@ def federation(cfg: DemoConfig, privacy: PrivacyConfig, strategy: FedAvg) -> dic
                 "noise_std_per_coordinate": round(history[-1]["dp_noise_std"], 5),
                 "updates_clipped": sum(h["dp_clipped"] for h in history),
                 "epsilon_if_sampled_from": {
-                    str(n): round(epsilon([Step(cfg.devices / n, s.noise_multiplier)
+                    str(n): round(epsilon([Step(demo.fleet.devices / n, s.noise_multiplier)
                                            for s in steps], DELTA), 3) for n in POPULATIONS}}
     return out
 
@@ -113,11 +88,13 @@ def main() -> None:
                         help="fixed clip C; default: the median update norm without DP")
     parser.add_argument("--hidden", type=int, default=1333)
     args = parser.parse_args()
-    cfg = DemoConfig(devices=args.devices, rounds=args.rounds, hidden=args.hidden,
-                     uplink="dense", downlink="full", broker="mosquitto", timeout_s=600)
+    demo = parse_demo_flags(["--devices", str(args.devices), "--rounds", str(args.rounds),
+                             "--uplink", "dense", "--downlink", "full",
+                             "--broker", "mosquitto"])
+    demo.fleet.hidden = args.hidden
 
     recorder = NormRecordingFedAvg()
-    clean = federation(cfg, PrivacyConfig(), recorder)
+    clean = federation(demo, PrivacyConfig(), recorder)
     norms = np.array([n for version in recorder.norms for n in version])
     clip = args.clip if args.clip is not None else float(np.median(norms))
     print(f"no DP      final {clean['final_accuracy']:.4f}; update norms median "
@@ -126,8 +103,8 @@ def main() -> None:
     runs = []
     for z in args.noise:
         privacy = PrivacyConfig(mode="central", clip=clip, noise_multiplier=z, delta=DELTA,
-                                seed=cfg.seed)
-        run = federation(cfg, privacy, FedAvg())
+                                seed=demo.aggregator.seed)
+        run = federation(demo, privacy, FedAvg())
         runs.append({"noise_multiplier": z, **run,
                      "points_vs_no_dp": round(100 * (run["final_accuracy"]
                                                      - clean["final_accuracy"]), 2)})
@@ -138,8 +115,9 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "privacy",
         "job": {"devices": args.devices, "rounds": args.rounds, "hidden": args.hidden,
-                "parameters": parameters, "alpha": cfg.alpha, "seed": cfg.seed,
-                "epochs": cfg.epochs, "uplink": "dense-f32", "downlink": "full-f32",
+                "parameters": parameters, "alpha": demo.fleet.alpha,
+                "seed": demo.aggregator.seed, "epochs": demo.aggregator.train.epochs,
+                "uplink": "dense-f32", "downlink": "full-f32",
                 "broker": "mosquitto", "mode": "central", "delta": DELTA,
                 "cohort": args.devices, "clip": round(clip, 4),
                 "clip_from": "--clip" if args.clip is not None else "median norm without DP"},

@@ -18,29 +18,32 @@ import threading
 import time
 
 from aggregator.strategy import Contribution, FedAvg
-from edge_client.training import FitConfig, NumpyTrainer, mlp_trainer
-from fedge.demo import DemoConfig, prepare_data, run_demo
+from edge_client.training import FitConfig, NumpyTrainer
+from fedge.demo import Demo, run_demo
+from fedge.demo_flags import parse_demo_flags
+from fedge.digits_job import DigitsJob
 
 TARGET_OVERHEAD_S = 0.5
 
 
-def fedge_run(cfg: DemoConfig) -> dict:
-    summary = run_demo(cfg)
+def fedge_run(demo: Demo) -> dict:
+    summary = run_demo(demo)
     return {k: summary[k] for k in ("final_accuracy", "round_wall_s_median",
                                     "train_s_median", "round_overhead_s_median", "wall_s",
                                     "bytes_up", "bytes_down")}
 
 
-def in_memory_run(cfg: DemoConfig) -> dict:
+def in_memory_run(demo: Demo) -> dict:
     """The same rounds with no broker, no serialization and no storage."""
-    job = prepare_data(cfg)
-    sizes = [job.shards[0][0].shape[1], cfg.hidden, 10]
-    global_w = mlp_trainer(sizes, seed=cfg.seed).get_weights()
-    trainers = [mlp_trainer(sizes, seed=cfg.seed + 1 + i) for i in range(cfg.devices)]
-    fit = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                    momentum=cfg.momentum)
+    fleet, config = demo.fleet, demo.aggregator
+    job = DigitsJob.split(fleet.devices, fleet.alpha, config.seed, fleet.hidden)
+    global_w = job.initial_weights()
+    trainers = [job.device_trainer(i) for i in range(fleet.devices)]
+    train = config.train
+    fit = FitConfig(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
+                    momentum=train.momentum)
     walls, overheads = [], []
-    for _ in range(cfg.rounds):
+    for _ in range(config.rounds):
         global_w, wall, slowest = _in_memory_round(trainers, job.shards, global_w, fit)
         walls.append(wall)
         overheads.append(wall - slowest)
@@ -80,18 +83,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--broker", default="mosquitto", choices=("mosquitto", "embedded"))
     args = parser.parse_args()
-    cfg = DemoConfig(broker=args.broker)
+    demo = parse_demo_flags(["--broker", args.broker])
     fedge_runs, baseline_runs = [], []
     for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
-        baseline_runs.append(in_memory_run(cfg))
-        fedge_runs.append(fedge_run(cfg))
+        baseline_runs.append(in_memory_run(demo))
+        fedge_runs.append(fedge_run(demo))
     fedge_round = statistics.median(r["round_wall_s_median"] for r in fedge_runs)
     base_round = statistics.median(r["round_wall_s_median"] for r in baseline_runs)
     overhead = statistics.median(r["round_overhead_s_median"] for r in fedge_runs)
     print(json.dumps({
         "benchmark": "round_latency",
-        "job": {"devices": cfg.devices, "rounds": cfg.rounds, "hidden": cfg.hidden,
-                "epochs": cfg.epochs, "batch_size": cfg.batch_size, "broker": args.broker,
+        "job": {"devices": demo.fleet.devices, "rounds": demo.fleet.rounds,
+                "hidden": demo.fleet.hidden, "epochs": demo.aggregator.train.epochs,
+                "batch_size": demo.aggregator.train.batch_size, "broker": args.broker,
                 "repeats": args.repeats},
         "fedge": {
             "round_wall_s_median": round(fedge_round, 4),

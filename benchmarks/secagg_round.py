@@ -5,7 +5,8 @@
 The job: digits, an MLP 64-<hidden>-10 (the demo's 1333 gives about 100,000 parameters),
 one device per Dirichlet(1.0) shard, 1 local epoch, sync rounds whose target is every
 device, no downlink deltas. Three federations run one after the other on one private
-mosquitto, each with its aggregator and devices on threads of this process:
+mosquitto, each a fedge.federation.Federation (its aggregator and devices on threads of
+this process):
 
 - `plain`: dense float32 updates, FedAvg;
 - `secagg_v16`: [secagg] value_bits = 16 (32-bit masked words), complete graph;
@@ -26,7 +27,6 @@ import argparse
 import json
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,13 +34,13 @@ import numpy as np
 
 from aggregator.config import AggregatorConfig, DownlinkConfig, SyncConfig
 from aggregator.secagg.config import SecAggConfig
-from aggregator.service import Aggregator
-from edge_client.client import ClientConfig, EdgeClient
+from edge_client.client import ClientConfig
 from edge_client.eligibility import EligibilityConfig
 from edge_client.shared.protocol import TrainConfig
 from edge_client.training import mlp_trainer
 from fedge.broker import MosquittoBroker
 from fedge.datasets import dirichlet_partition, load_digits, stratified_split
+from fedge.federation import Federation
 
 FEDERATION = "bench"  # plus the case name
 
@@ -48,35 +48,32 @@ FEDERATION = "bench"  # plus the case name
 def run(name: str, broker: MosquittoBroker, workdir: Path, data: dict, devices: int,
         rounds: int, secagg: SecAggConfig) -> dict:
     sizes = data["sizes"]
-    federation = f"{FEDERATION}-{name}"  # retained messages of one run never reach another
-    cfg = AggregatorConfig(federation=federation, host=broker.host, port=broker.port,
-                           db_path=workdir / f"{name}.sqlite3", rounds=rounds,
+    # retained messages of one run never reach another
+    federation_name = f"{FEDERATION}-{name}"
+    cfg = AggregatorConfig(federation=federation_name, db_path=workdir / f"{name}.sqlite3",
+                           rounds=rounds,
                            train=TrainConfig(epochs=1, lr=0.1, momentum=0.5),
                            sync=SyncConfig(target_updates=devices, round_timeout_s=120),
                            downlink=DownlinkConfig(delta=False), secagg=secagg)
-    agg = Aggregator(cfg, initial_weights=mlp_trainer(sizes, seed=0).get_weights(),
-                     arch={"kind": "mlp", "sizes": sizes})
-    clients = []
-    for i, (x, y) in enumerate(data["shards"]):
-        ccfg = ClientConfig(device_id=f"{name}-{i}", federation=federation, host=broker.host,
-                            port=broker.port, state_dir=workdir / name / f"dev-{i}",
-                            eligibility=EligibilityConfig(enabled=False))
-        clients.append(EdgeClient(ccfg, mlp_trainer(sizes, seed=i), x, y))
-    threads = [threading.Thread(target=agg.run, daemon=True)] + [
-        threading.Thread(target=c.run, daemon=True) for c in clients]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    if agg.version < rounds:
-        raise RuntimeError(f"{name}: only {agg.version} of {rounds} versions were made")
-    history = agg.history[1:]
+    with Federation(broker) as federation:
+        federation.add_aggregator(cfg, mlp_trainer(sizes, seed=0).get_weights(),
+                                  {"kind": "mlp", "sizes": sizes})
+        for i, (x, y) in enumerate(data["shards"]):
+            ccfg = ClientConfig(device_id=f"{name}-{i}", federation=federation_name,
+                                state_dir=workdir / name / f"dev-{i}",
+                                eligibility=EligibilityConfig(enabled=False))
+            federation.add_device(ccfg, mlp_trainer(sizes, seed=i), x, y)
+        result = federation.run(timeout_s=600)
+    if result.version < rounds:
+        raise RuntimeError(f"{name}: only {result.version} of {rounds} versions were made")
+    history = result.history
     trainer = mlp_trainer(sizes)
-    trainer.set_weights(agg.global_weights)
+    trainer.set_weights(result.global_weights)
+    stats = list(result.device_stats.values())
     out = {"round_wall_s_median": statistics.median(h["round_wall_s"] for h in history),
-           "device_bytes_up_median": statistics.median(c.stats.bytes_up for c in clients),
+           "device_bytes_up_median": statistics.median(s.bytes_up for s in stats),
            "final_accuracy": trainer.evaluate(data["x_test"], data["y_test"])["accuracy"]}
-    per_round = [max(c.stats.train_s[r] for c in clients if len(c.stats.train_s) > r)
+    per_round = [max(s.train_s[r] for s in stats if len(s.train_s) > r)
                  for r in range(rounds)]  # the devices' own clocks, for both kinds of round
     out["slowest_train_s_median"] = statistics.median(per_round)
     if secagg.enabled:

@@ -11,16 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from aggregator.strategy import STRATEGIES
 from edge_client.blas_threads import limit_blas_threads
 from edge_client.shared.settings import ConfigError
 from fedge.aggregator_cli import add_aggregator_parser
 from fedge.bridge_cli import add_bridge_parser
-from fedge.demo import DP_MODES, DemoConfig, check_demo, model_versions, run_demo
+from fedge.demo import run_demo
+from fedge.demo_flags import add_demo_flags, demo_from_flags
 from fedge.export_cli import add_export_parser
 from fedge.keys_cli import add_keys_parser
 from fedge.log_format import setup_logging
-from fedge.poisoning import ATTACKS
 from fedge.progress import ProgressBar
 from fedge.roles import build_device, run_until_signal
 from fedge.status_cli import add_status_parser
@@ -63,62 +62,7 @@ def _log_level(args: argparse.Namespace) -> int:
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run a whole federation on this machine")
-    d = DemoConfig()
-    p.add_argument("--devices", type=int, default=d.devices)
-    p.add_argument("--rounds", type=int, default=d.rounds,
-                   help="rounds of device work; async makes rounds*devices/buffer versions")
-    p.add_argument("--mode", choices=("sync", "async"), default=d.mode)
-    p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default=d.broker)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet label skew")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--buffer-size", type=int, default=d.buffer_size,
-                   help="async: aggregate every K updates")
-    p.add_argument("--uplink", default=d.uplink,
-                   help="update codec, e.g. 'topk=0.01,q4', 'randk=0.05,q8', 'f16', 'dense' "
-                        "(default: topk=0.01,q4 in sync mode, q8 in async mode or with "
-                        "--dp central; --secagg sends its own fixed-point integers)")
-    p.add_argument("--downlink", default=d.downlink,
-                   help="model delta codec, e.g. 'q8', 'q4'; 'full' sends whole models only")
-    p.add_argument("--full-model", choices=("f32", "f16"), default=d.full_model,
-                   help="precision of whole models sent to devices")
-    p.add_argument("--profile", choices=("always", "diurnal"), default=d.profile,
-                   help="device behaviour: always eligible, or simulated days of charging, "
-                        "use and flaky Wi-Fi")
-    p.add_argument("--day-s", type=float, default=d.day_s,
-                   help="diurnal: wall seconds per simulated day")
-    p.add_argument("--secure", action="store_true",
-                   help="TLS, passwords and per-device ACLs at mosquitto; signed updates, "
-                        "models, tasks and acks; every device enrolled")
-    p.add_argument("--workdir", help="keep the SQLite store and device state here")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON last")
-    p.add_argument("--dashboard", type=int, metavar="PORT", default=d.dashboard_port,
-                   help="serve the gateway dashboard while the federation runs, on "
-                        "127.0.0.1:PORT only (0: a free port), without tokens: anyone on "
-                        "this machine can read it; needs the aggregator extra")
-    p.add_argument("--secagg", action="store_true",
-                   help="secure aggregation of sync rounds: the aggregator sees only the "
-                        "sum of the updates (replaces --uplink; needs >= 3 devices)")
-    p.add_argument("--dp", choices=DP_MODES, default=d.dp,
-                   help="differential privacy: central (the aggregator clips and adds noise) "
-                        "or distributed (each device does; needs --secagg)")
-    p.add_argument("--noise-multiplier", type=float, default=d.noise_multiplier,
-                   help="DP: z, the noise std over the clip")
-    p.add_argument("--clip", type=float, default=d.clip,
-                   help="DP: C, the L2 bound on each device's update (default: about the "
-                        "median update norm of the demo job)")
-    p.add_argument("--target-epsilon", type=float, default=d.target_epsilon,
-                   help="DP: stop training before epsilon (at delta 1e-5) would pass this; "
-                        "0: no budget")
-    p.add_argument("--strategy", choices=sorted(STRATEGIES), default=d.strategy,
-                   help="aggregation rule: fedavg, a server optimizer or a robust rule")
-    p.add_argument("--attackers", type=int, default=d.attackers, metavar="K",
-                   help="the first K devices send poisoned updates")
-    p.add_argument("--attack", choices=tuple(ATTACKS), default=d.attack,
-                   help="sign_flip: the honest update reversed; scale10: boosted tenfold")
+    add_demo_flags(p)
     p.set_defaults(func=_demo)
 
 
@@ -140,23 +84,14 @@ def _device(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    cfg = DemoConfig(devices=args.devices, rounds=args.rounds, mode=args.mode,
-                     broker=args.broker, seed=args.seed, alpha=args.alpha,
-                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     momentum=args.momentum, buffer_size=args.buffer_size,
-                     uplink=args.uplink, downlink=args.downlink, profile=args.profile,
-                     day_s=args.day_s, secure=args.secure, full_model=args.full_model,
-                     workdir=args.workdir, dashboard_port=args.dashboard,
-                     secagg=args.secagg, dp=args.dp, noise_multiplier=args.noise_multiplier,
-                     clip=args.clip, target_epsilon=args.target_epsilon,
-                     strategy=args.strategy, attackers=args.attackers, attack=args.attack)
     try:
-        check_demo(cfg)
+        demo = demo_from_flags(args)
     except ValueError as exc:
         print(f"fedge demo: {exc}", file=sys.stderr)
         return 2
-    bar = ProgressBar(model_versions(cfg), f"fedge demo ({cfg.mode}, {cfg.devices} devices)")
-    if cfg.dashboard_port is None:  # else the bar starts below the dashboard's address
+    config, fleet = demo.aggregator, demo.fleet
+    bar = ProgressBar(config.rounds, f"fedge demo ({config.mode}, {fleet.devices} devices)")
+    if fleet.dashboard_port is None:  # else the bar starts below the dashboard's address
         bar.show(0, "starting")
 
     def on_version(report: VersionReport) -> None:
@@ -166,7 +101,7 @@ def _demo(args: argparse.Namespace) -> int:
     # demo's `with` blocks stop the broker it started instead of leaving it running.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        summary = run_demo(cfg, on_version=on_version)
+        summary = run_demo(demo, on_version=on_version)
     except (RuntimeError, TimeoutError, ValueError) as exc:
         bar.close()
         print(f"fedge demo failed: {exc}", file=sys.stderr)

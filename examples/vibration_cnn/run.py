@@ -3,13 +3,13 @@
     .venv/bin/python examples/vibration_cnn/run.py [--devices 5] [--rounds 15] [--seed 0]
                                                    [--json] [--out DIR] [--workdir DIR]
 
-One machine runs everything: an MQTT broker (mosquitto, or the embedded amqtt
-fallback), the gateway's Aggregator, and one EdgeClient per simulated machine, each
-with only its own machine's vibration windows. They train the int8-aware 1D-CNN over
-MQTT for --rounds sync rounds; one device serves every global model it receives with
-an int8 onnxruntime Predictor (hot swaps). Then the final global model is exported to
-int8 ONNX and served on held-out windows from every machine. Prints a summary; with
---json, one JSON object on stdout (progress goes to stderr).
+One machine runs everything, built with fedge.federation: an MQTT broker (mosquitto,
+or the embedded amqtt fallback), the gateway's Aggregator, and one EdgeClient per
+simulated machine, each with only its own machine's vibration windows. They train the
+int8-aware 1D-CNN over MQTT for --rounds sync rounds; one device serves every global
+model it receives with an int8 onnxruntime Predictor (hot swaps). Then the final global
+model is exported to int8 ONNX and served on held-out windows from every machine. Prints
+a summary; with --json, one JSON object on stdout (progress goes to stderr).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +49,8 @@ from examples.vibration_cnn.synthetic import (
     make_fleet,
     windows,
 )
-from fedge.broker import BrokerHandle, start_broker
+from fedge.broker import BrokerHandle
+from fedge.federation import Federation
 
 # Two conv blocks see the shaft harmonics (tens of ms) and the bearing's ringing (a few
 # ms); 7,652 weights, a 13 KB int8 ONNX. "qat": devices train the int8 model they serve.
@@ -122,38 +122,34 @@ def run_example(cfg: ExampleConfig, broker: BrokerHandle | None = None,
     started = time.monotonic()
     data = make_data(cfg)
     workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="fedge-vibration-"))
-    own_broker = broker is None
-    broker = start_broker(cfg.broker) if broker is None else broker
-    try:
-        aggregator = _aggregator(cfg, data, broker, workdir, on_version)
+    with Federation(broker if broker is not None else cfg.broker) as federation:
+        aggregator = _aggregator(cfg, data, federation, workdir, on_version)
         serving = HotSwapLog(Predictor(runtime="onnxruntime", int8=True),
                              data.x_check, data.y_check)
-        clients = [_device(cfg, i, data.shards[i], broker, workdir,
-                           serving.on_model if i == 0 else None)
-                   for i in range(cfg.devices)]
-        _run_all(aggregator, clients, cfg.timeout_s)
-    finally:
-        if own_broker:
-            broker.stop()
+        for i in range(cfg.devices):
+            _device(cfg, i, data.shards[i], federation, workdir,
+                    serving.on_model if i == 0 else None)
+        result = federation.run(cfg.timeout_s)
+        broker_kind = federation.broker.kind
     federated_s = time.monotonic() - started
-    final = FinalModel(aggregator.version, aggregator.arch, aggregator.global_weights)
+    final = FinalModel(result.version, aggregator.arch, result.global_weights)
     served = export_and_serve(final, data.x_test, data.y_test, cfg.out)
-    history = [h for h in aggregator.history if h["version"] > 0]
     return {
         "devices": cfg.devices,
         "rounds": cfg.rounds,
         "seed": cfg.seed,
-        "broker": broker.kind,
+        "broker": broker_kind,
         "classes": list(CLASSES),
         "chance_accuracy": round(1 / len(CLASSES), 4),
         "window": {"samples": WINDOW, "axes": 3, "sample_rate_hz": SAMPLE_RATE_HZ},
         "machines": [_machine_summary(m, y)
                      for m, (_, y) in zip(data.machines, data.shards, strict=True)],
-        "accuracy_per_round": [round(h["accuracy"], 4) for h in history],
+        "accuracy_per_round": [round(a, 4) for a in result.accuracy_per_version],
         "final": served,
-        "device_serving": {"device": clients[0].config.device_id, **serving.summary()},
-        "bytes_up": sum(c.stats.bytes_up for c in clients),
-        "bytes_down": sum(c.stats.bytes_down for c in clients),
+        "device_serving": {"device": federation.devices[0].config.device_id,
+                           **serving.summary()},
+        "bytes_up": result.bytes_up,
+        "bytes_down": result.bytes_down,
         "wall_s": {"total": round(time.monotonic() - started, 2),
                    "federation": round(federated_s, 2),
                    "export_and_serve": round(time.monotonic() - started - federated_s, 2)},
@@ -161,7 +157,7 @@ def run_example(cfg: ExampleConfig, broker: BrokerHandle | None = None,
     }
 
 
-def _aggregator(cfg: ExampleConfig, data: Data, broker: BrokerHandle, workdir: Path,
+def _aggregator(cfg: ExampleConfig, data: Data, federation: Federation, workdir: Path,
                 on_version: Callable[[VersionReport], None] | None) -> Aggregator:
     """Sync rounds with every device; each new version scored on the held-out windows."""
     scorer = NumpyTrainer(build_model(ARCH, seed=cfg.seed))
@@ -171,61 +167,27 @@ def _aggregator(cfg: ExampleConfig, data: Data, broker: BrokerHandle, workdir: P
         return scorer.evaluate(data.x_test, data.y_test)  # the QAT (int8-simulating) forward
 
     config = AggregatorConfig(
-        federation=FEDERATION, host=broker.host, port=broker.port,
-        db_path=workdir / "aggregator.sqlite3", rounds=cfg.rounds, seed=cfg.seed,
+        federation=FEDERATION, db_path=workdir / "aggregator.sqlite3", rounds=cfg.rounds,
+        seed=cfg.seed,
         train=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                           momentum=cfg.momentum),
         sync=SyncConfig(target_updates=cfg.devices, round_timeout_s=120.0,
                         wait_for_devices_s=30.0))
     initial = NumpyTrainer(build_model(ARCH, seed=cfg.seed)).get_weights()
-    return Aggregator(config, initial_weights=initial, arch=ARCH, evaluate=evaluate,
-                      on_version=on_version)
+    return federation.add_aggregator(config, initial, ARCH, evaluate=evaluate,
+                                     on_version=on_version)
 
 
 def _device(cfg: ExampleConfig, index: int, shard: tuple[np.ndarray, np.ndarray],
-            broker: BrokerHandle, workdir: Path,
+            federation: Federation, workdir: Path,
             on_model: Callable[[int, dict, dict], None] | None) -> EdgeClient:
     """One machine's device. Eligibility is off: a simulated machine has no battery,
     and this host's /sys says nothing about it (fedge demo fakes the files instead)."""
     config = ClientConfig(device_id=f"machine-{index}", federation=FEDERATION,
-                          host=broker.host, port=broker.port,
                           state_dir=workdir / f"machine-{index}",
                           eligibility=EligibilityConfig(enabled=False))
     trainer = NumpyTrainer(build_model(ARCH, seed=cfg.seed + 1 + index))
-    return EdgeClient(config, trainer, *shard, on_model=on_model)
-
-
-def _run_all(aggregator: Aggregator, clients: list[EdgeClient], timeout_s: float) -> None:
-    """Every party on its own thread; the first error anywhere stops them all."""
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def guarded(run: Callable[[threading.Event], None]) -> Callable[[], None]:
-        def target() -> None:
-            try:
-                run(stop)
-            except BaseException as exc:  # reported below, in the caller's thread
-                errors.append(exc)
-                stop.set()
-        return target
-
-    threads = [threading.Thread(target=guarded(aggregator.run), name="aggregator",
-                                daemon=True)]
-    threads += [threading.Thread(target=guarded(c.run), name=c.config.device_id, daemon=True)
-                for c in clients]
-    for thread in threads:
-        thread.start()
-    threads[0].join(timeout_s)
-    timed_out = threads[0].is_alive()
-    if timed_out or errors:
-        stop.set()
-    for thread in threads:
-        thread.join(30)
-    stop.set()
-    if errors:
-        raise RuntimeError(f"{errors[0]!r} stopped the federation") from errors[0]
-    if timed_out:
-        raise TimeoutError(f"the federation did not finish within {timeout_s:.0f} s")
+    return federation.add_device(config, trainer, *shard, on_model=on_model)
 
 
 def _machine_summary(machine: Machine, labels: np.ndarray) -> dict[str, Any]:

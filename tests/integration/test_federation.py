@@ -13,6 +13,7 @@ from aggregator.config import SyncConfig
 from tests.integration.fleet import (
     Digits,
     Running,
+    federate,
     make_aggregator,
     make_client,
     start_all,
@@ -33,14 +34,11 @@ def _stored_updates(db_path) -> list[tuple]:
 
 
 def test_sync_federation_converges_and_every_update_is_used_once(mosquitto, tmp_path, digits3):
-    agg = make_aggregator(mosquitto, tmp_path, digits3, rounds=3)
-    initial = digits3.accuracy(agg.global_weights)
-    clients = [make_client(mosquitto, tmp_path, digits3, i) for i in range(3)]
-    runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"dev{i}")
-                                               for i, c in enumerate(clients)]
-    for run in runs:
-        run.join(60)
-    assert agg.version == 3
+    initial = digits3.accuracy(digits3.initial_weights())
+    agg, clients, result = federate(mosquitto, tmp_path, digits3, rounds=3)
+    assert agg.version == 3 == result.version
+    assert result.final_accuracy is None  # the test fleet's aggregator has no evaluator
+    assert result.bytes_up == sum(c.stats.bytes_up for c in clients) > 0
     assert [h["updates"] for h in agg.history[1:]] == [3, 3, 3]
     assert digits3.accuracy(agg.global_weights) > initial + 0.3
     rows = _stored_updates(agg.config.db_path)
@@ -53,12 +51,8 @@ def test_sync_federation_converges_and_every_update_is_used_once(mosquitto, tmp_
 
 
 def test_async_federation_weights_stale_updates(mosquitto, tmp_path, digits3):
-    agg = make_aggregator(mosquitto, tmp_path, digits3, mode="async", rounds=5)
-    initial = digits3.accuracy(agg.global_weights)
-    clients = [make_client(mosquitto, tmp_path, digits3, i) for i in range(3)]
-    runs = start_all(agg, clients)
-    for run in runs:
-        run.join(60)
+    initial = digits3.accuracy(digits3.initial_weights())
+    agg, _, _ = federate(mosquitto, tmp_path, digits3, mode="async", rounds=5)
     assert agg.version == 5
     assert all(h["updates"] == 2 for h in agg.history[1:])
     assert digits3.accuracy(agg.global_weights) > initial + 0.3
