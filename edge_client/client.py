@@ -1,4 +1,5 @@
-"""The device's shell: the MQTT link, the loop thread, the clock, the disk, the trainer.
+"""The device's shell: the MQTT link, the loop, the clock; the trainer and the disk
+through DeviceIO (edge_client.device_io).
 
 What the device decides lives in the sans-IO session (edge_client.session): this class
 turns link events and ticks into session events, carries out the actions the session
@@ -14,32 +15,19 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_client.client_config import ClientConfig
-from edge_client.device_state import DeviceState
+from edge_client.device_io import DeviceIO
 from edge_client.eligibility import Decision, EligibilityPolicy
 from edge_client.local_data import checked_local_data
 from edge_client.narration import DeviceNarrator
-from edge_client.outbox import Outbox, OutboxFull
 from edge_client.session import DeviceSession, Instant
 from edge_client.session import actions as act
-from edge_client.session.events import (
-    EligibilityChecked,
-    Event,
-    FitFinished,
-    LinkDown,
-    LinkUp,
-    ModelInstalled,
-    ModelRefused,
-    Resumed,
-    ShuttingDown,
-    Tick,
-    UpdateNotStored,
-    UpdateStored,
-)
-from edge_client.session.held_model import HeldModel, copy_weights
+from edge_client.session.events import EligibilityChecked, Event, LinkDown, LinkUp, Tick
+from edge_client.session.events import ShuttingDown
 from edge_client.session.keys import load_device_keys
 from edge_client.session.stats import ClientStats
 from edge_client.shared.inbox import Inbox
@@ -47,6 +35,9 @@ from edge_client.shared.protocol import RemoteProtocolError, Task, Topics
 from edge_client.shared.protocol.tensors import Weights
 from edge_client.shared.transport import Connected, Disconnected, Inbound, MqttLink, Will
 from edge_client.training.trainer import Trainer
+
+if TYPE_CHECKING:
+    from edge_client.secagg_session import DeviceSecAgg
 
 __all__ = ["ClientConfig", "ClientStats", "EdgeClient"]
 log = logging.getLogger(__name__)
@@ -62,17 +53,16 @@ class EdgeClient:
         self.config = config
         self.policy = policy or EligibilityPolicy.from_config(config.eligibility, app_busy)
         self.trainer = trainer
-        self.on_model = on_model  # (version, arch, weights) of each global model, e.g. a Predictor
         self._data = checked_local_data(x, y)  # one tuple, swapped whole by set_data
         self.events = Inbox(config.inbound_queue_bytes)  # bounded: the broker holds the rest
-        self.disk = DeviceState(config.state_dir, config.device_id, config.max_model_elements)
-        self.outbox = Outbox(config.state_dir / "outbox", config.outbox_max)
         self._stop = threading.Event()
         keys = load_device_keys(config.security)  # cryptography only when configured
         self.identity = keys.identity
         self.narrator = DeviceNarrator(config.device_id, config.federation,
                                        Topics(config.federation).task,
                                        no_task_warning_s=config.no_task_warning_s)
+        self.io = DeviceIO(config, trainer, self.narrator, on_model)
+        self.disk, self.outbox = self.io.disk, self.io.outbox
         self.session = DeviceSession(config, self.narrator, keys)
         self.topics, self.stats = self.session.topics, self.session.stats
         self.link = MqttLink(
@@ -82,9 +72,8 @@ class EdgeClient:
             will=Will(self.topics.status(config.device_id), self.session.will_payload(_now())),
             tls=config.broker_auth.tls(), credentials=config.broker_auth.credentials(),
         )
-        self._feed(self._resumed())
+        self._feed(self.io.resumed())
 
-    # ------------------------------------------------------------ public API
     @property
     def model_version(self) -> int | None:
         return self.session.model_version
@@ -94,10 +83,11 @@ class EdgeClient:
         """The latest task the aggregator published."""
         return self.session.task
 
-    _task = task  # the name tests and tools used before the session split
+    _task = task  # its name before the session split, still read by tests and tools
 
     @property
-    def secagg(self):  # DeviceSecAgg, imported only when secure rounds are used  # noqa: ANN201
+    def secagg(self) -> DeviceSecAgg:
+        """Secure rounds and their test hooks; imported on first use."""
         return self.session.secagg
 
     def set_data(self, x: np.ndarray, y: np.ndarray) -> None:
@@ -132,8 +122,14 @@ class EdgeClient:
                     event = self.events.get(timeout=self.session.poll_timeout(time.monotonic()))
                 except queue.Empty:
                     event = None
-                if event is not None:
-                    self._on_link_event(event)
+                if isinstance(event, Connected):
+                    self.narrator.connected(self.config.host, self.config.port)
+                    self._feed(LinkUp())
+                elif isinstance(event, Disconnected):
+                    self.narrator.disconnected(event.reason)
+                    self._feed(LinkDown(event.reason))
+                elif isinstance(event, Inbound):
+                    self.receive(event.topic, event.payload)
                 self._feed(Tick())
                 if self.session.sleeping:
                     continue
@@ -146,99 +142,53 @@ class EdgeClient:
                 self.link.stop()
             self.stats.bytes_up, self.stats.bytes_down = self.link.bytes_out, self.link.bytes_in
 
-    # ------------------------------------------------------------ events in
-    def _on_link_event(self, event: object) -> None:
-        if isinstance(event, Connected):
-            self.narrator.connected(self.config.host, self.config.port)
-            self._feed(LinkUp())
-        elif isinstance(event, Disconnected):
-            self.narrator.disconnected(event.reason)
-            self._feed(LinkDown(event.reason))
-        elif isinstance(event, Inbound):
-            try:  # the boundary of one message: none can stop the device loop
-                self._do(self.session.receive(event.topic, event.payload, _now()))
-            except RemoteProtocolError as exc:
-                self.stats.bad_messages += 1
-                log.warning("%s: ignored a bad message on %s: %s", self.config.device_id,
-                            event.topic, exc.reason)
-            except Exception as exc:  # our bug, not the sender's: log it and go on
-                self.stats.bad_messages += 1
-                log.error("%s: handling a message on %s failed: %s", self.config.device_id,
-                          event.topic, exc, exc_info=True)
+    def receive(self, topic: str, payload: bytes) -> None:
+        """Handle one message as the broker delivered it (run() calls this for each; tests
+        drive a device offline with it). No message can stop the device loop."""
+        try:
+            self._do(self.session.receive(topic, payload, _now()))
+        except RemoteProtocolError as exc:
+            self.stats.bad_messages += 1
+            log.warning("%s: ignored a bad message on %s: %s", self.config.device_id, topic,
+                        exc.reason)
+        except Exception as exc:  # our bug, not the sender's: log it and go on
+            self.stats.bad_messages += 1
+            log.error("%s: handling a message on %s failed: %s", self.config.device_id, topic,
+                      exc, exc_info=True)
 
+    # ------------------------------------------------------------ the session's actions
     def _feed(self, event: Event) -> None:
         self._do(self.session.handle(event, _now()))
 
     def _do(self, actions: list[act.Action]) -> None:
         for action in actions:
-            answer = self._execute(action)
-            if answer is not None:
-                self._feed(answer)
-
-    # ------------------------------------------------------------ actions out
-    def _execute(self, action: act.Action) -> Event | None:  # noqa: C901 - one case each
-        match action:
-            case act.Publish(topic, payload, retain):
-                self.link.publish(topic, payload, retain=retain)
-            case act.PublishUpdate(_, topic, chunks):
-                for chunk in chunks:
-                    if not self.link.publish(topic, chunk):
-                        break  # resent in full after the next Connected
-            case act.Subscribe(topic):
-                self.link.subscribe(topic)
-            case act.Unsubscribe(topic):
-                self.link.unsubscribe(topic)
-            case act.CheckEligibility():
-                return EligibilityChecked(self._check())
-            case act.InstallModel(version, tensors, arch):
-                try:
-                    self._install(version, tensors, arch)
-                except ValueError as exc:
-                    return ModelRefused(version, str(exc))
-                return ModelInstalled(version)
-            case act.StartFit():
-                return self._fit(action)
-            case act.StoreUpdate(nonce, payload):
-                return self._store(nonce, payload)
-            case act.RemoveUpdate(nonce):
-                self.outbox.remove(nonce)
-            case act.SetAsideUpdate(nonce, why):
-                self.outbox.set_aside(nonce, why)
-            case act.SaveModel(version, blob):
-                self._persist(f"model version {version}",
-                              lambda: self.disk.save_model(blob, version))
-            case act.SaveTasks(done, version):
-                self._persist("task list", lambda: self.disk.save_done_tasks(list(done),
-                                                                             version))
-            case act.SaveResidual(feedback, version):
-                self._persist("error-feedback residual",
-                              lambda: self.disk.save_residual(feedback, version))
-            case act.SleepUntil():
-                self.link.stop()
-            case act.Wake():
-                self.link.start()
-        return None  # StopFit is read by _should_stop
+            match action:
+                case act.Publish(topic, payload, retain):
+                    self.link.publish(topic, payload, retain=retain)
+                case act.PublishUpdate(_, topic, chunks):
+                    for chunk in chunks:
+                        if not self.link.publish(topic, chunk):
+                            break  # resent in full after the next Connected
+                case act.Subscribe(topic):
+                    self.link.subscribe(topic)
+                case act.Unsubscribe(topic):
+                    self.link.unsubscribe(topic)
+                case act.CheckEligibility():
+                    self._feed(EligibilityChecked(self._check()))
+                case act.SleepUntil():
+                    self.link.stop()
+                case act.Wake():
+                    self.link.start()
+                case act.StopFit():
+                    pass  # read by _should_stop, which asked
+                case _:
+                    answer = self.io.execute(action, lambda: self._data, self._should_stop,
+                                             self._stop.is_set)
+                    if answer is not None:
+                        self._feed(answer)
 
     def _check(self) -> Decision:
         return self.policy.check(time.time())
-
-    def _install(self, version: int, tensors: Weights, arch: dict) -> None:
-        self.trainer.set_weights(copy_weights(tensors))  # ValueError: names or shapes differ
-        if self.on_model is not None:
-            try:
-                self.on_model(version, arch, copy_weights(tensors))
-            except Exception:  # the app's serving must never stop the device loop
-                log.exception("%s: on_model failed for version %d", self.config.device_id,
-                              version)
-
-    def _fit(self, start: act.StartFit) -> FitFinished:
-        x, y = self._data  # one consistent pair, even if set_data runs meanwhile
-        self.narrator.training(start.task, len(x))
-        self.trainer.set_weights(start.weights)
-        before = self.trainer.evaluate(x, y)
-        result = self.trainer.fit(x, y, start.config, should_stop=self._should_stop)
-        return FitFinished(start.task.task_id, result, self.trainer.get_weights(), before,
-                           len(x), shutting_down=self._stop.is_set())
 
     def _should_stop(self) -> bool:
         """Checked between batches: shutting down, or the session stops the fit."""
@@ -247,42 +197,6 @@ class EdgeClient:
         actions = self.session.handle(EligibilityChecked(self._check()), _now())
         self._do(actions)
         return any(isinstance(a, act.StopFit) for a in actions)
-
-    def _store(self, nonce: str, payload: bytes) -> Event:
-        try:
-            self.outbox.put(nonce, payload)
-        except OutboxFull as exc:
-            return UpdateNotStored(nonce, str(exc), full=True)
-        except OSError as exc:
-            return UpdateNotStored(nonce, f"could not write the update to the outbox in "
-                                          f"{self.outbox.folder} ({exc.strerror or exc})")
-        return UpdateStored(nonce)
-
-    def _persist(self, what: str, write: Callable[[], None]) -> None:
-        """Write state that helps after a reboot but loses no update when it fails (the
-        outbox is written first): a full or read-only disk is logged, not fatal."""
-        try:
-            write()
-        except OSError as exc:
-            log.error("%s: could not save the %s in %s (%s); carrying on, will save it "
-                      "again next time", self.config.device_id, what, self.config.state_dir,
-                      exc.strerror or exc)
-
-    def _resumed(self) -> Resumed:
-        """What survived a reboot: the last model (installed now), tasks done, the outbox."""
-        model, held, residual = self.disk.load_model(), None, None
-        if model is not None:
-            try:
-                self._install(model.version, model.tensors, model.arch)
-            except ValueError as exc:
-                log.error("%s: stored model does not fit the trainer (%s); will fetch it "
-                          "again", self.config.device_id, exc)
-            else:
-                held = HeldModel(model.version, copy_weights(model.tensors), model.arch,
-                                 self.disk.model_sha256())
-                residual = self.disk.load_residual(sum(w.size for w in model.tensors.values()))
-        return Resumed(tuple(self.disk.load_done_tasks()), held, residual,
-                       tuple(self.outbox.entries()))
 
 
 def _now() -> Instant:
