@@ -26,8 +26,14 @@ from edge_client.local_data import checked_local_data
 from edge_client.narration import DeviceNarrator
 from edge_client.session import DeviceSession, Instant
 from edge_client.session import actions as act
-from edge_client.session.events import EligibilityChecked, Event, LinkDown, LinkUp, Tick
-from edge_client.session.events import ShuttingDown
+from edge_client.session.events import (
+    EligibilityChecked,
+    Event,
+    LinkDown,
+    LinkUp,
+    ShuttingDown,
+    Tick,
+)
 from edge_client.session.keys import load_device_keys
 from edge_client.session.stats import ClientStats
 from edge_client.shared.inbox import Inbox
@@ -73,6 +79,15 @@ class EdgeClient:
             tls=config.broker_auth.tls(), credentials=config.broker_auth.credentials(),
         )
         self._feed(self.io.resumed())
+
+    @property
+    def on_model(self) -> Callable[[int, dict, Weights], None] | None:
+        """(version, arch, weights) of each global model, e.g. a Predictor's load."""
+        return self.io.on_model
+
+    @on_model.setter
+    def on_model(self, hook: Callable[[int, dict, Weights], None] | None) -> None:
+        self.io.on_model = hook
 
     @property
     def model_version(self) -> int | None:

@@ -71,12 +71,12 @@ class DeviceIO:
             case act.SaveModel(version, blob):
                 self._persist(f"model version {version}",
                               lambda: self.disk.save_model(blob, version))
-            case act.SaveTasks(done, version):
+            case act.SaveTasks(done, held_version):
                 self._persist("task list",
-                              lambda: self.disk.save_done_tasks(list(done), version))
-            case act.SaveResidual(feedback, version):
+                              lambda: self.disk.save_done_tasks(list(done), held_version))
+            case act.SaveResidual(feedback, base_version):
                 self._persist("error-feedback residual",
-                              lambda: self.disk.save_residual(feedback, version))
+                              lambda: self.disk.save_residual(feedback, base_version))
         return None
 
     def install(self, version: int, tensors: Weights, arch: dict) -> None:
