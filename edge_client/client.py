@@ -103,7 +103,7 @@ class EdgeClient:
     @property
     def secagg(self) -> DeviceSecAgg:
         """Secure rounds and their test hooks; imported on first use."""
-        return self.session.secagg
+        return self.session.secure.device
 
     def set_data(self, x: np.ndarray, y: np.ndarray) -> None:
         """Train on new local data from the next task on: devices keep collecting samples

@@ -74,5 +74,7 @@ class Downlink:
                                sha256_hex(step.blob))
         return step
 
-    def refused(self) -> None:
+    def refused(self, version: int, reason: str) -> None:
         self._installing = None
+        log.warning("%s: ignored model %d: it does not fit this device's trainer: %s",
+                    self.device_id, version, reason)

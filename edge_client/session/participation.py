@@ -13,7 +13,6 @@ from edge_client.eligibility import Decision
 from edge_client.session.actions import (
     Action,
     CheckPurpose,
-    Publish,
     SaveResidual,
     StartFit,
     StoreUpdate,
@@ -81,6 +80,29 @@ class Participation:
             if reason != "not invited":  # said with the task already
                 session.narrator.skipped(task, reason)
 
+    def on_task(self, task: Task) -> list[Action]:
+        s = self.session
+        s.task = task
+        done_here = s.book.is_done(task.task_id)
+        s.narrator.task(task, done_here, s.config.exit_when_done)
+        if task.done or done_here:
+            return []
+        # Every round a device sits out is counted once, with why (the demo summary).
+        return [s.ask(CheckPurpose.TASK)]
+
+    def on_decision(self, purpose: CheckPurpose, decision: Decision) -> list[Action]:
+        """The fresh eligibility decision the session asked for, for `purpose`."""
+        task = self.session.task
+        if purpose is CheckPurpose.BEFORE_FIT:
+            return self.start(decision)
+        if purpose is CheckPurpose.TASK and task is not None:
+            if not decision.eligible:
+                self.skip(task, decision.reasons[0])
+            elif not task.invites(self.session.me):
+                self.skip(task, "not invited")
+            return self.maybe_train()
+        return self.maybe_train() if decision.eligible else []
+
     def maybe_train(self) -> list[Action]:
         """Train for the current task if everything but eligibility allows it; then a
         fresh eligibility decision decides (CheckPurpose.BEFORE_FIT)."""
@@ -144,8 +166,7 @@ class Participation:
             return [s.mark_done(task.task_id)]  # retraining would diverge again
         if plan.secagg is not None:  # the masked round replaces the update, its outbox, ack
             done = s.mark_done(task.task_id)
-            joined = s.secagg.join(task, plan.secagg, flatten_sorted(update.tensors))
-            return [done, *(Publish(topic, payload) for topic, payload in joined)]
+            return [done, *s.secure.join(task, plan.secagg, flatten_sorted(update.tensors))]
         payload = s.keys.seal(encode(update))  # resends repeat these exact bytes
         dense = 4 * sum(w.size for w in running.base.values())
         self._storing = Storing(task, update, payload, dense, running.feedback)

@@ -6,7 +6,13 @@ last sent, until its ack arrives (or the device restarts, and sends it again on 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from edge_client.outbox import OutboxEntry
+from edge_client.shared.protocol import RemoteProtocolError
+from edge_client.shared.protocol.messages import unpack_map
+from edge_client.shared.protocol.signing import is_signed, open_envelope
 
 
 @dataclass
@@ -51,3 +57,18 @@ class ResendSchedule:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+
+def read_outbox(entries: Iterable[OutboxEntry]) -> tuple[list[tuple[OutboxEntry, str]],
+                                                         list[tuple[str, str]]]:
+    """Outbox entries found at start, with the task each answers; and (nonce, why) of
+    those whose content cannot be read (to be set aside, never resent)."""
+    readable, unreadable = [], []
+    for entry in entries:
+        try:
+            body = (open_envelope(entry.payload).body if is_signed(entry.payload)
+                    else entry.payload)
+            readable.append((entry, str(unpack_map(body)["task_id"])))
+        except (RemoteProtocolError, KeyError) as exc:
+            unreadable.append((entry.nonce, str(exc)))
+    return readable, unreadable

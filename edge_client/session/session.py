@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
 
 from edge_client.client_config import ClientConfig
 from edge_client.eligibility import Decision
@@ -58,19 +57,16 @@ from edge_client.session.events import (
 )
 from edge_client.session.inbound import OwnStatusReceived, decode_inbound
 from edge_client.session.keys import DeviceKeys
+from edge_client.session.pace import Pace
 from edge_client.session.participation import Participation
-from edge_client.session.resend import ResendSchedule
+from edge_client.session.resend import ResendSchedule, read_outbox
+from edge_client.session.secure_rounds import SecureRounds
 from edge_client.session.stats import ClientStats
 from edge_client.session.status import StatusBoard
 from edge_client.session.task_book import TaskBook
 from edge_client.session.update_maker import UpdateMaker
-from edge_client.shared.protocol import DEFAULT_CHUNK_SIZE, Ack, RemoteProtocolError, Task, Topics
+from edge_client.shared.protocol import DEFAULT_CHUNK_SIZE, Ack, Task, Topics
 from edge_client.shared.protocol.chunking import split
-from edge_client.shared.protocol.messages import unpack_map
-from edge_client.shared.protocol.signing import is_signed, open_envelope
-
-if TYPE_CHECKING:
-    from edge_client.secagg_session import DeviceSecAgg
 
 log = logging.getLogger("edge_client.client")
 
@@ -96,10 +92,10 @@ class DeviceSession:
         self.participation = Participation(self)
         self.task: Task | None = None
         self.connected = False
-        self._next_check = 0.0  # monotonic time of the next eligibility re-check
-        self._sleep_until: float | None = None
+        self.pace = Pace(config.eligibility_check_s)
         self._asked: CheckPurpose | None = None  # the CheckEligibility awaiting its answer
-        self._secagg: DeviceSecAgg | None = None
+        self.secure = SecureRounds(self.me, self.topics, config.max_model_bytes,
+                                   self.keys.seal)
 
     # ------------------------------------------------------------ what the shell reads
     @property
@@ -108,7 +104,7 @@ class DeviceSession:
 
     @property
     def sleeping(self) -> bool:
-        return self._sleep_until is not None
+        return self.pace.sleeping
 
     @property
     def finished(self) -> bool:
@@ -118,22 +114,9 @@ class DeviceSession:
         return (self.config.exit_when_done and task is not None and task.done
                 and version is not None and version >= task.model_version)
 
-    @property
-    def secagg(self) -> DeviceSecAgg:
-        """Secure rounds (docs/secure-aggregation.md), loaded on first use."""
-        if self._secagg is None:
-            from edge_client.secagg_session import DeviceSecAgg
-
-            self._secagg = DeviceSecAgg(self.me, self.topics, self.config.max_model_bytes,
-                                        self.keys.seal)
-        return self._secagg
-
     def poll_timeout(self, now: float) -> float:
         """How long the shell may wait for a message before the next Tick is due."""
-        if self._sleep_until is not None:
-            return max(0.01, min(0.5, self._sleep_until - now))
-        due = self.pending.next_due()
-        return 0.5 if due is None else min(0.5, max(0.01, due - now))
+        return self.pace.poll_timeout(now, self.pending.next_due())
 
     def will_payload(self, now: Instant) -> bytes:
         """The offline status the broker publishes if the link dies."""
@@ -158,7 +141,7 @@ class DeviceSession:
             case EligibilityChecked(decision):
                 return self._checked(decision, now)
             case TaskReceived(task):
-                return self._on_task(task)
+                return self.participation.on_task(task)
             case ManifestReceived(manifest):
                 over, actions = self.downlink.on_manifest(manifest)
                 if over:  # forget the old run; unacked updates wait for the new aggregator
@@ -171,18 +154,14 @@ class DeviceSession:
             case ModelInstalled(version):
                 return self._installed(version, now)
             case ModelRefused(version, reason):
-                self.downlink.refused()
+                self.downlink.refused(version, reason)
                 self.stats.bad_messages += 1
-                log.warning("%s: ignored model %d: it does not fit this device's trainer: %s",
-                            self.me, version, reason)
                 return []
             case AckReceived(ack):
                 return self._on_ack(ack, now)
             case SecAggChunkReceived(payload):
-                if self._secagg is None:
-                    return []  # no secure round joined: nothing to answer
-                return [Publish(t, p) for t, p in self._secagg.on_chunk(
-                    payload, self.keys.from_aggregator, now.monotonic)]
+                return [*self.secure.on_chunk(payload, self.keys.from_aggregator,
+                                              now.monotonic)]
             case FitFinished() | UpdateStored() | UpdateNotStored():
                 return self.participation.handle(event, now)
             case LinkUp():
@@ -203,18 +182,11 @@ class DeviceSession:
         self.downlink.model = state.model
         if state.model is not None:
             self.maker.resume(state.residual)
-        actions: list[Action] = []
-        for entry in state.outbox:
-            try:
-                body = (open_envelope(entry.payload).body if is_signed(entry.payload)
-                        else entry.payload)
-                task_id = str(unpack_map(body)["task_id"])
-            except (RemoteProtocolError, KeyError) as exc:
-                actions.append(SetAsideUpdate(entry.nonce, str(exc)))
-                continue
+        readable, unreadable = read_outbox(state.outbox)
+        for entry, task_id in readable:
             self.pending.add(entry.nonce, entry.payload)
             self.book.mark_done(task_id)  # answered before the reboot: its update is here
-        return actions
+        return [SetAsideUpdate(nonce, why) for nonce, why in unreadable]
 
     def _link_up(self, now: Instant) -> list[Action]:
         self.connected = True
@@ -223,24 +195,21 @@ class DeviceSession:
             t.model, t.task, t.ack(self.me), t.secagg_to(self.me), t.status(self.me))]
         actions.append(self._status(True, now))
         actions += [self.publish_update(nonce, now) for nonce in self.pending.nonces()]
-        if self._secagg is not None:
-            actions += [Publish(topic, payload) for topic, payload in self._secagg.resend()]
+        actions += self.secure.resend()
         return actions
 
     def _tick(self, now: Instant) -> list[Action]:
         actions: list[Action] = []
-        if self._sleep_until is not None:  # honour the aggregator's pace
-            if now.monotonic < self._sleep_until:
-                return []
-            self._sleep_until = None
+        if self.pace.wake_due(now.monotonic):
             actions.append(Wake())
+        elif self.pace.sleeping:
+            return []  # honour the aggregator's pace
         if self.connected:
             for nonce in self.pending.due(now.monotonic):
                 log.info("%s: no ack for %s after %.0f s; resending", self.me, nonce[:8],
                          self.config.ack_timeout_s)
                 actions.append(self.publish_update(nonce, now))
-        if now.monotonic >= self._next_check:
-            self._next_check = now.monotonic + self.config.eligibility_check_s
+        if self.pace.check_due(now.monotonic):
             actions.append(self.ask(CheckPurpose.RECHECK))
         return actions
 
@@ -261,29 +230,11 @@ class DeviceSession:
         if self.participation.fitting and not decision.eligible:
             actions.append(StopFit())
         purpose, self._asked = self._asked, None
-        if purpose is CheckPurpose.RECHECK:
-            if self.connected and self.status.stale(now):
-                actions.append(self._status(True, now))
-            if decision.eligible:
-                actions += self.participation.maybe_train()
-        elif purpose is CheckPurpose.TASK and self.task is not None:
-            if not decision.eligible:
-                self.participation.skip(self.task, decision.reasons[0])
-            elif not self.task.invites(self.me):
-                self.participation.skip(self.task, "not invited")
-            actions += self.participation.maybe_train()
-        elif purpose is CheckPurpose.BEFORE_FIT:
-            actions += self.participation.start(decision)
+        if purpose is CheckPurpose.RECHECK and self.connected and self.status.stale(now):
+            actions.append(self._status(True, now))
+        if purpose is not None:
+            actions += self.participation.on_decision(purpose, decision)
         return actions
-
-    def _on_task(self, task: Task) -> list[Action]:
-        self.task = task
-        done_here = self.book.is_done(task.task_id)
-        self.narrator.task(task, done_here, self.config.exit_when_done)
-        if task.done or done_here:
-            return []
-        # Every round a device sits out is counted once, with why (the demo summary).
-        return [self.ask(CheckPurpose.TASK)]
 
     def _installed(self, version: int, now: Instant) -> list[Action]:
         step = self.downlink.installed(version)
@@ -313,9 +264,8 @@ class DeviceSession:
                      ack.next_checkin_s)
             actions.append(self._status(False, now, f"sleeping {ack.next_checkin_s:.0f} s"))
             self.stats.sleeps += 1
-            self._sleep_until = now.monotonic + ack.next_checkin_s
             self.connected = False
-            actions.append(SleepUntil(self._sleep_until))
+            actions.append(SleepUntil(self.pace.sleep(now.monotonic, ack.next_checkin_s)))
         return actions
 
     # ------------------------------------------------------------ state
