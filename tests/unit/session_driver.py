@@ -4,9 +4,13 @@ no thread, no disk."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from edge_client.client import EdgeClient
 from edge_client.client_config import ClientConfig
+from edge_client.device_state import DeviceState
 from edge_client.eligibility import Decision, EligibilityConfig
 from edge_client.narration import DeviceNarrator
 from edge_client.session import DeviceSession, Instant
@@ -162,3 +166,21 @@ class ScriptedDevice:
 
 def weights(seed: int = 0) -> Weights:
     return mlp_trainer(SIZES, seed=seed).get_weights()
+
+
+# ---------------------------------------------------------------- a whole EdgeClient offline
+def offline_device(folder: Path, trainer: object | None = None) -> EdgeClient:
+    """An EdgeClient that holds model version 0 (read back from its state folder, as after
+    a reboot) and is never connected: its updates wait in the outbox."""
+    DeviceState(folder, "dev-0", 10**7).save_model(
+        encode(Model(version=0, tensors=weights(0), arch={})), 0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, SIZES[0])).astype(np.float32), rng.integers(0, 3, 40)
+    client = EdgeClient(config(state_dir=folder), trainer or mlp_trainer(SIZES, seed=1), x, y)
+    assert client.model_version == 0
+    return client
+
+
+def offer(client: EdgeClient, offered: Task) -> None:
+    """The task as the broker would deliver it (again, for a retained task)."""
+    client.receive(client.topics.task, encode(offered))
