@@ -26,6 +26,7 @@ from edge_client.session.events import (
     UpdateNotStored,
     UpdateStored,
 )
+from edge_client.session.keys import DeviceKeys
 from edge_client.shared.protocol import (
     Model,
     ModelManifest,
@@ -69,13 +70,13 @@ class ScriptedDevice:
     """One session, its clock (`t`, monotonic seconds) and a shell in memory."""
 
     def __init__(self, cfg: ClientConfig | None = None, trainer: object | None = None,
-                 samples: int = 40) -> None:
+                 samples: int = 40, keys: DeviceKeys | None = None) -> None:
         self.config = cfg or config()
         self.t = 1000.0
         self.topics = Topics(self.config.federation)
         self.narrator = DeviceNarrator(self.config.device_id, self.config.federation,
                                        self.topics.task, clock=lambda: self.t)
-        self.session = DeviceSession(self.config, self.narrator, session_id="run-1")
+        self.session = DeviceSession(self.config, self.narrator, keys, session_id="run-1")
         self.trainer = trainer or mlp_trainer(SIZES, seed=1)
         rng = np.random.default_rng(0)
         self.x = rng.normal(size=(samples, SIZES[0])).astype(np.float32)
