@@ -94,11 +94,17 @@ class EdgeClient:
         return self.session.model_version
 
     @property
+    def model_sha256(self) -> str | None:
+        """The SHA-256 of the held model's encoding, as its manifest named it."""
+        model = self.session.downlink.model
+        return None if model is None else model.sha256
+
+    @property
     def task(self) -> Task | None:
         """The latest task the aggregator published."""
         return self.session.task
 
-    _task = task  # its name before the session split, still read by tests and tools
+    _task, _model_sha256 = task, model_sha256  # names before the session split (tests read)
 
     @property
     def secagg(self) -> DeviceSecAgg:
