@@ -78,10 +78,10 @@ class UpdateMaker:
                                  "local_loss": before.get("loss", float("nan"))},
                         created_at=created_at)
         if dp is not None:
-            update = self._add_dp_noise(update, dp)
+            update = self.add_dp_noise(update, dp)
         return update if codec is None else self._compress(update, codec)
 
-    def _add_dp_noise(self, update: Update, dp: DeviceDp) -> Update:
+    def add_dp_noise(self, update: Update, dp: DeviceDp) -> Update:
         """Distributed DP: the whole delta clipped to C, plus this device's noise share."""
         vector, _ = clip_and_noise(flatten_sorted(update.tensors), dp, self._dp_rng)
         return dataclasses.replace(update, tensors=unflatten_like(vector, update.tensors),
