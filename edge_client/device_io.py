@@ -30,7 +30,7 @@ from edge_client.session.held_model import HeldModel, copy_weights
 from edge_client.shared.protocol.tensors import Weights
 from edge_client.training.trainer import Trainer
 
-log = logging.getLogger("edge_client.client")
+log = logging.getLogger("edge_client.client")  # one logger for all the device says
 LocalData = Callable[[], tuple[np.ndarray, np.ndarray]]
 
 

@@ -133,4 +133,3 @@ class Wake:
 Action = (Publish | PublishUpdate | Subscribe | Unsubscribe | CheckEligibility | InstallModel
           | StartFit | StopFit | StoreUpdate | RemoveUpdate | SetAsideUpdate | SaveModel
           | SaveTasks | SaveResidual | SleepUntil | Wake)
-Persist = SaveModel | SaveTasks | SaveResidual

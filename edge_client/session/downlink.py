@@ -15,7 +15,7 @@ from edge_client.session.held_model import HeldModel, copy_weights
 from edge_client.shared.protocol import ModelManifest, RemoteProtocolError, Topics
 from edge_client.shared.protocol.chunking import sha256_hex
 
-log = logging.getLogger("edge_client.client")
+log = logging.getLogger("edge_client.client")  # one logger for all the device says
 
 
 class Downlink:

@@ -30,7 +30,7 @@ from edge_client.training.trainer import FitConfig
 if TYPE_CHECKING:
     from edge_client.session.session import DeviceSession
 
-log = logging.getLogger("edge_client.client")
+log = logging.getLogger("edge_client.client")  # one logger for all the device says
 
 
 @dataclass(frozen=True)

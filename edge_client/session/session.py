@@ -68,7 +68,7 @@ from edge_client.session.update_maker import UpdateMaker
 from edge_client.shared.protocol import DEFAULT_CHUNK_SIZE, Ack, Task, Topics
 from edge_client.shared.protocol.chunking import split
 
-log = logging.getLogger("edge_client.client")
+log = logging.getLogger("edge_client.client")  # one logger for all the device says
 
 
 class DeviceSession:
