@@ -259,3 +259,14 @@ def test_the_session_never_reads_a_clock(monkeypatch):
     device.feed(AckReceived(Ack(status="accepted", nonce=sent.nonce)))
     assert device.session.stats.acks["accepted"] == 1
     assert len(device.of(act.PublishUpdate)) == 2  # sent, resent
+
+
+def test_no_module_of_the_session_imports_a_clock_or_does_io():
+    from pathlib import Path
+
+    import edge_client.session as package
+
+    for path in Path(package.__file__).parent.glob("*.py"):
+        source = path.read_text()
+        for banned in ("import time", "from time", "open(", "paho", "socket", "threading"):
+            assert banned not in source, f"{path.name} uses {banned}"
