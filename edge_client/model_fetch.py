@@ -105,13 +105,16 @@ class ModelFetcher:
         return (self._base is not None and self._base_version is not None
                 and held.version is not None and self._base_version > held.version)
 
-    def on_chunk(self, topic: str, payload: bytes, held: Held) -> FetchStep | None:
-        """Handle a message on a model chunk topic; None when it is not ours."""
+    def on_chunk(self, topic: str, payload: bytes, held: Held,
+                 now: float | None = None) -> FetchStep | None:
+        """Handle a message on a model chunk topic; None when it is not ours. `now` is
+        monotonic time (read from the clock when not given)."""
         if self._filter is None or not _matches(self._filter, topic):
             return None
         if not payload and self._steps:  # the aggregator cleared this delta's chunks
             return self._fall_back(self._steps[0].version, "its delta is no longer retained")
-        done = self._assembler.add(AGGREGATOR, payload, time.monotonic())
+        done = self._assembler.add(AGGREGATOR, payload,
+                                   time.monotonic() if now is None else now)
         if done is None:
             return FetchStep()
         transfer, blob = done

@@ -1,4 +1,5 @@
-"""The device's side of a secure round over MQTT: glue between EdgeClient and SecAggClient.
+"""The device's side of a secure round over MQTT: glue between the device session and
+SecAggClient. Loaded only when a task asks for a secure round (or a test sets its hooks).
 
 The device trains as usual; then, instead of an update, it turns its delta into the
 round's fixed-point integers (after its distributed-DP clip and noise, if the task asks
@@ -123,13 +124,16 @@ class DeviceSecAgg:
             self.on_input(task.task_id, self.session.input.copy())
         return self._send(advertise)
 
-    def on_chunk(self, payload: bytes, unwrap: Callable[[bytes], bytes]) -> Outgoing:
-        """One chunk from `secagg_to/<us>`; `unwrap` checks the aggregator's signature.
+    def on_chunk(self, payload: bytes, unwrap: Callable[[bytes], bytes],
+                 now: float | None = None) -> Outgoing:
+        """One chunk from `secagg_to/<us>`; `unwrap` checks the aggregator's signature;
+        `now` is monotonic time (read from the clock when not given).
 
         Returns what to publish (nothing until a whole message is in). A message this
         device refuses ends its part in the round, with a log line saying why.
         """
-        done = self._assembler.add("aggregator", payload, time.monotonic())
+        done = self._assembler.add("aggregator", payload,
+                                   time.monotonic() if now is None else now)
         if done is None:
             return []
         body = unwrap(done[1])

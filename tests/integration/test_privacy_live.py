@@ -101,7 +101,7 @@ def test_distributed_dp_devices_clip_and_noise_and_an_old_device_is_refused(
     agg = make_aggregator(mosquitto, tmp_path, digits3, rounds=6, privacy=privacy, sync=sync)
     clients = [make_client(mosquitto, tmp_path, digits3, i) for i in range(3)]
     # dev-2 runs an SDK that ignores Task.dp: it sends its raw update.
-    clients[2]._add_dp_noise = lambda update, dp: update  # type: ignore[method-assign]
+    clients[2].session.maker.add_dp_noise = lambda update, dp: update  # type: ignore[method-assign]
     caplog.set_level(logging.WARNING, logger="aggregator.anomalies")
     for run in start_all(agg, clients):
         run.join(90)

@@ -12,10 +12,10 @@ import pytest
 
 from edge_client import outbox as outbox_module
 from edge_client.client import ClientConfig, EdgeClient
-from edge_client.eligibility import EligibilityConfig
 from edge_client.shared.codecs import CodecConfig
 from edge_client.shared.protocol import Task, TrainConfig, Update, decode
 from edge_client.training import mlp_trainer
+from tests.unit.session_driver import offer, offline_device
 
 
 class BudgetTrainer:
@@ -46,13 +46,7 @@ class BudgetTrainer:
 
 
 def _device(tmp_path, trainer=None) -> EdgeClient:
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(40, 8)).astype(np.float32), rng.integers(0, 3, 40)
-    client = EdgeClient(ClientConfig(device_id="dev-0", state_dir=tmp_path / "dev",
-                                     eligibility=EligibilityConfig(enabled=False)),
-                        trainer or mlp_trainer([8, 6, 3], seed=1), x, y)
-    client._set_global(0, mlp_trainer([8, 6, 3], seed=0).get_weights(), {})
-    return client
+    return offline_device(tmp_path / "dev", trainer)
 
 
 def _task(codec: dict | None = None) -> Task:
@@ -63,8 +57,7 @@ def _task(codec: dict | None = None) -> Task:
 def test_a_trainer_that_stops_on_its_own_sends_what_it_learned(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     client = _device(tmp_path, BudgetTrainer(budget=3))
-    client._task = _task()
-    client._maybe_train()  # raised IndexError before
+    offer(client, _task())  # raised IndexError before
     [entry] = client.outbox.entries()
     update = decode(entry.payload, expect=Update)
     assert any(np.abs(v).sum() > 0 for v in update.tensors.values())
@@ -75,10 +68,9 @@ def test_a_trainer_that_stops_on_its_own_sends_what_it_learned(tmp_path, caplog)
 def test_a_trainer_that_stops_before_its_first_batch_sends_nothing(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     client = _device(tmp_path, BudgetTrainer(budget=0))
-    client._task = _task()
-    client._maybe_train()
+    offer(client, _task())
     assert client.outbox.entries() == []
-    assert "r1" not in client._done_tasks  # tried again at the next check
+    assert not client.session.book.is_done("r1")  # tried again at the next check
     assert "stopped before its first batch" in caplog.text
     assert client.stats.skipped["stopped: trainer"] == 1
 
@@ -87,41 +79,41 @@ def test_a_trainer_that_stops_before_its_first_batch_sends_nothing(tmp_path, cap
 def test_a_full_or_read_only_disk_keeps_the_device_running_and_loses_nothing(
         tmp_path, monkeypatch, caplog, code):
     client = _device(tmp_path)
-    client._task = _task(codec=CodecConfig(sparsify="topk", fraction=0.1).to_wire())
+    task = _task(codec=CodecConfig(sparsify="topk", fraction=0.1).to_wire())
     real_write = outbox_module.atomic_write
 
     def failing(path, data):
         raise OSError(code, "disk trouble", str(path))
 
     monkeypatch.setattr(outbox_module, "atomic_write", failing)
-    client._maybe_train()
-    assert client.outbox.entries() == [] and "r1" not in client._done_tasks
+    offer(client, task)
+    assert client.outbox.entries() == [] and not client.session.book.is_done("r1")
     assert "could not write the update to the outbox" in caplog.text
-    assert client._feedback is None or not client._feedback.residual.any()  # rolled back
+    feedback = client.session.maker.feedback
+    assert feedback is None or not feedback.residual.any()  # rolled back
 
     monkeypatch.setattr(outbox_module, "atomic_write", real_write)  # space freed
-    client._maybe_train()
+    offer(client, task)  # the retained task, delivered again (or the next re-check)
     [entry] = client.outbox.entries()
     assert decode(entry.payload, expect=Update).task_id == "r1"
-    assert "r1" in client._done_tasks
+    assert client.session.book.is_done("r1")
 
 
 def test_state_files_that_cannot_be_written_are_logged_and_the_update_kept(
         tmp_path, monkeypatch, caplog):
     client = _device(tmp_path)
-    client._task = _task()
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(client.disk, "save_done_tasks", full)
     monkeypatch.setattr(client.disk, "save_model", full)
-    client._maybe_train()
-    assert len(client.outbox.entries()) == 1 and "r1" in client._done_tasks
+    offer(client, _task())
+    assert len(client.outbox.entries()) == 1 and client.session.book.is_done("r1")
     assert "could not save the task list" in caplog.text
     # A reboot finds the task done through the outbox, although the task list is stale.
     again = _device(tmp_path)
-    assert "r1" in again._done_tasks
+    assert again.session.book.is_done("r1")
 
 
 def test_a_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):

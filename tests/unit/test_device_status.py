@@ -3,29 +3,22 @@ least every status_interval_s so a retained signed status stays fresh."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
+from edge_client.session import Instant
+from edge_client.session.actions import Publish
+from edge_client.session.events import LinkUp
+from edge_client.session.keys import load_device_keys
 from edge_client.shared.protocol import Status, decode
 from edge_client.shared.protocol.signing import is_signed, open_envelope, verify_envelope
 from edge_client.shared.security import DeviceSecurity
 from edge_client.training import mlp_trainer
+from tests.unit.session_driver import ScriptedDevice
 
-
-@dataclass
-class _Link:
-    """Records publishes; always connected."""
-
-    sent: list[tuple[str, bytes, bool]] = field(default_factory=list)
-    connected: bool = True
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool:
-        self.sent.append((topic, payload, retain))
-        return True
+STATUS = "fedge/default/status/dev-1"
 
 
 def _client(tmp_path, key: bool = True, **overrides) -> EdgeClient:
@@ -43,32 +36,37 @@ def _opened(client: EdgeClient, payload: bytes) -> Status:
     return status
 
 
+def _statuses(client: EdgeClient, actions: list) -> list[Publish]:
+    return [a for a in actions if isinstance(a, Publish) and a.topic == STATUS]
+
+
 def test_statuses_and_the_last_will_are_sealed_with_the_device_key(tmp_path):
     client = _client(tmp_path)
     will = _opened(client, client.link._client.will_payload)
-    assert client.link._client.will_topic == "fedge/default/status/dev-1"
+    assert client.link._client.will_topic == STATUS
     assert will.device_id == "dev-1" and not will.online and will.time > 0
-    client.link = _Link()
-    client._publish_status(True)
-    topic, payload, retain = client.link.sent[-1]
-    assert topic == "fedge/default/status/dev-1" and retain and _opened(client, payload).online
+    [status] = _statuses(client, client.session.handle(LinkUp(), Instant(1.0, 1.7e9)))
+    assert status.retain and _opened(client, status.payload).online
 
 
 def test_without_a_key_statuses_stay_plain(tmp_path):
     client = _client(tmp_path, key=False)
     assert not is_signed(client.link._client.will_payload)
-    assert decode(client._status_payload(True), expect=Status).online
+    [status] = _statuses(client, client.session.handle(LinkUp(), Instant(1.0, 1.7e9)))
+    assert decode(status.payload, expect=Status).online
 
 
 def test_the_status_is_republished_once_its_interval_has_passed(tmp_path):
-    client = _client(tmp_path, status_interval_s=3600.0)
-    client.link = link = _Link()
-    client._recheck()  # the first decision: published because it changed
-    client._recheck()
-    assert len(link.sent) == 1  # nothing new, and the interval has not passed
-    client.config.status_interval_s = 1e-9
-    client._recheck()
-    assert len(link.sent) == 2 and _opened(client, link.sent[-1][1]).online
+    config = ClientConfig(device_id="dev-1", status_interval_s=3600.0,
+                          security=DeviceSecurity(key_file=tmp_path / "dev.key"))
+    keys = load_device_keys(config.security)
+    device = ScriptedDevice(config, keys=keys)
+    device.feed(LinkUp())
+    assert len(device.statuses(device.advance(0))) == 1  # the first decision: it changed
+    assert device.statuses(device.advance(5.0)) == []  # nothing new, interval not passed
+    [again] = device.statuses(device.advance(3600.0))
+    body = verify_envelope(open_envelope(again.payload), keys.identity.public_bytes)
+    assert decode(body, expect=Status).online
 
 
 def test_a_bad_status_interval_is_refused():

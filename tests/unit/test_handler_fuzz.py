@@ -291,27 +291,41 @@ def test_the_device_survives_hostile_tasks_manifests_chunks_and_acks(tmp_path, p
         _to_device(client, TOPICS.secagg_to("dev-0"), mutator.mutate(chunk), f"secagg {case}")
     good = dataclasses.replace(task, task_id="r2-good", codec=None, secagg=None)
     _to_device(client, TOPICS.task, sign(encode(good)), "the honest task")
-    assert client._task == good
+    assert client.task == good
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def _to_device(client: EdgeClient, topic: str, payload: bytes, case: str) -> None:
+    """Deliver one message; a bad one is refused (RemoteProtocolError, logged as a
+    warning), and anything else raised on the way is a bug (logged with its traceback)."""
+    seen = _Records()
+    logging.getLogger("edge_client").addHandler(seen)
     try:
-        client._on_message(Inbound(topic, payload, retained=False))
-    except RemoteProtocolError:
-        pass  # the device loop's boundary logs it
-    except Exception as exc:  # pragma: no cover - the failure we look for
-        pytest.fail(f"{case}: the device raised {type(exc).__name__}: {exc}")
+        client.receive(topic, payload)
+    finally:
+        logging.getLogger("edge_client").removeHandler(seen)
+    bugs = [r for r in seen.records if r.exc_info]
+    if bugs:  # pragma: no cover - the failure we look for
+        pytest.fail(f"{case}: the device raised: {bugs[0].getMessage()}")
 
 
 def test_the_device_loop_survives_an_unexpected_error(tmp_path, caplog, monkeypatch):
     client = _client(tmp_path, None)
     caplog.set_level(logging.WARNING, logger="edge_client.client")
 
-    def bug(event):
+    def bug(topic, payload, now):
         raise KeyError("ours")
 
-    monkeypatch.setattr(client, "_on_message", bug)
-    client._handle(Inbound(TOPICS.task, b"x", retained=True))
+    monkeypatch.setattr(client.session, "receive", bug)
+    client.receive(TOPICS.task, b"x")
     [record] = caplog.records
     assert record.levelno == logging.ERROR and record.exc_info is not None
     assert client.stats.bad_messages == 1

@@ -176,16 +176,16 @@ def loaded_by(statement: str, prefixes: tuple[str, ...]) -> set[str]:
 def test_a_device_loads_no_secagg_server() -> None:
     """The SecAgg server (the gateway's half of secure aggregation) and the gateway itself
     stay unloaded on a device."""
-    loaded = loaded_by("import edge_client.client",
+    loaded = loaded_by("import edge_client.client, edge_client.secagg_session",
                        ("edge_client.shared.secagg.", "aggregator", "fedge", "firmware_bridge"))
     assert "edge_client.shared.secagg.client" in loaded  # the check looks where the server would be
     assert "aggregator.secagg.server" not in loaded
     assert not {m for m in loaded if not m.startswith("edge_client.")}, loaded
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14, not done yet: the device builds its SecAgg "
-                   "session and imports its identity eagerly, and "
-                   "edge_client.shared.secagg's keys, "
-                   "masking and prg import cryptography at module level")
 def test_a_device_without_security_loads_no_cryptography() -> None:
-    assert loaded_by("import edge_client.client", ("cryptography",)) == set()
+    """Keys, signatures and secure rounds are imported where they are used: a device
+    that configures none of them loads neither cryptography nor the SecAgg client."""
+    assert loaded_by("import edge_client.client",
+                     ("cryptography", "edge_client.shared.secagg", "edge_client.shared.identity",
+                      "edge_client.secagg_session")) == set()

@@ -18,8 +18,7 @@ from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.store import Store
 from aggregator.strategy import Contribution, FedAvg, Median, NormBound
 from aggregator.web import create_app
-from edge_client.client import ClientConfig, EdgeClient
-from edge_client.eligibility import EligibilityConfig
+from edge_client.client import EdgeClient
 from edge_client.shared.codecs.dp import DeviceDp
 from edge_client.shared.protocol import (
     RemoteProtocolError,
@@ -29,7 +28,7 @@ from edge_client.shared.protocol import (
     decode,
     encode,
 )
-from edge_client.training import mlp_trainer
+from tests.unit.session_driver import offer, offline_device
 
 MODEL = {"w": np.zeros(4, np.float32)}
 
@@ -388,21 +387,14 @@ def test_overview_of_a_store_without_privacy(tmp_path):
 
 # ---------------------------------------------------------------- the device's side
 def _device(tmp_path) -> EdgeClient:
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(40, 8)).astype(np.float32), rng.integers(0, 3, 40)
-    client = EdgeClient(ClientConfig(device_id="dev-0", state_dir=tmp_path / "dev",
-                                     eligibility=EligibilityConfig(enabled=False)),
-                        mlp_trainer([8, 6, 3], seed=1), x, y)
-    client._set_global(0, mlp_trainer([8, 6, 3], seed=0).get_weights(), {})
-    return client
+    return offline_device(tmp_path / "dev")
 
 
 def test_the_device_clips_and_noises_as_the_task_asks(tmp_path):
     """Through EdgeClient's own training path, offline (the update waits in the outbox)."""
     client = _device(tmp_path)
     dp = DeviceDp(clip=0.01, noise_std=0.5)
-    client._task = dataclasses.replace(_task(1, 1), invited=("dev-0",), dp=dp.to_wire())
-    client._maybe_train()
+    offer(client, dataclasses.replace(_task(1, 1), invited=("dev-0",), dp=dp.to_wire()))
     [entry] = client.outbox.entries()
     update = decode(entry.payload, expect=Update)
     assert update.metrics["dp_clip"] == 0.01 and update.metrics["dp_noise_std"] == 0.5
@@ -413,10 +405,9 @@ def test_the_device_clips_and_noises_as_the_task_asks(tmp_path):
 
 def test_the_device_refuses_a_task_with_unreadable_dp(tmp_path, caplog):
     client = _device(tmp_path)
-    client._task = dataclasses.replace(_task(1, 1), invited=("dev-0",),
-                                       dp={"v": 9, "clip": 1.0, "noise_std": 0.1})
-    client._maybe_train()
-    assert client.outbox.entries() == [] and "r1" in client._done_tasks
+    offer(client, dataclasses.replace(_task(1, 1), invited=("dev-0",),
+                                      dp={"v": 9, "clip": 1.0, "noise_std": 0.1}))
+    assert client.outbox.entries() == [] and client.session.book.is_done("r1")
     assert "dp settings version 9" in caplog.text
 
 
@@ -429,7 +420,6 @@ def test_a_diverged_update_under_dp_is_not_sent_and_does_not_stop_the_device(tmp
     client.trainer.get_weights = lambda: {k: np.full_like(v, np.nan)
                                           for k, v in trained().items()}
     dp = DeviceDp(clip=0.01, noise_std=0.5)
-    client._task = dataclasses.replace(_task(1, 1), invited=("dev-0",), dp=dp.to_wire())
-    client._maybe_train()
-    assert client.outbox.entries() == [] and "r1" in client._done_tasks
+    offer(client, dataclasses.replace(_task(1, 1), invited=("dev-0",), dp=dp.to_wire()))
+    assert client.outbox.entries() == [] and client.session.book.is_done("r1")
     assert "NaN" in caplog.text

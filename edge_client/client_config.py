@@ -1,0 +1,49 @@
+"""What a device owner tunes (docs/configuration.md): read by the shell and the session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_client.eligibility import EligibilityConfig
+from edge_client.shared.protocol.topics import check_name
+from edge_client.shared.security import BrokerAuth, DeviceSecurity
+
+
+@dataclass
+class ClientConfig:
+    """Everything a device owner tunes; see docs/configuration.md."""
+
+    device_id: str
+    federation: str = "default"
+    host: str = "127.0.0.1"
+    port: int = 1883
+    state_dir: Path = Path("fedge-state")
+    keepalive_s: int = 30
+    ack_timeout_s: float = 30.0  # resend an unacknowledged update after this long
+    max_model_bytes: int = 64 * 2**20
+    max_model_elements: int = 16_000_000
+    outbox_max: int = 64
+    inbound_queue_bytes: int = 8 * 2**20  # received messages waiting for the loop
+    exit_when_done: bool = True  # return from run() when the aggregator says it is done
+    eligibility: EligibilityConfig = field(default_factory=EligibilityConfig)
+    eligibility_check_s: float = 5.0  # how often to re-check while waiting
+    sleep_between_tasks: bool = False  # disconnect until the aggregator's next check-in
+    no_task_warning_s: float = 60.0  # connected this long with no task: warn (federation?)
+    status_interval_s: float = 120.0  # republish the (retained) status at least this often
+    security: DeviceSecurity = field(default_factory=DeviceSecurity)
+    broker_auth: BrokerAuth = field(default_factory=BrokerAuth)
+
+    def __post_init__(self) -> None:
+        check_name("device", self.device_id)
+        if self.eligibility_check_s <= 0 or self.ack_timeout_s <= 0:
+            raise ValueError("eligibility_check_s and ack_timeout_s must be > 0")
+        if not self.no_task_warning_s > 0:
+            raise ValueError(f"no_task_warning_s must be > 0, not {self.no_task_warning_s}")
+        if not self.status_interval_s > 0:
+            raise ValueError(f"status_interval_s must be > 0, not {self.status_interval_s}")
+        if self.inbound_queue_bytes < 64 * 1024:
+            raise ValueError(f"inbound_queue_bytes must be >= 65536, "
+                             f"not {self.inbound_queue_bytes}")
+        check_name("federation", self.federation)
+        self.state_dir = Path(self.state_dir)
