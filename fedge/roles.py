@@ -1,7 +1,8 @@
 """Running one role from its TOML config: `fedge aggregator` and `fedge device`.
 
 This module composes the device SDK and the aggregator (it builds the initial model
-with the numpy trainer), so it lives in `fedge`, not in `aggregator`.
+with the numpy trainer), so it lives in `fedge`, not in `aggregator`. The aggregator's
+modules are imported by the functions that build one, so `fedge device` never loads them.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aggregator.config import AggregatorConfig, load_aggregator_config
-from aggregator.service import Aggregator, Evaluate
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.local_data import checked_local_data
 from edge_client.shared.settings import ConfigError, from_table, read_toml
 from edge_client.training import NumpyTrainer, build_model
+
+if TYPE_CHECKING:
+    from aggregator.config import AggregatorConfig
+    from aggregator.service import Aggregator, Evaluate
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,8 @@ def load_aggregator_file(path: Path) -> tuple[AggregatorConfig, ModelSpec]:
 
 
 def _aggregator_tables(path: Path) -> tuple[AggregatorConfig, ModelSpec, EvaluationSpec]:
+    from aggregator.config import load_aggregator_config
+
     table = read_toml(path)
     model_table, evaluation_table = _split_tables(table, "model", "evaluation")
     return (load_aggregator_config(table, str(path), also_known=("evaluation", "model")),
@@ -112,6 +117,8 @@ def held_out_evaluator(spec: ModelSpec, evaluation: EvaluationSpec) -> Evaluate 
 
 
 def build_aggregator(path: Path) -> Aggregator:
+    from aggregator.service import Aggregator
+
     config, spec, evaluation = _aggregator_tables(path)
     arch = spec.arch()
     aggregator = Aggregator(config, initial_weights=spec.trainer().get_weights(), arch=arch,

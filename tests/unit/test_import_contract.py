@@ -189,3 +189,13 @@ def test_a_device_without_security_loads_no_cryptography() -> None:
     optional = ("cryptography", "Crypto", "Cryptodome", "onnxruntime", "ai_edge_litert",
                 "tflite_runtime", "onnx")
     assert loaded_by("import edge_client.client", optional) == set()
+
+
+def test_fedge_device_loads_no_gateway_code() -> None:
+    """`fedge device` builds only its own command's parser: the demo, the aggregator and
+    cryptography stay unloaded (benchmarks/footprint.py measures what that saves)."""
+    statement = ("import contextlib, io\nfrom fedge.cli import main\n"
+                 "with contextlib.redirect_stdout(io.StringIO()), "
+                 "contextlib.suppress(SystemExit):\n    main(['device', '--help'])\n"
+                 "import fedge.roles")
+    assert loaded_by(statement, ("aggregator", "cryptography", "fedge.demo", "sqlite3")) == set()
