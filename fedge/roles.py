@@ -72,9 +72,26 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    """The device's [data] table: an .npz file with arrays `x` and `y`."""
+    """The device's [data] table: an .npz file with arrays `x` and `y` (read into memory),
+    or `x` and `y` as two .npy files, memory-mapped so data larger than memory trains."""
 
-    path: Path = Path("data.npz")
+    path: Path | None = None  # "data.npz" when neither path nor x and y is given
+    x: Path | None = None
+    y: Path | None = None
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.x is None and self.y is None:
+            return load_npz(self.path or Path("data.npz"))
+        if self.path is not None:
+            raise ConfigError("[data]: give path (an .npz) or x and y (two .npy files), "
+                              "not both")
+        if self.x is None or self.y is None:
+            raise ConfigError("[data] x and y name two .npy files: give both")
+        return load_npy(self.x, self.y)
+
+    @property
+    def where(self) -> str:
+        return f"[data] {self.x or self.path or 'data.npz'}"
 
 
 def _split_tables(table: dict[str, Any], *names: str) -> list[dict[str, Any]]:
@@ -136,9 +153,9 @@ def build_device(path: Path) -> EdgeClient:
     config = from_table(ClientConfig, table, str(path), also_known=("data", "model"))
     spec = from_table(ModelSpec, model_table, "[model]")
     data = from_table(DataSpec, data_table, "[data]")
-    x, y = load_npz(data.path)
+    x, y = data.load()
     trainer = spec.trainer()
-    check_data_fits(trainer, x, y, f"[data] {data.path}")
+    check_data_fits(trainer, x, y, data.where)
     return EdgeClient(config, trainer, x, y)
 
 
@@ -172,6 +189,27 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         return checked_local_data(x, y, negative_labels_ok=True)  # check_data_fits
     except ValueError as exc:
         raise ConfigError(f"[data] {path}: {exc}") from None
+
+
+def load_npy(x_path: Path, y_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels memory-mapped read-only from two .npy files: only the rows a
+    batch reads are loaded, and the kernel may drop them again when memory is short."""
+    arrays = []
+    for key, path in (("x", x_path), ("y", y_path)):
+        try:
+            loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"[data] {key} {path}: need an .npy file as numpy.save writes "
+                              f"({exc})") from None
+        if not isinstance(loaded, np.ndarray):  # an .npz archive
+            loaded.close()
+            raise ConfigError(f"[data] {key} {path}: need an .npy file, not an .npz archive "
+                              "(an .npz goes in [data] path)")
+        arrays.append(loaded)
+    try:
+        return checked_local_data(arrays[0], arrays[1], negative_labels_ok=True)
+    except ValueError as exc:
+        raise ConfigError(f"[data] {x_path}, {y_path}: {exc}") from None
 
 
 def run_until_signal(run: Any) -> None:
