@@ -57,7 +57,7 @@ FEDGE_PACKAGES = ("edge_client", "aggregator", "fedge", "firmware_bridge")
 TIME_IMPORT = ("import time; t = time.perf_counter(); import {0}; "
                "print(time.perf_counter() - t)")
 LOADED = ("import sys, json; import {0}; "
-          "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {1!r})), "
+          "print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({1!r}))), "
           "len(sys.modules))")
 AGGREGATOR_TOML = """federation = "footprint"
 port = {port}
@@ -229,7 +229,7 @@ def loaded_modules() -> dict:
     """What importing the client, and starting `fedge device`, loads."""
     found = {}
     for name, statement in (("edge_client.client", "edge_client.client"),
-                            ("fedge device", "fedge.cli, fedge.roles")):
+                            ("fedge device imports", "fedge.cli, fedge.roles")):
         done = subprocess.run([sys.executable, "-c", LOADED.format(statement, OPTIONAL)],
                               env=_env(), cwd=REPO, capture_output=True, text=True, check=True)
         optional, count = done.stdout.rsplit(" ", 1)
