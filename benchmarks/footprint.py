@@ -348,6 +348,15 @@ def qemu_figures(folder: Path) -> dict:
 
 def main() -> None:
     args = _arguments()
+    try:
+        print(json.dumps(measure(args), indent=2))
+    except (RuntimeError, subprocess.CalledProcessError) as exc:  # e.g. no mosquitto
+        raise SystemExit(f"footprint: {exc}") from None
+    finally:
+        shutil.rmtree(PYCACHE, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace) -> dict:
     load_before = os.getloadavg()
     began = time.monotonic()
     compile_bytecode()
@@ -373,8 +382,7 @@ def main() -> None:
                     "loadavg_after": [round(v, 2) for v in os.getloadavg()]},
         "wall_s": round(time.monotonic() - began, 1),
     }
-    print(json.dumps(result, indent=2))
-    shutil.rmtree(PYCACHE, ignore_errors=True)
+    return result
 
 
 if __name__ == "__main__":
