@@ -157,8 +157,11 @@ class ModelFetcher:
         old = flatten_sorted(base)
         change = decode_dense(blob, codec, old.size, delta_seed(delta.version))
         rebuilt = unflatten_like(old + change, base)
-        # Same precision as the full model (float16 or float32), rounded the same way.
-        tensors = {k: v.astype(base[k].dtype) for k, v in rebuilt.items()}
+        del old, change  # a device holds few copies of the model at once (footprint)
+        # Same precision as the full model (float16 or float32), rounded the same way;
+        # the float32 arrays are unflatten_like's own copies, kept as they are.
+        tensors = {k: v.astype(base[k].dtype, copy=False) for k, v in rebuilt.items()}
+        del rebuilt
         model = Model(version=delta.version, tensors=tensors, arch=self._arch)
         full_blob = encode(model)
         digest = sha256_hex(full_blob)

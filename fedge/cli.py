@@ -13,41 +13,78 @@ from typing import TYPE_CHECKING, TextIO
 
 from edge_client.blas_threads import limit_blas_threads
 from edge_client.shared.settings import ConfigError
-from fedge.aggregator_cli import add_aggregator_parser
-from fedge.bridge_cli import add_bridge_parser
-from fedge.demo import run_demo
-from fedge.demo_flags import add_demo_flags, demo_from_flags
-from fedge.export_cli import add_export_parser
-from fedge.keys_cli import add_keys_parser
 from fedge.log_format import setup_logging
-from fedge.progress import ProgressBar
-from fedge.roles import build_device, run_until_signal
-from fedge.status_cli import add_status_parser
 
 if TYPE_CHECKING:
     from aggregator.service import VersionReport
 
+Commands = argparse._SubParsersAction
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedge", description=__doc__)
+    _add_global_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+    chosen = _chosen_command(argv)
+    for name, add in COMMANDS:
+        if chosen in (None, name):
+            add(sub)
+    args = parser.parse_args(argv)
+    setup_logging(_log_level(args), args.log_format)
+    limit_blas_threads(1)  # edge_client/blas_threads.py: far faster when the CPU is shared
+    return args.func(args)
+
+
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log more: DEBUG (the demo: INFO)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="log only warnings and errors")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="json: one JSON object per line, for log shippers")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_demo(sub)
+
+
+def _chosen_command(argv: list[str] | None) -> str | None:
+    """The command named on the line, or None (--help, a typo, no command): then every
+    command's parser is built, so help and errors list them all."""
+    first = argparse.ArgumentParser(add_help=False)
+    _add_global_options(first)
+    first.add_argument("command", nargs="?")
+    try:
+        known, _ = first.parse_known_args(argv)
+    except SystemExit:  # e.g. --log-format xml: the full parser says so
+        return None
+    names = [name for name, _ in COMMANDS]
+    return known.command if known.command in names else None
+
+
+def _add_aggregator(sub: Commands) -> None:
+    from fedge.aggregator_cli import add_aggregator_parser
     add_aggregator_parser(sub)
+
+
+def _add_device(sub: Commands) -> None:
     _add_role(sub, "device", "run a device client on local data from an .npz file", _device)
+
+
+def _add_keys(sub: Commands) -> None:
+    from fedge.keys_cli import add_keys_parser
     add_keys_parser(sub)
+
+
+def _add_export(sub: Commands) -> None:
+    from fedge.export_cli import add_export_parser
     add_export_parser(sub)
+
+
+def _add_bridge(sub: Commands) -> None:
+    from fedge.bridge_cli import add_bridge_parser
     add_bridge_parser(sub)
+
+
+def _add_status(sub: Commands) -> None:
+    from fedge.status_cli import add_status_parser
     add_status_parser(sub)
-    args = parser.parse_args(argv)
-    setup_logging(_log_level(args), args.log_format)
-    limit_blas_threads(1)  # edge_client/blas_threads.py: far faster when the CPU is shared
-    return args.func(args)
 
 
 def _log_level(args: argparse.Namespace) -> int:
@@ -60,13 +97,15 @@ def _log_level(args: argparse.Namespace) -> int:
     return logging.DEBUG if args.verbose else logging.INFO
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
+def _add_demo(sub: Commands) -> None:
+    from fedge.demo_flags import add_demo_flags
+
     p = sub.add_parser("demo", help="run a whole federation on this machine")
     add_demo_flags(p)
     p.set_defaults(func=_demo)
 
 
-def _add_role(sub: argparse._SubParsersAction, name: str, help_text: str,
+def _add_role(sub: Commands, name: str, help_text: str,
               func: Callable[[argparse.Namespace], int]) -> None:
     p = sub.add_parser(name, help=help_text)
     p.add_argument("--config", required=True, type=Path, help="the role's TOML file")
@@ -74,6 +113,8 @@ def _add_role(sub: argparse._SubParsersAction, name: str, help_text: str,
 
 
 def _device(args: argparse.Namespace) -> int:
+    from fedge.roles import build_device, run_until_signal
+
     try:
         client = build_device(args.config)
     except ConfigError as exc:
@@ -84,6 +125,10 @@ def _device(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from fedge.demo import run_demo
+    from fedge.demo_flags import demo_from_flags
+    from fedge.progress import ProgressBar
+
     try:
         demo = demo_from_flags(args)
     except ValueError as exc:
@@ -170,6 +215,15 @@ def _reasons(counts: dict[str, int]) -> str:
         return "none"
     return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(),
                                                              key=lambda kv: -kv[1]))
+
+
+# In the order `fedge --help` lists them. A command's module is imported only when that
+# command runs (or for the full help), so `fedge device` loads neither the aggregator nor
+# the demo: see docs/raspberry-pi.md#footprint.
+COMMANDS: list[tuple[str, Callable[[Commands], None]]] = [
+    ("demo", _add_demo), ("aggregator", _add_aggregator), ("device", _add_device),
+    ("keys", _add_keys), ("export", _add_export), ("bridge", _add_bridge),
+    ("status", _add_status)]
 
 
 if __name__ == "__main__":

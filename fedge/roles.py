@@ -1,7 +1,8 @@
 """Running one role from its TOML config: `fedge aggregator` and `fedge device`.
 
 This module composes the device SDK and the aggregator (it builds the initial model
-with the numpy trainer), so it lives in `fedge`, not in `aggregator`.
+with the numpy trainer), so it lives in `fedge`, not in `aggregator`. The aggregator's
+modules are imported by the functions that build one, so `fedge device` never loads them.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aggregator.config import AggregatorConfig, load_aggregator_config
-from aggregator.service import Aggregator, Evaluate
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.local_data import checked_local_data
 from edge_client.shared.settings import ConfigError, from_table, read_toml
 from edge_client.training import NumpyTrainer, build_model
+
+if TYPE_CHECKING:
+    from aggregator.config import AggregatorConfig
+    from aggregator.service import Aggregator, Evaluate
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +72,26 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    """The device's [data] table: an .npz file with arrays `x` and `y`."""
+    """The device's [data] table: an .npz file with arrays `x` and `y` (read into memory),
+    or `x` and `y` as two .npy files, memory-mapped so data larger than memory trains."""
 
-    path: Path = Path("data.npz")
+    path: Path | None = None  # "data.npz" when neither path nor x and y is given
+    x: Path | None = None
+    y: Path | None = None
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.x is None and self.y is None:
+            return load_npz(self.path or Path("data.npz"))
+        if self.path is not None:
+            raise ConfigError("[data]: give path (an .npz) or x and y (two .npy files), "
+                              "not both")
+        if self.x is None or self.y is None:
+            raise ConfigError("[data] x and y name two .npy files: give both")
+        return load_npy(self.x, self.y)
+
+    @property
+    def where(self) -> str:
+        return f"[data] {self.x or self.path or 'data.npz'}"
 
 
 def _split_tables(table: dict[str, Any], *names: str) -> list[dict[str, Any]]:
@@ -91,6 +111,8 @@ def load_aggregator_file(path: Path) -> tuple[AggregatorConfig, ModelSpec]:
 
 
 def _aggregator_tables(path: Path) -> tuple[AggregatorConfig, ModelSpec, EvaluationSpec]:
+    from aggregator.config import load_aggregator_config
+
     table = read_toml(path)
     model_table, evaluation_table = _split_tables(table, "model", "evaluation")
     return (load_aggregator_config(table, str(path), also_known=("evaluation", "model")),
@@ -112,6 +134,8 @@ def held_out_evaluator(spec: ModelSpec, evaluation: EvaluationSpec) -> Evaluate 
 
 
 def build_aggregator(path: Path) -> Aggregator:
+    from aggregator.service import Aggregator
+
     config, spec, evaluation = _aggregator_tables(path)
     arch = spec.arch()
     aggregator = Aggregator(config, initial_weights=spec.trainer().get_weights(), arch=arch,
@@ -129,9 +153,9 @@ def build_device(path: Path) -> EdgeClient:
     config = from_table(ClientConfig, table, str(path), also_known=("data", "model"))
     spec = from_table(ModelSpec, model_table, "[model]")
     data = from_table(DataSpec, data_table, "[data]")
-    x, y = load_npz(data.path)
+    x, y = data.load()
     trainer = spec.trainer()
-    check_data_fits(trainer, x, y, f"[data] {data.path}")
+    check_data_fits(trainer, x, y, data.where)
     return EdgeClient(config, trainer, x, y)
 
 
@@ -165,6 +189,27 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         return checked_local_data(x, y, negative_labels_ok=True)  # check_data_fits
     except ValueError as exc:
         raise ConfigError(f"[data] {path}: {exc}") from None
+
+
+def load_npy(x_path: Path, y_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels memory-mapped read-only from two .npy files: only the rows a
+    batch reads are loaded, and the kernel may drop them again when memory is short."""
+    arrays = []
+    for key, path in (("x", x_path), ("y", y_path)):
+        try:
+            loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"[data] {key} {path}: need an .npy file as numpy.save writes "
+                              f"({exc})") from None
+        if not isinstance(loaded, np.ndarray):  # an .npz archive
+            loaded.close()
+            raise ConfigError(f"[data] {key} {path}: need an .npy file, not an .npz archive "
+                              "(an .npz goes in [data] path)")
+        arrays.append(loaded)
+    try:
+        return checked_local_data(arrays[0], arrays[1], negative_labels_ok=True)
+    except ValueError as exc:
+        raise ConfigError(f"[data] {x_path}, {y_path}: {exc}") from None
 
 
 def run_until_signal(run: Any) -> None:

@@ -1,6 +1,7 @@
 """Install fedge's device side on Raspberry Pi OS (Debian bookworm) arm64 and armhf under
 qemu-user, by the routes docs/raspberry-pi.md documents, and run one emulated device against
-an aggregator on this machine. Prints one JSON object per architecture with what it saw.
+an aggregator on this machine. Prints one JSON object per architecture with what it saw,
+and writes it to WORK/figures-ARCH.json too (benchmarks/footprint.py reads them).
 
 Slow (debootstrap, emulated apt and pip) and needs root, network to the Debian mirror and the
 package index, and qemu-user-static with binfmt_misc, so it is not part of the test command:
@@ -373,6 +374,8 @@ def main() -> None:
     for arch in args.arch or ["arm64", "armhf"]:
         figures = check(args.work, arch, wheel, host_accuracy, args.unit_tests)
         print(json.dumps(asdict(figures)), flush=True)
+        # benchmarks/footprint.py reports the newest of these beside its own figures
+        (args.work / f"figures-{arch}.json").write_text(json.dumps(asdict(figures)) + "\n")
         failed = failed or (figures.unit_tests or "").startswith("FAILED")
     print(f"done in {time.monotonic() - started:.0f} s", file=sys.stderr)
     if failed:

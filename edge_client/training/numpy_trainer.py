@@ -15,6 +15,7 @@ from edge_client.training.trainer import FitConfig, FitResult
 from edge_client.training.weights import Weights, check_weights_match
 
 _EVAL_CHUNK = 1024  # rows per evaluate forward pass; bounds memory on small devices
+_EVAL_CHUNK_BYTES = 4 * 2**20  # and fewer rows when they are wide (memory-mapped data)
 
 
 class NumpyTrainer:
@@ -39,7 +40,11 @@ class NumpyTrainer:
         config: FitConfig,
         should_stop: Callable[[], bool] | None = None,
     ) -> FitResult:
-        """Mini-batch SGD; shuffles each epoch from (config.seed, epoch) so runs repeat exactly."""
+        """Mini-batch SGD; shuffles each epoch from (config.seed, epoch) so runs repeat exactly.
+
+        Batches are read by index and converted one at a time, so x may be memory-mapped
+        (`np.load(path, mmap_mode="r")`) and larger than memory; the shuffled order holds
+        8 bytes per sample."""
         start = time.perf_counter()
         x, y = _as_dataset(x, y)
         optimizer = SGD(config.lr, config.momentum)
@@ -55,9 +60,8 @@ class NumpyTrainer:
                         stopped = True
                         break
                     batch = order[begin : begin + config.batch_size]
-                    losses.append(
-                        self._step(x[batch], y[batch], optimizer, anchor, config.prox_mu)
-                    )
+                    xb, yb = _batch(x, y, batch)
+                    losses.append(self._step(xb, yb, optimizer, anchor, config.prox_mu))
                 if stopped:
                     break
         finally:
@@ -79,8 +83,9 @@ class NumpyTrainer:
         self.model.set_training(False)
         loss_sum = 0.0
         correct = 0
-        for begin in range(0, len(x), _EVAL_CHUNK):
-            xb, yb = x[begin : begin + _EVAL_CHUNK], y[begin : begin + _EVAL_CHUNK]
+        chunk = max(1, min(_EVAL_CHUNK, _EVAL_CHUNK_BYTES // max(1, x[:1].nbytes)))
+        for begin in range(0, len(x), chunk):
+            xb, yb = _batch(x, y, slice(begin, begin + chunk))
             logits = self.model.forward(xb)
             loss, _ = softmax_cross_entropy(logits, yb)
             loss_sum += loss * len(xb)
@@ -112,9 +117,17 @@ def mlp_trainer(sizes: Sequence[int], seed: int = 0, qat: bool = False) -> Numpy
     return NumpyTrainer(mlp(sizes, seed, qat))
 
 
+def _batch(x: np.ndarray, y: np.ndarray, rows: np.ndarray | slice) -> tuple[np.ndarray, ...]:
+    """Rows of the data set as float32 features and int64 labels: only these are read."""
+    return x[rows].astype(np.float32, copy=False), y[rows].astype(np.int64, copy=False)
+
+
 def _as_dataset(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Coerce to float32 features and int64 labels, rejecting empty or mismatched data early."""
-    x = np.asarray(x, dtype=np.float32)
+    """Check the data set, rejecting empty or mismatched data early. An array of real
+    numbers is used as it is (a memory-mapped one is not loaded); batches are converted
+    to float32 and int64 as they are read."""
+    real = isinstance(x, np.ndarray) and x.dtype.kind in "biuf"
+    x = x if real else np.asarray(x, dtype=np.float32)
     y = np.asarray(y)
     if x.ndim < 2:
         raise ValueError(
@@ -126,4 +139,4 @@ def _as_dataset(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("need at least one sample")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"y must hold int class indices, got dtype {y.dtype}")
-    return x, y.astype(np.int64, copy=False)
+    return x, y

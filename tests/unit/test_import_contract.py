@@ -184,8 +184,19 @@ def test_a_device_loads_no_secagg_server() -> None:
 
 
 def test_a_device_without_security_loads_no_cryptography() -> None:
-    """Keys, signatures and secure rounds are imported where they are used: a device
-    that configures none of them loads neither cryptography nor the SecAgg client."""
-    assert loaded_by("import edge_client.client",
-                     ("cryptography", "edge_client.shared.secagg", "edge_client.shared.identity",
-                      "edge_client.secagg_session")) == set()
+    """Keys, signatures, secure rounds, pycryptodome and the inference runtimes are imported
+    where they are used: a device that configures none of them loads none of them."""
+    optional = ("cryptography", "Crypto", "Cryptodome", "onnxruntime", "ai_edge_litert",
+                "tflite_runtime", "onnx", "edge_client.shared.secagg",
+                "edge_client.shared.identity", "edge_client.secagg_session")
+    assert loaded_by("import edge_client.client", optional) == set()
+
+
+def test_fedge_device_loads_no_gateway_code() -> None:
+    """`fedge device` builds only its own command's parser: the demo, the aggregator and
+    cryptography stay unloaded (benchmarks/footprint.py measures what that saves)."""
+    statement = ("import contextlib, io\nfrom fedge.cli import main\n"
+                 "with contextlib.redirect_stdout(io.StringIO()), "
+                 "contextlib.suppress(SystemExit):\n    main(['device', '--help'])\n"
+                 "import fedge.roles")
+    assert loaded_by(statement, ("aggregator", "cryptography", "fedge.demo", "sqlite3")) == set()

@@ -4,7 +4,8 @@ The server learns the sum of the devices' integer vectors mod 2**bits and nothin
 about any one of them, even when some devices drop out. Both ends are state machines
 that take and return messages (`messages`) and never touch the network; the transport
 relays them. Used by devices and by the aggregator, so it depends on numpy, msgpack,
-`cryptography` and (lazily, for Shamir sharing) pycryptodome only.
+`cryptography` (imported when a secure round uses it) and (lazily, for Shamir sharing)
+pycryptodome only.
 The server (`SecAggServer`, `SecAggResult`, `Dropout`) is imported from
 `aggregator.secagg.server` and not from here, so a device never loads it.
 See docs/secure-aggregation.md.

@@ -4,6 +4,9 @@ Each device makes two fresh X25519 key pairs per round: `c` to encrypt the share
 sends its neighbours, `s` to agree the pairwise mask seeds. Every derived key goes
 through HKDF-SHA256 with an `info` that names its purpose, the round and the devices,
 so no key is ever used for two things.
+
+`cryptography` is imported by the functions that use it, so importing this module (and
+the device's SecAgg code with it) costs nothing until a secure round starts.
 """
 
 from __future__ import annotations
@@ -11,13 +14,9 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgpack
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge_client.shared.secagg.errors import BadSecAggMessage
 
@@ -29,6 +28,9 @@ SHARE_PLAINTEXT_SIZE = SEED_SIZE + KEY_SIZE  # a share of b_u, then a share of s
 CIPHERTEXT_SIZE = NONCE_SIZE + SHARE_PLAINTEXT_SIZE + TAG_SIZE
 _LABEL = "fedge-secagg/v1"
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 
 @dataclass(frozen=True)
 class KeyPair:
@@ -39,19 +41,27 @@ class KeyPair:
 
     @classmethod
     def generate(cls) -> KeyPair:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
         return cls.from_private(X25519PrivateKey.generate())
 
     @classmethod
     def from_private(cls, private: X25519PrivateKey) -> KeyPair:
+        from cryptography.hazmat.primitives import serialization
+
         public = private.public_key().public_bytes(serialization.Encoding.Raw,
                                                    serialization.PublicFormat.Raw)
         return cls(private=private, public=public)
 
     @classmethod
     def from_private_bytes(cls, raw: bytes) -> KeyPair:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
         return cls.from_private(X25519PrivateKey.from_private_bytes(raw))
 
     def private_bytes(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.private.private_bytes(serialization.Encoding.Raw,
                                           serialization.PrivateFormat.Raw,
                                           serialization.NoEncryption())
@@ -59,6 +69,8 @@ class KeyPair:
 
 def agree(private: X25519PrivateKey, peer_public: bytes, peer: str) -> bytes:
     """The X25519 shared secret with `peer`; a low-order or malformed key is refused."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
     try:
         return private.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as exc:
@@ -67,6 +79,9 @@ def agree(private: X25519PrivateKey, peer_public: bytes, peer: str) -> bytes:
 
 def derive_key(secret: bytes, purpose: str, *context: str) -> bytes:
     """A 32-byte key for one purpose, bound to its context (round id, device ids)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     info = msgpack.packb([_LABEL, purpose, *context], use_bin_type=True)
     return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(secret)
 
@@ -100,12 +115,17 @@ def share_associated_data(round_id: str, sender: str, recipient: str) -> bytes:
 
 def encrypt_share(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
     """nonce || ChaCha20-Poly1305(plaintext); the nonce is random."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     nonce = os.urandom(NONCE_SIZE)
     return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, associated)
 
 
 def decrypt_share(key: bytes, blob: bytes, associated: bytes, sender: str) -> bytes:
     """The plaintext of one encrypted share; a garbled or misdirected one is refused."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     if len(blob) != CIPHERTEXT_SIZE:
         raise BadSecAggMessage(f"share from {sender!r} has {len(blob)} bytes, "
                                f"expected {CIPHERTEXT_SIZE}")

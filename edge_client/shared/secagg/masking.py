@@ -8,11 +8,15 @@ two devices that both send their input cancel in the sum.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge_client.shared.secagg.keys import agree, pair_mask_key, self_mask_key
 from edge_client.shared.secagg.prg import expand_mask, modulus_mask
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 
 def self_mask(seed: bytes, round_id: str, device: str, dim: int, bits: int) -> np.ndarray:

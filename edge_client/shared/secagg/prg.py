@@ -8,7 +8,6 @@ the smallest word (1, 2, 4 or 8 bytes) that holds `bits`.
 from __future__ import annotations
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 MIN_BITS = 8
 MAX_BITS = 64
@@ -33,6 +32,8 @@ def modulus_mask(bits: int) -> np.uint64:
 
 def expand_mask(key: bytes, count: int, bits: int) -> np.ndarray:
     """`count` pseudorandom values in [0, 2**bits) as uint64, from a 32-byte key."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms  # only when masking
+
     dtype = word_dtype(bits)
     encryptor = Cipher(algorithms.ChaCha20(key, _ZERO_NONCE), mode=None).encryptor()
     stream = encryptor.update(bytes(count * dtype.itemsize))
