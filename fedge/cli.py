@@ -1,4 +1,4 @@
-"""The `fedge` command: demo, aggregator, device, keys, export, bridge, status."""
+"""The `fedge` command: demo, aggregator, device, keys, export, bridge, status, bundle."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from edge_client.blas_threads import limit_blas_threads
 from edge_client.shared.settings import ConfigError
 from fedge.aggregator_cli import add_aggregator_parser
 from fedge.bridge_cli import add_bridge_parser
+from fedge.bundle_cli import add_bundle_parser
 from fedge.demo import DP_MODES, DemoConfig, check_demo, model_versions, run_demo
 from fedge.export_cli import add_export_parser
 from fedge.keys_cli import add_keys_parser
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     add_export_parser(sub)
     add_bridge_parser(sub)
     add_status_parser(sub)
+    add_bundle_parser(sub)
     args = parser.parse_args(argv)
     setup_logging(_log_level(args), args.log_format)
     limit_blas_threads(1)  # edge_client/blas_threads.py: far faster when the CPU is shared
