@@ -26,8 +26,8 @@ cd "$here"
 # shellcheck source=/dev/null
 . ./bundle.env
 
-sha256sum --check --quiet --strict SHA256SUMS >/dev/null \
-    || die "files in $here do not match SHA256SUMS: copy the bundle again"
+damaged="$(sha256sum --check --quiet --strict SHA256SUMS 2>/dev/null)" \
+    || die "files in $here do not match SHA256SUMS (${damaged//$'\n'/, }): copy the bundle again"
 
 machine="$(dpkg --print-architecture 2>/dev/null || uname -m)"
 [ "$machine" = "$ARCH" ] || die "this bundle is for $ARCH, this system is $machine"

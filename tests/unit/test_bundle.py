@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import stat
@@ -240,3 +241,38 @@ def test_unknown_arch_is_argparses_one_line(tmp_path, app, capsys):
     assert "argument --arch: invalid choice: 'mips'" in err[-1]
     with pytest.raises(BundleError, match=r"^--arch 'mips' is not known; use one of arm64"):
         build(BundleRequest("mips", app, tmp_path / "x.toml", tmp_path / "b.tar.gz"))
+
+
+def _run_install(top: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(top / "install.sh"), "--no-enable"],
+                          capture_output=True, text=True, timeout=30)
+
+
+def _reseal(top: Path) -> None:
+    """Rewrite SHA256SUMS after a test changed a file on purpose."""
+    files = sorted(p for p in top.rglob("*") if p.is_file() and p.name != "SHA256SUMS")
+    (top / "SHA256SUMS").write_text("".join(
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(top).as_posix()}\n"
+        for p in files))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh checks for root first")
+def test_install_refuses_damaged_files_and_another_arch_before_changing_anything(
+        tmp_path, fake_pip, app):
+    out = tmp_path / "b.tar.gz"
+    build(BundleRequest("arm64", app, config(tmp_path), out))
+    top = unpacked(out, tmp_path / "x")
+    (top / "device.toml").write_text("tampered\n")
+    done = _run_install(top)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"install.sh: files in {top} do not match SHA256SUMS "
+                                   "(device.toml: FAILED): copy the bundle again")
+    # an arch no machine has, so the script can never get past this check here
+    env = (top / "bundle.env").read_text().replace("ARCH=arm64", "ARCH=no-such-arch")
+    (top / "bundle.env").write_text(env)
+    _reseal(top)
+    done = _run_install(top)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("install.sh: this bundle is for no-such-arch, "
+                                          "this system is ")
+    assert not Path("/opt/fedge/app/run.py").exists()
