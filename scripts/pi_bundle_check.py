@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from pi_os_check import (
     ARMHF_PACKAGES,
     REPO,
@@ -45,6 +46,8 @@ from pi_os_check import (
     sh,
     umount_proc,
 )
+
+from fedge.bundle.targets import TARGETS
 
 BUNDLE_IN_ROOT = "/root/fedge-bundle"
 CHECK = "/opt/fedge-check"
@@ -89,12 +92,17 @@ def in_copy(copy: Path, arch: str, *cmd: str, network: bool = False) -> str:
 
 
 def debs_for_armhf(work: Path, copy: Path) -> Path:
-    """Remove Debian's python3-* packages from the copy, and gather their .debs (and
-    their dependencies' that went with them) from the cached apt archives."""
+    """Remove Debian's python3-* packages from the copy (those pi_os_check.py installed),
+    and gather the .debs of the ones the bundle needs, with the dependencies that went
+    with them, from the cached apt archives."""
     before = installed(copy)
     in_copy(copy, "armhf", "apt-get", "purge", "-y", "-q", *ARMHF_PACKAGES)
     in_copy(copy, "armhf", "apt-get", "autoremove", "--purge", "-y", "-q")
-    removed = before - installed(copy)
+    needed = sh("chroot", str(copy), "apt-cache", "depends", "--recurse", "--no-recommends",
+                "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces",
+                "--no-enhances", *TARGETS["armhf"].debian_packages, log=False)
+    closure = {line.split(":")[-1].strip() for line in needed.splitlines()}
+    removed = (before - installed(copy)) & closure
     archives = work / "armhf" / "var/cache/apt/archives"
     debs = work / "debs-armhf"
     shutil.rmtree(debs, ignore_errors=True)
