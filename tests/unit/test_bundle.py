@@ -22,7 +22,7 @@ import pytest
 from edge_client.shared.identity import create_identity
 from fedge.bundle import builder, wheels
 from fedge.bundle.builder import BundleRequest, build
-from fedge.bundle.inputs import BundleError
+from fedge.bundle.inputs import CONFIG_PATH, STATE_DIR, VENV_DIR, BundleError
 from fedge.cli import main
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -170,8 +170,11 @@ def test_given_key_is_shipped_as_is(tmp_path, fake_pip, app):
 def test_install_script_parses_and_unit_matches_deploy():
     here = REPO / "fedge" / "bundle"
     subprocess.run(["bash", "-n", str(here / "install.sh")], check=True)
-    assert ((here / "fedge-device.service").read_text()
-            == (REPO / "deploy" / "fedge-device.service").read_text())
+    unit = (here / "fedge-device.service").read_text()
+    assert unit == (REPO / "deploy" / "fedge-device.service").read_text()
+    # the unit runs what install.sh installs, where it installs it
+    assert f"ExecStart={VENV_DIR}/bin/fedge device --config {CONFIG_PATH}\n" in unit
+    assert f"WorkingDirectory={STATE_DIR}\n" in unit
 
 
 @pytest.mark.parametrize(("args", "message"), [
