@@ -63,6 +63,9 @@ def _bundle(args: argparse.Namespace) -> int:
     if manifest.debian_packages and not manifest.debs:
         print(f"the device needs these Debian packages installed first: "
               f"{' '.join(manifest.debian_packages)} (or rebuild with --debs)")
+    for named in manifest.not_in_bundle:
+        print(f"not in the bundle: the device.toml names {named}; put it on the device "
+              f"yourself, or in --app and under /opt/fedge/app")
     if manifest.key_public:
         print(f"device key at {manifest.key} on the device; enroll it at the gateway:\n"
               f"  fedge aggregator enroll --config aggregator.toml --device "

@@ -62,6 +62,7 @@ class Manifest:
     debs: list[str] = field(default_factory=list)
     wheels: list[str] = field(default_factory=list)
     app_files: int = 0
+    not_in_bundle: list[str] = field(default_factory=list)  # the device must have these
 
 
 def build(request: BundleRequest) -> Manifest:
@@ -144,7 +145,8 @@ def _manifest(request: BundleRequest, target: Target, facts: DeviceFacts, top: P
         debian_packages=list(target.debian_packages),
         debs=sorted(p.name for p in (top / "debs").glob("*.deb")),
         wheels=sorted(p.name for p in (top / "wheels").glob("*.whl")),
-        app_files=sum(1 for p in (top / "app").rglob("*") if p.is_file()))
+        app_files=sum(1 for p in (top / "app").rglob("*") if p.is_file()),
+        not_in_bundle=list(facts.not_in_bundle))
 
 
 def _add_installer(top: Path, manifest: Manifest, target: Target) -> None:

@@ -41,6 +41,7 @@ class DeviceFacts:
     port: int
     data_path: PurePosixPath  # where the device reads [data] path, absolute
     key_dest: PurePosixPath | None  # where [security] key_file puts the key, absolute
+    not_in_bundle: tuple[str, ...] = ()  # files the config names outside the app's folder
 
 
 def check_target(arch: str) -> Target:
@@ -87,16 +88,27 @@ def check_config(config: Path, app: Path) -> DeviceFacts:
         data = from_table(DataSpec, data_table, f"{config} [data]")
     except (ConfigError, ValueError, TypeError) as exc:
         raise BundleError(f"--config {config}: {_without_prefix(str(exc), config)}") from None
-    data_path = on_device(data.path)
-    if data_path.is_relative_to(APP_DIR):
-        inside = app / data_path.relative_to(APP_DIR)
-        if not inside.is_file():
-            raise BundleError(f"--config {config}: [data] path {data_path} is in the app's "
-                              f"folder on the device, but --app has no {inside}")
+    auth = client.broker_auth
+    named = {"[data] path": data.path, "[broker_auth] ca_file": auth.ca_file,
+             "[broker_auth] cert_file": auth.cert_file, "[broker_auth] key_file": auth.key_file,
+             "[broker_auth] password_file": auth.password_file}
+    outside = []
+    for key_name, path in named.items():
+        if path is None:
+            continue
+        where = on_device(path)
+        if where.is_relative_to(APP_DIR):
+            inside = app / where.relative_to(APP_DIR)
+            if not inside.is_file():
+                raise BundleError(f"--config {config}: {key_name} {where} is in the app's "
+                                  f"folder on the device, but --app has no {inside}")
+        else:
+            outside.append(f"{key_name} {where}")
     key = client.security.key_file
     return DeviceFacts(device_id=client.device_id, federation=client.federation,
-                       host=client.host, port=client.port, data_path=data_path,
-                       key_dest=on_device(key) if key is not None else None)
+                       host=client.host, port=client.port, data_path=on_device(data.path),
+                       key_dest=on_device(key) if key is not None else None,
+                       not_in_bundle=tuple(outside))
 
 
 def check_key(key: Path | None, facts: DeviceFacts, config: Path) -> None:

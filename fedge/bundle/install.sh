@@ -61,12 +61,15 @@ PIP_CONFIG_FILE=/dev/null "$VENV/bin/python" "$pip_wheel/pip" install --quiet --
 "$VENV/bin/python" -m pip check --disable-pip-version-check >/dev/null \
     || die "pip check found broken requirements: run $VENV/bin/pip check"
 
-echo "installing the app in $APP_DIR and the config in $CONFIG"
-cp -r app "$APP_DIR"
-chmod -R u=rwX,go=rX "$APP_DIR"
 getent passwd fedge >/dev/null \
     || useradd --system --home-dir "$STATE_DIR" --shell /usr/sbin/nologin fedge
 install -d -m 0700 -o fedge -g fedge "$STATE_DIR"
+
+echo "installing the app in $APP_DIR and the config in $CONFIG"
+# Readable by the fedge group only: the app may hold the broker's password file.
+cp -r app "$APP_DIR"
+chown -R root:fedge "$APP_DIR"
+chmod -R u=rwX,g=rX,o= "$APP_DIR"
 install -D -m 0640 -o root -g fedge device.toml "$CONFIG"
 
 if [ -n "$KEY_DEST" ]; then

@@ -109,7 +109,7 @@ def test_bundle_holds_everything_the_device_needs(tmp_path, fake_pip, app):
         "data": "/opt/fedge/app/data.npz", "key": "/var/lib/fedge/device.key",
         "key_public": manifest.key_public, "debian_packages": [], "debs": [],
         "wheels": ["fedge-0.1.0-py3-none-any.whl", "paho_mqtt-2.2.0-py3-none-any.whl",
-                   "pip-26.0-py3-none-any.whl"], "app_files": 2}
+                   "pip-26.0-py3-none-any.whl"], "app_files": 2, "not_in_bundle": []}
     assert manifest.key_public and manifest.key_public.startswith("ed25519:")
     assert manifest.key_public in (top / "enroll.txt").read_text()
 
@@ -155,6 +155,20 @@ def test_armhf_takes_compiled_packages_from_debian_and_ships_debs(tmp_path, fake
                                         "python3-cryptography"]
     assert manifest.debs == ["python3-numpy_1.24.2_armhf.deb"]
     assert manifest.key is None and manifest.key_public is None
+
+
+def test_files_the_config_names_must_be_in_the_app_or_are_listed(tmp_path, fake_pip, app):
+    (app / "ca.crt").write_text("cert")
+    auth = ('[broker_auth]\nca_file = "/opt/fedge/app/ca.crt"\nusername = "pi-kitchen"\n'
+            'password_file = "/etc/fedge/broker.password"\n')
+    manifest = build(BundleRequest("arm64", app, config(tmp_path, security=auth),
+                                   tmp_path / "b.tar.gz"))
+    assert manifest.not_in_bundle == ["[broker_auth] password_file /etc/fedge/broker.password"]
+    (app / "ca.crt").unlink()
+    with pytest.raises(BundleError, match=r"\[broker_auth\] ca_file /opt/fedge/app/ca.crt is in "
+                                          r"the app's folder on the device, but --app has no"):
+        build(BundleRequest("arm64", app, config(tmp_path, security=auth),
+                            tmp_path / "b.tar.gz"))
 
 
 def test_given_key_is_shipped_as_is(tmp_path, fake_pip, app):
