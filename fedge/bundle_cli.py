@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedge.bundle.targets import TARGETS
+from fedge.bundle.targets import DEVICE_EXTRAS, TARGETS
 
 
 def add_bundle_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +31,9 @@ def add_bundle_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--key", type=Path,
                    help="ship this device key (PEM, mode 600) at [security] key_file; "
                         "default: a new key when the config has key_file")
+    p.add_argument("--extra", action="append", default=[], choices=DEVICE_EXTRAS,
+                   help="add one of fedge's device extras: secagg (pycryptodome; armhf: "
+                        "Debian's), onnx, litert (arm64, amd64 only); repeat for more")
     p.add_argument("--debs", type=Path,
                    help="armhf: a folder of .deb files (Debian's numpy, msgpack, "
                         "cryptography and what they need) to ship and install first")
@@ -47,7 +50,7 @@ def _bundle(args: argparse.Namespace) -> int:
 
     request = BundleRequest(arch=args.arch, app=args.app, config=args.config, out=args.out,
                             key=args.key, fedge_wheel=args.fedge_wheel, debs=args.debs,
-                            python=args.python)
+                            python=args.python, extras=tuple(args.extra))
     try:
         manifest = build(request)
     except BundleError as exc:

@@ -40,6 +40,7 @@ class BundleRequest:
     fedge_wheel: Path | None = None  # else build one from this source tree
     debs: Path | None = None  # a folder of .deb files to ship (armhf's Debian packages)
     python: str = "3.11"  # the target's CPython (Debian bookworm, Pi OS)
+    extras: tuple[str, ...] = ()  # fedge's device-side extras: secagg, onnx, litert
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Manifest:
     format: int
     arch: str
     python: str
+    extras: list[str]
     device_id: str
     federation: str
     broker: str
@@ -68,6 +70,7 @@ class Manifest:
 def build(request: BundleRequest) -> Manifest:
     """Check the inputs, then write request.out; returns what went in."""
     target = inputs.check_target(request.arch)
+    inputs.check_extras(request.extras, target)
     app = inputs.check_app(request.app)
     facts = inputs.check_config(request.config, app)
     inputs.check_key(request.key, facts, request.config)
@@ -77,7 +80,7 @@ def build(request: BundleRequest) -> Manifest:
         top = Path(tmp) / f"fedge-bundle-{facts.device_id}-{target.arch}"
         top.mkdir()
         wheel = wheels.fedge_wheel(request.fedge_wheel, Path(tmp) / "dist")
-        _add_wheels(top / "wheels", target, request.python, wheel)
+        debian_packages = _add_wheels(top / "wheels", target, request, wheel)
         shutil.copytree(app, top / "app", symlinks=False,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy(request.config, top / "device.toml")
@@ -85,7 +88,7 @@ def build(request: BundleRequest) -> Manifest:
         for deb in debs:
             (top / "debs").mkdir(exist_ok=True)
             shutil.copy(deb, top / "debs" / deb.name)
-        manifest = _manifest(request, target, facts, top, identity)
+        manifest = _manifest(request, facts, top, identity, debian_packages)
         (top / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2) + "\n")
         _add_installer(top, manifest, target)
         _write_checksums(top)
@@ -96,7 +99,7 @@ def build(request: BundleRequest) -> Manifest:
 def _check_debs(debs: Path | None, target: Target) -> list[Path]:
     if debs is None:
         return []
-    if not target.debian_packages:
+    if not target.debian:
         raise BundleError(f"--debs {debs}: --arch {target.arch} takes everything as wheels")
     if not debs.is_dir():
         raise BundleError(f"--debs {debs}: no such directory")
@@ -106,15 +109,23 @@ def _check_debs(debs: Path | None, target: Target) -> list[Path]:
     return found
 
 
-def _add_wheels(dest: Path, target: Target, python: str, wheel: Path) -> None:
+def _add_wheels(dest: Path, target: Target, request: BundleRequest, wheel: Path) -> list[str]:
+    """Wheels into `dest`; returns the Debian packages the device must have besides."""
     dest.mkdir()
     shutil.copy(wheel, dest / wheel.name)
-    if target.wheel_arch is None:  # pure-Python wheels for what Debian does not provide
-        wanted = [r for r in wheels.requirements(wheel)
-                  if wheels.requirement_name(r) not in target.from_debian]
-        wheels.download(target, python, [*wanted, "pip"], dest)
-    else:
-        wheels.download(target, python, [str(dest / wheel.name), "pip"], dest)
+    if target.wheel_arch is not None:
+        extras = f"[{','.join(request.extras)}]" if request.extras else ""
+        wheels.download(target, request.python, [f"{dest / wheel.name}{extras}", "pip"], dest)
+        return []
+    debian, wanted = [], []
+    for requirement in wheels.requirements(wheel, request.extras):
+        package = target.debian_package(wheels.requirement_name(requirement))
+        if package is None:
+            wanted.append(requirement)  # pure Python, or pip download says it is not
+        elif package not in debian:
+            debian.append(package)
+    wheels.download(target, request.python, [*wanted, "pip"], dest)
+    return debian
 
 
 def _add_key(top: Path, key: Path | None, facts: DeviceFacts) -> Identity | None:
@@ -133,16 +144,17 @@ def _add_key(top: Path, key: Path | None, facts: DeviceFacts) -> Identity | None
     return identity
 
 
-def _manifest(request: BundleRequest, target: Target, facts: DeviceFacts, top: Path,
-              identity: Identity | None) -> Manifest:
+def _manifest(request: BundleRequest, facts: DeviceFacts, top: Path,
+              identity: Identity | None, debian_packages: list[str]) -> Manifest:
     return Manifest(
-        format=FORMAT, arch=target.arch, python=request.python, device_id=facts.device_id,
+        format=FORMAT, arch=request.arch, python=request.python, extras=list(request.extras),
+        device_id=facts.device_id,
         federation=facts.federation, broker=f"{facts.host}:{facts.port}",
         venv=str(inputs.VENV_DIR), app_dir=str(inputs.APP_DIR),
         config=str(inputs.CONFIG_PATH), data=str(facts.data_path),
         key=str(facts.key_dest) if facts.key_dest else None,
         key_public=identity.public_text if identity else None,
-        debian_packages=list(target.debian_packages),
+        debian_packages=debian_packages,
         debs=sorted(p.name for p in (top / "debs").glob("*.deb")),
         wheels=sorted(p.name for p in (top / "wheels").glob("*.whl")),
         app_files=sum(1 for p in (top / "app").rglob("*") if p.is_file()),
@@ -158,6 +170,10 @@ def _add_installer(top: Path, manifest: Manifest, target: Target) -> None:
         "KEY_DEST": manifest.key or "",
         "SYSTEM_SITE": "--system-site-packages" if target.system_site_packages else "",
         "DEBIAN_PACKAGES": " ".join(manifest.debian_packages),
+        # Debian targets: the extras' packages come from Debian, under other names
+        # (pycryptodomex), so pip installs plain fedge there.
+        "FEDGE": (f"fedge[{','.join(manifest.extras)}]"
+                  if manifest.extras and not target.system_site_packages else "fedge"),
     }
     (top / "bundle.env").write_text(
         "# Read by install.sh: where this bundle puts things on the device.\n"

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from edge_client.client import ClientConfig
 from edge_client.shared.identity import load_identity
 from edge_client.shared.settings import ConfigError, from_table, read_toml
-from fedge.bundle.targets import TARGETS, Target
+from fedge.bundle.targets import DEVICE_EXTRAS, TARGETS, Target
 from fedge.roles import DataSpec, ModelSpec
 
 # Where install.sh puts things on the device; the systemd unit expects the same paths.
@@ -48,6 +48,16 @@ def check_target(arch: str) -> Target:
     if arch not in TARGETS:
         raise BundleError(f"--arch {arch!r} is not known; use one of {', '.join(TARGETS)}")
     return TARGETS[arch]
+
+
+def check_extras(extras: tuple[str, ...], target: Target) -> None:
+    for extra in extras:
+        if extra not in DEVICE_EXTRAS:
+            raise BundleError(f"--extra {extra!r} is not a device extra; use one of "
+                              f"{', '.join(DEVICE_EXTRAS)}")
+        if extra in target.missing_extras:
+            raise BundleError(f"--extra {extra}: there is no {target.arch} build of it; "
+                              f"{target.arch} devices serve models with runtime='numpy'")
 
 
 def check_app(app: Path) -> Path:

@@ -56,7 +56,7 @@ python3 -m venv --without-pip $SYSTEM_SITE "$VENV"
 pip_wheel="$(find wheels -name 'pip-*.whl' | head -n 1)"
 [ -n "$pip_wheel" ] || die "no pip wheel in wheels/"
 PIP_CONFIG_FILE=/dev/null "$VENV/bin/python" "$pip_wheel/pip" install --quiet --no-index \
-    --find-links wheels --no-cache-dir --disable-pip-version-check pip fedge \
+    --find-links wheels --no-cache-dir --disable-pip-version-check pip "$FEDGE" \
     || die "pip could not install fedge from wheels/ (see above)"
 "$VENV/bin/python" -m pip check --disable-pip-version-check >/dev/null \
     || die "pip check found broken requirements: run $VENV/bin/pip check"

@@ -33,13 +33,23 @@ def fedge_wheel(given: Path | None, dest: Path) -> Path:
     return next(dest.glob("fedge-*.whl"))
 
 
-def requirements(wheel: Path) -> list[str]:
-    """fedge's own dependencies (Requires-Dist without extras), from its wheel."""
+def requirements(wheel: Path, extras: tuple[str, ...] = ()) -> list[str]:
+    """fedge's own dependencies and those of `extras`, from its wheel's Requires-Dist,
+    markers removed from the extras' (fedge[...] self-references are left out)."""
     with zipfile.ZipFile(wheel) as zf:
         name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         metadata = zf.read(name).decode()
-    return [line.split(":", 1)[1].strip() for line in metadata.splitlines()
-            if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    found = []
+    for line in metadata.splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        requirement = line.split(":", 1)[1].strip()
+        extra = re.search(r"""extra == ["']([^"']+)["']""", requirement)
+        if extra is None:
+            found.append(requirement)
+        elif extra.group(1) in extras and not requirement.startswith("fedge"):
+            found.append(requirement.split(";", 1)[0].strip())
+    return found
 
 
 def requirement_name(requirement: str) -> str:

@@ -103,7 +103,7 @@ def test_bundle_holds_everything_the_device_needs(tmp_path, fake_pip, app):
     assert stat.S_IMODE((top / "device.key").stat().st_mode) == 0o600
     assert stat.S_IMODE((top / "install.sh").stat().st_mode) == 0o755
     assert json.loads((top / "manifest.json").read_text()) == {
-        "format": 1, "arch": "arm64", "python": "3.11", "device_id": "pi-kitchen",
+        "format": 1, "arch": "arm64", "python": "3.11", "extras": [], "device_id": "pi-kitchen",
         "federation": "plant-7", "broker": "gateway.local:1883", "venv": "/opt/fedge",
         "app_dir": "/opt/fedge/app", "config": "/etc/fedge/device.toml",
         "data": "/opt/fedge/app/data.npz", "key": "/var/lib/fedge/device.key",
@@ -137,7 +137,8 @@ def test_bundle_env_is_what_install_sh_reads(tmp_path, fake_pip, app):
                    "CONFIG": "/etc/fedge/device.toml", "STATE_DIR": "/var/lib/fedge",
                    "KEY_DEST": "/var/lib/fedge/device.key",
                    "SYSTEM_SITE": "--system-site-packages",
-                   "DEBIAN_PACKAGES": "python3-numpy python3-msgpack python3-cryptography"}
+                   "DEBIAN_PACKAGES": "python3-numpy python3-cryptography python3-msgpack",
+                   "FEDGE": "fedge"}
     used = set(re.findall(r"\$\{?([A-Z_]+)", (top / "install.sh").read_text()))
     assert used - {"PIP_CONFIG_FILE"} <= set(env)
 
@@ -151,10 +152,26 @@ def test_armhf_takes_compiled_packages_from_debian_and_ships_debs(tmp_path, fake
     ((_, _, wanted),) = fake_pip
     # pure-Python wheels of what Debian does not provide; extras are left out
     assert wanted == ("paho-mqtt<3,>=1.6", "threadpoolctl>=3.1", "pip")
-    assert manifest.debian_packages == ["python3-numpy", "python3-msgpack",
-                                        "python3-cryptography"]
+    assert manifest.debian_packages == ["python3-numpy", "python3-cryptography",
+                                        "python3-msgpack"]
     assert manifest.debs == ["python3-numpy_1.24.2_armhf.deb"]
     assert manifest.key is None and manifest.key_public is None
+
+
+def test_extras_come_as_wheels_or_from_debian(tmp_path, fake_pip, app):
+    manifest = build(BundleRequest("arm64", app, config(tmp_path), tmp_path / "a.tar.gz",
+                                   extras=("secagg", "onnx")))
+    assert fake_pip[-1][2][0].endswith("fedge-0.1.0-py3-none-any.whl[secagg,onnx]")
+    assert manifest.extras == ["secagg", "onnx"]
+    top = unpacked(tmp_path / "a.tar.gz", tmp_path / "a")
+    assert "FEDGE='fedge[secagg,onnx]'" in (top / "bundle.env").read_text()
+    manifest = build(BundleRequest("armhf", app, config(tmp_path), tmp_path / "b.tar.gz",
+                                   extras=("secagg",)))
+    assert manifest.debian_packages[-1] == "python3-pycryptodome"
+    assert fake_pip[-1][2] == ("paho-mqtt<3,>=1.6", "threadpoolctl>=3.1", "pip")
+    with pytest.raises(BundleError, match=r"^--extra onnx: there is no armhf build of it"):
+        build(BundleRequest("armhf", app, config(tmp_path), tmp_path / "c.tar.gz",
+                            extras=("onnx",)))
 
 
 def test_files_the_config_names_must_be_in_the_app_or_are_listed(tmp_path, fake_pip, app):
