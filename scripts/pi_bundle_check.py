@@ -6,8 +6,9 @@ For each --arch: copies the root filesystem scripts/pi_os_check.py keeps in --wo
 by that script if missing) without fedge in it; on armhf also removes Debian's numpy,
 msgpack, cryptography and friends from the copy and ships their .debs in the bundle
 instead (taken from the cached root filesystem's apt archives). Then, on this machine,
-`fedge bundle` with a device.toml that signs (a new key, enrolled at the aggregator); in
-the copy, with no network at all (`unshare -n`), the bundle's install.sh; then the
+`fedge bundle --extra secagg` with a device.toml that signs (a new key, enrolled at the
+aggregator); in the copy, with no network at all (`unshare -n`), the bundle's install.sh;
+then the
 installed `/opt/fedge/bin/fedge device --config /etc/fedge/device.toml`, as the `fedge`
 user install.sh made, against mosquitto and `fedge aggregator serve` (secure mode) on
 127.0.0.1. Needs root and what pi_os_check.py needs:
@@ -66,6 +67,7 @@ class BundleFigures:
     numpy: str
     paho_mqtt: str
     cryptography: str
+    secagg_shamir_from: str  # --extra secagg: pycryptodome as `Crypto` (pip) or `Cryptodome`
     unit_enabled: bool  # multi-user.target.wants/fedge-device.service points at the unit
     device_user: str
     device_rss_mb_peak: float  # of the qemu process: emulator included
@@ -100,7 +102,7 @@ def debs_for_armhf(work: Path, copy: Path) -> Path:
     in_copy(copy, "armhf", "apt-get", "autoremove", "--purge", "-y", "-q")
     needed = sh("chroot", str(copy), "apt-cache", "depends", "--recurse", "--no-recommends",
                 "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces",
-                "--no-enhances", *TARGETS["armhf"].debian_packages, log=False)
+                "--no-enhances", *(pkg for _, pkg in TARGETS["armhf"].debian), log=False)
     closure = {line.split(":")[-1].strip() for line in needed.splitlines()}
     removed = (before - installed(copy)) & closure
     archives = work / "armhf" / "var/cache/apt/archives"
@@ -157,6 +159,7 @@ def check(work: Path, arch: str) -> BundleFigures:
         out = folder / f"fedge-bundle-{arch}.tar.gz"
         fedge_cli("bundle", "--arch", arch, "--app", str(app),
                   "--config", str(device_config(folder, arch, broker.port)), "--out", str(out),
+                  "--extra", "secagg",
                   *(["--debs", str(debs)] if debs else []))
         manifest = bundle_manifest(out)
         fedge_cli("aggregator", "enroll", "--config", str(agg), "--device",
@@ -169,9 +172,10 @@ def check(work: Path, arch: str) -> BundleFigures:
         print(in_copy(copy, arch, f"{top}/install.sh"), file=sys.stderr)
         install_s = time.monotonic() - started
         versions = in_copy(copy, arch, "/opt/fedge/bin/python", "-c",
-                           "import sys, numpy, cryptography, paho.mqtt; print(sys.version."
-                           "split()[0], numpy.__version__, paho.mqtt.__version__, "
-                           "cryptography.__version__)").split()
+                           "import sys, numpy, cryptography, paho.mqtt; from edge_client.shared."
+                           "secagg.shamir import _shamir; print(sys.version.split()[0], "
+                           "numpy.__version__, paho.mqtt.__version__, cryptography.__version__,"
+                           " _shamir().__module__.split('.')[0])").split()
 
         mount_proc(copy)
         try:
@@ -205,7 +209,7 @@ def check(work: Path, arch: str) -> BundleFigures:
             install_network="none (unshare -n: loopback only, down)",
             install_s=round(install_s, 1), venv_mib=du_mib(copy / "opt/fedge"),
             python=versions[0], numpy=versions[1], paho_mqtt=versions[2],
-            cryptography=versions[3],
+            cryptography=versions[3], secagg_shamir_from=versions[4],
             unit_enabled=os.readlink(wants) == "/etc/systemd/system/fedge-device.service",
             device_user="fedge", device_rss_mb_peak=result["peak_rss_mb"],
             device_log_accepted=accepted, signed=True, model_versions=model_versions,
