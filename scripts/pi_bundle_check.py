@@ -2,15 +2,14 @@
 filesystem under qemu-user, and run the device it installed against an aggregator on
 this machine. Prints one JSON object per architecture with what it saw.
 
-For each --arch: copies the root filesystem scripts/pi_os_check.py keeps in --work (made
-by that script if missing) without fedge in it; on armhf also removes Debian's numpy,
-msgpack, cryptography and friends from the copy and ships their .debs in the bundle
-instead (taken from the cached root filesystem's apt archives). Then, on this machine,
-`fedge bundle --extra secagg` with a device.toml that signs (a new key, enrolled at the
-aggregator); in the copy, with no network at all (`unshare -n`), the bundle's install.sh;
-then the
-installed `/opt/fedge/bin/fedge device --config /etc/fedge/device.toml`, as the `fedge`
-user install.sh made, against mosquitto and `fedge aggregator serve` (secure mode) on
+For each --arch: copies the root filesystem scripts/pi_os_check.py keeps in --work (run
+that first: armhf's .debs come from its apt archives) without fedge in it; on armhf also
+removes Debian's numpy, msgpack, cryptography and friends from the copy and ships their
+.debs in the bundle instead. Then, on this machine, `fedge bundle --extra secagg` with a
+device.toml that signs (a new key, enrolled at the aggregator); in the copy, with no
+network at all (`unshare -n`), the bundle's install.sh; then the installed
+`/opt/fedge/bin/fedge device --config /etc/fedge/device.toml`, as the `fedge` user
+install.sh made, against mosquitto and `fedge aggregator serve` (secure mode) on
 127.0.0.1. Needs root and what pi_os_check.py needs:
 
     sudo .venv/bin/python scripts/pi_bundle_check.py --arch arm64 --arch armhf
