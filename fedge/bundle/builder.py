@@ -198,5 +198,7 @@ def _pack(top: Path, out: Path) -> None:
         with tarfile.open(partial, "w:gz") as tar:
             tar.add(top, arcname=top.name)
         os.replace(partial, out)
+    except OSError as exc:
+        raise BundleError(f"--out {out}: cannot write it: {exc.strerror or exc}") from None
     finally:
         partial.unlink(missing_ok=True)

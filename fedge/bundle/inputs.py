@@ -76,8 +76,12 @@ def check_out(out: Path) -> Path:
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise BundleError(f"--out {out}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise BundleError(f"--out {out}: not writable")
+    probe = out.with_name(out.name + ".partial")  # what the bundle is written as, first
+    try:
+        probe.open("wb").close()
+        probe.unlink()
+    except OSError as exc:
+        raise BundleError(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
     return out
 
 

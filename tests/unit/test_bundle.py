@@ -220,6 +220,7 @@ def test_install_script_parses_and_unit_matches_deploy():
     (["--out", "{tmp}/no/such/b.tar.gz"], "--out {tmp}/no/such/b.tar.gz: folder {tmp}/no/such "
                                           "does not exist"),
     (["--out", "{tmp}"], "--out {tmp}: is a directory"),
+    (["--out", "/proc/b.tar.gz"], "--out /proc/b.tar.gz: "),
     (["--key", "{tmp}/device.toml"], "--key {tmp}/device.toml: permissions"),
     (["--debs", "{tmp}/app"], "--debs {tmp}/app: --arch arm64 takes everything as wheels"),
 ])
