@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -15,6 +16,7 @@ import stat
 import subprocess
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,20 @@ sizes = [64, 16, 10]
 path = "/opt/fedge/app/data.npz"
 """
 SIGNING = '[security]\nkey_file = "device.key"\n'
+
+
+@pytest.fixture(autouse=True)
+def root_logger_kept() -> Iterator[None]:
+    """`fedge.cli.main` sets up the root logger (INFO, its handler): undo that, so later
+    tests that look at captured records do not see INFO from everything."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture
