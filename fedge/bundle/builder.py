@@ -71,6 +71,7 @@ def build(request: BundleRequest) -> Manifest:
     """Check the inputs, then write request.out; returns what went in."""
     target = inputs.check_target(request.arch)
     inputs.check_extras(request.extras, target)
+    inputs.check_python(request.python)
     app = inputs.check_app(request.app)
     facts = inputs.check_config(request.config, app)
     inputs.check_key(request.key, facts, request.config)

@@ -7,6 +7,7 @@ prints one line instead of a traceback.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -48,6 +49,12 @@ def check_target(arch: str) -> Target:
     if arch not in TARGETS:
         raise BundleError(f"--arch {arch!r} is not known; use one of {', '.join(TARGETS)}")
     return TARGETS[arch]
+
+
+def check_python(python: str) -> str:
+    if not re.fullmatch(r"3\.\d{1,2}", python):
+        raise BundleError(f"--python {python!r}: give the device's python3 as X.Y, e.g. 3.11")
+    return python
 
 
 def check_extras(extras: tuple[str, ...], target: Target) -> None:

@@ -238,6 +238,7 @@ def test_install_script_parses_and_unit_matches_deploy():
     (["--out", "{tmp}"], "--out {tmp}: is a directory"),
     (["--out", "/proc/b.tar.gz"], "--out /proc/b.tar.gz: "),
     (["--key", "{tmp}/device.toml"], "--key {tmp}/device.toml: permissions"),
+    (["--python", "3"], "--python '3': give the device's python3 as X.Y, e.g. 3.11"),
     (["--debs", "{tmp}/app"], "--debs {tmp}/app: --arch arm64 takes everything as wheels"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(tmp_path, fake_pip, app, capsys, args, message):
