@@ -1,4 +1,4 @@
-"""The `fedge` command: demo, aggregator, device, keys, export, bridge, status."""
+"""The `fedge` command: demo, aggregator, device, keys, export, bridge, status, bundle."""
 
 from __future__ import annotations
 
@@ -80,6 +80,11 @@ def _add_export(sub: Commands) -> None:
 def _add_bridge(sub: Commands) -> None:
     from fedge.bridge_cli import add_bridge_parser
     add_bridge_parser(sub)
+
+
+def _add_bundle(sub: Commands) -> None:
+    from fedge.bundle_cli import add_bundle_parser
+    add_bundle_parser(sub)
 
 
 def _add_status(sub: Commands) -> None:
@@ -223,7 +228,7 @@ def _reasons(counts: dict[str, int]) -> str:
 COMMANDS: list[tuple[str, Callable[[Commands], None]]] = [
     ("demo", _add_demo), ("aggregator", _add_aggregator), ("device", _add_device),
     ("keys", _add_keys), ("export", _add_export), ("bridge", _add_bridge),
-    ("status", _add_status)]
+    ("status", _add_status), ("bundle", _add_bundle)]
 
 
 if __name__ == "__main__":
