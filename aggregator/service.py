@@ -36,6 +36,7 @@ from aggregator.store import Store
 from aggregator.store_check import refuse_if_damaged
 from aggregator.strategy import Contribution, Strategy
 from aggregator.strategy.config import build_strategy
+from aggregator.version_record import VersionRecord
 from edge_client.shared.identity import load_or_create_identity
 from edge_client.shared.protocol import (
     Ack,
@@ -140,7 +141,7 @@ class Aggregator:
                        if config.secagg.enabled else None)  # docs/secure-aggregation.md
         self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._pending: list[Update] = []
-        self.history: list[dict] = self.store.model_history()
+        self.history: list[VersionRecord] = self.store.model_history()
         self._resume()
 
     # ------------------------------------------------------------ start-up
@@ -558,7 +559,7 @@ class Aggregator:
                              close_task=close, delta=delta, residual=self.downlink.state())
         self.global_weights = new_weights
         self.participation.version_made()
-        self.history.append({"version": version, "created_at": time.time(), **info})
+        self.history.append(VersionRecord.from_info(version, time.time(), info))
         self.anomalies.after_version(version, info["devices"], clipping)
         self.narrator.version_made(version, info)
         report = VersionReport(version, self._task.round, info["updates"], round_wall_s,

@@ -25,6 +25,7 @@ from aggregator.store_seal import (
     seal_path,
     write_new_seal,
 )
+from aggregator.version_record import VersionRecord
 from edge_client.shared.protocol import Status, Task, Update, decode
 
 log = logging.getLogger(__name__)
@@ -213,9 +214,9 @@ class Store:
                               (version,)).fetchone()
         return None if row is None else row[0]
 
-    def model_history(self) -> list[dict[str, Any]]:
+    def model_history(self) -> list[VersionRecord]:
         rows = self.db.execute("SELECT version, created_at, info FROM models ORDER BY version")
-        return [{"version": v, "created_at": t, **json.loads(i)} for v, t, i in rows]
+        return [VersionRecord.from_info(v, t, json.loads(i)) for v, t, i in rows]
 
     # ------------------------------------------------------------ tasks
     def add_task(self, task: Task, message: bytes) -> None:

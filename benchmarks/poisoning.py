@@ -94,7 +94,7 @@ def federation(cfg: DemoConfig, strategy: Strategy, attack: str | None,
             clients.append(EdgeClient(config, fleet.trainer(i, trainer), xs, ys,
                                       policy=fleet.policy(i)))
         _run_all(aggregator, clients, fleet, cfg.timeout_s)
-    history = [h for h in aggregator.history if h["version"] > 0]
+    history = [h.to_json() for h in aggregator.history if h.version > 0]
     accuracy = [round(float(h["accuracy"]), 4) for h in history]
     return {"final_accuracy": accuracy[-1], "best_accuracy": max(accuracy),
             "mean_accuracy": round(float(np.mean(accuracy)), 4),

@@ -85,7 +85,7 @@ def federation(cfg: DemoConfig, privacy: PrivacyConfig, strategy: FedAvg) -> dic
             clients.append(EdgeClient(client_cfg, fleet.trainer(i, mlp_trainer(
                 sizes, seed=cfg.seed + 1 + i)), xs, ys, policy=fleet.policy(i)))
         _run_all(aggregator, clients, fleet, cfg.timeout_s)
-    history = [h for h in aggregator.history if h["version"] > 0]
+    history = [h.to_json() for h in aggregator.history if h.version > 0]
     accuracy = [round(float(h["accuracy"]), 4) for h in history]
     out = {"final_accuracy": accuracy[-1], "best_accuracy": max(accuracy),
            "accuracy_per_version": accuracy, "wall_s": round(time.monotonic() - started, 1)}

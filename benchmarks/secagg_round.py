@@ -70,7 +70,7 @@ def run(name: str, broker: MosquittoBroker, workdir: Path, data: dict, devices: 
         t.join(600)
     if agg.version < rounds:
         raise RuntimeError(f"{name}: only {agg.version} of {rounds} versions were made")
-    history = agg.history[1:]
+    history = [h.to_json() for h in agg.history[1:]]
     trainer = mlp_trainer(sizes)
     trainer.set_weights(agg.global_weights)
     out = {"round_wall_s_median": statistics.median(h["round_wall_s"] for h in history),

@@ -414,7 +414,7 @@ def _run_all(aggregator: Aggregator, clients: list[EdgeClient], fleet: Simulated
 
 def _summary(cfg: DemoConfig, aggregator: Aggregator, clients: list[EdgeClient],
              broker_kind: str, wall_s: float, workdir: Path) -> dict[str, Any]:
-    history = [h for h in aggregator.history if h["version"] > 0]
+    history = [h.to_json() for h in aggregator.history if h.version > 0]
     train_s = [t for c in clients for t in c.stats.train_s]
     round_walls = [h["round_wall_s"] for h in history]
     update_bytes = sum(c.stats.update_bytes for c in clients)

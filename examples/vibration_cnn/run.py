@@ -138,7 +138,7 @@ def run_example(cfg: ExampleConfig, broker: BrokerHandle | None = None,
     federated_s = time.monotonic() - started
     final = FinalModel(aggregator.version, aggregator.arch, aggregator.global_weights)
     served = export_and_serve(final, data.x_test, data.y_test, cfg.out)
-    history = [h for h in aggregator.history if h["version"] > 0]
+    history = [h.to_json() for h in aggregator.history if h.version > 0]
     return {
         "devices": cfg.devices,
         "rounds": cfg.rounds,
