@@ -52,6 +52,7 @@ from edge_client.shared.protocol import (
 from edge_client.shared.protocol.chunking import chunk_count, sha256_hex
 from edge_client.shared.protocol.model_transfer import package_model
 from edge_client.shared.protocol.signing import seal
+from edge_client.shared.protocol.states import AckStatus
 from edge_client.shared.transport import Connected, Disconnected, Inbound, MqttLink
 
 log = logging.getLogger(__name__)
@@ -661,7 +662,7 @@ class Aggregator:
             # A resend whose first ack was lost, a replay, or a second update for one task:
             # counted once, never stored again.
             self.store.count("duplicates")
-            self._ack(update, Verdict("duplicate", reason="already stored for this task"))
+            self._ack(update, Verdict(AckStatus.DUPLICATE, reason="already stored for this task"))
             return
         stored = self.store.task_state(update.task_id)
         if stored is None:
@@ -673,7 +674,7 @@ class Aggregator:
             self._reject(update.device_id, update.nonce, update.task_id, verdict.reason)
             return
         if not self.store.add_update(update, message, verdict.state):
-            self._ack(update, Verdict("duplicate", reason="already stored for this task"))
+            self._ack(update, Verdict(AckStatus.DUPLICATE, reason="already stored for this task"))
             return
         self.presence.update_seen(update.device_id, update.task_id)
         if verdict.state == "pending":
@@ -698,7 +699,7 @@ class Aggregator:
         log.warning("aggregator: rejected an update from %s: %s", device, reason)
         self.store.add_rejection(device, nonce, reason)
         self.anomalies.after_rejection(device)
-        ack = Ack(status="rejected", task_id=task_id, nonce=nonce, reason=reason)
+        ack = Ack(status=AckStatus.REJECTED, task_id=task_id, nonce=nonce, reason=reason)
         self.link.publish(self.topics.ack(device), self._signed(encode(ack)))
 
 

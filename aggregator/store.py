@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from aggregator.states import UpdateState
 from aggregator.store_check import SEALED_NOTE
 from aggregator.store_seal import (
     Seal,
@@ -235,7 +236,6 @@ class Store:
         if row is None:
             return None
         task = decode(row[3], expect=Task)
-        assert isinstance(task, Task)
         return row[0], row[1], row[2], task.invited
 
     def open_task(self) -> tuple[Task, float] | None:
@@ -244,7 +244,6 @@ class Store:
         if row is None:
             return None
         task = decode(row[0], expect=Task)
-        assert isinstance(task, Task)
         return task, row[1]
 
     def abort_task(self, task_id: str) -> None:
@@ -254,8 +253,9 @@ class Store:
                             "WHERE task_id=? AND state='pending'", (task_id,))
 
     # ------------------------------------------------------------ updates
-    def add_update(self, update: Update, payload: bytes, state: str) -> bool:
+    def add_update(self, update: Update, payload: bytes, state: UpdateState | str) -> bool:
         """Store an update durably; False when this device already sent one for the task."""
+        state = UpdateState(state)
         with self._transaction():
             seen = self.db.execute("SELECT 1 FROM updates WHERE device_id=? AND task_id=?",
                                    (update.device_id, update.task_id)).fetchone()
@@ -264,7 +264,7 @@ class Store:
             self.db.execute(
                 "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
                 (update.device_id, update.task_id, update.nonce, update.base_version,
-                 update.num_samples, time.time(), state, json.dumps(update.metrics), payload,
+                 update.num_samples, time.time(), state.value, json.dumps(update.metrics), payload,
                  hashlib.sha256(payload).hexdigest()))
         self._reseal(updates=1)
         return True
@@ -278,11 +278,11 @@ class Store:
                                "ORDER BY received_at")
         return [r[0] for r in rows]
 
-    def count_updates(self, state: str | None = None) -> int:
+    def count_updates(self, state: UpdateState | str | None = None) -> int:
         if state is None:
             return self.db.execute("SELECT COUNT(*) FROM updates").fetchone()[0]
         return self.db.execute("SELECT COUNT(*) FROM updates WHERE state=?",
-                               (state,)).fetchone()[0]
+                               (UpdateState(state).value,)).fetchone()[0]
 
     def update_keys(self) -> list[tuple[str, str, str, str]]:
         """(device, task, nonce, state) of every stored update, for audits and tests."""

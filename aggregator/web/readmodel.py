@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aggregator.anomalies import device_anomalies, stored_config
+from aggregator.states import UPDATE_STATES
 from aggregator.store import Store
 from aggregator.version_record import VersionRecord
-
-UPDATE_STATES = ("pending", "aggregated", "late", "discarded")
 
 
 @dataclass(frozen=True)
