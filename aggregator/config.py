@@ -142,6 +142,8 @@ class AggregatorConfig:
             raise ValueError(f"mode must be 'sync' or 'async', not {self.mode!r}")
         if self.rounds < 0:
             raise ValueError("rounds must be >= 0")
+        if self.train.seed:
+            raise ValueError("train.seed is not a setting: every device seeds each fit itself")
         if self.strategy.name in ("krum", "multi_krum"):
             size = self.sync.target_updates if self.mode == "sync" else self.async_.buffer_size
             if size <= 2 * self.strategy.byzantine + 2:

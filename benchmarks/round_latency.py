@@ -18,7 +18,7 @@ import threading
 import time
 
 from aggregator.strategy import Contribution, FedAvg
-from edge_client.training import FitConfig, NumpyTrainer, mlp_trainer
+from edge_client.training import NumpyTrainer, TrainConfig, mlp_trainer
 from fedge.demo import DemoConfig, prepare_data, run_demo
 
 TARGET_OVERHEAD_S = 0.5
@@ -37,7 +37,7 @@ def in_memory_run(cfg: DemoConfig) -> dict:
     sizes = [job.shards[0][0].shape[1], cfg.hidden, 10]
     global_w = mlp_trainer(sizes, seed=cfg.seed).get_weights()
     trainers = [mlp_trainer(sizes, seed=cfg.seed + 1 + i) for i in range(cfg.devices)]
-    fit = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+    fit = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                     momentum=cfg.momentum)
     walls, overheads = [], []
     for _ in range(cfg.rounds):
@@ -51,7 +51,7 @@ def in_memory_run(cfg: DemoConfig) -> dict:
 
 
 def _in_memory_round(trainers: list[NumpyTrainer], shards: list, start: dict,
-                     fit: FitConfig) -> tuple[dict, float, float]:
+                     fit: TrainConfig) -> tuple[dict, float, float]:
     """One round: devices train on threads, then FedAvg. Returns (weights, wall, slowest)."""
     contributions: list[Contribution] = []
     train_s: list[float] = []

@@ -53,7 +53,7 @@ from edge_client.shared.protocol.topics import check_name
 from edge_client.shared.secagg.task import SecAggTask
 from edge_client.shared.security import BrokerAuth, DeviceSecurity
 from edge_client.shared.transport import Connected, Disconnected, Inbound, MqttLink, Will
-from edge_client.training.trainer import FitConfig, Trainer
+from edge_client.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 MAX_RESIDUAL_AGE = 20  # model versions after which an error-feedback residual is dropped
@@ -581,8 +581,7 @@ class EdgeClient:
         t = task.train
         seed = training_seed(self.config.device_id, task.round, task.model_version)
         self._rng = np.random.default_rng(seed)  # stochastic rounding, reproducible
-        fit = FitConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                        momentum=t.momentum, prox_mu=t.prox_mu, seed=seed)
+        fit = dataclasses.replace(t, seed=seed)
         result = self.trainer.fit(x, y, fit, should_stop=self._should_stop)
         if result.stopped_early and not self._keep_early_stop(task, result.batches):
             return None

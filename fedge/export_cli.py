@@ -29,7 +29,7 @@ import numpy as np
 
 from edge_client.shared.protocol import Model, RemoteProtocolError, decode
 from edge_client.shared.settings import ConfigError
-from edge_client.training.weights import Weights
+from edge_client.shared.weights import Weights
 
 FORMATS = ("onnx", "tflite", "c-header")
 

@@ -11,23 +11,7 @@ from typing import Any
 from edge_client.shared.protocol.errors import LocalProtocolError
 from edge_client.shared.protocol.states import ACK_STATUSES, AckStatus
 from edge_client.shared.protocol.tensors import Weights
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Local training settings the aggregator asks devices to use."""
-
-    epochs: int = 2
-    batch_size: int = 32
-    lr: float = 0.1
-    momentum: float = 0.0
-    prox_mu: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("train: epochs and batch_size must be >= 1")
-        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.prox_mu >= 0):
-            raise ValueError("train: need lr > 0, 0 <= momentum < 1, prox_mu >= 0")
+from edge_client.shared.train_config import TrainConfig
 
 
 @dataclass(frozen=True)
