@@ -28,8 +28,7 @@ from aggregator.privacy.dp_strategy import CentralDp, DistributedDp, DpRound, Dp
 from aggregator.store import Store
 from aggregator.store_check import DROPPED_DP_NOTE
 from aggregator.strategy.base import Strategy
-from aggregator.strategy.fedavg import FedAvg
-from aggregator.strategy.fedopt import FedOpt
+from aggregator.strategy.registry import is_mean_based
 from edge_client.shared.codecs.dp import CLIP_METRIC, NOISE_METRIC, DeviceDp
 from edge_client.shared.protocol import RemoteProtocolError, Task, Update
 
@@ -81,7 +80,7 @@ class ServicePrivacy:
         """The private version of `strategy`; ValueError for one DP cannot wrap."""
         if not self.enabled:
             return strategy
-        if not isinstance(strategy, FedAvg | FedOpt):
+        if not is_mean_based(strategy):
             raise ValueError(f"privacy mode {self.mode!r} works with fedavg and the server "
                              f"optimizers only, not {strategy!r}: the noise is calibrated to "
                              f"the clipped mean")
