@@ -1,7 +1,9 @@
 """The aggregator's durable state in SQLite: models, tasks, updates, devices.
 
 WAL mode with synchronous=FULL: once a commit returns, the update survives a crash or
-power cut, and only then is the device's ack sent.
+power cut, and only then is the device's ack sent. The tables are in store_base.py; the
+device tables (store_devices.py) and the rejection log (store_rejections.py) are parts
+of `Store` kept in their own files.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from aggregator.states import UpdateState
+from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
+from aggregator.store_devices import DeviceTables
+from aggregator.store_rejections import RejectionTables
 from aggregator.store_seal import (
     Seal,
     SealWriter,
@@ -27,87 +31,9 @@ from aggregator.store_seal import (
     write_new_seal,
 )
 from aggregator.version_record import VersionRecord
-from edge_client.shared.protocol import Status, Task, Update, decode
+from edge_client.shared.protocol import Task, Update, decode
 
 log = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
-    version INTEGER PRIMARY KEY,
-    created_at REAL NOT NULL,
-    sha256 TEXT NOT NULL,
-    blob BLOB NOT NULL,
-    info TEXT NOT NULL,
-    delta BLOB                    -- the downlink delta from the previous version, if any
-);
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY,
-    round INTEGER NOT NULL,
-    mode TEXT NOT NULL,
-    model_version INTEGER NOT NULL,
-    opened_at REAL NOT NULL,
-    state TEXT NOT NULL,          -- open | closed | aborted
-    message BLOB NOT NULL         -- the Task as published
-);
-CREATE TABLE IF NOT EXISTS updates (
-    device_id TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    nonce TEXT NOT NULL,
-    base_version INTEGER NOT NULL,
-    num_samples INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    state TEXT NOT NULL,          -- pending | aggregated | late | discarded
-    used_in INTEGER,              -- the model version it went into
-    metrics TEXT NOT NULL,
-    payload BLOB NOT NULL,        -- the Update message (its signature checked and removed)
-    digest TEXT NOT NULL,         -- sha256 of payload: the audit trail's fingerprint
-    PRIMARY KEY (device_id, task_id, nonce)
-);
-CREATE TABLE IF NOT EXISTS enrolment (
-    device_id TEXT PRIMARY KEY,
-    public_key TEXT NOT NULL,     -- "ed25519:<base64>"
-    enrolled_at REAL NOT NULL,
-    revoked_at REAL               -- set: refused from then on
-);
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS updates_state ON updates(state);
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    online INTEGER NOT NULL,
-    eligible INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    model_version INTEGER,
-    last_seen REAL NOT NULL,
-    battery_pct REAL
-);
-CREATE TABLE IF NOT EXISTS rejections (
-    at REAL NOT NULL,
-    device_id TEXT NOT NULL,
-    nonce TEXT NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS clipping (
-    version INTEGER NOT NULL,     -- the model version the clipped update went into
-    device_id TEXT NOT NULL,
-    norm REAL NOT NULL,           -- the update's L2 norm before clipping
-    bound REAL NOT NULL,          -- what it was clipped to
-    median REAL NOT NULL          -- the median norm of that version's updates
-);
-CREATE INDEX IF NOT EXISTS clipping_device ON clipping(device_id, version);
-CREATE INDEX IF NOT EXISTS rejections_device ON rejections(device_id, at);
-CREATE TABLE IF NOT EXISTS downlink_state (
-    version INTEGER PRIMARY KEY,  -- the downlink encoder's error feedback after this version
-    residual BLOB NOT NULL        -- ErrorFeedback.to_bytes(): a restart continues it exactly
-);
-CREATE INDEX IF NOT EXISTS updates_device ON updates(device_id, received_at);
-CREATE TABLE IF NOT EXISTS notes (
-    key TEXT PRIMARY KEY,         -- small service state for the dashboard and restarts
-    value TEXT NOT NULL           -- JSON
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -118,7 +44,7 @@ class StoredModel:
     sha256: str = ""  # as stored when the version was made
 
 
-class Store:
+class Store(DeviceTables, RejectionTables, NoteTables):
     """Owned by one thread at a time: built by the caller, then used by the service loop."""
 
     def __init__(self, path: Path) -> None:
@@ -300,191 +226,3 @@ class Store:
             args = (version,)
         rows = self.db.execute(query + " ORDER BY used_in, device_id", args)
         return [dict(zip(cols, r, strict=True)) for r in rows]
-
-    # ------------------------------------------------------------ enrolment
-    def enroll(self, device_id: str, public_key: str) -> None:
-        """Allow a device's key; enrolling again replaces the key and lifts a revocation."""
-        self.db.execute(
-            "INSERT INTO enrolment VALUES (?, ?, ?, NULL) ON CONFLICT(device_id) DO UPDATE "
-            "SET public_key=excluded.public_key, enrolled_at=excluded.enrolled_at, "
-            "revoked_at=NULL", (device_id, public_key, time.time()))
-
-    def revoke(self, device_id: str) -> bool:
-        """Refuse a device from now on; False when it was never enrolled."""
-        cur = self.db.execute("UPDATE enrolment SET revoked_at=? WHERE device_id=?",
-                              (time.time(), device_id))
-        return cur.rowcount == 1
-
-    def device_key(self, device_id: str) -> str | None:
-        """The enrolled, unrevoked public key of a device, or None."""
-        row = self.db.execute("SELECT public_key FROM enrolment WHERE device_id=? AND "
-                              "revoked_at IS NULL", (device_id,)).fetchone()
-        return None if row is None else row[0]
-
-    def enrolment(self) -> list[dict[str, Any]]:
-        cols = ("device_id", "public_key", "enrolled_at", "revoked_at")
-        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM enrolment ORDER BY device_id")
-        return [dict(zip(cols, r, strict=True)) for r in rows]
-
-    def count(self, name: str, by: int = 1) -> None:
-        self.db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
-                        "SET value=value+excluded.value", (name, by))
-
-    def counter(self, name: str) -> int:
-        row = self.db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
-        return 0 if row is None else row[0]
-
-    # ------------------------------------------------------------ devices
-    def set_device(self, status: Status) -> None:
-        self.db.execute(
-            "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE "
-            "SET online=excluded.online, eligible=excluded.eligible, reason=excluded.reason, "
-            "model_version=excluded.model_version, last_seen=excluded.last_seen, "
-            "battery_pct=excluded.battery_pct",
-            (status.device_id, int(status.online), int(status.eligible), status.reason,
-             status.model_version, time.time(), status.battery_pct))
-
-    def forget_device(self, device_id: str) -> None:
-        self.db.execute("DELETE FROM devices WHERE device_id=?", (device_id,))
-
-    def forget_unproven_devices(self) -> int:
-        """Drop the rows of devices that never had an update stored; how many."""
-        return self.db.execute("DELETE FROM devices WHERE device_id NOT IN "
-                               "(SELECT device_id FROM updates)").rowcount
-
-    def proven_devices(self) -> list[str]:
-        """Devices with at least one stored update (any state): a track record."""
-        return [r[0] for r in self.db.execute("SELECT DISTINCT device_id FROM updates")]
-
-    def devices(self) -> list[dict[str, Any]]:
-        cols = ("device_id", "online", "eligible", "reason", "model_version", "last_seen",
-                "battery_pct")
-        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM devices ORDER BY device_id")
-        return [dict(zip(cols, r, strict=True)) for r in rows]
-
-    # How many rejections to keep, per device and in all (`keep_rejections`); class-level
-    # defaults so that a Store built anywhere prunes.
-    _keep_per_device = 100
-    _keep_total = 100_000
-    _added_since_trim = 0
-
-    def keep_rejections(self, per_device: int, total: int) -> None:
-        """Keep only each device's newest `per_device` rejections and about `total` in all:
-        a flood of junk must not grow the store or the cost of the next rejection."""
-        self._keep_per_device, self._keep_total = per_device, total
-
-    def add_rejection(self, device_id: str, nonce: str, reason: str) -> None:
-        """Record one rejection and prune, at a cost independent of the history: the
-        per-device prune walks `per_device` index entries; the global one runs every
-        `total / 10` rejections (amortized: about 10 rows per rejection). A rejection is
-        a log line, not an acknowledged update: its commit skips the fsync (the next
-        synchronous commit makes it durable), so a flood of junk costs no disk flushes."""
-        prior = self.db.execute("PRAGMA synchronous").fetchone()[0]
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._add_rejection(device_id, nonce, reason)
-        finally:
-            self.db.execute(f"PRAGMA synchronous={int(prior)}")
-
-    def _add_rejection(self, device_id: str, nonce: str, reason: str) -> None:
-        with self._transaction():
-            self.db.execute("INSERT INTO rejections VALUES (?, ?, ?, ?)",
-                            (time.time(), device_id, nonce, reason))
-            self.db.execute(
-                "DELETE FROM rejections WHERE rowid IN (SELECT rowid FROM rejections "
-                "WHERE device_id=? ORDER BY at DESC LIMIT -1 OFFSET ?)",
-                (device_id, self._keep_per_device))
-            self._added_since_trim += 1
-            if self._added_since_trim >= max(1, self._keep_total // 10):
-                self._added_since_trim = 0
-                self.db.execute(
-                    "DELETE FROM rejections WHERE rowid IN (SELECT rowid FROM rejections "
-                    "ORDER BY rowid DESC LIMIT -1 OFFSET ?)", (self._keep_total,))
-
-    def count_rejections(self, device_id: str | None = None) -> int:
-        if device_id is None:
-            return self.db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
-        return self.db.execute("SELECT COUNT(*) FROM rejections WHERE device_id=?",
-                               (device_id,)).fetchone()[0]
-
-    def rejections(self) -> list[tuple[str, str, str]]:
-        return list(self.db.execute("SELECT device_id, nonce, reason FROM rejections"))
-
-    # ------------------------------------------------------------ anomaly flags
-    def add_clipping(self, version: int, norms: dict[str, float], bound: float,
-                     median: float) -> None:
-        """Record the devices whose updates to `version` were clipped, with their norms,
-        the bound and the median norm of the version's updates."""
-        self.db.executemany("INSERT INTO clipping VALUES (?, ?, ?, ?, ?)",
-                            [(version, d, n, bound, median) for d, n in sorted(norms.items())])
-
-    def device_outcomes(self, window: int, clip_factor: float,
-                        device_id: str | None = None) -> list[dict[str, Any]]:
-        """Per device, its last `window` outcomes: stored updates and rejections, newest
-        first. `rejected` and `clipped` count the bad ones among them (a clipped update
-        counts when its norm was >= clip_factor times its version's median norm: an
-        outlier among its peers); `clipped_total` counts every clipped update ever."""
-        # For one device (after each rejection), each branch reads only its newest
-        # `window` rows through an index: the cost does not grow with the history.
-        one = device_id is not None
-        where_u = "WHERE u.device_id = :device" if one else ""
-        where_r = "WHERE device_id = :device" if one else ""
-        newest_u = "ORDER BY u.received_at DESC LIMIT :window" if one else ""
-        newest_r = "ORDER BY at DESC LIMIT :window" if one else ""
-        rows = self.db.execute(f"""
-            WITH events AS (
-                SELECT * FROM (
-                    SELECT u.device_id, u.received_at AS at,
-                           EXISTS (SELECT 1 FROM clipping c WHERE c.version = u.used_in
-                                   AND c.device_id = u.device_id
-                                   AND c.norm >= :factor * c.median) AS clipped,
-                           0 AS rejected, NULL AS reason
-                    FROM updates u {where_u} {newest_u})
-                UNION ALL
-                SELECT * FROM (
-                    SELECT device_id, at, 0, 1, reason FROM rejections {where_r} {newest_r})
-            ), ranked AS (
-                SELECT *, ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY at DESC) AS n
-                FROM events
-            )
-            SELECT device_id, COUNT(*), SUM(rejected), SUM(clipped),
-                   (SELECT COUNT(*) FROM clipping c WHERE c.device_id = ranked.device_id),
-                   (SELECT reason FROM rejections r WHERE r.device_id = ranked.device_id
-                    ORDER BY at DESC LIMIT 1)
-            FROM ranked WHERE n <= :window GROUP BY device_id ORDER BY device_id""",
-            {"window": window, "factor": clip_factor, "device": device_id})
-        cols = ("device_id", "recent", "rejected", "clipped", "clipped_total",
-                "last_rejection")
-        return [dict(zip(cols, r, strict=True)) for r in rows]
-
-    # ------------------------------------------------------------ notes
-    def set_note(self, key: str, value: Any) -> None:
-        """Keep a small JSON value under `key`; None removes it."""
-        if value is None:
-            self.db.execute("DELETE FROM notes WHERE key=?", (key,))
-            return
-        self.db.execute("INSERT INTO notes VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
-                        "SET value=excluded.value", (key, json.dumps(value)))
-
-    def note(self, key: str) -> Any:
-        row = self.db.execute("SELECT value FROM notes WHERE key=?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
-
-    # ------------------------------------------------------------ plumbing
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self.db)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
