@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from aggregator.config import AggregatorConfig
-from aggregator.states import UpdateState
+from aggregator.states import RoundDue, TaskState, UpdateState
 from edge_client.shared.protocol import Task, Update
 from edge_client.shared.protocol.states import AckStatus
 
@@ -37,7 +37,7 @@ class TaskInfo:
 
     mode: str
     model_version: int
-    state: str  # open | closed | aborted
+    state: TaskState | str
     invited: tuple[str, ...] | None = None  # None: every device (or not known)
 
 
@@ -115,17 +115,17 @@ class SyncRounds:
         if not open_task.invites(update.device_id):
             return Verdict(AckStatus.REJECTED, reason="device was not invited to this round")
         if update.base_version != open_task.model_version:
-            return Verdict(AckStatus.REJECTED, reason=f"base version {update.base_version} is not "
-                                              f"the round's {open_task.model_version}")
+            return Verdict(AckStatus.REJECTED, reason=f"base version {update.base_version} "
+                           f"is not the round's {open_task.model_version}")
         return ACCEPT
 
-    def due(self, pending: int, open_task: Task, now: float) -> str:
-        """'aggregate', 'wait' or 'abort' (deadline passed with too few updates)."""
+    def due(self, pending: int, open_task: Task, now: float) -> RoundDue:
+        """Aggregate, wait, or abort (the deadline passed with too few updates)."""
         if pending >= self.sync.target_updates:
-            return "aggregate"
+            return RoundDue.AGGREGATE
         if open_task.deadline is not None and now >= open_task.deadline:
-            return "aggregate" if pending >= self.min_updates() else "abort"
-        return "wait"
+            return RoundDue.AGGREGATE if pending >= self.min_updates() else RoundDue.ABORT
+        return RoundDue.WAIT
 
     def staleness_factor(self, update: Update, current_version: int) -> float:
         return 1.0
@@ -167,8 +167,8 @@ class BufferedAsync:
                                               f"of {self.cfg.max_staleness}")
         return ACCEPT
 
-    def due(self, pending: int, open_task: Task, now: float) -> str:
-        return "aggregate" if pending >= self.cfg.buffer_size else "wait"
+    def due(self, pending: int, open_task: Task, now: float) -> RoundDue:
+        return RoundDue.AGGREGATE if pending >= self.cfg.buffer_size else RoundDue.WAIT
 
     def round_aborted(self) -> None:
         """Async tasks have no deadline to grow."""

@@ -1,5 +1,5 @@
-"""The states the aggregator stores for tasks and updates (the `state` columns of
-aggregator/store.py), as Enums whose members are the stored strings."""
+"""The states the aggregator keeps for tasks and updates (the `state` columns of
+aggregator/store.py) and decides for rounds, as Enums whose members are the strings."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ class TaskState(WireEnum):
     OPEN = "open"
     CLOSED = "closed"
     ABORTED = "aborted"
+
+
+class RoundDue(WireEnum):
+    """What an open round (or async buffer) calls for now (aggregator/participation.py)."""
+
+    AGGREGATE = "aggregate"
+    WAIT = "wait"
+    ABORT = "abort"  # a sync round's deadline passed with too few updates
 
 
 class UpdateState(WireEnum):

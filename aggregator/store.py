@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aggregator.states import UpdateState
+from aggregator.states import TaskState, UpdateState
 from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
 from aggregator.store_devices import DeviceTables
@@ -106,12 +106,12 @@ class Store(DeviceTables, RejectionTables, NoteTables):
                 self.db.execute("INSERT INTO downlink_state VALUES (?, ?)", (version, residual))
             for u in used or []:
                 self.db.execute(
-                    "UPDATE updates SET state='aggregated', used_in=? "
+                    "UPDATE updates SET state=?, used_in=? "
                     "WHERE device_id=? AND task_id=? AND nonce=?",
-                    (version, u.device_id, u.task_id, u.nonce))
+                    (UpdateState.AGGREGATED.value, version, u.device_id, u.task_id, u.nonce))
             if close_task is not None:
-                self.db.execute("UPDATE tasks SET state='closed' WHERE task_id=?",
-                                (close_task,))
+                self.db.execute("UPDATE tasks SET state=? WHERE task_id=?",
+                                (TaskState.CLOSED.value, close_task))
         self._reseal(version=version, sha256=sha256)
 
     def latest_model(self) -> StoredModel | None:
@@ -148,13 +148,14 @@ class Store(DeviceTables, RejectionTables, NoteTables):
     # ------------------------------------------------------------ tasks
     def add_task(self, task: Task, message: bytes) -> None:
         with self._transaction():
-            self.db.execute("UPDATE tasks SET state='closed' WHERE state='open'")
-            self.db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, 'open', ?)",
+            self.db.execute("UPDATE tasks SET state=? WHERE state=?",
+                            (TaskState.CLOSED.value, TaskState.OPEN.value))
+            self.db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (task.task_id, task.round, task.mode, task.model_version,
-                             time.time(), message))
+                             time.time(), TaskState.OPEN.value, message))
 
     def task_state(self, task_id: str
-                   ) -> tuple[str, int, str, tuple[str, ...] | None] | None:
+                   ) -> tuple[str, int, TaskState, tuple[str, ...] | None] | None:
         """(mode, model_version, state, invited) of a task, or None if it was never issued;
         invited is None when the task invited every device."""
         row = self.db.execute("SELECT mode, model_version, state, message FROM tasks "
@@ -162,11 +163,12 @@ class Store(DeviceTables, RejectionTables, NoteTables):
         if row is None:
             return None
         task = decode(row[3], expect=Task)
-        return row[0], row[1], row[2], task.invited
+        return row[0], row[1], TaskState(row[2]), task.invited
 
     def open_task(self) -> tuple[Task, float] | None:
-        row = self.db.execute("SELECT message, opened_at FROM tasks WHERE state='open' "
-                              "ORDER BY opened_at DESC LIMIT 1").fetchone()
+        row = self.db.execute("SELECT message, opened_at FROM tasks WHERE state=? "
+                              "ORDER BY opened_at DESC LIMIT 1",
+                              (TaskState.OPEN.value,)).fetchone()
         if row is None:
             return None
         task = decode(row[0], expect=Task)
@@ -174,9 +176,10 @@ class Store(DeviceTables, RejectionTables, NoteTables):
 
     def abort_task(self, task_id: str) -> None:
         with self._transaction():
-            self.db.execute("UPDATE tasks SET state='aborted' WHERE task_id=?", (task_id,))
-            self.db.execute("UPDATE updates SET state='discarded' "
-                            "WHERE task_id=? AND state='pending'", (task_id,))
+            self.db.execute("UPDATE tasks SET state=? WHERE task_id=?",
+                            (TaskState.ABORTED.value, task_id))
+            self.db.execute("UPDATE updates SET state=? WHERE task_id=? AND state=?",
+                            (UpdateState.DISCARDED.value, task_id, UpdateState.PENDING.value))
 
     # ------------------------------------------------------------ updates
     def add_update(self, update: Update, payload: bytes, state: UpdateState | str) -> bool:
@@ -200,8 +203,8 @@ class Store(DeviceTables, RejectionTables, NoteTables):
                                (device_id, task_id)).fetchone() is not None
 
     def pending_payloads(self) -> list[bytes]:
-        rows = self.db.execute("SELECT payload FROM updates WHERE state='pending' "
-                               "ORDER BY received_at")
+        rows = self.db.execute("SELECT payload FROM updates WHERE state=? "
+                               "ORDER BY received_at", (UpdateState.PENDING.value,))
         return [r[0] for r in rows]
 
     def count_updates(self, state: UpdateState | str | None = None) -> int:
