@@ -12,6 +12,7 @@ from aggregator.presence import PresenceConfig
 from aggregator.privacy.config import PrivacyConfig, check_privacy
 from aggregator.secagg.config import SecAggConfig, check_secagg
 from aggregator.strategy.config import StrategyConfig
+from aggregator.strategy.registry import STRATEGIES
 from edge_client.shared.codecs import CodecConfig
 from edge_client.shared.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
 from edge_client.shared.protocol.messages import MAX_CHAIN
@@ -142,12 +143,12 @@ class AggregatorConfig:
             raise ValueError(f"mode must be 'sync' or 'async', not {self.mode!r}")
         if self.rounds < 0:
             raise ValueError("rounds must be >= 0")
-        if self.strategy.name in ("krum", "multi_krum"):
-            size = self.sync.target_updates if self.mode == "sync" else self.async_.buffer_size
-            if size <= 2 * self.strategy.byzantine + 2:
-                raise ValueError(f"{self.strategy.name} with byzantine = "
-                                 f"{self.strategy.byzantine} needs more than "
-                                 f"{2 * self.strategy.byzantine + 2} updates per version")
+        if self.train.seed:
+            raise ValueError("train.seed is not a setting: every device seeds each fit itself")
+        size = self.sync.target_updates if self.mode == "sync" else self.async_.buffer_size
+        too_few = STRATEGIES[self.strategy.name].too_few(self.strategy, size)
+        if too_few is not None:
+            raise ValueError(too_few)
         if self.checkin_interval_s < 0 or not 0 <= self.checkin_jitter < 1:
             raise ValueError("need checkin_interval_s >= 0 and 0 <= checkin_jitter < 1")
         if not self.waiting_log_s > 0:

@@ -20,7 +20,6 @@ def open_update(message: bytes, global_weights: Weights) -> Update:
     """
     size = sum(w.size for w in global_weights.values())
     update = decode(message, expect=Update, max_elements=size)
-    assert isinstance(update, Update)
     if update.codec is not None:
         codec = CodecConfig.from_wire(update.codec)
         seed = update_seed(update.task_id, update.device_id)

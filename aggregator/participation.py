@@ -14,19 +14,21 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from aggregator.config import AggregatorConfig
+from aggregator.states import RoundDue, TaskState, UpdateState
 from edge_client.shared.protocol import Task, Update
+from edge_client.shared.protocol.states import AckStatus
 
 
 @dataclass(frozen=True)
 class Verdict:
     """What to do with an incoming update: store it as `state`, or reject with `reason`."""
 
-    ack: str  # "accepted" | "late" | "rejected"
-    state: str = "pending"  # how it is stored when not rejected
+    ack: AckStatus  # accepted, late or rejected here; the service adds duplicate
+    state: UpdateState = UpdateState.PENDING  # how it is stored when not rejected
     reason: str = ""
 
 
-ACCEPT = Verdict("accepted", "pending")
+ACCEPT = Verdict(AckStatus.ACCEPTED, UpdateState.PENDING)
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class TaskInfo:
 
     mode: str
     model_version: int
-    state: str  # open | closed | aborted
+    state: TaskState | str
     invited: tuple[str, ...] | None = None  # None: every device (or not known)
 
 
@@ -104,26 +106,26 @@ class SyncRounds:
     def judge(self, update: Update, task: TaskInfo, open_task: Task | None,
               current_version: int) -> Verdict:
         if task.mode != "sync":
-            return Verdict("rejected", reason="task is not a sync round")
+            return Verdict(AckStatus.REJECTED, reason="task is not a sync round")
         if open_task is None or update.task_id != open_task.task_id:
             # late means invited, but after the round closed; others were never asked
             if task.invited is not None and update.device_id not in task.invited:
-                return Verdict("rejected", reason="device was not invited to this round")
-            return Verdict("late", "late", "the round has closed")
+                return Verdict(AckStatus.REJECTED, reason="device was not invited to this round")
+            return Verdict(AckStatus.LATE, UpdateState.LATE, "the round has closed")
         if not open_task.invites(update.device_id):
-            return Verdict("rejected", reason="device was not invited to this round")
+            return Verdict(AckStatus.REJECTED, reason="device was not invited to this round")
         if update.base_version != open_task.model_version:
-            return Verdict("rejected", reason=f"base version {update.base_version} is not "
-                                              f"the round's {open_task.model_version}")
+            return Verdict(AckStatus.REJECTED, reason=f"base version {update.base_version} "
+                           f"is not the round's {open_task.model_version}")
         return ACCEPT
 
-    def due(self, pending: int, open_task: Task, now: float) -> str:
-        """'aggregate', 'wait' or 'abort' (deadline passed with too few updates)."""
+    def due(self, pending: int, open_task: Task, now: float) -> RoundDue:
+        """Aggregate, wait, or abort (the deadline passed with too few updates)."""
         if pending >= self.sync.target_updates:
-            return "aggregate"
+            return RoundDue.AGGREGATE
         if open_task.deadline is not None and now >= open_task.deadline:
-            return "aggregate" if pending >= self.min_updates() else "abort"
-        return "wait"
+            return RoundDue.AGGREGATE if pending >= self.min_updates() else RoundDue.ABORT
+        return RoundDue.WAIT
 
     def staleness_factor(self, update: Update, current_version: int) -> float:
         return 1.0
@@ -156,17 +158,17 @@ class BufferedAsync:
     def judge(self, update: Update, task: TaskInfo, open_task: Task | None,
               current_version: int) -> Verdict:
         if task.mode != "async":
-            return Verdict("rejected", reason="task is not an async task")
+            return Verdict(AckStatus.REJECTED, reason="task is not an async task")
         if update.base_version != task.model_version:
-            return Verdict("rejected", reason="base version does not match the task")
+            return Verdict(AckStatus.REJECTED, reason="base version does not match the task")
         staleness = current_version - update.base_version
         if staleness > self.cfg.max_staleness:
-            return Verdict("rejected", reason=f"staleness {staleness} exceeds the maximum "
+            return Verdict(AckStatus.REJECTED, reason=f"staleness {staleness} exceeds the maximum "
                                               f"of {self.cfg.max_staleness}")
         return ACCEPT
 
-    def due(self, pending: int, open_task: Task, now: float) -> str:
-        return "aggregate" if pending >= self.cfg.buffer_size else "wait"
+    def due(self, pending: int, open_task: Task, now: float) -> RoundDue:
+        return RoundDue.AGGREGATE if pending >= self.cfg.buffer_size else RoundDue.WAIT
 
     def round_aborted(self) -> None:
         """Async tasks have no deadline to grow."""

@@ -33,10 +33,11 @@ import numpy as np
 
 from aggregator.ingest import verified_body
 from aggregator.limits import upload_assembler
-from aggregator.secagg.config import MEAN_STRATEGIES, max_invited, min_contributors
+from aggregator.secagg.config import max_invited, min_contributors
 from aggregator.secagg.server import SecAggResult, SecAggServer
 from aggregator.secagg.store import SecAggLog
 from aggregator.strategy.base import Contribution
+from aggregator.strategy.registry import MEAN_BASED, strategy_spec
 from edge_client.shared.codecs.sparsify import k_for
 from edge_client.shared.protocol import RemoteProtocolError, Task, Topics, Weights
 from edge_client.shared.protocol.chunking import split
@@ -274,9 +275,9 @@ class SecureRounds:
 
     def check_strategy(self, name: str) -> None:
         """Refuse a strategy switch (from the dashboard) that cannot run on a sum."""
-        if name not in MEAN_STRATEGIES:
+        if not strategy_spec(name).mean_based:
             raise ValueError(f"strategy {name!r} needs individual updates; under secure "
-                             f"aggregation only {MEAN_STRATEGIES} can run")
+                             f"aggregation only {MEAN_BASED} can run")
 
     # ------------------------------------------------------------ messages in
     def receive(self, device: str, payload: bytes, now: float,

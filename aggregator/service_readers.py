@@ -17,6 +17,7 @@ from aggregator.participation import Participation
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureRounds
 from aggregator.strategy import Strategy
+from aggregator.version_record import VersionRecord
 from edge_client.shared.protocol import Task, Weights
 
 
@@ -33,7 +34,7 @@ class ServiceReaders:
         return self._snapshot.version
 
     @property
-    def history(self) -> list[dict[str, Any]]:
+    def history(self) -> list[VersionRecord]:
         """One row per version, as stored (a new list each time)."""
         return list(self._snapshot.history)
 

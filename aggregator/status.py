@@ -86,7 +86,7 @@ def fleet_status(store: Store, now: float | None = None) -> FleetStatus:
     now = time.time() if now is None else now
     history = store.model_history()
     latest = history[-1] if history else None
-    evaluated = [h for h in history if h.get("accuracy") is not None]
+    evaluated = [h for h in history if h.accuracy is not None]
     devices = [DeviceLine(d["device_id"], bool(d["online"]), bool(d["eligible"]), d["reason"],
                           d["model_version"], _ago(now, d["last_seen"]))
                for d in store.devices()]
@@ -96,10 +96,10 @@ def fleet_status(store: Store, now: float | None = None) -> FleetStatus:
                             "ORDER BY at DESC LIMIT ?", (RECENT_REJECTIONS,)).fetchall()
     total = store.db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
     return FleetStatus(
-        model_version=latest["version"] if latest else None,
-        versions=sum(1 for h in history if h["version"] > 0),
-        accuracy=evaluated[-1]["accuracy"] if evaluated else None,
-        last_version_s_ago=_ago(now, latest["created_at"]) if latest else None,
+        model_version=latest.version if latest else None,
+        versions=sum(1 for h in history if h.version > 0),
+        accuracy=evaluated[-1].accuracy if evaluated else None,
+        last_version_s_ago=_ago(now, latest.created_at) if latest else None,
         round=_round(store, now),
         devices=devices,
         not_eligible=dict(not_eligible.most_common()),

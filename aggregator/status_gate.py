@@ -34,7 +34,6 @@ class StatusGate:
         key = self.device_key(device) if required else None
         body = verified_body(payload, device, key, required, what="status")
         status = decode(body, expect=Status)
-        assert isinstance(status, Status)
         if status.device_id != device:
             raise RemoteProtocolError(f"status names device {status.device_id!r} but came "
                                       f"on {device!r}'s topic")

@@ -1,7 +1,9 @@
 """The aggregator's durable state in SQLite: models, tasks, updates, devices.
 
 WAL mode with synchronous=FULL: once a commit returns, the update survives a crash or
-power cut, and only then is the device's ack sent.
+power cut, and only then is the device's ack sent. The tables are in store_base.py; the
+device tables (store_devices.py) and the rejection log (store_rejections.py) are parts
+of `Store` kept in their own files.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from aggregator.states import TaskState, UpdateState
+from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
+from aggregator.store_devices import DeviceTables
+from aggregator.store_rejections import RejectionTables
 from aggregator.store_seal import (
     Seal,
     SealWriter,
@@ -25,87 +30,10 @@ from aggregator.store_seal import (
     seal_path,
     write_new_seal,
 )
-from edge_client.shared.protocol import Status, Task, Update, decode
+from aggregator.version_record import VersionRecord
+from edge_client.shared.protocol import Task, Update, decode
 
 log = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
-    version INTEGER PRIMARY KEY,
-    created_at REAL NOT NULL,
-    sha256 TEXT NOT NULL,
-    blob BLOB NOT NULL,
-    info TEXT NOT NULL,
-    delta BLOB                    -- the downlink delta from the previous version, if any
-);
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY,
-    round INTEGER NOT NULL,
-    mode TEXT NOT NULL,
-    model_version INTEGER NOT NULL,
-    opened_at REAL NOT NULL,
-    state TEXT NOT NULL,          -- open | closed | aborted
-    message BLOB NOT NULL         -- the Task as published
-);
-CREATE TABLE IF NOT EXISTS updates (
-    device_id TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    nonce TEXT NOT NULL,
-    base_version INTEGER NOT NULL,
-    num_samples INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    state TEXT NOT NULL,          -- pending | aggregated | late | discarded
-    used_in INTEGER,              -- the model version it went into
-    metrics TEXT NOT NULL,
-    payload BLOB NOT NULL,        -- the Update message (its signature checked and removed)
-    digest TEXT NOT NULL,         -- sha256 of payload: the audit trail's fingerprint
-    PRIMARY KEY (device_id, task_id, nonce)
-);
-CREATE TABLE IF NOT EXISTS enrolment (
-    device_id TEXT PRIMARY KEY,
-    public_key TEXT NOT NULL,     -- "ed25519:<base64>"
-    enrolled_at REAL NOT NULL,
-    revoked_at REAL               -- set: refused from then on
-);
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS updates_state ON updates(state);
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    online INTEGER NOT NULL,
-    eligible INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    model_version INTEGER,
-    last_seen REAL NOT NULL,
-    battery_pct REAL
-);
-CREATE TABLE IF NOT EXISTS rejections (
-    at REAL NOT NULL,
-    device_id TEXT NOT NULL,
-    nonce TEXT NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS clipping (
-    version INTEGER NOT NULL,     -- the model version the clipped update went into
-    device_id TEXT NOT NULL,
-    norm REAL NOT NULL,           -- the update's L2 norm before clipping
-    bound REAL NOT NULL,          -- what it was clipped to
-    median REAL NOT NULL          -- the median norm of that version's updates
-);
-CREATE INDEX IF NOT EXISTS clipping_device ON clipping(device_id, version);
-CREATE INDEX IF NOT EXISTS rejections_device ON rejections(device_id, at);
-CREATE TABLE IF NOT EXISTS downlink_state (
-    version INTEGER PRIMARY KEY,  -- the downlink encoder's error feedback after this version
-    residual BLOB NOT NULL        -- ErrorFeedback.to_bytes(): a restart continues it exactly
-);
-CREATE INDEX IF NOT EXISTS updates_device ON updates(device_id, received_at);
-CREATE TABLE IF NOT EXISTS notes (
-    key TEXT PRIMARY KEY,         -- small service state for the dashboard and restarts
-    value TEXT NOT NULL           -- JSON
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -116,7 +44,7 @@ class StoredModel:
     sha256: str = ""  # as stored when the version was made
 
 
-class Store:
+class Store(DeviceTables, RejectionTables, NoteTables):
     """Owned by one thread at a time: built by the caller, then used by the service loop."""
 
     def __init__(self, path: Path) -> None:
@@ -178,12 +106,12 @@ class Store:
                 self.db.execute("INSERT INTO downlink_state VALUES (?, ?)", (version, residual))
             for u in used or []:
                 self.db.execute(
-                    "UPDATE updates SET state='aggregated', used_in=? "
+                    "UPDATE updates SET state=?, used_in=? "
                     "WHERE device_id=? AND task_id=? AND nonce=?",
-                    (version, u.device_id, u.task_id, u.nonce))
+                    (UpdateState.AGGREGATED.value, version, u.device_id, u.task_id, u.nonce))
             if close_task is not None:
-                self.db.execute("UPDATE tasks SET state='closed' WHERE task_id=?",
-                                (close_task,))
+                self.db.execute("UPDATE tasks SET state=? WHERE task_id=?",
+                                (TaskState.CLOSED.value, close_task))
         self._reseal(version=version, sha256=sha256)
 
     def latest_model(self) -> StoredModel | None:
@@ -213,20 +141,21 @@ class Store:
                               (version,)).fetchone()
         return None if row is None else row[0]
 
-    def model_history(self) -> list[dict[str, Any]]:
+    def model_history(self) -> list[VersionRecord]:
         rows = self.db.execute("SELECT version, created_at, info FROM models ORDER BY version")
-        return [{"version": v, "created_at": t, **json.loads(i)} for v, t, i in rows]
+        return [VersionRecord.from_info(v, t, json.loads(i)) for v, t, i in rows]
 
     # ------------------------------------------------------------ tasks
     def add_task(self, task: Task, message: bytes) -> None:
         with self._transaction():
-            self.db.execute("UPDATE tasks SET state='closed' WHERE state='open'")
-            self.db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, 'open', ?)",
+            self.db.execute("UPDATE tasks SET state=? WHERE state=?",
+                            (TaskState.CLOSED.value, TaskState.OPEN.value))
+            self.db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (task.task_id, task.round, task.mode, task.model_version,
-                             time.time(), message))
+                             time.time(), TaskState.OPEN.value, message))
 
     def task_state(self, task_id: str
-                   ) -> tuple[str, int, str, tuple[str, ...] | None] | None:
+                   ) -> tuple[str, int, TaskState, tuple[str, ...] | None] | None:
         """(mode, model_version, state, invited) of a task, or None if it was never issued;
         invited is None when the task invited every device."""
         row = self.db.execute("SELECT mode, model_version, state, message FROM tasks "
@@ -234,27 +163,28 @@ class Store:
         if row is None:
             return None
         task = decode(row[3], expect=Task)
-        assert isinstance(task, Task)
-        return row[0], row[1], row[2], task.invited
+        return row[0], row[1], TaskState(row[2]), task.invited
 
     def open_task(self) -> tuple[Task, float] | None:
-        row = self.db.execute("SELECT message, opened_at FROM tasks WHERE state='open' "
-                              "ORDER BY opened_at DESC LIMIT 1").fetchone()
+        row = self.db.execute("SELECT message, opened_at FROM tasks WHERE state=? "
+                              "ORDER BY opened_at DESC LIMIT 1",
+                              (TaskState.OPEN.value,)).fetchone()
         if row is None:
             return None
         task = decode(row[0], expect=Task)
-        assert isinstance(task, Task)
         return task, row[1]
 
     def abort_task(self, task_id: str) -> None:
         with self._transaction():
-            self.db.execute("UPDATE tasks SET state='aborted' WHERE task_id=?", (task_id,))
-            self.db.execute("UPDATE updates SET state='discarded' "
-                            "WHERE task_id=? AND state='pending'", (task_id,))
+            self.db.execute("UPDATE tasks SET state=? WHERE task_id=?",
+                            (TaskState.ABORTED.value, task_id))
+            self.db.execute("UPDATE updates SET state=? WHERE task_id=? AND state=?",
+                            (UpdateState.DISCARDED.value, task_id, UpdateState.PENDING.value))
 
     # ------------------------------------------------------------ updates
-    def add_update(self, update: Update, payload: bytes, state: str) -> bool:
+    def add_update(self, update: Update, payload: bytes, state: UpdateState | str) -> bool:
         """Store an update durably; False when this device already sent one for the task."""
+        state = UpdateState(state)
         with self._transaction():
             seen = self.db.execute("SELECT 1 FROM updates WHERE device_id=? AND task_id=?",
                                    (update.device_id, update.task_id)).fetchone()
@@ -263,7 +193,7 @@ class Store:
             self.db.execute(
                 "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
                 (update.device_id, update.task_id, update.nonce, update.base_version,
-                 update.num_samples, time.time(), state, json.dumps(update.metrics), payload,
+                 update.num_samples, time.time(), state.value, json.dumps(update.metrics), payload,
                  hashlib.sha256(payload).hexdigest()))
         self._reseal(updates=1)
         return True
@@ -273,15 +203,15 @@ class Store:
                                (device_id, task_id)).fetchone() is not None
 
     def pending_payloads(self) -> list[bytes]:
-        rows = self.db.execute("SELECT payload FROM updates WHERE state='pending' "
-                               "ORDER BY received_at")
+        rows = self.db.execute("SELECT payload FROM updates WHERE state=? "
+                               "ORDER BY received_at", (UpdateState.PENDING.value,))
         return [r[0] for r in rows]
 
-    def count_updates(self, state: str | None = None) -> int:
+    def count_updates(self, state: UpdateState | str | None = None) -> int:
         if state is None:
             return self.db.execute("SELECT COUNT(*) FROM updates").fetchone()[0]
         return self.db.execute("SELECT COUNT(*) FROM updates WHERE state=?",
-                               (state,)).fetchone()[0]
+                               (UpdateState(state).value,)).fetchone()[0]
 
     def update_keys(self) -> list[tuple[str, str, str, str]]:
         """(device, task, nonce, state) of every stored update, for audits and tests."""
@@ -299,191 +229,3 @@ class Store:
             args = (version,)
         rows = self.db.execute(query + " ORDER BY used_in, device_id", args)
         return [dict(zip(cols, r, strict=True)) for r in rows]
-
-    # ------------------------------------------------------------ enrolment
-    def enroll(self, device_id: str, public_key: str) -> None:
-        """Allow a device's key; enrolling again replaces the key and lifts a revocation."""
-        self.db.execute(
-            "INSERT INTO enrolment VALUES (?, ?, ?, NULL) ON CONFLICT(device_id) DO UPDATE "
-            "SET public_key=excluded.public_key, enrolled_at=excluded.enrolled_at, "
-            "revoked_at=NULL", (device_id, public_key, time.time()))
-
-    def revoke(self, device_id: str) -> bool:
-        """Refuse a device from now on; False when it was never enrolled."""
-        cur = self.db.execute("UPDATE enrolment SET revoked_at=? WHERE device_id=?",
-                              (time.time(), device_id))
-        return cur.rowcount == 1
-
-    def device_key(self, device_id: str) -> str | None:
-        """The enrolled, unrevoked public key of a device, or None."""
-        row = self.db.execute("SELECT public_key FROM enrolment WHERE device_id=? AND "
-                              "revoked_at IS NULL", (device_id,)).fetchone()
-        return None if row is None else row[0]
-
-    def enrolment(self) -> list[dict[str, Any]]:
-        cols = ("device_id", "public_key", "enrolled_at", "revoked_at")
-        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM enrolment ORDER BY device_id")
-        return [dict(zip(cols, r, strict=True)) for r in rows]
-
-    def count(self, name: str, by: int = 1) -> None:
-        self.db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
-                        "SET value=value+excluded.value", (name, by))
-
-    def counter(self, name: str) -> int:
-        row = self.db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
-        return 0 if row is None else row[0]
-
-    # ------------------------------------------------------------ devices
-    def set_device(self, status: Status) -> None:
-        self.db.execute(
-            "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE "
-            "SET online=excluded.online, eligible=excluded.eligible, reason=excluded.reason, "
-            "model_version=excluded.model_version, last_seen=excluded.last_seen, "
-            "battery_pct=excluded.battery_pct",
-            (status.device_id, int(status.online), int(status.eligible), status.reason,
-             status.model_version, time.time(), status.battery_pct))
-
-    def forget_device(self, device_id: str) -> None:
-        self.db.execute("DELETE FROM devices WHERE device_id=?", (device_id,))
-
-    def forget_unproven_devices(self) -> int:
-        """Drop the rows of devices that never had an update stored; how many."""
-        return self.db.execute("DELETE FROM devices WHERE device_id NOT IN "
-                               "(SELECT device_id FROM updates)").rowcount
-
-    def proven_devices(self) -> list[str]:
-        """Devices with at least one stored update (any state): a track record."""
-        return [r[0] for r in self.db.execute("SELECT DISTINCT device_id FROM updates")]
-
-    def devices(self) -> list[dict[str, Any]]:
-        cols = ("device_id", "online", "eligible", "reason", "model_version", "last_seen",
-                "battery_pct")
-        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM devices ORDER BY device_id")
-        return [dict(zip(cols, r, strict=True)) for r in rows]
-
-    # How many rejections to keep, per device and in all (`keep_rejections`); class-level
-    # defaults so that a Store built anywhere prunes.
-    _keep_per_device = 100
-    _keep_total = 100_000
-    _added_since_trim = 0
-
-    def keep_rejections(self, per_device: int, total: int) -> None:
-        """Keep only each device's newest `per_device` rejections and about `total` in all:
-        a flood of junk must not grow the store or the cost of the next rejection."""
-        self._keep_per_device, self._keep_total = per_device, total
-
-    def add_rejection(self, device_id: str, nonce: str, reason: str) -> None:
-        """Record one rejection and prune, at a cost independent of the history: the
-        per-device prune walks `per_device` index entries; the global one runs every
-        `total / 10` rejections (amortized: about 10 rows per rejection). A rejection is
-        a log line, not an acknowledged update: its commit skips the fsync (the next
-        synchronous commit makes it durable), so a flood of junk costs no disk flushes."""
-        prior = self.db.execute("PRAGMA synchronous").fetchone()[0]
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._add_rejection(device_id, nonce, reason)
-        finally:
-            self.db.execute(f"PRAGMA synchronous={int(prior)}")
-
-    def _add_rejection(self, device_id: str, nonce: str, reason: str) -> None:
-        with self._transaction():
-            self.db.execute("INSERT INTO rejections VALUES (?, ?, ?, ?)",
-                            (time.time(), device_id, nonce, reason))
-            self.db.execute(
-                "DELETE FROM rejections WHERE rowid IN (SELECT rowid FROM rejections "
-                "WHERE device_id=? ORDER BY at DESC LIMIT -1 OFFSET ?)",
-                (device_id, self._keep_per_device))
-            self._added_since_trim += 1
-            if self._added_since_trim >= max(1, self._keep_total // 10):
-                self._added_since_trim = 0
-                self.db.execute(
-                    "DELETE FROM rejections WHERE rowid IN (SELECT rowid FROM rejections "
-                    "ORDER BY rowid DESC LIMIT -1 OFFSET ?)", (self._keep_total,))
-
-    def count_rejections(self, device_id: str | None = None) -> int:
-        if device_id is None:
-            return self.db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
-        return self.db.execute("SELECT COUNT(*) FROM rejections WHERE device_id=?",
-                               (device_id,)).fetchone()[0]
-
-    def rejections(self) -> list[tuple[str, str, str]]:
-        return list(self.db.execute("SELECT device_id, nonce, reason FROM rejections"))
-
-    # ------------------------------------------------------------ anomaly flags
-    def add_clipping(self, version: int, norms: dict[str, float], bound: float,
-                     median: float) -> None:
-        """Record the devices whose updates to `version` were clipped, with their norms,
-        the bound and the median norm of the version's updates."""
-        self.db.executemany("INSERT INTO clipping VALUES (?, ?, ?, ?, ?)",
-                            [(version, d, n, bound, median) for d, n in sorted(norms.items())])
-
-    def device_outcomes(self, window: int, clip_factor: float,
-                        device_id: str | None = None) -> list[dict[str, Any]]:
-        """Per device, its last `window` outcomes: stored updates and rejections, newest
-        first. `rejected` and `clipped` count the bad ones among them (a clipped update
-        counts when its norm was >= clip_factor times its version's median norm: an
-        outlier among its peers); `clipped_total` counts every clipped update ever."""
-        # For one device (after each rejection), each branch reads only its newest
-        # `window` rows through an index: the cost does not grow with the history.
-        one = device_id is not None
-        where_u = "WHERE u.device_id = :device" if one else ""
-        where_r = "WHERE device_id = :device" if one else ""
-        newest_u = "ORDER BY u.received_at DESC LIMIT :window" if one else ""
-        newest_r = "ORDER BY at DESC LIMIT :window" if one else ""
-        rows = self.db.execute(f"""
-            WITH events AS (
-                SELECT * FROM (
-                    SELECT u.device_id, u.received_at AS at,
-                           EXISTS (SELECT 1 FROM clipping c WHERE c.version = u.used_in
-                                   AND c.device_id = u.device_id
-                                   AND c.norm >= :factor * c.median) AS clipped,
-                           0 AS rejected, NULL AS reason
-                    FROM updates u {where_u} {newest_u})
-                UNION ALL
-                SELECT * FROM (
-                    SELECT device_id, at, 0, 1, reason FROM rejections {where_r} {newest_r})
-            ), ranked AS (
-                SELECT *, ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY at DESC) AS n
-                FROM events
-            )
-            SELECT device_id, COUNT(*), SUM(rejected), SUM(clipped),
-                   (SELECT COUNT(*) FROM clipping c WHERE c.device_id = ranked.device_id),
-                   (SELECT reason FROM rejections r WHERE r.device_id = ranked.device_id
-                    ORDER BY at DESC LIMIT 1)
-            FROM ranked WHERE n <= :window GROUP BY device_id ORDER BY device_id""",
-            {"window": window, "factor": clip_factor, "device": device_id})
-        cols = ("device_id", "recent", "rejected", "clipped", "clipped_total",
-                "last_rejection")
-        return [dict(zip(cols, r, strict=True)) for r in rows]
-
-    # ------------------------------------------------------------ notes
-    def set_note(self, key: str, value: Any) -> None:
-        """Keep a small JSON value under `key`; None removes it."""
-        if value is None:
-            self.db.execute("DELETE FROM notes WHERE key=?", (key,))
-            return
-        self.db.execute("INSERT INTO notes VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
-                        "SET value=excluded.value", (key, json.dumps(value)))
-
-    def note(self, key: str) -> Any:
-        row = self.db.execute("SELECT value FROM notes WHERE key=?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
-
-    # ------------------------------------------------------------ plumbing
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self.db)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-

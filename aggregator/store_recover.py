@@ -130,7 +130,8 @@ def recover_store(db_path: Path) -> RecoveryReport:
     store = Store(db_path)
     try:
         report.private = ((store.note(SUMMARY_NOTE) or {}).get("mode", "off") != "off"
-                          or any("dp_sampling_rate" in h for h in store.model_history()))
+                          or any("dp_sampling_rate" in h.metrics
+                                 for h in store.model_history()))
         _rebuild(store, before, report)
         store.keep_sealed()
     finally:
@@ -165,10 +166,10 @@ def _rebuild(store: Store, before: StoreReport, report: RecoveryReport) -> None:
 
 def _keep_dp_steps(store: Store, first: int) -> None:
     """The dropped versions were published: their DP cost stays in the accountant."""
-    steps = [{"version": h["version"], "dp_sampling_rate": h["dp_sampling_rate"],
-              "dp_noise_multiplier": h["dp_noise_multiplier"]}
-             for h in store.model_history() if h["version"] >= first
-             and "dp_sampling_rate" in h and "dp_noise_multiplier" in h]
+    steps = [{"version": h.version, "dp_sampling_rate": h.metric("dp_sampling_rate"),
+              "dp_noise_multiplier": h.metric("dp_noise_multiplier")}
+             for h in store.model_history() if h.version >= first
+             and "dp_sampling_rate" in h.metrics and "dp_noise_multiplier" in h.metrics]
     if steps:
         store.set_note(DROPPED_DP_NOTE, [*(store.note(DROPPED_DP_NOTE) or []), *steps])
 

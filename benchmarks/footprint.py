@@ -269,7 +269,7 @@ MEMMAP_TRAIN = """
 import sys, threading, time
 import numpy as np
 from edge_client.local_data import checked_local_data
-from edge_client.training import FitConfig, mlp_trainer
+from edge_client.training import TrainConfig, mlp_trainer
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -289,7 +289,7 @@ sampler.start()
 began = time.perf_counter()
 x, y = checked_local_data(x_file, y_file)
 trainer.evaluate(x, y)
-result = trainer.fit(x, y, FitConfig(epochs=1, batch_size=32, lr=0.01))
+result = trainer.fit(x, y, TrainConfig(epochs=1, batch_size=32, lr=0.01))
 done.set()
 sampler.join()
 print(start, max(peak[0], status("RssAnon")), status("VmHWM"), result.batches,

@@ -59,7 +59,7 @@ from edge_client.export.runtimes import (  # noqa: E402
     fused_int8_is_exact,
     load_model,
 )
-from edge_client.training import FitConfig, NumpyTrainer, build_model  # noqa: E402
+from edge_client.training import NumpyTrainer, TrainConfig, build_model  # noqa: E402
 from fedge.datasets import load_digits, stratified_split  # noqa: E402
 
 MLP = {"kind": "mlp", "sizes": [64, 1333, 10]}
@@ -97,7 +97,7 @@ def vibration(n: int = 1200, seed: int = 0) -> tuple[np.ndarray, ...]:
 
 def train(arch: dict, x: np.ndarray, y: np.ndarray, epochs: int) -> dict[str, np.ndarray]:
     trainer = NumpyTrainer(build_model(arch, seed=0))
-    trainer.fit(x, y, FitConfig(epochs=epochs, batch_size=32, lr=0.05, momentum=0.5))
+    trainer.fit(x, y, TrainConfig(epochs=epochs, batch_size=32, lr=0.05, momentum=0.5))
     return trainer.get_weights()
 
 

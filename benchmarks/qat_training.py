@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_client.training import FitConfig, NumpyTrainer, build_model, calibrate
+from edge_client.training import NumpyTrainer, TrainConfig, build_model, calibrate
 from fedge.datasets import load_digits, stratified_split
 
 SPLIT_SEED = 42  # the demo's
@@ -40,7 +40,7 @@ SPLIT_SEED = 42  # the demo's
 
 def train(arch: dict, seed: int, x: np.ndarray, y: np.ndarray, epochs: int) -> NumpyTrainer:
     trainer = NumpyTrainer(build_model(arch, seed))
-    trainer.fit(x, y, FitConfig(epochs=epochs, batch_size=32, lr=0.1, momentum=0.5, seed=seed))
+    trainer.fit(x, y, TrainConfig(epochs=epochs, batch_size=32, lr=0.1, momentum=0.5, seed=seed))
     return trainer
 
 
@@ -73,7 +73,7 @@ def epoch_times(sizes: list[int], x: np.ndarray, y: np.ndarray, epochs: int) -> 
     for epoch in range(epochs):
         for tag, trainer in trainers.items():
             began = time.perf_counter()
-            trainer.fit(x, y, FitConfig(epochs=1, batch_size=32, lr=0.1, momentum=0.5,
+            trainer.fit(x, y, TrainConfig(epochs=1, batch_size=32, lr=0.1, momentum=0.5,
                                         seed=epoch))
             times[tag].append(time.perf_counter() - began)
     medians = {tag: statistics.median(values) for tag, values in times.items()}

@@ -18,7 +18,7 @@ import threading
 import time
 
 from aggregator.strategy import Contribution, FedAvg
-from edge_client.training import FitConfig, NumpyTrainer
+from edge_client.training import NumpyTrainer, TrainConfig
 from fedge.demo import Demo, run_demo
 from fedge.demo_flags import parse_demo_flags
 from fedge.digits_job import DigitsJob
@@ -40,8 +40,7 @@ def in_memory_run(demo: Demo) -> dict:
     global_w = job.initial_weights()
     trainers = [job.device_trainer(i) for i in range(fleet.devices)]
     train = config.train
-    fit = FitConfig(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
-                    momentum=train.momentum)
+    fit = train
     walls, overheads = [], []
     for _ in range(config.rounds):
         global_w, wall, slowest = _in_memory_round(trainers, job.shards, global_w, fit)
@@ -54,7 +53,7 @@ def in_memory_run(demo: Demo) -> dict:
 
 
 def _in_memory_round(trainers: list[NumpyTrainer], shards: list, start: dict,
-                     fit: FitConfig) -> tuple[dict, float, float]:
+                     fit: TrainConfig) -> tuple[dict, float, float]:
     """One round: devices train on threads, then FedAvg. Returns (weights, wall, slowest)."""
     contributions: list[Contribution] = []
     train_s: list[float] = []

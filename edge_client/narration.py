@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from edge_client.eligibility import Decision
-from edge_client.shared.protocol import Ack, Status, Task
+from edge_client.shared.protocol import Ack, AckStatus, Status, Task
 from edge_client.shared.protocol.reasons import reason_kind
 
 log = logging.getLogger("edge_client.client")
@@ -119,7 +119,7 @@ class DeviceNarrator:
                  task.task_id, nonce[:8], size, train_s)
 
     def acked(self, ack: Ack) -> None:
-        if ack.status == "rejected":
+        if ack.status is AckStatus.REJECTED:
             log.error("%s: update %s rejected: %s", self.me, ack.nonce[:8], ack.reason)
         else:
             detail = f" ({ack.reason})" if ack.reason else ""

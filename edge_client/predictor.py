@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge_client.export.runtimes import RUNTIMES, InferenceModel, RuntimeOptions, load_model
-from edge_client.training.weights import Weights
+from edge_client.shared.weights import Weights
 
 log = logging.getLogger(__name__)
 

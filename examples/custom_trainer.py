@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edge_client.training import FitConfig, FitResult
+from edge_client.training import FitResult, TrainConfig
 
 
 class SoftmaxRegressionTrainer:
@@ -39,7 +39,7 @@ class SoftmaxRegressionTrainer:
         e = np.exp(logits)
         return e / e.sum(axis=1, keepdims=True)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, config: FitConfig,
+    def fit(self, x: np.ndarray, y: np.ndarray, config: TrainConfig,
             should_stop: Callable[[], bool] | None = None) -> FitResult:
         start, rng = time.perf_counter(), np.random.default_rng(config.seed)
         losses, batches, stopped = [], 0, False

@@ -29,7 +29,7 @@ import numpy as np
 
 from edge_client.shared.protocol import Model, RemoteProtocolError, decode
 from edge_client.shared.settings import ConfigError
-from edge_client.training.weights import Weights
+from edge_client.shared.weights import Weights
 
 FORMATS = ("onnx", "tflite", "c-header")
 
@@ -114,7 +114,6 @@ def read_model(db_path: Path, version: int | None = None) -> StoredGlobalModel:
         which = "no models" if version is None else f"no model version {version}"
         raise ValueError(f"{db_path}: {which}")
     message = decode(row[1], expect=Model)
-    assert isinstance(message, Model)
     if not message.arch:
         raise ValueError(f"model version {row[0]} was stored without its arch")
     weights = {k: np.asarray(v, np.float32) for k, v in message.tensors.items()}

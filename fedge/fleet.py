@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_client.eligibility import EligibilityConfig, EligibilityPolicy
-from edge_client.training import FitConfig, FitResult, Trainer
+from edge_client.training import FitResult, TrainConfig, Trainer
 from fedge.profiles import FakeDeviceTree, Profile, apply, policy_for
 
 BATCH_DELAY_S = 0.01  # the slowest device (speed 0.25) waits 3x this per batch
@@ -37,7 +37,7 @@ class SlowTrainer:
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         return self.inner.evaluate(x, y)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, config: FitConfig,
+    def fit(self, x: np.ndarray, y: np.ndarray, config: TrainConfig,
             should_stop: Callable[[], bool] | None = None) -> FitResult:
         def slow_stop() -> bool:
             if self.delay_s > 0:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edge_client.training import FitConfig, FitResult, Trainer
+from edge_client.training import FitResult, TrainConfig, Trainer
 
 ATTACKS: dict[str, float] = {"sign_flip": -1.0, "scale10": 10.0}  # factor on the update
 
@@ -37,7 +37,7 @@ class PoisonedTrainer:
         return {k: (g + self.factor * (local[k] - g)).astype(local[k].dtype)
                 for k, g in self._global.items()}
 
-    def fit(self, x: np.ndarray, y: np.ndarray, config: FitConfig,
+    def fit(self, x: np.ndarray, y: np.ndarray, config: TrainConfig,
             should_stop: Callable[[], bool] | None = None) -> FitResult:
         return self.inner.fit(x, y, config, should_stop=should_stop)
 

@@ -13,21 +13,24 @@ dataset records which device they came from.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
-import queue
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from firmware_bridge.bridge_config import (
+    BridgeConfig,
+    BridgeStats,
+    LogRecord,
+    PredictionRecord,
+    PushResult,
+    SerialLike,
+    open_serial,
+)
 from firmware_bridge.dataset import SampleDataset
+from firmware_bridge.journal import DeviceJournal
 from firmware_bridge.link import (
-    DEFAULT_MAX_PAYLOAD,
     Ack,
     Capability,
     Delivered,
@@ -36,7 +39,6 @@ from firmware_bridge.link import (
     Hello,
     LinkEndpoint,
     Log,
-    LogLevel,
     Nack,
     NackReason,
     Prediction,
@@ -44,103 +46,14 @@ from firmware_bridge.link import (
     RetryPolicy,
     Sample,
 )
-from firmware_bridge.model_push import (
-    CHUNK_HEADER,
-    MIN_PUSH_PAYLOAD,
-    ModelPush,
-    PushState,
-    check_model,
-)
+from firmware_bridge.model_pusher import ModelPusher
 
 log = logging.getLogger(__name__)
 BRIDGE_ID = "fedge-bridge"
 BRIDGE_FIRMWARE_VERSION = 1
 
-
-class SerialLike(Protocol):
-    """What the bridge needs of a pyserial port (tests may pass any such object)."""
-
-    def read(self, size: int = 1) -> bytes: ...
-    def write(self, data: bytes) -> int | None: ...
-    def close(self) -> None: ...
-
-    @property
-    def in_waiting(self) -> int: ...
-
-
-@dataclass
-class BridgeConfig:
-    """Everything `fedge bridge` tunes; see docs/firmware-bridge.md."""
-
-    port: str
-    data_dir: Path
-    baud: int = 115200
-    max_payload: int = DEFAULT_MAX_PAYLOAD
-    ack_timeout_s: float = 0.5
-    max_retries: int = 5
-    hello_interval_s: float = 2.0  # resend our HELLO this often until the MCU answers
-    max_samples: int = 50_000
-    read_timeout_s: float = 0.02
-    reopen_interval_s: float = 1.0  # after the port fails (USB unplugged), retry this often
-    fsync: bool = False  # fsync the dataset after every sample (slow on SD cards)
-    recent: int = 1000  # predictions and logs kept in memory
-
-    def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir)
-        if min(self.baud, self.hello_interval_s, self.read_timeout_s,
-               self.reopen_interval_s) <= 0:
-            raise ValueError("baud, hello_interval_s, read_timeout_s and reopen_interval_s "
-                             "must be > 0")
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    time: float
-    device_id: str
-    model_version: int
-    class_index: int
-    score: float
-
-
-@dataclass(frozen=True)
-class LogRecord:
-    time: float
-    device_id: str
-    level: str
-    text: str
-
-
-@dataclass(frozen=True)
-class PushResult:
-    version: int
-    size: int
-    crc32: int
-    confirmed: bool
-    reason: str
-    time: float
-
-
-@dataclass
-class BridgeStats:
-    samples: int = 0
-    samples_refused: int = 0  # before the handshake, or that did not fit the dataset
-    predictions: int = 0
-    logs: int = 0
-    hellos: int = 0
-    frame_errors: Counter = field(default_factory=Counter)
-
-
-def open_serial(port: str, baud: int, timeout_s: float) -> SerialLike:
-    """A pyserial port for a device path (/dev/ttyUSB0) or URL (socket://, rfc2217://)."""
-    try:
-        import serial
-    except ImportError as exc:
-        raise ImportError("the bridge needs pyserial: pip install 'fedge[bridge]'") from exc
-    try:
-        return serial.serial_for_url(port, baudrate=baud, timeout=timeout_s,
-                                     write_timeout=5.0)
-    except (serial.SerialException, ValueError) as exc:
-        raise OSError(f"cannot open serial port {port}: {exc}") from exc
+__all__ = ["BRIDGE_FIRMWARE_VERSION", "BRIDGE_ID", "Bridge", "BridgeConfig", "BridgeStats",
+           "LogRecord", "PredictionRecord", "PushResult", "SerialLike", "open_serial"]
 
 
 class Bridge:
@@ -163,26 +76,21 @@ class Bridge:
                                      answer=self._answer)
         self.stats = BridgeStats()
         self.device: Hello | None = None
-        self.predictions: deque[PredictionRecord] = deque(maxlen=config.recent)
-        self.logs: deque[LogRecord] = deque(maxlen=config.recent)
-        self.pushes: list[PushResult] = []
-        self.on_confirmed = on_confirmed
+        self.journal = DeviceJournal(config.data_dir / "events.jsonl", config.recent)
+        self.predictions = self.journal.predictions  # newest first out; read by other threads
+        self.logs = self.journal.logs
+        self.pusher = ModelPusher(self.endpoint, self.journal, on_confirmed)
+        self.pushes = self.pusher.results
         self._port = port
-        self._requests: queue.Queue[tuple[bytes, int]] = queue.Queue()
-        self._wanted: tuple[bytes, int] | None = None  # the newest model asked for
-        self._push: ModelPush | None = None
-        self._push_token: int | None = None
         self._hello_token: int | None = None
         self._next_hello = 0.0
-        self._events_path = config.data_dir / "events.jsonl"
         self.handshake = threading.Event()
 
     # ------------------------------------------------------------ other threads
     def push_model(self, blob: bytes, version: int) -> None:
         """Queue a model for the MCU; a newer one replaces one not yet started.
         ValueError here, on the caller's thread, for a model no MCU could be sent."""
-        check_model(blob, int(version))
-        self._requests.put((bytes(blob), int(version)))
+        self.pusher.request(blob, version)
 
     @property
     def confirmed_versions(self) -> list[int]:
@@ -229,7 +137,8 @@ class Bridge:
         # newest model goes to it again after its HELLO.
         self.endpoint.reset("the serial port was reopened")
         self.device = None
-        self._hello_token = self._push_token = None
+        self._hello_token = None
+        self.pusher.forget_in_flight()
         self._next_hello = 0.0
         return True
 
@@ -248,8 +157,8 @@ class Bridge:
             self._handle(self.endpoint.receive_data(data, now), now)
         self._handle(self.endpoint.handle_timeout(now), now)
         self._maybe_hello(now)
-        self._take_requests()
-        self._advance_push(now)
+        self.pusher.take_requests()
+        self.pusher.advance(self.device, now)
         self._flush()
 
     def _flush(self) -> None:
@@ -273,16 +182,15 @@ class Bridge:
         self._hello_token = None
         # The MCU (re)started: whatever we had in flight is lost on its side.
         self.endpoint.cancel_all("the device restarted")
-        self._push_token = None
-        if self._wanted is not None:  # a restarted MCU lost the model in its RAM: resend
-            self._push = self._new_push(*self._wanted)
+        self.pusher.device_restarted()
         log.info("bridge: device %s (firmware %#x, capabilities %#x, max payload %d, model "
                  "capacity %d)%s", hello.device_id, hello.firmware_version, hello.capabilities,
                  hello.max_payload, hello.model_capacity, " again" if restarted else "")
-        self._record({"kind": "hello", "device": hello.device_id,
-                       "firmware": hello.firmware_version, "capabilities": hello.capabilities,
-                       "max_payload": hello.max_payload,
-                       "model_capacity": hello.model_capacity})
+        self.journal.record({"kind": "hello", "device": hello.device_id,
+                             "firmware": hello.firmware_version,
+                             "capabilities": hello.capabilities,
+                             "max_payload": hello.max_payload,
+                             "model_capacity": hello.model_capacity})
         self.handshake.set()
 
     # ------------------------------------------------------------ events
@@ -335,114 +243,16 @@ class Bridge:
 
     def _on_prediction(self, p: Prediction) -> None:
         assert self.device is not None
-        record = PredictionRecord(time.time(), self.device.device_id, p.model_version,
-                                  p.class_index, p.score)
-        # on disk first, so whoever sees the record in memory also finds it in the file
-        self._record({"kind": "prediction", "device": record.device_id,
-                      "model_version": p.model_version, "class": p.class_index,
-                      # the MCU's f32 may be NaN or inf, which JSON has no words for
-                      "score": p.score if math.isfinite(p.score) else None})
-        self.predictions.append(record)
+        self.journal.prediction(self.device.device_id, p)
         self.stats.predictions += 1
 
     def _on_log(self, entry: Log) -> None:
         assert self.device is not None
-        level = LogLevel(entry.level).name
-        record = LogRecord(time.time(), self.device.device_id, level, entry.text)
-        log.log(getattr(logging, level), "device %s: %s", record.device_id, entry.text)
-        self._record({"kind": "log", "device": record.device_id, "level": level,
-                      "text": entry.text})
-        self.logs.append(record)
+        self.journal.device_log(self.device.device_id, entry)
         self.stats.logs += 1
-
-    def _record(self, entry: dict) -> None:
-        """Append to events.jsonl in the data dir: what the MCU said, for later reading."""
-        entry = {"time": round(time.time(), 3), **entry}
-        try:
-            with open(self._events_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
-        except OSError as exc:
-            log.error("bridge: cannot write %s: %s", self._events_path, exc)
-
-    # ------------------------------------------------------------ model pushes
-    def _take_requests(self) -> None:
-        newest = None
-        while True:
-            try:
-                request = self._requests.get_nowait()
-            except queue.Empty:
-                break
-            if newest is None or request[1] > newest[1]:
-                newest = request
-        if newest is None:
-            return
-        blob, version = newest
-        if self._wanted is not None and self._wanted[1] >= version:
-            return  # an older version than the one already pushed or on its way
-        # A newer model replaces one still on its way; the MCU restarts at MODEL_BEGIN.
-        self._wanted = (blob, version)
-        self._push = self._new_push(blob, version)
-        self._push_token = None
-
-    def _new_push(self, blob: bytes, version: int) -> ModelPush:
-        """Chunks fill the payload the MCU said it takes (its HELLO lowers the default).
-        A device whose limit leaves no room is refused by `_cannot_take`, not here."""
-        chunk = max(1, self.endpoint.peer_max_payload - CHUNK_HEADER)
-        return ModelPush(blob, version, chunk)
-
-    def _advance_push(self, now: float) -> None:
-        push = self._push
-        if push is None or push.done or self.device is None or self._push_token is not None:
-            return
-        problem = self._cannot_take(push)
-        if problem:
-            push.state, push.reason = PushState.FAILED, problem
-            self._finish_push(push)
-            return
-        message = push.next_message()
-        if message is not None:
-            self._push_token = self.endpoint.send(message, now)
-
-    def _cannot_take(self, push: ModelPush) -> str:
-        device = self.device
-        assert device is not None
-        if not device.capabilities & Capability.MODEL_UPDATE:
-            return f"device {device.device_id} does not take model updates"
-        if self.endpoint.peer_max_payload < MIN_PUSH_PAYLOAD:
-            return (f"device {device.device_id} takes payloads of at most "
-                    f"{self.endpoint.peer_max_payload} bytes; a model push needs "
-                    f"{MIN_PUSH_PAYLOAD}")
-        if len(push.blob) > device.model_capacity:
-            return (f"model of {len(push.blob)} bytes is larger than device "
-                    f"{device.device_id}'s capacity of {device.model_capacity}")
-        return ""
 
     def _on_settled(self, event: Delivered | Failed) -> None:
         if event.token == self._hello_token:
             self._hello_token = None
             return
-        if event.token != self._push_token or self._push is None:
-            return
-        self._push_token = None
-        if isinstance(event, Delivered):
-            self._push.on_delivered(event.message, event.ack)
-        else:
-            self._push.on_failed(event.message, event.reason)
-        if self._push.done:
-            self._finish_push(self._push)
-
-    def _finish_push(self, push: ModelPush) -> None:
-        confirmed = push.state is PushState.CONFIRMED
-        result = PushResult(push.version, len(push.blob), push.crc32, confirmed, push.reason,
-                            time.time())
-        if confirmed:
-            log.info("bridge: model v%d (%d bytes, crc32 %08x) confirmed by the device",
-                     push.version, len(push.blob), push.crc32)
-        else:
-            log.error("bridge: model v%d not delivered: %s", push.version, push.reason)
-        self._record({"kind": "model", "version": push.version, "size": len(push.blob),
-                      "crc32": f"{push.crc32:08x}", "confirmed": confirmed,
-                      "reason": push.reason})
-        self.pushes.append(result)
-        if self.on_confirmed is not None and confirmed:
-            self.on_confirmed(result)
+        self.pusher.settled(event)

@@ -282,8 +282,8 @@ def run_federation(work: Path, tag: str, device_cmd) -> tuple[str, dict, list[in
         store = Store(folder / "agg.sqlite3")
         history = store.model_history()
         store.close()
-        accuracy = history[-1].get("accuracy") if history else None
-        return log, result, [h["version"] for h in history], accuracy
+        accuracy = history[-1].accuracy if history else None
+        return log, result, [h.version for h in history], accuracy
     finally:
         broker.stop()
 

@@ -26,10 +26,11 @@ from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.rejection_gate import RejectionGate
 from aggregator.store import Store
 from edge_client.shared.protocol import Ack, RemoteProtocolError, Topics, Update, encode
+from edge_client.shared.protocol.states import AckStatus
 
 log = logging.getLogger("aggregator.service")
 REMEMBERED_REJECTIONS = 1000
-DUPLICATE = Verdict("duplicate", reason="already stored for this task")
+DUPLICATE = Verdict(AckStatus.DUPLICATE, reason="already stored for this task")
 
 
 class UpdateIngest:
@@ -147,5 +148,5 @@ class UpdateIngest:
         log.warning("aggregator: rejected an update from %s: %s", device, reason)
         self.store.add_rejection(device, nonce, reason)
         self.anomalies.after_rejection(device)
-        ack = Ack(status="rejected", task_id=task_id, nonce=nonce, reason=reason)
+        ack = Ack(status=AckStatus.REJECTED, task_id=task_id, nonce=nonce, reason=reason)
         return [SendAck(self.topics.ack(device), self.sign(encode(ack)), ack=ack)]

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.version_record import VersionRecord
 from edge_client.shared.protocol import Task
 
 
@@ -22,7 +23,7 @@ class ServiceSnapshot:
     version: int
     global_weights: Mapping[str, np.ndarray]  # read-only view; the arrays are never changed
     arch: Mapping[str, Any]
-    history: tuple[dict[str, Any], ...]  # one row per version, as stored
+    history: tuple[VersionRecord, ...]  # one record per version, as stored
     task: Task | None  # the open task, if any
     pending: int  # stored updates waiting for the next version
     paused: bool

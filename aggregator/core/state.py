@@ -8,6 +8,7 @@ from typing import Any
 
 from aggregator.core.pending import PendingUpdates
 from aggregator.core.snapshot import ServiceSnapshot, frozen_weights
+from aggregator.version_record import VersionRecord
 from edge_client.shared.protocol import Task, Weights
 
 
@@ -16,7 +17,7 @@ class CoreState:
     version: int
     weights: Weights  # replaced whole with each version, never changed in place
     arch: dict[str, Any]
-    history: list[dict[str, Any]]
+    history: list[VersionRecord]
     rounds: int  # versions to make (0: no limit)
     task: Task | None = None
     task_opened: float = 0.0  # monotonic

@@ -19,6 +19,7 @@ from aggregator.participation import Participation
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.store import Store
 from aggregator.strategy import Strategy
+from aggregator.version_record import VersionRecord
 from edge_client.shared.protocol import Model, Weights, encode
 from edge_client.shared.protocol.chunking import sha256_hex
 
@@ -74,7 +75,7 @@ class VersionMaker:
                              used=state.pending.updates, close_task=close, delta=delta,
                              residual=self.downlink.state())
         self.participation.version_made()
-        state.history.append({"version": version, "created_at": at.wall, **info})
+        state.history.append(VersionRecord.from_info(version, at.wall, info))
         self.anomalies.after_version(version, info["devices"], clipping)
         self.narrator.version_made(version, info)
         report = VersionReport(version, task.round, info["updates"], round_wall_s, metrics)

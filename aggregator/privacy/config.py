@@ -11,14 +11,16 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from aggregator.strategy.registry import MEAN_BASED, STRATEGIES
+
 if TYPE_CHECKING:
     from aggregator.config import AggregatorConfig
 
 MODES = ("off", "central", "distributed")
-# Strategies a DP mean can feed: FedAvg takes it as it is, and the server optimizers only
-# post-process it (which keeps the guarantee). The robust rules are not in here: their
-# output is not the mean the noise is calibrated to.
-PRIVATE_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+# Strategies a DP mean can feed: the mean-based ones (aggregator/strategy/registry.py).
+# FedAvg takes it as it is, and the server optimizers only post-process it (which keeps
+# the guarantee); a robust rule's output is not the mean the noise is calibrated to.
+PRIVATE_STRATEGIES = MEAN_BASED
 DEFAULT_DELTA = 1e-5
 
 
@@ -123,7 +125,7 @@ def check_privacy(config: AggregatorConfig) -> None:
     p = config.privacy
     if not p.enabled:
         return
-    if config.strategy.name not in PRIVATE_STRATEGIES:
+    if not STRATEGIES[config.strategy.name].mean_based:
         raise ValueError(
             f"privacy.mode = {p.mode!r} needs strategy.name to be one of "
             f"{PRIVATE_STRATEGIES}, not {config.strategy.name!r}: the noise is calibrated "

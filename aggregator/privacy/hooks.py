@@ -28,8 +28,7 @@ from aggregator.privacy.dp_strategy import CentralDp, DistributedDp, DpRound, Dp
 from aggregator.store import Store
 from aggregator.store_check import DROPPED_DP_NOTE
 from aggregator.strategy.base import Strategy
-from aggregator.strategy.fedavg import FedAvg
-from aggregator.strategy.fedopt import FedOpt
+from aggregator.strategy.registry import is_mean_based
 from edge_client.shared.codecs.dp import CLIP_METRIC, NOISE_METRIC, DeviceDp
 from edge_client.shared.protocol import RemoteProtocolError, Task, Update
 
@@ -50,15 +49,16 @@ class ServicePrivacy:
         self.min_updates = max(1, math.ceil(config.sync.min_fraction * self.cohort)) \
             if config.mode == "sync" else self.cohort
         history = store.model_history()
-        latest = history[-1] if history else {}
+        latest = history[-1] if history else None
         # An adaptive clip goes on from where it was; a fixed one is the configured value,
         # which may have changed since the last version.
-        resumed = latest.get("dp_next_clip") if self.config.adaptive else None
+        resumed = latest.metric("dp_next_clip") if latest and self.config.adaptive else None
         self.state = DpState(clip=float(resumed or self.config.start_clip),
-                             version=int(latest.get("version", 0)) + 1)
+                             version=(latest.version if latest else 0) + 1)
         self.delta = self.config.resolved_delta()
         dropped = store.note(DROPPED_DP_NOTE) or []  # versions `recover` dropped
-        self.accountant = Accountant.from_history([*dropped, *history], self.delta)
+        self.accountant = Accountant.from_history(
+            [*dropped, *(h.to_json() for h in history)], self.delta)
         store.set_note(SUMMARY_NOTE, self.summary() if self.enabled else None)
         if self.enabled and self.config.seed is not None:
             log.warning("privacy: the noise is seeded from [privacy] seed: anyone who knows "
@@ -80,7 +80,7 @@ class ServicePrivacy:
         """The private version of `strategy`; ValueError for one DP cannot wrap."""
         if not self.enabled:
             return strategy
-        if not isinstance(strategy, FedAvg | FedOpt):
+        if not is_mean_based(strategy):
             raise ValueError(f"privacy mode {self.mode!r} works with fedavg and the server "
                              f"optimizers only, not {strategy!r}: the noise is calibrated to "
                              f"the clipped mean")

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from aggregator.strategy.registry import MEAN_BASED, STRATEGIES
 from edge_client.shared.secagg.fixed_point import WORD_BITS, FixedPoint, bits_for
 from edge_client.shared.secagg.graph import MIN_PARTICIPANTS
 from edge_client.shared.secagg.prg import MAX_BITS, MIN_BITS
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
 
 GRAPHS = ("complete", "sparse")
 SPARSIFY = ("none", "randk")
-# Strategies that take the mean delta and nothing else: FedAvg, and the server optimizers
-# that only post-process that mean. The robust rules need each update, which stays masked.
-MEAN_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 @dataclass
@@ -94,9 +92,11 @@ def check_secagg(config: AggregatorConfig) -> None:
         raise ConfigError("secagg.enabled = true needs mode = 'sync': secure aggregation "
                           "sums the inputs of one round's participants, and async buffers "
                           "have no rounds")
-    if config.strategy.name not in MEAN_STRATEGIES:
+    # The mean-based strategies take the mean delta and nothing else; the robust rules
+    # need each update, which stays masked.
+    if not STRATEGIES[config.strategy.name].mean_based:
         raise ConfigError(f"secagg.enabled = true needs strategy.name to be one of "
-                          f"{MEAN_STRATEGIES}, not {config.strategy.name!r}: the aggregator "
+                          f"{MEAN_BASED}, not {config.strategy.name!r}: the aggregator "
                           "sees only the sum of the updates, and robust rules need each one")
     if config.privacy.mode == "central":
         raise ConfigError("secagg.enabled = true does not work with privacy.mode = "

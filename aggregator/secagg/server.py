@@ -22,17 +22,16 @@ from functools import partial
 from typing import TypeVar
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from aggregator.secagg.members import Dropout, RoundMembers
+from aggregator.secagg.recovery import need_one_group, recover_secret, unmask_requests
+from aggregator.secagg.server_checks import add_masked, check_message, check_round
 from edge_client.shared.protocol.errors import LocalProtocolError
 from edge_client.shared.secagg.errors import BadSecAggMessage, RoundAborted
 from edge_client.shared.secagg.graph import GraphParams, neighbour_graph
-from edge_client.shared.secagg.keys import KeyPair, agree, seed_commitment
+from edge_client.shared.secagg.keys import KeyPair, seed_commitment
 from edge_client.shared.secagg.masking import add_signed, pair_mask, reduce, self_mask
 from edge_client.shared.secagg.messages import (
-    MAX_DIM,
-    MAX_ID_LEN,
-    MAX_PARTICIPANTS,
     ROUND_SEED_SIZE,
     AdvertiseKeys,
     EncryptedShare,
@@ -49,8 +48,6 @@ from edge_client.shared.secagg.messages import (
     decode_message,
 )
 from edge_client.shared.secagg.phases import Phase
-from edge_client.shared.secagg.prg import check_bits, from_wire, word_bytes
-from edge_client.shared.secagg.shamir import combine_shares
 
 M = TypeVar("M", bound=FromDevice)
 
@@ -60,14 +57,6 @@ _EXPECTED: dict[Phase, type[FromDevice]] = {
     Phase.MASKED_INPUT: MaskedInput,
     Phase.UNMASKING: UnmaskResponse,
 }
-
-
-@dataclass(frozen=True)
-class Dropout:
-    """A device that left the round, the phase whose message it did not send, and why."""
-
-    phase: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -87,7 +76,7 @@ class SecAggServer:
     def __init__(self, round_id: str, participants: Sequence[str], dim: int, bits: int = 32,
                  params: GraphParams | None = None, round_seed: bytes | None = None) -> None:
         ids = tuple(sorted(participants))
-        _check_round(round_id, ids, dim, bits)
+        check_round(round_id, ids, dim, bits)
         params = params if params is not None else GraphParams.sparse(len(ids))
         problem = params.problem(len(ids))
         if problem is not None:
@@ -100,10 +89,10 @@ class SecAggServer:
                                 round_seed=seed)
         self.graph = neighbour_graph(ids, params.degree, seed)
         self.phase = Phase.ADVERTISE_KEYS
-        self.dropouts: dict[str, Dropout] = {}
+        self.members = RoundMembers(ids, self.graph, params.threshold)
+        self.dropouts = self.members.dropouts
         self.result: SecAggResult | None = None
         self.aborted: RoundAborted | None = None
-        self._alive: set[str] = set(ids)  # still expected to answer
         self._received: dict[str, SecAggMessage] = {}  # this phase's messages
         self._keys: dict[str, AdvertiseKeys] = {}
         self._sent_keys: dict[str, NeighbourKeys] = {}
@@ -122,7 +111,7 @@ class SecAggServer:
         """Devices whose message for the current phase has not arrived yet."""
         if self.phase not in _EXPECTED:
             return frozenset()
-        return frozenset(self._alive - set(self._received))
+        return frozenset(self.members.alive - set(self._received))
 
     # ------------------------------------------------------------ input
 
@@ -142,49 +131,19 @@ class SecAggServer:
                                    f"not {self.setup.round_id!r}")
         if sender in self._received:
             raise BadSecAggMessage(f"duplicate {expected.KIND!r} from {sender!r}")
-        if sender not in self._alive:
+        if sender not in self.members.alive:
             raise BadSecAggMessage(f"{sender!r} is not expected in phase {self.phase.value!r}"
                                    + (f" (dropped in {self.dropouts[sender].phase})"
                                       if sender in self.dropouts else ""))
-        self._check(sender, message)
+        check_message(sender, message, self.setup, self._sent_keys, self._requests)
         if isinstance(message, MaskedInput):
-            self._add_masked(message)
+            add_masked(self._masked_sum, message, self.setup.bits)
             message = replace(message, masked=b"")  # only the running sum is kept
         self._received[sender] = message
 
     def receive_bytes(self, sender: str, data: bytes) -> None:
         """`receive` on the wire form."""
         self.receive(sender, decode_message(data))
-
-    def _check(self, sender: str, message: SecAggMessage) -> None:
-        if isinstance(message, AdvertiseKeys):
-            _check_public_key(message.c_pk, sender)
-            _check_public_key(message.s_pk, sender)
-        elif isinstance(message, ShareKeys):
-            want = {p.device_id for p in self._sent_keys[sender].peers}
-            got = {s.recipient for s in message.shares}
-            if got != want:
-                raise BadSecAggMessage(f"{sender!r} must send one share to each of the "
-                                       f"{len(want)} neighbours whose keys it got")
-        elif isinstance(message, MaskedInput):
-            size = self.setup.dim * word_bytes(self.setup.bits)
-            if len(message.masked) != size:
-                raise BadSecAggMessage(f"masked input of {sender!r} has {len(message.masked)} "
-                                       f"bytes, expected {size}")
-        elif isinstance(message, UnmaskResponse):
-            request = self._requests[sender]
-            seeds = {s.owner for s in message.seed_shares}
-            keys = {s.owner for s in message.key_shares}
-            if seeds != set(request.survivors) - {sender} or keys != set(request.dropped):
-                raise BadSecAggMessage(f"{sender!r} did not answer the shares it was asked for")
-
-    def _add_masked(self, message: MaskedInput) -> None:
-        values = from_wire(message.masked, self.setup.bits)
-        if self.setup.bits % 8 and int(values.max(initial=0)) >> self.setup.bits:
-            raise BadSecAggMessage(f"masked input of {message.device_id!r} has values "
-                                   f"of more than {self.setup.bits} bits")
-        self._masked_sum += values
-        reduce(self._masked_sum, self.setup.bits)
 
     # ------------------------------------------------------------ phase changes
 
@@ -203,7 +162,7 @@ class SecAggServer:
         if closer is None:
             raise LocalProtocolError(f"no phase to close: the round is {self.phase.value}")
         phase = self.phase
-        self._drop_silent(phase)
+        self.members.drop_silent(phase, set(self._received))
         try:
             outgoing = closer()
         except RoundAborted as abort:
@@ -214,52 +173,45 @@ class SecAggServer:
 
     def _close_advertise(self) -> dict[str, SecAggMessage]:
         self._keys = self._received_as(AdvertiseKeys)
-        self._prune(Phase.ADVERTISE_KEYS, "fewer neighbours than the threshold advertised keys")
+        self.members.prune(Phase.ADVERTISE_KEYS,
+                           "fewer neighbours than the threshold advertised keys")
         self._sent_keys = {
             u: NeighbourKeys(round_id=self.setup.round_id, device_id=u, peers=tuple(
                 PeerKeys(v, self._keys[v].c_pk, self._keys[v].s_pk)
-                for v in self.graph[u] if v in self._alive))
-            for u in sorted(self._alive)}
+                for v in self.graph[u] if v in self.members.alive))
+            for u in sorted(self.members.alive)}
         self.phase = Phase.SHARE_KEYS
         return dict(self._sent_keys)
 
     def _close_share_keys(self) -> dict[str, SecAggMessage]:
-        self._prune(Phase.SHARE_KEYS, "fewer neighbours than the threshold shared keys")
-        inbox: dict[str, list[EncryptedShare]] = {u: [] for u in self._alive}
+        self.members.prune(Phase.SHARE_KEYS, "fewer neighbours than the threshold shared keys")
+        inbox: dict[str, list[EncryptedShare]] = {u: [] for u in self.members.alive}
         received = self._received_as(ShareKeys)
-        for u in sorted(self._alive):
+        for u in sorted(self.members.alive):
             for share in received[u].shares:
-                if share.recipient in self._alive:
+                if share.recipient in self.members.alive:
                     inbox[share.recipient].append(share)
         self._masked_with = {u: {s.sender for s in shares} for u, shares in inbox.items()}
         self._sent_keys = {}
         self.phase = Phase.MASKED_INPUT
         return {u: ShareDelivery(round_id=self.setup.round_id, device_id=u,
-                                 shares=tuple(inbox[u])) for u in sorted(self._alive)}
+                                 shares=tuple(inbox[u])) for u in sorted(self.members.alive)}
 
     def _close_masked_input(self) -> dict[str, SecAggMessage]:
         contributors = set(self._received)
         dropped = set(self._masked_with) - contributors
         self._contributors = contributors
-        self._need_survivors(Phase.MASKED_INPUT)
+        self.members.need_survivors(Phase.MASKED_INPUT, contributors)
         for u in sorted(contributors):
-            self._need_holders(Phase.MASKED_INPUT, u, "self-mask seed",
-                               self._linked(u, contributors))
+            self.members.need_holders(Phase.MASKED_INPUT, u, "self-mask seed",
+                                      self._linked(u, contributors))
         for v in sorted(dropped):
             if self._linked(v, contributors):
-                self._need_holders(Phase.MASKED_INPUT, v, "masking key",
-                                   self._linked(v, contributors))
-        groups = self._groups(contributors)
-        if groups > 1:
-            raise RoundAborted(Phase.MASKED_INPUT.value, f"the contributors' pairwise masks "
-                               f"link them in {groups} separate groups: unmasking would "
-                               "reveal the sum of each group, not only the total")
-        self._requests = {
-            u: UnmaskRequest(round_id=self.setup.round_id, device_id=u,
-                             survivors=tuple(sorted((self._masked_with[u] & contributors)
-                                                    | {u})),
-                             dropped=tuple(sorted(self._masked_with[u] & dropped)))
-            for u in sorted(contributors)}
+                self.members.need_holders(Phase.MASKED_INPUT, v, "masking key",
+                                          self._linked(v, contributors))
+        need_one_group(self._masked_with, contributors)
+        self._requests = unmask_requests(self.setup.round_id, self._masked_with, contributors,
+                                         dropped)
         self.phase = Phase.UNMASKING
         return dict(self._requests)
 
@@ -297,51 +249,6 @@ class SecAggServer:
         """`device`'s neighbours that it exchanged shares with and that are in `alive`."""
         return self._masked_with.get(device, set()) & alive
 
-    def _groups(self, contributors: set[str]) -> int:
-        """Connected groups of contributors, linked by the pairwise masks between them.
-        Masks only cancel within a group, so each group's sum could be unmasked alone."""
-        unseen, groups = set(contributors), 0
-        while unseen:
-            groups += 1
-            frontier = [unseen.pop()]
-            while frontier:
-                linked = self._masked_with[frontier.pop()] & unseen
-                unseen -= linked
-                frontier.extend(linked)
-        return groups
-
-    def _drop_silent(self, phase: Phase) -> None:
-        for u in sorted(self._alive - set(self._received)):
-            self.dropouts[u] = Dropout(phase.value, "sent nothing before the phase closed")
-        if phase is Phase.UNMASKING:
-            return  # their inputs are already in the sum; they just cannot help unmask
-        self._alive &= set(self._received)
-
-    def _prune(self, phase: Phase, reason: str) -> None:
-        """Drop devices with fewer than t live neighbours until none is left (they could
-        not share, or have their secrets rebuilt), then check enough devices remain."""
-        changed = True
-        while changed:
-            short = {u for u in self._alive
-                     if len(set(self.graph[u]) & self._alive) < self.threshold}
-            for u in sorted(short):
-                self.dropouts[u] = Dropout(phase.value, reason)
-            self._alive -= short
-            changed = bool(short)
-        self._need_survivors(phase)
-
-    def _need_survivors(self, phase: Phase) -> None:
-        alive = self._contributors if phase is Phase.MASKED_INPUT else self._alive
-        if len(alive) < self.threshold + 1:
-            raise RoundAborted(phase.value, f"only {len(alive)} devices remain; a round needs "
-                                            f"at least threshold + 1 = {self.threshold + 1}")
-
-    def _need_holders(self, phase: Phase, owner: str, what: str, holders: set[str]) -> None:
-        if len(holders) < self.threshold:
-            raise RoundAborted(phase.value, f"the {what} of {owner!r} cannot be rebuilt: only "
-                                            f"{len(holders)} of its share holders remain, "
-                                            f"{self.threshold} needed")
-
     def _received_as(self, kind: type[M]) -> dict[str, M]:
         """This phase's messages, as the one kind `receive` let in during it."""
         return {u: m for u, m in self._received.items() if isinstance(m, kind)}
@@ -355,43 +262,8 @@ class SecAggServer:
     def _recover(self, owner: str, what: str, responses: dict[str, UnmaskResponse],
                  pick: Callable[[UnmaskResponse], tuple], valid: Callable[[bytes], bool]
                  ) -> bytes:
-        """Rebuild a secret from its holders' shares and check it; with one wrong share
-        among threshold + 1, leave each out in turn and name the holder that was wrong."""
-        position = {holder: i + 1 for i, holder in enumerate(self.graph[owner])}
-        shares = [(position[h], h, s.share) for h in sorted(responses)
-                  for s in pick(responses[h]) if s.owner == owner]
-        t = self.threshold
-        if len(shares) < t:
-            raise RoundAborted(Phase.UNMASKING.value, f"the {what} of {owner!r} cannot be "
-                               f"rebuilt: {len(shares)} shares arrived, {t} needed")
-        secret = combine_shares([(x, s) for x, _, s in shares[:t]])
-        if valid(secret):
-            return secret
-        for left_out in range(t + 1 if len(shares) > t else 0):
-            subset = shares[:left_out] + shares[left_out + 1:t + 1]
-            secret = combine_shares([(x, s) for x, _, s in subset])
-            if valid(secret):
-                self._bad_holders.add(shares[left_out][1])
-                return secret
-        raise RoundAborted(Phase.UNMASKING.value, f"the shares of the {what} of {owner!r} do "
-                           "not rebuild it: at least one share is wrong")
-
-
-def _check_round(round_id: str, ids: tuple[str, ...], dim: int, bits: int) -> None:
-    if not isinstance(round_id, str) or not 0 < len(round_id) <= MAX_ID_LEN:
-        raise ValueError(f"round_id must be a non-empty string of at most {MAX_ID_LEN} chars")
-    if len(set(ids)) != len(ids) or not all(isinstance(u, str) and 0 < len(u) <= MAX_ID_LEN
-                                            for u in ids):
-        raise ValueError("participants must be distinct non-empty device ids")
-    if len(ids) > MAX_PARTICIPANTS:
-        raise ValueError(f"at most {MAX_PARTICIPANTS} participants, not {len(ids)}")
-    if not 1 <= dim <= MAX_DIM:
-        raise ValueError(f"dim must be in [1, {MAX_DIM}], not {dim!r}")
-    check_bits(bits)
-
-
-def _check_public_key(raw: bytes, sender: str) -> None:
-    """Refuse a low-order key now rather than let it fail every neighbour later."""
-    agree(X25519PrivateKey.generate(), raw, sender)
-
-
+        secret, bad_holder = recover_secret(self.graph[owner], self.threshold, owner, what,
+                                            responses, pick, valid)
+        if bad_holder is not None:
+            self._bad_holders.add(bad_holder)
+        return secret

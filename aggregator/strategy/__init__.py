@@ -2,7 +2,7 @@
 docs/strategies.md)."""
 
 from aggregator.strategy.base import Contribution, Strategy, mean_weights, weighted_mean
-from aggregator.strategy.config import STRATEGIES, StrategyConfig, build_strategy
+from aggregator.strategy.config import StrategyConfig, build_strategy
 from aggregator.strategy.fedavg import FedAvg
 from aggregator.strategy.fedopt import (
     FedAdagrad,
@@ -15,6 +15,13 @@ from aggregator.strategy.fedopt import (
 from aggregator.strategy.krum import Krum
 from aggregator.strategy.median import Median
 from aggregator.strategy.norm_bound import NormBound
+from aggregator.strategy.registry import (
+    MEAN_BASED,
+    STRATEGIES,
+    StrategySpec,
+    is_mean_based,
+    strategy_spec,
+)
 from aggregator.strategy.trimmed_mean import TrimmedMean
 
 
@@ -24,7 +31,8 @@ def strategy_by_name(name: str) -> Strategy:
     return build_strategy(StrategyConfig(name=name))
 
 
-__all__ = ["STRATEGIES", "Contribution", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM",
-           "FedOpt", "FedOptConfig", "FedYogi", "Krum", "Median", "NormBound", "Strategy",
-           "StrategyConfig", "TrimmedMean", "build_strategy", "mean_weights",
-           "strategy_by_name", "weighted_mean"]
+__all__ = ["MEAN_BASED", "STRATEGIES", "Contribution", "FedAdagrad", "FedAdam", "FedAvg",
+           "FedAvgM", "FedOpt", "FedOptConfig", "FedYogi", "Krum", "Median", "NormBound",
+           "Strategy", "StrategyConfig", "StrategySpec", "TrimmedMean", "build_strategy",
+           "is_mean_based", "mean_weights", "strategy_by_name", "strategy_spec",
+           "weighted_mean"]

@@ -7,21 +7,15 @@ still checked, so a typo'd value fails at start-up rather than when someone swit
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from aggregator.strategy.base import Strategy
-from aggregator.strategy.fedavg import FedAvg
-from aggregator.strategy.fedopt import DEFAULT_ETA, FedOpt, FedOptConfig, Rule
-from aggregator.strategy.krum import Krum
-from aggregator.strategy.median import Median
-from aggregator.strategy.norm_bound import NormBound
-from aggregator.strategy.trimmed_mean import TrimmedMean
+from aggregator.strategy.registry import STRATEGIES
 
 
 @dataclass
 class StrategyConfig:
-    name: str = "fedavg"  # a key of STRATEGIES
+    name: str = "fedavg"  # a key of STRATEGIES (aggregator/strategy/registry.py)
     trim_fraction: float = 0.2  # trimmed_mean: share cut from each side, [0, 0.5)
     byzantine: int = 1  # krum, multi_krum: f, the attackers to tolerate (needs n > 2f + 2)
     multi_krum: int | None = None  # multi_krum: updates averaged; None (leave out): n - f
@@ -53,28 +47,6 @@ class StrategyConfig:
             raise ValueError(f"tau must be a finite number > 0, not {self.tau}")
 
 
-def _server_optimizer(rule: Rule) -> Callable[[StrategyConfig], Strategy]:
-    def build(c: StrategyConfig) -> Strategy:
-        eta = DEFAULT_ETA[rule] if c.eta is None else c.eta
-        beta1 = c.momentum if rule == "momentum" else c.beta1
-        return FedOpt(FedOptConfig(rule, eta, beta1, c.beta2, c.tau))
-    return build
-
-
-STRATEGIES: dict[str, Callable[[StrategyConfig], Strategy]] = {
-    "fedavg": lambda c: FedAvg(),
-    "median": lambda c: Median(),
-    "trimmed_mean": lambda c: TrimmedMean(c.trim_fraction),
-    "krum": lambda c: Krum(c.byzantine, 1),
-    "multi_krum": lambda c: Krum(c.byzantine, c.multi_krum),
-    "norm_bound": lambda c: NormBound(c.norm_bound),
-    "fedavgm": _server_optimizer("momentum"),
-    "fedadam": _server_optimizer("adam"),
-    "fedyogi": _server_optimizer("yogi"),
-    "fedadagrad": _server_optimizer("adagrad"),
-}
-
-
 def build_strategy(config: StrategyConfig) -> Strategy:
     """A fresh strategy (server optimizers start with empty moments)."""
-    return STRATEGIES[config.name](config)
+    return STRATEGIES[config.name].build(config)

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import request
 
-from aggregator.strategy.config import STRATEGIES
+from aggregator.strategy.registry import STRATEGIES
 from aggregator.web.context import ApiError
 
 JSON = "application/json"

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from aggregator.status import BROKER_NOTE, FINISHED_NOTE
 from aggregator.store import Store
+from aggregator.version_record import VersionRecord
 from aggregator.web import readmodel
 
 
@@ -31,12 +32,12 @@ class StoreCollector:
 
 
 def _families(store: Store) -> list[Metric]:
-    history = readmodel.versions(store)
+    history = readmodel.version_records(store)
     devices = store.devices()
     families: list[Metric] = []
     if history:
         families.append(GaugeMetricFamily("fedge_model_version", "Current global model version",
-                                          value=history[-1]["version"]))
+                                          value=history[-1].version))
     families.append(GaugeMetricFamily("fedge_devices_online", "Devices whose status is online",
                                       value=sum(1 for d in devices if d["online"])))
     families.append(GaugeMetricFamily(
@@ -49,15 +50,15 @@ def _families(store: Store) -> list[Metric]:
         "fedge_update_bytes", "Bytes of stored update messages, any state",
         value=readmodel.stored_update_bytes(store)))
     families += _health(store, history)
-    evaluated = [h for h in history if h.get("accuracy") is not None]
+    evaluated = [h for h in history if h.accuracy is not None]
     if evaluated:
         families.append(GaugeMetricFamily("fedge_last_accuracy",
                                           "Test accuracy of the latest evaluated version",
-                                          value=evaluated[-1]["accuracy"]))
+                                          value=evaluated[-1].accuracy))
     return families
 
 
-def _health(store: Store, history: list[dict]) -> list[Metric]:
+def _health(store: Store, history: list[VersionRecord]) -> list[Metric]:
     """What the alert rules in deploy/prometheus-alerts.yml watch: the broker link, stalled
     or aborting rounds, the privacy budget."""
     families: list[Metric] = []
@@ -69,7 +70,7 @@ def _health(store: Store, history: list[dict]) -> list[Metric]:
     if history:
         families.append(GaugeMetricFamily("fedge_last_version_timestamp_seconds",
                                           "When the latest model version was made (unix)",
-                                          value=history[-1]["created_at"]))
+                                          value=history[-1].created_at))
     aborted = store.db.execute("SELECT COUNT(*) FROM tasks WHERE state='aborted'").fetchone()
     families.append(CounterMetricFamily("fedge_rounds_aborted",
                                         "Rounds that reached their deadline without enough "

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aggregator.anomalies import device_anomalies, stored_config
+from aggregator.states import UPDATE_STATES
 from aggregator.store import Store
-
-UPDATE_STATES = ("pending", "aggregated", "late", "discarded")
+from aggregator.version_record import VersionRecord
 
 
 @dataclass(frozen=True)
@@ -42,23 +42,28 @@ def finite(value: Any) -> Any:
 
 def versions(store: Store) -> list[dict[str, Any]]:
     """One row per model version: its number, creation time and the service's info."""
-    return [finite(row) for row in store.model_history()]
+    return [finite(record.to_json()) for record in store.model_history()]
+
+
+def version_records(store: Store) -> list[VersionRecord]:
+    """Every version's record, NaN and infinities as None (as the API shows them)."""
+    return [VersionRecord.from_json(row) for row in versions(store)]
 
 
 def overview(store: Store) -> dict[str, Any]:
     """The headline numbers; a store without any model yet gives nulls and zeros."""
-    history = versions(store)
-    latest = history[-1] if history else {}
-    evaluated = [h for h in history if h.get("accuracy") is not None]
+    history = version_records(store)
+    latest = history[-1] if history else None
+    evaluated = [h for h in history if h.accuracy is not None]
     devices = store.devices()
     return {
-        "model_version": latest.get("version"),
+        "model_version": latest.version if latest else None,
         "mode": _mode(store, history),
-        "rounds": latest.get("round", 0),
-        "versions": sum(1 for h in history if h["version"] > 0),
-        "accuracy": evaluated[-1]["accuracy"] if evaluated else None,
-        "loss": evaluated[-1].get("loss") if evaluated else None,
-        "evaluated_version": evaluated[-1]["version"] if evaluated else None,
+        "rounds": latest.round if latest and latest.round is not None else 0,
+        "versions": sum(1 for h in history if h.version > 0),
+        "accuracy": evaluated[-1].accuracy if evaluated else None,
+        "loss": evaluated[-1].loss if evaluated else None,
+        "evaluated_version": evaluated[-1].version if evaluated else None,
         **uplink(history),
         "updates": update_counts(store),
         "secure_contributions": sum(secure_contributions(store).values()),
@@ -73,16 +78,16 @@ def overview(store: Store) -> dict[str, Any]:
     }
 
 
-def privacy(store: Store, history: list[dict[str, Any]]) -> dict[str, Any] | None:
+def privacy(store: Store, history: list[VersionRecord]) -> dict[str, Any] | None:
     """The [privacy] settings the service runs with and the epsilon spent so far; None
     when no version was made with DP and the service does not run with it."""
     settings = store.note("privacy")
-    spent = [h for h in history if h.get("epsilon") is not None]
+    spent = [h for h in history if h.epsilon is not None]
     if settings is None and not spent:
         return None
     if settings is None:  # privacy turned off since: what the spent epsilon is measured at
-        settings = {"mode": "off", "delta": spent[-1].get("dp_delta")}
-    return finite({**settings, "epsilon": spent[-1]["epsilon"] if spent else 0.0,
+        settings = {"mode": "off", "delta": spent[-1].metric("dp_delta")}
+    return finite({**settings, "epsilon": spent[-1].epsilon if spent else 0.0,
                    "versions": len(spent)})
 
 
@@ -94,24 +99,23 @@ def anomalies(store: Store) -> dict[str, Any]:
             "devices": device_anomalies(store, config)}
 
 
-def uplink(history: list[dict[str, Any]]) -> dict[str, Any]:
+def uplink(history: list[VersionRecord]) -> dict[str, Any]:
     """Update bytes the versions were made from, and how much smaller than float32.
 
     A dense float32 update has as many values as the model, so `model_bytes` (the
     float32 model as sent) times the number of updates estimates the uncompressed size.
     """
-    sent = sum(h.get("update_bytes", 0) for h in history)
-    dense = sum(h.get("model_bytes", 0) * h.get("updates", 0) for h in history
-                if h.get("update_bytes"))
+    sent = sum(h.update_bytes or 0 for h in history)
+    dense = sum((h.model_bytes or 0) * (h.updates or 0) for h in history if h.update_bytes)
     ratio = round(dense / sent, 1) if sent and dense else None
     return {"update_bytes": sent, "dense_bytes_estimate": dense, "compression_ratio": ratio}
 
 
-def _mode(store: Store, history: list[dict[str, Any]]) -> str | None:
+def _mode(store: Store, history: list[VersionRecord]) -> str | None:
     """The latest version's mode, or the latest task's before any version was made."""
     for h in reversed(history):
-        if h.get("mode"):
-            return h["mode"]
+        if h.mode:
+            return h.mode
     row = store.db.execute("SELECT mode FROM tasks ORDER BY opened_at DESC LIMIT 1").fetchone()
     return None if row is None else row[0]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_client.shared.weights import Weights
 from edge_client.training import (
     ActQuant,
     Conv1D,
@@ -24,7 +25,6 @@ from edge_client.training import (
     Sequential,
     build_model,
 )
-from edge_client.training.weights import Weights
 
 
 class ExportError(ValueError):

@@ -26,7 +26,7 @@ from edge_client.export.graph import (
     float_graph,
 )
 from edge_client.export.quantized import QParams, QuantizedGraph, quantized_graph
-from edge_client.training.weights import Weights
+from edge_client.shared.weights import Weights
 
 OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis) arrived in opset 13
 IR_VERSION = 7  # the IR that goes with opset 13; older runtimes load it too

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edge_client.export.graph import Conv1DOp, DenseOp, ExportError, Graph, float_graph
+from edge_client.shared.weights import Weights
 from edge_client.training.quantize import (
     act_qparams,
     dequantize_act,
@@ -22,7 +23,6 @@ from edge_client.training.quantize import (
     quantize_bias,
     quantize_weight,
 )
-from edge_client.training.weights import Weights
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from edge_client.export.int8_reference import int8_logits
 from edge_client.export.onnx_export import onnx_from_graph, onnx_from_quantized
 from edge_client.export.quantized import QuantizedGraph, quantize_graph
 from edge_client.export.tflite_export import tflite_from_graph, tflite_from_quantized
+from edge_client.shared.weights import Weights
 from edge_client.training.quantize import dequantize_act, quantize_act
-from edge_client.training.weights import Weights
 
 RUNTIMES = ("numpy", "onnxruntime", "litert", "tflite-runtime")
 _NUMPY_CHUNK = 1024  # rows per numpy forward pass; bounds memory on small devices

@@ -29,7 +29,7 @@ from edge_client.export.graph import (
     float_graph,
 )
 from edge_client.export.quantized import QParams, QuantizedGraph, quantized_graph
-from edge_client.training.weights import Weights
+from edge_client.shared.weights import Weights
 
 SCHEMA_VERSION = 3
 BUFFER_ALIGN = 16  # the schema's force_align for buffer data; MCUs fault on unaligned loads

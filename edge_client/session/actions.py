@@ -13,7 +13,7 @@ from enum import Enum
 from edge_client.shared.codecs import ErrorFeedback
 from edge_client.shared.protocol import Task
 from edge_client.shared.protocol.tensors import Weights
-from edge_client.training.trainer import FitConfig
+from edge_client.shared.train_config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class StartFit:
 
     task: Task
     weights: Weights = field(repr=False)
-    config: FitConfig
+    config: TrainConfig
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ so each class stays readable; it reads and updates the session's pieces.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,6 @@ from edge_client.shared.codecs.dp import DeviceDp
 from edge_client.shared.protocol import RemoteProtocolError, Task, Update, encode
 from edge_client.shared.protocol.reasons import reason_kind
 from edge_client.shared.protocol.tensors import Weights, flatten_sorted
-from edge_client.training.trainer import FitConfig
 
 if TYPE_CHECKING:
     from edge_client.session.session import DeviceSession
@@ -132,10 +132,7 @@ class Participation:
         if not decision.eligible:
             self.skip(plan.task, decision.reasons[0])
             return []
-        t = plan.task.train
-        fit = FitConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                        momentum=t.momentum, prox_mu=t.prox_mu,
-                        seed=self.session.maker.seed(plan.task))
+        fit = dataclasses.replace(plan.task.train, seed=self.session.maker.seed(plan.task))
         self._fit = RunningFit(plan, model.tensors, self.session.maker.snapshot())
         return [StartFit(plan.task, copy_weights(model.tensors), fit)]
 

@@ -28,7 +28,6 @@ from edge_client.session.actions import (
     RemoveUpdate,
     SaveModel,
     SaveTasks,
-    SetAsideUpdate,
     SleepUntil,
     StopFit,
     Subscribe,
@@ -59,7 +58,8 @@ from edge_client.session.inbound import OwnStatusReceived, decode_inbound
 from edge_client.session.keys import DeviceKeys
 from edge_client.session.pace import Pace
 from edge_client.session.participation import Participation
-from edge_client.session.resend import ResendSchedule, read_outbox
+from edge_client.session.resend import ResendSchedule
+from edge_client.session.resume import resume
 from edge_client.session.secure_rounds import SecureRounds
 from edge_client.session.stats import ClientStats
 from edge_client.session.status import StatusBoard
@@ -170,24 +170,12 @@ class DeviceSession:
                 self.connected = False
                 return []
             case Resumed():
-                return self._resume(event)
+                return resume(self, event)
             case ShuttingDown():
                 return [self._status(False, now)] if self.connected else []
         raise TypeError(f"not a session event: {event!r}")
 
     # ------------------------------------------------------------ the link and time
-    def _resume(self, state: Resumed) -> list[Action]:
-        """After a reboot: the last model, tasks already done, unacked updates."""
-        self.book.resume(state.done_tasks)
-        self.downlink.model = state.model
-        if state.model is not None:
-            self.maker.resume(state.residual)
-        readable, unreadable = read_outbox(state.outbox)
-        for entry, task_id in readable:
-            self.pending.add(entry.nonce, entry.payload)
-            self.book.mark_done(task_id)  # answered before the reboot: its update is here
-        return [SetAsideUpdate(nonce, why) for nonce, why in unreadable]
-
     def _link_up(self, now: Instant) -> list[Action]:
         self.connected = True
         t = self.topics

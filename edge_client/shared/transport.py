@@ -94,28 +94,15 @@ class MqttLink:
         self._refusal_logged_at: float | None = None
         self.events = events
         self.keepalive_s = keepalive_s
-        self.bytes_out = 0
-        self.bytes_in = 0
+        self.bytes_out = self.bytes_in = 0
         self._filters: set[str] = set()
         self._unconfirmed: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # see _write_pending
         self._stopping = False
         self._connected = threading.Event()
-        self._client = paho_compat.new_client(client_id)  # paho 1.6 or 2.x
-        # paho backs off exponentially from min to max; a random start per device is the
-        # jitter that keeps a fleet from reconnecting in lockstep after an outage.
-        min_delay = reconnect_min_s * random.uniform(1.0, 2.0)
-        # paho's stubs say int; it only adds, doubles and compares the delays: floats work
-        self._client.reconnect_delay_set(min_delay, reconnect_max_s)  # type: ignore[arg-type]
-        self._client.max_queued_messages_set(0)
-        self._client.max_inflight_messages_set(200)
-        if will is not None:
-            self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
-        if tls is not None:
-            _apply_tls(self._client, tls)
-        if credentials is not None:
-            self._client.username_pw_set(credentials.username, credentials.password)
+        self._client = _new_client(client_id, will, tls, credentials, reconnect_min_s,
+                                   reconnect_max_s)
         paho_compat.bind_callbacks(self._client, self._on_connect, self._on_disconnect)
         self._client.on_connect_fail = self._on_connect_fail
         self.connect_failures = 0  # in a row; a wrong host or port shows in the log
@@ -154,13 +141,7 @@ class MqttLink:
         if not self._connected.is_set():  # closed before the broker accepted us
             self.refusals += 1
             if _worth_saying(self.refusals):
-                log.warning("mqtt: the broker at %s:%d closed the connection before accepting "
-                            "it (%d time%s in a row; %s): it may be at a limit (mosquitto's "
-                            "max_connections, or its open-file limit: LimitNOFILE in its "
-                            "systemd unit, 1,024 by default, caps it near 1,000 clients), or "
-                            "it refuses this client; its log says which", self.host,
-                            self.port, self.refusals, "" if self.refusals == 1 else "s",
-                            reason)
+                _log_closed_early(self.host, self.port, self.refusals, reason)
         self._connected.clear()
         self.events.put(Disconnected(reason))
 
@@ -294,6 +275,35 @@ class MqttLink:
                         "since the last report (latest to %s)", len(self._unconfirmed),
                         self.refused - self._refusals_logged, topic)
             self._refusal_logged_at, self._refusals_logged = now, self.refused
+
+
+def _new_client(client_id: str, will: Will | None, tls: TlsConfig | None,
+                credentials: Credentials | None, reconnect_min_s: float,
+                reconnect_max_s: float) -> mqtt.Client:
+    """A paho client (1.6 or 2.x) set up as MqttLink wants it, callbacks not yet bound."""
+    client = paho_compat.new_client(client_id)
+    # paho backs off exponentially from min to max; a random start per device is the
+    # jitter that keeps a fleet from reconnecting in lockstep after an outage.
+    min_delay = reconnect_min_s * random.uniform(1.0, 2.0)
+    # paho's stubs say int; it only adds, doubles and compares the delays: floats work
+    client.reconnect_delay_set(min_delay, reconnect_max_s)  # type: ignore[arg-type]
+    client.max_queued_messages_set(0)
+    client.max_inflight_messages_set(200)
+    if will is not None:
+        client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+    if tls is not None:
+        _apply_tls(client, tls)
+    if credentials is not None:
+        client.username_pw_set(credentials.username, credentials.password)
+    return client
+
+
+def _log_closed_early(host: str, port: int, refusals: int, reason: str) -> None:
+    log.warning("mqtt: the broker at %s:%d closed the connection before accepting it (%d "
+                "time%s in a row; %s): it may be at a limit (mosquitto's max_connections, "
+                "or its open-file limit: LimitNOFILE in its systemd unit, 1,024 by default, "
+                "caps it near 1,000 clients), or it refuses this client; its log says which",
+                host, port, refusals, "" if refusals == 1 else "s", reason)
 
 
 def _worth_saying(count: int) -> bool:

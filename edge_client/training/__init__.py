@@ -1,5 +1,7 @@
 """Local training for edge devices: a Trainer protocol, numpy layers, QAT and int8 math."""
 
+from edge_client.shared.train_config import TrainConfig
+from edge_client.shared.weights import Weights, flatten_sorted, unflatten_like
 from edge_client.training.arch import build_model, mlp, sequential
 from edge_client.training.layers import ActQuant, Conv1D, Dense, Flatten, Layer, MaxPool1D, ReLU
 from edge_client.training.losses import softmax_cross_entropy
@@ -18,21 +20,14 @@ from edge_client.training.quantize import (
     quantize_weight,
     weight_scales,
 )
-from edge_client.training.trainer import FitConfig, FitResult, Trainer
-from edge_client.training.weights import (
-    Weights,
-    WeightSpec,
-    check_weights_match,
-    flatten_weights,
-    unflatten_weights,
-)
+from edge_client.training.trainer import FitResult, Trainer
+from edge_client.training.weights import check_weights_match
 
 __all__ = [
     "SGD",
     "ActQuant",
     "Conv1D",
     "Dense",
-    "FitConfig",
     "FitResult",
     "Flatten",
     "Layer",
@@ -40,8 +35,8 @@ __all__ = [
     "NumpyTrainer",
     "ReLU",
     "Sequential",
+    "TrainConfig",
     "Trainer",
-    "WeightSpec",
     "Weights",
     "act_qparams",
     "build_model",
@@ -51,7 +46,7 @@ __all__ = [
     "dequantize_weight",
     "fake_quant_act",
     "fake_quant_weight",
-    "flatten_weights",
+    "flatten_sorted",
     "mlp",
     "mlp_trainer",
     "quantize_act",
@@ -59,6 +54,6 @@ __all__ = [
     "quantize_weight",
     "sequential",
     "softmax_cross_entropy",
-    "unflatten_weights",
+    "unflatten_like",
     "weight_scales",
 ]

@@ -7,12 +7,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from edge_client.shared.train_config import TrainConfig
+from edge_client.shared.weights import Weights
 from edge_client.training.arch import mlp
 from edge_client.training.losses import softmax_cross_entropy
 from edge_client.training.model import Sequential
 from edge_client.training.optim import SGD
-from edge_client.training.trainer import FitConfig, FitResult
-from edge_client.training.weights import Weights, check_weights_match
+from edge_client.training.trainer import FitResult
+from edge_client.training.weights import check_weights_match
 
 _EVAL_CHUNK = 1024  # rows per evaluate forward pass; bounds memory on small devices
 _EVAL_CHUNK_BYTES = 4 * 2**20  # and fewer rows when they are wide (memory-mapped data)
@@ -37,7 +39,7 @@ class NumpyTrainer:
         self,
         x: np.ndarray,
         y: np.ndarray,
-        config: FitConfig,
+        config: TrainConfig,
         should_stop: Callable[[], bool] | None = None,
     ) -> FitResult:
         """Mini-batch SGD; shuffles each epoch from (config.seed, epoch) so runs repeat exactly.

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from edge_client.training.weights import Weights
+    from edge_client.shared.weights import Weights
 
 WEIGHT_QMAX = 127
 ACT_QMIN, ACT_QMAX = -128, 127

@@ -21,7 +21,7 @@ class FederationResult:
     sum the MQTT payload bytes the devices sent and received.
     """
 
-    history: list[dict[str, Any]]
+    history: list[dict[str, Any]]  # each version's record in its JSON form (VersionRecord.to_json)
     version: int
     global_weights: Weights
     device_stats: dict[str, ClientStats]
@@ -54,6 +54,6 @@ def collect(aggregator: Aggregator, devices: Sequence[EdgeClient],
             wall_s: float) -> FederationResult:
     """Read the results off the parties once every thread has ended."""
     return FederationResult(
-        history=[h for h in aggregator.history if h["version"] > 0],
+        history=[h.to_json() for h in aggregator.history if h.version > 0],
         version=aggregator.version, global_weights=aggregator.global_weights,
         device_stats={d.config.device_id: d.stats for d in devices}, wall_s=wall_s)

@@ -116,6 +116,17 @@ def ack_everything(message: Message) -> Ack | Nack:
     return Ack(0)
 
 
+def _check_sendable(message: Message, limit: int) -> None:
+    """ValueError now, not when it is the message's turn: an ACK or NACK (the endpoint
+    sends those itself), a message that does not encode, or one over the peer's limit."""
+    if isinstance(message, Ack | Nack):
+        raise ValueError("ACK and NACK are sent by the endpoint itself")
+    payload = encode_payload(message)
+    if len(payload) > limit:
+        raise ValueError(f"{type(message).__name__} payload of {len(payload)} bytes is "
+                         f"over the link's maximum of {limit}")
+
+
 class LinkEndpoint:
     """Send reliable messages and receive the peer's, over any byte stream.
 
@@ -147,12 +158,7 @@ class LinkEndpoint:
     # ------------------------------------------------------------ sending
     def send(self, message: Message, now: float) -> int:
         """Queue a message to be delivered reliably; returns a token its events carry."""
-        if isinstance(message, Ack | Nack):
-            raise ValueError("ACK and NACK are sent by the endpoint itself")
-        payload = encode_payload(message)  # ValueError now, not when it is its turn
-        if len(payload) > self.peer_max_payload:
-            raise ValueError(f"{type(message).__name__} payload of {len(payload)} bytes is "
-                             f"over the link's maximum of {self.peer_max_payload}")
+        _check_sendable(message, self.peer_max_payload)
         if len(self._queue) >= self.max_queue:
             raise OverflowError(f"{self.max_queue} messages already wait to be sent")
         token = self._next_token

@@ -177,7 +177,7 @@ def test_fedge_bridge_joins_a_federation_on_the_mcus_data(sim_binary, tmp_path, 
         wire.close()
     assert process.returncode == 0, err
     assert "models confirmed [1, 2]" in out
-    assert agg.history[-1]["updates"] == 1  # the MCU gateway's update made version 2
+    assert agg.history[-1].updates == 1  # the MCU gateway's update made version 2
 
 
 def _qat_initial(sizes: list[int]) -> dict:

@@ -109,7 +109,7 @@ def test_updates_pending_through_a_broker_outage_arrive_exactly_once(mosquitto, 
     mosquitto.restart()
     for run in runs:
         run.join(60)
-    assert agg.version == 1 and agg.history[1]["updates"] == 3
+    assert agg.version == 1 and agg.history[1].updates == 3
     for i, c in enumerate(clients):
         assert len(_updates_from(agg.config.db_path, f"dev-{i}")) == 1
         assert len(c.outbox) == 0
@@ -175,7 +175,7 @@ def test_a_sleeping_device_comes_back_at_its_check_in_time(mosquitto, tmp_path):
     for run in runs:
         run.join(60)
     assert time.monotonic() - asleep_at >= 0.5  # jitter keeps it off for >= 0.5 s
-    assert all("dev-0" in h["devices"] for h in agg.history[1:])
+    assert all("dev-0" in h.devices for h in agg.history[1:])
 
 
 def test_the_diurnal_demo_counts_skipped_device_rounds(tmp_path):
@@ -212,7 +212,7 @@ def test_a_device_follows_an_aggregator_that_started_over_with_a_new_store(mosqu
     try:
         run.join(60)
         assert second.version == 1
-        assert [h["updates"] for h in second.history[1:]] == [2]  # both devices took part
+        assert [h.updates for h in second.history[1:]] == [2]  # both devices took part
         wait_until(lambda: all(c.model_version == 1 for c in clients), 30,
                    "devices following the new run")
         assert clients[0]._model_sha256 != old_sha

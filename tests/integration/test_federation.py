@@ -39,7 +39,7 @@ def test_sync_federation_converges_and_every_update_is_used_once(mosquitto, tmp_
     assert agg.version == 3 == result.version
     assert result.final_accuracy is None  # the test fleet's aggregator has no evaluator
     assert result.bytes_up == sum(c.stats.bytes_up for c in clients) > 0
-    assert [h["updates"] for h in agg.history[1:]] == [3, 3, 3]
+    assert [h.updates for h in agg.history[1:]] == [3, 3, 3]
     assert digits3.accuracy(agg.global_weights) > initial + 0.3
     rows = _stored_updates(agg.config.db_path)
     assert len(rows) == 9 and {r[3] for r in rows} == {"aggregated"}
@@ -54,7 +54,7 @@ def test_async_federation_weights_stale_updates(mosquitto, tmp_path, digits3):
     initial = digits3.accuracy(digits3.initial_weights())
     agg, _, _ = federate(mosquitto, tmp_path, digits3, mode="async", rounds=5)
     assert agg.version == 5
-    assert all(h["updates"] == 2 for h in agg.history[1:])
+    assert all(h.updates == 2 for h in agg.history[1:])
     assert digits3.accuracy(agg.global_weights) > initial + 0.3
     rows = _stored_updates(agg.config.db_path)
     assert sum(1 for r in rows if r[3] == "aggregated") == 10
@@ -85,7 +85,7 @@ def test_device_cut_off_mid_upload_resends_and_is_counted_once(mosquitto, tmp_pa
     assert cut.is_set()
     rows = _stored_updates(agg.config.db_path)
     assert [r[0] for r in rows].count("dev-0") == 1
-    assert agg.history[1]["updates"] == 3
+    assert agg.history[1].updates == 3
     assert flaky.stats.acks["accepted"] == 1 and len(flaky.outbox) == 0
 
 
@@ -133,8 +133,8 @@ def test_aggregator_restart_mid_round_keeps_every_acked_update(mosquitto, tmp_pa
     for run in device_runs:
         run.join(30)
     assert second.version == 2
-    assert [h["updates"] for h in second.history[1:]] == [3, 3]
-    assert second.history[1]["devices"] == ["dev-0", "dev-1", "dev-2"]
+    assert [h.updates for h in second.history[1:]] == [3, 3]
+    assert second.history[1].devices == ("dev-0", "dev-1", "dev-2")
     rows = _stored_updates(second.config.db_path)
     assert len(rows) == 6 and {r[3] for r in rows} == {"aggregated"}
 
@@ -168,8 +168,8 @@ def test_a_fleet_slower_than_the_deadline_still_makes_a_version(mosquitto, tmp_p
     with caplog.at_level(logging.WARNING, logger="aggregator.service"):
         for run in start_all(agg, clients):
             run.join(90)
-    assert agg.version == 1 and agg.history[1]["updates"] == 2
-    assert agg.history[1]["round_wall_s"] > 1.0  # met only by a grown deadline
+    assert agg.version == 1 and agg.history[1].updates == 2
+    assert agg.history[1].round_wall_s > 1.0  # met only by a grown deadline
     grown = [r.getMessage() for r in caplog.records if "starting it again with" in r.getMessage()]
     assert grown and "with a 0.6 s deadline" in grown[0]
     with sqlite3.connect(agg.config.db_path) as db:
@@ -214,8 +214,8 @@ def test_a_late_update_never_breaks_a_round(mosquitto, tmp_path):
     agg_run.halt()
     for run in device_runs:
         run.halt()
-    assert agg.history[1]["updates"] == 3 and "dev-3" not in agg.history[1]["devices"]
-    assert all(h["updates"] == 3 for h in agg.history[1:])
+    assert agg.history[1].updates == 3 and "dev-3" not in agg.history[1].devices
+    assert all(h.updates == 3 for h in agg.history[1:])
     rows = [r for r in _stored_updates(agg.config.db_path) if r[0] == "dev-3"]
     assert rows[0][3] == "late" and rows[0][1].startswith("r1-")
 
@@ -233,8 +233,8 @@ def test_the_deadline_closes_a_round_with_the_minimum_fraction(mosquitto, tmp_pa
     gate.set()
     for run in device_runs:
         run.join(30)
-    assert agg.history[1]["updates"] == 2  # ceil(0.6 * 3) came by the deadline
-    assert agg.history[1]["round_wall_s"] >= 1.5
+    assert agg.history[1].updates == 2  # ceil(0.6 * 3) came by the deadline
+    assert agg.history[1].round_wall_s >= 1.5
 
 
 def test_an_aggregator_that_starts_finished_still_serves_the_final_model(mosquitto, tmp_path,

@@ -16,7 +16,7 @@ from aggregator.config import AggregatorConfig, SyncConfig
 from edge_client.client import ClientConfig
 from edge_client.eligibility import EligibilityConfig
 from edge_client.shared.protocol import TrainConfig
-from edge_client.training import FitConfig, FitResult, mlp_trainer
+from edge_client.training import FitResult, mlp_trainer
 from fedge.broker import find_mosquitto
 from fedge.federation import Federation, PartyFailed
 from tests.integration.fleet import Digits
@@ -55,7 +55,7 @@ class Broken:
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         return self.inner.evaluate(x, y)
 
-    def fit(self, x, y, config: FitConfig, should_stop=None) -> FitResult:
+    def fit(self, x, y, config: TrainConfig, should_stop=None) -> FitResult:
         raise MemoryError("the device ran out of memory")
 
 

@@ -87,7 +87,7 @@ def test_device_on_paho_1_6_trains_with_an_aggregator_on_paho_2(mosquitto, tmp_p
     assert log.count("accepted by the aggregator") == 2, log[-3000:]
     assert "model version 2 installed" in log, log[-3000:]
     assert agg.version == 2
-    assert [h["updates"] for h in agg.history[1:]] == [2, 2]
+    assert [h.updates for h in agg.history[1:]] == [2, 2]
     with sqlite3.connect(agg.config.db_path) as db:
         used = sorted(db.execute("SELECT used_in FROM updates WHERE device_id = 'dev-1' "
                                  "AND state = 'aggregated'"))

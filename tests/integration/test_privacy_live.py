@@ -57,14 +57,14 @@ def test_central_dp_reports_epsilon_per_version_and_stops_at_the_budget(mosquitt
         run.join(90)
     assert agg.version == 3 < agg.config.rounds
     assert agg.finished and "privacy budget" in agg.snapshot.stopped
-    history = [h for h in agg.history if h["version"] > 0]
-    epsilons = [h["epsilon"] for h in history]
+    history = [h for h in agg.history if h.version > 0]
+    epsilons = [h.epsilon for h in history]
     assert epsilons == sorted(epsilons) and epsilons[0] > 0
     for n, value in enumerate(epsilons, start=1):
         assert value == pytest.approx(_epsilon(1.0, 1.5, n, 1e-5), rel=1e-9)
     assert epsilons[-1] <= budget
-    assert all(h["dp_sampling_rate"] == 1.0 and h["dp_noise_std"] == pytest.approx(1.5 * 2 / 3)
-               for h in history)
+    assert all(h.metric("dp_sampling_rate") == 1.0
+               and h.metric("dp_noise_std") == pytest.approx(1.5 * 2 / 3) for h in history)
     for c in clients:  # devices got the done task and the last model
         assert c.model_version == 3 and c.stats.acks["accepted"] == 3
 
@@ -119,9 +119,9 @@ def test_distributed_dp_devices_clip_and_noise_and_an_old_device_is_refused(
     # std noise_std per value (measured over all stored values, ~10k: 0.7% standard error).
     assert np.concatenate(values).std() == pytest.approx(noise_std, rel=0.05)
     assert clients[2].stats.acks["rejected"] >= 3 and clients[2].stats.acks["accepted"] == 0
-    history = [h for h in agg.history if h["version"] > 0]
-    assert all(h["dp_mode"] == "distributed" and h["updates"] == 2 for h in history)
-    assert all(h["dp_noise_multiplier"] == pytest.approx(1.0) for h in history)  # k = m
+    history = [h for h in agg.history if h.version > 0]
+    assert all(h.metric("dp_mode") == "distributed" and h.updates == 2 for h in history)
+    assert all(h.metric("dp_noise_multiplier") == pytest.approx(1.0) for h in history)  # k = m
     flagged = [r.getMessage() for r in caplog.records if "dev-2 flagged" in r.getMessage()]
     assert len(flagged) == 1 and "does not carry it" in flagged[0]
     api = create_app(agg.config.db_path, None, None).test_client()

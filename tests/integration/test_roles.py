@@ -43,9 +43,9 @@ def test_aggregator_and_devices_from_toml(mosquitto, tmp_path):
     assert "federation 'toml', sync mode" in outputs[0][1]
     from aggregator.store import Store
     history = Store(tmp_path / "agg.sqlite3").model_history()
-    assert [h["version"] for h in history] == [0, 1, 2]
-    assert all(0.0 <= h["accuracy"] <= 1.0 for h in history[1:])  # scored on the held-out set
-    assert all("device_accuracy" in h for h in history[1:])  # and on the devices' own data
+    assert [h.version for h in history] == [0, 1, 2]
+    assert all(0.0 <= h.accuracy <= 1.0 for h in history[1:])  # scored on the held-out set
+    assert all("device_accuracy" in h.metrics for h in history[1:])  # and on the devices' own data
 
 
 def test_serve_with_the_dashboard_answers_the_api_during_a_federation(mosquitto, tmp_path):

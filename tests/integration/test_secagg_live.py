@@ -133,7 +133,7 @@ def test_versions_are_the_exact_mean_of_masked_inputs_and_nothing_unmasked_is_st
     for version in (1, 2, 3):
         task = rounds[version]
         settings = SecAggTask.from_wire(task.secagg)
-        info = agg.history[version]["secagg"]
+        info = agg.history[version].secagg
         assert info["contributors"] == 6 and info["dropped"] == 0
         total = sum(inputs[(task.task_id, d)] for d in task.invited)
         ring = np.asarray(total, np.uint64) & modulus_mask(settings.bits)
@@ -170,7 +170,7 @@ def test_a_third_of_devices_dropping_after_masking_still_gives_the_survivors_sum
     for run in runs:
         run.join(60)
     assert agg.version == 1
-    info = agg.history[1]["secagg"]
+    info = agg.history[1].secagg
     assert (info["contributors"], info["dropped"], info["unmask_missing"]) == (8, 2, 1)
     task = _rounds(agg.config.db_path)[1]
     survivors = [d for d in task.invited if d not in ("dev-1", "dev-2")]
@@ -179,7 +179,7 @@ def test_a_third_of_devices_dropping_after_masking_still_gives_the_survivors_sum
     expected = sum(inputs[(task.task_id, d)] for d in survivors)
     assert np.array_equal(agg.secure.last_result.total,
                           np.asarray(expected, np.uint64) & modulus_mask(bits))
-    assert agg.history[1]["devices"] == survivors
+    assert list(agg.history[1].devices or ()) == survivors
 
 
 def test_random_k_rounds_with_distributed_dp_move_only_the_shared_coordinates(
@@ -206,9 +206,9 @@ def test_random_k_rounds_with_distributed_dp_move_only_the_shared_coordinates(
         dp_mean = settings.fixed_point(4).decode_sum(ring, 4) / 4  # cohort m = 4: the same
         assert np.allclose(change[kept], dp_mean, atol=2e-6)
         history = agg.history[version]
-        assert history["dp_mode"] == "distributed" and history["epsilon"] > 0
+        assert history.metric("dp_mode") == "distributed" and history.epsilon > 0
         assert rounds[version].dp is not None
-    assert agg.history[2]["epsilon"] > agg.history[1]["epsilon"]
+    assert agg.history[2].epsilon > agg.history[1].epsilon
     words = {len(payload) for payload in received}
     assert max(words) < 4 * settings.size  # no message carries a dense 32-bit vector
 
@@ -248,7 +248,7 @@ def test_forged_secagg_messages_and_plain_updates_are_refused_and_the_round_goes
     for run in runs:
         run.join(60)
     close_client(attacker)
-    assert agg.version == 1 and agg.history[1]["secagg"]["contributors"] == 3
+    assert agg.version == 1 and agg.history[1].secagg["contributors"] == 3
     reasons = [(d, n, r) for d, n, r in Store(agg.config.db_path).rejections()]
     assert ("dev-1", "secagg", "bad signature") in reasons
     assert any(d == "dev-1" and n == "secagg" and "not signed" in r for d, n, r in reasons)
@@ -275,7 +275,7 @@ def test_an_aggregator_restart_mid_round_aborts_that_round_and_the_next_one_comp
                               min_fraction=0.75, secagg=secagg)
     for run in [Running(again.run, "aggregator again"), *devices]:
         run.join(60)
-    assert again.version == 1 and again.history[1]["secagg"]["contributors"] == 4
+    assert again.version == 1 and again.history[1].secagg["contributors"] == 4
     with sqlite3.connect(again.config.db_path) as db:
         state = db.execute("SELECT state FROM tasks WHERE task_id=?", (stuck,)).fetchone()
         rows = db.execute("SELECT task_id, state, info FROM secagg_rounds "

@@ -71,7 +71,7 @@ def test_enrolled_devices_take_part_and_strangers_are_refused(mosquitto, tmp_pat
     for run in runs[:3]:
         run.join(60)
     runs[3].halt()
-    assert agg.version == 1 and agg.history[1]["devices"] == ["dev-0", "dev-1"]
+    assert agg.version == 1 and agg.history[1].devices == ("dev-0", "dev-1")
     assert {r[0] for r in _rows(agg.config.db_path)} == {"dev-0", "dev-1"}
     assert all(c.stats.acks["accepted"] == 1 for c in members)
     from aggregator.store import Store
@@ -220,11 +220,11 @@ def test_a_revoked_device_is_refused_from_the_next_task_on(mosquitto, tmp_path):
     agg.on_version = lambda report: agg.set_training(False) if report.version == 1 else None
     runs = start_all(agg, clients)
     wait_until(lambda: agg.version >= 1 and agg.paused, 30, "round 1 with both devices")
-    assert agg.history[1]["devices"] == ["dev-0", "dev-1"]
+    assert agg.history[1].devices == ("dev-0", "dev-1")
     agg.store.revoke("dev-1")  # as `fedge aggregator revoke` does, from any process
     agg.set_training(True)
     wait_until(lambda: agg.version >= 3, 30, "two more rounds")
     for run in runs:
         run.halt()
-    later = [h["devices"] for h in agg.history[2:]]
-    assert all(devices == ["dev-0"] for devices in later[1:]), later
+    later = [h.devices for h in agg.history[2:]]
+    assert all(devices == ("dev-0",) for devices in later[1:]), later

@@ -62,7 +62,7 @@ def test_a_qat_1d_cnn_federates_from_toml(mosquitto, tmp_path):
     from aggregator.store import Store
     store = Store(tmp_path / "agg.sqlite3")
     history = store.model_history()
-    assert [h["version"] for h in history] == [0, 1, 2, 3]
+    assert [h.version for h in history] == [0, 1, 2, 3]
     latest = decode(store.latest_model().blob, expect=Model)
     assert latest.arch == ARCH
     ranges = {k: v for k, v in latest.tensors.items() if k.endswith(".range")}
@@ -73,5 +73,5 @@ def test_a_qat_1d_cnn_federates_from_toml(mosquitto, tmp_path):
     scorer = NumpyTrainer(build_model(ARCH))
     scorer.set_weights(latest.tensors)
     accuracy = scorer.evaluate(x_test, y_test)["accuracy"]
-    assert accuracy == pytest.approx(history[-1]["accuracy"])  # the gateway's own score
+    assert accuracy == pytest.approx(history[-1].accuracy)  # the gateway's own score
     assert accuracy > 0.8

@@ -88,21 +88,21 @@ def test_secagg_with_distributed_dp_from_toml(mosquitto, tmp_path):
 
     store = Store(db)
     history = store.model_history()
-    assert [h["version"] for h in history] == [0, 1, 2, 3]
+    assert [h.version for h in history] == [0, 1, 2, 3]
     assert store.db.execute("SELECT COUNT(*) FROM updates").fetchone()[0] == 0  # masked only
     rows = store.db.execute("SELECT state FROM secagg_rounds").fetchall()
     store.close()
     assert [r[0] for r in rows] == ["done"] * 3
     for h in history[1:]:
-        assert h["secagg"]["contributors"] == 3 and h["secagg"]["dropped"] == 0
-        assert h["dp_mode"] == "distributed" and h["dp_clip"] == 1.0
-        assert h["epsilon"] == pytest.approx(_epsilon(0.1, h["version"], 1e-5), rel=1e-9)
-    assert history[-1]["accuracy"] > 0.4  # 10 classes; 0.67-0.69 in three runs
+        assert h.secagg["contributors"] == 3 and h.secagg["dropped"] == 0
+        assert h.metric("dp_mode") == "distributed" and h.metric("dp_clip") == 1.0
+        assert h.epsilon == pytest.approx(_epsilon(0.1, h.version, 1e-5), rel=1e-9)
+    assert history[-1].accuracy > 0.4  # 10 classes; 0.67-0.69 in three runs
 
     api = create_app(db, None, None).test_client()
     overview = api.get("/api/overview").get_json()
     assert overview["privacy"]["mode"] == "distributed"
-    assert overview["privacy"]["epsilon"] == pytest.approx(history[-1]["epsilon"])
+    assert overview["privacy"]["epsilon"] == pytest.approx(history[-1].epsilon)
     anomalies = api.get("/api/anomalies").get_json()
     assert (anomalies["window"], anomalies["threshold"], anomalies["clip_factor"]) == (4, 2, 5.0)
     assert not any(d["flagged"] for d in anomalies["devices"])

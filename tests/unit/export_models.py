@@ -11,8 +11,8 @@ from functools import cache
 
 import numpy as np
 
-from edge_client.training import FitConfig, NumpyTrainer, build_model, calibrate
-from edge_client.training.weights import Weights
+from edge_client.shared.weights import Weights
+from edge_client.training import NumpyTrainer, TrainConfig, build_model, calibrate
 from fedge.datasets import load_digits, stratified_split
 
 MLP = {"kind": "mlp", "sizes": [64, 1333, 10]}
@@ -60,7 +60,7 @@ def _trained(key: str) -> tuple[dict, Weights]:
     x, y, _, _ = data_for(arch)
     trainer = NumpyTrainer(build_model(arch, seed=0))
     epochs = 8 if arch["kind"] == "mlp" else 6
-    trainer.fit(x, y, FitConfig(epochs=epochs, batch_size=32, lr=0.05, momentum=0.5))
+    trainer.fit(x, y, TrainConfig(epochs=epochs, batch_size=32, lr=0.05, momentum=0.5))
     return arch, trainer.get_weights()
 
 

@@ -131,9 +131,9 @@ def test_a_round_makes_a_version_publishes_the_model_and_opens_the_next(tmp_path
     [following] = tasks(out)
     assert following.round == 2 and following.model_version == 1
     row = h.store.model_history()[-1]
-    assert row["updates"] == 2 and row["devices"] == sorted(task.invited)
+    assert row.updates == 2 and row.devices == tuple(sorted(task.invited))
     snapshot = h.core.state.snapshot()
-    assert snapshot.history[-1]["version"] == 1 and snapshot.task == following
+    assert snapshot.history[-1].version == 1 and snapshot.task == following
     with pytest.raises(TypeError):
         snapshot.global_weights["w"] = np.ones(3)  # read-only for other threads
 
@@ -308,6 +308,7 @@ def test_a_secure_round_with_dropouts_makes_a_version_from_the_survivors(tmp_pat
     [version] = made
     assert version.report.version == 1 and version.report.updates == 4
     row = h.store.model_history()[-1]
-    assert row["devices"] == ["dev-0", "dev-1", "dev-2", "dev-4"]
-    assert row["secagg"]["dropped"] == 1 and row["secagg"]["contributors"] == 4
+    assert row.devices == ("dev-0", "dev-1", "dev-2", "dev-4")
+    assert row.secagg is not None
+    assert row.secagg["dropped"] == 1 and row.secagg["contributors"] == 4
     assert h.store.count_updates() == 0  # never an unmasked input stored

@@ -15,7 +15,7 @@ import pytest
 from edge_client import local_data
 from edge_client.local_data import checked_local_data
 from edge_client.shared.settings import ConfigError
-from edge_client.training import FitConfig, mlp_trainer
+from edge_client.training import TrainConfig, mlp_trainer
 from fedge.roles import DataSpec, build_device
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def test_bad_rows_are_found_in_every_block(tmp_path: Path,
 def test_training_on_a_memmap_matches_training_in_memory(tmp_path: Path, dtype: type) -> None:
     x, y = data(dtype=dtype)
     x_map, y_map = saved(tmp_path, x, y.astype(np.int32))
-    fit = FitConfig(epochs=2, batch_size=16, lr=0.1, momentum=0.5, seed=3)
+    fit = TrainConfig(epochs=2, batch_size=16, lr=0.1, momentum=0.5, seed=3)
     results = []
     for xs, ys in ((x, y), (x_map, y_map)):
         trainer = mlp_trainer([8, 16, 3], seed=1)
@@ -105,7 +105,7 @@ TRAIN_ON_MEMMAP = textwrap.dedent("""
     import sys, threading, time
     import numpy as np
     from edge_client.local_data import checked_local_data
-    from edge_client.training import FitConfig, mlp_trainer
+    from edge_client.training import TrainConfig, mlp_trainer
 
     def anon_mb():
         with open("/proc/self/status") as f:
@@ -125,7 +125,7 @@ TRAIN_ON_MEMMAP = textwrap.dedent("""
     sampler.start()
     x, y = checked_local_data(x_file, y_file)
     trainer.evaluate(x, y)
-    trainer.fit(x, y, FitConfig(epochs=1, batch_size=32, lr=0.01))
+    trainer.fit(x, y, TrainConfig(epochs=1, batch_size=32, lr=0.01))
     done.set()
     sampler.join()
     print(max(peak[0], anon_mb()) - start)

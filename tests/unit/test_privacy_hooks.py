@@ -108,7 +108,7 @@ def test_each_version_records_epsilon_as_dp_accounting_computes_it(tmp_path):
         assert info["epsilon"] == pytest.approx(epsilon([Step(0.4, 1.2)] * n, 1e-5))
     assert infos[0]["epsilon"] < infos[1]["epsilon"] < infos[2]["epsilon"]
     history = store.model_history()
-    assert [h["epsilon"] for h in history] == [i["epsilon"] for i in infos]
+    assert [h.epsilon for h in history] == [i["epsilon"] for i in infos]
 
 
 def test_budget_stops_before_the_version_that_would_pass_it(tmp_path):
@@ -124,7 +124,7 @@ def test_budget_stops_before_the_version_that_would_pass_it(tmp_path):
         made += 1
     assert made == 3
     assert "privacy budget" in stop and f"{limit:g}" in stop
-    assert store.model_history()[-1]["epsilon"] <= limit
+    assert (store.model_history()[-1].epsilon or 0.0) <= limit
 
 
 def test_restart_resumes_the_count_and_the_adaptive_clip(tmp_path):

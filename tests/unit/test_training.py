@@ -8,15 +8,15 @@ import pytest
 from edge_client.training import (
     SGD,
     Dense,
-    FitConfig,
     NumpyTrainer,
     Sequential,
+    TrainConfig,
     Trainer,
-    flatten_weights,
+    flatten_sorted,
     mlp,
     mlp_trainer,
     softmax_cross_entropy,
-    unflatten_weights,
+    unflatten_like,
 )
 
 
@@ -94,10 +94,10 @@ def test_flatten_unflatten_round_trip_keeps_order_and_dtype():
         "b.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
         "a.bias": np.array([7.0, 8.0], dtype=np.float32),
     }
-    vector, spec = flatten_weights(weights)
+    vector = flatten_sorted(weights)
     assert vector.dtype == np.float32 and vector.shape == (8,)
-    assert spec == [("b.weight", (2, 3)), ("a.bias", (2,))]
-    restored = unflatten_weights(vector, spec)
+    assert vector.tolist() == [7.0, 8.0, 0, 1, 2, 3, 4, 5]  # the one layout: sorted names
+    restored = unflatten_like(vector, weights)
     assert list(restored) == ["b.weight", "a.bias"]
     for name, array in weights.items():
         assert restored[name].dtype == np.float32
@@ -105,17 +105,18 @@ def test_flatten_unflatten_round_trip_keeps_order_and_dtype():
 
 
 def test_unflatten_copies_so_the_vector_can_be_reused():
-    vector, spec = flatten_weights({"w": np.ones(3, dtype=np.float32)})
-    restored = unflatten_weights(vector, spec)
+    like = {"w": np.ones(3, dtype=np.float32)}
+    vector = flatten_sorted(like)
+    restored = unflatten_like(vector, like)
     vector[:] = 0
     np.testing.assert_array_equal(restored["w"], np.ones(3))
 
 
 @pytest.mark.parametrize("size", [7, 9])
 def test_unflatten_rejects_wrong_size(size):
-    _, spec = flatten_weights({"w": np.zeros((2, 4), dtype=np.float32)})
-    with pytest.raises(ValueError, match=f"has {size} values but the spec needs 8"):
-        unflatten_weights(np.zeros(size, dtype=np.float32), spec)
+    like = {"w": np.zeros((2, 4), dtype=np.float32)}
+    with pytest.raises(ValueError, match=f"has {size} values, the model has 8"):
+        unflatten_like(np.zeros(size, dtype=np.float32), like)
 
 
 def test_trainer_satisfies_protocol():
@@ -157,7 +158,7 @@ def test_set_weights_rejects_wrong_shapes():
 
 
 def test_param_count_of_demo_mlp():
-    vector, _ = flatten_weights(mlp([64, 1333, 10]).params())
+    vector = flatten_sorted(mlp([64, 1333, 10]).params())
     assert vector.size == 99985
 
 
@@ -165,7 +166,7 @@ def test_fit_lowers_loss_and_stays_float32():
     x, y = _toy_data()
     trainer = mlp_trainer([8, 16, 3])
     before = trainer.evaluate(x, y)
-    result = trainer.fit(x, y, FitConfig(epochs=5, batch_size=16, lr=0.1))
+    result = trainer.fit(x, y, TrainConfig(epochs=5, batch_size=16, lr=0.1))
     after = trainer.evaluate(x, y)
     assert after["loss"] < before["loss"]
     assert after["accuracy"] > 0.8
@@ -176,26 +177,26 @@ def test_fit_lowers_loss_and_stays_float32():
 
 def test_fit_is_deterministic_for_a_seed():
     x, y = _toy_data()
-    config = FitConfig(epochs=2, batch_size=10, lr=0.05, momentum=0.9, seed=3)
+    config = TrainConfig(epochs=2, batch_size=10, lr=0.05, momentum=0.9, seed=3)
     runs = []
     for _ in range(2):
         trainer = mlp_trainer([8, 16, 3], seed=7)
         result = trainer.fit(x, y, config)
-        runs.append((result.loss, flatten_weights(trainer.get_weights())[0]))
+        runs.append((result.loss, flatten_sorted(trainer.get_weights())))
     assert runs[0][0] == runs[1][0]
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
 
     other = mlp_trainer([8, 16, 3], seed=7)
-    other.fit(x, y, FitConfig(epochs=2, batch_size=10, lr=0.05, momentum=0.9, seed=4))
-    assert not np.array_equal(flatten_weights(other.get_weights())[0], runs[0][1])
+    other.fit(x, y, TrainConfig(epochs=2, batch_size=10, lr=0.05, momentum=0.9, seed=4))
+    assert not np.array_equal(flatten_sorted(other.get_weights()), runs[0][1])
 
 
 def _drift(prox_mu: float) -> float:
     x, y = _toy_data()
     trainer = mlp_trainer([8, 16, 3], seed=0)
-    start, _ = flatten_weights(trainer.get_weights())
-    trainer.fit(x, y, FitConfig(epochs=5, batch_size=16, lr=0.05, prox_mu=prox_mu))
-    end, _ = flatten_weights(trainer.get_weights())
+    start = flatten_sorted(trainer.get_weights())
+    trainer.fit(x, y, TrainConfig(epochs=5, batch_size=16, lr=0.05, prox_mu=prox_mu))
+    end = flatten_sorted(trainer.get_weights())
     return float(np.linalg.norm(end - start))
 
 
@@ -215,7 +216,7 @@ def test_should_stop_honoured_at_batch_boundary():
         return calls > 3
 
     trainer = mlp_trainer([8, 16, 3])
-    result = trainer.fit(x, y, FitConfig(epochs=3, batch_size=10), stop_after_three)
+    result = trainer.fit(x, y, TrainConfig(epochs=3, batch_size=10), stop_after_three)
     assert result.batches == 3
     assert result.stopped_early
     assert calls == 4
@@ -225,10 +226,10 @@ def test_should_stop_honoured_at_batch_boundary():
 def test_should_stop_before_first_batch_leaves_weights_alone():
     x, y = _toy_data()
     trainer = mlp_trainer([8, 16, 3])
-    before, _ = flatten_weights(trainer.get_weights())
-    result = trainer.fit(x, y, FitConfig(), lambda: True)
+    before = flatten_sorted(trainer.get_weights())
+    result = trainer.fit(x, y, TrainConfig(epochs=1), lambda: True)
     assert result.batches == 0 and result.stopped_early and np.isnan(result.loss)
-    np.testing.assert_array_equal(flatten_weights(trainer.get_weights())[0], before)
+    np.testing.assert_array_equal(flatten_sorted(trainer.get_weights()), before)
 
 
 def test_sgd_momentum_matches_hand_computation():
@@ -258,16 +259,16 @@ def test_sgd_without_momentum_is_plain_gradient_step():
 )
 def test_fit_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
-        FitConfig(**kwargs)
+        TrainConfig(**kwargs)
 
 
 def test_fit_rejects_mismatched_data():
     trainer = mlp_trainer([8, 3])
     x, y = _toy_data()
     with pytest.raises(ValueError, match="y must be 1-D"):
-        trainer.fit(x, y[:-1], FitConfig())
+        trainer.fit(x, y[:-1], TrainConfig(epochs=1))
     with pytest.raises(ValueError, match="expected"):
-        trainer.fit(x[:, :4], y, FitConfig())
+        trainer.fit(x[:, :4], y, TrainConfig(epochs=1))
 
 
 def test_evaluate_reports_loss_and_accuracy():

@@ -12,11 +12,11 @@ from edge_client.training import (
     ActQuant,
     Conv1D,
     Dense,
-    FitConfig,
     Flatten,
     MaxPool1D,
     NumpyTrainer,
     ReLU,
+    TrainConfig,
     build_model,
     mlp,
     mlp_trainer,
@@ -155,7 +155,7 @@ def test_the_trainer_fits_a_1d_cnn_on_windows(qat):
     x, y = _windows(1200)
     trainer = NumpyTrainer(build_model({**SMALL_CNN, "qat": qat}, seed=0))
     before = trainer.evaluate(x, y)
-    result = trainer.fit(x, y, FitConfig(epochs=3, batch_size=32, lr=0.05, momentum=0.5))
+    result = trainer.fit(x, y, TrainConfig(epochs=3, batch_size=32, lr=0.05, momentum=0.5))
     after = trainer.evaluate(x, y)  # 1200 rows: evaluated in two chunks
     assert result.batches == 3 * 38 and after["loss"] < before["loss"]
     assert after["accuracy"] > 0.9
@@ -168,7 +168,7 @@ def test_fit_tracks_ranges_and_neither_sgd_nor_fedprox_moves_them():
     """aq0 sees the raw input, so its range is an EMA of batch min/max we can compute here."""
     x, y = _windows(100, seed=1)
     trainer = NumpyTrainer(build_model({**SMALL_CNN, "qat": True}))
-    config = FitConfig(epochs=2, batch_size=16, lr=0.5, momentum=0.9, prox_mu=5.0, seed=3)
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.5, momentum=0.9, prox_mu=5.0, seed=3)
     trainer.fit(x, y, config)
     expected = None
     for epoch in range(2):
@@ -186,7 +186,7 @@ def test_a_stopped_fit_leaves_act_quant_in_eval_mode():
     x, y = _windows(64)
     trainer = NumpyTrainer(build_model({**SMALL_CNN, "qat": True}))
     calls = iter([False, False, True])
-    result = trainer.fit(x, y, FitConfig(batch_size=8), lambda: next(calls))
+    result = trainer.fit(x, y, TrainConfig(epochs=1, batch_size=8), lambda: next(calls))
     assert result.stopped_early and result.batches == 2
     assert not trainer.model.layers[0].training
 
@@ -194,7 +194,7 @@ def test_a_stopped_fit_leaves_act_quant_in_eval_mode():
 def test_qat_weights_round_trip_through_set_weights_with_their_ranges():
     x, y = _windows(64)
     trained = NumpyTrainer(build_model({**SMALL_CNN, "qat": True}, seed=0))
-    trained.fit(x, y, FitConfig())
+    trained.fit(x, y, TrainConfig(epochs=1))
     fresh = NumpyTrainer(build_model({**SMALL_CNN, "qat": True}, seed=9))
     fresh.set_weights(trained.get_weights())
     np.testing.assert_array_equal(fresh.model.forward(x), trained.model.forward(x))
@@ -204,7 +204,8 @@ def test_qat_weights_round_trip_through_set_weights_with_their_ranges():
 
 def test_the_trainer_rejects_one_dimensional_x():
     with pytest.raises(ValueError, match=r"x must be \(samples, features\) or"):
-        mlp_trainer([4, 2]).fit(np.zeros(4, np.float32), np.zeros(4, np.int64), FitConfig())
+        mlp_trainer([4, 2]).fit(np.zeros(4, np.float32), np.zeros(4, np.int64),
+                                TrainConfig(epochs=1))
     with pytest.raises(ValueError, match=r"conv0: expected \(n, length >= 5, 2\)"):
         NumpyTrainer(build_model(SMALL_CNN)).evaluate(np.zeros((3, 32), np.float32),
                                                       np.zeros(3, np.int64))

@@ -11,11 +11,11 @@ from edge_client.training import (
     ActQuant,
     Conv1D,
     Dense,
-    FitConfig,
     Flatten,
     MaxPool1D,
     NumpyTrainer,
     ReLU,
+    TrainConfig,
     build_model,
     fake_quant_act,
     fake_quant_weight,
@@ -241,7 +241,7 @@ def test_a_qat_model_with_a_broken_range_from_the_aggregator_still_trains():
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((64, 4)).astype(np.float32), rng.integers(0, 3, 64)
     trainer = NumpyTrainer(build_model(arch))
-    config = FitConfig(epochs=1, batch_size=16, lr=0.1, momentum=0.0)
+    config = TrainConfig(epochs=1, batch_size=16, lr=0.1, momentum=0.0)
     trainer.fit(x, y, config)
     weights = trainer.get_weights()
     for bad in ([np.nan, np.nan], [2.0, -1.0]):

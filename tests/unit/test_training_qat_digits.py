@@ -12,8 +12,8 @@ import pytest
 
 from edge_client.training import (
     ActQuant,
-    FitConfig,
     NumpyTrainer,
+    TrainConfig,
     build_model,
     calibrate,
 )
@@ -31,7 +31,7 @@ def digits():
 
 def _train(arch: dict, seed: int, x: np.ndarray, y: np.ndarray) -> NumpyTrainer:
     trainer = NumpyTrainer(build_model(arch, seed))
-    trainer.fit(x, y, FitConfig(**FIT, seed=seed))
+    trainer.fit(x, y, TrainConfig(**FIT, seed=seed))
     return trainer
 
 

@@ -21,11 +21,13 @@ from edge_client.shared.protocol.messages import (
     decode,
     encode,
 )
+from edge_client.shared.protocol.states import AckStatus, RoundMode
 from edge_client.shared.protocol.tensors import Weights
 from edge_client.shared.protocol.topics import Topics
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE", "PROTOCOL_VERSION", "Ack", "Assembler", "LocalProtocolError", "Model",
-    "ModelManifest", "ProtocolError", "RemoteProtocolError", "Status", "Task", "Topics",
-    "TrainConfig", "Update", "Weights", "decode", "encode", "split",
+    "DEFAULT_CHUNK_SIZE", "PROTOCOL_VERSION", "Ack", "AckStatus", "Assembler",
+    "LocalProtocolError", "Model", "ModelManifest", "ProtocolError", "RemoteProtocolError",
+    "RoundMode", "Status", "Task", "Topics", "TrainConfig", "Update", "Weights", "decode",
+    "encode", "split",
 ]

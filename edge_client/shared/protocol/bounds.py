@@ -17,6 +17,19 @@ MAX_INT = 2**53  # |int| on the wire: exact in a float64, far inside int64 and S
 MAX_STR = 1024  # a string inside a settings map (codec, dp, secagg, arch)
 MAX_BYTES = 4096  # a bytes value inside a settings map (e.g. secagg's 32-byte seed)
 _DESCRIBE = 40  # characters of a refused value quoted in a reason
+DEFAULT_MAX_ELEMENTS = 50_000_000  # 200 MB of float32: a bound, not a target
+MAX_SESSION = 32  # a status's session id
+MAX_CHAIN = 64  # delta steps a manifest may list (the aggregator's keep_deltas)
+# Per-field bounds of decoding (docs/protocol.md, "Decoding rules"); MAX_INT otherwise.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 2**20
+MAX_SAMPLES = 2**40  # num_samples: a sum over many updates stays exact in a float64
+MAX_CHUNK_SIZE = 256 * 2**20  # the aggregator's own chunk_size limit
+MAX_CHECKIN_S = 366 * 86400.0  # an ack's next_checkin_s: a year
+MAX_INVITED = 100_000  # devices one task may invite (secure aggregation's own limit)
+MAX_METRICS = 64
+MAX_SETTINGS = 32  # entries of a codec, dp or secagg map
+MAX_ARCH_ITEMS = 10_000  # values in a model's arch description
 
 
 def describe(value: Any) -> str:

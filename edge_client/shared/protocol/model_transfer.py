@@ -29,7 +29,6 @@ def open_model(manifest: ModelManifest, blob: bytes, max_elements: int) -> Model
     if len(blob) != manifest.size or sha256_hex(blob) != manifest.sha256:
         raise RemoteProtocolError(f"model {manifest.version} does not match its manifest")
     model = decode(blob, expect=Model, max_elements=max_elements)
-    assert isinstance(model, Model)
     if model.version != manifest.version:
         raise RemoteProtocolError(f"model blob says version {model.version}, manifest "
                                   f"says {manifest.version}")

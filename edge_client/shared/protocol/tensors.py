@@ -12,8 +12,11 @@ import numpy as np
 
 from edge_client.shared.protocol.bounds import describe, is_int
 from edge_client.shared.protocol.errors import LocalProtocolError, RemoteProtocolError
-
-Weights = dict[str, np.ndarray]
+from edge_client.shared.weights import (  # noqa: F401  (re-exported for callers)
+    Weights,
+    flatten_sorted,
+    unflatten_like,
+)
 
 # dtype names on the wire -> numpy little-endian dtypes we accept.
 WIRE_DTYPES: dict[str, np.dtype] = {
@@ -113,29 +116,3 @@ def check_like(tensors: Weights, reference: Weights) -> None:
             )
         if not np.all(np.isfinite(tensors[name])):
             raise RemoteProtocolError(f"tensor {name!r} holds NaN or infinity")
-
-
-def flatten_sorted(weights: Weights) -> np.ndarray:
-    """One float32 vector of every tensor, in sorted-name order.
-
-    Codecs work on flat vectors; sorting by name makes the layout the same on every
-    device and the aggregator, whatever order a dict happens to be in.
-    """
-    if not weights:
-        return np.zeros(0, np.float32)
-    return np.concatenate([np.asarray(weights[name], np.float32).ravel()
-                           for name in sorted(weights)])
-
-
-def unflatten_like(vector: np.ndarray, reference: Weights) -> Weights:
-    """Split a flat vector back into tensors shaped and ordered like `reference`."""
-    total = sum(int(np.prod(a.shape)) for a in reference.values())
-    if vector.shape != (total,):
-        raise ValueError(f"vector has {vector.size} values, the model has {total}")
-    out: dict[str, np.ndarray] = {}
-    offset = 0
-    for name in sorted(reference):
-        size = int(np.prod(reference[name].shape))
-        out[name] = vector[offset:offset + size].reshape(reference[name].shape)
-        offset += size
-    return {name: out[name].astype(np.float32) for name in reference}

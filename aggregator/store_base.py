@@ -1,0 +1,134 @@
+"""The tables of the aggregator's store, and what its parts share: the connection and
+one way to run a transaction (aggregator/store.py puts the parts together)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from types import TracebackType
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    version INTEGER PRIMARY KEY,
+    created_at REAL NOT NULL,
+    sha256 TEXT NOT NULL,
+    blob BLOB NOT NULL,
+    info TEXT NOT NULL,
+    delta BLOB                    -- the downlink delta from the previous version, if any
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    round INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    model_version INTEGER NOT NULL,
+    opened_at REAL NOT NULL,
+    state TEXT NOT NULL,          -- open | closed | aborted
+    message BLOB NOT NULL         -- the Task as published
+);
+CREATE TABLE IF NOT EXISTS updates (
+    device_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    base_version INTEGER NOT NULL,
+    num_samples INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    state TEXT NOT NULL,          -- pending | aggregated | late | discarded
+    used_in INTEGER,              -- the model version it went into
+    metrics TEXT NOT NULL,
+    payload BLOB NOT NULL,        -- the Update message (its signature checked and removed)
+    digest TEXT NOT NULL,         -- sha256 of payload: the audit trail's fingerprint
+    PRIMARY KEY (device_id, task_id, nonce)
+);
+CREATE TABLE IF NOT EXISTS enrolment (
+    device_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,     -- "ed25519:<base64>"
+    enrolled_at REAL NOT NULL,
+    revoked_at REAL               -- set: refused from then on
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS updates_state ON updates(state);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    online INTEGER NOT NULL,
+    eligible INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    model_version INTEGER,
+    last_seen REAL NOT NULL,
+    battery_pct REAL
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    at REAL NOT NULL,
+    device_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clipping (
+    version INTEGER NOT NULL,     -- the model version the clipped update went into
+    device_id TEXT NOT NULL,
+    norm REAL NOT NULL,           -- the update's L2 norm before clipping
+    bound REAL NOT NULL,          -- what it was clipped to
+    median REAL NOT NULL          -- the median norm of that version's updates
+);
+CREATE INDEX IF NOT EXISTS clipping_device ON clipping(device_id, version);
+CREATE INDEX IF NOT EXISTS rejections_device ON rejections(device_id, at);
+CREATE TABLE IF NOT EXISTS downlink_state (
+    version INTEGER PRIMARY KEY,  -- the downlink encoder's error feedback after this version
+    residual BLOB NOT NULL        -- ErrorFeedback.to_bytes(): a restart continues it exactly
+);
+CREATE INDEX IF NOT EXISTS updates_device ON updates(device_id, received_at);
+CREATE TABLE IF NOT EXISTS notes (
+    key TEXT PRIMARY KEY,         -- small service state for the dashboard and restarts
+    value TEXT NOT NULL           -- JSON
+);
+"""
+
+
+class Tables:
+    """Base of the store's parts: they all use one connection, owned by `Store`."""
+
+    db: sqlite3.Connection
+
+    def _transaction(self) -> Transaction:
+        return Transaction(self.db)
+
+
+class NoteTables(Tables):
+    """Named counters and small JSON notes: service state for the dashboard and restarts."""
+
+    def count(self, name: str, by: int = 1) -> None:
+        self.db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
+                        "SET value=value+excluded.value", (name, by))
+
+    def counter(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+        return 0 if row is None else row[0]
+
+    def set_note(self, key: str, value: Any) -> None:
+        """Keep a small JSON value under `key`; None removes it."""
+        if value is None:
+            self.db.execute("DELETE FROM notes WHERE key=?", (key,))
+            return
+        self.db.execute("INSERT INTO notes VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                        "SET value=excluded.value", (key, json.dumps(value)))
+
+    def note(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM notes WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+
+class Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,107 @@
+"""The store's record of refusals and clipped updates, which the anomaly flags read."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aggregator.store_base import Tables
+
+
+class RejectionTables(Tables):
+    """Rejections (pruned as they come) and clipping, and each device's recent outcomes."""
+
+    # How many rejections to keep, per device and in all (`keep_rejections`); class-level
+    # defaults so that a Store built anywhere prunes.
+    _keep_per_device = 100
+    _keep_total = 100_000
+    _added_since_trim = 0
+
+    def keep_rejections(self, per_device: int, total: int) -> None:
+        """Keep only each device's newest `per_device` rejections and about `total` in all:
+        a flood of junk must not grow the store or the cost of the next rejection."""
+        self._keep_per_device, self._keep_total = per_device, total
+
+    def add_rejection(self, device_id: str, nonce: str, reason: str) -> None:
+        """Record one rejection and prune, at a cost independent of the history: the
+        per-device prune walks `per_device` index entries; the global one runs every
+        `total / 10` rejections (amortized: about 10 rows per rejection). A rejection is
+        a log line, not an acknowledged update: its commit skips the fsync (the next
+        synchronous commit makes it durable), so a flood of junk costs no disk flushes."""
+        prior = self.db.execute("PRAGMA synchronous").fetchone()[0]
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._add_rejection(device_id, nonce, reason)
+        finally:
+            self.db.execute(f"PRAGMA synchronous={int(prior)}")
+
+    def _add_rejection(self, device_id: str, nonce: str, reason: str) -> None:
+        with self._transaction():
+            self.db.execute("INSERT INTO rejections VALUES (?, ?, ?, ?)",
+                            (time.time(), device_id, nonce, reason))
+            self.db.execute(
+                "DELETE FROM rejections WHERE rowid IN (SELECT rowid FROM rejections "
+                "WHERE device_id=? ORDER BY at DESC LIMIT -1 OFFSET ?)",
+                (device_id, self._keep_per_device))
+            self._added_since_trim += 1
+            if self._added_since_trim >= max(1, self._keep_total // 10):
+                self._added_since_trim = 0
+                self.db.execute(
+                    "DELETE FROM rejections WHERE rowid IN (SELECT rowid FROM rejections "
+                    "ORDER BY rowid DESC LIMIT -1 OFFSET ?)", (self._keep_total,))
+
+    def count_rejections(self, device_id: str | None = None) -> int:
+        if device_id is None:
+            return self.db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM rejections WHERE device_id=?",
+                               (device_id,)).fetchone()[0]
+
+    def rejections(self) -> list[tuple[str, str, str]]:
+        return list(self.db.execute("SELECT device_id, nonce, reason FROM rejections"))
+
+    # ------------------------------------------------------------ anomaly flags
+    def add_clipping(self, version: int, norms: dict[str, float], bound: float,
+                     median: float) -> None:
+        """Record the devices whose updates to `version` were clipped, with their norms,
+        the bound and the median norm of the version's updates."""
+        self.db.executemany("INSERT INTO clipping VALUES (?, ?, ?, ?, ?)",
+                            [(version, d, n, bound, median) for d, n in sorted(norms.items())])
+
+    def device_outcomes(self, window: int, clip_factor: float,
+                        device_id: str | None = None) -> list[dict[str, Any]]:
+        """Per device, its last `window` outcomes: stored updates and rejections, newest
+        first. `rejected` and `clipped` count the bad ones among them (a clipped update
+        counts when its norm was >= clip_factor times its version's median norm: an
+        outlier among its peers); `clipped_total` counts every clipped update ever."""
+        # For one device (after each rejection), each branch reads only its newest
+        # `window` rows through an index: the cost does not grow with the history.
+        one = device_id is not None
+        where_u = "WHERE u.device_id = :device" if one else ""
+        where_r = "WHERE device_id = :device" if one else ""
+        newest_u = "ORDER BY u.received_at DESC LIMIT :window" if one else ""
+        newest_r = "ORDER BY at DESC LIMIT :window" if one else ""
+        rows = self.db.execute(f"""
+            WITH events AS (
+                SELECT * FROM (
+                    SELECT u.device_id, u.received_at AS at,
+                           EXISTS (SELECT 1 FROM clipping c WHERE c.version = u.used_in
+                                   AND c.device_id = u.device_id
+                                   AND c.norm >= :factor * c.median) AS clipped,
+                           0 AS rejected, NULL AS reason
+                    FROM updates u {where_u} {newest_u})
+                UNION ALL
+                SELECT * FROM (
+                    SELECT device_id, at, 0, 1, reason FROM rejections {where_r} {newest_r})
+            ), ranked AS (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY at DESC) AS n
+                FROM events
+            )
+            SELECT device_id, COUNT(*), SUM(rejected), SUM(clipped),
+                   (SELECT COUNT(*) FROM clipping c WHERE c.device_id = ranked.device_id),
+                   (SELECT reason FROM rejections r WHERE r.device_id = ranked.device_id
+                    ORDER BY at DESC LIMIT 1)
+            FROM ranked WHERE n <= :window GROUP BY device_id ORDER BY device_id""",
+            {"window": window, "factor": clip_factor, "device": device_id})
+        cols = ("device_id", "recent", "rejected", "clipped", "clipped_total",
+                "last_rejection")
+        return [dict(zip(cols, r, strict=True)) for r in rows]
