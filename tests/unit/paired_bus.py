@@ -49,7 +49,9 @@ class Fault(Enum):
 
 @dataclass
 class FaultRule:
-    """Applied to the deliveries `matches` picks, at most `times` of them (None: all)."""
+    """Applied to the deliveries `matches` picks, at most `times` of them (None: all):
+    DROP loses each, DELAY hands it over `delay_s` later, DUPLICATE hands it over now and
+    a copy `delay_s` later (0: right behind it, as a QoS 1 redelivery)."""
 
     matches: Callable[[Message], bool]
     fault: Fault
@@ -128,17 +130,19 @@ class Bus:
                 self._route(Message(sender, client, topic, payload))
 
     def _route(self, message: Message) -> None:
-        due, copies = self.clock.mono, 1
+        now = self.clock.mono
         rule = next((r for r in self.faults if r.takes(message)), None)
-        if rule is not None and rule.fault is Fault.DROP:
-            return
-        if rule is not None and rule.fault is Fault.DUPLICATE:
-            copies = 2
-        if rule is not None and rule.fault is Fault.DELAY:
-            due += rule.delay_s
-        for _ in range(copies):
-            session = self._sessions.get(message.recipient, -1)
-            heapq.heappush(self._queue, (due, next(self._order), session, message))
+        if rule is None:
+            due = [now]
+        elif rule.fault is Fault.DROP:
+            due = []
+        elif rule.fault is Fault.DUPLICATE:  # the copy `delay_s` later (0: right behind)
+            due = [now, now + rule.delay_s]
+        else:
+            due = [now + rule.delay_s]
+        session = self._sessions.get(message.recipient, -1)
+        for when in due:
+            heapq.heappush(self._queue, (when, next(self._order), session, message))
 
     def next_delivery(self) -> Message | None:
         """The next message due by now, in the order sent; None when none is due. A

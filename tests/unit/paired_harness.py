@@ -39,6 +39,7 @@ from edge_client.session import DeviceSession
 from edge_client.session import actions as act
 from edge_client.session import events as ev
 from edge_client.shared.protocol import Ack, RemoteProtocolError, TrainConfig, decode
+from edge_client.shared.protocol.chunking import decode_chunk
 from edge_client.shared.protocol.tensors import Weights
 from edge_client.shared.transport import Inbound
 from edge_client.training import mlp_trainer
@@ -288,9 +289,11 @@ class Federation:
             self.step(step_s, until)
 
     def run_to_end(self, limit_s: float = 900.0) -> None:
-        """Until every device has the final model and knows training is done, and every
-        message has been delivered."""
-        self.run(lambda: all(d.session.finished for d in self.devices)
+        """Until every device has the final model, knows training is done and has no
+        update waiting for its ack, and every message has been delivered. (EdgeClient
+        would stop at `finished` and keep an unacked update for its next run.)"""
+        self.run(lambda: all(d.session.finished and not len(d.session.pending)
+                             for d in self.devices)
                  and self.bus.in_flight() == 0, limit_s=limit_s)
 
     def describe(self) -> str:
@@ -307,9 +310,29 @@ class Federation:
 
 
 
+def first_send_of(device: str) -> Callable[[Message], bool]:
+    """A fault predicate: the chunks of `device`'s first update to the aggregator, as
+    first sent (each index once), not its resends or later updates."""
+    transfer: list[str] = []
+    taken: set[int] = set()
+
+    def matches(message: Message) -> bool:
+        if (message.recipient != AGGREGATOR
+                or message.topic != f"fedge/{FED}/update/{device}"):
+            return False
+        chunk = decode_chunk(message.payload)
+        transfer[:] = transfer or [chunk.transfer]
+        if chunk.transfer != transfer[0] or chunk.index in taken:
+            return False
+        taken.add(chunk.index)
+        return True
+
+    return matches
+
+
 def final_weights(federation: Federation) -> Weights:
     return {k: v.copy() for k, v in federation.aggregator.core.state.weights.items()}
 
 
 __all__ = ["AGGREGATOR", "FED", "Federation", "PairedAggregator", "PairedDevice",
-           "final_weights"]
+           "final_weights", "first_send_of"]

@@ -5,9 +5,29 @@ Every scenario is deterministic; faults are chosen by predicate on the bus."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from tests.unit.paired_bus import topic_matches
-from tests.unit.paired_harness import Federation, final_weights
+from aggregator.config import AsyncConfig, DownlinkConfig, SyncConfig
+from aggregator.secagg.config import SecAggConfig
+from edge_client.shared.protocol import Ack, Weights, decode
+from edge_client.shared.secagg import Phase
+from tests.unit.paired_bus import Fault, Message, topic_matches
+from tests.unit.paired_harness import Federation, final_weights, first_send_of, initial_weights
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory) -> Weights:
+    """The final model of the clean run: faults that lose nothing must not change it."""
+    fed = Federation(tmp_path_factory.mktemp("clean"))
+    fed.start()
+    fed.run_to_end()
+    return final_weights(fed)
+
+
+def assert_same_model(got: Weights, want: Weights) -> None:
+    assert got.keys() == want.keys()
+    for key in want:
+        assert np.array_equal(got[key], want[key]), key
 
 
 def test_topic_filters_match_as_mqtt_does():
@@ -33,3 +53,157 @@ def test_a_clean_federation_of_three_devices_reaches_three_versions(tmp_path):
         assert device.session.downlink.model.sha256 == agg.store.latest_model().sha256
     fed.assert_no_update_lost()
     print(fed.clock.mono - 500, fed.steps)
+
+
+def test_the_same_seed_gives_the_same_final_model(tmp_path, clean_run):
+    fed = Federation(tmp_path)
+    fed.start()
+    fed.run_to_end()
+    assert_same_model(final_weights(fed), clean_run)
+    start = initial_weights()
+    assert not np.array_equal(clean_run["dense0.weight"], start["dense0.weight"])
+
+
+def test_a_lost_ack_is_resent_acked_as_duplicate_and_counted_once(tmp_path, clean_run):
+    fed = Federation(tmp_path)
+    lost = fed.bus.fault(lambda m: m.recipient == "dev-1" and "/ack/" in m.topic, Fault.DROP,
+                         times=1)
+    fed.start()
+    fed.run_to_end()
+    [dropped] = [decode(m.payload, expect=Ack) for m in lost.hits]
+    assert isinstance(dropped, Ack) and dropped.status == "accepted"
+    dev1 = fed[1]
+    assert [a.status for a in dev1.acks if a.nonce == dropped.nonce] == ["duplicate"]
+    assert dev1.session.stats.acks["duplicate"] == 1 and dev1.session.stats.acks["accepted"] == 2
+    agg = fed.aggregator
+    assert [v.updates for v in agg.versions] == [3, 3, 3]
+    assert agg.store.counter("duplicates") == 1
+    fed.assert_no_update_lost()
+    assert_same_model(final_weights(fed), clean_run)
+
+
+@pytest.mark.parametrize("again_after_s", [0.0, 5.0], ids=["each-chunk-twice", "whole-update-again"])
+def test_an_update_delivered_twice_is_counted_once(tmp_path, clean_run, again_after_s):
+    fed = Federation(tmp_path)
+    twice = fed.bus.fault(first_send_of("dev-0"), Fault.DUPLICATE, delay_s=again_after_s)
+    fed.start()
+    fed.run_to_end()
+    assert twice.hits
+    dev0 = fed[0]
+    assert dev0.session.stats.acks == {"accepted": 3}  # a second ack of a cleared update
+    agg = fed.aggregator
+    assert [v.updates for v in agg.versions] == [3, 3, 3]
+    assert agg.store.counter("duplicates") == (1 if again_after_s else 0)
+    fed.assert_no_update_lost()
+    assert_same_model(final_weights(fed), clean_run)
+
+
+def test_an_update_after_its_round_closed_is_acked_late_and_not_aggregated(tmp_path):
+    fed = Federation(tmp_path, rounds=2, device={"ack_timeout_s": 100.0},
+                     sync=SyncConfig(target_updates=3, min_fraction=0.6, round_timeout_s=60))
+    held = fed.bus.fault(first_send_of("dev-2"), Fault.DELAY, delay_s=70)
+    fed.start()
+    fed.run_to_end()
+    assert held.hits
+    agg = fed.aggregator
+    assert [v.updates for v in agg.versions] == [2, 3]  # round 1 closed at its deadline
+    assert agg.versions[0].round_wall_s >= 60
+    dev2 = fed[2]
+    first_update, second_update = dev2.stored
+    statuses = {a.nonce: a.status for a in dev2.acks}
+    assert statuses == {first_update: "late", second_update: "accepted"}
+    assert agg.store.count_updates("late") == 1
+    fed.assert_no_update_lost()
+
+
+def test_a_stale_update_is_rejected_and_the_device_moves_on(tmp_path):
+    fed = Federation(tmp_path, mode="async", rounds=3,
+                     async_=AsyncConfig(buffer_size=2, max_staleness=0))
+    fed.bus.fault(first_send_of("dev-2"), Fault.DELAY, delay_s=1)  # one version later
+    fed.start()
+    fed.run_to_end()
+    dev2, agg = fed[2], fed.aggregator
+    [refused] = [a for a in dev2.acks if a.status == "rejected"]
+    assert "staleness 1 exceeds the maximum of 0" in refused.reason
+    assert refused.nonce not in dev2.io.outbox.nonces()  # dropped, never resent
+    assert len(dev2.fits) == len(set(dev2.fits))  # never trained twice for one task
+    assert "accepted" in dev2.ack_statuses()[1:]  # it took part again later
+    assert [r[0] for r in agg.store.rejections()] == ["dev-2"]
+    assert [v.version for v in agg.versions] == [1, 2, 3]
+    fed.assert_no_update_lost()
+
+
+def test_the_aggregator_restarts_mid_round_and_the_devices_carry_on(tmp_path, clean_run):
+    fed = Federation(tmp_path)
+    agg = fed.aggregator
+    fed.start()
+    fed.run(lambda: agg.version == 1 and len(agg.core.state.pending) == 2)
+    agg.crash()  # the third update of round 2 is still on its way: lost with the process
+    for _ in range(5):
+        fed.step()
+    agg.start()  # from the same store
+    assert agg.version == 1 and len(agg.core.state.pending) == 2
+    agg.connect()
+    fed.run_to_end()
+    assert agg.starts == 2 and fed.bus.lost
+    assert [v.version for v in agg.versions] == [1, 2, 3]
+    assert [row["updates"] for row in agg.store.model_history()[1:]] == [3, 3, 3]
+    for device in fed.devices:
+        assert device.ack_statuses() == ["accepted"] * 3
+    fed.assert_no_update_lost()
+    assert_same_model(final_weights(fed), clean_run)
+
+
+def test_a_device_restarts_from_its_outbox_and_sends_the_update_once(tmp_path, clean_run):
+    fed = Federation(tmp_path)
+    dev1 = fed[1]
+    fed.bus.fault(first_send_of("dev-1"), Fault.DROP)
+    fed.start()
+    fed.run(lambda: len(dev1.stored) == 1)
+    [nonce] = dev1.stored
+    dev1.crash()  # the update is in its outbox, never arrived
+    assert dev1.io.outbox.nonces() == [nonce] and dev1.session.model_version == 0
+    dev1.connect()  # sent again at once
+    fed.run_to_end()
+    assert dev1.boots == 2 and len(dev1.fits) == 3 and len(set(dev1.fits)) == 3
+    assert dev1.ack_statuses() == ["accepted"] * 3 and dev1.acks[0].nonce == nonce
+    assert [v.updates for v in fed.aggregator.versions] == [3, 3, 3]
+    fed.assert_no_update_lost()
+    assert_same_model(final_weights(fed), clean_run)
+
+
+@pytest.mark.parametrize(("keep_deltas", "via_delta"), [(8, True), (1, False)])
+def test_a_device_that_missed_versions_catches_up(tmp_path, keep_deltas, via_delta):
+    fed = Federation(tmp_path, rounds=4, downlink=DownlinkConfig(keep_deltas=keep_deltas),
+                     sync=SyncConfig(target_updates=2, min_fraction=1.0, round_timeout_s=60))
+    away, agg = fed[2], fed.aggregator
+    fed.start()
+    fed.run(lambda: away.session.model_version == 1)
+    away.disconnect(clean=False)  # the broker says it is offline: not invited
+    fed.run(lambda: agg.version == 3)
+    missed = away.session.stats.models_via_delta
+    away.connect()
+    fed.run(lambda: away.session.model_version == 3)
+    assert away.session.stats.models_via_delta - missed == int(via_delta)
+    assert away.session.downlink.model.sha256 == agg.store.latest_model().sha256
+    fed.run_to_end()
+    assert all(d.session.model_version == 4 for d in fed.devices)
+    fed.assert_no_update_lost()
+
+
+def test_a_secure_round_with_a_dropout_aggregates_the_survivors(tmp_path):
+    fed = Federation(tmp_path, devices=5, rounds=1,
+                     sync=SyncConfig(target_updates=5, min_fraction=0.6, round_timeout_s=60),
+                     secagg=SecAggConfig(enabled=True, phase_timeout_s=10, graph="complete"))
+    fed[3].session.secure.device.silent_from = Phase.MASKED_INPUT  # keys shared, then gone
+    fed.start()
+    fed.run_to_end()
+    agg = fed.aggregator
+    [made] = agg.versions
+    assert made.updates == 4
+    row = agg.store.model_history()[-1]
+    assert row["devices"] == ["dev-0", "dev-1", "dev-2", "dev-4"]
+    assert row["secagg"]["dropped"] == 1 and row["secagg"]["contributors"] == 4
+    assert agg.store.count_updates() == 0  # never an unmasked input stored
+    assert all(d.acks == [] and d.io.outbox.nonces() == [] for d in fed.devices)
+    assert all(d.session.model_version == 1 for d in fed.devices)
