@@ -11,7 +11,7 @@ from aggregator.config import AsyncConfig, DownlinkConfig, SyncConfig
 from aggregator.secagg.config import SecAggConfig
 from edge_client.shared.protocol import Ack, Weights, decode
 from edge_client.shared.secagg import Phase
-from tests.unit.paired_bus import Fault, Message, topic_matches
+from tests.unit.paired_bus import Fault, topic_matches
 from tests.unit.paired_harness import Federation, final_weights, first_send_of, initial_weights
 
 
@@ -82,7 +82,8 @@ def test_a_lost_ack_is_resent_acked_as_duplicate_and_counted_once(tmp_path, clea
     assert_same_model(final_weights(fed), clean_run)
 
 
-@pytest.mark.parametrize("again_after_s", [0.0, 5.0], ids=["each-chunk-twice", "whole-update-again"])
+@pytest.mark.parametrize("again_after_s", [0.0, 5.0],
+                         ids=["each-chunk-twice", "whole-update-again"])
 def test_an_update_delivered_twice_is_counted_once(tmp_path, clean_run, again_after_s):
     fed = Federation(tmp_path)
     twice = fed.bus.fault(first_send_of("dev-0"), Fault.DUPLICATE, delay_s=again_after_s)
@@ -119,7 +120,7 @@ def test_an_update_after_its_round_closed_is_acked_late_and_not_aggregated(tmp_p
 def test_a_stale_update_is_rejected_and_the_device_moves_on(tmp_path):
     fed = Federation(tmp_path, mode="async", rounds=3,
                      async_=AsyncConfig(buffer_size=2, max_staleness=0))
-    fed.bus.fault(first_send_of("dev-2"), Fault.DELAY, delay_s=1)  # one version later
+    fed.bus.fault(first_send_of("dev-2"), Fault.DELAY, delay_s=1.5)  # past a version
     fed.start()
     fed.run_to_end()
     dev2, agg = fed[2], fed.aggregator
