@@ -13,6 +13,7 @@ from edge_client.shared.protocol import Ack, Weights, decode
 from edge_client.shared.secagg import Phase
 from tests.unit.paired_bus import Fault, topic_matches
 from tests.unit.paired_harness import Federation, final_weights, first_send_of, initial_weights
+from tests.unit.session_driver import ineligible
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +209,70 @@ def test_a_secure_round_with_a_dropout_aggregates_the_survivors(tmp_path):
     assert agg.store.count_updates() == 0  # never an unmasked input stored
     assert all(d.acks == [] and d.io.outbox.nonces() == [] for d in fed.devices)
     assert all(d.session.model_version == 1 for d in fed.devices)
+
+
+SECURE = {"sync": SyncConfig(target_updates=5, min_fraction=0.6, round_timeout_s=60),
+          "secagg": SecAggConfig(enabled=True, phase_timeout_s=10, graph="complete")}
+
+
+def test_a_secure_round_cut_by_an_aggregator_restart_starts_again(tmp_path):
+    fed = Federation(tmp_path, devices=5, rounds=2, **SECURE)
+    agg = fed.aggregator
+    fed.start()
+    fed.run(lambda: agg.version == 1)
+    fed.step()
+    cut = agg.core.state.task
+    assert cut is not None and cut.round == 2 and cut.secagg is not None
+    agg.crash()  # the round's keys were in memory only
+    fed.step()
+    agg.start()
+    agg.connect()
+    fed.run_to_end()
+    assert agg.store.task_state(cut.task_id)[2] == "aborted"
+    row = agg.store.model_history()[-1]
+    assert row["version"] == 2 and row["secagg"]["contributors"] == 5
+    assert all(len(d.fits) == 3 for d in fed.devices)  # round 2 trained for twice
+    assert agg.store.count_updates() == 0
+
+
+def test_a_device_that_restarts_mid_secure_round_drops_out_of_it(tmp_path):
+    fed = Federation(tmp_path, devices=5, rounds=2, **SECURE)
+    agg = fed.aggregator
+    fed.start()
+    fed.run(lambda: agg.version == 1)
+    fed.step()  # round 2's keys are advertised
+    fed[2].crash()
+    fed[2].connect()
+    fed.run_to_end()
+    row = agg.store.model_history()[-1]
+    assert row["version"] == 2 and row["devices"] == ["dev-0", "dev-1", "dev-3", "dev-4"]
+    assert row["secagg"]["dropped"] == 1
+    assert fed[2].fits.count(fed[2].fits[-1]) == 1  # not trained again after the restart
+    assert fed[2].session.model_version == 2
+
+
+def test_a_device_that_turns_ineligible_mid_fit_sends_nothing_and_trains_again(tmp_path):
+    fed = Federation(tmp_path, sync=SyncConfig(target_updates=3, min_fraction=0.6,
+                                               round_timeout_s=60))
+    dev1, eligible = fed[1], fed[1].decision
+    dev1.between_batches = [eligible, ineligible("on battery")]  # the 2nd batch check
+    fed.start()
+    fed.run(lambda: len(dev1.fits) == 1)
+    assert dev1.stored == [] and dev1.session.stats.stopped_mid_training == 1
+    dev1.decision = ineligible("on battery")
+    fed.run(lambda: fed.aggregator.version == 1)  # the deadline: 2 of 3 are enough
+    dev1.decision = eligible
+    fed.run_to_end()
+    assert [v.updates for v in fed.aggregator.versions] == [2, 3, 3]
+    assert dev1.session.stats.skipped["stopped: on battery"] == 1
+    assert dev1.ack_statuses() == ["accepted", "accepted"]
+    fed.assert_no_update_lost()
+
+
+def test_devices_that_sleep_between_tasks_come_back_at_their_check_in(tmp_path):
+    fed = Federation(tmp_path, device={"sleep_between_tasks": True})
+    fed.start()
+    fed.run_to_end()
+    assert [v.updates for v in fed.aggregator.versions] == [3, 3, 3]
+    assert all(d.session.stats.sleeps == 3 for d in fed.devices)
+    fed.assert_no_update_lost()
