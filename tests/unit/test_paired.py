@@ -11,8 +11,9 @@ from aggregator.config import AsyncConfig, DownlinkConfig, SyncConfig
 from aggregator.secagg.config import SecAggConfig
 from edge_client.shared.protocol import Ack, Weights, decode
 from edge_client.shared.secagg import Phase
-from tests.unit.paired_bus import Fault, topic_matches
+from tests.unit.paired_bus import Bus, Fault, Message, topic_matches
 from tests.unit.paired_harness import Federation, final_weights, first_send_of, initial_weights
+from tests.unit.scripted_clock import ScriptedClock
 from tests.unit.session_driver import ineligible
 
 
@@ -38,6 +39,33 @@ def test_topic_filters_match_as_mqtt_does():
     assert not topic_matches("fedge/f/model/3/+", "fedge/f/model/3/d/0")
     assert topic_matches("fedge/#", "fedge/f/model/3/d/0") and topic_matches("fedge/#", "fedge")
     assert not topic_matches("fedge/f/task", "fedge/f/task/x")
+
+
+def test_the_bus_keeps_retained_messages_wills_and_clean_sessions():
+    clock = ScriptedClock()
+    bus = Bus(clock)
+    bus.connect("a", will=("t/status/a", b"offline"))
+    bus.connect("b")
+    bus.publish("a", "t/model", b"m1", retain=True)
+    bus.subscribe("b", "t/#")
+    assert bus.next_delivery() == Message("a", "b", "t/model", b"m1", retained=True)
+    bus.publish("a", "t/model", b"", retain=True)  # cleared, still delivered
+    assert bus.next_delivery() == Message("a", "b", "t/model", b"")
+    assert bus.retained == {}
+    bus.publish("b", "t/update/b", b"u")
+    bus.disconnect("b")  # queued for a session that ended: lost, even after a reconnect
+    bus.connect("b")
+    assert bus.next_delivery() is None and [m.payload for m in bus.lost] == [b"u"]
+    bus.subscribe("b", "t/status/+")
+    bus.disconnect("a", clean=False)
+    assert bus.next_delivery() == Message("a", "b", "t/status/a", b"offline")
+    late = bus.fault(lambda m: m.topic == "t/x", Fault.DELAY, delay_s=2, times=1)
+    bus.subscribe("b", "t/x")
+    bus.publish("c", "t/x", b"1")
+    bus.publish("c", "t/x", b"2")
+    assert bus.next_delivery() == Message("c", "b", "t/x", b"2")
+    clock.advance(2)
+    assert bus.next_delivery() == Message("c", "b", "t/x", b"1") and len(late.hits) == 1
 
 
 def test_a_clean_federation_of_three_devices_reaches_three_versions(tmp_path):
@@ -96,6 +124,36 @@ def test_an_update_delivered_twice_is_counted_once(tmp_path, clean_run, again_af
     agg = fed.aggregator
     assert [v.updates for v in agg.versions] == [3, 3, 3]
     assert agg.store.counter("duplicates") == (1 if again_after_s else 0)
+    fed.assert_no_update_lost()
+    assert_same_model(final_weights(fed), clean_run)
+
+
+def test_every_message_delivered_twice_changes_nothing(tmp_path, clean_run):
+    fed = Federation(tmp_path)
+    fed.bus.fault(lambda m: True, Fault.DUPLICATE)  # QoS 1 at least once, everywhere
+    fed.start()
+    fed.run_to_end()
+    assert [v.updates for v in fed.aggregator.versions] == [3, 3, 3]
+    for device in fed.devices:
+        assert device.ack_statuses() == ["accepted"] * 6  # each ack twice, taken once
+        assert dict(device.session.stats.acks) == {"accepted": 3}
+        assert len(device.fits) == 3 and device.bad_messages == 0
+    fed.assert_no_update_lost()
+    assert_same_model(final_weights(fed), clean_run)
+
+
+def test_a_device_cut_off_mid_download_fetches_the_model_after_reconnecting(tmp_path,
+                                                                              clean_run):
+    fed = Federation(tmp_path)
+    dev2 = fed[2]
+    fed.start()
+    fed.run(lambda: dev2.session.downlink.fetcher.fetching == 2)
+    dev2.disconnect(clean=False)
+    fed.step()
+    assert fed.aggregator.version == 2 and dev2.session.model_version == 1
+    dev2.connect()
+    fed.run_to_end()
+    assert [d.session.stats.models_via_delta for d in fed.devices] == [3, 3, 3]
     fed.assert_no_update_lost()
     assert_same_model(final_weights(fed), clean_run)
 
