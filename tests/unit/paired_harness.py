@@ -256,8 +256,9 @@ class Federation:
     def pump(self, until: Callable[[], bool] | None = None) -> bool:
         """Deliver every message due now (and what they cause); stop early once `until`
         holds, leaving the rest in flight. True when it stopped for `until`."""
-        parties = {d.name: d for d in self.devices}
-        parties[AGGREGATOR] = self.aggregator  # type: ignore[assignment]
+        parties: dict[str, PairedDevice | PairedAggregator] = {
+            d.name: d for d in self.devices}
+        parties[AGGREGATOR] = self.aggregator
         for _ in range(100_000):
             if until is not None and until():
                 return True
