@@ -38,6 +38,7 @@ from edge_client.shared.protocol import (
 from edge_client.shared.protocol.model_transfer import package_model
 from edge_client.shared.protocol.tensors import Weights
 from edge_client.training import mlp_trainer
+from tests.unit.scripted_clock import ScriptedClock
 
 ELIGIBLE = Decision(True, (), {})
 SIZES = [8, 6, 3]
@@ -70,9 +71,10 @@ class ScriptedDevice:
     """One session, its clock (`t`, monotonic seconds) and a shell in memory."""
 
     def __init__(self, cfg: ClientConfig | None = None, trainer: object | None = None,
-                 samples: int = 40, keys: DeviceKeys | None = None) -> None:
+                 samples: int = 40, keys: DeviceKeys | None = None,
+                 clock: ScriptedClock | None = None) -> None:
         self.config = cfg or config()
-        self.t = 1000.0
+        self.clock = clock or ScriptedClock(wall=WALL + 1000.0, mono=1000.0)
         self.topics = Topics(self.config.federation)
         self.narrator = DeviceNarrator(self.config.device_id, self.config.federation,
                                        self.topics.task, clock=lambda: self.t)
@@ -88,8 +90,17 @@ class ScriptedDevice:
         self.outbox: dict[str, bytes] = {}
 
     @property
+    def t(self) -> float:
+        """Monotonic seconds of this device's clock (shared in paired tests)."""
+        return self.clock.mono
+
+    @t.setter
+    def t(self, value: float) -> None:
+        self.clock.advance(value - self.clock.mono)
+
+    @property
     def now(self) -> Instant:
-        return Instant(self.t, WALL + self.t)
+        return self.clock.device_now()
 
     # ------------------------------------------------------------ driving
     def feed(self, event: Event) -> list[act.Action]:

@@ -15,7 +15,6 @@ from aggregator.config import AggregatorConfig, AsyncConfig, SyncConfig
 from aggregator.core import (
     AggregatorCore,
     ClearRetained,
-    Instant,
     LinkUp,
     Publish,
     PublishTask,
@@ -35,25 +34,12 @@ from edge_client.shared.protocol import Ack, Status, Task, Topics, TrainConfig, 
 from edge_client.shared.protocol.chunking import split
 from edge_client.shared.secagg import Phase
 from edge_client.shared.secagg.task import SecAggTask
+from tests.unit.scripted_clock import ScriptedClock as Clock
 
 FED = "core"
 TOPICS = Topics(FED)
 WEIGHTS = {"b": np.zeros(3, np.float32), "w": np.zeros((2, 4), np.float32)}
 SIZE = 11
-
-
-class Clock:
-    """Both clocks of the shell, moved by the test."""
-
-    def __init__(self) -> None:
-        self.wall, self.mono = 1_700_000_000.0, 500.0
-
-    def at(self) -> Instant:
-        return Instant(self.wall, self.mono)
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
 
 
 class Harness:
