@@ -207,7 +207,7 @@ def test_the_aggregator_restarts_mid_round_and_the_devices_carry_on(tmp_path, cl
     fed.run_to_end()
     assert agg.starts == 2 and fed.bus.lost
     assert [v.version for v in agg.versions] == [1, 2, 3]
-    assert [row["updates"] for row in agg.store.model_history()[1:]] == [3, 3, 3]
+    assert [row.updates for row in agg.store.model_history()[1:]] == [3, 3, 3]
     for device in fed.devices:
         assert device.ack_statuses() == ["accepted"] * 3
     fed.assert_no_update_lost()
@@ -262,8 +262,9 @@ def test_a_secure_round_with_a_dropout_aggregates_the_survivors(tmp_path):
     [made] = agg.versions
     assert made.updates == 4
     row = agg.store.model_history()[-1]
-    assert row["devices"] == ["dev-0", "dev-1", "dev-2", "dev-4"]
-    assert row["secagg"]["dropped"] == 1 and row["secagg"]["contributors"] == 4
+    assert row.devices == ("dev-0", "dev-1", "dev-2", "dev-4")
+    assert row.secagg is not None
+    assert row.secagg["dropped"] == 1 and row.secagg["contributors"] == 4
     assert agg.store.count_updates() == 0  # never an unmasked input stored
     assert all(d.acks == [] and d.io.outbox.nonces() == [] for d in fed.devices)
     assert all(d.session.model_version == 1 for d in fed.devices)
@@ -288,7 +289,8 @@ def test_a_secure_round_cut_by_an_aggregator_restart_starts_again(tmp_path):
     fed.run_to_end()
     assert agg.store.task_state(cut.task_id)[2] == "aborted"
     row = agg.store.model_history()[-1]
-    assert row["version"] == 2 and row["secagg"]["contributors"] == 5
+    assert row.version == 2 and row.secagg is not None
+    assert row.secagg["contributors"] == 5
     assert all(len(d.fits) == 3 for d in fed.devices)  # round 2 trained for twice
     assert agg.store.count_updates() == 0
 
@@ -303,8 +305,8 @@ def test_a_device_that_restarts_mid_secure_round_drops_out_of_it(tmp_path):
     fed[2].connect()
     fed.run_to_end()
     row = agg.store.model_history()[-1]
-    assert row["version"] == 2 and row["devices"] == ["dev-0", "dev-1", "dev-3", "dev-4"]
-    assert row["secagg"]["dropped"] == 1
+    assert row.version == 2 and row.devices == ("dev-0", "dev-1", "dev-3", "dev-4")
+    assert row.secagg is not None and row.secagg["dropped"] == 1
     assert fed[2].fits.count(fed[2].fits[-1]) == 1  # not trained again after the restart
     assert fed[2].session.model_version == 2
 
