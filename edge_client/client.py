@@ -104,7 +104,6 @@ class EdgeClient:
         """The latest task the aggregator published."""
         return self.session.task
 
-    _task, _model_sha256 = task, model_sha256  # names before the session split (tests read)
 
     @property
     def secagg(self) -> DeviceSecAgg:

@@ -101,7 +101,7 @@ def test_updates_pending_through_a_broker_outage_arrive_exactly_once(mosquitto, 
     clients = [make_client(mosquitto, tmp_path, data, i, trainer=_gated(data, i, gate),
                            ack_timeout_s=2.0) for i in range(3)]
     runs = start_all(agg, clients)
-    wait_until(lambda: all(c._task is not None and c.model_version == 0 for c in clients),
+    wait_until(lambda: all(c.task is not None and c.model_version == 0 for c in clients),
                20, "devices holding the task")
     mosquitto.stop()
     gate.set()  # they finish training while the broker is down
@@ -206,7 +206,7 @@ def test_a_device_follows_an_aggregator_that_started_over_with_a_new_store(mosqu
     runs = start_all(first, clients)
     runs[0].join(60)  # the old run is done: its devices hold version 2
     wait_until(lambda: all(c.model_version == 2 for c in clients), 30, "devices at v2")
-    old_sha = clients[0]._model_sha256
+    old_sha = clients[0].model_sha256
     second = make_aggregator(mosquitto, tmp_path / "new", data, rounds=1)
     run = Running(second.run, "new aggregator")
     try:
@@ -215,7 +215,7 @@ def test_a_device_follows_an_aggregator_that_started_over_with_a_new_store(mosqu
         assert [h.updates for h in second.history[1:]] == [2]  # both devices took part
         wait_until(lambda: all(c.model_version == 1 for c in clients), 30,
                    "devices following the new run")
-        assert clients[0]._model_sha256 != old_sha
+        assert clients[0].model_sha256 != old_sha
     finally:
         for r in runs[1:]:
             r.halt()
