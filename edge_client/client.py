@@ -104,7 +104,6 @@ class EdgeClient:
         """The latest task the aggregator published."""
         return self.session.task
 
-
     @property
     def secagg(self) -> DeviceSecAgg:
         """Secure rounds and their test hooks; imported on first use."""
