@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_client.client_config import ClientConfig
-from edge_client.device_io import DeviceIO
+from edge_client.device_io import DeviceIO, TrainerFailed
 from edge_client.eligibility import Decision, EligibilityPolicy
 from edge_client.local_data import checked_local_data
 from edge_client.narration import DeviceNarrator
@@ -166,6 +166,8 @@ class EdgeClient:
         drive a device offline with it). No message can stop the device loop."""
         try:
             self._do(self.session.receive(topic, payload, _now()))
+        except TrainerFailed:
+            raise  # the app's trainer, not the message: the device cannot go on
         except RemoteProtocolError as exc:
             self.stats.bad_messages += 1
             log.warning("%s: ignored a bad message on %s: %s", self.config.device_id, topic,

@@ -34,6 +34,11 @@ log = logging.getLogger("edge_client.client")  # one logger for all the device s
 LocalData = Callable[[], tuple[np.ndarray, np.ndarray]]
 
 
+
+class TrainerFailed(RuntimeError):
+    """The app's trainer raised. Not a message's fault, so unlike a bad message it ends
+    the device loop (`EdgeClient.run` raises it; `fedge device` says it in one line)."""
+
 class DeviceIO:
     def __init__(self, config: ClientConfig, trainer: Trainer, narrator: DeviceNarrator,
                  on_model: Callable[[int, dict, Weights], None] | None) -> None:
@@ -57,11 +62,16 @@ class DeviceIO:
             case act.StartFit(task, weights, config):
                 x, y = data()  # one consistent pair, even if set_data runs meanwhile
                 self.narrator.training(task, len(x))
-                self.trainer.set_weights(weights)
-                before = self.trainer.evaluate(x, y)
-                result = self.trainer.fit(x, y, config, should_stop=should_stop)
-                return FitFinished(task.task_id, result, self.trainer.get_weights(), before,
-                                   len(x), shutting_down=stopping())
+                try:
+                    self.trainer.set_weights(weights)
+                    before = self.trainer.evaluate(x, y)
+                    result = self.trainer.fit(x, y, config, should_stop=should_stop)
+                    after = self.trainer.get_weights()
+                except Exception as exc:
+                    raise TrainerFailed(f"the trainer failed on task {task.task_id}: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+                return FitFinished(task.task_id, result, after, before, len(x),
+                                   shutting_down=stopping())
             case act.StoreUpdate(nonce, payload):
                 return self._store(nonce, payload)
             case act.RemoveUpdate(nonce):

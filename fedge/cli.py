@@ -125,7 +125,12 @@ def _device(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fedge device: {exc}", file=sys.stderr)
         return 2
-    run_until_signal(client.run)
+    from edge_client.device_io import TrainerFailed
+    try:
+        run_until_signal(client.run)
+    except TrainerFailed as exc:
+        print(f"fedge device: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from aggregator.config import AggregatorConfig, SyncConfig
 from edge_client.client import ClientConfig
+from edge_client.device_io import TrainerFailed
 from edge_client.eligibility import EligibilityConfig
 from edge_client.shared.protocol import TrainConfig
 from edge_client.training import FitResult, mlp_trainer
@@ -90,9 +91,10 @@ def test_the_first_failing_party_stops_the_rest(mosquitto, tmp_path, digits):
         for i, (x, y) in enumerate(digits.shards):
             trainer = Broken(digits.sizes) if i == 1 else mlp_trainer(digits.sizes, i)
             federation.add_device(_device(tmp_path, i), trainer, x, y)
-        with pytest.raises(PartyFailed, match="d1 failed: MemoryError") as failed:
+        with pytest.raises(PartyFailed, match=r"d1 failed: TrainerFailed.*MemoryError") as failed:
             federation.run(timeout_s=60)
-        assert isinstance(failed.value.__cause__, MemoryError)
+        assert isinstance(failed.value.error, TrainerFailed)
+        assert isinstance(failed.value.error.__cause__, MemoryError)
         assert all(not p.alive for p in federation.parties)
     assert mosquitto.pid is not None  # a broker handed in is left running
 
