@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aggregator.anomalies import AnomalyWatch
 from aggregator.config import AggregatorConfig
@@ -32,13 +32,14 @@ from aggregator.core.events import (
 )
 from aggregator.core.ingest import UpdateIngest
 from aggregator.core.models import ModelPublisher, load_or_create, restored_downlink
+from aggregator.core.pending import Folded, PendingRecord
 from aggregator.core.plain_round import PlainRound
 from aggregator.core.rounds import RoundDriver
 from aggregator.core.schedule import STOPPED_NOTE, RoundSchedule
 from aggregator.core.secure_driver import SecureRound
 from aggregator.core.state import CoreState
 from aggregator.core.versions import Evaluate, VersionMaker
-from aggregator.ingest import open_update
+from aggregator.ingest import open_flat_update
 from aggregator.narrator import Narrator, TwinWatch
 from aggregator.participation import Participation, participation_for
 from aggregator.presence import Presence
@@ -49,6 +50,7 @@ from aggregator.status_gate import StatusGate
 from aggregator.store import Store
 from aggregator.strategy import Strategy
 from aggregator.strategy.config import build_strategy
+from aggregator.strategy.folding import accumulator_for
 from edge_client.shared.protocol import RemoteProtocolError, Topics, Weights
 
 log = logging.getLogger("aggregator.service")
@@ -84,6 +86,11 @@ class AggregatorCore:
         self.versions = VersionMaker(store, strategy, evaluate, downlink, self.publisher,
                                      self.participation, self.privacy, self.anomalies,
                                      self.narrator, self.driver)
+        # each accepted update is folded into the round's sum as it comes (pending.py)
+        self.state.pending.attach(
+            lambda repeated: accumulator_for(self.versions.strategy, self.state.weights,
+                                             repeated),
+            self._stored_pending)
         self._out: list[Action] = []
         self.schedule = RoundSchedule(config, store, topics, self.state, self.narrator,
                                       self.participation, self.presence, self.privacy,
@@ -103,12 +110,20 @@ class AggregatorCore:
         elif opened is not None and opened[0].model_version == state.version:
             state.task, state.task_opened = opened[0], at.mono
             # not watched for no-shows: invitees may have sent updates while we were down
-        for payload in self.store.pending_payloads():
-            update = open_update(payload, state.weights)
-            state.pending.add(update, len(payload))
-            self.presence.update_seen(update.device_id, update.task_id)
+        state.pending.refold()  # streamed from the store, one update at a time
+        for record in state.pending.records:
+            self.presence.update_seen(record.device_id, record.task_id)
         if state.pending:
             log.info("aggregator: resumed with %d pending updates", len(state.pending))
+
+    def _stored_pending(self) -> Iterator[Folded]:
+        """The pending updates as stored, decoded one at a time: what a round folds
+        again after a restart or a strategy switch."""
+        state = self.state
+        for payload in self.store.iter_pending_payloads():
+            update, values = open_flat_update(payload, state.weights)
+            yield (PendingRecord.of(update, len(payload)), values,
+                   self.participation.staleness_factor(update, state.version))
 
     # ------------------------------------------------------------ events in, actions out
     def handle(self, event: Event) -> list[Action]:
@@ -139,6 +154,8 @@ class AggregatorCore:
                         "resumed" if event.running else "paused")
         elif isinstance(event, SetStrategy):
             self.versions.strategy = self.strategy_named(event.name)
+            if self.state.pending:  # the new strategy folds the round again, from the store
+                self.state.pending.refold()
             log.warning("aggregator: strategy %s from the next version on", event.name)
         return self.drain()
 
