@@ -33,7 +33,7 @@ from aggregator.core.events import (
 from aggregator.core.ingest import UpdateIngest
 from aggregator.core.models import ModelPublisher, load_or_create, restored_downlink
 from aggregator.core.pending import Folded, PendingRecord
-from aggregator.core.plain_round import PlainRound
+from aggregator.core.plain_round import PlainRound, updates_per_version
 from aggregator.core.rounds import RoundDriver
 from aggregator.core.schedule import STOPPED_NOTE, RoundSchedule
 from aggregator.core.secure_driver import SecureRound
@@ -50,7 +50,8 @@ from aggregator.status_gate import StatusGate
 from aggregator.store import Store
 from aggregator.strategy import Strategy
 from aggregator.strategy.config import build_strategy
-from aggregator.strategy.folding import accumulator_for
+from aggregator.strategy.folding import Streaming, accumulator_for, model_size
+from aggregator.strategy.memory import check_cohort_fits
 from edge_client.shared.protocol import RemoteProtocolError, Topics, Weights
 
 log = logging.getLogger("aggregator.service")
@@ -65,6 +66,7 @@ class AggregatorCore:
         self.topics = topics = Topics(config.federation)
         self.privacy = ServicePrivacy(config, store)  # no-ops with [privacy] mode off
         self.anomalies = AnomalyWatch(store, config.anomalies)
+        named = "" if strategy is not None else config.strategy.name
         strategy = self.privacy.wrap(strategy or build_strategy(config.strategy))
         store.set_note(STOPPED_NOTE, None)
         store.set_note(FINISHED_NOTE, None)
@@ -80,6 +82,7 @@ class AggregatorCore:
         self.publisher = ModelPublisher(config, store, topics, sign)
         self.driver = round_driver(config, store, topics, sign, self.participation,
                                    self.narrator)
+        self._check_fits(strategy, weights, named)  # a cohort it cannot hold: refused
         self.state = CoreState(version, weights, arch, store.model_history(), config.rounds)
         self.ingest = UpdateIngest(config, store, topics, sign, self.presence, self.privacy,
                                    self.anomalies, self.participation, self.driver)
@@ -173,11 +176,21 @@ class AggregatorCore:
     def strategy_named(self, name: str) -> Strategy:
         """The named strategy with the config's other settings (trim, f, eta, ...);
         ValueError if unknown or if this kind of round cannot use it. Safe to call from
-        any thread: it reads only the config."""
+        any thread: it reads only the config and the model's size."""
         strategy = self.privacy.wrap(build_strategy(dataclasses.replace(
             self.config.strategy, name=name)))
         self.driver.check_strategy(name)
+        self._check_fits(strategy, self.state.weights, name)
         return strategy
+
+    def _check_fits(self, strategy: Strategy, weights: Weights, name: str = "") -> None:
+        """ValueError naming [strategy] memory_limit_mb if `strategy` needs every update
+        and a version's worth would not fit (aggregator/strategy/memory.py). Secure
+        rounds and mean-based strategies keep one sum, whatever the cohort."""
+        if self.config.secagg.enabled or isinstance(strategy, Streaming):
+            return
+        check_cohort_fits(self.config.strategy, name or type(strategy).__name__.lower(),
+                          updates_per_version(self.config), model_size(weights))
 
     def _link_up(self, at: Instant) -> None:
         c, state = self.config, self.state

@@ -3,6 +3,7 @@ and deadline, when the stored updates make a version (aggregator/participation.p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -82,6 +83,14 @@ def updates_wanted(config: AggregatorConfig) -> int:
     """Updates that make a version: the sync target, or the async buffer."""
     if config.mode == "sync":
         return config.sync.target_updates
+    return config.async_.buffer_size
+
+
+def updates_per_version(config: AggregatorConfig) -> int:
+    """The most updates one version is planned to hold: the sync round's invitations
+    (target x (1 + over_selection)), or the async buffer."""
+    if config.mode == "sync":
+        return math.ceil(config.sync.target_updates * (1 + config.sync.over_selection))
     return config.async_.buffer_size
 
 
