@@ -113,7 +113,7 @@ class AggregatorCore:
         elif opened is not None and opened[0].model_version == state.version:
             state.task, state.task_opened = opened[0], at.mono
             # not watched for no-shows: invitees may have sent updates while we were down
-        state.pending.refold()  # streamed from the store, one update at a time
+        state.pending.refold(everything=True)  # streamed from the store, one at a time
         for record in state.pending.records:
             self.presence.update_seen(record.device_id, record.task_id)
         if state.pending:

@@ -53,7 +53,7 @@ class PendingUpdates:
 
     def attach(self, begin: Begin, source: Source) -> None:
         """How to start a round's sum (from the current strategy and model), and where
-        the pending updates can be read again (the store)."""
+        the pending updates can be read again (the store, in arrival order)."""
         self._begin = begin
         self._source = source
         self._acc = None
@@ -82,26 +82,25 @@ class PendingUpdates:
         """The round's sum, with every pending update folded in."""
         return self._accumulator()
 
-    def refold(self, source: Iterable[Folded] | None = None) -> None:
-        """Start the sum again and fold every pending update into it, read one at a time
-        (from `source`, else the store); the records are rebuilt in the same order."""
-        if self._begin is None:
+    def refold(self, everything: bool = False) -> None:
+        """Start the sum again and fold the pending updates into it, read from the store
+        one at a time: every update stored as pending (`everything`, at a restart), else
+        only those this round already has (a version the strategy refused in async mode
+        leaves its updates pending in the store, but not here)."""
+        if self._begin is None or self._source is None:
             return
-        reading = source if source is not None else (
-            self._source() if self._source is not None else ())
+        known = {(r.device_id, r.task_id, r.nonce) for r in self.records}
         while True:
             self.records = []
             self._acc = self._begin(self._repeated)
             try:
-                for record, values, factor in reading:
-                    self.records.append(record)
-                    self._acc.fold(_arrival(record, factor), values)
+                for record, values, factor in self._source():
+                    if everything or (record.device_id, record.task_id, record.nonce) in known:
+                        self.records.append(record)
+                        self._acc.fold(_arrival(record, factor), values)
                 return
-            except DeviceRepeated as repeat:
+            except DeviceRepeated as repeat:  # fold again, that device summed apart
                 self._repeated = self._repeated | {repeat.device_id}
-                if self._source is None:
-                    raise
-                reading = self._source()
 
     def clear(self) -> None:
         self.records = []

@@ -287,3 +287,38 @@ def test_a_strategy_switch_mid_round_folds_the_round_again(tmp_path):
     agg.core.versions.make(state, now())
     assert state.version == 1
     agg.store.close()
+
+
+def test_async_central_dp_through_the_core_clips_a_repeated_device_on_its_sum(tmp_path):
+    """Two tasks, one device in both: the store is the source the round folds again from
+    when the repeat shows; the version equals the batch wrapper's over every update."""
+    from aggregator.config import AsyncConfig
+
+    config = AggregatorConfig(
+        db_path=tmp_path / "a.sqlite3", mode="async", async_=AsyncConfig(buffer_size=4),
+        privacy=PrivacyConfig(mode="central", clip=0.2, noise_multiplier=0.5, seed=5))
+    agg = Aggregator(config, initial_weights=MODEL)
+    first, second = _round(agg, 1, "a"), _round(agg, 1, "b")
+    contributions = []
+    for task, device in ((first, 0), (first, 1), (second, 0), (first, 2)):
+        rng = np.random.default_rng([device, len(task.task_id)])
+        vec = rng.normal(0, 0.05, SIZE).astype(np.float32)
+        update = Update(device_id=f"d{device}", task_id=task.task_id,
+                        nonce=f"{task.task_id}-{device}", base_version=0, num_samples=10,
+                        tensors=unflatten_like(vec, MODEL))
+        message = encode(update)
+        decoded, values = open_flat_update(message, MODEL)
+        assert agg.store.add_update(decoded, message, "pending")
+        agg.core.state.pending.add(decoded, len(message), values)
+        contributions.append(Contribution(f"d{device}", update.tensors, 10))
+    state = agg.core.state
+    assert len(state.pending) == 4
+    assert state.pending.accumulator().repeated == {"d0"}  # type: ignore[attr-defined]
+    batch = CentralDp(FedAvg(), config.privacy, agg.core.privacy.cohort,
+                      DpState(clip=0.2, version=1))
+    expected = batch.aggregate(MODEL, contributions)
+    got = state.pending.accumulator().finish(MODEL, 1.0)
+    _close(got, expected, atol=1e-7)
+    assert agg.core.privacy.state.last is not None and batch.state.last is not None
+    assert agg.core.privacy.state.last.devices == batch.state.last.devices == 3
+    agg.store.close()
