@@ -19,7 +19,7 @@ import numpy as np
 from aggregator.strategy.folding import Arrival, FlatUpdate
 from edge_client.shared.protocol import Weights
 
-log = logging.getLogger("aggregator.strategy.stacking")
+log = logging.getLogger(__name__)
 
 
 class DeviceRepeated(Exception):

@@ -26,7 +26,7 @@ from aggregator.strategy.base import Contribution, Strategy
 from edge_client.shared.protocol import Weights
 from edge_client.shared.protocol.tensors import unflatten_like
 
-log = logging.getLogger("aggregator.strategy.stacking")  # the same logger as the drops of `stack`
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
