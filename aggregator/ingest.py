@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from edge_client.shared.codecs import CodecConfig, decode_dense
+import numpy as np
+
+from aggregator.strategy.folding import FlatUpdate
+from edge_client.shared.codecs import CodecConfig, decode_dense, decode_sparse
 from edge_client.shared.identity import parse_public_key
 from edge_client.shared.protocol import RemoteProtocolError, Update, Weights, decode
 from edge_client.shared.protocol.seeds import update_seed
 from edge_client.shared.protocol.signing import is_signed, open_envelope, verify_envelope
-from edge_client.shared.protocol.tensors import check_like, unflatten_like
+from edge_client.shared.protocol.tensors import check_like, flatten_sorted, unflatten_like
 
 
 def open_update(message: bytes, global_weights: Weights) -> Update:
@@ -27,6 +30,28 @@ def open_update(message: bytes, global_weights: Weights) -> Update:
         update = dataclasses.replace(update, tensors=unflatten_like(dense, global_weights))
     check_like(update.tensors, global_weights)
     return update
+
+
+def open_flat_update(message: bytes, global_weights: Weights) -> tuple[Update, FlatUpdate]:
+    """Decode and validate an update, its values over the flat model layout.
+
+    A compressed update stays sparse (its coordinates and values, no dense copy) and
+    comes back with empty `tensors`: the round folds the values straight into its sum
+    (aggregator/strategy/folding.py). A dense update keeps its tensors as decoded.
+    """
+    size = sum(w.size for w in global_weights.values())
+    update = decode(message, expect=Update, max_elements=size)
+    if update.codec is None:
+        check_like(update.tensors, global_weights)  # names, shapes, finite values
+        return update, FlatUpdate(flatten_sorted(update.tensors), size)
+    codec = CodecConfig.from_wire(update.codec)
+    index, values = decode_sparse(update.blob, codec, size,
+                                  update_seed(update.task_id, update.device_id))
+    if not np.isfinite(values).all():  # as check_like refuses a dense one
+        raise RemoteProtocolError("the update's values hold NaN or infinity")
+    if len(index) == size:  # every coordinate sent (sparsify "none"): dense
+        return update, FlatUpdate(values, size)
+    return update, FlatUpdate(values, size, index)
 
 
 def check_sender(update: Update, device: str, transfer: str) -> None:

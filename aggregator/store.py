@@ -13,9 +13,10 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aggregator.states import TaskState, UpdateState
 from aggregator.store_base import SCHEMA, NoteTables
@@ -34,6 +35,17 @@ from aggregator.version_record import VersionRecord
 from edge_client.shared.protocol import Task, Update, decode
 
 log = logging.getLogger(__name__)
+
+
+class UpdateKey(Protocol):
+    """What names a stored update: an `Update`, or the small record a round keeps."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def nonce(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,7 @@ class Store(DeviceTables, RejectionTables, NoteTables):
 
     # ------------------------------------------------------------ models
     def add_model(self, version: int, blob: bytes, sha256: str, info: dict[str, Any],
-                  used: list[Update] | None = None, close_task: str | None = None,
+                  used: Sequence[UpdateKey] | None = None, close_task: str | None = None,
                   delta: bytes | None = None, residual: bytes | None = None) -> None:
         """Store a new version, mark its updates used and close its task, atomically;
         `residual` is the downlink encoder's state after it, in the same commit."""
@@ -206,6 +218,14 @@ class Store(DeviceTables, RejectionTables, NoteTables):
         rows = self.db.execute("SELECT payload FROM updates WHERE state=? "
                                "ORDER BY received_at", (UpdateState.PENDING.value,))
         return [r[0] for r in rows]
+
+    def iter_pending_payloads(self) -> Iterator[bytes]:
+        """The pending updates' messages one at a time, in arrival order: a round is
+        folded again from here without holding every payload at once."""
+        for (payload,) in self.db.execute("SELECT payload FROM updates WHERE state=? "
+                                          "ORDER BY received_at, rowid",
+                                          (UpdateState.PENDING.value,)):
+            yield payload
 
     def count_updates(self, state: UpdateState | str | None = None) -> int:
         if state is None:

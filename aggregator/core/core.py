@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aggregator.anomalies import AnomalyWatch
 from aggregator.config import AggregatorConfig
@@ -32,13 +32,14 @@ from aggregator.core.events import (
 )
 from aggregator.core.ingest import UpdateIngest
 from aggregator.core.models import ModelPublisher, load_or_create, restored_downlink
-from aggregator.core.plain_round import PlainRound
+from aggregator.core.pending import Folded, PendingRecord
+from aggregator.core.plain_round import PlainRound, updates_per_version
 from aggregator.core.rounds import RoundDriver
 from aggregator.core.schedule import STOPPED_NOTE, RoundSchedule
 from aggregator.core.secure_driver import SecureRound
 from aggregator.core.state import CoreState
 from aggregator.core.versions import Evaluate, VersionMaker
-from aggregator.ingest import open_update
+from aggregator.ingest import open_flat_update
 from aggregator.narrator import Narrator, TwinWatch
 from aggregator.participation import Participation, participation_for
 from aggregator.presence import Presence
@@ -49,6 +50,8 @@ from aggregator.status_gate import StatusGate
 from aggregator.store import Store
 from aggregator.strategy import Strategy
 from aggregator.strategy.config import build_strategy
+from aggregator.strategy.folding import Streaming, accumulator_for, model_size
+from aggregator.strategy.memory import check_cohort_fits
 from edge_client.shared.protocol import RemoteProtocolError, Topics, Weights
 
 log = logging.getLogger("aggregator.service")
@@ -63,6 +66,7 @@ class AggregatorCore:
         self.topics = topics = Topics(config.federation)
         self.privacy = ServicePrivacy(config, store)  # no-ops with [privacy] mode off
         self.anomalies = AnomalyWatch(store, config.anomalies)
+        named = "" if strategy is not None else config.strategy.name
         strategy = self.privacy.wrap(strategy or build_strategy(config.strategy))
         store.set_note(STOPPED_NOTE, None)
         store.set_note(FINISHED_NOTE, None)
@@ -78,12 +82,18 @@ class AggregatorCore:
         self.publisher = ModelPublisher(config, store, topics, sign)
         self.driver = round_driver(config, store, topics, sign, self.participation,
                                    self.narrator)
+        self._check_fits(strategy, weights, named)  # a cohort it cannot hold: refused
         self.state = CoreState(version, weights, arch, store.model_history(), config.rounds)
         self.ingest = UpdateIngest(config, store, topics, sign, self.presence, self.privacy,
                                    self.anomalies, self.participation, self.driver)
         self.versions = VersionMaker(store, strategy, evaluate, downlink, self.publisher,
                                      self.participation, self.privacy, self.anomalies,
                                      self.narrator, self.driver)
+        # each accepted update is folded into the round's sum as it comes (pending.py)
+        self.state.pending.attach(
+            lambda repeated: accumulator_for(self.versions.strategy, self.state.weights,
+                                             repeated),
+            self._stored_pending)
         self._out: list[Action] = []
         self.schedule = RoundSchedule(config, store, topics, self.state, self.narrator,
                                       self.participation, self.presence, self.privacy,
@@ -103,12 +113,20 @@ class AggregatorCore:
         elif opened is not None and opened[0].model_version == state.version:
             state.task, state.task_opened = opened[0], at.mono
             # not watched for no-shows: invitees may have sent updates while we were down
-        for payload in self.store.pending_payloads():
-            update = open_update(payload, state.weights)
-            state.pending.add(update, len(payload))
-            self.presence.update_seen(update.device_id, update.task_id)
+        state.pending.refold(everything=True)  # streamed from the store, one at a time
+        for record in state.pending.records:
+            self.presence.update_seen(record.device_id, record.task_id)
         if state.pending:
             log.info("aggregator: resumed with %d pending updates", len(state.pending))
+
+    def _stored_pending(self) -> Iterator[Folded]:
+        """The pending updates as stored, decoded one at a time: what a round folds
+        again after a restart or a strategy switch."""
+        state = self.state
+        for payload in self.store.iter_pending_payloads():
+            update, values = open_flat_update(payload, state.weights)
+            yield (PendingRecord.of(update, len(payload)), values,
+                   self.participation.staleness_factor(update, state.version))
 
     # ------------------------------------------------------------ events in, actions out
     def handle(self, event: Event) -> list[Action]:
@@ -139,6 +157,8 @@ class AggregatorCore:
                         "resumed" if event.running else "paused")
         elif isinstance(event, SetStrategy):
             self.versions.strategy = self.strategy_named(event.name)
+            if self.state.pending:  # the new strategy folds the round again, from the store
+                self.state.pending.refold()
             log.warning("aggregator: strategy %s from the next version on", event.name)
         return self.drain()
 
@@ -156,11 +176,21 @@ class AggregatorCore:
     def strategy_named(self, name: str) -> Strategy:
         """The named strategy with the config's other settings (trim, f, eta, ...);
         ValueError if unknown or if this kind of round cannot use it. Safe to call from
-        any thread: it reads only the config."""
+        any thread: it reads only the config and the model's size."""
         strategy = self.privacy.wrap(build_strategy(dataclasses.replace(
             self.config.strategy, name=name)))
         self.driver.check_strategy(name)
+        self._check_fits(strategy, self.state.weights, name)
         return strategy
+
+    def _check_fits(self, strategy: Strategy, weights: Weights, name: str = "") -> None:
+        """ValueError naming [strategy] memory_limit_mb if `strategy` needs every update
+        and a version's worth would not fit (aggregator/strategy/memory.py). Secure
+        rounds and mean-based strategies keep one sum, whatever the cohort."""
+        if self.config.secagg.enabled or isinstance(strategy, Streaming):
+            return
+        check_cohort_fits(self.config.strategy, name or type(strategy).__name__.lower(),
+                          updates_per_version(self.config), model_size(weights))
 
     def _link_up(self, at: Instant) -> None:
         c, state = self.config, self.state

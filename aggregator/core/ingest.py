@@ -18,13 +18,14 @@ from aggregator.core.actions import Action, SendAck
 from aggregator.core.events import Instant, UpdateChunk
 from aggregator.core.rounds import RoundDriver
 from aggregator.core.state import CoreState
-from aggregator.ingest import check_clock, check_sender, open_update, verified_body
+from aggregator.ingest import check_clock, check_sender, open_flat_update, verified_body
 from aggregator.limits import upload_assembler
 from aggregator.participation import Participation, TaskInfo, Verdict
 from aggregator.presence import Presence
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.rejection_gate import RejectionGate
 from aggregator.store import Store
+from aggregator.strategy.folding import FlatUpdate
 from edge_client.shared.protocol import Ack, RemoteProtocolError, Topics, Update, encode
 from edge_client.shared.protocol.states import AckStatus
 
@@ -74,12 +75,12 @@ class UpdateIngest:
             message = verified_body(message, device, self.store.device_key(device),
                                     required=security.enabled)
             self.presence.sent_something(device)  # even if refused below: not a no-show
-            update = self._validate(device, transfer, message, state)
+            update, values = self._validate(device, transfer, message, state)
             if security.enabled:
                 check_clock(update, event.at.wall, security.max_clock_skew_s)
         except RemoteProtocolError as exc:
             return self.reject(device, transfer, "", exc.reason, event.at)
-        return self._store_and_ack(update, message, state, event.at)
+        return self._store_and_ack(update, values, message, state, event.at)
 
     def expire(self, at: Instant) -> None:
         for device, transfer in self.assembler.expire(at.mono):
@@ -98,17 +99,17 @@ class UpdateIngest:
         return False
 
     def _validate(self, device: str, transfer: str, message: bytes,
-                  state: CoreState) -> Update:
+                  state: CoreState) -> tuple[Update, FlatUpdate]:
         refusal = self.driver.refusal()
         if refusal is not None:
             raise RemoteProtocolError(refusal)
-        update = open_update(message, state.weights)
+        update, values = open_flat_update(message, state.weights)
         check_sender(update, device, transfer)
         self.privacy.check_update(update)
-        return update
+        return update, values
 
-    def _store_and_ack(self, update: Update, message: bytes, state: CoreState,
-                       at: Instant) -> list[Action]:
+    def _store_and_ack(self, update: Update, values: FlatUpdate, message: bytes,
+                       state: CoreState, at: Instant) -> list[Action]:
         if self.store.has_update(update.device_id, update.task_id):
             # A resend whose first ack was lost, a replay, or a second update for one task:
             # counted once, never stored again.
@@ -127,7 +128,9 @@ class UpdateIngest:
             return [self._ack(update, DUPLICATE)]
         self.presence.update_seen(update.device_id, update.task_id)
         if verdict.state == "pending":
-            state.pending.add(update, len(message))
+            # folded into the round's sum now; only a small record stays
+            state.pending.add(update, len(message), values,
+                              self.participation.staleness_factor(update, state.version))
         return [self._ack(update, verdict)]
 
     def _ack(self, update: Update, verdict: Verdict) -> SendAck:

@@ -3,16 +3,20 @@ and deadline, when the stored updates make a version (aggregator/participation.p
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action
 from aggregator.core.events import Instant
-from aggregator.core.pending import PendingUpdates
+from aggregator.core.pending import PendingRecord, PendingUpdates
 from aggregator.core.rounds import Decision, RoundResult, RoundStep
 from aggregator.narrator import Narrator, Waiting
 from aggregator.participation import Participation
 from aggregator.strategy import Contribution
+from aggregator.strategy.folding import HeldRows
 from edge_client.shared.protocol import Task, Update, Weights
 
 _DECISIONS = {d.value: d for d in Decision}
@@ -57,16 +61,19 @@ class PlainRound:
 
     def result(self, pending: PendingUpdates, version: int,
                global_weights: Weights) -> RoundResult:
-        updates = pending.updates
-        contributions = [  # in device order, so float sums do not depend on arrival
-            Contribution(u.device_id, u.tensors, u.num_samples,
-                         self.participation.staleness_factor(u, version))
-            for u in sorted(updates, key=lambda u: (u.device_id, u.nonce))]
+        """The round's running sum (mean-based strategies), or its held rows as
+        contributions in device order (the strategies that need every update)."""
+        records = pending.records
+        folded = pending.accumulator()
+        contributions: list[Contribution] = []
+        if isinstance(folded, HeldRows):
+            contributions = folded.contributions(global_weights)
         return RoundResult(
-            contributions, updates=len(updates), update_bytes=pending.message_bytes(),
-            max_train_s=max((u.metrics.get("train_s", 0.0) for u in updates), default=0.0),
-            devices=sorted({u.device_id for u in updates}),
-            evaluation=device_evaluation(updates))
+            contributions, updates=len(records), update_bytes=pending.message_bytes(),
+            max_train_s=max((r.metrics.get("train_s", 0.0) for r in records), default=0.0),
+            devices=sorted({r.device_id for r in records}),
+            evaluation=device_evaluation(records),
+            folded=None if isinstance(folded, HeldRows) else folded)
 
     def not_used(self, task_id: str, reason: str) -> None:
         """Plain updates stay stored; nothing else to record."""
@@ -79,7 +86,15 @@ def updates_wanted(config: AggregatorConfig) -> int:
     return config.async_.buffer_size
 
 
-def device_evaluation(updates: list[Update]) -> dict[str, float]:
+def updates_per_version(config: AggregatorConfig) -> int:
+    """The most updates one version is planned to hold: the sync round's invitations
+    (target x (1 + over_selection)), or the async buffer."""
+    if config.mode == "sync":
+        return math.ceil(config.sync.target_updates * (1 + config.sync.over_selection))
+    return config.async_.buffer_size
+
+
+def device_evaluation(updates: Sequence[PendingRecord | Update]) -> dict[str, float]:
     """The previous model on the devices' own data, sample-weighted: quality measured
     where the data is. Devices that sent no such metric are left out."""
     rows = [(u.num_samples, u.metrics["local_accuracy"], u.metrics.get("local_loss"))

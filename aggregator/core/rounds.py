@@ -17,6 +17,7 @@ from aggregator.core.actions import Action
 from aggregator.core.events import Instant
 from aggregator.core.pending import PendingUpdates
 from aggregator.strategy import Contribution
+from aggregator.strategy.folding import Accumulator
 from edge_client.shared.protocol import Task, Weights
 
 
@@ -44,6 +45,9 @@ class RoundResult:
     devices: list[str]
     evaluation: dict[str, float] = field(default_factory=dict)  # the devices' own metrics
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. "secagg"
+    # the round's running sum (mean-based strategies): the version comes from it, not
+    # from `contributions`
+    folded: Accumulator | None = None
 
 
 class RoundDriver(Protocol):

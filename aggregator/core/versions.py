@@ -50,8 +50,9 @@ class VersionMaker:
         assert task is not None
         result = self.driver.result(state.pending, state.version, state.weights)
         try:
-            proposed = self.strategy.aggregate(state.weights, result.contributions,
-                                               self.participation.server_lr)
+            lr = self.participation.server_lr
+            proposed = (result.folded.finish(state.weights, lr) if result.folded is not None
+                        else self.strategy.aggregate(state.weights, result.contributions, lr))
         except ValueError as exc:  # e.g. every update non-finite, or an overflow
             log.error("aggregator: version %d not made: %s; starting the round again",
                       state.version + 1, exc)
@@ -72,7 +73,7 @@ class VersionMaker:
                           len(delta) if delta else 0, round_wall_s)
         close = task.task_id if task.mode == "sync" else None
         self.store.add_model(version, blob, sha256_hex(blob), info,
-                             used=state.pending.updates, close_task=close, delta=delta,
+                             used=state.pending.records, close_task=close, delta=delta,
                              residual=self.downlink.state())
         self.participation.version_made()
         state.history.append(VersionRecord.from_info(version, at.wall, info))

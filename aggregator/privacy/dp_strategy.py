@@ -24,7 +24,9 @@ import numpy as np
 
 from aggregator.privacy.clipping import l2_clip, next_clip
 from aggregator.privacy.config import PrivacyConfig
+from aggregator.privacy.dp_folding import ClippedSum, PlainSum
 from aggregator.strategy.base import Contribution, Strategy
+from aggregator.strategy.folding import model_size
 from aggregator.strategy.stacking import Stacked, stack
 from edge_client.shared.protocol import Weights
 from edge_client.shared.protocol.tensors import unflatten_like
@@ -117,6 +119,38 @@ class CentralDp:
             median_norm=float(np.median(clipped.norms)), noise_std=std, next_clip=following)
         return proposed
 
+    def start(self, global_weights: Weights,
+              repeated: frozenset[str] = frozenset()) -> ClippedSum:
+        """A running sum clipped per device at fold time (aggregator/privacy/dp_folding.py);
+        `repeated`: devices known to have more than one update in it."""
+        return ClippedSum(model_size(global_weights), self.state.clip, repeated,
+                          self.apply_clipped)
+
+    def apply_clipped(self, global_weights: Weights, summed: ClippedSum,
+                      server_lr: float) -> Weights:
+        """`aggregate` from a folded, clipped sum: the same noise from the same generator,
+        the same adaptive clip step and the same record of the round."""
+        clip = summed.clip
+        norms = summed.norms
+        rng = noise_rng(self.config.seed, self.state.version)
+        std = self.update_noise_multiplier * clip / self.cohort
+        mean = summed.total / self.cohort + rng.normal(0.0, std, summed.size)
+        following = clip
+        if self.config.adaptive:
+            c = self.config
+            unclipped = sum(1 for n in norms.values() if n <= clip)
+            following = next_clip(clip, unclipped, self.cohort, c.target_quantile,
+                                  c.clip_lr, c.count_stddev(self.cohort), rng,
+                                  devices=len(norms))
+        proposed = self.inner.aggregate(global_weights, [_as_contribution(mean, global_weights)],
+                                        server_lr)
+        self.state.last = DpRound(
+            clip=clip, devices=len(norms),
+            clipped={d: n for d, n in sorted(norms.items()) if n > clip},
+            median_norm=float(np.median(list(norms.values()))), noise_std=std,
+            next_clip=following)
+        return proposed
+
 
 class DistributedDp:
     """The server's part of distributed DP: the sum of the devices' clipped, noised
@@ -144,6 +178,11 @@ class DistributedDp:
             raise ValueError("distributed DP takes one update per device per version")
         return self.aggregate_sum(global_weights, stacked.rows.sum(axis=0), len(devices),
                                   server_lr)
+
+    def start(self, global_weights: Weights,
+              repeated: frozenset[str] = frozenset()) -> PlainSum:
+        """A running plain sum (`repeated` is for the central wrapper's clip)."""
+        return PlainSum(model_size(global_weights), self.aggregate_sum)
 
     def aggregate_sum(self, global_weights: Weights, total: np.ndarray, devices: int,
                       server_lr: float = 1.0) -> Weights:

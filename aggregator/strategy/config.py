@@ -26,6 +26,10 @@ class StrategyConfig:
     beta2: float = 0.99  # fedadam, fedyogi: second-moment decay
     tau: float = 1e-3  # fedadam, fedyogi, fedadagrad: adaptivity (step = m / (sqrt v + tau))
     momentum: float = 0.9  # fedavgm: server momentum
+    # the strategies that need every update (median, trimmed_mean, krum, multi_krum,
+    # norm_bound): a version's updates must fit in this (aggregator/strategy/memory.py);
+    # mean-based ones fold updates into one sum and take O(model) whatever the cohort
+    memory_limit_mb: float = 1024.0
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
@@ -45,6 +49,9 @@ class StrategyConfig:
                 raise ValueError(f"{key} must be in [0, 1), not {getattr(self, key)}")
         if not (math.isfinite(self.tau) and self.tau > 0):
             raise ValueError(f"tau must be a finite number > 0, not {self.tau}")
+        if not (math.isfinite(self.memory_limit_mb) and self.memory_limit_mb > 0):
+            raise ValueError(f"memory_limit_mb must be a finite number > 0, "
+                             f"not {self.memory_limit_mb}")
 
 
 def build_strategy(config: StrategyConfig) -> Strategy:

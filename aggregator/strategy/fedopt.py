@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from aggregator.strategy.base import Contribution
+from aggregator.strategy.folding import MeanSum, model_size
 from aggregator.strategy.stacking import apply_step, stack
 from edge_client.shared.protocol import Weights
 
@@ -95,7 +96,16 @@ class FedOpt:
 
     def aggregate(self, global_weights: Weights, contributions: list[Contribution],
                   server_lr: float = 1.0) -> Weights:
-        g = stack(global_weights, contributions).weighted_mean()  # the pseudo-gradient
+        return self.apply_mean(global_weights, stack(global_weights, contributions)
+                               .weighted_mean(), server_lr)
+
+    def start(self, global_weights: Weights,
+              repeated: frozenset[str] = frozenset()) -> MeanSum:
+        """A running weighted sum; its mean is the round's pseudo-gradient."""
+        return MeanSum(model_size(global_weights), self.apply_mean)
+
+    def apply_mean(self, global_weights: Weights, g: np.ndarray, server_lr: float) -> Weights:
+        """One optimizer step with the pseudo-gradient `g` (flat float64)."""
         c = self.config
         m, v = self.m, self.v
         if m is None or m.shape != g.shape:
