@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from aggregator.config import AggregatorConfig
 from aggregator.states import RoundDue, TaskState, UpdateState
 from edge_client.shared.protocol import Task, Update
+from edge_client.shared.protocol.cohort import EVERYONE, draw
 from edge_client.shared.protocol.states import AckStatus
 
 
@@ -38,7 +39,10 @@ class TaskInfo:
     mode: str
     model_version: int
     state: TaskState | str
-    invited: tuple[str, ...] | None = None  # None: every device (or not known)
+    task: Task | None = None  # as issued (its invitation); None: every device
+
+    def invites(self, device_id: str) -> bool:
+        return self.task is None or self.task.invites(device_id)
 
 
 class SyncRounds:
@@ -57,10 +61,12 @@ class SyncRounds:
              proven: Collection[str] | None = None) -> Task | None:
         """A task for the next round, or None while too few devices are online.
 
-        `proven`: the devices with a track record (None: all of them). Invitations are
-        drawn from all of `online` alike, then topped up with proven devices until as
-        many proven ones are invited as the round needs (when there are that many), so
-        newcomers that never show up cannot hold the round (aggregator/presence.py).
+        The task names no device: it carries a cohort (edge_client/shared/protocol/
+        cohort.py) that admits `invite_count` of `online`, drawn by a seed from this
+        mode's random stream. `proven`: the devices with a track record (None: all of
+        them). When the draw holds fewer proven devices than the round needs, the next
+        proven ones are invited by name (`invited`, at most as many as the round needs),
+        so newcomers that never show up cannot hold the round (aggregator/presence.py).
         """
         target = self.sync.target_updates
         if self._waiting_since is None:
@@ -73,23 +79,12 @@ class SyncRounds:
             return None
         self._waiting_since = None
         invite_count = min(len(online), math.ceil(target * (1 + self.sync.over_selection)))
-        picked = self._rng.sample(sorted(online), invite_count)
-        if proven is not None:
-            picked += self._top_up(picked, online, proven, invite_count)
-        invited = tuple(sorted(picked))
+        drawn = draw(self._rng.randrange(EVERYONE), online, invite_count, proven)
         return Task(task_id=f"r{round_no}-{uuid.uuid4().hex[:8]}", mode="sync",
                     round=round_no, model_version=version, train=self.config.train,
-                    deadline=now + self.timeout_s, invited=invited,
+                    deadline=now + self.timeout_s, cohort=drawn.cohort,
+                    invited=drawn.extra or None, members=drawn.members,
                     chunk_size=self.config.chunk_size, codec=_uplink(self.config))
-
-    def _top_up(self, picked: list[str], online: list[str], proven: Collection[str],
-                count: int) -> list[str]:
-        have = sum(1 for d in picked if d in proven)
-        if have >= count:
-            return []
-        chosen = set(picked)
-        spare = sorted(d for d in online if d in proven and d not in chosen)
-        return self._rng.sample(spare, min(len(spare), count - have))
 
     def min_updates(self) -> int:
         return max(1, math.ceil(self.sync.min_fraction * self.sync.target_updates))
@@ -109,7 +104,7 @@ class SyncRounds:
             return Verdict(AckStatus.REJECTED, reason="task is not a sync round")
         if open_task is None or update.task_id != open_task.task_id:
             # late means invited, but after the round closed; others were never asked
-            if task.invited is not None and update.device_id not in task.invited:
+            if not task.invites(update.device_id):
                 return Verdict(AckStatus.REJECTED, reason="device was not invited to this round")
             return Verdict(AckStatus.LATE, UpdateState.LATE, "the round has closed")
         if not open_task.invites(update.device_id):

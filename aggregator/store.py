@@ -154,16 +154,21 @@ class Store(DeviceTables, RejectionTables, NoteTables):
                             (task.task_id, task.round, task.mode, task.model_version,
                              time.time(), TaskState.OPEN.value, message))
 
-    def task_state(self, task_id: str
-                   ) -> tuple[str, int, TaskState, tuple[str, ...] | None] | None:
-        """(mode, model_version, state, invited) of a task, or None if it was never issued;
-        invited is None when the task invited every device."""
+    def task_state(self, task_id: str) -> tuple[str, int, TaskState, Task] | None:
+        """(mode, model_version, state, task as issued) of a task, or None if it was never
+        issued; the task says whom it invited (Task.invites)."""
         row = self.db.execute("SELECT mode, model_version, state, message FROM tasks "
                               "WHERE task_id=?", (task_id,)).fetchone()
         if row is None:
             return None
         task = decode(row[3], expect=Task)
-        return row[0], row[1], TaskState(row[2]), task.invited
+        return row[0], row[1], TaskState(row[2]), task
+
+    def reissue_task(self, task: Task, message: bytes) -> None:
+        """The open task widened (async re-invitations): same id, the new invitation."""
+        with self._transaction():
+            self.db.execute("UPDATE tasks SET message=? WHERE task_id=?",
+                            (message, task.task_id))
 
     def open_task(self) -> tuple[Task, float] | None:
         row = self.db.execute("SELECT message, opened_at FROM tasks WHERE state=? "
