@@ -7,17 +7,22 @@ does the MQTT and SQLite work. Both modes answer the same four questions.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import random
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from aggregator.concurrency import InFlight, staleness_advice
 from aggregator.config import AggregatorConfig
 from aggregator.states import RoundDue, TaskState, UpdateState
 from edge_client.shared.protocol import Task, Update
 from edge_client.shared.protocol.cohort import EVERYONE, draw
 from edge_client.shared.protocol.states import AckStatus
+
+log = logging.getLogger("aggregator.service")
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,13 @@ class SyncRounds:
                     invited=drawn.extra or None, members=drawn.members,
                     chunk_size=self.config.chunk_size, codec=_uplink(self.config))
 
+    def reinvite(self, task: Task, online: list[str], now: float) -> Task | None:
+        """A sync round's invitation is fixed when it opens."""
+        return None
+
+    def wants_reinvite(self, now: float) -> bool:
+        return False
+
     def min_updates(self) -> int:
         return max(1, math.ceil(self.sync.min_fraction * self.sync.target_updates))
 
@@ -143,15 +155,65 @@ class BufferedAsync:
     def __init__(self, config: AggregatorConfig) -> None:
         self.config = config
         self.cfg = config.async_
+        self.flight = InFlight(config.async_)  # the concurrency bound (concurrency.py)
+        self._rng = random.Random(config.seed)
+        self._held_said_at: float | None = None
+        advice = staleness_advice(config.async_)
+        if advice is not None:
+            log.warning("aggregator: %s", advice)
 
     def plan(self, round_no: int, version: int, online: list[str], now: float,
              proven: Collection[str] | None = None) -> Task | None:
-        return Task(task_id=f"v{version}-async", mode="async", round=round_no,
+        """The task of `version`: open to every device, or, under [async] concurrency, a
+        cohort of as many idle devices as there is room for."""
+        task = Task(task_id=f"v{version}-async", mode="async", round=round_no,
                     model_version=version, train=self.config.train, deadline=None,
                     invited=None, chunk_size=self.config.chunk_size, codec=_uplink(self.config))
+        if not self.cfg.concurrency:
+            return task
+        self.flight.refresh(version, online)
+        idle = self.flight.idle(online)
+        drawn = draw(self._rng.randrange(EVERYONE), idle, self.flight.room, open_ended=False)
+        self.flight.invited(drawn.members, version, now)
+        self._say_held(task, len(idle) - len(drawn.members), now, force=True)
+        return dataclasses.replace(task, cohort=drawn.cohort, members=drawn.members)
+
+    def reinvite(self, task: Task, online: list[str], now: float) -> Task | None:
+        """The open task widened to idle devices as updates freed places, or None."""
+        if task.cohort is None:
+            return None
+        self.flight.refresh(task.model_version, online)
+        idle = self.flight.idle(online)
+        cohort, added = self.flight.widen(task.cohort, idle)
+        self.flight.invited(added, task.model_version, now)  # also: not again within 1 s
+        self._say_held(task, len(idle) - len(added), now, force=False)
+        if not added:
+            return None
+        members = tuple(sorted({*(task.members or ()), *added}))
+        return dataclasses.replace(task, cohort=cohort, members=members)
+
+    def wants_reinvite(self, now: float) -> bool:
+        return self.flight.may_widen(now)
+
+    def _say_held(self, task: Task, held: int, now: float, force: bool) -> None:
+        """Devices left idle by the bound, at INFO: at every version, and while it lasts,
+        every waiting_log_s."""
+        if held <= 0:
+            return
+        if not force and self._held_said_at is not None and \
+                now - self._held_said_at < self.config.waiting_log_s:
+            return
+        self._held_said_at = now
+        log.info("aggregator: task %s: %d available device(s) not invited for now: %d "
+                 "of [async] concurrency = %d are training; more are invited as their "
+                 "updates come in", task.task_id, held, len(self.flight),
+                 self.cfg.concurrency)
 
     def judge(self, update: Update, task: TaskInfo, open_task: Task | None,
               current_version: int) -> Verdict:
+        """Also frees the device's place under the concurrency bound, whatever the
+        verdict: it is done with its invitation."""
+        self.flight.answered(update.device_id)
         if task.mode != "async":
             return Verdict(AckStatus.REJECTED, reason="task is not an async task")
         if update.base_version != task.model_version:

@@ -67,7 +67,20 @@ class RoundSchedule:
             if at.mono - state.connected_at >= self.config.presence_settle_s:
                 self.open_task(at)  # retained statuses of online devices are in
         else:
+            self._reinvite(state.task, at)
             self._step_round(state.task, at)
+
+    def _reinvite(self, task: Task, at: Instant) -> None:
+        """Async under [async] concurrency: widen the open task as updates free places
+        (aggregator/concurrency.py); the same task id, re-published and re-stored."""
+        if not self.participation.wants_reinvite(at.wall):
+            return
+        widened = self.participation.reinvite(task, self._candidates(), at.wall)
+        if widened is None:
+            return
+        self.store.reissue_task(widened, encode(widened))
+        self.state.task = widened
+        self.out.append(self.publisher.task(widened))
 
     def _step_round(self, task: Task, at: Instant) -> None:
         """Ask the round's driver; end the round with a version or start it again."""

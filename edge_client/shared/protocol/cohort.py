@@ -62,8 +62,10 @@ class Draw:
 
 
 def draw(seed: int, candidates: Collection[str], count: int,
-         proven: Collection[str] | None = None) -> Draw:
-    """The cohort of `count` of `candidates` (all of them when count >= their number).
+         proven: Collection[str] | None = None, open_ended: bool = True) -> Draw:
+    """The cohort of `count` of `candidates`. When that is all of them, `open_ended`
+    invites every device (EVERYONE), those that come later too; else the cutoff stops
+    just past the last candidate (a bound on how many train: aggregator/concurrency.py).
 
     With `proven` (the devices with a track record), when fewer than `count` of the
     drawn devices are proven, the next proven ones in the ranking are invited by name
@@ -74,7 +76,7 @@ def draw(seed: int, candidates: Collection[str], count: int,
     taken = min(count, len(ranked))
     if taken == 0:
         cutoff = 0  # nobody (no candidates, or no room)
-    elif taken >= len(ranked):
+    elif taken >= len(ranked) and open_ended:
         cutoff = EVERYONE
     else:
         cutoff = rank(seed, ranked[taken - 1]) + 1
