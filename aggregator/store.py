@@ -13,7 +13,7 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,21 @@ class Store(DeviceTables, RejectionTables, NoteTables):
             self.db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (task.task_id, task.round, task.mode, task.model_version,
                              time.time(), TaskState.OPEN.value, message))
+            self._set_members(task)
+
+    def _set_members(self, task: Task) -> None:
+        """Whom a cohort task invited: the aggregator's record, never on the wire (a
+        task id used again, v<n>-async after `fedge aggregator recover`, starts afresh)."""
+        if task.members is None:
+            self.db.execute("DELETE FROM task_members WHERE task_id=?", (task.task_id,))
+        else:
+            self.db.execute("INSERT OR REPLACE INTO task_members VALUES (?, ?)",
+                            (task.task_id, json.dumps(list(task.members))))
+
+    def _with_members(self, task: Task) -> Task:
+        row = self.db.execute("SELECT members FROM task_members WHERE task_id=?",
+                              (task.task_id,)).fetchone()
+        return task if row is None else replace(task, members=tuple(json.loads(row[0])))
 
     def task_state(self, task_id: str) -> tuple[str, int, TaskState, Task] | None:
         """(mode, model_version, state, task as issued) of a task, or None if it was never
@@ -162,13 +177,14 @@ class Store(DeviceTables, RejectionTables, NoteTables):
         if row is None:
             return None
         task = decode(row[3], expect=Task)
-        return row[0], row[1], TaskState(row[2]), task
+        return row[0], row[1], TaskState(row[2]), self._with_members(task)
 
     def reissue_task(self, task: Task, message: bytes) -> None:
         """The open task widened (async re-invitations): same id, the new invitation."""
         with self._transaction():
             self.db.execute("UPDATE tasks SET message=? WHERE task_id=?",
                             (message, task.task_id))
+            self._set_members(task)
 
     def open_task(self) -> tuple[Task, float] | None:
         row = self.db.execute("SELECT message, opened_at FROM tasks WHERE state=? "
@@ -177,7 +193,7 @@ class Store(DeviceTables, RejectionTables, NoteTables):
         if row is None:
             return None
         task = decode(row[0], expect=Task)
-        return task, row[1]
+        return self._with_members(task), row[1]
 
     def abort_task(self, task_id: str) -> None:
         with self._transaction():
