@@ -134,3 +134,16 @@ def test_a_device_outside_the_cohort_stays_idle_and_says_why(caplog):
     everyone = Cohort(seed=9, cutoff=EVERYONE, size=40, candidates=40)
     out = device.feed(TaskReceived(drv.task("r2", invited=None, cohort=everyone)))
     assert len(device.of(act.StartFit, out)) == 1
+
+
+def test_the_store_keeps_whom_a_cohort_task_invited(tmp_path):
+    from aggregator.store import Store
+
+    store = Store(tmp_path / "agg.sqlite3")
+    task = _plan(_ids(50), target=5)
+    store.add_task(task, encode(task))  # the wire message names no one
+    assert decode(encode(task), expect=Task).members is None
+    assert store.task_state(task.task_id)[3].members == task.expected()
+    opened, _ = store.open_task()
+    assert opened.expected() == task.expected() and len(task.expected()) == 5
+    store.close()
