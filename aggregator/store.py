@@ -13,7 +13,7 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from aggregator.states import TaskState, UpdateState
 from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
 from aggregator.store_devices import DeviceTables
+from aggregator.store_members import TaskMemberTables
 from aggregator.store_rejections import RejectionTables
 from aggregator.store_seal import (
     Seal,
@@ -44,7 +45,7 @@ class StoredModel:
     sha256: str = ""  # as stored when the version was made
 
 
-class Store(DeviceTables, RejectionTables, NoteTables):
+class Store(DeviceTables, RejectionTables, TaskMemberTables, NoteTables):
     """Owned by one thread at a time: built by the caller, then used by the service loop."""
 
     def __init__(self, path: Path) -> None:
@@ -155,20 +156,6 @@ class Store(DeviceTables, RejectionTables, NoteTables):
                              time.time(), TaskState.OPEN.value, message))
             self._set_members(task)
 
-    def _set_members(self, task: Task) -> None:
-        """Whom a cohort task invited: the aggregator's record, never on the wire (a
-        task id used again, v<n>-async after `fedge aggregator recover`, starts afresh)."""
-        if task.members is None:
-            self.db.execute("DELETE FROM task_members WHERE task_id=?", (task.task_id,))
-        else:
-            self.db.execute("INSERT OR REPLACE INTO task_members VALUES (?, ?)",
-                            (task.task_id, json.dumps(list(task.members))))
-
-    def _with_members(self, task: Task) -> Task:
-        row = self.db.execute("SELECT members FROM task_members WHERE task_id=?",
-                              (task.task_id,)).fetchone()
-        return task if row is None else replace(task, members=tuple(json.loads(row[0])))
-
     def task_state(self, task_id: str) -> tuple[str, int, TaskState, Task] | None:
         """(mode, model_version, state, task as issued) of a task, or None if it was never
         issued; the task says whom it invited (Task.invites)."""
@@ -178,13 +165,6 @@ class Store(DeviceTables, RejectionTables, NoteTables):
             return None
         task = decode(row[3], expect=Task)
         return row[0], row[1], TaskState(row[2]), self._with_members(task)
-
-    def reissue_task(self, task: Task, message: bytes) -> None:
-        """The open task widened (async re-invitations): same id, the new invitation."""
-        with self._transaction():
-            self.db.execute("UPDATE tasks SET message=? WHERE task_id=?",
-                            (message, task.task_id))
-            self._set_members(task)
 
     def open_task(self) -> tuple[Task, float] | None:
         row = self.db.execute("SELECT message, opened_at FROM tasks WHERE state=? "
