@@ -102,14 +102,30 @@ def test_max_staleness_advice_follows_from_concurrency_and_buffer():
     assert staleness_advice(AsyncConfig(buffer_size=100, max_staleness=0)) is None  # no bound
 
 
-def test_a_bounded_async_federation_runs_to_the_end_in_memory(tmp_path):
+@pytest.mark.parametrize("concurrency", [2, 3])
+def test_a_bounded_async_federation_runs_to_the_end_in_memory(tmp_path, concurrency):
     from tests.unit.paired_harness import Federation
 
     fed = Federation(tmp_path, devices=6, mode="async", rounds=4,
-                     async_=AsyncConfig(buffer_size=2, concurrency=2, max_staleness=2))
+                     async_=AsyncConfig(buffer_size=2, concurrency=concurrency,
+                                        max_staleness=3))
+    participation = fed.aggregator.core.participation
+    widened: list[Task] = []
+    reinvite = participation.reinvite
+
+    def spy(task: Task, online: list[str], now: float) -> Task | None:
+        wider = reinvite(task, online, now)
+        widened.extend([wider] if wider is not None else [])
+        return wider
+
+    participation.reinvite = spy  # type: ignore[method-assign]
     fed.start()
     fed.run_to_end()
     agg = fed.aggregator
     assert [v.version for v in agg.versions] == [1, 2, 3, 4]
     assert agg.store.rejections() == []  # nothing thrown away as stale
+    if concurrency == 3:  # a straggler of one version frees its place during the next
+        assert widened and all(w.cohort is not None for w in widened)
+        stored = agg.store.task_state(widened[0].task_id)[3]
+        assert stored.cohort is not None and stored.cohort.size >= widened[0].cohort.size
     fed.assert_no_update_lost()
