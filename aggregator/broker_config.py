@@ -71,9 +71,11 @@ from aggregator.broker_files import (
     run_passwd,
     write_file,
 )
+from aggregator.broker_sizing import FleetSize, broker_settings, systemd_drop_in
 from edge_client.shared.protocol.topics import Topics, check_name
 
 log = logging.getLogger(__name__)
+DROP_IN_NAME = "fedge-fleet.conf"  # the systemd drop-in for mosquitto (broker_sizing.py)
 
 __all__ = ["BrokerSecurityFiles", "BrokerSecurityPlan", "DeviceAccess", "acl_text",
            "add_device", "device_acl_block", "revoke_device", "san_entries",
@@ -90,6 +92,7 @@ class BrokerSecurityPlan:
     port: int = 8883
     mtls: bool = False  # require client certificates (as well as passwords)
     aggregator_user: str = "aggregator"
+    fleet: FleetSize | None = None  # None: sized for the devices listed
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)
@@ -99,6 +102,10 @@ class BrokerSecurityPlan:
         users = [self.aggregator_user, *self.devices]
         if len(set(users)) != len(users):
             raise ValueError("device names and the aggregator user must all differ")
+
+    @property
+    def size(self) -> FleetSize:
+        return self.fleet or FleetSize(max(1, len(self.devices)))
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,7 @@ class BrokerSecurityFiles:
     passwords: Path
     credentials: dict[str, str] = field(repr=False)  # username -> generated password
     client_certs: dict[str, tuple[Path, Path]]  # username -> (cert, key) when mtls
+    drop_in: Path | None = None  # mosquitto's systemd drop-in with LimitNOFILE
 
 
 @dataclass(frozen=True)
@@ -185,7 +193,7 @@ def conf_text(plan: BrokerSecurityPlan, layout: BrokerLayout) -> str:
         f"password_file {layout.passwords.resolve()}",
         f"acl_file {layout.acl.resolve()}",
         "persistence false",
-        "max_queued_messages 10000",
+        *broker_settings(plan.size),
         "log_dest stderr",
         "log_type error",
         "log_type warning",
@@ -230,10 +238,13 @@ def write_broker_config(plan: BrokerSecurityPlan, folder: Path) -> BrokerSecurit
     write_file(layout.acl, acl_text(plan.federation, plan.devices, plan.aggregator_user)
                 .encode(), SHARED_MODE)
     write_file(layout.conf, conf_text(plan, layout).encode(), SHARED_MODE)
+    drop_in = layout.folder / DROP_IN_NAME
+    write_file(drop_in, systemd_drop_in(plan.size).encode(), PUBLIC_MODE)
     return BrokerSecurityFiles(
         folder=layout.folder, conf=layout.conf, ca_cert=layout.ca_cert, ca_key=layout.ca_key,
         server_cert=layout.server_cert, server_key=layout.server_key, acl=layout.acl,
-        passwords=layout.passwords, credentials=credentials, client_certs=client_certs)
+        passwords=layout.passwords, credentials=credentials, client_certs=client_certs,
+        drop_in=drop_in)
 
 
 def _read_acl(layout: BrokerLayout, federation: str) -> tuple[str, list[str]]:

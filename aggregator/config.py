@@ -67,12 +67,23 @@ class AsyncConfig:
     max_staleness: int = 10  # refuse updates whose base is older than this many versions
     staleness_exponent: float = 0.5  # weight = samples / (1 + staleness) ** exponent
     server_lr: float = 1.0
+    # Devices training at a time (FedBuff's concurrency; aggregator/concurrency.py): each
+    # task invites idle devices up to this many, and more as updates come in. 0: every
+    # device may train for every version (no bound; fine for small fleets).
+    concurrency: int = 0
 
     def __post_init__(self) -> None:
         if self.buffer_size < 1 or self.max_staleness < 0:
             raise ValueError("async: need buffer_size >= 1 and max_staleness >= 0")
         if self.staleness_exponent < 0 or self.server_lr <= 0:
             raise ValueError("async: need staleness_exponent >= 0 and server_lr > 0")
+        if self.concurrency < 0:
+            raise ValueError(f"async.concurrency must be >= 0 (0: no bound), "
+                             f"not {self.concurrency}")
+        if 0 < self.concurrency < self.buffer_size:
+            raise ValueError(f"async.concurrency ({self.concurrency}) must be >= buffer_size "
+                             f"({self.buffer_size}): fewer devices in flight than a version "
+                             f"needs would never make one (2-4 x buffer_size is typical)")
 
 
 @dataclass

@@ -82,8 +82,9 @@ class Narrator:
     def round_opened(self, task: Task, available: int) -> None:
         self._waiting = None
         fleet = Fleet.of(self.store)
-        invited = (f"invited {len(task.invited)} of {available} available"
-                   if task.invited is not None else f"open to all {available} available")
+        count = task.invited_count()
+        invited = (f"invited {count} of {available} available"
+                   if count is not None else f"open to all {available} available")
         deadline = (f"; deadline {task.deadline - self.wall():.0f} s"
                     if task.deadline is not None else "")
         log.info("aggregator: round %d opened (task %s, from version %d): %s; %s%s",
@@ -124,7 +125,7 @@ class Narrator:
     def for_updates(self, task: Task, pending: list[str], target: int) -> tuple[object, str]:
         """How far the open round is, and what the invited devices that sent nothing last
         said about themselves (offline, or not eligible and why)."""
-        missing = sorted(set(task.invited or ()) - set(pending))
+        missing = sorted(set(task.expected() or ()) - set(pending))
         states = {d["device_id"]: d for d in self.store.devices()} if missing else {}
         described = [f"{m} ({_state(states.get(m))})" for m in missing[:LISTED_DEVICES]]
         more = (f" and {len(missing) - LISTED_DEVICES} more"

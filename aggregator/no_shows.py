@@ -45,10 +45,11 @@ class NoShows:
     def round_opened(self, task: Task) -> None:
         """Start watching a sync round's invitees (async tasks invite everyone: no-op)."""
         self._heard, self._excused = set(), set()
-        if task.mode != "sync" or task.invited is None:
+        expected = task.expected()
+        if task.mode != "sync" or expected is None:
             self._round, self._invited = None, frozenset()
             return
-        self._round, self._invited = task.task_id, frozenset(task.invited)
+        self._round, self._invited = task.task_id, frozenset(expected)
 
     def heard(self, device: str, task_id: str) -> None:
         """The device sent an update that was stored: it is back to a clean record."""

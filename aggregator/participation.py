@@ -7,16 +7,22 @@ does the MQTT and SQLite work. Both modes answer the same four questions.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import random
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from aggregator.concurrency import InFlight, staleness_advice
 from aggregator.config import AggregatorConfig
 from aggregator.states import RoundDue, TaskState, UpdateState
 from edge_client.shared.protocol import Task, Update
+from edge_client.shared.protocol.cohort import EVERYONE, draw
 from edge_client.shared.protocol.states import AckStatus
+
+log = logging.getLogger("aggregator.service")
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,10 @@ class TaskInfo:
     mode: str
     model_version: int
     state: TaskState | str
-    invited: tuple[str, ...] | None = None  # None: every device (or not known)
+    task: Task | None = None  # as issued (its invitation); None: every device
+
+    def invites(self, device_id: str) -> bool:
+        return self.task is None or self.task.invites(device_id)
 
 
 class SyncRounds:
@@ -57,10 +66,12 @@ class SyncRounds:
              proven: Collection[str] | None = None) -> Task | None:
         """A task for the next round, or None while too few devices are online.
 
-        `proven`: the devices with a track record (None: all of them). Invitations are
-        drawn from all of `online` alike, then topped up with proven devices until as
-        many proven ones are invited as the round needs (when there are that many), so
-        newcomers that never show up cannot hold the round (aggregator/presence.py).
+        The task names no device: it carries a cohort (edge_client/shared/protocol/
+        cohort.py) that admits `invite_count` of `online`, drawn by a seed from this
+        mode's random stream. `proven`: the devices with a track record (None: all of
+        them). When the draw holds fewer proven devices than the round needs, the next
+        proven ones are invited by name (`invited`, at most as many as the round needs),
+        so newcomers that never show up cannot hold the round (aggregator/presence.py).
         """
         target = self.sync.target_updates
         if self._waiting_since is None:
@@ -73,23 +84,19 @@ class SyncRounds:
             return None
         self._waiting_since = None
         invite_count = min(len(online), math.ceil(target * (1 + self.sync.over_selection)))
-        picked = self._rng.sample(sorted(online), invite_count)
-        if proven is not None:
-            picked += self._top_up(picked, online, proven, invite_count)
-        invited = tuple(sorted(picked))
+        drawn = draw(self._rng.randrange(EVERYONE), online, invite_count, proven)
         return Task(task_id=f"r{round_no}-{uuid.uuid4().hex[:8]}", mode="sync",
                     round=round_no, model_version=version, train=self.config.train,
-                    deadline=now + self.timeout_s, invited=invited,
+                    deadline=now + self.timeout_s, cohort=drawn.cohort,
+                    invited=drawn.extra or None, members=drawn.members,
                     chunk_size=self.config.chunk_size, codec=_uplink(self.config))
 
-    def _top_up(self, picked: list[str], online: list[str], proven: Collection[str],
-                count: int) -> list[str]:
-        have = sum(1 for d in picked if d in proven)
-        if have >= count:
-            return []
-        chosen = set(picked)
-        spare = sorted(d for d in online if d in proven and d not in chosen)
-        return self._rng.sample(spare, min(len(spare), count - have))
+    def reinvite(self, task: Task, online: list[str], now: float) -> Task | None:
+        """A sync round's invitation is fixed when it opens."""
+        return None
+
+    def wants_reinvite(self, now: float) -> bool:
+        return False
 
     def min_updates(self) -> int:
         return max(1, math.ceil(self.sync.min_fraction * self.sync.target_updates))
@@ -109,7 +116,7 @@ class SyncRounds:
             return Verdict(AckStatus.REJECTED, reason="task is not a sync round")
         if open_task is None or update.task_id != open_task.task_id:
             # late means invited, but after the round closed; others were never asked
-            if task.invited is not None and update.device_id not in task.invited:
+            if not task.invites(update.device_id):
                 return Verdict(AckStatus.REJECTED, reason="device was not invited to this round")
             return Verdict(AckStatus.LATE, UpdateState.LATE, "the round has closed")
         if not open_task.invites(update.device_id):
@@ -148,15 +155,65 @@ class BufferedAsync:
     def __init__(self, config: AggregatorConfig) -> None:
         self.config = config
         self.cfg = config.async_
+        self.flight = InFlight(config.async_)  # the concurrency bound (concurrency.py)
+        self._rng = random.Random(config.seed)
+        self._held_said_at: float | None = None
+        advice = staleness_advice(config.async_)
+        if advice is not None:
+            log.warning("aggregator: %s", advice)
 
     def plan(self, round_no: int, version: int, online: list[str], now: float,
              proven: Collection[str] | None = None) -> Task | None:
-        return Task(task_id=f"v{version}-async", mode="async", round=round_no,
+        """The task of `version`: open to every device, or, under [async] concurrency, a
+        cohort of as many idle devices as there is room for."""
+        task = Task(task_id=f"v{version}-async", mode="async", round=round_no,
                     model_version=version, train=self.config.train, deadline=None,
                     invited=None, chunk_size=self.config.chunk_size, codec=_uplink(self.config))
+        if not self.cfg.concurrency:
+            return task
+        self.flight.refresh(version, online)
+        idle = self.flight.idle(online)
+        drawn = draw(self._rng.randrange(EVERYONE), idle, self.flight.room, open_ended=False)
+        self.flight.invited(drawn.members, version, now)
+        self._say_held(task, len(idle) - len(drawn.members), now, force=True)
+        return dataclasses.replace(task, cohort=drawn.cohort, members=drawn.members)
+
+    def reinvite(self, task: Task, online: list[str], now: float) -> Task | None:
+        """The open task widened to idle devices as updates freed places, or None."""
+        if task.cohort is None:
+            return None
+        self.flight.refresh(task.model_version, online)
+        idle = self.flight.idle(online)
+        cohort, added = self.flight.widen(task.cohort, idle)
+        self.flight.invited(added, task.model_version, now)  # also: not again within 1 s
+        self._say_held(task, len(idle) - len(added), now, force=False)
+        if not added:
+            return None
+        members = tuple(sorted({*(task.members or ()), *added}))
+        return dataclasses.replace(task, cohort=cohort, members=members)
+
+    def wants_reinvite(self, now: float) -> bool:
+        return self.flight.may_widen(now)
+
+    def _say_held(self, task: Task, held: int, now: float, force: bool) -> None:
+        """Devices left idle by the bound, at INFO: at every version, and while it lasts,
+        every waiting_log_s."""
+        if held <= 0:
+            return
+        if not force and self._held_said_at is not None and \
+                now - self._held_said_at < self.config.waiting_log_s:
+            return
+        self._held_said_at = now
+        log.info("aggregator: task %s: %d available device(s) not invited for now: %d "
+                 "of [async] concurrency = %d are training; more are invited as their "
+                 "updates come in", task.task_id, held, len(self.flight),
+                 self.cfg.concurrency)
 
     def judge(self, update: Update, task: TaskInfo, open_task: Task | None,
               current_version: int) -> Verdict:
+        """Also frees the device's place under the concurrency bound, whatever the
+        verdict: it is done with its invitation."""
+        self.flight.answered(update.device_id)
         if task.mode != "async":
             return Verdict(AckStatus.REJECTED, reason="task is not an async task")
         if update.base_version != task.model_version:

@@ -148,13 +148,14 @@ class Presence:
 
     def round_opened(self, task: Task) -> None:
         self.no_shows.round_opened(task)
-        if task.mode != "sync" or not task.invited:
+        invited = task.expected()
+        if task.mode != "sync" or not invited:
             return
-        newcomers = [d for d in task.invited if d not in self.proven]
-        if newcomers and len(newcomers) < len(task.invited):
+        newcomers = [d for d in invited if d not in self.proven]
+        if newcomers and len(newcomers) < len(invited):
             log.info("aggregator: round %d invites %d device(s) with a track record and %d "
                      "newcomer(s) on trial (%s)", task.round,
-                     len(task.invited) - len(newcomers), len(newcomers), _some(newcomers))
+                     len(invited) - len(newcomers), len(newcomers), _some(newcomers))
 
     def sent_something(self, device: str) -> None:
         """A whole update came from `device` (perhaps to be refused): it showed up."""

@@ -247,10 +247,13 @@ class SecureRounds:
 
     # ------------------------------------------------------------ rounds
     def open(self, task: Task, size: int, now: float) -> Task:
-        """The task with its secure-aggregation setup; the round starts with it."""
-        invited = task.invited or ()
+        """The task with its secure-aggregation setup; the round starts with it. A secure
+        round lists its participants (`invited`, the cohort's members): the masks are
+        agreed between named devices, so no cohort is sent (docs/protocol.md)."""
+        invited = task.expected() or ()
         settings = self.settings_for(len(invited), size)
-        task = replace(task, secagg=settings.to_wire(), codec=None)
+        task = replace(task, secagg=settings.to_wire(), codec=None, invited=invited,
+                       cohort=None, members=None)
         self.round = SecureRound(task, settings, self.config.sync.target_updates,
                                  min_contributors(self.config), self.secagg.phase_timeout_s,
                                  now)

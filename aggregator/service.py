@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from aggregator.broker_limits import LimitHint, say_at_start
 from aggregator.config import AggregatorConfig
 from aggregator.core import (
     STOPPED_NOTE,
@@ -79,8 +80,15 @@ class Aggregator(ServiceReaders):
                          if config.security.enabled else None)
         self.core = AggregatorCore(config, self.store, now(), self._signed, initial_weights,
                                    arch, evaluate, strategy)
+        # Name the broker's open-file limit at start and while it cannot connect.
+        say_at_start(config.host, config.port, self._known_devices())
+        self.core.schedule.broker_hint = LimitHint(config.host, config.port,
+                                                   self._known_devices)
         self._snapshot = self.core.state.snapshot()
         self._shown = self.core.state.key()
+
+    def _known_devices(self) -> int:
+        return len(self.store.devices())
 
     def run(self, stop: threading.Event | None = None, exit_when_done: bool = True) -> None:
         """Serve until `stop` is set, or until `rounds` versions exist with `exit_when_done`.

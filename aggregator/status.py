@@ -121,7 +121,7 @@ def _round(store: Store, now: float) -> RoundProgress | None:
     return RoundProgress(
         task_id=task.task_id, round=task.round, mode=task.mode,
         model_version=task.model_version,
-        invited=len(task.invited) if task.invited is not None else None,
+        invited=task.invited_count(),
         updates=int(updates), opened_s_ago=now - opened_at,
         deadline_in_s=task.deadline - now if task.deadline is not None else None)
 

@@ -22,6 +22,7 @@ from aggregator.states import TaskState, UpdateState
 from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
 from aggregator.store_devices import DeviceTables
+from aggregator.store_members import TaskMemberTables
 from aggregator.store_rejections import RejectionTables
 from aggregator.store_seal import (
     Seal,
@@ -56,7 +57,7 @@ class StoredModel:
     sha256: str = ""  # as stored when the version was made
 
 
-class Store(DeviceTables, RejectionTables, NoteTables):
+class Store(DeviceTables, RejectionTables, TaskMemberTables, NoteTables):
     """Owned by one thread at a time: built by the caller, then used by the service loop."""
 
     def __init__(self, path: Path) -> None:
@@ -165,17 +166,17 @@ class Store(DeviceTables, RejectionTables, NoteTables):
             self.db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (task.task_id, task.round, task.mode, task.model_version,
                              time.time(), TaskState.OPEN.value, message))
+            self._set_members(task)
 
-    def task_state(self, task_id: str
-                   ) -> tuple[str, int, TaskState, tuple[str, ...] | None] | None:
-        """(mode, model_version, state, invited) of a task, or None if it was never issued;
-        invited is None when the task invited every device."""
+    def task_state(self, task_id: str) -> tuple[str, int, TaskState, Task] | None:
+        """(mode, model_version, state, task as issued) of a task, or None if it was never
+        issued; the task says whom it invited (Task.invites)."""
         row = self.db.execute("SELECT mode, model_version, state, message FROM tasks "
                               "WHERE task_id=?", (task_id,)).fetchone()
         if row is None:
             return None
         task = decode(row[3], expect=Task)
-        return row[0], row[1], TaskState(row[2]), task.invited
+        return row[0], row[1], TaskState(row[2]), self._with_members(task)
 
     def open_task(self) -> tuple[Task, float] | None:
         row = self.db.execute("SELECT message, opened_at FROM tasks WHERE state=? "
@@ -184,7 +185,7 @@ class Store(DeviceTables, RejectionTables, NoteTables):
         if row is None:
             return None
         task = decode(row[0], expect=Task)
-        return task, row[1]
+        return self._with_members(task), row[1]
 
     def abort_task(self, task_id: str) -> None:
         with self._transaction():

@@ -26,6 +26,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     state TEXT NOT NULL,          -- open | closed | aborted
     message BLOB NOT NULL         -- the Task as published
 );
+CREATE TABLE IF NOT EXISTS task_members (
+    task_id TEXT PRIMARY KEY,     -- a task that invites by cohort (its message names no one)
+    members TEXT NOT NULL         -- JSON list: the candidates it invited, as planned
+);
 CREATE TABLE IF NOT EXISTS updates (
     device_id TEXT NOT NULL,
     task_id TEXT NOT NULL,

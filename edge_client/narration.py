@@ -38,7 +38,7 @@ class DeviceNarrator:
         self._connected_since: float | None = None
         self._any_task = False
         self._no_task_said: float | None = None
-        self._tasks_seen: set[str] = set()
+        self._tasks_seen: set[tuple[str, bool]] = set()
         self._duplicate_said: float | None = None
         self._started_wall = time.time()
 
@@ -88,9 +88,10 @@ class DeviceNarrator:
         """A task message: said once per task id."""
         first = not self._any_task
         self._any_task = True
-        if task.task_id in self._tasks_seen:
+        seen = (task.task_id, task.invites(self.me))  # an async task may widen to us
+        if seen in self._tasks_seen:
             return
-        self._tasks_seen.add(task.task_id)
+        self._tasks_seen.add(seen)
         if task.done:
             after = ("leaving once that model is here" if exit_when_done
                      else "staying connected for the next run (exit_when_done = false)")
@@ -101,8 +102,10 @@ class DeviceNarrator:
         elif done_here:
             log.info("%s: task %s is done here already", self.me, task.task_id)
         elif not task.invites(self.me):
-            log.info("%s: task %s (round %d): not invited this time", self.me, task.task_id,
-                     task.round)
+            drawn = (f": not in its cohort ({task.cohort.size} of {task.cohort.candidates} "
+                     f"devices drawn)" if task.cohort is not None else "")
+            log.info("%s: task %s (round %d): not invited this time%s", self.me,
+                     task.task_id, task.round, drawn)
         else:
             log.info("%s: task %s (round %d, model version %d): invited", self.me,
                      task.task_id, task.round, task.model_version)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
+from aggregator.broker_sizing import DEFAULT_UPDATE_CHUNKS, DROP_IN, FleetSize
 from aggregator.service import Aggregator
 from aggregator.store import Store
 from aggregator.store_check import StoreDamaged, check_store
@@ -55,6 +56,12 @@ def add_aggregator_parser(sub: argparse._SubParsersAction) -> None:
     broker.add_argument("--host", default="127.0.0.1", help="broker address and cert name")
     broker.add_argument("--port", type=int, default=8883)
     broker.add_argument("--mtls", action="store_true", help="require client certificates")
+    broker.add_argument("--fleet", type=int, default=None, metavar="N",
+                        help="size queues and the open-file limit for N devices "
+                             "(default: the devices listed)")
+    broker.add_argument("--update-chunks", type=int, default=DEFAULT_UPDATE_CHUNKS,
+                        metavar="K", help="chunks in one update (model bytes / chunk_size; "
+                                          f"default {DEFAULT_UPDATE_CHUNKS})")
     check = actions.add_parser("check", help="is the store whole? (exit 1 when damaged)")
     check.add_argument("--json", action="store_true", help="the report as JSON")
     recover = actions.add_parser("recover", help="back up, rebuild, re-seal a damaged store")
@@ -162,8 +169,13 @@ def _recover(args: argparse.Namespace) -> int:
 def _broker_config(args: argparse.Namespace) -> int:
     config = load_aggregator_file(args.config)[0]
     devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    size = FleetSize(max(1, len(devices)) if args.fleet is None else args.fleet,
+                     args.update_chunks)
     files = write_broker_config(BrokerSecurityPlan(config.federation, devices, args.host,
-                                                   args.port, args.mtls), args.out)
+                                                   args.port, args.mtls, fleet=size), args.out)
     print(f"wrote {files.conf}; passwords in {args.out / 'credentials'}; start it with "
           f"`mosquitto -c {files.conf}`")
+    print(f"sized for {size.devices} devices: max_queued_messages {size.max_queued_messages}; "
+          f"under systemd install {files.drop_in} as /etc/systemd/system/{DROP_IN} "
+          f"(LimitNOFILE={size.open_files})")
     return 0

@@ -5,6 +5,7 @@ through its driver, end it with a version or start it again, or say what it wait
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, ClearRetained
@@ -46,6 +47,9 @@ class RoundSchedule:
         self.versions = versions
         self.publisher = publisher
         self.out = outbox  # the core's: what is decided stays decided if a later step fails
+        # What limit the broker may be at, for the waiting line while not connected; the
+        # shell sets it (aggregator/broker_limits.py reads /proc), the core never does I/O.
+        self.broker_hint: Callable[[], str] = lambda: ""
 
     def tick(self, event: Tick) -> None:
         at, state = event.at, self.state
@@ -56,7 +60,7 @@ class RoundSchedule:
         if not event.connected:
             self.narrator.waiting(Waiting.BROKER, lambda: (state.link_problem, (
                 f"not connected to {self.config.host}:{self.config.port} "
-                f"({state.link_problem})")))
+                f"({state.link_problem}){_hint(self.broker_hint())}")))
         elif state.paused:
             self.narrator.waiting(Waiting.PAUSED, lambda: (None, "training is paused; resume "
                                   "it from the dashboard or POST /api/admin/training"))
@@ -67,7 +71,20 @@ class RoundSchedule:
             if at.mono - state.connected_at >= self.config.presence_settle_s:
                 self.open_task(at)  # retained statuses of online devices are in
         else:
+            self._reinvite(state.task, at)
             self._step_round(state.task, at)
+
+    def _reinvite(self, task: Task, at: Instant) -> None:
+        """Async under [async] concurrency: widen the open task as updates free places
+        (aggregator/concurrency.py); the same task id, re-published and re-stored."""
+        if not self.participation.wants_reinvite(at.wall):
+            return
+        widened = self.participation.reinvite(task, self._candidates(), at.wall)
+        if widened is None:
+            return
+        self.store.reissue_task(widened, encode(widened))
+        self.state.task = widened
+        self.out.append(self.publisher.task(widened))
 
     def _step_round(self, task: Task, at: Instant) -> None:
         """Ask the round's driver; end the round with a version or start it again."""
@@ -139,3 +156,7 @@ class RoundSchedule:
                      "to stop", state.version, why)
         state.done_published = True
         self.store.set_note(FINISHED_NOTE, True)  # `fedge status`: every round is done
+
+
+def _hint(line: str) -> str:
+    return f"; {line}" if line else ""

@@ -136,10 +136,11 @@ class ServicePrivacy:
         as rarely as invited / all devices ever seen). Async: 1, because devices, not a
         random draw, decide when they take part.
         """
-        if task.mode != "sync" or task.invited is None:
+        invited = task.invited_count()
+        if task.mode != "sync" or invited is None:
             return 1.0
         pool = self.config.population or available
-        return min(1.0, len(task.invited) / pool) if pool > 0 else 1.0
+        return min(1.0, invited / pool) if pool > 0 else 1.0
 
     def _planned_multiplier(self) -> float:
         """z for the budget check: in distributed mode as if only the fewest updates that

@@ -43,9 +43,14 @@ def test_a_broker_out_of_file_descriptors_is_named_in_the_log(tmp_path):
             f'port = {port}\ndb_path = "{tmp_path / "agg.sqlite3"}"\n'
             f'[model]\nsizes = [8, 4, 3]\n')
         serve = LoggedFedge("aggregator", "serve", "--config", str(tmp_path / "aggregator.toml"))
+        start = serve.wait_for("broker limits:", 30)  # read from the broker's /proc entry
+        assert f"mosquitto (pid {broker.pid}) may keep 12 files open" in start
+        assert "raise its LimitNOFILE" in start and "WARNING" in start
         line = serve.wait_for("closed the connection before accepting it", 30)
         assert "open-file limit" in line and "max_connections" in line
-        serve.wait_for("waiting for the broker: not connected to 127.0.0.1", 30)
+        waiting = serve.wait_for("waiting for the broker: not connected to 127.0.0.1", 30)
+        assert "may keep 12 files open" in waiting and "it is at that limit" in waiting
+        assert "--fleet N" in waiting
     finally:
         if serve is not None:
             serve.stop()

@@ -4,6 +4,7 @@ federation's rounds, and retained junk is cleared once instead of re-read at eve
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -48,9 +49,9 @@ def _status(device: str, at: float | None = None, online: bool = True) -> bytes:
                          time=time.time() if at is None else at))
 
 
-def _rows(db_path, query: str) -> list[tuple]:
+def _rows(db_path, query: str, args: tuple = ()) -> list[tuple]:
     with sqlite3.connect(db_path) as db:
-        return db.execute(query).fetchall()
+        return db.execute(query, args).fetchall()
 
 
 def _counter(db_path, name: str) -> int:
@@ -141,12 +142,27 @@ def _retained(broker, topic_filter: str, quiet_s: float = 0.5) -> dict[str, byte
 
 
 def _invitations(db_path) -> list[tuple[str, ...]]:
-    """Who the rounds that ended invited."""
+    """Who the rounds that ended invited, as the aggregator planned them (a task's
+    message carries a cohort, not the ids: docs/protocol.md)."""
     with sqlite3.connect(db_path) as db:
-        rows = db.execute("SELECT message FROM tasks WHERE state != 'open' "
+        rows = db.execute("SELECT m.members FROM tasks t JOIN task_members m USING "
+                          "(task_id) WHERE t.state != 'open' ORDER BY t.opened_at").fetchall()
+    return [tuple(json.loads(r[0])) for r in rows]
+
+
+def _outsider_of_a_closed_round(db_path) -> tuple[str, str]:
+    """A closed round, and a device id its cohort leaves out (not one that invited
+    every device)."""
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute("SELECT task_id, message FROM tasks WHERE state = 'closed' "
                           "ORDER BY opened_at").fetchall()
-    tasks = [decode(r[0], expect=Task) for r in rows]
-    return [t.invited or () for t in tasks if isinstance(t, Task)]
+    for task_id, message in rows:
+        task = decode(message, expect=Task)
+        outsider = next((f"mallory-{i}" for i in range(200)
+                         if not task.invites(f"mallory-{i}")), None)
+        if outsider is not None:
+            return task_id, outsider
+    raise AssertionError("every closed round invited every device")
 
 
 def _states(db_path) -> list[str]:
@@ -177,10 +193,10 @@ def test_plain_mode_ghosts_cannot_hold_rounds_and_retained_junk_is_read_once(
         for device in ghosts:  # "online, eligible", retained, none of them real
             publish(attacker, _status_topic(device), _status(device), retain=True)
         wait_until(lambda: agg.version >= 12, 20, "eleven versions beside the ghosts")
-        closed = _rows(db, "SELECT task_id FROM tasks WHERE state = 'closed' LIMIT 1")[0][0]
-        _send_update(attacker, data, "mallory", closed)  # never invited to that round
-        wait_until(lambda: _rows(db, "SELECT reason FROM rejections WHERE device_id = "
-                                     "'mallory'") == [("device was not invited to this round",)],
+        closed, mallory = _outsider_of_a_closed_round(db)
+        _send_update(attacker, data, mallory, closed)  # never invited to that round
+        wait_until(lambda: _rows(db, "SELECT reason FROM rejections WHERE device_id = ?",
+                                 (mallory,)) == [("device was not invited to this round",)],
                    10, "mallory's late update refused")
         runs[0].halt()
         invited = [d for task in _invitations(db) for d in task if d.startswith("ghost")]

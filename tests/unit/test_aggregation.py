@@ -53,7 +53,7 @@ def test_sync_waits_for_devices_then_over_selects():
     rounds = SyncRounds(cfg)
     assert rounds.plan(1, 0, ["a"], now=0.0) is None  # 1 of 2, not waited long enough
     task = rounds.plan(1, 0, ["a", "b", "c", "d"], now=1.0)
-    assert task is not None and len(task.invited) == 3  # ceil(2 * 1.5)
+    assert task is not None and len(task.expected()) == 3  # ceil(2 * 1.5)
     assert task.deadline == 1.0 + cfg.sync.round_timeout_s
 
 
@@ -62,7 +62,7 @@ def test_sync_opens_with_fewer_devices_after_waiting():
                                            wait_for_devices_s=10))
     rounds = SyncRounds(cfg)
     assert rounds.plan(1, 0, ["a", "b"], now=0.0) is None
-    assert rounds.plan(1, 0, ["a", "b"], now=11.0).invited == ("a", "b")
+    assert rounds.plan(1, 0, ["a", "b"], now=11.0).expected() == ("a", "b")
 
 
 def test_sync_closes_at_target_or_deadline():
@@ -114,14 +114,16 @@ def test_bad_deadline_growth_settings_are_refused(fields, message):
 
 
 def test_sync_verdicts():
-    rounds = SyncRounds(AggregatorConfig())
+    rounds = SyncRounds(AggregatorConfig(sync=SyncConfig(target_updates=2)))
     task = rounds.plan(1, 0, ["a", "b", "c", "d", "e"], now=0.0)
     info = TaskInfo("sync", 0, "open")
-    assert rounds.judge(_update("a", task.task_id), info, task, 0).ack == "accepted"
-    late = rounds.judge(_update("a", "old"), TaskInfo("sync", 0, "closed"), task, 1)
+    member = task.expected()[0]
+    outsider = next(d for d in "abcde" if not task.invites(d))
+    assert rounds.judge(_update(member, task.task_id), info, task, 0).ack == "accepted"
+    late = rounds.judge(_update(member, "old"), TaskInfo("sync", 0, "closed"), task, 1)
     assert (late.ack, late.state) == ("late", "late")
-    assert rounds.judge(_update("zz", task.task_id), info, task, 0).ack == "rejected"
-    assert rounds.judge(_update("a", task.task_id, base=5), info, task, 0).ack == "rejected"
+    assert rounds.judge(_update(outsider, task.task_id), info, task, 0).ack == "rejected"
+    assert rounds.judge(_update(member, task.task_id, base=5), info, task, 0).ack == "rejected"
 
 
 def test_async_staleness_limit_and_weights():

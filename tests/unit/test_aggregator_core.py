@@ -102,9 +102,9 @@ def test_a_round_makes_a_version_publishes_the_model_and_opens_the_next(tmp_path
     task = h.connect(["dev-0", "dev-1", "dev-2"])
     subscribed = [a.topic for a in h.actions if isinstance(a, Subscribe)]
     assert subscribed == [TOPICS.all_updates, TOPICS.all_statuses]
-    assert task.mode == "sync" and len(task.invited) == 2
+    assert task.mode == "sync" and len(task.expected()) == 2
     assert task.deadline == h.clock.wall + 60  # the scripted wall clock, not the real one
-    acks = [a for d in task.invited for a in h.upload(update(d, task, 0.2))]
+    acks = [a for d in task.expected() for a in h.upload(update(d, task, 0.2))]
     assert [a.status for a in acks] == ["accepted", "accepted"]
     assert h.core.state.version == 0  # nothing aggregates between ticks
     out = h.tick(1.0)
@@ -117,7 +117,7 @@ def test_a_round_makes_a_version_publishes_the_model_and_opens_the_next(tmp_path
     [following] = tasks(out)
     assert following.round == 2 and following.model_version == 1
     row = h.store.model_history()[-1]
-    assert row.updates == 2 and row.devices == tuple(sorted(task.invited))
+    assert row.updates == 2 and row.devices == tuple(sorted(task.expected()))
     snapshot = h.core.state.snapshot()
     assert snapshot.history[-1].version == 1 and snapshot.task == following
     with pytest.raises(TypeError):
@@ -137,12 +137,12 @@ def test_a_resend_is_acked_as_a_duplicate_and_stored_once(tmp_path):
 def test_an_update_after_its_round_closed_is_acked_late_and_not_aggregated(tmp_path):
     h = Harness(tmp_path)
     task = h.connect(["dev-0", "dev-1", "dev-2"])
-    h.upload(update(task.invited[0], task))
-    h.upload(update(task.invited[1], task))
+    h.upload(update(task.expected()[0], task))
+    h.upload(update(task.expected()[1], task))
     h.tick(1.0)  # version 1; round 2 opens
-    [late] = h.upload(update(task.invited[0], task, nonce="resent-late"))
+    [late] = h.upload(update(task.expected()[0], task, nonce="resent-late"))
     assert late.status == "duplicate"  # the same device and task: already stored
-    missing = next(d for d in ["dev-0", "dev-1", "dev-2"] if d not in task.invited)
+    missing = next(d for d in ["dev-0", "dev-1", "dev-2"] if d not in task.expected())
     [refused] = h.upload(update(missing, task))
     assert refused.status == "rejected" and "not invited" in refused.reason
     h2 = Harness(tmp_path / "b", sync=SyncConfig(target_updates=2, min_fraction=0.5,
@@ -246,7 +246,7 @@ def test_a_retained_update_chunk_is_cleared_and_a_bad_status_refused(tmp_path):
 def test_every_version_is_done_then_devices_are_told_to_stop(tmp_path):
     h = Harness(tmp_path, rounds=1)
     task = h.connect(["dev-0", "dev-1"])
-    for device in task.invited:
+    for device in task.expected():
         h.upload(update(device, task))
     out = h.tick(1.0)
     assert any(isinstance(a, VersionMade) for a in out) and tasks(out) == []

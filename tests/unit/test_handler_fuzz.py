@@ -103,7 +103,7 @@ def _aggregator(tmp_path, signed: bool, secagg: bool = False) -> Aggregator:
         agg.store.enroll(device, KEYS[device].public_text)
     agg.available = set(DEVICES)  # not through statuses: those are fuzzed below
     agg.core.open_task(now())
-    assert agg.core.state.task is not None and agg.core.state.task.invited == DEVICES
+    assert agg.core.state.task is not None and agg.core.state.task.expected() == DEVICES
     return agg
 
 

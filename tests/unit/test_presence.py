@@ -168,8 +168,8 @@ def test_invitations_are_topped_up_with_proven_devices():
     ghosts = [f"ghost-{i:03d}" for i in range(300)]
     proven = {"a", "b", "c"}
     task = rounds.plan(1, 0, sorted([*ghosts, *proven]), now=0.0, proven=proven)
-    assert task is not None and proven <= set(task.invited)
-    assert len(task.invited) <= 6  # at most as many newcomers again as the round needs
+    assert task is not None and proven <= set(task.expected())
+    assert len(task.expected()) <= 6  # at most as many newcomers again as the round needs
 
 
 def test_without_newcomers_the_draw_is_what_it_always_was():
@@ -177,12 +177,13 @@ def test_without_newcomers_the_draw_is_what_it_always_was():
     online = ["a", "b", "c", "d", "e"]
     plain = SyncRounds(config).plan(1, 0, online, now=0.0)
     topped = SyncRounds(config).plan(1, 0, online, now=0.0, proven=set(online))
-    assert plain.invited == topped.invited and len(plain.invited) == 2
+    assert plain.expected() == topped.expected() and len(plain.expected()) == 2
+    assert plain.cohort == topped.cohort and topped.invited is None
 
 
 def test_a_closed_round_refuses_updates_from_devices_it_never_invited():
     rounds = SyncRounds(AggregatorConfig())
-    closed = TaskInfo("sync", 0, "closed", invited=("a", "b"))
+    closed = TaskInfo("sync", 0, "closed", task=_task("t1", ("a", "b")))
     assert rounds.judge(_update("a", "t1"), closed, None, 1).ack == "late"
     verdict = rounds.judge(_update("mallory", "t1"), closed, None, 1)
     assert verdict.ack == "rejected" and verdict.reason == "device was not invited to this round"
@@ -193,8 +194,9 @@ def test_task_state_reports_who_a_task_invited(store):
     store.add_task(task, encode(task))
     store.add_task(_task("v1-async", None, mode="async"), encode(_task("v1-async", None,
                                                                         mode="async")))
-    assert store.task_state("t1") == ("sync", 0, "closed", ("a", "b"))
-    assert store.task_state("v1-async")[3] is None
+    assert store.task_state("t1")[:3] == ("sync", 0, "closed")
+    assert store.task_state("t1")[3].invited == ("a", "b")
+    assert store.task_state("v1-async")[3].invites("anyone")
 
 
 @pytest.mark.parametrize(("table", "message"), [

@@ -20,6 +20,7 @@ from edge_client.shared.protocol.bounds import (
     describe,
     is_number,
 )
+from edge_client.shared.protocol.cohort import EVERYONE, Cohort
 from edge_client.shared.protocol.errors import MAX_REASON, RemoteProtocolError
 from edge_client.shared.protocol.fields import Fields
 from edge_client.shared.protocol.message_types import (
@@ -36,6 +37,7 @@ from edge_client.shared.protocol.states import ACK_STATUSES, AckStatus, RoundMod
 from edge_client.shared.protocol.tensors import decode_tensors
 
 ROUND_MODES = tuple(m.value for m in RoundMode)
+TASK_VERSION = 2  # tasks that may carry a cohort (messages.py)
 
 
 def _task_from(f: Fields, _max: int) -> Task:
@@ -45,6 +47,7 @@ def _task_from(f: Fields, _max: int) -> Task:
     invited = f.list("invited", optional=True)
     if invited is not None:
         invited = tuple(f.check_device(d, "invited") for d in invited)
+    cohort = _cohort_from(f) if f.obj.get("v") == TASK_VERSION else None
     t = f.sub("train")
     try:
         train = TrainConfig(epochs=t.int("epochs", maximum=MAX_EPOCHS),
@@ -58,7 +61,19 @@ def _task_from(f: Fields, _max: int) -> Task:
                 deadline=f.float("deadline", optional=True), invited=invited,
                 chunk_size=f.int("chunk_size", minimum=512, maximum=MAX_CHUNK_SIZE),
                 done=f.bool("done"), codec=f.map("codec", optional=True),
-                dp=f.map("dp", optional=True), secagg=f.map("secagg", optional=True))
+                dp=f.map("dp", optional=True), secagg=f.map("secagg", optional=True),
+                cohort=cohort)
+
+
+def _cohort_from(f: Fields) -> Cohort | None:
+    """A task's cohort (cohort.py): every field an integer in its range."""
+    if f.raw_map("cohort", optional=True) is None:
+        return None
+    c = f.sub("cohort")
+    candidates = c.int("candidates")
+    return Cohort(seed=c.int("seed", maximum=EVERYONE - 1),
+                  cutoff=c.int("cutoff", maximum=EVERYONE),
+                  size=c.int("size", maximum=candidates), candidates=candidates)
 
 
 def _update_from(f: Fields, max_elements: int) -> Update:

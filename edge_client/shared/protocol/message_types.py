@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_client.shared.protocol.cohort import Cohort
 from edge_client.shared.protocol.errors import LocalProtocolError
 from edge_client.shared.protocol.states import ACK_STATUSES, AckStatus
 from edge_client.shared.protocol.tensors import Weights
@@ -24,15 +25,42 @@ class Task:
     model_version: int
     train: TrainConfig
     deadline: float | None = None  # unix time; updates after it are late (sync mode)
-    invited: tuple[str, ...] | None = None  # None: every device may take part
+    # Who may take part: the devices `invited` by name and those in the `cohort` both
+    # sides derive from a seed (cohort.py); when both are None, every device. Secure
+    # rounds and the done task list names only; plain rounds draw a cohort and name only
+    # proven devices that top the round up.
+    invited: tuple[str, ...] | None = None
     chunk_size: int = 65536
     done: bool = False  # the federation has finished; devices may stop
     codec: dict[str, Any] | None = None  # how to encode updates (codec config); None: dense
     dp: dict[str, Any] | None = None  # distributed DP: clip and noise (codecs.dp.DeviceDp)
     secagg: dict[str, Any] | None = None  # secure aggregation round (secagg.task.SecAggTask)
+    cohort: Cohort | None = None
+    # The aggregator's own record of the candidates inside the cohort when it planned the
+    # task (no-shows, what a round waits for); never sent, None once decoded.
+    members: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     def invites(self, device_id: str) -> bool:
-        return self.invited is None or device_id in self.invited
+        if self.invited is None and self.cohort is None:
+            return True
+        if self.invited is not None and device_id in self.invited:
+            return True
+        return self.cohort is not None and self.cohort.includes(device_id)
+
+    def expected(self) -> tuple[str, ...] | None:
+        """The devices the aggregator counts on: the cohort's members as planned (with
+        those named), else the names; None when every device may come, or when a
+        cohort's plan is not known (a task read back after a restart)."""
+        if self.cohort is None:
+            return self.invited
+        return self.members
+
+    def invited_count(self) -> int | None:
+        """How many devices were invited; None: every device may come."""
+        named = len(self.invited) if self.invited is not None else 0
+        if self.cohort is None:
+            return None if self.invited is None else named
+        return self.cohort.size + named
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from edge_client.shared.protocol.bounds import (  # noqa: F401  (re-exported)
     describe,
     is_int,
 )
-from edge_client.shared.protocol.decoding import DECODERS
+from edge_client.shared.protocol.decoding import DECODERS, TASK_VERSION
 from edge_client.shared.protocol.errors import (
     LocalProtocolError,
     RemoteProtocolError,
@@ -39,6 +39,11 @@ from edge_client.shared.protocol.states import ACK_STATUSES, AckStatus  # noqa: 
 from edge_client.shared.protocol.tensors import encode_tensors
 
 PROTOCOL_VERSION = 1
+# Tasks are at TASK_VERSION (2): they may invite by cohort (cohort.py) instead of listing
+# every invited device, and a device that does not know cohorts must refuse them, not
+# train for a task that may not invite it. Version 1 tasks (older aggregators) decode.
+VERSIONS = {"task": (1, TASK_VERSION)}  # per kind; every other kind: (PROTOCOL_VERSION,)
+KNOWN_VERSIONS = (PROTOCOL_VERSION, TASK_VERSION)
 
 M = TypeVar("M", Task, Update, Model, ModelManifest, Ack, Status)
 
@@ -52,8 +57,8 @@ def encode(message: Message) -> bytes:
     if body is None:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}")
     kind, to_map = body
-    return msgpack.packb({"v": PROTOCOL_VERSION, "kind": kind, **to_map(message)},
-                         use_bin_type=True)
+    version = TASK_VERSION if kind == "task" else PROTOCOL_VERSION
+    return msgpack.packb({"v": version, "kind": kind, **to_map(message)}, use_bin_type=True)
 
 
 def _task_map(t: Task) -> dict[str, Any]:
@@ -62,7 +67,7 @@ def _task_map(t: Task) -> dict[str, Any]:
         "model_version": t.model_version, "deadline": t.deadline,
         "invited": list(t.invited) if t.invited is not None else None,
         "chunk_size": t.chunk_size, "done": t.done, "codec": t.codec, "dp": t.dp,
-        "secagg": t.secagg,
+        "secagg": t.secagg, "cohort": None if t.cohort is None else t.cohort.to_wire(),
         "train": {"epochs": t.train.epochs, "batch_size": t.train.batch_size,
                   "lr": t.train.lr, "momentum": t.train.momentum,
                   "prox_mu": t.train.prox_mu},
@@ -125,8 +130,9 @@ _ENCODERS: dict[type, tuple[str, Any]] = {
 # ---------------------------------------------------------------- decoding
 
 
-def unpack_map(data: bytes) -> dict[str, Any]:
-    """Parse untrusted bytes into a map; msgpack bounds every length by len(data)."""
+def unpack_map(data: bytes, versions: tuple[int, ...] = (PROTOCOL_VERSION,)) -> dict[str, Any]:
+    """Parse untrusted bytes into a map; msgpack bounds every length by len(data).
+    `versions`: the protocol versions accepted (the kind's are checked by `decode`)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise RemoteProtocolError("payload is not bytes")
     try:
@@ -137,10 +143,14 @@ def unpack_map(data: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise RemoteProtocolError("payload is not a map")
     version = obj.get("v")
-    if not is_int(version) or version != PROTOCOL_VERSION:  # True == 1, 1.0 == 1: not ours
+    if not is_int(version) or version not in versions:  # True == 1, 1.0 == 1: not ours
         raise RemoteProtocolError(f"unsupported protocol version {describe(version)} "
-                                  f"(this side speaks {PROTOCOL_VERSION})")
+                                  f"(this side speaks {_spoken(versions)})")
     return obj
+
+
+def _spoken(versions: tuple[int, ...]) -> str:
+    return " or ".join(str(v) for v in versions)
 
 
 @overload
@@ -161,10 +171,14 @@ def decode(data: bytes, expect: type | None = None,
     Total: whatever `data` is, the result is a message whose every field is in range, or
     a RemoteProtocolError with a reason; never any other exception.
     """
-    obj = unpack_map(data)
+    obj = unpack_map(data, KNOWN_VERSIONS)
     kind = obj.get("kind")
     if not isinstance(kind, str) or kind not in DECODERS:
         raise RemoteProtocolError(f"unknown message kind {describe(kind)}")
+    versions = VERSIONS.get(kind, (PROTOCOL_VERSION,))
+    if obj["v"] not in versions:
+        raise RemoteProtocolError(f"unsupported protocol version {obj['v']} for a {kind} "
+                                  f"(this side speaks {_spoken(versions)})")
     cls, from_map = DECODERS[kind]
     if expect is not None and cls is not expect:
         raise RemoteProtocolError(f"expected a message of kind {_kind_of(expect)!r}, "

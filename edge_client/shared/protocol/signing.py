@@ -20,7 +20,7 @@ import msgpack
 
 from edge_client.shared.protocol.bounds import describe
 from edge_client.shared.protocol.errors import LocalProtocolError, RemoteProtocolError
-from edge_client.shared.protocol.messages import PROTOCOL_VERSION, unpack_map
+from edge_client.shared.protocol.messages import KNOWN_VERSIONS, PROTOCOL_VERSION, unpack_map
 
 SIGNED_KIND = "signed"
 DOMAIN = b"fedge/signed/v1\x00"
@@ -63,7 +63,7 @@ def _check_body(body: bytes) -> None:
     if not isinstance(body, bytes | bytearray | memoryview):
         raise LocalProtocolError("seal: body must be bytes")
     try:
-        kind = unpack_map(body).get("kind")
+        kind = unpack_map(body, KNOWN_VERSIONS).get("kind")
     except RemoteProtocolError as exc:
         raise LocalProtocolError(f"seal: body is not an encoded fedge message: {exc}") from None
     if not isinstance(kind, str) or kind == SIGNED_KIND:
