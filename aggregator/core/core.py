@@ -11,9 +11,10 @@ the narrator.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aggregator.anomalies import AnomalyWatch
 from aggregator.config import AggregatorConfig
@@ -116,6 +117,8 @@ class AggregatorCore:
         was decided before the failure."""
         if isinstance(event, Tick):
             self._now = event.at
+            if self.presence.write_due(event.at.mono):
+                self.presence.write()  # soft state: no fsync of its own
             self.schedule.tick(event)
         elif isinstance(event, UpdateChunk):
             self._now = event.at
@@ -141,6 +144,21 @@ class AggregatorCore:
             self.versions.strategy = self.strategy_named(event.name)
             log.warning("aggregator: strategy %s from the next version on", event.name)
         return self.drain()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Handle a batch of events inside this block as one group commit
+        (aggregator/ingest_batch.py): updates, rejections and counters commit together,
+        statuses ride along when the commit stores an update. The caller performs the
+        batch's actions (its acks) only after the block exits without error."""
+        with self.store.group():
+            yield
+            if self.store.group_durable():
+                self.presence.write()  # the fsync is paid anyway
+
+    def write_soft_state(self) -> None:
+        """Write what is kept only in memory so far (statuses): on a clean stop."""
+        self.presence.write()
 
     def drain(self) -> list[Action]:
         out = list(self._out)
@@ -189,7 +207,7 @@ class AggregatorCore:
             if event.retained:
                 self._out.append(ClearRetained(event.topic))
             return
-        self.presence.on_status(status, event.at.mono)
+        self.presence.on_status(status, event.at.mono, event.at.wall)
         self.twins.status(status)
 
     def _on_secagg(self, event: SecAggChunk) -> None:

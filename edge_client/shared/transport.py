@@ -44,6 +44,9 @@ class Inbound:
     topic: str
     payload: bytes
     retained: bool
+    mid: int = 0  # for a manual ack (MqttLink.ack); 0 when paho acknowledged it itself
+    qos: int = 0
+    session: int = 0  # which connection brought it: a mid means nothing on another
 
 
 LinkEvent = Connected | Disconnected | Inbound
@@ -82,7 +85,7 @@ class MqttLink:
                  keepalive_s: int = 30, will: Will | None = None,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0,
                  tls: TlsConfig | None = None, credentials: Credentials | None = None,
-                 max_unconfirmed: int = 5000) -> None:
+                 max_unconfirmed: int = 5000, manual_ack: bool = False) -> None:
         self.host, self.port = host, port
         # Unconfirmed QoS 1 publishes paho may hold: past it, publish() refuses messages
         # that are not retained (acks), so answering a flood cannot grow without bound
@@ -104,6 +107,12 @@ class MqttLink:
         self._client = _new_client(client_id, will, tls, credentials, reconnect_min_s,
                                    reconnect_max_s)
         paho_compat.bind_callbacks(self._client, self._on_connect, self._on_disconnect)
+        # Manual acks (the aggregator; paho 2.x): a received message is acknowledged to the
+        # broker only when the owner has taken it in (`ack`), so a burst waits in the
+        # broker's in-flight window and queue, not in our memory. Devices keep paho's
+        # own acks.
+        self.manual_ack = manual_ack and paho_compat.enable_manual_ack(self._client)
+        self._session = 0  # connections so far: a mid belongs to one of them
         self._client.on_connect_fail = self._on_connect_fail
         self.connect_failures = 0  # in a row; a wrong host or port shows in the log
         self.refusals = 0  # connections in a row the broker closed or refused unaccepted
@@ -121,6 +130,7 @@ class MqttLink:
             return
         with self._lock:
             filters = sorted(self._filters)
+            self._session += 1
         for topic in filters:
             self._client.subscribe(topic, qos=1)
         self.connect_failures = 0
@@ -148,7 +158,11 @@ class MqttLink:
     def _on_message(self, client: mqtt.Client, userdata: object,
                     message: mqtt.MQTTMessage) -> None:
         self.bytes_in += len(message.payload)
-        event = Inbound(message.topic, bytes(message.payload), bool(message.retain))
+        if self.manual_ack:
+            event = Inbound(message.topic, bytes(message.payload), bool(message.retain),
+                            message.mid, message.qos, self._session)
+        else:
+            event = Inbound(message.topic, bytes(message.payload), bool(message.retain))
         if isinstance(self.events, Inbox):
             self.events.put(event, while_waiting=self._write_pending)
         else:
@@ -229,6 +243,17 @@ class MqttLink:
         if isinstance(sock, socket.socket):  # TCP, or TLS (an SSLSocket is one)
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def ack(self, event: object) -> None:
+        """With manual acks: tell the broker we took in `event` (a received QoS 1
+        message), so it sends the next one. Not for a message of an earlier connection:
+        the broker forgot it (clean session), and its mid may name another by now."""
+        if not self.manual_ack or not isinstance(event, Inbound) or event.qos == 0:
+            return
+        with self._lock:
+            current = event.session == self._session
+        if current and self.connected:
+            self._client.ack(event.mid, event.qos)
 
     @property
     def connected(self) -> bool:
