@@ -39,8 +39,9 @@ from aggregator.inbound import core_event_of
 from aggregator.ingest_batch import BatchBounds
 from aggregator.limits import service_inbox
 from aggregator.service_readers import ServiceReaders
-from aggregator.store import GroupLost, Store
+from aggregator.store import Store
 from aggregator.store_check import refuse_if_damaged
+from aggregator.store_group import GroupLost
 from aggregator.strategy import Strategy
 from edge_client.shared.identity import load_or_create_identity
 from edge_client.shared.protocol import RemoteProtocolError, Topics, Weights

@@ -8,22 +8,20 @@ of `Store` kept in their own files.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aggregator.states import TaskState, UpdateState
-from aggregator.store_base import SCHEMA, GroupState, NoteTables
+from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
 from aggregator.store_devices import DeviceTables
+from aggregator.store_group import GroupCommits
 from aggregator.store_rejections import RejectionTables
 from aggregator.store_seal import (
     Seal,
@@ -39,11 +37,6 @@ from edge_client.shared.protocol import Task, Update, decode
 log = logging.getLogger(__name__)
 
 
-class GroupLost(OSError):
-    """A group commit failed or SQLite rolled it back by itself: nothing of the batch
-    was stored, and none of its acks may be sent."""
-
-
 @dataclass(frozen=True)
 class StoredModel:
     version: int
@@ -52,7 +45,7 @@ class StoredModel:
     sha256: str = ""  # as stored when the version was made
 
 
-class Store(DeviceTables, RejectionTables, NoteTables):
+class Store(GroupCommits, DeviceTables, RejectionTables, NoteTables):
     """Owned by one thread at a time: built by the caller, then used by the service loop."""
 
     def __init__(self, path: Path) -> None:
@@ -65,15 +58,12 @@ class Store(DeviceTables, RejectionTables, NoteTables):
         self._seal: SealWriter | None = None
         self._sealed = Seal(0, -1, "")
         self.commits = 0  # group commits made (Store.group): for tests and benchmarks
-        self._wal_fd: int | None = None  # the WAL, kept open to fsync it (Store.group)
 
     def close(self) -> None:
         if self._seal is not None:
             self._seal.close()
             self._seal = None
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
-            self._wal_fd = None
+        self._close_wal()
         self.db.close()
 
     # ------------------------------------------------------------ seal
@@ -111,63 +101,6 @@ class Store(DeviceTables, RejectionTables, NoteTables):
         self._sealed = Seal(s.updates + updates, s.version if version is None else version,
                             sha256 or s.sha256)
         self._seal.write(self._sealed.updates, self._sealed.version, self._sealed.sha256)
-
-    # ------------------------------------------------------------ group commit
-    @contextlib.contextmanager
-    def group(self) -> Iterator[None]:
-        """One transaction for a batch of messages: every write inside (updates,
-        rejections, statuses, counters) commits together, with one fsync of the WAL, or
-        with none when the batch holds only writes that acknowledge nothing
-        (`_soft_writes`). SQLite fixes the sync level before a transaction begins, so the
-        group commits at synchronous=NORMAL (no fsync) and fsyncs the WAL itself when it
-        holds more: in WAL mode that is what synchronous=FULL does at each commit. The
-        seal follows once that returned, so it never says more than the store holds.
-        The caller sends the batch's acks only after this block exits without error.
-
-        Raises GroupLost when the commit failed or SQLite gave up the transaction (disk
-        full, I/O error): the batch's writes are gone, and its acks must not be sent."""
-        if self._group is not None or self.db.in_transaction:
-            raise RuntimeError("Store.group: a transaction is open already")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-            group = self._group = GroupState(self.db.total_changes)
-            try:
-                yield
-                if not self.db.in_transaction:
-                    raise GroupLost("the store rolled back a batch (disk full or an I/O "
-                                    "error?)")
-                durable = self.group_durable()
-                try:
-                    self.db.execute("COMMIT")
-                    if durable:
-                        self._sync_wal()
-                except (sqlite3.Error, OSError) as exc:
-                    raise GroupLost(f"the store could not commit a batch: {exc}") from exc
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
-            finally:
-                self._group = None
-        finally:
-            self.db.execute("PRAGMA synchronous=FULL")
-        self.commits += 1
-        if group.updates or group.version is not None:
-            version, sha256 = group.version or (None, "")
-            self._reseal(group.updates, version, sha256)
-
-    def _sync_wal(self) -> None:
-        """fsync the WAL: what a synchronous=FULL commit does, after a NORMAL one."""
-        if self._wal_fd is None:
-            self._wal_fd = os.open(str(self.path) + "-wal", os.O_RDONLY)
-        os.fsync(self._wal_fd)
-
-    def group_durable(self) -> bool:
-        """Whether the open group holds a write that needs its fsync (an update, say)."""
-        group = self._group
-        return group is not None and \
-            self.db.total_changes - group.changes_at_start > group.soft_changes
 
     # ------------------------------------------------------------ models
     def add_model(self, version: int, blob: bytes, sha256: str, info: dict[str, Any],
