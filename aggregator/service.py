@@ -150,8 +150,8 @@ class Aggregator(ServiceReaders):
                     self.link.ack(event)  # taken in: the broker may send the next
                     self.batch.took()
                     actions += self._handle_one(event)
-                    if self.batch.full():
-                        break
+                    if self.batch.full() or self.core.round_due():
+                        break  # a round due: its tick must come before the next update
                     try:
                         event = self.events.get_nowait()
                     except queue.Empty:

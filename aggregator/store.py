@@ -57,7 +57,7 @@ class Store(GroupCommits, DeviceTables, RejectionTables, NoteTables):
         self.db.executescript(SCHEMA)
         self._seal: SealWriter | None = None
         self._sealed = Seal(0, -1, "")
-        self.commits = 0  # group commits made (Store.group): for tests and benchmarks
+        self.commits = 0  # fsync'd group commits (Store.group): for tests and benchmarks
 
     def close(self) -> None:
         if self._seal is not None:

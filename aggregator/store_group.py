@@ -50,6 +50,7 @@ class GroupCommits(Tables):
         if self._group is not None or self.db.in_transaction:
             raise RuntimeError("Store.group: a transaction is open already")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        durable = False
         try:
             self.db.execute("BEGIN IMMEDIATE")
             group = self._group = GroupState(self.db.total_changes)
@@ -73,7 +74,7 @@ class GroupCommits(Tables):
                 self._group = None
         finally:
             self.db.execute("PRAGMA synchronous=FULL")
-        self.commits += 1
+        self.commits += durable
         if group.updates or group.version is not None:
             version, sha256 = group.version or (None, "")
             self._reseal(group.updates, version, sha256)

@@ -45,6 +45,7 @@ from aggregator.participation import Participation, participation_for
 from aggregator.presence import Presence
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureRounds, forget_secure_round
+from aggregator.states import RoundDue
 from aggregator.status import BROKER_NOTE, FINISHED_NOTE
 from aggregator.status_gate import StatusGate
 from aggregator.store import Store
@@ -155,6 +156,15 @@ class AggregatorCore:
             yield
             if self.store.group_durable():
                 self.presence.write()  # the fsync is paid anyway
+
+    def round_due(self) -> bool:
+        """Whether the open round (or async buffer) has the updates it waits for. The
+        service ends its batch there, so that the round closes at the next tick exactly
+        as if every message were followed by one: a buffer of K aggregates K updates,
+        and the update after a round's target is late."""
+        task = self.state.task
+        return task is not None and not self.state.paused and self.participation.due(
+            len(self.state.pending), task, self._now.wall) is RoundDue.AGGREGATE
 
     def write_soft_state(self) -> None:
         """Write what is kept only in memory so far (statuses): on a clean stop."""

@@ -207,3 +207,23 @@ def test_statuses_wait_in_memory_and_are_written_after_write_every_s(tmp_path):
 def test_write_every_s_is_checked():
     with pytest.raises(ConfigError, match=r"presence\.write_every_s must be > 0"):
         load_aggregator_config({"presence": {"write_every_s": 0}})
+
+
+def test_a_batch_ends_when_the_round_has_its_updates(tmp_path):
+    """As if a tick followed every message: the update after the target is late."""
+    config = AggregatorConfig(federation="core", db_path=tmp_path / "a.sqlite3",
+                              sync=SyncConfig(target_updates=3, min_fraction=1.0,
+                                              over_selection=1.0))
+    agg = Aggregator(config, initial_weights=WEIGHTS)
+    agg.link = FakeLink()
+    agg.available = set(DEVICES)
+    agg.core.open_task(now())
+    task = agg.core.state.task
+    chunks = [Inbound(TOPICS.update(d), c, False) for d in task.invited
+              for c in split(encode(update(d, task)), f"{d}-{task.task_id}", 1024)]
+    for event in chunks[1:]:
+        agg.events.put(event)
+    agg._serve_batch(chunks[0])
+    assert len(task.invited) == 6 and len(chunks) == 6  # one chunk each
+    assert agg.store.count_updates() == 3 and agg.events.qsize() == 3  # the rest wait
+    agg.store.close()
