@@ -53,6 +53,10 @@ class Burst:
                 if not task.done:
                     return task
 
+    def forget_task(self) -> None:
+        """Before a restart: `task()` then waits for the task published again."""
+        self._tasks.drain()
+
     def make_updates(self, task: Task) -> None:
         for device in self.devices:
             nonce = uuid.uuid4().hex

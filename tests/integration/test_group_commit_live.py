@@ -4,6 +4,7 @@ with SIGKILL during such a burst has every update it acked in its store after re
 
 from __future__ import annotations
 
+import itertools
 import random
 import sqlite3
 import subprocess
@@ -69,6 +70,7 @@ def test_sigkill_during_a_burst_loses_no_acked_update(mosquitto, tmp_path):
         f'[async]\nbuffer_size = {NEVER}\n')
     burst = Burst(mosquitto, FEDERATION, devices, WEIGHTS)
     schedule = random.Random(3)
+    killed_at: list[int] = []  # acks received when each kill came
     aggregator = _serve(config)
     try:
         burst.say_online()
@@ -80,10 +82,13 @@ def test_sigkill_during_a_burst_loses_no_acked_update(mosquitto, tmp_path):
             deadline = time.monotonic() + 30
             while burst.collect(0.01) < wanted and time.monotonic() < deadline:
                 pass
+            killed_at.append(len(burst.acked))
             aggregator.kill()  # SIGKILL mid-burst: no clean-up of any kind
             aggregator.wait(10)
             burst.collect(0.3)  # acks already on their way count as acked
+            burst.forget_task()
             aggregator = _serve(config)
+            burst.task()  # published again once it is subscribed: send after that
         burst.send()
         burst.until_all_acked(timeout=90)
     finally:
@@ -94,3 +99,6 @@ def test_sigkill_during_a_burst_loses_no_acked_update(mosquitto, tmp_path):
         stored = {n for (n,) in conn.execute("SELECT nonce FROM updates")}
     acked = {n for n, status in burst.acked.items() if status in ("accepted", "duplicate")}
     assert len(acked) == devices and acked <= stored  # every acked update is in the store
+    # each kill came mid-burst: some acks before it, some updates still unacked
+    assert len(killed_at) == kills and killed_at[0] > 0
+    assert all(a < b < devices for a, b in itertools.pairwise(killed_at))
