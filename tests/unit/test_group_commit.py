@@ -29,6 +29,7 @@ from tests.unit.test_aggregator_core import TOPICS, WEIGHTS, Harness, update
 from tests.unit.test_handler_fuzz import FakeLink
 
 DEVICES = [f"dev-{i}" for i in range(8)]
+SLOW_MACHINE = IngestConfig(batch_ms=1000)  # the batch ends by count here, not by time
 
 
 class Commits:
@@ -160,7 +161,8 @@ def test_bad_batch_bounds_get_one_line_naming_the_key(table, message):
 
 def test_the_service_loop_batches_what_has_arrived_then_acks_after_the_commit(tmp_path):
     config = AggregatorConfig(federation="core", db_path=tmp_path / "a.sqlite3",
-                              sync=SyncConfig(target_updates=len(DEVICES), min_fraction=1.0))
+                              sync=SyncConfig(target_updates=len(DEVICES), min_fraction=1.0),
+                              ingest=SLOW_MACHINE)
     agg = Aggregator(config, initial_weights=WEIGHTS)
     agg.link = FakeLink()
     agg.available = set(DEVICES)
@@ -213,7 +215,7 @@ def test_a_batch_ends_when_the_round_has_its_updates(tmp_path):
     """As if a tick followed every message: the update after the target is late."""
     config = AggregatorConfig(federation="core", db_path=tmp_path / "a.sqlite3",
                               sync=SyncConfig(target_updates=3, min_fraction=1.0,
-                                              over_selection=1.0))
+                                              over_selection=1.0), ingest=SLOW_MACHINE)
     agg = Aggregator(config, initial_weights=WEIGHTS)
     agg.link = FakeLink()
     agg.available = set(DEVICES)
