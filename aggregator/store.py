@@ -1,7 +1,8 @@
 """The aggregator's durable state in SQLite: models, tasks, updates, devices.
 
 WAL mode with synchronous=FULL: once a commit returns, the update survives a crash or
-power cut, and only then is the device's ack sent. The tables are in store_base.py; the
+power cut, and only then is the device's ack sent. The service commits a batch of
+messages at once (store_group.py: one transaction, one fsync). The tables are in store_base.py; the
 device tables (store_devices.py) and the rejection log (store_rejections.py) are parts
 of `Store` kept in their own files.
 """
