@@ -2,9 +2,9 @@
 
 WAL mode with synchronous=FULL: once a commit returns, the update survives a crash or
 power cut, and only then is the device's ack sent. The service commits a batch of
-messages at once (store_group.py: one transaction, one fsync). The tables are in store_base.py; the
-device tables (store_devices.py) and the rejection log (store_rejections.py) are parts
-of `Store` kept in their own files.
+messages at once (store_group.py: one transaction, one fsync). The tables are in
+store_base.py; the device tables (store_devices.py) and the rejection log
+(store_rejections.py) are parts of `Store` kept in their own files.
 """
 
 from __future__ import annotations
