@@ -229,3 +229,29 @@ def test_a_batch_ends_when_the_round_has_its_updates(tmp_path):
     assert len(task.invited) == 6 and len(chunks) == 6  # one chunk each
     assert agg.store.count_updates() == 3 and agg.events.qsize() == 3  # the rest wait
     agg.store.close()
+
+
+def test_a_lost_batch_sends_none_of_its_acks_and_stops_the_service(tmp_path, caplog):
+    config = AggregatorConfig(federation="core", db_path=tmp_path / "a.sqlite3",
+                              sync=SyncConfig(target_updates=len(DEVICES), min_fraction=1.0),
+                              ingest=SLOW_MACHINE)
+    agg = Aggregator(config, initial_weights=WEIGHTS)
+    agg.link = FakeLink()
+    agg.available = set(DEVICES)
+    agg.core.open_task(now())
+    task = agg.core.state.task
+    real_handle = agg.core.handle
+
+    def handle_then_disk_full(event):  # SQLite gives up the transaction by itself
+        out = real_handle(event)
+        agg.store.db.execute("ROLLBACK")
+        return out
+
+    agg.core.handle = handle_then_disk_full
+    [chunk] = split(encode(update(DEVICES[0], task)), f"{DEVICES[0]}-{task.task_id}", 1024)
+    with pytest.raises(GroupLost):
+        agg._serve_batch(Inbound(TOPICS.update(DEVICES[0]), chunk, False))
+    assert not [p for p in agg.link.published if "/ack/" in p[0]]
+    assert agg.store.count_updates() == 0
+    assert "stopping without acknowledging that batch's 1 message(s)" in caplog.text
+    agg.store.close()
