@@ -61,7 +61,7 @@ def _serve(config) -> subprocess.Popen:
 
 
 def test_sigkill_during_a_burst_loses_no_acked_update(mosquitto, tmp_path):
-    devices, kills = 600, 3
+    devices, kills = 1000, 3
     db = tmp_path / "aggregator.sqlite3"
     config = tmp_path / "aggregator.toml"
     config.write_text(
