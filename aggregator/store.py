@@ -90,13 +90,7 @@ class Store(GroupCommits, DeviceTables, RejectionTables, NoteTables):
         self._seal = SealWriter(path, self._sealed)
 
     def _reseal(self, updates: int = 0, version: int | None = None, sha256: str = "") -> None:
-        group = self._group
-        if group is not None:  # sealed once the group's COMMIT has returned
-            group.updates += updates
-            if version is not None:
-                group.version = (version, sha256)
-            return
-        if self._seal is None:
+        if self._seal_later(updates, version, sha256) or self._seal is None:
             return
         s = self._sealed
         self._sealed = Seal(s.updates + updates, s.version if version is None else version,

@@ -91,6 +91,16 @@ class GroupCommits(Tables):
         return group is not None and \
             self.db.total_changes - group.changes_at_start > group.soft_changes
 
+    def _seal_later(self, updates: int, version: int | None, sha256: str) -> bool:
+        """Inside a group: keep what the seal must add, for after the COMMIT."""
+        group = self._group
+        if group is None:
+            return False
+        group.updates += updates
+        if version is not None:
+            group.version = (version, sha256)
+        return True
+
     def _close_wal(self) -> None:
         if self._wal_fd is not None:
             os.close(self._wal_fd)

@@ -148,26 +148,21 @@ class AggregatorCore:
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        """Handle a batch of events inside this block as one group commit
-        (aggregator/ingest_batch.py): updates, rejections and counters commit together,
-        statuses ride along when the commit stores an update. The caller performs the
-        batch's actions (its acks) only after the block exits without error."""
+        """Events handled in this block are one group commit (aggregator/ingest_batch.py);
+        the caller performs their actions (acks) only after it exits without error."""
         with self.store.group():
             yield
             if self.store.group_durable():
                 self.presence.write()  # the fsync is paid anyway
 
     def round_due(self) -> bool:
-        """Whether the open round (or async buffer) has the updates it waits for. The
-        service ends its batch there, so that the round closes at the next tick exactly
-        as if every message were followed by one: a buffer of K aggregates K updates,
-        and the update after a round's target is late."""
+        """The open round has its updates: the service ends its batch there, so a buffer
+        of K aggregates K, and the update after a round's target is late, as before."""
         task = self.state.task
         return task is not None and not self.state.paused and self.participation.due(
             len(self.state.pending), task, self._now.wall) is RoundDue.AGGREGATE
 
-    def write_soft_state(self) -> None:
-        """Write what is kept only in memory so far (statuses): on a clean stop."""
+    def write_soft_state(self) -> None:  # on a clean stop: statuses kept in memory
         self.presence.write()
 
     def drain(self) -> list[Action]:
