@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.anomalies import AnomalyConfig
+from aggregator.ingest_batch import IngestConfig
 from aggregator.limits import LimitsConfig, check_limits
 from aggregator.presence import PresenceConfig
 from aggregator.privacy.config import PrivacyConfig, check_privacy
@@ -147,6 +148,7 @@ class AggregatorConfig:
     secagg: SecAggConfig = field(default_factory=SecAggConfig)  # docs/secure-aggregation.md
     presence: PresenceConfig = field(default_factory=PresenceConfig)  # docs/security.md
     limits: LimitsConfig = field(default_factory=LimitsConfig)  # docs/abuse.md
+    ingest: IngestConfig = field(default_factory=IngestConfig)  # docs/gateway.md
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)

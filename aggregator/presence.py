@@ -20,6 +20,7 @@ mode nothing checks who sent it). So:
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,8 +41,13 @@ class PresenceConfig:
     max_no_shows: int = 2  # invited this many rounds in a row without an update: benched
     no_show_backoff_s: float = 300.0  # a benched device's status counts again after this
     max_newcomers: int = 1000  # devices without a stored update tracked at once
+    write_every_s: float = 1.0  # statuses are kept in memory and written to the store
+    #                with the next group commit that stores an update, or after this long
 
     def __post_init__(self) -> None:
+        if not 0 < self.write_every_s <= 3600:
+            raise ValueError(f"presence.write_every_s must be > 0 and <= 3600, "
+                             f"not {self.write_every_s}")
         if self.max_no_shows < 1:
             raise ValueError(f"presence.max_no_shows must be >= 1, not {self.max_no_shows}")
         if not self.no_show_backoff_s >= 0:
@@ -77,10 +83,12 @@ class Presence:
         self.no_shows = NoShows(config.max_no_shows, config.no_show_backoff_s)
         self._skipped: tuple[str, ...] = ()  # benched devices left out, as last logged
         self._turned_away = 0  # newcomer statuses not taken since the list was last full
+        self._unwritten: dict[str, tuple[Status, float | None]] = {}  # soft state, below
+        self._unwritten_since: float | None = None  # monotonic time of the oldest of them
 
     # ------------------------------------------------------------ statuses
-    def on_status(self, status: Status, now: float) -> Taken:
-        """Take a checked status at monotonic time `now`."""
+    def on_status(self, status: Status, now: float, wall: float | None = None) -> Taken:
+        """Take a checked status at monotonic time `now` (unix time `wall`, if known)."""
         device = status.device_id
         up = status.online and status.eligible
         returning = self.no_shows.may_return(device, now) if up else True
@@ -103,8 +111,32 @@ class Presence:
             if device in self._newcomers:
                 self._idle[device] = None
                 self._idle.move_to_end(device)
-        self.store.set_device(status)
+        self._unwritten[device] = (status, wall)
+        if self._unwritten_since is None:
+            self._unwritten_since = now
         return Taken.TRACKED
+
+    # ------------------------------------------------------------ soft state
+    # Statuses are soft state: the decisions above read memory, and the store's devices
+    # table (what `fedge status` and the dashboard show) trails it. One fsync'd commit per
+    # status was most of the loop's time at 3,000 devices, so they are written in one go,
+    # with a group commit that stores an update (it pays the fsync anyway) or once
+    # `write_every_s` has passed since the oldest unwritten one (without an fsync).
+    def write_due(self, now: float) -> bool:
+        """Whether unwritten statuses have waited `write_every_s` at monotonic `now`."""
+        since = self._unwritten_since
+        return since is not None and now - since >= self.config.write_every_s
+
+    def write(self) -> int:
+        """Write the unwritten statuses to the store in one go; how many."""
+        if not self._unwritten:
+            return 0
+        now = time.time()
+        rows = [(s, now if at is None else at) for s, at in self._unwritten.values()]
+        self.store.set_devices(rows)
+        self._unwritten.clear()
+        self._unwritten_since = None
+        return len(rows)
 
     def _make_room(self) -> bool:
         if len(self._newcomers) < self.config.max_newcomers:
@@ -129,6 +161,7 @@ class Presence:
         self._idle.pop(device, None)
         self._benched.pop(device, None)
         self.available.discard(device)
+        self._unwritten.pop(device, None)
         self.store.forget_device(device)
 
     # ------------------------------------------------------------ rounds

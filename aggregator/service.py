@@ -2,10 +2,13 @@
 
 One thread runs `Aggregator.run`; the MQTT link only queues events for it. The shell
 stamps each event with the time, hands it to the core and does what the core answers
-(publish, subscribe, clear a retained message, tell its owner of a version). An update
-is acknowledged only after its SQLite commit returns, so an acked update survives a
-crash, and a restart resumes the open round or buffer from the store. Other threads
-read the snapshot the loop publishes after every change (aggregator/service_readers.py).
+(publish, subscribe, clear a retained message, tell its owner of a version). Messages are
+handled in batches, each one SQLite transaction (group commit, aggregator/ingest_batch.py);
+the batch's acks are published only after its commit returns, so an acked update survives
+a crash, and a restart resumes the open round or buffer from the store. With paho 2.x a
+message is acknowledged to the broker only once the loop takes it (manual acks), so a
+burst waits at the broker. Other threads read the snapshot the loop publishes after every
+change (aggregator/service_readers.py).
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from aggregator.core import (
 )
 from aggregator.core.versions import Evaluate
 from aggregator.inbound import core_event_of
+from aggregator.ingest_batch import BatchBounds
 from aggregator.limits import service_inbox
 from aggregator.service_readers import ServiceReaders
 from aggregator.store import Store
 from aggregator.store_check import refuse_if_damaged
+from aggregator.store_group import GroupLost
 from aggregator.strategy import Strategy
 from edge_client.shared.identity import load_or_create_identity
 from edge_client.shared.protocol import RemoteProtocolError, Topics, Weights
@@ -74,7 +79,9 @@ class Aggregator(ServiceReaders):
                              config.port, self.events, keepalive_s=config.keepalive_s,
                              tls=config.broker_auth.tls(),
                              credentials=config.broker_auth.credentials(),
-                             max_unconfirmed=config.limits.unconfirmed_publishes)
+                             max_unconfirmed=config.limits.unconfirmed_publishes,
+                             manual_ack=True)
+        self.batch = BatchBounds(config.ingest)
         self._stop = threading.Event()
         self.identity = (load_or_create_identity(config.security.key_file)
                          if config.security.enabled else None)
@@ -108,12 +115,19 @@ class Aggregator(ServiceReaders):
                 except queue.Empty:
                     event = None
                 if event is not None:
-                    self._handle_one(event)
+                    self._serve_batch(event)
                 self._perform(self.core.handle(Tick(now(), self.link.connected)))
                 self._refresh()
         finally:
-            self.link.stop()
-            self.store.close()
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            self.core.write_soft_state()
+        except Exception as exc:  # the store is going away: statuses are soft state
+            log.warning("aggregator: could not write the latest device statuses: %s", exc)
+        self.link.stop()
+        self.store.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -129,32 +143,53 @@ class Aggregator(ServiceReaders):
         self.core.strategy_named(name)
         self.events.put(SetStrategy(name))
 
-    def _handle_one(self, event: object) -> None:
+    def _serve_batch(self, first: object) -> None:
+        """Handle `first` and whatever else has arrived (within [ingest] bounds) in one
+        transaction, then do what the core answered: acks only after the commit.
+
+        A failed commit (GroupLost: disk full, I/O error) stops the service: none of the
+        batch's acks go out, devices resend, and a restart resumes from the store."""
+        actions: list[Action] = []
+        self.batch.start()
+        event: object = first
+        try:
+            with self.core.batch():
+                while True:
+                    self.link.ack(event)  # taken in: the broker may send the next
+                    self.batch.took()
+                    actions += self._handle_one(event)
+                    if self.batch.full() or self.core.round_due():
+                        break  # a round due: its tick must come before the next update
+                    try:
+                        event = self.events.get_nowait()
+                    except queue.Empty:
+                        break
+        except GroupLost as exc:
+            log.error("aggregator: %s; stopping without acknowledging that batch's %d "
+                      "message(s): devices resend them, and a restart resumes from the store",
+                      exc, self.batch.taken)
+            raise
+        self._perform(actions)
+        self._refresh()
+
+    def _handle_one(self, event: object) -> list[Action]:
         """The boundary of one inbound event: whatever one bad message raises is logged
         and counted ("bad_messages"), and the loop goes on, so no single message (a
         retained one at every start included) can stop the service."""
         topic = event.topic if isinstance(event, Inbound) else type(event).__name__
         try:
-            self._handle(event)
+            core_event = core_event_of(event, self.topics, now)
+            return [] if core_event is None else self.core.handle(core_event)
         except RemoteProtocolError as exc:
             log.warning("aggregator: dropped a bad message on %s: %s", topic, exc.reason)
         except Exception as exc:  # our bug, not the sender's: keep serving the others
             log.error("aggregator: handling a message on %s failed: %s", topic, exc,
                       exc_info=True)
-        else:
-            return
         try:
-            self._perform(self.core.drain())  # what was decided before the failure
-            self._refresh()
             self.store.count("bad_messages")
         except Exception as exc:  # logged, not raised: the next message may still be served
             log.error("aggregator: cannot count a bad message: %s", exc)
-
-    def _handle(self, event: object) -> None:
-        core_event = core_event_of(event, self.topics, now)
-        if core_event is not None:
-            self._perform(self.core.handle(core_event))
-            self._refresh()
+        return self.core.drain()  # what was decided before the failure
 
     def _perform(self, actions: list[Action]) -> None:
         for action in actions:

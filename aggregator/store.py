@@ -1,9 +1,10 @@
 """The aggregator's durable state in SQLite: models, tasks, updates, devices.
 
 WAL mode with synchronous=FULL: once a commit returns, the update survives a crash or
-power cut, and only then is the device's ack sent. The tables are in store_base.py; the
-device tables (store_devices.py) and the rejection log (store_rejections.py) are parts
-of `Store` kept in their own files.
+power cut, and only then is the device's ack sent. The service commits a batch of
+messages at once (store_group.py: one transaction, one fsync). The tables are in
+store_base.py; the device tables (store_devices.py) and the rejection log
+(store_rejections.py) are parts of `Store` kept in their own files.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aggregator.states import TaskState, UpdateState
 from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
 from aggregator.store_devices import DeviceTables
+from aggregator.store_group import GroupCommits
 from aggregator.store_members import TaskMemberTables
 from aggregator.store_rejections import RejectionTables
 from aggregator.store_seal import (
@@ -57,7 +59,7 @@ class StoredModel:
     sha256: str = ""  # as stored when the version was made
 
 
-class Store(DeviceTables, RejectionTables, TaskMemberTables, NoteTables):
+class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteTables):
     """Owned by one thread at a time: built by the caller, then used by the service loop."""
 
     def __init__(self, path: Path) -> None:
@@ -69,11 +71,13 @@ class Store(DeviceTables, RejectionTables, TaskMemberTables, NoteTables):
         self.db.executescript(SCHEMA)
         self._seal: SealWriter | None = None
         self._sealed = Seal(0, -1, "")
+        self.commits = 0  # fsync'd group commits (Store.group): for tests and benchmarks
 
     def close(self) -> None:
         if self._seal is not None:
             self._seal.close()
             self._seal = None
+        self._close_wal()
         self.db.close()
 
     # ------------------------------------------------------------ seal
@@ -99,7 +103,7 @@ class Store(DeviceTables, RejectionTables, TaskMemberTables, NoteTables):
         self._seal = SealWriter(path, self._sealed)
 
     def _reseal(self, updates: int = 0, version: int | None = None, sha256: str = "") -> None:
-        if self._seal is None:
+        if self._seal_later(updates, version, sha256) or self._seal is None:
             return
         s = self._sealed
         self._sealed = Seal(s.updates + updates, s.version if version is None else version,

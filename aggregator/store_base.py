@@ -3,8 +3,11 @@ one way to run a transaction (aggregator/store.py puts the parts together)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -95,9 +98,42 @@ class Tables:
     """Base of the store's parts: they all use one connection, owned by `Store`."""
 
     db: sqlite3.Connection
+    _group: GroupState | None = None  # set while a group commit is open (Store.group)
 
     def _transaction(self) -> Transaction:
         return Transaction(self.db)
+
+    @contextlib.contextmanager
+    def _soft_writes(self) -> Iterator[None]:
+        """Writes that acknowledge nothing (rejections, device statuses): one transaction
+        without the fsync (the next synchronous commit makes them durable), or, inside a
+        group commit, part of it, counted so that a group of only these skips the fsync."""
+        group = self._group
+        if group is not None:
+            before = self.db.total_changes
+            try:
+                with self._transaction():
+                    yield
+            finally:
+                group.soft_changes += self.db.total_changes - before
+            return
+        prior = self.db.execute("PRAGMA synchronous").fetchone()[0]
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction():
+                yield
+        finally:
+            self.db.execute(f"PRAGMA synchronous={int(prior)}")
+
+
+@dataclass
+class GroupState:
+    """What an open group commit holds so far: the seal follows it after COMMIT."""
+
+    changes_at_start: int
+    soft_changes: int = 0  # rows written by _soft_writes: no fsync needed for them alone
+    updates: int = 0  # updates stored (the seal's count grows by this after COMMIT)
+    version: tuple[int, str] | None = None  # a model version made, with its SHA-256
 
 
 class NoteTables(Tables):
@@ -125,14 +161,25 @@ class NoteTables(Tables):
 
 
 class Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error. Inside a transaction already
+    (a group commit) it is a savepoint: atomic on its own, committed with the group."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.nested = False
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.nested = self.db.in_transaction
+        self.db.execute("SAVEPOINT part" if self.nested else "BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not self.nested:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        elif not self.db.in_transaction:
+            return  # SQLite gave up the whole transaction (disk full): the group says so
+        elif exc_type:
+            self.db.execute("ROLLBACK TO part")
+            self.db.execute("RELEASE part")
+        else:
+            self.db.execute("RELEASE part")

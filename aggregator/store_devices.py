@@ -37,13 +37,20 @@ class DeviceTables(Tables):
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def set_device(self, status: Status) -> None:
-        self.db.execute(
-            "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE "
-            "SET online=excluded.online, eligible=excluded.eligible, reason=excluded.reason, "
-            "model_version=excluded.model_version, last_seen=excluded.last_seen, "
-            "battery_pct=excluded.battery_pct",
-            (status.device_id, int(status.online), int(status.eligible), status.reason,
-             status.model_version, time.time(), status.battery_pct))
+        self.set_devices([(status, time.time())])
+
+    def set_devices(self, seen: list[tuple[Status, float]]) -> None:
+        """Each device's last status, seen at unix time; all in one write that
+        acknowledges nothing, so no fsync of its own (presence is soft state,
+        aggregator/presence.py)."""
+        with self._soft_writes():
+            self.db.executemany(
+                "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO "
+                "UPDATE SET online=excluded.online, eligible=excluded.eligible, "
+                "reason=excluded.reason, model_version=excluded.model_version, "
+                "last_seen=excluded.last_seen, battery_pct=excluded.battery_pct",
+                [(status.device_id, int(status.online), int(status.eligible), status.reason,
+                  status.model_version, at, status.battery_pct) for status, at in seen])
 
     def forget_device(self, device_id: str) -> None:
         self.db.execute("DELETE FROM devices WHERE device_id=?", (device_id,))

@@ -27,16 +27,9 @@ class RejectionTables(Tables):
         per-device prune walks `per_device` index entries; the global one runs every
         `total / 10` rejections (amortized: about 10 rows per rejection). A rejection is
         a log line, not an acknowledged update: its commit skips the fsync (the next
-        synchronous commit makes it durable), so a flood of junk costs no disk flushes."""
-        prior = self.db.execute("PRAGMA synchronous").fetchone()[0]
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._add_rejection(device_id, nonce, reason)
-        finally:
-            self.db.execute(f"PRAGMA synchronous={int(prior)}")
-
-    def _add_rejection(self, device_id: str, nonce: str, reason: str) -> None:
-        with self._transaction():
+        synchronous commit makes it durable), so a flood of junk costs no disk flushes;
+        in a group commit (Store.group) it is part of the group."""
+        with self._soft_writes():
             self.db.execute("INSERT INTO rejections VALUES (?, ?, ?, ?)",
                             (time.time(), device_id, nonce, reason))
             self.db.execute(

@@ -11,6 +11,7 @@ the narrator.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ from aggregator.participation import Participation, participation_for
 from aggregator.presence import Presence
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureRounds, forget_secure_round
+from aggregator.states import RoundDue
 from aggregator.status import BROKER_NOTE, FINISHED_NOTE
 from aggregator.status_gate import StatusGate
 from aggregator.store import Store
@@ -134,6 +136,8 @@ class AggregatorCore:
         was decided before the failure."""
         if isinstance(event, Tick):
             self._now = event.at
+            if self.presence.write_due(event.at.mono):
+                self.presence.write()  # soft state: no fsync of its own
             self.schedule.tick(event)
         elif isinstance(event, UpdateChunk):
             self._now = event.at
@@ -161,6 +165,25 @@ class AggregatorCore:
                 self.state.pending.refold()
             log.warning("aggregator: strategy %s from the next version on", event.name)
         return self.drain()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Events handled in this block are one group commit (aggregator/ingest_batch.py);
+        the caller performs their actions (acks) only after it exits without error."""
+        with self.store.group():
+            yield
+            if self.store.group_durable():
+                self.presence.write()  # the fsync is paid anyway
+
+    def round_due(self) -> bool:
+        """The open round has its updates: the service ends its batch there, so a buffer
+        of K aggregates K, and the update after a round's target is late, as before."""
+        task = self.state.task
+        return task is not None and not self.state.paused and self.participation.due(
+            len(self.state.pending), task, self._now.wall) is RoundDue.AGGREGATE
+
+    def write_soft_state(self) -> None:  # on a clean stop: statuses kept in memory
+        self.presence.write()
 
     def drain(self) -> list[Action]:
         out = list(self._out)
@@ -219,7 +242,7 @@ class AggregatorCore:
             if event.retained:
                 self._out.append(ClearRetained(event.topic))
             return
-        self.presence.on_status(status, event.at.mono)
+        self.presence.on_status(status, event.at.mono, event.at.wall)
         self.twins.status(status)
 
     def _on_secagg(self, event: SecAggChunk) -> None:

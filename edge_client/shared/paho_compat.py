@@ -79,3 +79,14 @@ def connack_reason(rc: int) -> str:
 def disconnect_reason(rc: int) -> str:
     """paho 1.x's disconnect code as text ("The connection was lost.")."""
     return str(mqtt.error_string(rc))
+
+
+def enable_manual_ack(client: mqtt.Client) -> bool:
+    """Acknowledge received QoS 1 messages only when the owner says so (`client.ack`), so
+    that a burst waits at the broker (its in-flight window) rather than in our memory.
+    paho 2.x only; on 1.6 this returns False and paho acknowledges each message when
+    on_message returns, as before (the bounded inbox still holds paho's thread)."""
+    if PAHO_MAJOR < 2:
+        return False
+    client.manual_ack_set(True)
+    return True

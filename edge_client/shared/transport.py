@@ -44,6 +44,9 @@ class Inbound:
     topic: str
     payload: bytes
     retained: bool
+    mid: int = 0  # for a manual ack (MqttLink.ack); 0 when paho acknowledged it itself
+    qos: int = 0
+    session: int = 0  # which connection brought it: a mid means nothing on another
 
 
 LinkEvent = Connected | Disconnected | Inbound
@@ -82,7 +85,7 @@ class MqttLink:
                  keepalive_s: int = 30, will: Will | None = None,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0,
                  tls: TlsConfig | None = None, credentials: Credentials | None = None,
-                 max_unconfirmed: int = 5000) -> None:
+                 max_unconfirmed: int = 5000, manual_ack: bool = False) -> None:
         self.host, self.port = host, port
         # Unconfirmed QoS 1 publishes paho may hold: past it, publish() refuses messages
         # that are not retained (acks), so answering a flood cannot grow without bound
@@ -104,6 +107,7 @@ class MqttLink:
         self._client = _new_client(client_id, will, tls, credentials, reconnect_min_s,
                                    reconnect_max_s)
         paho_compat.bind_callbacks(self._client, self._on_connect, self._on_disconnect)
+        self.acks = InboundAcks(self._client, manual_ack)  # the aggregator's: manual
         self._client.on_connect_fail = self._on_connect_fail
         self.connect_failures = 0  # in a row; a wrong host or port shows in the log
         self.refusals = 0  # connections in a row the broker closed or refused unaccepted
@@ -114,13 +118,11 @@ class MqttLink:
         if refused:
             self.refusals += 1
             if _worth_saying(self.refusals):
-                log.warning("mqtt: the broker at %s:%d refused the connection: %s%s (%d "
-                            "time%s in a row)", self.host, self.port, reason,
-                            _refusal_hint(reason), self.refusals,
-                            "" if self.refusals == 1 else "s")
+                _log_refused(self.host, self.port, self.refusals, reason)
             return
         with self._lock:
             filters = sorted(self._filters)
+        self.acks.new_session()
         for topic in filters:
             self._client.subscribe(topic, qos=1)
         self.connect_failures = 0
@@ -129,13 +131,10 @@ class MqttLink:
         self.events.put(Connected())
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        """paho keeps retrying quietly; say so, or a wrong host or port looks like a hang.
-        The 1st, 10th, 100th, ... failure in a row is logged, so an outage does not flood."""
+        """paho retries quietly; say so (a wrong host looks like a hang), not too often."""
         self.connect_failures += 1
         if _worth_saying(self.connect_failures):
-            log.warning("mqtt: cannot reach the broker at %s:%d (%d attempt%s so far); "
-                        "retrying", self.host, self.port, self.connect_failures,
-                        "" if self.connect_failures == 1 else "s")
+            _log_unreachable(self.host, self.port, self.connect_failures)
 
     def _on_disconnect(self, reason: str) -> None:
         if not self._connected.is_set():  # closed before the broker accepted us
@@ -148,7 +147,7 @@ class MqttLink:
     def _on_message(self, client: mqtt.Client, userdata: object,
                     message: mqtt.MQTTMessage) -> None:
         self.bytes_in += len(message.payload)
-        event = Inbound(message.topic, bytes(message.payload), bool(message.retain))
+        event = self.acks.inbound(message)
         if isinstance(self.events, Inbox):
             self.events.put(event, while_waiting=self._write_pending)
         else:
@@ -230,6 +229,10 @@ class MqttLink:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
+    def ack(self, event: object) -> None:
+        """With manual acks: the owner took in `event`; the broker may send the next."""
+        self.acks.ack(event, self.connected)
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -277,6 +280,43 @@ class MqttLink:
             self._refusal_logged_at, self._refusals_logged = now, self.refused
 
 
+class InboundAcks:
+    """Manual acks of received QoS 1 messages (the aggregator's link; paho 2.x).
+
+    paho acknowledges a message to the broker when on_message returns. With manual acks
+    it waits until the owner's loop has taken the message (`ack`), so a burst waits in
+    the broker's in-flight window and queue, not in our memory. Devices keep paho's own
+    acks; on paho 1.6 this is off (paho_compat.enable_manual_ack)."""
+
+    def __init__(self, client: mqtt.Client, wanted: bool) -> None:
+        self.client = client
+        self.enabled = wanted and paho_compat.enable_manual_ack(client)
+        self._session = 0  # connections so far: a mid belongs to one of them
+        self._lock = threading.Lock()
+
+    def new_session(self) -> None:
+        with self._lock:
+            self._session += 1
+
+    def inbound(self, message: mqtt.MQTTMessage) -> Inbound:
+        if not self.enabled:
+            return Inbound(message.topic, bytes(message.payload), bool(message.retain))
+        with self._lock:
+            session = self._session
+        return Inbound(message.topic, bytes(message.payload), bool(message.retain),
+                       message.mid, message.qos, session)
+
+    def ack(self, event: object, connected: bool) -> None:
+        """Not for a message of an earlier connection: the broker forgot it (clean
+        session), and its mid may name another message by now."""
+        if not self.enabled or not isinstance(event, Inbound) or event.qos == 0:
+            return
+        with self._lock:
+            current = event.session == self._session
+        if current and connected:
+            self.client.ack(event.mid, event.qos)
+
+
 def _new_client(client_id: str, will: Will | None, tls: TlsConfig | None,
                 credentials: Credentials | None, reconnect_min_s: float,
                 reconnect_max_s: float) -> mqtt.Client:
@@ -296,6 +336,17 @@ def _new_client(client_id: str, will: Will | None, tls: TlsConfig | None,
     if credentials is not None:
         client.username_pw_set(credentials.username, credentials.password)
     return client
+
+
+def _log_refused(host: str, port: int, refusals: int, reason: str) -> None:
+    log.warning("mqtt: the broker at %s:%d refused the connection: %s%s (%d time%s in a "
+                "row)", host, port, reason, _refusal_hint(reason), refusals,
+                "" if refusals == 1 else "s")
+
+
+def _log_unreachable(host: str, port: int, failures: int) -> None:
+    log.warning("mqtt: cannot reach the broker at %s:%d (%d attempt%s so far); retrying",
+                host, port, failures, "" if failures == 1 else "s")
 
 
 def _log_closed_early(host: str, port: int, refusals: int, reason: str) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from aggregator.config import AggregatorConfig, SyncConfig
+from aggregator.inbound import core_event_of
 from aggregator.limits import LimitsConfig
 from aggregator.secagg.config import SecAggConfig
 from aggregator.service import Aggregator, now
@@ -70,6 +71,9 @@ class FakeLink:
         return True
 
     def subscribe(self, topic: str) -> None:
+        pass
+
+    def ack(self, event: object) -> None:
         pass
 
     def unsubscribe(self, topic: str) -> None:
@@ -126,8 +130,11 @@ def _sign(body: bytes, identity: Identity) -> bytes:
 
 
 def _feed(agg: Aggregator, topic: str, payload: bytes, case: str) -> None:
-    try:
-        agg._handle(Inbound(topic, payload, retained=False))
+    try:  # as the service's batch does, without its catch-all (the failure we look for)
+        event = core_event_of(Inbound(topic, payload, retained=False), TOPICS, now)
+        with agg.core.batch():
+            actions = [] if event is None else agg.core.handle(event)
+        agg._perform(actions)
     except Exception as exc:  # pragma: no cover - the failure we look for
         pytest.fail(f"{case}: the aggregator raised {type(exc).__name__}: {exc}")
 

@@ -51,6 +51,7 @@ def test_newcomers_are_bounded_and_the_oldest_idle_one_makes_room(store, caplog)
     assert presence.on_status(_status("b", eligible=False), 0.0) is Taken.TRACKED
     assert presence.on_status(_status("d"), 0.0) is Taken.TRACKED  # b made room
     assert presence.candidates() == ["a", "c", "d"]
+    presence.write()  # statuses are soft state: written in one go
     assert sorted(d["device_id"] for d in store.devices()) == ["a", "c", "d"]
     full = [r.getMessage() for r in caplog.records if "not taking the status" in r.getMessage()]
     assert len(full) == 1 and "of d, nor of other new devices" in full[0]  # once, not twice
@@ -60,6 +61,7 @@ def test_a_newcomer_that_is_online_but_not_eligible_is_shown_not_invited(store):
     presence = _presence(store, max_newcomers=2)
     assert presence.on_status(_status("busy", eligible=False), 0.0) is Taken.TRACKED
     assert presence.candidates() == []
+    presence.write()  # statuses are soft state: written in one go
     assert [(d["device_id"], d["eligible"]) for d in store.devices()] == [("busy", 0)]
     presence.on_status(_status("a"), 0.0)
     assert presence.on_status(_status("b"), 0.0) is Taken.TRACKED  # busy, idle, made room
@@ -129,6 +131,7 @@ def test_a_benched_newcomer_is_dropped_once_its_backoff_passes_without_a_sign_of
     presence.round_opened(_task("t2", ("slow",)))
     presence.update_seen("slow", "t2")
     assert presence.round_ended("t2", 51.0) == ["ghost"]  # to be cleared from the broker
+    presence.write()  # statuses are soft state: written in one go
     assert [d["device_id"] for d in store.devices()] == ["slow"]
     assert presence.on_status(_status("ghost"), 52.0) is Taken.TRACKED  # one more chance
     assert presence.candidates() == ["ghost", "slow"]
@@ -142,6 +145,7 @@ def test_a_benched_newcomer_is_the_first_to_make_room(store):
     presence.round_ended("t1", 1.0)
     assert presence.on_status(_status("new"), 2.0) is Taken.TRACKED
     assert presence.candidates() == ["honest", "new"]
+    presence.write()  # statuses are soft state: written in one go
     assert sorted(d["device_id"] for d in store.devices()) == ["honest", "new"]
 
 
