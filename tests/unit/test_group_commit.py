@@ -221,12 +221,14 @@ def test_a_batch_ends_when_the_round_has_its_updates(tmp_path):
     agg.available = set(DEVICES)
     agg.core.open_task(now())
     task = agg.core.state.task
-    chunks = [Inbound(TOPICS.update(d), c, False) for d in task.invited
+    invited = task.expected()
+    assert invited is not None
+    chunks = [Inbound(TOPICS.update(d), c, False) for d in invited
               for c in split(encode(update(d, task)), f"{d}-{task.task_id}", 1024)]
     for event in chunks[1:]:
         agg.events.put(event)
     agg._serve_batch(chunks[0])
-    assert len(task.invited) == 6 and len(chunks) == 6  # one chunk each
+    assert len(invited) == 6 and len(chunks) == 6  # one chunk each
     assert agg.store.count_updates() == 3 and agg.events.qsize() == 3  # the rest wait
     agg.store.close()
 
