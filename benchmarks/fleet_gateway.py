@@ -167,7 +167,7 @@ class StoreFacts:
     stored: set[tuple[str, str, str]]  # (device, task, nonce)
     stored_by_state: dict[str, int]
     round_s: list[float]  # per version: task opened (or previous version) -> version made
-    ingest_s: list[float]  # per task: opened -> its last update received
+    ingest_s: list[float]  # per task: opened -> its last update received in time
     updates_in_rounds: int
     versions: int
     rejections: int
@@ -184,9 +184,9 @@ def read_store(db_path: Path) -> StoreFacts:
         made = dict(db.execute("SELECT version, created_at FROM models"))
         tasks = list(db.execute("SELECT task_id, model_version, opened_at FROM tasks "
                                 "WHERE state != 'aborted' ORDER BY opened_at"))
-        last = dict(db.execute("SELECT task_id, MAX(received_at) FROM updates "
-                               "GROUP BY task_id"))
-        counts = dict(db.execute("SELECT task_id, COUNT(*) FROM updates GROUP BY task_id"))
+        in_time = "FROM updates WHERE state != 'late' GROUP BY task_id"
+        last = dict(db.execute(f"SELECT task_id, MAX(received_at) {in_time}"))
+        counts = dict(db.execute(f"SELECT task_id, COUNT(*) {in_time}"))
         rejections = db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
         stale = db.execute("SELECT COUNT(*) FROM rejections WHERE reason LIKE "
                            "'%stale%'").fetchone()[0]
