@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from benchmarks.fleet_devices import DeviceSpec, UpdateFactory, delta_like
@@ -169,7 +170,7 @@ def summary(fleet: Fleet, devices: dict, facts: StoreFacts, raw_per_s: float,
     }
 
 
-def _count(items) -> dict[str, int]:
+def _count(items: Iterable[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for item in items:
         counts[item] = counts.get(item, 0) + 1

@@ -120,8 +120,9 @@ class UpdateFactory:
                       **fields)
 
 
-def _body(payload: bytes) -> bytes:
-    return open_envelope(payload).body if is_signed(payload) else payload
+def _body(payload: bytes | bytearray) -> bytes:
+    data = bytes(payload)
+    return open_envelope(data).body if is_signed(data) else data
 
 
 @dataclass
