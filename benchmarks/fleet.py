@@ -17,11 +17,12 @@ chunks from a plain paho publisher to a plain paho subscriber: `raw_broker_msgs_
 
 Prints one JSON object. `updates_stored_per_s` is the updates stored in time (not late)
 over the rounds' ingest windows (task opened -> its last such update received; sync), or
-over the versions' spans (async). The aggregator tops invitations up with newcomers on
-trial, so more than K devices may be invited; what comes after the round closed is
-acknowledged "late" and stored, outside the rate. `lost` counts updates acknowledged but
-not in the store, plus updates never acknowledged although resent every
-`--ack-timeout-s`.
+the updates received from the first task to the last version over that span (async).
+The aggregator tops invitations up with newcomers on trial, so more than K devices may
+be invited; what comes after the round closed is acknowledged "late" and stored, outside
+the rate. `lost` counts updates acknowledged but not in the store, plus updates never
+acknowledged although resent every `--ack-timeout-s`. Async devices send the update of
+the task they started "training" on (`--train-s`), so it may arrive stale.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def summary(fleet: Fleet, devices: dict, facts: StoreFacts, raw_per_s: float,
             rss_mb: float, extra: dict) -> dict:
     kept = [a for a in devices["acks"] if a[3] != "rejected"]
     lost_acked = sum(1 for a in kept if (a[0], a[1], a[2]) not in facts.stored)
-    window = sum(facts.ingest_s) if fleet.mode == "sync" else sum(facts.round_s)
+    window = sum(facts.ingest_s) if fleet.mode == "sync" else facts.span_s
     stored_per_s = facts.updates_in_rounds / window if window > 0 else 0.0
     stale = sum(1 for a in devices["acks"] if a[3] == "rejected" and "stale" in a[4])
     return {
@@ -219,7 +220,7 @@ def run(fleet: Fleet, args: argparse.Namespace, workdir: Path) -> dict:
         rss_mb = memory.stop()
         if spy is not None:
             spy.wait(timeout=60)
-        facts = read_store(workdir / "aggregator.sqlite3")
+        facts = read_store(workdir / "aggregator.sqlite3", fleet.mode)
         extra = {"connected": connected, "connect_s": round(connect_s, 1),
                  "aggregator_exit": aggregator.returncode,
                  "raw_chunks_per_update": raw.chunks_per_update,

@@ -150,6 +150,7 @@ class Device:
         self.answered: set[str] = set()  # task ids this device has sent an update for
         self.pending: Pending | None = None
         self.train_until: float | None = None
+        self.training_for: Task | None = None
         self.connected = False
         self.done = False
         self.client.will_set(self.topics.status(name), self._status(False), qos=1,
@@ -207,14 +208,16 @@ class Device:
                 or task.model_version != self.installed or not task.invites(self.name)):
             return
         self.answered.add(task.task_id)
+        self.training_for = task
         self.train_until = time.monotonic() + self.fleet.train_time()
         self.fleet.training.add(self)
 
     def send(self) -> None:
-        """Training is over: send the update for the task trained on, if still current."""
+        """Training is over: send the update for the task trained on (now perhaps stale),
+        unless the federation has finished meanwhile."""
         self.train_until = None
-        task = self.task
-        if task is None or task.done:
+        task, self.training_for = self.training_for, None
+        if task is None or (self.task is not None and self.task.done):
             return
         update = self.fleet.factory.update(self.name, task)
         chunks = tuple(split(encode(update), update.nonce, task.chunk_size))

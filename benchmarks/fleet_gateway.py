@@ -168,13 +168,14 @@ class StoreFacts:
     stored_by_state: dict[str, int]
     round_s: list[float]  # per version: task opened (or previous version) -> version made
     ingest_s: list[float]  # per task: opened -> its last update received in time
-    updates_in_rounds: int
+    updates_in_rounds: int  # sync: stored in time; async: received while versions were made
+    span_s: float  # first task opened -> last version made
     versions: int
     rejections: int
     stale_rejections: int
 
 
-def read_store(db_path: Path) -> StoreFacts:
+def read_store(db_path: Path, mode: str) -> StoreFacts:
     """What the aggregator's store holds once it has stopped."""
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
@@ -187,6 +188,7 @@ def read_store(db_path: Path) -> StoreFacts:
         in_time = "FROM updates WHERE state != 'late' GROUP BY task_id"
         last = dict(db.execute(f"SELECT task_id, MAX(received_at) {in_time}"))
         counts = dict(db.execute(f"SELECT task_id, COUNT(*) {in_time}"))
+        received = [at for (at,) in db.execute("SELECT received_at FROM updates")]
         rejections = db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
         stale = db.execute("SELECT COUNT(*) FROM rejections WHERE reason LIKE "
                            "'%stale%'").fetchone()[0]
@@ -198,8 +200,11 @@ def read_store(db_path: Path) -> StoreFacts:
     round_s = [made[v] - max(opened.get(v - 1, made[v - 1]), made[v - 1])
                for v in sorted(made) if v >= 1 and v - 1 in made]
     ingest = [(last[t] - at, counts[t]) for t, _, at in tasks if t in last]
-    return StoreFacts(stored, by_state, round_s, [s for s, _ in ingest],
-                      sum(c for _, c in ingest), len(made) - 1, rejections, stale)
+    start, end = (tasks[0][2] if tasks else 0.0), max(made.values())
+    in_span = sum(1 for at in received if start <= at <= end)
+    in_rounds = sum(c for _, c in ingest) if mode == "sync" else in_span
+    return StoreFacts(stored, by_state, round_s, [s for s, _ in ingest], in_rounds,
+                      max(0.0, end - start), len(made) - 1, rejections, stale)
 
 
 def fds_for(fleet: Fleet) -> int:
