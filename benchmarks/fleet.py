@@ -201,6 +201,8 @@ def run(fleet: Fleet, args: argparse.Namespace, workdir: Path) -> dict:
             raise SystemExit("fleet: no simulated device connected (see the errors above)")
         connect_s = time.monotonic() - began
         toml = workdir / "aggregator.toml"
+        for old in workdir.glob("aggregator.sqlite3*"):  # a kept folder: start afresh
+            old.unlink()
         toml.write_text(aggregator_toml(fleet, port, workdir / "aggregator.sqlite3"))
         with (workdir / "aggregator.log").open("wb") as log:
             aggregator = subprocess.Popen(
