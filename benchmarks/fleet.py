@@ -4,16 +4,17 @@
         [--rounds 3] [--payload compressed|dense] [--mode sync|async] [--processes P]
 
 Starts a private mosquitto on a free loopback port with fleet settings (its open-file
-limit raised for that process only, max_queued_messages sized to a round of chunks),
-`fedge aggregator serve` as its own process (stopped once every device
-has seen the final task and has its acks) with a generated TOML (the
-demo model, 100,710 parameters; sync rounds with target_updates = K, or async with a
-buffer of K; compressed = top-1% + q4 + zlib uplink, dense = float32), and N simulated
-devices in P processes (benchmarks/fleet_devices.py: one paho client each, one selector
-loop per process, the real protocol code; no training, one precomputed delta reused with
-fresh nonces). Before the devices connect, the same mosquitto carries the same update
-chunks from a plain paho publisher to a plain paho subscriber: `raw_broker_msgs_per_s`
-(whole updates per second), the baseline of `ingest_ratio`.
+limit raised for that process only, max_queued_messages sized to two rounds of chunks),
+`fedge aggregator serve` as its own process (stopped once every device has seen the
+final task and has its acks) with a generated TOML (the demo model, 100,710 parameters;
+sync rounds with target_updates = K, or async with a buffer of K; compressed = top-1% +
+q4 + zlib uplink, dense = float32), and N simulated devices in P processes
+(benchmarks/fleet_devices.py: one paho client each, one selector loop per process, the
+real protocol code; no training, one delta reused with fresh nonces; `--sign` turns
+security on and seals updates and statuses). Before the devices connect, the same
+mosquitto carries the same update chunks from a plain paho publisher to a plain paho
+subscriber: `raw_broker_msgs_per_s` (whole updates per second), the baseline of
+`ingest_ratio`.
 
 Prints one JSON object. `updates_stored_per_s` is the updates stored in time (not late)
 over the rounds' ingest windows (task opened -> its last such update received; sync), or
@@ -40,7 +41,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from benchmarks.fleet_devices import DeviceSpec, UpdateFactory, delta_like
+from aggregator.store import Store
+from benchmarks.fleet_devices import DeviceSpec, UpdateFactory, delta_like, device_name
 from benchmarks.fleet_gateway import (
     CHUNK_SIZE,
     COMPRESSED,
@@ -91,7 +93,8 @@ def start_devices(fleet: Fleet, port: int, processes: int, workdir: Path,
             break
         spec = DeviceSpec(host="127.0.0.1", port=port, federation="fleet", first=first,
                           count=count, sizes=SIZES, train_s=args.train_s,
-                          ack_timeout_s=args.ack_timeout_s, time_limit_s=args.time_limit_s)
+                          ack_timeout_s=args.ack_timeout_s, time_limit_s=args.time_limit_s,
+                          sign=args.sign)
         spec_path, result = workdir / f"devices-{p}.json", workdir / f"outcome-{p}.json"
         spec_path.write_text(json.dumps(spec.__dict__))
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.fleet_devices",
@@ -101,13 +104,30 @@ def start_devices(fleet: Fleet, port: int, processes: int, workdir: Path,
     return started
 
 
-def wait_connected(started: list[tuple[subprocess.Popen, Path]]) -> int:
-    connected = 0
+def wait_connected(started: list[tuple[subprocess.Popen, Path]]) -> tuple[int, list[str]]:
+    """Devices connected, and each process's public key (when signing)."""
+    connected, keys = 0, []
     for proc, _ in started:
         assert proc.stdout is not None
-        line = proc.stdout.readline().split()
-        connected += int(line[1]) if len(line) == 2 and line[0] == "connected" else 0
-    return connected
+        for raw in iter(proc.stdout.readline, ""):
+            line = raw.split()
+            if len(line) == 2 and line[0] == "key":
+                keys.append(line[1])
+            elif len(line) == 2 and line[0] == "connected":
+                connected += int(line[1])
+                break
+    return connected, keys
+
+
+def enrol(db_path: Path, fleet: Fleet, processes: int, keys: list[str]) -> None:
+    """Every device's key in the store, before the aggregator starts (security on)."""
+    per = -(-fleet.devices // processes)
+    store = Store(db_path)
+    try:
+        for index in range(fleet.devices):
+            store.enroll(device_name(index), keys[index // per])
+    finally:
+        store.close()
 
 
 def collect(started: list[tuple[subprocess.Popen, Path]], timeout_s: float) -> dict:
@@ -153,7 +173,8 @@ def summary(fleet: Fleet, devices: dict, facts: StoreFacts, raw_per_s: float,
     return {
         "benchmark": "fleet",
         "devices": fleet.devices, "invited_per_round": fleet.invited, "mode": fleet.mode,
-        "payload": fleet.payload, "rounds": fleet.rounds, "versions_made": facts.versions,
+        "payload": fleet.payload, "signed": fleet.sign, "rounds": fleet.rounds,
+        "versions_made": facts.versions,
         "updates_stored_per_s": round(stored_per_s, 1),
         "raw_broker_msgs_per_s": round(raw_per_s, 1),
         "ingest_ratio": ratio(stored_per_s, raw_per_s),
@@ -196,13 +217,15 @@ def run(fleet: Fleet, args: argparse.Namespace, workdir: Path) -> dict:
         raw = raw_rate("127.0.0.1", port, chunks, raw_updates, workdir)
         began = time.monotonic()
         started = start_devices(fleet, port, args.processes, workdir, args)
-        connected = wait_connected(started)
+        connected, keys = wait_connected(started)
         if connected == 0:
             raise SystemExit("fleet: no simulated device connected (see the errors above)")
         connect_s = time.monotonic() - began
         toml = workdir / "aggregator.toml"
         for old in workdir.glob("aggregator.sqlite3*"):  # a kept folder: start afresh
             old.unlink()
+        if fleet.sign:
+            enrol(workdir / "aggregator.sqlite3", fleet, len(started), keys)
         toml.write_text(aggregator_toml(fleet, port, workdir / "aggregator.sqlite3"))
         with (workdir / "aggregator.log").open("wb") as log:
             aggregator = subprocess.Popen(
@@ -257,6 +280,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="device processes; 0: one per 2,500 devices, at most 2")
     parser.add_argument("--ingest-workers", type=int, default=1,
                         help="written as ingest_workers in the TOML when not 1")
+    parser.add_argument("--sign", action="store_true",
+                        help="security on: devices sign updates and statuses (enrolled)")
     parser.add_argument("--train-s", type=float, default=0.0,
                         help="simulated training time per update (x0.5-1.5)")
     parser.add_argument("--ack-timeout-s", type=float, default=30.0)
@@ -281,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     signal.signal(signal.SIGTERM, _interrupted)
     fleet = Fleet(args.devices, args.invited, args.rounds, args.payload, args.mode,
-                  args.ingest_workers)
+                  args.ingest_workers, sign=args.sign)
     if args.keep:
         workdir = Path(args.keep)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,9 @@ process sends the same delta under its own id and task and a fresh nonce (a comp
 one encoded afresh, as its codec seed is per device and task), because the aggregator's
 cost is what is measured, not the devices'.
 
+With `sign`, updates and statuses are sealed with one key per process, printed first as
+"key ed25519:..." for benchmarks/fleet.py to enrol for each of its devices.
+
 Prints "connected N" once every client is connected and has sent its status; writes
 RESULT.json when every device has seen the final task (or at the time limit).
 """
@@ -36,6 +39,7 @@ import paho.mqtt.client as mqtt
 
 from edge_client.shared import paho_compat
 from edge_client.shared.codecs import CodecConfig, encode_vector
+from edge_client.shared.identity import Identity
 from edge_client.shared.protocol import (
     Ack,
     ModelManifest,
@@ -49,7 +53,7 @@ from edge_client.shared.protocol import (
     split,
 )
 from edge_client.shared.protocol.seeds import update_seed
-from edge_client.shared.protocol.signing import is_signed, open_envelope
+from edge_client.shared.protocol.signing import is_signed, open_envelope, seal
 from edge_client.shared.protocol.tensors import Weights, flatten_sorted
 from edge_client.training import mlp_trainer
 
@@ -72,6 +76,7 @@ class DeviceSpec:
     ack_timeout_s: float = 30.0  # resend an unacknowledged update after this long
     time_limit_s: float = 600.0
     keepalive_s: int = 300
+    sign: bool = False  # seal updates and statuses with one Ed25519 key for the process
 
 
 @dataclass
@@ -86,6 +91,10 @@ class Outcome:
     bad_messages: int = 0
     task_bytes: int = 0
     finished: int = 0
+
+
+def device_name(index: int) -> str:
+    return f"dev{index:05d}"
 
 
 def delta_like(sizes: list[int]) -> Weights:
@@ -157,9 +166,9 @@ class Device:
                              retain=True)
 
     def _status(self, online: bool) -> bytes:
-        return encode(Status(device_id=self.name, online=online, eligible=True, reason="",
-                             model_version=self.installed, time=time.time(),
-                             session=self.fleet.session))
+        return self.fleet.seal(encode(Status(
+            device_id=self.name, online=online, eligible=True, reason="",
+            model_version=self.installed, time=time.time(), session=self.fleet.session)))
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
         self.connected = True
@@ -220,7 +229,7 @@ class Device:
         if task is None or (self.task is not None and self.task.done):
             return
         update = self.fleet.factory.update(self.name, task)
-        chunks = tuple(split(encode(update), update.nonce, task.chunk_size))
+        chunks = tuple(split(self.fleet.seal(encode(update)), update.nonce, task.chunk_size))
         self.pending = Pending(task.task_id, update.nonce, chunks, time.monotonic())
         self.fleet.outcome.sent += 1
         self._publish(chunks)
@@ -248,13 +257,17 @@ class Fleet:
         self.session = os.urandom(8).hex()
         self.factory = UpdateFactory(delta_like(spec.sizes))
         self.outcome = Outcome()
+        self.identity = Identity.generate() if spec.sign else None
         self.selector = selectors.DefaultSelector()
-        self.devices = [Device(f"dev{i:05d}", self) for i in range(spec.first,
-                                                                 spec.first + spec.count)]
+        self.devices = [Device(device_name(i), self)
+                        for i in range(spec.first, spec.first + spec.count)]
         self.wants_write: set[Device] = set()
         self.training: set[Device] = set()
         self._rng = random.Random(spec.first)
         self._stop = False
+
+    def seal(self, body: bytes) -> bytes:
+        return body if self.identity is None else seal(body, self.identity)
 
     def train_time(self) -> float:
         return self.spec.train_s * self._rng.uniform(0.5, 1.5)
@@ -350,6 +363,8 @@ def main() -> None:
     _raise_fd_limit()
     fleet = Fleet(spec)
     signal.signal(signal.SIGTERM, fleet.stop)
+    if fleet.identity is not None:
+        print(f"key {fleet.identity.public_text}", flush=True)
     fleet.connect_all()
     print(f"connected {sum(d.connected for d in fleet.devices)}", flush=True)
     outcome = fleet.run()

@@ -33,6 +33,7 @@ class Fleet:
     payload: str  # "compressed" or "dense"
     mode: str  # "sync" or "async"
     ingest_workers: int = 1
+    sign: bool = False
     model_parameters: int = 64 * 1333 + 1333 + 1333 * 10 + 10
 
     def update_bytes_estimate(self) -> int:
@@ -75,6 +76,9 @@ def aggregator_toml(fleet: Fleet, port: int, db_path: Path) -> str:
         "", "[presence]", f"max_newcomers = {max(1000, fleet.devices)}",
         "", "[limits]", f"open_uploads = {max(1000, 2 * fleet.invited)}",
     ]
+    if fleet.sign:
+        lines += ["", "[security]", "enabled = true",
+                  f'key_file = "{db_path.with_name("aggregator.key")}"']
     if fleet.payload == "compressed":
         lines += ["", "[uplink]"] + [f"{key} = {_toml_value(value)}"
                                      for key, value in COMPRESSED.to_wire().items()]
