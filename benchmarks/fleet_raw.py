@@ -10,6 +10,7 @@ deliver to one Python subscriber, the ceiling for the aggregator's ingest.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ import paho.mqtt.client as mqtt
 
 from edge_client.shared import paho_compat
 
+ROOT = Path(__file__).resolve().parents[1]
 TOPIC = "fleetbench/raw"
 INFLIGHT = 200
 
@@ -77,8 +79,11 @@ def raw_rate(host: str, port: int, chunks: list[bytes], updates: int, workdir: P
             raise RuntimeError("raw subscriber: no SUBACK from the broker")
         payload = workdir / "raw-chunks.msgpack"
         payload.write_bytes(msgpack.packb(chunks, use_bin_type=True))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
         publisher = subprocess.Popen([sys.executable, "-m", "benchmarks.fleet_raw", host,
-                                      str(port), str(payload), str(updates)])
+                                      str(port), str(payload), str(updates)], cwd=ROOT,
+                                     env=env)
         counter.all_in.wait(timeout_s)
         publisher.wait(timeout=30)
     finally:
