@@ -24,6 +24,7 @@ from aggregator.participation import Participation, TaskInfo, Verdict
 from aggregator.presence import Presence
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.rejection_gate import RejectionGate
+from aggregator.states import UpdateState
 from aggregator.store import Store
 from aggregator.strategy.folding import FlatUpdate
 from edge_client.shared.protocol import Ack, RemoteProtocolError, Topics, Update, encode
@@ -32,6 +33,7 @@ from edge_client.shared.protocol.states import AckStatus
 log = logging.getLogger("aggregator.service")
 REMEMBERED_REJECTIONS = 1000
 DUPLICATE = Verdict(AckStatus.DUPLICATE, reason="already stored for this task")
+FINISHED = Verdict(AckStatus.LATE, UpdateState.LATE, "training has finished")
 
 
 class UpdateIngest:
@@ -121,6 +123,9 @@ class UpdateIngest:
                                "unknown task", at)
         verdict = self.participation.judge(update, TaskInfo(*stored), state.task,
                                            state.version)
+        if state.finished and verdict.ack == "accepted":
+            # the last version is made: kept on disk as late, never held for a round
+            verdict = FINISHED
         if verdict.ack == "rejected":
             return self.reject(update.device_id, update.nonce, update.task_id,
                                verdict.reason, at)

@@ -254,6 +254,20 @@ def test_every_version_is_done_then_devices_are_told_to_stop(tmp_path):
     assert done.done and h.core.state.done_published and h.core.state.snapshot().finished
 
 
+def test_an_async_update_after_the_last_version_is_late_and_not_held(tmp_path):
+    """At fleet size, thousands of async updates arrive after training ends: each is
+    kept on disk as late and answered so, never folded into a round that will not come."""
+    h = Harness(tmp_path, mode="async", rounds=1, async_=AsyncConfig(buffer_size=2))
+    task = h.connect(["dev-0", "dev-1", "dev-2"])
+    for device in ("dev-0", "dev-1"):
+        h.upload(update(device, task))
+    assert any(isinstance(a, VersionMade) for a in h.tick(1.0))
+    assert h.core.state.finished
+    [ack] = h.upload(update("dev-2", task))
+    assert ack.status == "late" and ack.reason == "training has finished"
+    assert len(h.core.state.pending) == 0
+
+
 # ---------------------------------------------------------------- secure rounds
 def test_a_secure_round_with_dropouts_makes_a_version_from_the_survivors(tmp_path, caplog):
     h = Harness(tmp_path, sync=SyncConfig(target_updates=5, min_fraction=0.6,
