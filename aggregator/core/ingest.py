@@ -24,7 +24,7 @@ from aggregator.participation import Participation, TaskInfo, Verdict
 from aggregator.presence import Presence
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.rejection_gate import RejectionGate
-from aggregator.states import UpdateState
+from aggregator.states import TaskState, UpdateState
 from aggregator.store import Store
 from aggregator.strategy.folding import FlatUpdate
 from edge_client.shared.protocol import Ack, RemoteProtocolError, Topics, Update, encode
@@ -117,12 +117,11 @@ class UpdateIngest:
             # counted once, never stored again.
             self.store.count("duplicates")
             return [self._ack(update, DUPLICATE)]
-        stored = self.store.task_state(update.task_id)
-        if stored is None:
+        info = self._task_info(update.task_id, state)
+        if info is None:
             return self.reject(update.device_id, update.nonce, update.task_id,
                                "unknown task", at)
-        verdict = self.participation.judge(update, TaskInfo(*stored), state.task,
-                                           state.version)
+        verdict = self.participation.judge(update, info, state.task, state.version)
         if state.finished and verdict.ack == "accepted":
             # the last version is made: kept on disk as late, never held for a round
             verdict = FINISHED
@@ -137,6 +136,15 @@ class UpdateIngest:
             state.pending.add(update, len(message), values,
                               self.participation.staleness_factor(update, state.version))
         return [self._ack(update, verdict)]
+
+    def _task_info(self, task_id: str, state: CoreState) -> TaskInfo | None:
+        """The open task from memory (most updates name it: no read and decode of the
+        stored task per update, which cost O(cohort) each); others from the store."""
+        task = state.task
+        if task is not None and task.task_id == task_id:
+            return TaskInfo(task.mode, task.model_version, TaskState.OPEN, task)
+        stored = self.store.task_state(task_id)
+        return None if stored is None else TaskInfo(*stored)
 
     def _ack(self, update: Update, verdict: Verdict) -> SendAck:
         ack = Ack(status=verdict.ack, task_id=update.task_id, nonce=update.nonce,
