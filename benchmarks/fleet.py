@@ -173,6 +173,7 @@ def summary(fleet: Fleet, devices: dict, facts: StoreFacts, raw_per_s: float,
     return {
         "benchmark": "fleet",
         "devices": fleet.devices, "invited_per_round": fleet.invited, "mode": fleet.mode,
+        "concurrency": fleet.concurrency,
         "payload": fleet.payload, "signed": fleet.sign, "rounds": fleet.rounds,
         "versions_made": facts.versions,
         "updates_stored_per_s": round(stored_per_s, 1),
@@ -280,6 +281,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="device processes; 0: one per 2,500 devices, at most 2")
     parser.add_argument("--ingest-workers", type=int, default=1,
                         help="written as ingest_workers in the TOML when not 1")
+    parser.add_argument("--concurrency", type=int, default=0,
+                        help="async: invite at most C devices at a time ([async] concurrency)")
     parser.add_argument("--sign", action="store_true",
                         help="security on: devices sign updates and statuses (enrolled)")
     parser.add_argument("--train-s", type=float, default=0.0,
@@ -306,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     signal.signal(signal.SIGTERM, _interrupted)
     fleet = Fleet(args.devices, args.invited, args.rounds, args.payload, args.mode,
-                  args.ingest_workers, sign=args.sign)
+                  args.ingest_workers, sign=args.sign, concurrency=args.concurrency)
     if args.keep:
         workdir = Path(args.keep)
         workdir.mkdir(parents=True, exist_ok=True)

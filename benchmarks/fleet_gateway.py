@@ -34,6 +34,7 @@ class Fleet:
     mode: str  # "sync" or "async"
     ingest_workers: int = 1
     sign: bool = False
+    concurrency: int = 0  # async: [async] concurrency (0: no bound)
     model_parameters: int = 64 * 1333 + 1333 + 1333 * 10 + 10
 
     def update_bytes_estimate(self) -> int:
@@ -73,6 +74,7 @@ def aggregator_toml(fleet: Fleet, port: int, db_path: Path) -> str:
         "", "[sync]", f"target_updates = {fleet.invited}", "over_selection = 0.0",
         "round_timeout_s = 600", "min_fraction = 1.0", "wait_for_devices_s = 60",
         "", "[async]", f"buffer_size = {fleet.invited}", "max_staleness = 10",
+        f"concurrency = {fleet.concurrency}",
         "", "[presence]", f"max_newcomers = {max(1000, fleet.devices)}",
         "", "[limits]", f"open_uploads = {max(1000, 2 * fleet.invited)}",
     ]
