@@ -24,12 +24,14 @@ from aggregator.core.events import (
     Instant,
     LinkDown,
     LinkUp,
+    RefusedUpload,
     SecAggChunk,
     SetStrategy,
     SetTraining,
     StatusMessage,
     Tick,
     UpdateChunk,
+    VerifiedUpdate,
 )
 from aggregator.core.ingest import UpdateIngest
 from aggregator.core.models import ModelPublisher, load_or_create, restored_downlink
@@ -144,6 +146,9 @@ class AggregatorCore:
             if event.retained:  # devices never retain updates: read it only once
                 self._out.append(ClearRetained(event.topic))
             self._out += self.ingest.on_chunk(event, self.state)
+        elif isinstance(event, VerifiedUpdate | RefusedUpload):  # from an ingest worker
+            self._now = event.at
+            self._out += self.ingest.on_worker_result(event, self.state)
         elif isinstance(event, StatusMessage):
             self._on_status(event)
         elif isinstance(event, SecAggChunk):
