@@ -141,14 +141,9 @@ class AggregatorCore:
             if self.presence.write_due(event.at.mono):
                 self.presence.write()  # soft state: no fsync of its own
             self.schedule.tick(event)
-        elif isinstance(event, UpdateChunk):
+        elif isinstance(event, UpdateChunk | VerifiedUpdate | RefusedUpload):
             self._now = event.at
-            if event.retained:  # devices never retain updates: read it only once
-                self._out.append(ClearRetained(event.topic))
-            self._out += self.ingest.on_chunk(event, self.state)
-        elif isinstance(event, VerifiedUpdate | RefusedUpload):  # from an ingest worker
-            self._now = event.at
-            self._out += self.ingest.on_worker_result(event, self.state)
+            self._out += self.ingest.on_event(event, self.state)
         elif isinstance(event, StatusMessage):
             self._on_status(event)
         elif isinstance(event, SecAggChunk):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from aggregator.anomalies import AnomalyWatch
 from aggregator.config import AggregatorConfig
-from aggregator.core.actions import Action, SendAck
+from aggregator.core.actions import Action, ClearRetained, SendAck
 from aggregator.core.events import Instant, RefusedUpload, UpdateChunk, VerifiedUpdate
 from aggregator.core.rounds import RoundDriver
 from aggregator.core.state import CoreState
@@ -54,6 +54,15 @@ class UpdateIngest:
                                       limits.answered_rejections_s)
         self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._pace_rng = random.Random(config.seed)
+
+    def on_event(self, event: UpdateChunk | VerifiedUpdate | RefusedUpload,
+                 state: CoreState) -> list[Action]:
+        """A chunk of an update, or an ingest worker's result for a whole one."""
+        if not isinstance(event, UpdateChunk):
+            return self.on_worker_result(event, state)
+        # devices never retain updates: read a retained one only once
+        cleared: list[Action] = [ClearRetained(event.topic)] if event.retained else []
+        return cleared + self.on_chunk(event, state)
 
     def on_chunk(self, event: UpdateChunk, state: CoreState) -> list[Action]:
         out: list[Action] = []
