@@ -43,10 +43,11 @@ from aggregator.limits import service_inbox
 from aggregator.store_devices import enrolled_key
 from edge_client.shared.inbox import Inbox
 from edge_client.shared.protocol import Topics, Weights
-from edge_client.shared.transport import Inbound, MqttLink
+from edge_client.shared.transport import Connected, Inbound, MqttLink
 
 log = logging.getLogger("aggregator.service")
 RESULTS_WAITING = 64  # decoded updates queued for the writer; then workers wait
+READY_WAIT_S = 20.0  # at start, how long the service waits for its workers' subscriptions
 RESTART_EVERY_S = 1.0  # a worker that keeps dying is started again at most this often
 STOP_WAIT_S = 3.0
 
@@ -58,6 +59,13 @@ class WorkerFault:
 
     topic: str
     error: str
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """A worker connected and subscribed: the broker now has somewhere to send updates."""
+
+    index: int
 
 
 @dataclass(frozen=True)
@@ -115,16 +123,26 @@ class IngestWorkers:
         self._procs: list[SpawnProcess | None] = [None] * self.count
         self._started = [0.0] * self.count
         self.restarts = 0
+        self._ready: set[int] = set()
+        self._all_ready = threading.Event()
         self._closing = threading.Event()
         self._pump = threading.Thread(target=self._pump_results, name="fedge-ingest-results",
                                       daemon=True)
 
-    def start(self) -> None:
+    def start(self, wait_s: float = READY_WAIT_S) -> None:
+        """Start the workers and wait (up to `wait_s`) until each has subscribed, so that
+        the first task goes out only when its updates have somewhere to go."""
         for index in range(self.count):
             self._spawn(index)
         self._pump.start()
-        log.info("aggregator: %d ingest workers verify and decode updates (shared "
-                 "subscription %s)", self.count, shared_filter(Topics(self.config.federation)))
+        topic = shared_filter(Topics(self.config.federation))
+        if self._all_ready.wait(wait_s):
+            log.info("aggregator: %d ingest workers verify and decode updates (shared "
+                     "subscription %s)", self.count, topic)
+        else:
+            log.warning("aggregator: %d of %d ingest workers subscribed to %s after %.0f s; "
+                        "serving anyway (until they connect, devices resend)",
+                        len(self._ready), self.count, topic, wait_s)
 
     def check(self) -> None:
         """Start again a worker that exited (the loop calls this often; it is cheap)."""
@@ -177,7 +195,12 @@ class IngestWorkers:
                 continue
             except (EOFError, OSError):  # the queue closed under us: stopping
                 return
-            self.deliver(result)
+            if isinstance(result, WorkerReady):
+                self._ready.add(result.index)
+                if len(self._ready) == self.count:
+                    self._all_ready.set()
+            else:
+                self.deliver(result)
 
 
 def serve_worker(spec: WorkerSpec, inboxes: list[Any], results: Any, stop: Any) -> None:
@@ -226,6 +249,8 @@ class WorkerLoop:
                     event = None
                 if isinstance(event, Inbound):
                     self._serve(event)
+                elif isinstance(event, Connected):
+                    self._send(WorkerReady(self.spec.index))
                 mono = time.monotonic()
                 if mono >= next_check:
                     next_check = mono + 0.5
@@ -260,7 +285,7 @@ class WorkerLoop:
         if result is not None:
             self._send(result)
 
-    def _send(self, result: WorkerResult | WorkerFault) -> None:
+    def _send(self, result: WorkerResult | WorkerFault | WorkerReady) -> None:
         """To the writer; waits while its queue is full (backpressure), not past a stop."""
         while not self.stop.is_set():
             try:

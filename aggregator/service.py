@@ -108,12 +108,12 @@ class Aggregator(ServiceReaders):
         """
         if stop is not None:
             self._stop = stop
-        self.link.start()
         try:
-            if self.config.ingest.workers > 1:
+            if self.config.ingest.workers > 1:  # before our link: they take the updates
                 self.workers = IngestWorkers(self.config, self.core.state.weights,
                                              self.events.put)
                 self.workers.start()
+            self.link.start()
             while not self._stop.is_set() and not (
                     exit_when_done and self.core.state.done_published):
                 try:

@@ -158,7 +158,7 @@ def test_a_worker_that_dies_is_started_again_with_a_warning(tmp_path, caplog):
                               host="127.0.0.1", port=1)  # nothing listens: they retry
     config.ingest.workers = 2
     workers = IngestWorkers(config, WEIGHTS, lambda result: None)
-    workers.start()
+    workers.start(wait_s=0.0)
     try:
         first = workers._procs[0]
         assert first is not None and first.pid is not None
