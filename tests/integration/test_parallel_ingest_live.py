@@ -8,8 +8,13 @@ ingest_worker.py `owner_of`)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -89,3 +94,75 @@ def test_a_burst_of_multi_chunk_updates_through_two_workers_is_stored_and_acked(
 def _payloads(chunks: list[bytes]) -> list[bytes]:
     """The message the chunks carry, in order (to cut it again into smaller chunks)."""
     return [decode_chunk(c).data for c in chunks]
+
+
+def test_workers_of_a_killed_service_exit_and_a_killed_worker_is_started_again(
+        mosquitto, tmp_path):
+    config = tmp_path / "aggregator.toml"
+    config.write_text(
+        f'federation = "{FEDERATION}"\nport = {mosquitto.port}\nrounds = 0\nmode = "async"\n'
+        f'db_path = "{tmp_path / "agg.sqlite3"}"\n[model]\nsizes = {SIZES}\n'
+        f'[ingest]\nworkers = 2\n')
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        service = subprocess.Popen([sys.executable, "-m", "fedge", "aggregator", "serve",
+                                    "--config", str(config)], stdout=out, stderr=out)
+    try:
+        workers = _children(service.pid, 2, timeout=30)
+        wait_for(lambda: "2 ingest workers verify and decode" in log.read_text(), 30, log)
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: "ingest worker" in log.read_text()
+                 and "starting it again" in log.read_text(), 30, log)
+        again = _children(service.pid, 2, timeout=30)
+        assert workers[0] not in again and workers[1] in again
+    finally:
+        service.kill()  # SIGKILL: no clean-up of any kind
+        service.wait(10)
+    wait_for(lambda: not any(_running(p) for p in again), 10, log)  # they die with it
+    assert "Traceback" not in log.read_text()
+
+
+def _children(pid: int, count: int, timeout: float) -> list[int]:
+    """The pids of `pid`'s ingest workers, once there are `count` of them alive."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in _pids() if _stat(p)[1] == pid and _running(p)
+                 and b"spawn_main" in _cmdline(p)]
+        if len(alive) == count:
+            return sorted(alive)
+        time.sleep(0.1)
+    raise AssertionError(f"the service did not have {count} ingest workers in {timeout} s")
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _stat(pid: int) -> tuple[str, int]:
+    """A process's state letter and parent pid; ("", 0) once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return "", 0
+    return fields[0].decode(), int(fields[1])
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _running(pid: int) -> bool:
+    return _stat(pid)[0] not in ("", "Z", "X")
+
+
+def wait_for(predicate, timeout: float, log) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; service log:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
