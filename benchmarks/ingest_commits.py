@@ -1,6 +1,7 @@
 """Commits per second and updates stored per second, for a burst from many devices.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/ingest_commits.py [--devices 1000]
+        [--workers 1 2]
 
 Starts mosquitto and the aggregator (in this process, its own thread; async mode with a
 buffer that never fills, so no version is made and only ingest is measured; the demo's
@@ -9,6 +10,10 @@ One client then plays `--devices` devices as a fleet does after a model install:
 publishes its status, then its update, then its status again. Timed from the first
 message to the last ack. SQLite commits are counted on the store's connection (every
 COMMIT, and every write made outside a transaction: SQLite commits those on its own).
+
+`--workers 1 2` runs the same burst once per `[ingest] workers` value (parallel ingest:
+the worker processes verify and decode, the service stores and acks) and adds the ratio
+of the last run's updates stored/s to the first's.
 
 Self-contained on purpose (no tests/ imports, no new APIs), so the same file measures an
 older checkout: `PYTHONPATH=/path/to/old/checkout python benchmarks/ingest_commits.py`.
@@ -78,7 +83,7 @@ def _update(device: str, task: Task, weights: dict[str, np.ndarray],
     return nonce, encode(update)
 
 
-def run(devices: int, workdir: Path) -> dict:
+def run(devices: int, workdir: Path, workers: int = 1) -> dict:
     broker = MosquittoBroker.start(workdir=workdir / "broker")
     topics = Topics(FEDERATION)
     weights = mlp_trainer(SIZES, seed=0).get_weights()
@@ -87,6 +92,8 @@ def run(devices: int, workdir: Path) -> dict:
                               db_path=workdir / "agg.sqlite3", presence_settle_s=0.2,
                               uplink=UPLINK)
     config.presence.max_newcomers = max(config.presence.max_newcomers, devices)
+    if workers > 1:  # only then: an older checkout has no [ingest] workers
+        config.ingest.workers = workers
     agg = Aggregator(config, initial_weights=weights)
     commits = CommitCounter(agg.store.db)
     stop = threading.Event()
@@ -131,7 +138,8 @@ def run(devices: int, workdir: Path) -> dict:
         client.loop_stop()
         client.disconnect()
         broker.stop()
-    return {"devices": devices, "update_bytes": round(size), "messages": 3 * devices,
+    return {"devices": devices, "ingest_workers": workers, "update_bytes": round(size),
+            "messages": 3 * devices,
             "seconds": round(took, 3), "updates_stored_per_s": round(devices / took, 1),
             "commits": made, "commits_per_s": round(made / took, 1),
             "commits_per_update": round(made / devices, 3)}
@@ -140,9 +148,18 @@ def run(devices: int, workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="[ingest] workers for each run (e.g. 1 2)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="fedge-ingest-", dir=Path.cwd()) as work:
-        print(json.dumps(run(args.devices, Path(work))))
+    runs = []
+    for workers in args.workers:
+        with tempfile.TemporaryDirectory(prefix="fedge-ingest-", dir=Path.cwd()) as work:
+            runs.append(run(args.devices, Path(work), workers))
+    if len(runs) == 1:
+        print(json.dumps(runs[0]))
+        return
+    ratio = runs[-1]["updates_stored_per_s"] / runs[0]["updates_stored_per_s"]
+    print(json.dumps({"runs": runs, "ratio_last_to_first": round(ratio, 2)}))
 
 
 if __name__ == "__main__":
