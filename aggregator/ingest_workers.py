@@ -23,6 +23,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import sqlite3
@@ -47,7 +48,7 @@ from edge_client.shared.transport import Connected, Inbound, MqttLink
 
 log = logging.getLogger("aggregator.service")
 RESULTS_WAITING = 64  # decoded updates queued for the writer; then workers wait
-READY_WAIT_S = 20.0  # at start, how long the service waits for its workers' subscriptions
+READY_WAIT_S = 10.0  # at start, how long the service waits for its workers' subscriptions
 RESTART_EVERY_S = 1.0  # a worker that keeps dying is started again at most this often
 STOP_WAIT_S = 3.0
 
@@ -75,6 +76,7 @@ class WorkerSpec:
     index: int
     workers: int
     log_level: int
+    log_formatter: logging.Formatter | None  # the service's (text or JSON), if any
 
 
 def shared_filter(topics: Topics) -> str:
@@ -129,14 +131,22 @@ class IngestWorkers:
         self._pump = threading.Thread(target=self._pump_results, name="fedge-ingest-results",
                                       daemon=True)
 
-    def start(self, wait_s: float = READY_WAIT_S) -> None:
-        """Start the workers and wait (up to `wait_s`) until each has subscribed, so that
-        the first task goes out only when its updates have somewhere to go."""
+    def start(self, wait_s: float = READY_WAIT_S,
+              stop: threading.Event | None = None) -> None:
+        """Start the workers and wait (up to `wait_s`, or until `stop`) until each has
+        subscribed, so that the first task goes out only when its updates have somewhere
+        to go."""
         for index in range(self.count):
             self._spawn(index)
         self._pump.start()
         topic = shared_filter(Topics(self.config.federation))
-        if self._all_ready.wait(wait_s):
+        deadline = time.monotonic() + wait_s
+        while not self._all_ready.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                break
+        if stop is not None and stop.is_set() and not self._all_ready.is_set():
+            return  # stopping before they were ready: nothing to say
+        if self._all_ready.is_set():
             log.info("aggregator: %d ingest workers verify and decode updates (shared "
                      "subscription %s)", self.count, topic)
         else:
@@ -178,8 +188,9 @@ class IngestWorkers:
             q.close()
 
     def _spawn(self, index: int) -> None:
+        root = logging.getLogger()
         spec = WorkerSpec(self.config, self._layout, index, self.count,
-                          logging.getLogger().getEffectiveLevel())
+                          root.getEffectiveLevel(), _formatter_of(root))
         proc = self._ctx.Process(target=serve_worker, name=f"fedge-ingest-{index}",
                                  args=(spec, self.inboxes, self.results, self.stop_event),
                                  daemon=True)
@@ -208,8 +219,10 @@ def serve_worker(spec: WorkerSpec, inboxes: list[Any], results: Any, stop: Any) 
     ones from its inbox), send each finished transfer's result to the writer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=spec.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()  # stderr, as the service logs
+    if spec.log_formatter is not None:
+        handler.setFormatter(spec.log_formatter)
+    logging.basicConfig(level=spec.log_level, handlers=[handler])
     for q in [*inboxes, results]:
         q.cancel_join_thread()  # never hang at exit on what the writer did not take
     WorkerLoop(spec, inboxes, results, stop).run()
@@ -305,6 +318,18 @@ class WorkerLoop:
             except (EOFError, OSError):
                 return
             self.local.put(event)
+
+
+def _formatter_of(root: logging.Logger) -> logging.Formatter | None:
+    """The service's log format for its workers, when it can travel to them."""
+    for handler in root.handlers:
+        if handler.formatter is not None:
+            try:
+                pickle.dumps(handler.formatter)
+            except Exception:  # a formatter holding a lock, a file...: the default then
+                return None
+            return handler.formatter
+    return None
 
 
 def _no_key(device: str) -> str | None:

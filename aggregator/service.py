@@ -112,7 +112,7 @@ class Aggregator(ServiceReaders):
             if self.config.ingest.workers > 1:  # before our link: they take the updates
                 self.workers = IngestWorkers(self.config, self.core.state.weights,
                                              self.events.put)
-                self.workers.start()
+                self.workers.start(stop=self._stop)
             self.link.start()
             while not self._stop.is_set() and not (
                     exit_when_done and self.core.state.done_published):
