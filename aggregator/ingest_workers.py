@@ -159,15 +159,21 @@ class IngestWorkers:
         if self._closing.is_set():
             return
         for index, proc in enumerate(self._procs):
-            if proc is None or proc.is_alive():
+            if proc is not None and proc.is_alive():
                 continue
             if time.monotonic() - self._started[index] < RESTART_EVERY_S:
                 continue
-            log.warning("aggregator: ingest worker %d stopped (exit code %s); starting it "
-                        "again", index, proc.exitcode)
-            proc.close()
+            if proc is not None:
+                log.warning("aggregator: ingest worker %d stopped (exit code %s); starting "
+                            "it again", index, proc.exitcode)
+                proc.close()
+                self._procs[index] = None
             self.restarts += 1
-            self._spawn(index)
+            try:
+                self._spawn(index)
+            except OSError as exc:  # out of processes or memory: try again later
+                self._started[index] = time.monotonic()
+                log.error("aggregator: cannot start ingest worker %d: %s", index, exc)
 
     def stop(self) -> None:
         self._closing.set()
