@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from aggregator.core import (
@@ -9,11 +10,13 @@ from aggregator.core import (
     Instant,
     LinkDown,
     LinkUp,
+    RefusedUpload,
     SecAggChunk,
     SetStrategy,
     SetTraining,
     StatusMessage,
     UpdateChunk,
+    VerifiedUpdate,
 )
 from edge_client.shared.protocol import Topics
 from edge_client.shared.transport import Connected, Disconnected, Inbound
@@ -24,6 +27,8 @@ def core_event_of(event: object, topics: Topics, now: Callable[[], Instant]) -> 
     core does not take (an empty payload: a retained message being cleared)."""
     if isinstance(event, SetTraining | SetStrategy):
         return event
+    if isinstance(event, VerifiedUpdate | RefusedUpload):  # from an ingest worker
+        return dataclasses.replace(event, at=now())
     if isinstance(event, Connected):
         return LinkUp(now())
     if isinstance(event, Disconnected):

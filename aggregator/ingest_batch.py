@@ -11,6 +11,7 @@ the trade-off: docs/gateway.md#ingest-at-fleet-rates.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,13 +23,26 @@ class IngestConfig:
 
     batch_messages: int = 1000  # received messages handled in one group commit, at most
     batch_ms: float = 5.0  # ... and for at most this long after the first, in ms
+    workers: int = 1  # processes that verify and decode updates (aggregator/ingest_workers.py);
+    #                   1: the service loop does it itself
 
     def __post_init__(self) -> None:
+        most = max_workers()
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not (
+                1 <= self.workers <= most):
+            raise ValueError(f"ingest.workers must be a whole number from 1 to {most} "
+                             f"(4 x this machine's {os.cpu_count() or 1} CPUs), "
+                             f"not {self.workers!r}")
         if not 1 <= self.batch_messages <= 100_000:
             raise ValueError(f"ingest.batch_messages must be between 1 and 100000, "
                              f"not {self.batch_messages}")
         if not 0 < self.batch_ms <= 1000:
             raise ValueError(f"ingest.batch_ms must be > 0 and <= 1000, not {self.batch_ms}")
+
+
+def max_workers() -> int:
+    """More ingest workers than 4 per CPU only add processes that wait."""
+    return 4 * (os.cpu_count() or 1)
 
 
 class BatchBounds:

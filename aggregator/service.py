@@ -38,6 +38,7 @@ from aggregator.core import (
 from aggregator.core.versions import Evaluate
 from aggregator.inbound import core_event_of
 from aggregator.ingest_batch import BatchBounds
+from aggregator.ingest_workers import IngestWorkers, WorkerFault
 from aggregator.limits import service_inbox
 from aggregator.service_readers import ServiceReaders
 from aggregator.store import Store
@@ -47,7 +48,7 @@ from aggregator.strategy import Strategy
 from edge_client.shared.identity import load_or_create_identity
 from edge_client.shared.protocol import RemoteProtocolError, Topics, Weights
 from edge_client.shared.protocol.signing import seal
-from edge_client.shared.transport import Inbound, MqttLink
+from edge_client.shared.transport import MqttLink
 
 log = logging.getLogger(__name__)
 __all__ = ["STOPPED_NOTE", "Aggregator", "Evaluate", "SetStrategy", "SetTraining",
@@ -82,6 +83,7 @@ class Aggregator(ServiceReaders):
                              max_unconfirmed=config.limits.unconfirmed_publishes,
                              manual_ack=True)
         self.batch = BatchBounds(config.ingest)
+        self.workers: IngestWorkers | None = None  # [ingest] workers > 1: started by run()
         self._stop = threading.Event()
         self.identity = (load_or_create_identity(config.security.key_file)
                          if config.security.enabled else None)
@@ -106,8 +108,12 @@ class Aggregator(ServiceReaders):
         """
         if stop is not None:
             self._stop = stop
-        self.link.start()
         try:
+            if self.config.ingest.workers > 1:  # before our link: they take the updates
+                self.workers = IngestWorkers(self.config, self.core.state.weights,
+                                             self.events.put)
+                self.workers.start(stop=self._stop)
+            self.link.start()
             while not self._stop.is_set() and not (
                     exit_when_done and self.core.state.done_published):
                 try:
@@ -118,10 +124,14 @@ class Aggregator(ServiceReaders):
                     self._serve_batch(event)
                 self._perform(self.core.handle(Tick(now(), self.link.connected)))
                 self._refresh()
+                if self.workers is not None:
+                    self.workers.check()
         finally:
             self._close()
 
     def _close(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
         try:
             self.core.write_soft_state()
         except Exception as exc:  # the store is going away: statuses are soft state
@@ -176,7 +186,10 @@ class Aggregator(ServiceReaders):
         """The boundary of one inbound event: whatever one bad message raises is logged
         and counted ("bad_messages"), and the loop goes on, so no single message (a
         retained one at every start included) can stop the service."""
-        topic = event.topic if isinstance(event, Inbound) else type(event).__name__
+        topic = getattr(event, "topic", type(event).__name__)
+        if isinstance(event, WorkerFault):  # the worker logged it
+            self._count_bad()
+            return []
         try:
             core_event = core_event_of(event, self.topics, now)
             return [] if core_event is None else self.core.handle(core_event)
@@ -185,11 +198,14 @@ class Aggregator(ServiceReaders):
         except Exception as exc:  # our bug, not the sender's: keep serving the others
             log.error("aggregator: handling a message on %s failed: %s", topic, exc,
                       exc_info=True)
+        self._count_bad()
+        return self.core.drain()  # what was decided before the failure
+
+    def _count_bad(self) -> None:
         try:
             self.store.count("bad_messages")
         except Exception as exc:  # logged, not raised: the next message may still be served
             log.error("aggregator: cannot count a bad message: %s", exc)
-        return self.core.drain()  # what was decided before the failure
 
     def _perform(self, actions: list[Action]) -> None:
         for action in actions:
@@ -199,7 +215,8 @@ class Aggregator(ServiceReaders):
                 if self.link.publish(action.topic, b"", retain=True):
                     log.info("aggregator: cleared the retained message on %s", action.topic)
             elif isinstance(action, Subscribe):
-                self.link.subscribe(action.topic)
+                if self.workers is None or action.topic != self.topics.all_updates:
+                    self.link.subscribe(action.topic)  # with workers, updates go to them
             elif isinstance(action, VersionMade):
                 self._snapshot = action.snapshot  # the owner may read it in the callback
                 if self.on_version is not None:

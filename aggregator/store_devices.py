@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any
 
 from aggregator.store_base import Tables
 from edge_client.shared.protocol import Status
+
+
+def enrolled_key(db: sqlite3.Connection, device_id: str) -> str | None:
+    """The enrolled, unrevoked public key of a device, or None; also what ingest workers
+    read through their own read-only connection (aggregator/ingest_workers.py)."""
+    row = db.execute("SELECT public_key FROM enrolment WHERE device_id=? AND "
+                     "revoked_at IS NULL", (device_id,)).fetchone()
+    return None if row is None else row[0]
 
 
 class DeviceTables(Tables):
@@ -27,9 +36,7 @@ class DeviceTables(Tables):
 
     def device_key(self, device_id: str) -> str | None:
         """The enrolled, unrevoked public key of a device, or None."""
-        row = self.db.execute("SELECT public_key FROM enrolment WHERE device_id=? AND "
-                              "revoked_at IS NULL", (device_id,)).fetchone()
-        return None if row is None else row[0]
+        return enrolled_key(self.db, device_id)
 
     def enrolment(self) -> list[dict[str, Any]]:
         cols = ("device_id", "public_key", "enrolled_at", "revoked_at")

@@ -1,6 +1,7 @@
 """Commits per second and updates stored per second, for a burst from many devices.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/ingest_commits.py [--devices 1000]
+        [--workers 1 2]
 
 Starts mosquitto and the aggregator (in this process, its own thread; async mode with a
 buffer that never fills, so no version is made and only ingest is measured; the demo's
@@ -9,6 +10,13 @@ One client then plays `--devices` devices as a fleet does after a model install:
 publishes its status, then its update, then its status again. Timed from the first
 message to the last ack. SQLite commits are counted on the store's connection (every
 COMMIT, and every write made outside a transaction: SQLite commits those on its own).
+
+`--signed` turns on `[security]`: every device is enrolled and signs its statuses and
+its update (Ed25519), which the aggregator verifies.
+
+`--workers 1 2` runs the same burst once per `[ingest] workers` value (parallel ingest:
+the worker processes verify and decode, the service stores and acks) and adds the ratio
+of the last run's updates stored/s to the first's.
 
 Self-contained on purpose (no tests/ imports, no new APIs), so the same file measures an
 older checkout: `PYTHONPATH=/path/to/old/checkout python benchmarks/ingest_commits.py`.
@@ -33,9 +41,12 @@ import paho.mqtt.client as mqtt
 from aggregator.config import AggregatorConfig, AsyncConfig
 from aggregator.service import Aggregator
 from edge_client.shared.codecs import CodecConfig, encode_vector
+from edge_client.shared.identity import Identity
 from edge_client.shared.protocol import Ack, Status, Task, Topics, Update, decode, encode
 from edge_client.shared.protocol.chunking import split
 from edge_client.shared.protocol.seeds import update_seed
+from edge_client.shared.protocol.signing import is_signed, open_envelope, seal
+from edge_client.shared.security import AggregatorSecurity
 from edge_client.training import mlp_trainer
 from fedge.broker import MosquittoBroker
 
@@ -67,6 +78,11 @@ def _client(broker: MosquittoBroker) -> tuple[mqtt.Client, queue.Queue]:
     return client, inbox
 
 
+def _body(payload: bytes) -> bytes:
+    """What the aggregator sent, without its signature (with --signed)."""
+    return open_envelope(payload).body if is_signed(payload) else payload
+
+
 def _update(device: str, task: Task, weights: dict[str, np.ndarray],
             rng: np.random.Generator) -> tuple[str, bytes]:
     flat = rng.normal(0, 0.01, sum(w.size for w in weights.values())).astype(np.float32)
@@ -78,7 +94,7 @@ def _update(device: str, task: Task, weights: dict[str, np.ndarray],
     return nonce, encode(update)
 
 
-def run(devices: int, workdir: Path) -> dict:
+def run(devices: int, workdir: Path, workers: int = 1, signed: bool = False) -> dict:
     broker = MosquittoBroker.start(workdir=workdir / "broker")
     topics = Topics(FEDERATION)
     weights = mlp_trainer(SIZES, seed=0).get_weights()
@@ -87,7 +103,17 @@ def run(devices: int, workdir: Path) -> dict:
                               db_path=workdir / "agg.sqlite3", presence_settle_s=0.2,
                               uplink=UPLINK)
     config.presence.max_newcomers = max(config.presence.max_newcomers, devices)
+    if workers > 1:  # only then: an older checkout has no [ingest] workers
+        config.ingest.workers = workers
+    if signed:
+        config.security = AggregatorSecurity(enabled=True, key_file=workdir / "agg.key")
     agg = Aggregator(config, initial_weights=weights)
+    keys = {f"d{i:05d}": Identity.generate() for i in range(devices)} if signed else {}
+    for device, identity in keys.items():
+        agg.store.enroll(device, identity.public_text)
+
+    def sealed(device: str, message: bytes) -> bytes:
+        return seal(message, keys[device]) if signed else message
     commits = CommitCounter(agg.store.db)
     stop = threading.Event()
     loop = threading.Thread(target=agg.run, args=(stop, False), daemon=True)
@@ -98,18 +124,20 @@ def run(devices: int, workdir: Path) -> dict:
         client.subscribe(topics.ack("+"), qos=1)
         fleet = [f"d{i:05d}" for i in range(devices)]
 
-        def status(device: str) -> bytes:
-            return encode(Status(device_id=device, online=True, eligible=True,
-                                 model_version=0, time=time.time()))
+        def status(device: str, later_s: float = 0.0) -> bytes:
+            return sealed(device, encode(Status(device_id=device, online=True, eligible=True,
+                                                model_version=0,
+                                                time=time.time() + later_s)))
 
         client.publish(topics.status(fleet[0]), status(fleet[0]), qos=1, retain=True)
         task = None
         while task is None:
             topic, payload = inbox.get(timeout=30)
             if topic == topics.task and payload:
-                task = decode(payload, expect=Task)
+                task = decode(_body(payload), expect=Task)
         rng = np.random.default_rng(0)
-        updates = [(d, *_update(d, task, weights, rng)) for d in fleet]
+        updates = [(d, nonce, sealed(d, message)) for d in fleet
+                   for nonce, message in [_update(d, task, weights, rng)]]
         size = sum(len(m) for _, _, m in updates) / devices
         commits.count = 0
         started = time.perf_counter()
@@ -117,12 +145,13 @@ def run(devices: int, workdir: Path) -> dict:
             client.publish(topics.status(device), status(device), qos=1, retain=True)
             for chunk in split(message, nonce):
                 client.publish(topics.update(device), chunk, qos=1)
-            client.publish(topics.status(device), status(device), qos=1, retain=True)
+            client.publish(topics.status(device), status(device, 0.001),
+                           qos=1, retain=True)
         acked = 0
         while acked < devices:
             topic, payload = inbox.get(timeout=120)
             if topic.startswith(topics.prefix + "/ack/"):
-                acked += decode(payload, expect=Ack).status == "accepted"
+                acked += decode(_body(payload), expect=Ack).status == "accepted"
         took = time.perf_counter() - started
         made = commits.count
     finally:
@@ -131,7 +160,9 @@ def run(devices: int, workdir: Path) -> dict:
         client.loop_stop()
         client.disconnect()
         broker.stop()
-    return {"devices": devices, "update_bytes": round(size), "messages": 3 * devices,
+    return {"devices": devices, "ingest_workers": workers, "signed": signed,
+            "update_bytes": round(size),
+            "messages": 3 * devices,
             "seconds": round(took, 3), "updates_stored_per_s": round(devices / took, 1),
             "commits": made, "commits_per_s": round(made / took, 1),
             "commits_per_update": round(made / devices, 3)}
@@ -140,9 +171,20 @@ def run(devices: int, workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--signed", action="store_true",
+                        help="[security] on: enrolled devices sign, the aggregator verifies")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="[ingest] workers for each run (e.g. 1 2)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="fedge-ingest-", dir=Path.cwd()) as work:
-        print(json.dumps(run(args.devices, Path(work))))
+    runs = []
+    for workers in args.workers:
+        with tempfile.TemporaryDirectory(prefix="fedge-ingest-", dir=Path.cwd()) as work:
+            runs.append(run(args.devices, Path(work), workers, args.signed))
+    if len(runs) == 1:
+        print(json.dumps(runs[0]))
+        return
+    ratio = runs[-1]["updates_stored_per_s"] / runs[0]["updates_stored_per_s"]
+    print(json.dumps({"runs": runs, "ratio_last_to_first": round(ratio, 2)}))
 
 
 if __name__ == "__main__":

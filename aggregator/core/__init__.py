@@ -25,17 +25,20 @@ from aggregator.core.events import (
     Instant,
     LinkDown,
     LinkUp,
+    RefusedUpload,
     SecAggChunk,
     SetStrategy,
     SetTraining,
     StatusMessage,
     Tick,
     UpdateChunk,
+    VerifiedUpdate,
 )
 from aggregator.core.schedule import STOPPED_NOTE
 from aggregator.core.snapshot import ServiceSnapshot
 
 __all__ = ["STOPPED_NOTE", "Action", "AggregatorCore", "ClearRetained", "Event", "Instant",
-           "LinkDown", "LinkUp", "Publish", "PublishTask", "SecAggChunk", "SendAck",
+           "LinkDown", "LinkUp", "Publish", "PublishTask", "RefusedUpload", "SecAggChunk",
+           "SendAck",
            "ServiceSnapshot", "SetStrategy", "SetTraining", "StatusMessage", "Subscribe",
-           "Tick", "UpdateChunk", "VersionMade", "VersionReport"]
+           "Tick", "UpdateChunk", "VerifiedUpdate", "VersionMade", "VersionReport"]

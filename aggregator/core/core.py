@@ -24,12 +24,14 @@ from aggregator.core.events import (
     Instant,
     LinkDown,
     LinkUp,
+    RefusedUpload,
     SecAggChunk,
     SetStrategy,
     SetTraining,
     StatusMessage,
     Tick,
     UpdateChunk,
+    VerifiedUpdate,
 )
 from aggregator.core.ingest import UpdateIngest
 from aggregator.core.models import ModelPublisher, load_or_create, restored_downlink
@@ -139,11 +141,9 @@ class AggregatorCore:
             if self.presence.write_due(event.at.mono):
                 self.presence.write()  # soft state: no fsync of its own
             self.schedule.tick(event)
-        elif isinstance(event, UpdateChunk):
+        elif isinstance(event, UpdateChunk | VerifiedUpdate | RefusedUpload):
             self._now = event.at
-            if event.retained:  # devices never retain updates: read it only once
-                self._out.append(ClearRetained(event.topic))
-            self._out += self.ingest.on_chunk(event, self.state)
+            self._out += self.ingest.on_event(event, self.state)
         elif isinstance(event, StatusMessage):
             self._on_status(event)
         elif isinstance(event, SecAggChunk):

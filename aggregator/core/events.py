@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aggregator.strategy.folding import FlatUpdate
+from edge_client.shared.protocol import Update
+
 
 @dataclass(frozen=True)
 class Instant:
@@ -81,5 +84,33 @@ class Tick:
     connected: bool
 
 
+@dataclass(frozen=True)
+class VerifiedUpdate:
+    """An update an ingest worker reassembled, verified and decoded (parallel ingest,
+    aggregator/ingest_workers.py): the core checks and stores it as if it had the chunks.
+    `payload` is the verified message, as stored."""
+
+    topic: str
+    device: str
+    transfer: str
+    payload: bytes
+    update: Update
+    values: FlatUpdate
+    at: Instant
+
+
+@dataclass(frozen=True)
+class RefusedUpload:
+    """An upload an ingest worker refused (`reason`); `verified`: its signature held, so
+    the device counts as having sent something (as the single-process path counts it)."""
+
+    topic: str
+    device: str
+    transfer: str
+    reason: str
+    verified: bool
+    at: Instant
+
+
 Event = (LinkUp | LinkDown | UpdateChunk | StatusMessage | SecAggChunk | SetTraining
-         | SetStrategy | Tick)
+         | SetStrategy | Tick | VerifiedUpdate | RefusedUpload)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from aggregator.anomalies import AnomalyWatch
 from aggregator.config import AggregatorConfig
-from aggregator.core.actions import Action, SendAck
-from aggregator.core.events import Instant, UpdateChunk
+from aggregator.core.actions import Action, ClearRetained, SendAck
+from aggregator.core.events import Instant, RefusedUpload, UpdateChunk, VerifiedUpdate
 from aggregator.core.rounds import RoundDriver
 from aggregator.core.state import CoreState
 from aggregator.ingest import check_clock, check_sender, open_flat_update, verified_body
@@ -57,6 +57,15 @@ class UpdateIngest:
         self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._pace_rng = random.Random(config.seed)
 
+    def on_event(self, event: UpdateChunk | VerifiedUpdate | RefusedUpload,
+                 state: CoreState) -> list[Action]:
+        """A chunk of an update, or an ingest worker's result for a whole one."""
+        if not isinstance(event, UpdateChunk):
+            return self.on_worker_result(event, state)
+        # devices never retain updates: read a retained one only once
+        cleared: list[Action] = [ClearRetained(event.topic)] if event.retained else []
+        return cleared + self.on_chunk(event, state)
+
     def on_chunk(self, event: UpdateChunk, state: CoreState) -> list[Action]:
         out: list[Action] = []
         try:
@@ -83,6 +92,33 @@ class UpdateIngest:
         except RemoteProtocolError as exc:
             return self.reject(device, transfer, "", exc.reason, event.at)
         return self._store_and_ack(update, values, message, state, event.at)
+
+    def on_worker_result(self, event: VerifiedUpdate | RefusedUpload,
+                         state: CoreState) -> list[Action]:
+        """What an ingest worker made of an upload (parallel ingest): the same checks,
+        verdicts and acks as `on_chunk` after its signature and decoding steps.
+
+        A round's refusal comes before a decoding error, as in `_validate`."""
+        device, transfer = event.device, event.transfer
+        if isinstance(event, RefusedUpload):
+            reason = event.reason
+            if event.verified:
+                self.presence.sent_something(device)
+                reason = self.driver.refusal() or reason
+            return self.reject(device, transfer, "", reason, event.at)
+        self.presence.sent_something(device)  # even if refused below: not a no-show
+        update = event.update
+        try:
+            refusal = self.driver.refusal()
+            if refusal is not None:
+                raise RemoteProtocolError(refusal)
+            check_sender(update, device, transfer)
+            self.privacy.check_update(update)
+            if self.config.security.enabled:
+                check_clock(update, event.at.wall, self.config.security.max_clock_skew_s)
+        except RemoteProtocolError as exc:
+            return self.reject(device, transfer, "", exc.reason, event.at)
+        return self._store_and_ack(update, event.values, event.payload, state, event.at)
 
     def expire(self, at: Instant) -> None:
         for device, transfer in self.assembler.expire(at.mono):

@@ -37,6 +37,8 @@ from aggregator.broker_config import (
     revoke_device,
     write_broker_config,
 )
+from aggregator.ingest_workers import shared_filter
+from edge_client.shared.protocol import Topics
 from edge_client.shared.transport import Connected, Credentials, Inbound, MqttLink, TlsConfig
 from fedge.broker import find_mosquitto, free_port
 
@@ -415,3 +417,14 @@ def test_revoked_device_is_cut_off_after_sighup(start_broker, connect) -> None:
     assert reason is not None and not reason.is_failure, reason
     dev3.publish(_topic("update", "dev3"), b"hello")
     assert aggregator.received() == (_topic("update", "dev3"), b"hello")
+
+
+def test_the_aggregators_shared_subscription_gets_device_updates(start_broker, connect) -> None:
+    """Parallel ingest's workers log in as the aggregator and subscribe through
+    `$share/...`: the ACL lets that through (aggregator/ingest_workers.py)."""
+    broker = start_broker("dev1")
+    worker = _login(connect, broker, "aggregator")
+    worker.subscribe(shared_filter(Topics(FED)))
+    device = _login(connect, broker, "dev1")
+    device.publish(_topic("update", "dev1"), b"chunk")
+    assert worker.received() == (_topic("update", "dev1"), b"chunk"), broker.log()

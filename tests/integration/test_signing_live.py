@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
+from aggregator.ingest_batch import IngestConfig
 from edge_client.shared.identity import Identity, load_or_create_identity
 from edge_client.shared.protocol import ModelManifest, Update, encode, split
 from edge_client.shared.protocol.signing import seal
@@ -60,10 +61,12 @@ def _reasons(db_path) -> list[str]:
         return [r[0] for r in db.execute("SELECT reason FROM rejections")]
 
 
-def test_enrolled_devices_take_part_and_strangers_are_refused(mosquitto, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])  # 2: signatures checked in ingest workers
+def test_enrolled_devices_take_part_and_strangers_are_refused(mosquitto, tmp_path, workers):
     data = Digits(devices=3)
     agg = _secure_aggregator(mosquitto, tmp_path, data, rounds=1,
-                             sync=dataclasses.replace(make_aggregator_sync(), target_updates=2))
+                             sync=dataclasses.replace(make_aggregator_sync(), target_updates=2),
+                             ingest=IngestConfig(workers=workers))
     members = [_secure_client(mosquitto, tmp_path, data, i, agg) for i in range(2)]
     stranger = _secure_client(mosquitto, tmp_path, data, 2, agg, enroll=False)
     runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
