@@ -280,7 +280,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, default=0,
                         help="device processes; 0: one per 2,500 devices, at most 2")
     parser.add_argument("--ingest-workers", type=int, default=1,
-                        help="written as ingest_workers in the TOML when not 1")
+                        help="[ingest] workers: processes that verify and decode updates")
     parser.add_argument("--concurrency", type=int, default=0,
                         help="async: invite at most C devices at a time ([async] concurrency)")
     parser.add_argument("--sign", action="store_true",

@@ -67,8 +67,6 @@ def aggregator_toml(fleet: Fleet, port: int, db_path: Path) -> str:
         f'db_path = "{db_path}"', f'mode = "{fleet.mode}"', f"rounds = {fleet.rounds}",
         f"chunk_size = {CHUNK_SIZE}", "presence_settle_s = 2.0", "keepalive_s = 60",
     ]
-    if fleet.ingest_workers != 1:
-        lines.append(f"ingest_workers = {fleet.ingest_workers}")
     lines += [
         "", "[train]", "epochs = 1",
         "", "[sync]", f"target_updates = {fleet.invited}", "over_selection = 0.0",
@@ -77,6 +75,7 @@ def aggregator_toml(fleet: Fleet, port: int, db_path: Path) -> str:
         f"concurrency = {fleet.concurrency}",
         "", "[presence]", f"max_newcomers = {max(1000, fleet.devices)}",
         "", "[limits]", f"open_uploads = {max(1000, 2 * fleet.invited)}",
+        "", "[ingest]", f"workers = {fleet.ingest_workers}",
     ]
     if fleet.sign:
         lines += ["", "[security]", "enabled = true",
