@@ -9,7 +9,9 @@ import logging
 import pytest
 
 from edge_client.session import actions as act
-from edge_client.session.events import LinkUp, TaskReceived
+from edge_client.session.events import InvitationReceived, LinkUp, TaskReceived
+from edge_client.session.inbound import decode_inbound
+from edge_client.session.keys import DeviceKeys
 from edge_client.shared.protocol import Invitation, RemoteProtocolError, Topics, encode
 from edge_client.shared.protocol.cohort import Cohort
 from tests.unit import session_driver as drv
@@ -93,3 +95,18 @@ def test_a_task_naming_the_device_still_invites_it_without_an_invitation():
     device = _ready()
     named = drv.task("r1", invited=("dev-0",), cohort=NOBODY)
     assert len(device.of(act.StartFit, device.feed(TaskReceived(named)))) == 1
+
+
+def test_a_device_that_pins_the_aggregator_key_takes_only_a_signed_invitation():
+    from edge_client.shared.identity import Identity, parse_public_key
+    from edge_client.shared.protocol.signing import seal
+
+    aggregator, mallory = Identity.generate(), Identity.generate()
+    keys = DeviceKeys(pinned=parse_public_key(aggregator.public_text))
+    topics = Topics("default")
+    body = encode(Invitation(task_id="r1", device_id="dev-0"))
+    for forged in (body, seal(body, mallory)):
+        with pytest.raises(RemoteProtocolError):
+            decode_inbound(TOPIC, forged, topics, "dev-0", keys)
+    event = decode_inbound(TOPIC, seal(body, aggregator), topics, "dev-0", keys)
+    assert event == InvitationReceived(Invitation(task_id="r1", device_id="dev-0"))
