@@ -145,8 +145,7 @@ class AggregatorCore:
             self._now = event.at
             if event.retained:  # devices never retain updates: read it only once
                 self._out.append(ClearRetained(event.topic))
-            answers = self.ingest.on_chunk(event, self.state)  # an answer ends an invitation
-            self._out += answers + self.schedule.invitations.answered(answers)
+            self._out += self.ingest.on_chunk(event, self.state)
         elif isinstance(event, StatusMessage):
             self._on_status(event)
         elif isinstance(event, SecAggChunk):
@@ -191,7 +190,7 @@ class AggregatorCore:
     def drain(self) -> list[Action]:
         out = list(self._out)
         self._out.clear()  # in place: the schedule appends to the same list
-        return out
+        return out + self.schedule.invitations.answered(out)  # an ack ends an invitation
 
     def open_task(self, at: Instant) -> list[Action]:
         """Open the next task now, as a tick would once devices are known."""
