@@ -344,18 +344,28 @@ def test_devices_that_sleep_between_tasks_come_back_at_their_check_in(tmp_path):
     fed.assert_no_update_lost()
 
 
-def test_a_newcomer_heavy_draw_is_topped_up_by_invitations_and_the_rounds_complete(tmp_path):
-    """40 ghost devices (statuses only) and 3 proven devices: the drawn cohort is mostly
-    ghosts, so the proven ones are invited by name, each by an Invitation on its own
-    topic, not in the task; they train, the rounds complete, the invitations go."""
+def _among_ghosts(tmp_path) -> Federation:
+    """3 proven devices (as from an earlier run) and 40 ghosts (retained statuses only)."""
     fed = Federation(tmp_path, rounds=2, sync=SyncConfig(target_updates=3, min_fraction=1.0,
                                                          round_timeout_s=60))
-    agg = fed.aggregator
-    agg.core.presence.proven.update(d.name for d in fed.devices)  # as from an earlier run
+    fed.aggregator.core.presence.proven.update(d.name for d in fed.devices)
     for i in range(40):
         ghost = f"ghost-{i:02d}"
         status = Status(device_id=ghost, online=True, time=fed.clock.wall)
         fed.bus.publish(ghost, f"fedge/{FED}/status/{ghost}", encode(status), retain=True)
+    return fed
+
+
+def _invites(fed: Federation) -> set[str]:
+    return {t for t, (_, p) in fed.bus.retained.items() if "/invite/" in t and p}
+
+
+def test_a_newcomer_heavy_draw_is_topped_up_by_invitations_and_the_rounds_complete(tmp_path):
+    """40 ghost devices (statuses only) and 3 proven devices: the drawn cohort is mostly
+    ghosts, so the proven ones are invited by name, each by an Invitation on its own
+    topic, not in the task; they train, the rounds complete, the invitations go."""
+    fed = _among_ghosts(tmp_path)
+    agg = fed.aggregator
     done: list[object] = []  # what the aggregator did, in order
     perform = agg.perform
     agg.perform = lambda actions: (done.extend(actions), perform(actions))  # type: ignore
@@ -364,8 +374,7 @@ def test_a_newcomer_heavy_draw_is_topped_up_by_invitations_and_the_rounds_comple
     task = agg.core.state.task
     named = sorted(d for d in task.members if not task.cohort.includes(d))
     assert named and set(named) <= {d.name for d in fed.devices}
-    invites = {t for t, (_, p) in fed.bus.retained.items() if "/invite/" in t and p}
-    assert invites == {f"fedge/{FED}/invite/{d}" for d in named}
+    assert _invites(fed) == {f"fedge/{FED}/invite/{d}" for d in named}
     sent = decode(fed.bus.retained[f"fedge/{FED}/task"][1], expect=Task)
     assert sent.invited is None and sent.cohort == task.cohort  # no names in the task
     fed.run_to_end()
@@ -378,5 +387,26 @@ def test_a_newcomer_heavy_draw_is_topped_up_by_invitations_and_the_rounds_comple
     made = kinds.index(("VersionMade", ""))
     for name in named:  # cleared once the device answered, before the round closed
         assert kinds.index(("ClearRetained", f"fedge/{FED}/invite/{name}")) < made
-    assert not any("/invite/" in t and p for t, (_, p) in fed.bus.retained.items())
+    assert _invites(fed) == set()
+    fed.assert_no_update_lost()
+
+
+def test_invitations_lost_with_an_aggregator_restart_are_published_again(tmp_path):
+    """The aggregator dies as it opens a topped-up round and the broker loses the
+    retained invitations: the restarted aggregator resumes the round from its store and
+    invites its named devices again; the round completes."""
+    fed = _among_ghosts(tmp_path)
+    agg = fed.aggregator
+    fed.start()
+    fed.run(lambda: agg.core.state.task is not None)
+    task_id, lost = agg.core.state.task.task_id, _invites(fed)
+    assert lost
+    agg.crash()
+    for topic in lost:
+        fed.bus.retained.pop(topic)
+    agg.start()
+    agg.connect()
+    assert _invites(fed) == lost and agg.core.state.task.task_id == task_id
+    fed.run_to_end()
+    assert [v.updates for v in agg.versions] == [3, 3] and _invites(fed) == set()
     fed.assert_no_update_lost()
