@@ -1,8 +1,9 @@
 """The mosquitto ACL of a federation: one block per user (pure text, no files).
 
-The aggregator reads every update and status and writes model, task and acks; a device
-writes only its own update, status and secagg topics and reads the model, the task, its
-own acks and its relayed secagg messages. aggregator/broker_config.py writes the file.
+The aggregator reads every update and status and writes model, task, invitations and
+acks; a device writes only its own update, status and secagg topics and reads the model,
+the task, its own acks and invitation, and its relayed secagg messages.
+aggregator/broker_config.py writes the file.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def aggregator_acl_block(federation: str, aggregator_user: str) -> str:
 
 def device_acl_block(federation: str, device: str) -> str:
     """Write only its own update, status and secagg messages; read model, task, and its
-    own acks and relayed secagg messages."""
+    own acks, invitations and relayed secagg messages."""
     topics = Topics(check_name("federation", federation))
     check_name("device", device)
     lines = [
@@ -32,6 +33,7 @@ def device_acl_block(federation: str, device: str) -> str:
         f"topic read {topics.model}/#",
         f"topic read {topics.task}",
         f"topic read {topics.ack(device)}",
+        f"topic read {topics.invite(device)}",
         f"topic read {topics.secagg_to(device)}",
     ]
     return "\n".join(lines) + "\n"

@@ -70,8 +70,10 @@ class SyncRounds:
         cohort.py) that admits `invite_count` of `online`, drawn by a seed from this
         mode's random stream. `proven`: the devices with a track record (None: all of
         them). When the draw holds fewer proven devices than the round needs, the next
-        proven ones are invited by name (`invited`, at most as many as the round needs),
-        so newcomers that never show up cannot hold the round (aggregator/presence.py).
+        proven ones are invited by name, at most as many as the round needs, so newcomers
+        that never show up cannot hold the round (aggregator/presence.py): not in the
+        task, which stays the same size, but in `members`, and each gets an Invitation on
+        its own topic (aggregator/core/invitations.py).
         """
         target = self.sync.target_updates
         if self._waiting_since is None:
@@ -88,7 +90,7 @@ class SyncRounds:
         return Task(task_id=f"r{round_no}-{uuid.uuid4().hex[:8]}", mode="sync",
                     round=round_no, model_version=version, train=self.config.train,
                     deadline=now + self.timeout_s, cohort=drawn.cohort,
-                    invited=drawn.extra or None, members=drawn.members,
+                    invited=None, members=drawn.members,
                     chunk_size=self.config.chunk_size, codec=_uplink(self.config))
 
     def reinvite(self, task: Task, online: list[str], now: float) -> Task | None:

@@ -42,6 +42,7 @@ from edge_client.shared.codecs import CodecConfig, encode_vector
 from edge_client.shared.identity import Identity
 from edge_client.shared.protocol import (
     Ack,
+    Invitation,
     ModelManifest,
     ProtocolError,
     Status,
@@ -156,6 +157,7 @@ class Device:
         self.client.on_message = self._on_message
         self.installed: int | None = None
         self.task: Task | None = None
+        self.invited_to = ""  # the task id of its latest Invitation by name
         self.answered: set[str] = set()  # task ids this device has sent an update for
         self.pending: Pending | None = None
         self.train_until: float | None = None
@@ -172,7 +174,8 @@ class Device:
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
         self.connected = True
-        for topic in (self.topics.model, self.topics.task, self.topics.ack(self.name)):
+        for topic in (self.topics.model, self.topics.invite(self.name), self.topics.task,
+                      self.topics.ack(self.name)):
             client.subscribe(topic, qos=1)
         client.publish(self.topics.status(self.name), self._status(True), qos=1, retain=True)
         if self.pending is not None:
@@ -188,6 +191,8 @@ class Device:
                                                     len(message.payload))
                 self.task = decode(_body(message.payload), expect=Task)
                 self.done = self.done or self.task.done
+            elif message.topic == self.topics.invite(self.name):
+                self.invited_to = decode(_body(message.payload), expect=Invitation).task_id
             elif message.topic == self.topics.model:
                 manifest = decode(_body(message.payload), expect=ModelManifest)
                 if manifest.version != self.installed:
@@ -214,7 +219,8 @@ class Device:
         task = self.task
         if (task is None or task.done or self.pending is not None or self.train_until
                 is not None or task.task_id in self.answered
-                or task.model_version != self.installed or not task.invites(self.name)):
+                or task.model_version != self.installed or not (
+                    task.invites(self.name) or task.task_id == self.invited_to)):
             return
         self.answered.add(task.task_id)
         self.training_for = task

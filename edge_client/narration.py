@@ -84,11 +84,15 @@ class DeviceNarrator:
                  f" ([eligibility] {hint})" if hint else "")
 
     # ------------------------------------------------------------ tasks and updates
-    def task(self, task: Task, done_here: bool, exit_when_done: bool) -> None:
-        """A task message: said once per task id."""
+    def task(self, task: Task, done_here: bool, exit_when_done: bool,
+             invited: bool | None = None) -> None:
+        """A task message: said once per task id. `invited`: by the task or by an
+        Invitation (None: by the task alone)."""
         first = not self._any_task
         self._any_task = True
-        seen = (task.task_id, task.invites(self.me))  # an async task may widen to us
+        if invited is None:
+            invited = task.invites(self.me)
+        seen = (task.task_id, invited)  # an async task may widen to us
         if seen in self._tasks_seen:
             return
         self._tasks_seen.add(seen)
@@ -101,7 +105,7 @@ class DeviceNarrator:
                      self.me, task.model_version, stale, after)
         elif done_here:
             log.info("%s: task %s is done here already", self.me, task.task_id)
-        elif not task.invites(self.me):
+        elif not invited:
             drawn = (f": not in its cohort ({task.cohort.size} of {task.cohort.candidates} "
                      f"devices drawn)" if task.cohort is not None else "")
             log.info("%s: task %s (round %d): not invited this time%s", self.me,

@@ -34,6 +34,7 @@ from aggregator.core.events import (
     VerifiedUpdate,
 )
 from aggregator.core.ingest import UpdateIngest
+from aggregator.core.invitations import Invitations
 from aggregator.core.models import ModelPublisher, load_or_create, restored_downlink
 from aggregator.core.pending import Folded, PendingRecord
 from aggregator.core.plain_round import PlainRound, updates_per_version
@@ -102,7 +103,7 @@ class AggregatorCore:
         self.schedule = RoundSchedule(config, store, topics, self.state, self.narrator,
                                       self.participation, self.presence, self.privacy,
                                       self.driver, self.ingest, self.versions,
-                                      self.publisher, self._out)
+                                      self.publisher, Invitations(topics, sign), self._out)
         self._resume(at)
 
     def _resume(self, at: Instant) -> None:
@@ -116,6 +117,7 @@ class AggregatorCore:
             self.store.abort_task(opened[0].task_id)
         elif opened is not None and opened[0].model_version == state.version:
             state.task, state.task_opened = opened[0], at.mono
+            self.schedule.invitations.resume(opened[0])
             # not watched for no-shows: invitees may have sent updates while we were down
         state.pending.refold(everything=True)  # streamed from the store, one at a time
         for record in state.pending.records:
@@ -188,7 +190,7 @@ class AggregatorCore:
     def drain(self) -> list[Action]:
         out = list(self._out)
         self._out.clear()  # in place: the schedule appends to the same list
-        return out
+        return out + self.schedule.invitations.answered(out)  # an ack ends an invitation
 
     def open_task(self, at: Instant) -> list[Action]:
         """Open the next task now, as a tick would once devices are known."""
@@ -225,8 +227,7 @@ class AggregatorCore:
         self._out += [Subscribe(self.topics.all_updates), Subscribe(self.topics.all_statuses)]
         self._out += self.publisher.model(state.version, state.weights, state.arch,
                                           whole_chain=True)
-        if state.task is not None:
-            self._out.append(self.publisher.task(state.task))
+        self._out += self.schedule.task_again()
         self._out += self.driver.on_link_up()
 
     def _on_status(self, event: StatusMessage) -> None:

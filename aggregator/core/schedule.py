@@ -11,6 +11,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, ClearRetained
 from aggregator.core.events import Instant, Tick
 from aggregator.core.ingest import UpdateIngest
+from aggregator.core.invitations import Invitations
 from aggregator.core.models import ModelPublisher
 from aggregator.core.plain_round import updates_wanted
 from aggregator.core.rounds import Decision, RoundDriver
@@ -33,7 +34,8 @@ class RoundSchedule:
                  state: CoreState, narrator: Narrator, participation: Participation,
                  presence: Presence, privacy: ServicePrivacy, driver: RoundDriver,
                  ingest: UpdateIngest, versions: VersionMaker,
-                 publisher: ModelPublisher, outbox: list[Action]) -> None:
+                 publisher: ModelPublisher, invitations: Invitations,
+                 outbox: list[Action]) -> None:
         self.config = config
         self.store = store
         self.topics = topics
@@ -46,6 +48,7 @@ class RoundSchedule:
         self.ingest = ingest
         self.versions = versions
         self.publisher = publisher
+        self.invitations = invitations  # the named top-ups of the open task
         self.out = outbox  # the core's: what is decided stays decided if a later step fails
         # What limit the broker may be at, for the waiting line while not connected; the
         # shell sets it (aggregator/broker_limits.py reads /proc), the core never does I/O.
@@ -129,8 +132,16 @@ class RoundSchedule:
         self.store.add_task(task, encode(task))
         state.task, state.task_opened = task, at.mono
         self.presence.round_opened(task)
+        self.out += self.invitations.open(task)  # first: a device has it when the task comes
         self.out.append(self.publisher.task(task))
         self.narrator.round_opened(task, len(candidates))
+
+    def task_again(self) -> list[Action]:
+        """The open task and its invitations, published again (after a reconnect: the
+        broker may have lost what it retained)."""
+        if self.state.task is None:
+            return []
+        return [*self.invitations.republish(), self.publisher.task(self.state.task)]
 
     def _candidates(self) -> list[str]:
         """Devices that may be invited: available and not benched, and (with security)
@@ -142,8 +153,10 @@ class RoundSchedule:
         return [d for d in candidates if self.store.device_key(d) is not None]
 
     def _round_over(self, task_id: str, at: Instant) -> None:
-        """Count the round's no-shows; clear the retained statuses of benched newcomers
-        (never seen with an update), so they do not come back at every start."""
+        """Clear the round's invitations still out; count its no-shows; clear the retained
+        statuses of benched newcomers (never seen with an update), so they do not come
+        back at every start."""
+        self.out += self.invitations.close()
         for device in self.presence.round_ended(task_id, at.mono):
             self.out.append(ClearRetained(self.topics.status(device)))
 

@@ -10,7 +10,7 @@ from edge_client.eligibility import Decision
 from edge_client.outbox import OutboxEntry
 from edge_client.session.held_model import HeldModel
 from edge_client.shared.codecs import ErrorFeedback
-from edge_client.shared.protocol import Ack, ModelManifest, Task
+from edge_client.shared.protocol import Ack, Invitation, ModelManifest, Task
 from edge_client.shared.protocol.tensors import Weights
 from edge_client.training.trainer import FitResult
 
@@ -46,6 +46,13 @@ class LinkDown:
 @dataclass(frozen=True)
 class TaskReceived:
     task: Task
+
+
+@dataclass(frozen=True)
+class InvitationReceived:
+    """The aggregator invites this device by name to one task (its own invite topic)."""
+
+    invitation: Invitation
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,7 @@ class ShuttingDown:
     """The app stops the device: say offline while the link is up."""
 
 
-Event = (Resumed | LinkUp | LinkDown | TaskReceived | ManifestReceived | ModelChunkReceived
+Event = (Resumed | LinkUp | LinkDown | TaskReceived | InvitationReceived | ManifestReceived
+         | ModelChunkReceived
          | AckReceived | SecAggChunkReceived | EligibilityChecked | ModelInstalled
          | ModelRefused | FitFinished | UpdateStored | UpdateNotStored | Tick | ShuttingDown)

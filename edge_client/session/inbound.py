@@ -7,13 +7,22 @@ from dataclasses import dataclass
 from edge_client.session.events import (
     AckReceived,
     Event,
+    InvitationReceived,
     ManifestReceived,
     ModelChunkReceived,
     SecAggChunkReceived,
     TaskReceived,
 )
 from edge_client.session.keys import DeviceKeys
-from edge_client.shared.protocol import Ack, ModelManifest, Status, Task, Topics, decode
+from edge_client.shared.protocol import (
+    Ack,
+    Invitation,
+    ModelManifest,
+    Status,
+    Task,
+    Topics,
+    decode,
+)
 from edge_client.shared.protocol.signing import is_signed, open_envelope
 
 
@@ -32,7 +41,7 @@ def decode_inbound(topic: str, payload: bytes, topics: Topics, device_id: str,
     """
     if not payload:
         return None
-    if topic in (topics.model, topics.task, topics.ack(device_id)):
+    if topic in (topics.model, topics.task, topics.ack(device_id), topics.invite(device_id)):
         payload = keys.from_aggregator(payload)
     if topic == topics.model:
         manifest = decode(payload, expect=ModelManifest)
@@ -42,6 +51,10 @@ def decode_inbound(topic: str, payload: bytes, topics: Topics, device_id: str,
         task = decode(payload, expect=Task)
         assert isinstance(task, Task)
         return TaskReceived(task)
+    if topic == topics.invite(device_id):
+        invitation = decode(payload, expect=Invitation)
+        assert isinstance(invitation, Invitation)
+        return InvitationReceived(invitation)
     if topic == topics.status(device_id):
         body = open_envelope(payload).body if is_signed(payload) else payload
         status = decode(body, expect=Status)

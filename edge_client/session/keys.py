@@ -29,7 +29,8 @@ class DeviceKeys:
         return body if self.identity is None else seal(body, self.identity)
 
     def from_aggregator(self, payload: bytes) -> bytes:
-        """A manifest, task or ack body, checked against the pinned aggregator key if any."""
+        """A manifest, task, invitation or ack body, checked against the pinned aggregator
+        key if any."""
         if not is_signed(payload):
             if self.pinned is not None:
                 raise RemoteProtocolError("unsigned message refused: this device pins the "

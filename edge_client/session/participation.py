@@ -23,7 +23,7 @@ from edge_client.session.held_model import copy_weights
 from edge_client.session.update_maker import FeedbackSnapshot
 from edge_client.shared.codecs import CodecConfig
 from edge_client.shared.codecs.dp import DeviceDp
-from edge_client.shared.protocol import RemoteProtocolError, Task, Update, encode
+from edge_client.shared.protocol import Invitation, RemoteProtocolError, Task, Update, encode
 from edge_client.shared.protocol.reasons import reason_kind
 from edge_client.shared.protocol.tensors import Weights, flatten_sorted
 
@@ -67,6 +67,7 @@ class Participation:
         self._plan: Plan | None = None  # checked, waiting for the eligibility decision
         self._fit: RunningFit | None = None
         self._storing: Storing | None = None
+        self.invited_to = ""  # the task id of the latest Invitation by name
 
     @property
     def fitting(self) -> bool:
@@ -80,15 +81,41 @@ class Participation:
             if reason != "not invited":  # said with the task already
                 session.narrator.skipped(task, reason)
 
+    def invites(self, task: Task) -> bool:
+        """Whether `task` invites this device: by its cohort or names, or by an
+        Invitation on this device's own topic (aggregator/core/invitations.py)."""
+        return task.invites(self.session.me) or (
+            not task.done and task.task_id == self.invited_to)
+
     def on_task(self, task: Task) -> list[Action]:
         s = self.session
         s.task = task
         done_here = s.book.is_done(task.task_id)
-        s.narrator.task(task, done_here, s.config.exit_when_done)
+        s.narrator.task(task, done_here, s.config.exit_when_done, self.invites(task))
         if task.done or done_here:
             return []
         # Every round a device sits out is counted once, with why (the demo summary).
         return [s.ask(CheckPurpose.TASK)]
+
+    def on_invitation(self, invitation: Invitation, asking: bool) -> list[Action]:
+        """An invitation by name: for the current task, train as if in its cohort; for
+        one not here yet, kept until it comes. `asking`: an eligibility decision is
+        awaited, and its answer gets to training."""
+        s = self.session
+        if invitation.device_id != s.me:  # signed for another device: not ours to use
+            log.warning("%s: ignored an invitation meant for %s", s.me, invitation.device_id)
+            s.stats.bad_messages += 1
+            return []
+        if invitation.task_id == self.invited_to:
+            return []
+        self.invited_to = invitation.task_id
+        task = s.task
+        if task is None or task.task_id != invitation.task_id or task.done:
+            return []
+        if s.book.is_done(task.task_id):
+            return []
+        s.narrator.task(task, False, s.config.exit_when_done, True)
+        return [] if asking else self.maybe_train()
 
     def on_decision(self, purpose: CheckPurpose, decision: Decision) -> list[Action]:
         """The fresh eligibility decision the session asked for, for `purpose`."""
@@ -98,7 +125,7 @@ class Participation:
         if purpose is CheckPurpose.TASK and task is not None:
             if not decision.eligible:
                 self.skip(task, decision.reasons[0])
-            elif not task.invites(self.session.me):
+            elif not self.invites(task):
                 self.skip(task, "not invited")
             return self.maybe_train()
         return self.maybe_train() if decision.eligible else []
@@ -109,7 +136,7 @@ class Participation:
         s, task, model = self.session, self.session.task, self.session.downlink.model
         if task is None or task.done or model is None or self._fit or self._storing:
             return []
-        if task.model_version != model.version or not task.invites(s.me):
+        if task.model_version != model.version or not self.invites(task):
             return []
         if s.book.is_done(task.task_id):
             return []

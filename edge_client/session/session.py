@@ -40,6 +40,7 @@ from edge_client.session.events import (
     Event,
     FitFinished,
     Instant,
+    InvitationReceived,
     LinkDown,
     LinkUp,
     ManifestReceived,
@@ -142,6 +143,8 @@ class DeviceSession:
                 return self._checked(decision, now)
             case TaskReceived(task):
                 return self.participation.on_task(task)
+            case InvitationReceived(invitation):
+                return self.participation.on_invitation(invitation, self._asked is not None)
             case ManifestReceived(manifest):
                 over, actions = self.downlink.on_manifest(manifest)
                 if over:  # forget the old run; unacked updates wait for the new aggregator
@@ -179,8 +182,10 @@ class DeviceSession:
     def _link_up(self, now: Instant) -> list[Action]:
         self.connected = True
         t = self.topics
+        # the invitation before the task: a device invited by name knows it when the task comes
         actions: list[Action] = [Subscribe(topic) for topic in (
-            t.model, t.task, t.ack(self.me), t.secagg_to(self.me), t.status(self.me))]
+            t.model, t.invite(self.me), t.task, t.ack(self.me), t.secagg_to(self.me),
+            t.status(self.me))]
         actions.append(self._status(True, now))
         actions += [self.publish_update(nonce, now) for nonce in self.pending.nonces()]
         actions += self.secure.resend()

@@ -315,7 +315,7 @@ def test_device_cannot_write_another_devices_topics(start_broker, connect) -> No
     assert aggregator.quiet() == []
 
 
-def test_device_cannot_write_model_or_task(start_broker, connect) -> None:
+def test_device_cannot_write_model_task_or_invitations(start_broker, connect) -> None:
     broker = start_broker("dev1")
     aggregator = _login(connect, broker, "aggregator")
     aggregator.publish(_topic("task"), b"real task", retain=True)
@@ -325,6 +325,8 @@ def test_device_cannot_write_model_or_task(start_broker, connect) -> None:
     dev1.publish(_topic("model"), b"forged manifest", retain=True)
     dev1.publish(f"fedge/{FED}/model/1/0", b"forged chunk", retain=True)
     dev1.publish(_topic("task"), b"forged task", retain=True)
+    dev1.publish(_topic("invite", "dev1"), b"forged invitation", retain=True)
+    dev1.publish(_topic("invite", "dev2"), b"forged invitation", retain=True)
     dev1.publish(_topic("status", "dev1"), b"control")
     assert aggregator.received() == (_topic("status", "dev1"), b"control")
     assert aggregator.quiet() == []
@@ -333,7 +335,7 @@ def test_device_cannot_write_model_or_task(start_broker, connect) -> None:
     assert late.received() == (_topic("task"), b"real task")
 
 
-def test_device_reads_model_task_and_only_its_own_acks(start_broker, connect) -> None:
+def test_device_reads_model_task_and_only_its_own_acks_and_invite(start_broker, connect) -> None:
     broker = start_broker("dev1", "dev2")
     aggregator = _login(connect, broker, "aggregator")
     retained = {
@@ -342,6 +344,8 @@ def test_device_reads_model_task_and_only_its_own_acks(start_broker, connect) ->
         _topic("task"): b"task",
         _topic("ack", "dev1"): b"ack for dev1",
         _topic("ack", "dev2"): b"ack for dev2",
+        _topic("invite", "dev1"): b"invitation for dev1",
+        _topic("invite", "dev2"): b"invitation for dev2",
         _topic("update", "dev2"): b"dev2's update",
     }
     for topic, payload in retained.items():
@@ -349,7 +353,7 @@ def test_device_reads_model_task_and_only_its_own_acks(start_broker, connect) ->
     dev1 = _login(connect, broker, "dev1")
     # mosquitto 2.0 grants the wide subscription and filters each message by `read`.
     dev1.subscribe(f"fedge/{FED}/#")
-    got = {dev1.received() for _ in range(4)}
+    got = {dev1.received() for _ in range(5)}
     assert got == {(t, p) for t, p in retained.items() if "dev2" not in t}
     assert dev1.quiet() == []
     aggregator.publish(_topic("ack", "dev2"), b"live ack for dev2")

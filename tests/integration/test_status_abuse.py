@@ -165,6 +165,22 @@ def _outsider_of_a_closed_round(db_path) -> tuple[str, str]:
     raise AssertionError("every closed round invited every device")
 
 
+def _trained_by_invitation(db_path) -> list[tuple[str, str]]:
+    """(task, device) of updates stored from devices a closed round invited by name: by
+    an invitation on their own topic, outside the task's cohort, not listed in it."""
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute("SELECT t.task_id, t.message, m.members FROM tasks t JOIN "
+                          "task_members m USING (task_id) WHERE t.state = 'closed'").fetchall()
+        stored = set(db.execute("SELECT task_id, device_id FROM updates").fetchall())
+    found = []
+    for task_id, message, members in rows:
+        task = decode(message, expect=Task)
+        assert task.invited is None  # no names in a plain round's task
+        named = [d for d in json.loads(members) if not task.invites(d)]
+        found += [(task_id, d) for d in named if (task_id, d) in stored]
+    return found
+
+
 def _states(db_path) -> list[str]:
     with sqlite3.connect(db_path) as db:
         return [r[0] for r in db.execute("SELECT state FROM tasks")]
@@ -203,6 +219,7 @@ def test_plain_mode_ghosts_cannot_hold_rounds_and_retained_junk_is_read_once(
         assert invited, "the ghosts were never tried: the test shows nothing"
         assert len(invited) == len(set(invited))  # each ghost invited once at most
         assert "aborted" not in _states(db)  # no round waited for a ghost
+        assert _trained_by_invitation(db), "no device trained by invitation: shows nothing"
         assert "benched" in caplog.text
         refused = (_counter(db, "statuses_refused"), len(_rows(db, "SELECT * FROM rejections")))
         assert refused == (10, 11)  # every junk message refused once, and mallory

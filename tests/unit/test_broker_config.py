@@ -70,6 +70,7 @@ def test_acl_text_exact_lines() -> None:
         "topic read fedge/fed/model/#",
         "topic read fedge/fed/task",
         "topic read fedge/fed/ack/dev1",
+        "topic read fedge/fed/invite/dev1",
         "topic read fedge/fed/secagg_to/dev1",
         "",
         "user dev2",
@@ -80,6 +81,7 @@ def test_acl_text_exact_lines() -> None:
         "topic read fedge/fed/model/#",
         "topic read fedge/fed/task",
         "topic read fedge/fed/ack/dev2",
+        "topic read fedge/fed/invite/dev2",
         "topic read fedge/fed/secagg_to/dev2",
     ]
 

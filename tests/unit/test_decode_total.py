@@ -14,6 +14,7 @@ from edge_client.shared.codecs import CodecConfig
 from edge_client.shared.codecs.dp import DeviceDp
 from edge_client.shared.protocol import (
     Ack,
+    Invitation,
     Model,
     ModelManifest,
     RemoteProtocolError,
@@ -45,8 +46,9 @@ MANIFEST = ModelManifest(version=4, sha256="0" * 64, size=100, chunk_count=2, cr
 MODEL = Model(version=2, tensors=WEIGHTS, arch={"kind": "mlp", "sizes": [3, 2]})
 ACK = Ack(status="accepted", task_id="r1-abc", nonce="ff", next_checkin_s=3.0)
 STATUS = Status(device_id="dev-1", online=True, model_version=2, time=5.0, battery_pct=80.0)
+INVITATION = Invitation(task_id="r1-abc", device_id="dev-1")
 MESSAGES = {"task": TASK, "update": UPDATE, "model": MODEL, "manifest": MANIFEST, "ack": ACK,
-            "status": STATUS}
+            "status": STATUS, "invitation": INVITATION}
 
 
 def _raw(kind: str) -> dict[str, Any]:

@@ -9,10 +9,16 @@ import pytest
 
 from aggregator.config import AsyncConfig, DownlinkConfig, SyncConfig
 from aggregator.secagg.config import SecAggConfig
-from edge_client.shared.protocol import Ack, Weights, decode
+from edge_client.shared.protocol import Ack, Status, Task, Weights, decode, encode
 from edge_client.shared.secagg import Phase
 from tests.unit.paired_bus import Bus, Fault, Message, topic_matches
-from tests.unit.paired_harness import Federation, final_weights, first_send_of, initial_weights
+from tests.unit.paired_harness import (
+    FED,
+    Federation,
+    final_weights,
+    first_send_of,
+    initial_weights,
+)
 from tests.unit.scripted_clock import ScriptedClock
 from tests.unit.session_driver import ineligible
 
@@ -335,4 +341,72 @@ def test_devices_that_sleep_between_tasks_come_back_at_their_check_in(tmp_path):
     fed.run_to_end()
     assert [v.updates for v in fed.aggregator.versions] == [3, 3, 3]
     assert all(d.session.stats.sleeps == 3 for d in fed.devices)
+    fed.assert_no_update_lost()
+
+
+def _among_ghosts(tmp_path) -> Federation:
+    """3 proven devices (as from an earlier run) and 40 ghosts (retained statuses only)."""
+    fed = Federation(tmp_path, rounds=2, sync=SyncConfig(target_updates=3, min_fraction=1.0,
+                                                         round_timeout_s=60))
+    fed.aggregator.core.presence.proven.update(d.name for d in fed.devices)
+    for i in range(40):
+        ghost = f"ghost-{i:02d}"
+        status = Status(device_id=ghost, online=True, time=fed.clock.wall)
+        fed.bus.publish(ghost, f"fedge/{FED}/status/{ghost}", encode(status), retain=True)
+    return fed
+
+
+def _invites(fed: Federation) -> set[str]:
+    return {t for t, (_, p) in fed.bus.retained.items() if "/invite/" in t and p}
+
+
+def test_a_newcomer_heavy_draw_is_topped_up_by_invitations_and_the_rounds_complete(tmp_path):
+    """40 ghost devices (statuses only) and 3 proven devices: the drawn cohort is mostly
+    ghosts, so the proven ones are invited by name, each by an Invitation on its own
+    topic, not in the task; they train, the rounds complete, the invitations go."""
+    fed = _among_ghosts(tmp_path)
+    agg = fed.aggregator
+    done: list[object] = []  # what the aggregator did, in order
+    perform = agg.perform
+    agg.perform = lambda actions: (done.extend(actions), perform(actions))  # type: ignore
+    fed.start()
+    fed.run(lambda: agg.core.state.task is not None)
+    task = agg.core.state.task
+    named = sorted(d for d in task.members if not task.cohort.includes(d))
+    assert named and set(named) <= {d.name for d in fed.devices}
+    assert _invites(fed) == {f"fedge/{FED}/invite/{d}" for d in named}
+    sent = decode(fed.bus.retained[f"fedge/{FED}/task"][1], expect=Task)
+    assert sent.invited is None and sent.cohort == task.cohort  # no names in the task
+    fed.run_to_end()
+    assert [v.updates for v in agg.versions] == [3, 3]
+    for device in fed.devices:
+        assert device.ack_statuses() == ["accepted"] * 2
+    for name in named:
+        assert task.task_id in fed[int(name.split("-")[1])].fits
+    kinds = [(type(a).__name__, getattr(a, "topic", "")) for a in done]
+    made = kinds.index(("VersionMade", ""))
+    for name in named:  # cleared once the device answered, before the round closed
+        assert kinds.index(("ClearRetained", f"fedge/{FED}/invite/{name}")) < made
+    assert _invites(fed) == set()
+    fed.assert_no_update_lost()
+
+
+def test_invitations_lost_with_an_aggregator_restart_are_published_again(tmp_path):
+    """The aggregator dies as it opens a topped-up round and the broker loses the
+    retained invitations: the restarted aggregator resumes the round from its store and
+    invites its named devices again; the round completes."""
+    fed = _among_ghosts(tmp_path)
+    agg = fed.aggregator
+    fed.start()
+    fed.run(lambda: agg.core.state.task is not None)
+    task_id, lost = agg.core.state.task.task_id, _invites(fed)
+    assert lost
+    agg.crash()
+    for topic in lost:
+        fed.bus.retained.pop(topic)
+    agg.start()
+    agg.connect()
+    assert _invites(fed) == lost and agg.core.state.task.task_id == task_id
+    fed.run_to_end()
+    assert [v.updates for v in agg.versions] == [3, 3] and _invites(fed) == set()
     fed.assert_no_update_lost()

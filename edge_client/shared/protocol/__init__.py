@@ -12,6 +12,7 @@ from edge_client.shared.protocol.errors import (
 from edge_client.shared.protocol.messages import (
     PROTOCOL_VERSION,
     Ack,
+    Invitation,
     Model,
     ModelManifest,
     Status,
@@ -26,7 +27,7 @@ from edge_client.shared.protocol.tensors import Weights
 from edge_client.shared.protocol.topics import Topics
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE", "PROTOCOL_VERSION", "Ack", "AckStatus", "Assembler",
+    "DEFAULT_CHUNK_SIZE", "PROTOCOL_VERSION", "Ack", "AckStatus", "Assembler", "Invitation",
     "LocalProtocolError", "Model", "ModelManifest", "ProtocolError", "RemoteProtocolError",
     "RoundMode", "Status", "Task", "Topics", "TrainConfig", "Update", "Weights", "decode",
     "encode", "split",

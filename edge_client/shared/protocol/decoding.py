@@ -26,6 +26,7 @@ from edge_client.shared.protocol.fields import Fields
 from edge_client.shared.protocol.message_types import (
     Ack,
     DeltaInfo,
+    Invitation,
     Model,
     ModelManifest,
     Status,
@@ -171,6 +172,10 @@ def _status_from(f: Fields, _max: int) -> Status:
                   session=f.str("session", optional=True, max_len=MAX_SESSION) or "")
 
 
+def _invitation_from(f: Fields, _max: int) -> Invitation:
+    return Invitation(task_id=f.str("task_id"), device_id=f.device("device_id"))
+
+
 DECODERS: dict[str, tuple[type, Any]] = {
     "task": (Task, _task_from),
     "update": (Update, _update_from),
@@ -178,4 +183,5 @@ DECODERS: dict[str, tuple[type, Any]] = {
     "manifest": (ModelManifest, _manifest_from),
     "ack": (Ack, _ack_from),
     "status": (Status, _status_from),
+    "invitation": (Invitation, _invitation_from),
 }

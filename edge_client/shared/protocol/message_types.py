@@ -27,8 +27,9 @@ class Task:
     deadline: float | None = None  # unix time; updates after it are late (sync mode)
     # Who may take part: the devices `invited` by name and those in the `cohort` both
     # sides derive from a seed (cohort.py); when both are None, every device. Secure
-    # rounds and the done task list names only; plain rounds draw a cohort and name only
-    # proven devices that top the round up.
+    # rounds and the done task list names only; plain rounds draw a cohort, and the
+    # proven devices that top the round up get an Invitation each on their own topic
+    # (older aggregators named them here, which still works).
     invited: tuple[str, ...] | None = None
     chunk_size: int = 65536
     done: bool = False  # the federation has finished; devices may stop
@@ -36,8 +37,9 @@ class Task:
     dp: dict[str, Any] | None = None  # distributed DP: clip and noise (codecs.dp.DeviceDp)
     secagg: dict[str, Any] | None = None  # secure aggregation round (secagg.task.SecAggTask)
     cohort: Cohort | None = None
-    # The aggregator's own record of the candidates inside the cohort when it planned the
-    # task (no-shows, what a round waits for); never sent, None once decoded.
+    # The aggregator's own record of the candidates it invited when it planned the task,
+    # by cohort or by Invitation (no-shows, what a round waits for, whom it accepts);
+    # never sent, None once decoded.
     members: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     def invites(self, device_id: str) -> bool:
@@ -45,7 +47,10 @@ class Task:
             return True
         if self.invited is not None and device_id in self.invited:
             return True
-        return self.cohort is not None and self.cohort.includes(device_id)
+        if self.cohort is not None and self.cohort.includes(device_id):
+            return True
+        # the aggregator's side: those it sent an Invitation (a device checks its own)
+        return self.members is not None and device_id in self.members
 
     def expected(self) -> tuple[str, ...] | None:
         """The devices the aggregator counts on: the cohort's members as planned (with
@@ -60,7 +65,22 @@ class Task:
         named = len(self.invited) if self.invited is not None else 0
         if self.cohort is None:
             return None if self.invited is None else named
-        return self.cohort.size + named
+        # members: also those invited by Invitation, when the aggregator's plan is known
+        return max(self.cohort.size + named, len(self.members or ()))
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """Retained on one device's invite topic: take part in task `task_id`.
+
+    A plain round tops its cohort up with proven devices by name (cohort.py, Draw.extra);
+    naming them here, one small message per device, keeps the retained task the same
+    size whatever the fleet or the round. Cleared when the round closes or the device
+    answers.
+    """
+
+    task_id: str
+    device_id: str  # the device it is for: an invitation moved to another topic is refused
 
 
 @dataclass(frozen=True)
@@ -164,4 +184,4 @@ class Status:
     session: str = ""
 
 
-Message = Task | Update | Model | ModelManifest | Ack | Status
+Message = Task | Update | Model | ModelManifest | Ack | Status | Invitation

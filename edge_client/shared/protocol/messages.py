@@ -27,6 +27,7 @@ from edge_client.shared.protocol.fields import Fields
 from edge_client.shared.protocol.message_types import (  # noqa: F401  (re-exported)
     Ack,
     DeltaInfo,
+    Invitation,
     Message,
     Model,
     ModelManifest,
@@ -45,7 +46,7 @@ PROTOCOL_VERSION = 1
 VERSIONS = {"task": (1, TASK_VERSION)}  # per kind; every other kind: (PROTOCOL_VERSION,)
 KNOWN_VERSIONS = (PROTOCOL_VERSION, TASK_VERSION)
 
-M = TypeVar("M", Task, Update, Model, ModelManifest, Ack, Status)
+M = TypeVar("M", Task, Update, Model, ModelManifest, Ack, Status, Invitation)
 
 
 # ---------------------------------------------------------------- encoding
@@ -117,6 +118,10 @@ def _status_map(s: Status) -> dict[str, Any]:
             "battery_pct": s.battery_pct, "session": s.session}
 
 
+def _invitation_map(i: Invitation) -> dict[str, Any]:
+    return {"task_id": i.task_id, "device_id": i.device_id}
+
+
 _ENCODERS: dict[type, tuple[str, Any]] = {
     Task: ("task", _task_map),
     Update: ("update", _update_map),
@@ -124,6 +129,7 @@ _ENCODERS: dict[type, tuple[str, Any]] = {
     ModelManifest: ("manifest", _manifest_map),
     Ack: ("ack", _ack_map),
     Status: ("status", _status_map),
+    Invitation: ("invitation", _invitation_map),
 }
 
 

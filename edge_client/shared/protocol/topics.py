@@ -61,6 +61,10 @@ class Topics:
     def ack(self, device: str) -> str:
         return f"{self.prefix}/ack/{device}"
 
+    def invite(self, device: str) -> str:
+        """Retained: the aggregator's invitation of this one device by name (Invitation)."""
+        return f"{self.prefix}/invite/{device}"
+
     def status(self, device: str) -> str:
         """Retained presence; the last will marks the device offline."""
         return f"{self.prefix}/status/{device}"
