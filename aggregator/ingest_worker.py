@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable
 
 from aggregator.config import AggregatorConfig
 from aggregator.core.events import Instant, RefusedUpload, VerifiedUpdate
 from aggregator.ingest import check_sender, open_flat_update, verified_body
 from aggregator.limits import upload_assembler
+from aggregator.refused_transfers import RefusedTransfers
 from edge_client.shared.protocol import RemoteProtocolError, Topics, Weights
 
 log = logging.getLogger("aggregator.ingest_worker")
-REMEMBERED_REJECTIONS = 1000  # as aggregator/core/ingest.py
 WorkerResult = VerifiedUpdate | RefusedUpload
 
 
@@ -50,7 +49,7 @@ class WorkerIngest:
         self.layout = layout  # the model's names and shapes; its values are never read
         self.key_of = key_of
         self.assembler = upload_assembler(config)
-        self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._refused = RefusedTransfers()
 
     def on_chunk(self, topic: str, payload: bytes, at: Instant) -> WorkerResult | None:
         """The result once a transfer is complete or refused; None while it is not (or
@@ -62,7 +61,7 @@ class WorkerIngest:
         try:
             done = self.assembler.add(device, payload, at.mono)
         except RemoteProtocolError as exc:
-            if self._already_rejected(device, exc.transfer):
+            if self._refused.already_answered(device, exc.transfer):
                 return None
             return RefusedUpload(topic, device, exc.transfer or "", exc.reason, False, at)
         if done is None:
@@ -84,15 +83,3 @@ class WorkerIngest:
     def expire(self, mono: float) -> None:
         for device, transfer in self.assembler.expire(mono):
             log.warning("aggregator: dropped a stalled upload %s from %s", transfer[:8], device)
-
-    def _already_rejected(self, device: str, transfer: str | None) -> bool:
-        """Answer a bad transfer once, not once per chunk; remembers the last 1000."""
-        if transfer is None:
-            return False
-        key = (device, transfer)
-        if key in self._rejected:
-            return True
-        self._rejected[key] = None
-        if len(self._rejected) > REMEMBERED_REJECTIONS:
-            self._rejected.popitem(last=False)
-        return False

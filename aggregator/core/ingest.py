@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import OrderedDict
 from collections.abc import Callable
 
 from aggregator.anomalies import AnomalyWatch
@@ -23,6 +22,7 @@ from aggregator.limits import upload_assembler
 from aggregator.participation import Participation, TaskInfo, Verdict
 from aggregator.presence import Presence
 from aggregator.privacy.hooks import ServicePrivacy
+from aggregator.refused_transfers import RefusedTransfers
 from aggregator.rejection_gate import RejectionGate
 from aggregator.states import TaskState, UpdateState
 from aggregator.store import Store
@@ -31,7 +31,6 @@ from edge_client.shared.protocol import Ack, RemoteProtocolError, Topics, Update
 from edge_client.shared.protocol.states import AckStatus
 
 log = logging.getLogger("aggregator.service")
-REMEMBERED_REJECTIONS = 1000
 DUPLICATE = Verdict(AckStatus.DUPLICATE, reason="already stored for this task")
 FINISHED = Verdict(AckStatus.LATE, UpdateState.LATE, "training has finished")
 
@@ -54,7 +53,7 @@ class UpdateIngest:
         limits = config.limits
         self._answers = RejectionGate(limits.answered_rejections_per_device_s,
                                       limits.answered_rejections_s)
-        self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._refused = RefusedTransfers()
         self._pace_rng = random.Random(config.seed)
 
     def on_event(self, event: UpdateChunk | VerifiedUpdate | RefusedUpload,
@@ -75,7 +74,7 @@ class UpdateIngest:
         try:
             done = self.assembler.add(device, event.payload, event.at.mono)
         except RemoteProtocolError as exc:
-            if not self._already_rejected(device, exc.transfer):
+            if not self._refused.already_answered(device, exc.transfer):
                 out += self.reject(device, exc.transfer or "", "", exc.reason, event.at)
             return out
         if done is None:
@@ -123,18 +122,6 @@ class UpdateIngest:
     def expire(self, at: Instant) -> None:
         for device, transfer in self.assembler.expire(at.mono):
             log.warning("aggregator: dropped a stalled upload %s from %s", transfer[:8], device)
-
-    def _already_rejected(self, device: str, transfer: str | None) -> bool:
-        """Answer a bad transfer once, not once per chunk; remembers the last 1000."""
-        if transfer is None:
-            return False
-        key = (device, transfer)
-        if key in self._rejected:
-            return True
-        self._rejected[key] = None
-        if len(self._rejected) > REMEMBERED_REJECTIONS:
-            self._rejected.popitem(last=False)
-        return False
 
     def _validate(self, device: str, transfer: str, message: bytes,
                   state: CoreState) -> tuple[Update, FlatUpdate]:
