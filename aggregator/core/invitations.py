@@ -36,7 +36,8 @@ class Invitations:
         self.task_id, self.devices = task.task_id, set(named_top_ups(task))
 
     def open(self, task: Task) -> list[Action]:
-        """Invite `task`'s named top-ups (after the task itself is published)."""
+        """Invite `task`'s named top-ups (published just before the task, so a device
+        has its invitation when the task comes)."""
         self.resume(task)
         return self.republish()
 
