@@ -163,6 +163,8 @@ def _schemas() -> dict[str, Any]:
             "devices": {"type": "array", "items": text}, "accuracy": num, "loss": num,
             "device_accuracy": _described(num, _DEVICE_EVAL.format("accuracy")),
             "device_loss": _described(num, _DEVICE_EVAL.format("loss")),
+            "fairness": _described({"type": "object"}, "The spread of the devices' own "
+                                   "accuracy and their sample shares (see /api/fairness)"),
             **_dp_version_fields()}},
         "Device": {"type": "object", "properties": {
             "device_id": text, "online": {"type": "boolean", "nullable": True},
