@@ -13,6 +13,7 @@ from aggregator.core.actions import Action
 from aggregator.core.events import Instant
 from aggregator.core.pending import PendingRecord, PendingUpdates
 from aggregator.core.rounds import Decision, RoundResult, RoundStep
+from aggregator.fairness import fairness_of
 from aggregator.narrator import Narrator, Waiting
 from aggregator.participation import Participation
 from aggregator.strategy import Contribution
@@ -73,6 +74,8 @@ class PlainRound:
             max_train_s=max((r.metrics.get("train_s", 0.0) for r in records), default=0.0),
             devices=sorted({r.device_id for r in records}),
             evaluation=device_evaluation(records),
+            extra={"fairness": fairness_of(records, self.config.fairness.accuracy_floor
+                                           ).to_json()},
             folded=None if isinstance(folded, HeldRows) else folded)
 
     def not_used(self, task_id: str, reason: str) -> None:

@@ -19,7 +19,7 @@ from aggregator.web import bodies, metrics, readmodel
 from aggregator.web.actions import AdminActions
 from aggregator.web.auth import Access
 from aggregator.web.context import ApiError, request_store, web_context
-from aggregator.web.openapi import MAX_VERSION, openapi_document
+from aggregator.web.openapi import FAIRNESS_DEFAULT, FAIRNESS_MAX, MAX_VERSION, openapi_document
 from edge_client.shared.identity import parse_public_key
 from edge_client.shared.protocol.topics import check_name
 
@@ -61,6 +61,16 @@ def audit() -> Response:
     text = request.args.get("version")
     version = None if text is None else parse_version(text)
     return jsonify({"audit": readmodel.finite(request_store().audit(version))})
+
+
+def fairness() -> Response:
+    text = request.args.get("latest", str(FAIRNESS_DEFAULT))
+    digits = len(text) <= 6 and text.isascii() and text.isdigit()
+    if not digits or not 1 <= int(text) <= FAIRNESS_MAX:
+        raise ApiError(400, f"latest must be a whole number from 1 to {FAIRNESS_MAX}, "
+                            f"not {text[:20]!r}")
+    history = readmodel.version_records(request_store())
+    return jsonify({"fairness": readmodel.fairness(history, int(text))})
 
 
 def status() -> Response:
@@ -183,6 +193,7 @@ ROUTES = (
     Route("/api/versions", versions, Access.READ),
     Route("/api/devices", devices, Access.READ),
     Route("/api/anomalies", anomalies, Access.READ),
+    Route("/api/fairness", fairness, Access.READ, query=("latest",)),
     Route("/api/audit", audit, Access.READ, query=("version",)),
     Route("/api/enrolment", enrolment, Access.READ),
     Route("/api/models/<version>", model, Access.READ),

@@ -55,7 +55,27 @@ def _families(store: Store) -> list[Metric]:
         families.append(GaugeMetricFamily("fedge_last_accuracy",
                                           "Test accuracy of the latest evaluated version",
                                           value=evaluated[-1].accuracy))
-    return families
+    return families + _fairness(history)
+
+
+_FAIRNESS_GAUGES = (
+    ("median", "fedge_device_accuracy_median",
+     "Median accuracy on the devices' own data (latest version with figures)"),
+    ("p10", "fedge_device_accuracy_p10", "10th percentile of the devices' accuracy"),
+    ("worst_decile", "fedge_device_accuracy_worst_decile",
+     "Mean accuracy of the worst tenth of the devices"),
+    ("under_floor", "fedge_device_accuracy_under_floor",
+     "Devices below [fairness] accuracy_floor"))
+
+
+def _fairness(history: list[VersionRecord]) -> list[Metric]:
+    """The latest version whose devices reported their accuracy (none under secure
+    aggregation, which reveals no per-device metric)."""
+    for row in readmodel.fairness(history, len(history)):
+        if row["devices"]:
+            return [GaugeMetricFamily(name, text, value=row[key])
+                    for key, name, text in _FAIRNESS_GAUGES if row[key] is not None]
+    return []
 
 
 def _health(store: Store, history: list[VersionRecord]) -> list[Metric]:

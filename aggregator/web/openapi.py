@@ -11,6 +11,8 @@ from aggregator.web import bodies
 
 JSON = bodies.JSON
 MAX_VERSION = 2**63 - 1  # the largest SQLite INTEGER: no version number can be larger
+FAIRNESS_DEFAULT = 20  # /api/fairness: versions shown without ?latest=
+FAIRNESS_MAX = 1000
 
 
 def _bearer() -> list[dict[str, list]]:
@@ -83,6 +85,14 @@ def _paths() -> dict[str, Any]:
                                _json(_ref("Anomalies"))),
         "/api/audit": _get("Which devices' updates went into which version",
                            _json(_listing("audit", "AuditRow")), parameters=[version_query]),
+        "/api/fairness": _get("Per version, newest first: the spread of accuracy on the "
+                              "devices' own data and each device's share of the samples",
+                              _json(_listing("fairness", "FairnessRow")),
+                              parameters=[{"name": "latest", "in": "query", "required": False,
+                                           "description": "how many versions (default "
+                                                          f"{FAIRNESS_DEFAULT})",
+                                           "schema": {"type": "integer", "minimum": 1,
+                                                      "maximum": FAIRNESS_MAX}}]),
         "/api/enrolment": _get("Enrolled device keys and revocations",
                                _json(_listing("enrolment", "Enrolment"))),
         "/api/models/{version}": _get("Download one model version", blob, 404,
@@ -153,6 +163,8 @@ def _schemas() -> dict[str, Any]:
             "devices": {"type": "array", "items": text}, "accuracy": num, "loss": num,
             "device_accuracy": _described(num, _DEVICE_EVAL.format("accuracy")),
             "device_loss": _described(num, _DEVICE_EVAL.format("loss")),
+            "fairness": _described({"type": "object"}, "The spread of the devices' own "
+                                   "accuracy and their sample shares (see /api/fairness)"),
             **_dp_version_fields()}},
         "Device": {"type": "object", "properties": {
             "device_id": text, "online": {"type": "boolean", "nullable": True},
@@ -199,6 +211,7 @@ def _schemas() -> dict[str, Any]:
                         model_version={"type": "integer", "nullable": True},
                         training_finished={"type": "boolean"}),
         "Status": _status_schema(),
+        "FairnessRow": _fairness_schema(),
     }
     for name in ("Overview", "Device", "Anomalies", "AnomalyRow", "AuditRow", "Enrolment"):
         schemas[name]["required"] = list(schemas[name]["properties"])  # readmodel fills all
@@ -232,6 +245,28 @@ def _status_schema() -> dict[str, Any]:
         "stopped": {"type": "string", "nullable": True}, "finished": {"type": "boolean"},
         "broker": {"type": "object", "nullable": True, "properties": {
             "connected": {"type": "boolean"}, "since": {"type": "number"}, "reason": text}}}}
+    schema["required"] = list(schema["properties"])
+    return schema
+
+
+def _fairness_schema() -> dict[str, Any]:
+    """aggregator.fairness.Fairness of one version, as readmodel.fairness serves it."""
+    num = {"type": "number", "nullable": True}
+    integer = {"type": "integer"}
+    schema = {"type": "object", "properties": {
+        "version": integer, "created_at": {"type": "number"},
+        "round": {"type": "integer", "nullable": True},
+        "devices": _described(integer, "Devices that reported local_accuracy (the model "
+                                       "they trained from, on their own data)"),
+        "median": num, "p10": _described(num, "10th percentile of the devices' accuracy"),
+        "worst_decile": _described(num, "Mean accuracy of the worst tenth of the devices "
+                                        "(at least one)"),
+        "under_floor": _described(integer, "Devices below [fairness] accuracy_floor"),
+        "floor": num,
+        "contributions": _described({"type": "object", "additionalProperties": {
+            "type": "number"}}, "Device -> its share of the version's samples"),
+        "note": _described({"type": "string", "nullable": True},
+                           "Why there are no figures (secure aggregation), or null")}}
     schema["required"] = list(schema["properties"])
     return schema
 

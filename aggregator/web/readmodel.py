@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aggregator.anomalies import device_anomalies, stored_config
+from aggregator.fairness import SECURE_NOTE, Fairness
 from aggregator.states import UPDATE_STATES
 from aggregator.store import Store
 from aggregator.version_record import VersionRecord
@@ -197,3 +198,20 @@ def model_blob(store: Store, version: int) -> ModelBlob | None:
     row = store.db.execute("SELECT sha256, blob FROM models WHERE version=?",
                            (version,)).fetchone()
     return None if row is None else ModelBlob(version, row[0], bytes(row[1]))
+
+
+def fairness(history: list[VersionRecord], latest: int) -> list[dict[str, Any]]:
+    """The latest `latest` versions made from updates (not version 0), newest first: each
+    version's fairness figures, or a note saying why it has none."""
+    rows: list[dict[str, Any]] = []
+    for record in reversed([h for h in history if h.version > 0][-latest:] if latest else []):
+        stored = record.metric("fairness")
+        row: dict[str, Any] = {"version": record.version, "created_at": record.created_at,
+                               "round": record.round}
+        if isinstance(stored, dict):
+            rows.append(finite({**row, **Fairness.from_json(stored).to_json(), "note": None}))
+            continue
+        note = SECURE_NOTE if record.secagg is not None else "not recorded for this version"
+        rows.append({**row, "devices": 0, "median": None, "p10": None, "worst_decile": None,
+                     "under_floor": 0, "floor": None, "contributions": {}, "note": note})
+    return rows

@@ -116,6 +116,11 @@ def test_dashboard_with_token_in_the_url(server, browser, tmp_path):
     assert local[:5] == [f"{local_accuracy(b, d):.3f}" for b, d in
                          ((10, "dev-0"), (10, "dev-1"), (9, "dev-2"), (9, "dev-3"))] + ["–"]
     assert page.locator("#versions tbody tr").count() == 11
+    fairness = page.locator("#fairness tbody tr")
+    assert fairness.count() == 10  # every version but v0, newest first
+    newest = fairness.first.locator("td").all_text_contents()
+    assert newest[:3] == ["v10", "5", f"{local_accuracy(9, 'dev-2'):.3f}"], newest
+    assert "dev-0 " in newest[6] and newest[6].count("%") == 5, newest
     assert page.is_hidden("#login")
     shot = SCREENSHOT if os.environ.get("FEDGE_UPDATE_SCREENSHOT") else tmp_path / "shot.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -194,6 +199,10 @@ def _assert_live_page(page) -> None:
     contributions = [int(c) for c in _column(page, "Contributions")]
     assert all(c > 0 for c in contributions), contributions
     assert all(float(a) > 0 for a in _column(page, "Own-data accuracy"))
+    # Fairness: the newest version's devices reported their own-data accuracy.
+    newest = page.locator("#fairness tbody tr").first.locator("td").all_text_contents()
+    assert newest[0].startswith("v") and int(newest[1]) >= 1, newest
+    assert 0 < float(newest[2]) <= 1 and "%" in newest[6], newest
     # The version history: each version's download cost, and the model itself.
     downlinks = page.locator("#versions tbody tr td:nth-child(6)").all_text_contents()
     assert downlinks and all(d.endswith("B") for d in downlinks), downlinks

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from aggregator.fairness import fairness_of
 from aggregator.store import Store
 from aggregator.web import create_app, load_token, serve_dashboard
 from aggregator.web.openapi import openapi_document
@@ -110,7 +111,8 @@ def _round(store: Store, filled: Filled, r: int) -> None:
     info = {"round": r, "updates": len(used), "update_bytes": update_bytes,
             "model_bytes": MODEL_BYTES, "delta_bytes": 44_877, "round_wall_s": 0.3 + r / 100,
             "mode": "sync", "max_train_s": 0.21, "devices": present,
-            "accuracy": ACCURACY[r - 1], "loss": LOSS[r - 1], **device_evaluation(used)}
+            "accuracy": ACCURACY[r - 1], "loss": LOSS[r - 1], **device_evaluation(used),
+            "fairness": fairness_of(used, 0.5).to_json()}
     _add_model(store, filled, r, info, used=used, close=task.task_id)
 
 

@@ -227,6 +227,21 @@
     $("versions").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(12, "No model yet")]));
   }
 
+  // Per version: the spread of accuracy on the devices' own data, and who gave how much
+  // of the samples (api/fairness). Secure versions carry a note instead of figures.
+  function renderFairness(rows) {
+    const pct = (share) => Math.round(share * 100) + " %";
+    const body = rows.map((f) => {
+      if (f.note) return row([["v" + f.version, "num"], [f.note, "empty"]]);
+      const shares = Object.entries(f.contributions).map(([d, s]) => `${d} ${pct(s)}`);
+      return row([["v" + f.version, "num"], [int(f.devices), "num"],
+        [fixed(3)(f.median), "num"], [fixed(3)(f.p10), "num"], [fixed(3)(f.worst_decile), "num"],
+        [int(f.under_floor), f.under_floor ? "num warn" : "num", `below ${f.floor}`],
+        [shares.join(", ")]]);
+    });
+    $("fairness").tBodies[0].replaceChildren(...(body.length ? body : [emptyRow(7, "No version yet")]));
+  }
+
   // ------------------------------------------------------------ the loop
   function askForToken(reason) {
     clearTimeout(timer);
@@ -239,12 +254,14 @@
   async function refresh() {
     clearTimeout(timer);
     try {
-      const [overview, versions, devices, anomalies] = await Promise.all(
-        [api("api/overview"), api("api/versions"), api("api/devices"), api("api/anomalies")]);
+      const [overview, versions, devices, anomalies, fairness] = await Promise.all(
+        [api("api/overview"), api("api/versions"), api("api/devices"), api("api/anomalies"),
+          api("api/fairness")]);
       renderOverview(overview);
       renderCharts(versions.versions);
       renderDevices(devices.devices, anomalies);
       renderVersions(versions.versions);
+      renderFairness(fairness.fairness);
       $("login").hidden = true;
       $("forget").hidden = !sessionStorage.getItem(KEY);
       text("status", "Updated " + new Date().toLocaleTimeString());
