@@ -1,0 +1,162 @@
+"""A site's link to its upper tier, sans-IO (docs/tiers.md): count, hold, adopt.
+
+With [upper] enabled, the site's rounds start from the upper tier's model and stop after
+`every_versions` site versions: the core then hands its shell a SiteAggregate (the site's
+model now and the samples behind it) for the uplink to send upward, and opens no round
+until the upper tier's next model is adopted (AdoptModel) as the site's next version.
+What this counts is kept in the store (a note), so a site killed mid-round resumes
+holding the same aggregate, and adopting the same upper version twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aggregator.core.actions import Action, SiteAggregate, VersionMade, VersionReport
+from aggregator.core.events import AdoptModel, UpperFinished
+from aggregator.core.pending import PendingRecord
+from aggregator.core.schedule import STOPPED_NOTE, RoundSchedule
+from aggregator.core.state import CoreState
+from aggregator.downlink import representable
+from aggregator.store import Store
+from aggregator.upper_config import UpperConfig
+from aggregator.version_record import VersionRecord
+from edge_client.shared.protocol import Model, encode
+from edge_client.shared.protocol.chunking import sha256_hex
+
+log = logging.getLogger("aggregator.service")
+UPPER_NOTE = "upper"  # the store note that holds UpperCount
+
+
+@dataclass
+class UpperCount:
+    """Since the site adopted upper version `upper_version` as its `site_version`."""
+
+    upper_version: int | None = None  # None: no upper model adopted yet
+    site_version: int = 0
+    versions: int = 0  # site versions made since
+    samples: int = 0  # the samples of the updates those versions used
+    updates: int = 0
+    loss_sum: float = 0.0  # train_loss weighted by samples
+
+    @classmethod
+    def of(cls, note: Any) -> UpperCount:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in note.items() if k in known}) if isinstance(
+            note, dict) else cls()
+
+
+class UpperLink:
+    def __init__(self, config: UpperConfig, store: Store) -> None:
+        self.enabled = config.enabled
+        self.every = config.every_versions
+        self.site_id = config.site_id
+        self.store = store
+        self.count = UpperCount.of(store.note(UPPER_NOTE)) if config.enabled else UpperCount()
+
+    @property
+    def holding(self) -> bool:
+        """No new round: no upper model yet, or this site's aggregate is out."""
+        return self.enabled and (self.count.upper_version is None
+                                 or self.count.versions >= self.every)
+
+    def waiting_line(self) -> tuple[object, str]:
+        c = self.count
+        if c.upper_version is None:
+            return (None, "the upper tier's model (rounds start from it)")
+        return (c.upper_version, f"the upper tier's model after version {c.upper_version}: "
+                f"this site's aggregate of {c.versions} version(s), {c.samples} samples, "
+                "is with the uplink")
+
+    def at_start(self, state: CoreState) -> list[Action]:
+        """A site restarted while holding: its aggregate again, for the uplink."""
+        if self.enabled and self.count.upper_version is not None and self.holding:
+            return [self._aggregate(state)]
+        return []
+
+    def counted(self, records: list[PendingRecord], state: CoreState) -> list[Action]:
+        """A site version was made from `records`: count it; the aggregate when due."""
+        if not self.enabled or self.count.upper_version is None:
+            return []
+        c = self.count
+        c.versions += 1
+        c.updates += len(records)
+        for r in records:
+            c.samples += r.num_samples
+            loss = r.metrics.get("train_loss", 0.0)
+            c.loss_sum += r.num_samples * (loss if np.isfinite(loss) else 0.0)
+        self.store.set_note(UPPER_NOTE, dataclasses.asdict(c))
+        if c.versions < self.every:
+            return []
+        log.info("aggregator: site version %d is this site's aggregate for the upper tier "
+                 "(%d version(s) since upper version %d, %d updates, %d samples); no new "
+                 "round until the upper tier's next model", state.version, c.versions,
+                 c.upper_version, c.updates, c.samples)
+        return [self._aggregate(state)]
+
+    def _aggregate(self, state: CoreState) -> SiteAggregate:
+        c = self.count
+        assert c.upper_version is not None
+        return SiteAggregate(c.upper_version, state.version, dict(state.weights),
+                             c.samples, c.versions, c.loss_sum / max(1, c.samples),
+                             c.updates)
+
+    def on_event(self, event: AdoptModel | UpperFinished, state: CoreState,
+                 schedule: RoundSchedule) -> list[Action]:
+        if not self.enabled:
+            log.warning("aggregator: ignored the upper tier's %s: [upper] is not enabled",
+                        type(event).__name__)
+            return []
+        if isinstance(event, UpperFinished):
+            if state.stopped is None and not state.finished:
+                log.info("aggregator: the upper tier finished (%s): so does this site",
+                         event.reason)
+                state.stopped = f"the upper tier finished ({event.reason})"
+                self.store.set_note(STOPPED_NOTE, state.stopped)
+            return []
+        known = self.count.upper_version
+        if known is not None and event.upper_version <= known:
+            return []  # adopted already (a restart installs it again) or older
+        return self._adopt(event, state, schedule)
+
+    def _adopt(self, event: AdoptModel, state: CoreState,
+               schedule: RoundSchedule) -> list[Action]:
+        """The upper model becomes the next site version, stored and published as any."""
+        out: list[Action] = []
+        task = state.task
+        if task is not None:  # its updates start from a model the upper tier replaced
+            log.info("aggregator: task %s closed without a version: the upper tier's model "
+                     "%d replaces its base (%d pending updates not used)", task.task_id,
+                     event.upper_version, len(state.pending))
+            out += schedule.invitations.close()
+            self.store.abort_task(task.task_id)
+            schedule.driver.not_used(task.task_id, "the upper tier's model came first")
+            state.pending.clear()
+            state.task = None
+        maker = schedule.versions
+        version = state.version + 1
+        adopted = representable({k: np.asarray(v, dtype=np.float32)
+                                 for k, v in event.weights.items()},
+                                schedule.config.downlink.full)
+        weights, delta = maker.downlink.step(state.weights, adopted, version)
+        blob = encode(Model(version=version, tensors=maker.publisher.wire(weights),
+                            arch=state.arch))
+        info = {"round": version, "updates": 0, "model_bytes": len(blob),
+                "delta_bytes": len(delta) if delta else 0, "round_wall_s": 0.0,
+                "devices": [], "upper_version": event.upper_version}
+        self.store.add_model(version, blob, sha256_hex(blob), info, delta=delta,
+                             residual=maker.downlink.state())
+        self.count = UpperCount(upper_version=event.upper_version, site_version=version)
+        self.store.set_note(UPPER_NOTE, dataclasses.asdict(self.count))
+        state.history.append(VersionRecord.from_info(version, event.at.wall, info))
+        state.weights, state.version = weights, version
+        log.info("aggregator: version %d is the upper tier's model %d; this site's rounds go "
+                 "on from it", version, event.upper_version)
+        report = VersionReport(version, version, 0, 0.0, {})
+        return [*out, *maker.publisher.model(version, weights, state.arch),
+                VersionMade(report, state.snapshot())]
