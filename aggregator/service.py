@@ -162,8 +162,9 @@ class Aggregator(ServiceReaders):
         """A site: the upper tier's model becomes the next version (docs/tiers.md)."""
         self.events.put(AdoptModel(weights, upper_version, now()))
 
-    def upper_finished(self, reason: str) -> None:
-        self.events.put(UpperFinished(reason, now()))
+    def upper_finished(self, reason: str, weights: Weights, upper_version: int) -> None:
+        """A site: the upper tier is done, at this model; so is the site."""
+        self.events.put(UpperFinished(reason, weights, upper_version, now()))
 
     def _serve_batch(self, first: object) -> None:
         """Handle `first` and whatever else has arrived (within [ingest] bounds) in one

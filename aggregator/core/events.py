@@ -124,9 +124,12 @@ class AdoptModel:
 
 @dataclass(frozen=True)
 class UpperFinished:
-    """The upper tier says training is over: the site tells its devices so too."""
+    """The upper tier says training is over, at its model `upper_version`: the site
+    ends on that model too, and tells its devices so."""
 
     reason: str
+    weights: Weights
+    upper_version: int
     at: Instant
 
 

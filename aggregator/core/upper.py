@@ -112,17 +112,28 @@ class UpperLink:
             log.warning("aggregator: ignored the upper tier's %s: [upper] is not enabled",
                         type(event).__name__)
             return []
-        if isinstance(event, UpperFinished):
-            if state.stopped is None and not state.finished:
-                log.info("aggregator: the upper tier finished (%s): so does this site",
-                         event.reason)
-                state.stopped = f"the upper tier finished ({event.reason})"
-                self.store.set_note(STOPPED_NOTE, state.stopped)
-            return []
         known = self.count.upper_version
+        if isinstance(event, UpperFinished):
+            return self._finished(event, state, schedule)
         if known is not None and event.upper_version <= known:
             return []  # adopted already (a restart installs it again) or older
         return self._adopt(event, state, schedule)
+
+    def _finished(self, event: UpperFinished, state: CoreState,
+                  schedule: RoundSchedule) -> list[Action]:
+        """The site ends on the upper tier's last model, whatever it made since."""
+        if state.stopped is not None or state.finished:
+            return []
+        out: list[Action] = []
+        known, c = self.count.upper_version, self.count
+        if known is None or event.upper_version > known or state.version != c.site_version:
+            out = self._adopt(AdoptModel(event.weights, event.upper_version, event.at), state,
+                              schedule)
+        log.info("aggregator: the upper tier finished (%s): so does this site, at version "
+                 "%d", event.reason, state.version)
+        state.stopped = f"the upper tier finished ({event.reason})"
+        self.store.set_note(STOPPED_NOTE, state.stopped)
+        return out
 
     def _adopt(self, event: AdoptModel, state: CoreState,
                schedule: RoundSchedule) -> list[Action]:
