@@ -22,7 +22,8 @@ class SiteGateway:
         self.aggregator = aggregator
         self.uplink = SiteUplink(uplink_config(aggregator.config, state_dir), aggregator)
 
-    def run(self, stop: threading.Event, exit_when_done: bool = True) -> None:
+    def run(self, stop: threading.Event | None = None, exit_when_done: bool = True) -> None:
+        stop = stop or threading.Event()
         party = PartyThread(self.uplink.run, f"uplink-{self.uplink.config.device_id}",
                             lambda _party, _error: stop.set())
         try:
