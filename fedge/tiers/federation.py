@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from aggregator.config import AggregatorConfig
-from aggregator.service import Aggregator, Evaluate
+from aggregator.service import Aggregator, Evaluate, VersionReport
 from edge_client.shared.protocol import Weights
 from fedge.broker import BrokerHandle
 from fedge.federation import Federation, FederationResult
@@ -86,8 +87,10 @@ class TieredFederation:
             self.top.__exit__(kind, value, traceback)
 
     def add_top(self, config: AggregatorConfig, initial_weights: Weights, arch: dict,
-                evaluate: Evaluate | None = None) -> Aggregator:
-        return self.top.add_aggregator(config, initial_weights, arch, evaluate=evaluate)
+                evaluate: Evaluate | None = None,
+                on_version: Callable[[VersionReport], None] | None = None) -> Aggregator:
+        return self.top.add_aggregator(config, initial_weights, arch, evaluate=evaluate,
+                                       on_version=on_version)
 
     def add_site(self, name: str, config: AggregatorConfig, broker: BrokerHandle,
                  initial_weights: Weights, arch: dict, *, bridged: bool,
