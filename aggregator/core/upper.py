@@ -85,11 +85,14 @@ class UpperLink:
             return []
         c = self.count
         c.versions += 1
-        c.updates += len(records)
         for r in records:
             c.samples += r.num_samples
             loss = r.metrics.get("train_loss", 0.0)
             c.loss_sum += r.num_samples * (loss if np.isfinite(loss) else 0.0)
+        made = state.history[-1].updates if state.history else None
+        if not records and made:  # a secure round: one sum, no samples known; weigh by
+            c.samples += made     # its contributors
+        c.updates += len(records) or (made or 0)
         self.store.set_note(UPPER_NOTE, dataclasses.asdict(c))
         if c.versions < self.every:
             return []
@@ -124,10 +127,10 @@ class UpperLink:
         """The site ends on the upper tier's last model, whatever it made since."""
         if state.stopped is not None or state.finished:
             return []
-        out: list[Action] = []
+        out = self._close_task(state, schedule, "the upper tier's end")
         known, c = self.count.upper_version, self.count
         if known is None or event.upper_version > known or state.version != c.site_version:
-            out = self._adopt(AdoptModel(event.weights, event.upper_version, event.at), state,
+            out += self._adopt(AdoptModel(event.weights, event.upper_version, event.at), state,
                               schedule)
         log.info("aggregator: the upper tier finished (%s): so does this site, at version "
                  "%d", event.reason, state.version)
@@ -138,17 +141,7 @@ class UpperLink:
     def _adopt(self, event: AdoptModel, state: CoreState,
                schedule: RoundSchedule) -> list[Action]:
         """The upper model becomes the next site version, stored and published as any."""
-        out: list[Action] = []
-        task = state.task
-        if task is not None:  # its updates start from a model the upper tier replaced
-            log.info("aggregator: task %s closed without a version: the upper tier's model "
-                     "%d replaces its base (%d pending updates not used)", task.task_id,
-                     event.upper_version, len(state.pending))
-            out += schedule.invitations.close()
-            self.store.abort_task(task.task_id)
-            schedule.driver.not_used(task.task_id, "the upper tier's model came first")
-            state.pending.clear()
-            state.task = None
+        out = self._close_task(state, schedule, f"the upper tier's model {event.upper_version}")
         maker = schedule.versions
         version = state.version + 1
         adopted = representable({k: np.asarray(v, dtype=np.float32)
@@ -171,3 +164,17 @@ class UpperLink:
         report = VersionReport(version, version, 0, 0.0, {})
         return [*out, *maker.publisher.model(version, weights, state.arch),
                 VersionMade(report, state.snapshot())]
+
+    def _close_task(self, state: CoreState, schedule: RoundSchedule, why: str) -> list[Action]:
+        """The open task ends without a version: its updates start from a model `why`
+        replaces (they stay stored, marked as in any aborted round)."""
+        task = state.task
+        if task is None:
+            return []
+        log.info("aggregator: task %s closed without a version: %s came first (%d pending "
+                 "updates not used)", task.task_id, why, len(state.pending))
+        self.store.abort_task(task.task_id)
+        schedule.driver.not_used(task.task_id, f"{why} came first")
+        state.pending.clear()
+        state.task = None
+        return schedule.invitations.close()
