@@ -11,6 +11,7 @@ model the session installs is adopted by the site's aggregator as its next versi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -25,7 +26,8 @@ from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
 from edge_client.session import actions as act
 from edge_client.session.events import Event, FitFinished, Tick
-from edge_client.shared.protocol import Weights
+from edge_client.session.update_maker import UpdateMaker
+from edge_client.shared.protocol import Update, Weights
 from edge_client.training import FitResult, TrainConfig
 
 log = logging.getLogger("fedge.tiers")
@@ -63,6 +65,20 @@ class ModelHolder:
         return {}
 
 
+class SiteUpdateMaker(UpdateMaker):
+    """The device's update maker, adding what the upper tier shows of a site (/api/sites):
+    the device updates in the aggregate and the site versions it spans."""
+
+    def __init__(self, device_id: str, before: UpdateMaker) -> None:
+        super().__init__(device_id)
+        self.feedback, self.feedback_version = before.feedback, before.feedback_version
+        self.extra: dict[str, float] = {}
+
+    def make(self, *args, **kwargs) -> Update:  # type: ignore[no-untyped-def]
+        update = super().make(*args, **kwargs)
+        return dataclasses.replace(update, metrics={**update.metrics, **self.extra})
+
+
 class SiteUplink(EdgeClient):
     """Run beside the site's Aggregator (fedge/tiers/site.py), on its own thread."""
 
@@ -74,6 +90,8 @@ class SiteUplink(EdgeClient):
         self.aggregates_sent = 0
         super().__init__(config, ModelHolder(), np.zeros((1, 1), np.float32),
                          np.zeros(1, np.int64), on_model=self._upper_model)
+        self.maker = SiteUpdateMaker(config.device_id, self.session.maker)
+        self.session.maker = self.maker  # after resuming: it keeps the residual
         site.on_site_aggregate = self.offer
 
     def offer(self, aggregate: SiteAggregate) -> None:
@@ -127,6 +145,8 @@ class SiteUplink(EdgeClient):
             result = FitResult(num_samples=aggregate.samples, loss=aggregate.train_loss,
                                batches=aggregate.versions, train_s=0.0, stopped_early=False)
             self.aggregates_sent += 1
+            self.maker.extra = {"site_updates": float(aggregate.devices),
+                                "site_versions": float(aggregate.versions)}
             super()._feed(FitFinished(fit.task.task_id, result, aggregate.weights, {},
                                       aggregate.samples))
         elif replaced:

@@ -9,6 +9,8 @@ from contextlib import ExitStack
 import numpy as np
 import pytest
 
+from aggregator.store import Store
+from aggregator.web.sites import sites
 from fedge.tiers.federation import TieredFederation
 from tests.integration.fleet import Digits
 from tests.integration.tiers import (
@@ -45,6 +47,10 @@ def test_two_bridged_sites_train_the_top_model_exactly_as_one_flat_federation(tm
         for tensor, values in site.global_weights.items():
             np.testing.assert_array_equal(values, result.top.global_weights[tensor])
         assert result.uplink_bytes_up[name] > 0
+    rows = sites(Store(tmp_path / "top.sqlite3"))  # /api/sites of the top tier
+    assert [r["site"] for r in rows] == SITES
+    assert all(r["devices_behind"] == PER_SITE and r["aggregates_used"] == rounds
+               and r["site_versions"] == 1 for r in rows)
     for version in range(1, rounds + 1):  # top v_k from the site versions 2k
         base = stored_model(tmp_path / "top.sqlite3", version - 1)
         updates = [u for name in SITES for u in device_updates(
