@@ -17,6 +17,7 @@ from aggregator.core import (
     SetTraining,
     StatusMessage,
     UpdateChunk,
+    UpperAsks,
     UpperFinished,
     VerifiedUpdate,
 )
@@ -29,7 +30,7 @@ def core_event_of(event: object, topics: Topics, now: Callable[[], Instant]) -> 
     core does not take (an empty payload: a retained message being cleared)."""
     if isinstance(event, SetTraining | SetStrategy):
         return event
-    if isinstance(event, AdoptModel | UpperFinished):  # from a site's uplink
+    if isinstance(event, AdoptModel | UpperAsks | UpperFinished):  # from a site's uplink
         return dataclasses.replace(event, at=now())
     if isinstance(event, VerifiedUpdate | RefusedUpload):  # from an ingest worker
         return dataclasses.replace(event, at=now())

@@ -34,6 +34,7 @@ from aggregator.core import (
     SiteAggregate,
     Subscribe,
     Tick,
+    UpperAsks,
     UpperFinished,
     VersionMade,
     VersionReport,
@@ -161,6 +162,10 @@ class Aggregator(ServiceReaders):
     def adopt(self, weights: Weights, upper_version: int) -> None:
         """A site: the upper tier's model becomes the next version (docs/tiers.md)."""
         self.events.put(AdoptModel(weights, upper_version, now()))
+
+    def upper_asks(self, upper_version: int) -> None:
+        """A site: the upper tier wants an aggregate from its model `upper_version`."""
+        self.events.put(UpperAsks(upper_version, now()))
 
     def upper_finished(self, reason: str, weights: Weights, upper_version: int) -> None:
         """A site: the upper tier is done, at this model; so is the site."""

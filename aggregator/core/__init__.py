@@ -35,6 +35,7 @@ from aggregator.core.events import (
     StatusMessage,
     Tick,
     UpdateChunk,
+    UpperAsks,
     UpperFinished,
     VerifiedUpdate,
 )
@@ -45,4 +46,4 @@ __all__ = ["STOPPED_NOTE", "Action", "AdoptModel", "AggregatorCore", "ClearRetai
            "Event", "Instant", "LinkDown", "LinkUp", "Publish", "PublishTask", "RefusedUpload",
            "SecAggChunk", "SendAck", "ServiceSnapshot", "SetStrategy", "SetTraining",
            "SiteAggregate", "StatusMessage", "Subscribe", "Tick", "UpdateChunk",
-           "UpperFinished", "VerifiedUpdate", "VersionMade", "VersionReport"]
+           "UpperAsks", "UpperFinished", "VerifiedUpdate", "VersionMade", "VersionReport"]

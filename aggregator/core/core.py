@@ -32,6 +32,7 @@ from aggregator.core.events import (
     StatusMessage,
     Tick,
     UpdateChunk,
+    UpperAsks,
     UpperFinished,
     VerifiedUpdate,
 )
@@ -162,7 +163,7 @@ class AggregatorCore:
             self.state.link_problem = event.reason
             self.store.set_note(BROKER_NOTE, {"connected": False, "since": event.at.wall,
                                               "reason": event.reason})
-        elif isinstance(event, AdoptModel | UpperFinished):  # a site's upper tier
+        elif isinstance(event, AdoptModel | UpperAsks | UpperFinished):  # a site's upper tier
             self._out += self.schedule.upper.on_event(event, self.state, self.schedule)
         elif isinstance(event, SetTraining):
             self.state.paused = not event.running

@@ -123,6 +123,15 @@ class AdoptModel:
 
 
 @dataclass(frozen=True)
+class UpperAsks:
+    """The upper tier invites the site to a round from its model `upper_version`: the
+    site runs its rounds for it (an uninvited site trains for nothing)."""
+
+    upper_version: int
+    at: Instant
+
+
+@dataclass(frozen=True)
 class UpperFinished:
     """The upper tier says training is over, at its model `upper_version`: the site
     ends on that model too, and tells its devices so."""
@@ -134,4 +143,5 @@ class UpperFinished:
 
 
 Event = (LinkUp | LinkDown | UpdateChunk | StatusMessage | SecAggChunk | SetTraining
-         | SetStrategy | Tick | VerifiedUpdate | RefusedUpload | AdoptModel | UpperFinished)
+         | SetStrategy | Tick | VerifiedUpdate | RefusedUpload | AdoptModel | UpperAsks
+         | UpperFinished)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from aggregator.core.actions import Action, SiteAggregate, VersionMade, VersionReport
-from aggregator.core.events import AdoptModel, UpperFinished
+from aggregator.core.events import AdoptModel, UpperAsks, UpperFinished
 from aggregator.core.pending import PendingRecord
 from aggregator.core.schedule import STOPPED_NOTE, RoundSchedule
 from aggregator.core.state import CoreState
@@ -39,6 +39,7 @@ class UpperCount:
 
     upper_version: int | None = None  # None: no upper model adopted yet
     site_version: int = 0
+    asked: bool = False  # the upper tier invited the site to a round from it
     versions: int = 0  # site versions made since
     samples: int = 0  # the samples of the updates those versions used
     updates: int = 0
@@ -61,14 +62,19 @@ class UpperLink:
 
     @property
     def holding(self) -> bool:
-        """No new round: no upper model yet, or this site's aggregate is out."""
-        return self.enabled and (self.count.upper_version is None
-                                 or self.count.versions >= self.every)
+        """No new round: no upper model yet, the upper tier has not invited the site to a
+        round from it, or this site's aggregate is out."""
+        c = self.count
+        return self.enabled and (c.upper_version is None or not c.asked
+                                 or c.versions >= self.every)
 
     def waiting_line(self) -> tuple[object, str]:
         c = self.count
         if c.upper_version is None:
             return (None, "the upper tier's model (rounds start from it)")
+        if not c.asked:
+            return ((c.upper_version, "ask"), f"the upper tier's invitation to a round from "
+                    f"its model {c.upper_version} (this site's version {c.site_version})")
         return (c.upper_version, f"the upper tier's model after version {c.upper_version}: "
                 f"this site's aggregate of {c.versions} version(s), {c.samples} samples, "
                 "is with the uplink")
@@ -109,7 +115,7 @@ class UpperLink:
                              c.samples, c.versions, c.loss_sum / max(1, c.samples),
                              c.updates)
 
-    def on_event(self, event: AdoptModel | UpperFinished, state: CoreState,
+    def on_event(self, event: AdoptModel | UpperAsks | UpperFinished, state: CoreState,
                  schedule: RoundSchedule) -> list[Action]:
         if not self.enabled:
             log.warning("aggregator: ignored the upper tier's %s: [upper] is not enabled",
@@ -118,6 +124,13 @@ class UpperLink:
         known = self.count.upper_version
         if isinstance(event, UpperFinished):
             return self._finished(event, state, schedule)
+        if isinstance(event, UpperAsks):
+            if event.upper_version == known and not self.count.asked:
+                log.info("aggregator: the upper tier invites this site to a round from its "
+                         "model %d: site rounds start", event.upper_version)
+                self.count.asked = True
+                self.store.set_note(UPPER_NOTE, dataclasses.asdict(self.count))
+            return []
         if known is not None and event.upper_version <= known:
             return []  # adopted already (a restart installs it again) or older
         return self._adopt(event, state, schedule)

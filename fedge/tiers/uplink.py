@@ -119,6 +119,7 @@ class SiteUplink(EdgeClient):
                 log.info("%s: upper task %s: the site's aggregate from upper model %d goes "
                          "up when it is made", self.config.device_id, action.task.task_id,
                          action.task.model_version)
+                self.site.upper_asks(action.task.model_version)
                 self._deliver()
             else:
                 super()._do([action])

@@ -20,6 +20,7 @@ from aggregator.core import (
     StatusMessage,
     Tick,
     UpdateChunk,
+    UpperAsks,
     UpperFinished,
     VersionMade,
 )
@@ -101,6 +102,8 @@ def test_two_tiers_of_fedavg_make_the_flat_fedavg_of_every_device_update(tmp_pat
         assert not [a for a in site.tick() if isinstance(a, PublishTask)]  # no upper model
         made = site.send(AdoptModel(WEIGHTS, 0, clock.at()))
         assert [a.report.version for a in made if isinstance(a, VersionMade)] == [1]
+        assert not [a for a in site.tick() if isinstance(a, PublishTask)]  # not invited yet
+        site.send(UpperAsks(0, clock.at()))
         task = _task(site.tick())
         assert task.model_version == 1
         for d, device in enumerate(site.devices):
@@ -127,6 +130,7 @@ def test_two_tiers_of_fedavg_make_the_flat_fedavg_of_every_device_update(tmp_pat
     site = sites["site-a"]
     new = dict(top.core.state.weights)
     site.send(AdoptModel(new, 1, clock.at()))
+    site.send(UpperAsks(1, clock.at()))
     assert site.core.state.version == 3 and _task(site.tick()).model_version == 3
     assert site.send(AdoptModel(new, 1, clock.at())) == []  # a restart installs it again
     assert site.core.state.version == 3
@@ -143,6 +147,7 @@ def test_a_restarted_site_that_was_holding_hands_its_aggregate_out_again(tmp_pat
     site = Tier(tmp_path, "site-a", clock, ["d0"], upper)
     site.connect()
     site.send(AdoptModel(WEIGHTS, 4, clock.at()))
+    site.send(UpperAsks(4, clock.at()))
     task = _task(site.tick())
     site.upload(_update("d0", task, {k: np.ones_like(v) for k, v in WEIGHTS.items()}, 12))
     [first] = [a for a in site.tick() if isinstance(a, SiteAggregate)]
