@@ -113,7 +113,7 @@ class Tiers:
         self.gateways: dict[str, subprocess.Popen] = {}
         self.devices: list[tuple[subprocess.Popen, Path]] = []
         self.top: subprocess.Popen | None = None
-        self.killed_in: int | None = None
+        self.killed_at: float | None = None  # wall time of the SIGKILL
 
     def start(self) -> int:
         mosquitto = find_mosquitto()
@@ -164,7 +164,7 @@ class Tiers:
         while top_version(db) < 1 and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(self.args.kill_after_s)
-        self.killed_in = top_version(db) + 1
+        self.killed_at = time.time()
         self.gateways[name].kill()
         self.gateways[name].wait(10)
         self.gateways[name] = serve(self.workdir / f"{name}.toml",
@@ -221,13 +221,15 @@ def summary(tiers: Tiers, devices: dict, connected: int, wall_s: float) -> dict:
         "device_acks": len(kept), "aggregates_used_per_site": per_site,
         "wall_s": round(wall_s, 1),
     }
-    if tiers.killed_in is not None:
-        during = top_rounds[tiers.killed_in - 1] if len(top_rounds) >= tiers.killed_in else None
-        result["site_kill"] = {"site": site_name(0), "top_round": tiers.killed_in,
-                               "round_s": round(during, 2) if during else None,
-                               "round_s_median_others": median(
-                                   [r for i, r in enumerate(top_rounds)
-                                    if i != tiers.killed_in - 1])}
+    if tiers.killed_at is not None:  # the top round it fell in: the first made after it
+        made = [at for (at,) in rows(top_db, "SELECT created_at FROM models WHERE version > 0 "
+                                             "ORDER BY version")]
+        index = next((i for i, at in enumerate(made) if at >= tiers.killed_at), None)
+        result["site_kill"] = {
+            "site": site_name(0), "top_round": None if index is None else index + 1,
+            "round_s": None if index is None else round(top_rounds[index], 2),
+            "round_s_median_others": median([r for i, r in enumerate(top_rounds)
+                                             if i != index])}
     return result
 
 
