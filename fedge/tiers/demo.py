@@ -9,6 +9,7 @@ without it, every party shares one embedded broker and the uplinks connect direc
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -111,6 +112,8 @@ def _site(index: int) -> str:
 def _summary(demo: Demo, result: TieredResult, broker: str, wall_s: float) -> dict[str, Any]:
     fleet, history = demo.fleet, result.top.history
     devices_up = sum(r.bytes_up for r in result.sites.values())
+    train_s = [t for r in result.sites.values() for st in r.device_stats.values()
+               for t in st.train_s]
     return {
         "final_accuracy": result.final_accuracy,
         "accuracy_per_version": result.top.accuracy_per_version,
@@ -122,6 +125,8 @@ def _summary(demo: Demo, result: TieredResult, broker: str, wall_s: float) -> di
         + sum(result.uplink_bytes_down.values()),
         "uplink_codec": {"devices": describe(demo.aggregator.uplink), "sites": TOP_UPLINK},
         "wall_s": round(wall_s, 3), "tiers": result.tiers(),
+        "round_wall_s_median": result.tiers()[0]["round_s_median"],
+        "train_s_median": statistics.median(train_s) if train_s else None,
     }
 
 
