@@ -99,6 +99,8 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = aggregator.config
     secure = "on" if cfg.security.enabled else "off"
     rounds = f"{cfg.rounds} versions" if cfg.rounds else "versions until stopped"
+    if cfg.upper.enabled:
+        rounds = "versions until the upper tier finishes"
     log.info("fedge aggregator: federation %r, %s mode, %s, broker %s:%d, store %s, model "
              "version %d, security %s", cfg.federation, cfg.mode, rounds, cfg.host, cfg.port,
              cfg.db_path, aggregator.version, secure)

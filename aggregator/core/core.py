@@ -92,7 +92,8 @@ class AggregatorCore:
         self.driver = round_driver(config, store, topics, sign, self.participation,
                                    self.narrator)
         check_fits(config, strategy, weights, named)  # a cohort it cannot hold: refused
-        self.state = CoreState(version, weights, arch, store.model_history(), config.rounds)
+        rounds = 0 if config.upper.enabled else config.rounds  # a site ends with its upper tier
+        self.state = CoreState(version, weights, arch, store.model_history(), rounds)
         self.ingest = UpdateIngest(config, store, topics, sign, self.presence, self.privacy,
                                    self.anomalies, self.participation, self.driver)
         self.versions = VersionMaker(store, strategy, evaluate, downlink, self.publisher,

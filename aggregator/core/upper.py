@@ -173,7 +173,8 @@ class UpperLink:
         state.history.append(VersionRecord.from_info(version, event.at.wall, info))
         state.weights, state.version = weights, version
         log.info("aggregator: version %d is the upper tier's model %d; this site's rounds go "
-                 "on from it", version, event.upper_version)
+                 "on from it when the upper tier invites the site", version,
+                 event.upper_version)
         report = VersionReport(version, version, 0, 0.0, {})
         return [*out, *maker.publisher.model(version, weights, state.arch),
                 VersionMade(report, state.snapshot())]

@@ -27,7 +27,9 @@ from edge_client.eligibility import EligibilityConfig
 from edge_client.session import actions as act
 from edge_client.session.events import Event, FitFinished, Tick
 from edge_client.session.update_maker import UpdateMaker
-from edge_client.shared.protocol import Update, Weights
+from edge_client.shared.codecs import CodecConfig
+from edge_client.shared.codecs.dp import DeviceDp
+from edge_client.shared.protocol import Task, Update, Weights
 from edge_client.training import FitResult, TrainConfig
 
 log = logging.getLogger("fedge.tiers")
@@ -74,8 +76,11 @@ class SiteUpdateMaker(UpdateMaker):
         self.feedback, self.feedback_version = before.feedback, before.feedback_version
         self.extra: dict[str, float] = {}
 
-    def make(self, *args, **kwargs) -> Update:  # type: ignore[no-untyped-def]
-        update = super().make(*args, **kwargs)
+    def make(self, task: Task, base: Weights, trained: Weights, result: FitResult,
+             before: dict[str, float], num_samples: int, codec: CodecConfig | None,
+             dp: DeviceDp | None, created_at: float) -> Update:
+        update = super().make(task, base, trained, result, before, num_samples, codec, dp,
+                              created_at)
         return dataclasses.replace(update, metrics={**update.metrics, **self.extra})
 
 
