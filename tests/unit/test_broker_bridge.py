@@ -3,6 +3,7 @@ broker-config --bridge-to`, which writes it from the site's [upper] table."""
 
 from __future__ import annotations
 
+import logging
 import stat
 from pathlib import Path
 
@@ -11,6 +12,15 @@ import pytest
 from aggregator.broker_acl import device_acl_block
 from aggregator.broker_bridge import BridgePlan, bridge_section, bridge_topics
 from fedge.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """`fedge.cli.main` sets up the root logger; put it back for later tests."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:], root.level = handlers, level
 
 
 def test_the_bridge_carries_exactly_the_sites_device_topics_of_the_upper_federation():
