@@ -16,6 +16,7 @@ from edge_client.client import ClientConfig
 from edge_client.eligibility import EligibilityConfig
 from edge_client.shared.protocol import Model, TrainConfig, Weights, decode
 from edge_client.shared.protocol.tensors import flatten_sorted, unflatten_like
+from edge_client.shared.security import BrokerAuth
 from edge_client.training import mlp_trainer
 from fedge.broker import MosquittoBroker
 from fedge.tiers.federation import TieredFederation
@@ -52,8 +53,11 @@ def bridged_brokers(stack: ExitStack, workdir: Path, sites: list[str]
 
 def build(tiers: TieredFederation, workdir: Path, data: Digits, sites: list[str],
           brokers: dict[str, MosquittoBroker], per_site: int, rounds: int,
-          bridged: bool = True) -> None:
-    tiers.add_top(top_config(workdir, len(sites), rounds), data.initial_weights(),
+          bridged: bool = True, top_auth: BrokerAuth | None = None) -> None:
+    top = top_config(workdir, len(sites), rounds)
+    if top_auth is not None:
+        top.broker_auth = top_auth
+    tiers.add_top(top, data.initial_weights(),
                   {"kind": "mlp", "sizes": data.sizes},
                   evaluate=lambda w: {"accuracy": data.accuracy(w)})
     for s, name in enumerate(sites):
