@@ -4,13 +4,19 @@ top broker. The top model is the flat FedAvg of the very device updates the site
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import ExitStack
 
 import numpy as np
 import pytest
 
 from aggregator.store import Store
+from aggregator.upper_config import UpperConfig
 from aggregator.web.sites import sites
+from edge_client.client import ClientConfig
+from edge_client.eligibility import EligibilityConfig
+from edge_client.shared.security import AggregatorSecurity, DeviceSecurity
+from edge_client.training import mlp_trainer
 from fedge.tiers.federation import TieredFederation
 from tests.integration.fleet import Digits
 from tests.integration.tiers import (
@@ -18,7 +24,9 @@ from tests.integration.tiers import (
     build,
     device_updates,
     flat_fedavg,
+    site_config,
     stored_model,
+    top_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -60,3 +68,48 @@ def test_two_bridged_sites_train_the_top_model_exactly_as_one_flat_federation(tm
         top = stored_model(tmp_path / "top.sqlite3", version)
         for name in base:
             np.testing.assert_allclose(top[name], flat[name], rtol=1e-5, atol=1e-6)
+
+
+def test_signed_at_both_tiers_each_party_pins_the_key_of_the_tier_above(tmp_path, digits):
+    """The top signs its models and pins each site's key; each site signs its aggregates
+    with its uplink key and re-signs the top's models with its own key, which its devices
+    pin; each site pins its devices' keys."""
+    with ExitStack() as stack:
+        top_broker, brokers = bridged_brokers(stack, tmp_path, SITES)
+        with TieredFederation(top_broker) as tiers:
+            top = tiers.add_top(dataclasses.replace(
+                top_config(tmp_path, len(SITES), 2),
+                security=AggregatorSecurity(enabled=True, key_file=tmp_path / "top.key")),
+                digits.initial_weights(), {"kind": "mlp", "sizes": digits.sizes})
+            assert top.identity is not None
+            for s, name in enumerate(SITES):
+                config = site_config(tmp_path, name, PER_SITE)
+                config.security = AggregatorSecurity(enabled=True,
+                                                     key_file=tmp_path / f"{name}.key")
+                config.upper = UpperConfig(security=DeviceSecurity(
+                    key_file=tmp_path / f"{name}-upper.key",
+                    aggregator_key=top.identity.public_text))
+                site = tiers.add_site(name, config, brokers[name], digits.initial_weights(),
+                                      {"kind": "mlp", "sizes": digits.sizes}, bridged=True)
+                assert site.uplink.identity is not None and site.aggregator.identity
+                top.store.enroll(name, site.uplink.identity.public_text)
+                for d in range(PER_SITE):
+                    i = s * PER_SITE + d
+                    device = ClientConfig(
+                        device_id=f"{name}-d{d}", federation=name,
+                        state_dir=tmp_path / f"{name}-d{d}",
+                        eligibility=EligibilityConfig(enabled=False),
+                        security=DeviceSecurity(
+                            key_file=tmp_path / f"{name}-d{d}.key",
+                            aggregator_key=site.aggregator.identity.public_text))
+                    client = site.federation.add_device(device, mlp_trainer(digits.sizes, i),
+                                                        *digits.shards[i])
+                    assert client.identity is not None
+                    site.aggregator.store.enroll(device.device_id, client.identity.public_text)
+            result = tiers.run(timeout_s=240)
+    assert result.top.version == 2
+    assert [h["updates"] for h in result.top.history] == [len(SITES)] * 2
+    for site_result in result.sites.values():
+        assert all(stats.bad_messages == 0 for stats in site_result.device_stats.values())
+        for tensor, values in site_result.global_weights.items():
+            np.testing.assert_array_equal(values, result.top.global_weights[tensor])
