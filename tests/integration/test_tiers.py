@@ -10,6 +10,7 @@ from contextlib import ExitStack
 import numpy as np
 import pytest
 
+from aggregator.config import AsyncConfig
 from aggregator.store import Store
 from aggregator.upper_config import UpperConfig
 from aggregator.web.sites import sites
@@ -113,3 +114,18 @@ def test_signed_at_both_tiers_each_party_pins_the_key_of_the_tier_above(tmp_path
         assert all(stats.bad_messages == 0 for stats in site_result.device_stats.values())
         for tensor, values in site_result.global_weights.items():
             np.testing.assert_array_equal(values, result.top.global_weights[tensor])
+
+
+def test_an_async_top_over_sync_sites_connected_directly_to_one_broker(tmp_path, digits,
+                                                                       mosquitto):
+    """No bridge: every party on one broker, the uplinks straight to the top federation;
+    the top buffers site aggregates as FedBuff buffers device updates."""
+    brokers = dict.fromkeys(SITES, mosquitto)
+    with TieredFederation(mosquitto) as tiers:
+        build(tiers, tmp_path, digits, SITES, brokers, PER_SITE, rounds=3, bridged=False,
+              mode="async", async_=AsyncConfig(buffer_size=2))
+        result = tiers.run(timeout_s=240)
+    assert result.top.version == 3 and result.final_accuracy is not None
+    assert all(h["updates"] == 2 for h in result.top.history)
+    for site_result in result.sites.values():
+        assert all(stats.bad_messages == 0 for stats in site_result.device_stats.values())

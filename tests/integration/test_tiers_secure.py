@@ -39,7 +39,7 @@ def test_sites_reach_a_secured_top_broker_with_their_own_passwords(tmp_path):
                 for site in SITES}
             with TieredFederation(top) as tiers:
                 build(tiers, tmp_path, data, SITES, brokers, per_site=2, rounds=2,
-                      top_auth=BrokerAuth(ca_file=files.ca_cert, username="aggregator",
+                      broker_auth=BrokerAuth(ca_file=files.ca_cert, username="aggregator",
                                           password_file=folder / "credentials" /
                                           "aggregator.txt"))
                 result = tiers.run(timeout_s=240)

@@ -3,6 +3,7 @@ the digits job split over every site's devices (docs/tiers.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,7 +17,6 @@ from edge_client.client import ClientConfig
 from edge_client.eligibility import EligibilityConfig
 from edge_client.shared.protocol import Model, TrainConfig, Weights, decode
 from edge_client.shared.protocol.tensors import flatten_sorted, unflatten_like
-from edge_client.shared.security import BrokerAuth
 from edge_client.training import mlp_trainer
 from fedge.broker import MosquittoBroker
 from fedge.tiers.federation import TieredFederation
@@ -53,10 +53,9 @@ def bridged_brokers(stack: ExitStack, workdir: Path, sites: list[str]
 
 def build(tiers: TieredFederation, workdir: Path, data: Digits, sites: list[str],
           brokers: dict[str, MosquittoBroker], per_site: int, rounds: int,
-          bridged: bool = True, top_auth: BrokerAuth | None = None) -> None:
-    top = top_config(workdir, len(sites), rounds)
-    if top_auth is not None:
-        top.broker_auth = top_auth
+          bridged: bool = True, **top_settings: object) -> None:
+    """`top_settings`: AggregatorConfig fields of the top tier (broker_auth, mode, ...)."""
+    top = dataclasses.replace(top_config(workdir, len(sites), rounds), **top_settings)
     tiers.add_top(top, data.initial_weights(),
                   {"kind": "mlp", "sizes": data.sizes},
                   evaluate=lambda w: {"accuracy": data.accuracy(w)})
