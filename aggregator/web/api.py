@@ -58,6 +58,11 @@ def site_list() -> Response:
     return jsonify({"sites": readmodel.finite(sites.sites(request_store()))})
 
 
+def upper_tier() -> Response:
+    """A site's upper tier (docs/tiers.md); null on a gateway that is no site."""
+    return jsonify({"upper": sites.upper(request_store())})
+
+
 def anomalies() -> Response:
     return jsonify(readmodel.anomalies(request_store()))
 
@@ -199,6 +204,7 @@ ROUTES = (
     Route("/api/devices", devices, Access.READ),
     Route("/api/anomalies", anomalies, Access.READ),
     Route("/api/sites", site_list, Access.READ),
+    Route("/api/upper", upper_tier, Access.READ),
     Route("/api/fairness", fairness, Access.READ, query=("latest",)),
     Route("/api/audit", audit, Access.READ, query=("version",)),
     Route("/api/enrolment", enrolment, Access.READ),

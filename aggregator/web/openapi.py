@@ -83,6 +83,16 @@ def _paths() -> dict[str, Any]:
                              _json(_listing("devices", "Device"))),
         "/api/sites": _get("An upper tier's sites: online, last aggregate, devices behind "
                            "each (docs/tiers.md)", _json(_listing("sites", "Site"))),
+        "/api/upper": _get("A site's upper tier: the upper model it adopted and its count "
+                           "since (docs/tiers.md); null on a gateway that is no site",
+                           _json({"type": "object", "properties": {"upper": {
+                               "type": "object", "nullable": True, "properties": {
+                                   "upper_version": {"type": "integer", "nullable": True},
+                                   "site_version": {"type": "integer"},
+                                   "asked": {"type": "boolean"},
+                                   "versions": {"type": "integer"},
+                                   "updates": {"type": "integer"},
+                                   "samples": {"type": "integer"}}}}})),
         "/api/anomalies": _get("Devices whose recent updates were rejected or clipped",
                                _json(_ref("Anomalies"))),
         "/api/audit": _get("Which devices' updates went into which version",

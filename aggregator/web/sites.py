@@ -1,4 +1,4 @@
-"""/api/sites on an upper tier (docs/tiers.md): the sites behind it, read from the store.
+"""/api/sites on an upper tier and /api/upper on a site (docs/tiers.md), from the store.
 
 A site is a device of the upper tier whose updates are site aggregates: its uplink adds
 `site_updates` (device updates in the aggregate) and `site_versions` (site versions it
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from aggregator.core.upper import UPPER_NOTE
 from aggregator.store import Store
 
 SITE_METRIC = "site_updates"  # set by fedge/tiers/uplink.py
@@ -38,6 +39,17 @@ def sites(store: Store) -> list[dict[str, Any]]:
                     "devices_behind": _whole(metrics.get(SITE_METRIC)),
                     "site_versions": _whole(metrics.get("site_versions"))})
     return sorted(out, key=lambda row: row["site"])
+
+
+def upper(store: Store) -> dict[str, Any] | None:
+    """A site's view of its upper tier: the upper model it adopted, as which site version,
+    whether the upper tier invited it to a round from it, and the site versions, updates
+    and samples since; None on a gateway that is no site."""
+    note = store.note(UPPER_NOTE)
+    if not isinstance(note, dict):
+        return None
+    keys = ("upper_version", "site_version", "asked", "versions", "updates", "samples")
+    return {key: note.get(key) for key in keys}
 
 
 def _whole(value: Any) -> int | None:

@@ -26,6 +26,7 @@ from aggregator.core import (
 )
 from aggregator.store import Store
 from aggregator.upper_config import UpperConfig
+from aggregator.web.sites import upper
 from edge_client.shared.protocol import Status, Task, Topics, TrainConfig, Update, encode
 from edge_client.shared.protocol.chunking import split
 from tests.unit.scripted_clock import ScriptedClock as Clock
@@ -134,6 +135,9 @@ def test_two_tiers_of_fedavg_make_the_flat_fedavg_of_every_device_update(tmp_pat
     assert site.core.state.version == 3 and _task(site.tick()).model_version == 3
     assert site.send(AdoptModel(new, 1, clock.at())) == []  # a restart installs it again
     assert site.core.state.version == 3
+    assert upper(site.store) == {"upper_version": 1, "site_version": 3, "asked": True,
+                                 "versions": 0, "updates": 0, "samples": 0}  # /api/upper
+    assert upper(top.store) is None
     site.send(UpperFinished("done", new, 1, clock.at()))
     assert site.core.state.finished and site.core.state.task is None  # its round ended
     assert site.core.state.version == 3  # already on the upper model
