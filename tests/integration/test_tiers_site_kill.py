@@ -1,13 +1,13 @@
 """A site gateway (`fedge aggregator serve` with [upper]) killed with SIGKILL mid-round,
-twice, and restarted: the top tier waits for it as for a late device, every update its
-devices got an ack for is in its store, and it rejoins and ends on the top's last model."""
+twice (each time with an acked device update pending in its round), and restarted: the top
+tier waits for it as for a late device, every update its devices got an ack for is in its
+store and aggregated, and it rejoins and ends on the top's last model."""
 
 from __future__ import annotations
 
 import sqlite3
 import subprocess
 import sys
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityConfig
 from edge_client.training import mlp_trainer
 from fedge.federation import PartyThread
+from fedge.fleet import SlowTrainer
 from tests.integration.fleet import Digits, wait_until
 from tests.integration.tiers import TOP, bridged_brokers, stored_model
 
@@ -69,15 +70,18 @@ def test_a_site_gateway_killed_mid_round_rejoins_and_loses_nothing_acked(tmp_pat
                                       port=brokers[name].port, ack_timeout_s=1.0,
                                       state_dir=tmp_path / f"{name}-d{d}",
                                       eligibility=EligibilityConfig(enabled=False))
-                devices.append(EdgeClient(config, mlp_trainer(data.sizes, seed=i),
-                                          *data.shards[i]))
+                trainer = mlp_trainer(data.sizes, seed=i)
+                if name == KILLED and d == 1:  # the round stays open while it trains
+                    trainer = SlowTrainer(trainer, speed=0.1)
+                devices.append(EdgeClient(config, trainer, *data.shards[i]))
         parties += [PartyThread(c.run, c.config.device_id) for c in devices]
         try:
             wait_until(lambda: top.version >= 1, 120, "the top tier's first version")
-            for delay in (0.3, 1.1):  # mid-round: after the top's version, devices training
+            for _ in range(2):  # mid-round: one acked update pending, the slow one training
                 start = top.version
                 wait_until(lambda start=start: top.version > start, 120, "the next version")
-                time.sleep(delay)
+                wait_until(lambda: _pending(tmp_path / f"{KILLED}.sqlite3") > 0, 60,
+                           "an acked update pending at the killed site")
                 gateways[KILLED].kill()  # SIGKILL, by PID: no clean-up of any kind
                 gateways[KILLED].wait(10)
                 gateways[KILLED] = _serve(configs[KILLED])
@@ -106,10 +110,20 @@ def test_a_site_gateway_killed_mid_round_rejoins_and_loses_nothing_acked(tmp_pat
                  for nonce, status in c.stats.acked
                  if status in ("accepted", "late", "duplicate")}
         assert acked and acked <= stored, name  # nothing a device got an ack for is lost
+        assert _pending(tmp_path / f"{name}.sqlite3") == 0, name  # and all of it was used
         last = stored_model(tmp_path / f"{name}.sqlite3", _latest(tmp_path / f"{name}.sqlite3"))
         final = stored_model(tmp_path / "top.sqlite3", ROUNDS)
         for tensor in final:
             np.testing.assert_array_equal(last[tensor], final[tensor])
+
+
+def _pending(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM updates WHERE state='pending'"
+                                    ).fetchone()[0])
+    except sqlite3.Error:  # not made yet, or busy
+        return 0
 
 
 def _latest(db: Path) -> int:
