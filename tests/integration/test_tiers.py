@@ -10,7 +10,8 @@ from contextlib import ExitStack
 import numpy as np
 import pytest
 
-from aggregator.config import AsyncConfig
+from aggregator.config import AsyncConfig, SyncConfig
+from aggregator.secagg.config import SecAggConfig
 from aggregator.store import Store
 from aggregator.upper_config import UpperConfig
 from aggregator.web.sites import sites
@@ -129,3 +130,32 @@ def test_an_async_top_over_sync_sites_connected_directly_to_one_broker(tmp_path,
     assert all(h["updates"] == 2 for h in result.top.history)
     for site_result in result.sites.values():
         assert all(stats.bad_messages == 0 for stats in site_result.device_stats.values())
+
+
+def test_secure_aggregation_inside_each_site_sends_the_site_sum_up(tmp_path):
+    """Each site sees only the sum of its three devices' updates (SecAgg); its aggregate,
+    weighted by its contributors, is one update of the plain top tier."""
+    data = Digits(devices=6)
+    with ExitStack() as stack:
+        top_broker, brokers = bridged_brokers(stack, tmp_path, SITES)
+        with TieredFederation(top_broker) as tiers:
+            tiers.add_top(top_config(tmp_path, len(SITES), 2), data.initial_weights(),
+                          {"kind": "mlp", "sizes": data.sizes})
+            for s, name in enumerate(SITES):
+                config = dataclasses.replace(
+                    site_config(tmp_path, name, 3), secagg=SecAggConfig(enabled=True),
+                    sync=SyncConfig(target_updates=3, min_fraction=1.0, round_timeout_s=60))
+                site = tiers.add_site(name, config, brokers[name], data.initial_weights(),
+                                      {"kind": "mlp", "sizes": data.sizes}, bridged=True)
+                for d in range(3):
+                    device = ClientConfig(device_id=f"{name}-d{d}", federation=name,
+                                          state_dir=tmp_path / f"{name}-d{d}",
+                                          eligibility=EligibilityConfig(enabled=False))
+                    site.federation.add_device(device, mlp_trainer(data.sizes, 3 * s + d),
+                                               *data.shards[3 * s + d])
+            result = tiers.run(timeout_s=240)
+    assert [h["updates"] for h in result.top.history] == [2, 2]
+    for name in SITES:  # no device update is stored at a site: only secure sums
+        assert device_updates(tmp_path / f"{name}.sqlite3", 2, result.top.global_weights) == []
+    rows = sites(Store(tmp_path / "top.sqlite3"))
+    assert [(r["last_aggregate_samples"], r["devices_behind"]) for r in rows] == [(3, 3)] * 2
