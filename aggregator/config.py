@@ -15,6 +15,7 @@ from aggregator.privacy.config import PrivacyConfig, check_privacy
 from aggregator.secagg.config import SecAggConfig, check_secagg
 from aggregator.strategy.config import StrategyConfig
 from aggregator.strategy.registry import STRATEGIES
+from aggregator.upper_config import UpperConfig
 from edge_client.shared.codecs import CodecConfig
 from edge_client.shared.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
 from edge_client.shared.protocol.messages import MAX_CHAIN
@@ -151,6 +152,7 @@ class AggregatorConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)  # docs/abuse.md
     ingest: IngestConfig = field(default_factory=IngestConfig)  # docs/gateway.md
     fairness: FairnessConfig = field(default_factory=FairnessConfig)  # docs/gateway.md
+    upper: UpperConfig = field(default_factory=UpperConfig)  # docs/tiers.md
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)
@@ -173,6 +175,9 @@ class AggregatorConfig:
         check_privacy(self)
         check_secagg(self)
         check_limits(self)
+        if self.upper.enabled and self.upper.federation == self.federation:
+            raise ValueError(f"upper.federation must differ from federation "
+                             f"({self.federation!r}): the tiers would share topics")
         self.db_path = Path(self.db_path)
 
 

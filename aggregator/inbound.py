@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 
 from aggregator.core import (
+    AdoptModel,
     Event,
     Instant,
     LinkDown,
@@ -16,6 +17,8 @@ from aggregator.core import (
     SetTraining,
     StatusMessage,
     UpdateChunk,
+    UpperAsks,
+    UpperFinished,
     VerifiedUpdate,
 )
 from edge_client.shared.protocol import Topics
@@ -27,6 +30,8 @@ def core_event_of(event: object, topics: Topics, now: Callable[[], Instant]) -> 
     core does not take (an empty payload: a retained message being cleared)."""
     if isinstance(event, SetTraining | SetStrategy):
         return event
+    if isinstance(event, AdoptModel | UpperAsks | UpperFinished):  # from a site's uplink
+        return dataclasses.replace(event, at=now())
     if isinstance(event, VerifiedUpdate | RefusedUpload):  # from an ingest worker
         return dataclasses.replace(event, at=now())
     if isinstance(event, Connected):

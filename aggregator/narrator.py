@@ -37,6 +37,7 @@ class Waiting(Enum):
     PAUSED = "the operator"
     DEVICES = "devices"
     UPDATES = "updates"
+    UPPER = "the upper tier"
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,9 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"fedge demo: {exc}", file=sys.stderr)
         return 2
     config, fleet = demo.aggregator, demo.fleet
-    bar = ProgressBar(config.rounds, f"fedge demo ({config.mode}, {fleet.devices} devices)")
+    who = (f"{fleet.sites} sites x {fleet.devices_per_site} devices" if fleet.sites
+           else f"{fleet.devices} devices")
+    bar = ProgressBar(config.rounds, f"fedge demo ({config.mode}, {who})")
     if fleet.dashboard_port is None:  # else the bar starts below the dashboard's address
         bar.show(0, "starting")
 
@@ -166,7 +168,12 @@ def _demo(args: argparse.Namespace) -> int:
         print("fedge demo: interrupted; the broker and devices were stopped", file=sys.stderr)
         return 130
     bar.close()
-    _print_summary(summary, sys.stderr if args.json else sys.stdout)
+    if "tiers" in summary:
+        from fedge.tiers.demo import print_tier_summary
+
+        print_tier_summary(summary, sys.stderr if args.json else sys.stdout)
+    else:
+        _print_summary(summary, sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary))
     return 0

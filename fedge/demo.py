@@ -54,6 +54,9 @@ class DemoFleet:
     dashboard_port: int | None = None  # serve the dashboard on 127.0.0.1 (0: a free port)
     attackers: int = 0  # the first K devices send poisoned updates (fedge/poisoning.py)
     attack: str = "sign_flip"  # a name in fedge.poisoning.ATTACKS
+    sites: int = 0  # > 0: two tiers, `devices` split into sites (fedge/tiers/demo.py)
+    devices_per_site: int = 5
+    site_versions: int = 2  # site versions per top version ([upper] every_versions)
 
 
 @dataclass
@@ -78,6 +81,16 @@ def run_demo(demo: Demo,
     temporary = fleet.workdir is None  # removed at the end, as is the broker's folder
     workdir = Path(fleet.workdir or tempfile.mkdtemp(prefix="fedge-demo-"))
     secure = SecureGateway(workdir / "security", fleet.devices) if fleet.secure else None
+    if fleet.sites:  # two tiers of aggregators
+        from fedge.tiers.demo import run_tiered_demo
+
+        try:
+            summary = run_tiered_demo(demo, workdir, on_version)
+        finally:
+            if temporary:
+                shutil.rmtree(workdir, ignore_errors=True)
+        summary["workdir"] = None if temporary else str(workdir)
+        return summary
     try:
         run = federate(demo, workdir, secure=secure, on_version=on_version)
         summary = summarize(demo, run.result, run.aggregator, run.broker_kind, run.wall_s,

@@ -94,6 +94,13 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
                    help="the first K devices send poisoned updates")
     p.add_argument("--attack", choices=tuple(ATTACKS), default="sign_flip",
                    help="sign_flip: the honest update reversed; scale10: boosted tenfold")
+    p.add_argument("--sites", type=int, default=0,
+                   help="two tiers: this many site gateways, each federating its own "
+                        "devices, under one top aggregator (docs/tiers.md); replaces --devices")
+    p.add_argument("--devices-per-site", type=int, default=5, help="with --sites")
+    p.add_argument("--site-versions", type=int, default=2,
+                   help="with --sites: site versions per top version (each site's "
+                        "[upper] every_versions)")
 
 
 def parse_demo_flags(argv: list[str]) -> Demo:
@@ -108,11 +115,16 @@ def demo_from_flags(args: argparse.Namespace) -> Demo:
     then the gateway's config, whose own checks (a robust strategy under DP or secure
     aggregation, Krum with too few devices) are refused here too."""
     _check(args)
+    if args.sites:
+        _check_sites(args)
+        args.devices = args.sites * args.devices_per_site
     fleet = DemoFleet(devices=args.devices, rounds=args.rounds, alpha=args.alpha,
                       profile=args.profile, day_s=args.day_s, broker=args.broker,
                       secure=args.secure, workdir=args.workdir,
                       dashboard_port=args.dashboard, attackers=args.attackers,
-                      attack=args.attack)
+                      attack=args.attack, sites=args.sites,
+                      devices_per_site=args.devices_per_site,
+                      site_versions=args.site_versions)
     try:
         return Demo(aggregator_config(args), fleet)
     except ValueError as exc:  # ConfigError is one; the message names the TOML keys
@@ -147,6 +159,21 @@ def _check(args: argparse.Namespace) -> None:
     if not 0 <= args.attackers < args.devices:
         raise ValueError(f"--attackers must be 0 to {args.devices - 1} (fewer than "
                          f"--devices), not {args.attackers}")
+
+
+def _check_sites(args: argparse.Namespace) -> None:
+    for flag, value in (("--sites", args.sites), ("--devices-per-site", args.devices_per_site),
+                        ("--site-versions", args.site_versions)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, not {value}")
+    for flag, used in (("--secure", args.secure), ("--secagg", args.secagg),
+                       ("--dp", args.dp != "off"), ("--attackers", args.attackers),
+                       ("--dashboard", args.dashboard is not None),
+                       ("--mode async", args.mode != "sync"),
+                       ("--profile diurnal", args.profile != "always")):
+        if used:
+            raise ValueError(f"--sites runs sync tiers of always-on devices; {flag} is not "
+                             "part of the tiered demo yet (docs/tiers.md)")
 
 
 def aggregator_config(args: argparse.Namespace) -> AggregatorConfig:

@@ -20,6 +20,7 @@ from aggregator.anomalies import AnomalyWatch
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, ClearRetained, Subscribe
 from aggregator.core.events import (
+    AdoptModel,
     Event,
     Instant,
     LinkDown,
@@ -31,6 +32,8 @@ from aggregator.core.events import (
     StatusMessage,
     Tick,
     UpdateChunk,
+    UpperAsks,
+    UpperFinished,
     VerifiedUpdate,
 )
 from aggregator.core.ingest import UpdateIngest
@@ -42,6 +45,7 @@ from aggregator.core.rounds import RoundDriver
 from aggregator.core.schedule import STOPPED_NOTE, RoundSchedule
 from aggregator.core.secure_driver import SecureRound
 from aggregator.core.state import CoreState
+from aggregator.core.upper import UpperLink
 from aggregator.core.versions import Evaluate, VersionMaker
 from aggregator.ingest import open_flat_update
 from aggregator.narrator import Narrator, TwinWatch
@@ -87,8 +91,9 @@ class AggregatorCore:
         self.publisher = ModelPublisher(config, store, topics, sign)
         self.driver = round_driver(config, store, topics, sign, self.participation,
                                    self.narrator)
-        self._check_fits(strategy, weights, named)  # a cohort it cannot hold: refused
-        self.state = CoreState(version, weights, arch, store.model_history(), config.rounds)
+        check_fits(config, strategy, weights, named)  # a cohort it cannot hold: refused
+        rounds = 0 if config.upper.enabled else config.rounds  # a site ends with its upper tier
+        self.state = CoreState(version, weights, arch, store.model_history(), rounds)
         self.ingest = UpdateIngest(config, store, topics, sign, self.presence, self.privacy,
                                    self.anomalies, self.participation, self.driver)
         self.versions = VersionMaker(store, strategy, evaluate, downlink, self.publisher,
@@ -103,8 +108,10 @@ class AggregatorCore:
         self.schedule = RoundSchedule(config, store, topics, self.state, self.narrator,
                                       self.participation, self.presence, self.privacy,
                                       self.driver, self.ingest, self.versions,
-                                      self.publisher, Invitations(topics, sign), self._out)
+                                      self.publisher, Invitations(topics, sign), self._out,
+                                      UpperLink(config.upper, store))
         self._resume(at)
+        self._out += self.schedule.upper.at_start(self.state)  # a site's aggregate again
 
     def _resume(self, at: Instant) -> None:
         """Pick up the open task and every stored, not yet aggregated update."""
@@ -157,6 +164,8 @@ class AggregatorCore:
             self.state.link_problem = event.reason
             self.store.set_note(BROKER_NOTE, {"connected": False, "since": event.at.wall,
                                               "reason": event.reason})
+        elif isinstance(event, AdoptModel | UpperAsks | UpperFinished):  # a site's upper tier
+            self._out += self.schedule.upper.on_event(event, self.state, self.schedule)
         elif isinstance(event, SetTraining):
             self.state.paused = not event.running
             log.warning("aggregator: training %s by the operator",
@@ -205,17 +214,8 @@ class AggregatorCore:
         strategy = self.privacy.wrap(build_strategy(dataclasses.replace(
             self.config.strategy, name=name)))
         self.driver.check_strategy(name)
-        self._check_fits(strategy, self.state.weights, name)
+        check_fits(self.config, strategy, self.state.weights, name)
         return strategy
-
-    def _check_fits(self, strategy: Strategy, weights: Weights, name: str = "") -> None:
-        """ValueError naming [strategy] memory_limit_mb if `strategy` needs every update
-        and a version's worth would not fit (aggregator/strategy/memory.py). Secure
-        rounds and mean-based strategies keep one sum, whatever the cohort."""
-        if self.config.secagg.enabled or isinstance(strategy, Streaming):
-            return
-        check_cohort_fits(self.config.strategy, name or type(strategy).__name__.lower(),
-                          updates_per_version(self.config), model_size(weights))
 
     def _link_up(self, at: Instant) -> None:
         c, state = self.config, self.state
@@ -267,3 +267,14 @@ def round_driver(config: AggregatorConfig, store: Store, topics: Topics,
     if config.secagg.enabled:
         return SecureRound(SecureRounds(config, store, topics, sign), topics, narrator)
     return PlainRound(config, participation, narrator)
+
+
+def check_fits(config: AggregatorConfig, strategy: Strategy, weights: Weights,
+               name: str = "") -> None:
+    """ValueError naming [strategy] memory_limit_mb if `strategy` needs every update
+    and a version's worth would not fit (aggregator/strategy/memory.py). Secure
+    rounds and mean-based strategies keep one sum, whatever the cohort."""
+    if config.secagg.enabled or isinstance(strategy, Streaming):
+        return
+    check_cohort_fits(config.strategy, name or type(strategy).__name__.lower(),
+                      updates_per_version(config), model_size(weights))

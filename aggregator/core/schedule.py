@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, ClearRetained
@@ -25,6 +26,9 @@ from aggregator.status import FINISHED_NOTE, HEARTBEAT_NOTE, HEARTBEAT_S
 from aggregator.store import Store
 from edge_client.shared.protocol import Task, Topics, encode
 
+if TYPE_CHECKING:
+    from aggregator.core.upper import UpperLink
+
 log = logging.getLogger("aggregator.service")
 STOPPED_NOTE = "stopped"  # why training ended early, for the dashboard
 
@@ -35,8 +39,9 @@ class RoundSchedule:
                  presence: Presence, privacy: ServicePrivacy, driver: RoundDriver,
                  ingest: UpdateIngest, versions: VersionMaker,
                  publisher: ModelPublisher, invitations: Invitations,
-                 outbox: list[Action]) -> None:
+                 outbox: list[Action], upper: UpperLink) -> None:
         self.config = config
+        self.upper = upper  # a site of an upper tier holds its rounds (docs/tiers.md)
         self.store = store
         self.topics = topics
         self.state = state
@@ -70,6 +75,8 @@ class RoundSchedule:
         elif state.finished:
             if not state.done_published:  # also when started with every version made
                 self._publish_done()
+        elif state.task is None and self.upper.holding:
+            self.narrator.waiting(Waiting.UPPER, self.upper.waiting_line)
         elif state.task is None:
             if at.mono - state.connected_at >= self.config.presence_settle_s:
                 self.open_task(at)  # retained statuses of online devices are in
@@ -98,7 +105,10 @@ class RoundSchedule:
             return
         self._round_over(task.task_id, at)
         if step.decision is Decision.AGGREGATE:
+            records, made = list(state.pending.records), state.version
             self.out += self.versions.make(state, at)
+            if state.version > made:
+                self.out += self.upper.counted(records, state)
             self.open_task(at)
             return
         self.participation.round_aborted()
@@ -110,7 +120,7 @@ class RoundSchedule:
     def open_task(self, at: Instant) -> None:
         """Plan the next round or async task and publish it, or say why not yet."""
         state = self.state
-        if state.finished:
+        if state.finished or self.upper.holding:
             return
         candidates = self._candidates()
         # no top-up when DP accounting or secure sizes assume uniformly drawn devices

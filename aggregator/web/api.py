@@ -15,7 +15,7 @@ from flask import Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from aggregator.status import fleet_status, service_health
-from aggregator.web import bodies, metrics, readmodel
+from aggregator.web import bodies, metrics, readmodel, sites
 from aggregator.web.actions import AdminActions
 from aggregator.web.auth import Access
 from aggregator.web.context import ApiError, request_store, web_context
@@ -51,6 +51,16 @@ def versions() -> Response:
 
 def devices() -> Response:
     return jsonify({"devices": readmodel.devices(request_store())})
+
+
+def site_list() -> Response:
+    """An upper tier's sites (docs/tiers.md); empty on a gateway of devices."""
+    return jsonify({"sites": readmodel.finite(sites.sites(request_store()))})
+
+
+def upper_tier() -> Response:
+    """A site's upper tier (docs/tiers.md); null on a gateway that is no site."""
+    return jsonify({"upper": sites.upper(request_store())})
 
 
 def anomalies() -> Response:
@@ -193,6 +203,8 @@ ROUTES = (
     Route("/api/versions", versions, Access.READ),
     Route("/api/devices", devices, Access.READ),
     Route("/api/anomalies", anomalies, Access.READ),
+    Route("/api/sites", site_list, Access.READ),
+    Route("/api/upper", upper_tier, Access.READ),
     Route("/api/fairness", fairness, Access.READ, query=("latest",)),
     Route("/api/audit", audit, Access.READ, query=("version",)),
     Route("/api/enrolment", enrolment, Access.READ),

@@ -81,6 +81,18 @@ def _paths() -> dict[str, Any]:
                               _json(_listing("versions", "Version"))),
         "/api/devices": _get("Devices: status, eligibility, contributions, rejections",
                              _json(_listing("devices", "Device"))),
+        "/api/sites": _get("An upper tier's sites: online, last aggregate, devices behind "
+                           "each (docs/tiers.md)", _json(_listing("sites", "Site"))),
+        "/api/upper": _get("A site's upper tier: the upper model it adopted and its count "
+                           "since (docs/tiers.md); null on a gateway that is no site",
+                           _json({"type": "object", "properties": {"upper": {
+                               "type": "object", "nullable": True, "properties": {
+                                   "upper_version": {"type": "integer", "nullable": True},
+                                   "site_version": {"type": "integer"},
+                                   "asked": {"type": "boolean"},
+                                   "versions": {"type": "integer"},
+                                   "updates": {"type": "integer"},
+                                   "samples": {"type": "integer"}}}}})),
         "/api/anomalies": _get("Devices whose recent updates were rejected or clipped",
                                _json(_ref("Anomalies"))),
         "/api/audit": _get("Which devices' updates went into which version",
@@ -212,6 +224,7 @@ def _schemas() -> dict[str, Any]:
                         training_finished={"type": "boolean"}),
         "Status": _status_schema(),
         "FairnessRow": _fairness_schema(),
+        "Site": _site_schema(),
     }
     for name in ("Overview", "Device", "Anomalies", "AnomalyRow", "AuditRow", "Enrolment"):
         schemas[name]["required"] = list(schemas[name]["properties"])  # readmodel fills all
@@ -301,3 +314,18 @@ def openapi_document() -> dict[str, Any]:
         "components": {"schemas": _schemas(),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
+
+
+def _site_schema() -> dict[str, Any]:
+    """aggregator/web/sites.py's rows."""
+    integer = {"type": "integer", "nullable": True}
+    number = {"type": "number", "nullable": True}
+    return {"type": "object", "properties": {
+        "site": {"type": "string"}, "online": {"type": "boolean", "nullable": True},
+        "last_seen": number, "model_version": integer, "aggregates_used": integer,
+        "last_aggregate_at": number, "last_aggregate_upper_version": integer,
+        "last_aggregate_samples": _described(integer, "The aggregate's weight: the samples "
+                                                      "of the device updates in it"),
+        "last_aggregate_state": {"type": "string"},
+        "devices_behind": _described(integer, "Device updates in the last aggregate"),
+        "site_versions": _described(integer, "Site versions the last aggregate spans")}}

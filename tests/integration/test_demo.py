@@ -57,6 +57,20 @@ def test_demo_async_on_the_embedded_broker(tmp_path):
     assert s["final_accuracy"] > 0.7
 
 
+@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
+def test_demo_with_sites_runs_two_tiers_and_reports_each(tmp_path, broker):
+    s = _demo("--sites", "2", "--devices-per-site", "2", "--rounds", "2", "--broker", broker,
+              tmp_path=tmp_path)
+    assert (s["sites"], s["devices"], s["model_versions"]) == (2, 4, 2)
+    assert ("bridged" in s["broker"]) == (broker == "mosquitto")
+    top, *sites = s["tiers"]
+    assert (top["tier"], top["versions"], top["sites"]) == ("top", 2, 2) and top["bytes_up"] > 0
+    assert [t["site"] for t in sites] == ["site-0", "site-1"]
+    # per top version: the adopted model, then --site-versions (2) rounds; then the last
+    assert all(t["devices"] == 2 and t["versions"] == 2 * 3 + 1 for t in sites)
+    assert s["final_accuracy"] > 0.6
+
+
 def test_demo_reports_bad_arguments_clearly(tmp_path):
     done = subprocess.run([sys.executable, "-m", "fedge.cli", "demo", "--devices", "0"],
                           capture_output=True, text=True, timeout=60, check=False)
@@ -147,6 +161,8 @@ def test_demo_attackers_against_a_robust_strategy(tmp_path):
     (("--rounds", "0"), ("--rounds must be >= 1, not 0",)),
     (("--lr", "nan"), ("--lr must be a number > 0",)),
     (("--momentum", "1"), ("--momentum must be 0 or more and below 1",)),
+    (("--sites", "2", "--secure"), ("--sites", "--secure")),
+    (("--sites", "2", "--devices-per-site", "0"), ("--devices-per-site must be >= 1",)),
 ])
 def test_demo_refuses_flags_that_do_not_work_together(args, words):
     stderr = _refused("--devices", "5", *args)
