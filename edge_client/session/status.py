@@ -8,6 +8,10 @@ from edge_client.eligibility import Decision
 from edge_client.session.actions import Publish
 from edge_client.session.events import Instant
 from edge_client.shared.protocol import Status, Topics, encode
+from edge_client.shared.protocol.drift import DriftReport
+
+DRIFT_RESEND_S = 5.0  # a status goes out early when the drift scores moved, at most this often
+DRIFT_MOVE = 0.05  # ... by this much (PSI or accuracy)
 
 
 class StatusBoard:
@@ -22,6 +26,9 @@ class StatusBoard:
         self.interval_s = interval_s
         self.decision: Decision | None = None
         self._sent_at = 0.0  # monotonic time of the last status published
+        # The Predictor's drift scores (EdgeClient sets it when given one); read, not kept
+        self.drift: Callable[[], DriftReport | None] | None = None
+        self._drift_sent: DriftReport | None = None
 
     def payload(self, online: bool, model_version: int | None, wall: float,
                 reason: str | None = None) -> bytes:
@@ -35,7 +42,12 @@ class StatusBoard:
             reason=reason if reason is not None else (d.reason if d is not None else ""),
             model_version=model_version, time=wall,
             battery_pct=float(battery) if isinstance(battery, int | float) else None,
-            session=self.session_id)))
+            session=self.session_id, drift=self._drift_now())))
+
+    def _drift_now(self) -> DriftReport | None:
+        report = self.drift() if self.drift is not None else None
+        self._drift_sent = report
+        return report
 
     def publish(self, online: bool, model_version: int | None, now: Instant,
                 reason: str | None = None) -> Publish:
@@ -44,5 +56,24 @@ class StatusBoard:
                        retain=True)
 
     def stale(self, now: Instant) -> bool:
-        """Due again, so a signed retained status stays within the aggregator's clock skew."""
-        return now.monotonic - self._sent_at >= self.interval_s
+        """Due again, so a signed retained status stays within the aggregator's clock skew,
+        or early because the drift scores moved."""
+        since = now.monotonic - self._sent_at
+        return since >= self.interval_s or (since >= DRIFT_RESEND_S and self._drift_moved())
+
+    def _drift_moved(self) -> bool:
+        if self.drift is None:
+            return False
+        return drift_moved(self._drift_sent, self.drift())
+
+
+def drift_moved(before: DriftReport | None, now: DriftReport | None) -> bool:
+    """Whether the aggregator should hear of `now`, having heard `before`."""
+    if now is None or before is None:
+        return now is not before
+    for old, new in ((before.psi_max, now.psi_max), (before.accuracy, now.accuracy)):
+        if (old is None) != (new is None):
+            return True
+        if old is not None and new is not None and abs(new - old) >= DRIFT_MOVE:
+            return True
+    return False
