@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.anomalies import AnomalyConfig
+from aggregator.drift import DriftConfig
 from aggregator.fairness import FairnessConfig
 from aggregator.ingest_batch import IngestConfig
 from aggregator.limits import LimitsConfig, check_limits
@@ -151,6 +152,7 @@ class AggregatorConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)  # docs/abuse.md
     ingest: IngestConfig = field(default_factory=IngestConfig)  # docs/gateway.md
     fairness: FairnessConfig = field(default_factory=FairnessConfig)  # docs/gateway.md
+    drift: DriftConfig = field(default_factory=DriftConfig)  # docs/lifecycle.md
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)

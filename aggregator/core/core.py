@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from aggregator.anomalies import AnomalyWatch
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, ClearRetained, Subscribe
+from aggregator.core.campaigns import watch_drift
 from aggregator.core.events import (
     Event,
     Instant,
@@ -43,6 +44,7 @@ from aggregator.core.schedule import STOPPED_NOTE, RoundSchedule
 from aggregator.core.secure_driver import SecureRound
 from aggregator.core.state import CoreState
 from aggregator.core.versions import Evaluate, VersionMaker
+from aggregator.drift import DriftWatch
 from aggregator.ingest import open_flat_update
 from aggregator.narrator import Narrator, TwinWatch
 from aggregator.participation import Participation, participation_for
@@ -88,7 +90,9 @@ class AggregatorCore:
         self.driver = round_driver(config, store, topics, sign, self.participation,
                                    self.narrator)
         self._check_fits(strategy, weights, named)  # a cohort it cannot hold: refused
-        self.state = CoreState(version, weights, arch, store.model_history(), config.rounds)
+        self.drift = DriftWatch(config.drift, store)  # retraining campaigns (drift.py)
+        self.state = CoreState(version, weights, arch, store.model_history(),
+                               self.drift.resumed_rounds(config.rounds))
         self.ingest = UpdateIngest(config, store, topics, sign, self.presence, self.privacy,
                                    self.anomalies, self.participation, self.driver)
         self.versions = VersionMaker(store, strategy, evaluate, downlink, self.publisher,
@@ -245,6 +249,7 @@ class AggregatorCore:
             return
         self.presence.on_status(status, event.at.mono, event.at.wall)
         self.twins.status(status)
+        watch_drift(self.drift, status, event.at.wall, self.state, self.store)
 
     def _on_secagg(self, event: SecAggChunk) -> None:
         self._now = event.at
