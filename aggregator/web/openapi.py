@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from aggregator.web import bodies
+from aggregator.web.drift_view import drift_schema
 
 JSON = bodies.JSON
 MAX_VERSION = 2**63 - 1  # the largest SQLite INTEGER: no version number can be larger
@@ -93,6 +94,9 @@ def _paths() -> dict[str, Any]:
                                                           f"{FAIRNESS_DEFAULT})",
                                            "schema": {"type": "integer", "minimum": 1,
                                                       "maximum": FAIRNESS_MAX}}]),
+        "/api/drift": _get("Drift: each device's latest scores and their history, the "
+                           "[drift] rule and the retraining campaigns it opened",
+                           _json(_ref("Drift"))),
         "/api/enrolment": _get("Enrolled device keys and revocations",
                                _json(_listing("enrolment", "Enrolment"))),
         "/api/models/{version}": _get("Download one model version", blob, 404,
@@ -212,6 +216,7 @@ def _schemas() -> dict[str, Any]:
                         training_finished={"type": "boolean"}),
         "Status": _status_schema(),
         "FairnessRow": _fairness_schema(),
+        "Drift": drift_schema(),
     }
     for name in ("Overview", "Device", "Anomalies", "AnomalyRow", "AuditRow", "Enrolment"):
         schemas[name]["required"] = list(schemas[name]["properties"])  # readmodel fills all
