@@ -21,6 +21,7 @@ from aggregator.service import Aggregator, Evaluate, VersionReport
 from aggregator.strategy import Strategy
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityPolicy
+from edge_client.predictor import Predictor
 from edge_client.shared.protocol import Weights
 from edge_client.training import Trainer
 from fedge.broker import BrokerHandle, start_broker
@@ -99,12 +100,13 @@ class Federation:
     def add_device(self, config: ClientConfig, trainer: Trainer, x: np.ndarray,
                    y: np.ndarray, *, policy: EligibilityPolicy | None = None,
                    app_busy: Callable[[], bool] | None = None,
-                   on_model: Callable[[int, dict, Weights], None] | None = None
-                   ) -> EdgeClient:
-        """An EdgeClient with only its own data `x`, `y`, on this federation's broker."""
+                   on_model: Callable[[int, dict, Weights], None] | None = None,
+                   predictor: Predictor | None = None) -> EdgeClient:
+        """An EdgeClient with only its own data `x`, `y`, on this federation's broker;
+        `predictor` serves its models and watches for drift (EdgeClient)."""
         config = dataclasses.replace(config, host=self.broker.host, port=self.broker.port)
         device = EdgeClient(config, trainer, x, y, policy=policy, app_busy=app_busy,
-                            on_model=on_model)
+                            on_model=on_model, predictor=predictor)
         self.devices.append(device)
         return device
 
