@@ -59,6 +59,7 @@ from edge_client.session.inbound import OwnStatusReceived, decode_inbound
 from edge_client.session.keys import DeviceKeys
 from edge_client.session.pace import Pace
 from edge_client.session.participation import Participation
+from edge_client.session.refusals import on_manifest, refused
 from edge_client.session.resend import ResendSchedule
 from edge_client.session.resume import resume
 from edge_client.session.secure_rounds import SecureRounds
@@ -146,12 +147,7 @@ class DeviceSession:
             case InvitationReceived(invitation):
                 return self.participation.on_invitation(invitation, self._asked is not None)
             case ManifestReceived(manifest):
-                over, actions = self.downlink.on_manifest(manifest)
-                if over:  # forget the old run; unacked updates wait for the new aggregator
-                    self.maker.forget()
-                    self.book.forget()
-                    actions.insert(0, self._save_tasks())
-                return actions
+                return on_manifest(self, manifest, now)
             case ModelChunkReceived(topic, payload):
                 return self.downlink.on_chunk(topic, payload, now.monotonic)
             case ModelInstalled(version):
@@ -159,7 +155,7 @@ class DeviceSession:
             case ModelRefused(version, reason):
                 self.downlink.refused(version, reason)
                 self.stats.bad_messages += 1
-                return []
+                return refused(self, version, reason, now)
             case AckReceived(ack):
                 return self._on_ack(ack, now)
             case SecAggChunkReceived(payload):
@@ -235,6 +231,7 @@ class DeviceSession:
             return []
         self.stats.models_via_delta += int(step.via_delta)
         self.narrator.model_installed(version, step.via_delta, len(step.blob))
+        self.status.refusal = None  # a model it runs: eligible again
         return [SaveModel(version, step.blob), self._save_tasks(), self._status(True, now),
                 *self.participation.maybe_train()]
 

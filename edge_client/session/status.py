@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from edge_client.eligibility import Decision
@@ -10,6 +11,7 @@ from edge_client.session.events import Instant
 from edge_client.shared.protocol import Status, Topics, encode
 from edge_client.shared.protocol.drift import DriftReport
 
+log = logging.getLogger("edge_client.client")  # one logger for all the device says
 DRIFT_RESEND_S = 5.0  # a status goes out early when the drift scores moved, at most this often
 DRIFT_MOVE = 0.05  # ... by this much (PSI or accuracy)
 
@@ -29,6 +31,9 @@ class StatusBoard:
         # The Predictor's drift scores (EdgeClient sets it when given one); read, not kept
         self.drift: Callable[[], DriftReport | None] | None = None
         self._drift_sent: DriftReport | None = None
+        # Why the latest model was refused (too large, an architecture it cannot run):
+        # said as the status's reason until a model installs (session.py)
+        self.refusal: str | None = None
 
     def payload(self, online: bool, model_version: int | None, wall: float,
                 reason: str | None = None) -> bytes:
@@ -36,10 +41,12 @@ class StatusBoard:
         at start: the aggregator takes "offline" statuses at any age)."""
         d = self.decision
         battery = d.facts.get("battery_pct") if d is not None else None
+        refused = self.refusal  # a model it cannot run: not eligible for its tasks
         return self.seal(encode(Status(
             device_id=self.device_id, online=online,
-            eligible=d.eligible if d is not None else True,
-            reason=reason if reason is not None else (d.reason if d is not None else ""),
+            eligible=(d.eligible if d is not None else True) and refused is None,
+            reason=reason if reason is not None else (
+                refused or (d.reason if d is not None else "")),
             model_version=model_version, time=wall,
             battery_pct=float(battery) if isinstance(battery, int | float) else None,
             session=self.session_id, drift=self._drift_now())))
@@ -48,6 +55,17 @@ class StatusBoard:
         report = self.drift() if self.drift is not None else None
         self._drift_sent = report
         return report
+
+    def refuse(self, version: int, why: str, held: int | None) -> bool:
+        """Say from now on that model `version` was refused (the device keeps `held` and is
+        not eligible for the refused model's tasks); False if that is already said."""
+        refusal = (f"model refused: version {version}: {why}; "
+                   f"{'serving version ' + str(held) if held is not None else 'no model'}")
+        if refusal == self.refusal:
+            return False
+        log.info("%s: %s", self.device_id, refusal)
+        self.refusal = refusal
+        return True
 
     def publish(self, online: bool, model_version: int | None, now: Instant,
                 reason: str | None = None) -> Publish:
