@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from aggregator.model_lines import lines_view
 from aggregator.status import fleet_status, service_health
 from aggregator.web import bodies, drift_view, metrics, readmodel
 from aggregator.web.actions import AdminActions
@@ -75,6 +76,10 @@ def fairness() -> Response:
 
 def drift() -> Response:
     return jsonify(readmodel.finite(drift_view.drift(request_store())))
+
+
+def lines() -> Response:
+    return jsonify(lines_view(request_store()))
 
 
 def status() -> Response:
@@ -200,6 +205,7 @@ ROUTES = (
     Route("/api/fairness", fairness, Access.READ, query=("latest",)),
     Route("/api/audit", audit, Access.READ, query=("version",)),
     Route("/api/drift", drift, Access.READ),
+    Route("/api/lines", lines, Access.READ),
     Route("/api/enrolment", enrolment, Access.READ),
     Route("/api/models/<version>", model, Access.READ),
     Route("/api/admin/enroll", enroll, Access.ADMIN, ("POST",)),

@@ -283,6 +283,17 @@
     $("drift").tBodies[0].replaceChildren(...(body.length ? body : [emptyRow(8, "No device reports drift")]));
   }
 
+  // Model lines (api/lines): each architecture's versions and the devices on it; the
+  // devices that refused a model say why.
+  function renderLines(l) {
+    const body = l.lines.map((line) => row([[line.line], [`v${line.first_version}–v${line.last_version}`, "num"],
+      [int(line.devices.length), "num"], [line.devices.join(", ")]]));
+    for (const d of l.devices.filter((d) => d.refused)) {
+      body.push(row([[d.line || dash], ["", "num"], ["", "num"], [`${d.device_id}: ${d.refused}`, "warn"]]));
+    }
+    $("lines").tBodies[0].replaceChildren(...(body.length ? body : [emptyRow(4, "No model yet")]));
+  }
+
   // ------------------------------------------------------------ the loop
   function askForToken(reason) {
     clearTimeout(timer);
@@ -304,6 +315,7 @@
       renderVersions(versions.versions);
       renderFairness(fairness.fairness);
       api("api/drift").then(renderDrift).catch(() => {});  // its own: an older gateway has none
+      api("api/lines").then(renderLines).catch(() => {});
       $("login").hidden = true;
       $("forget").hidden = !sessionStorage.getItem(KEY);
       text("status", "Updated " + new Date().toLocaleTimeString());
