@@ -1,8 +1,8 @@
 """Model lines (issue 18, "Models that change shape"): a new architecture is rolled out
 as a new line of versions, not as the next step of the old one.
 
-A line is named by its architecture: `arch["line"]` when the model's config names it,
-else its kind and a digest of the arch (`mlp-3f2a9c01`). When `[lines] on_arch_change =
+A line is named by its architecture: its kind and a digest of the arch
+(`mlp-3f2a9c01`). When `[lines] on_arch_change =
 "new_line"` and the configured model's architecture differs from the stored latest
 version's, the aggregator starts the new line at the next version, from the configured
 model's initial weights, sent whole (no delta from another shape). Devices that cannot
@@ -39,10 +39,7 @@ class LinesConfig:
 
 
 def line_of(arch: dict[str, Any]) -> str:
-    """The line an architecture belongs to."""
-    named = arch.get("line")
-    if isinstance(named, str) and named:
-        return named[:64]
+    """The line an architecture belongs to: its kind and a digest of it."""
     digest = hashlib.sha256(json.dumps(arch, sort_keys=True, default=str).encode())
     return f"{arch.get('kind', 'model')}-{digest.hexdigest()[:8]}"
 
