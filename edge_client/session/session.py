@@ -113,8 +113,9 @@ class DeviceSession:
         """The aggregator says the federation is done and its final model is here.
         Unacked updates, if any, stay in the outbox on disk for a later run."""
         task, version = self.task, self.model_version
-        return (self.config.exit_when_done and task is not None and task.done
-                and version is not None and version >= task.model_version)
+        return (self.config.exit_when_done and task is not None and task.done and (
+            (version is not None and version >= task.model_version)
+            or self.status.refusal is not None))  # it keeps the model it holds
 
     def poll_timeout(self, now: float) -> float:
         """How long the shell may wait for a message before the next Tick is due."""

@@ -97,3 +97,11 @@ def test_adopt_keeps_the_old_model_when_the_weights_do_not_fit():
     with pytest.raises(ValueError):
         trainer.adopt({"kind": "mlp", "sizes": [8, 12, 3]}, drv.weights(0))
     assert trainer.get_weights()["dense0.weight"].shape == (8, 6)
+
+
+def test_a_device_that_refused_the_last_line_still_finishes_when_told():
+    device = _ready(ScriptedDevice())
+    device.install(1, mlp_trainer([8, 12, 3], seed=2).get_weights())
+    assert not device.session.finished
+    device.receive(device.topics.task, encode(drv.task("r9", version=1, done=True)))
+    assert device.session.finished and device.session.model_version == 0
