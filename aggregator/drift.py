@@ -13,6 +13,7 @@ episode of drift: it counts again only after it reported being back under the ru
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -138,6 +139,14 @@ class DriftWatch:
             return None
         return self._maybe_open(wall, version, rounds, stopped)
 
+    def _count(self, devices: Iterable[str]) -> None:
+        """These devices' current drift is dealt with: they open no campaign until they
+        were back under the rule."""
+        fresh = set(devices) - self.counted
+        if fresh:
+            self.counted |= fresh
+            self.store.set_note(COUNTED_NOTE, sorted(self.counted))
+
     def drifting(self) -> dict[str, str]:
         """Online devices whose latest scores count as drift, with why."""
         return {d: why for d, (online, why) in self.latest.items() if online and why}
@@ -152,7 +161,8 @@ class DriftWatch:
                 len(drifting) < c.min_fraction * reporting):
             return None
         if self.campaigns and self.campaigns[-1].open_at(version):
-            return None  # one at a time: the open one retrains them too
+            self._count(drifting)  # one at a time: the open one retrains them too
+            return None
         names = sorted(drifting)
         reason = (f"{len(names)} of {reporting} device(s) reporting drift passed the rule "
                   f"(min_devices {c.min_devices}, min_fraction {c.min_fraction:g}): "
@@ -161,17 +171,15 @@ class DriftWatch:
         if stopped is not None:
             log.info("aggregator: no retraining campaign although %s: training stopped (%s)",
                      reason, stopped)
-            self.counted.update(names)
-            self.store.set_note(COUNTED_NOTE, sorted(self.counted))
+            self._count(names)
             return None
         until = max(rounds, version) + c.campaign_rounds if rounds else None
         campaign = Campaign(number=(self.campaigns[-1].number + 1) if self.campaigns else 1,
                             opened_at=wall, at_version=version, until_version=until,
                             devices=tuple(names), reason=reason)
         self.campaigns = [*self.campaigns, campaign][-KEEP_CAMPAIGNS:]
-        self.counted.update(names)
         self.store.set_note(CAMPAIGNS_NOTE, [k.to_json() for k in self.campaigns])
-        self.store.set_note(COUNTED_NOTE, sorted(self.counted))
+        self._count(names)
         plan = (f"training goes on to version {until}" if until is not None
                 else "training runs without a last version anyway")
         log.info("aggregator: retraining campaign %d opened at version %d: %s; %s",

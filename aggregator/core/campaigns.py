@@ -4,22 +4,30 @@ versions to make, and a finished federation training again."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from aggregator.core.state import CoreState
-from aggregator.drift import Campaign, DriftWatch
+from aggregator.drift import Campaign
 from aggregator.status import FINISHED_NOTE
 from aggregator.store import Store
 from edge_client.shared.protocol import Status
 
+if TYPE_CHECKING:
+    from aggregator.core.core import AggregatorCore
+
 log = logging.getLogger("aggregator.service")
 
 
-def watch_drift(watch: DriftWatch, status: Status, wall: float, state: CoreState,
-                store: Store) -> None:
-    """Give the rule one checked status; open the campaign it may decide on."""
-    campaign = watch.on_status(status, wall, state.version, state.rounds, state.stopped)
+def watch_drift(core: AggregatorCore, status: Status, wall: float) -> None:
+    """Give the rule one checked status; open the campaign it may decide on. Only devices
+    with a track record count: in plain mode anyone may publish a status under any id,
+    and made-up devices must not open campaigns (aggregator/presence.py)."""
+    if status.device_id not in core.presence.proven:
+        return
+    state = core.state
+    campaign = core.drift.on_status(status, wall, state.version, state.rounds, state.stopped)
     if campaign is not None:
-        open_campaign(campaign, state, store)
+        open_campaign(campaign, state, core.store)
 
 
 def open_campaign(campaign: Campaign, state: CoreState, store: Store) -> None:

@@ -249,7 +249,7 @@ class AggregatorCore:
             return
         self.presence.on_status(status, event.at.mono, event.at.wall)
         self.twins.status(status)
-        watch_drift(self.drift, status, event.at.wall, self.state, self.store)
+        watch_drift(self, status, event.at.wall)
 
     def _on_secagg(self, event: SecAggChunk) -> None:
         self._now = event.at

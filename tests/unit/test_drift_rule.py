@@ -48,6 +48,8 @@ def test_enough_drifting_devices_open_one_campaign_that_extends_the_plan(tmp_pat
     assert "retraining campaign 1 opened at version 4" in caplog.text
     assert watch.on_status(_status("d", SHIFTED), 4.0, 5, 13, None) is None  # one at a time
     assert [c.number for c in campaigns(store)] == [1]
+    # d drifted while campaign 1 retrained: once it ends, d opens no second one
+    assert watch.on_status(_status("d", SHIFTED), 5.0, 13, 13, None) is None
 
 
 def test_a_device_opens_at_most_one_campaign_per_episode_of_drift(tmp_path):
@@ -149,3 +151,13 @@ def test_drift_history_is_bounded_per_device_and_forgotten_with_it(tmp_path):
     assert [r["psi_max"] for r in history["b"]] == [2.0]
     store.forget_device("a")
     assert "a" not in drift_history(store.db)
+
+
+def test_only_devices_with_a_track_record_count(tmp_path):
+    """Anyone may publish a status under any id in plain mode: a device counts for the
+    rule once an update of it was stored, so made-up devices open no campaign."""
+    h = Harness(tmp_path, rounds=5, drift=DriftConfig(psi_threshold=0.25))
+    h.connect(["dev-0", "dev-1"])
+    for device in ("fake-1", "fake-2", "dev-0"):  # dev-0 sent no update yet either
+        _say(h, device, SHIFTED)
+    assert h.core.state.rounds == 5 and campaigns(h.store) == []
