@@ -131,7 +131,12 @@ class DriftWatch:
         if status.drift is None and status.device_id not in self.latest:
             return None
         why = None if status.drift is None else self.config.why_drifting(status.drift)
+        before = self.latest.get(status.device_id, (False, None))[1]
         self.latest[status.device_id] = (status.online, why)
+        if (why is None) != (before is None):  # said when it changes, not at every status
+            log.info("aggregator: %s %s; %d device(s) drift now (a campaign needs %d)",
+                     status.device_id, f"drifts: {why}" if why else "no longer drifts",
+                     len(self.drifting()), self.config.min_devices)
         if why is None and status.drift is not None and status.device_id in self.counted:
             self.counted.discard(status.device_id)  # back under the rule: episode over
             self.store.set_note(COUNTED_NOTE, sorted(self.counted))

@@ -40,6 +40,8 @@ def test_enough_drifting_devices_open_one_campaign_that_extends_the_plan(tmp_pat
                        store)
     caplog.set_level(logging.INFO, "aggregator.service")
     assert watch.on_status(_status("a", SHIFTED), 1.0, 4, 10, None) is None  # one is not enough
+    assert "a drifts: PSI max 2 > 0.25; 1 device(s) drift now (a campaign needs 2)" \
+        in caplog.text
     assert watch.on_status(_status("b", CALM), 2.0, 4, 10, None) is None
     campaign = watch.on_status(_status("c", SHIFTED), 3.0, 4, 10, None)
     assert campaign is not None and campaign.devices == ("a", "c")
