@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,12 +22,14 @@ from aggregator.service import Aggregator, Evaluate, VersionReport
 from aggregator.strategy import Strategy
 from edge_client.client import ClientConfig, EdgeClient
 from edge_client.eligibility import EligibilityPolicy
-from edge_client.predictor import Predictor
 from edge_client.shared.protocol import Weights
 from edge_client.training import Trainer
 from fedge.broker import BrokerHandle, start_broker
 from fedge.federation.parties import PartyFailed, PartyThread, Run
 from fedge.federation.result import FederationResult, collect
+
+if TYPE_CHECKING:
+    from edge_client.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
