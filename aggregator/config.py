@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.anomalies import AnomalyConfig
+from aggregator.drift import DriftConfig
 from aggregator.fairness import FairnessConfig
 from aggregator.ingest_batch import IngestConfig
 from aggregator.limits import LimitsConfig, check_limits
+from aggregator.model_lines import LinesConfig
 from aggregator.presence import PresenceConfig
 from aggregator.privacy.config import PrivacyConfig, check_privacy
 from aggregator.secagg.config import SecAggConfig, check_secagg
@@ -153,6 +155,8 @@ class AggregatorConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)  # docs/gateway.md
     fairness: FairnessConfig = field(default_factory=FairnessConfig)  # docs/gateway.md
     upper: UpperConfig = field(default_factory=UpperConfig)  # docs/tiers.md
+    drift: DriftConfig = field(default_factory=DriftConfig)  # docs/lifecycle.md
+    lines: LinesConfig = field(default_factory=LinesConfig)  # docs/lifecycle.md
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)

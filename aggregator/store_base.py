@@ -67,6 +67,12 @@ CREATE TABLE IF NOT EXISTS devices (
     last_seen REAL NOT NULL,
     battery_pct REAL
 );
+CREATE TABLE IF NOT EXISTS drift_reports (
+    device_id TEXT NOT NULL,
+    at REAL NOT NULL,             -- when the status carrying it was seen
+    report TEXT NOT NULL          -- JSON: DriftReport.to_json() (store_drift.py)
+);
+CREATE INDEX IF NOT EXISTS drift_reports_device ON drift_reports(device_id, at);
 CREATE TABLE IF NOT EXISTS rejections (
     at REAL NOT NULL,
     device_id TEXT NOT NULL,

@@ -21,6 +21,7 @@ import numpy as np
 
 from edge_client.client_config import ClientConfig
 from edge_client.device_io import DeviceIO, TrainerFailed
+from edge_client.drift.saved import reference_for
 from edge_client.eligibility import Decision, EligibilityPolicy
 from edge_client.local_data import checked_local_data
 from edge_client.narration import DeviceNarrator
@@ -43,6 +44,7 @@ from edge_client.shared.transport import Connected, Disconnected, Inbound, MqttL
 from edge_client.training.trainer import Trainer
 
 if TYPE_CHECKING:
+    from edge_client.predictor import Predictor
     from edge_client.secagg_session import DeviceSecAgg
 
 __all__ = ["ClientConfig", "ClientStats", "EdgeClient"]
@@ -55,7 +57,11 @@ class EdgeClient:
     def __init__(self, config: ClientConfig, trainer: Trainer, x: np.ndarray,
                  y: np.ndarray, policy: EligibilityPolicy | None = None,
                  app_busy: Callable[[], bool] | None = None,
-                 on_model: Callable[[int, dict, Weights], None] | None = None) -> None:
+                 on_model: Callable[[int, dict, Weights], None] | None = None,
+                 predictor: Predictor | None = None) -> None:
+        """`predictor`: serve each global model with it (unless `on_model` is given) and
+        report its drift scores in the status, against a reference of `x` kept in the
+        state folder (docs/lifecycle.md, "Drift")."""
         self.config = config
         self.policy = policy or EligibilityPolicy.from_config(config.eligibility, app_busy)
         self.trainer = trainer
@@ -67,9 +73,14 @@ class EdgeClient:
         self.narrator = DeviceNarrator(config.device_id, config.federation,
                                        Topics(config.federation).task,
                                        no_task_warning_s=config.no_task_warning_s)
+        if predictor is not None:
+            on_model = on_model or _served_by(predictor)
+            predictor.monitor_drift(reference_for(config.state_dir, x, config.device_id))
         self.io = DeviceIO(config, trainer, self.narrator, on_model)
         self.disk, self.outbox = self.io.disk, self.io.outbox
         self.session = DeviceSession(config, self.narrator, keys)
+        if predictor is not None:
+            self.session.status.drift = predictor.drift_report
         self.topics, self.stats = self.session.topics, self.session.stats
         self.link = MqttLink(
             client_id=f"fedge-{config.federation}-dev-{config.device_id}",
@@ -218,6 +229,12 @@ class EdgeClient:
         actions = self.session.handle(EligibilityChecked(self._check()), _now())
         self._do(actions)
         return any(isinstance(a, act.StopFit) for a in actions)
+
+
+def _served_by(predictor: Predictor) -> Callable[[int, dict, Weights], None]:
+    def serve(version: int, arch: dict, weights: Weights) -> None:
+        predictor.load(version, arch, weights)
+    return serve
 
 
 def _now() -> Instant:

@@ -92,13 +92,28 @@ class DeviceIO:
     def install(self, version: int, tensors: Weights, arch: dict) -> None:
         """Load a global model into the trainer (ValueError: names or shapes differ) and
         hand it to the app's on_model."""
-        self.trainer.set_weights(copy_weights(tensors))
+        self._take(tensors, arch)
         if self.on_model is not None:
             try:
                 self.on_model(version, arch, copy_weights(tensors))
             except Exception:  # the app's serving must never stop the device loop
                 log.exception("%s: on_model failed for version %d", self.config.device_id,
                               version)
+
+    def _take(self, tensors: Weights, arch: dict) -> None:
+        """The trainer takes the weights; another architecture (a new model line) only if
+        the trainer can adopt it. ValueError says why not, in one line."""
+        try:
+            self.trainer.set_weights(copy_weights(tensors))
+            return
+        except ValueError as exc:
+            adopt = getattr(self.trainer, "adopt", None)
+            if adopt is None:
+                raise ValueError(f"it does not fit this device's trainer ({exc})") from None
+        try:
+            adopt(arch, copy_weights(tensors))
+        except ValueError as exc:
+            raise ValueError(f"this device cannot run its architecture ({exc})") from None
 
     def resumed(self) -> Resumed:
         """What survived a reboot: tasks done, the last model (installed now), the outbox."""

@@ -204,6 +204,7 @@ def _print_summary(s: dict, stream: TextIO) -> None:
         f"aggregation       {s['strategy']}; attackers "
         f"{', '.join(s['attackers']) + ' (' + s['attack'] + ')' if s['attackers'] else 'none'}",
         *_privacy_lines(s),
+        *_drift_lines(s),
         f"store             {s['workdir'] or 'removed with the run (--workdir DIR keeps it)'}",
     ]
     print("\n".join(lines), file=stream)
@@ -225,6 +226,17 @@ def _privacy_lines(s: dict) -> list[str]:
                      f"{p['clip']:g}: epsilon {p['epsilon']:.2f} at delta {p['delta']:g} "
                      f"({budget}){stopped}")
     return lines
+
+
+def _drift_lines(s: dict) -> list[str]:
+    d = s.get("drift")
+    if not d:
+        return []
+    opened = "; ".join(f"campaign {c['number']} at version {c['at_version']} (until "
+                       f"{c['until_version']}) by {', '.join(c['devices'])}"
+                       for c in d["campaigns"]) or "no campaign opened"
+    return [f"drift             round {d['at_round']}: {', '.join(d['shifted_devices']) or 'none'}"
+            f" shifted; {opened}"]
 
 
 def _reasons(counts: dict[str, int]) -> str:

@@ -23,8 +23,10 @@ from aggregator.config import AggregatorConfig
 from aggregator.service import Aggregator, VersionReport
 from aggregator.strategy import Strategy
 from edge_client.client import ClientConfig
+from edge_client.predictor import Predictor
 from edge_client.training import Trainer
 from fedge.broker import start_broker
+from fedge.demo_drift import DriftingApp, drift_summary
 from fedge.demo_secure import SecureGateway
 from fedge.demo_summary import summarize
 from fedge.digits_job import DigitsJob
@@ -57,6 +59,7 @@ class DemoFleet:
     sites: int = 0  # > 0: two tiers, `devices` split into sites (fedge/tiers/demo.py)
     devices_per_site: int = 5
     site_versions: int = 2  # site versions per top version ([upper] every_versions)
+    drift_at: int | None = None  # from this round on, half the devices' inputs shift
 
 
 @dataclass
@@ -72,6 +75,7 @@ class DemoRun:
     broker_kind: str
     wall_s: float
     dashboard_url: str | None
+    drift: dict[str, Any] | None = None  # --drift-at: what shifted, what it opened
 
 
 def run_demo(demo: Demo,
@@ -97,6 +101,8 @@ def run_demo(demo: Demo,
                             workdir)
         if run.dashboard_url:
             summary["dashboard_url"] = run.dashboard_url
+        if run.drift is not None:
+            summary["drift"] = run.drift
     finally:
         if secure is not None:  # its CA key must not stay behind in /tmp
             secure.clean_up(None if temporary else workdir / "broker")
@@ -127,6 +133,8 @@ def federate(demo: Demo, workdir: Path, *, secure: SecureGateway | None = None,
             config, job.initial_weights(), job.arch, evaluate=evaluate, strategy=strategy,
             on_version=on_version)
         simulated = SimulatedFleet(_profile(fleet, seed), workdir, fleet.devices)
+        app = (None if fleet.drift_at is None else
+               DriftingApp(fleet.drift_at, lambda: aggregator.version, seed=seed))
         for i, (xs, ys) in enumerate(job.shards):
             device = ClientConfig(device_id=f"device-{i}", federation=config.federation,
                                   state_dir=workdir / f"device-{i}", eligibility_check_s=0.2)
@@ -135,13 +143,20 @@ def federate(demo: Demo, workdir: Path, *, secure: SecureGateway | None = None,
             trainer: Trainer = job.device_trainer(i)
             if i < fleet.attackers:
                 trainer = poisoned(trainer, fleet.attack)
+            predictor = Predictor() if app is not None else None
             client = federation.add_device(device, simulated.trainer(i, trainer), xs, ys,
-                                           policy=simulated.policy(i))
+                                           policy=simulated.policy(i), predictor=predictor)
+            if app is not None and predictor is not None:
+                app.add(client, predictor, xs, ys)
             if secure and client.identity is not None:  # security on: the device made one
                 aggregator.store.enroll(device.device_id, client.identity.public_text)
         federation.add_helper(simulated.run, "simulator")
+        if app is not None:
+            federation.add_helper(app.run, "drifting app")
         result = federation.run(fleet.timeout_s)
-        return DemoRun(result, aggregator, broker.kind, time.monotonic() - started, url)
+        drift = None if app is None else drift_summary(app, config.db_path)
+        return DemoRun(result, aggregator, broker.kind, time.monotonic() - started, url,
+                       drift)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from aggregator.config import AggregatorConfig, AsyncConfig, DownlinkConfig, SyncConfig
+from aggregator.drift import DriftConfig
 from aggregator.privacy.config import PrivacyConfig
 from aggregator.secagg.config import SecAggConfig
 from aggregator.strategy import STRATEGIES, StrategyConfig
@@ -21,6 +22,7 @@ from edge_client.shared.protocol import TrainConfig
 from edge_client.shared.secagg.graph import MIN_PARTICIPANTS
 from fedge.codec_spec import parse_codec
 from fedge.demo import Demo, DemoFleet
+from fedge.demo_drift import drift_rule
 from fedge.poisoning import ATTACKS
 
 # The median L2 norm of a device's update over a run of the demo job without DP
@@ -101,6 +103,10 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site-versions", type=int, default=2,
                    help="with --sites: site versions per top version (each site's "
                         "[upper] every_versions)")
+    p.add_argument("--drift-at", type=int, default=None, metavar="R",
+                   help="devices serve their model and watch their inputs; from round R "
+                        "on, half of them see shifted inputs, and the gateway's [drift] "
+                        "rule opens a retraining campaign (docs/lifecycle.md)")
 
 
 def parse_demo_flags(argv: list[str]) -> Demo:
@@ -124,7 +130,7 @@ def demo_from_flags(args: argparse.Namespace) -> Demo:
                       dashboard_port=args.dashboard, attackers=args.attackers,
                       attack=args.attack, sites=args.sites,
                       devices_per_site=args.devices_per_site,
-                      site_versions=args.site_versions)
+                      site_versions=args.site_versions, drift_at=args.drift_at)
     try:
         return Demo(aggregator_config(args), fleet)
     except ValueError as exc:  # ConfigError is one; the message names the TOML keys
@@ -156,6 +162,10 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--dp distributed needs --secagg: each device adds a share of the "
                          "noise, which hides the mean only when the server sees no single "
                          "update")
+    if args.drift_at is not None and not 1 <= args.drift_at < args.rounds:
+        raise ValueError(f"--drift-at must be from 1 to {args.rounds - 1} (before the last "
+                         f"round, so the drift is seen while training runs), "
+                         f"not {args.drift_at}")
     if not 0 <= args.attackers < args.devices:
         raise ValueError(f"--attackers must be 0 to {args.devices - 1} (fewer than "
                          f"--devices), not {args.attackers}")
@@ -196,6 +206,7 @@ def aggregator_config(args: argparse.Namespace) -> AggregatorConfig:
                               noise_multiplier=args.noise_multiplier,
                               target_epsilon=args.target_epsilon),
         secagg=SecAggConfig(enabled=args.secagg),
+        drift=drift_rule(args.devices) if args.drift_at is not None else DriftConfig(),
     )
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from aggregator.anomalies import AnomalyWatch
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, ClearRetained, Subscribe
+from aggregator.core.campaigns import watch_drift
 from aggregator.core.events import (
     AdoptModel,
     Event,
@@ -47,6 +48,7 @@ from aggregator.core.secure_driver import SecureRound
 from aggregator.core.state import CoreState
 from aggregator.core.upper import UpperLink
 from aggregator.core.versions import Evaluate, VersionMaker
+from aggregator.drift import DriftWatch
 from aggregator.ingest import open_flat_update
 from aggregator.narrator import Narrator, TwinWatch
 from aggregator.participation import Participation, participation_for
@@ -92,7 +94,9 @@ class AggregatorCore:
         self.driver = round_driver(config, store, topics, sign, self.participation,
                                    self.narrator)
         check_fits(config, strategy, weights, named)  # a cohort it cannot hold: refused
-        rounds = 0 if config.upper.enabled else config.rounds  # a site ends with its upper tier
+        self.drift = DriftWatch(config.drift, store)  # retraining campaigns (drift.py)
+        rounds = self.drift.resumed_rounds(config.rounds)
+        rounds = 0 if config.upper.enabled else rounds  # a site ends with its upper tier
         self.state = CoreState(version, weights, arch, store.model_history(), rounds)
         self.ingest = UpdateIngest(config, store, topics, sign, self.presence, self.privacy,
                                    self.anomalies, self.participation, self.driver)
@@ -245,6 +249,7 @@ class AggregatorCore:
             return
         self.presence.on_status(status, event.at.mono, event.at.wall)
         self.twins.status(status)
+        watch_drift(self, status, event.at.wall)
 
     def _on_secagg(self, event: SecAggChunk) -> None:
         self._now = event.at

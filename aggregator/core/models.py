@@ -17,6 +17,7 @@ import numpy as np
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, Publish, PublishTask
 from aggregator.downlink import DownlinkEncoder, on_the_wire, representable, retained_chain
+from aggregator.model_lines import line_of, starts_new_line
 from aggregator.store import Store
 from edge_client.shared.protocol import Model, Task, Topics, Weights, decode, encode
 from edge_client.shared.protocol.chunking import chunk_count, sha256_hex
@@ -37,16 +38,27 @@ def load_or_create(config: AggregatorConfig, store: Store, initial: Weights | No
         assert isinstance(model, Model)
         log.info("aggregator: resuming at model version %d", model.version)
         weights = {k: v.astype(np.float32) for k, v in model.tensors.items()}
+        if initial is not None and starts_new_line(config.lines, model.arch, arch,
+                                                   model.version):
+            return _store_first(config, store, model.version + 1, initial, arch)
         return model.version, weights, model.arch
     if initial is None:
         raise ValueError("the store holds no model: pass initial weights")
+    return _store_first(config, store, 0, initial, arch)
+
+
+def _store_first(config: AggregatorConfig, store: Store, version: int, initial: Weights,
+                 arch: dict[str, Any]) -> tuple[int, Weights, dict[str, Any]]:
+    """The first version of a line (version 0, or a new architecture's line)."""
     full = config.downlink.full
     weights = representable({k: np.asarray(v, dtype=np.float32)
                              for k, v in initial.items()}, full)
-    blob = encode(Model(version=0, tensors=on_the_wire(weights, full), arch=arch))
-    store.add_model(0, blob, sha256_hex(blob),
-                    {"round": 0, "updates": 0, "model_bytes": len(blob)})
-    return 0, weights, arch
+    blob = encode(Model(version=version, tensors=on_the_wire(weights, full), arch=arch))
+    info: dict[str, Any] = {"round": 0, "updates": 0, "model_bytes": len(blob)}
+    if version > 0:  # version 0's line is read from its model (model_lines.py)
+        info["line"] = line_of(arch)
+    store.add_model(version, blob, sha256_hex(blob), info)
+    return version, weights, arch
 
 
 def restored_downlink(config: AggregatorConfig, store: Store, version: int,

@@ -14,8 +14,9 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from aggregator.model_lines import lines_view
 from aggregator.status import fleet_status, service_health
-from aggregator.web import bodies, metrics, readmodel, sites
+from aggregator.web import bodies, drift_view, metrics, readmodel, sites
 from aggregator.web.actions import AdminActions
 from aggregator.web.auth import Access
 from aggregator.web.context import ApiError, request_store, web_context
@@ -81,6 +82,14 @@ def fairness() -> Response:
                             f"not {text[:20]!r}")
     history = readmodel.version_records(request_store())
     return jsonify({"fairness": readmodel.fairness(history, int(text))})
+
+
+def drift() -> Response:
+    return jsonify(readmodel.finite(drift_view.drift(request_store())))
+
+
+def lines() -> Response:
+    return jsonify(lines_view(request_store()))
 
 
 def status() -> Response:
@@ -207,6 +216,8 @@ ROUTES = (
     Route("/api/upper", upper_tier, Access.READ),
     Route("/api/fairness", fairness, Access.READ, query=("latest",)),
     Route("/api/audit", audit, Access.READ, query=("version",)),
+    Route("/api/drift", drift, Access.READ),
+    Route("/api/lines", lines, Access.READ),
     Route("/api/enrolment", enrolment, Access.READ),
     Route("/api/models/<version>", model, Access.READ),
     Route("/api/admin/enroll", enroll, Access.ADMIN, ("POST",)),

@@ -15,6 +15,7 @@ from aggregator.status import BROKER_NOTE, FINISHED_NOTE
 from aggregator.store import Store
 from aggregator.version_record import VersionRecord
 from aggregator.web import readmodel
+from aggregator.web.drift_view import drift_metrics
 
 
 class StoreCollector:
@@ -55,7 +56,7 @@ def _families(store: Store) -> list[Metric]:
         families.append(GaugeMetricFamily("fedge_last_accuracy",
                                           "Test accuracy of the latest evaluated version",
                                           value=evaluated[-1].accuracy))
-    return families + _fairness(history)
+    return families + _fairness(history) + drift_metrics(store)
 
 
 _FAIRNESS_GAUGES = (

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from aggregator.web import bodies
+from aggregator.web.drift_view import drift_schema
+from aggregator.web.lines_view import lines_schema
 
 JSON = bodies.JSON
 MAX_VERSION = 2**63 - 1  # the largest SQLite INTEGER: no version number can be larger
@@ -105,6 +107,12 @@ def _paths() -> dict[str, Any]:
                                                           f"{FAIRNESS_DEFAULT})",
                                            "schema": {"type": "integer", "minimum": 1,
                                                       "maximum": FAIRNESS_MAX}}]),
+        "/api/drift": _get("Drift: each device's latest scores and their history, the "
+                           "[drift] rule and the retraining campaigns it opened",
+                           _json(_ref("Drift"))),
+        "/api/lines": _get("Model lines: the versions of each architecture, which devices "
+                           "are on which line, and why some refused a model",
+                           _json(_ref("Lines"))),
         "/api/enrolment": _get("Enrolled device keys and revocations",
                                _json(_listing("enrolment", "Enrolment"))),
         "/api/models/{version}": _get("Download one model version", blob, 404,
@@ -225,6 +233,8 @@ def _schemas() -> dict[str, Any]:
         "Status": _status_schema(),
         "FairnessRow": _fairness_schema(),
         "Site": _site_schema(),
+        "Drift": drift_schema(),
+        "Lines": lines_schema(),
     }
     for name in ("Overview", "Device", "Anomalies", "AnomalyRow", "AuditRow", "Enrolment"):
         schemas[name]["required"] = list(schemas[name]["properties"])  # readmodel fills all

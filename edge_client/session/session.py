@@ -59,6 +59,7 @@ from edge_client.session.inbound import OwnStatusReceived, decode_inbound
 from edge_client.session.keys import DeviceKeys
 from edge_client.session.pace import Pace
 from edge_client.session.participation import Participation
+from edge_client.session.refusals import on_manifest, refused
 from edge_client.session.resend import ResendSchedule
 from edge_client.session.resume import resume
 from edge_client.session.secure_rounds import SecureRounds
@@ -112,8 +113,9 @@ class DeviceSession:
         """The aggregator says the federation is done and its final model is here.
         Unacked updates, if any, stay in the outbox on disk for a later run."""
         task, version = self.task, self.model_version
-        return (self.config.exit_when_done and task is not None and task.done
-                and version is not None and version >= task.model_version)
+        return (self.config.exit_when_done and task is not None and task.done and (
+            (version is not None and version >= task.model_version)
+            or self.status.refusal is not None))  # it keeps the model it holds
 
     def poll_timeout(self, now: float) -> float:
         """How long the shell may wait for a message before the next Tick is due."""
@@ -146,12 +148,7 @@ class DeviceSession:
             case InvitationReceived(invitation):
                 return self.participation.on_invitation(invitation, self._asked is not None)
             case ManifestReceived(manifest):
-                over, actions = self.downlink.on_manifest(manifest)
-                if over:  # forget the old run; unacked updates wait for the new aggregator
-                    self.maker.forget()
-                    self.book.forget()
-                    actions.insert(0, self._save_tasks())
-                return actions
+                return on_manifest(self, manifest, now)
             case ModelChunkReceived(topic, payload):
                 return self.downlink.on_chunk(topic, payload, now.monotonic)
             case ModelInstalled(version):
@@ -159,7 +156,7 @@ class DeviceSession:
             case ModelRefused(version, reason):
                 self.downlink.refused(version, reason)
                 self.stats.bad_messages += 1
-                return []
+                return refused(self, version, reason, now)
             case AckReceived(ack):
                 return self._on_ack(ack, now)
             case SecAggChunkReceived(payload):
@@ -235,6 +232,7 @@ class DeviceSession:
             return []
         self.stats.models_via_delta += int(step.via_delta)
         self.narrator.model_installed(version, step.via_delta, len(step.blob))
+        self.status.refusal = None  # a model it runs: eligible again
         return [SaveModel(version, step.blob), self._save_tasks(), self._status(True, now),
                 *self.participation.maybe_train()]
 

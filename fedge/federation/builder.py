@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from edge_client.training import Trainer
 from fedge.broker import BrokerHandle, start_broker
 from fedge.federation.parties import PartyFailed, PartyThread, Run
 from fedge.federation.result import FederationResult, collect
+
+if TYPE_CHECKING:
+    from edge_client.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +103,13 @@ class Federation:
     def add_device(self, config: ClientConfig, trainer: Trainer, x: np.ndarray,
                    y: np.ndarray, *, policy: EligibilityPolicy | None = None,
                    app_busy: Callable[[], bool] | None = None,
-                   on_model: Callable[[int, dict, Weights], None] | None = None
-                   ) -> EdgeClient:
-        """An EdgeClient with only its own data `x`, `y`, on this federation's broker."""
+                   on_model: Callable[[int, dict, Weights], None] | None = None,
+                   predictor: Predictor | None = None) -> EdgeClient:
+        """An EdgeClient with only its own data `x`, `y`, on this federation's broker;
+        `predictor` serves its models and watches for drift (EdgeClient)."""
         config = dataclasses.replace(config, host=self.broker.host, port=self.broker.port)
         device = EdgeClient(config, trainer, x, y, policy=policy, app_busy=app_busy,
-                            on_model=on_model)
+                            on_model=on_model, predictor=predictor)
         self.devices.append(device)
         return device
 

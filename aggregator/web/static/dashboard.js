@@ -242,6 +242,58 @@
     $("fairness").tBodies[0].replaceChildren(...(body.length ? body : [emptyRow(7, "No version yet")]));
   }
 
+  // Drift per device (api/drift): its latest scores, a sparkline of its PSI over time,
+  // and the retraining campaigns the [drift] rule opened.
+  function sparkline(points) {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("width", "120");
+    svg.setAttribute("height", "24");
+    svg.setAttribute("class", "spark");
+    const values = points.map((p) => p.psi_max).filter((v) => v !== null);
+    if (values.length > 1) {
+      const top = Math.max(...values, 0.25);
+      const line = document.createElementNS(ns, "polyline");
+      line.setAttribute("points", values.map((v, i) =>
+        `${(i * 118 / (values.length - 1) + 1).toFixed(1)},${(23 - v / top * 22).toFixed(1)}`).join(" "));
+      line.setAttribute("fill", "none");
+      line.setAttribute("stroke", "currentColor");
+      svg.appendChild(line);
+    }
+    return svg;
+  }
+
+  function renderDrift(d) {
+    const rule = d.rule.enabled ? `rule: PSI ${d.rule.statistic} > ${d.rule.psi_threshold ?? dash}` +
+      (d.rule.accuracy_floor ? ` or accuracy < ${d.rule.accuracy_floor}` : "") +
+      ` on ≥ ${d.rule.min_devices} device(s)` : "no [drift] rule configured";
+    const campaigns = d.campaigns.map((c) => `campaign ${c.number} at v${c.at_version}` +
+      (c.until_version === null ? "" : ` → v${c.until_version}`) + (c.open ? " (open)" : "") +
+      `: ${c.devices.join(", ")}`);
+    text("drift-summary", [rule, ...campaigns].join(" · "));
+    const body = d.devices.map((r) => {
+      const tr = row([[r.device_id], [r.online ? "online" : "offline"],
+        [fixed(3)(r.psi_max), r.drifting ? "num warn" : "num", r.why || (r.feature === null ? "" : `feature ${r.feature}`)],
+        [fixed(3)(r.psi_mean), "num"], [int(r.seen), "num"],
+        [r.accuracy === null ? dash : `${fixed(3)(r.accuracy)} (${r.labelled})`, "num"],
+        [r.drifting ? "drifting" : "", r.drifting ? "warn" : ""], [""]]);
+      tr.lastChild.appendChild(sparkline(d.history[r.device_id] || []));
+      return tr;
+    });
+    $("drift").tBodies[0].replaceChildren(...(body.length ? body : [emptyRow(8, "No device reports drift")]));
+  }
+
+  // Model lines (api/lines): each architecture's versions and the devices on it; the
+  // devices that refused a model say why.
+  function renderLines(l) {
+    const body = l.lines.map((line) => row([[line.line], [`v${line.first_version}–v${line.last_version}`, "num"],
+      [int(line.devices.length), "num"], [line.devices.join(", ")]]));
+    for (const d of l.devices.filter((d) => d.refused)) {
+      body.push(row([[d.line || dash], ["", "num"], ["", "num"], [`${d.device_id}: ${d.refused}`, "warn"]]));
+    }
+    $("lines").tBodies[0].replaceChildren(...(body.length ? body : [emptyRow(4, "No model yet")]));
+  }
+
   // ------------------------------------------------------------ the loop
   function askForToken(reason) {
     clearTimeout(timer);
@@ -262,6 +314,8 @@
       renderDevices(devices.devices, anomalies);
       renderVersions(versions.versions);
       renderFairness(fairness.fairness);
+      api("api/drift").then(renderDrift).catch(() => {});  // its own: an older gateway has none
+      api("api/lines").then(renderLines).catch(() => {});
       $("login").hidden = true;
       $("forget").hidden = !sessionStorage.getItem(KEY);
       text("status", "Updated " + new Date().toLocaleTimeString());

@@ -21,6 +21,7 @@ from edge_client.shared.protocol.bounds import (
     is_number,
 )
 from edge_client.shared.protocol.cohort import EVERYONE, Cohort
+from edge_client.shared.protocol.drift import drift_from
 from edge_client.shared.protocol.errors import MAX_REASON, RemoteProtocolError
 from edge_client.shared.protocol.fields import Fields
 from edge_client.shared.protocol.message_types import (
@@ -169,7 +170,8 @@ def _status_from(f: Fields, _max: int) -> Status:
                   eligible=f.bool("eligible"), reason=f.str("reason", max_len=MAX_REASON),
                   model_version=f.int("model_version", optional=True),
                   time=f.float("time"), battery_pct=f.float("battery_pct", optional=True),
-                  session=f.str("session", optional=True, max_len=MAX_SESSION) or "")
+                  session=f.str("session", optional=True, max_len=MAX_SESSION) or "",
+                  drift=drift_from(f))
 
 
 def _invitation_from(f: Fields, _max: int) -> Invitation:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_client.shared.protocol.cohort import Cohort
+from edge_client.shared.protocol.drift import DriftReport
 from edge_client.shared.protocol.errors import LocalProtocolError
 from edge_client.shared.protocol.states import ACK_STATUSES, AckStatus
 from edge_client.shared.protocol.tensors import Weights
@@ -182,6 +183,8 @@ class Status:
     # A random id per run of the device: two clients with one device id show as two
     # sessions taking turns. "" from older devices.
     session: str = ""
+    # Drift scores of its Predictor (edge_client/drift/); None from devices that keep none.
+    drift: DriftReport | None = None
 
 
 Message = Task | Update | Model | ModelManifest | Ack | Status | Invitation

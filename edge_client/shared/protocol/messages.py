@@ -115,7 +115,8 @@ def _ack_map(a: Ack) -> dict[str, Any]:
 def _status_map(s: Status) -> dict[str, Any]:
     return {"device_id": s.device_id, "online": s.online, "eligible": s.eligible,
             "reason": cap_reason(s.reason), "model_version": s.model_version, "time": s.time,
-            "battery_pct": s.battery_pct, "session": s.session}
+            "battery_pct": s.battery_pct, "session": s.session,
+            **({} if s.drift is None else {"drift": s.drift.to_wire()})}  # left out: as before
 
 
 def _invitation_map(i: Invitation) -> dict[str, Any]:
