@@ -1,15 +1,18 @@
 """The tables of the aggregator's store, and what its parts share: the connection and
-one way to run a transaction (aggregator/store.py puts the parts together)."""
+one way to run a transaction (aggregator/store.py puts the parts together).
+
+The SQL is SQLite's spelling; aggregator/store_db.py runs it on SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+
+from aggregator.store_db import StoreDB
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -97,7 +100,7 @@ CREATE TABLE IF NOT EXISTS notes (
 class Tables:
     """Base of the store's parts: they all use one connection, owned by `Store`."""
 
-    db: sqlite3.Connection
+    db: StoreDB
     _group: GroupState | None = None  # set while a group commit is open (Store.group)
 
     def _transaction(self) -> Transaction:
@@ -117,13 +120,8 @@ class Tables:
             finally:
                 group.soft_changes += self.db.total_changes - before
             return
-        prior = self.db.execute("PRAGMA synchronous").fetchone()[0]
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with self._transaction():
-                yield
-        finally:
-            self.db.execute(f"PRAGMA synchronous={int(prior)}")
+        with self.db.soft_transaction():
+            yield
 
 
 @dataclass
@@ -161,23 +159,26 @@ class NoteTables(Tables):
 
 
 class Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error. Inside a transaction already
+    """BEGIN ... COMMIT, or ROLLBACK on any error. Inside a transaction already
     (a group commit) it is a savepoint: atomic on its own, committed with the group."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: StoreDB) -> None:
         self.db = db
         self.nested = False
 
     def __enter__(self) -> None:
         self.nested = self.db.in_transaction
-        self.db.execute("SAVEPOINT part" if self.nested else "BEGIN IMMEDIATE")
+        if self.nested:
+            self.db.execute("SAVEPOINT part")
+        else:
+            self.db.begin()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if not self.nested:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
         elif not self.db.in_transaction:
-            return  # SQLite gave up the whole transaction (disk full): the group says so
+            return  # the engine gave up the whole transaction (disk full): the group says so
         elif exc_type:
             self.db.execute("ROLLBACK TO part")
             self.db.execute("RELEASE part")
