@@ -81,11 +81,6 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteT
             self._seal = None
         self.db.close()
 
-    @property
-    def engine(self) -> str:
-        """"sqlite" or "postgresql": what is SQLite-only (the seal, check, recover) asks."""
-        return self.db.engine
-
     # ------------------------------------------------------------ seal
     def keep_sealed(self) -> None:
         """Seal the store as it is now, then after every commit that acks an update or

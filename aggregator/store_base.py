@@ -103,6 +103,11 @@ class Tables:
     db: StoreDB
     _group: GroupState | None = None  # set while a group commit is open (Store.group)
 
+    @property
+    def engine(self) -> str:
+        """Either "sqlite" or "postgresql": what is SQLite-only (the seal, check, recover) asks."""
+        return self.db.engine
+
     def _transaction(self) -> Transaction:
         return Transaction(self.db)
 

@@ -70,7 +70,7 @@ def test_a_batch_of_updates_statuses_and_rejections_is_one_commit(tmp_path, monk
     fsyncs = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
-    commits = Commits(h.store.db)
+    commits = Commits(h.store.db.raw)
     sealed_before = read_seal(seal_path(h.store.path))
     events = [e for d in DEVICES for e in _chunks(h, update(d, task))]
     events += [_status(h, d, online=False) for d in DEVICES[:3]]
@@ -96,7 +96,7 @@ def test_a_batch_that_stores_no_update_commits_without_an_fsync(tmp_path, monkey
     h.connect(DEVICES)
     fsyncs = []
     monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd))
-    commits = Commits(h.store.db)
+    commits = Commits(h.store.db.raw)
     with h.core.batch():
         for device in DEVICES:
             h.core.handle(UpdateChunk(TOPICS.update(device), b"junk", False, h.clock.at()))
@@ -196,7 +196,7 @@ def test_statuses_wait_in_memory_and_are_written_after_write_every_s(tmp_path):
     h.connect(DEVICES[:2])
     h.tick(5.0)
     assert {d["device_id"] for d in h.store.devices()} == set(DEVICES[:2])
-    commits = Commits(h.store.db)
+    commits = Commits(h.store.db.raw)
     h.send(_status(h, "dev-0", online=False))
     h.tick(1.0)
     assert commits.count == 0 and all(d["online"] for d in h.store.devices())

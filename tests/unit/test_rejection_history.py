@@ -33,11 +33,11 @@ def _steps(store: Store, action: Callable[[], object]) -> int:
         count[0] += 1
         return 0
 
-    store.db.set_progress_handler(tick, 1)
+    store.db.raw.set_progress_handler(tick, 1)
     try:
         action()
     finally:
-        store.db.set_progress_handler(None, 1)
+        store.db.raw.set_progress_handler(None, 1)
     return count[0]
 
 

@@ -741,7 +741,7 @@ def test_secure_rounds_count_as_contributions_though_no_update_is_stored(filled,
                                       ("s3", "aborted", ["dev-0"])):  # made no version
         log.opened(task, ("dev-0", "dev-1"), 16, 4, "advertise_keys")
         log.ended(task, state, {"contributors": contributors})
-    store.db.commit()
+    store.db.raw.commit()
     store.close()
     client = create_app(filled.path, READ, ADMIN, actions).test_client()
     assert get(client, "/api/overview").get_json()["secure_contributions"] == 3
