@@ -144,7 +144,7 @@ class NoteTables(Tables):
 
     def count(self, name: str, by: int = 1) -> None:
         self.db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
-                        "SET value=value+excluded.value", (name, by))
+                        "SET value=counters.value+excluded.value", (name, by))
 
     def counter(self, name: str) -> int:
         row = self.db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
