@@ -69,12 +69,12 @@ class Aggregator(ServiceReaders):
         self.topics = Topics(config.federation)
         # Refuse a damaged store before opening it (aggregator/store_check.py): never
         # start over silently, never serve a model that fails its hash. SQLite only.
+        if not config.db_url:
+            refuse_if_damaged(config.db_path, config.downlink.keep_deltas)
+        self.store = Store(config.store_location)
         if config.db_url:
             log.info("aggregator: store in PostgreSQL (%s); the damage check and the seal "
                      "are SQLite-only, skipped", config.store_name)
-        else:
-            refuse_if_damaged(config.db_path, config.downlink.keep_deltas)
-        self.store = Store(config.store_location)
         self.store.keep_sealed()
         self.store.keep_rejections(config.limits.rejections_per_device,
                                    config.limits.rejections_total)

@@ -29,7 +29,7 @@ def is_postgres(location: StoreLocation) -> bool:
 
 def describe(location: StoreLocation) -> str:
     """The location for logs and messages: a URL without its password."""
-    if not is_postgres(location):
+    if "://" not in str(location):
         return str(location)
     parts = urlsplit(str(location))
     if parts.password is None:

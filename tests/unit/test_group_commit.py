@@ -18,7 +18,6 @@ from aggregator.core import SendAck, StatusMessage, UpdateChunk
 from aggregator.ingest_batch import BatchBounds, IngestConfig
 from aggregator.presence import PresenceConfig
 from aggregator.service import Aggregator, now
-from aggregator.store import Store
 from aggregator.store_group import GroupLost
 from aggregator.store_seal import read_seal, seal_path
 from edge_client.shared.protocol import Status, encode
