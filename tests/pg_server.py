@@ -104,13 +104,15 @@ class PostgresServer:
             return (self.workdir / "server.log").read_text()[-2000:]
         return ""
 
-    def create_database(self) -> str:
-        """A new empty database; its URL."""
+    def create_database(self, template: str | None = None) -> str:
+        """A new database, empty or a copy of `template` (a URL of this server; nobody
+        may be connected to it); its URL."""
         import psycopg
 
         name = f"fedge_{os.getpid()}_{next(_names)}"
+        copy = f" TEMPLATE {template.rsplit('/', 1)[1]}" if template else ""
         with psycopg.connect(self.admin_url, autocommit=True) as db:
-            db.execute(f"CREATE DATABASE {name}")
+            db.execute(f"CREATE DATABASE {name}{copy}")
         return self.url(name)
 
     def drop_database(self, url: str) -> None:
