@@ -295,3 +295,23 @@ def test_the_cli_says_one_line_for_a_postgresql_store_it_cannot_use(tmp_path, ca
         assert "SQLite-only" in err
     else:
         assert "cannot connect to PostgreSQL" in err
+
+
+def test_the_cli_reads_and_writes_a_postgresql_store(tmp_path, capsys, postgres_url):
+    """enroll, audit and status --config go through db_url like the service does."""
+    config = tmp_path / "aggregator.toml"
+    config.write_text(f'db_url = "{postgres_url}"\n')
+    key = "ed25519:" + base64.b64encode(bytes(32)).decode()
+    assert main(["aggregator", "enroll", "--config", str(config), "--device", "dev-0",
+                 "--key", key]) == 0
+    store = Store(postgres_url)
+    try:
+        assert store.device_key("dev-0") == key
+        store.add_model(0, BLOB, "s", {"round": 0})
+    finally:
+        store.close()
+    assert main(["aggregator", "audit", "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["status", "--config", str(config), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"model_version": 0' in out or '"version": 0' in out
