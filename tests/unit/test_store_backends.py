@@ -5,6 +5,7 @@ one-line errors of `db_url`."""
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 import textwrap
@@ -313,5 +314,5 @@ def test_the_cli_reads_and_writes_a_postgresql_store(tmp_path, capsys, postgres_
     assert main(["aggregator", "audit", "--config", str(config)]) == 0
     capsys.readouterr()
     assert main(["status", "--config", str(config), "--json"]) == 0
-    out = capsys.readouterr().out
-    assert '"model_version": 0' in out or '"version": 0' in out
+    status = json.loads(capsys.readouterr().out)
+    assert status["model_version"] == 0 and status["versions"] == 1
