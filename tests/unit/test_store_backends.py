@@ -315,4 +315,4 @@ def test_the_cli_reads_and_writes_a_postgresql_store(tmp_path, capsys, postgres_
     capsys.readouterr()
     assert main(["status", "--config", str(config), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["model_version"] == 0 and status["versions"] == 1
+    assert status["model_version"] == 0 and status["rejections_total"] == 0
