@@ -231,9 +231,9 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteT
     def iter_pending_payloads(self) -> Iterator[bytes]:
         """The pending updates' messages one at a time, in arrival order: a round is
         folded again from here without holding every payload at once."""
-        for (payload,) in self.db.execute("SELECT payload FROM updates WHERE state=? "
-                                          "ORDER BY received_at, rowid",
-                                          (UpdateState.PENDING.value,)):
+        for (payload,) in self.db.stream("SELECT payload FROM updates WHERE state=? "
+                                         "ORDER BY received_at, rowid",
+                                         (UpdateState.PENDING.value,)):
             yield payload
 
     def count_updates(self, state: UpdateState | str | None = None) -> int:

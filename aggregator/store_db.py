@@ -58,6 +58,7 @@ class StoreDB(Protocol):
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Rows: ...
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Rows: ...
     def executescript(self, script: str) -> None: ...
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Any]: ...
 
     @property
     def in_transaction(self) -> bool: ...
@@ -105,6 +106,10 @@ class SqliteDB:
 
     def executescript(self, script: str) -> None:
         self.raw.executescript(script)
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Any]:
+        """Rows one at a time (SQLite's cursor steps through them as they are read)."""
+        yield from self.raw.execute(sql, params)
 
     @property
     def in_transaction(self) -> bool:

@@ -30,6 +30,7 @@ try:
 except ImportError:  # the `postgres` extra is not installed
     psycopg = None  # type: ignore[assignment]
 
+STREAM_ROWS = 8  # rows per fetch of a server-side cursor (payloads: up to MiBs each)
 SCHEMA_LOCK = 0x66656467  # "fedg": one process at a time creates the tables
 _TOKENS = re.compile(r"'(?:[^']|'')*'|(?<!:):([A-Za-z_]\w*)|\?|%|LIMIT -1")
 _TYPES = {"BLOB": "BYTEA", "REAL": "DOUBLE PRECISION", "INTEGER": "BIGINT"}
@@ -80,6 +81,7 @@ class PostgresDB:
             raise ValueError(f"db_url {describe(url)}: cannot connect to PostgreSQL: "
                              f"{_first_line(exc)}") from None
         self._changes = 0
+        self._cursors = 0  # names of server-side cursors (stream)
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Rows:
         cur = self.raw.execute(translate(sql), params)
@@ -92,6 +94,19 @@ class PostgresDB:
         cur.executemany(translate(sql), rows)
         self._changes += max(0, cur.rowcount)
         return cur
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Any]:
+        """Rows a few at a time through a server-side cursor (WITH HOLD: it outlives the
+        transaction, and other statements may run between fetches), so that reading every
+        pending payload does not hold them all in this process at once."""
+        self._cursors += 1
+        cur = self.raw.cursor(name=f"fedge_stream_{self._cursors}", withhold=True)
+        try:
+            cur.itersize = STREAM_ROWS
+            cur.execute(translate(sql), params)
+            yield from cur
+        finally:
+            cur.close()
 
     def executescript(self, script: str) -> None:
         """The schema: one transaction, under an advisory lock, so that two processes

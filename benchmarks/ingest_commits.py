@@ -68,6 +68,12 @@ class CommitCounter:
     def made(self, store) -> int:
         return self.count
 
+    def _saw(self, sql: str) -> None:
+        verb = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
+        if verb == "COMMIT" or (verb in ("INSERT", "UPDATE", "DELETE")
+                                and not self.db.in_transaction):
+            self.count += 1
+
 
 class GroupCommitCounter:
     """PostgreSQL: the service's durable group commits (no statement trace there)."""
@@ -101,11 +107,6 @@ def _drop_schema(url: str, schema: str) -> None:
     with psycopg.connect(url, autocommit=True) as db:
         db.execute(f"DROP SCHEMA {schema} CASCADE")
 
-    def _saw(self, sql: str) -> None:
-        verb = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
-        if verb == "COMMIT" or (verb in ("INSERT", "UPDATE", "DELETE")
-                                and not self.db.in_transaction):
-            self.count += 1
 
 
 def _client(broker: MosquittoBroker) -> tuple[mqtt.Client, queue.Queue]:

@@ -116,6 +116,20 @@ def test_updates_are_stored_once_and_read_in_arrival_order(make_store):
     assert sorted(store.proven_devices()) == ["dev-0", "dev-1", "dev-2"]
 
 
+def test_pending_payloads_stream_while_the_store_is_written(make_store):
+    """More rows than one fetch of PostgreSQL's server-side cursor, with writes between."""
+    store = make_store()
+    store.add_task(_task(), encode(_task()))
+    devices = [f"dev-{i:02d}" for i in range(20)]
+    for device in devices:
+        _store_update(store, device)
+    seen = []
+    for payload in store.iter_pending_payloads():
+        seen.append(payload)
+        store.count("folded")  # the loop writes while it reads
+    assert seen == store.pending_payloads() and store.counter("folded") == 20
+
+
 def test_what_is_committed_survives_a_reopen(make_store):
     store = make_store()
     store.add_task(_task(), encode(_task()))
