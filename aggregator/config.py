@@ -181,6 +181,9 @@ class AggregatorConfig:
         if self.db_url and not is_postgres(self.db_url):
             raise ValueError(f"db_url must start with postgresql:// (or leave it out for "
                              f"the SQLite file db_path), not {describe(self.db_url)!r}")
+        if self.db_url and describe(self.db_url).endswith("<not a valid URL>"):
+            raise ValueError("db_url is not a valid URL (postgresql://user:password@host:"
+                             "port/dbname)")
 
     @property
     def store_location(self) -> StoreLocation:

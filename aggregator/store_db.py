@@ -31,7 +31,11 @@ def describe(location: StoreLocation) -> str:
     """The location for logs and messages: a URL without its password."""
     if "://" not in str(location):
         return str(location)
-    parts = urlsplit(str(location))
+    try:
+        parts = urlsplit(str(location))
+        parts.port  # noqa: B018 (parsed here: a bad port raises ValueError)
+    except ValueError:
+        return str(location).split("://", 1)[0] + "://<not a valid URL>"
     if parts.password is None:
         return str(location)
     host = parts.netloc.rsplit("@", 1)[-1]

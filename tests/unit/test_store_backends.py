@@ -258,6 +258,9 @@ def test_db_url_must_name_postgresql():
     with pytest.raises(ConfigError, match=r"db_url must start with postgresql://") as info:
         load_aggregator_config({"db_url": "mysql://u:secret@h/db"})
     assert "secret" not in str(info.value) and "\n" not in str(info.value)
+    for bad in ("postgresql://[::1/x", "postgresql://h:port/db"):
+        with pytest.raises(ConfigError, match=r"db_url is not a valid URL"):
+            load_aggregator_config({"db_url": bad})
     config = load_aggregator_config({"db_url": "postgresql://u@h/db"})
     assert config.store_location == "postgresql://u@h/db"
 
