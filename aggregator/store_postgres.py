@@ -35,6 +35,7 @@ SCHEMA_LOCK = 0x66656467  # "fedg": one process at a time creates the tables
 _TOKENS = re.compile(r"'(?:[^']|'')*'|(?<!:):([A-Za-z_]\w*)|\?|%|LIMIT -1")
 _TYPES = {"BLOB": "BYTEA", "REAL": "DOUBLE PRECISION", "INTEGER": "BIGINT"}
 _TYPE_WORDS = re.compile(r"\b(BLOB|REAL|INTEGER)\b")
+_CREATED = re.compile(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)")
 _TABLE_END = re.compile(r"(CREATE TABLE IF NOT EXISTS \w+ \((?:[^;])*?)\n\);")
 
 
@@ -110,7 +111,16 @@ class PostgresDB:
 
     def executescript(self, script: str) -> None:
         """The schema: one transaction, under an advisory lock, so that two processes
-        opening a new database at once do not race to create the same tables."""
+        opening a new database at once do not race to create the same tables. Skipped
+        when every table and index exists: CREATE INDEX IF NOT EXISTS locks its table
+        against writes before it looks, and the dashboard opens the store per request
+        while the service writes."""
+        names = _CREATED.findall(script)
+        present = self.raw.execute(
+            "SELECT COUNT(*) FROM pg_class WHERE relname = ANY(%s) "
+            "AND relnamespace = current_schema()::regnamespace", (names,)).fetchone()
+        if present is not None and present[0] == len(names):
+            return
         with self.raw.transaction():
             self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             self.raw.execute(translate_schema(script).encode())

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -333,3 +334,17 @@ def test_the_cli_reads_and_writes_a_postgresql_store(tmp_path, capsys, postgres_
     assert main(["status", "--config", str(config), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["model_version"] == 0 and status["rejections_total"] == 0
+
+
+def test_opening_the_store_does_not_wait_for_an_open_write(make_store):
+    """The dashboard opens the store per request while the service writes a batch."""
+    writer = make_store()
+    writer.add_task(_task(), encode(_task()))
+    opened = []
+    with writer.group():
+        _store_update(writer, "dev-0")
+        thread = threading.Thread(target=lambda: opened.append(make_store()), daemon=True)
+        thread.start()
+        thread.join(5)
+        assert opened, "opening the store waited for the writer's transaction"
+    assert opened[0].count_updates() == 1
