@@ -115,18 +115,20 @@ class Tables:
     def _soft_writes(self) -> Iterator[None]:
         """Writes that acknowledge nothing (rejections, device statuses): one transaction
         without the fsync (the next synchronous commit makes them durable), or, inside a
-        group commit, part of it, counted so that a group of only these skips the fsync."""
+        group commit, part of it, counted so that a group of only these skips the fsync.
+        Inside another open transaction: a savepoint of it, committed with it."""
         group = self._group
-        if group is not None:
-            before = self.db.total_changes
-            try:
-                with self._transaction():
-                    yield
-            finally:
-                group.soft_changes += self.db.total_changes - before
+        if group is None and not self.db.in_transaction:
+            with self.db.soft_transaction():
+                yield
             return
-        with self.db.soft_transaction():
-            yield
+        before = self.db.total_changes
+        try:
+            with self._transaction():
+                yield
+        finally:
+            if group is not None:
+                group.soft_changes += self.db.total_changes - before
 
 
 @dataclass

@@ -348,3 +348,14 @@ def test_opening_the_store_does_not_wait_for_an_open_write(make_store):
         thread.join(5)
         assert opened, "opening the store waited for the writer's transaction"
     assert opened[0].count_updates() == 1
+
+
+def test_soft_writes_inside_an_open_transaction_are_part_of_it(make_store):
+    store = make_store()
+    with pytest.raises(ZeroDivisionError), store._transaction():
+        store.add_rejection("evil", "n", "junk")
+        raise ZeroDivisionError
+    assert store.count_rejections() == 0 and not store.db.in_transaction
+    with store._transaction():
+        store.add_rejection("evil", "n", "junk")
+    assert store.count_rejections() == 1
