@@ -43,6 +43,7 @@ from aggregator.limits import service_inbox
 from aggregator.service_readers import ServiceReaders
 from aggregator.store import Store
 from aggregator.store_check import refuse_if_damaged
+from aggregator.store_db import StoreUnreachable
 from aggregator.store_group import GroupLost
 from aggregator.strategy import Strategy
 from edge_client.shared.identity import load_or_create_identity
@@ -199,6 +200,8 @@ class Aggregator(ServiceReaders):
             return [] if core_event is None else self.core.handle(core_event)
         except RemoteProtocolError as exc:
             log.warning("aggregator: dropped a bad message on %s: %s", topic, exc.reason)
+        except StoreUnreachable:
+            raise  # the database server went away: not this message's fault; stop
         except Exception as exc:  # our bug, not the sender's: keep serving the others
             log.error("aggregator: handling a message on %s failed: %s", topic, exc,
                       exc_info=True)

@@ -42,6 +42,12 @@ def describe(location: StoreLocation) -> str:
     return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
+class StoreUnreachable(OSError):
+    """The database server went away mid-run (PostgreSQL): like a failing disk for SQLite,
+    the service stops (a batch being committed is GroupLost, its acks unsent), with one
+    line naming db_url."""
+
+
 class Rows(Protocol):
     """What `execute` returns: a DB-API cursor, as far as the store uses one."""
 
@@ -190,7 +196,7 @@ def unavailable_errors(location: StoreLocation) -> tuple[type[Exception], ...]:
             import psycopg
         except ImportError:
             return ()
-        return (psycopg.OperationalError,)
+        return (psycopg.OperationalError, StoreUnreachable)
     return (sqlite3.OperationalError,)
 
 

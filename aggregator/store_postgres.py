@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from aggregator.store_db import Rows, describe
+from aggregator.store_db import Rows, StoreUnreachable, describe
 
 try:
     import psycopg
@@ -81,18 +81,33 @@ class PostgresDB:
         except (psycopg.Error, ValueError) as exc:
             raise ValueError(f"db_url {describe(url)}: cannot connect to PostgreSQL: "
                              f"{_first_line(exc)}") from None
+        self.name = describe(url)
         self._changes = 0
         self._cursors = 0  # names of server-side cursors (stream)
 
+    @contextlib.contextmanager
+    def _server(self) -> Iterator[None]:
+        """A lost connection (server stopped, session killed, network gone) becomes
+        StoreUnreachable, one line naming db_url; other errors stay psycopg's."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            if not self.raw.broken and not self.raw.closed:
+                raise
+            raise StoreUnreachable(f"db_url {self.name}: lost the PostgreSQL server: "
+                                   f"{_first_line(exc)}") from None
+
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Rows:
-        cur = self.raw.execute(translate(sql), params)
+        with self._server():
+            cur = self.raw.execute(translate(sql), params)
         if cur.rowcount > 0 and cur.description is None:
             self._changes += cur.rowcount
         return cur
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Rows:
         cur = self.raw.cursor()
-        cur.executemany(translate(sql), rows)
+        with self._server():
+            cur.executemany(translate(sql), rows)
         self._changes += max(0, cur.rowcount)
         return cur
 
@@ -104,8 +119,14 @@ class PostgresDB:
         cur = self.raw.cursor(name=f"fedge_stream_{self._cursors}", withhold=True)
         try:
             cur.itersize = STREAM_ROWS
-            cur.execute(translate(sql), params)
-            yield from cur
+            with self._server():
+                cur.execute(translate(sql), params)
+            while True:
+                with self._server():
+                    rows = cur.fetchmany(STREAM_ROWS)
+                if not rows:
+                    return
+                yield from rows
         finally:
             cur.close()
 
@@ -116,6 +137,10 @@ class PostgresDB:
         against writes before it looks, and the dashboard opens the store per request
         while the service writes."""
         names = _CREATED.findall(script)
+        with self._server():
+            self._create(script, names)
+
+    def _create(self, script: str, names: list[str]) -> None:
         present = self.raw.execute(
             "SELECT COUNT(*) FROM pg_class WHERE relname = ANY(%s) "
             "AND relnamespace = current_schema()::regnamespace", (names,)).fetchone()
@@ -127,39 +152,40 @@ class PostgresDB:
 
     @property
     def in_transaction(self) -> bool:
-        return self.raw.info.transaction_status != TransactionStatus.IDLE
+        """False on a lost connection too: there is nothing left to roll back."""
+        return self.raw.info.transaction_status not in (TransactionStatus.IDLE,
+                                                        TransactionStatus.UNKNOWN)
 
     @property
     def total_changes(self) -> int:
         return self._changes
 
     def begin(self) -> None:
-        self.raw.execute("BEGIN")
+        self.execute("BEGIN")
 
     def has_table(self, name: str) -> bool:
-        return self.raw.execute("SELECT to_regclass(%s) IS NOT NULL",
-                                (name,)).fetchone()[0]  # type: ignore[index]
+        return self.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]
 
     @contextlib.contextmanager
     def soft_transaction(self) -> Iterator[None]:
         """A transaction whose commit does not wait for the flush (nothing is acked)."""
         self.begin()
         try:
-            self.raw.execute("SET LOCAL synchronous_commit TO OFF")
+            self.execute("SET LOCAL synchronous_commit TO OFF")
             yield
         except BaseException:
             if self.in_transaction:
-                self.raw.execute("ROLLBACK")
+                self.execute("ROLLBACK")
             raise
-        self.raw.execute("COMMIT")
+        self.execute("COMMIT")
 
     def begin_group(self) -> None:
         self.begin()
 
     def commit_group(self, durable: bool) -> None:
         if not durable:
-            self.raw.execute("SET LOCAL synchronous_commit TO OFF")
-        self.raw.execute("COMMIT")
+            self.execute("SET LOCAL synchronous_commit TO OFF")
+        self.execute("COMMIT")
 
     def end_group(self) -> None:
         pass

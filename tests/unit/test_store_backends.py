@@ -19,7 +19,7 @@ from aggregator.config import load_aggregator_config
 from aggregator.secagg.store import SecAggLog
 from aggregator.states import TaskState, UpdateState
 from aggregator.store import Store
-from aggregator.store_db import describe
+from aggregator.store_db import StoreUnreachable, describe
 from aggregator.store_group import GroupLost
 from aggregator.web.readmodel import last_local_accuracy, secure_contributions
 from edge_client.shared.protocol import Status, Task, TrainConfig, Update, encode
@@ -359,3 +359,27 @@ def test_soft_writes_inside_an_open_transaction_are_part_of_it(make_store):
     with store._transaction():
         store.add_rejection("evil", "n", "junk")
     assert store.count_rejections() == 1
+
+
+def test_a_lost_server_stops_a_batch_and_says_one_line(postgres_url):
+    """The session killed mid-run (what a server restart does): a batch whose commit
+    fails is GroupLost, so none of its acks go out; a statement says so in one line."""
+    import psycopg
+
+    def kill(store: Store) -> None:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (store.db.raw.info.backend_pid,))
+
+    store = Store(postgres_url)
+    with pytest.raises(GroupLost, match="lost the PostgreSQL server"), store.group():
+        store.count("x")
+        kill(store)  # before the COMMIT
+    with pytest.raises(OSError, match=r"^db_url postgresql://\S+: lost the PostgreSQL server"):
+        store.count("z")
+    store.close()
+    again = Store(postgres_url)
+    assert again.counter("x") == 0  # nothing of the batch was committed
+    with pytest.raises(StoreUnreachable), again.group():
+        kill(again)
+        again.count("y")  # a statement inside the batch: the service stops on it
+    again.close()
