@@ -36,7 +36,7 @@ def find_postgres_bin() -> Path | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -70,8 +70,8 @@ class PostgresServer:
         as_user = {"user": user, "group": pwd.getpwnam(user).pw_gid} if user else {}
         subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
                         "--auth=trust", "-E", "UTF8", "--no-instructions"],
-                       check=True, capture_output=True, **as_user)  # type: ignore[call-overload]
-        port = _free_port()
+                       check=True, capture_output=True, **as_user)
+        port = free_port()
         with open(workdir / "server.log", "wb") as log:
             process = subprocess.Popen(
                 [str(bindir / "postgres"), "-D", str(data), "-p", str(port),

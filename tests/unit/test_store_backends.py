@@ -25,7 +25,7 @@ from aggregator.web.readmodel import last_local_accuracy, secure_contributions
 from edge_client.shared.protocol import Status, Task, TrainConfig, Update, encode
 from edge_client.shared.settings import ConfigError
 from fedge.cli import main
-from tests.pg_server import _free_port
+from tests.pg_server import free_port
 
 BLOB = bytes(range(256)) * 4  # every byte value: BLOB and BYTEA keep them all
 
@@ -272,7 +272,7 @@ def test_the_password_never_appears_in_messages():
 
 
 def test_an_unreachable_server_is_one_line_naming_db_url():
-    url = f"postgresql://fedge:hunter2@127.0.0.1:{_free_port()}/fedge"
+    url = f"postgresql://fedge:hunter2@127.0.0.1:{free_port()}/fedge"
     with pytest.raises(ValueError, match=r"^db_url postgresql://fedge:\*\*\*@127\.0\.0\.1:"
                        r"\d+/fedge: cannot connect to PostgreSQL: ") as info:
         Store(url)
@@ -302,7 +302,7 @@ def test_psycopg_is_imported_only_for_a_postgresql_store(tmp_path):
 @pytest.mark.parametrize("action", ["serve", "enroll", "check", "recover"])
 def test_the_cli_says_one_line_for_a_postgresql_store_it_cannot_use(tmp_path, capsys, action):
     config = tmp_path / "aggregator.toml"
-    config.write_text(f'db_url = "postgresql://fedge:hunter2@127.0.0.1:{_free_port()}/f"\n')
+    config.write_text(f'db_url = "postgresql://fedge:hunter2@127.0.0.1:{free_port()}/f"\n')
     key = "ed25519:" + base64.b64encode(bytes(32)).decode()
     extra = {"enroll": ["--device", "dev-0", "--key", key]}.get(action, [])
     assert main(["aggregator", action, "--config", str(config), *extra]) == 2
