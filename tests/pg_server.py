@@ -71,16 +71,24 @@ class PostgresServer:
         subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
                         "--auth=trust", "-E", "UTF8", "--no-instructions"],
                        check=True, capture_output=True, **as_user)
-        port = free_port()
-        with open(workdir / "server.log", "wb") as log:
-            process = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={sock}",
-                 "-c", "max_connections=60", "-c", "shared_buffers=32MB"],
-                stdout=log, stderr=subprocess.STDOUT, **as_user)
-        server = cls(bindir, workdir, port, process, user)
-        server._wait_ready()
-        return server
+        for attempt in range(3):  # another process may take the free port first
+            port = free_port()
+            with open(workdir / "server.log", "wb") as log:
+                process = subprocess.Popen(
+                    [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+                     "-c", "listen_addresses=127.0.0.1",
+                     "-c", f"unix_socket_directories={sock}",
+                     "-c", "max_connections=100", "-c", "shared_buffers=32MB"],
+                    stdout=log, stderr=subprocess.STDOUT, **as_user)
+            server = cls(bindir, workdir, port, process, user)
+            try:
+                server._wait_ready()
+                return server
+            except RuntimeError:
+                if attempt == 2 or "could not bind" not in server.log_tail():
+                    server.stop()
+                    raise
+        raise AssertionError("unreachable")
 
     def _wait_ready(self) -> None:
         import psycopg

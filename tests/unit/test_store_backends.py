@@ -383,3 +383,10 @@ def test_a_lost_server_stops_a_batch_and_says_one_line(postgres_url):
         kill(again)
         again.count("y")  # a statement inside the batch: the service stops on it
     again.close()
+
+
+def test_without_postgresql_its_tests_skip_and_say_why(monkeypatch):
+    import tests.conftest as fixtures
+
+    monkeypatch.setattr(fixtures, "find_postgres_bin", lambda: None)
+    assert "apt-get install postgresql (scripts/setup.sh does)" in fixtures._postgres_missing()
