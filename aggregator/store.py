@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from aggregator.states import TaskState, UpdateState
 from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
-from aggregator.store_db import StoreLocation, connect, describe, is_postgres
+from aggregator.store_db import StoreLocation, connect, describe
 from aggregator.store_devices import DeviceTables
 from aggregator.store_group import GroupCommits
 from aggregator.store_members import TaskMemberTables
@@ -66,9 +66,8 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteT
     def __init__(self, location: StoreLocation) -> None:
         """`location`: an SQLite file (Path), or a postgresql:// URL (str); ValueError
         (one line naming db_url) when PostgreSQL cannot be used."""
-        self.location = location if is_postgres(location) else Path(location)
-        # The SQLite file; for PostgreSQL a name for messages (the URL without password).
-        self.path = Path(describe(location))
+        self.name = describe(location)  # for messages: a URL shows no password
+        self.path = Path(self.name)  # the SQLite file (the seal's neighbour)
         self.db = connect(location)
         self.db.executescript(SCHEMA)
         self._seal: SealWriter | None = None
@@ -85,9 +84,12 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteT
     def keep_sealed(self) -> None:
         """Seal the store as it is now, then after every commit that acks an update or
         makes a version (aggregator/store_seal.py). Only the service calls this, after
-        aggregator/store_check.py found the store whole. SQLite only: PostgreSQL does
-        not lose its committed WAL silently, and a seal beside a server has no file."""
+        aggregator/store_check.py found the store whole. PostgreSQL: no seal (its WAL
+        is not lost silently), only the lock that says a service serves the database."""
         if self.engine != "sqlite":
+            if not self.db.claim_writer():
+                log.warning("aggregator: another session holds the writer lock of %s: is a "
+                            "second aggregator serving this store?", self.name)
             return
         row = self.db.execute(
             "SELECT version, sha256 FROM models ORDER BY version DESC LIMIT 1").fetchone()

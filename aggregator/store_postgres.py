@@ -32,6 +32,7 @@ except ImportError:  # the `postgres` extra is not installed
 
 STREAM_ROWS = 8  # rows per fetch of a server-side cursor (payloads: up to MiBs each)
 SCHEMA_LOCK = 0x66656467  # "fedg": one process at a time creates the tables
+WRITER_LOCK = 0x66656468  # held by the service that serves the database
 _TOKENS = re.compile(r"'(?:[^']|'')*'|(?<!:):([A-Za-z_]\w*)|\?|%|LIMIT -1")
 _TYPES = {"BLOB": "BYTEA", "REAL": "DOUBLE PRECISION", "INTEGER": "BIGINT"}
 _TYPE_WORDS = re.compile(r"\b(BLOB|REAL|INTEGER)\b")
@@ -162,6 +163,12 @@ class PostgresDB:
 
     def begin(self) -> None:
         self.execute("BEGIN")
+
+    def claim_writer(self) -> bool:
+        """Hold this database's writer lock (a session advisory lock, released when the
+        session ends, however the process ends); False when another session holds it."""
+        return bool(self.execute("SELECT pg_try_advisory_lock(?)",
+                                 (WRITER_LOCK,)).fetchone()[0])
 
     def has_table(self, name: str) -> bool:
         return self.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]

@@ -390,3 +390,16 @@ def test_without_postgresql_its_tests_skip_and_say_why(monkeypatch):
 
     monkeypatch.setattr(fixtures, "find_postgres_bin", lambda: None)
     assert "apt-get install postgresql (scripts/setup.sh does)" in fixtures._postgres_missing()
+
+
+def test_a_second_service_on_one_database_is_warned_about(make_store, caplog):
+    first, second = make_store(), make_store()
+    first.keep_sealed()
+    second.keep_sealed()
+    assert "is a second aggregator serving this store?" in caplog.text
+    first.close()
+    second.close()
+    third = make_store()  # the locks went with the sessions (with the seal, for SQLite)
+    caplog.clear()
+    third.keep_sealed()
+    assert "second aggregator" not in caplog.text
