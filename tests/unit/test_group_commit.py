@@ -18,6 +18,7 @@ from aggregator.core import SendAck, StatusMessage, UpdateChunk
 from aggregator.ingest_batch import BatchBounds, IngestConfig
 from aggregator.presence import PresenceConfig
 from aggregator.service import Aggregator, now
+from aggregator.store_db import StoreUnreachable
 from aggregator.store_group import GroupLost
 from aggregator.store_seal import read_seal, seal_path
 from edge_client.shared.protocol import Status, encode
@@ -257,4 +258,27 @@ def test_a_lost_batch_sends_none_of_its_acks_and_stops_the_service(store_url, ca
     assert not [p for p in agg.link.published if "/ack/" in p[0]]
     assert agg.store.count_updates() == 0
     assert "stopping without acknowledging that batch's 1 message(s)" in caplog.text
+    agg.store.close()
+
+
+def test_a_lost_postgresql_server_stops_the_service_without_the_batchs_acks(postgres_url):
+    """The session killed while a batch is handled: StoreUnreachable (an OSError: `serve`
+    prints it as one line) leaves the loop, and none of the batch's acks go out."""
+    import psycopg
+
+    config = AggregatorConfig(federation="core", db_url=postgres_url,
+                              sync=SyncConfig(target_updates=len(DEVICES), min_fraction=1.0),
+                              ingest=SLOW_MACHINE)
+    agg = Aggregator(config, initial_weights=WEIGHTS)
+    agg.link = FakeLink()
+    agg.available = set(DEVICES)
+    agg.core.open_task(now())
+    task = agg.core.state.task
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (agg.store.db.raw.info.backend_pid,))
+    [chunk] = split(encode(update(DEVICES[0], task)), f"{DEVICES[0]}-{task.task_id}", 1024)
+    with pytest.raises(StoreUnreachable, match=r"^db_url \S+: lost the PostgreSQL server"):
+        agg._serve_batch(Inbound(TOPICS.update(DEVICES[0]), chunk, False))
+    assert isinstance(StoreUnreachable("x"), OSError)
+    assert not [p for p in agg.link.published if "/ack/" in p[0]]
     agg.store.close()
