@@ -39,8 +39,9 @@ class GroupCommits(Tables):
         returned, so it never says more than the store holds.
         The caller sends the batch's acks only after this block exits without error.
 
-        Raises GroupLost when the commit failed or SQLite gave up the transaction (disk
-        full, I/O error): the batch's writes are gone, and its acks must not be sent."""
+        Raises GroupLost when the commit failed or the engine gave up the transaction
+        (disk full, I/O error, the PostgreSQL server lost): the batch's writes are gone,
+        and its acks must not be sent."""
         if self._group is not None or self.db.in_transaction:
             raise RuntimeError("Store.group: a transaction is open already")
         durable = False
