@@ -15,6 +15,7 @@ from aggregator.model_lines import LinesConfig
 from aggregator.presence import PresenceConfig
 from aggregator.privacy.config import PrivacyConfig, check_privacy
 from aggregator.secagg.config import SecAggConfig, check_secagg
+from aggregator.store_db import StoreLocation, describe, is_postgres
 from aggregator.strategy.config import StrategyConfig
 from aggregator.strategy.registry import STRATEGIES
 from aggregator.upper_config import UpperConfig
@@ -127,6 +128,9 @@ class AggregatorConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     db_path: Path = Path("fedge-aggregator.sqlite3")
+    # "postgresql://user@host/db": the store in PostgreSQL (the `postgres` extra) instead
+    # of the SQLite file db_path; "" keeps SQLite (docs/configuration.md#postgresql).
+    db_url: str = ""
     mode: str = "sync"  # "sync" or "async"
     rounds: int = 10  # model versions to produce; 0 runs until stopped
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -183,6 +187,22 @@ class AggregatorConfig:
             raise ValueError(f"upper.federation must differ from federation "
                              f"({self.federation!r}): the tiers would share topics")
         self.db_path = Path(self.db_path)
+        if self.db_url and not is_postgres(self.db_url):
+            raise ValueError(f"db_url must start with postgresql:// (or leave it out for "
+                             f"the SQLite file db_path), not {describe(self.db_url)!r}")
+        if self.db_url and describe(self.db_url).endswith("<not a valid URL>"):
+            raise ValueError("db_url is not a valid URL (postgresql://user:password@host:"
+                             "port/dbname)")
+
+    @property
+    def store_location(self) -> StoreLocation:
+        """Where the store is: the db_url's PostgreSQL database, else the db_path file."""
+        return self.db_url or self.db_path
+
+    @property
+    def store_name(self) -> str:
+        """The store for logs and messages (a URL without its password)."""
+        return describe(self.store_location)
 
 
 def load_aggregator_config(table: dict[str, Any], where: str = "config",

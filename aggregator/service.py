@@ -47,6 +47,7 @@ from aggregator.limits import service_inbox
 from aggregator.service_readers import ServiceReaders
 from aggregator.store import Store
 from aggregator.store_check import refuse_if_damaged
+from aggregator.store_db import StoreUnreachable
 from aggregator.store_group import GroupLost
 from aggregator.strategy import Strategy
 from edge_client.shared.identity import load_or_create_identity
@@ -74,9 +75,13 @@ class Aggregator(ServiceReaders):
         self.on_site_aggregate: Callable[[SiteAggregate], None] | None = None
         self.topics = Topics(config.federation)
         # Refuse a damaged store before opening it (aggregator/store_check.py): never
-        # start over silently, never serve a model that fails its hash.
-        refuse_if_damaged(config.db_path, config.downlink.keep_deltas)
-        self.store = Store(config.db_path)
+        # start over silently, never serve a model that fails its hash. SQLite only.
+        if not config.db_url:
+            refuse_if_damaged(config.db_path, config.downlink.keep_deltas)
+        self.store = Store(config.store_location)
+        if config.db_url:
+            log.info("aggregator: store in PostgreSQL (%s); the damage check and the seal "
+                     "are SQLite-only, skipped", config.store_name)
         self.store.keep_sealed()
         self.store.keep_rejections(config.limits.rejections_per_device,
                                    config.limits.rejections_total)
@@ -213,6 +218,8 @@ class Aggregator(ServiceReaders):
             return [] if core_event is None else self.core.handle(core_event)
         except RemoteProtocolError as exc:
             log.warning("aggregator: dropped a bad message on %s: %s", topic, exc.reason)
+        except StoreUnreachable:
+            raise  # the database server went away: not this message's fault; stop
         except Exception as exc:  # our bug, not the sender's: keep serving the others
             log.error("aggregator: handling a message on %s failed: %s", topic, exc,
                       exc_info=True)

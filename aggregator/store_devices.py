@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
 from aggregator.store_base import Tables
+from aggregator.store_db import StoreDB
 from aggregator.store_drift import add_drift_reports
 from edge_client.shared.protocol import Status
 
 
-def enrolled_key(db: sqlite3.Connection, device_id: str) -> str | None:
+def enrolled_key(db: StoreDB, device_id: str) -> str | None:
     """The enrolled, unrevoked public key of a device, or None; also what ingest workers
     read through their own read-only connection (aggregator/ingest_workers.py)."""
     row = db.execute("SELECT public_key FROM enrolment WHERE device_id=? AND "

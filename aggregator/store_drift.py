@@ -4,16 +4,16 @@ device: what /api/drift and the dashboard show over time (aggregator/drift.py)."
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import defaultdict
 from typing import Any
 
+from aggregator.store_db import StoreDB
 from edge_client.shared.protocol.drift import DriftReport
 
 KEEP_PER_DEVICE = 120  # the latest reports of each device; older ones are dropped
 
 
-def add_drift_reports(db: sqlite3.Connection,
+def add_drift_reports(db: StoreDB,
                       reports: list[tuple[str, float, DriftReport]]) -> None:
     """Append reports (device, unix time, report), then trim each device's history."""
     if not reports:
@@ -26,7 +26,7 @@ def add_drift_reports(db: sqlite3.Connection,
                    "LIMIT ?)", (device, device, KEEP_PER_DEVICE))
 
 
-def drift_history(db: sqlite3.Connection, per_device: int = KEEP_PER_DEVICE
+def drift_history(db: StoreDB, per_device: int = KEEP_PER_DEVICE
                   ) -> dict[str, list[dict[str, Any]]]:
     """Each device's latest `per_device` reports, oldest first, each with its time."""
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)

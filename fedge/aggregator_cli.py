@@ -103,7 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
         rounds = "versions until the upper tier finishes"
     log.info("fedge aggregator: federation %r, %s mode, %s, broker %s:%d, store %s, model "
              "version %d, security %s", cfg.federation, cfg.mode, rounds, cfg.host, cfg.port,
-             cfg.db_path, aggregator.version, secure)
+             cfg.store_name, aggregator.version, secure)
     server = _start_dashboard(aggregator)
     run = aggregator.run
     if cfg.upper.enabled:  # a site of an upper tier: its uplink runs beside it
@@ -130,7 +130,7 @@ def _start_dashboard(aggregator: Aggregator) -> DashboardServer | None:
         from aggregator.web import create_app, load_token, serve_dashboard
     except ImportError as exc:
         raise ValueError("the dashboard needs: pip install 'fedge[aggregator]'") from exc
-    app = create_app(aggregator.config.db_path, load_token(dash.read_token_file),
+    app = create_app(aggregator.config.store_location, load_token(dash.read_token_file),
                      load_token(dash.admin_token_file), actions=aggregator)
     server = serve_dashboard(app, dash.host, dash.port)
     print(f"fedge aggregator: dashboard on {server.url}", file=sys.stderr)
@@ -138,7 +138,18 @@ def _start_dashboard(aggregator: Aggregator) -> DashboardServer | None:
 
 
 def _store(args: argparse.Namespace) -> Store:
-    return Store(load_aggregator_file(args.config)[0].db_path)
+    return Store(load_aggregator_file(args.config)[0].store_location)
+
+
+def _sqlite_file(args: argparse.Namespace) -> Path:
+    """The store's SQLite file; ValueError for a PostgreSQL store (check and recover
+    read SQLite's files, its WAL and the seal: PostgreSQL has its own tools)."""
+    config = load_aggregator_file(args.config)[0]
+    if config.db_url:
+        raise ValueError(f"{args.config}: db_url puts the store in PostgreSQL; `check` and "
+                         "`recover` are SQLite-only (use PostgreSQL's pg_amcheck and "
+                         "backups)")
+    return config.db_path
 
 
 def _enroll(args: argparse.Namespace) -> int:
@@ -162,7 +173,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    report = check_store(load_aggregator_file(args.config)[0].db_path)
+    report = check_store(_sqlite_file(args))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -174,7 +185,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    report = recover_store(load_aggregator_file(args.config)[0].db_path)
+    report = recover_store(_sqlite_file(args))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

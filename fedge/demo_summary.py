@@ -97,7 +97,7 @@ def _privacy_summary(aggregator: Aggregator, history: list[dict]) -> dict[str, A
     training before --rounds."""
     privacy = aggregator.config.privacy
     private = [h for h in history if "epsilon" in h]
-    store = Store(aggregator.config.db_path)  # the service closed its own at the end
+    store = Store(aggregator.config.store_location)  # the service closed its own at the end
     try:
         stopped = store.note(STOPPED_NOTE)
     finally:

@@ -32,7 +32,7 @@ def load_or_create(config: AggregatorConfig, store: Store, initial: Weights | No
     stored = store.latest_model()
     if stored is not None:
         if sha256_hex(stored.blob) != stored.sha256:  # store_check saw it; a 2nd line
-            raise ValueError(f"the store {config.db_path}: model version {stored.version} "
+            raise ValueError(f"the store {config.store_name}: model version {stored.version} "
                              "fails its SHA-256; run `fedge aggregator check` and `recover`")
         model = decode(stored.blob, expect=Model)
         assert isinstance(model, Model)
@@ -75,7 +75,7 @@ def restored_downlink(config: AggregatorConfig, store: Store, version: int,
     try:
         encoder.restore(state, sum(w.size for w in weights.values()))
     except ValueError as exc:
-        raise ValueError(f"the store {config.db_path}: the downlink residual of version "
+        raise ValueError(f"the store {config.store_name}: the downlink residual of version "
                          f"{version} is unusable ({exc}); run `fedge aggregator check`"
                          ) from None
     return encoder

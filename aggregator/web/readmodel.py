@@ -146,12 +146,15 @@ def last_local_accuracy(store: Store) -> dict[str, dict[str, Any]]:
     `local_accuracy` is that model on the device's own data, before training; the update's
     `base_version` says which model. Parsed in Python rather than with json_extract: a
     device's metrics may hold NaN, which SQLite's JSON functions refuse as malformed.
-    SQLite takes the bare columns from the row that has the MAX.
+    The newest update per device by a window (what SQLite's bare columns next to MAX did;
+    PostgreSQL has no bare columns).
     """
-    rows = store.db.execute("SELECT device_id, metrics, base_version, MAX(received_at) "
-                            "FROM updates GROUP BY device_id")
+    rows = store.db.execute("SELECT device_id, metrics, base_version FROM ("
+                            "SELECT device_id, metrics, base_version, ROW_NUMBER() OVER "
+                            "(PARTITION BY device_id ORDER BY received_at DESC) AS n "
+                            "FROM updates) AS newest WHERE n = 1")
     return {device: {"last_local_accuracy": _metric(metrics, "local_accuracy"),
-                     "last_local_version": base} for device, metrics, base, _ in rows}
+                     "last_local_version": base} for device, metrics, base in rows}
 
 
 def _metric(metrics: str, name: str) -> float | None:
@@ -164,9 +167,7 @@ def secure_contributions(store: Store) -> dict[str, int]:
     """Per device, the secure rounds whose sum took its input. Under secure aggregation no
     update is stored, so the rounds' own records (aggregator/secagg/store.py) say who
     contributed; a store that never ran one has no such table."""
-    has_table = store.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' "
-                                 "AND name='secagg_rounds'").fetchone()
-    if not has_table:
+    if not store.db.has_table("secagg_rounds"):
         return {}
     counts: Counter[str] = Counter()
     for (info,) in store.db.execute("SELECT info FROM secagg_rounds WHERE state='done'"):

@@ -23,7 +23,10 @@ def sites(store: Store) -> list[dict[str, Any]]:
     aggregated = dict(store.db.execute("SELECT device_id, COUNT(*) FROM updates "
                                        "WHERE state='aggregated' GROUP BY device_id"))
     rows = store.db.execute("SELECT device_id, metrics, base_version, num_samples, state, "
-                            "MAX(received_at) FROM updates GROUP BY device_id")
+                            "received_at FROM (SELECT device_id, metrics, base_version, "
+                            "num_samples, state, received_at, ROW_NUMBER() OVER (PARTITION "
+                            "BY device_id ORDER BY received_at DESC) AS n FROM updates) "
+                            "AS newest WHERE n = 1")  # the newest per site, on both engines
     out = []
     for device, metrics_text, base, samples, state, received_at in rows:
         metrics = json.loads(metrics_text)
