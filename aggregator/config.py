@@ -9,6 +9,7 @@ from typing import Any
 from aggregator.anomalies import AnomalyConfig
 from aggregator.fairness import FairnessConfig
 from aggregator.ingest_batch import IngestConfig
+from aggregator.lifecycle.config import RolloutConfig
 from aggregator.limits import LimitsConfig, check_limits
 from aggregator.presence import PresenceConfig
 from aggregator.privacy.config import PrivacyConfig, check_privacy
@@ -151,6 +152,7 @@ class AggregatorConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)  # docs/abuse.md
     ingest: IngestConfig = field(default_factory=IngestConfig)  # docs/gateway.md
     fairness: FairnessConfig = field(default_factory=FairnessConfig)  # docs/gateway.md
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # docs/lifecycle.md
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)

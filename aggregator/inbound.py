@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 
 from aggregator.core import (
+    CanaryMessage,
     Event,
     Instant,
     LinkDown,
@@ -42,4 +43,6 @@ def core_event_of(event: object, topics: Topics, now: Callable[[], Instant]) -> 
         return StatusMessage(topic, event.payload, event.retained, now())
     if topic.startswith(prefix + "/secagg/"):
         return SecAggChunk(topic, event.payload, now())
+    if topic.startswith(prefix + "/canary/"):
+        return CanaryMessage(topic, event.payload, now())
     return None

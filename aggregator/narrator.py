@@ -37,6 +37,7 @@ class Waiting(Enum):
     PAUSED = "the operator"
     DEVICES = "devices"
     UPDATES = "updates"
+    CANARY = "canary reports"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from aggregator.lifecycle.store_stages import StageTables
 from aggregator.states import TaskState, UpdateState
 from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
@@ -59,7 +60,8 @@ class StoredModel:
     sha256: str = ""  # as stored when the version was made
 
 
-class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteTables):
+class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, StageTables,
+            NoteTables):
     """Owned by one thread at a time: built by the caller, then used by the service loop."""
 
     def __init__(self, path: Path) -> None:
@@ -69,6 +71,7 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteT
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self.open_stage_tables()  # added to older stores: docs/lifecycle.md
         self._seal: SealWriter | None = None
         self._sealed = Seal(0, -1, "")
         self.commits = 0  # fsync'd group commits (Store.group): for tests and benchmarks

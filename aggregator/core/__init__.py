@@ -21,6 +21,7 @@ from aggregator.core.actions import (
 )
 from aggregator.core.core import AggregatorCore
 from aggregator.core.events import (
+    CanaryMessage,
     Event,
     Instant,
     LinkDown,
@@ -37,7 +38,8 @@ from aggregator.core.events import (
 from aggregator.core.schedule import STOPPED_NOTE
 from aggregator.core.snapshot import ServiceSnapshot
 
-__all__ = ["STOPPED_NOTE", "Action", "AggregatorCore", "ClearRetained", "Event", "Instant",
+__all__ = ["STOPPED_NOTE", "Action", "AggregatorCore", "CanaryMessage", "ClearRetained",
+           "Event", "Instant",
            "LinkDown", "LinkUp", "Publish", "PublishTask", "RefusedUpload", "SecAggChunk",
            "SendAck",
            "ServiceSnapshot", "SetStrategy", "SetTraining", "StatusMessage", "Subscribe",

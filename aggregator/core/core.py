@@ -20,6 +20,7 @@ from aggregator.anomalies import AnomalyWatch
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, ClearRetained, Subscribe
 from aggregator.core.events import (
+    CanaryMessage,
     Event,
     Instant,
     LinkDown,
@@ -44,6 +45,7 @@ from aggregator.core.secure_driver import SecureRound
 from aggregator.core.state import CoreState
 from aggregator.core.versions import Evaluate, VersionMaker
 from aggregator.ingest import open_flat_update
+from aggregator.lifecycle.driver import LifecycleDriver
 from aggregator.narrator import Narrator, TwinWatch
 from aggregator.participation import Participation, participation_for
 from aggregator.presence import Presence
@@ -87,7 +89,7 @@ class AggregatorCore:
         self.publisher = ModelPublisher(config, store, topics, sign)
         self.driver = round_driver(config, store, topics, sign, self.participation,
                                    self.narrator)
-        self._check_fits(strategy, weights, named)  # a cohort it cannot hold: refused
+        check_fits(config, strategy, weights, named)  # a cohort it cannot hold: refused
         self.state = CoreState(version, weights, arch, store.model_history(), config.rounds)
         self.ingest = UpdateIngest(config, store, topics, sign, self.presence, self.privacy,
                                    self.anomalies, self.participation, self.driver)
@@ -104,6 +106,7 @@ class AggregatorCore:
                                       self.participation, self.presence, self.privacy,
                                       self.driver, self.ingest, self.versions,
                                       self.publisher, Invitations(topics, sign), self._out)
+        self.lifecycle = LifecycleDriver.for_core(self, sign)  # stages, canaries, rollbacks
         self._resume(at)
 
     def _resume(self, at: Instant) -> None:
@@ -150,6 +153,8 @@ class AggregatorCore:
             self._on_status(event)
         elif isinstance(event, SecAggChunk):
             self._on_secagg(event)
+        elif isinstance(event, CanaryMessage):
+            self.lifecycle.on_message(event.topic, event.payload)
         elif isinstance(event, LinkUp):
             self._link_up(event.at)
         elif isinstance(event, LinkDown):
@@ -205,17 +210,8 @@ class AggregatorCore:
         strategy = self.privacy.wrap(build_strategy(dataclasses.replace(
             self.config.strategy, name=name)))
         self.driver.check_strategy(name)
-        self._check_fits(strategy, self.state.weights, name)
+        check_fits(self.config, strategy, self.state.weights, name)
         return strategy
-
-    def _check_fits(self, strategy: Strategy, weights: Weights, name: str = "") -> None:
-        """ValueError naming [strategy] memory_limit_mb if `strategy` needs every update
-        and a version's worth would not fit (aggregator/strategy/memory.py). Secure
-        rounds and mean-based strategies keep one sum, whatever the cohort."""
-        if self.config.secagg.enabled or isinstance(strategy, Streaming):
-            return
-        check_cohort_fits(self.config.strategy, name or type(strategy).__name__.lower(),
-                          updates_per_version(self.config), model_size(weights))
 
     def _link_up(self, at: Instant) -> None:
         c, state = self.config, self.state
@@ -225,6 +221,7 @@ class AggregatorCore:
         self.store.set_note(BROKER_NOTE, {"connected": True, "since": at.wall, "reason": ""})
         state.done_published = False  # a finished run says so again after a reconnect
         self._out += [Subscribe(self.topics.all_updates), Subscribe(self.topics.all_statuses)]
+        self._out += self.lifecycle.on_link_up()
         self._out += self.publisher.model(state.version, state.weights, state.arch,
                                           whole_chain=True)
         self._out += self.schedule.task_again()
@@ -259,6 +256,18 @@ class AggregatorCore:
             self.anomalies.after_rejection(device)
         elif self.state.task is not None:
             self.presence.update_seen(device, self.state.task.task_id)
+
+
+def check_fits(config: AggregatorConfig, strategy: Strategy, weights: Weights,
+               name: str = "") -> None:
+    """ValueError naming [strategy] memory_limit_mb if `strategy` needs every update
+    and a version's worth would not fit (aggregator/strategy/memory.py). Secure
+    rounds and mean-based strategies keep one sum, whatever the cohort."""
+    if config.secagg.enabled or isinstance(strategy, Streaming):
+        return
+    check_cohort_fits(config.strategy, name or type(strategy).__name__.lower(),
+                      updates_per_version(config), model_size(weights))
+
 
 def round_driver(config: AggregatorConfig, store: Store, topics: Topics,
                  sign: Callable[[bytes], bytes], participation: Participation,

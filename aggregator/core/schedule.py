@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, ClearRetained
@@ -24,6 +25,9 @@ from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.status import FINISHED_NOTE, HEARTBEAT_NOTE, HEARTBEAT_S
 from aggregator.store import Store
 from edge_client.shared.protocol import Task, Topics, encode
+
+if TYPE_CHECKING:
+    from aggregator.lifecycle.driver import LifecycleDriver as Lifecycle
 
 log = logging.getLogger("aggregator.service")
 STOPPED_NOTE = "stopped"  # why training ended early, for the dashboard
@@ -53,6 +57,9 @@ class RoundSchedule:
         # What limit the broker may be at, for the waiting line while not connected; the
         # shell sets it (aggregator/broker_limits.py reads /proc), the core never does I/O.
         self.broker_hint: Callable[[], str] = lambda: ""
+        # Stages and canaries (aggregator/lifecycle/driver.py): it ticks first, and while
+        # a candidate is under canary evaluation no round opens (it says why at INFO).
+        self.lifecycle: Lifecycle | None = None
 
     def tick(self, event: Tick) -> None:
         at, state = event.at, self.state
@@ -60,6 +67,8 @@ class RoundSchedule:
             state.heartbeat_at = at.wall
             self.store.set_note(HEARTBEAT_NOTE, at.wall)
         self.ingest.expire(at)
+        if self.lifecycle is not None:
+            self.out += self.lifecycle.tick(at)
         if not event.connected:
             self.narrator.waiting(Waiting.BROKER, lambda: (state.link_problem, (
                 f"not connected to {self.config.host}:{self.config.port} "
@@ -67,6 +76,8 @@ class RoundSchedule:
         elif state.paused:
             self.narrator.waiting(Waiting.PAUSED, lambda: (None, "training is paused; resume "
                                   "it from the dashboard or POST /api/admin/training"))
+        elif self._holds():
+            return
         elif state.finished:
             if not state.done_published:  # also when started with every version made
                 self._publish_done()
@@ -110,7 +121,7 @@ class RoundSchedule:
     def open_task(self, at: Instant) -> None:
         """Plan the next round or async task and publish it, or say why not yet."""
         state = self.state
-        if state.finished:
+        if state.finished or self._holds():
             return
         candidates = self._candidates()
         # no top-up when DP accounting or secure sizes assume uniformly drawn devices
@@ -135,6 +146,9 @@ class RoundSchedule:
         self.out += self.invitations.open(task)  # first: a device has it when the task comes
         self.out.append(self.publisher.task(task))
         self.narrator.round_opened(task, len(candidates))
+
+    def _holds(self) -> bool:
+        return self.lifecycle is not None and self.lifecycle.holds()
 
     def task_again(self) -> list[Action]:
         """The open task and its invitations, published again (after a reconnect: the
