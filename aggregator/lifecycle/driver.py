@@ -18,7 +18,6 @@ from aggregator.narrator import Narrator
 from aggregator.presence import Presence
 from aggregator.store import Store
 from edge_client.shared.protocol import RemoteProtocolError, Topics
-from edge_client.shared.protocol.rollout import all_canary_topics
 
 if TYPE_CHECKING:
     from aggregator.core.core import AggregatorCore
@@ -69,5 +68,5 @@ class LifecycleDriver:
     def on_link_up(self) -> list[Action]:
         out: list[Action] = []
         if self.config.rollout.enabled:
-            out.append(Subscribe(all_canary_topics(self.topics)))
+            out.append(Subscribe(self.topics.all_canaries))
         return out + self.life.rollout_message()

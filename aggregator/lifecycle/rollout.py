@@ -28,7 +28,6 @@ from edge_client.shared.protocol.rollout import (
     Rollout,
     encode_rollout,
     pick_canaries,
-    rollout_topic,
 )
 
 log = logging.getLogger("aggregator.service")
@@ -82,7 +81,7 @@ class Lifecycle:
     def rollout_message(self) -> list[Action]:
         """The retained Rollout devices follow. With [rollout] off and no stage ever moved
         by a rule or an operator, none: devices serve every version, as before."""
-        topic = rollout_topic(self.topics)
+        topic = self.topics.rollout
         production = self.production()
         if production is None or not (self.rules.enabled or self.store.stages_steered()):
             return []

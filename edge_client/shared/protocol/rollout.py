@@ -23,7 +23,6 @@ from edge_client.shared.protocol.bounds import MAX_INVITED
 from edge_client.shared.protocol.errors import RemoteProtocolError
 from edge_client.shared.protocol.fields import Fields
 from edge_client.shared.protocol.messages import PROTOCOL_VERSION, unpack_map
-from edge_client.shared.protocol.topics import Topics
 
 MAX_ROLLED_BACK = 64  # versions a Rollout lists as rolled back (the newest ones)
 
@@ -48,18 +47,6 @@ class CanaryReport:
     production_loss: float
     agreement: float  # share of examples where both models predict the same class
     time: float  # unix time on the device
-
-
-def rollout_topic(topics: Topics) -> str:
-    return f"{topics.prefix}/rollout"
-
-
-def canary_topic(topics: Topics, device: str) -> str:
-    return f"{topics.prefix}/canary/{device}"
-
-
-def all_canary_topics(topics: Topics) -> str:
-    return f"{topics.prefix}/canary/+"
 
 
 def canary_rank(device: str, version: int) -> bytes:
