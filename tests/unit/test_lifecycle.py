@@ -8,8 +8,7 @@ import sqlite3
 
 import pytest
 
-from aggregator.config import AggregatorConfig
-from aggregator.core import CanaryMessage, Publish, Tick
+from aggregator.core import CanaryMessage, Publish
 from aggregator.lifecycle import Command, RolloutConfig, Stage
 from aggregator.lifecycle.rule import Verdict, decide, summarize
 from aggregator.store import Store

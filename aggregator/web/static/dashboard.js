@@ -211,10 +211,18 @@
     return td;
   }
 
+  // A version's stage (api/versions "stage"): served (production), under evaluation
+  // (canary), refused (rolled_back); a copy made by a rollback says of which version.
+  function stageCell(v) {
+    const stage = v.stage || "";
+    const label = stage.replace("_", " ") + (v.copy_of === undefined ? "" : ` (copy of v${v.copy_of})`);
+    return [label || dash, "stage stage-" + (stage || "none")];
+  }
+
   function renderVersions(versions) {
     const rows = versions.slice(-MAX_VERSION_ROWS).reverse().map((v) => {
       const tr = row([
-        ["v" + v.version, "num"], [when(v.created_at)], [int(v.round), "num"],
+        ["v" + v.version, "num"], stageCell(v), [when(v.created_at)], [int(v.round), "num"],
         [int(v.updates), "num"], [bytes(v.update_bytes), "num"], downlink(v),
         [fixed(4)(v.accuracy), "num"], [fixed(4)(v.loss), "num"],
         [v.round_wall_s === undefined ? dash : fixed(2)(v.round_wall_s) + " s", "num"],
@@ -224,7 +232,7 @@
       tr.appendChild(downloadCell(v.version));
       return tr;
     });
-    $("versions").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(12, "No model yet")]));
+    $("versions").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(13, "No model yet")]));
   }
 
   // Per version: the spread of accuracy on the devices' own data, and who gave how much
