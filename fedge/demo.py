@@ -32,6 +32,7 @@ from fedge.federation import Federation, FederationResult
 from fedge.fleet import SimulatedFleet
 from fedge.poisoning import poisoned
 from fedge.profiles import Diurnal, Profile, profile_by_name
+from fedge.rollout_demo import ServedLog, corrupt_nth_candidate, rollout_summary, split_holdout
 
 if TYPE_CHECKING:
     from aggregator.web import DashboardServer
@@ -54,6 +55,8 @@ class DemoFleet:
     dashboard_port: int | None = None  # serve the dashboard on 127.0.0.1 (0: a free port)
     attackers: int = 0  # the first K devices send poisoned updates (fedge/poisoning.py)
     attack: str = "sign_flip"  # a name in fedge.poisoning.ATTACKS
+    rollout: bool = False  # canaries on held-out data before serving (fedge/rollout_demo.py)
+    bad_candidate: int | None = None  # with rollout: the N-th candidate is corrupted
 
 
 @dataclass
@@ -69,6 +72,7 @@ class DemoRun:
     broker_kind: str
     wall_s: float
     dashboard_url: str | None
+    served: ServedLog | None = None  # with --rollout: what each device served
 
 
 def run_demo(demo: Demo,
@@ -82,6 +86,9 @@ def run_demo(demo: Demo,
         run = federate(demo, workdir, secure=secure, on_version=on_version)
         summary = summarize(demo, run.result, run.aggregator, run.broker_kind, run.wall_s,
                             workdir)
+        if run.served is not None:
+            summary["rollout"] = rollout_summary(run.aggregator.config.db_path,
+                                                 fleet.bad_candidate, run.served)
         if run.dashboard_url:
             summary["dashboard_url"] = run.dashboard_url
     finally:
@@ -113,6 +120,9 @@ def federate(demo: Demo, workdir: Path, *, secure: SecureGateway | None = None,
         aggregator = federation.add_aggregator(
             config, job.initial_weights(), job.arch, evaluate=evaluate, strategy=strategy,
             on_version=on_version)
+        served = ServedLog() if fleet.rollout else None
+        if fleet.bad_candidate is not None:
+            aggregator.core.versions.tamper = corrupt_nth_candidate(fleet.bad_candidate)
         simulated = SimulatedFleet(_profile(fleet, seed), workdir, fleet.devices)
         for i, (xs, ys) in enumerate(job.shards):
             device = ClientConfig(device_id=f"device-{i}", federation=config.federation,
@@ -122,13 +132,19 @@ def federate(demo: Demo, workdir: Path, *, secure: SecureGateway | None = None,
             trainer: Trainer = job.device_trainer(i)
             if i < fleet.attackers:
                 trainer = poisoned(trainer, fleet.attack)
-            client = federation.add_device(device, simulated.trainer(i, trainer), xs, ys,
-                                           policy=simulated.policy(i))
+            holdout = None
+            if served is not None:  # a fifth of the shard kept for canary evaluations
+                xs, ys, holdout = split_holdout(xs, ys)
+            client = federation.add_device(
+                device, simulated.trainer(i, trainer), xs, ys, policy=simulated.policy(i),
+                on_model=None if served is None else served.hook(device.device_id),
+                holdout=holdout)
             if secure and client.identity is not None:  # security on: the device made one
                 aggregator.store.enroll(device.device_id, client.identity.public_text)
         federation.add_helper(simulated.run, "simulator")
         result = federation.run(fleet.timeout_s)
-        return DemoRun(result, aggregator, broker.kind, time.monotonic() - started, url)
+        return DemoRun(result, aggregator, broker.kind, time.monotonic() - started, url,
+                       served)
 
 
 @contextmanager

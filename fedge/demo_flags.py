@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from aggregator.config import AggregatorConfig, AsyncConfig, DownlinkConfig, SyncConfig
+from aggregator.lifecycle import RolloutConfig
 from aggregator.privacy.config import PrivacyConfig
 from aggregator.secagg.config import SecAggConfig
 from aggregator.strategy import STRATEGIES, StrategyConfig
@@ -22,6 +23,7 @@ from edge_client.shared.secagg.graph import MIN_PARTICIPANTS
 from fedge.codec_spec import parse_codec
 from fedge.demo import Demo, DemoFleet
 from fedge.poisoning import ATTACKS
+from fedge.rollout_demo import demo_rollout
 
 # The median L2 norm of a device's update over a run of the demo job without DP
 # (benchmarks/privacy.py measured 0.497 with 5 devices and 0.463 with 10): a clip near it
@@ -94,6 +96,12 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
                    help="the first K devices send poisoned updates")
     p.add_argument("--attack", choices=tuple(ATTACKS), default="sign_flip",
                    help="sign_flip: the honest update reversed; scale10: boosted tenfold")
+    p.add_argument("--rollout", action="store_true",
+                   help="staged rollout: canary devices evaluate each candidate on held-out "
+                        "data before it is served (docs/lifecycle.md)")
+    p.add_argument("--bad-candidate", type=int, default=None, metavar="N",
+                   help="with --rollout: corrupt the N-th candidate on purpose, so the "
+                        "canaries catch it and it is rolled back")
 
 
 def parse_demo_flags(argv: list[str]) -> Demo:
@@ -112,7 +120,8 @@ def demo_from_flags(args: argparse.Namespace) -> Demo:
                       profile=args.profile, day_s=args.day_s, broker=args.broker,
                       secure=args.secure, workdir=args.workdir,
                       dashboard_port=args.dashboard, attackers=args.attackers,
-                      attack=args.attack)
+                      attack=args.attack, rollout=args.rollout,
+                      bad_candidate=args.bad_candidate)
     try:
         return Demo(aggregator_config(args), fleet)
     except ValueError as exc:  # ConfigError is one; the message names the TOML keys
@@ -144,6 +153,14 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--dp distributed needs --secagg: each device adds a share of the "
                          "noise, which hides the mean only when the server sees no single "
                          "update")
+    if args.bad_candidate is not None and not args.rollout:
+        raise ValueError("--bad-candidate needs --rollout: without canaries nothing would "
+                         "catch it")
+    if args.bad_candidate is not None and not 1 <= args.bad_candidate <= args.rounds:
+        raise ValueError(f"--bad-candidate must be 1 to --rounds ({args.rounds}), not "
+                         f"{args.bad_candidate}")
+    if args.rollout and args.mode != "sync":
+        raise ValueError("--rollout needs --mode sync in the demo")
     if not 0 <= args.attackers < args.devices:
         raise ValueError(f"--attackers must be 0 to {args.devices - 1} (fewer than "
                          f"--devices), not {args.attackers}")
@@ -169,6 +186,7 @@ def aggregator_config(args: argparse.Namespace) -> AggregatorConfig:
                               noise_multiplier=args.noise_multiplier,
                               target_epsilon=args.target_epsilon),
         secagg=SecAggConfig(enabled=args.secagg),
+        rollout=demo_rollout(args.devices) if args.rollout else RolloutConfig(),
     )
 
 

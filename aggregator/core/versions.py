@@ -113,8 +113,10 @@ class VersionMaker:
         blob = encode(Model(version=version, tensors=self.publisher.wire(weights),
                             arch=state.arch))
         metrics = self._evaluate(weights)
-        info: dict[str, Any] = {"round": version, "updates": 0, "model_bytes": len(blob),
-                                "delta_bytes": 0, "copy_of": source, **metrics}
+        info: dict[str, Any] = {"round": version, "updates": 0, "update_bytes": 0,
+                                "model_bytes": len(blob), "delta_bytes": 0,
+                                "round_wall_s": 0.0, "mode": self.participation.mode,
+                                "devices": [], **metrics, "copy_of": source}
         self.store.add_model(version, blob, sha256_hex(blob), info)
         state.history.append(VersionRecord.from_info(version, at.wall, info))
         self.narrator.version_made(version, info)
