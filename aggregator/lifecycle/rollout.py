@@ -142,8 +142,9 @@ class Lifecycle:
         """One canary device's figures; RemoteProtocolError for one to refuse."""
         report = open_report(self.canary, device, payload, self.store, self.config.security)
         if not self.store.add_canary_report(report.candidate, device, report_figures(report)):
-            raise RemoteProtocolError(f"{device} already reported on version "
-                                      f"{report.candidate}")
+            log.debug("aggregator: %s sent its report on version %d again (kept the first)",
+                      device, report.candidate)
+            return
         log.info("aggregator: canary report from %s on version %d: accuracy %.4f vs "
                  "production %.4f, agreement %.3f on %d samples", device, report.candidate,
                  report.candidate_accuracy, report.production_accuracy, report.agreement,

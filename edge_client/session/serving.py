@@ -42,6 +42,7 @@ class ServingGate:
         self._models: dict[int, HeldModel] = {}
         self._latest: int | None = None
         self._evaluated: set[int] = set()
+        self._report: tuple[int, Publish] | None = None  # the last report, for resends
 
     def resumed(self, model: HeldModel | None, following: int | None) -> list[Action]:
         """After a reboot: the stored model, and the production version stored with the
@@ -59,7 +60,9 @@ class ServingGate:
         log.info("%s: canary report on version %d: accuracy %.4f vs production %.4f, "
                  "agreement %.3f", self.me, r.candidate, r.candidate_accuracy,
                  r.production_accuracy, r.agreement)
-        return [Publish(self.topics.canary(self.me), self.seal(encode_report(r)))]
+        publish = Publish(self.topics.canary(self.me), self.seal(encode_report(r)))
+        self._report = (r.candidate, publish)
+        return [publish]
 
     @property
     def eligible(self) -> bool:
@@ -84,6 +87,8 @@ class ServingGate:
         if rollout.production != self.following:
             self.following = rollout.production
             out.append(SaveRollout(rollout.production))
+        if self._report is not None and self._report[0] == rollout.candidate:
+            out.append(self._report[1])  # the aggregator restarted: it may have missed it
         return out + self._serve() + self._evaluate()
 
     def checked(self, before: Decision | None) -> list[Action]:

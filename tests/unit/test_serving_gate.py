@@ -57,10 +57,12 @@ def test_a_canary_device_evaluates_the_candidate_once_and_reports_it_signed():
     out = g.handle(RolloutReceived(Rollout(1, 2, ("me",))))
     [evaluate] = [a for a in out if isinstance(a, act.EvaluateCanary)]
     assert (evaluate.candidate.version, evaluate.production.version) == (2, 1)
-    assert g.handle(RolloutReceived(Rollout(1, 2, ("me",)))) == []  # once per candidate
+    assert g.handle(RolloutReceived(Rollout(1, 2, ("me",)))) == []  # evaluated once
     report = CanaryReport("me", 2, 1, 5, 0.9, 0.8, 0.2, 0.3, 0.9, 1.0)
     [publish] = g.handle(CanaryEvaluated(report))
     assert publish.topic == TOPICS.canary("me") and decode_report(publish.payload) == report
+    # The aggregator restarted and publishes the Rollout again: the report goes again.
+    assert g.handle(RolloutReceived(Rollout(1, 2, ("me",)))) == [publish]
 
 
 def test_a_canary_waits_for_an_eligible_moment():
