@@ -22,7 +22,7 @@ from aggregator.lifecycle.rule import Verdict, decide
 from aggregator.lifecycle.stages import Stage, StageChange
 from aggregator.narrator import Narrator, Waiting
 from aggregator.store import Store
-from edge_client.shared.protocol import RemoteProtocolError, Topics
+from edge_client.shared.protocol import Topics
 from edge_client.shared.protocol.rollout import (
     MAX_ROLLED_BACK,
     Rollout,

@@ -191,7 +191,7 @@ def test_a_restart_mid_canary_resumes_the_same_decision(mosquitto, tmp_path, dig
         PartyThread(lambda stop: again.run(stop), "aggregator").join(90)
     for party in device_parties:
         party.join(60)
-    stages, audit, copies = _stages(again.config.db_path)
+    stages, _, copies = _stages(again.config.db_path)
     assert stages[2] is Stage.ROLLED_BACK and copies == {3: 1}
     assert stages[3] is Stage.PRODUCTION
     assert len(_canaries(again.config.db_path, 2)) == 2
