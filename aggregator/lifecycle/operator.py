@@ -2,7 +2,9 @@
 applied here on the service's loop, each recorded in the audit trail with who asked.
 
     promote N    serve N now (a copy of N when N is not the newest version); unpins
-    rollback N   serve N again: production and any open candidate are rolled back
+    rollback N   serve N again: production and any open candidate are rolled back (N being
+                 production: only the open candidate is, a "reject"); training goes on
+                 from a copy of N, as after the rule's rollback
     pin N        serve N and promote nothing automatically until the next `promote`
 """
 
@@ -40,8 +42,9 @@ def refusal(life: Lifecycle, request: StageRequest, latest: int) -> str | None:
     stage = life.store.stage_of(version)
     if stage is None or version > latest:
         return f"there is no version {version}"
-    if request.command is Command.ROLLBACK and version == life.production():
-        return f"version {version} is production already"
+    if request.command is Command.ROLLBACK and version == life.production() and (
+            life.canary is None):
+        return f"version {version} is production already (and no candidate is open)"
     if stage is Stage.ROLLED_BACK and request.command is not Command.ROLLBACK:
         return f"version {version} was rolled back; `rollback --to {version}` serves it again"
     return None
@@ -67,7 +70,7 @@ def apply(life: Lifecycle, request: StageRequest, latest: int,
             return life.rollout_message(), latest
     if command is Command.ROLLBACK:
         production = life.production()
-        if production is not None:
+        if production is not None and production != version:  # else: a reject
             life.set(production, Stage.ROLLED_BACK, actor,
                      f"the operator rolled back to version {version}")
     if version == latest and life.store.stage_of(version) is not Stage.ROLLED_BACK:

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from aggregator.lifecycle import Command
+from aggregator.store import Store
 from aggregator.web import DashboardServer, create_app, serve_dashboard
 from fedge.broker import free_port
 from tests.unit.test_web_api import DEVICES, READ, STAGES, fill_store, local_accuracy
@@ -134,6 +136,34 @@ def test_dashboard_with_token_in_the_url(server, browser, tmp_path):
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     assert problems == []
+
+
+def test_an_operator_rejects_a_canary_from_the_dashboard(server, browser, tmp_path):
+    """The stage actions: a canary can be promoted or rejected; with the read token the
+    page says the admin token is needed; with it, the command is queued for the service."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{server.url}?token={READ}")
+    page.wait_for_selector("body[data-loaded=true]", timeout=10_000)
+    newest = page.locator("#versions tbody tr").first
+    assert newest.locator("button.stage-action").all_text_contents() == ["promote", "reject"]
+    production = page.locator("#versions tbody tr").nth(2)  # v8
+    assert production.locator("button.stage-action").count() == 0
+    newest.locator("button.stage-action", has_text="reject").click()
+    page.wait_for_selector("#status:has-text('needs the admin token')", timeout=10_000)
+    page.evaluate("sessionStorage.clear()")
+    page.goto(f"{server.url}?token=admin-x")
+    page.wait_for_selector("body[data-loaded=true]", timeout=10_000)
+    page.locator("#versions tbody tr").first.locator("button.stage-action",
+                                                     has_text="reject").click()
+    page.wait_for_selector("#status:has-text('Requested rollback 8')", timeout=10_000)
+    store = Store(tmp_path / "agg.sqlite3")
+    try:
+        [request] = store.waiting_stage_requests()
+    finally:
+        store.close()
+    assert (request.command, request.version) == (Command.ROLLBACK, 8)
+    assert request.actor.startswith("api:")
 
 
 def test_dashboard_asks_for_the_token(server, browser):

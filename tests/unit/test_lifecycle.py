@@ -220,3 +220,17 @@ def test_the_stage_tables_are_additive(tmp_path):
     db = sqlite3.connect(tmp_path / "s.sqlite3")
     names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"stages", "stage_audit", "canary_reports", "stage_requests", "models"} <= names
+
+
+def test_rolling_back_to_production_during_a_canary_rejects_the_candidate(tmp_path):
+    h = _live(tmp_path)
+    _made_version_one(h)
+    h.store.request_stage(Command.ROLLBACK, 0, "dave")
+    out = h.tick(1)
+    assert h.store.stage_of(1) is Stage.ROLLED_BACK
+    assert h.store.stage_of(2) is Stage.PRODUCTION and h.core.state.version == 2
+    assert h.store.model_history()[-1].metric("copy_of") == 0  # training goes on from 0
+    assert _rollouts(out)[-1] == Rollout(2, None, (), (1,))
+    h.store.request_stage(Command.ROLLBACK, 2, "dave")  # no candidate now: refused
+    h.tick(1)
+    assert h.store.stage_request(2)["outcome"].startswith("refused: version 2 is production")
