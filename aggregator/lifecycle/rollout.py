@@ -154,6 +154,16 @@ class Lifecycle:
         canary = self.canary
         if canary is None:
             return []
+        if not canary.canaries:  # none available when it was made: draw again
+            drawn = pick_canaries(self.candidates(), canary.candidate,
+                                  self.rules.canary_fraction)
+            if drawn:
+                self.canary = canary = Canary(canary.candidate, canary.production, drawn,
+                                              canary.started_at)
+                self.store.set_note(CANARY_NOTE, canary.to_json())
+                log.info("aggregator: canary devices for version %d: %s", canary.candidate,
+                         ", ".join(drawn))
+                return self.rollout_message()
         decision = decide(self.store.canary_reports(canary.candidate), self.rules,
                           at.wall - canary.started_at)
         if decision.verdict is Verdict.WAIT:

@@ -3,6 +3,7 @@ the core is fed what MQTT would deliver, with a scripted clock (as test_aggregat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 
@@ -234,3 +235,13 @@ def test_rolling_back_to_production_during_a_canary_rejects_the_candidate(tmp_pa
     h.store.request_stage(Command.ROLLBACK, 2, "dave")  # no candidate now: refused
     h.tick(1)
     assert h.store.stage_request(2)["outcome"].startswith("refused: version 2 is production")
+
+
+def test_a_candidate_made_with_no_device_available_draws_its_canaries_later(tmp_path):
+    h = _live(tmp_path)
+    _made_version_one(h)
+    life = h.core.lifecycle.life
+    assert life.canary is not None
+    life.canary = dataclasses.replace(life.canary, canaries=())  # as if none was available
+    out = h.tick(1)
+    assert _rollouts(out)[-1].canaries == pick_canaries(DEVICES, 1, 0.5)
