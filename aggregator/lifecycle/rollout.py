@@ -58,12 +58,20 @@ class Lifecycle:
 
     def _unstaged(self) -> None:
         """A version stored without its stage (a crash between the two commits) is a
-        candidate again: it is evaluated, never served unseen."""
+        candidate again: it is evaluated, never served unseen. A store whose production
+        version was dropped (`fedge aggregator recover`) serves the newest version that
+        was served before."""
+        if self.store.forget_missing_stages():
+            log.warning("aggregator: stages of versions no longer in the store forgotten")
         staged = self.store.stages()
         for record in self.store.model_history():
             if record.version not in staged:
                 self.set(record.version, Stage.CANDIDATE, "rule", "no stage recorded (the "
                          "service stopped right after making it)")
+        if self.production() is None:
+            served = [v for v, s in self.store.stages().items() if s is Stage.RETIRED] or [0]
+            self.set(max(served), Stage.PRODUCTION, "rule", "no production version in the "
+                     "store: the newest one served before is served again")
 
     # ------------------------------------------------------------ what others read
     @property

@@ -60,12 +60,21 @@ class StageTables(Tables):
             rows = self.db.execute("SELECT version FROM models WHERE version NOT IN "
                                    "(SELECT version FROM stages) ORDER BY version").fetchall()
             for (version,) in rows:
+                why = ("the initial model" if version == 0 else
+                       "stored before model stages existed: it was served")
                 self._write_stage(StageChange(now, version, None, Stage.PRODUCTION,
-                                              "migration", "stored before model stages "
-                                              "existed: it was served"))
+                                              "migration", why))
             self.db.execute("INSERT INTO notes VALUES (?, 'true') ON CONFLICT(key) DO "
                             "NOTHING", (MIGRATED_NOTE,))
         return len(rows)
+
+    def forget_missing_stages(self) -> int:
+        """Stages of versions the store no longer holds (`fedge aggregator recover` drops
+        damaged versions): removed, so production is always a stored version."""
+        with self._transaction():
+            cursor = self.db.execute("DELETE FROM stages WHERE version NOT IN "
+                                     "(SELECT version FROM models)")
+        return cursor.rowcount
 
     def _note(self, key: str) -> bool:
         return self.db.execute("SELECT 1 FROM notes WHERE key=?", (key,)).fetchone() is not None

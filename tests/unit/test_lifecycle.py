@@ -245,3 +245,15 @@ def test_a_candidate_made_with_no_device_available_draws_its_canaries_later(tmp_
     life.canary = dataclasses.replace(life.canary, canaries=())  # as if none was available
     out = h.tick(1)
     assert _rollouts(out)[-1].canaries == pick_canaries(DEVICES, 1, 0.5)
+
+
+def test_a_store_that_lost_its_production_version_serves_the_last_one_served(tmp_path):
+    h = _live(tmp_path)
+    _made_version_one(h)
+    for device in _rollouts(h.actions)[-1].canaries:
+        _report(h, device, 0.85)
+    h.tick(1)  # 1 is production, 0 retired
+    h.store.db.execute("DELETE FROM models WHERE version=1")  # as `recover` drops it
+    h.store.close()
+    again = Harness(tmp_path, clock=h.clock, rollout=h.config.rollout)
+    assert again.store.stages() == {0: Stage.PRODUCTION}
