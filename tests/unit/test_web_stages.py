@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.lifecycle import Command
 from aggregator.store import Store
@@ -74,3 +75,13 @@ def test_the_stage_body_is_in_the_openapi_document():
     schema = post_op["requestBody"]["content"]["application/json"]["schema"]
     assert schema["properties"]["version"]["type"] == "integer"
     assert schema["properties"]["command"]["enum"] == ["promote", "rollback", "pin"]
+
+
+def test_metrics_say_the_production_version_and_versions_by_stage(web):
+    response = get(web, "/metrics")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(response.get_data(as_text=True))
+               for s in family.samples}
+    assert samples[("fedge_production_version", ())] == 8
+    assert samples[("fedge_versions_by_stage", (("stage", "retired"),))] == 8
+    assert samples[("fedge_versions_by_stage", (("stage", "canary"),))] == 1
