@@ -17,6 +17,8 @@ from aggregator.lifecycle import RolloutConfig, Stage
 from aggregator.service import Aggregator
 from aggregator.store import Store
 from edge_client.client import EdgeClient
+from edge_client.predictor import Predictor
+from edge_client.shared.protocol import Model, decode
 from edge_client.training import mlp_trainer
 from fedge.federation import PartyThread
 from fedge.rollout_demo import corrupt_nth_candidate, split_holdout
@@ -76,14 +78,22 @@ def _aggregator(broker, workdir: Path, data: Digits, rounds: int, on_version=Non
 
 
 def _devices(broker, workdir: Path, data: Digits, served: Served,
-             exit_when_done: bool = True) -> list[EdgeClient]:
+             exit_when_done: bool = True, predictor: Predictor | None = None
+             ) -> list[EdgeClient]:
+    """The devices; the first also serves through `predictor`, as an app would."""
     out = []
     for i, (x, y) in enumerate(data.shards):
         train_x, train_y, holdout = split_holdout(x, y)
         config = dataclasses.replace(client_config(workdir, i, exit_when_done=exit_when_done),
                                      host=broker.host, port=broker.port)
+        record = served.hook(config.device_id)
+
+        def on_model(version, arch, weights, record=record, first=(i == 0)):
+            record(version, arch, weights)
+            if first and predictor is not None:
+                predictor.load(version, arch, weights)
         out.append(EdgeClient(config, mlp_trainer(data.sizes, seed=i), train_x, train_y,
-                              on_model=served.hook(config.device_id), holdout=holdout))
+                              on_model=on_model, holdout=holdout))
     return out
 
 
@@ -108,6 +118,15 @@ def _stages(path: Path) -> tuple[dict[int, Stage], list, dict[int, int]]:
         store.close()
 
 
+def _weights(aggregator: Aggregator, version: int) -> dict:
+    store = Store(aggregator.config.db_path)
+    try:
+        model = decode(store.model_blob(version), expect=Model)
+    finally:
+        store.close()
+    return dict(model.tensors)
+
+
 def _canaries(path: Path, version: int) -> list[str]:
     store = Store(path)
     try:
@@ -117,9 +136,9 @@ def _canaries(path: Path, version: int) -> list[str]:
 
 
 def test_a_bad_candidate_is_rolled_back_and_no_device_serves_it(mosquitto, tmp_path, digits):
-    served = Served()
+    served, predictor = Served(), Predictor()
     aggregator = _aggregator(mosquitto, tmp_path, digits, rounds=3, bad=2)
-    _run(aggregator, _devices(mosquitto, tmp_path, digits, served))
+    _run(aggregator, _devices(mosquitto, tmp_path, digits, served, predictor=predictor))
     stages, audit, copies = _stages(aggregator.config.db_path)
     assert stages[1] is Stage.RETIRED and stages[2] is Stage.ROLLED_BACK
     assert copies == {3: 1} and stages[3] is Stage.PRODUCTION
@@ -128,6 +147,9 @@ def test_a_bad_candidate_is_rolled_back_and_no_device_serves_it(mosquitto, tmp_p
     assert len(_canaries(aggregator.config.db_path, 2)) == 2  # caught by its canaries
     assert served.ever(2) == []  # no device, canary or not, ever served it
     assert served.now() == {f"dev-{i}": 3 for i in range(DEVICES)}
+    assert predictor.version == 3  # the app's Predictor serves the copy of version 1
+    accuracy = (predictor.predict(digits.x_test) == digits.y_test).mean()
+    assert accuracy == pytest.approx(digits.accuracy(_weights(aggregator, 1)), abs=1e-6)
 
 
 def test_a_good_candidate_is_promoted(mosquitto, tmp_path, digits):
