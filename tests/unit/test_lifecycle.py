@@ -257,3 +257,14 @@ def test_a_store_that_lost_its_production_version_serves_the_last_one_served(tmp
     h.store.close()
     again = Harness(tmp_path, clock=h.clock, rollout=h.config.rollout)
     assert again.store.stages() == {0: Stage.PRODUCTION}
+
+
+def test_the_rollout_table_is_checked_with_one_line_errors():
+    from aggregator.config import load_aggregator_config
+    from edge_client.shared.settings import ConfigError
+
+    config = load_aggregator_config({"rollout": {"canary_fraction": 0.2}}, "gw.toml")
+    assert config.rollout.enabled and config.rollout.min_canary_reports == 3
+    assert not load_aggregator_config({}, "gw.toml").rollout.enabled  # off by default
+    with pytest.raises(ConfigError, match=r"gw.toml \[rollout\]: rollout.margin"):
+        load_aggregator_config({"rollout": {"margin": 2}}, "gw.toml")

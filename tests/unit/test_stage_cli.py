@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aggregator.lifecycle import Command
@@ -57,3 +58,19 @@ def test_a_missing_store_is_named(tmp_path, capsys):
     assert main(["aggregator", "promote", "1", "--config", str(config)]) == 2
     assert "no store at" in capsys.readouterr().err
     assert not (tmp_path / "none.sqlite3").exists()
+
+
+def test_a_device_config_may_name_its_held_out_data(tmp_path):
+    from fedge.roles import build_device
+
+    rng = np.random.default_rng(0)
+    for name, n in (("d", 40), ("h", 10)):
+        np.savez(tmp_path / f"{name}.npz", x=rng.random((n, 64), dtype=np.float32),
+                 y=rng.integers(0, 3, n))
+    config = tmp_path / "device.toml"
+    config.write_text(f'device_id = "d"\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'[model]\nsizes = [64, 4, 3]\n'
+                      f'[data]\npath = "{tmp_path / "d.npz"}"\n'
+                      f'holdout = "{tmp_path / "h.npz"}"\n')
+    client = build_device(config)
+    assert client.holdout is not None and len(client.holdout[0]) == 10
