@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edge_client.canary_eval import canary_report
+from edge_client.canary_eval import RUNNABLE, canary_report, trainer_report
 from edge_client.client_config import ClientConfig
 from edge_client.device_state import DeviceState
 from edge_client.narration import DeviceNarrator
@@ -107,12 +107,16 @@ class DeviceIO:
 
     def evaluate_canary(self, action: act.EvaluateCanary,
                         holdout: tuple[np.ndarray, np.ndarray]) -> CanaryEvaluated:
+        """Both models in the numpy runtime when it can build them (with agreement),
+        else through the app's trainer (docs/lifecycle.md)."""
+        me, candidate, production = self.config.device_id, action.candidate, action.production
         try:
-            report = canary_report(self.config.device_id, action.candidate,
-                                   action.production, *holdout)
-        except Exception as exc:  # a model this runtime cannot run, no data: say why
+            if candidate.arch.get("kind") in RUNNABLE:
+                return CanaryEvaluated(canary_report(me, candidate, production, *holdout))
+            return CanaryEvaluated(trainer_report(me, self.trainer, candidate, production,
+                                                  *holdout))
+        except Exception as exc:  # a model neither can run, no data: say why
             return CanaryEvaluated(None, f"canary evaluation failed: {exc}")
-        return CanaryEvaluated(report)
 
     def install(self, version: int, tensors: Weights, arch: dict) -> None:
         """Load a global model into the trainer (ValueError: names or shapes differ).

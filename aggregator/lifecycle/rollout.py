@@ -154,8 +154,9 @@ class Lifecycle:
                       device, report.candidate)
             return
         log.info("aggregator: canary report from %s on version %d: accuracy %.4f vs "
-                 "production %.4f, agreement %.3f on %d samples", device, report.candidate,
-                 report.candidate_accuracy, report.production_accuracy, report.agreement,
+                 "production %.4f, agreement %s on %d samples", device, report.candidate,
+                 report.candidate_accuracy, report.production_accuracy,
+                 "unknown" if report.agreement is None else f"{report.agreement:.3f}",
                  report.samples)
 
     def tick(self, at: Instant) -> list[Action]:

@@ -64,6 +64,11 @@ def summarize(reports: Sequence[Mapping[str, Any]]) -> CanarySummary:
     def mean(key: str) -> float:
         return sum(float(r[key]) * int(r["samples"]) for r in reports) / samples
 
+    def mean_of_known(key: str) -> float | None:  # loss and agreement may be missing
+        known = [r for r in reports if r.get(key) is not None]
+        weight = sum(int(r["samples"]) for r in known)
+        return sum(float(r[key]) * int(r["samples"]) for r in known) / weight if known else None
+
     def worst(key: str) -> float | None:
         found = fairness_of([_Accuracy(r["device_id"], int(r["samples"]),
                                        {"local_accuracy": r[key]}) for r in reports], 0.0)
@@ -71,8 +76,8 @@ def summarize(reports: Sequence[Mapping[str, Any]]) -> CanarySummary:
 
     return CanarySummary(len(reports), samples, mean("candidate_accuracy"),
                          mean("production_accuracy"), worst("candidate_accuracy"),
-                         worst("production_accuracy"), mean("candidate_loss"),
-                         mean("production_loss"), mean("agreement"))
+                         worst("production_accuracy"), mean_of_known("candidate_loss"),
+                         mean_of_known("production_loss"), mean_of_known("agreement"))
 
 
 def decide(reports: Sequence[Mapping[str, Any]], config: RolloutConfig,
@@ -93,7 +98,7 @@ def decide(reports: Sequence[Mapping[str, Any]], config: RolloutConfig,
     figures = (f"accuracy {s.candidate_accuracy:.4f} vs {s.production_accuracy:.4f} "
                f"({overall:+.4f}), worst decile {s.candidate_worst_decile:.4f} vs "
                f"{s.production_worst_decile:.4f} ({worst:+.4f}), agreement "
-               f"{s.agreement:.3f}, on {s.devices} devices ({s.samples} samples)")
+               f"{_share(s.agreement)}, on {s.devices} devices ({s.samples} samples)")
     if overall < -config.margin:
         return Decision(Verdict.ROLL_BACK, f"worse than production overall by more than "
                         f"the margin {config.margin:g}: {figures}", s)
@@ -102,3 +107,7 @@ def decide(reports: Sequence[Mapping[str, Any]], config: RolloutConfig,
                         f"devices by more than the margin {config.margin:g}: {figures}", s)
     return Decision(Verdict.PROMOTE, f"within the margin {config.margin:g} of production: "
                     f"{figures}", s)
+
+
+def _share(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.3f}"

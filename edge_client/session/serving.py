@@ -57,9 +57,8 @@ class ServingGate:
             log.warning("%s: no canary report: %s", self.me, event.reason)
             return []
         r = event.report
-        log.info("%s: canary report on version %d: accuracy %.4f vs production %.4f, "
-                 "agreement %.3f", self.me, r.candidate, r.candidate_accuracy,
-                 r.production_accuracy, r.agreement)
+        log.info("%s: canary report on version %d: accuracy %.4f vs production %.4f",
+                 self.me, r.candidate, r.candidate_accuracy, r.production_accuracy)
         publish = Publish(self.topics.canary(self.me), self.seal(encode_report(r)))
         self._report = (r.candidate, publish)
         return [publish]

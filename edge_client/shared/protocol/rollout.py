@@ -43,9 +43,9 @@ class CanaryReport:
     samples: int  # held-out examples evaluated
     candidate_accuracy: float
     production_accuracy: float
-    candidate_loss: float
-    production_loss: float
-    agreement: float  # share of examples where both models predict the same class
+    candidate_loss: float | None  # None: the device's trainer measures no loss
+    production_loss: float | None
+    agreement: float | None  # share of examples where both predict the same class
     time: float  # unix time on the device
 
 
@@ -98,9 +98,10 @@ def decode_report(data: bytes) -> CanaryReport:
         production=f.int("production"), samples=f.int("samples", minimum=1),
         candidate_accuracy=f.float("candidate_accuracy", minimum=0.0, maximum=1.0),
         production_accuracy=f.float("production_accuracy", minimum=0.0, maximum=1.0),
-        candidate_loss=f.float("candidate_loss", minimum=0.0),
-        production_loss=f.float("production_loss", minimum=0.0),
-        agreement=f.float("agreement", minimum=0.0, maximum=1.0), time=f.float("time"))
+        candidate_loss=f.float("candidate_loss", optional=True, minimum=0.0),
+        production_loss=f.float("production_loss", optional=True, minimum=0.0),
+        agreement=f.float("agreement", optional=True, minimum=0.0, maximum=1.0),
+        time=f.float("time"))
 
 
 def _fields(data: bytes, kind: str) -> Fields:
