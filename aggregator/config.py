@@ -10,6 +10,7 @@ from aggregator.anomalies import AnomalyConfig
 from aggregator.drift import DriftConfig
 from aggregator.fairness import FairnessConfig
 from aggregator.ingest_batch import IngestConfig
+from aggregator.lifecycle.config import RolloutConfig
 from aggregator.limits import LimitsConfig, check_limits
 from aggregator.model_lines import LinesConfig
 from aggregator.presence import PresenceConfig
@@ -161,6 +162,7 @@ class AggregatorConfig:
     upper: UpperConfig = field(default_factory=UpperConfig)  # docs/tiers.md
     drift: DriftConfig = field(default_factory=DriftConfig)  # docs/lifecycle.md
     lines: LinesConfig = field(default_factory=LinesConfig)  # docs/lifecycle.md
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # docs/lifecycle.md
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from aggregator.core import (
     AdoptModel,
+    CanaryMessage,
     Event,
     Instant,
     LinkDown,
@@ -47,4 +48,6 @@ def core_event_of(event: object, topics: Topics, now: Callable[[], Instant]) -> 
         return StatusMessage(topic, event.payload, event.retained, now())
     if topic.startswith(prefix + "/secagg/"):
         return SecAggChunk(topic, event.payload, now())
+    if topic.startswith(prefix + "/canary/"):
+        return CanaryMessage(topic, event.payload, now())
     return None

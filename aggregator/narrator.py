@@ -38,6 +38,7 @@ class Waiting(Enum):
     DEVICES = "devices"
     UPDATES = "updates"
     UPPER = "the upper tier"
+    CANARY = "canary reports"
 
 
 @dataclass(frozen=True)

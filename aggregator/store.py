@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from aggregator.lifecycle.store_stages import StageTables
 from aggregator.states import TaskState, UpdateState
 from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
@@ -60,7 +61,8 @@ class StoredModel:
     sha256: str = ""  # as stored when the version was made
 
 
-class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteTables):
+class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, StageTables,
+            NoteTables):
     """Owned by one thread at a time: built by the caller, then used by the service loop."""
 
     def __init__(self, location: StoreLocation) -> None:
@@ -70,6 +72,7 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteT
         self.path = Path(self.name)  # the SQLite file (the seal's neighbour)
         self.db = connect(location)
         self.db.executescript(SCHEMA)
+        self.open_stage_tables()  # added to older stores: docs/lifecycle.md
         self._seal: SealWriter | None = None
         self._sealed = Seal(0, -1, "")
         self.commits = 0  # fsync'd group commits (Store.group): for tests and benchmarks

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_client.canary_eval import held_out
 from edge_client.client_config import ClientConfig
 from edge_client.device_io import DeviceIO, TrainerFailed
 from edge_client.drift.saved import reference_for
@@ -58,11 +59,15 @@ class EdgeClient:
                  y: np.ndarray, policy: EligibilityPolicy | None = None,
                  app_busy: Callable[[], bool] | None = None,
                  on_model: Callable[[int, dict, Weights], None] | None = None,
-                 predictor: Predictor | None = None) -> None:
+                 predictor: Predictor | None = None,
+                 holdout: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """`predictor`: serve each global model with it (unless `on_model` is given) and
         report its drift scores in the status, against a reference of `x` kept in the
-        state folder (docs/lifecycle.md, "Drift")."""
+        state folder (docs/lifecycle.md, "Drift"). `holdout`: examples kept out of
+        training, on which a canary device compares a candidate with production
+        (docs/lifecycle.md); by default the last fifth of x, y."""
         self.config = config
+        self.holdout = holdout
         self.policy = policy or EligibilityPolicy.from_config(config.eligibility, app_busy)
         self.trainer = trainer
         self._data = checked_local_data(x, y)  # one tuple, swapped whole by set_data
@@ -213,6 +218,9 @@ class EdgeClient:
                     self.link.start()
                 case act.StopFit():
                     pass  # read by _should_stop, which asked
+                case act.EvaluateCanary():
+                    held = self.holdout or held_out(*self._data)
+                    self._feed(self.io.evaluate_canary(action, held))
                 case _:
                     answer = self.io.execute(action, lambda: self._data, self._should_stop,
                                              self._stop.is_set)

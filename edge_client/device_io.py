@@ -12,12 +12,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edge_client.canary_eval import RUNNABLE, canary_report, trainer_report
 from edge_client.client_config import ClientConfig
 from edge_client.device_state import DeviceState
 from edge_client.narration import DeviceNarrator
 from edge_client.outbox import Outbox, OutboxFull
 from edge_client.session import actions as act
 from edge_client.session.events import (
+    CanaryEvaluated,
     Event,
     FitFinished,
     ModelInstalled,
@@ -87,18 +89,40 @@ class DeviceIO:
             case act.SaveResidual(feedback, base_version):
                 self._persist("error-feedback residual",
                               lambda: self.disk.save_residual(feedback, base_version))
+            case act.ServeModel(version, arch, tensors):
+                self.serve(version, arch, tensors)
+            case act.SaveRollout(production):
+                self._persist("rollout state", lambda: self.disk.save_rollout(production))
         return None
 
+    def serve(self, version: int, arch: dict, tensors: Weights) -> None:
+        """Hand a version to the app's on_model (its Predictor): it serves it from now on."""
+        if self.on_model is None:
+            return
+        try:
+            self.on_model(version, arch, copy_weights(tensors))
+        except Exception:  # the app's serving must never stop the device loop
+            log.exception("%s: on_model failed for version %d", self.config.device_id,
+                          version)
+
+    def evaluate_canary(self, action: act.EvaluateCanary,
+                        holdout: tuple[np.ndarray, np.ndarray]) -> CanaryEvaluated:
+        """Both models in the numpy runtime when it can build them (with agreement),
+        else through the app's trainer (docs/lifecycle.md)."""
+        me, candidate, production = self.config.device_id, action.candidate, action.production
+        try:
+            if candidate.arch.get("kind") in RUNNABLE:
+                return CanaryEvaluated(canary_report(me, candidate, production, *holdout))
+            return CanaryEvaluated(trainer_report(me, self.trainer, candidate, production,
+                                                  *holdout))
+        except Exception as exc:  # a model neither can run, no data: say why
+            return CanaryEvaluated(None, f"canary evaluation failed: {exc}")
+
     def install(self, version: int, tensors: Weights, arch: dict) -> None:
-        """Load a global model into the trainer (ValueError: names or shapes differ) and
-        hand it to the app's on_model."""
+        """Load a global model into the trainer (ValueError: names or shapes differ, or
+        an architecture it cannot adopt). What the app serves follows ServeModel
+        (edge_client/session/serving.py)."""
         self._take(tensors, arch)
-        if self.on_model is not None:
-            try:
-                self.on_model(version, arch, copy_weights(tensors))
-            except Exception:  # the app's serving must never stop the device loop
-                log.exception("%s: on_model failed for version %d", self.config.device_id,
-                              version)
 
     def _take(self, tensors: Weights, arch: dict) -> None:
         """The trainer takes the weights; another architecture (a new model line) only if
@@ -129,7 +153,8 @@ class DeviceIO:
                 held = HeldModel(model.version, copy_weights(model.tensors), model.arch,
                                  self.disk.model_sha256())
                 residual = self.disk.load_residual(sum(w.size for w in model.tensors.values()))
-        return Resumed(done, held, residual, tuple(self.outbox.entries()))
+        return Resumed(done, held, residual, tuple(self.outbox.entries()),
+                       following=self.disk.load_rollout())
 
     def _store(self, nonce: str, payload: bytes) -> Event:
         try:

@@ -5,6 +5,10 @@
     ...
     labels = predictor.predict(window)      # from any thread
 
+With staged rollout (docs/lifecycle.md) the client hands `load` only the production
+version; a rollback arrives as a newer version (a copy of the older weights), so the
+"never older" rule below never keeps a rollback out.
+
 `load` builds the new version completely (export, session, interpreter) before it
 swaps it in with one reference assignment; a predict already running keeps the model
 it started with and finishes on it, and the next one sees the new version. A failed

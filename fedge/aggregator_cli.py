@@ -7,6 +7,8 @@ audit          which devices went into which model version: ids, counts, digests
 broker-config  write a mosquitto TLS + password + ACL setup for the federation's devices
 check          is the store whole? what is damaged, what is lost (exit 1 when damaged)
 recover        back the store's files up, rebuild what can be rebuilt, re-seal, report
+rollback       serve an earlier model version again (--to N); promote N; pin N
+stages         each version's stage and the audit trail (docs/lifecycle.md)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from edge_client.shared.identity import parse_public_key
 from edge_client.shared.protocol.topics import check_name
 from edge_client.shared.settings import ConfigError
 from fedge.roles import build_aggregator, load_aggregator_file, run_until_signal
+from fedge.stage_cli import add_stage_parsers
 
 if TYPE_CHECKING:
     from aggregator.config import AggregatorConfig
@@ -74,7 +77,7 @@ def add_aggregator_parser(sub: argparse._SubParsersAction) -> None:
     recover.add_argument("--json", action="store_true", help="the report as JSON")
     for action, func in ((serve, _serve), (enroll, _enroll), (revoke, _revoke),
                          (audit, _audit), (broker, _broker_config), (check, _check),
-                         (recover, _recover)):
+                         (recover, _recover), *add_stage_parsers(actions)):
         action.add_argument("--config", required=True, type=Path,
                             help="the aggregator's TOML file")
         action.set_defaults(func=_reporting(func))

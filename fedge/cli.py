@@ -179,6 +179,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def rollout_lines(r: dict | None) -> list[str]:
+    """The demo's staged rollout in two lines (fedge/rollout_demo.py)."""
+    if r is None:
+        return []
+    bad = (f"; bad candidate v{r['bad_version']} served by "
+           f"{', '.join(r['bad_version_served_by']) or 'no device'}"
+           if r["bad_version"] is not None else "")
+    return [f"rollout           promoted {_versions(r['promoted'])}; rolled back "
+            f"{_versions(r['rolled_back'])}; production v{r['production']}{bad}"]
+
+
+def _versions(versions: list[int]) -> str:
+    return " ".join(f"v{v}" for v in versions) or "none"
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -205,6 +220,7 @@ def _print_summary(s: dict, stream: TextIO) -> None:
         f"{', '.join(s['attackers']) + ' (' + s['attack'] + ')' if s['attackers'] else 'none'}",
         *_privacy_lines(s),
         *_drift_lines(s),
+        *rollout_lines(s.get("rollout")),
         f"store             {s['workdir'] or 'removed with the run (--workdir DIR keeps it)'}",
     ]
     print("\n".join(lines), file=stream)

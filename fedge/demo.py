@@ -34,6 +34,7 @@ from fedge.federation import Federation, FederationResult
 from fedge.fleet import SimulatedFleet
 from fedge.poisoning import poisoned
 from fedge.profiles import Diurnal, Profile, profile_by_name
+from fedge.rollout_demo import ServedLog, corrupt_nth_candidate, rollout_summary, split_holdout
 
 if TYPE_CHECKING:
     from aggregator.web import DashboardServer
@@ -60,6 +61,8 @@ class DemoFleet:
     devices_per_site: int = 5
     site_versions: int = 2  # site versions per top version ([upper] every_versions)
     drift_at: int | None = None  # from this round on, half the devices' inputs shift
+    rollout: bool = False  # canaries on held-out data before serving (fedge/rollout_demo.py)
+    bad_candidate: int | None = None  # with rollout: the N-th candidate is corrupted
 
 
 @dataclass
@@ -76,6 +79,7 @@ class DemoRun:
     wall_s: float
     dashboard_url: str | None
     drift: dict[str, Any] | None = None  # --drift-at: what shifted, what it opened
+    served: ServedLog | None = None  # with --rollout: what each device served
 
 
 def run_demo(demo: Demo,
@@ -99,6 +103,9 @@ def run_demo(demo: Demo,
         run = federate(demo, workdir, secure=secure, on_version=on_version)
         summary = summarize(demo, run.result, run.aggregator, run.broker_kind, run.wall_s,
                             workdir)
+        if run.served is not None:
+            summary["rollout"] = rollout_summary(run.aggregator.config.db_path,
+                                                 fleet.bad_candidate, run.served)
         if run.dashboard_url:
             summary["dashboard_url"] = run.dashboard_url
         if run.drift is not None:
@@ -132,6 +139,9 @@ def federate(demo: Demo, workdir: Path, *, secure: SecureGateway | None = None,
         aggregator = federation.add_aggregator(
             config, job.initial_weights(), job.arch, evaluate=evaluate, strategy=strategy,
             on_version=on_version)
+        served = ServedLog() if fleet.rollout else None
+        if fleet.bad_candidate is not None:
+            aggregator.core.versions.tamper = corrupt_nth_candidate(fleet.bad_candidate)
         simulated = SimulatedFleet(_profile(fleet, seed), workdir, fleet.devices)
         app = (None if fleet.drift_at is None else
                DriftingApp(fleet.drift_at, lambda: aggregator.version, seed=seed))
@@ -143,9 +153,14 @@ def federate(demo: Demo, workdir: Path, *, secure: SecureGateway | None = None,
             trainer: Trainer = job.device_trainer(i)
             if i < fleet.attackers:
                 trainer = poisoned(trainer, fleet.attack)
+            holdout = None
+            if served is not None:  # a fifth of the shard kept for canary evaluations
+                xs, ys, holdout = split_holdout(xs, ys)
             predictor = Predictor() if app is not None else None
-            client = federation.add_device(device, simulated.trainer(i, trainer), xs, ys,
-                                           policy=simulated.policy(i), predictor=predictor)
+            client = federation.add_device(
+                device, simulated.trainer(i, trainer), xs, ys, policy=simulated.policy(i),
+                on_model=None if served is None else served.hook(device.device_id),
+                predictor=predictor, holdout=holdout)
             if app is not None and predictor is not None:
                 app.add(client, predictor, xs, ys)
             if secure and client.identity is not None:  # security on: the device made one
@@ -156,7 +171,7 @@ def federate(demo: Demo, workdir: Path, *, secure: SecureGateway | None = None,
         result = federation.run(fleet.timeout_s)
         drift = None if app is None else drift_summary(app, config.db_path)
         return DemoRun(result, aggregator, broker.kind, time.monotonic() - started, url,
-                       drift)
+                       drift, served)
 
 
 @contextmanager

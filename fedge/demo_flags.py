@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aggregator.config import AggregatorConfig, AsyncConfig, DownlinkConfig, SyncConfig
 from aggregator.drift import DriftConfig
+from aggregator.lifecycle import RolloutConfig
 from aggregator.privacy.config import PrivacyConfig
 from aggregator.secagg.config import SecAggConfig
 from aggregator.strategy import STRATEGIES, StrategyConfig
@@ -24,6 +25,7 @@ from fedge.codec_spec import parse_codec
 from fedge.demo import Demo, DemoFleet
 from fedge.demo_drift import drift_rule
 from fedge.poisoning import ATTACKS
+from fedge.rollout_demo import demo_rollout
 
 # The median L2 norm of a device's update over a run of the demo job without DP
 # (benchmarks/privacy.py measured 0.497 with 5 devices and 0.463 with 10): a clip near it
@@ -107,6 +109,12 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
                    help="devices serve their model and watch their inputs; from round R "
                         "on, half of them see shifted inputs, and the gateway's [drift] "
                         "rule opens a retraining campaign (docs/lifecycle.md)")
+    p.add_argument("--rollout", action="store_true",
+                   help="staged rollout: canary devices evaluate each candidate on held-out "
+                        "data before it is served (docs/lifecycle.md)")
+    p.add_argument("--bad-candidate", type=int, default=None, metavar="N",
+                   help="with --rollout: corrupt the N-th candidate on purpose, so the "
+                        "canaries catch it and it is rolled back")
 
 
 def parse_demo_flags(argv: list[str]) -> Demo:
@@ -130,7 +138,8 @@ def demo_from_flags(args: argparse.Namespace) -> Demo:
                       dashboard_port=args.dashboard, attackers=args.attackers,
                       attack=args.attack, sites=args.sites,
                       devices_per_site=args.devices_per_site,
-                      site_versions=args.site_versions, drift_at=args.drift_at)
+                      site_versions=args.site_versions, drift_at=args.drift_at,
+                      rollout=args.rollout, bad_candidate=args.bad_candidate)
     try:
         return Demo(aggregator_config(args), fleet)
     except ValueError as exc:  # ConfigError is one; the message names the TOML keys
@@ -166,6 +175,14 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--drift-at must be from 1 to {args.rounds - 1} (before the last "
                          f"round, so the drift is seen while training runs), "
                          f"not {args.drift_at}")
+    if args.bad_candidate is not None and not args.rollout:
+        raise ValueError("--bad-candidate needs --rollout: without canaries nothing would "
+                         "catch it")
+    if args.bad_candidate is not None and not 1 <= args.bad_candidate <= args.rounds:
+        raise ValueError(f"--bad-candidate must be 1 to --rounds ({args.rounds}), not "
+                         f"{args.bad_candidate}")
+    if args.rollout and args.mode != "sync":
+        raise ValueError("--rollout needs --mode sync in the demo")
     if not 0 <= args.attackers < args.devices:
         raise ValueError(f"--attackers must be 0 to {args.devices - 1} (fewer than "
                          f"--devices), not {args.attackers}")
@@ -207,6 +224,7 @@ def aggregator_config(args: argparse.Namespace) -> AggregatorConfig:
                               target_epsilon=args.target_epsilon),
         secagg=SecAggConfig(enabled=args.secagg),
         drift=drift_rule(args.devices) if args.drift_at is not None else DriftConfig(),
+        rollout=demo_rollout(args.devices) if args.rollout else RolloutConfig(),
     )
 
 

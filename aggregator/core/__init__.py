@@ -24,6 +24,7 @@ from aggregator.core.actions import (
 from aggregator.core.core import AggregatorCore
 from aggregator.core.events import (
     AdoptModel,
+    CanaryMessage,
     Event,
     Instant,
     LinkDown,
@@ -42,8 +43,8 @@ from aggregator.core.events import (
 from aggregator.core.schedule import STOPPED_NOTE
 from aggregator.core.snapshot import ServiceSnapshot
 
-__all__ = ["STOPPED_NOTE", "Action", "AdoptModel", "AggregatorCore", "ClearRetained",
-           "Event", "Instant", "LinkDown", "LinkUp", "Publish", "PublishTask", "RefusedUpload",
-           "SecAggChunk", "SendAck", "ServiceSnapshot", "SetStrategy", "SetTraining",
-           "SiteAggregate", "StatusMessage", "Subscribe", "Tick", "UpdateChunk",
+__all__ = ["STOPPED_NOTE", "Action", "AdoptModel", "AggregatorCore", "CanaryMessage",
+           "ClearRetained", "Event", "Instant", "LinkDown", "LinkUp", "Publish", "PublishTask",
+           "RefusedUpload", "SecAggChunk", "SendAck", "ServiceSnapshot", "SetStrategy",
+           "SetTraining", "SiteAggregate", "StatusMessage", "Subscribe", "Tick", "UpdateChunk",
            "UpperAsks", "UpperFinished", "VerifiedUpdate", "VersionMade", "VersionReport"]

@@ -22,6 +22,7 @@ from aggregator.core.actions import Action, ClearRetained, Subscribe
 from aggregator.core.campaigns import watch_drift
 from aggregator.core.events import (
     AdoptModel,
+    CanaryMessage,
     Event,
     Instant,
     LinkDown,
@@ -50,6 +51,7 @@ from aggregator.core.upper import UpperLink
 from aggregator.core.versions import Evaluate, VersionMaker
 from aggregator.drift import DriftWatch
 from aggregator.ingest import open_flat_update
+from aggregator.lifecycle.driver import LifecycleDriver
 from aggregator.narrator import Narrator, TwinWatch
 from aggregator.participation import Participation, participation_for
 from aggregator.presence import Presence
@@ -114,6 +116,7 @@ class AggregatorCore:
                                       self.driver, self.ingest, self.versions,
                                       self.publisher, Invitations(topics, sign), self._out,
                                       UpperLink(config.upper, store))
+        self.lifecycle = LifecycleDriver.for_core(self, sign)  # stages, canaries, rollbacks
         self._resume(at)
         self._out += self.schedule.upper.at_start(self.state)  # a site's aggregate again
 
@@ -161,6 +164,8 @@ class AggregatorCore:
             self._on_status(event)
         elif isinstance(event, SecAggChunk):
             self._on_secagg(event)
+        elif isinstance(event, CanaryMessage):
+            self.lifecycle.on_message(event.topic, event.payload)
         elif isinstance(event, LinkUp):
             self._link_up(event.at)
         elif isinstance(event, LinkDown):
@@ -229,6 +234,7 @@ class AggregatorCore:
         self.store.set_note(BROKER_NOTE, {"connected": True, "since": at.wall, "reason": ""})
         state.done_published = False  # a finished run says so again after a reconnect
         self._out += [Subscribe(self.topics.all_updates), Subscribe(self.topics.all_statuses)]
+        self._out += self.lifecycle.on_link_up()
         self._out += self.publisher.model(state.version, state.weights, state.arch,
                                           whole_chain=True)
         self._out += self.schedule.task_again()
@@ -265,14 +271,6 @@ class AggregatorCore:
         elif self.state.task is not None:
             self.presence.update_seen(device, self.state.task.task_id)
 
-def round_driver(config: AggregatorConfig, store: Store, topics: Topics,
-                 sign: Callable[[bytes], bytes], participation: Participation,
-                 narrator: Narrator) -> RoundDriver:
-    """The one place that picks the kind of round (docs/secure-aggregation.md)."""
-    if config.secagg.enabled:
-        return SecureRound(SecureRounds(config, store, topics, sign), topics, narrator)
-    return PlainRound(config, participation, narrator)
-
 
 def check_fits(config: AggregatorConfig, strategy: Strategy, weights: Weights,
                name: str = "") -> None:
@@ -283,3 +281,13 @@ def check_fits(config: AggregatorConfig, strategy: Strategy, weights: Weights,
         return
     check_cohort_fits(config.strategy, name or type(strategy).__name__.lower(),
                       updates_per_version(config), model_size(weights))
+
+
+def round_driver(config: AggregatorConfig, store: Store, topics: Topics,
+                 sign: Callable[[bytes], bytes], participation: Participation,
+                 narrator: Narrator) -> RoundDriver:
+    """The one place that picks the kind of round (docs/secure-aggregation.md)."""
+    if config.secagg.enabled:
+        return SecureRound(SecureRounds(config, store, topics, sign), topics, narrator)
+    return PlainRound(config, participation, narrator)
+

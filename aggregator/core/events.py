@@ -64,6 +64,15 @@ class SecAggChunk:
 
 
 @dataclass(frozen=True)
+class CanaryMessage:
+    """A canary device's report on `fedge/<fed>/canary/<device>` (docs/lifecycle.md)."""
+
+    topic: str
+    payload: bytes
+    at: Instant
+
+
+@dataclass(frozen=True)
 class SetTraining:
     """An operator's request, queued onto the service loop like any other event."""
 
@@ -144,4 +153,4 @@ class UpperFinished:
 
 Event = (LinkUp | LinkDown | UpdateChunk | StatusMessage | SecAggChunk | SetTraining
          | SetStrategy | Tick | VerifiedUpdate | RefusedUpload | AdoptModel | UpperAsks
-         | UpperFinished)
+         | UpperFinished | CanaryMessage)

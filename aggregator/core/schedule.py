@@ -28,6 +28,7 @@ from edge_client.shared.protocol import Task, Topics, encode
 
 if TYPE_CHECKING:
     from aggregator.core.upper import UpperLink
+    from aggregator.lifecycle.driver import LifecycleDriver as Lifecycle
 
 log = logging.getLogger("aggregator.service")
 STOPPED_NOTE = "stopped"  # why training ended early, for the dashboard
@@ -58,6 +59,9 @@ class RoundSchedule:
         # What limit the broker may be at, for the waiting line while not connected; the
         # shell sets it (aggregator/broker_limits.py reads /proc), the core never does I/O.
         self.broker_hint: Callable[[], str] = lambda: ""
+        # Stages and canaries (aggregator/lifecycle/driver.py): it ticks first, and while
+        # a candidate is under canary evaluation no round opens (it says why at INFO).
+        self.lifecycle: Lifecycle | None = None
 
     def tick(self, event: Tick) -> None:
         at, state = event.at, self.state
@@ -65,6 +69,8 @@ class RoundSchedule:
             state.heartbeat_at = at.wall
             self.store.set_note(HEARTBEAT_NOTE, at.wall)
         self.ingest.expire(at)
+        if self.lifecycle is not None:
+            self.out += self.lifecycle.tick(at)
         if not event.connected:
             self.narrator.waiting(Waiting.BROKER, lambda: (state.link_problem, (
                 f"not connected to {self.config.host}:{self.config.port} "
@@ -72,6 +78,8 @@ class RoundSchedule:
         elif state.paused:
             self.narrator.waiting(Waiting.PAUSED, lambda: (None, "training is paused; resume "
                                   "it from the dashboard or POST /api/admin/training"))
+        elif self._holds():
+            return
         elif state.finished:
             if not state.done_published:  # also when started with every version made
                 self._publish_done()
@@ -120,7 +128,7 @@ class RoundSchedule:
     def open_task(self, at: Instant) -> None:
         """Plan the next round or async task and publish it, or say why not yet."""
         state = self.state
-        if state.finished or self.upper.holding:
+        if state.finished or self.upper.holding or self._holds():
             return
         candidates = self._candidates()
         # no top-up when DP accounting or secure sizes assume uniformly drawn devices
@@ -145,6 +153,9 @@ class RoundSchedule:
         self.out += self.invitations.open(task)  # first: a device has it when the task comes
         self.out.append(self.publisher.task(task))
         self.narrator.round_opened(task, len(candidates))
+
+    def _holds(self) -> bool:
+        return self.lifecycle is not None and self.lifecycle.holds()
 
     def task_again(self) -> list[Action]:
         """The open task and its invitations, published again (after a reconnect: the

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from aggregator.lifecycle import Command
 from aggregator.model_lines import lines_view
 from aggregator.status import fleet_status, service_health
 from aggregator.web import bodies, drift_view, metrics, readmodel, sites
@@ -47,7 +48,11 @@ def overview() -> Response:
 
 
 def versions() -> Response:
-    return jsonify({"versions": readmodel.versions(request_store())})
+    return jsonify({"versions": readmodel.versions_with_stages(request_store())})
+
+
+def stages() -> Response:
+    return jsonify(readmodel.stages(request_store()))
 
 
 def devices() -> Response:
@@ -153,6 +158,19 @@ def strategy() -> tuple[Response, int]:
     return jsonify({"strategy": name, "note": _APPLIED_LATER}), 202
 
 
+def stage() -> tuple[Response, int]:
+    """An operator's promote, rollback or pin: queued in the store, applied by the running
+    service on its loop and recorded in the audit trail (docs/lifecycle.md)."""
+    body = bodies.STAGE.read()
+    command, version = Command(body["command"]), body["version"]
+    store = request_store()
+    if store.stage_of(version) is None:
+        raise ApiError(404, f"no model version {version}")
+    request_id = store.request_stage(command, version, f"api:{request.remote_addr or '?'}")
+    return jsonify({"requested": command.value, "version": version, "request": request_id,
+                    "note": _APPLIED_LATER}), 202
+
+
 def _actions(what: str) -> AdminActions:
     actions = web_context().actions
     if actions is None:
@@ -210,6 +228,7 @@ ROUTES = (
     Route("/api/status", status, Access.READ),
     Route("/api/overview", overview, Access.READ),
     Route("/api/versions", versions, Access.READ),
+    Route("/api/stages", stages, Access.READ),
     Route("/api/devices", devices, Access.READ),
     Route("/api/anomalies", anomalies, Access.READ),
     Route("/api/sites", site_list, Access.READ),
@@ -224,6 +243,7 @@ ROUTES = (
     Route("/api/admin/revoke", revoke, Access.ADMIN, ("POST",)),
     Route("/api/admin/training", training, Access.ADMIN, ("POST",)),
     Route("/api/admin/strategy", strategy, Access.ADMIN, ("POST",)),
+    Route("/api/admin/stage", stage, Access.ADMIN, ("POST",)),
 )
 _BY_ENDPOINT = {r.view.__name__: r for r in ROUTES}
 

@@ -81,6 +81,9 @@ def _paths() -> dict[str, Any]:
         "/api/overview": _get("Headline numbers of the federation", _json(_ref("Overview"))),
         "/api/versions": _get("Every model version with its info",
                               _json(_listing("versions", "Version"))),
+        "/api/stages": _get("Each version's stage, the open canary and its reports, the pin, "
+                            "the audit trail of every move, commands not applied yet",
+                            _json({"type": "object", "required": ["stages", "audit"]})),
         "/api/devices": _get("Devices: status, eligibility, contributions, rejections",
                              _json(_listing("devices", "Device"))),
         "/api/sites": _get("An upper tier's sites: online, last aggregate, devices behind "
@@ -138,6 +141,10 @@ def _paths() -> dict[str, Any]:
                                            note=text), 409, 501),
         "/api/admin/strategy": _post("Choose the aggregation strategy", bodies.STRATEGY,
                                      "202", _body(strategy=text, note=text), 409, 501),
+        "/api/admin/stage": _post("Promote, roll back to, or pin a model version "
+                                  "(docs/lifecycle.md)", bodies.STAGE, "202",
+                                  _body(requested=text, version=version,
+                                        request={"type": "integer"}, note=text), 404),
         "/metrics": _get("Prometheus metrics (text exposition format)",
                          {"description": "OK", "content": {"text/plain": {"schema": {
                              "type": "string"}}}}),
@@ -181,6 +188,9 @@ def _schemas() -> dict[str, Any]:
             "delta_bytes": integer, "round_wall_s": {"type": "number"},
             "max_train_s": {"type": "number"}, "mode": text,
             "devices": {"type": "array", "items": text}, "accuracy": num, "loss": num,
+            "stage": _described({"type": "string", "nullable": True, "enum": [
+                "candidate", "canary", "production", "rolled_back", "retired", None]},
+                "The version's stage (docs/lifecycle.md)"),
             "device_accuracy": _described(num, _DEVICE_EVAL.format("accuracy")),
             "device_loss": _described(num, _DEVICE_EVAL.format("loss")),
             "fairness": _described({"type": "object"}, "The spread of the devices' own "

@@ -46,6 +46,27 @@ def versions(store: Store) -> list[dict[str, Any]]:
     return [finite(record.to_json()) for record in store.model_history()]
 
 
+def versions_with_stages(store: Store) -> list[dict[str, Any]]:
+    """The versions as the API lists them: each with its stage (docs/lifecycle.md)."""
+    stages = store.stages()
+    return [{**row, "stage": None if (s := stages.get(row["version"])) is None else s.value}
+            for row in versions(store)]
+
+
+def stages(store: Store) -> dict[str, Any]:
+    """Each version's stage, the open canary with its reports, the pin, the audit trail
+    and operators' commands not applied yet."""
+    note = store.note("canary")
+    canary = None if note is None else {**note, "reports": store.canary_reports(
+        int(note["candidate"]))}
+    return {"stages": [{"version": v, "stage": s.value} for v, s in store.stages().items()],
+            "canary": finite(canary), "pinned": store.note("rollout_pin"),
+            "audit": [c.to_json() for c in store.stage_audit()],
+            "waiting": [{"id": r.id, "command": r.command.value, "version": r.version,
+                         "actor": r.actor, "at": r.at}
+                        for r in store.waiting_stage_requests()]}
+
+
 def version_records(store: Store) -> list[VersionRecord]:
     """Every version's record, NaN and infinities as None (as the API shows them)."""
     return [VersionRecord.from_json(row) for row in versions(store)]

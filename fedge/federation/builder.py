@@ -104,12 +104,14 @@ class Federation:
                    y: np.ndarray, *, policy: EligibilityPolicy | None = None,
                    app_busy: Callable[[], bool] | None = None,
                    on_model: Callable[[int, dict, Weights], None] | None = None,
-                   predictor: Predictor | None = None) -> EdgeClient:
+                   predictor: Predictor | None = None,
+                   holdout: tuple[np.ndarray, np.ndarray] | None = None) -> EdgeClient:
         """An EdgeClient with only its own data `x`, `y`, on this federation's broker;
-        `predictor` serves its models and watches for drift (EdgeClient)."""
+        `predictor` serves its models and watches for drift (EdgeClient); `holdout`: its
+        examples kept out of training, for canary evaluations."""
         config = dataclasses.replace(config, host=self.broker.host, port=self.broker.port)
         device = EdgeClient(config, trainer, x, y, policy=policy, app_busy=app_busy,
-                            on_model=on_model, predictor=predictor)
+                            on_model=on_model, predictor=predictor, holdout=holdout)
         self.devices.append(device)
         return device
 

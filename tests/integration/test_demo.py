@@ -149,6 +149,22 @@ def test_demo_attackers_against_a_robust_strategy(tmp_path):
     assert s["model_versions"] == 2 and s["final_accuracy"] > 0.5
 
 
+def test_demo_rollout_catches_a_bad_candidate_while_production_keeps_serving(tmp_path):
+    summary = _demo("--devices", "5", "--rounds", "5", "--rollout", "--bad-candidate", "2",
+                    tmp_path=tmp_path)
+    rollout = summary["rollout"]
+    bad = rollout["bad_version"]
+    assert rollout["stages"][str(bad)] == "rolled_back" and bad in rollout["rolled_back"]
+    [why] = [d["reason"] for d in rollout["decisions"] if d["version"] == bad]
+    assert "worse than production" in why
+    assert len(rollout["canary_reports"][str(bad)]) == 2  # caught by its two canaries
+    assert rollout["bad_version_served_by"] == []
+    assert str(bad + 1) in rollout["copies"]  # production went on from a copy
+    production = rollout["production"]
+    assert rollout["stages"][str(production)] == "production"
+    assert set(rollout["served_at_end"].values()) == {production}
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (("--secagg", "--mode", "async"), ("--secagg", "--mode sync")),
     (("--secagg", "--uplink", "q8"), ("--secagg", "--uplink")),
@@ -163,6 +179,9 @@ def test_demo_attackers_against_a_robust_strategy(tmp_path):
     (("--momentum", "1"), ("--momentum must be 0 or more and below 1",)),
     (("--sites", "2", "--secure"), ("--sites", "--secure")),
     (("--sites", "2", "--devices-per-site", "0"), ("--devices-per-site must be >= 1",)),
+    (("--bad-candidate", "2"), ("--bad-candidate needs --rollout",)),
+    (("--rollout", "--bad-candidate", "11"), ("--bad-candidate must be 1 to --rounds",)),
+    (("--rollout", "--mode", "async"), ("--rollout needs --mode sync",)),
 ])
 def test_demo_refuses_flags_that_do_not_work_together(args, words):
     stderr = _refused("--devices", "5", *args)

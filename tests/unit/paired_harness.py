@@ -32,6 +32,7 @@ from aggregator.core import (
 from aggregator.inbound import core_event_of
 from aggregator.store import Store
 from aggregator.store_check import refuse_if_damaged
+from edge_client.canary_eval import held_out
 from edge_client.client_config import ClientConfig
 from edge_client.device_io import DeviceIO
 from edge_client.eligibility import EligibilityConfig
@@ -79,6 +80,7 @@ class PairedDevice(ScriptedDevice):
         self.stored: list[str] = []  # nonces written to the outbox, over every boot
         self.acks: list[Ack] = []  # every ack delivered (a resend's second ack too)
         self.fits: list[str] = []  # the task of every fit started
+        self.served: list[int] = []  # every version handed to the app (its on_model)
         self.bad_messages = 0
         self.boot()
 
@@ -89,7 +91,8 @@ class PairedDevice(ScriptedDevice):
         self.trainer = mlp_trainer(SIZES, seed=1)
         self.session = DeviceSession(self.config, self.narrator,
                                      session_id=f"{self.name}-boot-{self.boots}")
-        self.io = DeviceIO(self.config, self.trainer, self.narrator, None)
+        self.io = DeviceIO(self.config, self.trainer, self.narrator,
+                           lambda version, arch, weights: self.served.append(version))
         self.feed(self.io.resumed())
         self.feed(ev.EligibilityChecked(self.decision))
 
@@ -149,6 +152,8 @@ class PairedDevice(ScriptedDevice):
                 return super()._answer(action)
             case act.CheckEligibility() | act.StopFit():
                 return super()._answer(action)
+            case act.EvaluateCanary():  # on the last fifth, as EdgeClient without a holdout
+                return self.io.evaluate_canary(action, held_out(self.x, self.y))
             case _:
                 answer = self.io.execute(action, lambda: (self.x, self.y), lambda: False,
                                          lambda: False)

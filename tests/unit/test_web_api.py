@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.fairness import fairness_of
+from aggregator.lifecycle import Stage, StageChange
 from aggregator.store import Store
 from aggregator.web import create_app, load_token, serve_dashboard
 from aggregator.web.openapi import openapi_document
@@ -155,8 +156,20 @@ def fill_store(path: Path | str) -> Filled:
     for device in DEVICES:
         store.enroll(device, Identity.generate().public_text)
     _spread_times(store, filled.versions)
+    _stages(store, filled.versions)
     store.close()
     return filled
+
+
+STAGES = {8: "production", 9: "rolled_back", 10: "canary"}  # the rest: retired
+
+
+def _stages(store: Store, versions: int) -> None:
+    """Every stage a version can have (docs/lifecycle.md), with its audit lines."""
+    store.migrate_stages()
+    store.set_stages([StageChange(time.time(), v, Stage.PRODUCTION,
+                                  Stage(STAGES.get(v, "retired")), "rule", "test store")
+                      for v in range(versions + 1) if STAGES.get(v) != "production"])
 
 
 class FakeActions:

@@ -211,10 +211,55 @@
     return td;
   }
 
+  // A version's stage (api/versions "stage"): served (production), under evaluation
+  // (canary), refused (rolled_back); a copy made by a rollback says of which version.
+  function stageCell(v) {
+    const stage = v.stage || "";
+    const label = stage.replace("_", " ") + (v.copy_of === undefined ? "" : ` (copy of v${v.copy_of})`);
+    return [label || dash, "stage stage-" + (stage || "none")];
+  }
+
+  // What an operator may do with a version (docs/lifecycle.md); needs the admin token.
+  function stageActions(v, production) {
+    const td = document.createElement("td");
+    const offer = (command, version, label, title) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "link stage-action";
+      button.dataset.command = command;
+      button.textContent = label;
+      button.title = title;
+      button.addEventListener("click", () => askStage(command, version, title));
+      td.appendChild(button);
+    };
+    if (v.stage === "candidate" || v.stage === "canary") {
+      offer("promote", v.version, "promote", `serve v${v.version} now`);
+      if (production !== undefined) offer("rollback", production, "reject", `roll back v${v.version}; keep serving v${production}`);
+    } else if (v.stage === "retired" || v.stage === "rolled_back") {
+      offer("rollback", v.version, "roll back to", `serve v${v.version} again (as a new copy)`);
+    }
+    return td;
+  }
+
+  async function askStage(command, version, what) {
+    if (!window.confirm(`${what}? This needs the admin token.`)) return;
+    const token = sessionStorage.getItem(KEY);
+    const res = await fetch("api/admin/stage", {
+      method: "POST", cache: "no-store",
+      headers: { "Content-Type": "application/json", ...(token ? { Authorization: "Bearer " + token } : {}) },
+      body: JSON.stringify({ command, version }),
+    });
+    const body = await res.json().catch(() => ({}));
+    text("status", res.ok ? `Requested ${command} ${version}: the service applies it within a second`
+      : (res.status === 403 || res.status === 401 ? "Changing stages needs the admin token" : `Not done: ${body.error || res.statusText}`));
+    if (res.ok) setTimeout(refresh, 1000);
+  }
+
   function renderVersions(versions) {
+    const production = (versions.filter((v) => v.stage === "production").pop() || {}).version;
     const rows = versions.slice(-MAX_VERSION_ROWS).reverse().map((v) => {
       const tr = row([
-        ["v" + v.version, "num"], [when(v.created_at)], [int(v.round), "num"],
+        ["v" + v.version, "num"], stageCell(v), [when(v.created_at)], [int(v.round), "num"],
         [int(v.updates), "num"], [bytes(v.update_bytes), "num"], downlink(v),
         [fixed(4)(v.accuracy), "num"], [fixed(4)(v.loss), "num"],
         [v.round_wall_s === undefined ? dash : fixed(2)(v.round_wall_s) + " s", "num"],
@@ -222,9 +267,10 @@
         [(v.devices || []).join(", ")],
       ]);
       tr.appendChild(downloadCell(v.version));
+      tr.appendChild(stageActions(v, production));
       return tr;
     });
-    $("versions").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(12, "No model yet")]));
+    $("versions").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(14, "No model yet")]));
   }
 
   // Per version: the spread of accuracy on the devices' own data, and who gave how much
