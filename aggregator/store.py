@@ -100,10 +100,7 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, Stage
         if seal_in_use(path):
             log.warning("aggregator: another process holds %s: is a second aggregator "
                         "serving this store?", path)
-        try:
-            old = read_seal(path)
-        except ValueError:
-            old = None
+        old = _readable_seal(path)
         version, sha256 = row or (-1, "")
         self._sealed = Seal(self.count_updates(), version, sha256,
                             seq=(old.seq if old else 0) + 1)
@@ -263,3 +260,11 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, Stage
             args = (version,)
         rows = self.db.execute(query + " ORDER BY used_in, device_id", args)
         return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def _readable_seal(path: Path) -> Seal | None:
+    """The seal left by the last service, or None where it is missing or unreadable."""
+    try:
+        return read_seal(path)
+    except ValueError:
+        return None
