@@ -128,9 +128,9 @@ class StageTables(Tables):
     def add_canary_report(self, candidate: int, device: str, report: dict[str, Any]) -> bool:
         """Keep one device's report on `candidate`; False if it already sent one."""
         with self._transaction():
-            cursor = self.db.execute("INSERT OR IGNORE INTO canary_reports VALUES "
-                                     "(?, ?, ?, ?)", (candidate, device, time.time(),
-                                                      json.dumps(report)))
+            cursor = self.db.execute("INSERT INTO canary_reports VALUES (?, ?, ?, ?) "
+                                     "ON CONFLICT (candidate, device_id) DO NOTHING",
+                                     (candidate, device, time.time(), json.dumps(report)))
         return cursor.rowcount == 1
 
     def canary_reports(self, candidate: int) -> list[dict[str, Any]]:
