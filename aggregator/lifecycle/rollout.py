@@ -65,7 +65,12 @@ class Lifecycle:
             log.warning("aggregator: stages of versions no longer in the store forgotten")
         staged = self.store.stages()
         for record in self.store.model_history():
-            if record.version not in staged:
+            if record.version in staged:
+                continue
+            if not self.rules.enabled:  # every version is served when made: so this one
+                self.set(record.version, Stage.PRODUCTION, "rollout off", "[rollout] "
+                         "canary_fraction is 0: every version is served when made")
+            else:
                 self.set(record.version, Stage.CANDIDATE, "rule", "no stage recorded (the "
                          "service stopped right after making it)")
         if self.production() is None:
@@ -120,7 +125,7 @@ class Lifecycle:
         if not self.rules.enabled:
             self.set(version, Stage.PRODUCTION, "rollout off", "[rollout] canary_fraction "
                      "is 0: every version is served when made")
-            return []
+            return self.rollout_message()  # devices that once followed one: the new one
         if self.pinned is not None:
             self.set(version, Stage.CANDIDATE, "rule", f"production is pinned at version "
                      f"{self.pinned}: no canary until an operator promotes a version")

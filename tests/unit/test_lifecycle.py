@@ -127,6 +127,33 @@ def test_with_rollout_off_every_version_is_production_when_made(tmp_path):
     assert _rollouts(h.actions) == []  # devices serve every version, as before
 
 
+def test_with_rollout_off_a_version_made_outside_training_is_production_too(tmp_path):
+    """The initial model and a new model line's first version are stored at start, not
+    by VersionMaker: with rollout off they are served like any other, so no Rollout is
+    published and devices keep serving every version."""
+    h = Harness(tmp_path)
+    assert h.store.stages() == {0: Stage.PRODUCTION}
+    assert not h.store.stages_steered()  # no rule moved a stage: devices need no Rollout
+    _made_version_one(h)
+    assert _rollouts(h.actions) == []
+
+
+def test_with_rollout_off_after_an_operator_rollback_each_new_version_is_announced(tmp_path):
+    """Devices follow the Rollout once an operator moved a stage: every later version
+    must be announced, or they would keep serving the old production."""
+    h = Harness(tmp_path)
+    _made_version_one(h)
+    h.store.request_stage(Command.ROLLBACK, 0, "alice")
+    h.tick(1)
+    assert h.store.stage_of(2) is Stage.PRODUCTION  # a copy of 0
+    task = next(t for t in reversed(tasks(h.actions)))
+    for device in [d for d in DEVICES if task.invites(d)][:2]:
+        h.upload(update(device, task))
+    h.tick(1)
+    assert h.store.stage_of(3) is Stage.PRODUCTION
+    assert _rollouts(h.actions)[-1].production == 3
+
+
 def test_a_candidate_waits_for_its_canaries_and_no_round_opens_meanwhile(tmp_path, caplog):
     h = _live(tmp_path)
     _made_version_one(h)
