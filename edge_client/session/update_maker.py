@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_client.shared.codecs import CodecConfig, ErrorFeedback, encode_vector
+from edge_client.shared.codecs.adaptive import codec_for_update
 from edge_client.shared.codecs.dp import DeviceDp, clip_and_noise
 from edge_client.shared.protocol import Task, Update
 from edge_client.shared.protocol.seeds import training_seed, update_seed
@@ -88,12 +89,14 @@ class UpdateMaker:
                                    metrics={**update.metrics, **dp.metrics()})
 
     def _compress(self, update: Update, codec: CodecConfig) -> Update:
-        """Encode the delta with the task's codec, carrying what is left out forward."""
+        """Encode the delta with the task's codec, carrying what is left out forward. An
+        adaptive codec picks this update's top-k fraction, which the update declares."""
         vector = flatten_sorted(update.tensors)
         feedback = None
         if codec.error_feedback:
             feedback = self._feedback_for(vector.size, update.base_version)
             vector = feedback.compensate(vector)
+        codec = codec_for_update(vector, codec)
         encoded = encode_vector(vector, codec, update_seed(update.task_id, update.device_id),
                                 self._rng)
         if feedback is not None:
