@@ -64,19 +64,23 @@ class UpdateMaker:
 
     def make(self, task: Task, base: Weights, trained: Weights, result: FitResult,
              before: dict[str, float], num_samples: int, codec: CodecConfig | None,
-             dp: DeviceDp | None, created_at: float) -> Update:
-        """The update of a fit from `base`. ValueError: under DP, a diverged fit gives no
-        update that can be noised."""
+             dp: DeviceDp | None, created_at: float, work: float = 1.0) -> Update:
+        """The update of a fit from `base`. `work` < 1: a partial fit's share of the whole
+        (partial_work), which scales the sample count the aggregator weights it by.
+        ValueError: under DP, a diverged fit gives no update that can be noised."""
         self._rng = np.random.default_rng(self.seed(task))  # stochastic rounding, reproducible
         delta = {name: (trained[name] - base[name]).astype(np.float32) for name in base}
         # How the global model does on this device's own data: reported with the update,
         # so the gateway sees quality where the data is (the data itself stays here).
         update = Update(device_id=self.device_id, task_id=task.task_id,
                         nonce=os.urandom(16).hex(), base_version=task.model_version,
-                        num_samples=num_samples, tensors=delta,
+                        num_samples=num_samples if work >= 1 else max(1, round(num_samples
+                                                                              * work)),
+                        tensors=delta,
                         metrics={"train_loss": result.loss, "train_s": result.train_s,
                                  "local_accuracy": before.get("accuracy", float("nan")),
-                                 "local_loss": before.get("loss", float("nan"))},
+                                 "local_loss": before.get("loss", float("nan")),
+                                 **({"work_done": work} if work < 1 else {})},
                         created_at=created_at)
         if dp is not None:
             update = self.add_dp_noise(update, dp)
