@@ -10,6 +10,7 @@ thread leaves the CPU to the others.
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -86,11 +87,14 @@ class JobRun:
 
 def run_job(job: BenchJob, config: AggregatorConfig, *, batch_s: Sequence[float] = (),
             broker: str = "mosquitto", deadline_margin_s: float = 0.3,
-            timeout_s: float = 900.0) -> JobRun:
+            timeout_s: float = 900.0, stop_at: float | None = None) -> JobRun:
     """The job's federation under `config` (its db_path is put in a temporary folder);
-    device i sleeps `batch_s[i]` seconds before each batch (0 when not given)."""
+    device i sleeps `batch_s[i]` seconds before each batch (0 when not given). With
+    `stop_at`, the run ends at the first version that reaches that accuracy (or after
+    `config.rounds` versions, or `timeout_s`)."""
     seconds: list[float] = []
     accuracy: list[float] = []
+    enough = threading.Event()
     with tempfile.TemporaryDirectory(prefix="fedge-bench-") as folder:
         workdir = Path(folder)
         with Federation(broker) as federation:
@@ -100,6 +104,9 @@ def run_job(job: BenchJob, config: AggregatorConfig, *, batch_s: Sequence[float]
             def on_version(report: VersionReport) -> None:
                 seconds.append(time.monotonic() - started)
                 accuracy.append(float(report.metrics.get("accuracy", float("nan"))))
+                if stop_at is not None and (accuracy[-1] >= stop_at
+                                            or len(accuracy) >= config.rounds):
+                    enough.set()
             federation.add_aggregator(config, job.initial_weights(), job.arch,
                                       evaluate=job.evaluator(), on_version=on_version)
             for i, (x, y) in enumerate(job.shards):
@@ -111,7 +118,14 @@ def run_job(job: BenchJob, config: AggregatorConfig, *, batch_s: Sequence[float]
                     deadline_margin_s=deadline_margin_s)
                 federation.add_device(device, SlowTrainer(job.device_trainer(i), slow), x, y)
             started = time.monotonic()
-            result = federation.run(timeout_s)
+            if stop_at is None:
+                result = federation.run(timeout_s)
+            else:
+                federation.start()
+                if not enough.wait(timeout_s):
+                    raise TimeoutError(f"no version reached {stop_at} in {timeout_s:.0f} s")
+                federation.stop()
+                result = federation.result()
     stats = result.device_stats.values()
     return JobRun(accuracy=accuracy, seconds=seconds,
                   update_bytes=sum(int(h.get("update_bytes") or 0) for h in result.history),
