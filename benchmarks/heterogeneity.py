@@ -69,11 +69,11 @@ def straggler_plan(job: BenchJob) -> tuple[list[float], float]:
     return [0.0] * (devices - stragglers) + [slow] * stragglers, deadline
 
 
-def run_arm(arm: str, job: BenchJob, rounds: int) -> JobRun:
+def run_arm(arm: str, job: BenchJob, rounds: int,
+            adaptive: CodecConfig | None = ADAPTIVE_UPLINK) -> JobRun:
     default = parse_codec(DEFAULT_UPLINK["sync"])
     if arm in ("fedavg_dense", "fedavg_default", "adaptive"):
-        uplink = {"fedavg_dense": None, "fedavg_default": default,
-                  "adaptive": ADAPTIVE_UPLINK}[arm]
+        uplink = {"fedavg_dense": None, "fedavg_default": default, "adaptive": adaptive}[arm]
         return run_job(job, sync_config(job, rounds, uplink))
     batch_s, deadline = straggler_plan(job)
     train: dict[str, Any] = {}
@@ -87,8 +87,8 @@ def run_arm(arm: str, job: BenchJob, rounds: int) -> JobRun:
     return run
 
 
-def measure(job: BenchJob, rounds: int, arms: list[str],
-            progress: Callable[[str], None]) -> dict[str, Any]:
+def measure(job: BenchJob, rounds: int, arms: list[str], progress: Callable[[str], None],
+            adaptive: CodecConfig | None = ADAPTIVE_UPLINK) -> dict[str, Any]:
     out: dict[str, Any] = {"job": job.describe(), "rounds": rounds,
                            "local_train": dataclasses.asdict(job.train)}
     started = time.monotonic()
@@ -96,12 +96,15 @@ def measure(job: BenchJob, rounds: int, arms: list[str],
     out["centralised"] = {"accuracy": round(central["accuracy"], 4),
                           "epochs": rounds * job.train.epochs}
     progress(f"{job.name}: centralised {central['accuracy']:.4f}")
-    dense_per_update = 4 * job.describe()["parameters"]
+    float32_bytes = 4 * job.describe()["parameters"]
     for arm in arms:
-        run = run_arm(arm, job, rounds)
+        run = run_arm(arm, job, rounds, adaptive)
         result = run.summary()
-        result["uplink_ratio_to_dense"] = round(
-            dense_per_update / max(1, result["update_bytes_per_update"]), 1)
+        if arm == "adaptive" and adaptive is not None:
+            result["uplink"] = adaptive.name()
+        # update messages (envelope included) against the float32 vector alone
+        result["float32_bytes_over_update"] = round(
+            float32_bytes / max(1, result["update_bytes_per_update"]), 1)
         result["points_under_centralised"] = round(
             100 * (central["accuracy"] - (run.accuracy[-1] if run.accuracy else 0)), 2)
         out[arm] = result
@@ -110,11 +113,14 @@ def measure(job: BenchJob, rounds: int, arms: list[str],
     for arm in LATER_ARMS:
         out.setdefault(arm, None)
     dense = out.get("fedavg_dense")
-    if dense:
+    if dense:  # against the dense arm's update messages: the envelope counts on both sides
         for arm in ("fedavg_default", "adaptive", "fedprox_partial"):
             if out.get(arm):
                 out[arm]["points_under_dense"] = round(
                     100 * (dense["final_accuracy"] - out[arm]["final_accuracy"]), 2)
+                out[arm]["uplink_ratio_to_dense"] = round(
+                    dense["update_bytes_per_update"]
+                    / max(1, out[arm]["update_bytes_per_update"]), 1)
     out["wall_s"] = round(time.monotonic() - started, 1)
     return out
 
@@ -127,11 +133,20 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--arms", nargs="*", default=list(FEDERATED_ARMS),
                         choices=FEDERATED_ARMS)
+    parser.add_argument("--adaptive", default="adaptive",
+                        help="the adaptive arm's uplink spec (fedge/codec_spec.py)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the jobs' data seed (default: each job's own)")
     args = parser.parse_args()
     if args.rounds < 1 or args.devices < 2:
         parser.error("--rounds must be >= 1 and --devices >= 2")
-    results = {name: measure(build_job(name, args.devices), args.rounds, args.arms,
-                             lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        adaptive = parse_codec(args.adaptive)
+    except ValueError as exc:
+        parser.error(f"--adaptive: {exc}")
+    results = {name: measure(build_job(name, args.devices, args.seed), args.rounds,
+                             args.arms, lambda line: print(line, file=sys.stderr,
+                                                           flush=True), adaptive)
                for name in args.jobs}
     print(json.dumps({"benchmark": "heterogeneity", "devices": args.devices,
                       "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS",
