@@ -2,7 +2,7 @@
 Aggregator and one EdgeClient per device, over a real broker, in this process.
 
 benchmarks/heterogeneity.py and benchmarks/stragglers.py share it. Devices can be made
-slower: a SlowTrainer sleeps before every batch, so a device's fit takes as long as a
+slower: fedge.fleet's SlowTrainer sleeps before every batch, so a device's fit takes as long as a
 slower board's would (wall-clock time, not a simulated clock), while the sleeping
 thread leaves the CPU to the others.
 """
@@ -12,45 +12,18 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from aggregator.config import AggregatorConfig
 from aggregator.service import VersionReport
 from edge_client.client import ClientConfig
 from edge_client.eligibility import EligibilityConfig
-from edge_client.shared.protocol import Weights
-from edge_client.training import FitResult, NumpyTrainer, TrainConfig
 from fedge.federation import Federation
+from fedge.fleet import SlowTrainer
 from fedge.jobs import BenchJob
-
-
-class SlowTrainer:
-    """A NumpyTrainer on a device `batch_s` seconds per batch slower than this machine."""
-
-    def __init__(self, inner: NumpyTrainer, batch_s: float) -> None:
-        self.inner, self.batch_s = inner, batch_s
-
-    def get_weights(self) -> Weights:
-        return self.inner.get_weights()
-
-    def set_weights(self, weights: Weights) -> None:
-        self.inner.set_weights(weights)
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        return self.inner.evaluate(x, y)
-
-    def fit(self, x: np.ndarray, y: np.ndarray, config: TrainConfig,
-            should_stop: Callable[[], bool] | None = None) -> FitResult:
-        def slow() -> bool:
-            time.sleep(self.batch_s)
-            return should_stop() if should_stop is not None else False
-        return self.inner.fit(x, y, config, should_stop=slow if self.batch_s > 0 else
-                              should_stop)
 
 
 @dataclass
@@ -116,7 +89,8 @@ def run_job(job: BenchJob, config: AggregatorConfig, *, batch_s: Sequence[float]
                     state_dir=workdir / f"device-{i}", eligibility_check_s=0.2,
                     eligibility=EligibilityConfig(enabled=False),
                     deadline_margin_s=deadline_margin_s)
-                federation.add_device(device, SlowTrainer(job.device_trainer(i), slow), x, y)
+                federation.add_device(device, SlowTrainer.waiting(job.device_trainer(i), slow),
+                                      x, y)
             started = time.monotonic()
             if stop_at is None:
                 result = federation.run(timeout_s)

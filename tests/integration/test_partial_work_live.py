@@ -9,12 +9,12 @@ import logging
 import pytest
 
 from aggregator.config import AggregatorConfig, SyncConfig
-from benchmarks.job_runs import SlowTrainer
 from edge_client.client import ClientConfig
 from edge_client.eligibility import EligibilityConfig
 from edge_client.shared.protocol import TrainConfig
 from edge_client.training import mlp_trainer
 from fedge.federation import Federation
+from fedge.fleet import SlowTrainer
 from tests.integration.fleet import Digits
 
 pytestmark = pytest.mark.integration
@@ -46,9 +46,9 @@ def test_a_straggler_sends_its_partial_update_at_the_deadline(tmp_path, digits, 
             device = ClientConfig(device_id=f"d{i}", federation="partial",
                                   state_dir=tmp_path / f"d{i}", deadline_margin_s=0.6,
                                   eligibility=EligibilityConfig(enabled=False))
-            trainer = mlp_trainer(digits.sizes, i)
-            federation.add_device(device, SlowTrainer(trainer, SLOW_BATCH_S if i == 2 else 0),
-                                  x, y)
+            trainer = SlowTrainer.waiting(mlp_trainer(digits.sizes, i),
+                                          SLOW_BATCH_S if i == 2 else 0.0)
+            federation.add_device(device, trainer, x, y)
         result = federation.run(timeout_s=90)
     straggler = result.device_stats["d2"]
     if partial_work == "deadline":
