@@ -75,9 +75,12 @@ class Participation:
     def fitting(self) -> bool:
         return self._fit is not None
 
-    def deadline_reached(self, wall: float) -> bool:
-        """Partial work: the running fit is to stop now (partial_work.py)."""
-        return self._fit is not None and deadline_reached(self.session, self._fit, wall)
+    def must_stop(self, eligible: bool, wall: float) -> bool:
+        """The running fit is to stop now: the device is no longer eligible, or (partial
+        work) its task's deadline is near (partial_work.py)."""
+        if self._fit is None:
+            return False
+        return not eligible or deadline_reached(self.session, self._fit, wall)
 
     def skip(self, task: Task, reason: str) -> None:
         """Count a task this device could not do, once per task and reason."""
