@@ -190,8 +190,8 @@ class Participation:
         if event.result.stopped_early and not keep_early_stop(self, running, event):
             return []  # stopped at a batch boundary: nothing is published
         s.stats.train_s.append(event.result.train_s)
-        work = 1.0
-        if task.train.partial_work != "off":
+        work = 1.0  # a fit that ran to its end did all its work, however it counts batches
+        if event.result.stopped_early and task.train.partial_work != "off":
             work = task.train.work_done(event.num_samples, event.result.batches)
         try:
             update = s.maker.make(task, running.base, event.weights, event.result,
