@@ -1,8 +1,8 @@
 """Hard jobs (fedge/jobs/): what FedAvg, compressed uplinks and FedProx with partial work
 reach against centralised training, and the uplink bytes each sends.
 
-    .venv/bin/python benchmarks/heterogeneity.py [--jobs sensor_drift many_class]
-        [--rounds 20] [--devices 8] [--arms dense default adaptive ...]
+    .venv/bin/python -m benchmarks.heterogeneity [--jobs sensor_drift many_class]
+        [--rounds 20] [--devices 8] [--arms fedavg_dense adaptive ...] [--seed N]
 
 For every job it prints, in one JSON object, each arm's accuracy and uplink bytes:
 
@@ -45,7 +45,11 @@ PROX_MU = 0.01
 STRAGGLER_X = 4.0  # a straggler's fit takes this many times the round's deadline
 FEDERATED_ARMS = ("fedavg_dense", "fedavg_default", "adaptive", "fedavg_deadline",
                   "fedprox_partial")
-LATER_ARMS = ("personalised", "clustered")  # filled in by the personalisation work
+# Filled in by the personalisation and clustering work: to add an arm, put its name in
+# FEDERATED_ARMS, give run_arm a branch that returns its JobRun (a personalised arm can
+# report mean per-device accuracy in JobRun.extra, from job.devices[i].x_test/y_test),
+# and drop it from here.
+LATER_ARMS = ("personalised", "clustered")
 
 
 def sync_config(job: BenchJob, rounds: int, uplink: CodecConfig | None,

@@ -1,7 +1,7 @@
 """Stragglers: wall-clock time to a target accuracy for sync rounds (waiting for every
 device, or with a deadline, or with a deadline and partial work) and FedBuff async.
 
-    .venv/bin/python benchmarks/stragglers.py [--job sensor_drift] [--target 0.75]
+    .venv/bin/python -m benchmarks.stragglers [--job sensor_drift] [--target 0.75]
         [--devices 8] [--batch-s 0.02] [--sigma 1.0] [--arms ...]
 
 Device speeds are log-normal (sigma `--sigma`, seeded; scaled so the fastest is 1x):
