@@ -50,7 +50,8 @@ def slowdowns(devices: int, sigma: float, seed: int) -> list[float]:
     return sorted(round(float(d), 2) for d in draws / draws.min())
 
 
-def arm_config(arm: str, job: BenchJob, fit_s: list[float]) -> AggregatorConfig:
+def arm_config(arm: str, job: BenchJob, fit_s: list[float],
+               buffer: int = BUFFER) -> AggregatorConfig:
     devices = len(job.devices)
     train = job.train
     if arm == "sync_partial":
@@ -58,7 +59,7 @@ def arm_config(arm: str, job: BenchJob, fit_s: list[float]) -> AggregatorConfig:
     if arm == "fedbuff":
         return AggregatorConfig(federation="bench", rounds=ASYNC_VERSIONS, mode="async",
                                 seed=job.seed, train=train,
-                                async_=AsyncConfig(buffer_size=BUFFER, max_staleness=20))
+                                async_=AsyncConfig(buffer_size=buffer, max_staleness=20))
     timeout = 4 * max(fit_s) + 10 if arm == "sync_all" else DEADLINE_X * statistics.median(
         fit_s)
     sync = SyncConfig(target_updates=devices, round_timeout_s=timeout, deadline_growth=1.0,
@@ -79,9 +80,13 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--buffer", type=int, default=BUFFER,
+                        help="fedbuff: updates per version")
     args = parser.parse_args()
-    if args.devices < 2 or not 0 < args.target < 1 or args.batch_s <= 0:
-        parser.error("need --devices >= 2, 0 < --target < 1 and --batch-s > 0")
+    if args.devices < 2 or not 0 < args.target < 1 or args.batch_s <= 0 \
+            or not 1 <= args.buffer <= args.devices:
+        parser.error("need --devices >= 2, 0 < --target < 1, --batch-s > 0 and "
+                     "1 <= --buffer <= --devices")
     job = build_job(args.job, args.devices)
     factors = slowdowns(args.devices, args.sigma, args.seed)
     batch_s = [args.batch_s * f for f in factors]
@@ -89,7 +94,7 @@ def main() -> None:
     fit_s = [b * batches for b in batch_s]
     results: dict[str, Any] = {}
     for arm in args.arms:
-        run = run_job(job, arm_config(arm, job, fit_s), batch_s=batch_s,
+        run = run_job(job, arm_config(arm, job, fit_s, args.buffer), batch_s=batch_s,
                       stop_at=args.target, timeout_s=600.0)
         results[arm] = run.summary(args.target)
         print(f"{arm}: {results[arm]['seconds_to_target']} s to {args.target} "
@@ -104,7 +109,7 @@ def main() -> None:
         "slowdowns": factors, "batch_s_fastest": args.batch_s,
         "fit_s_per_device": [round(f, 2) for f in fit_s],
         "deadline_s": round(DEADLINE_X * statistics.median(fit_s), 2),
-        "fedbuff_buffer": BUFFER, "prox_mu": PROX_MU, "arms": results}, indent=2))
+        "fedbuff_buffer": args.buffer, "prox_mu": PROX_MU, "arms": results}, indent=2))
 
 
 if __name__ == "__main__":
