@@ -58,8 +58,9 @@ def keep_early_stop(participation: Participation, running: RunningFit,
         s.stats.partial_updates += 1
         return True
     if event.result.batches < 1:
-        log.info("%s: task %s: the trainer stopped before its first batch; nothing sent",
-                 s.me, task.task_id)
+        log.info("%s: task %s: the trainer stopped before its first batch%s; nothing sent",
+                 s.me, task.task_id, ", at the task's deadline" if running.at_deadline
+                 else "")
         participation.skip(task, "stopped: deadline" if running.at_deadline
                            else "stopped: trainer")
         return False

@@ -188,7 +188,9 @@ class Participation:
         s, plan = self.session, running.plan
         task = plan.task
         if event.result.stopped_early and not keep_early_stop(self, running, event):
-            return []  # stopped at a batch boundary: nothing is published
+            # stopped at a batch boundary: nothing is published; past its deadline the
+            # task is over for this device, else it trains again at the next check
+            return [s.mark_done(task.task_id)] if running.at_deadline else []
         s.stats.train_s.append(event.result.train_s)
         work = 1.0  # a fit that ran to its end did all its work, however it counts batches
         if event.result.stopped_early and task.train.partial_work != "off":

@@ -76,6 +76,16 @@ def test_a_fit_stops_at_the_deadline_and_sends_what_it_has_weighted_by_work(capl
     assert "stopped at the task's deadline after 3 batches" in caplog.text
 
 
+def test_a_task_already_at_its_deadline_is_not_trained_for_again(caplog):
+    caplog.set_level(logging.INFO)
+    device = _slow_device(deadline_margin_s=5.0)
+    train = TrainConfig(epochs=3, batch_size=4, partial_work="deadline")
+    device.feed(TaskReceived(drv.task("r1", train=train, deadline=device.now.wall + 2.0)))
+    assert device.outbox == {} and device.session.book.is_done("r1")
+    assert "stopped before its first batch, at the task's deadline" in caplog.text
+    assert device.of(act.StartFit, device.advance(5.0)) == []
+
+
 def test_without_partial_work_the_deadline_does_not_stop_the_fit():
     device = _slow_device(deadline_margin_s=1.0)
     device.feed(TaskReceived(drv.task("r1", train=TRAIN, deadline=device.now.wall + 4.5)))
