@@ -110,6 +110,8 @@ class DownlinkConfig:
             raise ValueError("downlink.full must be 'f32' or 'f16'")
         if not 0 <= self.keep_deltas <= MAX_CHAIN:
             raise ValueError(f"downlink.keep_deltas must be between 0 and {MAX_CHAIN}")
+        if self.codec.adaptive:
+            raise ValueError("downlink.codec: energy (adaptive top-k) is for the uplink only")
 
 
 @dataclass

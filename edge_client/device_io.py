@@ -30,6 +30,7 @@ from edge_client.session.events import (
 )
 from edge_client.session.held_model import HeldModel, copy_weights
 from edge_client.shared.protocol.tensors import Weights
+from edge_client.shared.train_config import TrainConfig
 from edge_client.training.trainer import Trainer
 
 log = logging.getLogger("edge_client.client")  # one logger for all the device says
@@ -67,7 +68,8 @@ class DeviceIO:
                 try:
                     self.trainer.set_weights(weights)
                     before = self.trainer.evaluate(x, y)
-                    result = self.trainer.fit(x, y, config, should_stop=should_stop)
+                    result = self.trainer.fit(x, y, config,
+                                              should_stop=_bounded(should_stop, config))
                     after = self.trainer.get_weights()
                 except Exception as exc:
                     raise TrainerFailed(f"the trainer failed on task {task.task_id}: "
@@ -175,3 +177,17 @@ class DeviceIO:
             log.error("%s: could not save the %s in %s (%s); carrying on, will save it "
                       "again next time", self.config.device_id, what, self.config.state_dir,
                       exc.strerror or exc)
+
+
+def _bounded(should_stop: Callable[[], bool], config: TrainConfig) -> Callable[[], bool]:
+    """`should_stop`, and with `max_batches` also true once that many batches ran (it is
+    asked before every batch)."""
+    if not config.max_batches:
+        return should_stop
+    asked = 0
+
+    def stop() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > config.max_batches or should_stop()
+    return stop

@@ -33,7 +33,7 @@ from fedge.digits_job import DigitsJob
 from fedge.federation import Federation, FederationResult
 from fedge.fleet import SimulatedFleet
 from fedge.poisoning import poisoned
-from fedge.profiles import Diurnal, Profile, profile_by_name
+from fedge.profiles import Diurnal, Profile, Stragglers, profile_by_name
 from fedge.rollout_demo import ServedLog, corrupt_nth_candidate, rollout_summary, split_holdout
 
 if TYPE_CHECKING:
@@ -48,7 +48,8 @@ class DemoFleet:
     rounds: int = 10  # rounds of device work; the aggregator's `rounds` counts versions
     hidden: int = 1333  # the MLP's hidden units
     alpha: float = 0.5  # Dirichlet label skew of the devices' shares
-    profile: str = "always"  # device behaviour: "always" eligible, or "diurnal" days
+    profile: str = "always"  # device behaviour: "always" eligible, "diurnal" days, or
+    #                          "stragglers" (always eligible, log-normal speeds)
     day_s: float = 20.0  # diurnal: one simulated day in wall seconds
     broker: str = "auto"  # auto | mosquitto | embedded
     secure: bool = False  # TLS, passwords and ACLs at the broker; signed messages
@@ -147,7 +148,8 @@ def federate(demo: Demo, workdir: Path, *, secure: SecureGateway | None = None,
                DriftingApp(fleet.drift_at, lambda: aggregator.version, seed=seed))
         for i, (xs, ys) in enumerate(job.shards):
             device = ClientConfig(device_id=f"device-{i}", federation=config.federation,
-                                  state_dir=workdir / f"device-{i}", eligibility_check_s=0.2)
+                                  state_dir=workdir / f"device-{i}", eligibility_check_s=0.2,
+                                  deadline_margin_s=0.25)
             if secure:
                 device.security, device.broker_auth = secure.device(i, aggregator)
             trainer: Trainer = job.device_trainer(i)
@@ -212,4 +214,6 @@ def _serve_dashboard(port: int, db_path: Path) -> DashboardServer:
 def _profile(fleet: DemoFleet, seed: int) -> Profile:
     if fleet.profile == "diurnal":
         return Diurnal(period_s=fleet.day_s, seed=seed)
+    if fleet.profile == "stragglers":
+        return Stragglers(seed=seed, devices=fleet.devices)
     return profile_by_name(fleet.profile, seed)

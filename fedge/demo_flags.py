@@ -21,6 +21,7 @@ from aggregator.strategy import STRATEGIES, StrategyConfig
 from edge_client.shared.codecs import DENSE
 from edge_client.shared.protocol import TrainConfig
 from edge_client.shared.secagg.graph import MIN_PARTICIPANTS
+from edge_client.shared.train_config import PARTIAL_WORK
 from fedge.codec_spec import parse_codec
 from fedge.demo import Demo, DemoFleet
 from fedge.demo_drift import drift_rule
@@ -40,6 +41,9 @@ DEFAULT_UPLINK = {"sync": "topk=0.01,q4", "async": "q8"}
 # carries little of it: the demo job fell to 0.41 accuracy with topk=0.01,q4 and held
 # 0.83 with q8 (0.85 dense) at z = 0.5, C = 0.5, 5 devices, 10 rounds.
 DP_CENTRAL_UPLINK = "q8"
+# With partial work on, FedProx's proximal term keeps the shorter fits' updates close to
+# the global model (benchmarks/stragglers.py runs the same mu).
+STRAGGLER_PROX_MU = 0.01
 
 
 def add_demo_flags(p: argparse.ArgumentParser) -> None:
@@ -67,6 +71,15 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=("always", "diurnal"), default="always",
                    help="device behaviour: always eligible, or simulated days of charging, "
                         "use and flaky Wi-Fi")
+    p.add_argument("--stragglers", action="store_true",
+                   help="devices of log-normal speeds (the slowest 10x the fastest); sync "
+                        "rounds get a deadline (--round-timeout) and partial work")
+    p.add_argument("--partial-work", choices=PARTIAL_WORK, default=None,
+                   help="what a fit cut short sends (docs/heterogeneity.md); default: "
+                        "'deadline' with --stragglers, else 'off'")
+    p.add_argument("--round-timeout", type=float, default=None,
+                   help="sync: the round deadline in seconds (default: 1.0 with "
+                        "--stragglers)")
     p.add_argument("--day-s", type=float, default=20.0,
                    help="diurnal: wall seconds per simulated day")
     p.add_argument("--secure", action="store_true",
@@ -133,7 +146,8 @@ def demo_from_flags(args: argparse.Namespace) -> Demo:
         _check_sites(args)
         args.devices = args.sites * args.devices_per_site
     fleet = DemoFleet(devices=args.devices, rounds=args.rounds, alpha=args.alpha,
-                      profile=args.profile, day_s=args.day_s, broker=args.broker,
+                      profile="stragglers" if args.stragglers else args.profile,
+                      day_s=args.day_s, broker=args.broker,
                       secure=args.secure, workdir=args.workdir,
                       dashboard_port=args.dashboard, attackers=args.attackers,
                       attack=args.attack, sites=args.sites,
@@ -156,6 +170,10 @@ def _check(args: argparse.Namespace) -> None:
     for flag, number in (("--day-s", args.day_s), ("--lr", args.lr), ("--alpha", args.alpha)):
         if not (math.isfinite(number) and number > 0):
             raise ValueError(f"{flag} must be a number > 0, not {number}")
+    if args.stragglers and args.profile != "always":
+        raise ValueError("--stragglers is a profile of its own; leave out --profile")
+    if args.round_timeout is not None and not args.round_timeout > 0:
+        raise ValueError(f"--round-timeout must be > 0, not {args.round_timeout}")
     if not 0 <= args.momentum < 1:
         raise ValueError(f"--momentum must be 0 or more and below 1, not {args.momentum}")
     if args.secagg and args.mode != "sync":
@@ -205,8 +223,10 @@ def _check_sites(args: argparse.Namespace) -> None:
 
 def aggregator_config(args: argparse.Namespace) -> AggregatorConfig:
     """The gateway's config for these flags; run_demo puts its store in the workdir."""
+    partial = args.partial_work or ("deadline" if args.stragglers else "off")
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        momentum=args.momentum)
+                        momentum=args.momentum, partial_work=partial,
+                        prox_mu=STRAGGLER_PROX_MU if partial != "off" else 0.0)
     downlink = (DownlinkConfig(delta=False, full=args.full_model) if args.downlink == "full"
                 else DownlinkConfig(codec=parse_codec(args.downlink) or DENSE,
                                     full=args.full_model))
@@ -251,6 +271,10 @@ def model_versions(args: argparse.Namespace) -> int:
 def _sync_config(args: argparse.Namespace) -> SyncConfig:
     """All devices each round when they are always there; else what a real fleet needs:
     a smaller target, over-selection and a deadline."""
+    if args.stragglers or args.round_timeout is not None:
+        return SyncConfig(target_updates=args.devices, wait_for_devices_s=30.0,
+                          round_timeout_s=args.round_timeout or 1.0, deadline_growth=1.0,
+                          min_fraction=_min_fraction(args, args.devices, 0.4))
     if args.profile == "always":
         return SyncConfig(target_updates=args.devices, wait_for_devices_s=30.0,
                           min_fraction=_min_fraction(args, args.devices, 0.6))

@@ -222,7 +222,7 @@ class DeviceSession:
             self.narrator.eligibility_changed(decision, before)
             if self.connected:
                 actions.append(self._status(True, now))
-        if self.participation.fitting and not decision.eligible:
+        if self.participation.must_stop(decision.eligible, now.wall):
             actions.append(StopFit())
         purpose, self._asked = self._asked, None
         if purpose is CheckPurpose.RECHECK and self.connected and self.status.stale(now):

@@ -78,9 +78,9 @@ class SiteUpdateMaker(UpdateMaker):
 
     def make(self, task: Task, base: Weights, trained: Weights, result: FitResult,
              before: dict[str, float], num_samples: int, codec: CodecConfig | None,
-             dp: DeviceDp | None, created_at: float) -> Update:
+             dp: DeviceDp | None, created_at: float, work: float = 1.0) -> Update:
         update = super().make(task, base, trained, result, before, num_samples, codec, dp,
-                              created_at)
+                              created_at, work)
         return dataclasses.replace(update, metrics={**update.metrics, **self.extra})
 
 

@@ -55,7 +55,9 @@ def _task_from(f: Fields, _max: int) -> Task:
         train = TrainConfig(epochs=t.int("epochs", maximum=MAX_EPOCHS),
                             batch_size=t.int("batch_size", maximum=MAX_BATCH_SIZE),
                             lr=t.float("lr"), momentum=t.float("momentum"),
-                            prox_mu=t.float("prox_mu"))
+                            prox_mu=t.float("prox_mu"),
+                            partial_work=t.str("partial_work", optional=True) or "off",
+                            max_batches=t.int("max_batches", optional=True) or 0)
     except ValueError as exc:
         raise RemoteProtocolError(f"task: {exc}") from None
     return Task(task_id=f.str("task_id"), mode=mode, round=f.int("round"),

@@ -24,7 +24,7 @@ from edge_client.shared.protocol.errors import (
     cap_reason,
 )
 from edge_client.shared.protocol.fields import Fields
-from edge_client.shared.protocol.message_types import (  # noqa: F401  (re-exported)
+from edge_client.shared.protocol.message_types import (
     Ack,
     DeltaInfo,
     Invitation,
@@ -71,8 +71,18 @@ def _task_map(t: Task) -> dict[str, Any]:
         "secagg": t.secagg, "cohort": None if t.cohort is None else t.cohort.to_wire(),
         "train": {"epochs": t.train.epochs, "batch_size": t.train.batch_size,
                   "lr": t.train.lr, "momentum": t.train.momentum,
-                  "prox_mu": t.train.prox_mu},
+                  "prox_mu": t.train.prox_mu, **_partial_work_map(t.train)},
     }
+
+
+def _partial_work_map(train: TrainConfig) -> dict[str, Any]:
+    """Sent only when set, so tasks without them stay byte for byte as they were."""
+    out: dict[str, Any] = {}
+    if train.partial_work != "off":
+        out["partial_work"] = train.partial_work
+    if train.max_batches:
+        out["max_batches"] = train.max_batches
+    return out
 
 
 def _update_map(u: Update) -> dict[str, Any]:
