@@ -28,8 +28,11 @@ class StatusGate:
         self.device_key = device_key
         self._newest: dict[str, float] = {}  # only enrolled devices get here: bounded
 
-    def open(self, device: str, payload: bytes, now: float) -> Status:
-        """The status on `device`'s topic at unix time `now`, or RemoteProtocolError."""
+    def open(self, device: str, payload: bytes, now: float) -> Status | None:
+        """The status on `device`'s topic at unix time `now`, or RemoteProtocolError; None
+        for the status already taken, delivered again (a QoS 1 redelivery after a lost
+        link, or the retained copy read again after the aggregator reconnects): nothing
+        new, nothing refused, and its retained copy stays."""
         required = self.security.enabled
         key = self.device_key(device) if required else None
         body = verified_body(payload, device, key, required, what="status")
@@ -38,6 +41,8 @@ class StatusGate:
             raise RemoteProtocolError(f"status names device {status.device_id!r} but came "
                                       f"on {device!r}'s topic")
         if required:
+            if status.time == self._newest.get(device):
+                return None
             self._check_time(status, now)
         return status
 

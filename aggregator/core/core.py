@@ -253,6 +253,8 @@ class AggregatorCore:
             if event.retained:
                 self._out.append(ClearRetained(event.topic))
             return
+        if status is None:  # the one already taken, delivered again
+            return
         self.presence.on_status(status, event.at.mono, event.at.wall)
         self.twins.status(status)
         watch_drift(self, status, event.at.wall)

@@ -30,6 +30,7 @@ def _status(online: bool = True, eligible: bool = True, at: float = NOW,
 
 def test_a_signed_fresh_status_is_taken():
     status = _gate().open("dev-1", seal(_status(), DEVICE), NOW)
+    assert status is not None
     assert status.online and status.eligible and status.device_id == "dev-1"
 
 
@@ -82,3 +83,15 @@ def test_plain_mode_takes_unsigned_and_signed_statuses_unchecked():
         gate.open("dev-1", _status(device="dev-2"), NOW)
     with pytest.raises(RemoteProtocolError, match="payload is not valid MessagePack"):
         gate.open("dev-1", b"\x93junk", NOW)
+
+
+def test_the_status_already_taken_delivered_again_is_neither_taken_nor_refused():
+    """A QoS 1 redelivery after a lost link, or the retained copy read again when the
+    aggregator reconnects: the same status, so nothing to take and nothing to clear."""
+    gate = _gate()
+    status = seal(_status(at=NOW - 10), DEVICE)
+    assert gate.open("dev-1", status, NOW) is not None
+    assert gate.open("dev-1", status, NOW) is None
+    gate.open("dev-1", seal(_status(at=NOW - 5), DEVICE), NOW)
+    with pytest.raises(RemoteProtocolError, match="not newer than the last one"):
+        gate.open("dev-1", status, NOW)  # older than the newest: a replay
