@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.anomalies import AnomalyConfig
+from aggregator.clusters import ClustersConfig
 from aggregator.fairness import FairnessConfig
 from aggregator.ingest_batch import IngestConfig
 from aggregator.limits import LimitsConfig, check_limits
+from aggregator.personalize import PersonalizeConfig
 from aggregator.presence import PresenceConfig
 from aggregator.privacy.config import PrivacyConfig, check_privacy
 from aggregator.secagg.config import SecAggConfig, check_secagg
@@ -151,6 +153,9 @@ class AggregatorConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)  # docs/abuse.md
     ingest: IngestConfig = field(default_factory=IngestConfig)  # docs/gateway.md
     fairness: FairnessConfig = field(default_factory=FairnessConfig)  # docs/gateway.md
+    # docs/heterogeneity.md: personal layers or models, and k clustered model lines
+    personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
+    clusters: ClustersConfig = field(default_factory=ClustersConfig)
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)
@@ -173,7 +178,20 @@ class AggregatorConfig:
         check_privacy(self)
         check_secagg(self)
         check_limits(self)
+        check_clusters(self)
         self.db_path = Path(self.db_path)
+
+
+def check_clusters(config: AggregatorConfig) -> None:
+    """k model lines average each cluster over its own devices: a mean, in the clear."""
+    if not config.clusters.on:
+        return
+    if not STRATEGIES[config.strategy.name].mean_based:
+        raise ValueError(f"clusters.k = {config.clusters.k} needs a mean-based strategy "
+                         f"(fedavg or a server optimizer), not {config.strategy.name!r}")
+    if config.privacy.enabled or config.secagg.enabled:
+        raise ValueError(f"clusters.k = {config.clusters.k} cannot run with [privacy] or "
+                         "[secagg]: each update must name its cluster in the clear")
 
 
 def load_aggregator_config(table: dict[str, Any], where: str = "config",

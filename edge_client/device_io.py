@@ -16,6 +16,8 @@ from edge_client.client_config import ClientConfig
 from edge_client.device_state import DeviceState
 from edge_client.narration import DeviceNarrator
 from edge_client.outbox import Outbox, OutboxFull
+from edge_client.personal import LocalModels
+from edge_client.personal.holdout import split_holdout
 from edge_client.session import actions as act
 from edge_client.session.events import (
     Event,
@@ -27,7 +29,10 @@ from edge_client.session.events import (
     UpdateStored,
 )
 from edge_client.session.held_model import HeldModel, copy_weights
+from edge_client.shared.clusters import cluster_count
+from edge_client.shared.protocol import Task
 from edge_client.shared.protocol.tensors import Weights
+from edge_client.shared.train_config import TrainConfig
 from edge_client.training.trainer import Trainer
 
 log = logging.getLogger("edge_client.client")  # one logger for all the device says
@@ -41,13 +46,18 @@ class TrainerFailed(RuntimeError):
 
 class DeviceIO:
     def __init__(self, config: ClientConfig, trainer: Trainer, narrator: DeviceNarrator,
-                 on_model: Callable[[int, dict, Weights], None] | None) -> None:
+                 on_model: Callable[[int, dict, Weights], None] | None,
+                 holdout: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.config = config
         self.trainer = trainer
         self.narrator = narrator
         self.on_model = on_model
         self.disk = DeviceState(config.state_dir, config.device_id, config.max_model_elements)
         self.outbox = Outbox(config.state_dir / "outbox", config.outbox_max)
+        self.holdout = holdout  # the app's held-out data, if it gave one
+        self.data: LocalData | None = None  # set by the shell: the cluster choice reads it
+        self.local: LocalModels | None = None  # personalised or clustered: made on first use
+        self._arch: dict = {}
 
     def execute(self, action: act.Action, data: LocalData,
                 should_stop: Callable[[], bool], stopping: Callable[[], bool]) -> Event | None:
@@ -59,6 +69,8 @@ class DeviceIO:
                 except ValueError as exc:
                     return ModelRefused(version, str(exc))
                 return ModelInstalled(version)
+            case act.StartFit(task, weights, config) if _own_models(task, weights):
+                return self._local_fit(task, weights, config, data(), should_stop, stopping)
             case act.StartFit(task, weights, config):
                 x, y = data()  # one consistent pair, even if set_data runs meanwhile
                 self.narrator.training(task, len(x))
@@ -91,14 +103,43 @@ class DeviceIO:
 
     def install(self, version: int, tensors: Weights, arch: dict) -> None:
         """Load a global model into the trainer (ValueError: names or shapes differ) and
-        hand it to the app's on_model."""
+        hand it to the app's on_model (a clustered model: the cluster that fits the
+        local data best; a personalised federation: the device's own model)."""
+        self._arch = arch
+        if self.local is None and cluster_count(tensors):
+            self.local = LocalModels(self.config.device_id)
+        if self.local is not None:
+            data = self.data() if self.data is not None else None
+            tensors = self.local.serving(tensors, self.trainer, data)
         self.trainer.set_weights(copy_weights(tensors))
+        self._serve(version, tensors)
+
+    def _serve(self, version: int, tensors: Weights) -> None:
         if self.on_model is not None:
             try:
-                self.on_model(version, arch, copy_weights(tensors))
+                self.on_model(version, self._arch, copy_weights(tensors))
             except Exception:  # the app's serving must never stop the device loop
                 log.exception("%s: on_model failed for version %d", self.config.device_id,
                               version)
+
+    def _local_fit(self, task: Task, weights: Weights, config: TrainConfig,
+                   data: tuple[np.ndarray, np.ndarray], should_stop: Callable[[], bool],
+                   stopping: Callable[[], bool]) -> FitFinished:
+        """A fit with the device's own models (edge_client/personal/): trained on the
+        data the held-out part leaves, measured on that part; then served."""
+        local = self.local = self.local or LocalModels(self.config.device_id)
+        train, held = ((data, self.holdout) if self.holdout is not None
+                       else split_holdout(data, self.config.device_id))
+        self.narrator.training(task, len(train[0]))
+        try:
+            fit = local.fit(self.trainer, task, weights, config, train, held, should_stop)
+        except Exception as exc:
+            raise TrainerFailed(f"the trainer failed on task {task.task_id}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        if fit.serve is not None:
+            self._serve(task.model_version, fit.serve)
+        return FitFinished(task.task_id, fit.result, fit.weights, fit.before, len(train[0]),
+                           shutting_down=stopping(), metrics=fit.metrics)
 
     def resumed(self) -> Resumed:
         """What survived a reboot: tasks done, the last model (installed now), the outbox."""
@@ -135,3 +176,8 @@ class DeviceIO:
             log.error("%s: could not save the %s in %s (%s); carrying on, will save it "
                       "again next time", self.config.device_id, what, self.config.state_dir,
                       exc.strerror or exc)
+
+
+def _own_models(task: Task, weights: Weights) -> bool:
+    """A task that personalises, or a clustered model: the device's own models train."""
+    return task.personal is not None or bool(cluster_count(weights))

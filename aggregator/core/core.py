@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from aggregator.anomalies import AnomalyWatch
+from aggregator.clusters import clustered
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, ClearRetained, Subscribe
 from aggregator.core.events import (
@@ -96,8 +97,9 @@ class AggregatorCore:
                                      self.narrator, self.driver)
         # each accepted update is folded into the round's sum as it comes (pending.py)
         self.state.pending.attach(
-            lambda repeated: accumulator_for(self.versions.strategy, self.state.weights,
-                                             repeated),
+            lambda repeated: clustered(accumulator_for(
+                self.versions.strategy, self.state.weights, repeated), self.state.weights,
+                config.clusters),
             self._stored_pending)
         self._out: list[Action] = []
         self.schedule = RoundSchedule(config, store, topics, self.state, self.narrator,

@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.clusters import initial_clusters
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, Publish, PublishTask
 from aggregator.downlink import DownlinkEncoder, on_the_wire, representable, retained_chain
 from aggregator.store import Store
+from edge_client.shared.clusters import cluster_count
 from edge_client.shared.protocol import Model, Task, Topics, Weights, decode, encode
 from edge_client.shared.protocol.chunking import chunk_count, sha256_hex
 from edge_client.shared.protocol.model_transfer import package_model
@@ -37,16 +39,28 @@ def load_or_create(config: AggregatorConfig, store: Store, initial: Weights | No
         assert isinstance(model, Model)
         log.info("aggregator: resuming at model version %d", model.version)
         weights = {k: v.astype(np.float32) for k, v in model.tensors.items()}
+        check_clusters_kept(config, weights)
         return model.version, weights, model.arch
     if initial is None:
         raise ValueError("the store holds no model: pass initial weights")
     full = config.downlink.full
-    weights = representable({k: np.asarray(v, dtype=np.float32)
-                             for k, v in initial.items()}, full)
+    weights = {k: np.asarray(v, dtype=np.float32) for k, v in initial.items()}
+    if config.clusters.on:  # k model lines, one stacked model (aggregator/clusters.py)
+        weights = initial_clusters(weights, config.clusters, config.seed)
+    weights = representable(weights, full)
     blob = encode(Model(version=0, tensors=on_the_wire(weights, full), arch=arch))
     store.add_model(0, blob, sha256_hex(blob),
                     {"round": 0, "updates": 0, "model_bytes": len(blob)})
     return 0, weights, arch
+
+
+def check_clusters_kept(config: AggregatorConfig, weights: Weights) -> None:
+    """A store made with another [clusters] k cannot go on under this one."""
+    held = cluster_count(weights)
+    if held != (config.clusters.k if config.clusters.on else 0):
+        raise ValueError(f"the store {config.db_path} holds a model of "
+                         f"{max(held, 1)} cluster(s), but clusters.k = {config.clusters.k}; "
+                         "use the k it was made with or a new store")
 
 
 def restored_downlink(config: AggregatorConfig, store: Store, version: int,

@@ -16,6 +16,7 @@ from aggregator.core.rounds import Decision, RoundResult, RoundStep
 from aggregator.fairness import fairness_of
 from aggregator.narrator import Narrator, Waiting
 from aggregator.participation import Participation
+from aggregator.personalize import personal_info
 from aggregator.strategy import Contribution
 from aggregator.strategy.folding import HeldRows
 from edge_client.shared.protocol import Task, Update, Weights
@@ -75,7 +76,7 @@ class PlainRound:
             devices=sorted({r.device_id for r in records}),
             evaluation=device_evaluation(records),
             extra={"fairness": fairness_of(records, self.config.fairness.accuracy_floor
-                                           ).to_json()},
+                                           ).to_json(), **personal_info(records)},
             folded=None if isinstance(folded, HeldRows) else folded)
 
     def not_used(self, task_id: str, reason: str) -> None:

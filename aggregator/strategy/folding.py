@@ -70,6 +70,7 @@ class Arrival:
     nonce: str
     samples: int
     staleness_factor: float = 1.0
+    group: int | None = None  # the cluster it trained (aggregator/clusters.py), if any
 
 
 class Accumulator(Protocol):

@@ -21,6 +21,9 @@ class StatusBoard:
         self.session_id = session_id  # tells this run's statuses from another's
         self.interval_s = interval_s
         self.decision: Decision | None = None
+        # global_accuracy, personal_accuracy, cluster of the latest fit (personalised or
+        # clustered federations); empty otherwise, and the status is as it always was
+        self.figures: dict[str, float] = {}
         self._sent_at = 0.0  # monotonic time of the last status published
 
     def payload(self, online: bool, model_version: int | None, wall: float,
@@ -35,7 +38,9 @@ class StatusBoard:
             reason=reason if reason is not None else (d.reason if d is not None else ""),
             model_version=model_version, time=wall,
             battery_pct=float(battery) if isinstance(battery, int | float) else None,
-            session=self.session_id)))
+            session=self.session_id, global_accuracy=_figure(self.figures, "global_accuracy"),
+            personal_accuracy=_figure(self.figures, "personal_accuracy"),
+            cluster=_cluster(self.figures))))
 
     def publish(self, online: bool, model_version: int | None, now: Instant,
                 reason: str | None = None) -> Publish:
@@ -46,3 +51,13 @@ class StatusBoard:
     def stale(self, now: Instant) -> bool:
         """Due again, so a signed retained status stays within the aggregator's clock skew."""
         return now.monotonic - self._sent_at >= self.interval_s
+
+
+def _figure(figures: dict[str, float], key: str) -> float | None:
+    value = figures.get(key)
+    return float(value) if value is not None and 0.0 <= value <= 1.0 else None
+
+
+def _cluster(figures: dict[str, float]) -> int | None:
+    value = figures.get("cluster")
+    return int(value) if value is not None else None

@@ -63,7 +63,8 @@ class UpdateMaker:
 
     def make(self, task: Task, base: Weights, trained: Weights, result: FitResult,
              before: dict[str, float], num_samples: int, codec: CodecConfig | None,
-             dp: DeviceDp | None, created_at: float) -> Update:
+             dp: DeviceDp | None, created_at: float,
+             extra: dict[str, float] | None = None) -> Update:
         """The update of a fit from `base`. ValueError: under DP, a diverged fit gives no
         update that can be noised."""
         self._rng = np.random.default_rng(self.seed(task))  # stochastic rounding, reproducible
@@ -75,7 +76,8 @@ class UpdateMaker:
                         num_samples=num_samples, tensors=delta,
                         metrics={"train_loss": result.loss, "train_s": result.train_s,
                                  "local_accuracy": before.get("accuracy", float("nan")),
-                                 "local_loss": before.get("loss", float("nan"))},
+                                 "local_loss": before.get("loss", float("nan")),
+                                 **(extra or {})},
                         created_at=created_at)
         if dp is not None:
             update = self.add_dp_noise(update, dp)

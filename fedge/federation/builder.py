@@ -99,12 +99,13 @@ class Federation:
     def add_device(self, config: ClientConfig, trainer: Trainer, x: np.ndarray,
                    y: np.ndarray, *, policy: EligibilityPolicy | None = None,
                    app_busy: Callable[[], bool] | None = None,
-                   on_model: Callable[[int, dict, Weights], None] | None = None
-                   ) -> EdgeClient:
-        """An EdgeClient with only its own data `x`, `y`, on this federation's broker."""
+                   on_model: Callable[[int, dict, Weights], None] | None = None,
+                   holdout: tuple[np.ndarray, np.ndarray] | None = None) -> EdgeClient:
+        """An EdgeClient with only its own data `x`, `y` (and its held-out data, for
+        personalised and clustered federations), on this federation's broker."""
         config = dataclasses.replace(config, host=self.broker.host, port=self.broker.port)
         device = EdgeClient(config, trainer, x, y, policy=policy, app_busy=app_busy,
-                            on_model=on_model)
+                            on_model=on_model, holdout=holdout)
         self.devices.append(device)
         return device
 
