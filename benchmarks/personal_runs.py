@@ -1,0 +1,237 @@
+"""Personalised and clustered federations on per-device data, for the heterogeneity
+benchmark (issue 19): the real fedge code in one process (fedge.federation: a broker,
+the aggregator, one EdgeClient per device on threads), scored per device.
+
+    from benchmarks.personal_runs import Partition, run_personalized, run_clustered
+    parts = [Partition(x_train, y_train, x_test, y_test), ...]   # one per device
+    run_personalized(parts, mode="layers")   # {"accuracy": mean per-device, ...}
+    run_clustered(parts, k=2)
+    run_plain(parts)                         # FedAvg, scored the same way
+
+`job_or_partitions` is a sequence of Partition (or 4-tuples x_train, y_train, x_test,
+y_test), or an object with such a `partitions` attribute. Every run returns a dict:
+`accuracy` (the mean over devices of the model each device serves at the end, on its own
+test data), `global_accuracy` (the global model, or its cluster's, on the same data),
+`per_device`, `uplink_bytes` (MQTT payload bytes the devices sent), `update_bytes` (the
+updates' encoded size as the aggregator stored them), `versions`, `wall_s`; clustered
+runs add `membership` and `cluster_sizes`. `python -m benchmarks.personal_runs` runs the
+three on digits split non-IID by label and prints JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aggregator.clusters import ClustersConfig
+from aggregator.config import AggregatorConfig, SyncConfig
+from aggregator.personalize import PersonalizeConfig
+from edge_client.client import ClientConfig
+from edge_client.eligibility import EligibilityConfig
+from edge_client.shared.clusters import cluster_count, unstack
+from edge_client.shared.codecs import CodecConfig
+from edge_client.shared.protocol import TrainConfig, Weights
+from edge_client.training import Trainer, mlp_trainer
+from fedge.federation import Federation
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One device's data: what it trains on and what it is scored on."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model every party builds: `trainer(seed)` gives a fresh Trainer of `arch`."""
+
+    arch: dict[str, Any]
+    trainer: Callable[[int], Trainer]
+    personal_layers: tuple[str, ...] = ()  # the head, for mode="layers"
+
+
+def mlp_spec(features: int, classes: int, hidden: int = 64) -> ModelSpec:
+    sizes = [features, hidden, classes]
+    return ModelSpec({"kind": "mlp", "sizes": sizes}, lambda seed: mlp_trainer(sizes, seed),
+                     ("dense1.",))
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    rounds: int = 10
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=2, batch_size=32, lr=0.1, momentum=0.5))
+    uplink: CodecConfig | None = None  # None: dense float32 updates
+    seed: int = 0
+    broker: str = "auto"
+    timeout_s: float = 600.0
+
+
+def as_partitions(job_or_partitions: Any) -> list[Partition]:
+    parts = getattr(job_or_partitions, "partitions", job_or_partitions)
+    return [p if isinstance(p, Partition) else Partition(*p) for p in parts]
+
+
+def run_plain(job_or_partitions: Any, model: ModelSpec | None = None,
+              settings: RunSettings | None = None) -> dict[str, Any]:
+    """FedAvg, each device serving the global model: the baseline."""
+    return _run(as_partitions(job_or_partitions), model, settings or RunSettings(),
+                PersonalizeConfig(), ClustersConfig())
+
+
+def run_personalized(job_or_partitions: Any, mode: str = "layers",
+                     personal_layers: Sequence[str] | None = None, lam: float = 0.1,
+                     model: ModelSpec | None = None,
+                     settings: RunSettings | None = None) -> dict[str, Any]:
+    """Personal layers (mode "layers": the head stays on each device) or Ditto."""
+    parts = as_partitions(job_or_partitions)
+    model = model or _default_model(parts)
+    layers = list(personal_layers or model.personal_layers) if mode == "layers" else []
+    return _run(parts, model, settings or RunSettings(),
+                PersonalizeConfig(mode=mode, personal_layers=layers, lam=lam),
+                ClustersConfig())
+
+
+def run_clustered(job_or_partitions: Any, k: int = 2, model: ModelSpec | None = None,
+                  settings: RunSettings | None = None) -> dict[str, Any]:
+    """IFCA with k model lines; each device serves its cluster's model."""
+    return _run(as_partitions(job_or_partitions), model, settings or RunSettings(),
+                PersonalizeConfig(), ClustersConfig(k=k))
+
+
+def _default_model(parts: list[Partition]) -> ModelSpec:
+    classes = int(max(max(p.y_train.max(), p.y_test.max()) for p in parts)) + 1
+    return mlp_spec(int(np.prod(parts[0].x_train.shape[1:])), classes)
+
+
+class _Served:
+    """Each device's latest served model, from its on_model hook (any thread)."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, Weights] = {}
+        self._lock = threading.Lock()
+
+    def hook(self, device_id: str) -> Callable[[int, dict, Weights], None]:
+        def load(version: int, arch: dict, weights: Weights) -> None:
+            with self._lock:
+                self.models[device_id] = weights
+        return load
+
+
+def _run(parts: list[Partition], model: ModelSpec | None, settings: RunSettings,
+         personalize: PersonalizeConfig, clusters: ClustersConfig) -> dict[str, Any]:
+    model = model or _default_model(parts)
+    served = _Served()
+    work = Path(tempfile.mkdtemp(prefix="fedge-personal-"))
+    n = len(parts)
+    config = AggregatorConfig(
+        federation="personal", db_path=work / "aggregator.sqlite3", rounds=settings.rounds,
+        train=settings.train, uplink=settings.uplink, seed=settings.seed,
+        sync=SyncConfig(target_updates=n, round_timeout_s=120.0),
+        personalize=personalize, clusters=clusters)
+    started = time.monotonic()
+    with Federation(settings.broker) as federation:
+        federation.add_aggregator(config, model.trainer(settings.seed).get_weights(),
+                                  model.arch)
+        for i, p in enumerate(parts):
+            device_id = f"device-{i}"
+            federation.add_device(
+                ClientConfig(device_id=device_id, federation="personal",
+                             state_dir=work / device_id, eligibility_check_s=0.2,
+                             eligibility=EligibilityConfig(enabled=False)),
+                model.trainer(settings.seed + 1 + i), p.x_train, p.y_train,
+                on_model=served.hook(device_id), holdout=(p.x_test, p.y_test))
+        result = federation.run(settings.timeout_s)
+    scorer = model.trainer(settings.seed)
+    rows = [_score(scorer, f"device-{i}", p, result.global_weights, served.models)
+            for i, p in enumerate(parts)]
+    out: dict[str, Any] = {
+        "accuracy": float(np.mean([r["accuracy"] for r in rows])),
+        "global_accuracy": float(np.mean([r["global_accuracy"] for r in rows])),
+        "per_device": rows, "uplink_bytes": result.bytes_up,
+        "update_bytes": int(sum(h.get("update_bytes", 0) for h in result.history)),
+        "downlink_bytes": result.bytes_down, "versions": result.version,
+        "wall_s": round(time.monotonic() - started, 2)}
+    if clusters.on:
+        membership = {r["device"]: r["cluster"] for r in rows}
+        out["membership"] = membership
+        out["cluster_sizes"] = {str(c): sum(1 for v in membership.values() if v == c)
+                                for c in range(clusters.k)}
+    return out
+
+
+def _score(scorer: Trainer, device_id: str, part: Partition, global_weights: Weights,
+           served: dict[str, Weights]) -> dict[str, Any]:
+    """The device's served model and the global one (its cluster's) on its test data."""
+    row: dict[str, Any] = {"device": device_id}
+    models = unstack(global_weights) if cluster_count(global_weights) else [global_weights]
+    losses = []
+    for m in models:
+        scorer.set_weights(m)
+        losses.append(scorer.evaluate(part.x_train, part.y_train)["loss"])
+    choice = int(np.argmin(losses))
+    scorer.set_weights(models[choice])
+    row["global_accuracy"] = scorer.evaluate(part.x_test, part.y_test)["accuracy"]
+    if len(models) > 1:
+        row["cluster"] = choice
+    own = served.get(device_id, models[choice])
+    scorer.set_weights(own)
+    row["accuracy"] = scorer.evaluate(part.x_test, part.y_test)["accuracy"]
+    return row
+
+
+def digits_by_label(devices: int = 6, groups: int = 2, seed: int = 0) -> list[Partition]:
+    """Digits, non-IID by label: the ten classes fall into `groups` groups (2: 0-4 and
+    5-9), device i sees only group i % groups, shared out among the devices of that
+    group; each device's share is split 75/25 into its train and test data."""
+    from fedge.datasets import load_digits
+
+    x, y = load_digits()
+    rng = np.random.default_rng(seed)
+    members = [list(range(g, devices, groups)) for g in range(groups)]
+    rows: list[list[int]] = [[] for _ in range(devices)]
+    for label in range(10):
+        who = members[label * groups // 10]
+        idx = rng.permutation(np.flatnonzero(y == label))
+        for share, device in zip(np.array_split(idx, len(who)), who, strict=True):
+            rows[device] += share.tolist()
+    parts = []
+    for r in rows:
+        order = rng.permutation(np.asarray(r))
+        cut = int(0.75 * len(order))
+        parts.append(Partition(x[order[:cut]], y[order[:cut]], x[order[cut:]],
+                               y[order[cut:]]))
+    return parts
+
+
+def main() -> None:
+    from edge_client.blas_threads import limit_blas_threads
+
+    limit_blas_threads()
+    parts = digits_by_label()
+    settings = RunSettings(rounds=8)
+    report = {"job": "digits, 6 devices, labels 0-4 or 5-9",
+              "fedavg": run_plain(parts, settings=settings),
+              "layers": run_personalized(parts, "layers", settings=settings),
+              "ditto": run_personalized(parts, "ditto", settings=settings),
+              "clusters_k3": run_clustered(parts, 3, settings=settings)}
+    for run in report.values():
+        if isinstance(run, dict):
+            run.pop("per_device", None)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
