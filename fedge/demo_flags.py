@@ -12,10 +12,13 @@ import argparse
 import math
 from pathlib import Path
 
+from aggregator.clusters import ClustersConfig
 from aggregator.config import AggregatorConfig, AsyncConfig, DownlinkConfig, SyncConfig
+from aggregator.personalize import PersonalizeConfig
 from aggregator.privacy.config import PrivacyConfig
 from aggregator.secagg.config import SecAggConfig
 from aggregator.strategy import STRATEGIES, StrategyConfig
+from edge_client.shared.clusters import MAX_CLUSTERS
 from edge_client.shared.codecs import DENSE
 from edge_client.shared.protocol import TrainConfig
 from edge_client.shared.secagg.graph import MIN_PARTICIPANTS
@@ -94,6 +97,17 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
                    help="the first K devices send poisoned updates")
     p.add_argument("--attack", choices=tuple(ATTACKS), default="sign_flip",
                    help="sign_flip: the honest update reversed; scale10: boosted tenfold")
+    p.add_argument("--personalize", nargs="?", const="layers", default="off",
+                   choices=("off", "layers", "ditto"),
+                   help="personal models: 'layers' keeps the output layer on each device "
+                        "(FedPer), 'ditto' a whole personal model; the summary reports "
+                        "global vs personal accuracy on each device's held-out fifth")
+    p.add_argument("--personal-layers", default="dense1.",
+                   help="--personalize layers: tensor-name prefixes kept on the device, "
+                        "comma-separated (default: the MLP's output layer)")
+    p.add_argument("--clusters", type=int, default=1, metavar="K",
+                   help="K global models (IFCA): each device trains the one with the lowest "
+                        "loss on its data; the summary reports the membership")
 
 
 def parse_demo_flags(argv: list[str]) -> Demo:
@@ -144,6 +158,11 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--dp distributed needs --secagg: each device adds a share of the "
                          "noise, which hides the mean only when the server sees no single "
                          "update")
+    if not 1 <= args.clusters <= MAX_CLUSTERS:
+        raise ValueError(f"--clusters must be 1 to {MAX_CLUSTERS}, not {args.clusters}")
+    if args.clusters > 1 and (args.secagg or args.dp != "off"):
+        raise ValueError("--clusters cannot run with --secagg or --dp: each update names "
+                         "its cluster in the clear")
     if not 0 <= args.attackers < args.devices:
         raise ValueError(f"--attackers must be 0 to {args.devices - 1} (fewer than "
                          f"--devices), not {args.attackers}")
@@ -169,6 +188,11 @@ def aggregator_config(args: argparse.Namespace) -> AggregatorConfig:
                               noise_multiplier=args.noise_multiplier,
                               target_epsilon=args.target_epsilon),
         secagg=SecAggConfig(enabled=args.secagg),
+        personalize=PersonalizeConfig(
+            mode=args.personalize,
+            personal_layers=[n for n in args.personal_layers.split(",") if n]
+            if args.personalize == "layers" else []),
+        clusters=ClustersConfig(k=args.clusters),
     )
 
 
