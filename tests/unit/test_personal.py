@@ -1,0 +1,220 @@
+"""Personalisation and clusters without a network: the task's spec, the stacked layout,
+the per-cluster running sum, the device's own models, the figures the aggregator keeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aggregator.clusters import ClustersConfig, ClusteredSum, clustered, initial_clusters
+from aggregator.config import AggregatorConfig, load_aggregator_config
+from aggregator.personalize import PersonalizeConfig, device_figures, personal_info
+from aggregator.strategy import StrategyConfig
+from aggregator.strategy.fedavg import FedAvg
+from aggregator.strategy.folding import Arrival, FlatUpdate, MeanSum
+from edge_client.personal import LocalModels
+from edge_client.personal.holdout import split_holdout
+from edge_client.shared.clusters import (
+    cluster_count,
+    cluster_of_coordinates,
+    stack,
+    unstack,
+    with_cluster,
+)
+from edge_client.shared.personal import PersonalMode, PersonalSpec
+from edge_client.shared.protocol import (
+    RemoteProtocolError,
+    Status,
+    Task,
+    TrainConfig,
+    Update,
+    decode,
+    encode,
+)
+from edge_client.shared.settings import ConfigError
+from edge_client.training import mlp_trainer
+
+F32 = np.float32
+
+
+def _task(**fields) -> Task:
+    return Task("t1", "sync", 1, 0, TrainConfig(epochs=1, lr=0.1), **fields)
+
+
+# ------------------------------------------------------------------ the wire
+def test_a_task_carries_personalisation_and_clusters_and_plain_tasks_stay_as_they_were():
+    spec = PersonalSpec(PersonalMode.LAYERS, ("dense1.", "aq2."), 0.5)
+    task = decode(encode(_task(personal=spec.to_wire(), clusters=3)))
+    assert isinstance(task, Task) and task.clusters == 3
+    assert PersonalSpec.from_wire(task.personal) == spec
+    plain = encode(_task())
+    assert b"personal" not in plain and b"clusters" not in plain
+
+
+def test_status_figures_are_optional_and_bounded():
+    status = decode(encode(Status("d1", True, global_accuracy=0.5, personal_accuracy=0.9,
+                                  cluster=1)))
+    assert (status.global_accuracy, status.personal_accuracy, status.cluster) == (0.5, 0.9, 1)
+    plain = decode(encode(Status("d1", True)))
+    assert (plain.global_accuracy, plain.personal_accuracy, plain.cluster) == (None, None, None)
+    assert b"cluster" not in encode(Status("d1", True))
+    with pytest.raises(RemoteProtocolError, match="personal_accuracy"):
+        decode(encode(Status("d1", True, personal_accuracy=1.5)))
+
+
+@pytest.mark.parametrize("wire, problem", [
+    ({"mode": "median"}, "median"),
+    ({"mode": "layers", "layers": ""}, "personal_layers"),
+    ({"mode": "layers", "layers": 3}, "commas"),
+    ({"mode": "ditto", "lam": -1}, "lam"),
+    ({"mode": "ditto", "lam": "x"}, "number"),
+])
+def test_a_spec_a_device_cannot_follow_is_a_protocol_error(wire, problem):
+    with pytest.raises(RemoteProtocolError, match=problem):
+        PersonalSpec.from_wire(wire)
+
+
+# ------------------------------------------------------------------ the stacked layout
+def test_stack_and_unstack_are_inverse_and_the_layout_names_each_coordinate():
+    a = {"w": np.arange(4, dtype=F32), "b": np.ones(2, F32)}
+    b = {"w": -np.arange(4, dtype=F32), "b": np.zeros(2, F32)}
+    stacked = stack([a, b])
+    assert cluster_count(stacked) == 2 and cluster_count(a) == 0
+    back = unstack(stacked)
+    assert all(np.array_equal(back[0][n], a[n]) and np.array_equal(back[1][n], b[n])
+               for n in a)
+    # sorted names: cluster0/b, cluster0/w, cluster1/b, cluster1/w
+    assert cluster_of_coordinates(stacked).tolist() == [0] * 6 + [1] * 6
+    swapped = with_cluster(stacked, 1, a)
+    assert np.array_equal(unstack(swapped)[1]["w"], a["w"])
+    with pytest.raises(ValueError, match="differ"):
+        unstack({"cluster0/w": np.zeros(2, F32), "cluster1/w": np.zeros(3, F32)})
+
+
+def test_initial_clusters_keep_cluster_zero_and_start_the_others_apart():
+    w = {"w": np.random.default_rng(0).standard_normal((8, 4)).astype(F32)}
+    models = unstack(initial_clusters(w, ClustersConfig(k=3), seed=0))
+    assert np.array_equal(models[0]["w"], w["w"])
+    assert not np.allclose(models[1]["w"], w["w"]) and not np.allclose(models[1]["w"],
+                                                                      models[2]["w"])
+    assert np.std(models[1]["w"]) == pytest.approx(np.std(w["w"]), rel=0.2)  # same scale
+
+
+# ------------------------------------------------------------------ per-cluster means
+def test_each_cluster_is_averaged_over_its_own_devices_only():
+    model = stack([{"w": np.zeros(2, F32)}, {"w": np.zeros(2, F32)}])  # coords 0,1 | 2,3
+    total = ClusteredSum(FedAvg().start(model), model, 2)
+    # a device of cluster 0 whose delta strays into cluster 1 (error feedback) is masked
+    total.fold(Arrival("a", "n1", 1, group=0), FlatUpdate(np.array([1, 1, 9, 9], F32), 4))
+    total.fold(Arrival("b", "n2", 3, group=0), FlatUpdate(np.array([3, 3, 0, 0], F32), 4))
+    total.fold(Arrival("c", "n3", 2, group=None), FlatUpdate(np.ones(4, F32), 4))  # no cluster
+    out = total.finish(model, 1.0)
+    assert out["cluster0/w"].tolist() == [2.5, 2.5]  # (1*1 + 3*3) / 4
+    assert out["cluster1/w"].tolist() == [0.0, 0.0]  # nobody chose it: unchanged
+
+
+def test_clustered_wraps_only_a_mean_and_only_when_on():
+    model = stack([{"w": np.zeros(2, F32)}] * 2)
+    plain = MeanSum(4, FedAvg().apply_mean)
+    assert clustered(plain, model, ClustersConfig()) is plain
+    assert isinstance(clustered(plain, model, ClustersConfig(k=2)), ClusteredSum)
+    with pytest.raises(ValueError, match="mean-based"):
+        clustered(object(), model, ClustersConfig(k=2))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ config
+def test_config_tables_and_their_refusals():
+    config = load_aggregator_config({"personalize": {"mode": "layers",
+                                                     "personal_layers": ["dense1."]},
+                                     "clusters": {"k": 3}})
+    assert config.personalize.wire() == {"mode": "layers", "layers": "dense1.", "lam": 0.1}
+    assert config.clusters.k == 3
+    assert AggregatorConfig().personalize.wire() is None and not AggregatorConfig().clusters.on
+    with pytest.raises(ConfigError, match="personal_layers"):
+        load_aggregator_config({"personalize": {"mode": "layers"}})
+    with pytest.raises(ConfigError, match="personalize.mode"):
+        load_aggregator_config({"personalize": {"mode": "fedper"}})
+    with pytest.raises(ConfigError, match="clusters.k"):
+        load_aggregator_config({"clusters": {"k": 0}})
+    with pytest.raises(ValueError, match="mean-based"):
+        AggregatorConfig(strategy=StrategyConfig(name="median"), clusters=ClustersConfig(k=2))
+
+
+# ------------------------------------------------------------------ the device's own models
+def _digits_like(seed: int, labels: list[int], n: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.choice(labels, n)
+    x = rng.standard_normal((n, 8)).astype(F32) + np.eye(8, dtype=F32)[y] * 3
+    return x, y.astype(np.int64)
+
+
+def test_personal_layers_train_here_and_the_update_leaves_them_alone():
+    trainer = mlp_trainer([8, 6, 8], seed=1)
+    received = mlp_trainer([8, 6, 8], seed=0).get_weights()
+    local = LocalModels("d1")
+    task = _task(personal=PersonalSpec(PersonalMode.LAYERS, ("dense1.",)).to_wire())
+    data = _digits_like(0, [0, 1])
+    fit = local.fit(trainer, task, received, task.train, data, data, lambda: False)
+    for name in ("dense1.weight", "dense1.bias"):  # zero delta on the personal layers
+        assert np.array_equal(fit.weights[name], received[name])
+        assert not np.array_equal(local.personal[name], received[name])
+    assert not np.array_equal(fit.weights["dense0.weight"], received["dense0.weight"])
+    assert fit.metrics["personal_accuracy"] > fit.metrics["global_accuracy"]
+    # the next global model is served with this device's head in it
+    served = local.serving(received, trainer, data)
+    assert np.array_equal(served["dense1.weight"], local.personal["dense1.weight"])
+    assert np.array_equal(served["dense0.weight"], received["dense0.weight"])
+
+
+def test_ditto_keeps_a_personal_model_pulled_toward_the_global_one():
+    trainer = mlp_trainer([8, 6, 8], seed=1)
+    received = mlp_trainer([8, 6, 8], seed=0).get_weights()
+    local = LocalModels("d1")
+    task = _task(personal=PersonalSpec(PersonalMode.DITTO, lam=1e9).to_wire())
+    data = _digits_like(0, [0, 1])
+    fit = local.fit(trainer, task, received, task.train, data, data, lambda: False)
+    assert fit.serve is not None  # a huge lam: the personal model is the global one
+    assert all(np.allclose(fit.serve[n], received[n], atol=1e-6) for n in received)
+    assert "personal_accuracy" in fit.metrics and "cluster" not in fit.metrics
+
+
+def test_a_clustered_device_trains_the_cluster_that_fits_its_data_best():
+    good = mlp_trainer([8, 6, 8], seed=0)
+    data = _digits_like(0, [2, 3])
+    good.fit(*data, TrainConfig(epochs=5, lr=0.1))
+    bad = mlp_trainer([8, 6, 8], seed=5).get_weights()
+    received = stack([bad, good.get_weights()])
+    local = LocalModels("d1")
+    fit = local.fit(mlp_trainer([8, 6, 8]), _task(clusters=2), received, TrainConfig(),
+                    data, data, lambda: False)
+    assert fit.metrics["cluster"] == 1.0 and local.cluster == 1
+    assert all(np.array_equal(fit.weights[n], received[n]) for n in received
+               if n.startswith("cluster0/"))  # a zero delta outside its cluster
+    assert cluster_count(fit.weights) == 2
+    served = local.serving(received, mlp_trainer([8, 6, 8]), data)
+    assert set(served) == set(good.get_weights())
+
+
+def test_the_held_out_part_is_a_fixed_fifth_per_device():
+    x, y = np.arange(50, dtype=F32).reshape(25, 2), np.arange(25) % 3
+    (xt, _), (xh, _) = split_holdout((x, y), "d1")
+    assert len(xh) == 5 and len(xt) == 20
+    assert np.array_equal(split_holdout((x, y), "d1")[1][0], xh)
+    tiny = (x[:3], y[:3])
+    assert split_holdout(tiny, "d1") == (tiny, tiny)
+
+
+# ------------------------------------------------------------------ the figures kept
+def test_the_version_keeps_each_devices_latest_figures_and_their_means():
+    def update(device: str, **metrics: float) -> Update:
+        return Update(device, "t", "n", 0, 10, {}, metrics={"local_accuracy": 0.5, **metrics})
+    updates = [update("b", global_accuracy=0.4, personal_accuracy=0.9, cluster=1),
+               update("a", global_accuracy=0.6, personal_accuracy=0.8, cluster=0),
+               update("c")]
+    figures = device_figures(updates)
+    assert list(figures) == ["a", "b"]
+    info = personal_info(updates)["personal"]
+    assert info["global_accuracy"] == pytest.approx(0.5)
+    assert info["personal_accuracy"] == pytest.approx(0.85)
+    assert info["cluster_sizes"] == {"0": 1, "1": 1}
+    assert personal_info([update("c")]) == {}
