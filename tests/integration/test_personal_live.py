@@ -108,7 +108,7 @@ def test_ditto_devices_serve_their_own_model_while_the_global_one_trains(mosquit
 
 def test_clusters_split_the_label_groups_and_devices_serve_their_cluster(mosquitto,
                                                                          tmp_path, by_label):
-    result, clients, served, _ = _run(mosquitto, tmp_path, by_label,
+    result, _, served, _ = _run(mosquitto, tmp_path, by_label,
                                       clusters=ClustersConfig(k=2))
     final = result.global_weights
     assert cluster_count(final) == 2

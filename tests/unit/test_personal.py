@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aggregator.clusters import ClustersConfig, ClusteredSum, clustered, initial_clusters
+from aggregator.clusters import ClusteredSum, ClustersConfig, clustered, initial_clusters
 from aggregator.config import AggregatorConfig, load_aggregator_config
-from aggregator.personalize import PersonalizeConfig, device_figures, personal_info
+from aggregator.personalize import device_figures, personal_info
 from aggregator.strategy import StrategyConfig
 from aggregator.strategy.fedavg import FedAvg
 from aggregator.strategy.folding import Arrival, FlatUpdate, MeanSum
@@ -132,9 +132,9 @@ def test_config_tables_and_their_refusals():
     assert AggregatorConfig().personalize.wire() is None and not AggregatorConfig().clusters.on
     with pytest.raises(ConfigError, match="personal_layers"):
         load_aggregator_config({"personalize": {"mode": "layers"}})
-    with pytest.raises(ConfigError, match="personalize.mode"):
+    with pytest.raises(ConfigError, match=r"personalize\.mode"):
         load_aggregator_config({"personalize": {"mode": "fedper"}})
-    with pytest.raises(ConfigError, match="clusters.k"):
+    with pytest.raises(ConfigError, match=r"clusters\.k"):
         load_aggregator_config({"clusters": {"k": 0}})
     with pytest.raises(ValueError, match="mean-based"):
         AggregatorConfig(strategy=StrategyConfig(name="median"), clusters=ClustersConfig(k=2))
