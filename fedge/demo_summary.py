@@ -84,7 +84,8 @@ def _heterogeneity(config: Any, history: list[dict]) -> dict[str, Any]:
     personalize, clusters = config.personalize.mode != "off", config.clusters.on
     if not (personalize or clusters):
         return {}
-    info = next((h["personal"] for h in reversed(history) if "personal" in h), {})
+    info: dict[str, Any] = next(
+        (h["personal"] for h in reversed(history) if "personal" in h), {})
     devices = info.get("devices", {})
     out: dict[str, Any] = {}
     if personalize:
