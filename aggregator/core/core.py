@@ -56,6 +56,7 @@ from aggregator.status_gate import StatusGate
 from aggregator.store import Store
 from aggregator.strategy import Strategy
 from aggregator.strategy.config import build_strategy
+from aggregator.strategy.contribution import weighted
 from aggregator.strategy.folding import Streaming, accumulator_for, model_size
 from aggregator.strategy.memory import check_cohort_fits
 from edge_client.shared.protocol import RemoteProtocolError, Topics, Weights
@@ -97,9 +98,9 @@ class AggregatorCore:
                                      self.narrator, self.driver)
         # each accepted update is folded into the round's sum as it comes (pending.py)
         self.state.pending.attach(
-            lambda repeated: clustered(accumulator_for(
+            lambda repeated: weighted(clustered(accumulator_for(
                 self.versions.strategy, self.state.weights, repeated), self.state.weights,
-                config.clusters),
+                config.clusters), config.strategy.weighting, config.strategy.weighting_q),
             self._stored_pending)
         self._out: list[Action] = []
         self.schedule = RoundSchedule(config, store, topics, self.state, self.narrator,

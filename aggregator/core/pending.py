@@ -127,4 +127,5 @@ class PendingUpdates:
 def _arrival(record: PendingRecord, factor: float) -> Arrival:
     cluster = record.metrics.get("cluster")  # a clustered federation's devices name theirs
     group = int(cluster) if isinstance(cluster, int | float) and cluster == cluster else None
-    return Arrival(record.device_id, record.nonce, record.num_samples, factor, group)
+    return Arrival(record.device_id, record.nonce, record.num_samples, factor, group,
+                   record.metrics)

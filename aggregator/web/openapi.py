@@ -265,6 +265,9 @@ def _fairness_schema() -> dict[str, Any]:
         "floor": num,
         "contributions": _described({"type": "object", "additionalProperties": {
             "type": "number"}}, "Device -> its share of the version's samples"),
+        "weights": _described({"type": "object", "additionalProperties": {
+            "type": "number"}}, "Device -> its share of the aggregation weight under "
+                                "[strategy] weighting (the samples share by default)"),
         "note": _described({"type": "string", "nullable": True},
                            "Why there are no figures (secure aggregation), or null")}}
     schema["required"] = list(schema["properties"])

@@ -213,5 +213,6 @@ def fairness(history: list[VersionRecord], latest: int) -> list[dict[str, Any]]:
             continue
         note = SECURE_NOTE if record.secagg is not None else "not recorded for this version"
         rows.append({**row, "devices": 0, "median": None, "p10": None, "worst_decile": None,
-                     "under_floor": 0, "floor": None, "contributions": {}, "note": note})
+                     "under_floor": 0, "floor": None, "contributions": {}, "weights": {},
+                     "note": note})
     return rows
