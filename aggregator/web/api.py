@@ -73,6 +73,10 @@ def fairness() -> Response:
     return jsonify({"fairness": readmodel.fairness(history, int(text))})
 
 
+def personal() -> Response:
+    return jsonify(readmodel.personal(readmodel.version_records(request_store())))
+
+
 def status() -> Response:
     return jsonify(readmodel.finite(fleet_status(request_store()).to_json()))
 
@@ -194,6 +198,7 @@ ROUTES = (
     Route("/api/devices", devices, Access.READ),
     Route("/api/anomalies", anomalies, Access.READ),
     Route("/api/fairness", fairness, Access.READ, query=("latest",)),
+    Route("/api/personal", personal, Access.READ),
     Route("/api/audit", audit, Access.READ, query=("version",)),
     Route("/api/enrolment", enrolment, Access.READ),
     Route("/api/models/<version>", model, Access.READ),

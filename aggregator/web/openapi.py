@@ -93,6 +93,10 @@ def _paths() -> dict[str, Any]:
                                                           f"{FAIRNESS_DEFAULT})",
                                            "schema": {"type": "integer", "minimum": 1,
                                                       "maximum": FAIRNESS_MAX}}]),
+        "/api/personal": _get("Personalised and clustered federations: each device's global "
+                              "vs personal accuracy on its held-out data and its cluster, "
+                              "from the latest version that has them",
+                              _json(_ref("Personal"))),
         "/api/enrolment": _get("Enrolled device keys and revocations",
                                _json(_listing("enrolment", "Enrolment"))),
         "/api/models/{version}": _get("Download one model version", blob, 404,
@@ -212,11 +216,32 @@ def _schemas() -> dict[str, Any]:
                         training_finished={"type": "boolean"}),
         "Status": _status_schema(),
         "FairnessRow": _fairness_schema(),
+        "Personal": _personal_schema(),
     }
     for name in ("Overview", "Device", "Anomalies", "AnomalyRow", "AuditRow", "Enrolment"):
         schemas[name]["required"] = list(schemas[name]["properties"])  # readmodel fills all
     schemas["Version"]["required"] = ["version", "created_at"]  # the rest is the info kept
     return schemas
+
+
+def _personal_schema() -> dict[str, Any]:
+    """readmodel.personal: the devices' own figures (docs/heterogeneity.md)."""
+    num = {"type": "number", "nullable": True}
+    by_cluster = {"type": "object", "additionalProperties": {"type": "number"}}
+    device = {"type": "object", "properties": {
+        "device_id": {"type": "string"}, "global_accuracy": num, "personal_accuracy": num,
+        "cluster": {"type": "integer", "nullable": True}}}
+    schema = {"type": "object", "properties": {
+        "version": {"type": "integer", "nullable": True},
+        "devices": {"type": "array", "items": device},
+        "global_accuracy": _described(num, "Mean over devices: the global model (their "
+                                           "cluster's) on their held-out data"),
+        "personal_accuracy": _described(num, "Mean over devices: their own model"),
+        "cluster_sizes": _described(by_cluster, "Cluster -> devices that chose it"),
+        "cluster_accuracy": _described(by_cluster, "Cluster -> its model's accuracy on "
+                                                   "the gateway's test set")}}
+    schema["required"] = list(schema["properties"])
+    return schema
 
 
 def _status_schema() -> dict[str, Any]:

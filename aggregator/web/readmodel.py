@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -216,3 +217,28 @@ def fairness(history: list[VersionRecord], latest: int) -> list[dict[str, Any]]:
                      "under_floor": 0, "floor": None, "contributions": {}, "weights": {},
                      "note": note})
     return rows
+
+
+def personal(history: list[VersionRecord]) -> dict[str, Any]:
+    """The devices' own figures of the latest version that has them (personalised or
+    clustered federations, docs/heterogeneity.md): per device the global model's and its
+    personal model's accuracy on its held-out data and its cluster; their means; each
+    cluster's size and its model's accuracy on the gateway's test set."""
+    for record in reversed(history):
+        stored = record.metric("personal")
+        if not isinstance(stored, dict):
+            continue
+        devices = [{"device_id": d, "global_accuracy": row.get("global_accuracy"),
+                    "personal_accuracy": row.get("personal_accuracy"),
+                    "cluster": int(row["cluster"]) if "cluster" in row else None}
+                   for d, row in dict(stored.get("devices", {})).items()]
+        clusters = sorted(int(k[len("cluster"):-len("_accuracy")]) for k in record.metrics
+                          if re.fullmatch(r"cluster[0-9]+_accuracy", k))
+        return finite({"version": record.version, "devices": devices,
+                       "global_accuracy": stored.get("global_accuracy"),
+                       "personal_accuracy": stored.get("personal_accuracy"),
+                       "cluster_sizes": dict(stored.get("cluster_sizes", {})),
+                       "cluster_accuracy": {str(c): record.metrics[f"cluster{c}_accuracy"]
+                                            for c in clusters}})
+    return {"version": None, "devices": [], "global_accuracy": None,
+            "personal_accuracy": None, "cluster_sizes": {}, "cluster_accuracy": {}}

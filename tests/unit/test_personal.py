@@ -218,3 +218,38 @@ def test_the_version_keeps_each_devices_latest_figures_and_their_means():
     assert info["personal_accuracy"] == pytest.approx(0.85)
     assert info["cluster_sizes"] == {"0": 1, "1": 1}
     assert personal_info([update("c")]) == {}
+
+
+# ------------------------------------------------------------------ the API
+def test_api_personal_serves_the_latest_versions_figures_and_matches_its_schema(tmp_path):
+    from aggregator.store import Store
+    from aggregator.web import create_app
+    from aggregator.web.openapi import openapi_document
+    from edge_client.shared.protocol import Model
+    from edge_client.shared.protocol.chunking import sha256_hex
+
+    path = tmp_path / "agg.sqlite3"
+    empty = create_app(path, None, None).test_client()
+    Store(path).close()
+    assert empty.get("/api/personal").get_json()["version"] is None
+    store = Store(path)
+    figures = personal_info([
+        Update("a", "t", "n", 0, 10, {}, metrics={"global_accuracy": 0.5,
+                                                  "personal_accuracy": 0.9, "cluster": 1}),
+        Update("b", "t", "n", 0, 10, {}, metrics={"global_accuracy": 0.7, "cluster": 0})])
+    for version, info in enumerate([{"round": 0}, {"round": 1, **figures,
+                                                   "cluster0_accuracy": 0.6,
+                                                   "cluster1_accuracy": 0.8},
+                                    {"round": 2}]):
+        blob = encode(Model(version=version, tensors={}, arch={}))
+        store.add_model(version, blob, sha256_hex(blob), info)
+    store.close()
+    body = create_app(path, None, None).test_client().get("/api/personal").get_json()
+    assert body["version"] == 1
+    assert body["devices"] == [
+        {"device_id": "a", "global_accuracy": 0.5, "personal_accuracy": 0.9, "cluster": 1},
+        {"device_id": "b", "global_accuracy": 0.7, "personal_accuracy": None, "cluster": 0}]
+    assert body["cluster_sizes"] == {"0": 1, "1": 1}
+    assert body["cluster_accuracy"] == {"0": 0.6, "1": 0.8}
+    schema = openapi_document()["components"]["schemas"]["Personal"]
+    assert set(body) == set(schema["properties"]) == set(schema["required"])
