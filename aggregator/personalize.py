@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aggregator.fairness import HasMetrics
+from edge_client.shared.clusters import cluster_count, unstack
 from edge_client.shared.personal import PersonalMode, PersonalSpec
+from edge_client.shared.weights import Weights
 
 MODES = ("off", *(m.value for m in PersonalMode))
 FIGURES = ("global_accuracy", "personal_accuracy", "cluster")
@@ -50,6 +52,21 @@ class PersonalizeConfig:
         """The task's `personal` field."""
         spec = self.spec()
         return None if spec is None else spec.to_wire()
+
+
+def check_layers(config: PersonalizeConfig, weights: Weights) -> None:
+    """ValueError naming the key when a personal layer matches no tensor of the model (a
+    typo would leave every device training the plain global model)."""
+    if config.mode != "layers":
+        return
+    names = sorted(unstack(weights)[0] if cluster_count(weights) else weights)
+    for prefix in config.personal_layers:
+        if not any(name.startswith(prefix) for name in names):
+            raise ValueError(f"personalize.personal_layers: {prefix!r} names no tensor of "
+                             f"the model (its tensors: {', '.join(names)})")
+    if all(any(name.startswith(p) for p in config.personal_layers) for name in names):
+        raise ValueError("personalize.personal_layers covers every tensor of the model: "
+                         "nothing would be shared")
 
 
 def device_figures(updates: Sequence[HasMetrics]) -> dict[str, dict[str, float]]:

@@ -47,6 +47,7 @@ from aggregator.core.versions import Evaluate, VersionMaker
 from aggregator.ingest import open_flat_update
 from aggregator.narrator import Narrator, TwinWatch
 from aggregator.participation import Participation, participation_for
+from aggregator.personalize import check_layers
 from aggregator.presence import Presence
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureRounds, forget_secure_round
@@ -85,6 +86,7 @@ class AggregatorCore:
         self.presence = Presence(config.presence, store)  # who may be invited
         self.status_gate = StatusGate(config.security, store.device_key)
         version, weights, arch = load_or_create(config, store, initial_weights, arch or {})
+        check_layers(config.personalize, weights)
         downlink = restored_downlink(config, store, version, weights)
         self.publisher = ModelPublisher(config, store, topics, sign)
         self.driver = round_driver(config, store, topics, sign, self.participation,

@@ -253,3 +253,16 @@ def test_api_personal_serves_the_latest_versions_figures_and_matches_its_schema(
     assert body["cluster_accuracy"] == {"0": 0.6, "1": 0.8}
     schema = openapi_document()["components"]["schemas"]["Personal"]
     assert set(body) == set(schema["properties"]) == set(schema["required"])
+
+
+def test_personal_layers_must_name_some_but_not_every_tensor():
+    from aggregator.personalize import PersonalizeConfig, check_layers
+
+    weights = {"dense0.weight": np.zeros(2, F32), "dense1.weight": np.zeros(2, F32)}
+    check_layers(PersonalizeConfig(mode="layers", personal_layers=["dense1."]), weights)
+    check_layers(PersonalizeConfig(mode="layers", personal_layers=["dense1."]),
+                 stack([weights, weights]))  # a clustered model's names, unstacked
+    with pytest.raises(ValueError, match=r"'head\.' names no tensor"):
+        check_layers(PersonalizeConfig(mode="layers", personal_layers=["head."]), weights)
+    with pytest.raises(ValueError, match="nothing would be shared"):
+        check_layers(PersonalizeConfig(mode="layers", personal_layers=["dense"]), weights)
