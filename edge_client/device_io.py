@@ -139,7 +139,7 @@ class DeviceIO:
         if fit.serve is not None:
             self._serve(task.model_version, fit.serve)
         return FitFinished(task.task_id, fit.result, fit.weights, fit.before, len(train[0]),
-                           shutting_down=stopping(), metrics=fit.metrics)
+                           shutting_down=stopping(), metrics=fit.metrics, only=fit.only)
 
     def resumed(self) -> Resumed:
         """What survived a reboot: tasks done, the last model (installed now), the outbox."""

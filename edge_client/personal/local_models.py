@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_client.shared.clusters import cluster_count, unstack, with_cluster
+from edge_client.shared.clusters import cluster_count, cluster_name, unstack, with_cluster
 from edge_client.shared.personal import PersonalMode, PersonalSpec
 from edge_client.shared.protocol import RemoteProtocolError, Task
 from edge_client.shared.train_config import TrainConfig
@@ -36,6 +36,7 @@ class LocalFit:
     before: dict[str, float]  # the model trained from, on the training data
     metrics: dict[str, float]  # global/personal accuracy, cluster: sent with the update
     serve: Weights | None = field(repr=False, default=None)  # the device's model now
+    only: frozenset[str] | None = None  # the tensors whose delta can be non-zero
 
 
 class LocalModels:
@@ -101,9 +102,12 @@ class LocalModels:
         if spec is not None:
             metrics["personal_accuracy"] = _accuracy(trainer, serve, holdout)
         self.figures = metrics
+        shared = frozenset(n for n in trained if spec is None or not spec.is_personal(n))
         if self.cluster is not None and cluster_count(received):
             trained = with_cluster(received, self.cluster, trained)
-        return LocalFit(result, trained, before, metrics, serve)
+            shared = frozenset(cluster_name(self.cluster, n) for n in shared)
+        only = None if shared == frozenset(received) else shared
+        return LocalFit(result, trained, before, metrics, serve, only)
 
     def _ditto(self, trainer: Trainer, spec: PersonalSpec, base: Weights, data: Data,
                config: TrainConfig, should_stop: Callable[[], bool]) -> Weights:

@@ -111,6 +111,9 @@ class FitFinished:
     # what the device's own models measured (global/personal accuracy, its cluster),
     # sent with the update and on the status; empty in a plain federation
     metrics: dict[str, float] = field(default_factory=dict)
+    # the tensors a dense update needs to carry (the rest of its delta is zero by
+    # construction: personal layers, other clusters); None: all
+    only: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

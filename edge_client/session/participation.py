@@ -185,7 +185,7 @@ class Participation:
             update = s.maker.make(task, running.base, event.weights, event.result,
                                   event.before, event.num_samples,
                                   None if plan.secagg else plan.codec, plan.dp, now.wall,
-                                  event.metrics)
+                                  event.metrics, None if plan.secagg else event.only)
         except ValueError as exc:  # a diverged run: no noisy update can be made of it
             log.error("%s: task %s: no update sent: %s", s.me, task.task_id, exc)
             return [s.mark_done(task.task_id)]  # retraining would diverge again

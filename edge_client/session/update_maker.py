@@ -64,7 +64,8 @@ class UpdateMaker:
     def make(self, task: Task, base: Weights, trained: Weights, result: FitResult,
              before: dict[str, float], num_samples: int, codec: CodecConfig | None,
              dp: DeviceDp | None, created_at: float,
-             extra: dict[str, float] | None = None) -> Update:
+             extra: dict[str, float] | None = None,
+             only: frozenset[str] | None = None) -> Update:
         """The update of a fit from `base`. ValueError: under DP, a diverged fit gives no
         update that can be noised."""
         self._rng = np.random.default_rng(self.seed(task))  # stochastic rounding, reproducible
@@ -81,6 +82,9 @@ class UpdateMaker:
                         created_at=created_at)
         if dp is not None:
             update = self.add_dp_noise(update, dp)
+        if codec is None and dp is None and only is not None:  # the rest is zero: not sent
+            return dataclasses.replace(update, tensors={n: t for n, t in delta.items()
+                                                        if n in only})
         return update if codec is None else self._compress(update, codec)
 
     def add_dp_noise(self, update: Update, dp: DeviceDp) -> Update:

@@ -266,3 +266,31 @@ def test_personal_layers_must_name_some_but_not_every_tensor():
         check_layers(PersonalizeConfig(mode="layers", personal_layers=["head."]), weights)
     with pytest.raises(ValueError, match="nothing would be shared"):
         check_layers(PersonalizeConfig(mode="layers", personal_layers=["dense"]), weights)
+
+
+# ------------------------------------------------------------------ partial dense updates
+def test_a_dense_update_may_leave_tensors_out_and_they_count_as_zero():
+    from aggregator.ingest import open_flat_update, open_update
+
+    model = {"a": np.zeros(2, F32), "b": np.zeros(3, F32), "c": np.zeros(1, F32)}
+    update = Update("d1", "t", "n", 0, 5, {"b": np.array([1, 2, 3], F32)})
+    _, flat = open_flat_update(encode(update), model)
+    assert flat.dense().tolist() == [0, 0, 1, 2, 3, 0]  # a | b | c in sorted order
+    assert open_update(encode(update), model).tensors["a"].tolist() == [0, 0]
+    for bad in ({"b": np.zeros(2, F32)}, {"z": np.zeros(1, F32)},
+                {"b": np.array([1, np.nan, 3], F32)}):
+        with pytest.raises(RemoteProtocolError):
+            open_flat_update(encode(Update("d1", "t", "n", 0, 5, bad)), model)
+
+
+def test_a_fit_names_only_the_tensors_its_delta_can_change():
+    trainer = mlp_trainer([8, 6, 8], seed=1)
+    received = mlp_trainer([8, 6, 8], seed=0).get_weights()
+    data = _digits_like(0, [0, 1])
+    layers = _task(personal=PersonalSpec(PersonalMode.LAYERS, ("dense1.",)).to_wire())
+    fit = LocalModels("d1").fit(trainer, layers, received, layers.train, data, data,
+                                lambda: False)
+    assert fit.only == {"dense0.weight", "dense0.bias"}
+    fit = LocalModels("d1").fit(trainer, _task(clusters=2), stack([received, received]),
+                                TrainConfig(), data, data, lambda: False)
+    assert fit.only == {f"cluster{fit.metrics['cluster']:.0f}/{n}" for n in received}
