@@ -9,7 +9,10 @@ the aggregator, one EdgeClient per device on threads), scored per device.
     run_plain(parts)                         # FedAvg, scored the same way
 
 `job_or_partitions` is a sequence of Partition (or 4-tuples x_train, y_train, x_test,
-y_test), or an object with such a `partitions` attribute. Every run returns a dict:
+y_test, or objects with those attributes), or a job object holding them as `devices` or
+`partitions`; a job with `arch` and `trainer(seed)` gives the model (else an MLP), with
+`train` and `seed` the settings' defaults. The personal layers default to the model's
+last layer (the tensors of the last `*.weight`'s prefix). Every run returns a dict:
 `accuracy` (the mean over devices of the model each device serves at the end, on its own
 test data), `global_accuracy` (the global model, or its cluster's, on the same data),
 `per_device`, `uplink_bytes` (MQTT payload bytes the devices sent), `update_bytes` (the
@@ -21,9 +24,11 @@ three on digits split non-IID by label and prints JSON.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +45,8 @@ from edge_client.shared.clusters import cluster_count, unstack
 from edge_client.shared.codecs import CodecConfig
 from edge_client.shared.protocol import TrainConfig, Weights
 from edge_client.training import Trainer, mlp_trainer
-from fedge.federation import Federation
+from fedge.broker import BrokerHandle
+from fedge.federation import Federation, FederationResult
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ class ModelSpec:
 def mlp_spec(features: int, classes: int, hidden: int = 64) -> ModelSpec:
     sizes = [features, hidden, classes]
     return ModelSpec({"kind": "mlp", "sizes": sizes}, lambda seed: mlp_trainer(sizes, seed),
-                     ("dense1.",))
+                     head_of(mlp_trainer(sizes).get_weights()))
 
 
 @dataclass(frozen=True)
@@ -75,19 +81,24 @@ class RunSettings:
         epochs=2, batch_size=32, lr=0.1, momentum=0.5))
     uplink: CodecConfig | None = None  # None: dense float32 updates
     seed: int = 0
-    broker: str = "auto"
+    broker: str | BrokerHandle = "auto"  # a kind to start, or a running broker
     timeout_s: float = 600.0
 
 
 def as_partitions(job_or_partitions: Any) -> list[Partition]:
-    parts = getattr(job_or_partitions, "partitions", job_or_partitions)
-    return [p if isinstance(p, Partition) else Partition(*p) for p in parts]
+    parts = job_or_partitions
+    for name in ("partitions", "devices"):
+        parts = getattr(parts, name, parts)
+    return [p if isinstance(p, Partition)
+            else Partition(p.x_train, p.y_train, p.x_test, p.y_test)
+            if hasattr(p, "x_train") else Partition(*p) for p in parts]
 
 
 def run_plain(job_or_partitions: Any, model: ModelSpec | None = None,
               settings: RunSettings | None = None) -> dict[str, Any]:
     """FedAvg, each device serving the global model: the baseline."""
-    return _run(as_partitions(job_or_partitions), model, settings or RunSettings(),
+    job = job_or_partitions
+    return _run(as_partitions(job), model or model_of(job), settings or settings_of(job),
                 PersonalizeConfig(), ClustersConfig())
 
 
@@ -96,10 +107,10 @@ def run_personalized(job_or_partitions: Any, mode: str = "layers",
                      model: ModelSpec | None = None,
                      settings: RunSettings | None = None) -> dict[str, Any]:
     """Personal layers (mode "layers": the head stays on each device) or Ditto."""
-    parts = as_partitions(job_or_partitions)
-    model = model or _default_model(parts)
+    job = job_or_partitions
+    model = model or model_of(job)
     layers = list(personal_layers or model.personal_layers) if mode == "layers" else []
-    return _run(parts, model, settings or RunSettings(),
+    return _run(as_partitions(job), model, settings or settings_of(job),
                 PersonalizeConfig(mode=mode, personal_layers=layers, lam=lam),
                 ClustersConfig())
 
@@ -107,13 +118,31 @@ def run_personalized(job_or_partitions: Any, mode: str = "layers",
 def run_clustered(job_or_partitions: Any, k: int = 2, model: ModelSpec | None = None,
                   settings: RunSettings | None = None) -> dict[str, Any]:
     """IFCA with k model lines; each device serves its cluster's model."""
-    return _run(as_partitions(job_or_partitions), model, settings or RunSettings(),
+    job = job_or_partitions
+    return _run(as_partitions(job), model or model_of(job), settings or settings_of(job),
                 PersonalizeConfig(), ClustersConfig(k=k))
 
 
-def _default_model(parts: list[Partition]) -> ModelSpec:
+def model_of(job: Any) -> ModelSpec:
+    """The job's own model (`arch`, `trainer(seed)`), else an MLP for its data."""
+    if hasattr(job, "arch") and callable(getattr(job, "trainer", None)):
+        return ModelSpec(job.arch, job.trainer, head_of(job.trainer(0).get_weights()))
+    parts = as_partitions(job)
     classes = int(max(max(p.y_train.max(), p.y_test.max()) for p in parts)) + 1
     return mlp_spec(int(np.prod(parts[0].x_train.shape[1:])), classes)
+
+
+def settings_of(job: Any) -> RunSettings:
+    """RunSettings with the job's `train` and `seed`, where it has them."""
+    defaults = RunSettings()
+    return RunSettings(train=getattr(job, "train", defaults.train),
+                       seed=int(getattr(job, "seed", defaults.seed)))
+
+
+def head_of(weights: Weights) -> tuple[str, ...]:
+    """The last layer's prefix: of the last tensor named `*.weight` in model order."""
+    last = [name for name in weights if name.endswith(".weight")][-1]
+    return (last.rsplit(".", 1)[0] + ".",)
 
 
 class _Served:
@@ -130,33 +159,18 @@ class _Served:
         return load
 
 
-def _run(parts: list[Partition], model: ModelSpec | None, settings: RunSettings,
+def _run(parts: list[Partition], model: ModelSpec, settings: RunSettings,
          personalize: PersonalizeConfig, clusters: ClustersConfig) -> dict[str, Any]:
-    model = model or _default_model(parts)
-    served = _Served()
-    work = Path(tempfile.mkdtemp(prefix="fedge-personal-"))
-    n = len(parts)
-    config = AggregatorConfig(
-        federation="personal", db_path=work / "aggregator.sqlite3", rounds=settings.rounds,
-        train=settings.train, uplink=settings.uplink, seed=settings.seed,
-        sync=SyncConfig(target_updates=n, round_timeout_s=120.0),
-        personalize=personalize, clusters=clusters)
     started = time.monotonic()
-    with Federation(settings.broker) as federation:
-        federation.add_aggregator(config, model.trainer(settings.seed).get_weights(),
-                                  model.arch)
-        for i, p in enumerate(parts):
-            device_id = f"device-{i}"
-            federation.add_device(
-                ClientConfig(device_id=device_id, federation="personal",
-                             state_dir=work / device_id, eligibility_check_s=0.2,
-                             eligibility=EligibilityConfig(enabled=False)),
-                model.trainer(settings.seed + 1 + i), p.x_train, p.y_train,
-                on_model=served.hook(device_id), holdout=(p.x_test, p.y_test))
-        result = federation.run(settings.timeout_s)
+    work = Path(tempfile.mkdtemp(prefix="fedge-personal-"))
+    try:
+        result, served, chosen = _federate(parts, model, settings, personalize, clusters,
+                                           work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     scorer = model.trainer(settings.seed)
-    rows = [_score(scorer, f"device-{i}", p, result.global_weights, served.models)
-            for i, p in enumerate(parts)]
+    rows = [_score(scorer, part, result.global_weights, served.models.get(f"device-{i}"),
+                   chosen[i]) | {"device": f"device-{i}"} for i, part in enumerate(parts)]
     out: dict[str, Any] = {
         "accuracy": float(np.mean([r["accuracy"] for r in rows])),
         "global_accuracy": float(np.mean([r["global_accuracy"] for r in rows])),
@@ -172,22 +186,44 @@ def _run(parts: list[Partition], model: ModelSpec | None, settings: RunSettings,
     return out
 
 
-def _score(scorer: Trainer, device_id: str, part: Partition, global_weights: Weights,
-           served: dict[str, Weights]) -> dict[str, Any]:
+def _federate(parts: list[Partition], model: ModelSpec, settings: RunSettings,
+              personalize: PersonalizeConfig, clusters: ClustersConfig,
+              work: Path) -> tuple[FederationResult, _Served, list[int | None]]:
+    """The federation, run to its end: its result, what each device served last, and
+    the cluster each device chose (None outside clustered runs)."""
+    served = _Served()
+    name = f"personal-{uuid.uuid4().hex[:8]}"  # a broker kept between runs keeps retained
+    config = AggregatorConfig(
+        federation=name, db_path=work / "aggregator.sqlite3", rounds=settings.rounds,
+        train=settings.train, uplink=settings.uplink, seed=settings.seed,
+        sync=SyncConfig(target_updates=len(parts), round_timeout_s=120.0),
+        personalize=personalize, clusters=clusters)
+    with Federation(settings.broker) as federation:
+        federation.add_aggregator(config, model.trainer(settings.seed).get_weights(),
+                                  model.arch)
+        devices = [federation.add_device(
+            ClientConfig(device_id=f"device-{i}", federation=name,
+                         state_dir=work / f"device-{i}", eligibility_check_s=0.2,
+                         eligibility=EligibilityConfig(enabled=False)),
+            model.trainer(settings.seed + 1 + i), p.x_train, p.y_train,
+            on_model=served.hook(f"device-{i}"), holdout=(p.x_test, p.y_test))
+            for i, p in enumerate(parts)]
+        result = federation.run(settings.timeout_s)
+    chosen = [d.io.local.cluster if d.io.local is not None else None for d in devices]
+    return result, served, chosen
+
+
+def _score(scorer: Trainer, part: Partition, global_weights: Weights,
+           served: Weights | None, cluster: int | None) -> dict[str, Any]:
     """The device's served model and the global one (its cluster's) on its test data."""
-    row: dict[str, Any] = {"device": device_id}
-    models = unstack(global_weights) if cluster_count(global_weights) else [global_weights]
-    losses = []
-    for m in models:
-        scorer.set_weights(m)
-        losses.append(scorer.evaluate(part.x_train, part.y_train)["loss"])
-    choice = int(np.argmin(losses))
-    scorer.set_weights(models[choice])
+    row: dict[str, Any] = {}
+    model = global_weights
+    if cluster_count(global_weights):
+        model = unstack(global_weights)[cluster or 0]
+        row["cluster"] = cluster
+    scorer.set_weights(model)
     row["global_accuracy"] = scorer.evaluate(part.x_test, part.y_test)["accuracy"]
-    if len(models) > 1:
-        row["cluster"] = choice
-    own = served.get(device_id, models[choice])
-    scorer.set_weights(own)
+    scorer.set_weights(served if served is not None else model)
     row["accuracy"] = scorer.evaluate(part.x_test, part.y_test)["accuracy"]
     return row
 
