@@ -39,6 +39,7 @@ import numpy as np
 from aggregator.clusters import ClustersConfig
 from aggregator.config import AggregatorConfig, SyncConfig
 from aggregator.personalize import PersonalizeConfig
+from aggregator.strategy import StrategyConfig
 from edge_client.client import ClientConfig
 from edge_client.eligibility import EligibilityConfig
 from edge_client.shared.clusters import cluster_count, unstack
@@ -80,6 +81,7 @@ class RunSettings:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=2, batch_size=32, lr=0.1, momentum=0.5))
     uplink: CodecConfig | None = None  # None: dense float32 updates
+    weighting: str = "samples"  # [strategy] weighting (aggregator/strategy/contribution.py)
     seed: int = 0
     broker: str | BrokerHandle = "auto"  # a kind to start, or a running broker
     timeout_s: float = 600.0
@@ -173,6 +175,7 @@ def _run(parts: list[Partition], model: ModelSpec, settings: RunSettings,
                    chosen[i]) | {"device": f"device-{i}"} for i, part in enumerate(parts)]
     out: dict[str, Any] = {
         "accuracy": float(np.mean([r["accuracy"] for r in rows])),
+        "worst_device_accuracy": float(min(r["accuracy"] for r in rows)),
         "global_accuracy": float(np.mean([r["global_accuracy"] for r in rows])),
         "per_device": rows, "uplink_bytes": result.bytes_up,
         "update_bytes": int(sum(h.get("update_bytes", 0) for h in result.history)),
@@ -197,7 +200,8 @@ def _federate(parts: list[Partition], model: ModelSpec, settings: RunSettings,
         federation=name, db_path=work / "aggregator.sqlite3", rounds=settings.rounds,
         train=settings.train, uplink=settings.uplink, seed=settings.seed,
         sync=SyncConfig(target_updates=len(parts), round_timeout_s=120.0),
-        personalize=personalize, clusters=clusters)
+        personalize=personalize, clusters=clusters,
+        strategy=StrategyConfig(weighting=settings.weighting))
     with Federation(settings.broker) as federation:
         federation.add_aggregator(config, model.trainer(settings.seed).get_weights(),
                                   model.arch)
