@@ -18,6 +18,7 @@ from edge_client.narration import DeviceNarrator
 from edge_client.outbox import Outbox, OutboxFull
 from edge_client.personal import LocalModels
 from edge_client.personal.holdout import split_holdout
+from edge_client.personal.saved import load_local, save_local
 from edge_client.session import actions as act
 from edge_client.session.events import (
     Event,
@@ -56,7 +57,9 @@ class DeviceIO:
         self.outbox = Outbox(config.state_dir / "outbox", config.outbox_max)
         self.holdout = holdout  # the app's held-out data, if it gave one
         self.data: LocalData | None = None  # set by the shell: the cluster choice reads it
-        self.local: LocalModels | None = None  # personalised or clustered: made on first use
+        # personalised or clustered: what a previous run kept, else made on first use
+        self.local: LocalModels | None = load_local(config.state_dir, config.device_id,
+                                                    config.max_model_elements)
         self._arch: dict = {}
 
     def execute(self, action: act.Action, data: LocalData,
@@ -138,6 +141,7 @@ class DeviceIO:
                                 f"{type(exc).__name__}: {exc}") from exc
         if fit.serve is not None:
             self._serve(task.model_version, fit.serve)
+        self._persist("personal model", lambda: save_local(self.config.state_dir, local))
         return FitFinished(task.task_id, fit.result, fit.weights, fit.before, len(train[0]),
                            shutting_down=stopping(), metrics=fit.metrics, only=fit.only)
 

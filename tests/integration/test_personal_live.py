@@ -91,6 +91,13 @@ def test_personal_layers_stay_on_devices_and_beat_the_global_model(mosquitto, tm
     assert set(info["devices"]) == {f"dev-{i}" for i in range(4)}
     assert info["personal_accuracy"] > info["global_accuracy"]
     assert all(c.session.status.figures.get("personal_accuracy") for c in clients)
+    # a device restarted on its state folder serves its own head again at once
+    again = Served()
+    part = by_label[0]
+    EdgeClient(clients[0].config, mlp_trainer(SIZES, seed=1), part.x_train, part.y_train,
+               on_model=again.hook("dev-0"))
+    assert np.array_equal(again.models["dev-0"]["dense1.weight"],
+                          served.models["dev-0"]["dense1.weight"])
 
 
 def test_ditto_devices_serve_their_own_model_while_the_global_one_trains(mosquitto,

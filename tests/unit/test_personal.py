@@ -294,3 +294,23 @@ def test_a_fit_names_only_the_tensors_its_delta_can_change():
     fit = LocalModels("d1").fit(trainer, _task(clusters=2), stack([received, received]),
                                 TrainConfig(), data, data, lambda: False)
     assert fit.only == {f"cluster{fit.metrics['cluster']:.0f}/{n}" for n in received}
+
+
+def test_the_devices_own_models_survive_a_restart(tmp_path):
+    from edge_client.personal.saved import FILE, load_local, save_local
+
+    assert load_local(tmp_path, "d1", 10_000) is None
+    local = LocalModels("d1")
+    local.spec = PersonalSpec(PersonalMode.LAYERS, ("dense1.",))
+    local.personal = {"dense1.weight": np.ones((2, 3), F32)}
+    local.cluster = 2
+    save_local(tmp_path, local)
+    back = load_local(tmp_path, "d1", 10_000)
+    assert back is not None and back.spec == local.spec and back.cluster == 2
+    assert np.array_equal(back.personal["dense1.weight"], local.personal["dense1.weight"])
+    served = back.serving({"dense0.weight": np.zeros(2, F32),
+                           "dense1.weight": np.zeros((2, 3), F32)}, mlp_trainer([2, 3]), None)
+    assert served["dense1.weight"].sum() == 6  # served with its head from the start
+    assert load_local(tmp_path, "d1", 1) is None  # over this device's element limit
+    (tmp_path / FILE).write_bytes(b"\x00garbage")
+    assert load_local(tmp_path, "d1", 10_000) is None  # logged; the global model then
