@@ -75,6 +75,8 @@ class DeviceIO:
             case act.StartFit(task, weights, config) if _own_models(task, weights):
                 return self._local_fit(task, weights, config, data(), should_stop, stopping)
             case act.StartFit(task, weights, config):
+                if self.local is not None:  # personalisation was turned off: serve global
+                    self.local.read_task(task)
                 x, y = data()  # one consistent pair, even if set_data runs meanwhile
                 self.narrator.training(task, len(x))
                 try:

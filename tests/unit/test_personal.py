@@ -314,3 +314,13 @@ def test_the_devices_own_models_survive_a_restart(tmp_path):
     assert load_local(tmp_path, "d1", 1) is None  # over this device's element limit
     (tmp_path / FILE).write_bytes(b"\x00garbage")
     assert load_local(tmp_path, "d1", 10_000) is None  # logged; the global model then
+
+
+def test_a_plain_task_turns_the_devices_own_model_off():
+    local = LocalModels("d1")
+    local.spec = PersonalSpec(PersonalMode.LAYERS, ("dense1.",))
+    local.personal = {"dense1.weight": np.ones(2, F32)}
+    model = {"dense0.weight": np.zeros(2, F32), "dense1.weight": np.zeros(2, F32)}
+    assert local.serving(model, mlp_trainer([2, 2]), None)["dense1.weight"].sum() == 2
+    local.read_task(_task())
+    assert local.serving(model, mlp_trainer([2, 2]), None)["dense1.weight"].sum() == 0
