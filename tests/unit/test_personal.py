@@ -324,3 +324,35 @@ def test_a_plain_task_turns_the_devices_own_model_off():
     assert local.serving(model, mlp_trainer([2, 2]), None)["dense1.weight"].sum() == 2
     local.read_task(_task())
     assert local.serving(model, mlp_trainer([2, 2]), None)["dense1.weight"].sum() == 0
+
+
+def test_the_update_carries_the_figures_and_only_the_tensors_named():
+    from edge_client.session.update_maker import UpdateMaker
+    from edge_client.training.trainer import FitResult
+
+    base = {"a": np.zeros(2, F32), "b": np.zeros(2, F32)}
+    trained = {"a": np.ones(2, F32), "b": np.zeros(2, F32)}
+    result = FitResult(10, 0.5, 3, 0.1, False)
+    update = UpdateMaker("d1").make(_task(), base, trained, result, {"accuracy": 0.4}, 10,
+                                    None, None, 1.0, {"personal_accuracy": 0.9},
+                                    frozenset({"a"}))
+    assert set(update.tensors) == {"a"} and update.metrics["personal_accuracy"] == 0.9
+    from edge_client.shared.codecs import CodecConfig
+
+    codec = CodecConfig(sparsify="topk", fraction=0.5, quantize="q8")
+    coded = UpdateMaker("d1").make(_task(), base, trained, result, {}, 10, codec, None, 1.0,
+                                   None, frozenset({"a"}))
+    assert coded.blob and not coded.tensors  # a codec lays out the whole model
+
+
+def test_the_status_says_the_figures_once_there_are_some():
+    from edge_client.session.events import Instant
+    from edge_client.session.status import StatusBoard
+    from edge_client.shared.protocol import Topics
+
+    board = StatusBoard("d1", Topics("f"), lambda b: b, "s", 60.0)
+    plain = decode(board.publish(True, 1, Instant(0.0, 1.0)).payload)
+    assert plain.personal_accuracy is None and plain.cluster is None
+    board.figures = {"global_accuracy": 0.5, "personal_accuracy": 0.75, "cluster": 1.0}
+    status = decode(board.publish(True, 1, Instant(0.0, 1.0)).payload)
+    assert (status.global_accuracy, status.personal_accuracy, status.cluster) == (0.5, 0.75, 1)
