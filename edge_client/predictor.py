@@ -9,6 +9,10 @@
 swaps it in with one reference assignment; a predict already running keeps the model
 it started with and finishes on it, and the next one sees the new version. A failed
 load leaves the old model serving.
+
+In a personalised or clustered federation (docs/heterogeneity.md) `on_model` hands it
+the device's own model: its personal layers in the global model, its Ditto model, or its
+cluster's model; again after each fit, under the same version number.
 """
 
 from __future__ import annotations
