@@ -12,7 +12,7 @@ clustered federation (`device_figures`, stored in the version's info under "pers
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,19 @@ def personal_info(updates: Sequence[HasMetrics]) -> dict[str, Any]:
     nothing otherwise, so a plain federation's versions stay as they were."""
     figures = device_figures(updates)
     return {"personal": summary(figures)} if figures else {}
+
+
+def merged(infos: Iterable[Any]) -> dict[str, Any] | None:
+    """The versions' "personal" infos, oldest first, as one summary: each device's latest
+    row (an async version, or a sync round a device sat out, holds only some devices).
+    None when no version has figures."""
+    rows: dict[str, dict[str, float]] = {}
+    seen = False
+    for info in infos:
+        if isinstance(info, dict):
+            seen = True
+            rows.update({str(d): dict(r) for d, r in dict(info.get("devices", {})).items()})
+    return summary(dict(sorted(rows.items()))) if seen else None
 
 
 def summary(figures: dict[str, dict[str, float]]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aggregator.personalize import merged
 from aggregator.service import STOPPED_NOTE, Aggregator
 from aggregator.store import Store
 from fedge.codec_spec import describe
@@ -80,12 +81,11 @@ def summarize(demo: Demo, result: FederationResult, aggregator: Aggregator,
 def _heterogeneity(config: Any, history: list[dict]) -> dict[str, Any]:
     """--personalize: each device's global vs personal accuracy on its held-out data;
     --clusters: which cluster each device chose and each cluster's test accuracy. From
-    the last version that has the devices' figures; nothing when both are off."""
+    each device's latest figures over the versions; nothing when both are off."""
     personalize, clusters = config.personalize.mode != "off", config.clusters.on
     if not (personalize or clusters):
         return {}
-    info: dict[str, Any] = next(
-        (h["personal"] for h in reversed(history) if "personal" in h), {})
+    info = merged(h.get("personal") for h in history) or {}
     devices = info.get("devices", {})
     out: dict[str, Any] = {}
     if personalize:

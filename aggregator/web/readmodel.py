@@ -17,6 +17,7 @@ from typing import Any
 
 from aggregator.anomalies import device_anomalies, stored_config
 from aggregator.fairness import SECURE_NOTE, Fairness
+from aggregator.personalize import merged
 from aggregator.states import UPDATE_STATES
 from aggregator.store import Store
 from aggregator.version_record import VersionRecord
@@ -220,25 +221,25 @@ def fairness(history: list[VersionRecord], latest: int) -> list[dict[str, Any]]:
 
 
 def personal(history: list[VersionRecord]) -> dict[str, Any]:
-    """The devices' own figures of the latest version that has them (personalised or
-    clustered federations, docs/heterogeneity.md): per device the global model's and its
-    personal model's accuracy on its held-out data and its cluster; their means; each
-    cluster's size and its model's accuracy on the gateway's test set."""
-    for record in reversed(history):
-        stored = record.metric("personal")
-        if not isinstance(stored, dict):
-            continue
-        devices = [{"device_id": d, "global_accuracy": row.get("global_accuracy"),
-                    "personal_accuracy": row.get("personal_accuracy"),
-                    "cluster": int(row["cluster"]) if "cluster" in row else None}
-                   for d, row in dict(stored.get("devices", {})).items()]
-        clusters = sorted(int(k[len("cluster"):-len("_accuracy")]) for k in record.metrics
-                          if re.fullmatch(r"cluster[0-9]+_accuracy", k))
-        return finite({"version": record.version, "devices": devices,
-                       "global_accuracy": stored.get("global_accuracy"),
-                       "personal_accuracy": stored.get("personal_accuracy"),
-                       "cluster_sizes": dict(stored.get("cluster_sizes", {})),
-                       "cluster_accuracy": {str(c): record.metrics[f"cluster{c}_accuracy"]
-                                            for c in clusters}})
-    return {"version": None, "devices": [], "global_accuracy": None,
-            "personal_accuracy": None, "cluster_sizes": {}, "cluster_accuracy": {}}
+    """The devices' own figures (personalised or clustered federations,
+    docs/heterogeneity.md): per device, from the latest version that has its row, the
+    global model's and its personal model's accuracy on its held-out data and its
+    cluster; their means; each cluster's size, and its model's accuracy on the gateway's
+    test set at the latest version."""
+    stored = merged(record.metric("personal") for record in history)
+    if stored is None:
+        return {"version": None, "devices": [], "global_accuracy": None,
+                "personal_accuracy": None, "cluster_sizes": {}, "cluster_accuracy": {}}
+    record = next(r for r in reversed(history) if isinstance(r.metric("personal"), dict))
+    devices = [{"device_id": d, "global_accuracy": row.get("global_accuracy"),
+                "personal_accuracy": row.get("personal_accuracy"),
+                "cluster": int(row["cluster"]) if "cluster" in row else None}
+               for d, row in stored["devices"].items()]
+    clusters = sorted(int(k[len("cluster"):-len("_accuracy")]) for k in record.metrics
+                      if re.fullmatch(r"cluster[0-9]+_accuracy", k))
+    return finite({"version": record.version, "devices": devices,
+                   "global_accuracy": stored["global_accuracy"],
+                   "personal_accuracy": stored["personal_accuracy"],
+                   "cluster_sizes": stored["cluster_sizes"],
+                   "cluster_accuracy": {str(c): record.metrics[f"cluster{c}_accuracy"]
+                                        for c in clusters}})

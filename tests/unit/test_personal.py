@@ -356,3 +356,13 @@ def test_the_status_says_the_figures_once_there_are_some():
     board.figures = {"global_accuracy": 0.5, "personal_accuracy": 0.75, "cluster": 1.0}
     status = decode(board.publish(True, 1, Instant(0.0, 1.0)).payload)
     assert (status.global_accuracy, status.personal_accuracy, status.cluster) == (0.5, 0.75, 1)
+
+
+def test_each_devices_latest_row_is_kept_over_versions():
+    from aggregator.personalize import merged
+
+    assert merged([None, {}]) is not None and merged([None, 3]) is None
+    info = merged([{"devices": {"a": {"cluster": 0.0}, "b": {"cluster": 0.0}}},
+                   None, {"devices": {"a": {"cluster": 1.0}}}])
+    assert info is not None and info["cluster_sizes"] == {"0": 1, "1": 1}
+    assert info["devices"]["a"] == {"cluster": 1.0}
