@@ -366,3 +366,16 @@ def test_each_devices_latest_row_is_kept_over_versions():
                    None, {"devices": {"a": {"cluster": 1.0}}}])
     assert info is not None and info["cluster_sizes"] == {"0": 1, "1": 1}
     assert info["devices"]["a"] == {"cluster": 1.0}
+
+
+def test_a_store_made_with_another_k_is_refused(tmp_path):
+    from aggregator.core.models import check_clusters_kept
+
+    plain = {"w": np.zeros(2, F32)}
+    check_clusters_kept(AggregatorConfig(), plain)
+    check_clusters_kept(AggregatorConfig(clusters=ClustersConfig(k=2)), stack([plain] * 2))
+    with pytest.raises(ValueError, match="holds a model of 2 cluster"):
+        check_clusters_kept(AggregatorConfig(clusters=ClustersConfig(k=3)),
+                            stack([plain] * 2))
+    with pytest.raises(ValueError, match="holds a model of 1 cluster"):
+        check_clusters_kept(AggregatorConfig(clusters=ClustersConfig(k=2)), plain)
