@@ -38,6 +38,7 @@ from edge_client.eligibility import EligibilityConfig
 from edge_client.session import DeviceSession
 from edge_client.session import actions as act
 from edge_client.session import events as ev
+from edge_client.shared.clusters import cluster_count
 from edge_client.shared.protocol import Ack, RemoteProtocolError, TrainConfig, decode
 from edge_client.shared.protocol.chunking import decode_chunk
 from edge_client.shared.protocol.tensors import Weights
@@ -90,6 +91,7 @@ class PairedDevice(ScriptedDevice):
         self.session = DeviceSession(self.config, self.narrator,
                                      session_id=f"{self.name}-boot-{self.boots}")
         self.io = DeviceIO(self.config, self.trainer, self.narrator, None)
+        self.io.data = lambda: (self.x, self.y)
         self.feed(self.io.resumed())
         self.feed(ev.EligibilityChecked(self.decision))
 
@@ -144,6 +146,11 @@ class PairedDevice(ScriptedDevice):
                 self.bus.disconnect(self.name)
             case act.Wake():
                 self.connect()
+            case act.StartFit(task, weights) if (task.personal is not None
+                                                 or cluster_count(weights)):
+                self.fits.append(task.task_id)  # the device's own models: DeviceIO's fit
+                return self.io.execute(action, lambda: (self.x, self.y), lambda: False,
+                                       lambda: False)
             case act.StartFit(task):
                 self.fits.append(task.task_id)
                 return super()._answer(action)
