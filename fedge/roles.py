@@ -78,6 +78,9 @@ class DataSpec:
     path: Path | None = None  # "data.npz" when neither path nor x and y is given
     x: Path | None = None
     y: Path | None = None
+    # an .npz with x and y: where a personalised or clustered device measures the global
+    # model against its own (docs/heterogeneity.md); unset: it keeps back a fifth
+    holdout: Path | None = None
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         if self.x is None and self.y is None:
@@ -156,7 +159,11 @@ def build_device(path: Path) -> EdgeClient:
     x, y = data.load()
     trainer = spec.trainer()
     check_data_fits(trainer, x, y, data.where)
-    return EdgeClient(config, trainer, x, y)
+    holdout = None
+    if data.holdout is not None:
+        holdout = load_npz(data.holdout)
+        check_data_fits(trainer, *holdout, f"[data] holdout {data.holdout}")
+    return EdgeClient(config, trainer, x, y, holdout=holdout)
 
 
 def check_data_fits(trainer: NumpyTrainer, x: np.ndarray, y: np.ndarray, where: str) -> None:

@@ -379,3 +379,21 @@ def test_a_store_made_with_another_k_is_refused(tmp_path):
                             stack([plain] * 2))
     with pytest.raises(ValueError, match="holds a model of 1 cluster"):
         check_clusters_kept(AggregatorConfig(clusters=ClustersConfig(k=2)), plain)
+
+
+def test_a_device_toml_names_its_held_out_data(tmp_path):
+    from fedge.roles import build_device
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((20, 8)).astype(F32), y=rng.integers(0, 3, 20))
+    np.savez(tmp_path / "h.npz", x=rng.random((5, 8)).astype(F32), y=rng.integers(0, 3, 5))
+    config = tmp_path / "device.toml"
+    config.write_text(f'device_id = "d"\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'[model]\nsizes = [8, 4, 3]\n'
+                      f'[data]\npath = "{tmp_path / "d.npz"}"\n'
+                      f'holdout = "{tmp_path / "h.npz"}"\n')
+    client = build_device(config)
+    assert client.io.holdout is not None and len(client.io.holdout[0]) == 5
+    np.savez(tmp_path / "h.npz", x=rng.random((5, 9)).astype(F32), y=rng.integers(0, 3, 5))
+    with pytest.raises(ConfigError, match="holdout"):
+        build_device(config)
