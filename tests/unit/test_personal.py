@@ -397,3 +397,23 @@ def test_a_device_toml_names_its_held_out_data(tmp_path):
     np.savez(tmp_path / "h.npz", x=rng.random((5, 9)).astype(F32), y=rng.integers(0, 3, 5))
     with pytest.raises(ConfigError, match="holdout"):
         build_device(config)
+
+
+def test_prometheus_gets_the_personal_means_and_cluster_sizes(tmp_path):
+    from aggregator.store import Store
+    from aggregator.web import create_app
+    from edge_client.shared.protocol import Model
+    from edge_client.shared.protocol.chunking import sha256_hex
+
+    path = tmp_path / "agg.sqlite3"
+    store = Store(path)
+    info = personal_info([Update("a", "t", "n", 0, 10, {}, metrics={
+        "global_accuracy": 0.5, "personal_accuracy": 0.9, "cluster": 1})])
+    for version, row in enumerate([{"round": 0}, {"round": 1, **info}]):
+        blob = encode(Model(version=version, tensors={}, arch={}))
+        store.add_model(version, blob, sha256_hex(blob), row)
+    store.close()
+    text = create_app(path, None, None).test_client().get("/metrics").get_data(as_text=True)
+    assert "fedge_personal_accuracy_mean 0.9" in text
+    assert "fedge_global_accuracy_mean 0.5" in text
+    assert 'fedge_cluster_devices{cluster="1"} 1.0' in text
