@@ -18,6 +18,7 @@ from aggregator.personalize import PersonalizeConfig
 from aggregator.privacy.config import PrivacyConfig
 from aggregator.secagg.config import SecAggConfig
 from aggregator.strategy import STRATEGIES, StrategyConfig
+from aggregator.strategy.contribution import WEIGHTINGS
 from edge_client.shared.clusters import MAX_CLUSTERS
 from edge_client.shared.codecs import DENSE
 from edge_client.shared.protocol import TrainConfig
@@ -105,6 +106,10 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--personal-layers", default="dense1.",
                    help="--personalize layers: tensor-name prefixes kept on the device, "
                         "comma-separated (default: the MLP's output layer)")
+    p.add_argument("--weighting", choices=WEIGHTINGS, default="samples",
+                   help="how much each update counts: its samples (FedAvg), samples x the "
+                        "global model's loss on the device's data ('loss', q-FFL), or "
+                        "samples x the loss its training removed; a mean-based strategy")
     p.add_argument("--clusters", type=int, default=1, metavar="K",
                    help="K global models (IFCA): each device trains the one with the lowest "
                         "loss on its data; the summary reports the membership")
@@ -183,7 +188,8 @@ def aggregator_config(args: argparse.Namespace) -> AggregatorConfig:
         downlink=downlink, sync=_sync_config(args),
         async_=AsyncConfig(buffer_size=min(args.buffer_size, args.devices)),
         # f = the attackers there are, as benchmarks/poisoning.py sets it
-        strategy=StrategyConfig(name=args.strategy, byzantine=args.attackers),
+        strategy=StrategyConfig(name=args.strategy, byzantine=args.attackers,
+                                weighting=args.weighting),
         privacy=PrivacyConfig(mode=args.dp, clip=args.clip,
                               noise_multiplier=args.noise_multiplier,
                               target_epsilon=args.target_epsilon),

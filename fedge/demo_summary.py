@@ -73,6 +73,8 @@ def summarize(demo: Demo, result: FederationResult, aggregator: Aggregator,
         "privacy": (_privacy_summary(aggregator, history)
                     if config.privacy.mode != "off" else None),
         "strategy": config.strategy.name,
+        **({"weighting": config.strategy.weighting}
+           if config.strategy.weighting != "samples" else {}),
         "attackers": [f"device-{i}" for i in range(fleet.attackers)],
         "attack": fleet.attack if fleet.attackers else None,
     }}

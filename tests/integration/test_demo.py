@@ -173,6 +173,7 @@ def test_demo_attackers_against_a_robust_strategy(tmp_path):
     (("--momentum", "1"), ("--momentum must be 0 or more and below 1",)),
     (("--clusters", "0"), ("--clusters must be 1 to 64, not 0",)),
     (("--clusters", "2", "--dp", "central"), ("--clusters", "--dp")),
+    (("--weighting", "loss", "--strategy", "median"), ("weighting = 'loss'", "mean-based")),
 ])
 def test_demo_refuses_flags_that_do_not_work_together(args, words):
     stderr = _refused("--devices", "5", *args)
