@@ -178,12 +178,19 @@ class AggregatorConfig:
         check_privacy(self)
         check_secagg(self)
         check_limits(self)
-        check_clusters(self)
+        check_heterogeneity(self)
         self.db_path = Path(self.db_path)
 
 
-def check_clusters(config: AggregatorConfig) -> None:
-    """k model lines average each cluster over its own devices: a mean, in the clear."""
+def check_heterogeneity(config: AggregatorConfig) -> None:
+    """Contribution weighting reads each update's metrics: not under DP, whose noise is
+    calibrated to weights that do not depend on the data, nor secure aggregation. k model
+    lines average each cluster over its own devices: a mean, in the clear."""
+    weighting = config.strategy.weighting
+    if weighting != "samples" and (config.privacy.enabled or config.secagg.enabled):
+        raise ValueError(f"strategy.weighting = {weighting!r} cannot run with [privacy] or "
+                         "[secagg]: weights read from each update's metrics would break the "
+                         "noise's calibration, and secure rounds reveal no metric")
     if not config.clusters.on:
         return
     if not STRATEGIES[config.strategy.name].mean_based:

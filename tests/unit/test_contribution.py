@@ -51,6 +51,12 @@ def test_weighting_is_checked_and_refused_for_rules_that_need_every_update():
         StrategyConfig(name="median", weighting="loss")
     with pytest.raises(ValueError, match="weighting_q"):
         StrategyConfig(weighting="loss", weighting_q=-1)
+    from aggregator.config import AggregatorConfig
+    from aggregator.privacy.config import PrivacyConfig
+
+    with pytest.raises(ValueError, match="cannot run with"):
+        AggregatorConfig(strategy=StrategyConfig(weighting="loss"),
+                         privacy=PrivacyConfig(mode="central"))
 
 
 def test_the_fairness_view_gives_each_devices_weight_share():
