@@ -417,3 +417,14 @@ def test_prometheus_gets_the_personal_means_and_cluster_sizes(tmp_path):
     assert "fedge_personal_accuracy_mean 0.9" in text
     assert "fedge_global_accuracy_mean 0.5" in text
     assert 'fedge_cluster_devices{cluster="1"} 1.0' in text
+
+
+def test_memory_mapped_data_keeps_back_its_last_rows_without_a_copy(tmp_path):
+    from edge_client.local_data import is_mapped
+
+    np.save(tmp_path / "x.npy", np.arange(50, dtype=F32).reshape(25, 2))
+    np.save(tmp_path / "y.npy", np.arange(25) % 3)
+    x, y = np.load(tmp_path / "x.npy", mmap_mode="r"), np.load(tmp_path / "y.npy", mmap_mode="r")
+    (xt, _), (xh, yh) = split_holdout((x, y), "d1")
+    assert is_mapped(xt) and is_mapped(xh) and len(xh) == 5
+    assert xh[0, 0] == 40 and yh.tolist() == (np.arange(20, 25) % 3).tolist()
