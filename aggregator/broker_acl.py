@@ -29,6 +29,8 @@ def device_acl_block(federation: str, device: str) -> str:
         f"topic write {topics.update(device)}",
         f"topic readwrite {topics.status(device)}",  # reads its own: a duplicate id shows
         f"topic write {topics.secagg(device)}",
+        f"topic write {topics.prefix}/canary/{device}",  # canary reports (docs/lifecycle.md)
+        f"topic read {topics.prefix}/rollout",
         f"topic read {topics.model}",
         f"topic read {topics.model}/#",
         f"topic read {topics.task}",

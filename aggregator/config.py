@@ -8,15 +8,20 @@ from typing import Any
 
 from aggregator.anomalies import AnomalyConfig
 from aggregator.clusters import ClustersConfig
+from aggregator.drift import DriftConfig
 from aggregator.fairness import FairnessConfig
 from aggregator.ingest_batch import IngestConfig
+from aggregator.lifecycle.config import RolloutConfig
 from aggregator.limits import LimitsConfig, check_limits
+from aggregator.model_lines import LinesConfig
 from aggregator.personalize import PersonalizeConfig
 from aggregator.presence import PresenceConfig
 from aggregator.privacy.config import PrivacyConfig, check_privacy
 from aggregator.secagg.config import SecAggConfig, check_secagg
+from aggregator.store_db import StoreLocation, describe, is_postgres
 from aggregator.strategy.config import StrategyConfig
 from aggregator.strategy.registry import STRATEGIES
+from aggregator.upper_config import UpperConfig
 from edge_client.shared.codecs import CodecConfig
 from edge_client.shared.protocol import DEFAULT_CHUNK_SIZE, TrainConfig
 from edge_client.shared.protocol.messages import MAX_CHAIN
@@ -107,6 +112,8 @@ class DownlinkConfig:
             raise ValueError("downlink.full must be 'f32' or 'f16'")
         if not 0 <= self.keep_deltas <= MAX_CHAIN:
             raise ValueError(f"downlink.keep_deltas must be between 0 and {MAX_CHAIN}")
+        if self.codec.adaptive:
+            raise ValueError("downlink.codec: energy (adaptive top-k) is for the uplink only")
 
 
 @dataclass
@@ -126,6 +133,9 @@ class AggregatorConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     db_path: Path = Path("fedge-aggregator.sqlite3")
+    # "postgresql://user@host/db": the store in PostgreSQL (the `postgres` extra) instead
+    # of the SQLite file db_path; "" keeps SQLite (docs/configuration.md#postgresql).
+    db_url: str = ""
     mode: str = "sync"  # "sync" or "async"
     rounds: int = 10  # model versions to produce; 0 runs until stopped
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -156,6 +166,10 @@ class AggregatorConfig:
     # docs/heterogeneity.md: personal layers or models, and k clustered model lines
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     clusters: ClustersConfig = field(default_factory=ClustersConfig)
+    upper: UpperConfig = field(default_factory=UpperConfig)  # docs/tiers.md
+    drift: DriftConfig = field(default_factory=DriftConfig)  # docs/lifecycle.md
+    lines: LinesConfig = field(default_factory=LinesConfig)  # docs/lifecycle.md
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # docs/lifecycle.md
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)
@@ -179,7 +193,26 @@ class AggregatorConfig:
         check_secagg(self)
         check_limits(self)
         check_heterogeneity(self)
+        if self.upper.enabled and self.upper.federation == self.federation:
+            raise ValueError(f"upper.federation must differ from federation "
+                             f"({self.federation!r}): the tiers would share topics")
         self.db_path = Path(self.db_path)
+        if self.db_url and not is_postgres(self.db_url):
+            raise ValueError(f"db_url must start with postgresql:// (or leave it out for "
+                             f"the SQLite file db_path), not {describe(self.db_url)!r}")
+        if self.db_url and describe(self.db_url).endswith("<not a valid URL>"):
+            raise ValueError("db_url is not a valid URL (postgresql://user:password@host:"
+                             "port/dbname)")
+
+    @property
+    def store_location(self) -> StoreLocation:
+        """Where the store is: the db_url's PostgreSQL database, else the db_path file."""
+        return self.db_url or self.db_path
+
+    @property
+    def store_name(self) -> str:
+        """The store for logs and messages (a URL without its password)."""
+        return describe(self.store_location)
 
 
 def check_heterogeneity(config: AggregatorConfig) -> None:
@@ -199,6 +232,9 @@ def check_heterogeneity(config: AggregatorConfig) -> None:
     if config.privacy.enabled or config.secagg.enabled:
         raise ValueError(f"clusters.k = {config.clusters.k} cannot run with [privacy] or "
                          "[secagg]: each update must name its cluster in the clear")
+    if config.rollout.enabled:
+        raise ValueError(f"clusters.k = {config.clusters.k} cannot run with [rollout]: "
+                         "canaries judge one model per version, a clustered version holds k")
 
 
 def load_aggregator_config(table: dict[str, Any], where: str = "config",

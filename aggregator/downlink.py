@@ -42,6 +42,12 @@ class DownlinkEncoder:
         """The residual to store with the version just made (None: nothing to keep)."""
         return None if self._feedback is None else self._feedback.to_bytes()
 
+    def start_over(self, weights: Weights) -> Weights:
+        """A version that is a copy of an older one (a rollback) goes out whole: no delta,
+        and the error feedback starts again from zero."""
+        self._feedback = None
+        return representable(weights, self.config.full)
+
     def restore(self, state: bytes, size: int) -> None:
         """Continue from a stored residual of a model with `size` parameters;
         ValueError if it is damaged or for another size."""

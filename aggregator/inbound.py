@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Callable
 
 from aggregator.core import (
+    AdoptModel,
+    CanaryMessage,
     Event,
     Instant,
     LinkDown,
@@ -16,6 +18,8 @@ from aggregator.core import (
     SetTraining,
     StatusMessage,
     UpdateChunk,
+    UpperAsks,
+    UpperFinished,
     VerifiedUpdate,
 )
 from edge_client.shared.protocol import Topics
@@ -27,6 +31,8 @@ def core_event_of(event: object, topics: Topics, now: Callable[[], Instant]) -> 
     core does not take (an empty payload: a retained message being cleared)."""
     if isinstance(event, SetTraining | SetStrategy):
         return event
+    if isinstance(event, AdoptModel | UpperAsks | UpperFinished):  # from a site's uplink
+        return dataclasses.replace(event, at=now())
     if isinstance(event, VerifiedUpdate | RefusedUpload):  # from an ingest worker
         return dataclasses.replace(event, at=now())
     if isinstance(event, Connected):
@@ -42,4 +48,6 @@ def core_event_of(event: object, topics: Topics, now: Callable[[], Instant]) -> 
         return StatusMessage(topic, event.payload, event.retained, now())
     if topic.startswith(prefix + "/secagg/"):
         return SecAggChunk(topic, event.payload, now())
+    if topic.startswith(prefix + "/canary/"):
+        return CanaryMessage(topic, event.payload, now())
     return None

@@ -22,17 +22,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 import pickle
 import queue
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +38,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.core.events import Instant
 from aggregator.ingest_worker import WorkerIngest, WorkerResult, owner_of
 from aggregator.limits import service_inbox
+from aggregator.store_db import StoreLocation, connect
 from aggregator.store_devices import enrolled_key
 from edge_client.shared.inbox import Inbox
 from edge_client.shared.protocol import Topics, Weights
@@ -94,12 +92,12 @@ def weights_of(layout: dict[str, tuple[tuple[int, ...], str]]) -> Weights:
 
 
 class EnrolledKeys:
-    """Device keys from the store, through a read-only connection of this process: a
-    key is read when a transfer completes, so an enrolment or revocation applies at once."""
+    """Device keys from the store, through a connection of this process (read-only for
+    SQLite; its own PostgreSQL session): a key is read when a transfer completes, so an
+    enrolment or revocation applies at once."""
 
-    def __init__(self, db_path: str | os.PathLike[str]) -> None:
-        uri = Path(db_path).resolve().as_uri() + "?mode=ro"
-        self.db = sqlite3.connect(uri, uri=True, timeout=10.0)
+    def __init__(self, location: StoreLocation) -> None:
+        self.db = connect(location, read_only=True)
 
     def key_of(self, device: str) -> str | None:
         return enrolled_key(self.db, device)
@@ -243,7 +241,7 @@ class WorkerLoop:
         self.spec = spec
         self.topics = Topics(config.federation)
         self.inboxes, self.results, self.stop = inboxes, results, stop
-        self.keys = EnrolledKeys(config.db_path) if config.security.enabled else None
+        self.keys = EnrolledKeys(config.store_location) if config.security.enabled else None
         self.ingest = WorkerIngest(config, weights_of(spec.layout),
                                    self.keys.key_of if self.keys else _no_key)
         self.local: Inbox = service_inbox(config)

@@ -37,6 +37,8 @@ class Waiting(Enum):
     PAUSED = "the operator"
     DEVICES = "devices"
     UPDATES = "updates"
+    UPPER = "the upper tier"
+    CANARY = "canary reports"
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,18 @@ from aggregator.config import AggregatorConfig
 from aggregator.core import (
     STOPPED_NOTE,
     Action,
+    AdoptModel,
     AggregatorCore,
     ClearRetained,
     Instant,
     Publish,
     SetStrategy,
     SetTraining,
+    SiteAggregate,
     Subscribe,
     Tick,
+    UpperAsks,
+    UpperFinished,
     VersionMade,
     VersionReport,
 )
@@ -43,6 +47,7 @@ from aggregator.limits import service_inbox
 from aggregator.service_readers import ServiceReaders
 from aggregator.store import Store
 from aggregator.store_check import refuse_if_damaged
+from aggregator.store_db import StoreUnreachable
 from aggregator.store_group import GroupLost
 from aggregator.strategy import Strategy
 from edge_client.shared.identity import load_or_create_identity
@@ -66,11 +71,17 @@ class Aggregator(ServiceReaders):
                  strategy: Strategy | None = None,
                  on_version: Callable[[VersionReport], None] | None = None) -> None:
         self.config = config
+        # a site's uplink (fedge/tiers/) takes its aggregates; set before run()
+        self.on_site_aggregate: Callable[[SiteAggregate], None] | None = None
         self.topics = Topics(config.federation)
         # Refuse a damaged store before opening it (aggregator/store_check.py): never
-        # start over silently, never serve a model that fails its hash.
-        refuse_if_damaged(config.db_path, config.downlink.keep_deltas)
-        self.store = Store(config.db_path)
+        # start over silently, never serve a model that fails its hash. SQLite only.
+        if not config.db_url:
+            refuse_if_damaged(config.db_path, config.downlink.keep_deltas)
+        self.store = Store(config.store_location)
+        if config.db_url:
+            log.info("aggregator: store in PostgreSQL (%s); the damage check and the seal "
+                     "are SQLite-only, skipped", config.store_name)
         self.store.keep_sealed()
         self.store.keep_rejections(config.limits.rejections_per_device,
                                    config.limits.rejections_total)
@@ -153,6 +164,18 @@ class Aggregator(ServiceReaders):
         self.core.strategy_named(name)
         self.events.put(SetStrategy(name))
 
+    def adopt(self, weights: Weights, upper_version: int) -> None:
+        """A site: the upper tier's model becomes the next version (docs/tiers.md)."""
+        self.events.put(AdoptModel(weights, upper_version, now()))
+
+    def upper_asks(self, upper_version: int) -> None:
+        """A site: the upper tier wants an aggregate from its model `upper_version`."""
+        self.events.put(UpperAsks(upper_version, now()))
+
+    def upper_finished(self, reason: str, weights: Weights, upper_version: int) -> None:
+        """A site: the upper tier is done, at this model; so is the site."""
+        self.events.put(UpperFinished(reason, weights, upper_version, now()))
+
     def _serve_batch(self, first: object) -> None:
         """Handle `first` and whatever else has arrived (within [ingest] bounds) in one
         transaction, then do what the core answered: acks only after the commit.
@@ -195,6 +218,8 @@ class Aggregator(ServiceReaders):
             return [] if core_event is None else self.core.handle(core_event)
         except RemoteProtocolError as exc:
             log.warning("aggregator: dropped a bad message on %s: %s", topic, exc.reason)
+        except StoreUnreachable:
+            raise  # the database server went away: not this message's fault; stop
         except Exception as exc:  # our bug, not the sender's: keep serving the others
             log.error("aggregator: handling a message on %s failed: %s", topic, exc,
                       exc_info=True)
@@ -217,6 +242,9 @@ class Aggregator(ServiceReaders):
             elif isinstance(action, Subscribe):
                 if self.workers is None or action.topic != self.topics.all_updates:
                     self.link.subscribe(action.topic)  # with workers, updates go to them
+            elif isinstance(action, SiteAggregate):
+                if self.on_site_aggregate is not None:
+                    self.on_site_aggregate(action)
             elif isinstance(action, VersionMade):
                 self._snapshot = action.snapshot  # the owner may read it in the callback
                 if self.on_version is not None:

@@ -1,8 +1,9 @@
-"""The aggregator's durable state in SQLite: models, tasks, updates, devices.
+"""The aggregator's durable state: models, tasks, updates, devices.
 
-WAL mode with synchronous=FULL: once a commit returns, the update survives a crash or
+In SQLite (the embedded default: WAL mode, synchronous=FULL) or in PostgreSQL (`db_url`,
+aggregator/store_postgres.py): once a commit returns, the update survives a crash or
 power cut, and only then is the device's ack sent. The service commits a batch of
-messages at once (store_group.py: one transaction, one fsync). The tables are in
+messages at once (store_group.py: one transaction, one flush). The tables are in
 store_base.py; the device tables (store_devices.py) and the rejection log
 (store_rejections.py) are parts of `Store` kept in their own files.
 """
@@ -12,16 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from aggregator.lifecycle.store_stages import StageTables
 from aggregator.states import TaskState, UpdateState
 from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
+from aggregator.store_db import StoreLocation, connect, describe
 from aggregator.store_devices import DeviceTables
 from aggregator.store_group import GroupCommits
 from aggregator.store_members import TaskMemberTables
@@ -59,16 +61,18 @@ class StoredModel:
     sha256: str = ""  # as stored when the version was made
 
 
-class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteTables):
+class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, StageTables,
+            NoteTables):
     """Owned by one thread at a time: built by the caller, then used by the service loop."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+    def __init__(self, location: StoreLocation) -> None:
+        """`location`: an SQLite file (Path), or a postgresql:// URL (str); ValueError
+        (one line naming db_url) when PostgreSQL cannot be used."""
+        self.name = describe(location)  # for messages: a URL shows no password
+        self.path = Path(self.name)  # the SQLite file (the seal's neighbour)
+        self.db = connect(location)
         self.db.executescript(SCHEMA)
+        self.open_stage_tables()  # added to older stores: docs/lifecycle.md
         self._seal: SealWriter | None = None
         self._sealed = Seal(0, -1, "")
         self.commits = 0  # fsync'd group commits (Store.group): for tests and benchmarks
@@ -77,24 +81,26 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteT
         if self._seal is not None:
             self._seal.close()
             self._seal = None
-        self._close_wal()
         self.db.close()
 
     # ------------------------------------------------------------ seal
     def keep_sealed(self) -> None:
         """Seal the store as it is now, then after every commit that acks an update or
         makes a version (aggregator/store_seal.py). Only the service calls this, after
-        aggregator/store_check.py found the store whole."""
+        aggregator/store_check.py found the store whole. PostgreSQL: no seal (its WAL
+        is not lost silently), only the lock that says a service serves the database."""
+        if self.engine != "sqlite":
+            if not self.db.claim_writer():
+                log.warning("aggregator: another session holds the writer lock of %s: is a "
+                            "second aggregator serving this store?", self.name)
+            return
         row = self.db.execute(
             "SELECT version, sha256 FROM models ORDER BY version DESC LIMIT 1").fetchone()
         path = seal_path(self.path)
         if seal_in_use(path):
             log.warning("aggregator: another process holds %s: is a second aggregator "
                         "serving this store?", path)
-        try:
-            old = read_seal(path)
-        except ValueError:
-            old = None
+        old = _readable_seal(path)
         version, sha256 = row or (-1, "")
         self._sealed = Seal(self.count_updates(), version, sha256,
                             seq=(old.seq if old else 0) + 1)
@@ -227,9 +233,9 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteT
     def iter_pending_payloads(self) -> Iterator[bytes]:
         """The pending updates' messages one at a time, in arrival order: a round is
         folded again from here without holding every payload at once."""
-        for (payload,) in self.db.execute("SELECT payload FROM updates WHERE state=? "
-                                          "ORDER BY received_at, rowid",
-                                          (UpdateState.PENDING.value,)):
+        for (payload,) in self.db.stream("SELECT payload FROM updates WHERE state=? "
+                                         "ORDER BY received_at, rowid",
+                                         (UpdateState.PENDING.value,)):
             yield payload
 
     def count_updates(self, state: UpdateState | str | None = None) -> int:
@@ -254,3 +260,11 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, NoteT
             args = (version,)
         rows = self.db.execute(query + " ORDER BY used_in, device_id", args)
         return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def _readable_seal(path: Path) -> Seal | None:
+    """The seal left by the last service, or None where it is missing or unreadable."""
+    try:
+        return read_seal(path)
+    except ValueError:
+        return None

@@ -1,15 +1,18 @@
 """The tables of the aggregator's store, and what its parts share: the connection and
-one way to run a transaction (aggregator/store.py puts the parts together)."""
+one way to run a transaction (aggregator/store.py puts the parts together).
+
+The SQL is SQLite's spelling; aggregator/store_db.py runs it on SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+
+from aggregator.store_db import StoreDB
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -67,6 +70,12 @@ CREATE TABLE IF NOT EXISTS devices (
     last_seen REAL NOT NULL,
     battery_pct REAL
 );
+CREATE TABLE IF NOT EXISTS drift_reports (
+    device_id TEXT NOT NULL,
+    at REAL NOT NULL,             -- when the status carrying it was seen
+    report TEXT NOT NULL          -- JSON: DriftReport.to_json() (store_drift.py)
+);
+CREATE INDEX IF NOT EXISTS drift_reports_device ON drift_reports(device_id, at);
 CREATE TABLE IF NOT EXISTS rejections (
     at REAL NOT NULL,
     device_id TEXT NOT NULL,
@@ -97,8 +106,13 @@ CREATE TABLE IF NOT EXISTS notes (
 class Tables:
     """Base of the store's parts: they all use one connection, owned by `Store`."""
 
-    db: sqlite3.Connection
+    db: StoreDB
     _group: GroupState | None = None  # set while a group commit is open (Store.group)
+
+    @property
+    def engine(self) -> str:
+        """Either "sqlite" or "postgresql": what is SQLite-only (the seal, check, recover) asks."""
+        return self.db.engine
 
     def _transaction(self) -> Transaction:
         return Transaction(self.db)
@@ -107,23 +121,20 @@ class Tables:
     def _soft_writes(self) -> Iterator[None]:
         """Writes that acknowledge nothing (rejections, device statuses): one transaction
         without the fsync (the next synchronous commit makes them durable), or, inside a
-        group commit, part of it, counted so that a group of only these skips the fsync."""
+        group commit, part of it, counted so that a group of only these skips the fsync.
+        Inside another open transaction: a savepoint of it, committed with it."""
         group = self._group
-        if group is not None:
-            before = self.db.total_changes
-            try:
-                with self._transaction():
-                    yield
-            finally:
-                group.soft_changes += self.db.total_changes - before
+        if group is None and not self.db.in_transaction:
+            with self.db.soft_transaction():
+                yield
             return
-        prior = self.db.execute("PRAGMA synchronous").fetchone()[0]
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        before = self.db.total_changes
         try:
             with self._transaction():
                 yield
         finally:
-            self.db.execute(f"PRAGMA synchronous={int(prior)}")
+            if group is not None:
+                group.soft_changes += self.db.total_changes - before
 
 
 @dataclass
@@ -141,7 +152,7 @@ class NoteTables(Tables):
 
     def count(self, name: str, by: int = 1) -> None:
         self.db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
-                        "SET value=value+excluded.value", (name, by))
+                        "SET value=counters.value+excluded.value", (name, by))
 
     def counter(self, name: str) -> int:
         row = self.db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
@@ -161,23 +172,26 @@ class NoteTables(Tables):
 
 
 class Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error. Inside a transaction already
+    """BEGIN ... COMMIT, or ROLLBACK on any error. Inside a transaction already
     (a group commit) it is a savepoint: atomic on its own, committed with the group."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: StoreDB) -> None:
         self.db = db
         self.nested = False
 
     def __enter__(self) -> None:
         self.nested = self.db.in_transaction
-        self.db.execute("SAVEPOINT part" if self.nested else "BEGIN IMMEDIATE")
+        if self.nested:
+            self.db.execute("SAVEPOINT part")
+        else:
+            self.db.begin()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if not self.nested:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
         elif not self.db.in_transaction:
-            return  # SQLite gave up the whole transaction (disk full): the group says so
+            return  # the engine gave up the whole transaction (disk full): the group says so
         elif exc_type:
             self.db.execute("ROLLBACK TO part")
             self.db.execute("RELEASE part")

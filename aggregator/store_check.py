@@ -9,6 +9,9 @@ update is marked used by a version that does not exist.
 
 The check opens the file read-only, so it never checkpoints or deletes a damaged WAL:
 `recover` can still copy it aside.
+
+SQLite only: a store in PostgreSQL (`db_url`) is not checked here (the service skips it
+with one INFO line; `fedge aggregator check` and `recover` refuse with one line).
 """
 
 from __future__ import annotations

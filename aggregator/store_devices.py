@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
 from aggregator.store_base import Tables
+from aggregator.store_db import StoreDB
+from aggregator.store_drift import add_drift_reports
 from edge_client.shared.protocol import Status
 
 
-def enrolled_key(db: sqlite3.Connection, device_id: str) -> str | None:
+def enrolled_key(db: StoreDB, device_id: str) -> str | None:
     """The enrolled, unrevoked public key of a device, or None; also what ingest workers
     read through their own read-only connection (aggregator/ingest_workers.py)."""
     row = db.execute("SELECT public_key FROM enrolment WHERE device_id=? AND "
@@ -58,9 +59,12 @@ class DeviceTables(Tables):
                 "last_seen=excluded.last_seen, battery_pct=excluded.battery_pct",
                 [(status.device_id, int(status.online), int(status.eligible), status.reason,
                   status.model_version, at, status.battery_pct) for status, at in seen])
+            add_drift_reports(self.db, [(s.device_id, at, s.drift) for s, at in seen
+                                        if s.drift is not None])
 
     def forget_device(self, device_id: str) -> None:
         self.db.execute("DELETE FROM devices WHERE device_id=?", (device_id,))
+        self.db.execute("DELETE FROM drift_reports WHERE device_id=?", (device_id,))
 
     def forget_unproven_devices(self) -> int:
         """Drop the rows of devices that never had an update stored; how many."""

@@ -1,4 +1,4 @@
-"""Group commit: many messages' writes in one SQLite transaction, one fsync (Store.group).
+"""Group commit: many messages' writes in one transaction, one flush (Store.group).
 
 The service handles a batch of received messages inside `group()` and sends the batch's
 acks only after it returns (aggregator/ingest_batch.py). Updates, rejections, statuses
@@ -8,10 +8,7 @@ and counters of the batch commit together; the store's seal follows the commit.
 from __future__ import annotations
 
 import contextlib
-import os
-import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
 from aggregator.store_base import GroupState, Tables
 
@@ -26,9 +23,7 @@ class GroupLost(OSError):
 class GroupCommits(Tables):
     """The group commit of `Store`; the seal (`_reseal`) is the store's."""
 
-    path: Path
     commits: int
-    _wal_fd: int | None = None  # the WAL, kept open to fsync it
 
     def _reseal(self, updates: int = 0, version: int | None = None,
                 sha256: str = "") -> None:
@@ -39,20 +34,19 @@ class GroupCommits(Tables):
         """One transaction for a batch of messages: every write inside (updates,
         rejections, statuses, counters) commits together, with one fsync of the WAL, or
         with none when the batch holds only writes that acknowledge nothing
-        (`_soft_writes`). SQLite fixes the sync level before a transaction begins, so the
-        group commits at synchronous=NORMAL (no fsync) and fsyncs the WAL itself when it
-        holds more: in WAL mode that is what synchronous=FULL does at each commit. The
-        seal follows once that returned, so it never says more than the store holds.
+        (`_soft_writes`): how each engine does that is in aggregator/store_db.py (SQLite)
+        and aggregator/store_postgres.py. The seal (SQLite only) follows once that
+        returned, so it never says more than the store holds.
         The caller sends the batch's acks only after this block exits without error.
 
-        Raises GroupLost when the commit failed or SQLite gave up the transaction (disk
-        full, I/O error): the batch's writes are gone, and its acks must not be sent."""
+        Raises GroupLost when the commit failed or the engine gave up the transaction
+        (disk full, I/O error, the PostgreSQL server lost): the batch's writes are gone,
+        and its acks must not be sent."""
         if self._group is not None or self.db.in_transaction:
             raise RuntimeError("Store.group: a transaction is open already")
-        self.db.execute("PRAGMA synchronous=NORMAL")
         durable = False
         try:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.begin_group()
             group = self._group = GroupState(self.db.total_changes)
             try:
                 yield
@@ -61,10 +55,8 @@ class GroupCommits(Tables):
                                     "error?)")
                 durable = self.group_durable()
                 try:
-                    self.db.execute("COMMIT")
-                    if durable:
-                        self._sync_wal()
-                except (sqlite3.Error, OSError) as exc:
+                    self.db.commit_group(durable)
+                except (*self.db.errors, OSError) as exc:
                     raise GroupLost(f"the store could not commit a batch: {exc}") from exc
             except BaseException:
                 if self.db.in_transaction:
@@ -73,17 +65,11 @@ class GroupCommits(Tables):
             finally:
                 self._group = None
         finally:
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.end_group()
         self.commits += durable
         if group.updates or group.version is not None:
             version, sha256 = group.version or (None, "")
             self._reseal(group.updates, version, sha256)
-
-    def _sync_wal(self) -> None:
-        """fsync the WAL: what a synchronous=FULL commit does, after a NORMAL one."""
-        if self._wal_fd is None:
-            self._wal_fd = os.open(str(self.path) + "-wal", os.O_RDONLY)
-        os.fsync(self._wal_fd)
 
     def group_durable(self) -> bool:
         """Whether the open group holds a write that needs its fsync (an update, say)."""
@@ -100,8 +86,3 @@ class GroupCommits(Tables):
         if version is not None:
             group.version = (version, sha256)
         return True
-
-    def _close_wal(self) -> None:
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
-            self._wal_fd = None

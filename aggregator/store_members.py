@@ -21,7 +21,8 @@ class TaskMemberTables(Tables):
         if task.members is None:
             self.db.execute("DELETE FROM task_members WHERE task_id=?", (task.task_id,))
         else:
-            self.db.execute("INSERT OR REPLACE INTO task_members VALUES (?, ?)",
+            self.db.execute("INSERT INTO task_members VALUES (?, ?) ON CONFLICT(task_id) "
+                            "DO UPDATE SET members=excluded.members",
                             (task.task_id, json.dumps(list(task.members))))
 
     def _with_members(self, task: Task) -> Task:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 from aggregator.privacy.hooks import SUMMARY_NOTE
 from aggregator.store import Store
 from aggregator.store_check import DROPPED_DP_NOTE, ProblemKind, StoreReport, check_store
+from aggregator.store_db import StoreDB
 from aggregator.store_seal import seal_in_use, seal_path
 
 
@@ -174,7 +174,7 @@ def _keep_dp_steps(store: Store, first: int) -> None:
         store.set_note(DROPPED_DP_NOTE, [*(store.note(DROPPED_DP_NOTE) or []), *steps])
 
 
-def _reopen(db: sqlite3.Connection, where: str, args: tuple, report: RecoveryReport) -> None:
+def _reopen(db: StoreDB, where: str, args: tuple, report: RecoveryReport) -> None:
     """Updates used by versions that are gone: pending again if intact, else discarded."""
     rows = db.execute(f"SELECT rowid, payload, digest FROM updates WHERE {where}", args)
     for rowid, payload, digest in rows.fetchall():

@@ -77,14 +77,16 @@ class RejectionTables(Tables):
             WITH events AS (
                 SELECT * FROM (
                     SELECT u.device_id, u.received_at AS at,
-                           EXISTS (SELECT 1 FROM clipping c WHERE c.version = u.used_in
-                                   AND c.device_id = u.device_id
-                                   AND c.norm >= :factor * c.median) AS clipped,
+                           CAST(EXISTS (SELECT 1 FROM clipping c WHERE c.version = u.used_in
+                                        AND c.device_id = u.device_id
+                                        AND c.norm >= :factor * c.median) AS INTEGER)
+                               AS clipped,
                            0 AS rejected, NULL AS reason
-                    FROM updates u {where_u} {newest_u})
+                    FROM updates u {where_u} {newest_u}) AS stored
                 UNION ALL
                 SELECT * FROM (
                     SELECT device_id, at, 0, 1, reason FROM rejections {where_r} {newest_r})
+                    AS refused
             ), ranked AS (
                 SELECT *, ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY at DESC) AS n
                 FROM events

@@ -18,6 +18,10 @@ its update (Ed25519), which the aggregator verifies.
 the worker processes verify and decode, the service stores and acks) and adds the ratio
 of the last run's updates stored/s to the first's.
 
+`--db-url postgresql://...` keeps the store in that PostgreSQL database instead of an
+SQLite file (each run in a schema of its own, dropped after). Commits are then the
+service's durable group commits (`Store.commits`): PostgreSQL's are not traced.
+
 Self-contained on purpose (no tests/ imports, no new APIs), so the same file measures an
 older checkout: `PYTHONPATH=/path/to/old/checkout python benchmarks/ingest_commits.py`.
 Prints one JSON object.
@@ -61,11 +65,48 @@ class CommitCounter:
         self.db, self.count = db, 0
         db.set_trace_callback(self._saw)
 
+    def made(self, store) -> int:
+        return self.count
+
     def _saw(self, sql: str) -> None:
         verb = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
         if verb == "COMMIT" or (verb in ("INSERT", "UPDATE", "DELETE")
                                 and not self.db.in_transaction):
             self.count += 1
+
+
+class GroupCommitCounter:
+    """PostgreSQL: the service's durable group commits (no statement trace there)."""
+
+    def __init__(self, store) -> None:
+        self.count = store.commits
+
+    def made(self, store) -> int:
+        return store.commits - self.count
+
+
+def _counter(store):
+    db = getattr(store.db, "raw", store.db)  # the SQLite connection, older checkouts too
+    return CommitCounter(db) if isinstance(db, sqlite3.Connection) else GroupCommitCounter(store)
+
+
+def _schema_url(url: str) -> tuple[str, str]:
+    """A new schema in the database at `url`, and the URL whose sessions use it."""
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"CREATE SCHEMA {schema}")
+    glue = "&" if "?" in url else "?"
+    return schema, f"{url}{glue}options=-csearch_path%3D{schema}"
+
+
+def _drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"DROP SCHEMA {schema} CASCADE")
+
 
 
 def _client(broker: MosquittoBroker) -> tuple[mqtt.Client, queue.Queue]:
@@ -94,14 +135,26 @@ def _update(device: str, task: Task, weights: dict[str, np.ndarray],
     return nonce, encode(update)
 
 
-def run(devices: int, workdir: Path, workers: int = 1, signed: bool = False) -> dict:
+def run(devices: int, workdir: Path, workers: int = 1, signed: bool = False,
+        db_url: str = "") -> dict:
+    schema = ""
+    if db_url:
+        schema, db_url = _schema_url(db_url)
+    try:
+        return _run(devices, workdir, workers, signed, db_url)
+    finally:
+        if schema:
+            _drop_schema(db_url, schema)
+
+
+def _run(devices: int, workdir: Path, workers: int, signed: bool, db_url: str) -> dict:
     broker = MosquittoBroker.start(workdir=workdir / "broker")
     topics = Topics(FEDERATION)
     weights = mlp_trainer(SIZES, seed=0).get_weights()
     config = AggregatorConfig(federation=FEDERATION, port=broker.port, mode="async",
                               async_=AsyncConfig(buffer_size=10 * devices), rounds=0,
                               db_path=workdir / "agg.sqlite3", presence_settle_s=0.2,
-                              uplink=UPLINK)
+                              uplink=UPLINK, **({"db_url": db_url} if db_url else {}))
     config.presence.max_newcomers = max(config.presence.max_newcomers, devices)
     if workers > 1:  # only then: an older checkout has no [ingest] workers
         config.ingest.workers = workers
@@ -114,7 +167,7 @@ def run(devices: int, workdir: Path, workers: int = 1, signed: bool = False) -> 
 
     def sealed(device: str, message: bytes) -> bytes:
         return seal(message, keys[device]) if signed else message
-    commits = CommitCounter(agg.store.db)
+    commits = _counter(agg.store)
     stop = threading.Event()
     loop = threading.Thread(target=agg.run, args=(stop, False), daemon=True)
     client, inbox = _client(broker)
@@ -139,7 +192,7 @@ def run(devices: int, workdir: Path, workers: int = 1, signed: bool = False) -> 
         updates = [(d, nonce, sealed(d, message)) for d in fleet
                    for nonce, message in [_update(d, task, weights, rng)]]
         size = sum(len(m) for _, _, m in updates) / devices
-        commits.count = 0
+        commits = _counter(agg.store)
         started = time.perf_counter()
         for device, nonce, message in updates:
             client.publish(topics.status(device), status(device), qos=1, retain=True)
@@ -153,7 +206,7 @@ def run(devices: int, workdir: Path, workers: int = 1, signed: bool = False) -> 
             if topic.startswith(topics.prefix + "/ack/"):
                 acked += decode(_body(payload), expect=Ack).status == "accepted"
         took = time.perf_counter() - started
-        made = commits.count
+        made = commits.made(agg.store)
     finally:
         stop.set()
         loop.join(30)
@@ -161,6 +214,7 @@ def run(devices: int, workdir: Path, workers: int = 1, signed: bool = False) -> 
         client.disconnect()
         broker.stop()
     return {"devices": devices, "ingest_workers": workers, "signed": signed,
+            "store": "postgresql" if db_url else "sqlite",
             "update_bytes": round(size),
             "messages": 3 * devices,
             "seconds": round(took, 3), "updates_stored_per_s": round(devices / took, 1),
@@ -175,11 +229,13 @@ def main() -> None:
                         help="[security] on: enrolled devices sign, the aggregator verifies")
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="[ingest] workers for each run (e.g. 1 2)")
+    parser.add_argument("--db-url", default="",
+                        help="the store in this PostgreSQL database (default: SQLite)")
     args = parser.parse_args()
     runs = []
     for workers in args.workers:
         with tempfile.TemporaryDirectory(prefix="fedge-ingest-", dir=Path.cwd()) as work:
-            runs.append(run(args.devices, Path(work), workers, args.signed))
+            runs.append(run(args.devices, Path(work), workers, args.signed, args.db_url))
     if len(runs) == 1:
         print(json.dumps(runs[0]))
         return

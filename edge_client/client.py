@@ -21,6 +21,7 @@ import numpy as np
 
 from edge_client.client_config import ClientConfig
 from edge_client.device_io import DeviceIO, TrainerFailed
+from edge_client.drift.saved import reference_for
 from edge_client.eligibility import Decision, EligibilityPolicy
 from edge_client.local_data import checked_local_data
 from edge_client.narration import DeviceNarrator
@@ -43,6 +44,7 @@ from edge_client.shared.transport import Connected, Disconnected, Inbound, MqttL
 from edge_client.training.trainer import Trainer
 
 if TYPE_CHECKING:
+    from edge_client.predictor import Predictor
     from edge_client.secagg_session import DeviceSecAgg
 
 __all__ = ["ClientConfig", "ClientStats", "EdgeClient"]
@@ -56,11 +58,16 @@ class EdgeClient:
                  y: np.ndarray, policy: EligibilityPolicy | None = None,
                  app_busy: Callable[[], bool] | None = None,
                  on_model: Callable[[int, dict, Weights], None] | None = None,
+                 predictor: Predictor | None = None,
                  holdout: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        """`holdout`: the device's own held-out data, where a personalised or clustered
-        federation measures the global model against the device's (docs/heterogeneity.md);
-        without it such a device keeps back a fifth of its data."""
+        """`predictor`: serve each global model with it (unless `on_model` is given) and
+        report its drift scores in the status, against a reference of `x` kept in the
+        state folder (docs/lifecycle.md, "Drift"). `holdout`: the device's held-out data
+        (edge_client/holdout.py), where a canary device compares a candidate with
+        production and a personalised or clustered device measures the global model
+        against its own; by default a fifth of x, y chosen from the device's id."""
         self.config = config
+        self.holdout = holdout
         self.policy = policy or EligibilityPolicy.from_config(config.eligibility, app_busy)
         self.trainer = trainer
         self._data = checked_local_data(x, y)  # one tuple, swapped whole by set_data
@@ -71,11 +78,16 @@ class EdgeClient:
         self.narrator = DeviceNarrator(config.device_id, config.federation,
                                        Topics(config.federation).task,
                                        no_task_warning_s=config.no_task_warning_s)
+        if predictor is not None:
+            on_model = on_model or _served_by(predictor)
+            predictor.monitor_drift(reference_for(config.state_dir, x, config.device_id))
         self.io = DeviceIO(config, trainer, self.narrator, on_model,
                            None if holdout is None else checked_local_data(*holdout))
         self.io.data = lambda: self._data
         self.disk, self.outbox = self.io.disk, self.io.outbox
         self.session = DeviceSession(config, self.narrator, keys)
+        if predictor is not None:
+            self.session.status.drift = predictor.drift_report
         self.topics, self.stats = self.session.topics, self.session.stats
         self.link = MqttLink(
             client_id=f"fedge-{config.federation}-dev-{config.device_id}",
@@ -208,6 +220,9 @@ class EdgeClient:
                     self.link.start()
                 case act.StopFit():
                     pass  # read by _should_stop, which asked
+                case act.EvaluateCanary():
+                    held = self.io.held_out(self._data)
+                    self._feed(self.io.evaluate_canary(action, held))
                 case _:
                     answer = self.io.execute(action, lambda: self._data, self._should_stop,
                                              self._stop.is_set)
@@ -224,6 +239,12 @@ class EdgeClient:
         actions = self.session.handle(EligibilityChecked(self._check()), _now())
         self._do(actions)
         return any(isinstance(a, act.StopFit) for a in actions)
+
+
+def _served_by(predictor: Predictor) -> Callable[[int, dict, Weights], None]:
+    def serve(version: int, arch: dict, weights: Weights) -> None:
+        predictor.load(version, arch, weights)
+    return serve
 
 
 def _now() -> Instant:

@@ -31,6 +31,9 @@ class ClientConfig:
     sleep_between_tasks: bool = False  # disconnect until the aggregator's next check-in
     no_task_warning_s: float = 60.0  # connected this long with no task: warn (federation?)
     status_interval_s: float = 120.0  # republish the (retained) status at least this often
+    # partial_work tasks: stop training this long before the task's deadline, so that the
+    # update (encode, outbox, publish) still arrives in time
+    deadline_margin_s: float = 1.0
     security: DeviceSecurity = field(default_factory=DeviceSecurity)
     broker_auth: BrokerAuth = field(default_factory=BrokerAuth)
 
@@ -40,6 +43,8 @@ class ClientConfig:
             raise ValueError("eligibility_check_s and ack_timeout_s must be > 0")
         if not self.no_task_warning_s > 0:
             raise ValueError(f"no_task_warning_s must be > 0, not {self.no_task_warning_s}")
+        if not self.deadline_margin_s >= 0:
+            raise ValueError(f"deadline_margin_s must be >= 0, not {self.deadline_margin_s}")
         if not self.status_interval_s > 0:
             raise ValueError(f"status_interval_s must be > 0, not {self.status_interval_s}")
         if self.inbound_queue_bytes < 64 * 1024:

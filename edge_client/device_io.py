@@ -12,15 +12,17 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edge_client.canary_eval import RUNNABLE, canary_report, trainer_report
 from edge_client.client_config import ClientConfig
 from edge_client.device_state import DeviceState
+from edge_client.holdout import held_out, split_holdout
 from edge_client.narration import DeviceNarrator
 from edge_client.outbox import Outbox, OutboxFull
 from edge_client.personal import LocalModels
-from edge_client.personal.holdout import split_holdout
 from edge_client.personal.saved import load_local, save_local
 from edge_client.session import actions as act
 from edge_client.session.events import (
+    CanaryEvaluated,
     Event,
     FitFinished,
     ModelInstalled,
@@ -61,6 +63,9 @@ class DeviceIO:
         self.local: LocalModels | None = load_local(config.state_dir, config.device_id,
                                                     config.max_model_elements)
         self._arch: dict = {}
+        self._installed: tuple[int, Weights] | None = None  # install's own variant
+        self._served: tuple[int, dict, Weights] | None = None  # the global version served
+        self.following: int | None = None  # production, once a Rollout named one
 
     def execute(self, action: act.Action, data: LocalData,
                 should_stop: Callable[[], bool], stopping: Callable[[], bool]) -> Event | None:
@@ -82,7 +87,8 @@ class DeviceIO:
                 try:
                     self.trainer.set_weights(weights)
                     before = self.trainer.evaluate(x, y)
-                    result = self.trainer.fit(x, y, config, should_stop=should_stop)
+                    result = self.trainer.fit(x, y, config,
+                                              should_stop=_bounded(should_stop, config))
                     after = self.trainer.get_weights()
                 except Exception as exc:
                     raise TrainerFailed(f"the trainer failed on task {task.task_id}: "
@@ -104,28 +110,87 @@ class DeviceIO:
             case act.SaveResidual(feedback, base_version):
                 self._persist("error-feedback residual",
                               lambda: self.disk.save_residual(feedback, base_version))
+            case act.ServeModel(version, arch, tensors):
+                self.serve(version, arch, tensors)
+            case act.SaveRollout(production):
+                self.following = production
+                self._persist("rollout state", lambda: self.disk.save_rollout(production))
         return None
 
+    def serve(self, version: int, arch: dict, tensors: Weights) -> None:
+        """Hand a version to the app's on_model (its Predictor): it serves it from now on;
+        personalised or clustered, the device's own variant of it."""
+        self._served = (version, arch, tensors)
+        self._hand(version, arch, self._own(version, tensors))
+
+    def _hand(self, version: int, arch: dict, tensors: Weights) -> None:
+        if self.on_model is None:
+            return
+        try:
+            self.on_model(version, arch, copy_weights(tensors))
+        except Exception:  # the app's serving must never stop the device loop
+            log.exception("%s: on_model failed for version %d", self.config.device_id,
+                          version)
+
+    def held_out(self, data: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The held-out data models are measured on (edge_client/holdout.py)."""
+        return held_out(data, self.config.device_id, self.holdout)
+
+    def evaluate_canary(self, action: act.EvaluateCanary,
+                        holdout: tuple[np.ndarray, np.ndarray]) -> CanaryEvaluated:
+        """Both models in the numpy runtime when it can build them (with agreement),
+        else through the app's trainer (docs/lifecycle.md)."""
+        me, candidate, production = self.config.device_id, action.candidate, action.production
+        try:
+            if candidate.arch.get("kind") in RUNNABLE:
+                return CanaryEvaluated(canary_report(me, candidate, production, *holdout))
+            return CanaryEvaluated(trainer_report(me, self.trainer, candidate, production,
+                                                  *holdout))
+        except Exception as exc:  # a model neither can run, no data: say why
+            return CanaryEvaluated(None, f"canary evaluation failed: {exc}")
+
     def install(self, version: int, tensors: Weights, arch: dict) -> None:
-        """Load a global model into the trainer (ValueError: names or shapes differ) and
-        hand it to the app's on_model (a clustered model: the cluster that fits the
-        local data best; a personalised federation: the device's own model)."""
+        """Load a global model into the trainer (ValueError: names or shapes differ, or
+        an architecture it cannot adopt); a clustered model: the cluster that fits the
+        local data best, a personalised federation: the device's own model. What the app
+        serves follows ServeModel (edge_client/session/serving.py, `serve`)."""
         self._arch = arch
         if self.local is None and cluster_count(tensors):
             self.local = LocalModels(self.config.device_id)
         if self.local is not None:
             data = self.data() if self.data is not None else None
             tensors = self.local.serving(tensors, self.trainer, data)
-        self.trainer.set_weights(copy_weights(tensors))
-        self._serve(version, tensors)
+            self._installed = (version, tensors)
+        self._take(tensors, arch)
 
-    def _serve(self, version: int, tensors: Weights) -> None:
-        if self.on_model is not None:
-            try:
-                self.on_model(version, self._arch, copy_weights(tensors))
-            except Exception:  # the app's serving must never stop the device loop
-                log.exception("%s: on_model failed for version %d", self.config.device_id,
-                              version)
+    def _own(self, version: int, tensors: Weights) -> Weights:
+        """The device's own variant of a global version it serves: the one `install`
+        made for it, else made now (the trainer keeps its weights)."""
+        if self.local is None:
+            return tensors
+        if self._installed is not None and self._installed[0] == version:
+            return self._installed[1]
+        kept = self.trainer.get_weights() if cluster_count(tensors) else None
+        data = self.data() if self.data is not None else None
+        own = self.local.serving(tensors, self.trainer, data)
+        if kept is not None:  # choosing the cluster ran the models through the trainer
+            self.trainer.set_weights(kept)
+        return own
+
+    def _take(self, tensors: Weights, arch: dict) -> None:
+        """The trainer takes the weights; another architecture (a new model line) only if
+        the trainer can adopt it. ValueError says why not, in one line."""
+        try:
+            self.trainer.set_weights(copy_weights(tensors))
+            return
+        except ValueError as exc:
+            adopt = getattr(self.trainer, "adopt", None)
+            if adopt is None:
+                raise ValueError(f"it does not fit this device's trainer ({exc})") from None
+        try:
+            adopt(arch, copy_weights(tensors))
+        except ValueError as exc:
+            raise ValueError(f"this device cannot run its architecture ({exc})") from None
 
     def _local_fit(self, task: Task, weights: Weights, config: TrainConfig,
                    data: tuple[np.ndarray, np.ndarray], should_stop: Callable[[], bool],
@@ -135,14 +200,18 @@ class DeviceIO:
         local = self.local = self.local or LocalModels(self.config.device_id)
         train, held = ((data, self.holdout) if self.holdout is not None
                        else split_holdout(data, self.config.device_id))
+        self._installed = None  # its own part changes: a served variant is made anew
         self.narrator.training(task, len(train[0]))
         try:
-            fit = local.fit(self.trainer, task, weights, config, train, held, should_stop)
+            fit = local.fit(self.trainer, task, weights, config, train, held,
+                            _bounded(should_stop, config))
         except Exception as exc:
             raise TrainerFailed(f"the trainer failed on task {task.task_id}: "
                                 f"{type(exc).__name__}: {exc}") from exc
-        if fit.serve is not None:
-            self._serve(task.model_version, fit.serve)
+        if fit.serve is not None and self.following is None:
+            self._hand(task.model_version, self._arch, fit.serve)  # its model, just trained
+        elif fit.serve is not None and self._served is not None:
+            self.serve(*self._served)  # under a rollout: production's variant, updated
         self._persist("personal model", lambda: save_local(self.config.state_dir, local))
         return FitFinished(task.task_id, fit.result, fit.weights, fit.before, len(train[0]),
                            shutting_down=stopping(), metrics=fit.metrics, only=fit.only)
@@ -161,7 +230,9 @@ class DeviceIO:
                 held = HeldModel(model.version, copy_weights(model.tensors), model.arch,
                                  self.disk.model_sha256())
                 residual = self.disk.load_residual(sum(w.size for w in model.tensors.values()))
-        return Resumed(done, held, residual, tuple(self.outbox.entries()))
+        self.following = self.disk.load_rollout()
+        return Resumed(done, held, residual, tuple(self.outbox.entries()),
+                       following=self.following)
 
     def _store(self, nonce: str, payload: bytes) -> Event:
         try:
@@ -187,3 +258,17 @@ class DeviceIO:
 def _own_models(task: Task, weights: Weights) -> bool:
     """A task that personalises, or a clustered model: the device's own models train."""
     return task.personal is not None or bool(cluster_count(weights))
+
+
+def _bounded(should_stop: Callable[[], bool], config: TrainConfig) -> Callable[[], bool]:
+    """`should_stop`, and with `max_batches` also true once that many batches ran (it is
+    asked before every batch)."""
+    if not config.max_batches:
+        return should_stop
+    asked = 0
+
+    def stop() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > config.max_batches or should_stop()
+    return stop

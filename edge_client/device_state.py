@@ -56,6 +56,22 @@ class DeviceState:
         state = {"done_tasks": done[-MAX_DONE_TASKS:], "model_version": model_version}
         atomic_write(self._state, json.dumps(state).encode())
 
+    def save_rollout(self, production: int) -> None:
+        """This device follows a rollout (docs/lifecycle.md): after a reboot it serves
+        only `production` until the next Rollout says otherwise."""
+        atomic_write(self.folder / "rollout.json", json.dumps({"production": production})
+                     .encode())
+
+    def load_rollout(self) -> int | None:
+        try:
+            return int(json.loads((self.folder / "rollout.json").read_text())["production"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error("%s: rollout.json unreadable (%s); serving nothing until the next "
+                      "Rollout", self.device_id, exc)
+            return -1
+
     def load_model(self) -> Model | None:
         """The last global model, if its bytes still match the digest saved with them."""
         try:

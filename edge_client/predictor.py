@@ -5,14 +5,23 @@
     ...
     labels = predictor.predict(window)      # from any thread
 
+With staged rollout (docs/lifecycle.md) the client hands `load` only the production
+version; a rollback arrives as a newer version (a copy of the older weights), so the
+"never older" rule below never keeps a rollback out.
+
 `load` builds the new version completely (export, session, interpreter) before it
 swaps it in with one reference assignment; a predict already running keeps the model
 it started with and finishes on it, and the next one sees the new version. A failed
 load leaves the old model serving.
 
 In a personalised or clustered federation (docs/heterogeneity.md) `on_model` hands it
-the device's own model: its personal layers in the global model, its Ditto model, or its
-cluster's model; again after each fit, under the same version number.
+the device's own variant of the model it serves: its personal layers in the global
+model, its Ditto model, or its cluster's model; again after each fit.
+
+With `monitor_drift` (EdgeClient does it when given the predictor) it also watches
+its inputs against the device's training inputs, and `observe_label` takes labels the
+app learns later; `drift_report()` is what the device's status carries (docs/lifecycle.md,
+"Drift").
 """
 
 from __future__ import annotations
@@ -24,7 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from edge_client.drift.monitor import DriftMonitor
+from edge_client.drift.reference import InputReference
 from edge_client.export.runtimes import RUNTIMES, InferenceModel, RuntimeOptions, load_model
+from edge_client.shared.protocol.drift import DriftReport
 from edge_client.shared.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -60,6 +72,7 @@ class Predictor:
         self.calibration = None if calibration is None else np.asarray(calibration, np.float32)
         self._current: LoadedModel | None = None
         self._swap_lock = threading.Lock()
+        self.drift: DriftMonitor | None = None  # set by monitor_drift
 
     @property
     def version(self) -> int | None:
@@ -93,7 +106,42 @@ class Predictor:
             self._current = loaded  # one reference assignment: atomic for readers
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return self._serving().model.logits(x)
+        model = self._serving().model
+        if self.drift is not None:
+            try:
+                self.drift.observe(x)
+            except ValueError as exc:  # the model says what is wrong with x, if anything
+                log.debug("predictor: inputs not counted for drift: %s", exc)
+        return model.logits(x)
+
+    # ------------------------------------------------------------ drift
+    def monitor_drift(self, reference: InputReference, **settings: int) -> DriftMonitor:
+        """Watch inputs against `reference` from now on; `settings`: window, min_samples,
+        label_window (edge_client.drift.monitor)."""
+        self.drift = DriftMonitor(reference, **settings)
+        return self.drift
+
+    def observe_label(self, y: np.ndarray, x: np.ndarray | None = None,
+                      predicted: np.ndarray | None = None) -> float:
+        """The true labels `y` of inputs learnt after the fact: give the inputs `x` (the
+        served model predicts them again, not counted as new inputs) or what was
+        `predicted` for them. Returns this batch's accuracy; counted in drift_report."""
+        if (x is None) == (predicted is None):
+            raise ValueError("observe_label: give either the inputs x or what was predicted")
+        guessed = (np.asarray(predicted).reshape(-1) if predicted is not None
+                   else self._serving().model.logits(np.asarray(x)).argmax(axis=1))
+        truth = np.asarray(y).reshape(-1)
+        if truth.shape != guessed.shape or truth.size == 0:
+            raise ValueError(f"observe_label: {truth.size} labels for {guessed.size} "
+                             f"predictions")
+        correct = guessed == truth
+        if self.drift is not None:
+            self.drift.observe_outcomes(correct)
+        return float(correct.mean())
+
+    def drift_report(self) -> DriftReport | None:
+        """The drift scores now, or None when drift is not monitored."""
+        return None if self.drift is None else self.drift.report()
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class ids (n,) for inputs (n, *input_shape)."""

@@ -7,6 +7,8 @@ audit          which devices went into which model version: ids, counts, digests
 broker-config  write a mosquitto TLS + password + ACL setup for the federation's devices
 check          is the store whole? what is damaged, what is lost (exit 1 when damaged)
 recover        back the store's files up, rebuild what can be rebuilt, re-seal, report
+rollback       serve an earlier model version again (--to N); promote N; pin N
+stages         each version's stage and the audit trail (docs/lifecycle.md)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aggregator.broker_bridge import BridgePlan, bridge_section
 from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
 from aggregator.broker_sizing import DEFAULT_UPDATE_CHUNKS, DROP_IN, FleetSize
 from aggregator.service import Aggregator
@@ -28,8 +31,10 @@ from edge_client.shared.identity import parse_public_key
 from edge_client.shared.protocol.topics import check_name
 from edge_client.shared.settings import ConfigError
 from fedge.roles import build_aggregator, load_aggregator_file, run_until_signal
+from fedge.stage_cli import add_stage_parsers
 
 if TYPE_CHECKING:
+    from aggregator.config import AggregatorConfig
     from aggregator.web.server import DashboardServer  # flask: the `aggregator` extra
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,11 @@ def add_aggregator_parser(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--version", type=int, help="only this model version")
     broker = actions.add_parser("broker-config", help="write mosquitto TLS, passwords, ACL")
     broker.add_argument("--out", required=True, type=Path, help="folder for the files")
-    broker.add_argument("--devices", required=True, help="comma-separated device ids")
+    broker.add_argument("--devices", help="comma-separated device ids (of an upper tier: "
+                                          "its sites)")
+    broker.add_argument("--bridge-to", metavar="HOST:PORT",
+                        help="instead: write this site's bridge to the upper broker, from "
+                             "the config's [upper] table (docs/tiers.md)")
     broker.add_argument("--host", default="127.0.0.1", help="broker address and cert name")
     broker.add_argument("--port", type=int, default=8883)
     broker.add_argument("--mtls", action="store_true", help="require client certificates")
@@ -68,7 +77,7 @@ def add_aggregator_parser(sub: argparse._SubParsersAction) -> None:
     recover.add_argument("--json", action="store_true", help="the report as JSON")
     for action, func in ((serve, _serve), (enroll, _enroll), (revoke, _revoke),
                          (audit, _audit), (broker, _broker_config), (check, _check),
-                         (recover, _recover)):
+                         (recover, _recover), *add_stage_parsers(actions)):
         action.add_argument("--config", required=True, type=Path,
                             help="the aggregator's TOML file")
         action.set_defaults(func=_reporting(func))
@@ -93,12 +102,22 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = aggregator.config
     secure = "on" if cfg.security.enabled else "off"
     rounds = f"{cfg.rounds} versions" if cfg.rounds else "versions until stopped"
+    if cfg.upper.enabled:
+        rounds = "versions until the upper tier finishes"
     log.info("fedge aggregator: federation %r, %s mode, %s, broker %s:%d, store %s, model "
              "version %d, security %s", cfg.federation, cfg.mode, rounds, cfg.host, cfg.port,
-             cfg.db_path, aggregator.version, secure)
+             cfg.store_name, aggregator.version, secure)
     server = _start_dashboard(aggregator)
+    run = aggregator.run
+    if cfg.upper.enabled:  # a site of an upper tier: its uplink runs beside it
+        from fedge.tiers.site import SiteGateway
+
+        run = SiteGateway(aggregator).run
+        log.info("fedge aggregator: site %r of the upper federation %r at %s:%d, an "
+                 "aggregate every %d version(s)", cfg.upper.site_id, cfg.upper.federation,
+                 cfg.upper.host, cfg.upper.port, cfg.upper.every_versions)
     try:
-        run_until_signal(lambda stop: aggregator.run(stop, args.exit_when_done))
+        run_until_signal(lambda stop: run(stop, args.exit_when_done))
     finally:
         if server is not None:
             server.stop()
@@ -114,7 +133,7 @@ def _start_dashboard(aggregator: Aggregator) -> DashboardServer | None:
         from aggregator.web import create_app, load_token, serve_dashboard
     except ImportError as exc:
         raise ValueError("the dashboard needs: pip install 'fedge[aggregator]'") from exc
-    app = create_app(aggregator.config.db_path, load_token(dash.read_token_file),
+    app = create_app(aggregator.config.store_location, load_token(dash.read_token_file),
                      load_token(dash.admin_token_file), actions=aggregator)
     server = serve_dashboard(app, dash.host, dash.port)
     print(f"fedge aggregator: dashboard on {server.url}", file=sys.stderr)
@@ -122,7 +141,18 @@ def _start_dashboard(aggregator: Aggregator) -> DashboardServer | None:
 
 
 def _store(args: argparse.Namespace) -> Store:
-    return Store(load_aggregator_file(args.config)[0].db_path)
+    return Store(load_aggregator_file(args.config)[0].store_location)
+
+
+def _sqlite_file(args: argparse.Namespace) -> Path:
+    """The store's SQLite file; ValueError for a PostgreSQL store (check and recover
+    read SQLite's files, its WAL and the seal: PostgreSQL has its own tools)."""
+    config = load_aggregator_file(args.config)[0]
+    if config.db_url:
+        raise ValueError(f"{args.config}: db_url puts the store in PostgreSQL; `check` and "
+                         "`recover` are SQLite-only (use PostgreSQL's pg_amcheck and "
+                         "backups)")
+    return config.db_path
 
 
 def _enroll(args: argparse.Namespace) -> int:
@@ -146,7 +176,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    report = check_store(load_aggregator_file(args.config)[0].db_path)
+    report = check_store(_sqlite_file(args))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -158,7 +188,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    report = recover_store(load_aggregator_file(args.config)[0].db_path)
+    report = recover_store(_sqlite_file(args))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -168,6 +198,10 @@ def _recover(args: argparse.Namespace) -> int:
 
 def _broker_config(args: argparse.Namespace) -> int:
     config = load_aggregator_file(args.config)[0]
+    if args.bridge_to is not None:
+        return _bridge_config(config, args.bridge_to, args.out)
+    if args.devices is None:
+        raise ValueError("broker-config needs --devices (or --bridge-to for a site's bridge)")
     devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
     size = FleetSize(max(1, len(devices)) if args.fleet is None else args.fleet,
                      args.update_chunks)
@@ -178,4 +212,24 @@ def _broker_config(args: argparse.Namespace) -> int:
     print(f"sized for {size.devices} devices: max_queued_messages {size.max_queued_messages}; "
           f"under systemd install {files.drop_in} as /etc/systemd/system/{DROP_IN} "
           f"(LimitNOFILE={size.open_files})")
+    return 0
+
+
+def _bridge_config(config: AggregatorConfig, where: str, out: Path) -> int:
+    """A site broker's bridge section: [upper] names the site and the upper federation,
+    its [upper.broker_auth] the password and CA the bridge uses on the upper broker."""
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--bridge-to must be HOST:PORT, not {where!r}")
+    upper, auth = config.upper, config.upper.broker_auth
+    password = Path(auth.password_file).read_text().strip() if auth.password_file else None
+    plan = BridgePlan(upper.site_id, upper.federation, host, int(port), password,
+                      Path(auth.ca_file) if auth.ca_file else None)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bridge-{upper.site_id}.conf"
+    path.touch(mode=0o640)  # it may hold the site's password
+    path.write_text(bridge_section(plan))
+    print(f"wrote {path}; add it to the site broker's config (`include_dir {out}` or "
+          f"append it) and give the upper broker the user {upper.site_id!r} (broker-config "
+          f"--devices with the upper tier's config)")
     return 0

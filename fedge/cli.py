@@ -145,7 +145,9 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"fedge demo: {exc}", file=sys.stderr)
         return 2
     config, fleet = demo.aggregator, demo.fleet
-    bar = ProgressBar(config.rounds, f"fedge demo ({config.mode}, {fleet.devices} devices)")
+    who = (f"{fleet.sites} sites x {fleet.devices_per_site} devices" if fleet.sites
+           else f"{fleet.devices} devices")
+    bar = ProgressBar(config.rounds, f"fedge demo ({config.mode}, {who})")
     if fleet.dashboard_port is None:  # else the bar starts below the dashboard's address
         bar.show(0, "starting")
 
@@ -166,10 +168,30 @@ def _demo(args: argparse.Namespace) -> int:
         print("fedge demo: interrupted; the broker and devices were stopped", file=sys.stderr)
         return 130
     bar.close()
-    _print_summary(summary, sys.stderr if args.json else sys.stdout)
+    if "tiers" in summary:
+        from fedge.tiers.demo import print_tier_summary
+
+        print_tier_summary(summary, sys.stderr if args.json else sys.stdout)
+    else:
+        _print_summary(summary, sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def rollout_lines(r: dict | None) -> list[str]:
+    """The demo's staged rollout in two lines (fedge/rollout_demo.py)."""
+    if r is None:
+        return []
+    bad = (f"; bad candidate v{r['bad_version']} served by "
+           f"{', '.join(r['bad_version_served_by']) or 'no device'}"
+           if r["bad_version"] is not None else "")
+    return [f"rollout           promoted {_versions(r['promoted'])}; rolled back "
+            f"{_versions(r['rolled_back'])}; production v{r['production']}{bad}"]
+
+
+def _versions(versions: list[int]) -> str:
+    return " ".join(f"v{v}" for v in versions) or "none"
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -198,6 +220,8 @@ def _print_summary(s: dict, stream: TextIO) -> None:
         f"{', '.join(s['attackers']) + ' (' + s['attack'] + ')' if s['attackers'] else 'none'}",
         *_privacy_lines(s),
         *_heterogeneity_lines(s),
+        *_drift_lines(s),
+        *rollout_lines(s.get("rollout")),
         f"store             {s['workdir'] or 'removed with the run (--workdir DIR keeps it)'}",
     ]
     print("\n".join(lines), file=stream)
@@ -239,6 +263,17 @@ def _heterogeneity_lines(s: dict) -> list[str]:
     if s.get("weighting"):
         lines.append(f"weighting         {s['weighting']}")
     return lines
+
+
+def _drift_lines(s: dict) -> list[str]:
+    d = s.get("drift")
+    if not d:
+        return []
+    opened = "; ".join(f"campaign {c['number']} at version {c['at_version']} (until "
+                       f"{c['until_version']}) by {', '.join(c['devices'])}"
+                       for c in d["campaigns"]) or "no campaign opened"
+    return [f"drift             round {d['at_round']}: {', '.join(d['shifted_devices']) or 'none'}"
+            f" shifted; {opened}"]
 
 
 def _reasons(counts: dict[str, int]) -> str:

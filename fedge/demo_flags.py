@@ -14,6 +14,8 @@ from pathlib import Path
 
 from aggregator.clusters import ClustersConfig
 from aggregator.config import AggregatorConfig, AsyncConfig, DownlinkConfig, SyncConfig
+from aggregator.drift import DriftConfig
+from aggregator.lifecycle import RolloutConfig
 from aggregator.personalize import PersonalizeConfig
 from aggregator.privacy.config import PrivacyConfig
 from aggregator.secagg.config import SecAggConfig
@@ -23,9 +25,12 @@ from edge_client.shared.clusters import MAX_CLUSTERS
 from edge_client.shared.codecs import DENSE
 from edge_client.shared.protocol import TrainConfig
 from edge_client.shared.secagg.graph import MIN_PARTICIPANTS
+from edge_client.shared.train_config import PARTIAL_WORK
 from fedge.codec_spec import parse_codec
 from fedge.demo import Demo, DemoFleet
+from fedge.demo_drift import drift_rule
 from fedge.poisoning import ATTACKS
+from fedge.rollout_demo import demo_rollout
 
 # The median L2 norm of a device's update over a run of the demo job without DP
 # (benchmarks/privacy.py measured 0.497 with 5 devices and 0.463 with 10): a clip near it
@@ -40,6 +45,9 @@ DEFAULT_UPLINK = {"sync": "topk=0.01,q4", "async": "q8"}
 # carries little of it: the demo job fell to 0.41 accuracy with topk=0.01,q4 and held
 # 0.83 with q8 (0.85 dense) at z = 0.5, C = 0.5, 5 devices, 10 rounds.
 DP_CENTRAL_UPLINK = "q8"
+# With partial work on, FedProx's proximal term keeps the shorter fits' updates close to
+# the global model (benchmarks/stragglers.py runs the same mu).
+STRAGGLER_PROX_MU = 0.01
 
 
 def add_demo_flags(p: argparse.ArgumentParser) -> None:
@@ -67,6 +75,15 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=("always", "diurnal"), default="always",
                    help="device behaviour: always eligible, or simulated days of charging, "
                         "use and flaky Wi-Fi")
+    p.add_argument("--stragglers", action="store_true",
+                   help="devices of log-normal speeds (the slowest 10x the fastest); sync "
+                        "rounds get a deadline (--round-timeout) and partial work")
+    p.add_argument("--partial-work", choices=PARTIAL_WORK, default=None,
+                   help="what a fit cut short sends (docs/heterogeneity.md); default: "
+                        "'deadline' with --stragglers, else 'off'")
+    p.add_argument("--round-timeout", type=float, default=None,
+                   help="sync: the round deadline in seconds (default: 1.0 with "
+                        "--stragglers)")
     p.add_argument("--day-s", type=float, default=20.0,
                    help="diurnal: wall seconds per simulated day")
     p.add_argument("--secure", action="store_true",
@@ -113,6 +130,23 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clusters", type=int, default=1, metavar="K",
                    help="K global models (IFCA): each device trains the one with the lowest "
                         "loss on its data; the summary reports the membership")
+    p.add_argument("--sites", type=int, default=0,
+                   help="two tiers: this many site gateways, each federating its own "
+                        "devices, under one top aggregator (docs/tiers.md); replaces --devices")
+    p.add_argument("--devices-per-site", type=int, default=5, help="with --sites")
+    p.add_argument("--site-versions", type=int, default=2,
+                   help="with --sites: site versions per top version (each site's "
+                        "[upper] every_versions)")
+    p.add_argument("--drift-at", type=int, default=None, metavar="R",
+                   help="devices serve their model and watch their inputs; from round R "
+                        "on, half of them see shifted inputs, and the gateway's [drift] "
+                        "rule opens a retraining campaign (docs/lifecycle.md)")
+    p.add_argument("--rollout", action="store_true",
+                   help="staged rollout: canary devices evaluate each candidate on held-out "
+                        "data before it is served (docs/lifecycle.md)")
+    p.add_argument("--bad-candidate", type=int, default=None, metavar="N",
+                   help="with --rollout: corrupt the N-th candidate on purpose, so the "
+                        "canaries catch it and it is rolled back")
 
 
 def parse_demo_flags(argv: list[str]) -> Demo:
@@ -127,11 +161,18 @@ def demo_from_flags(args: argparse.Namespace) -> Demo:
     then the gateway's config, whose own checks (a robust strategy under DP or secure
     aggregation, Krum with too few devices) are refused here too."""
     _check(args)
+    if args.sites:
+        _check_sites(args)
+        args.devices = args.sites * args.devices_per_site
     fleet = DemoFleet(devices=args.devices, rounds=args.rounds, alpha=args.alpha,
-                      profile=args.profile, day_s=args.day_s, broker=args.broker,
+                      profile="stragglers" if args.stragglers else args.profile,
+                      day_s=args.day_s, broker=args.broker,
                       secure=args.secure, workdir=args.workdir,
                       dashboard_port=args.dashboard, attackers=args.attackers,
-                      attack=args.attack)
+                      attack=args.attack, sites=args.sites,
+                      devices_per_site=args.devices_per_site,
+                      site_versions=args.site_versions, drift_at=args.drift_at,
+                      rollout=args.rollout, bad_candidate=args.bad_candidate)
     try:
         return Demo(aggregator_config(args), fleet)
     except ValueError as exc:  # ConfigError is one; the message names the TOML keys
@@ -148,6 +189,10 @@ def _check(args: argparse.Namespace) -> None:
     for flag, number in (("--day-s", args.day_s), ("--lr", args.lr), ("--alpha", args.alpha)):
         if not (math.isfinite(number) and number > 0):
             raise ValueError(f"{flag} must be a number > 0, not {number}")
+    if args.stragglers and args.profile != "always":
+        raise ValueError("--stragglers is a profile of its own; leave out --profile")
+    if args.round_timeout is not None and not args.round_timeout > 0:
+        raise ValueError(f"--round-timeout must be > 0, not {args.round_timeout}")
     if not 0 <= args.momentum < 1:
         raise ValueError(f"--momentum must be 0 or more and below 1, not {args.momentum}")
     if args.secagg and args.mode != "sync":
@@ -168,15 +213,47 @@ def _check(args: argparse.Namespace) -> None:
     if args.clusters > 1 and (args.secagg or args.dp != "off"):
         raise ValueError("--clusters cannot run with --secagg or --dp: each update names "
                          "its cluster in the clear")
+    if args.clusters > 1 and args.rollout:
+        raise ValueError("--clusters cannot run with --rollout: canaries judge one model per "
+                         "version, a clustered version holds k")
+    if args.drift_at is not None and not 1 <= args.drift_at < args.rounds:
+        raise ValueError(f"--drift-at must be from 1 to {args.rounds - 1} (before the last "
+                         f"round, so the drift is seen while training runs), "
+                         f"not {args.drift_at}")
+    if args.bad_candidate is not None and not args.rollout:
+        raise ValueError("--bad-candidate needs --rollout: without canaries nothing would "
+                         "catch it")
+    if args.bad_candidate is not None and not 1 <= args.bad_candidate <= args.rounds:
+        raise ValueError(f"--bad-candidate must be 1 to --rounds ({args.rounds}), not "
+                         f"{args.bad_candidate}")
+    if args.rollout and args.mode != "sync":
+        raise ValueError("--rollout needs --mode sync in the demo")
     if not 0 <= args.attackers < args.devices:
         raise ValueError(f"--attackers must be 0 to {args.devices - 1} (fewer than "
                          f"--devices), not {args.attackers}")
 
 
+def _check_sites(args: argparse.Namespace) -> None:
+    for flag, value in (("--sites", args.sites), ("--devices-per-site", args.devices_per_site),
+                        ("--site-versions", args.site_versions)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, not {value}")
+    for flag, used in (("--secure", args.secure), ("--secagg", args.secagg),
+                       ("--dp", args.dp != "off"), ("--attackers", args.attackers),
+                       ("--dashboard", args.dashboard is not None),
+                       ("--mode async", args.mode != "sync"),
+                       ("--profile diurnal", args.profile != "always")):
+        if used:
+            raise ValueError(f"--sites runs sync tiers of always-on devices; {flag} is not "
+                             "part of the tiered demo yet (docs/tiers.md)")
+
+
 def aggregator_config(args: argparse.Namespace) -> AggregatorConfig:
     """The gateway's config for these flags; run_demo puts its store in the workdir."""
+    partial = args.partial_work or ("deadline" if args.stragglers else "off")
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        momentum=args.momentum)
+                        momentum=args.momentum, partial_work=partial,
+                        prox_mu=STRAGGLER_PROX_MU if partial != "off" else 0.0)
     downlink = (DownlinkConfig(delta=False, full=args.full_model) if args.downlink == "full"
                 else DownlinkConfig(codec=parse_codec(args.downlink) or DENSE,
                                     full=args.full_model))
@@ -199,6 +276,8 @@ def aggregator_config(args: argparse.Namespace) -> AggregatorConfig:
             personal_layers=[n for n in args.personal_layers.split(",") if n]
             if args.personalize == "layers" else []),
         clusters=ClustersConfig(k=args.clusters),
+        drift=drift_rule(args.devices) if args.drift_at is not None else DriftConfig(),
+        rollout=demo_rollout(args.devices) if args.rollout else RolloutConfig(),
     )
 
 
@@ -225,6 +304,10 @@ def model_versions(args: argparse.Namespace) -> int:
 def _sync_config(args: argparse.Namespace) -> SyncConfig:
     """All devices each round when they are always there; else what a real fleet needs:
     a smaller target, over-selection and a deadline."""
+    if args.stragglers or args.round_timeout is not None:
+        return SyncConfig(target_updates=args.devices, wait_for_devices_s=30.0,
+                          round_timeout_s=args.round_timeout or 1.0, deadline_growth=1.0,
+                          min_fraction=_min_fraction(args, args.devices, 0.4))
     if args.profile == "always":
         return SyncConfig(target_updates=args.devices, wait_for_devices_s=30.0,
                           min_fraction=_min_fraction(args, args.devices, 0.6))

@@ -55,6 +55,9 @@ def summarize(demo: Demo, result: FederationResult, aggregator: Aggregator,
         "rejected_updates": sum(s.acks["rejected"] for s in stats),
         "skipped_by_reason": dict(sum((s.skipped for s in stats), Counter())),
         "stopped_mid_training": sum(s.stopped_mid_training for s in stats),
+        **({"partial_updates": sum(s.partial_updates for s in stats),
+            "partial_work": config.train.partial_work}
+           if config.train.partial_work != "off" else {}),
         "late_updates": sum(s.acks["late"] for s in stats),
         "uplink_codec": (f"secagg-fixed-point ({config.secagg.value_bits}-bit)"
                          if secagg else describe(config.uplink)),
@@ -131,7 +134,7 @@ def _privacy_summary(aggregator: Aggregator, history: list[dict]) -> dict[str, A
     training before --rounds."""
     privacy = aggregator.config.privacy
     private = [h for h in history if "epsilon" in h]
-    store = Store(aggregator.config.db_path)  # the service closed its own at the end
+    store = Store(aggregator.config.store_location)  # the service closed its own at the end
     try:
         stopped = store.note(STOPPED_NOTE)
     finally:

@@ -28,6 +28,13 @@ class SlowTrainer:
         self.inner = inner
         self.delay_s = BATCH_DELAY_S * (1.0 / speed - 1.0)
 
+    @classmethod
+    def waiting(cls, inner: Trainer, delay_s: float) -> SlowTrainer:
+        """A trainer that waits `delay_s` seconds before every batch (the benchmarks)."""
+        trainer = cls(inner, 1.0)
+        trainer.delay_s = delay_s
+        return trainer
+
     def get_weights(self) -> dict[str, np.ndarray]:
         return self.inner.get_weights()
 

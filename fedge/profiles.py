@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Protocol
 
 import numpy as np
@@ -244,7 +245,30 @@ class Diurnal:
         return "wwan0" if draw < self.offline_prob + self.metered_prob else "wlan0"
 
 
-PROFILES: dict[str, Callable[..., Profile]] = {"always": AlwaysOn, "diurnal": Diurnal}
+@dataclass(frozen=True)
+class Stragglers(AlwaysOn):
+    """Always eligible, but slow at log-normal rates (`fedge demo --stragglers`).
+
+    Device i's slowdown is the log-normal (sigma) quantile at its seeded rank's place,
+    (rank + 0.5) / devices, scaled so the fastest is 1x: with sigma 0.9 and 5 devices the
+    slowest is 10x slower than the fastest, the median 3.2x.
+    """
+
+    devices: int = 5
+    sigma: float = 0.9
+
+    def speed_factor(self, device_index: int) -> float:
+        return 1.0 / self.slowdown(device_index)
+
+    def slowdown(self, device_index: int) -> float:
+        ranks = np.random.default_rng(self.seed).permutation(self.devices)
+        quantiles = [(r + 0.5) / self.devices for r in range(self.devices)]
+        z = [NormalDist().inv_cdf(q) for q in quantiles]
+        return math.exp(self.sigma * (z[int(ranks[device_index % self.devices])] - z[0]))
+
+
+PROFILES: dict[str, Callable[..., Profile]] = {"always": AlwaysOn, "diurnal": Diurnal,
+                                               "stragglers": Stragglers}
 
 
 def profile_by_name(name: str, seed: int = 0) -> Profile:

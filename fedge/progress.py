@@ -15,6 +15,7 @@ class ProgressBar:
         self.width = width
 
     def show(self, done: int, note: str = "") -> None:
+        self.total = max(self.total, done)  # a retraining campaign adds versions
         filled = round(self.width * min(done, self.total) / self.total)
         bar = "#" * filled + "-" * (self.width - filled)
         self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} {note}  ")

@@ -78,8 +78,8 @@ class DataSpec:
     path: Path | None = None  # "data.npz" when neither path nor x and y is given
     x: Path | None = None
     y: Path | None = None
-    # an .npz with x and y: where a personalised or clustered device measures the global
-    # model against its own (docs/heterogeneity.md); unset: it keeps back a fifth
+    # an .npz with x and y, the device's held-out data (edge_client/holdout.py): canary
+    # evaluations and personal/global accuracy are measured on it; unset: a fifth of x, y
     holdout: Path | None = None
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +160,7 @@ def build_device(path: Path) -> EdgeClient:
     trainer = spec.trainer()
     check_data_fits(trainer, x, y, data.where)
     holdout = None
-    if data.holdout is not None:
+    if data.holdout is not None:  # edge_client/holdout.py
         holdout = load_npz(data.holdout)
         check_data_fits(trainer, *holdout, f"[data] holdout {data.holdout}")
     return EdgeClient(config, trainer, x, y, holdout=holdout)

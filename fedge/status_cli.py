@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aggregator.status import FleetStatus, fleet_status
 from aggregator.store import Store
+from aggregator.store_db import StoreLocation, describe, store_errors
 from edge_client.shared.settings import ConfigError
 from fedge.roles import load_aggregator_file
 
@@ -66,16 +67,20 @@ def _status(args: argparse.Namespace) -> int:
         return 0
 
 
-def _from_store(db: Path) -> Callable[[], tuple[FleetStatus, str]]:
+def _from_store(db: StoreLocation) -> Callable[[], tuple[FleetStatus, str]]:
+    errors: tuple[type[Exception], ...] = (sqlite3.DatabaseError, *store_errors(db))
+
     def read() -> tuple[FleetStatus, str]:
         try:
             store = Store(db)
             try:
-                return fleet_status(store), str(db)
+                return fleet_status(store), describe(db)
             finally:
                 store.close()
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"cannot read the store {db}: {exc}") from None
+        except ValueError as exc:  # PostgreSQL unreachable: one line naming db_url
+            raise ConfigError(str(exc)) from None
+        except errors as exc:
+            raise ConfigError(f"cannot read the store {describe(db)}: {exc}") from None
     return read
 
 
@@ -107,8 +112,10 @@ def _from_api(args: argparse.Namespace) -> Callable[[], tuple[FleetStatus, str]]
     return read
 
 
-def _db_path(args: argparse.Namespace) -> Path:
-    path = args.db if args.db is not None else load_aggregator_file(args.config)[0].db_path
+def _db_path(args: argparse.Namespace) -> StoreLocation:
+    if args.db is None and (config := load_aggregator_file(args.config)[0]).db_url:
+        return config.db_url
+    path = args.db if args.db is not None else config.db_path
     if not Path(path).is_file():
         raise ConfigError(f"no aggregator store at {path} (has `fedge aggregator serve` "
                           f"run with this config?)")

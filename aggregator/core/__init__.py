@@ -5,6 +5,7 @@ schedule.py    the clock-driven half: open, step and end rounds at every tick
 ingest.py      update chunks to acks: reassembly, checks, the store, the verdict
 rounds.py      the RoundDriver interface; plain_round.py and secure_driver.py implement it
 versions.py    a finished round becomes a model version
+upper.py       a site of an upper tier: hold after K versions, adopt the upper model
 models.py      the model at startup, and what a version publishes
 state.py, pending.py, snapshot.py, events.py, actions.py: the data that moves
 """
@@ -15,12 +16,15 @@ from aggregator.core.actions import (
     Publish,
     PublishTask,
     SendAck,
+    SiteAggregate,
     Subscribe,
     VersionMade,
     VersionReport,
 )
 from aggregator.core.core import AggregatorCore
 from aggregator.core.events import (
+    AdoptModel,
+    CanaryMessage,
     Event,
     Instant,
     LinkDown,
@@ -32,13 +36,15 @@ from aggregator.core.events import (
     StatusMessage,
     Tick,
     UpdateChunk,
+    UpperAsks,
+    UpperFinished,
     VerifiedUpdate,
 )
 from aggregator.core.schedule import STOPPED_NOTE
 from aggregator.core.snapshot import ServiceSnapshot
 
-__all__ = ["STOPPED_NOTE", "Action", "AggregatorCore", "ClearRetained", "Event", "Instant",
-           "LinkDown", "LinkUp", "Publish", "PublishTask", "RefusedUpload", "SecAggChunk",
-           "SendAck",
-           "ServiceSnapshot", "SetStrategy", "SetTraining", "StatusMessage", "Subscribe",
-           "Tick", "UpdateChunk", "VerifiedUpdate", "VersionMade", "VersionReport"]
+__all__ = ["STOPPED_NOTE", "Action", "AdoptModel", "AggregatorCore", "CanaryMessage",
+           "ClearRetained", "Event", "Instant", "LinkDown", "LinkUp", "Publish", "PublishTask",
+           "RefusedUpload", "SecAggChunk", "SendAck", "ServiceSnapshot", "SetStrategy",
+           "SetTraining", "SiteAggregate", "StatusMessage", "Subscribe", "Tick", "UpdateChunk",
+           "UpperAsks", "UpperFinished", "VerifiedUpdate", "VersionMade", "VersionReport"]

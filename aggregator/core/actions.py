@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aggregator.core.snapshot import ServiceSnapshot
-from edge_client.shared.protocol import Ack, Task
+from edge_client.shared.protocol import Ack, Task, Weights
 
 
 @dataclass(frozen=True)
@@ -63,4 +63,22 @@ class VersionMade:
     snapshot: ServiceSnapshot
 
 
-Action = Publish | ClearRetained | Subscribe | VersionMade
+
+
+@dataclass(frozen=True)
+class SiteAggregate:
+    """A site's work since it adopted the upper tier's model `upper_version`: its model
+    now (`weights`, site version `site_version`) and the samples behind it. The shell
+    hands it to the site's uplink, which sends `weights` minus the upper model, weighted
+    by `samples`, as one device's update (docs/tiers.md)."""
+
+    upper_version: int
+    site_version: int
+    weights: Weights = field(default_factory=dict)
+    samples: int = 0
+    versions: int = 0
+    train_loss: float = 0.0
+    devices: int = 0
+
+
+Action = Publish | ClearRetained | Subscribe | VersionMade | SiteAggregate

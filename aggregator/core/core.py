@@ -20,7 +20,10 @@ from aggregator.anomalies import AnomalyWatch
 from aggregator.clusters import clustered
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, ClearRetained, Subscribe
+from aggregator.core.campaigns import watch_drift
 from aggregator.core.events import (
+    AdoptModel,
+    CanaryMessage,
     Event,
     Instant,
     LinkDown,
@@ -32,6 +35,8 @@ from aggregator.core.events import (
     StatusMessage,
     Tick,
     UpdateChunk,
+    UpperAsks,
+    UpperFinished,
     VerifiedUpdate,
 )
 from aggregator.core.ingest import UpdateIngest
@@ -43,8 +48,11 @@ from aggregator.core.rounds import RoundDriver
 from aggregator.core.schedule import STOPPED_NOTE, RoundSchedule
 from aggregator.core.secure_driver import SecureRound
 from aggregator.core.state import CoreState
+from aggregator.core.upper import UpperLink
 from aggregator.core.versions import Evaluate, VersionMaker
+from aggregator.drift import DriftWatch
 from aggregator.ingest import open_flat_update
+from aggregator.lifecycle.driver import LifecycleDriver
 from aggregator.narrator import Narrator, TwinWatch
 from aggregator.participation import Participation, participation_for
 from aggregator.personalize import check_layers
@@ -91,8 +99,11 @@ class AggregatorCore:
         self.publisher = ModelPublisher(config, store, topics, sign)
         self.driver = round_driver(config, store, topics, sign, self.participation,
                                    self.narrator)
-        self._check_fits(strategy, weights, named)  # a cohort it cannot hold: refused
-        self.state = CoreState(version, weights, arch, store.model_history(), config.rounds)
+        check_fits(config, strategy, weights, named)  # a cohort it cannot hold: refused
+        self.drift = DriftWatch(config.drift, store)  # retraining campaigns (drift.py)
+        rounds = self.drift.resumed_rounds(config.rounds)
+        rounds = 0 if config.upper.enabled else rounds  # a site ends with its upper tier
+        self.state = CoreState(version, weights, arch, store.model_history(), rounds)
         self.ingest = UpdateIngest(config, store, topics, sign, self.presence, self.privacy,
                                    self.anomalies, self.participation, self.driver)
         self.versions = VersionMaker(store, strategy, evaluate, downlink, self.publisher,
@@ -108,8 +119,11 @@ class AggregatorCore:
         self.schedule = RoundSchedule(config, store, topics, self.state, self.narrator,
                                       self.participation, self.presence, self.privacy,
                                       self.driver, self.ingest, self.versions,
-                                      self.publisher, Invitations(topics, sign), self._out)
+                                      self.publisher, Invitations(topics, sign), self._out,
+                                      UpperLink(config.upper, store))
+        self.lifecycle = LifecycleDriver.for_core(self, sign)  # stages, canaries, rollbacks
         self._resume(at)
+        self._out += self.schedule.upper.at_start(self.state)  # a site's aggregate again
 
     def _resume(self, at: Instant) -> None:
         """Pick up the open task and every stored, not yet aggregated update."""
@@ -155,6 +169,8 @@ class AggregatorCore:
             self._on_status(event)
         elif isinstance(event, SecAggChunk):
             self._on_secagg(event)
+        elif isinstance(event, CanaryMessage):
+            self.lifecycle.on_message(event.topic, event.payload)
         elif isinstance(event, LinkUp):
             self._link_up(event.at)
         elif isinstance(event, LinkDown):
@@ -162,6 +178,8 @@ class AggregatorCore:
             self.state.link_problem = event.reason
             self.store.set_note(BROKER_NOTE, {"connected": False, "since": event.at.wall,
                                               "reason": event.reason})
+        elif isinstance(event, AdoptModel | UpperAsks | UpperFinished):  # a site's upper tier
+            self._out += self.schedule.upper.on_event(event, self.state, self.schedule)
         elif isinstance(event, SetTraining):
             self.state.paused = not event.running
             log.warning("aggregator: training %s by the operator",
@@ -210,17 +228,8 @@ class AggregatorCore:
         strategy = self.privacy.wrap(build_strategy(dataclasses.replace(
             self.config.strategy, name=name)))
         self.driver.check_strategy(name)
-        self._check_fits(strategy, self.state.weights, name)
+        check_fits(self.config, strategy, self.state.weights, name)
         return strategy
-
-    def _check_fits(self, strategy: Strategy, weights: Weights, name: str = "") -> None:
-        """ValueError naming [strategy] memory_limit_mb if `strategy` needs every update
-        and a version's worth would not fit (aggregator/strategy/memory.py). Secure
-        rounds and mean-based strategies keep one sum, whatever the cohort."""
-        if self.config.secagg.enabled or isinstance(strategy, Streaming):
-            return
-        check_cohort_fits(self.config.strategy, name or type(strategy).__name__.lower(),
-                          updates_per_version(self.config), model_size(weights))
 
     def _link_up(self, at: Instant) -> None:
         c, state = self.config, self.state
@@ -230,6 +239,7 @@ class AggregatorCore:
         self.store.set_note(BROKER_NOTE, {"connected": True, "since": at.wall, "reason": ""})
         state.done_published = False  # a finished run says so again after a reconnect
         self._out += [Subscribe(self.topics.all_updates), Subscribe(self.topics.all_statuses)]
+        self._out += self.lifecycle.on_link_up()
         self._out += self.publisher.model(state.version, state.weights, state.arch,
                                           whole_chain=True)
         self._out += self.schedule.task_again()
@@ -250,6 +260,7 @@ class AggregatorCore:
             return
         self.presence.on_status(status, event.at.mono, event.at.wall)
         self.twins.status(status)
+        watch_drift(self, status, event.at.wall)
 
     def _on_secagg(self, event: SecAggChunk) -> None:
         self._now = event.at
@@ -265,6 +276,18 @@ class AggregatorCore:
         elif self.state.task is not None:
             self.presence.update_seen(device, self.state.task.task_id)
 
+
+def check_fits(config: AggregatorConfig, strategy: Strategy, weights: Weights,
+               name: str = "") -> None:
+    """ValueError naming [strategy] memory_limit_mb if `strategy` needs every update
+    and a version's worth would not fit (aggregator/strategy/memory.py). Secure
+    rounds and mean-based strategies keep one sum, whatever the cohort."""
+    if config.secagg.enabled or isinstance(strategy, Streaming):
+        return
+    check_cohort_fits(config.strategy, name or type(strategy).__name__.lower(),
+                      updates_per_version(config), model_size(weights))
+
+
 def round_driver(config: AggregatorConfig, store: Store, topics: Topics,
                  sign: Callable[[bytes], bytes], participation: Participation,
                  narrator: Narrator) -> RoundDriver:
@@ -272,3 +295,4 @@ def round_driver(config: AggregatorConfig, store: Store, topics: Topics,
     if config.secagg.enabled:
         return SecureRound(SecureRounds(config, store, topics, sign), topics, narrator)
     return PlainRound(config, participation, narrator)
+

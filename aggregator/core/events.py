@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aggregator.strategy.folding import FlatUpdate
-from edge_client.shared.protocol import Update
+from edge_client.shared.protocol import Update, Weights
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,15 @@ class StatusMessage:
 @dataclass(frozen=True)
 class SecAggChunk:
     """One chunk of a secure-aggregation message on `fedge/<fed>/secagg/<device>`."""
+
+    topic: str
+    payload: bytes
+    at: Instant
+
+
+@dataclass(frozen=True)
+class CanaryMessage:
+    """A canary device's report on `fedge/<fed>/canary/<device>` (docs/lifecycle.md)."""
 
     topic: str
     payload: bytes
@@ -112,5 +121,36 @@ class RefusedUpload:
     at: Instant
 
 
+@dataclass(frozen=True)
+class AdoptModel:
+    """The upper tier's model `upper_version` (a site, docs/tiers.md): it becomes the
+    site's next version, and the site's rounds go on from it."""
+
+    weights: Weights
+    upper_version: int
+    at: Instant
+
+
+@dataclass(frozen=True)
+class UpperAsks:
+    """The upper tier invites the site to a round from its model `upper_version`: the
+    site runs its rounds for it (an uninvited site trains for nothing)."""
+
+    upper_version: int
+    at: Instant
+
+
+@dataclass(frozen=True)
+class UpperFinished:
+    """The upper tier says training is over, at its model `upper_version`: the site
+    ends on that model too, and tells its devices so."""
+
+    reason: str
+    weights: Weights
+    upper_version: int
+    at: Instant
+
+
 Event = (LinkUp | LinkDown | UpdateChunk | StatusMessage | SecAggChunk | SetTraining
-         | SetStrategy | Tick | VerifiedUpdate | RefusedUpload)
+         | SetStrategy | Tick | VerifiedUpdate | RefusedUpload | AdoptModel | UpperAsks
+         | UpperFinished | CanaryMessage)

@@ -18,6 +18,7 @@ from aggregator.clusters import initial_clusters
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, Publish, PublishTask
 from aggregator.downlink import DownlinkEncoder, on_the_wire, representable, retained_chain
+from aggregator.model_lines import line_of, starts_new_line
 from aggregator.store import Store
 from edge_client.shared.clusters import cluster_count
 from edge_client.shared.protocol import Model, Task, Topics, Weights, decode, encode
@@ -33,32 +34,43 @@ def load_or_create(config: AggregatorConfig, store: Store, initial: Weights | No
     stored = store.latest_model()
     if stored is not None:
         if sha256_hex(stored.blob) != stored.sha256:  # store_check saw it; a 2nd line
-            raise ValueError(f"the store {config.db_path}: model version {stored.version} "
+            raise ValueError(f"the store {config.store_name}: model version {stored.version} "
                              "fails its SHA-256; run `fedge aggregator check` and `recover`")
         model = decode(stored.blob, expect=Model)
         assert isinstance(model, Model)
         log.info("aggregator: resuming at model version %d", model.version)
         weights = {k: v.astype(np.float32) for k, v in model.tensors.items()}
         check_clusters_kept(config, weights)
+        if initial is not None and starts_new_line(config.lines, model.arch, arch,
+                                                   model.version):
+            return _store_first(config, store, model.version + 1, initial, arch)
         return model.version, weights, model.arch
     if initial is None:
         raise ValueError("the store holds no model: pass initial weights")
+    return _store_first(config, store, 0, initial, arch)
+
+
+def _store_first(config: AggregatorConfig, store: Store, version: int, initial: Weights,
+                 arch: dict[str, Any]) -> tuple[int, Weights, dict[str, Any]]:
+    """The first version of a line (version 0, or a new architecture's line)."""
     full = config.downlink.full
     weights = {k: np.asarray(v, dtype=np.float32) for k, v in initial.items()}
     if config.clusters.on:  # k model lines, one stacked model (aggregator/clusters.py)
         weights = initial_clusters(weights, config.clusters, config.seed)
     weights = representable(weights, full)
-    blob = encode(Model(version=0, tensors=on_the_wire(weights, full), arch=arch))
-    store.add_model(0, blob, sha256_hex(blob),
-                    {"round": 0, "updates": 0, "model_bytes": len(blob)})
-    return 0, weights, arch
+    blob = encode(Model(version=version, tensors=on_the_wire(weights, full), arch=arch))
+    info: dict[str, Any] = {"round": 0, "updates": 0, "model_bytes": len(blob)}
+    if version > 0:  # version 0's line is read from its model (model_lines.py)
+        info["line"] = line_of(arch)
+    store.add_model(version, blob, sha256_hex(blob), info)
+    return version, weights, arch
 
 
 def check_clusters_kept(config: AggregatorConfig, weights: Weights) -> None:
     """A store made with another [clusters] k cannot go on under this one."""
     held = cluster_count(weights)
     if held != (config.clusters.k if config.clusters.on else 0):
-        raise ValueError(f"the store {config.db_path} holds a model of "
+        raise ValueError(f"the store {config.store_name} holds a model of "
                          f"{max(held, 1)} cluster(s), but clusters.k = {config.clusters.k}; "
                          "use the k it was made with or a new store")
 
@@ -77,7 +89,7 @@ def restored_downlink(config: AggregatorConfig, store: Store, version: int,
     try:
         encoder.restore(state, sum(w.size for w in weights.values()))
     except ValueError as exc:
-        raise ValueError(f"the store {config.db_path}: the downlink residual of version "
+        raise ValueError(f"the store {config.store_name}: the downlink residual of version "
                          f"{version} is unusable ({exc}); run `fedge aggregator check`"
                          ) from None
     return encoder

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, ClearRetained
@@ -25,6 +26,10 @@ from aggregator.status import FINISHED_NOTE, HEARTBEAT_NOTE, HEARTBEAT_S
 from aggregator.store import Store
 from edge_client.shared.protocol import Task, Topics, encode
 
+if TYPE_CHECKING:
+    from aggregator.core.upper import UpperLink
+    from aggregator.lifecycle.driver import LifecycleDriver as Lifecycle
+
 log = logging.getLogger("aggregator.service")
 STOPPED_NOTE = "stopped"  # why training ended early, for the dashboard
 
@@ -35,8 +40,9 @@ class RoundSchedule:
                  presence: Presence, privacy: ServicePrivacy, driver: RoundDriver,
                  ingest: UpdateIngest, versions: VersionMaker,
                  publisher: ModelPublisher, invitations: Invitations,
-                 outbox: list[Action]) -> None:
+                 outbox: list[Action], upper: UpperLink) -> None:
         self.config = config
+        self.upper = upper  # a site of an upper tier holds its rounds (docs/tiers.md)
         self.store = store
         self.topics = topics
         self.state = state
@@ -53,6 +59,9 @@ class RoundSchedule:
         # What limit the broker may be at, for the waiting line while not connected; the
         # shell sets it (aggregator/broker_limits.py reads /proc), the core never does I/O.
         self.broker_hint: Callable[[], str] = lambda: ""
+        # Stages and canaries (aggregator/lifecycle/driver.py): it ticks first, and while
+        # a candidate is under canary evaluation no round opens (it says why at INFO).
+        self.lifecycle: Lifecycle | None = None
 
     def tick(self, event: Tick) -> None:
         at, state = event.at, self.state
@@ -60,6 +69,8 @@ class RoundSchedule:
             state.heartbeat_at = at.wall
             self.store.set_note(HEARTBEAT_NOTE, at.wall)
         self.ingest.expire(at)
+        if self.lifecycle is not None:
+            self.out += self.lifecycle.tick(at)
         if not event.connected:
             self.narrator.waiting(Waiting.BROKER, lambda: (state.link_problem, (
                 f"not connected to {self.config.host}:{self.config.port} "
@@ -67,9 +78,13 @@ class RoundSchedule:
         elif state.paused:
             self.narrator.waiting(Waiting.PAUSED, lambda: (None, "training is paused; resume "
                                   "it from the dashboard or POST /api/admin/training"))
+        elif self._holds():
+            return
         elif state.finished:
             if not state.done_published:  # also when started with every version made
                 self._publish_done()
+        elif state.task is None and self.upper.holding:
+            self.narrator.waiting(Waiting.UPPER, self.upper.waiting_line)
         elif state.task is None:
             if at.mono - state.connected_at >= self.config.presence_settle_s:
                 self.open_task(at)  # retained statuses of online devices are in
@@ -98,7 +113,10 @@ class RoundSchedule:
             return
         self._round_over(task.task_id, at)
         if step.decision is Decision.AGGREGATE:
+            records, made = list(state.pending.records), state.version
             self.out += self.versions.make(state, at)
+            if state.version > made:
+                self.out += self.upper.counted(records, state)
             self.open_task(at)
             return
         self.participation.round_aborted()
@@ -110,7 +128,7 @@ class RoundSchedule:
     def open_task(self, at: Instant) -> None:
         """Plan the next round or async task and publish it, or say why not yet."""
         state = self.state
-        if state.finished:
+        if state.finished or self.upper.holding or self._holds():
             return
         candidates = self._candidates()
         # no top-up when DP accounting or secure sizes assume uniformly drawn devices
@@ -135,6 +153,9 @@ class RoundSchedule:
         self.out += self.invitations.open(task)  # first: a device has it when the task comes
         self.out.append(self.publisher.task(task))
         self.narrator.round_opened(task, len(candidates))
+
+    def _holds(self) -> bool:
+        return self.lifecycle is not None and self.lifecycle.holds()
 
     def task_again(self) -> list[Action]:
         """The open task and its invitations, published again (after a reconnect: the

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from aggregator.anomalies import AnomalyWatch, clipping_of
 from aggregator.clusters import evaluate_clusters
 from aggregator.core.actions import Action, VersionMade, VersionReport
@@ -22,11 +24,12 @@ from aggregator.store import Store
 from aggregator.strategy import Strategy
 from aggregator.version_record import VersionRecord
 from edge_client.shared.clusters import cluster_count
-from edge_client.shared.protocol import Model, Weights, encode
+from edge_client.shared.protocol import Model, Weights, decode, encode
 from edge_client.shared.protocol.chunking import sha256_hex
 
 log = logging.getLogger("aggregator.service")
 Evaluate = Callable[[Weights], dict[str, float]]
+Tamper = Callable[[int, Weights], Weights]  # the demo's corrupted candidate (fedge/demo.py)
 
 
 class VersionMaker:
@@ -44,6 +47,8 @@ class VersionMaker:
         self.anomalies = anomalies
         self.narrator = narrator
         self.driver = driver
+        self.after_made: Callable[[int, Instant], list[Action]] = lambda v, at: []
+        self.tamper: Tamper | None = None  # only `fedge demo --bad-candidate` sets it
 
     def make(self, state: CoreState, at: Instant) -> list[Action]:
         """The next version from the open round; none (and the round starts again) if
@@ -65,6 +70,8 @@ class VersionMaker:
             state.task = None
             return []
         version = state.version + 1
+        if self.tamper is not None:
+            proposed = self.tamper(version, proposed)
         new_weights, delta = self.downlink.step(state.weights, proposed, version)
         round_wall_s = at.mono - state.task_opened
         metrics = self._evaluate(new_weights)
@@ -85,8 +92,40 @@ class VersionMaker:
         state.weights, state.version = new_weights, version
         state.pending.clear()
         state.task = None
-        return [*self.publisher.model(version, new_weights, state.arch),
+        staged = self.after_made(version, at)  # its stage (aggregator/lifecycle/)
+        return [*self.publisher.model(version, new_weights, state.arch), *staged,
                 VersionMade(report, state.snapshot())]
+
+    def copy(self, state: CoreState, source: int, at: Instant) -> tuple[int, list[Action]]:
+        """The next version with the weights of stored version `source` (a rollback or an
+        operator's promotion of an older version): the open round, if any, is dropped
+        and the next one trains from the copy."""
+        model = decode(self.store.model_blob(source), expect=Model)
+        task = state.task
+        if task is not None:
+            log.info("aggregator: round %d dropped: the next one trains from the copy of "
+                     "version %d", task.round, source)
+            self.store.abort_task(task.task_id)
+            self.driver.not_used(task.task_id, f"version {source} restored")
+            state.pending.clear()
+            state.task = None
+        version = state.version + 1
+        weights = self.downlink.start_over(
+            {k: v.astype(np.float32) for k, v in model.tensors.items()})
+        blob = encode(Model(version=version, tensors=self.publisher.wire(weights),
+                            arch=state.arch))
+        metrics = self._evaluate(weights)
+        info: dict[str, Any] = {"round": version, "updates": 0, "update_bytes": 0,
+                                "model_bytes": len(blob), "delta_bytes": 0,
+                                "round_wall_s": 0.0, "mode": self.participation.mode,
+                                "devices": [], **metrics, "copy_of": source}
+        self.store.add_model(version, blob, sha256_hex(blob), info)
+        state.history.append(VersionRecord.from_info(version, at.wall, info))
+        self.narrator.version_made(version, info)
+        report = VersionReport(version, version, 0, 0.0, metrics)
+        state.weights, state.version = weights, version
+        return version, [*self.publisher.model(version, weights, state.arch),
+                         VersionMade(report, state.snapshot())]
 
     def _info(self, state: CoreState, result: RoundResult, metrics: dict[str, float],
               model_bytes: int, delta_bytes: int, round_wall_s: float) -> dict[str, Any]:

@@ -6,18 +6,19 @@ sum mod 2**bits of the masked inputs received so far. A masked input alone is un
 random mod 2**bits, and so is any partial sum of them (the self-masks never cancel), so
 this row can be read by anyone who can read the database file without revealing a
 device's update. The unmasked total lives only in memory until it becomes the model.
-It shares the service's SQLite connection (and so its durability settings).
+It shares the service's store connection (and so its durability settings; SQLite or
+PostgreSQL, aggregator/store_db.py).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any
 
 import numpy as np
 
+from aggregator.store_db import StoreDB
 from edge_client.shared.secagg.prg import to_wire
 
 SCHEMA = """
@@ -39,15 +40,20 @@ CREATE TABLE IF NOT EXISTS secagg_rounds (
 class SecAggLog:
     """The secure rounds' rows, on the service's own connection and thread."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: StoreDB) -> None:
         self.db = db
         self.db.executescript(SCHEMA)
 
     def opened(self, task_id: str, participants: tuple[str, ...], bits: int, dim: int,
                phase: str) -> None:
         zeros = to_wire(np.zeros(dim, dtype=np.uint64), bits)
-        self.db.execute("INSERT OR REPLACE INTO secagg_rounds VALUES "
-                        "(?, ?, 'open', ?, ?, ?, ?, 0, ?, '{}')",
+        self.db.execute("INSERT INTO secagg_rounds VALUES "
+                        "(?, ?, 'open', ?, ?, ?, ?, 0, ?, '{}') ON CONFLICT(task_id) DO UPDATE "
+                        "SET opened_at=excluded.opened_at, state=excluded.state, "
+                        "phase=excluded.phase, participants=excluded.participants, "
+                        "bits=excluded.bits, dim=excluded.dim, "
+                        "masked_count=excluded.masked_count, masked_sum=excluded.masked_sum, "
+                        "info=excluded.info",
                         (task_id, time.time(), phase, json.dumps(list(participants)), bits,
                          dim, zeros))
 

@@ -1,9 +1,9 @@
 """The gateway's web side: dashboard, REST API and Prometheus metrics (docs/gateway.md).
 
 Needs the `aggregator` extra (flask, waitress, prometheus-client). It only reads the
-aggregator's SQLite store, except for the admin actions.
+aggregator's store (SQLite or PostgreSQL), except for the admin actions.
 
-    app = create_app(config.db_path, load_token(read_file), load_token(admin_file))
+    app = create_app(config.store_location, load_token(read_file), load_token(admin_file))
     server = serve_dashboard(app, "0.0.0.0", 8080)
     ...
     server.stop()

@@ -14,8 +14,10 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from aggregator.lifecycle import Command
+from aggregator.model_lines import lines_view
 from aggregator.status import fleet_status, service_health
-from aggregator.web import bodies, metrics, readmodel
+from aggregator.web import bodies, drift_view, metrics, readmodel, sites
 from aggregator.web.actions import AdminActions
 from aggregator.web.auth import Access
 from aggregator.web.context import ApiError, request_store, web_context
@@ -46,11 +48,25 @@ def overview() -> Response:
 
 
 def versions() -> Response:
-    return jsonify({"versions": readmodel.versions(request_store())})
+    return jsonify({"versions": readmodel.versions_with_stages(request_store())})
+
+
+def stages() -> Response:
+    return jsonify(readmodel.stages(request_store()))
 
 
 def devices() -> Response:
     return jsonify({"devices": readmodel.devices(request_store())})
+
+
+def site_list() -> Response:
+    """An upper tier's sites (docs/tiers.md); empty on a gateway of devices."""
+    return jsonify({"sites": readmodel.finite(sites.sites(request_store()))})
+
+
+def upper_tier() -> Response:
+    """A site's upper tier (docs/tiers.md); null on a gateway that is no site."""
+    return jsonify({"upper": sites.upper(request_store())})
 
 
 def anomalies() -> Response:
@@ -75,6 +91,12 @@ def fairness() -> Response:
 
 def personal() -> Response:
     return jsonify(readmodel.personal(readmodel.version_records(request_store())))
+def drift() -> Response:
+    return jsonify(readmodel.finite(drift_view.drift(request_store())))
+
+
+def lines() -> Response:
+    return jsonify(lines_view(request_store()))
 
 
 def status() -> Response:
@@ -138,6 +160,19 @@ def strategy() -> tuple[Response, int]:
     return jsonify({"strategy": name, "note": _APPLIED_LATER}), 202
 
 
+def stage() -> tuple[Response, int]:
+    """An operator's promote, rollback or pin: queued in the store, applied by the running
+    service on its loop and recorded in the audit trail (docs/lifecycle.md)."""
+    body = bodies.STAGE.read()
+    command, version = Command(body["command"]), body["version"]
+    store = request_store()
+    if store.stage_of(version) is None:
+        raise ApiError(404, f"no model version {version}")
+    request_id = store.request_stage(command, version, f"api:{request.remote_addr or '?'}")
+    return jsonify({"requested": command.value, "version": version, "request": request_id,
+                    "note": _APPLIED_LATER}), 202
+
+
 def _actions(what: str) -> AdminActions:
     actions = web_context().actions
     if actions is None:
@@ -195,17 +230,23 @@ ROUTES = (
     Route("/api/status", status, Access.READ),
     Route("/api/overview", overview, Access.READ),
     Route("/api/versions", versions, Access.READ),
+    Route("/api/stages", stages, Access.READ),
     Route("/api/devices", devices, Access.READ),
     Route("/api/anomalies", anomalies, Access.READ),
+    Route("/api/sites", site_list, Access.READ),
+    Route("/api/upper", upper_tier, Access.READ),
     Route("/api/fairness", fairness, Access.READ, query=("latest",)),
     Route("/api/personal", personal, Access.READ),
     Route("/api/audit", audit, Access.READ, query=("version",)),
+    Route("/api/drift", drift, Access.READ),
+    Route("/api/lines", lines, Access.READ),
     Route("/api/enrolment", enrolment, Access.READ),
     Route("/api/models/<version>", model, Access.READ),
     Route("/api/admin/enroll", enroll, Access.ADMIN, ("POST",)),
     Route("/api/admin/revoke", revoke, Access.ADMIN, ("POST",)),
     Route("/api/admin/training", training, Access.ADMIN, ("POST",)),
     Route("/api/admin/strategy", strategy, Access.ADMIN, ("POST",)),
+    Route("/api/admin/stage", stage, Access.ADMIN, ("POST",)),
 )
 _BY_ENDPOINT = {r.view.__name__: r for r in ROUTES}
 

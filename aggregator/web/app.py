@@ -10,6 +10,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from aggregator.store import Store
+from aggregator.store_db import StoreLocation, is_postgres, unavailable_errors
 from aggregator.web.actions import AdminActions
 from aggregator.web.api import check_query, register_routes
 from aggregator.web.auth import Access, Tokens
@@ -22,9 +23,9 @@ _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
-def create_app(db_path: Path, read_token: str | None, admin_token: str | None,
+def create_app(location: StoreLocation, read_token: str | None, admin_token: str | None,
                actions: AdminActions | None = None) -> Flask:
-    """A Flask app over the store at `db_path`.
+    """A Flask app over the store at `location` (an SQLite file, or a postgresql:// URL).
 
     read_token None: the read API, the dashboard's data and /metrics are open (a closed
     LAN only). admin_token None: the admin API answers 403. `actions` None: the admin
@@ -36,10 +37,10 @@ def create_app(db_path: Path, read_token: str | None, admin_token: str | None,
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     _check_static(Path(app.static_folder or ""))
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    db_path = Path(db_path)
+    location = location if is_postgres(location) else Path(location)
     app.extensions["fedge"] = WebContext(
-        db_path, Tokens(read_token, admin_token), actions,
-        make_registry(lambda: Store(db_path)))
+        location, Tokens(read_token, admin_token), actions,
+        make_registry(lambda: Store(location)))
     access = register_routes(app)
     app.before_request(lambda: _authorize(app, access))
     app.before_request(check_query)  # after the token check: no hints before that
@@ -48,6 +49,8 @@ def create_app(db_path: Path, read_token: str | None, admin_token: str | None,
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(sqlite3.OperationalError, _store_error)
+    for error in unavailable_errors(location):  # PostgreSQL's, when the store is there
+        app.register_error_handler(error, _store_error)
     app.register_error_handler(Exception, _unexpected)
     return app
 
@@ -89,8 +92,9 @@ def _api_error(exc: ApiError) -> tuple[Response, int]:
     return jsonify({"error": exc.reason}), exc.status
 
 
-def _store_error(exc: sqlite3.OperationalError) -> tuple[Response, int]:
-    """Locked past the busy timeout, or the file is gone: worth a retry, not a traceback."""
+def _store_error(exc: Exception) -> tuple[Response, int]:
+    """Locked past the busy timeout, the file is gone, or the PostgreSQL server is
+    unreachable: worth a retry, not a traceback."""
     log.warning("dashboard: store unavailable: %s", exc)
     return jsonify({"error": f"the store is unavailable, retry: {exc}"}), 503
 

@@ -23,7 +23,8 @@ MAX_BODY_BYTES = 64 * 1024  # admin requests are a few fields; the app answers 4
 
 @dataclass(frozen=True)
 class Field:
-    """One required field: a string (matching `pattern`, or one of `enum`) or a boolean."""
+    """One required field: a string (matching `pattern`, or one of `enum`), a boolean, or
+    a whole number from 0 to `maximum`."""
 
     name: str
     kind: type  # str or bool; exact, so `1` is not taken for `true`
@@ -31,10 +32,14 @@ class Field:
     pattern: str | None = None  # the whole value must match (no anchors here)
     enum: tuple[str, ...] = ()
     example: str | None = None
+    maximum: int = 2**63 - 1  # for whole numbers
 
     def check(self, value: Any) -> Any:
         if type(value) is not self.kind:
             raise ApiError(400, f"field {self.name!r} must be a {_TYPE_NAMES[self.kind]}")
+        if isinstance(value, int) and not isinstance(value, bool) and not (
+                0 <= value <= self.maximum):
+            raise ApiError(400, f"field {self.name!r} must be from 0 to {self.maximum}")
         if isinstance(value, str):  # enum and pattern are for strings (bool fields have none)
             self._check_text(value)
         return value
@@ -58,6 +63,8 @@ class Field:
             schema["enum"] = list(self.enum)
         if self.example is not None:
             schema["example"] = self.example
+        if self.kind is int:
+            schema.update(minimum=0, maximum=self.maximum)
         return schema
 
 
@@ -130,7 +137,7 @@ def _json_type(value: Any) -> str:
         type(value), "a number")
 
 
-_TYPE_NAMES = {str: "string", bool: "boolean (true or false)"}
+_TYPE_NAMES = {str: "string", bool: "boolean (true or false)", int: "integer (a whole number)"}
 
 # ---------------------------------------------------------------- the admin bodies
 # check_name's rule (edge_client/shared/protocol/topics.py): device names become topic levels
@@ -144,5 +151,8 @@ ENROLL = Body((DEVICE, Field("key", str, "'ed25519:' and the 32-byte key in base
                              example="ed25519:" + "A" * 43 + "=")))
 REVOKE = Body((DEVICE,))
 TRAINING = Body((Field("running", bool, "false: pause, true: resume"),))
+STAGE = Body((Field("command", str, "what to do with the version (docs/lifecycle.md)",
+                    enum=("promote", "rollback", "pin"), example="rollback"),
+               Field("version", int, "a stored model version", maximum=2**53)))
 STRATEGY = Body((Field("name", str, "an aggregation strategy (docs/strategies.md)",
                        enum=tuple(sorted(STRATEGIES)), example="fedavg"),))

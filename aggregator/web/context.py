@@ -7,12 +7,12 @@ in one process (or in one test run) stay apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from flask import current_app, g
 from prometheus_client import CollectorRegistry
 
 from aggregator.store import Store
+from aggregator.store_db import StoreLocation
 from aggregator.web.actions import AdminActions
 from aggregator.web.auth import Tokens
 
@@ -28,7 +28,7 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class WebContext:
-    db_path: Path
+    location: StoreLocation  # the store: an SQLite file or a postgresql:// URL
     tokens: Tokens
     actions: AdminActions | None
     registry: CollectorRegistry
@@ -47,7 +47,7 @@ def request_store() -> Store:
     """
     store = g.get("fedge_store")
     if store is None:
-        store = g.fedge_store = Store(web_context().db_path)
+        store = g.fedge_store = Store(web_context().location)
     return store
 
 

@@ -15,6 +15,7 @@ from aggregator.status import BROKER_NOTE, FINISHED_NOTE
 from aggregator.store import Store
 from aggregator.version_record import VersionRecord
 from aggregator.web import readmodel
+from aggregator.web.drift_view import drift_metrics
 
 
 class StoreCollector:
@@ -55,7 +56,24 @@ def _families(store: Store) -> list[Metric]:
         families.append(GaugeMetricFamily("fedge_last_accuracy",
                                           "Test accuracy of the latest evaluated version",
                                           value=evaluated[-1].accuracy))
-    return families + _fairness(history) + _personal(history)
+    return (families + _fairness(history) + _personal(history) + drift_metrics(store)
+            + _stages(store))
+
+
+def _stages(store: Store) -> list[Metric]:
+    """The served version, how many versions each stage holds, rollbacks (docs/lifecycle.md)."""
+    stages = store.stages()
+    production = [v for v, s in stages.items() if s.value == "production"]
+    families: list[Metric] = []
+    if production:
+        families.append(GaugeMetricFamily("fedge_production_version",
+                                          "The model version devices serve",
+                                          value=max(production)))
+    by_stage = GaugeMetricFamily("fedge_versions_by_stage", "Model versions by stage",
+                                 labels=["stage"])
+    for stage in ("candidate", "canary", "production", "rolled_back", "retired"):
+        by_stage.add_metric([stage], sum(1 for s in stages.values() if s.value == stage))
+    return [*families, by_stage]
 
 
 _FAIRNESS_GAUGES = (

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from aggregator.web import bodies
+from aggregator.web.drift_view import drift_schema
+from aggregator.web.lines_view import lines_schema
 
 JSON = bodies.JSON
 MAX_VERSION = 2**63 - 1  # the largest SQLite INTEGER: no version number can be larger
@@ -79,8 +81,23 @@ def _paths() -> dict[str, Any]:
         "/api/overview": _get("Headline numbers of the federation", _json(_ref("Overview"))),
         "/api/versions": _get("Every model version with its info",
                               _json(_listing("versions", "Version"))),
+        "/api/stages": _get("Each version's stage, the open canary and its reports, the pin, "
+                            "the audit trail of every move, commands not applied yet",
+                            _json({"type": "object", "required": ["stages", "audit"]})),
         "/api/devices": _get("Devices: status, eligibility, contributions, rejections",
                              _json(_listing("devices", "Device"))),
+        "/api/sites": _get("An upper tier's sites: online, last aggregate, devices behind "
+                           "each (docs/tiers.md)", _json(_listing("sites", "Site"))),
+        "/api/upper": _get("A site's upper tier: the upper model it adopted and its count "
+                           "since (docs/tiers.md); null on a gateway that is no site",
+                           _json({"type": "object", "properties": {"upper": {
+                               "type": "object", "nullable": True, "properties": {
+                                   "upper_version": {"type": "integer", "nullable": True},
+                                   "site_version": {"type": "integer"},
+                                   "asked": {"type": "boolean"},
+                                   "versions": {"type": "integer"},
+                                   "updates": {"type": "integer"},
+                                   "samples": {"type": "integer"}}}}})),
         "/api/anomalies": _get("Devices whose recent updates were rejected or clipped",
                                _json(_ref("Anomalies"))),
         "/api/audit": _get("Which devices' updates went into which version",
@@ -97,6 +114,12 @@ def _paths() -> dict[str, Any]:
                               "vs personal accuracy on its held-out data and its cluster, "
                               "from the latest version that has them",
                               _json(_ref("Personal"))),
+        "/api/drift": _get("Drift: each device's latest scores and their history, the "
+                           "[drift] rule and the retraining campaigns it opened",
+                           _json(_ref("Drift"))),
+        "/api/lines": _get("Model lines: the versions of each architecture, which devices "
+                           "are on which line, and why some refused a model",
+                           _json(_ref("Lines"))),
         "/api/enrolment": _get("Enrolled device keys and revocations",
                                _json(_listing("enrolment", "Enrolment"))),
         "/api/models/{version}": _get("Download one model version", blob, 404,
@@ -122,6 +145,10 @@ def _paths() -> dict[str, Any]:
                                            note=text), 409, 501),
         "/api/admin/strategy": _post("Choose the aggregation strategy", bodies.STRATEGY,
                                      "202", _body(strategy=text, note=text), 409, 501),
+        "/api/admin/stage": _post("Promote, roll back to, or pin a model version "
+                                  "(docs/lifecycle.md)", bodies.STAGE, "202",
+                                  _body(requested=text, version=version,
+                                        request={"type": "integer"}, note=text), 404),
         "/metrics": _get("Prometheus metrics (text exposition format)",
                          {"description": "OK", "content": {"text/plain": {"schema": {
                              "type": "string"}}}}),
@@ -165,6 +192,9 @@ def _schemas() -> dict[str, Any]:
             "delta_bytes": integer, "round_wall_s": {"type": "number"},
             "max_train_s": {"type": "number"}, "mode": text,
             "devices": {"type": "array", "items": text}, "accuracy": num, "loss": num,
+            "stage": _described({"type": "string", "nullable": True, "enum": [
+                "candidate", "canary", "production", "rolled_back", "retired", None]},
+                "The version's stage (docs/lifecycle.md)"),
             "device_accuracy": _described(num, _DEVICE_EVAL.format("accuracy")),
             "device_loss": _described(num, _DEVICE_EVAL.format("loss")),
             "fairness": _described({"type": "object"}, "The spread of the devices' own "
@@ -217,6 +247,9 @@ def _schemas() -> dict[str, Any]:
         "Status": _status_schema(),
         "FairnessRow": _fairness_schema(),
         "Personal": _personal_schema(),
+        "Site": _site_schema(),
+        "Drift": drift_schema(),
+        "Lines": lines_schema(),
     }
     for name in ("Overview", "Device", "Anomalies", "AnomalyRow", "AuditRow", "Enrolment"):
         schemas[name]["required"] = list(schemas[name]["properties"])  # readmodel fills all
@@ -329,3 +362,18 @@ def openapi_document() -> dict[str, Any]:
         "components": {"schemas": _schemas(),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
+
+
+def _site_schema() -> dict[str, Any]:
+    """aggregator/web/sites.py's rows."""
+    integer = {"type": "integer", "nullable": True}
+    number = {"type": "number", "nullable": True}
+    return {"type": "object", "properties": {
+        "site": {"type": "string"}, "online": {"type": "boolean", "nullable": True},
+        "last_seen": number, "model_version": integer, "aggregates_used": integer,
+        "last_aggregate_at": number, "last_aggregate_upper_version": integer,
+        "last_aggregate_samples": _described(integer, "The aggregate's weight: the samples "
+                                                      "of the device updates in it"),
+        "last_aggregate_state": {"type": "string"},
+        "devices_behind": _described(integer, "Device updates in the last aggregate"),
+        "site_versions": _described(integer, "Site versions the last aggregate spans")}}

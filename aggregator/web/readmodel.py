@@ -48,6 +48,27 @@ def versions(store: Store) -> list[dict[str, Any]]:
     return [finite(record.to_json()) for record in store.model_history()]
 
 
+def versions_with_stages(store: Store) -> list[dict[str, Any]]:
+    """The versions as the API lists them: each with its stage (docs/lifecycle.md)."""
+    stages = store.stages()
+    return [{**row, "stage": None if (s := stages.get(row["version"])) is None else s.value}
+            for row in versions(store)]
+
+
+def stages(store: Store) -> dict[str, Any]:
+    """Each version's stage, the open canary with its reports, the pin, the audit trail
+    and operators' commands not applied yet."""
+    note = store.note("canary")
+    canary = None if note is None else {**note, "reports": store.canary_reports(
+        int(note["candidate"]))}
+    return {"stages": [{"version": v, "stage": s.value} for v, s in store.stages().items()],
+            "canary": finite(canary), "pinned": store.note("rollout_pin"),
+            "audit": [c.to_json() for c in store.stage_audit()],
+            "waiting": [{"id": r.id, "command": r.command.value, "version": r.version,
+                         "actor": r.actor, "at": r.at}
+                        for r in store.waiting_stage_requests()]}
+
+
 def version_records(store: Store) -> list[VersionRecord]:
     """Every version's record, NaN and infinities as None (as the API shows them)."""
     return [VersionRecord.from_json(row) for row in versions(store)]
@@ -148,12 +169,15 @@ def last_local_accuracy(store: Store) -> dict[str, dict[str, Any]]:
     `local_accuracy` is that model on the device's own data, before training; the update's
     `base_version` says which model. Parsed in Python rather than with json_extract: a
     device's metrics may hold NaN, which SQLite's JSON functions refuse as malformed.
-    SQLite takes the bare columns from the row that has the MAX.
+    The newest update per device by a window (what SQLite's bare columns next to MAX did;
+    PostgreSQL has no bare columns).
     """
-    rows = store.db.execute("SELECT device_id, metrics, base_version, MAX(received_at) "
-                            "FROM updates GROUP BY device_id")
+    rows = store.db.execute("SELECT device_id, metrics, base_version FROM ("
+                            "SELECT device_id, metrics, base_version, ROW_NUMBER() OVER "
+                            "(PARTITION BY device_id ORDER BY received_at DESC) AS n "
+                            "FROM updates) AS newest WHERE n = 1")
     return {device: {"last_local_accuracy": _metric(metrics, "local_accuracy"),
-                     "last_local_version": base} for device, metrics, base, _ in rows}
+                     "last_local_version": base} for device, metrics, base in rows}
 
 
 def _metric(metrics: str, name: str) -> float | None:
@@ -166,9 +190,7 @@ def secure_contributions(store: Store) -> dict[str, int]:
     """Per device, the secure rounds whose sum took its input. Under secure aggregation no
     update is stored, so the rounds' own records (aggregator/secagg/store.py) say who
     contributed; a store that never ran one has no such table."""
-    has_table = store.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' "
-                                 "AND name='secagg_rounds'").fetchone()
-    if not has_table:
+    if not store.db.has_table("secagg_rounds"):
         return {}
     counts: Counter[str] = Counter()
     for (info,) in store.db.execute("SELECT info FROM secagg_rounds WHERE state='done'"):

@@ -3,6 +3,7 @@ answer fed back at once as an event (see `DeviceSession`):
 
     CheckEligibility -> EligibilityChecked      InstallModel -> ModelInstalled | ModelRefused
     StartFit         -> FitFinished             StoreUpdate  -> UpdateStored | UpdateNotStored
+    EvaluateCanary   -> CanaryEvaluated
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from edge_client.session.held_model import HeldModel
 from edge_client.shared.codecs import ErrorFeedback
 from edge_client.shared.protocol import Task
 from edge_client.shared.protocol.tensors import Weights
@@ -130,6 +132,31 @@ class Wake:
     """The check-in time came: connect again."""
 
 
+@dataclass(frozen=True)
+class ServeModel:
+    """Hand this version to the app's on_model (a Predictor): it serves it from now on."""
+
+    version: int
+    arch: dict
+    tensors: Weights = field(repr=False)
+
+
+@dataclass(frozen=True)
+class EvaluateCanary:
+    """Evaluate `candidate` against `production` on held-out data; answer CanaryEvaluated."""
+
+    candidate: HeldModel = field(repr=False)
+    production: HeldModel = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SaveRollout:
+    """Remember that this device follows a rollout, and its production version."""
+
+    production: int
+
+
 Action = (Publish | PublishUpdate | Subscribe | Unsubscribe | CheckEligibility | InstallModel
           | StartFit | StopFit | StoreUpdate | RemoveUpdate | SetAsideUpdate | SaveModel
-          | SaveTasks | SaveResidual | SleepUntil | Wake)
+          | SaveTasks | SaveResidual | SleepUntil | Wake | ServeModel | EvaluateCanary
+          | SaveRollout)

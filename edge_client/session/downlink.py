@@ -12,7 +12,7 @@ import logging
 from edge_client.model_fetch import FetchStep, Held, ModelFetcher, started_over
 from edge_client.session.actions import Action, InstallModel, Subscribe, Unsubscribe
 from edge_client.session.held_model import HeldModel, copy_weights
-from edge_client.shared.protocol import ModelManifest, RemoteProtocolError, Topics
+from edge_client.shared.protocol import ModelManifest, Topics
 from edge_client.shared.protocol.chunking import sha256_hex
 
 log = logging.getLogger("edge_client.client")  # one logger for all the device says
@@ -26,6 +26,8 @@ class Downlink:
         self.fetcher = ModelFetcher(topics, max_bytes, max_elements)
         self.model: HeldModel | None = None
         self._installing: FetchStep | None = None  # fetched, waiting for the trainer
+        self.oversized: tuple[int, str] | None = None  # the latest manifest, if too large
+        self.refused_version: int | None = None  # the trainer could not take this one
 
     @property
     def version(self) -> int | None:
@@ -37,9 +39,13 @@ class Downlink:
     def on_manifest(self, manifest: ModelManifest) -> tuple[bool, list[Action]]:
         """Fetch the manifest's model if it is new; True first when the aggregator's
         history is not the one this device followed (the caller forgets that run)."""
-        if manifest.size > self.max_bytes:
-            raise RemoteProtocolError(f"model {manifest.version} is {manifest.size} bytes, "
-                                      f"over this device's limit")
+        if manifest.size > self.max_bytes:  # refused, and said in the status (session.py)
+            self.oversized = (manifest.version, f"it is {manifest.size} bytes, over "
+                                                f"max_model_bytes {self.max_bytes}")
+            return False, []
+        self.oversized = None
+        if manifest.version == self.refused_version:
+            return False, []  # refused once (refusals.py): not fetched again
         over = started_over(manifest, self.version,
                             None if self.model is None else self.model.sha256)
         if over:
@@ -76,5 +82,6 @@ class Downlink:
 
     def refused(self, version: int, reason: str) -> None:
         self._installing = None
+        self.refused_version = version
         log.warning("%s: ignored model %d: it does not fit this device's trainer: %s",
                     self.device_id, version, reason)

@@ -11,6 +11,7 @@ from edge_client.outbox import OutboxEntry
 from edge_client.session.held_model import HeldModel
 from edge_client.shared.codecs import ErrorFeedback
 from edge_client.shared.protocol import Ack, Invitation, ModelManifest, Task
+from edge_client.shared.protocol.rollout import CanaryReport, Rollout
 from edge_client.shared.protocol.tensors import Weights
 from edge_client.training.trainer import FitResult
 
@@ -31,6 +32,7 @@ class Resumed:
     model: HeldModel | None = None
     residual: tuple[ErrorFeedback, int] | None = None
     outbox: tuple[OutboxEntry, ...] = ()
+    following: int | None = None  # the production version of the last Rollout seen
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,21 @@ class UpdateNotStored:
 
 
 @dataclass(frozen=True)
+class RolloutReceived:
+    """The aggregator's Rollout: which version to serve, which candidate to evaluate."""
+
+    rollout: Rollout
+
+
+@dataclass(frozen=True)
+class CanaryEvaluated:
+    """The answer to EvaluateCanary: the figures to report, or why there are none."""
+
+    report: CanaryReport | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Tick:
     """Time passed: resends, eligibility re-checks and wake-ups fall due."""
 
@@ -143,4 +160,5 @@ class ShuttingDown:
 Event = (Resumed | LinkUp | LinkDown | TaskReceived | InvitationReceived | ManifestReceived
          | ModelChunkReceived
          | AckReceived | SecAggChunkReceived | EligibilityChecked | ModelInstalled
-         | ModelRefused | FitFinished | UpdateStored | UpdateNotStored | Tick | ShuttingDown)
+         | ModelRefused | FitFinished | UpdateStored | UpdateNotStored | Tick | ShuttingDown
+         | RolloutReceived | CanaryEvaluated)

@@ -10,6 +10,7 @@ from edge_client.session.events import (
     InvitationReceived,
     ManifestReceived,
     ModelChunkReceived,
+    RolloutReceived,
     SecAggChunkReceived,
     TaskReceived,
 )
@@ -23,6 +24,7 @@ from edge_client.shared.protocol import (
     Topics,
     decode,
 )
+from edge_client.shared.protocol.rollout import decode_rollout
 from edge_client.shared.protocol.signing import is_signed, open_envelope
 
 
@@ -64,6 +66,8 @@ def decode_inbound(topic: str, payload: bytes, topics: Topics, device_id: str,
         ack = decode(payload, expect=Ack)
         assert isinstance(ack, Ack)
         return AckReceived(ack)
+    if topic == topics.rollout:
+        return RolloutReceived(decode_rollout(keys.from_aggregator(payload)))
     if topic == topics.secagg_to(device_id):
         return SecAggChunkReceived(payload)
     return ModelChunkReceived(topic, payload)

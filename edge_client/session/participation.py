@@ -20,6 +20,7 @@ from edge_client.session.actions import (
 )
 from edge_client.session.events import FitFinished, Instant, UpdateNotStored, UpdateStored
 from edge_client.session.held_model import copy_weights
+from edge_client.session.partial_work import deadline_reached, keep_early_stop
 from edge_client.session.update_maker import FeedbackSnapshot
 from edge_client.shared.codecs import CodecConfig
 from edge_client.shared.codecs.dp import DeviceDp
@@ -43,11 +44,12 @@ class Plan:
     secagg: Any | None  # SecAggTask; typed loosely so a plain device never imports it
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunningFit:
     plan: Plan
     base: Weights = field(repr=False)  # the global model the fit started from
     feedback: FeedbackSnapshot = field(repr=False)
+    at_deadline: bool = False  # partial_work: the session stopped it at the task's deadline
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,13 @@ class Participation:
     @property
     def fitting(self) -> bool:
         return self._fit is not None
+
+    def must_stop(self, eligible: bool, wall: float) -> bool:
+        """The running fit is to stop now: the device is no longer eligible, or (partial
+        work) its task's deadline is near (partial_work.py)."""
+        if self._fit is None:
+            return False
+        return not eligible or deadline_reached(self.session, self._fit, wall)
 
     def skip(self, task: Task, reason: str) -> None:
         """Count a task this device could not do, once per task and reason."""
@@ -178,14 +187,19 @@ class Participation:
             return []
         s, plan = self.session, running.plan
         task = plan.task
-        if event.result.stopped_early and not self._keep_early_stop(task, event):
-            return []  # stopped at a batch boundary: nothing is published
+        if event.result.stopped_early and not keep_early_stop(self, running, event):
+            # stopped at a batch boundary: nothing is published; past its deadline the
+            # task is over for this device, else it trains again at the next check
+            return [s.mark_done(task.task_id)] if running.at_deadline else []
         s.stats.train_s.append(event.result.train_s)
+        work = 1.0  # a fit that ran to its end did all its work, however it counts batches
+        if event.result.stopped_early and task.train.partial_work != "off":
+            work = task.train.work_done(event.num_samples, event.result.batches)
         try:
             update = s.maker.make(task, running.base, event.weights, event.result,
                                   event.before, event.num_samples,
                                   None if plan.secagg else plan.codec, plan.dp, now.wall,
-                                  event.metrics, None if plan.secagg else event.only)
+                                  work, event.metrics, None if plan.secagg else event.only)
         except ValueError as exc:  # a diverged run: no noisy update can be made of it
             log.error("%s: task %s: no update sent: %s", s.me, task.task_id, exc)
             return [s.mark_done(task.task_id)]  # retraining would diverge again
@@ -197,29 +211,6 @@ class Participation:
         dense = 4 * sum(w.size for w in running.base.values())
         self._storing = Storing(task, update, payload, dense, running.feedback)
         return [StoreUpdate(update.nonce, payload)]
-
-    def _keep_early_stop(self, task: Task, event: FitFinished) -> bool:
-        """A fit that stopped early: ours to drop (shutdown, policy), or the trainer's own
-        stop (a time budget, say), whose batches are sent like a shorter fit."""
-        s = self.session
-        if event.shutting_down:
-            return False
-        decision = s.status.decision
-        if decision is not None and not decision.eligible:
-            reason = decision.reasons[0] if decision.reasons else decision.reason
-            log.info("%s: task %s: training stopped at a batch boundary: %s; nothing sent",
-                     s.me, task.task_id, reason)
-            s.stats.stopped_mid_training += 1
-            self.skip(task, f"stopped: {reason}")
-            return False
-        if event.result.batches < 1:
-            log.info("%s: task %s: the trainer stopped before its first batch; nothing sent",
-                     s.me, task.task_id)
-            self.skip(task, "stopped: trainer")
-            return False
-        log.info("%s: task %s: the trainer stopped on its own after %d batches; sending "
-                 "what it learned", s.me, task.task_id, event.result.batches)
-        return True
 
     def _stored(self, event: UpdateStored, now: Instant) -> list[Action]:
         storing, self._storing = self._storing, None

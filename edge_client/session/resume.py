@@ -27,4 +27,5 @@ def resume(session: DeviceSession, state: Resumed) -> list[Action]:
     for entry, task_id in readable:
         session.pending.add(entry.nonce, entry.payload)
         session.book.mark_done(task_id)  # answered before the reboot: its update is here
-    return [SetAsideUpdate(nonce, why) for nonce, why in unreadable]
+    served = session.serving.resumed(state.model, state.following)
+    return served + [SetAsideUpdate(nonce, why) for nonce, why in unreadable]

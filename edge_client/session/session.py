@@ -19,16 +19,15 @@ import os
 from edge_client.client_config import ClientConfig
 from edge_client.eligibility import Decision
 from edge_client.narration import DeviceNarrator, eligibility_kind_changed
+from edge_client.session.acks import on_ack
 from edge_client.session.actions import (
     Action,
     CheckEligibility,
     CheckPurpose,
     Publish,
     PublishUpdate,
-    RemoveUpdate,
     SaveModel,
     SaveTasks,
-    SleepUntil,
     StopFit,
     Subscribe,
     Wake,
@@ -36,6 +35,7 @@ from edge_client.session.actions import (
 from edge_client.session.downlink import Downlink
 from edge_client.session.events import (
     AckReceived,
+    CanaryEvaluated,
     EligibilityChecked,
     Event,
     FitFinished,
@@ -48,6 +48,7 @@ from edge_client.session.events import (
     ModelInstalled,
     ModelRefused,
     Resumed,
+    RolloutReceived,
     SecAggChunkReceived,
     ShuttingDown,
     TaskReceived,
@@ -59,14 +60,16 @@ from edge_client.session.inbound import OwnStatusReceived, decode_inbound
 from edge_client.session.keys import DeviceKeys
 from edge_client.session.pace import Pace
 from edge_client.session.participation import Participation
+from edge_client.session.refusals import on_manifest, refused
 from edge_client.session.resend import ResendSchedule
 from edge_client.session.resume import resume
 from edge_client.session.secure_rounds import SecureRounds
+from edge_client.session.serving import ServingGate
 from edge_client.session.stats import ClientStats
 from edge_client.session.status import StatusBoard
 from edge_client.session.task_book import TaskBook
 from edge_client.session.update_maker import UpdateMaker
-from edge_client.shared.protocol import DEFAULT_CHUNK_SIZE, Ack, Task, Topics
+from edge_client.shared.protocol import DEFAULT_CHUNK_SIZE, Task, Topics
 from edge_client.shared.protocol.chunking import split
 
 log = logging.getLogger("edge_client.client")  # one logger for all the device says
@@ -97,6 +100,7 @@ class DeviceSession:
         self._asked: CheckPurpose | None = None  # the CheckEligibility awaiting its answer
         self.secure = SecureRounds(self.me, self.topics, config.max_model_bytes,
                                    self.keys.seal)
+        self.serving = ServingGate(self.me, self.topics, self.keys.seal, self.status)
 
     # ------------------------------------------------------------ what the shell reads
     @property
@@ -112,8 +116,9 @@ class DeviceSession:
         """The aggregator says the federation is done and its final model is here.
         Unacked updates, if any, stay in the outbox on disk for a later run."""
         task, version = self.task, self.model_version
-        return (self.config.exit_when_done and task is not None and task.done
-                and version is not None and version >= task.model_version)
+        return (self.config.exit_when_done and task is not None and task.done and (
+            (version is not None and version >= task.model_version)
+            or self.status.refusal is not None))  # it keeps the model it holds
 
     def poll_timeout(self, now: float) -> float:
         """How long the shell may wait for a message before the next Tick is due."""
@@ -146,12 +151,7 @@ class DeviceSession:
             case InvitationReceived(invitation):
                 return self.participation.on_invitation(invitation, self._asked is not None)
             case ManifestReceived(manifest):
-                over, actions = self.downlink.on_manifest(manifest)
-                if over:  # forget the old run; unacked updates wait for the new aggregator
-                    self.maker.forget()
-                    self.book.forget()
-                    actions.insert(0, self._save_tasks())
-                return actions
+                return on_manifest(self, manifest, now)
             case ModelChunkReceived(topic, payload):
                 return self.downlink.on_chunk(topic, payload, now.monotonic)
             case ModelInstalled(version):
@@ -159,9 +159,9 @@ class DeviceSession:
             case ModelRefused(version, reason):
                 self.downlink.refused(version, reason)
                 self.stats.bad_messages += 1
-                return []
+                return refused(self, version, reason, now)
             case AckReceived(ack):
-                return self._on_ack(ack, now)
+                return on_ack(self, ack, now)
             case SecAggChunkReceived(payload):
                 return [*self.secure.on_chunk(payload, self.keys.from_aggregator,
                                               now.monotonic)]
@@ -176,6 +176,8 @@ class DeviceSession:
                 return resume(self, event)
             case ShuttingDown():
                 return [self._status(False, now)] if self.connected else []
+            case RolloutReceived() | CanaryEvaluated():  # what the app serves
+                return self.serving.handle(event)
         raise TypeError(f"not a session event: {event!r}")
 
     # ------------------------------------------------------------ the link and time
@@ -184,7 +186,7 @@ class DeviceSession:
         t = self.topics
         # the invitation before the task: a device invited by name knows it when the task comes
         actions: list[Action] = [Subscribe(topic) for topic in (
-            t.model, t.invite(self.me), t.task, t.ack(self.me), t.secagg_to(self.me),
+            t.rollout, t.model, t.invite(self.me), t.task, t.ack(self.me), t.secagg_to(self.me),
             t.status(self.me))]
         actions.append(self._status(True, now))
         actions += [self.publish_update(nonce, now) for nonce in self.pending.nonces()]
@@ -220,14 +222,14 @@ class DeviceSession:
             self.narrator.eligibility_changed(decision, before)
             if self.connected:
                 actions.append(self._status(True, now))
-        if self.participation.fitting and not decision.eligible:
+        if self.participation.must_stop(decision.eligible, now.wall):
             actions.append(StopFit())
         purpose, self._asked = self._asked, None
         if purpose is CheckPurpose.RECHECK and self.connected and self.status.stale(now):
             actions.append(self._status(True, now))
         if purpose is not None:
             actions += self.participation.on_decision(purpose, decision)
-        return actions
+        return actions + self.serving.checked(before)
 
     def _installed(self, version: int, now: Instant) -> list[Action]:
         step = self.downlink.installed(version)
@@ -235,8 +237,9 @@ class DeviceSession:
             return []
         self.stats.models_via_delta += int(step.via_delta)
         self.narrator.model_installed(version, step.via_delta, len(step.blob))
-        return [SaveModel(version, step.blob), self._save_tasks(), self._status(True, now),
-                *self.participation.maybe_train()]
+        self.status.refusal = None  # a model it runs: eligible again
+        return [SaveModel(version, step.blob), *self.serving.installed(self.downlink.model),
+                self._save_tasks(), self._status(True, now), *self.participation.maybe_train()]
 
     # ------------------------------------------------------------ uplink and acks
     def publish_update(self, nonce: str, now: Instant) -> PublishUpdate:
@@ -244,22 +247,6 @@ class DeviceSession:
         chunk_size = self.task.chunk_size if self.task else DEFAULT_CHUNK_SIZE
         return PublishUpdate(nonce, self.topics.update(self.me),
                              tuple(split(payload, nonce, chunk_size)))
-
-    def _on_ack(self, ack: Ack, now: Instant) -> list[Action]:
-        if not self.pending.acked(ack.nonce):
-            return []  # an ack for an update already cleared (a resend's second ack)
-        self.stats.acks[ack.status] += 1
-        self.stats.acked.append((ack.nonce, ack.status))
-        self.narrator.acked(ack)
-        actions: list[Action] = [RemoveUpdate(ack.nonce)]
-        if self.config.sleep_between_tasks and ack.next_checkin_s and not len(self.pending):
-            log.info("%s: sleeping %.1f s until the next check-in", self.me,
-                     ack.next_checkin_s)
-            actions.append(self._status(False, now, f"sleeping {ack.next_checkin_s:.0f} s"))
-            self.stats.sleeps += 1
-            self.connected = False
-            actions.append(SleepUntil(self.pace.sleep(now.monotonic, ack.next_checkin_s)))
-        return actions
 
     # ------------------------------------------------------------ state
     def mark_done(self, task_id: str) -> SaveTasks:

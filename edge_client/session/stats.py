@@ -16,6 +16,7 @@ class ClientStats:
     bytes_down: int = 0
     skipped: Counter = field(default_factory=Counter)  # tasks not done, by reason
     stopped_mid_training: int = 0
+    partial_updates: int = 0  # updates sent from fits cut short (deadline, budget, trainer)
     sleeps: int = 0  # times it went off the broker until the aggregator's check-in time
     update_bytes: int = 0  # encoded update messages made
     dense_bytes: int = 0  # what those updates would be as dense float32

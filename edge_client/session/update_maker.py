@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_client.shared.codecs import CodecConfig, ErrorFeedback, encode_vector
+from edge_client.shared.codecs.adaptive import codec_for_update
 from edge_client.shared.codecs.dp import DeviceDp, clip_and_noise
 from edge_client.shared.protocol import Task, Update
 from edge_client.shared.protocol.seeds import training_seed, update_seed
@@ -63,21 +64,27 @@ class UpdateMaker:
 
     def make(self, task: Task, base: Weights, trained: Weights, result: FitResult,
              before: dict[str, float], num_samples: int, codec: CodecConfig | None,
-             dp: DeviceDp | None, created_at: float,
+             dp: DeviceDp | None, created_at: float, work: float = 1.0,
              extra: dict[str, float] | None = None,
              only: frozenset[str] | None = None) -> Update:
-        """The update of a fit from `base`. ValueError: under DP, a diverged fit gives no
-        update that can be noised."""
+        """The update of a fit from `base`. `work` < 1: a partial fit's share of the whole
+        (partial_work), which scales the sample count the aggregator weights it by.
+        `extra`: figures sent with it (a personalised or clustered device's); `only`: the
+        tensors whose delta can be non-zero (a dense update leaves the rest out).
+        ValueError: under DP, a diverged fit gives no update that can be noised."""
         self._rng = np.random.default_rng(self.seed(task))  # stochastic rounding, reproducible
         delta = {name: (trained[name] - base[name]).astype(np.float32) for name in base}
         # How the global model does on this device's own data: reported with the update,
         # so the gateway sees quality where the data is (the data itself stays here).
         update = Update(device_id=self.device_id, task_id=task.task_id,
                         nonce=os.urandom(16).hex(), base_version=task.model_version,
-                        num_samples=num_samples, tensors=delta,
+                        num_samples=num_samples if work >= 1 else max(1, round(num_samples
+                                                                              * work)),
+                        tensors=delta,
                         metrics={"train_loss": result.loss, "train_s": result.train_s,
                                  "local_accuracy": before.get("accuracy", float("nan")),
                                  "local_loss": before.get("loss", float("nan")),
+                                 **({"work_done": work} if work < 1 else {}),
                                  **(extra or {})},
                         created_at=created_at)
         if dp is not None:
@@ -94,12 +101,14 @@ class UpdateMaker:
                                    metrics={**update.metrics, **dp.metrics()})
 
     def _compress(self, update: Update, codec: CodecConfig) -> Update:
-        """Encode the delta with the task's codec, carrying what is left out forward."""
+        """Encode the delta with the task's codec, carrying what is left out forward. An
+        adaptive codec picks this update's top-k fraction, which the update declares."""
         vector = flatten_sorted(update.tensors)
         feedback = None
         if codec.error_feedback:
             feedback = self._feedback_for(vector.size, update.base_version)
             vector = feedback.compensate(vector)
+        codec = codec_for_update(vector, codec)
         encoded = encode_vector(vector, codec, update_seed(update.task_id, update.device_id),
                                 self._rng)
         if feedback is not None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from edge_client.shared.train_config import TrainConfig
 from edge_client.shared.weights import Weights
-from edge_client.training.arch import mlp
+from edge_client.training.arch import build_model, mlp
 from edge_client.training.losses import softmax_cross_entropy
 from edge_client.training.model import Sequential
 from edge_client.training.optim import SGD
@@ -34,6 +34,13 @@ class NumpyTrainer:
         check_weights_match(params, weights)
         for name, param in params.items():
             param[...] = weights[name]
+
+    def adopt(self, arch: dict, weights: Weights) -> None:
+        """Train a new architecture from now on (a new model line), with `weights`.
+        ValueError (an unsupported layer, weights that do not fit it) keeps the old one."""
+        candidate = NumpyTrainer(build_model(arch))
+        candidate.set_weights(weights)
+        self.model = candidate.model
 
     def fit(
         self,

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from edge_client.training import Trainer
 from fedge.broker import BrokerHandle, start_broker
 from fedge.federation.parties import PartyFailed, PartyThread, Run
 from fedge.federation.result import FederationResult, collect
+
+if TYPE_CHECKING:
+    from edge_client.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +104,15 @@ class Federation:
                    y: np.ndarray, *, policy: EligibilityPolicy | None = None,
                    app_busy: Callable[[], bool] | None = None,
                    on_model: Callable[[int, dict, Weights], None] | None = None,
+                   predictor: Predictor | None = None,
                    holdout: tuple[np.ndarray, np.ndarray] | None = None) -> EdgeClient:
-        """An EdgeClient with only its own data `x`, `y` (and its held-out data, for
-        personalised and clustered federations), on this federation's broker."""
+        """An EdgeClient with only its own data `x`, `y`, on this federation's broker;
+        `predictor` serves its models and watches for drift (EdgeClient); `holdout`: its
+        held-out data, for canary evaluations and personal/global accuracy
+        (edge_client/holdout.py)."""
         config = dataclasses.replace(config, host=self.broker.host, port=self.broker.port)
         device = EdgeClient(config, trainer, x, y, policy=policy, app_busy=app_busy,
-                            on_model=on_model, holdout=holdout)
+                            on_model=on_model, predictor=predictor, holdout=holdout)
         self.devices.append(device)
         return device
 

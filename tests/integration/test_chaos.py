@@ -1,16 +1,17 @@
 """The aggregator killed with SIGKILL ten times during a federation over real mosquitto:
-every update a device got an ack for is in the store, and the federation finishes."""
+every update a device got an ack for is in the store, and the federation finishes; with
+its store in SQLite and in a real PostgreSQL (`store_url`, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import random
-import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
 
+from aggregator.store import Store
 from tests.integration.fleet import FEDERATION, Digits, Running, make_client
 
 pytestmark = pytest.mark.integration
@@ -24,13 +25,15 @@ def _serve(config) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def test_ten_sigkills_lose_no_acked_update_and_the_federation_finishes(mosquitto, tmp_path):
+def test_ten_sigkills_lose_no_acked_update_and_the_federation_finishes(mosquitto, tmp_path,
+                                                                       store_url):
     data = Digits(devices=3)
-    db = tmp_path / "aggregator.sqlite3"
+    where = (f'db_url = "{store_url}"' if isinstance(store_url, str)
+             else f'db_path = "{store_url}"')
     config = tmp_path / "aggregator.toml"
     config.write_text(
         f'federation = "{FEDERATION}"\nport = {mosquitto.port}\nrounds = {ROUNDS}\n'
-        f'db_path = "{db}"\npresence_settle_s = 0.2\n[model]\nsizes = {data.sizes}\n'
+        f'{where}\npresence_settle_s = 0.2\n[model]\nsizes = {data.sizes}\n'
         f'[train]\nepochs = 1\n[sync]\ntarget_updates = 3\nround_timeout_s = 30\n')
     clients = [make_client(mosquitto, tmp_path, data, i, ack_timeout_s=1.0)
                for i in range(3)]
@@ -55,10 +58,12 @@ def test_ten_sigkills_lose_no_acked_update_and_the_federation_finishes(mosquitto
             aggregator.kill()
             aggregator.wait(10)
     assert kills == KILLS
-    with sqlite3.connect(db) as conn:
-        stored = {nonce: state for nonce, state in conn.execute(
-            "SELECT nonce, state FROM updates")}
-        versions = [v for (v,) in conn.execute("SELECT version FROM models ORDER BY version")]
+    store = Store(store_url)
+    try:
+        stored = {nonce: state for _, _, nonce, state in store.update_keys()}
+        versions = [h.version for h in store.model_history()]
+    finally:
+        store.close()
     acked = {nonce for c in clients for nonce, status in c.stats.acked
              if status in ("accepted", "late", "duplicate")}
     assert acked and acked <= stored.keys()  # every acked update is accounted for

@@ -21,9 +21,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from aggregator.lifecycle import Command
+from aggregator.store import Store
 from aggregator.web import DashboardServer, create_app, serve_dashboard
 from fedge.broker import free_port
-from tests.unit.test_web_api import DEVICES, READ, fill_store, local_accuracy
+from tests.unit.test_web_api import DEVICES, READ, STAGES, fill_store, local_accuracy
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +118,14 @@ def test_dashboard_with_token_in_the_url(server, browser, tmp_path):
     assert local[:5] == [f"{local_accuracy(b, d):.3f}" for b, d in
                          ((10, "dev-0"), (10, "dev-1"), (9, "dev-2"), (9, "dev-3"))] + ["–"]
     assert page.locator("#versions tbody tr").count() == 11
+    # Each version's stage (docs/lifecycle.md), newest first.
+    stages = dict(zip(page.locator("#versions tbody tr td:nth-child(1)").all_text_contents(),
+                      page.locator("#versions tbody tr td:nth-child(2)").all_text_contents(),
+                      strict=True))
+    assert stages == {f"v{v}": STAGES.get(v, "retired").replace("_", " ")
+                      for v in range(11)}, stages
+    assert "stage-canary" in (page.get_attribute("#versions tbody tr td:nth-child(2)",
+                                                 "class") or "")
     fairness = page.locator("#fairness tbody tr")
     assert fairness.count() == 10  # every version but v0, newest first
     newest = fairness.first.locator("td").all_text_contents()
@@ -126,6 +136,34 @@ def test_dashboard_with_token_in_the_url(server, browser, tmp_path):
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     assert problems == []
+
+
+def test_an_operator_rejects_a_canary_from_the_dashboard(server, browser, tmp_path):
+    """The stage actions: a canary can be promoted or rejected; with the read token the
+    page says the admin token is needed; with it, the command is queued for the service."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{server.url}?token={READ}")
+    page.wait_for_selector("body[data-loaded=true]", timeout=10_000)
+    newest = page.locator("#versions tbody tr").first
+    assert newest.locator("button.stage-action").all_text_contents() == ["promote", "reject"]
+    production = page.locator("#versions tbody tr").nth(2)  # v8
+    assert production.locator("button.stage-action").count() == 0
+    newest.locator("button.stage-action", has_text="reject").click()
+    page.wait_for_selector("#status:has-text('needs the admin token')", timeout=10_000)
+    page.evaluate("sessionStorage.clear()")
+    page.goto(f"{server.url}?token=admin-x")
+    page.wait_for_selector("body[data-loaded=true]", timeout=10_000)
+    page.locator("#versions tbody tr").first.locator("button.stage-action",
+                                                     has_text="reject").click()
+    page.wait_for_selector("#status:has-text('Requested rollback 8')", timeout=10_000)
+    store = Store(tmp_path / "agg.sqlite3")
+    try:
+        [request] = store.waiting_stage_requests()
+    finally:
+        store.close()
+    assert (request.command, request.version) == (Command.ROLLBACK, 8)
+    assert request.actor.startswith("api:")
 
 
 def test_dashboard_asks_for_the_token(server, browser):
@@ -204,7 +242,10 @@ def _assert_live_page(page) -> None:
     assert newest[0].startswith("v") and int(newest[1]) >= 1, newest
     assert 0 < float(newest[2]) <= 1 and "%" in newest[6], newest
     # The version history: each version's download cost, and the model itself.
-    downlinks = page.locator("#versions tbody tr td:nth-child(6)").all_text_contents()
+    downlinks = page.locator("#versions tbody tr td:nth-child(7)").all_text_contents()
+    # Every version has a stage: with [rollout] off each one is production when made.
+    stages = page.locator("#versions tbody tr td:nth-child(2)").all_text_contents()
+    assert stages[0] == "production" and set(stages) <= {"production", "retired"}, stages
     assert downlinks and all(d.endswith("B") for d in downlinks), downlinks
     with page.expect_download() as info:
         page.locator("#versions tbody tr button.link").first.click()

@@ -81,6 +81,20 @@ def test_demo_personal_layers_that_name_no_tensor_fail_in_one_line(tmp_path):
     assert "personalize.personal_layers: 'head.' names no tensor" in done.stderr
 
 
+@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
+def test_demo_with_sites_runs_two_tiers_and_reports_each(tmp_path, broker):
+    s = _demo("--sites", "2", "--devices-per-site", "2", "--rounds", "2", "--broker", broker,
+              tmp_path=tmp_path)
+    assert (s["sites"], s["devices"], s["model_versions"]) == (2, 4, 2)
+    assert ("bridged" in s["broker"]) == (broker == "mosquitto")
+    top, *sites = s["tiers"]
+    assert (top["tier"], top["versions"], top["sites"]) == ("top", 2, 2) and top["bytes_up"] > 0
+    assert [t["site"] for t in sites] == ["site-0", "site-1"]
+    # per top version: the adopted model, then --site-versions (2) rounds; then the last
+    assert all(t["devices"] == 2 and t["versions"] == 2 * 3 + 1 for t in sites)
+    assert s["final_accuracy"] > 0.6
+
+
 def test_demo_reports_bad_arguments_clearly(tmp_path):
     done = subprocess.run([sys.executable, "-m", "fedge.cli", "demo", "--devices", "0"],
                           capture_output=True, text=True, timeout=60, check=False)
@@ -159,6 +173,22 @@ def test_demo_attackers_against_a_robust_strategy(tmp_path):
     assert s["model_versions"] == 2 and s["final_accuracy"] > 0.5
 
 
+def test_demo_rollout_catches_a_bad_candidate_while_production_keeps_serving(tmp_path):
+    summary = _demo("--devices", "5", "--rounds", "5", "--rollout", "--bad-candidate", "2",
+                    tmp_path=tmp_path)
+    rollout = summary["rollout"]
+    bad = rollout["bad_version"]
+    assert rollout["stages"][str(bad)] == "rolled_back" and bad in rollout["rolled_back"]
+    [why] = [d["reason"] for d in rollout["decisions"] if d["version"] == bad]
+    assert "worse than production" in why
+    assert len(rollout["canary_reports"][str(bad)]) == 2  # caught by its two canaries
+    assert rollout["bad_version_served_by"] == []
+    assert str(bad + 1) in rollout["copies"]  # production went on from a copy
+    production = rollout["production"]
+    assert rollout["stages"][str(production)] == "production"
+    assert set(rollout["served_at_end"].values()) == {production}
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (("--secagg", "--mode", "async"), ("--secagg", "--mode sync")),
     (("--secagg", "--uplink", "q8"), ("--secagg", "--uplink")),
@@ -173,7 +203,13 @@ def test_demo_attackers_against_a_robust_strategy(tmp_path):
     (("--momentum", "1"), ("--momentum must be 0 or more and below 1",)),
     (("--clusters", "0"), ("--clusters must be 1 to 64, not 0",)),
     (("--clusters", "2", "--dp", "central"), ("--clusters", "--dp")),
+    (("--clusters", "2", "--rollout"), ("--clusters", "--rollout")),
     (("--weighting", "loss", "--strategy", "median"), ("weighting = 'loss'", "mean-based")),
+    (("--sites", "2", "--secure"), ("--sites", "--secure")),
+    (("--sites", "2", "--devices-per-site", "0"), ("--devices-per-site must be >= 1",)),
+    (("--bad-candidate", "2"), ("--bad-candidate needs --rollout",)),
+    (("--rollout", "--bad-candidate", "11"), ("--bad-candidate must be 1 to --rounds",)),
+    (("--rollout", "--mode", "async"), ("--rollout needs --mode sync",)),
 ])
 def test_demo_refuses_flags_that_do_not_work_together(args, words):
     stderr = _refused("--devices", "5", *args)

@@ -21,6 +21,7 @@ import pytest
 from aggregator.config import AggregatorConfig, AsyncConfig
 from aggregator.ingest_batch import IngestConfig
 from aggregator.service import Aggregator
+from aggregator.store import Store
 from edge_client.shared.protocol import Topics
 from edge_client.shared.protocol.chunking import decode_chunk, split
 from edge_client.training import mlp_trainer
@@ -54,13 +55,15 @@ def test_a_federation_with_two_ingest_workers_reaches_its_versions(mosquitto, tm
 
 
 def test_a_burst_of_multi_chunk_updates_through_two_workers_is_stored_and_acked(
-        mosquitto, tmp_path):
+        mosquitto, store_url):
+    """The writer's group commits on SQLite and on PostgreSQL (`store_url`)."""
     devices = 200
     weights = mlp_trainer(SIZES, seed=0).get_weights()
+    where = {"db_url": store_url} if isinstance(store_url, str) else {"db_path": store_url}
     config = AggregatorConfig(federation=FEDERATION, port=mosquitto.port, mode="async",
                               async_=AsyncConfig(buffer_size=NEVER), rounds=0,
-                              db_path=tmp_path / "agg.sqlite3", presence_settle_s=0.2,
-                              ingest=IngestConfig(workers=2))
+                              presence_settle_s=0.2, ingest=IngestConfig(workers=2),
+                              **where)
     agg = Aggregator(config, initial_weights=weights)
     stop = threading.Event()
     serving = threading.Thread(target=agg.run, args=(stop, False), daemon=True)
@@ -84,11 +87,12 @@ def test_a_burst_of_multi_chunk_updates_through_two_workers_is_stored_and_acked(
         stop.set()
         serving.join(30)
         burst.close()
-    stored = {n for (_, n, _, _) in _stored(config.db_path)}
-    assert stored == set(burst.acked)
-    with sqlite3.connect(config.db_path) as db:
-        reasons = [r for (r,) in db.execute("SELECT reason FROM rejections")]
-    assert len(reasons) == 1  # the junk, once
+    store = Store(config.store_location)
+    try:
+        assert {nonce for _, _, nonce, _ in store.update_keys()} == set(burst.acked)
+        assert store.count_rejections() == 1  # the junk, once
+    finally:
+        store.close()
 
 
 def _payloads(chunks: list[bytes]) -> list[bytes]:

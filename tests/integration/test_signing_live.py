@@ -62,11 +62,15 @@ def _reasons(db_path) -> list[str]:
 
 
 @pytest.mark.parametrize("workers", [1, 2])  # 2: signatures checked in ingest workers
-def test_enrolled_devices_take_part_and_strangers_are_refused(mosquitto, tmp_path, workers):
+def test_enrolled_devices_take_part_and_strangers_are_refused(mosquitto, tmp_path, workers,
+                                                              store_url):
+    """On SQLite and on PostgreSQL: with 2 workers, each reads the keys through its own
+    connection to the store (aggregator/ingest_workers.py EnrolledKeys)."""
     data = Digits(devices=3)
+    where = {"db_url": store_url} if isinstance(store_url, str) else {}  # else the fleet's
     agg = _secure_aggregator(mosquitto, tmp_path, data, rounds=1,
                              sync=dataclasses.replace(make_aggregator_sync(), target_updates=2),
-                             ingest=IngestConfig(workers=workers))
+                             ingest=IngestConfig(workers=workers), **where)
     members = [_secure_client(mosquitto, tmp_path, data, i, agg) for i in range(2)]
     stranger = _secure_client(mosquitto, tmp_path, data, 2, agg, enroll=False)
     runs = [Running(agg.run, "aggregator")] + [Running(c.run, f"d{i}")
@@ -75,10 +79,13 @@ def test_enrolled_devices_take_part_and_strangers_are_refused(mosquitto, tmp_pat
         run.join(60)
     runs[3].halt()
     assert agg.version == 1 and agg.history[1].devices == ("dev-0", "dev-1")
-    assert {r[0] for r in _rows(agg.config.db_path)} == {"dev-0", "dev-1"}
-    assert all(c.stats.acks["accepted"] == 1 for c in members)
     from aggregator.store import Store
-    audit = Store(agg.config.db_path).audit(1)  # what `fedge aggregator audit` reads
+    store = Store(agg.config.store_location)  # what `fedge aggregator audit` reads
+    assert {k[0] for k in store.update_keys()} == {"dev-0", "dev-1"}
+    assert all(c.stats.acks["accepted"] == 1 for c in members)
+    audit = store.audit(1)
+    assert any("not enrolled" in r for _, _, r in store.rejections())  # the stranger
+    store.close()
     assert [a["device_id"] for a in audit] == ["dev-0", "dev-1"]
     assert all(len(a["digest"]) == 64 and a["num_samples"] > 0 for a in audit)
 

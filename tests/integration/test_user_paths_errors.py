@@ -45,6 +45,10 @@ def _fedge(*args: str | Path, timeout: float = 30) -> subprocess.CompletedProces
      "[model] layers[0] (conv1d): missing key 'kernel'"),
     ('[secagg]\nenabled = true\n[privacy]\nmode = "central"\n',
      "does not work with privacy.mode = 'central'"),
+    ('[train]\npartial_work = "sometimes"\n', "partial_work must be one of"),
+    ('[uplink]\nsparsify = "topk"\nenergy = 0.5\n', "max_fraction must be in [fraction, 1]"),
+    ('[downlink.codec]\nsparsify = "topk"\nquantize = "q8"\nenergy = 0.5\n'
+     'max_fraction = 0.1\n', "energy (adaptive top-k) is for the uplink only"),
 ])
 def test_aggregator_mistakes_are_refused_at_start(tmp_path, toml, message):
     config = tmp_path / "agg.toml"

@@ -80,6 +80,7 @@ class PairedDevice(ScriptedDevice):
         self.stored: list[str] = []  # nonces written to the outbox, over every boot
         self.acks: list[Ack] = []  # every ack delivered (a resend's second ack too)
         self.fits: list[str] = []  # the task of every fit started
+        self.served: list[int] = []  # every version handed to the app (its on_model)
         self.bad_messages = 0
         self.boot()
 
@@ -90,7 +91,8 @@ class PairedDevice(ScriptedDevice):
         self.trainer = mlp_trainer(SIZES, seed=1)
         self.session = DeviceSession(self.config, self.narrator,
                                      session_id=f"{self.name}-boot-{self.boots}")
-        self.io = DeviceIO(self.config, self.trainer, self.narrator, None)
+        self.io = DeviceIO(self.config, self.trainer, self.narrator,
+                           lambda version, arch, weights: self.served.append(version))
         self.io.data = lambda: (self.x, self.y)
         self.feed(self.io.resumed())
         self.feed(ev.EligibilityChecked(self.decision))
@@ -156,6 +158,8 @@ class PairedDevice(ScriptedDevice):
                 return super()._answer(action)
             case act.CheckEligibility() | act.StopFit():
                 return super()._answer(action)
+            case act.EvaluateCanary():  # the default held-out fifth, as EdgeClient without one
+                return self.io.evaluate_canary(action, self.io.held_out((self.x, self.y)))
             case _:
                 answer = self.io.execute(action, lambda: (self.x, self.y), lambda: False,
                                          lambda: False)

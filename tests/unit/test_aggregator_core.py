@@ -7,6 +7,7 @@ at the actions it answers and the state it keeps in the store.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,16 +43,25 @@ WEIGHTS = {"b": np.zeros(3, np.float32), "w": np.zeros((2, 4), np.float32)}
 SIZE = 11
 
 
+def store_config(where: Path | str) -> dict[str, Path | str]:
+    """The AggregatorConfig keys that put the store `where`."""
+    if isinstance(where, str):
+        return {"db_url": where}
+    return {"db_path": where if where.suffix == ".sqlite3" else where / "agg.sqlite3"}
+
+
 class Harness:
     """One core, its store, a clock, and what it answered so far."""
 
-    def __init__(self, tmp_path, clock: Clock | None = None, **config) -> None:
+    def __init__(self, where: Path | str, clock: Clock | None = None, **config) -> None:
+        """`where`: a folder for an SQLite store, its file (*.sqlite3), or a
+        postgresql:// URL (the `store_url` fixture gives either backend)."""
         config.setdefault("sync", SyncConfig(target_updates=2, min_fraction=1.0,
                                              round_timeout_s=60))
-        self.config = AggregatorConfig(federation=FED, db_path=tmp_path / "agg.sqlite3",
-                                       train=TrainConfig(epochs=1), **config)
+        config.update(store_config(where))
+        self.config = AggregatorConfig(federation=FED, train=TrainConfig(epochs=1), **config)
         self.clock = clock or Clock()
-        self.store = Store(self.config.db_path)
+        self.store = Store(self.config.store_location)
         self.core = AggregatorCore(self.config, self.store, self.clock.at(), lambda b: b,
                                    initial_weights=WEIGHTS)
         self.actions: list = []
@@ -97,8 +107,8 @@ def update(device: str, task: Task, value: float = 0.1, nonce: str = "",
 
 
 # ---------------------------------------------------------------- plain rounds
-def test_a_round_makes_a_version_publishes_the_model_and_opens_the_next(tmp_path):
-    h = Harness(tmp_path)
+def test_a_round_makes_a_version_publishes_the_model_and_opens_the_next(store_url):
+    h = Harness(store_url)
     task = h.connect(["dev-0", "dev-1", "dev-2"])
     subscribed = [a.topic for a in h.actions if isinstance(a, Subscribe)]
     assert subscribed == [TOPICS.all_updates, TOPICS.all_statuses]
@@ -124,8 +134,8 @@ def test_a_round_makes_a_version_publishes_the_model_and_opens_the_next(tmp_path
         snapshot.global_weights["w"] = np.ones(3)  # read-only for other threads
 
 
-def test_a_resend_is_acked_as_a_duplicate_and_stored_once(tmp_path):
-    h = Harness(tmp_path)
+def test_a_resend_is_acked_as_a_duplicate_and_stored_once(store_url):
+    h = Harness(store_url)
     task = h.connect(["dev-0", "dev-1"])
     first = update("dev-0", task)
     assert [a.status for a in h.upload(first)] == ["accepted"]
@@ -160,9 +170,9 @@ def test_an_update_after_its_round_closed_is_acked_late_and_not_aggregated(tmp_p
     ({"base": 7}, "base version 7"),
     ({"task_id": "r9-unknown"}, "unknown task"),
 ])
-def test_an_update_the_round_cannot_take_is_rejected_with_its_reason(tmp_path, change,
+def test_an_update_the_round_cannot_take_is_rejected_with_its_reason(store_url, change,
                                                                       reason):
-    h = Harness(tmp_path)
+    h = Harness(store_url)
     task = h.connect(["dev-0", "dev-1"])
     if "task_id" in change:
         task = Task(task_id=change["task_id"], mode="sync", round=9, model_version=0,
@@ -174,8 +184,8 @@ def test_an_update_the_round_cannot_take_is_rejected_with_its_reason(tmp_path, c
 
 
 def test_a_round_short_of_updates_at_its_deadline_starts_again_with_a_longer_one(
-        tmp_path, caplog):
-    h = Harness(tmp_path)
+        store_url, caplog):
+    h = Harness(store_url)
     task = h.connect(["dev-0", "dev-1"])
     h.upload(update("dev-0", task))
     caplog.set_level(logging.INFO, logger="aggregator.service")
@@ -192,8 +202,8 @@ def test_a_round_short_of_updates_at_its_deadline_starts_again_with_a_longer_one
     assert again.round == 1 and again.deadline == pytest.approx(h.clock.wall + 90)
 
 
-def test_pausing_holds_rounds_and_says_why(tmp_path, caplog):
-    h = Harness(tmp_path)
+def test_pausing_holds_rounds_and_says_why(store_url, caplog):
+    h = Harness(store_url)
     h.send(SetTraining(False))
     caplog.set_level(logging.INFO, logger="aggregator.service")
     h.send(LinkUp(h.clock.at()))
@@ -204,13 +214,13 @@ def test_pausing_holds_rounds_and_says_why(tmp_path, caplog):
     assert any("waiting for devices" in r.getMessage() for r in caplog.records)
 
 
-def test_a_restart_resumes_the_open_round_and_its_stored_updates(tmp_path):
+def test_a_restart_resumes_the_open_round_and_its_stored_updates(store_url):
     clock = Clock()
-    h = Harness(tmp_path, clock)
+    h = Harness(store_url, clock)
     task = h.connect(["dev-0", "dev-1"])
     h.upload(update("dev-0", task))
     h.store.close()  # a crash: nothing but the store survives
-    again = Harness(tmp_path, clock)
+    again = Harness(store_url, clock)
     assert again.core.state.task == task and len(again.core.state.pending) == 1
     again.send(LinkUp(clock.at()))
     assert task in tasks(again.actions)  # the open task is published again
@@ -221,8 +231,8 @@ def test_a_restart_resumes_the_open_round_and_its_stored_updates(tmp_path):
     assert again.core.state.version == 1
 
 
-def test_async_buffers_updates_into_versions_with_no_deadline(tmp_path):
-    h = Harness(tmp_path, mode="async", async_=AsyncConfig(buffer_size=2))
+def test_async_buffers_updates_into_versions_with_no_deadline(store_url):
+    h = Harness(store_url, mode="async", async_=AsyncConfig(buffer_size=2))
     task = h.connect(["dev-0", "dev-1"])
     assert task.mode == "async" and task.deadline is None
     for device in ("dev-0", "dev-1"):
@@ -234,8 +244,8 @@ def test_async_buffers_updates_into_versions_with_no_deadline(tmp_path):
     assert following.model_version == 1 and stale.status == "duplicate"
 
 
-def test_a_retained_update_chunk_is_cleared_and_a_bad_status_refused(tmp_path):
-    h = Harness(tmp_path)
+def test_a_retained_update_chunk_is_cleared_and_a_bad_status_refused(store_url):
+    h = Harness(store_url)
     out = h.send(UpdateChunk(TOPICS.update("dev-0"), b"junk", True, h.clock.at()))
     assert out[0] == ClearRetained(TOPICS.update("dev-0"))
     out = h.send(StatusMessage(TOPICS.status("dev-0"), b"\x90", True, h.clock.at()))
@@ -243,8 +253,8 @@ def test_a_retained_update_chunk_is_cleared_and_a_bad_status_refused(tmp_path):
     assert h.store.counter("statuses_refused") == 1
 
 
-def test_every_version_is_done_then_devices_are_told_to_stop(tmp_path):
-    h = Harness(tmp_path, rounds=1)
+def test_every_version_is_done_then_devices_are_told_to_stop(store_url):
+    h = Harness(store_url, rounds=1)
     task = h.connect(["dev-0", "dev-1"])
     for device in task.expected():
         h.upload(update(device, task))
@@ -254,10 +264,10 @@ def test_every_version_is_done_then_devices_are_told_to_stop(tmp_path):
     assert done.done and h.core.state.done_published and h.core.state.snapshot().finished
 
 
-def test_an_async_update_after_the_last_version_is_late_and_not_held(tmp_path):
+def test_an_async_update_after_the_last_version_is_late_and_not_held(store_url):
     """At fleet size, thousands of async updates arrive after training ends: each is
     kept on disk as late and answered so, never folded into a round that will not come."""
-    h = Harness(tmp_path, mode="async", rounds=1, async_=AsyncConfig(buffer_size=2))
+    h = Harness(store_url, mode="async", rounds=1, async_=AsyncConfig(buffer_size=2))
     task = h.connect(["dev-0", "dev-1", "dev-2"])
     for device in ("dev-0", "dev-1"):
         h.upload(update(device, task))
@@ -269,8 +279,8 @@ def test_an_async_update_after_the_last_version_is_late_and_not_held(tmp_path):
 
 
 # ---------------------------------------------------------------- secure rounds
-def test_a_secure_round_with_dropouts_makes_a_version_from_the_survivors(tmp_path, caplog):
-    h = Harness(tmp_path, sync=SyncConfig(target_updates=5, min_fraction=0.6,
+def test_a_secure_round_with_dropouts_makes_a_version_from_the_survivors(store_url, caplog):
+    h = Harness(store_url, sync=SyncConfig(target_updates=5, min_fraction=0.6,
                                           round_timeout_s=60),
                 secagg=SecAggConfig(enabled=True, phase_timeout_s=10, graph="complete"))
     devices = [f"dev-{i}" for i in range(5)]

@@ -66,6 +66,8 @@ def test_acl_text_exact_lines() -> None:
         "topic write fedge/fed/update/dev1",
         "topic readwrite fedge/fed/status/dev1",  # its own: a duplicate id shows
         "topic write fedge/fed/secagg/dev1",
+        "topic write fedge/fed/canary/dev1",
+        "topic read fedge/fed/rollout",
         "topic read fedge/fed/model",
         "topic read fedge/fed/model/#",
         "topic read fedge/fed/task",
@@ -77,6 +79,8 @@ def test_acl_text_exact_lines() -> None:
         "topic write fedge/fed/update/dev2",
         "topic readwrite fedge/fed/status/dev2",
         "topic write fedge/fed/secagg/dev2",
+        "topic write fedge/fed/canary/dev2",
+        "topic read fedge/fed/rollout",
         "topic read fedge/fed/model",
         "topic read fedge/fed/model/#",
         "topic read fedge/fed/task",

@@ -113,9 +113,9 @@ def test_a_restarted_device_resends_its_outbox_and_does_not_train_twice():
     sent = _trained(before)
     held = HeldModel(0, drv.weights(0), {}, before.session.downlink.model.sha256)
     after = ScriptedDevice()
-    aside = after.feed(Resumed(done_tasks=(), model=held, outbox=(
+    aside = after.of(act.SetAsideUpdate, after.feed(Resumed(done_tasks=(), model=held, outbox=(
         OutboxEntry(sent.nonce, before.outbox[sent.nonce]),
-        OutboxEntry("ab" * 8, b"not an update"))))
+        OutboxEntry("ab" * 8, b"not an update")))))
     assert aside == [act.SetAsideUpdate("ab" * 8, aside[0].why)]
     assert after.session.model_version == 0 and after.session.book.is_done("r1")
     [resent] = after.of(act.PublishUpdate, after.feed(LinkUp()))

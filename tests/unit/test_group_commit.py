@@ -18,14 +18,14 @@ from aggregator.core import SendAck, StatusMessage, UpdateChunk
 from aggregator.ingest_batch import BatchBounds, IngestConfig
 from aggregator.presence import PresenceConfig
 from aggregator.service import Aggregator, now
-from aggregator.store import Store
+from aggregator.store_db import StoreUnreachable
 from aggregator.store_group import GroupLost
 from aggregator.store_seal import read_seal, seal_path
 from edge_client.shared.protocol import Status, encode
 from edge_client.shared.protocol.chunking import split
 from edge_client.shared.settings import ConfigError
 from edge_client.shared.transport import Inbound
-from tests.unit.test_aggregator_core import TOPICS, WEIGHTS, Harness, update
+from tests.unit.test_aggregator_core import TOPICS, WEIGHTS, Harness, store_config, update
 from tests.unit.test_handler_fuzz import FakeLink
 
 DEVICES = [f"dev-{i}" for i in range(8)]
@@ -70,7 +70,7 @@ def test_a_batch_of_updates_statuses_and_rejections_is_one_commit(tmp_path, monk
     fsyncs = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
-    commits = Commits(h.store.db)
+    commits = Commits(h.store.db.raw)
     sealed_before = read_seal(seal_path(h.store.path))
     events = [e for d in DEVICES for e in _chunks(h, update(d, task))]
     events += [_status(h, d, online=False) for d in DEVICES[:3]]
@@ -96,7 +96,7 @@ def test_a_batch_that_stores_no_update_commits_without_an_fsync(tmp_path, monkey
     h.connect(DEVICES)
     fsyncs = []
     monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd))
-    commits = Commits(h.store.db)
+    commits = Commits(h.store.db.raw)
     with h.core.batch():
         for device in DEVICES:
             h.core.handle(UpdateChunk(TOPICS.update(device), b"junk", False, h.clock.at()))
@@ -106,21 +106,23 @@ def test_a_batch_that_stores_no_update_commits_without_an_fsync(tmp_path, monkey
     assert h.store.devices() == [] or all(d["online"] for d in h.store.devices())
 
 
-def test_a_failed_commit_raises_group_lost_and_seals_nothing(tmp_path):
-    store = Store(tmp_path / "s.sqlite3")
-    store.keep_sealed()
+def test_a_failed_commit_raises_group_lost_and_seals_nothing(make_store):
+    store = make_store()
+    store.keep_sealed()  # SQLite only: PostgreSQL has no seal file
     with pytest.raises(GroupLost), store.group():
         store.count("x")
         store.db.execute("ROLLBACK")  # what SQLite does by itself on disk full
-    assert read_seal(seal_path(store.path)).updates == 0 and store.counter("x") == 0
+    assert store.counter("x") == 0
+    if store.engine == "sqlite":
+        assert read_seal(seal_path(store.path)).updates == 0
     with store.group():  # the store is usable again
         store.count("x")
     assert store.counter("x") == 1 and store.commits == 1
     store.close()
 
 
-def test_a_failed_part_rolls_back_only_itself(tmp_path):
-    store = Store(tmp_path / "s.sqlite3")
+def test_a_failed_part_rolls_back_only_itself(make_store):
+    store = make_store()
     with store.group():
         store.count("kept")
         with pytest.raises(ZeroDivisionError), store._transaction():
@@ -159,8 +161,8 @@ def test_bad_batch_bounds_get_one_line_naming_the_key(table, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_the_service_loop_batches_what_has_arrived_then_acks_after_the_commit(tmp_path):
-    config = AggregatorConfig(federation="core", db_path=tmp_path / "a.sqlite3",
+def test_the_service_loop_batches_what_has_arrived_then_acks_after_the_commit(store_url):
+    config = AggregatorConfig(federation="core", **store_config(store_url),
                               sync=SyncConfig(target_updates=len(DEVICES), min_fraction=1.0),
                               ingest=SLOW_MACHINE)
     agg = Aggregator(config, initial_weights=WEIGHTS)
@@ -196,7 +198,7 @@ def test_statuses_wait_in_memory_and_are_written_after_write_every_s(tmp_path):
     h.connect(DEVICES[:2])
     h.tick(5.0)
     assert {d["device_id"] for d in h.store.devices()} == set(DEVICES[:2])
-    commits = Commits(h.store.db)
+    commits = Commits(h.store.db.raw)
     h.send(_status(h, "dev-0", online=False))
     h.tick(1.0)
     assert commits.count == 0 and all(d["online"] for d in h.store.devices())
@@ -211,9 +213,9 @@ def test_write_every_s_is_checked():
         load_aggregator_config({"presence": {"write_every_s": 0}})
 
 
-def test_a_batch_ends_when_the_round_has_its_updates(tmp_path):
+def test_a_batch_ends_when_the_round_has_its_updates(store_url):
     """As if a tick followed every message: the update after the target is late."""
-    config = AggregatorConfig(federation="core", db_path=tmp_path / "a.sqlite3",
+    config = AggregatorConfig(federation="core", **store_config(store_url),
                               sync=SyncConfig(target_updates=3, min_fraction=1.0,
                                               over_selection=1.0), ingest=SLOW_MACHINE)
     agg = Aggregator(config, initial_weights=WEIGHTS)
@@ -233,8 +235,8 @@ def test_a_batch_ends_when_the_round_has_its_updates(tmp_path):
     agg.store.close()
 
 
-def test_a_lost_batch_sends_none_of_its_acks_and_stops_the_service(tmp_path, caplog):
-    config = AggregatorConfig(federation="core", db_path=tmp_path / "a.sqlite3",
+def test_a_lost_batch_sends_none_of_its_acks_and_stops_the_service(store_url, caplog):
+    config = AggregatorConfig(federation="core", **store_config(store_url),
                               sync=SyncConfig(target_updates=len(DEVICES), min_fraction=1.0),
                               ingest=SLOW_MACHINE)
     agg = Aggregator(config, initial_weights=WEIGHTS)
@@ -256,4 +258,27 @@ def test_a_lost_batch_sends_none_of_its_acks_and_stops_the_service(tmp_path, cap
     assert not [p for p in agg.link.published if "/ack/" in p[0]]
     assert agg.store.count_updates() == 0
     assert "stopping without acknowledging that batch's 1 message(s)" in caplog.text
+    agg.store.close()
+
+
+def test_a_lost_postgresql_server_stops_the_service_without_the_batchs_acks(postgres_url):
+    """The session killed while a batch is handled: StoreUnreachable (an OSError: `serve`
+    prints it as one line) leaves the loop, and none of the batch's acks go out."""
+    import psycopg
+
+    config = AggregatorConfig(federation="core", db_url=postgres_url,
+                              sync=SyncConfig(target_updates=len(DEVICES), min_fraction=1.0),
+                              ingest=SLOW_MACHINE)
+    agg = Aggregator(config, initial_weights=WEIGHTS)
+    agg.link = FakeLink()
+    agg.available = set(DEVICES)
+    agg.core.open_task(now())
+    task = agg.core.state.task
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (agg.store.db.raw.info.backend_pid,))
+    [chunk] = split(encode(update(DEVICES[0], task)), f"{DEVICES[0]}-{task.task_id}", 1024)
+    with pytest.raises(StoreUnreachable, match=r"^db_url \S+: lost the PostgreSQL server"):
+        agg._serve_batch(Inbound(TOPICS.update(DEVICES[0]), chunk, False))
+    assert isinstance(StoreUnreachable("x"), OSError)
+    assert not [p for p in agg.link.published if "/ack/" in p[0]]
     agg.store.close()

@@ -93,12 +93,12 @@ def test_a_worker_refuses_what_the_service_would_refuse(tmp_path):
     assert worker.on_chunk("fedge/core/update/bad device", b"x", _now()) is None
 
 
-def test_signatures_are_checked_against_the_key_in_the_store(tmp_path):
+def test_signatures_are_checked_against_the_key_in_the_store(tmp_path, store_url):
     identity = Identity.generate()
-    store = Store(tmp_path / "agg.sqlite3")
+    store = Store(store_url)  # SQLite, or PostgreSQL: the worker's own session either way
     store.enroll("dev-0", identity.public_text)
     store.enroll("dev-1", Identity.generate().public_text)
-    keys = EnrolledKeys(tmp_path / "agg.sqlite3")
+    keys = EnrolledKeys(store_url)
     worker = _worker(tmp_path, security=True, keys=keys.key_of)
     sent = _update()
     [ok] = _feed(worker, "dev-0", seal(encode(sent), identity), sent.nonce)

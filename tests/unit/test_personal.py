@@ -12,8 +12,8 @@ from aggregator.personalize import device_figures, personal_info
 from aggregator.strategy import StrategyConfig
 from aggregator.strategy.fedavg import FedAvg
 from aggregator.strategy.folding import Arrival, FlatUpdate, MeanSum
+from edge_client.holdout import split_holdout
 from edge_client.personal import LocalModels
-from edge_client.personal.holdout import split_holdout
 from edge_client.shared.clusters import (
     cluster_count,
     cluster_of_coordinates,

@@ -122,7 +122,7 @@ def test_diurnal_states_are_plain_python_and_varied():
 
 
 def test_profile_by_name():
-    assert set(PROFILES) == {"always", "diurnal"}
+    assert set(PROFILES) == {"always", "diurnal", "stragglers"}
     assert isinstance(profile_by_name("always"), AlwaysOn)
     assert profile_by_name("diurnal", seed=4) == Diurnal(seed=4)
     with pytest.raises(ValueError, match="unknown profile 'weekly'"):

@@ -20,12 +20,14 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.fairness import fairness_of
+from aggregator.lifecycle import Stage, StageChange
 from aggregator.store import Store
 from aggregator.web import create_app, load_token, serve_dashboard
 from aggregator.web.openapi import openapi_document
 from edge_client.shared.identity import Identity
 from edge_client.shared.protocol import Model, Status, Task, TrainConfig, Update, decode, encode
 from edge_client.shared.protocol.chunking import sha256_hex
+from tests.conftest import STORE_BACKENDS
 
 READ, ADMIN = "read-token-123", "admin-token-456"
 DEVICES = ("dev-0", "dev-1", "dev-2", "dev-3", "dev-4")
@@ -38,7 +40,7 @@ MODEL_BYTES = 400_105  # the demo's float32 MLP as sent
 class Filled:
     """What fill_store wrote, for the assertions."""
 
-    path: Path
+    path: Path | str  # an SQLite file, or a postgresql:// URL
     versions: int
     blobs: dict[int, bytes] = field(default_factory=dict)
     contributions: dict[str, int] = field(default_factory=dict)
@@ -135,7 +137,7 @@ def _spread_times(store: Store, versions: int) -> None:
                          (now - (1200 if i == 4 else 3 + 2 * i), device))
 
 
-def fill_store(path: Path) -> Filled:
+def fill_store(path: Path | str) -> Filled:
     """Ten sync versions from five devices, pending and late updates, rejections, keys."""
     store = Store(path)
     filled = Filled(path, versions=len(ACCURACY))
@@ -154,8 +156,20 @@ def fill_store(path: Path) -> Filled:
     for device in DEVICES:
         store.enroll(device, Identity.generate().public_text)
     _spread_times(store, filled.versions)
+    _stages(store, filled.versions)
     store.close()
     return filled
+
+
+STAGES = {8: "production", 9: "rolled_back", 10: "canary"}  # the rest: retired
+
+
+def _stages(store: Store, versions: int) -> None:
+    """Every stage a version can have (docs/lifecycle.md), with its audit lines."""
+    store.migrate_stages()
+    store.set_stages([StageChange(time.time(), v, Stage.PRODUCTION,
+                                  Stage(STAGES.get(v, "retired")), "rule", "test store")
+                      for v in range(versions + 1) if STAGES.get(v) != "production"])
 
 
 class FakeActions:
@@ -175,14 +189,24 @@ class FakeActions:
         self.calls.append(("strategy", name))
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Filled:
-    """Filled once (each commit is fsynced, so filling is the slow part), copied per test."""
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def template(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> Filled:
+    """Filled once per backend (each commit is durable, so filling is the slow part),
+    copied per test: the file, or a PostgreSQL database made from it as a template."""
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        return fill_store(server.create_database())
     return fill_store(tmp_path_factory.mktemp("template") / "agg.sqlite3")
 
 
 @pytest.fixture
-def filled(template: Filled, tmp_path: Path) -> Filled:
+def filled(request: pytest.FixtureRequest, template: Filled, tmp_path: Path) -> Filled:
+    if isinstance(template.path, str):
+        server = request.getfixturevalue("postgres_server")
+        url = server.create_database(template=template.path)
+        request.addfinalizer(lambda: server.drop_database(url))
+        return dataclasses.replace(template, path=url)
     path = tmp_path / "agg.sqlite3"
     shutil.copyfile(template.path, path)  # closed stores leave no WAL file behind
     return dataclasses.replace(template, path=path)
@@ -385,9 +409,10 @@ def test_non_finite_numbers_become_null(tmp_path):
 
 
 def test_reads_while_the_service_holds_a_write_transaction(filled):
-    """WAL: the dashboard's reads do not wait for the aggregator's open transaction."""
+    """The dashboard's reads do not wait for the aggregator's open transaction (WAL;
+    MVCC on PostgreSQL)."""
     writer = Store(filled.path)
-    writer.db.execute("BEGIN IMMEDIATE")
+    writer.db.begin()  # BEGIN IMMEDIATE on SQLite
     writer.db.execute("UPDATE counters SET value=value+1")
     try:
         client = create_app(filled.path, READ, ADMIN).test_client()
@@ -741,7 +766,7 @@ def test_secure_rounds_count_as_contributions_though_no_update_is_stored(filled,
                                       ("s3", "aborted", ["dev-0"])):  # made no version
         log.opened(task, ("dev-0", "dev-1"), 16, 4, "advertise_keys")
         log.ended(task, state, {"contributors": contributors})
-    store.db.commit()
+    store.db.raw.commit()
     store.close()
     client = create_app(filled.path, READ, ADMIN, actions).test_client()
     assert get(client, "/api/overview").get_json()["secure_contributions"] == 3

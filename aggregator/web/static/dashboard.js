@@ -211,10 +211,55 @@
     return td;
   }
 
+  // A version's stage (api/versions "stage"): served (production), under evaluation
+  // (canary), refused (rolled_back); a copy made by a rollback says of which version.
+  function stageCell(v) {
+    const stage = v.stage || "";
+    const label = stage.replace("_", " ") + (v.copy_of === undefined ? "" : ` (copy of v${v.copy_of})`);
+    return [label || dash, "stage stage-" + (stage || "none")];
+  }
+
+  // What an operator may do with a version (docs/lifecycle.md); needs the admin token.
+  function stageActions(v, production) {
+    const td = document.createElement("td");
+    const offer = (command, version, label, title) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "link stage-action";
+      button.dataset.command = command;
+      button.textContent = label;
+      button.title = title;
+      button.addEventListener("click", () => askStage(command, version, title));
+      td.appendChild(button);
+    };
+    if (v.stage === "candidate" || v.stage === "canary") {
+      offer("promote", v.version, "promote", `serve v${v.version} now`);
+      if (production !== undefined) offer("rollback", production, "reject", `roll back v${v.version}; keep serving v${production}`);
+    } else if (v.stage === "retired" || v.stage === "rolled_back") {
+      offer("rollback", v.version, "roll back to", `serve v${v.version} again (as a new copy)`);
+    }
+    return td;
+  }
+
+  async function askStage(command, version, what) {
+    if (!window.confirm(`${what}? This needs the admin token.`)) return;
+    const token = sessionStorage.getItem(KEY);
+    const res = await fetch("api/admin/stage", {
+      method: "POST", cache: "no-store",
+      headers: { "Content-Type": "application/json", ...(token ? { Authorization: "Bearer " + token } : {}) },
+      body: JSON.stringify({ command, version }),
+    });
+    const body = await res.json().catch(() => ({}));
+    text("status", res.ok ? `Requested ${command} ${version}: the service applies it within a second`
+      : (res.status === 403 || res.status === 401 ? "Changing stages needs the admin token" : `Not done: ${body.error || res.statusText}`));
+    if (res.ok) setTimeout(refresh, 1000);
+  }
+
   function renderVersions(versions) {
+    const production = (versions.filter((v) => v.stage === "production").pop() || {}).version;
     const rows = versions.slice(-MAX_VERSION_ROWS).reverse().map((v) => {
       const tr = row([
-        ["v" + v.version, "num"], [when(v.created_at)], [int(v.round), "num"],
+        ["v" + v.version, "num"], stageCell(v), [when(v.created_at)], [int(v.round), "num"],
         [int(v.updates), "num"], [bytes(v.update_bytes), "num"], downlink(v),
         [fixed(4)(v.accuracy), "num"], [fixed(4)(v.loss), "num"],
         [v.round_wall_s === undefined ? dash : fixed(2)(v.round_wall_s) + " s", "num"],
@@ -222,9 +267,10 @@
         [(v.devices || []).join(", ")],
       ]);
       tr.appendChild(downloadCell(v.version));
+      tr.appendChild(stageActions(v, production));
       return tr;
     });
-    $("versions").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(12, "No model yet")]));
+    $("versions").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(14, "No model yet")]));
   }
 
   // Per version: the spread of accuracy on the devices' own data, and who gave how much
@@ -253,6 +299,58 @@
       : [emptyRow(4, "Not personalised or clustered ([personalize], [clusters])")]));
   }
 
+  // Drift per device (api/drift): its latest scores, a sparkline of its PSI over time,
+  // and the retraining campaigns the [drift] rule opened.
+  function sparkline(points) {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("width", "120");
+    svg.setAttribute("height", "24");
+    svg.setAttribute("class", "spark");
+    const values = points.map((p) => p.psi_max).filter((v) => v !== null);
+    if (values.length > 1) {
+      const top = Math.max(...values, 0.25);
+      const line = document.createElementNS(ns, "polyline");
+      line.setAttribute("points", values.map((v, i) =>
+        `${(i * 118 / (values.length - 1) + 1).toFixed(1)},${(23 - v / top * 22).toFixed(1)}`).join(" "));
+      line.setAttribute("fill", "none");
+      line.setAttribute("stroke", "currentColor");
+      svg.appendChild(line);
+    }
+    return svg;
+  }
+
+  function renderDrift(d) {
+    const rule = d.rule.enabled ? `rule: PSI ${d.rule.statistic} > ${d.rule.psi_threshold ?? dash}` +
+      (d.rule.accuracy_floor ? ` or accuracy < ${d.rule.accuracy_floor}` : "") +
+      ` on ≥ ${d.rule.min_devices} device(s)` : "no [drift] rule configured";
+    const campaigns = d.campaigns.map((c) => `campaign ${c.number} at v${c.at_version}` +
+      (c.until_version === null ? "" : ` → v${c.until_version}`) + (c.open ? " (open)" : "") +
+      `: ${c.devices.join(", ")}`);
+    text("drift-summary", [rule, ...campaigns].join(" · "));
+    const body = d.devices.map((r) => {
+      const tr = row([[r.device_id], [r.online ? "online" : "offline"],
+        [fixed(3)(r.psi_max), r.drifting ? "num warn" : "num", r.why || (r.feature === null ? "" : `feature ${r.feature}`)],
+        [fixed(3)(r.psi_mean), "num"], [int(r.seen), "num"],
+        [r.accuracy === null ? dash : `${fixed(3)(r.accuracy)} (${r.labelled})`, "num"],
+        [r.drifting ? "drifting" : "", r.drifting ? "warn" : ""], [""]]);
+      tr.lastChild.appendChild(sparkline(d.history[r.device_id] || []));
+      return tr;
+    });
+    $("drift").tBodies[0].replaceChildren(...(body.length ? body : [emptyRow(8, "No device reports drift")]));
+  }
+
+  // Model lines (api/lines): each architecture's versions and the devices on it; the
+  // devices that refused a model say why.
+  function renderLines(l) {
+    const body = l.lines.map((line) => row([[line.line], [`v${line.first_version}–v${line.last_version}`, "num"],
+      [int(line.devices.length), "num"], [line.devices.join(", ")]]));
+    for (const d of l.devices.filter((d) => d.refused)) {
+      body.push(row([[d.line || dash], ["", "num"], ["", "num"], [`${d.device_id}: ${d.refused}`, "warn"]]));
+    }
+    $("lines").tBodies[0].replaceChildren(...(body.length ? body : [emptyRow(4, "No model yet")]));
+  }
+
   // ------------------------------------------------------------ the loop
   function askForToken(reason) {
     clearTimeout(timer);
@@ -274,6 +372,8 @@
       renderVersions(versions.versions);
       renderFairness(fairness.fairness);
       renderPersonal(personal);
+      api("api/drift").then(renderDrift).catch(() => {});  // its own: an older gateway has none
+      api("api/lines").then(renderLines).catch(() => {});
       $("login").hidden = true;
       $("forget").hidden = !sessionStorage.getItem(KEY);
       text("status", "Updated " + new Date().toLocaleTimeString());

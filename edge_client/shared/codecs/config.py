@@ -30,6 +30,9 @@ _WIRE_KEYS = (
     "error_feedback",
     "compress",
 )
+# Sent only when the adaptive top-k rule is on (energy > 0), so tasks without it read the
+# same to devices that predate it.
+_ADAPTIVE_KEYS = ("energy", "max_fraction")
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,25 @@ class CodecConfig:
     block_size: int = 256
     error_feedback: bool = True
     compress: str = "zlib"
+    energy: float = 0.0
+    """Adaptive top-k (codecs/adaptive.py): send the fewest largest coordinates that carry
+    this share of the error-compensated update's squared norm, between `fraction` and
+    `max_fraction` of them. 0: always `fraction`. Uplink only."""
+    max_fraction: float = 0.0
+    """The adaptive rule's cap, in [fraction, 1]; 0 when `energy` is 0."""
 
     def __post_init__(self) -> None:
         problem = _problem(self)
         if problem is not None:
             raise ValueError(f"bad codec config: {problem}")
 
+    @property
+    def adaptive(self) -> bool:
+        return self.energy > 0
+
     def name(self) -> str:
-        """A short stable label for logs, metrics and file names, e.g. "topk0.01-q4-ef-zlib"."""
+        """A short stable label for logs, metrics and file names, e.g. "topk0.01-q4-ef-zlib"
+        (adaptive: "topk0.01-0.06e0.5-q4-ef-zlib")."""
         parts = [_sparsify_label(self), _quantize_label(self)]
         if self.error_feedback:
             parts.append("ef")
@@ -68,6 +82,8 @@ class CodecConfig:
             "block_size": int(self.block_size),
             "error_feedback": bool(self.error_feedback),
             "compress": self.compress,
+            **({"energy": float(self.energy), "max_fraction": float(self.max_fraction)}
+               if self.adaptive else {}),
         }
 
     @classmethod
@@ -76,15 +92,16 @@ class CodecConfig:
         if not isinstance(raw, dict):
             raise RemoteProtocolError("codec config must be a map")
         check_plain(raw, "codec config", max_depth=1, max_items=64)
-        unknown = sorted(str(key) for key in raw if key not in _WIRE_KEYS)
+        unknown = sorted(str(key) for key in raw
+                         if key not in _WIRE_KEYS and key not in _ADAPTIVE_KEYS)
         if unknown:
             raise RemoteProtocolError(f"codec config has unknown keys {unknown}")
         missing = [key for key in _WIRE_KEYS if key not in raw]
         if missing:
             raise RemoteProtocolError(f"codec config lacks keys {missing}")
-        fields = {key: raw[key] for key in _WIRE_KEYS}
-        for key in ("fraction", "threshold"):
-            if _is_number(fields[key]):
+        fields = {key: raw[key] for key in (*_WIRE_KEYS, *_ADAPTIVE_KEYS) if key in raw}
+        for key in ("fraction", "threshold", *_ADAPTIVE_KEYS):
+            if key in fields and _is_number(fields[key]):
                 fields[key] = float(fields[key])
         try:
             return cls(**fields)
@@ -113,6 +130,23 @@ def _problem(config: CodecConfig) -> str | None:
         return f"error_feedback must be a bool, not {config.error_feedback!r}"
     if not isinstance(config.compress, str) or config.compress not in COMPRESSORS:
         return f"compress must be one of {COMPRESSORS}, not {config.compress!r}"
+    return _adaptive_problem(config)
+
+
+def _adaptive_problem(config: CodecConfig) -> str | None:
+    if not _is_number(config.energy) or not 0.0 <= config.energy < 1.0:
+        return f"energy must be a number in [0, 1), not {config.energy!r}"
+    if not _is_number(config.max_fraction):
+        return f"max_fraction must be a number, not {config.max_fraction!r}"
+    if not config.adaptive:
+        if config.max_fraction != 0:
+            return "max_fraction needs energy > 0 (the adaptive top-k rule)"
+        return None
+    if config.sparsify != "topk":
+        return f"energy (adaptive top-k) needs sparsify = 'topk', not {config.sparsify!r}"
+    if not config.fraction <= config.max_fraction <= 1.0:
+        return (f"max_fraction must be in [fraction, 1] = [{config.fraction:g}, 1], "
+                f"not {config.max_fraction!r}")
     return None
 
 
@@ -121,6 +155,8 @@ def _sparsify_label(config: CodecConfig) -> str:
         return "dense"
     if config.sparsify == "threshold":
         return f"thr{config.threshold:g}"
+    if config.adaptive:
+        return f"topk{config.fraction:g}-{config.max_fraction:g}e{config.energy:g}"
     return f"{config.sparsify}{config.fraction:g}"
 
 

@@ -22,6 +22,7 @@ from edge_client.shared.protocol.bounds import (
     is_number,
 )
 from edge_client.shared.protocol.cohort import EVERYONE, Cohort
+from edge_client.shared.protocol.drift import drift_from
 from edge_client.shared.protocol.errors import MAX_REASON, RemoteProtocolError
 from edge_client.shared.protocol.fields import Fields
 from edge_client.shared.protocol.message_types import (
@@ -55,7 +56,9 @@ def _task_from(f: Fields, _max: int) -> Task:
         train = TrainConfig(epochs=t.int("epochs", maximum=MAX_EPOCHS),
                             batch_size=t.int("batch_size", maximum=MAX_BATCH_SIZE),
                             lr=t.float("lr"), momentum=t.float("momentum"),
-                            prox_mu=t.float("prox_mu"))
+                            prox_mu=t.float("prox_mu"),
+                            partial_work=t.str("partial_work", optional=True) or "off",
+                            max_batches=t.int("max_batches", optional=True) or 0)
     except ValueError as exc:
         raise RemoteProtocolError(f"task: {exc}") from None
     return Task(task_id=f.str("task_id"), mode=mode, round=f.int("round"),
@@ -176,7 +179,8 @@ def _status_from(f: Fields, _max: int) -> Status:
                                           maximum=1),
                   personal_accuracy=f.float("personal_accuracy", optional=True, minimum=0,
                                             maximum=1),
-                  cluster=f.int("cluster", optional=True, maximum=MAX_CLUSTERS - 1))
+                  cluster=f.int("cluster", optional=True, maximum=MAX_CLUSTERS - 1),
+                  drift=drift_from(f))
 
 
 def _invitation_from(f: Fields, _max: int) -> Invitation:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_client.shared.protocol.cohort import Cohort
+from edge_client.shared.protocol.drift import DriftReport
 from edge_client.shared.protocol.errors import LocalProtocolError
 from edge_client.shared.protocol.states import ACK_STATUSES, AckStatus
 from edge_client.shared.protocol.tensors import Weights
@@ -193,6 +194,8 @@ class Status:
     global_accuracy: float | None = None
     personal_accuracy: float | None = None
     cluster: int | None = None
+    # Drift scores of its Predictor (edge_client/drift/); None from devices that keep none.
+    drift: DriftReport | None = None
 
 
 Message = Task | Update | Model | ModelManifest | Ack | Status | Invitation

@@ -24,7 +24,7 @@ from edge_client.shared.protocol.errors import (
     cap_reason,
 )
 from edge_client.shared.protocol.fields import Fields
-from edge_client.shared.protocol.message_types import (  # noqa: F401  (re-exported)
+from edge_client.shared.protocol.message_types import (
     Ack,
     DeltaInfo,
     Invitation,
@@ -72,8 +72,18 @@ def _task_map(t: Task) -> dict[str, Any]:
         **_optional(personal=t.personal, clusters=t.clusters),
         "train": {"epochs": t.train.epochs, "batch_size": t.train.batch_size,
                   "lr": t.train.lr, "momentum": t.train.momentum,
-                  "prox_mu": t.train.prox_mu},
+                  "prox_mu": t.train.prox_mu, **_partial_work_map(t.train)},
     }
+
+
+def _partial_work_map(train: TrainConfig) -> dict[str, Any]:
+    """Sent only when set, so tasks without them stay byte for byte as they were."""
+    out: dict[str, Any] = {}
+    if train.partial_work != "off":
+        out["partial_work"] = train.partial_work
+    if train.max_batches:
+        out["max_batches"] = train.max_batches
+    return out
 
 
 def _update_map(u: Update) -> dict[str, Any]:
@@ -117,6 +127,7 @@ def _status_map(s: Status) -> dict[str, Any]:
     return {"device_id": s.device_id, "online": s.online, "eligible": s.eligible,
             "reason": cap_reason(s.reason), "model_version": s.model_version, "time": s.time,
             "battery_pct": s.battery_pct, "session": s.session,
+            **({} if s.drift is None else {"drift": s.drift.to_wire()}),  # left out: as before
             **_optional(global_accuracy=s.global_accuracy,
                         personal_accuracy=s.personal_accuracy, cluster=s.cluster)}
 

@@ -85,6 +85,19 @@ class Topics:
         """Secure-aggregation messages relayed by the aggregator to one device."""
         return f"{self.prefix}/secagg_to/{device}"
 
+    @property
+    def rollout(self) -> str:
+        """Retained: the version devices serve, the candidate canaries evaluate (Rollout)."""
+        return f"{self.prefix}/rollout"
+
+    def canary(self, device: str) -> str:
+        """A canary device's report on a candidate (CanaryReport, docs/lifecycle.md)."""
+        return f"{self.prefix}/canary/{device}"
+
+    @property
+    def all_canaries(self) -> str:
+        return f"{self.prefix}/canary/+"
+
     def device_of(self, topic: str) -> str:
         """The device id is the last topic level of update, status and secagg topics."""
         device = topic.rsplit("/", 1)[-1]
