@@ -161,7 +161,7 @@ class DeviceIO:
             data = self.data() if self.data is not None else None
             tensors = self.local.serving(tensors, self.trainer, data)
             self._installed = (version, tensors)
-        self._take(tensors, arch)
+        _take(self.trainer, tensors, arch)
 
     def _own(self, version: int, tensors: Weights) -> Weights:
         """The device's own variant of a global version it serves: the one `install`
@@ -176,21 +176,6 @@ class DeviceIO:
         if kept is not None:  # choosing the cluster ran the models through the trainer
             self.trainer.set_weights(kept)
         return own
-
-    def _take(self, tensors: Weights, arch: dict) -> None:
-        """The trainer takes the weights; another architecture (a new model line) only if
-        the trainer can adopt it. ValueError says why not, in one line."""
-        try:
-            self.trainer.set_weights(copy_weights(tensors))
-            return
-        except ValueError as exc:
-            adopt = getattr(self.trainer, "adopt", None)
-            if adopt is None:
-                raise ValueError(f"it does not fit this device's trainer ({exc})") from None
-        try:
-            adopt(arch, copy_weights(tensors))
-        except ValueError as exc:
-            raise ValueError(f"this device cannot run its architecture ({exc})") from None
 
     def _local_fit(self, task: Task, weights: Weights, config: TrainConfig,
                    data: tuple[np.ndarray, np.ndarray], should_stop: Callable[[], bool],
@@ -253,6 +238,22 @@ class DeviceIO:
             log.error("%s: could not save the %s in %s (%s); carrying on, will save it "
                       "again next time", self.config.device_id, what, self.config.state_dir,
                       exc.strerror or exc)
+
+
+def _take(trainer: Trainer, tensors: Weights, arch: dict) -> None:
+    """The trainer takes the weights; another architecture (a new model line) only if
+    the trainer can adopt it. ValueError says why not, in one line."""
+    try:
+        trainer.set_weights(copy_weights(tensors))
+        return
+    except ValueError as exc:
+        adopt = getattr(trainer, "adopt", None)
+        if adopt is None:
+            raise ValueError(f"it does not fit this device's trainer ({exc})") from None
+    try:
+        adopt(arch, copy_weights(tensors))
+    except ValueError as exc:
+        raise ValueError(f"this device cannot run its architecture ({exc})") from None
 
 
 def _own_models(task: Task, weights: Weights) -> bool:

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Callable, Iterator
 
 from aggregator.anomalies import AnomalyWatch
-from aggregator.clusters import clustered
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, ClearRetained, Subscribe
 from aggregator.core.campaigns import watch_drift
@@ -44,6 +43,7 @@ from aggregator.core.invitations import Invitations
 from aggregator.core.models import ModelPublisher, load_or_create, restored_downlink
 from aggregator.core.pending import Folded, PendingRecord
 from aggregator.core.plain_round import PlainRound, updates_per_version
+from aggregator.core.round_sum import round_sum
 from aggregator.core.rounds import RoundDriver
 from aggregator.core.schedule import STOPPED_NOTE, RoundSchedule
 from aggregator.core.secure_driver import SecureRound
@@ -55,7 +55,6 @@ from aggregator.ingest import open_flat_update
 from aggregator.lifecycle.driver import LifecycleDriver
 from aggregator.narrator import Narrator, TwinWatch
 from aggregator.participation import Participation, participation_for
-from aggregator.personalize import check_layers
 from aggregator.presence import Presence
 from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.secure_round import SecureRounds, forget_secure_round
@@ -65,8 +64,7 @@ from aggregator.status_gate import StatusGate
 from aggregator.store import Store
 from aggregator.strategy import Strategy
 from aggregator.strategy.config import build_strategy
-from aggregator.strategy.contribution import weighted
-from aggregator.strategy.folding import Streaming, accumulator_for, model_size
+from aggregator.strategy.folding import Streaming, model_size
 from aggregator.strategy.memory import check_cohort_fits
 from edge_client.shared.protocol import RemoteProtocolError, Topics, Weights
 
@@ -94,7 +92,6 @@ class AggregatorCore:
         self.presence = Presence(config.presence, store)  # who may be invited
         self.status_gate = StatusGate(config.security, store.device_key)
         version, weights, arch = load_or_create(config, store, initial_weights, arch or {})
-        check_layers(config.personalize, weights)
         downlink = restored_downlink(config, store, version, weights)
         self.publisher = ModelPublisher(config, store, topics, sign)
         self.driver = round_driver(config, store, topics, sign, self.participation,
@@ -110,11 +107,8 @@ class AggregatorCore:
                                      self.participation, self.privacy, self.anomalies,
                                      self.narrator, self.driver)
         # each accepted update is folded into the round's sum as it comes (pending.py)
-        self.state.pending.attach(
-            lambda repeated: weighted(clustered(accumulator_for(
-                self.versions.strategy, self.state.weights, repeated), self.state.weights,
-                config.clusters), config.strategy.weighting, config.strategy.weighting_q),
-            self._stored_pending)
+        self.state.pending.attach(lambda repeated: round_sum(
+            config, self.versions.strategy, self.state.weights, repeated), self._stored_pending)
         self._out: list[Action] = []
         self.schedule = RoundSchedule(config, store, topics, self.state, self.narrator,
                                       self.participation, self.presence, self.privacy,

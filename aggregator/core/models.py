@@ -19,6 +19,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, Publish, PublishTask
 from aggregator.downlink import DownlinkEncoder, on_the_wire, representable, retained_chain
 from aggregator.model_lines import line_of, starts_new_line
+from aggregator.personalize import check_layers
 from aggregator.store import Store
 from edge_client.shared.clusters import cluster_count
 from edge_client.shared.protocol import Model, Task, Topics, Weights, decode, encode
@@ -30,7 +31,15 @@ log = logging.getLogger("aggregator.service")
 
 def load_or_create(config: AggregatorConfig, store: Store, initial: Weights | None,
                    arch: dict[str, Any]) -> tuple[int, Weights, dict[str, Any]]:
-    """The stored latest version, or version 0 made from `initial` and stored."""
+    """The stored latest version, or version 0 made from `initial` and stored; personal
+    layers that name no tensor of it (or all) are refused."""
+    version, weights, arch = _load_or_create(config, store, initial, arch)
+    check_layers(config.personalize, weights)
+    return version, weights, arch
+
+
+def _load_or_create(config: AggregatorConfig, store: Store, initial: Weights | None,
+                    arch: dict[str, Any]) -> tuple[int, Weights, dict[str, Any]]:
     stored = store.latest_model()
     if stored is not None:
         if sha256_hex(stored.blob) != stored.sha256:  # store_check saw it; a 2nd line

@@ -334,14 +334,14 @@ def test_the_update_carries_the_figures_and_only_the_tensors_named():
     trained = {"a": np.ones(2, F32), "b": np.zeros(2, F32)}
     result = FitResult(10, 0.5, 3, 0.1, False)
     update = UpdateMaker("d1").make(_task(), base, trained, result, {"accuracy": 0.4}, 10,
-                                    None, None, 1.0, {"personal_accuracy": 0.9},
-                                    frozenset({"a"}))
+                                    None, None, 1.0, extra={"personal_accuracy": 0.9},
+                                    only=frozenset({"a"}))
     assert set(update.tensors) == {"a"} and update.metrics["personal_accuracy"] == 0.9
     from edge_client.shared.codecs import CodecConfig
 
     codec = CodecConfig(sparsify="topk", fraction=0.5, quantize="q8")
     coded = UpdateMaker("d1").make(_task(), base, trained, result, {}, 10, codec, None, 1.0,
-                                   None, frozenset({"a"}))
+                                   only=frozenset({"a"}))
     assert coded.blob and not coded.tensors  # a codec lays out the whole model
 
 
