@@ -138,6 +138,10 @@ def test_config_tables_and_their_refusals():
         load_aggregator_config({"clusters": {"k": 0}})
     with pytest.raises(ValueError, match="mean-based"):
         AggregatorConfig(strategy=StrategyConfig(name="median"), clusters=ClustersConfig(k=2))
+    with pytest.raises(ConfigError, match=r"clusters\.k = 2 cannot run with \[rollout\]"):
+        load_aggregator_config({"clusters": {"k": 2}, "rollout": {"canary_fraction": 0.5}})
+    load_aggregator_config({"personalize": {"mode": "ditto"},  # these two combine
+                            "rollout": {"canary_fraction": 0.5}})
 
 
 # ------------------------------------------------------------------ the device's own models
