@@ -70,6 +70,7 @@ def test_with_a_rollout_a_personalised_device_serves_productions_variant_only(tm
     for device in fed.devices:
         assert 2 not in device.served and device.served[-1] == 3, (device.name, device.served)
         version, weights = handed[device.name][-1]
+        assert version == 3
         head = device.io.local.personal["dense1.weight"]
         assert np.array_equal(weights["dense1.weight"], head)  # its own head, the latest
         production = device.io._served
