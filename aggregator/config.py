@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.anomalies import AnomalyConfig
+from aggregator.clusters import ClustersConfig
 from aggregator.drift import DriftConfig
 from aggregator.fairness import FairnessConfig
 from aggregator.ingest_batch import IngestConfig
 from aggregator.lifecycle.config import RolloutConfig
 from aggregator.limits import LimitsConfig, check_limits
 from aggregator.model_lines import LinesConfig
+from aggregator.personalize import PersonalizeConfig
 from aggregator.presence import PresenceConfig
 from aggregator.privacy.config import PrivacyConfig, check_privacy
 from aggregator.secagg.config import SecAggConfig, check_secagg
@@ -161,6 +163,9 @@ class AggregatorConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)  # docs/abuse.md
     ingest: IngestConfig = field(default_factory=IngestConfig)  # docs/gateway.md
     fairness: FairnessConfig = field(default_factory=FairnessConfig)  # docs/gateway.md
+    # docs/heterogeneity.md: personal layers or models, and k clustered model lines
+    personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
+    clusters: ClustersConfig = field(default_factory=ClustersConfig)
     upper: UpperConfig = field(default_factory=UpperConfig)  # docs/tiers.md
     drift: DriftConfig = field(default_factory=DriftConfig)  # docs/lifecycle.md
     lines: LinesConfig = field(default_factory=LinesConfig)  # docs/lifecycle.md
@@ -187,6 +192,7 @@ class AggregatorConfig:
         check_privacy(self)
         check_secagg(self)
         check_limits(self)
+        check_heterogeneity(self)
         if self.upper.enabled and self.upper.federation == self.federation:
             raise ValueError(f"upper.federation must differ from federation "
                              f"({self.federation!r}): the tiers would share topics")
@@ -207,6 +213,28 @@ class AggregatorConfig:
     def store_name(self) -> str:
         """The store for logs and messages (a URL without its password)."""
         return describe(self.store_location)
+
+
+def check_heterogeneity(config: AggregatorConfig) -> None:
+    """Contribution weighting reads each update's metrics: not under DP, whose noise is
+    calibrated to weights that do not depend on the data, nor secure aggregation. k model
+    lines average each cluster over its own devices: a mean, in the clear."""
+    weighting = config.strategy.weighting
+    if weighting != "samples" and (config.privacy.enabled or config.secagg.enabled):
+        raise ValueError(f"strategy.weighting = {weighting!r} cannot run with [privacy] or "
+                         "[secagg]: weights read from each update's metrics would break the "
+                         "noise's calibration, and secure rounds reveal no metric")
+    if not config.clusters.on:
+        return
+    if not STRATEGIES[config.strategy.name].mean_based:
+        raise ValueError(f"clusters.k = {config.clusters.k} needs a mean-based strategy "
+                         f"(fedavg or a server optimizer), not {config.strategy.name!r}")
+    if config.privacy.enabled or config.secagg.enabled:
+        raise ValueError(f"clusters.k = {config.clusters.k} cannot run with [privacy] or "
+                         "[secagg]: each update must name its cluster in the clear")
+    if config.rollout.enabled:
+        raise ValueError(f"clusters.k = {config.clusters.k} cannot run with [rollout]: "
+                         "canaries judge one model per version, a clustered version holds k")
 
 
 def load_aggregator_config(table: dict[str, Any], where: str = "config",

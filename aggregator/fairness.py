@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -58,6 +58,10 @@ class Fairness:
     under_floor: int                 # devices strictly below the floor
     floor: float
     contributions: dict[str, float] = field(default_factory=dict)  # device -> samples share
+    # device -> share of the aggregation weight under [strategy] weighting (samples x
+    # factor, aggregator/strategy/contribution.py); the samples share when weighting is
+    # "samples". Older versions have none.
+    weights: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,27 +72,36 @@ class Fairness:
                    worst_decile=row.get("worst_decile"), under_floor=int(row["under_floor"]),
                    floor=float(row["floor"]),
                    contributions={str(k): float(v)
-                                  for k, v in dict(row.get("contributions", {})).items()})
+                                  for k, v in dict(row.get("contributions", {})).items()},
+                   weights={str(k): float(v)
+                            for k, v in dict(row.get("weights", {})).items()})
 
 
-def fairness_of(updates: Sequence[HasMetrics], floor: float) -> Fairness:
+def fairness_of(updates: Sequence[HasMetrics], floor: float,
+                factor: Callable[[Mapping[str, Any]], float] | None = None) -> Fairness:
     """The figures for the updates one version was made from. A device that sent more
-    than one update (async) counts once, at the mean of its accuracies."""
+    than one update (async) counts once, at the mean of its accuracies. `factor`: the
+    contribution weighting's factor on an update's samples, from its metrics."""
     by_device: dict[str, list[float]] = defaultdict(list)
     samples: dict[str, int] = defaultdict(int)
+    weight: dict[str, float] = defaultdict(float)
     for update in updates:
         samples[update.device_id] += update.num_samples
+        weight[update.device_id] += update.num_samples * (
+            factor(update.metrics) if factor is not None else 1.0)
         value = update.metrics.get("local_accuracy")
         if isinstance(value, int | float) and math.isfinite(value):
             by_device[update.device_id].append(float(value))
     total = sum(samples.values())
     shares = {d: samples[d] / total for d in sorted(samples)} if total else {}
+    weighed = sum(weight.values())
+    weights = {d: weight[d] / weighed for d in sorted(weight)} if weighed > 0 else {}
     values = sorted(sum(v) / len(v) for v in by_device.values())
     if not values:
-        return Fairness(0, None, None, None, 0, floor, shares)
+        return Fairness(0, None, None, None, 0, floor, shares, weights)
     worst = values[:max(1, math.ceil(len(values) / 10))]
     return Fairness(devices=len(values), median=float(np.median(values)),
                     p10=float(np.percentile(values, 10)),
                     worst_decile=sum(worst) / len(worst),
                     under_floor=sum(1 for v in values if v < floor), floor=floor,
-                    contributions=shares)
+                    contributions=shares, weights=weights)

@@ -28,8 +28,31 @@ def open_update(message: bytes, global_weights: Weights) -> Update:
         seed = update_seed(update.task_id, update.device_id)
         dense = decode_dense(update.blob, codec, size, seed)
         update = dataclasses.replace(update, tensors=unflatten_like(dense, global_weights))
+    elif _partial(update, global_weights):
+        check_like(update.tensors, {n: global_weights[n] for n in update.tensors})
+        zeros = {n: np.zeros_like(w) for n, w in global_weights.items()}
+        update = dataclasses.replace(update, tensors={**zeros, **update.tensors})
     check_like(update.tensors, global_weights)
     return update
+
+
+def _partial(update: Update, global_weights: Weights) -> bool:
+    """A dense update that leaves tensors out (they count as zero): a personalised
+    device's personal layers, a clustered device's other clusters (docs/protocol.md)."""
+    return bool(update.tensors) and update.tensors.keys() < global_weights.keys()
+
+
+def _partial_values(update: Update, global_weights: Weights) -> FlatUpdate:
+    """A partial dense update's values at their coordinates of the flat layout."""
+    check_like(update.tensors, {n: global_weights[n] for n in update.tensors})
+    index, values, offset = [], [], 0
+    for name in sorted(global_weights):
+        count = int(global_weights[name].size)
+        if name in update.tensors:
+            index.append(np.arange(offset, offset + count, dtype=np.int64))
+            values.append(np.asarray(update.tensors[name], np.float32).ravel())
+        offset += count
+    return FlatUpdate(np.concatenate(values), offset, np.concatenate(index))
 
 
 def open_flat_update(message: bytes, global_weights: Weights) -> tuple[Update, FlatUpdate]:
@@ -41,6 +64,8 @@ def open_flat_update(message: bytes, global_weights: Weights) -> tuple[Update, F
     """
     size = sum(w.size for w in global_weights.values())
     update = decode(message, expect=Update, max_elements=size)
+    if update.codec is None and _partial(update, global_weights):
+        return update, _partial_values(update, global_weights)
     if update.codec is None:
         check_like(update.tensors, global_weights)  # names, shapes, finite values
         return update, FlatUpdate(flatten_sorted(update.tensors), size)

@@ -14,6 +14,7 @@ import random
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from aggregator.concurrency import InFlight, staleness_advice
 from aggregator.config import AggregatorConfig
@@ -91,7 +92,8 @@ class SyncRounds:
                     round=round_no, model_version=version, train=self.config.train,
                     deadline=now + self.timeout_s, cohort=drawn.cohort,
                     invited=None, members=drawn.members,
-                    chunk_size=self.config.chunk_size, codec=_uplink(self.config))
+                    chunk_size=self.config.chunk_size, codec=_uplink(self.config),
+                    **_heterogeneity(self.config))
 
     def reinvite(self, task: Task, online: list[str], now: float) -> Task | None:
         """A sync round's invitation is fixed when it opens."""
@@ -170,7 +172,8 @@ class BufferedAsync:
         cohort of as many idle devices as there is room for."""
         task = Task(task_id=f"v{version}-async", mode="async", round=round_no,
                     model_version=version, train=self.config.train, deadline=None,
-                    invited=None, chunk_size=self.config.chunk_size, codec=_uplink(self.config))
+                    invited=None, chunk_size=self.config.chunk_size, codec=_uplink(self.config),
+                    **_heterogeneity(self.config))
         if not self.cfg.concurrency:
             return task
         self.flight.refresh(version, online)
@@ -253,3 +256,10 @@ Participation = SyncRounds | BufferedAsync
 
 def participation_for(config: AggregatorConfig) -> Participation:
     return SyncRounds(config) if config.mode == "sync" else BufferedAsync(config)
+
+
+def _heterogeneity(config: AggregatorConfig) -> dict[str, Any]:
+    """The task's personalisation and cluster count (docs/heterogeneity.md); neither is
+    sent when off, so plain tasks stay as they were."""
+    return {"personal": config.personalize.wire(),
+            "clusters": config.clusters.k if config.clusters.on else None}

@@ -15,7 +15,11 @@ For every job it prints, in one JSON object, each arm's accuracy and uplink byte
 - fedprox_partial: the same fleet and deadline with FedProx (mu = PROX_MU) and
   partial_work = "deadline": the stragglers send what they have at the deadline,
   weighted by the work done;
-- personalised, clustered: left for the personalisation and clustering work (null).
+- personalised: personal layers (FedPer: the job model's output layer stays on each
+  device), float32 updates; clustered: IFCA with CLUSTERS model lines, float32 updates
+  (benchmarks/personal_runs.py). Their accuracy is the mean over devices of the model
+  each device serves on its own test data (final_accuracy), beside the worst device's
+  and the global model's; the other arms' is the gateway's, on the union of that data.
 
 Everything runs through the real code (fedge.federation: the Aggregator and one
 EdgeClient per device over mosquitto), in this process. About 3-4 minutes on 2 cores
@@ -35,6 +39,7 @@ from typing import Any
 
 from aggregator.config import AggregatorConfig, SyncConfig
 from benchmarks.job_runs import JobRun, run_job
+from benchmarks.personal_runs import RunSettings, run_clustered, run_personalized
 from edge_client.shared.codecs import CodecConfig
 from edge_client.shared.codecs.adaptive import ADAPTIVE_UPLINK
 from fedge.codec_spec import parse_codec
@@ -43,13 +48,10 @@ from fedge.jobs import JOBS, BenchJob, build_job, centralised
 
 PROX_MU = 0.01
 STRAGGLER_X = 4.0  # a straggler's fit takes this many times the round's deadline
+CLUSTERS = 2  # the clustered arm's k
+OWN_MODEL_ARMS = ("personalised", "clustered")  # each device serves its own model
 FEDERATED_ARMS = ("fedavg_dense", "fedavg_default", "adaptive", "fedavg_deadline",
-                  "fedprox_partial")
-# Filled in by the personalisation and clustering work: to add an arm, put its name in
-# FEDERATED_ARMS, give run_arm a branch that returns its JobRun (a personalised arm can
-# report mean per-device accuracy in JobRun.extra, from job.devices[i].x_test/y_test),
-# and drop it from here.
-LATER_ARMS = ("personalised", "clustered")
+                  "fedprox_partial", *OWN_MODEL_ARMS)
 
 
 def sync_config(job: BenchJob, rounds: int, uplink: CodecConfig | None,
@@ -91,6 +93,23 @@ def run_arm(arm: str, job: BenchJob, rounds: int,
     return run
 
 
+def own_model_arm(arm: str, job: BenchJob, rounds: int) -> dict[str, Any]:
+    """The personalised or clustered arm (benchmarks/personal_runs.py), dense uplink."""
+    settings = RunSettings(rounds=rounds, train=job.train, seed=job.seed, broker="mosquitto")
+    if arm == "personalised":
+        run, how = run_personalized(job, mode="layers", settings=settings), {"mode": "layers"}
+    else:
+        run, how = run_clustered(job, k=CLUSTERS, settings=settings), {"k": CLUSTERS}
+    result = {**how, "final_accuracy": round(run["accuracy"], 4),
+              "worst_device_accuracy": round(run["worst_device_accuracy"], 4),
+              "global_model_accuracy": round(run["global_accuracy"], 4),
+              "update_bytes": run["update_bytes"], "bytes_up": run["uplink_bytes"],
+              "versions": run["versions"], "wall_s": run["wall_s"]}
+    if "cluster_sizes" in run:
+        result["cluster_sizes"] = run["cluster_sizes"]
+    return result
+
+
 def measure(job: BenchJob, rounds: int, arms: list[str], progress: Callable[[str], None],
             adaptive: CodecConfig | None = ADAPTIVE_UPLINK) -> dict[str, Any]:
     out: dict[str, Any] = {"job": job.describe(), "rounds": rounds,
@@ -102,6 +121,11 @@ def measure(job: BenchJob, rounds: int, arms: list[str], progress: Callable[[str
     progress(f"{job.name}: centralised {central['accuracy']:.4f}")
     float32_bytes = 4 * job.describe()["parameters"]
     for arm in arms:
+        if arm in OWN_MODEL_ARMS:
+            out[arm] = own_model_arm(arm, job, rounds)
+            progress(f"{job.name}: {arm} {out[arm]['final_accuracy']} (mean per device; "
+                     f"worst {out[arm]['worst_device_accuracy']}, {out[arm]['wall_s']:.0f} s)")
+            continue
         run = run_arm(arm, job, rounds, adaptive)
         result = run.summary()
         if arm == "adaptive" and adaptive is not None:
@@ -114,8 +138,6 @@ def measure(job: BenchJob, rounds: int, arms: list[str], progress: Callable[[str
         out[arm] = result
         progress(f"{job.name}: {arm} {result['final_accuracy']} "
                  f"({result['update_bytes_per_update']} B/update, {run.wall_s:.0f} s)")
-    for arm in LATER_ARMS:
-        out.setdefault(arm, None)
     dense = out.get("fedavg_dense")
     if dense:  # against the dense arm's update messages: the envelope counts on both sides
         for arm in ("fedavg_default", "adaptive", "fedprox_partial"):

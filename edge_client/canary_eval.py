@@ -74,10 +74,3 @@ def _cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     picked = probabilities[np.arange(len(labels)), labels]
     return float(np.mean(-np.log(np.clip(picked, 1e-12, 1.0))))
 
-
-def held_out(x: np.ndarray, y: np.ndarray, share: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    """The last `share` of the local data (at least one example): what a device evaluates
-    canaries on when its app names no held-out set. It was trained on too, so the
-    comparison is fair between the two models but optimistic for both."""
-    n = max(1, round(len(x) * share))
-    return x[-n:], y[-n:]

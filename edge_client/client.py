@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_client.canary_eval import held_out
 from edge_client.client_config import ClientConfig
 from edge_client.device_io import DeviceIO, TrainerFailed
 from edge_client.drift.saved import reference_for
@@ -63,9 +62,10 @@ class EdgeClient:
                  holdout: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """`predictor`: serve each global model with it (unless `on_model` is given) and
         report its drift scores in the status, against a reference of `x` kept in the
-        state folder (docs/lifecycle.md, "Drift"). `holdout`: examples kept out of
-        training, on which a canary device compares a candidate with production
-        (docs/lifecycle.md); by default the last fifth of x, y."""
+        state folder (docs/lifecycle.md, "Drift"). `holdout`: the device's held-out data
+        (edge_client/holdout.py), where a canary device compares a candidate with
+        production and a personalised or clustered device measures the global model
+        against its own; by default a fifth of x, y chosen from the device's id."""
         self.config = config
         self.holdout = holdout
         self.policy = policy or EligibilityPolicy.from_config(config.eligibility, app_busy)
@@ -81,7 +81,9 @@ class EdgeClient:
         if predictor is not None:
             on_model = on_model or _served_by(predictor)
             predictor.monitor_drift(reference_for(config.state_dir, x, config.device_id))
-        self.io = DeviceIO(config, trainer, self.narrator, on_model)
+        self.io = DeviceIO(config, trainer, self.narrator, on_model,
+                           None if holdout is None else checked_local_data(*holdout))
+        self.io.data = lambda: self._data
         self.disk, self.outbox = self.io.disk, self.io.outbox
         self.session = DeviceSession(config, self.narrator, keys)
         if predictor is not None:
@@ -219,7 +221,7 @@ class EdgeClient:
                 case act.StopFit():
                     pass  # read by _should_stop, which asked
                 case act.EvaluateCanary():
-                    held = self.holdout or held_out(*self._data)
+                    held = self.io.held_out(self._data)
                     self._feed(self.io.evaluate_canary(action, held))
                 case _:
                     answer = self.io.execute(action, lambda: self._data, self._should_stop,

@@ -15,8 +15,11 @@ import numpy as np
 from edge_client.canary_eval import RUNNABLE, canary_report, trainer_report
 from edge_client.client_config import ClientConfig
 from edge_client.device_state import DeviceState
+from edge_client.holdout import held_out, split_holdout
 from edge_client.narration import DeviceNarrator
 from edge_client.outbox import Outbox, OutboxFull
+from edge_client.personal import LocalModels
+from edge_client.personal.saved import load_local, save_local
 from edge_client.session import actions as act
 from edge_client.session.events import (
     CanaryEvaluated,
@@ -29,6 +32,8 @@ from edge_client.session.events import (
     UpdateStored,
 )
 from edge_client.session.held_model import HeldModel, copy_weights
+from edge_client.shared.clusters import cluster_count
+from edge_client.shared.protocol import Task
 from edge_client.shared.protocol.tensors import Weights
 from edge_client.shared.train_config import TrainConfig
 from edge_client.training.trainer import Trainer
@@ -44,13 +49,23 @@ class TrainerFailed(RuntimeError):
 
 class DeviceIO:
     def __init__(self, config: ClientConfig, trainer: Trainer, narrator: DeviceNarrator,
-                 on_model: Callable[[int, dict, Weights], None] | None) -> None:
+                 on_model: Callable[[int, dict, Weights], None] | None,
+                 holdout: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.config = config
         self.trainer = trainer
         self.narrator = narrator
         self.on_model = on_model
         self.disk = DeviceState(config.state_dir, config.device_id, config.max_model_elements)
         self.outbox = Outbox(config.state_dir / "outbox", config.outbox_max)
+        self.holdout = holdout  # the app's held-out data, if it gave one
+        self.data: LocalData | None = None  # set by the shell: the cluster choice reads it
+        # personalised or clustered: what a previous run kept, else made on first use
+        self.local: LocalModels | None = load_local(config.state_dir, config.device_id,
+                                                    config.max_model_elements)
+        self._arch: dict = {}
+        self._installed: tuple[int, Weights] | None = None  # install's own variant
+        self._served: tuple[int, dict, Weights] | None = None  # the global version served
+        self.following: int | None = None  # production, once a Rollout named one
 
     def execute(self, action: act.Action, data: LocalData,
                 should_stop: Callable[[], bool], stopping: Callable[[], bool]) -> Event | None:
@@ -62,7 +77,11 @@ class DeviceIO:
                 except ValueError as exc:
                     return ModelRefused(version, str(exc))
                 return ModelInstalled(version)
+            case act.StartFit(task, weights, config) if _own_models(task, weights):
+                return self._local_fit(task, weights, config, data(), should_stop, stopping)
             case act.StartFit(task, weights, config):
+                if self.local is not None:  # personalisation was turned off: serve global
+                    self.local.read_task(task)
                 x, y = data()  # one consistent pair, even if set_data runs meanwhile
                 self.narrator.training(task, len(x))
                 try:
@@ -94,11 +113,17 @@ class DeviceIO:
             case act.ServeModel(version, arch, tensors):
                 self.serve(version, arch, tensors)
             case act.SaveRollout(production):
+                self.following = production
                 self._persist("rollout state", lambda: self.disk.save_rollout(production))
         return None
 
     def serve(self, version: int, arch: dict, tensors: Weights) -> None:
-        """Hand a version to the app's on_model (its Predictor): it serves it from now on."""
+        """Hand a version to the app's on_model (its Predictor): it serves it from now on;
+        personalised or clustered, the device's own variant of it."""
+        self._served = (version, arch, tensors)
+        self._hand(version, arch, self._own(version, tensors))
+
+    def _hand(self, version: int, arch: dict, tensors: Weights) -> None:
         if self.on_model is None:
             return
         try:
@@ -106,6 +131,10 @@ class DeviceIO:
         except Exception:  # the app's serving must never stop the device loop
             log.exception("%s: on_model failed for version %d", self.config.device_id,
                           version)
+
+    def held_out(self, data: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The held-out data models are measured on (edge_client/holdout.py)."""
+        return held_out(data, self.config.device_id, self.holdout)
 
     def evaluate_canary(self, action: act.EvaluateCanary,
                         holdout: tuple[np.ndarray, np.ndarray]) -> CanaryEvaluated:
@@ -122,24 +151,55 @@ class DeviceIO:
 
     def install(self, version: int, tensors: Weights, arch: dict) -> None:
         """Load a global model into the trainer (ValueError: names or shapes differ, or
-        an architecture it cannot adopt). What the app serves follows ServeModel
-        (edge_client/session/serving.py)."""
-        self._take(tensors, arch)
+        an architecture it cannot adopt); a clustered model: the cluster that fits the
+        local data best, a personalised federation: the device's own model. What the app
+        serves follows ServeModel (edge_client/session/serving.py, `serve`)."""
+        self._arch = arch
+        if self.local is None and cluster_count(tensors):
+            self.local = LocalModels(self.config.device_id)
+        if self.local is not None:
+            data = self.data() if self.data is not None else None
+            tensors = self.local.serving(tensors, self.trainer, data)
+            self._installed = (version, tensors)
+        _take(self.trainer, tensors, arch)
 
-    def _take(self, tensors: Weights, arch: dict) -> None:
-        """The trainer takes the weights; another architecture (a new model line) only if
-        the trainer can adopt it. ValueError says why not, in one line."""
+    def _own(self, version: int, tensors: Weights) -> Weights:
+        """The device's own variant of a global version it serves: the one `install`
+        made for it, else made now (the trainer keeps its weights)."""
+        if self.local is None:
+            return tensors
+        if self._installed is not None and self._installed[0] == version:
+            return self._installed[1]
+        kept = self.trainer.get_weights() if cluster_count(tensors) else None
+        data = self.data() if self.data is not None else None
+        own = self.local.serving(tensors, self.trainer, data)
+        if kept is not None:  # choosing the cluster ran the models through the trainer
+            self.trainer.set_weights(kept)
+        return own
+
+    def _local_fit(self, task: Task, weights: Weights, config: TrainConfig,
+                   data: tuple[np.ndarray, np.ndarray], should_stop: Callable[[], bool],
+                   stopping: Callable[[], bool]) -> FitFinished:
+        """A fit with the device's own models (edge_client/personal/): trained on the
+        data the held-out part leaves, measured on that part; then served."""
+        local = self.local = self.local or LocalModels(self.config.device_id)
+        train, held = ((data, self.holdout) if self.holdout is not None
+                       else split_holdout(data, self.config.device_id))
+        self._installed = None  # its own part changes: a served variant is made anew
+        self.narrator.training(task, len(train[0]))
         try:
-            self.trainer.set_weights(copy_weights(tensors))
-            return
-        except ValueError as exc:
-            adopt = getattr(self.trainer, "adopt", None)
-            if adopt is None:
-                raise ValueError(f"it does not fit this device's trainer ({exc})") from None
-        try:
-            adopt(arch, copy_weights(tensors))
-        except ValueError as exc:
-            raise ValueError(f"this device cannot run its architecture ({exc})") from None
+            fit = local.fit(self.trainer, task, weights, config, train, held,
+                            _bounded(should_stop, config))
+        except Exception as exc:
+            raise TrainerFailed(f"the trainer failed on task {task.task_id}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        if fit.serve is not None and self.following is None:
+            self._hand(task.model_version, self._arch, fit.serve)  # its model, just trained
+        elif fit.serve is not None and self._served is not None:
+            self.serve(*self._served)  # under a rollout: production's variant, updated
+        self._persist("personal model", lambda: save_local(self.config.state_dir, local))
+        return FitFinished(task.task_id, fit.result, fit.weights, fit.before, len(train[0]),
+                           shutting_down=stopping(), metrics=fit.metrics, only=fit.only)
 
     def resumed(self) -> Resumed:
         """What survived a reboot: tasks done, the last model (installed now), the outbox."""
@@ -155,8 +215,9 @@ class DeviceIO:
                 held = HeldModel(model.version, copy_weights(model.tensors), model.arch,
                                  self.disk.model_sha256())
                 residual = self.disk.load_residual(sum(w.size for w in model.tensors.values()))
+        self.following = self.disk.load_rollout()
         return Resumed(done, held, residual, tuple(self.outbox.entries()),
-                       following=self.disk.load_rollout())
+                       following=self.following)
 
     def _store(self, nonce: str, payload: bytes) -> Event:
         try:
@@ -177,6 +238,27 @@ class DeviceIO:
             log.error("%s: could not save the %s in %s (%s); carrying on, will save it "
                       "again next time", self.config.device_id, what, self.config.state_dir,
                       exc.strerror or exc)
+
+
+def _take(trainer: Trainer, tensors: Weights, arch: dict) -> None:
+    """The trainer takes the weights; another architecture (a new model line) only if
+    the trainer can adopt it. ValueError says why not, in one line."""
+    try:
+        trainer.set_weights(copy_weights(tensors))
+        return
+    except ValueError as exc:
+        adopt = getattr(trainer, "adopt", None)
+        if adopt is None:
+            raise ValueError(f"it does not fit this device's trainer ({exc})") from None
+    try:
+        adopt(arch, copy_weights(tensors))
+    except ValueError as exc:
+        raise ValueError(f"this device cannot run its architecture ({exc})") from None
+
+
+def _own_models(task: Task, weights: Weights) -> bool:
+    """A task that personalises, or a clustered model: the device's own models train."""
+    return task.personal is not None or bool(cluster_count(weights))
 
 
 def _bounded(should_stop: Callable[[], bool], config: TrainConfig) -> Callable[[], bool]:

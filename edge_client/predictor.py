@@ -14,6 +14,10 @@ swaps it in with one reference assignment; a predict already running keeps the m
 it started with and finishes on it, and the next one sees the new version. A failed
 load leaves the old model serving.
 
+In a personalised or clustered federation (docs/heterogeneity.md) `on_model` hands it
+the device's own variant of the model it serves: its personal layers in the global
+model, its Ditto model, or its cluster's model; again after each fit.
+
 With `monitor_drift` (EdgeClient does it when given the predictor) it also watches
 its inputs against the device's training inputs, and `observe_label` takes labels the
 app learns later; `drift_report()` is what the device's status carries (docs/lifecycle.md,

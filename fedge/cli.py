@@ -219,6 +219,7 @@ def _print_summary(s: dict, stream: TextIO) -> None:
         f"aggregation       {s['strategy']}; attackers "
         f"{', '.join(s['attackers']) + ' (' + s['attack'] + ')' if s['attackers'] else 'none'}",
         *_privacy_lines(s),
+        *_heterogeneity_lines(s),
         *_drift_lines(s),
         *rollout_lines(s.get("rollout")),
         f"store             {s['workdir'] or 'removed with the run (--workdir DIR keeps it)'}",
@@ -241,6 +242,26 @@ def _privacy_lines(s: dict) -> list[str]:
         lines.append(f"privacy           {p['mode']} DP, z {p['noise_multiplier']:g}, clip "
                      f"{p['clip']:g}: epsilon {p['epsilon']:.2f} at delta {p['delta']:g} "
                      f"({budget}){stopped}")
+    return lines
+
+
+def _heterogeneity_lines(s: dict) -> list[str]:
+    """--personalize and --clusters: the devices' own figures (docs/heterogeneity.md)."""
+    def fixed(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+    lines = []
+    if s.get("personal"):
+        p = s["personal"]
+        lines.append(f"personalised      {p['mode']}: personal {fixed(p['personal_accuracy'])}"
+                     f", global {fixed(p['global_accuracy'])} (means over devices, on "
+                     f"their held-out data)")
+    if s.get("clusters"):
+        c = s["clusters"]
+        members = ", ".join(f"{d}: {k}" for d, k in c["membership"].items())
+        lines.append(f"clusters          k {c['k']}: {members}; test accuracy "
+                     f"{' '.join(fixed(a) for a in c['test_accuracy'])}")
+    if s.get("weighting"):
+        lines.append(f"weighting         {s['weighting']}")
     return lines
 
 

@@ -12,12 +12,16 @@ import argparse
 import math
 from pathlib import Path
 
+from aggregator.clusters import ClustersConfig
 from aggregator.config import AggregatorConfig, AsyncConfig, DownlinkConfig, SyncConfig
 from aggregator.drift import DriftConfig
 from aggregator.lifecycle import RolloutConfig
+from aggregator.personalize import PersonalizeConfig
 from aggregator.privacy.config import PrivacyConfig
 from aggregator.secagg.config import SecAggConfig
 from aggregator.strategy import STRATEGIES, StrategyConfig
+from aggregator.strategy.contribution import WEIGHTINGS
+from edge_client.shared.clusters import MAX_CLUSTERS
 from edge_client.shared.codecs import DENSE
 from edge_client.shared.protocol import TrainConfig
 from edge_client.shared.secagg.graph import MIN_PARTICIPANTS
@@ -111,6 +115,21 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
                    help="the first K devices send poisoned updates")
     p.add_argument("--attack", choices=tuple(ATTACKS), default="sign_flip",
                    help="sign_flip: the honest update reversed; scale10: boosted tenfold")
+    p.add_argument("--personalize", nargs="?", const="layers", default="off",
+                   choices=("off", "layers", "ditto"),
+                   help="personal models: 'layers' keeps the output layer on each device "
+                        "(FedPer), 'ditto' a whole personal model; the summary reports "
+                        "global vs personal accuracy on each device's held-out fifth")
+    p.add_argument("--personal-layers", default="dense1.",
+                   help="--personalize layers: tensor-name prefixes kept on the device, "
+                        "comma-separated (default: the MLP's output layer)")
+    p.add_argument("--weighting", choices=WEIGHTINGS, default="samples",
+                   help="how much each update counts: its samples (FedAvg), samples x the "
+                        "global model's loss on the device's data ('loss', q-FFL), or "
+                        "samples x the loss its training removed; a mean-based strategy")
+    p.add_argument("--clusters", type=int, default=1, metavar="K",
+                   help="K global models (IFCA): each device trains the one with the lowest "
+                        "loss on its data; the summary reports the membership")
     p.add_argument("--sites", type=int, default=0,
                    help="two tiers: this many site gateways, each federating its own "
                         "devices, under one top aggregator (docs/tiers.md); replaces --devices")
@@ -189,6 +208,14 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--dp distributed needs --secagg: each device adds a share of the "
                          "noise, which hides the mean only when the server sees no single "
                          "update")
+    if not 1 <= args.clusters <= MAX_CLUSTERS:
+        raise ValueError(f"--clusters must be 1 to {MAX_CLUSTERS}, not {args.clusters}")
+    if args.clusters > 1 and (args.secagg or args.dp != "off"):
+        raise ValueError("--clusters cannot run with --secagg or --dp: each update names "
+                         "its cluster in the clear")
+    if args.clusters > 1 and args.rollout:
+        raise ValueError("--clusters cannot run with --rollout: canaries judge one model per "
+                         "version, a clustered version holds k")
     if args.drift_at is not None and not 1 <= args.drift_at < args.rounds:
         raise ValueError(f"--drift-at must be from 1 to {args.rounds - 1} (before the last "
                          f"round, so the drift is seen while training runs), "
@@ -238,11 +265,17 @@ def aggregator_config(args: argparse.Namespace) -> AggregatorConfig:
         downlink=downlink, sync=_sync_config(args),
         async_=AsyncConfig(buffer_size=min(args.buffer_size, args.devices)),
         # f = the attackers there are, as benchmarks/poisoning.py sets it
-        strategy=StrategyConfig(name=args.strategy, byzantine=args.attackers),
+        strategy=StrategyConfig(name=args.strategy, byzantine=args.attackers,
+                                weighting=args.weighting),
         privacy=PrivacyConfig(mode=args.dp, clip=args.clip,
                               noise_multiplier=args.noise_multiplier,
                               target_epsilon=args.target_epsilon),
         secagg=SecAggConfig(enabled=args.secagg),
+        personalize=PersonalizeConfig(
+            mode=args.personalize,
+            personal_layers=[n for n in args.personal_layers.split(",") if n]
+            if args.personalize == "layers" else []),
+        clusters=ClustersConfig(k=args.clusters),
         drift=drift_rule(args.devices) if args.drift_at is not None else DriftConfig(),
         rollout=demo_rollout(args.devices) if args.rollout else RolloutConfig(),
     )

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aggregator.personalize import merged
 from aggregator.service import STOPPED_NOTE, Aggregator
 from aggregator.store import Store
 from fedge.codec_spec import describe
@@ -31,7 +32,7 @@ def summarize(demo: Demo, result: FederationResult, aggregator: Aggregator,
         update_bytes = sum(h["update_bytes"] for h in history)
         dense_bytes = 4 * parameters * sum(h["updates"] for h in history)
     device_rounds = max(1, fleet.devices * len(history))
-    return {
+    return {**_heterogeneity(config, history), **{
         "final_accuracy": history[-1]["accuracy"] if history else None,
         "rounds": fleet.rounds,
         "model_versions": len(history),
@@ -75,9 +76,42 @@ def summarize(demo: Demo, result: FederationResult, aggregator: Aggregator,
         "privacy": (_privacy_summary(aggregator, history)
                     if config.privacy.mode != "off" else None),
         "strategy": config.strategy.name,
+        **({"weighting": config.strategy.weighting}
+           if config.strategy.weighting != "samples" else {}),
         "attackers": [f"device-{i}" for i in range(fleet.attackers)],
         "attack": fleet.attack if fleet.attackers else None,
-    }
+    }}
+
+
+def _heterogeneity(config: Any, history: list[dict]) -> dict[str, Any]:
+    """--personalize: each device's global vs personal accuracy on its held-out data;
+    --clusters: which cluster each device chose and each cluster's test accuracy. From
+    each device's latest figures over the versions; nothing when both are off."""
+    personalize, clusters = config.personalize.mode != "off", config.clusters.on
+    if not (personalize or clusters):
+        return {}
+    info = merged(h.get("personal") for h in history) or {}
+    devices = info.get("devices", {})
+    out: dict[str, Any] = {}
+    if personalize:
+        out["personal"] = {
+            "mode": config.personalize.mode,
+            "global_accuracy": info.get("global_accuracy"),
+            "personal_accuracy": info.get("personal_accuracy"),
+            "per_device": {d: {k: round(v, 4) for k, v in row.items() if k != "cluster"}
+                           for d, row in devices.items()}}
+    if clusters:
+        last = history[-1] if history else {}
+        out["clusters"] = {
+            "k": config.clusters.k,
+            "membership": {d: int(row["cluster"]) for d, row in devices.items()
+                           if "cluster" in row},
+            "sizes": info.get("cluster_sizes", {}),
+            "global_accuracy_on_own_data": info.get("global_accuracy"),
+            "test_accuracy": [round(last[f"cluster{c}_accuracy"], 4)
+                              for c in range(config.clusters.k)
+                              if f"cluster{c}_accuracy" in last]}
+    return out
 
 
 def _secagg_summary(history: list[dict]) -> dict[str, Any]:

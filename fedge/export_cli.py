@@ -17,6 +17,7 @@ cannot be exported as asked), with the reason on stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sqlite3
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_client.shared.clusters import cluster_count, unstack
 from edge_client.shared.protocol import Model, RemoteProtocolError, decode
 from edge_client.shared.settings import ConfigError
 from edge_client.shared.weights import Weights
@@ -53,6 +55,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action="store_true",
                    help="full-integer int8 (QDQ for ONNX); implied by c-header")
     p.add_argument("--version", type=int, help="model version (default: the latest)")
+    p.add_argument("--cluster", type=int,
+                   help="a clustered federation's model ([clusters] k > 1): which cluster")
     p.add_argument("--calibration", type=Path,
                    help=".npz with an array x: quantizes a float (non-QAT) model for --int8")
     p.add_argument("--name", help="c-header: the C array's name (default: from --out)")
@@ -76,7 +80,7 @@ def export(args: argparse.Namespace) -> str:
     from edge_client.export import to_c_header, to_onnx, to_tflite
 
     db_path = args.db if args.db is not None else _db_from_config(args.config)
-    model = read_model(db_path, args.version)
+    model = one_cluster(read_model(db_path, args.version), args.cluster)
     int8 = args.int8 or args.format == "c-header"
     arch, weights, how = model.arch, model.weights, ""
     if int8:
@@ -118,6 +122,22 @@ def read_model(db_path: Path, version: int | None = None) -> StoredGlobalModel:
         raise ValueError(f"model version {row[0]} was stored without its arch")
     weights = {k: np.asarray(v, np.float32) for k, v in message.tensors.items()}
     return StoredGlobalModel(int(row[0]), dict(message.arch), weights)
+
+
+def one_cluster(model: StoredGlobalModel, cluster: int | None) -> StoredGlobalModel:
+    """A clustered model's cluster `cluster` (docs/heterogeneity.md#clusters); a plain
+    model as it is. ValueError: a clustered model without a valid --cluster, or
+    --cluster for a plain one."""
+    k = cluster_count(model.weights)
+    if k == 0 and cluster is None:
+        return model
+    if k == 0:
+        raise ValueError(f"model version {model.version} is not clustered: leave out "
+                         f"--cluster")
+    if cluster is None or not 0 <= cluster < k:
+        raise ValueError(f"model version {model.version} holds {k} cluster models: "
+                         f"choose one with --cluster 0 to {k - 1}")
+    return dataclasses.replace(model, weights=unstack(model.weights)[cluster])
 
 
 def c_name(path: Path) -> str:

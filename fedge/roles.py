@@ -78,7 +78,9 @@ class DataSpec:
     path: Path | None = None  # "data.npz" when neither path nor x and y is given
     x: Path | None = None
     y: Path | None = None
-    holdout: Path | None = None  # an .npz kept out of training, for canary evaluations
+    # an .npz with x and y, the device's held-out data (edge_client/holdout.py): canary
+    # evaluations and personal/global accuracy are measured on it; unset: a fifth of x, y
+    holdout: Path | None = None
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         if self.x is None and self.y is None:
@@ -158,7 +160,7 @@ def build_device(path: Path) -> EdgeClient:
     trainer = spec.trainer()
     check_data_fits(trainer, x, y, data.where)
     holdout = None
-    if data.holdout is not None:  # docs/lifecycle.md
+    if data.holdout is not None:  # edge_client/holdout.py
         holdout = load_npz(data.holdout)
         check_data_fits(trainer, *holdout, f"[data] holdout {data.holdout}")
     return EdgeClient(config, trainer, x, y, holdout=holdout)

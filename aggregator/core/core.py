@@ -43,6 +43,7 @@ from aggregator.core.invitations import Invitations
 from aggregator.core.models import ModelPublisher, load_or_create, restored_downlink
 from aggregator.core.pending import Folded, PendingRecord
 from aggregator.core.plain_round import PlainRound, updates_per_version
+from aggregator.core.round_sum import round_sum
 from aggregator.core.rounds import RoundDriver
 from aggregator.core.schedule import STOPPED_NOTE, RoundSchedule
 from aggregator.core.secure_driver import SecureRound
@@ -63,7 +64,7 @@ from aggregator.status_gate import StatusGate
 from aggregator.store import Store
 from aggregator.strategy import Strategy
 from aggregator.strategy.config import build_strategy
-from aggregator.strategy.folding import Streaming, accumulator_for, model_size
+from aggregator.strategy.folding import Streaming, model_size
 from aggregator.strategy.memory import check_cohort_fits
 from edge_client.shared.protocol import RemoteProtocolError, Topics, Weights
 
@@ -106,10 +107,8 @@ class AggregatorCore:
                                      self.participation, self.privacy, self.anomalies,
                                      self.narrator, self.driver)
         # each accepted update is folded into the round's sum as it comes (pending.py)
-        self.state.pending.attach(
-            lambda repeated: accumulator_for(self.versions.strategy, self.state.weights,
-                                             repeated),
-            self._stored_pending)
+        self.state.pending.attach(lambda repeated: round_sum(
+            config, self.versions.strategy, self.state.weights, repeated), self._stored_pending)
         self._out: list[Action] = []
         self.schedule = RoundSchedule(config, store, topics, self.state, self.narrator,
                                       self.participation, self.presence, self.privacy,

@@ -14,11 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.clusters import initial_clusters
 from aggregator.config import AggregatorConfig
 from aggregator.core.actions import Action, Publish, PublishTask
 from aggregator.downlink import DownlinkEncoder, on_the_wire, representable, retained_chain
 from aggregator.model_lines import line_of, starts_new_line
+from aggregator.personalize import check_layers
 from aggregator.store import Store
+from edge_client.shared.clusters import cluster_count
 from edge_client.shared.protocol import Model, Task, Topics, Weights, decode, encode
 from edge_client.shared.protocol.chunking import chunk_count, sha256_hex
 from edge_client.shared.protocol.model_transfer import package_model
@@ -28,7 +31,15 @@ log = logging.getLogger("aggregator.service")
 
 def load_or_create(config: AggregatorConfig, store: Store, initial: Weights | None,
                    arch: dict[str, Any]) -> tuple[int, Weights, dict[str, Any]]:
-    """The stored latest version, or version 0 made from `initial` and stored."""
+    """The stored latest version, or version 0 made from `initial` and stored; personal
+    layers that name no tensor of it (or all) are refused."""
+    version, weights, arch = _load_or_create(config, store, initial, arch)
+    check_layers(config.personalize, weights)
+    return version, weights, arch
+
+
+def _load_or_create(config: AggregatorConfig, store: Store, initial: Weights | None,
+                    arch: dict[str, Any]) -> tuple[int, Weights, dict[str, Any]]:
     stored = store.latest_model()
     if stored is not None:
         if sha256_hex(stored.blob) != stored.sha256:  # store_check saw it; a 2nd line
@@ -38,6 +49,7 @@ def load_or_create(config: AggregatorConfig, store: Store, initial: Weights | No
         assert isinstance(model, Model)
         log.info("aggregator: resuming at model version %d", model.version)
         weights = {k: v.astype(np.float32) for k, v in model.tensors.items()}
+        check_clusters_kept(config, weights)
         if initial is not None and starts_new_line(config.lines, model.arch, arch,
                                                    model.version):
             return _store_first(config, store, model.version + 1, initial, arch)
@@ -51,14 +63,25 @@ def _store_first(config: AggregatorConfig, store: Store, version: int, initial: 
                  arch: dict[str, Any]) -> tuple[int, Weights, dict[str, Any]]:
     """The first version of a line (version 0, or a new architecture's line)."""
     full = config.downlink.full
-    weights = representable({k: np.asarray(v, dtype=np.float32)
-                             for k, v in initial.items()}, full)
+    weights = {k: np.asarray(v, dtype=np.float32) for k, v in initial.items()}
+    if config.clusters.on:  # k model lines, one stacked model (aggregator/clusters.py)
+        weights = initial_clusters(weights, config.clusters, config.seed)
+    weights = representable(weights, full)
     blob = encode(Model(version=version, tensors=on_the_wire(weights, full), arch=arch))
     info: dict[str, Any] = {"round": 0, "updates": 0, "model_bytes": len(blob)}
     if version > 0:  # version 0's line is read from its model (model_lines.py)
         info["line"] = line_of(arch)
     store.add_model(version, blob, sha256_hex(blob), info)
     return version, weights, arch
+
+
+def check_clusters_kept(config: AggregatorConfig, weights: Weights) -> None:
+    """A store made with another [clusters] k cannot go on under this one."""
+    held = cluster_count(weights)
+    if held != (config.clusters.k if config.clusters.on else 0):
+        raise ValueError(f"the store {config.store_name} holds a model of "
+                         f"{max(held, 1)} cluster(s), but clusters.k = {config.clusters.k}; "
+                         "use the k it was made with or a new store")
 
 
 def restored_downlink(config: AggregatorConfig, store: Store, version: int,

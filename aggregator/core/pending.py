@@ -125,4 +125,7 @@ class PendingUpdates:
 
 
 def _arrival(record: PendingRecord, factor: float) -> Arrival:
-    return Arrival(record.device_id, record.nonce, record.num_samples, factor)
+    cluster = record.metrics.get("cluster")  # a clustered federation's devices name theirs
+    group = int(cluster) if isinstance(cluster, int | float) and cluster == cluster else None
+    return Arrival(record.device_id, record.nonce, record.num_samples, factor, group,
+                   record.metrics)

@@ -4,7 +4,8 @@ and deadline, when the stored updates make a version (aggregator/participation.p
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,9 @@ from aggregator.core.rounds import Decision, RoundResult, RoundStep
 from aggregator.fairness import fairness_of
 from aggregator.narrator import Narrator, Waiting
 from aggregator.participation import Participation
+from aggregator.personalize import personal_info
 from aggregator.strategy import Contribution
+from aggregator.strategy.contribution import weight_factor
 from aggregator.strategy.folding import HeldRows
 from edge_client.shared.protocol import Task, Update, Weights
 
@@ -74,9 +77,15 @@ class PlainRound:
             max_train_s=max((r.metrics.get("train_s", 0.0) for r in records), default=0.0),
             devices=sorted({r.device_id for r in records}),
             evaluation=device_evaluation(records),
-            extra={"fairness": fairness_of(records, self.config.fairness.accuracy_floor
-                                           ).to_json()},
+            extra={"fairness": fairness_of(records, self.config.fairness.accuracy_floor,
+                                           self._factor).to_json(),
+                   **personal_info(records)},
             folded=None if isinstance(folded, HeldRows) else folded)
+
+    def _factor(self, metrics: Mapping[str, Any]) -> float:
+        """The contribution weighting's factor on an update's samples."""
+        s = self.config.strategy
+        return weight_factor(s.weighting, s.weighting_q, metrics)
 
     def not_used(self, task_id: str, reason: str) -> None:
         """Plain updates stay stored; nothing else to record."""

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from aggregator.anomalies import AnomalyWatch, clipping_of
+from aggregator.clusters import evaluate_clusters
 from aggregator.core.actions import Action, VersionMade, VersionReport
 from aggregator.core.events import Instant
 from aggregator.core.models import ModelPublisher
@@ -22,6 +23,7 @@ from aggregator.privacy.hooks import ServicePrivacy
 from aggregator.store import Store
 from aggregator.strategy import Strategy
 from aggregator.version_record import VersionRecord
+from edge_client.shared.clusters import cluster_count
 from edge_client.shared.protocol import Model, Weights, decode, encode
 from edge_client.shared.protocol.chunking import sha256_hex
 
@@ -140,4 +142,6 @@ class VersionMaker:
     def _evaluate(self, weights: Weights) -> dict[str, float]:
         if self.evaluate is None:
             return {}
+        if cluster_count(weights):
+            return evaluate_clusters(self.evaluate, weights)
         return {k: float(v) for k, v in self.evaluate(weights).items()}

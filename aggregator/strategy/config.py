@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from aggregator.strategy.base import Strategy
+from aggregator.strategy.contribution import WEIGHTINGS
 from aggregator.strategy.registry import STRATEGIES
 
 
@@ -30,6 +31,10 @@ class StrategyConfig:
     # norm_bound): a version's updates must fit in this (aggregator/strategy/memory.py);
     # mean-based ones fold updates into one sum and take O(model) whatever the cohort
     memory_limit_mb: float = 1024.0
+    # how much each update counts beyond its samples (aggregator/contribution.py):
+    # "samples", "loss" (x local_loss^weighting_q) or "loss_improvement"; mean-based only
+    weighting: str = "samples"
+    weighting_q: float = 1.0
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
@@ -49,6 +54,15 @@ class StrategyConfig:
                 raise ValueError(f"{key} must be in [0, 1), not {getattr(self, key)}")
         if not (math.isfinite(self.tau) and self.tau > 0):
             raise ValueError(f"tau must be a finite number > 0, not {self.tau}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, "
+                             f"not {self.weighting!r}")
+        if self.weighting != "samples" and not STRATEGIES[self.name].mean_based:
+            raise ValueError(f"weighting = {self.weighting!r} needs a mean-based strategy, "
+                             f"not {self.name!r}")
+        if not (math.isfinite(self.weighting_q) and 0 <= self.weighting_q <= 10):
+            raise ValueError(f"weighting_q must be a number from 0 to 10, "
+                             f"not {self.weighting_q}")
         if not (math.isfinite(self.memory_limit_mb) and self.memory_limit_mb > 0):
             raise ValueError(f"memory_limit_mb must be a finite number > 0, "
                              f"not {self.memory_limit_mb}")

@@ -16,8 +16,8 @@ cohort they accept is bounded by `[strategy] memory_limit_mb`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -68,8 +68,11 @@ class Arrival:
 
     device_id: str
     nonce: str
-    samples: int
+    samples: float  # the sample count, or a contribution-weighted one (contribution.py)
     staleness_factor: float = 1.0
+    group: int | None = None  # the cluster it trained (aggregator/clusters.py), if any
+    # the device's metrics (local_loss, train_loss): contribution weighting reads them
+    metrics: Mapping[str, float] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Accumulator(Protocol):
@@ -95,7 +98,7 @@ class MeanSum:
     def __init__(self, size: int, apply: ApplyMean) -> None:
         self.apply = apply
         self.total = np.zeros(size, np.float64)
-        self.samples = 0
+        self.samples: float = 0  # a sum of ints unless contributions are weighted
         self.folded = 0
         self.invalid = False  # a non-positive sample count or a bad staleness factor
 
@@ -148,7 +151,7 @@ class HeldRows:
 
     def contributions(self, global_weights: Weights) -> list[Contribution]:
         ordered = sorted(self.rows, key=lambda r: (r[0].device_id, r[0].nonce))
-        return [Contribution(a.device_id, unflatten_like(row, global_weights), a.samples,
+        return [Contribution(a.device_id, unflatten_like(row, global_weights), int(a.samples),
                              a.staleness_factor) for a, row in ordered]
 
     def finish(self, global_weights: Weights, server_lr: float) -> Weights:

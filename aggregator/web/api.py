@@ -89,6 +89,8 @@ def fairness() -> Response:
     return jsonify({"fairness": readmodel.fairness(history, int(text))})
 
 
+def personal() -> Response:
+    return jsonify(readmodel.personal(readmodel.version_records(request_store())))
 def drift() -> Response:
     return jsonify(readmodel.finite(drift_view.drift(request_store())))
 
@@ -234,6 +236,7 @@ ROUTES = (
     Route("/api/sites", site_list, Access.READ),
     Route("/api/upper", upper_tier, Access.READ),
     Route("/api/fairness", fairness, Access.READ, query=("latest",)),
+    Route("/api/personal", personal, Access.READ),
     Route("/api/audit", audit, Access.READ, query=("version",)),
     Route("/api/drift", drift, Access.READ),
     Route("/api/lines", lines, Access.READ),

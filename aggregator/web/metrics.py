@@ -56,7 +56,8 @@ def _families(store: Store) -> list[Metric]:
         families.append(GaugeMetricFamily("fedge_last_accuracy",
                                           "Test accuracy of the latest evaluated version",
                                           value=evaluated[-1].accuracy))
-    return families + _fairness(history) + drift_metrics(store) + _stages(store)
+    return (families + _fairness(history) + _personal(history) + drift_metrics(store)
+            + _stages(store))
 
 
 def _stages(store: Store) -> list[Metric]:
@@ -93,6 +94,28 @@ def _fairness(history: list[VersionRecord]) -> list[Metric]:
             return [GaugeMetricFamily(name, text, value=row[key])
                     for key, name, text in _FAIRNESS_GAUGES if row[key] is not None]
     return []
+
+
+def _personal(history: list[VersionRecord]) -> list[Metric]:
+    """Personalised and clustered federations (docs/heterogeneity.md): the devices' mean
+    global and personal accuracy on their held-out data, and each cluster's devices."""
+    view = readmodel.personal(history)
+    if view["version"] is None:
+        return []
+    families: list[Metric] = [
+        GaugeMetricFamily(f"fedge_{key}_mean", text, value=view[key])
+        for key, text in (("global_accuracy", "Mean over devices: the global model (its "
+                                              "cluster's) on their held-out data"),
+                          ("personal_accuracy", "Mean over devices: their own model on "
+                                                "their held-out data"))
+        if view[key] is not None]
+    if view["cluster_sizes"]:
+        sizes = GaugeMetricFamily("fedge_cluster_devices", "Devices whose latest update "
+                                  "chose each cluster", labels=["cluster"])
+        for cluster, count in view["cluster_sizes"].items():
+            sizes.add_metric([cluster], count)
+        families.append(sizes)
+    return families
 
 
 def _health(store: Store, history: list[VersionRecord]) -> list[Metric]:

@@ -110,6 +110,10 @@ def _paths() -> dict[str, Any]:
                                                           f"{FAIRNESS_DEFAULT})",
                                            "schema": {"type": "integer", "minimum": 1,
                                                       "maximum": FAIRNESS_MAX}}]),
+        "/api/personal": _get("Personalised and clustered federations: each device's global "
+                              "vs personal accuracy on its held-out data and its cluster, "
+                              "from the latest version that has them",
+                              _json(_ref("Personal"))),
         "/api/drift": _get("Drift: each device's latest scores and their history, the "
                            "[drift] rule and the retraining campaigns it opened",
                            _json(_ref("Drift"))),
@@ -242,6 +246,7 @@ def _schemas() -> dict[str, Any]:
                         training_finished={"type": "boolean"}),
         "Status": _status_schema(),
         "FairnessRow": _fairness_schema(),
+        "Personal": _personal_schema(),
         "Site": _site_schema(),
         "Drift": drift_schema(),
         "Lines": lines_schema(),
@@ -250,6 +255,26 @@ def _schemas() -> dict[str, Any]:
         schemas[name]["required"] = list(schemas[name]["properties"])  # readmodel fills all
     schemas["Version"]["required"] = ["version", "created_at"]  # the rest is the info kept
     return schemas
+
+
+def _personal_schema() -> dict[str, Any]:
+    """readmodel.personal: the devices' own figures (docs/heterogeneity.md)."""
+    num = {"type": "number", "nullable": True}
+    by_cluster = {"type": "object", "additionalProperties": {"type": "number"}}
+    device = {"type": "object", "properties": {
+        "device_id": {"type": "string"}, "global_accuracy": num, "personal_accuracy": num,
+        "cluster": {"type": "integer", "nullable": True}}}
+    schema = {"type": "object", "properties": {
+        "version": {"type": "integer", "nullable": True},
+        "devices": {"type": "array", "items": device},
+        "global_accuracy": _described(num, "Mean over devices: the global model (their "
+                                           "cluster's) on their held-out data"),
+        "personal_accuracy": _described(num, "Mean over devices: their own model"),
+        "cluster_sizes": _described(by_cluster, "Cluster -> devices that chose it"),
+        "cluster_accuracy": _described(by_cluster, "Cluster -> its model's accuracy on "
+                                                   "the gateway's test set")}}
+    schema["required"] = list(schema["properties"])
+    return schema
 
 
 def _status_schema() -> dict[str, Any]:
@@ -298,6 +323,9 @@ def _fairness_schema() -> dict[str, Any]:
         "floor": num,
         "contributions": _described({"type": "object", "additionalProperties": {
             "type": "number"}}, "Device -> its share of the version's samples"),
+        "weights": _described({"type": "object", "additionalProperties": {
+            "type": "number"}}, "Device -> its share of the aggregation weight under "
+                                "[strategy] weighting (the samples share by default)"),
         "note": _described({"type": "string", "nullable": True},
                            "Why there are no figures (secure aggregation), or null")}}
     schema["required"] = list(schema["properties"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from aggregator.anomalies import device_anomalies, stored_config
 from aggregator.fairness import SECURE_NOTE, Fairness
+from aggregator.personalize import merged
 from aggregator.states import UPDATE_STATES
 from aggregator.store import Store
 from aggregator.version_record import VersionRecord
@@ -235,5 +237,31 @@ def fairness(history: list[VersionRecord], latest: int) -> list[dict[str, Any]]:
             continue
         note = SECURE_NOTE if record.secagg is not None else "not recorded for this version"
         rows.append({**row, "devices": 0, "median": None, "p10": None, "worst_decile": None,
-                     "under_floor": 0, "floor": None, "contributions": {}, "note": note})
+                     "under_floor": 0, "floor": None, "contributions": {}, "weights": {},
+                     "note": note})
     return rows
+
+
+def personal(history: list[VersionRecord]) -> dict[str, Any]:
+    """The devices' own figures (personalised or clustered federations,
+    docs/heterogeneity.md): per device, from the latest version that has its row, the
+    global model's and its personal model's accuracy on its held-out data and its
+    cluster; their means; each cluster's size, and its model's accuracy on the gateway's
+    test set at the latest version."""
+    stored = merged(record.metric("personal") for record in history)
+    if stored is None:
+        return {"version": None, "devices": [], "global_accuracy": None,
+                "personal_accuracy": None, "cluster_sizes": {}, "cluster_accuracy": {}}
+    record = next(r for r in reversed(history) if isinstance(r.metric("personal"), dict))
+    devices = [{"device_id": d, "global_accuracy": row.get("global_accuracy"),
+                "personal_accuracy": row.get("personal_accuracy"),
+                "cluster": int(row["cluster"]) if "cluster" in row else None}
+               for d, row in stored["devices"].items()]
+    clusters = sorted(int(k[len("cluster"):-len("_accuracy")]) for k in record.metrics
+                      if re.fullmatch(r"cluster[0-9]+_accuracy", k))
+    return finite({"version": record.version, "devices": devices,
+                   "global_accuracy": stored["global_accuracy"],
+                   "personal_accuracy": stored["personal_accuracy"],
+                   "cluster_sizes": stored["cluster_sizes"],
+                   "cluster_accuracy": {str(c): record.metrics[f"cluster{c}_accuracy"]
+                                        for c in clusters}})

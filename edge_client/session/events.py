@@ -110,6 +110,12 @@ class FitFinished:
     before: dict[str, float]  # the global model evaluated on the local data
     num_samples: int
     shutting_down: bool = False
+    # what the device's own models measured (global/personal accuracy, its cluster),
+    # sent with the update and on the status; empty in a plain federation
+    metrics: dict[str, float] = field(default_factory=dict)
+    # the tensors a dense update needs to carry (the rest of its delta is zero by
+    # construction: personal layers, other clusters); None: all
+    only: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

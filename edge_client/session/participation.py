@@ -199,10 +199,11 @@ class Participation:
             update = s.maker.make(task, running.base, event.weights, event.result,
                                   event.before, event.num_samples,
                                   None if plan.secagg else plan.codec, plan.dp, now.wall,
-                                  work)
+                                  work, event.metrics, None if plan.secagg else event.only)
         except ValueError as exc:  # a diverged run: no noisy update can be made of it
             log.error("%s: task %s: no update sent: %s", s.me, task.task_id, exc)
             return [s.mark_done(task.task_id)]  # retraining would diverge again
+        s.status.figures = dict(event.metrics) or s.status.figures
         if plan.secagg is not None:  # the masked round replaces the update, its outbox, ack
             done = s.mark_done(task.task_id)
             return [done, *s.secure.join(task, plan.secagg, flatten_sorted(update.tensors))]
@@ -227,6 +228,8 @@ class Participation:
         s.stats.updates_sent += 1
         s.narrator.sent(storing.task, update.nonce, len(storing.payload),
                         update.metrics.get("train_s", 0.0))
+        if s.status.figures and s.connected:  # the personal figures, on the status too
+            actions.append(s.status.publish(True, s.model_version, now))
         return actions
 
     def _not_stored(self, event: UpdateNotStored) -> list[Action]:

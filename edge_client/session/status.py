@@ -27,6 +27,9 @@ class StatusBoard:
         self.session_id = session_id  # tells this run's statuses from another's
         self.interval_s = interval_s
         self.decision: Decision | None = None
+        # global_accuracy, personal_accuracy, cluster of the latest fit (personalised or
+        # clustered federations); empty otherwise, and the status is as it always was
+        self.figures: dict[str, float] = {}
         self._sent_at = 0.0  # monotonic time of the last status published
         # The Predictor's drift scores (EdgeClient sets it when given one); read, not kept
         self.drift: Callable[[], DriftReport | None] | None = None
@@ -49,7 +52,10 @@ class StatusBoard:
                 refused or (d.reason if d is not None else "")),
             model_version=model_version, time=wall,
             battery_pct=float(battery) if isinstance(battery, int | float) else None,
-            session=self.session_id, drift=self._drift_now())))
+            session=self.session_id, drift=self._drift_now(),
+            global_accuracy=_figure(self.figures, "global_accuracy"),
+            personal_accuracy=_figure(self.figures, "personal_accuracy"),
+            cluster=_cluster(self.figures))))
 
     def _drift_now(self) -> DriftReport | None:
         report = self.drift() if self.drift is not None else None
@@ -95,3 +101,13 @@ def drift_moved(before: DriftReport | None, now: DriftReport | None) -> bool:
         if old is not None and new is not None and abs(new - old) >= DRIFT_MOVE:
             return True
     return False
+
+
+def _figure(figures: dict[str, float], key: str) -> float | None:
+    value = figures.get(key)
+    return float(value) if value is not None and 0.0 <= value <= 1.0 else None
+
+
+def _cluster(figures: dict[str, float]) -> int | None:
+    value = figures.get("cluster")
+    return int(value) if value is not None else None

@@ -64,9 +64,13 @@ class UpdateMaker:
 
     def make(self, task: Task, base: Weights, trained: Weights, result: FitResult,
              before: dict[str, float], num_samples: int, codec: CodecConfig | None,
-             dp: DeviceDp | None, created_at: float, work: float = 1.0) -> Update:
+             dp: DeviceDp | None, created_at: float, work: float = 1.0,
+             extra: dict[str, float] | None = None,
+             only: frozenset[str] | None = None) -> Update:
         """The update of a fit from `base`. `work` < 1: a partial fit's share of the whole
         (partial_work), which scales the sample count the aggregator weights it by.
+        `extra`: figures sent with it (a personalised or clustered device's); `only`: the
+        tensors whose delta can be non-zero (a dense update leaves the rest out).
         ValueError: under DP, a diverged fit gives no update that can be noised."""
         self._rng = np.random.default_rng(self.seed(task))  # stochastic rounding, reproducible
         delta = {name: (trained[name] - base[name]).astype(np.float32) for name in base}
@@ -80,10 +84,14 @@ class UpdateMaker:
                         metrics={"train_loss": result.loss, "train_s": result.train_s,
                                  "local_accuracy": before.get("accuracy", float("nan")),
                                  "local_loss": before.get("loss", float("nan")),
-                                 **({"work_done": work} if work < 1 else {})},
+                                 **({"work_done": work} if work < 1 else {}),
+                                 **(extra or {})},
                         created_at=created_at)
         if dp is not None:
             update = self.add_dp_noise(update, dp)
+        if codec is None and dp is None and only is not None:  # the rest is zero: not sent
+            return dataclasses.replace(update, tensors={n: t for n, t in delta.items()
+                                                        if n in only})
         return update if codec is None else self._compress(update, codec)
 
     def add_dp_noise(self, update: Update, dp: DeviceDp) -> Update:

@@ -108,7 +108,8 @@ class Federation:
                    holdout: tuple[np.ndarray, np.ndarray] | None = None) -> EdgeClient:
         """An EdgeClient with only its own data `x`, `y`, on this federation's broker;
         `predictor` serves its models and watches for drift (EdgeClient); `holdout`: its
-        examples kept out of training, for canary evaluations."""
+        held-out data, for canary evaluations and personal/global accuracy
+        (edge_client/holdout.py)."""
         config = dataclasses.replace(config, host=self.broker.host, port=self.broker.port)
         device = EdgeClient(config, trainer, x, y, policy=policy, app_busy=app_busy,
                             on_model=on_model, predictor=predictor, holdout=holdout)

@@ -78,9 +78,11 @@ class SiteUpdateMaker(UpdateMaker):
 
     def make(self, task: Task, base: Weights, trained: Weights, result: FitResult,
              before: dict[str, float], num_samples: int, codec: CodecConfig | None,
-             dp: DeviceDp | None, created_at: float, work: float = 1.0) -> Update:
+             dp: DeviceDp | None, created_at: float, work: float = 1.0,
+             extra: dict[str, float] | None = None,
+             only: frozenset[str] | None = None) -> Update:
         update = super().make(task, base, trained, result, before, num_samples, codec, dp,
-                              created_at, work)
+                              created_at, work, extra, only)
         return dataclasses.replace(update, metrics={**update.metrics, **self.extra})
 
 

@@ -57,6 +57,30 @@ def test_demo_async_on_the_embedded_broker(tmp_path):
     assert s["final_accuracy"] > 0.7
 
 
+def test_demo_personalize_reports_global_vs_personal_accuracy(tmp_path):
+    s = _demo("--devices", "3", "--rounds", "3", "--personalize", tmp_path=tmp_path)
+    p = s["personal"]
+    assert p["mode"] == "layers" and set(p["per_device"]) == {f"device-{i}" for i in range(3)}
+    # the output layer stays on each device: its own model beats the shared one
+    assert p["personal_accuracy"] > 0.85 and p["personal_accuracy"] > p["global_accuracy"]
+    assert "clusters" not in s
+
+
+def test_demo_clusters_reports_membership(tmp_path):
+    s = _demo("--devices", "4", "--rounds", "3", "--clusters", "2", tmp_path=tmp_path)
+    c = s["clusters"]
+    assert c["k"] == 2 and set(c["membership"]) == {f"device-{i}" for i in range(4)}
+    assert sum(c["sizes"].values()) == 4 and len(c["test_accuracy"]) == 2
+    assert round(s["final_accuracy"], 4) == max(c["test_accuracy"]) and "personal" not in s
+
+
+def test_demo_personal_layers_that_name_no_tensor_fail_in_one_line(tmp_path):
+    done = run_fedge("demo", "--workdir", str(tmp_path), "--devices", "2", "--rounds", "1",
+                     "--personalize", "--personal-layers", "head.", timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "personalize.personal_layers: 'head.' names no tensor" in done.stderr
+
+
 @pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
 def test_demo_with_sites_runs_two_tiers_and_reports_each(tmp_path, broker):
     s = _demo("--sites", "2", "--devices-per-site", "2", "--rounds", "2", "--broker", broker,
@@ -177,6 +201,10 @@ def test_demo_rollout_catches_a_bad_candidate_while_production_keeps_serving(tmp
     (("--rounds", "0"), ("--rounds must be >= 1, not 0",)),
     (("--lr", "nan"), ("--lr must be a number > 0",)),
     (("--momentum", "1"), ("--momentum must be 0 or more and below 1",)),
+    (("--clusters", "0"), ("--clusters must be 1 to 64, not 0",)),
+    (("--clusters", "2", "--dp", "central"), ("--clusters", "--dp")),
+    (("--clusters", "2", "--rollout"), ("--clusters", "--rollout")),
+    (("--weighting", "loss", "--strategy", "median"), ("weighting = 'loss'", "mean-based")),
     (("--sites", "2", "--secure"), ("--sites", "--secure")),
     (("--sites", "2", "--devices-per-site", "0"), ("--devices-per-site must be >= 1",)),
     (("--bad-candidate", "2"), ("--bad-candidate needs --rollout",)),

@@ -97,6 +97,24 @@ def test_tflite_float_and_int8_from_a_calibrated_store(tmp_path):
         assert TfliteModel(out.read_bytes(), "litert", (64,)).int8 is int8
 
 
+def test_a_clustered_model_exports_one_cluster(tmp_path):
+    from edge_client.shared.clusters import stack
+
+    models = [_weights(MLP, 0), _weights(MLP, 1)]
+    db = _store(tmp_path / "agg.sqlite3", MLP, {0: stack(models)})
+    out = tmp_path / "c1.tflite"
+    done = _fedge("export", "--db", db, "--format", "tflite", "--cluster", "1", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == to_tflite(MLP, models[1])
+    for extra, words in (([], "choose one with --cluster 0 to 1"),
+                         (["--cluster", "2"], "choose one with --cluster 0 to 1")):
+        done = _fedge("export", "--db", db, "--format", "onnx", *extra, "--out", out)
+        assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
+    plain = _store(tmp_path / "plain.sqlite3", MLP, {0: models[0]})
+    done = _fedge("export", "--db", plain, "--format", "onnx", "--cluster", "0", "--out", out)
+    assert done.returncode == 2 and "not clustered" in done.stderr
+
+
 def test_the_config_leads_to_the_store(tmp_path):
     db = _store(tmp_path / "data" / "agg.sqlite3", MLP, {3: _weights(MLP, 3)})
     config = tmp_path / "aggregator.toml"

@@ -32,13 +32,13 @@ from aggregator.core import (
 from aggregator.inbound import core_event_of
 from aggregator.store import Store
 from aggregator.store_check import refuse_if_damaged
-from edge_client.canary_eval import held_out
 from edge_client.client_config import ClientConfig
 from edge_client.device_io import DeviceIO
 from edge_client.eligibility import EligibilityConfig
 from edge_client.session import DeviceSession
 from edge_client.session import actions as act
 from edge_client.session import events as ev
+from edge_client.shared.clusters import cluster_count
 from edge_client.shared.protocol import Ack, RemoteProtocolError, TrainConfig, decode
 from edge_client.shared.protocol.chunking import decode_chunk
 from edge_client.shared.protocol.tensors import Weights
@@ -93,6 +93,7 @@ class PairedDevice(ScriptedDevice):
                                      session_id=f"{self.name}-boot-{self.boots}")
         self.io = DeviceIO(self.config, self.trainer, self.narrator,
                            lambda version, arch, weights: self.served.append(version))
+        self.io.data = lambda: (self.x, self.y)
         self.feed(self.io.resumed())
         self.feed(ev.EligibilityChecked(self.decision))
 
@@ -147,13 +148,18 @@ class PairedDevice(ScriptedDevice):
                 self.bus.disconnect(self.name)
             case act.Wake():
                 self.connect()
+            case act.StartFit(task, weights) if (task.personal is not None
+                                                 or cluster_count(weights)):
+                self.fits.append(task.task_id)  # the device's own models: DeviceIO's fit
+                return self.io.execute(action, lambda: (self.x, self.y), lambda: False,
+                                       lambda: False)
             case act.StartFit(task):
                 self.fits.append(task.task_id)
                 return super()._answer(action)
             case act.CheckEligibility() | act.StopFit():
                 return super()._answer(action)
-            case act.EvaluateCanary():  # on the last fifth, as EdgeClient without a holdout
-                return self.io.evaluate_canary(action, held_out(self.x, self.y))
+            case act.EvaluateCanary():  # the default held-out fifth, as EdgeClient without one
+                return self.io.evaluate_canary(action, self.io.held_out((self.x, self.y)))
             case _:
                 answer = self.io.execute(action, lambda: (self.x, self.y), lambda: False,
                                          lambda: False)

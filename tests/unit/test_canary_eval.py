@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_client.canary_eval import canary_report, held_out, trainer_report
+from edge_client.canary_eval import canary_report, trainer_report
+from edge_client.holdout import held_out, split_holdout
 from edge_client.session.held_model import HeldModel
 from edge_client.training import mlp_trainer
 
@@ -46,9 +47,11 @@ def test_a_model_compared_with_itself_agrees_everywhere():
     assert same.agreement == 1.0 and same.candidate_accuracy == same.production_accuracy
 
 
-def test_nothing_to_evaluate_on_is_a_clear_error_and_held_out_is_the_last_fifth():
+def test_nothing_to_evaluate_on_is_a_clear_error_and_held_out_is_a_fifth():
     x, y = _data(10)
     with pytest.raises(ValueError, match="no held-out examples"):
         canary_report("d", _model(2, 5), _model(1, 6), x[:0], y[:0])
-    hx, hy = held_out(x, y)
-    assert len(hx) == 2 and (hx == x[-2:]).all() and (hy == y[-2:]).all()
+    hx, hy = held_out((x, y), "d1")
+    assert len(hx) == len(hy) == 2 and (hx == split_holdout((x, y), "d1")[1][0]).all()
+    given = (x[:3], y[:3])
+    assert held_out((x, y), "d1", given=given) is given

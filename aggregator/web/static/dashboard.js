@@ -288,6 +288,17 @@
     $("fairness").tBodies[0].replaceChildren(...(body.length ? body : [emptyRow(7, "No version yet")]));
   }
 
+  // Personalised and clustered federations: each device's global vs personal accuracy
+  // on its held-out data and the cluster it chose (api/personal).
+  function renderPersonal(p) {
+    const body = p.devices.map((d) => row([[d.device_id], [fixed(3)(d.global_accuracy), "num"],
+      [fixed(3)(d.personal_accuracy), "num"],
+      [d.cluster === null ? dash : String(d.cluster), "num",
+        d.cluster === null ? "" : `cluster ${d.cluster}: ${p.cluster_sizes[String(d.cluster)] || 0} devices`]]));
+    $("personal").tBodies[0].replaceChildren(...(body.length ? body
+      : [emptyRow(4, "Not personalised or clustered ([personalize], [clusters])")]));
+  }
+
   // Drift per device (api/drift): its latest scores, a sparkline of its PSI over time,
   // and the retraining campaigns the [drift] rule opened.
   function sparkline(points) {
@@ -352,14 +363,15 @@
   async function refresh() {
     clearTimeout(timer);
     try {
-      const [overview, versions, devices, anomalies, fairness] = await Promise.all(
+      const [overview, versions, devices, anomalies, fairness, personal] = await Promise.all(
         [api("api/overview"), api("api/versions"), api("api/devices"), api("api/anomalies"),
-          api("api/fairness")]);
+          api("api/fairness"), api("api/personal")]);
       renderOverview(overview);
       renderCharts(versions.versions);
       renderDevices(devices.devices, anomalies);
       renderVersions(versions.versions);
       renderFairness(fairness.fairness);
+      renderPersonal(personal);
       api("api/drift").then(renderDrift).catch(() => {});  // its own: an older gateway has none
       api("api/lines").then(renderLines).catch(() => {});
       $("login").hidden = true;

@@ -99,3 +99,5 @@ def _walk(value: Any, what: str, depth: int, budget: list[int]) -> None:
     else:
         for i, item in enumerate(value):
             _walk(item, f"{what}[{i}]", depth - 1, budget)
+
+MAX_CLUSTERS = 64  # clustered model lines one federation may keep (shared/clusters.py)

@@ -12,6 +12,7 @@ from edge_client.shared.protocol.bounds import (
     MAX_CHAIN,
     MAX_CHECKIN_S,
     MAX_CHUNK_SIZE,
+    MAX_CLUSTERS,
     MAX_EPOCHS,
     MAX_INT,
     MAX_METRICS,
@@ -66,7 +67,8 @@ def _task_from(f: Fields, _max: int) -> Task:
                 chunk_size=f.int("chunk_size", minimum=512, maximum=MAX_CHUNK_SIZE),
                 done=f.bool("done"), codec=f.map("codec", optional=True),
                 dp=f.map("dp", optional=True), secagg=f.map("secagg", optional=True),
-                cohort=cohort)
+                cohort=cohort, personal=f.map("personal", optional=True),
+                clusters=f.int("clusters", optional=True, minimum=1, maximum=MAX_CLUSTERS))
 
 
 def _cohort_from(f: Fields) -> Cohort | None:
@@ -173,6 +175,11 @@ def _status_from(f: Fields, _max: int) -> Status:
                   model_version=f.int("model_version", optional=True),
                   time=f.float("time"), battery_pct=f.float("battery_pct", optional=True),
                   session=f.str("session", optional=True, max_len=MAX_SESSION) or "",
+                  global_accuracy=f.float("global_accuracy", optional=True, minimum=0,
+                                          maximum=1),
+                  personal_accuracy=f.float("personal_accuracy", optional=True, minimum=0,
+                                            maximum=1),
+                  cluster=f.int("cluster", optional=True, maximum=MAX_CLUSTERS - 1),
                   drift=drift_from(f))
 
 

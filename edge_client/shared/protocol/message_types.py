@@ -38,6 +38,11 @@ class Task:
     dp: dict[str, Any] | None = None  # distributed DP: clip and noise (codecs.dp.DeviceDp)
     secagg: dict[str, Any] | None = None  # secure aggregation round (secagg.task.SecAggTask)
     cohort: Cohort | None = None
+    # Personalisation (edge_client.shared.personal.PersonalSpec) and the number of
+    # clustered model lines (edge_client.shared.clusters); None: off. Older devices
+    # ignore both and train the global model.
+    personal: dict[str, Any] | None = None
+    clusters: int | None = None
     # The aggregator's own record of the candidates it invited when it planned the task,
     # by cohort or by Invitation (no-shows, what a round waits for, whom it accepts);
     # never sent, None once decoded.
@@ -183,6 +188,12 @@ class Status:
     # A random id per run of the device: two clients with one device id show as two
     # sessions taking turns. "" from older devices.
     session: str = ""
+    # Personalised and clustered federations (docs/heterogeneity.md): the global model
+    # and the device's own model on its held-out data at its latest fit, and the cluster
+    # it chose. None: not measured (older devices, or personalisation off).
+    global_accuracy: float | None = None
+    personal_accuracy: float | None = None
+    cluster: int | None = None
     # Drift scores of its Predictor (edge_client/drift/); None from devices that keep none.
     drift: DriftReport | None = None
 

@@ -69,6 +69,7 @@ def _task_map(t: Task) -> dict[str, Any]:
         "invited": list(t.invited) if t.invited is not None else None,
         "chunk_size": t.chunk_size, "done": t.done, "codec": t.codec, "dp": t.dp,
         "secagg": t.secagg, "cohort": None if t.cohort is None else t.cohort.to_wire(),
+        **_optional(personal=t.personal, clusters=t.clusters),
         "train": {"epochs": t.train.epochs, "batch_size": t.train.batch_size,
                   "lr": t.train.lr, "momentum": t.train.momentum,
                   "prox_mu": t.train.prox_mu, **_partial_work_map(t.train)},
@@ -126,7 +127,14 @@ def _status_map(s: Status) -> dict[str, Any]:
     return {"device_id": s.device_id, "online": s.online, "eligible": s.eligible,
             "reason": cap_reason(s.reason), "model_version": s.model_version, "time": s.time,
             "battery_pct": s.battery_pct, "session": s.session,
-            **({} if s.drift is None else {"drift": s.drift.to_wire()})}  # left out: as before
+            **({} if s.drift is None else {"drift": s.drift.to_wire()}),  # left out: as before
+            **_optional(global_accuracy=s.global_accuracy,
+                        personal_accuracy=s.personal_accuracy, cluster=s.cluster)}
+
+
+def _optional(**fields: Any) -> dict[str, Any]:
+    """The additive fields that are set: messages without them stay as they were."""
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _invitation_map(i: Invitation) -> dict[str, Any]:
