@@ -24,6 +24,7 @@ from aggregator.core import (
     UpperFinished,
     VersionMade,
 )
+from aggregator.privacy import PrivacyConfig
 from aggregator.store import Store
 from aggregator.tier_view import upper
 from aggregator.upper_config import UpperConfig
@@ -40,13 +41,14 @@ class Tier:
     """One core on a scripted clock, and what it answered."""
 
     def __init__(self, tmp_path, name: str, clock: Clock, devices: list[str],
-                 upper: UpperConfig | None = None) -> None:
+                 upper: UpperConfig | None = None,
+                 privacy: PrivacyConfig | None = None) -> None:
         self.topics = Topics(name)
         config = AggregatorConfig(
             federation=name, db_path=tmp_path / f"{name}.sqlite3", rounds=0 if upper else 2,
             train=TrainConfig(epochs=1), downlink=DownlinkConfig(delta=False),
             sync=SyncConfig(target_updates=len(devices), min_fraction=1.0),
-            upper=upper or UpperConfig())
+            upper=upper or UpperConfig(), privacy=privacy or PrivacyConfig())
         self.clock, self.devices = clock, devices
         self.store = Store(config.db_path)
         self.core = AggregatorCore(config, self.store, clock.at(), lambda b: b,
