@@ -176,8 +176,7 @@ def summary(tiers: Tiers, devices: dict, connected: int, wall_s: float, flat: di
     site_bytes, site_rounds, stored, outbox_left = 0, [], set(), 0
     for s in range(args.sites):
         db = w / f"{site_name(s)}.sqlite3"
-        site_bytes += rows(db, "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM updates "
-                               "WHERE state = 'aggregated'")[0][0]
+        site_bytes += rows(db, "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM updates")[0][0]
         site_rounds += round_seconds(db)
         stored |= set(rows(db, "SELECT device_id, task_id, nonce FROM updates"))
         outbox = w / f"{site_name(s)}-upper" / "outbox"

@@ -39,7 +39,7 @@ def test_central_dp_at_the_top_clips_and_noises_each_site_as_one_participant(tmp
         site.send(AdoptModel(WEIGHTS, 0, clock.at()))
         site.send(UpperAsks(0, clock.at()))
         task = _task(site.tick())
-        for d, device in enumerate(site.devices):  # site-b's devices move twice as far
+        for device in site.devices:  # site-b's devices move twice as far
             delta = {k: (1 + s) * RNG.normal(size=v.shape).astype(np.float32)
                      for k, v in WEIGHTS.items()}
             assert [a.status for a in site.upload(_update(device, task, delta, 10 + 90 * s))
