@@ -17,7 +17,8 @@ the sites invite together per top round).
 
 Prints one JSON object: `top_tier_bytes_per_round` (the site aggregates the top stored
 per version) against `flat_bytes_per_round` (the device updates the flat gateway stored
-per version), `round_s_median` of each tier and of the flat gateway, `lost` (device
+per version; `sites_bytes_in_per_round`: what the sites took in together),
+`round_s_median` of each tier and of the flat gateway, `lost` (device
 updates acked by a site but not in its store, updates never acked, and site aggregates
 left unacked in an uplink's outbox; `flat.lost` the same on the flat gateway), the
 kill's effect (the top round it fell in, against the median), and the load average
