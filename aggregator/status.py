@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from aggregator.store import Store
+from aggregator.tier_view import tier_line
 from edge_client.shared.protocol.reasons import reason_kind
 
 RECENT_REJECTIONS = 5
@@ -65,6 +66,7 @@ class FleetStatus:
     stopped: str | None  # why training ended before its rounds (e.g. a privacy budget)
     finished: bool  # a final "done" task was published
     broker: dict[str, Any] | None  # the service's link: connected or not, since when, why
+    tier: str | None = None  # where it sits in a tree of aggregators (docs/tiers.md)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +110,7 @@ def fleet_status(store: Store, now: float | None = None) -> FleetStatus:
         stopped=store.note("stopped"),
         finished=bool(store.note(FINISHED_NOTE)),
         broker=store.note(BROKER_NOTE),
+        tier=tier_line(store),
     )
 
 

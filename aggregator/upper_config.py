@@ -16,6 +16,9 @@ from pathlib import Path
 from edge_client.shared.protocol.topics import check_name
 from edge_client.shared.security import BrokerAuth, DeviceSecurity
 
+UPPER_NOTE = "upper"  # the store note of a site's count since its upper model (core/upper.py)
+LINK_NOTE = "upper_link"  # where its upper tier is, for /api/upper (aggregator/tier_view.py)
+
 
 @dataclass
 class UpperConfig:

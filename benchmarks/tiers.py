@@ -1,7 +1,7 @@
 """Tiers benchmark: S sites x N simulated devices under one top aggregator (docs/tiers.md).
 
     cd fedge && .venv/bin/python -m benchmarks.tiers [--sites 10] [--devices 300]
-        [--invited 100] [--rounds 3] [--kill-site]
+        [--invited 100] [--rounds 3] [--kill-site] [--no-flat]
 
 A top mosquitto and, per site, a mosquitto bridged to it (aggregator/broker_bridge.py),
 a site gateway (`fedge aggregator serve` with [upper], sync rounds inviting K of its N
@@ -11,22 +11,27 @@ devices, the fleet benchmark's compressed uplink) and N simulated devices in one
 site's aggregate of one site round. With `--kill-site`, site 0's gateway is killed with
 SIGKILL in the middle of the top's second round and started again.
 
+Then, in the same run, the same fleet on ONE gateway (benchmarks/tiers_flat.py): the
+same S x N devices, the same payload and rounds, each round inviting S x K devices (what
+the sites invite together per top round).
+
 Prints one JSON object: `top_tier_bytes_per_round` (the site aggregates the top stored
-per version), `flat_bytes_per_round` (the device updates the sites stored per top round:
-what one gateway over the whole fleet would take in for the same rounds),
-`round_s_median` of each tier, `lost` (device updates acked by a site but not in its
-store, updates never acked, and site aggregates left unacked in an uplink's outbox), and
-the kill's effect (the top round it fell in, against the median).
+per version) against `flat_bytes_per_round` (the device updates the flat gateway stored
+per version; `sites_bytes_in_per_round`: what the sites took in together),
+`round_s_median` of each tier and of the flat gateway, `lost` (device
+updates acked by a site but not in its store, updates never acked, and site aggregates
+left unacked in an uplink's outbox; `flat.lost` the same on the flat gateway), the
+kill's effect (the top round it fell in, against the median), and the load average
+before and after each part (the machine's other work shows in the round times).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
-import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +49,15 @@ from benchmarks.fleet_gateway import (
     mosquitto_conf,
     start_mosquitto,
     wait_port,
+)
+from benchmarks.tiers_flat import (
+    FlatPlan,
+    median,
+    round_seconds,
+    rows,
+    run_flat,
+    serve,
+    versions_made,
 )
 from fedge.broker import find_mosquitto
 
@@ -68,41 +82,6 @@ def site_toml(name: str, fleet: Fleet, port: int, db: Path) -> str:
     text = text.replace(f"rounds = {fleet.rounds}\n", "rounds = 0\n")
     return text + (f'\n[upper]\nenabled = true\nport = {port}\nfederation = "{TOP}"\n'
                    f'site_id = "{name}"\nack_timeout_s = 10.0\n')
-
-
-def serve(toml: Path, log: Path) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "fedge", "aggregator", "serve",
-                                 "--exit-when-done", "--config", str(toml)],
-                                cwd=ROOT, env=_env(), stdout=out, stderr=out)
-
-
-def top_version(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            row = con.execute("SELECT MAX(version) FROM models").fetchone()
-        return int(row[0] or 0)
-    except sqlite3.Error:
-        return 0
-
-
-def rows(db: Path, query: str) -> list[tuple]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        return list(con.execute(query))
-
-
-def round_seconds(db: Path) -> list[float]:
-    """Per version made from updates: its round's wall time (the adopted ones have none)."""
-    out = []
-    for (info,) in rows(db, "SELECT info FROM models WHERE version > 0 ORDER BY version"):
-        record = json.loads(info)
-        if record.get("updates"):
-            out.append(float(record.get("round_wall_s", 0.0)))
-    return out
-
-
-def median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 3) if values else None
 
 
 class Tiers:
@@ -161,7 +140,7 @@ class Tiers:
         """SIGKILL site 0's gateway in the middle of the top's second round; restart it."""
         db, name = self.workdir / "top.sqlite3", site_name(0)
         deadline = time.monotonic() + self.args.time_limit_s
-        while top_version(db) < 1 and time.monotonic() < deadline:
+        while versions_made(db) < 1 and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(self.args.kill_after_s)
         self.killed_at = time.time()
@@ -190,16 +169,15 @@ class Tiers:
             broker.wait(10)
 
 
-def summary(tiers: Tiers, devices: dict, connected: int, wall_s: float) -> dict:
+def summary(tiers: Tiers, devices: dict, connected: int, wall_s: float, flat: dict) -> dict:
     w, args = tiers.workdir, tiers.args
     top_db = w / "top.sqlite3"
-    versions = top_version(top_db)
+    versions = versions_made(top_db)
     top_bytes = rows(top_db, "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM updates")[0][0]
     site_bytes, site_rounds, stored, outbox_left = 0, [], set(), 0
     for s in range(args.sites):
         db = w / f"{site_name(s)}.sqlite3"
-        site_bytes += rows(db, "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM updates "
-                               "WHERE state = 'aggregated'")[0][0]
+        site_bytes += rows(db, "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM updates")[0][0]
         site_rounds += round_seconds(db)
         stored |= set(rows(db, "SELECT device_id, task_id, nonce FROM updates"))
         outbox = w / f"{site_name(s)}-upper" / "outbox"
@@ -214,12 +192,14 @@ def summary(tiers: Tiers, devices: dict, connected: int, wall_s: float) -> dict:
         "devices_per_site": args.devices, "invited_per_site_round": args.invited,
         "connected": connected, "top_versions": versions,
         "top_tier_bytes_per_round": round(top_bytes / max(1, versions)),
-        "flat_bytes_per_round": round(site_bytes / max(1, versions)),
-        "round_s_median": {"top": median(top_rounds), "site": median(site_rounds)},
+        "flat_bytes_per_round": flat.get("bytes_per_round"),
+        "sites_bytes_in_per_round": round(site_bytes / max(1, versions)),
+        "round_s_median": {"top": median(top_rounds), "site": median(site_rounds),
+                           "flat": flat.get("round_s_median")},
         "top_round_s": [round(s, 2) for s in top_rounds],
         "lost": lost_acked + len(devices["unacked"]) + outbox_left,
         "device_acks": len(kept), "aggregates_used_per_site": per_site,
-        "wall_s": round(wall_s, 1),
+        "wall_s": round(wall_s, 1), "flat": flat,
     }
     if tiers.killed_at is not None:  # the top round it fell in: the first made after it
         made = [at for (at,) in rows(top_db, "SELECT created_at FROM models WHERE version > 0 "
@@ -245,6 +225,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kill-after-s", type=float, default=1.0)
     parser.add_argument("--ack-timeout-s", type=float, default=30.0)
     parser.add_argument("--time-limit-s", type=float, default=900.0)
+    parser.add_argument("--no-flat", action="store_true",
+                        help="skip the flat run (no flat_bytes_per_round)")
     parser.add_argument("--keep", help="keep logs, stores and configs in this folder")
     args = parser.parse_args(argv)
     if args.sites < 1 or not 1 <= args.invited <= args.devices or args.rounds < 1:
@@ -258,19 +240,31 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedge-tiers-"))
     workdir.mkdir(parents=True, exist_ok=True)
     tiers = Tiers(args, workdir)
-    began = time.monotonic()
+    load = {"before": _load()}
     try:
-        connected = tiers.start()
-        if args.kill_site:
-            tiers.kill_a_site()
-        devices = tiers.wait()
-        print(json.dumps(summary(tiers, devices, connected, time.monotonic() - began),
-                         indent=2))
+        began = time.monotonic()
+        try:
+            connected = tiers.start()
+            if args.kill_site:
+                tiers.kill_a_site()
+            devices = tiers.wait()
+            wall_s = time.monotonic() - began
+        finally:
+            tiers.stop()
+        load["after_tiers"] = _load()
+        flat = {} if args.no_flat else run_flat(FlatPlan(
+            args.sites, args.devices, args.invited, args.rounds, args.ack_timeout_s,
+            args.time_limit_s), find_mosquitto() or "mosquitto", workdir)
+        load["after_flat"] = _load()
+        result = summary(tiers, devices, connected, wall_s, flat)
+        result["loadavg"] = load
+        print(json.dumps(result, indent=2))
     finally:
-        tiers.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 if __name__ == "__main__":
     main()

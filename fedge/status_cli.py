@@ -139,6 +139,8 @@ def render(s: FleetStatus, where: object) -> str:
         state = ("connected" if s.broker["connected"]
                  else f"not connected ({s.broker['reason'] or 'unknown'})")
         lines.append(f"broker      {state} since {_ago(time.time() - s.broker['since'])}")
+    if s.tier is not None:
+        lines.append(f"tier        {s.tier}")
     lines.append(_round_line(s))
     online = [d for d in s.devices if d.online]
     eligible = [d for d in online if d.eligible]

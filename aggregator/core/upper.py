@@ -24,13 +24,12 @@ from aggregator.core.schedule import STOPPED_NOTE, RoundSchedule
 from aggregator.core.state import CoreState
 from aggregator.downlink import representable
 from aggregator.store import Store
-from aggregator.upper_config import UpperConfig
+from aggregator.upper_config import LINK_NOTE, UPPER_NOTE, UpperConfig
 from aggregator.version_record import VersionRecord
 from edge_client.shared.protocol import Model, encode
 from edge_client.shared.protocol.chunking import sha256_hex
 
 log = logging.getLogger("aggregator.service")
-UPPER_NOTE = "upper"  # the store note that holds UpperCount
 
 
 @dataclass
@@ -59,6 +58,10 @@ class UpperLink:
         self.site_id = config.site_id
         self.store = store
         self.count = UpperCount.of(store.note(UPPER_NOTE)) if config.enabled else UpperCount()
+        store.set_note(LINK_NOTE, {
+            "site_id": config.site_id, "broker": f"{config.host}:{config.port}",
+            "federation": config.federation, "every_versions": config.every_versions,
+        } if config.enabled else None)
 
     @property
     def holding(self) -> bool:

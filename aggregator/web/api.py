@@ -14,10 +14,11 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from aggregator import tier_view
 from aggregator.lifecycle import Command
 from aggregator.model_lines import lines_view
 from aggregator.status import fleet_status, service_health
-from aggregator.web import bodies, drift_view, metrics, readmodel, sites
+from aggregator.web import bodies, drift_view, metrics, readmodel
 from aggregator.web.actions import AdminActions
 from aggregator.web.auth import Access
 from aggregator.web.context import ApiError, request_store, web_context
@@ -61,12 +62,12 @@ def devices() -> Response:
 
 def site_list() -> Response:
     """An upper tier's sites (docs/tiers.md); empty on a gateway of devices."""
-    return jsonify({"sites": readmodel.finite(sites.sites(request_store()))})
+    return jsonify({"sites": readmodel.finite(tier_view.sites(request_store()))})
 
 
 def upper_tier() -> Response:
     """A site's upper tier (docs/tiers.md); null on a gateway that is no site."""
-    return jsonify({"upper": sites.upper(request_store())})
+    return jsonify({"upper": tier_view.upper(request_store())})
 
 
 def anomalies() -> Response:

@@ -97,7 +97,12 @@ def _paths() -> dict[str, Any]:
                                    "asked": {"type": "boolean"},
                                    "versions": {"type": "integer"},
                                    "updates": {"type": "integer"},
-                                   "samples": {"type": "integer"}}}}})),
+                                   "samples": {"type": "integer"},
+                                   "site_id": {"type": "string", "nullable": True},
+                                   "broker": {"type": "string", "nullable": True},
+                                   "federation": {"type": "string", "nullable": True},
+                                   "every_versions": {"type": "integer", "nullable": True},
+                                   "holding": {"type": "boolean"}}}}})),
         "/api/anomalies": _get("Devices whose recent updates were rejected or clipped",
                                _json(_ref("Anomalies"))),
         "/api/audit": _get("Which devices' updates went into which version",
@@ -302,8 +307,10 @@ def _status_schema() -> dict[str, Any]:
         "recent_rejections": {"type": "array", "items": rejection},
         "stopped": {"type": "string", "nullable": True}, "finished": {"type": "boolean"},
         "broker": {"type": "object", "nullable": True, "properties": {
-            "connected": {"type": "boolean"}, "since": {"type": "number"}, "reason": text}}}}
-    schema["required"] = list(schema["properties"])
+            "connected": {"type": "boolean"}, "since": {"type": "number"}, "reason": text}},
+        "tier": _described({"type": "string", "nullable": True},
+                           "Where it sits in a tree of aggregators (docs/tiers.md)")}}
+    schema["required"] = [key for key in schema["properties"] if key != "tier"]
     return schema
 
 
@@ -365,7 +372,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _site_schema() -> dict[str, Any]:
-    """aggregator/web/sites.py's rows."""
+    """aggregator/tier_view.py's rows."""
     integer = {"type": "integer", "nullable": True}
     number = {"type": "number", "nullable": True}
     return {"type": "object", "properties": {
@@ -376,4 +383,7 @@ def _site_schema() -> dict[str, Any]:
                                                       "of the device updates in it"),
         "last_aggregate_state": {"type": "string"},
         "devices_behind": _described(integer, "Device updates in the last aggregate"),
-        "site_versions": _described(integer, "Site versions the last aggregate spans")}}
+        "site_versions": _described(integer, "Site versions the last aggregate spans"),
+        "samples_used": _described(integer, "Samples of its aggregates that went into versions"),
+        "sample_share": _described(number, "Its share of the sites' samples_used"),
+        "aggregate_share": _described(number, "Its share of the sites' aggregates_used")}}

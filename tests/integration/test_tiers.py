@@ -13,8 +13,8 @@ import pytest
 from aggregator.config import AsyncConfig, SyncConfig
 from aggregator.secagg.config import SecAggConfig
 from aggregator.store import Store
+from aggregator.tier_view import sites
 from aggregator.upper_config import UpperConfig
-from aggregator.web.sites import sites
 from edge_client.client import ClientConfig
 from edge_client.eligibility import EligibilityConfig
 from edge_client.shared.security import AggregatorSecurity, DeviceSecurity

@@ -14,7 +14,7 @@ import pytest
 from aggregator.broker_bridge import BridgePlan, bridge_section
 from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
 from aggregator.store import Store
-from aggregator.web.sites import sites
+from aggregator.tier_view import sites
 from edge_client.shared.security import BrokerAuth
 from fedge.broker import MosquittoBroker, free_port
 from fedge.tiers.federation import TieredFederation

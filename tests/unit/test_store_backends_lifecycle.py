@@ -6,7 +6,7 @@ from __future__ import annotations
 from aggregator.lifecycle.stages import Command, Stage, StageChange
 from aggregator.states import UpdateState
 from aggregator.store_drift import drift_history
-from aggregator.web.sites import sites
+from aggregator.tier_view import sites
 from edge_client.shared.protocol import Status, Update, encode
 from edge_client.shared.protocol.drift import DriftReport
 

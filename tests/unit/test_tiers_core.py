@@ -24,9 +24,10 @@ from aggregator.core import (
     UpperFinished,
     VersionMade,
 )
+from aggregator.privacy import PrivacyConfig
 from aggregator.store import Store
+from aggregator.tier_view import upper
 from aggregator.upper_config import UpperConfig
-from aggregator.web.sites import upper
 from edge_client.shared.protocol import Status, Task, Topics, TrainConfig, Update, encode
 from edge_client.shared.protocol.chunking import split
 from tests.unit.scripted_clock import ScriptedClock as Clock
@@ -40,13 +41,14 @@ class Tier:
     """One core on a scripted clock, and what it answered."""
 
     def __init__(self, tmp_path, name: str, clock: Clock, devices: list[str],
-                 upper: UpperConfig | None = None) -> None:
+                 upper: UpperConfig | None = None,
+                 privacy: PrivacyConfig | None = None) -> None:
         self.topics = Topics(name)
         config = AggregatorConfig(
             federation=name, db_path=tmp_path / f"{name}.sqlite3", rounds=0 if upper else 2,
             train=TrainConfig(epochs=1), downlink=DownlinkConfig(delta=False),
             sync=SyncConfig(target_updates=len(devices), min_fraction=1.0),
-            upper=upper or UpperConfig())
+            upper=upper or UpperConfig(), privacy=privacy or PrivacyConfig())
         self.clock, self.devices = clock, devices
         self.store = Store(config.db_path)
         self.core = AggregatorCore(config, self.store, clock.at(), lambda b: b,
@@ -135,8 +137,12 @@ def test_two_tiers_of_fedavg_make_the_flat_fedavg_of_every_device_update(tmp_pat
     assert site.core.state.version == 3 and _task(site.tick()).model_version == 3
     assert site.send(AdoptModel(new, 1, clock.at())) == []  # a restart installs it again
     assert site.core.state.version == 3
-    assert upper(site.store) == {"upper_version": 1, "site_version": 3, "asked": True,
-                                 "versions": 0, "updates": 0, "samples": 0}  # /api/upper
+    view = upper(site.store)  # /api/upper
+    assert view is not None and {k: view[k] for k in (
+        "upper_version", "site_version", "asked", "versions", "updates", "samples",
+        "site_id", "holding")} == {"upper_version": 1, "site_version": 3, "asked": True,
+                                   "versions": 0, "updates": 0, "samples": 0,
+                                   "site_id": "site-a", "holding": False}
     assert upper(top.store) is None
     site.send(UpperFinished("done", new, 1, clock.at()))
     assert site.core.state.finished and site.core.state.task is None  # its round ended

@@ -374,6 +374,8 @@
       renderPersonal(personal);
       api("api/drift").then(renderDrift).catch(() => {});  // its own: an older gateway has none
       api("api/lines").then(renderLines).catch(() => {});
+      api("api/sites").then(window.FedgeTiers.sites).catch(() => {});  // docs/tiers.md
+      api("api/upper").then(window.FedgeTiers.upper).catch(() => {});
       $("login").hidden = true;
       $("forget").hidden = !sessionStorage.getItem(KEY);
       text("status", "Updated " + new Date().toLocaleTimeString());
