@@ -24,6 +24,7 @@ from edge_client.shared.protocol.cohort import EVERYONE, Cohort
 from edge_client.shared.protocol.drift import drift_from
 from edge_client.shared.protocol.errors import MAX_REASON, RemoteProtocolError
 from edge_client.shared.protocol.fields import Fields
+from edge_client.shared.protocol.lean_update import LEAN_UPDATE_VERSION, lean_update_from
 from edge_client.shared.protocol.message_types import (
     Ack,
     DeltaInfo,
@@ -81,6 +82,8 @@ def _cohort_from(f: Fields) -> Cohort | None:
 
 
 def _update_from(f: Fields, max_elements: int) -> Update:
+    if f.obj.get("v") == LEAN_UPDATE_VERSION:
+        return lean_update_from(f, max_elements)
     metrics = _metrics(f)
     codec = f.map("codec", optional=True)
     blob = f.bytes("blob")
