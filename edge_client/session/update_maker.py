@@ -16,6 +16,7 @@ import numpy as np
 from edge_client.shared.codecs import CodecConfig, ErrorFeedback, encode_vector
 from edge_client.shared.codecs.adaptive import codec_for_update
 from edge_client.shared.codecs.dp import DeviceDp, clip_and_noise
+from edge_client.shared.codecs.frame import LEAN_FORMAT_VERSION
 from edge_client.shared.protocol import Task, Update
 from edge_client.shared.protocol.seeds import training_seed, update_seed
 from edge_client.shared.protocol.tensors import Weights, flatten_sorted, unflatten_like
@@ -102,7 +103,7 @@ class UpdateMaker:
             vector = feedback.compensate(vector)
         codec = codec_for_update(vector, codec)
         encoded = encode_vector(vector, codec, update_seed(update.task_id, update.device_id),
-                                self._rng)
+                                self._rng, frame=LEAN_FORMAT_VERSION)
         if feedback is not None:
             feedback.record(vector, encoded.sent)
             self.feedback_version = update.base_version
