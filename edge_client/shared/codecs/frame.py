@@ -4,8 +4,9 @@ Two layouts. Version 1 (model deltas, and updates from older devices) is a fixed
 header of u32/u64 fields and a zlib stream. Version 2 (updates since the lean update
 envelope, docs/protocol.md) carries the same facts in about 10 bytes: the three codes in
 one byte, varints for the sizes, a raw deflate stream (the frame's crc32 already guards
-it), and the seed folded into the crc32 instead of sent: both sides derive it, so a blob
-decoded under another seed fails its check just as a version 1 seed mismatch did.
+it) whose index set and values are separate deflate blocks, and the seed folded into the
+crc32 instead of sent: both sides derive it, so a blob decoded under another seed fails
+its check just as a version 1 seed mismatch did.
 
 Version 2 layout (varints are LEB128):
 
@@ -51,8 +52,11 @@ class Header:
     payload_len: int
 
 
-def seal(header: Header, payload: bytes) -> bytes:
-    """The whole blob: header, (compressed) body, crc32, in `header.version`'s layout."""
+def seal(header: Header, payload: bytes, split: int = 0) -> bytes:
+    """The whole blob: header, (compressed) body, crc32, in `header.version`'s layout.
+    `split`: where the payload's index set ends and its values begin (version 2 deflates
+    them as separate blocks, each with its own code tables: about 7% fewer bytes for a
+    top-k update; still one stream that any inflater reads)."""
     zlib_on = COMPRESSORS[header.compress] == "zlib"
     if header.version == FORMAT_VERSION:
         body = zlib.compress(payload, ZLIB_LEVEL) if zlib_on else payload
@@ -65,7 +69,7 @@ def seal(header: Header, payload: bytes) -> bytes:
         _varint(v) for v in (header.block_size, header.n, header.k, header.payload_len))
     if header.sparsify == RANDK:
         head += header.index_check.to_bytes(4, "little")
-    framed = head + (_deflate_raw(payload) if zlib_on else payload)
+    framed = head + (_deflate_raw(payload, split) if zlib_on else payload)
     crc = zlib.crc32(framed, zlib.crc32(_SEED.pack(header.seed)))
     return framed + crc.to_bytes(TRAILER_SIZE, "little")
 
@@ -160,6 +164,11 @@ def _read_varint(data: bytes, at: int) -> tuple[int, int]:
     raise RemoteProtocolError("update blob header has a varint longer than 5 bytes")
 
 
-def _deflate_raw(payload: bytes) -> bytes:
+def _deflate_raw(payload: bytes, split: int) -> bytes:
+    """Raw deflate; a block ends at `split` when it falls inside the payload, so the
+    values (near-random quantized codes) do not share code tables with the indices."""
     deflater = zlib.compressobj(ZLIB_LEVEL, zlib.DEFLATED, -15)
-    return deflater.compress(payload) + deflater.flush()
+    if not 0 < split < len(payload):
+        return deflater.compress(payload) + deflater.flush()
+    return (deflater.compress(payload[:split]) + deflater.flush(zlib.Z_BLOCK)
+            + deflater.compress(payload[split:]) + deflater.flush())

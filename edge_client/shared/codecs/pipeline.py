@@ -105,7 +105,7 @@ def encode_vector(
         index_check=_index_check(idx) if config.sparsify == "randk" else 0,
         payload_len=len(payload),
     )
-    blob = seal(header, payload)
+    blob = seal(header, payload, split=len(index_bytes))
     sent = _scatter(n, idx, _decode_values(value_bytes, config, idx.shape[0]))
     return Encoded(blob=blob, sent=sent)
 
