@@ -144,3 +144,46 @@ def test_a_version_3_update_is_refused_by_name():
     raw["v"] = 3
     with pytest.raises(RemoteProtocolError, match="unsupported protocol version 3"):
         decode(msgpack.packb(raw, use_bin_type=True))
+
+
+# ---------------------------------------------------------------- who sends which version
+
+
+def test_a_task_says_which_update_envelope_its_aggregator_reads():
+    from edge_client.shared.protocol import Task, TrainConfig
+
+    old = Task("r1-abc", "sync", 1, 0, TrainConfig())  # an aggregator before version 2
+    new = dataclasses.replace(old, update_version=LEAN_UPDATE_VERSION)
+    assert "update_v" not in msgpack.unpackb(encode(old))  # old tasks: byte for byte
+    assert decode(encode(old), expect=Task).update_version == 1
+    assert decode(encode(new), expect=Task).update_version == LEAN_UPDATE_VERSION
+    future = msgpack.unpackb(encode(new), raw=False)
+    future["update_v"] = 9  # a newer aggregator: this device sends the newest it knows
+    assert decode(msgpack.packb(future), expect=Task).update_version == 9
+    future["update_v"] = 0
+    with pytest.raises(RemoteProtocolError, match="update_v"):
+        decode(msgpack.packb(future), expect=Task)
+
+
+def test_a_device_sends_what_the_tasks_aggregator_reads():
+    from edge_client.session.update_maker import blob_format
+    from edge_client.shared.protocol import Task, TrainConfig
+    from edge_client.shared.protocol.messages import encode_update
+
+    old = Task("r1-abc", "sync", 1, 0, TrainConfig())
+    new = dataclasses.replace(old, update_version=LEAN_UPDATE_VERSION)
+    newer = dataclasses.replace(old, update_version=9)
+    assert msgpack.unpackb(encode_update(COMPRESSED, old))["v"] == 1
+    assert msgpack.unpackb(encode_update(COMPRESSED, new))["v"] == LEAN_UPDATE_VERSION
+    assert msgpack.unpackb(encode_update(COMPRESSED, newer))["v"] == LEAN_UPDATE_VERSION
+    assert (blob_format(old), blob_format(new), blob_format(newer)) == (1, 2, 2)
+
+
+def test_the_aggregators_tasks_ask_for_lean_updates():
+    from aggregator.config import AggregatorConfig, SyncConfig
+    from aggregator.participation import BufferedAsync, SyncRounds
+
+    config = AggregatorConfig(federation="t", sync=SyncConfig(target_updates=1))
+    for mode in (SyncRounds(config), BufferedAsync(config)):
+        task = mode.plan(1, 0, ["dev-1"], 0.0)
+        assert task is not None and task.update_version == LEAN_UPDATE_VERSION

@@ -67,7 +67,7 @@ def _task_from(f: Fields, _max: int) -> Task:
                 chunk_size=f.int("chunk_size", minimum=512, maximum=MAX_CHUNK_SIZE),
                 done=f.bool("done"), codec=f.map("codec", optional=True),
                 dp=f.map("dp", optional=True), secagg=f.map("secagg", optional=True),
-                cohort=cohort)
+                cohort=cohort, update_version=f.int("update_v", optional=True, minimum=1) or 1)
 
 
 def _cohort_from(f: Fields) -> Cohort | None:

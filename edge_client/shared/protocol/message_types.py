@@ -38,6 +38,10 @@ class Task:
     dp: dict[str, Any] | None = None  # distributed DP: clip and noise (codecs.dp.DeviceDp)
     secagg: dict[str, Any] | None = None  # secure aggregation round (secagg.task.SecAggTask)
     cohort: Cohort | None = None
+    # The newest update envelope the aggregator reads (2: lean_update.py); 1 from
+    # aggregators before it. Devices send the newer of it and their own, so either side
+    # may be upgraded first.
+    update_version: int = 1
     # The aggregator's own record of the candidates it invited when it planned the task,
     # by cohort or by Invitation (no-shows, what a round waits for, whom it accepts);
     # never sent, None once decoded.

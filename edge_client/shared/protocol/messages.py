@@ -74,6 +74,7 @@ def _task_map(t: Task) -> dict[str, Any]:
         "invited": list(t.invited) if t.invited is not None else None,
         "chunk_size": t.chunk_size, "done": t.done, "codec": t.codec, "dp": t.dp,
         "secagg": t.secagg, "cohort": None if t.cohort is None else t.cohort.to_wire(),
+        **({"update_v": t.update_version} if t.update_version > 1 else {}),
         "train": {"epochs": t.train.epochs, "batch_size": t.train.batch_size,
                   "lr": t.train.lr, "momentum": t.train.momentum,
                   "prox_mu": t.train.prox_mu, **_partial_work_map(t.train)},
@@ -149,6 +150,13 @@ _ENCODERS: dict[type, tuple[str, Any]] = {
     Status: ("status", _status_map),
     Invitation: ("invitation", _invitation_map),
 }
+
+
+def encode_update(update: Update, task: Task) -> bytes:
+    """An update in the newest envelope both sides read: version 2 when the task says its
+    aggregator reads it, else version 1."""
+    return encode(update) if task.update_version >= LEAN_UPDATE_VERSION else \
+        encode_update_v1(update)
 
 
 def encode_update_v1(update: Update) -> bytes:
