@@ -187,3 +187,15 @@ def test_the_aggregators_tasks_ask_for_lean_updates():
     for mode in (SyncRounds(config), BufferedAsync(config)):
         task = mode.plan(1, 0, ["dev-1"], 0.0)
         assert task is not None and task.update_version == LEAN_UPDATE_VERSION
+
+
+def test_an_upgraded_device_resends_the_version_1_updates_in_its_outbox():
+    from edge_client.outbox import OutboxEntry
+    from edge_client.session.resend import read_outbox
+
+    entries = [OutboxEntry("a" * 32, encode_update_v1(COMPRESSED)),
+               OutboxEntry("b" * 32, encode(COMPRESSED)), OutboxEntry("c" * 32, b"junk")]
+    readable, unreadable = read_outbox(entries)
+    assert [(e.nonce, task) for e, task in readable] == [("a" * 32, "r17-ab12cd34"),
+                                                        ("b" * 32, "r17-ab12cd34")]
+    assert [nonce for nonce, _ in unreadable] == ["c" * 32]
