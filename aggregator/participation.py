@@ -21,6 +21,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.states import RoundDue, TaskState, UpdateState
 from edge_client.shared.protocol import Task, Update
 from edge_client.shared.protocol.cohort import EVERYONE, draw
+from edge_client.shared.protocol.lean_update import LEAN_UPDATE_VERSION
 from edge_client.shared.protocol.states import AckStatus
 
 log = logging.getLogger("aggregator.service")
@@ -93,7 +94,7 @@ class SyncRounds:
                     deadline=now + self.timeout_s, cohort=drawn.cohort,
                     invited=None, members=drawn.members,
                     chunk_size=self.config.chunk_size, codec=_uplink(self.config),
-                    **_heterogeneity(self.config))
+                    **_heterogeneity(self.config), update_version=LEAN_UPDATE_VERSION)
 
     def reinvite(self, task: Task, online: list[str], now: float) -> Task | None:
         """A sync round's invitation is fixed when it opens."""
@@ -173,7 +174,7 @@ class BufferedAsync:
         task = Task(task_id=f"v{version}-async", mode="async", round=round_no,
                     model_version=version, train=self.config.train, deadline=None,
                     invited=None, chunk_size=self.config.chunk_size, codec=_uplink(self.config),
-                    **_heterogeneity(self.config))
+                    **_heterogeneity(self.config), update_version=LEAN_UPDATE_VERSION)
         if not self.cfg.concurrency:
             return task
         self.flight.refresh(version, online)

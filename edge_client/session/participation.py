@@ -24,7 +24,8 @@ from edge_client.session.partial_work import deadline_reached, keep_early_stop
 from edge_client.session.update_maker import FeedbackSnapshot
 from edge_client.shared.codecs import CodecConfig
 from edge_client.shared.codecs.dp import DeviceDp
-from edge_client.shared.protocol import Invitation, RemoteProtocolError, Task, Update, encode
+from edge_client.shared.protocol import Invitation, RemoteProtocolError, Task, Update
+from edge_client.shared.protocol.messages import encode_update
 from edge_client.shared.protocol.reasons import reason_kind
 from edge_client.shared.protocol.tensors import Weights, flatten_sorted
 
@@ -207,7 +208,7 @@ class Participation:
         if plan.secagg is not None:  # the masked round replaces the update, its outbox, ack
             done = s.mark_done(task.task_id)
             return [done, *s.secure.join(task, plan.secagg, flatten_sorted(update.tensors))]
-        payload = s.keys.seal(encode(update))  # resends repeat these exact bytes
+        payload = s.keys.seal(encode_update(update, task))  # resends repeat these bytes
         dense = 4 * sum(w.size for w in running.base.values())
         self._storing = Storing(task, update, payload, dense, running.feedback)
         return [StoreUpdate(update.nonce, payload)]

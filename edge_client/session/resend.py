@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from edge_client.outbox import OutboxEntry
 from edge_client.shared.protocol import RemoteProtocolError
-from edge_client.shared.protocol.messages import unpack_map
+from edge_client.shared.protocol.lean_update import task_id_key
+from edge_client.shared.protocol.messages import KNOWN_VERSIONS, unpack_map
 from edge_client.shared.protocol.signing import is_signed, open_envelope
 
 
@@ -68,7 +69,8 @@ def read_outbox(entries: Iterable[OutboxEntry]) -> tuple[list[tuple[OutboxEntry,
         try:
             body = (open_envelope(entry.payload).body if is_signed(entry.payload)
                     else entry.payload)
-            readable.append((entry, str(unpack_map(body)["task_id"])))
+            update = unpack_map(body, KNOWN_VERSIONS)  # an update of version 1 or 2
+            readable.append((entry, str(update[task_id_key(update)])))
         except (RemoteProtocolError, KeyError) as exc:
             unreadable.append((entry.nonce, str(exc)))
     return readable, unreadable

@@ -16,7 +16,9 @@ import numpy as np
 from edge_client.shared.codecs import CodecConfig, ErrorFeedback, encode_vector
 from edge_client.shared.codecs.adaptive import codec_for_update
 from edge_client.shared.codecs.dp import DeviceDp, clip_and_noise
+from edge_client.shared.codecs.frame import FORMAT_VERSION, LEAN_FORMAT_VERSION
 from edge_client.shared.protocol import Task, Update
+from edge_client.shared.protocol.lean_update import LEAN_UPDATE_VERSION
 from edge_client.shared.protocol.seeds import training_seed, update_seed
 from edge_client.shared.protocol.tensors import Weights, flatten_sorted, unflatten_like
 from edge_client.training.trainer import FitResult
@@ -31,6 +33,12 @@ class FeedbackSnapshot:
     feedback: ErrorFeedback | None
     residual: np.ndarray | None
     version: int | None
+
+
+def blob_format(task: Task) -> int:
+    """The lean blob frame with the lean update envelope: only to an aggregator that
+    reads them (Task.update_version)."""
+    return LEAN_FORMAT_VERSION if task.update_version >= LEAN_UPDATE_VERSION else FORMAT_VERSION
 
 
 class UpdateMaker:
@@ -92,7 +100,7 @@ class UpdateMaker:
         if codec is None and dp is None and only is not None:  # the rest is zero: not sent
             return dataclasses.replace(update, tensors={n: t for n, t in delta.items()
                                                         if n in only})
-        return update if codec is None else self._compress(update, codec)
+        return update if codec is None else self._compress(update, codec, task)
 
     def add_dp_noise(self, update: Update, dp: DeviceDp) -> Update:
         """Distributed DP: the whole delta clipped to C, plus this device's noise share."""
@@ -100,7 +108,7 @@ class UpdateMaker:
         return dataclasses.replace(update, tensors=unflatten_like(vector, update.tensors),
                                    metrics={**update.metrics, **dp.metrics()})
 
-    def _compress(self, update: Update, codec: CodecConfig) -> Update:
+    def _compress(self, update: Update, codec: CodecConfig, task: Task) -> Update:
         """Encode the delta with the task's codec, carrying what is left out forward. An
         adaptive codec picks this update's top-k fraction, which the update declares."""
         vector = flatten_sorted(update.tensors)
@@ -110,7 +118,7 @@ class UpdateMaker:
             vector = feedback.compensate(vector)
         codec = codec_for_update(vector, codec)
         encoded = encode_vector(vector, codec, update_seed(update.task_id, update.device_id),
-                                self._rng)
+                                self._rng, frame=blob_format(task))
         if feedback is not None:
             feedback.record(vector, encoded.sent)
             self.feedback_version = update.base_version

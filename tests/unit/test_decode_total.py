@@ -28,7 +28,7 @@ from edge_client.shared.protocol import (
 )
 from edge_client.shared.protocol.chunking import decode_chunk
 from edge_client.shared.protocol.errors import MAX_REASON, cap_reason
-from edge_client.shared.protocol.messages import DeltaInfo
+from edge_client.shared.protocol.messages import DeltaInfo, encode_update_v1
 from edge_client.shared.protocol.signing import open_envelope
 from edge_client.shared.secagg.errors import BadSecAggMessage
 from edge_client.shared.secagg.messages import AdvertiseKeys, decode_message
@@ -52,6 +52,12 @@ MESSAGES = {"task": TASK, "update": UPDATE, "model": MODEL, "manifest": MANIFEST
 
 
 def _raw(kind: str) -> dict[str, Any]:
+    """"update" is the version 1 envelope older devices send (aggregators still decode
+    it); "lean_update" the version 2 one devices send now (lean_update.py)."""
+    if kind == "update":
+        return msgpack.unpackb(encode_update_v1(UPDATE), raw=False)
+    if kind == "lean_update":
+        return msgpack.unpackb(encode(UPDATE), raw=False)
     return msgpack.unpackb(encode(MESSAGES[kind]), raw=False)
 
 
@@ -118,6 +124,7 @@ INT_FIELDS = [
     ("task", ("round",)), ("task", ("model_version",)), ("task", ("chunk_size",)),
     ("task", ("train", "epochs")), ("task", ("train", "batch_size")),
     ("update", ("base_version",)), ("update", ("num_samples",)),
+    ("lean_update", ("b",)), ("lean_update", ("s",)),
     ("model", ("version",)),
     ("manifest", ("version",)), ("manifest", ("size",)), ("manifest", ("chunk_count",)),
     ("manifest", ("delta", "base_version")), ("manifest", ("delta", "size")),
@@ -223,6 +230,22 @@ def test_an_ack_checkin_is_bounded():
     ("update", ("tensors", "w", "shape"), [2.0, 3.0]),
     ("update", ("tensors", "w", "shape"), [True, 6]),
     ("update", ("tensors", "w", "data"), "bytes"),
+    ("lean_update", ("d",), "dev 1"),
+    ("lean_update", ("n",), "n" * 65),
+    ("lean_update", ("n",), b"n" * 33),
+    ("lean_update", ("n",), b""),
+    ("lean_update", ("n",), 7),
+    ("lean_update", ("m",), [1.0, 2.0]),
+    ("lean_update", ("m",), {"train_loss": 1.0}),
+    ("lean_update", ("m",), [1.0, 2.0, "3", 4.0]),
+    ("lean_update", ("m",), [1.0, 2.0, 3.0, 4.0]),  # then "mx" names train_loss again
+    ("lean_update", ("mx",), {"": 1.0}),
+    ("lean_update", ("mx",), []),
+    ("lean_update", ("c",), [1, 2, 3]),
+    ("lean_update", ("c",), "topk"),
+    ("lean_update", ("c",), ["topk", 0.1, 0, "q4", 256, True, [1]]),
+    ("lean_update", ("w",), []),
+    ("lean_update", ("w", "w", "shape"), [2**63, 0]),
     ("model", ("arch",), {"k": [[[[[[[1]]]]]]]}),
     ("model", ("arch",), {"sizes": list(range(10_001))}),
     ("model", ("arch", "x"), 2**63),

@@ -5,7 +5,8 @@ stochastic codes), prepend the index set when it has to travel, deflate the lot,
 frame it. Both sides pass the same `CodecConfig`, `n` and `seed`; the frame echoes them
 so a mismatch is refused instead of decoded into garbage.
 
-Blob layout, format version 1 (all integers little-endian):
+Blob layout, format version 1 (all integers little-endian; version 2, the lean frame
+updates use, carries the same header fields in fewer bytes: frame.py):
 
     offset  size  field
     0       1     format version (1)
@@ -37,9 +38,8 @@ and only then builds arrays. Every refusal is a RemoteProtocolError.
 
 from __future__ import annotations
 
-import struct
 import zlib
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,18 +50,25 @@ from edge_client.shared.codecs.config import (
     SPARSIFIERS,
     CodecConfig,
 )
+from edge_client.shared.codecs.frame import (  # noqa: F401  (re-exported)
+    FORMAT_VERSION,
+    HEADER,
+    LEAN_FORMAT_VERSION,
+    TRAILER_SIZE,
+    ZLIB_LEVEL,
+    Header,
+    inflate,
+    open_blob,
+    seal,
+)
 from edge_client.shared.codecs.index_coding import bitmap_size, decode_indices, encode_indices
 from edge_client.shared.codecs.quantize import block_count, dequantize, packed_size, quantize
 from edge_client.shared.codecs.sparsify import k_for, randk_indices, threshold_indices, topk_indices
 from edge_client.shared.protocol.errors import RemoteProtocolError
 
-FORMAT_VERSION = 1
-HEADER = struct.Struct("<BBBBIIIQII")
-TRAILER_SIZE = 4
 INDEXED = ("topk", "threshold")  # sparsifiers whose index set travels
 F16_MAX = 65504.0
 MAX_N = 1 << 28  # so a dense f32 payload (4n bytes) still fits the u32 length field
-ZLIB_LEVEL = 6
 
 
 @dataclass(frozen=True)
@@ -72,24 +79,13 @@ class Encoded:
     sent: np.ndarray
 
 
-@dataclass(frozen=True)
-class _Header:
-    version: int
-    sparsify: int
-    quantize: int
-    compress: int
-    block_size: int
-    n: int
-    k: int
-    seed: int
-    index_check: int
-    payload_len: int
-
-
 def encode_vector(
-    v: np.ndarray, config: CodecConfig, seed: int, rng: np.random.Generator
+    v: np.ndarray, config: CodecConfig, seed: int, rng: np.random.Generator,
+    frame: int = FORMAT_VERSION,
 ) -> Encoded:
-    """Encode `v`; `seed` is shared with the receiver, `rng` is the sender's own randomness."""
+    """Encode `v`; `seed` is shared with the receiver, `rng` is the sender's own randomness.
+    `frame`: the blob layout (frame.py); updates use the lean one, model deltas the first,
+    which every device reads."""
     v = _checked_vector(v)
     seed = _checked_seed(seed)
     n = v.shape[0]
@@ -97,8 +93,8 @@ def encode_vector(
     value_bytes = _encode_values(v[idx], config, rng)
     index_bytes = encode_indices(idx, n) if config.sparsify in INDEXED else b""
     payload = index_bytes + value_bytes
-    header = _Header(
-        version=FORMAT_VERSION,
+    header = Header(
+        version=frame,
         sparsify=SPARSIFIERS.index(config.sparsify),
         quantize=QUANTIZERS.index(config.quantize),
         compress=COMPRESSORS.index(config.compress),
@@ -109,8 +105,7 @@ def encode_vector(
         index_check=_index_check(idx) if config.sparsify == "randk" else 0,
         payload_len=len(payload),
     )
-    body = zlib.compress(payload, ZLIB_LEVEL) if config.compress == "zlib" else payload
-    blob = _seal(HEADER.pack(*astuple(header)) + body)
+    blob = seal(header, payload, split=len(index_bytes))
     sent = _scatter(n, idx, _decode_values(value_bytes, config, idx.shape[0]))
     return Encoded(blob=blob, sent=sent)
 
@@ -182,10 +177,6 @@ def _encode_values(values: np.ndarray, config: CodecConfig, rng: np.random.Gener
     return scales.astype("<f4").tobytes() + packed
 
 
-def _seal(framed: bytes) -> bytes:
-    return framed + zlib.crc32(framed).to_bytes(TRAILER_SIZE, "little")
-
-
 def _index_check(idx: np.ndarray) -> int:
     return zlib.crc32(idx.astype("<i8").tobytes())
 
@@ -193,24 +184,14 @@ def _index_check(idx: np.ndarray) -> int:
 # --- decoding -------------------------------------------------------------------------
 
 
-def _open(blob: bytes, config: CodecConfig, n: int, seed: int) -> tuple[_Header, bytes]:
+def _open(blob: bytes, config: CodecConfig, n: int, seed: int) -> tuple[Header, bytes]:
     """Check the frame and header; returns the header and the (possibly deflated) body."""
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise RemoteProtocolError(f"update blob must be bytes, not {type(blob).__name__}")
-    blob = bytes(blob)
-    if len(blob) < HEADER.size + TRAILER_SIZE:
-        raise RemoteProtocolError(f"update blob too short ({len(blob)} bytes)")
-    framed, crc = blob[:-TRAILER_SIZE], int.from_bytes(blob[-TRAILER_SIZE:], "little")
-    if zlib.crc32(framed) != crc:
-        raise RemoteProtocolError("update blob fails its crc32")
-    header = _Header(*HEADER.unpack_from(framed))
-    if header.version != FORMAT_VERSION:
-        raise RemoteProtocolError(f"update blob has format version {header.version}")
+    header, body = open_blob(blob, seed)
     _check_header(header, config, n, seed)
-    return header, framed[HEADER.size :]
+    return header, body
 
 
-def _check_header(header: _Header, config: CodecConfig, n: int, seed: int) -> None:
+def _check_header(header: Header, config: CodecConfig, n: int, seed: int) -> None:
     expected = (
         SPARSIFIERS.index(config.sparsify),
         QUANTIZERS.index(config.quantize),
@@ -261,9 +242,9 @@ def _values_size(config: CodecConfig, k: int) -> int:
     return 4 * block_count(k, config.block_size) + packed_size(k, bits)
 
 
-def _payload(body: bytes, config: CodecConfig, header: _Header) -> bytes:
+def _payload(body: bytes, config: CodecConfig, header: Header) -> bytes:
     if config.compress == "zlib":
-        return _inflate(body, header.payload_len)
+        return inflate(body, header.payload_len, header.version)
     if len(body) != header.payload_len:
         raise RemoteProtocolError(
             f"update payload has {len(body)} bytes, header says {header.payload_len}"
@@ -271,25 +252,7 @@ def _payload(body: bytes, config: CodecConfig, header: _Header) -> bytes:
     return body
 
 
-def _inflate(body: bytes, size: int) -> bytes:
-    """Inflate exactly `size` bytes and refuse streams that would give more: no zlib bombs."""
-    inflater = zlib.decompressobj()
-    try:
-        # max_length 0 means "unbounded" to zlib, so ask for at least one byte.
-        out = inflater.decompress(body, max(size, 1))
-        more = inflater.decompress(inflater.unconsumed_tail, 1) if inflater.unconsumed_tail else b""
-    except zlib.error as exc:
-        raise RemoteProtocolError(f"update payload is not valid zlib: {exc}") from exc
-    if len(out) > size or more:
-        raise RemoteProtocolError(f"update payload inflates past the declared {size} bytes")
-    if len(out) < size or not inflater.eof:
-        raise RemoteProtocolError(f"update payload is cut short of the declared {size} bytes")
-    if inflater.unused_data:
-        raise RemoteProtocolError("update blob has bytes after its zlib stream")
-    return out
-
-
-def _decode_index_set(data: bytes, config: CodecConfig, header: _Header) -> np.ndarray:
+def _decode_index_set(data: bytes, config: CodecConfig, header: Header) -> np.ndarray:
     if config.sparsify in INDEXED:
         return decode_indices(data, header.n, header.k)
     if config.sparsify == "randk":

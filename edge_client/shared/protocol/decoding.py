@@ -25,6 +25,7 @@ from edge_client.shared.protocol.cohort import EVERYONE, Cohort
 from edge_client.shared.protocol.drift import drift_from
 from edge_client.shared.protocol.errors import MAX_REASON, RemoteProtocolError
 from edge_client.shared.protocol.fields import Fields
+from edge_client.shared.protocol.lean_update import LEAN_UPDATE_VERSION, lean_update_from
 from edge_client.shared.protocol.message_types import (
     Ack,
     DeltaInfo,
@@ -68,7 +69,8 @@ def _task_from(f: Fields, _max: int) -> Task:
                 done=f.bool("done"), codec=f.map("codec", optional=True),
                 dp=f.map("dp", optional=True), secagg=f.map("secagg", optional=True),
                 cohort=cohort, personal=f.map("personal", optional=True),
-                clusters=f.int("clusters", optional=True, minimum=1, maximum=MAX_CLUSTERS))
+                clusters=f.int("clusters", optional=True, minimum=1, maximum=MAX_CLUSTERS),
+                update_version=f.int("update_v", optional=True, minimum=1) or 1)
 
 
 def _cohort_from(f: Fields) -> Cohort | None:
@@ -83,6 +85,8 @@ def _cohort_from(f: Fields) -> Cohort | None:
 
 
 def _update_from(f: Fields, max_elements: int) -> Update:
+    if f.obj.get("v") == LEAN_UPDATE_VERSION:
+        return lean_update_from(f, max_elements)
     metrics = _metrics(f)
     codec = f.map("codec", optional=True)
     blob = f.bytes("blob")

@@ -28,14 +28,18 @@ class Fields:
         self.obj = obj
         self.kind = kind
 
+    def label(self, name: str) -> str:
+        """How a reason names the field stored under `name`."""
+        return repr(name)
+
     def fail(self, name: str, problem: str) -> RemoteProtocolError:
-        return RemoteProtocolError(f"{self.kind}: field {name!r} {problem}")
+        return RemoteProtocolError(f"{self.kind}: field {self.label(name)} {problem}")
 
     def _get(self, name: str, types: tuple[type, ...], optional: bool) -> Any:
         if name not in self.obj or self.obj[name] is None:
             if optional:
                 return None
-            raise RemoteProtocolError(f"{self.kind}: missing field {name!r}")
+            raise RemoteProtocolError(f"{self.kind}: missing field {self.label(name)}")
         value = self.obj[name]
         if isinstance(value, bool) and bool not in types:
             raise self.fail(name, "has the wrong type")

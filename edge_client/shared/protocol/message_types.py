@@ -43,6 +43,10 @@ class Task:
     # ignore both and train the global model.
     personal: dict[str, Any] | None = None
     clusters: int | None = None
+    # The newest update envelope the aggregator reads (2: lean_update.py); 1 from
+    # aggregators before it. Devices send the newer of it and their own, so either side
+    # may be upgraded first.
+    update_version: int = 1
     # The aggregator's own record of the candidates it invited when it planned the task,
     # by cohort or by Invitation (no-shows, what a round waits for, whom it accepts);
     # never sent, None once decoded.

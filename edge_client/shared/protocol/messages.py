@@ -24,6 +24,7 @@ from edge_client.shared.protocol.errors import (
     cap_reason,
 )
 from edge_client.shared.protocol.fields import Fields
+from edge_client.shared.protocol.lean_update import LEAN_UPDATE_VERSION, lean_update_map
 from edge_client.shared.protocol.message_types import (
     Ack,
     DeltaInfo,
@@ -43,8 +44,12 @@ PROTOCOL_VERSION = 1
 # Tasks are at TASK_VERSION (2): they may invite by cohort (cohort.py) instead of listing
 # every invited device, and a device that does not know cohorts must refuse them, not
 # train for a task that may not invite it. Version 1 tasks (older aggregators) decode.
-VERSIONS = {"task": (1, TASK_VERSION)}  # per kind; every other kind: (PROTOCOL_VERSION,)
-KNOWN_VERSIONS = (PROTOCOL_VERSION, TASK_VERSION)
+# Updates are at LEAN_UPDATE_VERSION (2): the same fields in a shorter envelope
+# (lean_update.py); version 1 updates (older devices) decode to the same Update.
+VERSIONS = {"task": (1, TASK_VERSION), "update": (1, LEAN_UPDATE_VERSION)}
+# per kind; every other kind: (PROTOCOL_VERSION,)
+KNOWN_VERSIONS = tuple(sorted({PROTOCOL_VERSION, TASK_VERSION, LEAN_UPDATE_VERSION}))
+SENT_VERSIONS = {"task": TASK_VERSION, "update": LEAN_UPDATE_VERSION}
 
 M = TypeVar("M", Task, Update, Model, ModelManifest, Ack, Status, Invitation)
 
@@ -58,7 +63,7 @@ def encode(message: Message) -> bytes:
     if body is None:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}")
     kind, to_map = body
-    version = TASK_VERSION if kind == "task" else PROTOCOL_VERSION
+    version = SENT_VERSIONS.get(kind, PROTOCOL_VERSION)
     return msgpack.packb({"v": version, "kind": kind, **to_map(message)}, use_bin_type=True)
 
 
@@ -70,6 +75,7 @@ def _task_map(t: Task) -> dict[str, Any]:
         "chunk_size": t.chunk_size, "done": t.done, "codec": t.codec, "dp": t.dp,
         "secagg": t.secagg, "cohort": None if t.cohort is None else t.cohort.to_wire(),
         **_optional(personal=t.personal, clusters=t.clusters),
+        **({"update_v": t.update_version} if t.update_version > 1 else {}),
         "train": {"epochs": t.train.epochs, "batch_size": t.train.batch_size,
                   "lr": t.train.lr, "momentum": t.train.momentum,
                   "prox_mu": t.train.prox_mu, **_partial_work_map(t.train)},
@@ -86,7 +92,9 @@ def _partial_work_map(train: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def _update_map(u: Update) -> dict[str, Any]:
+def update_map_v1(u: Update) -> dict[str, Any]:
+    """The version 1 update fields: what devices before the lean envelope sent (kept to
+    test that aggregators still read them, and for `encode_update_v1`)."""
     return {
         "device_id": u.device_id, "task_id": u.task_id, "nonce": u.nonce,
         "base_version": u.base_version, "num_samples": u.num_samples,
@@ -143,13 +151,26 @@ def _invitation_map(i: Invitation) -> dict[str, Any]:
 
 _ENCODERS: dict[type, tuple[str, Any]] = {
     Task: ("task", _task_map),
-    Update: ("update", _update_map),
+    Update: ("update", lean_update_map),
     Model: ("model", _model_map),
     ModelManifest: ("manifest", _manifest_map),
     Ack: ("ack", _ack_map),
     Status: ("status", _status_map),
     Invitation: ("invitation", _invitation_map),
 }
+
+
+def encode_update(update: Update, task: Task) -> bytes:
+    """An update in the newest envelope both sides read: version 2 when the task says its
+    aggregator reads it, else version 1."""
+    return encode(update) if task.update_version >= LEAN_UPDATE_VERSION else \
+        encode_update_v1(update)
+
+
+def encode_update_v1(update: Update) -> bytes:
+    """An update in the version 1 envelope, as devices before version 2 sent it."""
+    return msgpack.packb({"v": PROTOCOL_VERSION, "kind": "update", **update_map_v1(update)},
+                         use_bin_type=True)
 
 
 # ---------------------------------------------------------------- decoding
