@@ -5,10 +5,9 @@ folder (write it under a name starting with a dot, e.g. `.NAME.npy`, which the d
 does not read, then rename it, so the device never reads half a file). The device
 predicts it with its Predictor, which also counts the inputs for drift, and writes the
 class ids, shape (n,), as `NAME.pred.npy` next to it, the same way (a dot name, then a
-rename). A batch with its `.pred.npy` is done
-and not read again, also after a restart; removing both is the producer's business.
-A batch that cannot be read or does not fit the model is skipped with one warning until
-the file changes. Numpy only: reading the folder loads nothing else.
+rename). A batch with its `.pred.npy` is done and not read again, also after a restart;
+removing both is the producer's business. A batch that cannot be read or does not fit
+the model is skipped with one warning until the file changes. Numpy only.
 """
 
 from __future__ import annotations
