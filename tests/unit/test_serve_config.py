@@ -154,3 +154,11 @@ def test_a_device_with_serve_off_loads_no_predictor_or_exporter(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == ""
+
+
+def test_int8_calibrates_a_float_model_on_the_training_inputs(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    device = build_device_run(_device_toml(tmp_path, "[serve]\nenabled = true\nint8 = true\n"))
+    assert device.folder is None
+    device.client.on_model(1, ARCH, mlp_trainer(ARCH["sizes"], 0).get_weights())
+    assert "serve: now serving version 1 (numpy, int8)" in caplog.text
