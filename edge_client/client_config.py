@@ -9,6 +9,39 @@ from edge_client.eligibility import EligibilityConfig
 from edge_client.shared.protocol.topics import check_name
 from edge_client.shared.security import BrokerAuth, DeviceSecurity
 
+# the runtimes edge_client.predictor.Predictor serves with (edge_client.export.runtimes
+# RUNTIMES); named here so that reading a config imports no exporter
+SERVE_RUNTIMES = ("numpy", "onnxruntime", "litert", "tflite-runtime")
+
+
+@dataclass
+class ServeConfig:
+    """The device's [serve] table: serve each production model with a Predictor and
+    report input drift against the training inputs (docs/configuration.md, [serve]).
+
+    `watch`: a folder where another process drops .npy batches of inputs; the device
+    predicts each and writes the class ids next to it (edge_client/serve_folder.py).
+    """
+
+    enabled: bool = False
+    runtime: str = "numpy"  # one of SERVE_RUNTIMES
+    int8: bool = False  # a float model is calibrated on a sample of the training inputs
+    watch: Path | None = None
+    poll_s: float = 1.0  # how often the watch folder is listed
+
+    def __post_init__(self) -> None:
+        if self.runtime not in SERVE_RUNTIMES:
+            raise ValueError(f"runtime {self.runtime!r} is not known; use one of "
+                             f"{', '.join(SERVE_RUNTIMES)}")
+        if not self.poll_s > 0:
+            raise ValueError(f"poll_s must be > 0, not {self.poll_s}")
+        if self.watch is not None:
+            self.watch = Path(self.watch)
+            if not self.enabled:
+                raise ValueError("watch needs enabled = true")
+            if self.watch.exists() and not self.watch.is_dir():
+                raise ValueError(f"watch {self.watch} is not a folder")
+
 
 @dataclass
 class ClientConfig:
@@ -36,6 +69,7 @@ class ClientConfig:
     deadline_margin_s: float = 1.0
     security: DeviceSecurity = field(default_factory=DeviceSecurity)
     broker_auth: BrokerAuth = field(default_factory=BrokerAuth)
+    serve: ServeConfig = field(default_factory=ServeConfig)  # the CLI device's [serve]
 
     def __post_init__(self) -> None:
         check_name("device", self.device_id)

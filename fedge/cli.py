@@ -118,16 +118,16 @@ def _add_role(sub: Commands, name: str, help_text: str,
 
 
 def _device(args: argparse.Namespace) -> int:
-    from fedge.roles import build_device, run_until_signal
+    from fedge.roles import build_device_run, run_until_signal
 
     try:
-        client = build_device(args.config)
+        device = build_device_run(args.config)
     except ConfigError as exc:
         print(f"fedge device: {exc}", file=sys.stderr)
         return 2
     from edge_client.device_io import TrainerFailed
     try:
-        run_until_signal(client.run)
+        run_until_signal(device.run)
     except TrainerFailed as exc:
         print(f"fedge device: {exc}", file=sys.stderr)
         return 1

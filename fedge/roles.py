@@ -25,6 +25,7 @@ from edge_client.training import NumpyTrainer, build_model
 if TYPE_CHECKING:
     from aggregator.config import AggregatorConfig
     from aggregator.service import Aggregator, Evaluate
+    from edge_client.serve_folder import FolderServer
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,32 @@ def build_aggregator(path: Path) -> Aggregator:
     return aggregator
 
 
+@dataclass
+class DeviceRun:
+    """What `fedge device` runs: the client and, with [serve] watch, its folder server."""
+
+    client: EdgeClient
+    folder: FolderServer | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        if self.folder is None:
+            self.client.run(stop)
+            return
+        serving = threading.Thread(target=self.folder.run, args=(stop,), name="serve-folder",
+                                   daemon=True)
+        serving.start()
+        try:
+            self.client.run(stop)
+        finally:
+            stop.set()  # the client is done (or failed): so is the folder
+            serving.join(10)
+
+
 def build_device(path: Path) -> EdgeClient:
+    return build_device_run(path).client
+
+
+def build_device_run(path: Path) -> DeviceRun:
     table = read_toml(path)
     model_table, data_table = _split_tables(table, "model", "data")
     config = from_table(ClientConfig, table, str(path), also_known=("data", "model"))
@@ -163,7 +189,49 @@ def build_device(path: Path) -> EdgeClient:
     if data.holdout is not None:  # edge_client/holdout.py
         holdout = load_npz(data.holdout)
         check_data_fits(trainer, *holdout, f"[data] holdout {data.holdout}")
-    return EdgeClient(config, trainer, x, y, holdout=holdout)
+    if not config.serve.enabled:
+        return DeviceRun(EdgeClient(config, trainer, x, y, holdout=holdout))
+    return served_device(config, trainer, x, y, holdout, spec.arch(), path)
+
+
+# the package each optional [serve] runtime imports, and how to install it
+RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime", "pip install 'fedge[onnx]'"),
+                    "litert": ("ai_edge_litert", "pip install 'fedge[litert]'"),
+                    "tflite-runtime": ("tflite_runtime", "pip install tflite-runtime (numpy < 2)")}
+
+
+def check_runtime_installed(runtime: str, where: Path) -> None:
+    """A missing runtime is a config error at start, not a failed load at the first model
+    (found without importing it: the device loads it only with the first model)."""
+    import importlib.util
+
+    if runtime not in RUNTIME_PACKAGES:
+        return
+    package, how = RUNTIME_PACKAGES[runtime]
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(f"{where} [serve] runtime {runtime!r} needs {package}: {how}")
+
+
+def served_device(config: ClientConfig, trainer: NumpyTrainer, x: np.ndarray, y: np.ndarray,
+                  holdout: tuple[np.ndarray, np.ndarray] | None,
+                  arch: dict[str, Any], config_path: Path) -> DeviceRun:
+    """[serve]: a Predictor serves each production model and watches the inputs for drift
+    against the training inputs; the predictor (and its runtime) is imported only here."""
+    from edge_client.predictor import Predictor
+    from edge_client.serve_folder import FolderServer, logged_load
+
+    serve = config.serve
+    check_runtime_installed(serve.runtime, config_path)
+    # an int8 float model is calibrated on the device after training: on its own inputs
+    calibration = x[:256] if serve.int8 and not arch.get("qat") else None
+    predictor = Predictor(serve.runtime, serve.int8, calibration=calibration)
+    client = EdgeClient(config, trainer, x, y, holdout=holdout, predictor=predictor,
+                        on_model=logged_load(predictor))
+    log.info("%s: [serve] serves each production model with the %s runtime%s%s",
+             config.device_id, serve.runtime, " (int8)" if serve.int8 else "",
+             f"; batches from {serve.watch}" if serve.watch else "; no watch folder")
+    folder = None if serve.watch is None else FolderServer(serve.watch, predictor, serve.poll_s)
+    return DeviceRun(client, folder)
 
 
 def check_data_fits(trainer: NumpyTrainer, x: np.ndarray, y: np.ndarray, where: str) -> None:
