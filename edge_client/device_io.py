@@ -128,9 +128,10 @@ class DeviceIO:
             return
         try:
             self.on_model(version, arch, copy_weights(tensors))
-        except Exception:  # the app's serving must never stop the device loop
-            log.exception("%s: on_model failed for version %d", self.config.device_id,
-                          version)
+        except Exception as exc:  # the app's serving must never stop the device loop
+            log.error("%s: serving version %d failed, the model served before stays: %s: "
+                      "%s", self.config.device_id, version, type(exc).__name__, exc)
+            log.debug("%s: on_model's traceback", self.config.device_id, exc_info=True)
 
     def held_out(self, data: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The held-out data models are measured on (edge_client/holdout.py)."""

@@ -272,4 +272,6 @@ def test_a_failing_on_model_never_stops_the_client(tmp_path, caplog):
 
     client = _client(tmp_path, broken)
     assert client.model_version == 2
-    assert "on_model failed for version 2" in caplog.text
+    assert ("serving version 2 failed, the model served before stays: RuntimeError: the "
+            "app's runtime is gone") in caplog.text
+    assert "Traceback" not in caplog.text  # one line at ERROR; the traceback at DEBUG only
