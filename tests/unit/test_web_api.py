@@ -473,7 +473,8 @@ def test_page_openapi_and_static_files_need_no_token(client):
     page = client.get("/")
     assert page.status_code == 200 and b'id="devices"' in page.data
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
-    for path in ("/static/dashboard.js", "/static/chart.js", "/static/dashboard.css"):
+    for path in ("/static/dashboard.js", "/static/chart.js", "/static/table.js",
+                 "/static/dashboard.css"):
         assert client.get(path).status_code == 200, path
     assert client.get("/api/openapi.json").status_code == 200
 

@@ -124,18 +124,7 @@
       { label: "Updates", format: int, cls: "updates" });
   }
 
-  // cells: [text, className?, title?]
-  function row(cells) {
-    const tr = document.createElement("tr");
-    for (const [value, cls, title] of cells) {
-      const td = document.createElement("td");
-      td.textContent = value;
-      if (cls) td.className = cls;
-      if (title) td.title = title;
-      tr.appendChild(td);
-    }
-    return tr;
-  }
+  const row = window.FedgeTable.row;  // cells: [text, className?, title?]
 
   function emptyRow(columns, message) {
     const tr = document.createElement("tr");

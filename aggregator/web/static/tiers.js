@@ -10,18 +10,7 @@
   const version = (v) => (v === null || v === undefined ? dash : "v" + v);
   const when = (unix) => (unix ? new Date(unix * 1000).toLocaleString() : dash);
 
-  // cells: [text, className?, title?]
-  function row(cells) {
-    const tr = document.createElement("tr");
-    for (const [value, cls, title] of cells) {
-      const td = document.createElement("td");
-      td.textContent = value;
-      if (cls) td.className = cls;
-      if (title) td.title = title;
-      tr.appendChild(td);
-    }
-    return tr;
-  }
+  const row = window.FedgeTable.row;  // cells: [text, className?, title?]
 
   function sites(body) {
     const rows = body.sites || [];
