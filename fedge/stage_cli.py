@@ -35,10 +35,13 @@ def add_stage_parsers(actions: argparse._SubParsersAction) -> list[
 
 
 def _open(config: Path) -> Store:
-    path = load_aggregator_file(config)[0].db_path
-    if not Path(path).exists():
-        raise ValueError(f"no store at {path} (db_path in {config}): has the aggregator run?")
-    return Store(path)
+    """The aggregator's store: its SQLite file (which must exist) or its PostgreSQL
+    database (db_url; ValueError naming db_url when it cannot be reached)."""
+    settings = load_aggregator_file(config)[0]
+    if not settings.db_url and not Path(settings.db_path).exists():
+        raise ValueError(f"no store at {settings.db_path} (db_path in {config}): has the "
+                         f"aggregator run?")
+    return Store(settings.store_location)
 
 
 def _request(args: argparse.Namespace, command: Command) -> int:

@@ -3,6 +3,8 @@ PostgreSQL (`make_store`, tests/conftest.py: each test runs once per backend).""
 
 from __future__ import annotations
 
+import json
+
 from aggregator.lifecycle.stages import Command, Stage, StageChange
 from aggregator.states import UpdateState
 from aggregator.store_drift import drift_history
@@ -61,3 +63,28 @@ def test_sites_view_takes_each_sites_newest_aggregate(make_store):
     [row] = sites(store)
     assert row["site"] == "site-a" and row["devices_behind"] == 4
     assert row["last_aggregate_samples"] in (10, 30)
+
+
+def test_the_stage_commands_go_through_db_url(tmp_path, capsys, postgres_url):
+    """`fedge aggregator rollback/stages` on a PostgreSQL store, as the service reads it."""
+    from aggregator.store import Store
+    from fedge.cli import main
+
+    config = tmp_path / "aggregator.toml"
+    config.write_text(f'db_url = "{postgres_url}"\n')
+    store = Store(postgres_url)
+    try:
+        store.add_model(0, b"m0", "sha0", {})
+        store.migrate_stages()  # as the service does when it opens the store
+    finally:
+        store.close()
+    assert main(["aggregator", "rollback", "--config", str(config), "--to", "0"]) == 0
+    capsys.readouterr()
+    assert main(["aggregator", "stages", "--config", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["stages"] == {"0": "production"}
+    store = Store(postgres_url)
+    try:
+        [request] = store.waiting_stage_requests()
+    finally:
+        store.close()
+    assert request.version == 0
