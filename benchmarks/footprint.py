@@ -151,9 +151,11 @@ def device_rss(rounds: int) -> dict:
     import numpy as np
 
     from fedge.broker import MosquittoBroker
-    from fedge.demo import DemoConfig, prepare_data
+    from fedge.demo import DemoFleet
+    from fedge.digits_job import DigitsJob
 
-    job = prepare_data(DemoConfig())
+    fleet = DemoFleet()
+    job = DigitsJob.split(fleet.devices, fleet.alpha, seed=42, hidden=fleet.hidden)
     with tempfile.TemporaryDirectory(prefix="fedge-footprint-") as tmp:
         folder = Path(tmp)
         x, y = job.shards[0]
