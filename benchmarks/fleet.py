@@ -167,8 +167,12 @@ def summary(fleet: Fleet, devices: dict, facts: StoreFacts, raw_per_s: float,
             rss_mb: float, extra: dict) -> dict:
     kept = [a for a in devices["acks"] if a[3] != "rejected"]
     lost_acked = sum(1 for a in kept if (a[0], a[1], a[2]) not in facts.stored)
-    window = sum(facts.ingest_s) if fleet.mode == "sync" else facts.span_s
+    # sync: from each task's first update received to its last (the raw baseline's window
+    # too); the window from the task's opening adds the devices' reaction and encoding.
+    window = sum(facts.burst_s) if fleet.mode == "sync" else facts.span_s
     stored_per_s = facts.updates_in_rounds / window if window > 0 else 0.0
+    opened_window = sum(facts.ingest_s) if fleet.mode == "sync" else facts.span_s
+    round_per_s = facts.updates_in_rounds / opened_window if opened_window > 0 else 0.0
     stale = sum(1 for a in devices["acks"] if a[3] == "rejected" and "stale" in a[4])
     return {
         "benchmark": "fleet",
@@ -177,6 +181,7 @@ def summary(fleet: Fleet, devices: dict, facts: StoreFacts, raw_per_s: float,
         "payload": fleet.payload, "signed": fleet.sign, "rounds": fleet.rounds,
         "versions_made": facts.versions,
         "updates_stored_per_s": round(stored_per_s, 1),
+        "updates_per_s_from_task_open": round(round_per_s, 1),
         "raw_broker_msgs_per_s": round(raw_per_s, 1),
         "ingest_ratio": ratio(stored_per_s, raw_per_s),
         "round_s_median": round(statistics.median(facts.round_s), 2) if facts.round_s else None,
@@ -216,6 +221,7 @@ def run(fleet: Fleet, args: argparse.Namespace, workdir: Path) -> dict:
         chunks = sample_chunks(fleet.payload)
         raw_updates = args.raw_updates or (3000 if fleet.payload == "compressed" else 300)
         raw = raw_rate("127.0.0.1", port, chunks, raw_updates, workdir)
+        reply = raw_rate("127.0.0.1", port, chunks, raw_updates, workdir, reply=True)
         began = time.monotonic()
         started = start_devices(fleet, port, args.processes, workdir, args)
         connected, keys = wait_connected(started)
@@ -244,6 +250,7 @@ def run(fleet: Fleet, args: argparse.Namespace, workdir: Path) -> dict:
             aggregator.kill()
             aggregator.wait()
         rss_mb = memory.stop()
+        extra_cpu = {"aggregator_cpu_s": round(memory.cpu_s, 1)}
         if spy is not None:
             spy.wait(timeout=60)
         facts = read_store(workdir / "aggregator.sqlite3", fleet.mode)
@@ -252,9 +259,16 @@ def run(fleet: Fleet, args: argparse.Namespace, workdir: Path) -> dict:
                  "raw_chunks_per_update": raw.chunks_per_update,
                  "update_bytes": raw.update_bytes,
                  "raw_broker_chunks_per_s": round(raw.updates_per_s * raw.chunks_per_update, 1),
+                 "reply_floor_msgs_per_s": round(reply.updates_per_s, 1),
+                 "reply_floor_ratio": ratio(reply.updates_per_s, raw.updates_per_s),
                  "mosquitto_open_files": open_file_limit(broker.pid),
-                 "device_processes": len(started)}
+                 "device_processes": len(started), **extra_cpu}
         result = summary(fleet, devices, facts, raw.updates_per_s, rss_mb, extra)
+        result["ingest_ratio_to_reply_floor"] = ratio(result["updates_stored_per_s"],
+                                                      reply.updates_per_s)
+        # the whole run's CPU (start-up and idle waits included) per update stored
+        result["aggregator_cpu_ms_per_update"] = round(
+            1000 * memory.cpu_s / max(1, len(facts.stored)), 2)
     finally:
         for proc, _ in started:
             if proc.poll() is None:

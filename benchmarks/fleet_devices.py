@@ -227,18 +227,24 @@ class Device:
         self.train_until = time.monotonic() + self.fleet.train_time()
         self.fleet.training.add(self)
 
-    def send(self) -> None:
-        """Training is over: send the update for the task trained on (now perhaps stale),
-        unless the federation has finished meanwhile."""
+    def prepare(self) -> bool:
+        """Training is over: encode the update for the task trained on (now perhaps
+        stale), unless the federation has finished meanwhile. True if there is one."""
         self.train_until = None
         task, self.training_for = self.training_for, None
         if task is None or (self.task is not None and self.task.done):
-            return
+            return False
         update = self.fleet.factory.update(self.name, task)
         chunks = tuple(split(self.fleet.seal(encode(update)), update.nonce, task.chunk_size))
         self.pending = Pending(task.task_id, update.nonce, chunks, time.monotonic())
-        self.fleet.outcome.sent += 1
-        self._publish(chunks)
+        return True
+
+    def send(self) -> None:
+        """Publish the prepared update."""
+        if self.pending is not None:
+            self.pending.sent_at = time.monotonic()
+            self.fleet.outcome.sent += 1
+            self._publish(self.pending.chunks)
 
     def resend_if_due(self, now: float) -> None:
         pending = self.pending
@@ -311,9 +317,13 @@ class Fleet:
                 continue
             self.wants_write.add(device)
         now = time.monotonic()
-        for device in [d for d in self.training if d.train_until is not None
-                       and d.train_until <= now]:
-            self.training.discard(device)
+        # Every update due is encoded first and only then published, as the raw
+        # baseline's publisher sends chunks it already holds: the devices' encoding is
+        # not what the ingest rate measures.
+        ready = [d for d in self.training if d.train_until is not None
+                 and d.train_until <= now]
+        self.training.difference_update(ready)
+        for device in [d for d in ready if d.prepare()]:
             device.send()
         for device in list(self.wants_write):
             if device.client.want_write():

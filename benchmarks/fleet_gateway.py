@@ -4,6 +4,7 @@ aggregator's TOML, its memory, and what its store holds after the run."""
 from __future__ import annotations
 
 import math
+import os
 import resource
 import socket
 import sqlite3
@@ -138,6 +139,7 @@ class MemoryWatch:
     pid: int
     interval_s: float = 0.2
     peak_kb: int = 0
+    cpu_s: float = 0.0  # user + system CPU time, as last sampled (this process only)
     samples: list[int] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -151,8 +153,11 @@ class MemoryWatch:
         while not self._stop.wait(self.interval_s):
             try:
                 text = Path(f"/proc/{self.pid}/status").read_text()
+                stat = Path(f"/proc/{self.pid}/stat").read_text()
             except OSError:
                 return
+            ticks = stat.rsplit(")", 1)[1].split()  # fields from the third, state, on
+            self.cpu_s = (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")
             for line in text.splitlines():
                 if line.startswith(("VmHWM:", "VmRSS:")):
                     kb = int(line.split()[1])
@@ -173,6 +178,7 @@ class StoreFacts:
     stored_by_state: dict[str, int]
     round_s: list[float]  # per version: task opened (or previous version) -> version made
     ingest_s: list[float]  # per task: opened -> its last update received in time
+    burst_s: list[float]  # per task: its first -> its last update received in time
     updates_in_rounds: int  # sync: stored in time; async: received while versions were made
     span_s: float  # first task opened -> last version made
     versions: int
@@ -192,6 +198,7 @@ def read_store(db_path: Path, mode: str) -> StoreFacts:
                                 "WHERE state != 'aborted' ORDER BY opened_at"))
         in_time = "FROM updates WHERE state != 'late' GROUP BY task_id"
         last = dict(db.execute(f"SELECT task_id, MAX(received_at) {in_time}"))
+        first = dict(db.execute(f"SELECT task_id, MIN(received_at) {in_time}"))
         counts = dict(db.execute(f"SELECT task_id, COUNT(*) {in_time}"))
         received = [at for (at,) in db.execute("SELECT received_at FROM updates")]
         rejections = db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
@@ -205,10 +212,11 @@ def read_store(db_path: Path, mode: str) -> StoreFacts:
     round_s = [made[v] - max(opened.get(v - 1, made[v - 1]), made[v - 1])
                for v in sorted(made) if v >= 1 and v - 1 in made]
     ingest = [(last[t] - at, counts[t]) for t, _, at in tasks if t in last]
+    burst = [last[t] - first[t] for t, _, _ in tasks if t in last]
     start, end = (tasks[0][2] if tasks else 0.0), max(made.values())
     in_span = sum(1 for at in received if start <= at <= end)
     in_rounds = sum(c for _, c in ingest) if mode == "sync" else in_span
-    return StoreFacts(stored, by_state, round_s, [s for s, _ in ingest], in_rounds,
+    return StoreFacts(stored, by_state, round_s, [s for s, _ in ingest], burst, in_rounds,
                       max(0.0, end - start), len(made) - 1, rejections, stale)
 
 

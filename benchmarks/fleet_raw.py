@@ -6,6 +6,11 @@ The publisher, its own process, sends the chunks of one real update COUNT times 
 as fast as the broker takes them; `raw_rate` subscribes in this process, counts what
 arrives, and gives the rate in whole updates per second: what the same mosquitto can
 deliver to one Python subscriber, the ceiling for the aggregator's ingest.
+
+With `reply=True` the subscriber also publishes a small acknowledgement (QoS 1, the size
+of fedge's ack) for every whole update it receives, from paho's own callback, and does
+nothing else: the least any aggregator that answers each device must do, so its rate is
+the ceiling for one paho process that verifies, stores and decodes nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from edge_client.shared import paho_compat
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPIC = "fleetbench/raw"
+REPLY_TOPIC = "fleetbench/raw/ack"
+REPLY = bytes(64)  # about the size of an encoded Ack
 INFLIGHT = 200
 
 
@@ -42,19 +49,22 @@ class RawRate:
 
 
 class _Counter:
-    def __init__(self, expected: int) -> None:
+    def __init__(self, expected: int, reply_every: int = 0) -> None:
         self.expected = expected
+        self.reply_every = reply_every  # > 0: publish an ack after every that many chunks
         self.count = 0
         self.first: float | None = None
         self.last = 0.0
         self.all_in = threading.Event()
         self.subscribed = threading.Event()
 
-    def on_message(self, _client: Any, _userdata: Any, _message: Any) -> None:
+    def on_message(self, client: Any, _userdata: Any, _message: Any) -> None:
         now = time.perf_counter()
         if self.first is None:
             self.first = now
         self.count += 1
+        if self.reply_every and self.count % self.reply_every == 0:
+            client.publish(REPLY_TOPIC, REPLY, qos=1)
         self.last = now
         if self.count >= self.expected:
             self.all_in.set()
@@ -64,10 +74,11 @@ class _Counter:
 
 
 def raw_rate(host: str, port: int, chunks: list[bytes], updates: int, workdir: Path,
-             timeout_s: float = 300.0) -> RawRate:
-    """Deliver `updates` copies of `chunks` through the broker and time the subscriber."""
-    counter = _Counter(updates * len(chunks))
-    sub = paho_compat.new_client("fleetbench-raw-sub")
+             timeout_s: float = 300.0, reply: bool = False) -> RawRate:
+    """Deliver `updates` copies of `chunks` through the broker and time the subscriber
+    (which, with `reply`, acknowledges every whole update with a publish)."""
+    counter = _Counter(updates * len(chunks), len(chunks) if reply else 0)
+    sub = paho_compat.new_client("fleetbench-raw-reply" if reply else "fleetbench-raw-sub")
     sub.on_message = counter.on_message
     sub.on_subscribe = counter.on_subscribe
     sub.max_inflight_messages_set(INFLIGHT)
