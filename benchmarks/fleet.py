@@ -14,11 +14,16 @@ real protocol code; no training, one delta reused with fresh nonces; `--sign` tu
 security on and seals updates and statuses). Before the devices connect, the same
 mosquitto carries the same update chunks from a plain paho publisher to a plain paho
 subscriber: `raw_broker_msgs_per_s` (whole updates per second), the baseline of
-`ingest_ratio`.
+`ingest_ratio`; then once more with a subscriber that publishes a small reply per update
+(`reply_floor_msgs_per_s`). Devices due to send encode all their updates before they
+publish any, as the raw publisher holds its chunks already.
 
 Prints one JSON object. `updates_stored_per_s` is the updates stored in time (not late)
-over the rounds' ingest windows (task opened -> its last such update received; sync), or
-the updates received from the first task to the last version over that span (async).
+over the rounds' ingest windows (a task's first such update received -> its last, the
+raw baseline's window; sync; `updates_per_s_from_task_open` counts from the task's
+opening instead), or the updates received from the first task to the last version over
+that span (async). `aggregator_cpu_ms_per_update` is the aggregator process's CPU time
+over the run per update stored.
 The aggregator tops invitations up with newcomers on trial, so more than K devices may
 be invited; what comes after the round closed is acknowledged "late" and stored, outside
 the rate. `lost` counts updates acknowledged but not in the store, plus updates never

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FIELDS = ("devices", "invited_per_round", "mode", "payload", "updates_stored_per_s",
           "raw_broker_msgs_per_s", "ingest_ratio", "round_s_median",
           "aggregator_rss_mb_peak", "acked", "stored", "lost", "rejected_stale",
-          "task_bytes", "ingest_workers", "loadavg")
+          "task_bytes", "ingest_workers", "loadavg", "updates_per_s_from_task_open",
+          "reply_floor_msgs_per_s", "reply_floor_ratio", "aggregator_cpu_ms_per_update")
 
 
 @pytest.mark.parametrize("flags", [[], ["--sign"]], ids=["plain", "signed"])
@@ -40,4 +41,7 @@ def test_a_tiny_fleet_loses_nothing_and_reports_every_field(tmp_path, flags):
     assert result["stored"] == result["acked"]
     assert result["updates_stored_per_s"] > 0 and result["raw_broker_msgs_per_s"] > 0
     assert result["aggregator_rss_mb_peak"] > 0
+    assert result["reply_floor_msgs_per_s"] > 0 and result["aggregator_cpu_ms_per_update"] > 0
+    # the burst window is inside the window from the task's opening
+    assert result["updates_stored_per_s"] >= result["updates_per_s_from_task_open"]
     assert result["task_bytes"] > 0
