@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from aggregator.broker_bridge import BridgePlan, bridge_section
 from aggregator.broker_config import BrokerSecurityPlan, write_broker_config
 from aggregator.broker_sizing import DEFAULT_UPDATE_CHUNKS, DROP_IN, FleetSize
+from aggregator.lifecycle.config import canary_privacy_caution
 from aggregator.service import Aggregator
 from aggregator.store import Store
 from aggregator.store_check import StoreDamaged, check_store
@@ -107,6 +108,9 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("fedge aggregator: federation %r, %s mode, %s, broker %s:%d, store %s, model "
              "version %d, security %s", cfg.federation, cfg.mode, rounds, cfg.host, cfg.port,
              cfg.store_name, aggregator.version, secure)
+    caution = canary_privacy_caution(cfg.rollout, cfg.privacy.enabled, cfg.secagg.enabled)
+    if caution is not None:
+        log.warning("fedge aggregator: %s", caution)
     server = _start_dashboard(aggregator)
     run = aggregator.run
     if cfg.upper.enabled:  # a site of an upper tier: its uplink runs beside it

@@ -33,3 +33,18 @@ class RolloutConfig:
     @property
     def enabled(self) -> bool:
         return self.canary_fraction > 0
+
+
+def canary_privacy_caution(rollout: RolloutConfig, dp: bool, secagg: bool) -> str | None:
+    """What to tell an operator whose canaries would report outside [privacy]/[secagg].
+
+    Canary reports are per-device figures sent signed but in the clear, with no noise and
+    no masking (docs/lifecycle.md, "What canary metrics reveal"): allowed, but said at
+    start so that nobody reads the privacy settings as covering them."""
+    if not rollout.enabled or not (dp or secagg):
+        return None
+    covered = " and ".join(name for name, on in (("[privacy]", dp), ("[secagg]", secagg)) if on)
+    return (f"[rollout] canary_fraction = {rollout.canary_fraction}: canary reports (each "
+            f"device's accuracy on its held-out examples) are sent in the clear, outside "
+            f"{covered}; set canary_fraction = 0 if that is too much "
+            "(docs/lifecycle.md#what-canary-metrics-reveal)")

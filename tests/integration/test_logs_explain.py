@@ -20,11 +20,11 @@ WITHIN = 15.0
 
 
 def _aggregator(tmp_path, port: int, federation: str = "plant-7", rounds: int = 2,
-                *flags: str) -> LoggedFedge:
+                *flags: str, extra: str = "") -> LoggedFedge:
     config = tmp_path / "aggregator.toml"
     config.write_text(f'federation = "{federation}"\nport = {port}\nrounds = {rounds}\n'
                       f'db_path = "{tmp_path / "agg.sqlite3"}"\n{MODEL}'
-                      f'[sync]\ntarget_updates = 1\n')
+                      f'[sync]\ntarget_updates = 1\n{extra}')
     return LoggedFedge("aggregator", "serve", *flags, "--config", str(config))
 
 
@@ -141,4 +141,15 @@ def test_two_devices_with_one_id_are_told_so(mosquitto, tmp_path):
     finally:
         one.stop()
         two.stop()
+        aggregator.stop()
+
+
+def test_canaries_beside_differential_privacy_are_called_out_at_start(mosquitto, tmp_path):
+    aggregator = _aggregator(tmp_path, mosquitto.port, extra=(
+        '[privacy]\nmode = "central"\n[rollout]\ncanary_fraction = 0.5\n'))
+    try:
+        line = aggregator.wait_for("canary reports", WITHIN)
+        assert "WARNING" in line and "outside [privacy]" in line
+        aggregator.wait_for("connected to the broker", WITHIN)  # a caution, not a refusal
+    finally:
         aggregator.stop()

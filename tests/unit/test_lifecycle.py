@@ -295,3 +295,15 @@ def test_the_rollout_table_is_checked_with_one_line_errors():
     assert not load_aggregator_config({}, "gw.toml").rollout.enabled  # off by default
     with pytest.raises(ConfigError, match=r"gw.toml \[rollout\]: rollout.margin"):
         load_aggregator_config({"rollout": {"margin": 2}}, "gw.toml")
+
+
+def test_canaries_beside_dp_or_secagg_get_a_caution_naming_what_they_bypass():
+    from aggregator.lifecycle.config import RolloutConfig, canary_privacy_caution
+
+    on, off = RolloutConfig(canary_fraction=0.1), RolloutConfig()
+    assert canary_privacy_caution(off, dp=True, secagg=True) is None
+    assert canary_privacy_caution(on, dp=False, secagg=False) is None
+    both = canary_privacy_caution(on, dp=True, secagg=True)
+    assert both is not None and "outside [privacy] and [secagg]" in both
+    only = canary_privacy_caution(on, dp=False, secagg=True)
+    assert only is not None and "outside [secagg];" in only and "canary_fraction = 0.1" in only
