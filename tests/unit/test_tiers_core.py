@@ -26,6 +26,7 @@ from aggregator.core import (
 )
 from aggregator.privacy import PrivacyConfig
 from aggregator.store import Store
+from aggregator.strategy.config import StrategyConfig
 from aggregator.tier_view import upper
 from aggregator.upper_config import UpperConfig
 from edge_client.shared.protocol import Status, Task, Topics, TrainConfig, Update, encode
@@ -42,13 +43,15 @@ class Tier:
 
     def __init__(self, tmp_path, name: str, clock: Clock, devices: list[str],
                  upper: UpperConfig | None = None,
-                 privacy: PrivacyConfig | None = None) -> None:
+                 privacy: PrivacyConfig | None = None,
+                 strategy: StrategyConfig | None = None) -> None:
         self.topics = Topics(name)
         config = AggregatorConfig(
             federation=name, db_path=tmp_path / f"{name}.sqlite3", rounds=0 if upper else 2,
             train=TrainConfig(epochs=1), downlink=DownlinkConfig(delta=False),
             sync=SyncConfig(target_updates=len(devices), min_fraction=1.0),
-            upper=upper or UpperConfig(), privacy=privacy or PrivacyConfig())
+            upper=upper or UpperConfig(), privacy=privacy or PrivacyConfig(),
+            strategy=strategy or StrategyConfig())
         self.clock, self.devices = clock, devices
         self.store = Store(config.db_path)
         self.core = AggregatorCore(config, self.store, clock.at(), lambda b: b,
@@ -167,3 +170,45 @@ def test_a_restarted_site_that_was_holding_hands_its_aggregate_out_again(tmp_pat
                 if isinstance(a, SiteAggregate)]
     assert dataclasses.replace(second, weights={}) == dataclasses.replace(first, weights={})
     assert again.core.schedule.upper.holding
+
+
+def test_robust_tiers_stop_a_poisoned_device_at_its_site_and_a_poisoned_site_at_the_top(
+        tmp_path):
+    """Trimmed mean at each site, coordinate-wise median at the top: a device sending a
+    huge update moves neither its site's aggregate nor the top model far, and a whole
+    site sending one (a compromised gateway) is outvoted by the two honest sites."""
+    clock = Clock()
+    honest = {k: np.full(v.shape, 0.1, np.float32) for k, v in WEIGHTS.items()}
+    poison = {k: np.full(v.shape, 1000.0, np.float32) for k, v in WEIGHTS.items()}
+    names = ("site-a", "site-b", "site-c")
+    top = Tier(tmp_path, "top", clock, list(names), strategy=StrategyConfig(name="median"))
+    top.connect()
+    top_task = _task(top.tick())
+    for name in names:
+        site = Tier(tmp_path, name, clock, [f"{name}-d{i}" for i in range(5)],
+                    UpperConfig(enabled=True, site_id=name, federation="top"),
+                    strategy=StrategyConfig(name="trimmed_mean", trim_fraction=0.2))
+        site.connect()
+        site.tick()
+        site.send(AdoptModel(WEIGHTS, 0, clock.at()))
+        site.send(UpperAsks(0, clock.at()))
+        task = _task(site.tick())
+        for i, device in enumerate(site.devices):  # the last device of every site attacks
+            delta = poison if i == 4 else {
+                k: v + RNG.normal(scale=0.01, size=v.shape).astype(np.float32)
+                for k, v in honest.items()}
+            assert [a.status for a in site.upload(_update(device, task, delta, 10))] == [
+                "accepted"]
+        [aggregate] = [a for a in site.tick() if isinstance(a, SiteAggregate)]
+        up = {k: aggregate.weights[k] - WEIGHTS[k] for k in WEIGHTS}
+        for k in WEIGHTS:  # the site's trimmed mean cut its poisoned device
+            np.testing.assert_allclose(up[k], honest[k], atol=0.02)
+        if name == "site-c":  # a compromised site gateway poisons its whole aggregate
+            up = poison
+        assert [a.status for a in top.upload(_update(name, top_task, up, aggregate.samples))
+                ] == ["accepted"]
+    top.tick()
+    assert top.core.state.version == 1
+    for k in WEIGHTS:  # the median of three sites ignores the poisoned one
+        np.testing.assert_allclose(top.core.state.weights[k] - WEIGHTS[k], honest[k],
+                                   atol=0.02)
