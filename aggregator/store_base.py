@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS downlink_state (
     residual BLOB NOT NULL        -- ErrorFeedback.to_bytes(): a restart continues it exactly
 );
 CREATE INDEX IF NOT EXISTS updates_device ON updates(device_id, received_at);
+CREATE INDEX IF NOT EXISTS updates_used_in ON updates(used_in);  -- the audit of a version
 CREATE TABLE IF NOT EXISTS notes (
     key TEXT PRIMARY KEY,         -- small service state for the dashboard and restarts
     value TEXT NOT NULL           -- JSON

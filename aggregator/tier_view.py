@@ -20,15 +20,19 @@ SITE_METRIC = "site_updates"  # set by fedge/tiers/uplink.py
 
 
 def sites(store: Store) -> list[dict[str, Any]]:
-    status = {d["device_id"]: d for d in store.devices()}
+    # Only updates whose metrics name SITE_METRIC are a site's: a gateway of 10,000
+    # devices has none, and its devices' rows are neither ranked nor parsed.
+    is_site = (f'%"{SITE_METRIC}"%',)
     used = {device: (count, samples) for device, count, samples in store.db.execute(
         "SELECT device_id, COUNT(*), SUM(num_samples) FROM updates "
-        "WHERE state='aggregated' GROUP BY device_id")}
+        "WHERE state='aggregated' AND metrics LIKE ? GROUP BY device_id", is_site)}
     rows = store.db.execute("SELECT device_id, metrics, base_version, num_samples, state, "
                             "received_at FROM (SELECT device_id, metrics, base_version, "
                             "num_samples, state, received_at, ROW_NUMBER() OVER (PARTITION "
-                            "BY device_id ORDER BY received_at DESC) AS n FROM updates) "
-                            "AS newest WHERE n = 1")  # the newest per site, on both engines
+                            "BY device_id ORDER BY received_at DESC) AS n FROM updates "
+                            "WHERE metrics LIKE ?) AS newest WHERE n = 1",
+                            is_site).fetchall()  # the newest per site
+    status = {d["device_id"]: d for d in store.devices()} if rows else {}
     out = []
     for device, metrics_text, base, samples, state, received_at in rows:
         metrics = json.loads(metrics_text)

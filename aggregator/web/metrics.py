@@ -34,16 +34,16 @@ class StoreCollector:
 
 def _families(store: Store) -> list[Metric]:
     history = readmodel.version_records(store)
-    devices = store.devices()
+    devices = readmodel.device_counts(store)
     families: list[Metric] = []
     if history:
         families.append(GaugeMetricFamily("fedge_model_version", "Current global model version",
                                           value=history[-1].version))
     families.append(GaugeMetricFamily("fedge_devices_online", "Devices whose status is online",
-                                      value=sum(1 for d in devices if d["online"])))
+                                      value=devices["online"]))
     families.append(GaugeMetricFamily(
         "fedge_devices_eligible", "Devices online and eligible to train",
-        value=sum(1 for d in devices if d["online"] and d["eligible"])))
+        value=devices["eligible"]))
     families.append(_updates_by_state(store))
     families.append(CounterMetricFamily("fedge_rejections", "Updates refused, with a reason",
                                         value=readmodel.rejection_count(store)))
@@ -89,7 +89,7 @@ _FAIRNESS_GAUGES = (
 def _fairness(history: list[VersionRecord]) -> list[Metric]:
     """The latest version whose devices reported their accuracy (none under secure
     aggregation, which reveals no per-device metric)."""
-    for row in readmodel.fairness(history, len(history)):
+    for row in readmodel.fairness(history, len(history), top=0):
         if row["devices"]:
             return [GaugeMetricFamily(name, text, value=row[key])
                     for key, name, text in _FAIRNESS_GAUGES if row[key] is not None]
