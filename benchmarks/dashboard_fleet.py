@@ -37,9 +37,12 @@ from aggregator.web import create_app, serve_dashboard  # noqa: E402
 from benchmarks.dashboard_store import build_fleet_store  # noqa: E402
 
 READ = "bench-read-token"
-POLLED = ("api/overview", "api/versions", "api/devices", "api/anomalies", "api/fairness",
-          "api/personal", "api/drift", "api/lines", "api/sites", "api/upper")
-OTHERS = ("api/status", "api/health", "api/stages", "api/audit?version=30", "api/enrolment",
+# What the dashboard polls every 5 s (aggregator/web/static/dashboard.js), as it asks.
+POLLED = ("api/overview", "api/versions?brief=true", "api/devices?limit=200",
+          "api/anomalies?flagged=true&limit=10000", "api/fairness?top=5",
+          "api/personal?limit=200", "api/drift?limit=200", "api/lines?limit=200",
+          "api/sites", "api/upper")
+OTHERS = ("api/versions", "api/devices", "api/anomalies", "api/fairness", "api/status", "api/health", "api/stages", "api/audit?version=30", "api/enrolment",
           "api/models/30", "api/openapi.json", "metrics")
 
 
