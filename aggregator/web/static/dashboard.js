@@ -67,8 +67,8 @@
     text("ov-mode", o.mode ? `${o.mode} · round ${o.rounds}` : "");
     text("ov-accuracy", fixed(3)(o.accuracy));
     text("ov-loss", o.loss === null ? "" : `loss ${fixed(3)(o.loss)} (v${o.evaluated_version})`);
-    text("ov-devices", `${o.devices.online} / ${o.devices.known}`);
-    text("ov-eligible", `${o.devices.eligible} eligible · ${o.enrolled} enrolled`);
+    text("ov-devices", `${int(o.devices.online)} / ${int(o.devices.known)}`);
+    text("ov-eligible", `${int(o.devices.eligible)} eligible · ${int(o.enrolled)} enrolled`);
     const secure = o.secure_contributions || 0;  // secure rounds store no update
     text("ov-updates", int(o.updates.aggregated + secure));
     text("ov-pending", (secure ? `${secure} in secure sums · ` : "") +
