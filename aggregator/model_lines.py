@@ -86,12 +86,14 @@ def _line_of_stored(store: Store, version: int) -> str:
         return "unknown"
 
 
-def lines_view(store: Store, limit: int | None = None, offset: int = 0) -> dict[str, Any]:
+def lines_view(store: Store, limit: int | None = None, offset: int = 0,
+               lines: dict[int, str] | None = None) -> dict[str, Any]:
     """What /api/lines serves: the lines with their versions and devices, and each
     device's line and refusal. `limit`: at most that many devices in `devices` (from
     `offset`, by id) and in each line's `devices`; `device_count` and `total` say how
-    many there are, counted by the database."""
-    lines = version_lines(store)
+    many there are, counted by the database. `lines`: version_lines(store), when the
+    caller has it already."""
+    lines = version_lines(store) if lines is None else lines
     page = "" if limit is None else f" LIMIT {int(limit)} OFFSET {int(offset)}"
     devices = []
     for device_id, version, reason in store.db.execute(

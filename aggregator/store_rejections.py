@@ -60,12 +60,13 @@ class RejectionTables(Tables):
         self.db.executemany("INSERT INTO clipping VALUES (?, ?, ?, ?, ?)",
                             [(version, d, n, bound, median) for d, n in sorted(norms.items())])
 
-    def device_outcomes(self, window: int, clip_factor: float,
-                        device_id: str | None = None) -> list[dict[str, Any]]:
+    def device_outcomes(self, window: int, clip_factor: float, device_id: str | None = None,
+                        min_bad: int | None = None) -> list[dict[str, Any]]:
         """Per device, its last `window` outcomes: stored updates and rejections, newest
         first. `rejected` and `clipped` count the bad ones among them (a clipped update
         counts when its norm was >= clip_factor times its version's median norm: an
-        outlier among its peers); `clipped_total` counts every clipped update ever."""
+        outlier among its peers); `clipped_total` counts every clipped update ever.
+        `min_bad`: only the devices with at least that many rejected and clipped ones."""
         # For one device (after each rejection), each branch reads only its newest
         # `window` rows through an index: the cost does not grow with the history.
         one = device_id is not None
@@ -73,6 +74,7 @@ class RejectionTables(Tables):
         where_r = "WHERE device_id = :device" if one else ""
         newest_u = "ORDER BY u.received_at DESC LIMIT :window" if one else ""
         newest_r = "ORDER BY at DESC LIMIT :window" if one else ""
+        having = "" if min_bad is None else "HAVING SUM(rejected) + SUM(clipped) >= :bad"
         rows = self.db.execute(f"""
             WITH events AS (
                 SELECT * FROM (
@@ -95,8 +97,8 @@ class RejectionTables(Tables):
                    (SELECT COUNT(*) FROM clipping c WHERE c.device_id = ranked.device_id),
                    (SELECT reason FROM rejections r WHERE r.device_id = ranked.device_id
                     ORDER BY at DESC LIMIT 1)
-            FROM ranked WHERE n <= :window GROUP BY device_id ORDER BY device_id""",
-            {"window": window, "factor": clip_factor, "device": device_id})
+            FROM ranked WHERE n <= :window GROUP BY device_id {having} ORDER BY device_id""",
+            {"window": window, "factor": clip_factor, "device": device_id, "bad": min_bad})
         cols = ("device_id", "recent", "rejected", "clipped", "clipped_total",
                 "last_rejection")
         return [dict(zip(cols, r, strict=True)) for r in rows]

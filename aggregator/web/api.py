@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from aggregator import tier_view
 from aggregator.lifecycle import Command
-from aggregator.model_lines import lines_view
+from aggregator.model_lines import lines_view, version_lines
 from aggregator.status import fleet_status, service_health
 from aggregator.web import bodies, drift_view, metrics, paging, readmodel
 from aggregator.web.actions import AdminActions
@@ -46,12 +46,16 @@ def openapi() -> Response:
 
 # ---------------------------------------------------------------- reads
 def overview() -> Response:
-    return jsonify(readmodel.overview(request_store()))
+    store = request_store()
+    return jsonify(readmodel.overview(store, web_context().history.records(store)))
 
 
 def versions() -> Response:
     brief = paging.flag("brief") or False
-    return jsonify({"versions": readmodel.versions_with_stages(request_store(), brief)})
+    store = request_store()
+    rows = web_context().history.derived(store, ("versions", brief),
+                                         lambda h: readmodel.version_rows(h, brief))
+    return jsonify({"versions": readmodel.versions_with_stages(store, brief, rows)})
 
 
 def stages() -> Response:
@@ -92,14 +96,17 @@ def fairness() -> Response:
         raise ApiError(400, f"latest must be a whole number from 1 to {FAIRNESS_MAX}, "
                             f"not {text[:20]!r}")
     top = paging.whole_number("top", 0, paging.MAX_LIMIT, -1)
-    history = readmodel.version_records(request_store())
-    return jsonify({"fairness": readmodel.fairness(history, int(text),
-                                                   None if top < 0 else top)})
+    latest, shares = int(text), None if top < 0 else top
+    rows = web_context().history.derived(request_store(), ("fairness", latest, shares),
+                                         lambda h: readmodel.fairness(h, latest, shares))
+    return jsonify({"fairness": rows})
 
 
 def personal() -> Response:
     page = paging.requested_page()
-    return jsonify(readmodel.personal(readmodel.version_records(request_store()), page))
+    view = web_context().history.derived(request_store(), "personal", readmodel.personal)
+    return jsonify({**view, "devices": page.of(view["devices"]),
+                    **page.meta(len(view["devices"]))})
 
 
 def drift() -> Response:
@@ -108,8 +115,9 @@ def drift() -> Response:
 
 
 def lines() -> Response:
-    page = paging.requested_page()
-    return jsonify(lines_view(request_store(), page.limit, page.offset))
+    page, store = paging.requested_page(), request_store()
+    known = web_context().history.derived(store, "lines", lambda _: version_lines(store))
+    return jsonify(lines_view(store, page.limit, page.offset, known))
 
 
 def status() -> Response:

@@ -73,7 +73,7 @@ def drift_metrics(store: Store) -> list[Metric]:
     Only each device's newest report is read (not its history)."""
     rule = stored_rule(store)
     latest = latest_reports(store.db)
-    online = {d: bool(row["online"]) for d, row in statuses(store, list(latest)).items()}
+    online = {d: bool(o) for d, o in store.db.execute("SELECT device_id, online FROM devices")}
     devices = [_judged(rule, d, report, online.get(d)) for d, report in latest.items()]
     found = campaigns(store)
     if not devices and not found:

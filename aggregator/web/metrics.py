@@ -16,24 +16,26 @@ from aggregator.store import Store
 from aggregator.version_record import VersionRecord
 from aggregator.web import readmodel
 from aggregator.web.drift_view import drift_metrics
+from aggregator.web.history_cache import HistoryCache
 
 
 class StoreCollector:
     """Turns the store's current state into metric families when Prometheus scrapes."""
 
-    def __init__(self, open_store: Callable[[], Store]) -> None:
+    def __init__(self, open_store: Callable[[], Store], history: HistoryCache) -> None:
         self.open_store = open_store
+        self.history = history
 
     def collect(self) -> Iterator[Metric]:
         store = self.open_store()
         try:
-            yield from _families(store)
+            yield from _families(store, self.history)
         finally:
             store.close()
 
 
-def _families(store: Store) -> list[Metric]:
-    history = readmodel.version_records(store)
+def _families(store: Store, cache: HistoryCache) -> list[Metric]:
+    history = cache.records(store)
     devices = readmodel.device_counts(store)
     families: list[Metric] = []
     if history:
@@ -56,7 +58,8 @@ def _families(store: Store) -> list[Metric]:
         families.append(GaugeMetricFamily("fedge_last_accuracy",
                                           "Test accuracy of the latest evaluated version",
                                           value=evaluated[-1].accuracy))
-    return (families + _fairness(history) + _personal(history) + drift_metrics(store)
+    return (families + cache.derived(store, "metrics-fairness", _fairness)
+            + cache.derived(store, "metrics-personal", _personal) + drift_metrics(store)
             + _stages(store))
 
 
@@ -159,9 +162,9 @@ def _updates_by_state(store: Store) -> GaugeMetricFamily:
     return family
 
 
-def make_registry(open_store: Callable[[], Store]) -> CollectorRegistry:
+def make_registry(open_store: Callable[[], Store], history: HistoryCache) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(open_store))
+    registry.register(StoreCollector(open_store, history))
     return registry
 
 

@@ -64,11 +64,18 @@ def _brief(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def versions_with_stages(store: Store, brief: bool = False) -> list[dict[str, Any]]:
-    """The versions as the API lists them: each with its stage (docs/lifecycle.md)."""
+def version_rows(history: list[VersionRecord], brief: bool = False) -> list[dict[str, Any]]:
+    """`versions` from records already read (version_records: NaN already None)."""
+    return [_brief(record.to_json()) if brief else record.to_json() for record in history]
+
+
+def versions_with_stages(store: Store, brief: bool = False,
+                         rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The versions as the API lists them (`rows`: as `versions` gives them): each with
+    its stage (docs/lifecycle.md)."""
     stages = store.stages()
     return [{**row, "stage": None if (s := stages.get(row["version"])) is None else s.value}
-            for row in versions(store, brief)]
+            for row in (versions(store, brief) if rows is None else rows)]
 
 
 def stages(store: Store) -> dict[str, Any]:
@@ -90,9 +97,10 @@ def version_records(store: Store) -> list[VersionRecord]:
     return [VersionRecord.from_json(row) for row in versions(store)]
 
 
-def overview(store: Store) -> dict[str, Any]:
-    """The headline numbers; a store without any model yet gives nulls and zeros."""
-    history = version_records(store)
+def overview(store: Store, history: list[VersionRecord] | None = None) -> dict[str, Any]:
+    """The headline numbers; a store without any model yet gives nulls and zeros.
+    `history`: version_records(store), when the caller has it already."""
+    history = version_records(store) if history is None else history
     latest = history[-1] if history else None
     evaluated = [h for h in history if h.accuracy is not None]
     return {
@@ -143,7 +151,7 @@ def anomalies(store: Store, page: Page, flagged: bool | None = None) -> dict[str
     """A page of the devices' recent rejections and clipped updates, and their flags;
     `flagged` True (False): only the devices flagged (not flagged)."""
     config = stored_config(store)
-    rows = [row for row in device_anomalies(store, config)
+    rows = [row for row in device_anomalies(store, config, flagged_only=bool(flagged))
             if flagged is None or row["flagged"] == flagged]
     return {"window": config.window, "threshold": config.threshold,
             "clip_factor": config.clip_factor, "devices": page.of(rows),
