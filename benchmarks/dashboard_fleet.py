@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -34,9 +35,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: the repository's root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aggregator.store_db import StoreLocation  # noqa: E402
-from aggregator.web import create_app, serve_dashboard  # noqa: E402
-from benchmarks.dashboard_store import build_fleet_store  # noqa: E402
+from aggregator.store_db import StoreLocation
+from aggregator.web import create_app, serve_dashboard
+from benchmarks.dashboard_store import build_fleet_store
 
 READ = "bench-read-token"
 # What the dashboard polls every 5 s (aggregator/web/static/dashboard.js), as it asks.
@@ -44,7 +45,8 @@ POLLED = ("api/overview", "api/versions?brief=true", "api/devices?limit=200",
           "api/anomalies?flagged=true&limit=10000", "api/fairness?top=5",
           "api/personal?limit=200", "api/drift?limit=200", "api/lines?limit=200",
           "api/sites", "api/upper")
-OTHERS = ("api/versions", "api/devices", "api/anomalies", "api/fairness", "api/status", "api/health", "api/stages", "api/audit?version=30", "api/enrolment",
+OTHERS = ("api/versions", "api/devices", "api/anomalies", "api/fairness", "api/status",
+          "api/health", "api/stages", "api/audit?version=30", "api/enrolment",
           "api/models/30", "api/openapi.json", "metrics")
 
 

@@ -121,7 +121,7 @@ def drift_schema() -> dict[str, Any]:
         "campaign_rounds": {"type": "integer"}}}
     for part in (device, campaign, rule):
         part["required"] = list(part["properties"])
-    schema = {"type": "object", "properties": {
+    schema: dict[str, Any] = {"type": "object", "properties": {
         "rule": rule, "devices": {"type": "array", "items": device,
                                   "description": "A page of the devices, sorted by id"},
         "history": {"type": "object", "additionalProperties": {"type": "array",

@@ -10,6 +10,7 @@ from typing import Any
 from aggregator.web import bodies
 from aggregator.web.drift_view import drift_schema
 from aggregator.web.lines_view import lines_schema
+from aggregator.web.openapi_fleet import site_schema, status_schema
 from aggregator.web.paging import MAX_LIMIT, page_parameters, page_schema
 
 JSON = bodies.JSON
@@ -45,7 +46,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 def _listing(key: str, item: str, paged: bool = False) -> dict[str, Any]:
     """{key: [item, ...]}; `paged`: a page of them, with how many there are in all."""
-    listing = {"type": "object", "required": [key],
+    listing: dict[str, Any] = {"type": "object", "required": [key],
                "properties": {key: {"type": "array", "items": _ref(item)}}}
     if paged:
         listing["properties"].update(page_schema())
@@ -282,10 +283,10 @@ def _schemas() -> dict[str, Any]:
                         heartbeat_age_s=num,
                         model_version={"type": "integer", "nullable": True},
                         training_finished={"type": "boolean"}),
-        "Status": _status_schema(),
+        "Status": status_schema(),
         "FairnessRow": _fairness_schema(),
         "Personal": _personal_schema(),
-        "Site": _site_schema(),
+        "Site": site_schema(),
         "Drift": drift_schema(),
         "Lines": lines_schema(),
     }
@@ -313,38 +314,6 @@ def _personal_schema() -> dict[str, Any]:
                                                    "the gateway's test set"),
         **page_schema()}}
     schema["required"] = list(schema["properties"])
-    return schema
-
-
-def _status_schema() -> dict[str, Any]:
-    """aggregator.status.FleetStatus as JSON."""
-    num = {"type": "number", "nullable": True}
-    maybe_int = {"type": "integer", "nullable": True}
-    maybe_bool = {"type": "boolean", "nullable": True}
-    text = {"type": "string"}
-    round_ = {"type": "object", "nullable": True, "properties": {
-        "task_id": text, "round": {"type": "integer"}, "mode": text,
-        "model_version": {"type": "integer"}, "invited": maybe_int,
-        "updates": {"type": "integer"}, "opened_s_ago": {"type": "number"},
-        "deadline_in_s": num}}
-    device = {"type": "object", "properties": {
-        "device_id": text, "online": maybe_bool, "eligible": maybe_bool, "reason": text,
-        "model_version": maybe_int, "last_seen_s_ago": num}}
-    rejection = {"type": "object", "properties": {
-        "device_id": text, "reason": text, "s_ago": {"type": "number"}}}
-    schema = {"type": "object", "properties": {
-        "model_version": maybe_int, "versions": {"type": "integer"}, "accuracy": num,
-        "last_version_s_ago": num, "round": round_,
-        "devices": {"type": "array", "items": device},
-        "not_eligible": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "rejections_total": {"type": "integer"},
-        "recent_rejections": {"type": "array", "items": rejection},
-        "stopped": {"type": "string", "nullable": True}, "finished": {"type": "boolean"},
-        "broker": {"type": "object", "nullable": True, "properties": {
-            "connected": {"type": "boolean"}, "since": {"type": "number"}, "reason": text}},
-        "tier": _described({"type": "string", "nullable": True},
-                           "Where it sits in a tree of aggregators (docs/tiers.md)")}}
-    schema["required"] = [key for key in schema["properties"] if key != "tier"]
     return schema
 
 
@@ -405,21 +374,3 @@ def openapi_document() -> dict[str, Any]:
         "components": {"schemas": _schemas(),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
-
-
-def _site_schema() -> dict[str, Any]:
-    """aggregator/tier_view.py's rows."""
-    integer = {"type": "integer", "nullable": True}
-    number = {"type": "number", "nullable": True}
-    return {"type": "object", "properties": {
-        "site": {"type": "string"}, "online": {"type": "boolean", "nullable": True},
-        "last_seen": number, "model_version": integer, "aggregates_used": integer,
-        "last_aggregate_at": number, "last_aggregate_upper_version": integer,
-        "last_aggregate_samples": _described(integer, "The aggregate's weight: the samples "
-                                                      "of the device updates in it"),
-        "last_aggregate_state": {"type": "string"},
-        "devices_behind": _described(integer, "Device updates in the last aggregate"),
-        "site_versions": _described(integer, "Site versions the last aggregate spans"),
-        "samples_used": _described(integer, "Samples of its aggregates that went into versions"),
-        "sample_share": _described(number, "Its share of the sites' samples_used"),
-        "aggregate_share": _described(number, "Its share of the sites' aggregates_used")}}

@@ -121,3 +121,26 @@ def test_other_bad_parameters_are_named(empty_client, path, name):
     assert response.status_code == 400
     assert repr(name) in response.get_json()["error"] or \
         response.get_json()["error"].startswith(name)
+
+
+def test_the_history_is_parsed_once_per_new_version(tmp_path):
+    """The app keeps the parsed model history until a version is made (or rewritten)."""
+    path = tmp_path / "agg.sqlite3"
+    build_fleet_store(path, 40, VERSIONS)
+    app = create_app(path, None, None)
+    client, cache = app.test_client(), app.extensions["fedge"].history
+    for query in ("/api/overview", "/api/versions?brief=true", "/api/fairness?top=2",
+                  "/api/personal", "/metrics", "/api/overview"):
+        assert client.get(query).status_code == 200
+    assert cache.parses == 1
+    store = Store(path)
+    try:
+        store.add_model(VERSIONS + 1, b"blob", "sha", {"round": VERSIONS + 1, "updates": 0,
+                                                        "accuracy": 0.5})
+    finally:
+        store.close()
+    overview = client.get("/api/overview").get_json()
+    assert overview["model_version"] == VERSIONS + 1 and overview["accuracy"] == 0.5
+    assert client.get("/api/versions?brief=true").get_json()["versions"][-1]["version"] == \
+        VERSIONS + 1
+    assert cache.parses == 2
