@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from aggregator.lifecycle.store_stages import StageTables
 from aggregator.states import TaskState, UpdateState
+from aggregator.store_audit import AuditTables
 from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
 from aggregator.store_db import StoreLocation, connect, describe
@@ -62,7 +63,7 @@ class StoredModel:
 
 
 class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, StageTables,
-            NoteTables):
+            NoteTables, AuditTables):
     """Owned by one thread at a time: built by the caller, then used by the service loop."""
 
     def __init__(self, location: StoreLocation) -> None:
@@ -248,26 +249,6 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, Stage
         """(device, task, nonce, state) of every stored update, for audits and tests."""
         return list(self.db.execute(
             "SELECT device_id, task_id, nonce, state FROM updates ORDER BY received_at"))
-
-    def audit(self, version: int | None = None) -> list[dict[str, Any]]:
-        """Who contributed to which model version: ids, counts and digests, never data."""
-        return self.audit_page(version)[0]
-
-    def audit_page(self, version: int | None = None, limit: int | None = None,
-                   offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """`audit`, at most `limit` rows from `offset` on, and how many rows in all."""
-        cols = ("used_in", "device_id", "task_id", "nonce", "num_samples", "digest",
-                "received_at")
-        where = "WHERE state='aggregated'" + ("" if version is None else " AND used_in=?")
-        args: tuple = () if version is None else (version,)
-        page = "" if limit is None else f" LIMIT {int(limit)} OFFSET {int(offset)}"
-        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM updates {where} "
-                               f"ORDER BY used_in, device_id, task_id, nonce{page}", args)
-        found = [dict(zip(cols, r, strict=True)) for r in rows]
-        if limit is None:
-            return found, len(found)
-        total = self.db.execute(f"SELECT COUNT(*) FROM updates {where}", args).fetchone()[0]
-        return found, int(total)
 
 
 def _readable_seal(path: Path) -> Seal | None:
