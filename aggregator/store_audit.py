@@ -8,7 +8,7 @@ from aggregator.store_base import Tables
 
 
 class AuditTables(Tables):
-    """Reads of the updates table by the version they went into (index updates_used_in)."""
+    """Reads of the updates table by the version they went into."""
 
     def audit(self, version: int | None = None) -> list[dict[str, Any]]:
         """Who contributed to which model version: ids, counts and digests, never data."""

@@ -96,7 +96,6 @@ CREATE TABLE IF NOT EXISTS downlink_state (
     residual BLOB NOT NULL        -- ErrorFeedback.to_bytes(): a restart continues it exactly
 );
 CREATE INDEX IF NOT EXISTS updates_device ON updates(device_id, received_at);
-CREATE INDEX IF NOT EXISTS updates_used_in ON updates(used_in);  -- the audit of a version
 -- What the dashboard reads of every device's updates (its recent outcomes, its counts by
 -- state), from the index alone: the table's rows carry the payloads.
 CREATE INDEX IF NOT EXISTS updates_outcomes ON updates(device_id, received_at, used_in, state);
