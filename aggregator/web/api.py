@@ -105,8 +105,7 @@ def fairness() -> Response:
 def personal() -> Response:
     page = paging.requested_page()
     view = web_context().history.derived(request_store(), "personal", readmodel.personal)
-    return jsonify({**view, "devices": page.of(view["devices"]),
-                    **page.meta(len(view["devices"]))})
+    return jsonify(readmodel.paged_personal(view, page))
 
 
 def drift() -> Response:

@@ -279,25 +279,22 @@ def _largest(shares: dict[str, float], top: int) -> dict[str, float]:
     return dict(sorted(shares.items(), key=lambda item: (-item[1], item[0]))[:top])
 
 
-def personal(history: list[VersionRecord], page: Page | None = None) -> dict[str, Any]:
+def personal(history: list[VersionRecord]) -> dict[str, Any]:
     """The devices' own figures (personalised or clustered federations,
     docs/heterogeneity.md): per device, from the latest version that has its row, the
     global model's and its personal model's accuracy on its held-out data and its
     cluster; their means; each cluster's size, and its model's accuracy on the gateway's
-    test set at the latest version. `page`: only that page of the devices (`total`
-    says how many there are); the means and cluster sizes are over them all."""
+    test set at the latest version. Every device: /api/personal serves a page of them
+    (paged_personal)."""
     stored = merged(record.metric("personal") for record in history)
-    meta = {} if page is None else page.meta(0 if stored is None else len(stored["devices"]))
     if stored is None:
         return {"version": None, "devices": [], "global_accuracy": None,
-                "personal_accuracy": None, "cluster_sizes": {}, "cluster_accuracy": {},
-                **meta}
+                "personal_accuracy": None, "cluster_sizes": {}, "cluster_accuracy": {}}
     record = next(r for r in reversed(history) if isinstance(r.metric("personal"), dict))
     devices = [{"device_id": d, "global_accuracy": row.get("global_accuracy"),
                 "personal_accuracy": row.get("personal_accuracy"),
                 "cluster": int(row["cluster"]) if "cluster" in row else None}
-               for d, row in (stored["devices"].items() if page is None
-                              else page.of(list(stored["devices"].items())))]
+               for d, row in stored["devices"].items()]
     clusters = sorted(int(k[len("cluster"):-len("_accuracy")]) for k in record.metrics
                       if re.fullmatch(r"cluster[0-9]+_accuracy", k))
     return finite({"version": record.version, "devices": devices,
@@ -305,4 +302,10 @@ def personal(history: list[VersionRecord], page: Page | None = None) -> dict[str
                    "personal_accuracy": stored["personal_accuracy"],
                    "cluster_sizes": stored["cluster_sizes"],
                    "cluster_accuracy": {str(c): record.metrics[f"cluster{c}_accuracy"]
-                                        for c in clusters}, **meta})
+                                        for c in clusters}})
+
+
+def paged_personal(view: dict[str, Any], page: Page) -> dict[str, Any]:
+    """`personal`'s answer with a page of its devices and how many there are; the means
+    and cluster sizes stay those of every device."""
+    return {**view, "devices": page.of(view["devices"]), **page.meta(len(view["devices"]))}
