@@ -72,6 +72,11 @@ class RejectionTables(Tables):
         one = device_id is not None
         where_u = "WHERE u.device_id = :device" if one else ""
         where_r = "WHERE device_id = :device" if one else ""
+        if not one and min_bad is not None and min_bad >= 1:
+            # Only a device with a rejection or a clipped update can have a bad outcome:
+            # the others' updates need not be ranked (most of a healthy fleet).
+            where_u = ("WHERE u.device_id IN (SELECT device_id FROM rejections "
+                       "UNION SELECT device_id FROM clipping)")
         newest_u = "ORDER BY u.received_at DESC LIMIT :window" if one else ""
         newest_r = "ORDER BY at DESC LIMIT :window" if one else ""
         having = "" if min_bad is None else "HAVING SUM(rejected) + SUM(clipped) >= :bad"
