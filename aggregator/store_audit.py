@@ -7,6 +7,9 @@ from typing import Any
 from aggregator.store_base import Tables
 
 
+_ORDER = "used_in, device_id, task_id, nonce"
+
+
 class AuditTables(Tables):
     """Reads of the updates table by the version they went into."""
 
@@ -21,11 +24,18 @@ class AuditTables(Tables):
                 "received_at")
         where = "WHERE state='aggregated'" + ("" if version is None else " AND used_in=?")
         args: tuple = () if version is None else (version,)
-        page = "" if limit is None else f" LIMIT {int(limit)} OFFSET {int(offset)}"
-        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM updates {where} "
-                               f"ORDER BY used_in, device_id, task_id, nonce{page}", args)
-        found = [dict(zip(cols, r, strict=True)) for r in rows]
         if limit is None:
+            rows = self.db.execute(f"SELECT {', '.join(cols)} FROM updates {where} "
+                                   f"ORDER BY {_ORDER}", args)
+            found = [dict(zip(cols, r, strict=True)) for r in rows]
             return found, len(found)
-        total = self.db.execute(f"SELECT COUNT(*) FROM updates {where}", args).fetchone()[0]
-        return found, int(total)
+        # The total with the page, in one pass over the rows (COUNT(*) OVER ()); a
+        # separate count only for a page past the end.
+        rows = self.db.execute(f"SELECT {', '.join(cols)}, COUNT(*) OVER () FROM updates "
+                               f"{where} ORDER BY {_ORDER} LIMIT {int(limit)} "
+                               f"OFFSET {int(offset)}", args).fetchall()
+        if rows:
+            total = rows[0][-1]
+        else:
+            total = self.db.execute(f"SELECT COUNT(*) FROM updates {where}", args).fetchone()[0]
+        return [dict(zip(cols, r[:-1], strict=True)) for r in rows], int(total)
