@@ -6,7 +6,6 @@ from typing import Any
 
 from aggregator.store_base import Tables
 
-
 _ORDER = "used_in, device_id, task_id, nonce"
 
 
@@ -25,17 +24,16 @@ class AuditTables(Tables):
         where = "WHERE state='aggregated'" + ("" if version is None else " AND used_in=?")
         args: tuple = () if version is None else (version,)
         if limit is None:
-            rows = self.db.execute(f"SELECT {', '.join(cols)} FROM updates {where} "
-                                   f"ORDER BY {_ORDER}", args)
-            found = [dict(zip(cols, r, strict=True)) for r in rows]
+            found = [dict(zip(cols, r, strict=True)) for r in self.db.execute(
+                f"SELECT {', '.join(cols)} FROM updates {where} ORDER BY {_ORDER}", args)]
             return found, len(found)
         # The total with the page, in one pass over the rows (COUNT(*) OVER ()); a
         # separate count only for a page past the end.
-        rows = self.db.execute(f"SELECT {', '.join(cols)}, COUNT(*) OVER () FROM updates "
+        page = self.db.execute(f"SELECT {', '.join(cols)}, COUNT(*) OVER () FROM updates "
                                f"{where} ORDER BY {_ORDER} LIMIT {int(limit)} "
                                f"OFFSET {int(offset)}", args).fetchall()
-        if rows:
-            total = rows[0][-1]
+        if page:
+            total = page[0][-1]
         else:
             total = self.db.execute(f"SELECT COUNT(*) FROM updates {where}", args).fetchone()[0]
-        return [dict(zip(cols, r[:-1], strict=True)) for r in rows], int(total)
+        return [dict(zip(cols, r[:-1], strict=True)) for r in page], int(total)
