@@ -146,3 +146,11 @@ def test_the_history_is_parsed_once_per_new_version(tmp_path):
     assert client.get("/api/versions?brief=true").get_json()["versions"][-1]["version"] == \
         VERSIONS + 1
     assert cache.parses == 2
+
+
+def test_flagged_devices_are_the_same_a_few_candidates_at_a_time(client, monkeypatch):
+    """The flagged list is read over the candidates (devices with a rejection or a clip)
+    in chunks; small chunks give the same rows."""
+    whole = client.get("/api/anomalies?flagged=true").get_json()
+    monkeypatch.setattr("aggregator.store_rejections._CHUNK", 7)
+    assert client.get("/api/anomalies?flagged=true").get_json() == whole
