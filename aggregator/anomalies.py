@@ -66,11 +66,13 @@ def flagged(row: dict[str, Any], config: AnomalyConfig) -> bool:
     return row["rejected"] + row["clipped"] >= config.threshold
 
 
-def device_anomalies(store: Store, config: AnomalyConfig,
-                     device_id: str | None = None) -> list[dict[str, Any]]:
-    """Every device's recent outcomes (see `Store.device_outcomes`) and its flag."""
-    return [{**row, "flagged": flagged(row, config)}
-            for row in store.device_outcomes(config.window, config.clip_factor, device_id)]
+def device_anomalies(store: Store, config: AnomalyConfig, device_id: str | None = None,
+                     flagged_only: bool = False) -> list[dict[str, Any]]:
+    """Every device's recent outcomes (see `Store.device_outcomes`) and its flag;
+    `flagged_only`: only the flagged devices' (chosen by the database)."""
+    bad = config.threshold if flagged_only else None
+    return [{**row, "flagged": flagged(row, config)} for row in
+            store.device_outcomes(config.window, config.clip_factor, device_id, bad)]
 
 
 def stored_config(store: Store) -> AnomalyConfig:

@@ -86,25 +86,37 @@ def _line_of_stored(store: Store, version: int) -> str:
         return "unknown"
 
 
-def lines_view(store: Store) -> dict[str, Any]:
+def lines_view(store: Store, limit: int | None = None, offset: int = 0,
+               lines: dict[int, str] | None = None) -> dict[str, Any]:
     """What /api/lines serves: the lines with their versions and devices, and each
-    device's line and refusal."""
-    lines = version_lines(store)
+    device's line and refusal. `limit`: at most that many devices in `devices` (from
+    `offset`, by id) and in each line's `devices`; `device_count` and `total` say how
+    many there are, counted by the database. `lines`: version_lines(store), when the
+    caller has it already."""
+    lines = version_lines(store) if lines is None else lines
+    page = "" if limit is None else f" LIMIT {int(limit)} OFFSET {int(offset)}"
     devices = []
-    for d in store.devices():
-        reason = d["reason"] or ""
-        devices.append({"device_id": d["device_id"], "model_version": d["model_version"],
-                        "line": lines.get(d["model_version"]) if d["model_version"] is not None
-                        else None,
-                        "refused": reason if reason.startswith(REFUSED) else None})
+    for device_id, version, reason in store.db.execute(
+            "SELECT device_id, model_version, reason FROM devices ORDER BY device_id" + page):
+        devices.append({"device_id": device_id, "model_version": version,
+                        "line": lines.get(version) if version is not None else None,
+                        "refused": reason if (reason or "").startswith(REFUSED) else None})
     out: list[dict[str, Any]] = []
     for version, line in sorted(lines.items()):
         if not out or out[-1]["line"] != line:
             out.append({"line": line, "first_version": version, "last_version": version,
                         "devices": []})
         out[-1]["last_version"] = version
+    per_version = dict(store.db.execute("SELECT model_version, COUNT(*) FROM devices "
+                                        "WHERE model_version IS NOT NULL "
+                                        "GROUP BY model_version").fetchall())
     for row in out:
-        row["devices"] = [d["device_id"] for d in devices
-                          if d["model_version"] is not None
-                          and row["first_version"] <= d["model_version"] <= row["last_version"]]
-    return {"lines": out[::-1], "devices": devices}
+        span = (row["first_version"], row["last_version"])
+        row["devices"] = [r[0] for r in store.db.execute(
+            "SELECT device_id FROM devices WHERE model_version BETWEEN ? AND ? "
+            "ORDER BY device_id" + ("" if limit is None else f" LIMIT {int(limit)}"), span)]
+        row["device_count"] = sum(n for v, n in per_version.items()
+                                  if span[0] <= v <= span[1])
+    total = store.db.execute("SELECT COUNT(*) FROM devices").fetchone()[0]
+    meta = {} if limit is None else {"total": total, "limit": limit, "offset": offset}
+    return {"lines": out[::-1], "devices": devices, **meta}

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from aggregator.lifecycle.store_stages import StageTables
 from aggregator.states import TaskState, UpdateState
+from aggregator.store_audit import AuditTables
 from aggregator.store_base import SCHEMA, NoteTables
 from aggregator.store_check import SEALED_NOTE
 from aggregator.store_db import StoreLocation, connect, describe
@@ -62,7 +63,7 @@ class StoredModel:
 
 
 class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, StageTables,
-            NoteTables):
+            NoteTables, AuditTables):
     """Owned by one thread at a time: built by the caller, then used by the service loop."""
 
     def __init__(self, location: StoreLocation) -> None:
@@ -248,18 +249,6 @@ class Store(GroupCommits, DeviceTables, RejectionTables, TaskMemberTables, Stage
         """(device, task, nonce, state) of every stored update, for audits and tests."""
         return list(self.db.execute(
             "SELECT device_id, task_id, nonce, state FROM updates ORDER BY received_at"))
-
-    def audit(self, version: int | None = None) -> list[dict[str, Any]]:
-        """Who contributed to which model version: ids, counts and digests, never data."""
-        cols = ("used_in", "device_id", "task_id", "nonce", "num_samples", "digest",
-                "received_at")
-        query = f"SELECT {', '.join(cols)} FROM updates WHERE state='aggregated'"
-        args: tuple = ()
-        if version is not None:
-            query += " AND used_in=?"
-            args = (version,)
-        rows = self.db.execute(query + " ORDER BY used_in, device_id", args)
-        return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
 def _readable_seal(path: Path) -> Seal | None:

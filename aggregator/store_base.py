@@ -96,6 +96,12 @@ CREATE TABLE IF NOT EXISTS downlink_state (
     residual BLOB NOT NULL        -- ErrorFeedback.to_bytes(): a restart continues it exactly
 );
 CREATE INDEX IF NOT EXISTS updates_device ON updates(device_id, received_at);
+-- What the dashboard reads of every device's updates (its recent outcomes, its counts by
+-- state), from the index alone: the table's rows carry the payloads.
+CREATE INDEX IF NOT EXISTS updates_outcomes ON updates(device_id, received_at, used_in, state);
+-- The updates of sites (aggregator/tier_view.py): none on a gateway of devices.
+CREATE INDEX IF NOT EXISTS updates_sites ON updates(device_id, received_at)
+    WHERE metrics LIKE '%"site_updates"%';
 CREATE TABLE IF NOT EXISTS notes (
     key TEXT PRIMARY KEY,         -- small service state for the dashboard and restarts
     value TEXT NOT NULL           -- JSON

@@ -39,10 +39,17 @@ class DeviceTables(Tables):
         """The enrolled, unrevoked public key of a device, or None."""
         return enrolled_key(self.db, device_id)
 
-    def enrolment(self) -> list[dict[str, Any]]:
+    def enrolment(self, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """Enrolled keys by device id: every one, or `limit` of them from `offset` on."""
         cols = ("device_id", "public_key", "enrolled_at", "revoked_at")
-        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM enrolment ORDER BY device_id")
+        page = "" if limit is None else f" LIMIT {int(limit)} OFFSET {int(offset)}"
+        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM enrolment "
+                               f"ORDER BY device_id{page}")
         return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def count_enrolled(self) -> int:
+        """Devices with an enrolled key, revoked or not."""
+        return int(self.db.execute("SELECT COUNT(*) FROM enrolment").fetchone()[0])
 
     def set_device(self, status: Status) -> None:
         self.set_devices([(status, time.time())])

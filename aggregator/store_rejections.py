@@ -7,6 +7,9 @@ from typing import Any
 
 from aggregator.store_base import Tables
 
+_CHUNK = 1000  # candidate devices named per query (PostgreSQL: a plan cost under its
+#                JIT inlining threshold at 10,000 devices)
+
 
 class RejectionTables(Tables):
     """Rejections (pruned as they come) and clipping, and each device's recent outcomes."""
@@ -60,19 +63,43 @@ class RejectionTables(Tables):
         self.db.executemany("INSERT INTO clipping VALUES (?, ?, ?, ?, ?)",
                             [(version, d, n, bound, median) for d, n in sorted(norms.items())])
 
-    def device_outcomes(self, window: int, clip_factor: float,
-                        device_id: str | None = None) -> list[dict[str, Any]]:
+    def device_outcomes(self, window: int, clip_factor: float, device_id: str | None = None,
+                        min_bad: int | None = None) -> list[dict[str, Any]]:
         """Per device, its last `window` outcomes: stored updates and rejections, newest
         first. `rejected` and `clipped` count the bad ones among them (a clipped update
         counts when its norm was >= clip_factor times its version's median norm: an
-        outlier among its peers); `clipped_total` counts every clipped update ever."""
-        # For one device (after each rejection), each branch reads only its newest
-        # `window` rows through an index: the cost does not grow with the history.
-        one = device_id is not None
-        where_u = "WHERE u.device_id = :device" if one else ""
-        where_r = "WHERE device_id = :device" if one else ""
-        newest_u = "ORDER BY u.received_at DESC LIMIT :window" if one else ""
-        newest_r = "ORDER BY at DESC LIMIT :window" if one else ""
+        outlier among its peers); `clipped_total` counts every clipped update ever.
+        `min_bad`: only the devices with at least that many rejected and clipped ones."""
+        params = {"window": window, "factor": clip_factor, "device": device_id,
+                  "bad": min_bad}
+        if device_id is not None:
+            # For one device (after each rejection), each branch reads only its newest
+            # `window` rows through an index: the cost does not grow with the history.
+            return self._outcomes("u.device_id = :device", "device_id = :device", params,
+                                  newest=True)
+        if min_bad is None or min_bad < 1:
+            return self._outcomes("", "", params)
+        # Only a device with a rejection or a clipped update can have a bad outcome: the
+        # others' updates (most of a healthy fleet) are not ranked. The candidates are
+        # named in the query, a chunk at a time, so that both engines read them by index.
+        candidates = sorted(r[0] for r in self.db.execute(
+            "SELECT device_id FROM rejections UNION SELECT device_id FROM clipping"))
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(candidates), _CHUNK):
+            part = {f"d{i}": d for i, d in enumerate(candidates[start:start + _CHUNK])}
+            names = ", ".join(f":{name}" for name in part)
+            rows += self._outcomes(f"u.device_id IN ({names})", f"device_id IN ({names})",
+                                   {**params, **part})
+        return rows
+
+    def _outcomes(self, where_u: str, where_r: str, params: dict[str, Any],
+                  newest: bool = False) -> list[dict[str, Any]]:
+        """device_outcomes over the updates and rejections these conditions select."""
+        where_u = f"WHERE {where_u}" if where_u else ""
+        where_r = f"WHERE {where_r}" if where_r else ""
+        newest_u = "ORDER BY u.received_at DESC LIMIT :window" if newest else ""
+        newest_r = "ORDER BY at DESC LIMIT :window" if newest else ""
+        having = "" if params["bad"] is None else "HAVING SUM(rejected) + SUM(clipped) >= :bad"
         rows = self.db.execute(f"""
             WITH events AS (
                 SELECT * FROM (
@@ -95,8 +122,8 @@ class RejectionTables(Tables):
                    (SELECT COUNT(*) FROM clipping c WHERE c.device_id = ranked.device_id),
                    (SELECT reason FROM rejections r WHERE r.device_id = ranked.device_id
                     ORDER BY at DESC LIMIT 1)
-            FROM ranked WHERE n <= :window GROUP BY device_id ORDER BY device_id""",
-            {"window": window, "factor": clip_factor, "device": device_id})
+            FROM ranked WHERE n <= :window GROUP BY device_id {having} ORDER BY device_id""",
+            params)
         cols = ("device_id", "recent", "rejected", "clipped", "clipped_total",
                 "last_rejection")
         return [dict(zip(cols, r, strict=True)) for r in rows]

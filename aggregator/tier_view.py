@@ -17,18 +17,25 @@ from aggregator.store import Store
 from aggregator.upper_config import LINK_NOTE, UPPER_NOTE
 
 SITE_METRIC = "site_updates"  # set by fedge/tiers/uplink.py
+_IS_SITE = f"""metrics LIKE '%"{SITE_METRIC}"%'"""  # as in the index updates_sites
 
 
 def sites(store: Store) -> list[dict[str, Any]]:
-    status = {d["device_id"]: d for d in store.devices()}
+    # Only updates whose metrics name SITE_METRIC are a site's, found through the
+    # partial index updates_sites (aggregator/store_base.py: the same literal condition,
+    # so that both engines use it): a gateway of 10,000 devices has none, and its
+    # devices' rows are neither read nor ranked.
     used = {device: (count, samples) for device, count, samples in store.db.execute(
-        "SELECT device_id, COUNT(*), SUM(num_samples) FROM updates "
-        "WHERE state='aggregated' GROUP BY device_id")}
+        "SELECT device_id, SUM(CASE WHEN state='aggregated' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN state='aggregated' THEN num_samples ELSE 0 END) FROM updates "
+        f"WHERE {_IS_SITE} GROUP BY device_id")}
     rows = store.db.execute("SELECT device_id, metrics, base_version, num_samples, state, "
                             "received_at FROM (SELECT device_id, metrics, base_version, "
                             "num_samples, state, received_at, ROW_NUMBER() OVER (PARTITION "
-                            "BY device_id ORDER BY received_at DESC) AS n FROM updates) "
-                            "AS newest WHERE n = 1")  # the newest per site, on both engines
+                            "BY device_id ORDER BY received_at DESC) AS n FROM updates "
+                            f"WHERE {_IS_SITE}) AS newest WHERE n = 1"
+                            ).fetchall()  # the newest per site
+    status = {d["device_id"]: d for d in store.devices()} if rows else {}
     out = []
     for device, metrics_text, base, samples, state, received_at in rows:
         metrics = json.loads(metrics_text)

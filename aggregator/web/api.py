@@ -16,12 +16,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from aggregator import tier_view
 from aggregator.lifecycle import Command
-from aggregator.model_lines import lines_view
+from aggregator.model_lines import lines_view, version_lines
 from aggregator.status import fleet_status, service_health
-from aggregator.web import bodies, drift_view, metrics, readmodel
+from aggregator.web import bodies, drift_view, metrics, paging, readmodel
 from aggregator.web.actions import AdminActions
 from aggregator.web.auth import Access
 from aggregator.web.context import ApiError, request_store, web_context
+from aggregator.web.device_rows import device_page
 from aggregator.web.openapi import FAIRNESS_DEFAULT, FAIRNESS_MAX, MAX_VERSION, openapi_document
 from edge_client.shared.identity import parse_public_key
 from edge_client.shared.protocol.topics import check_name
@@ -45,11 +46,16 @@ def openapi() -> Response:
 
 # ---------------------------------------------------------------- reads
 def overview() -> Response:
-    return jsonify(readmodel.overview(request_store()))
+    store = request_store()
+    return jsonify(readmodel.overview(store, web_context().history.records(store)))
 
 
 def versions() -> Response:
-    return jsonify({"versions": readmodel.versions_with_stages(request_store())})
+    brief = paging.flag("brief") or False
+    store = request_store()
+    rows = web_context().history.derived(store, ("versions", brief),
+                                         lambda h: readmodel.version_rows(h, brief))
+    return jsonify({"versions": readmodel.versions_with_stages(store, brief, rows)})
 
 
 def stages() -> Response:
@@ -57,7 +63,7 @@ def stages() -> Response:
 
 
 def devices() -> Response:
-    return jsonify({"devices": readmodel.devices(request_store())})
+    return jsonify(device_page(request_store(), paging.requested_page()))
 
 
 def site_list() -> Response:
@@ -71,13 +77,16 @@ def upper_tier() -> Response:
 
 
 def anomalies() -> Response:
-    return jsonify(readmodel.anomalies(request_store()))
+    page, flagged = paging.requested_page(), paging.flag("flagged")
+    return jsonify(readmodel.anomalies(request_store(), page, flagged))
 
 
 def audit() -> Response:
     text = request.args.get("version")
     version = None if text is None else parse_version(text)
-    return jsonify({"audit": readmodel.finite(request_store().audit(version))})
+    page = paging.requested_page()
+    rows, total = request_store().audit_page(version, page.limit, page.offset)
+    return jsonify({"audit": readmodel.finite(rows), **page.meta(total)})
 
 
 def fairness() -> Response:
@@ -86,18 +95,28 @@ def fairness() -> Response:
     if not digits or not 1 <= int(text) <= FAIRNESS_MAX:
         raise ApiError(400, f"latest must be a whole number from 1 to {FAIRNESS_MAX}, "
                             f"not {text[:20]!r}")
-    history = readmodel.version_records(request_store())
-    return jsonify({"fairness": readmodel.fairness(history, int(text))})
+    top = paging.whole_number("top", 0, paging.MAX_LIMIT, -1)
+    latest, shares = int(text), None if top < 0 else top
+    rows = web_context().history.derived(request_store(), ("fairness", latest, shares),
+                                         lambda h: readmodel.fairness(h, latest, shares))
+    return jsonify({"fairness": rows})
 
 
 def personal() -> Response:
-    return jsonify(readmodel.personal(readmodel.version_records(request_store())))
+    page = paging.requested_page()
+    view = web_context().history.derived(request_store(), "personal", readmodel.personal)
+    return jsonify(readmodel.paged_personal(view, page))
+
+
 def drift() -> Response:
-    return jsonify(readmodel.finite(drift_view.drift(request_store())))
+    page = paging.requested_page()
+    return jsonify(readmodel.finite(drift_view.drift(request_store(), page)))
 
 
 def lines() -> Response:
-    return jsonify(lines_view(request_store()))
+    page, store = paging.requested_page(), request_store()
+    known = web_context().history.derived(store, "lines", lambda _: version_lines(store))
+    return jsonify(lines_view(store, page.limit, page.offset, known))
 
 
 def status() -> Response:
@@ -110,7 +129,10 @@ def health() -> tuple[Response, int]:
 
 
 def enrolment() -> Response:
-    return jsonify({"enrolment": request_store().enrolment()})
+    page = paging.requested_page()
+    store = request_store()
+    return jsonify({"enrolment": store.enrolment(page.limit, page.offset),
+                    **page.meta(store.count_enrolled())})
 
 
 def model(version: str) -> Response:
@@ -223,6 +245,7 @@ class Route:
     query: tuple[str, ...] = ()  # the query parameters it takes; others are a 400
 
 
+_PAGE = ("limit", "offset")  # aggregator/web/paging.py
 ROUTES = (
     Route("/", index, Access.PUBLIC),
     Route("/metrics", metrics_text, Access.READ),
@@ -230,18 +253,18 @@ ROUTES = (
     Route("/api/health", health, Access.PUBLIC),
     Route("/api/status", status, Access.READ),
     Route("/api/overview", overview, Access.READ),
-    Route("/api/versions", versions, Access.READ),
+    Route("/api/versions", versions, Access.READ, query=("brief",)),
     Route("/api/stages", stages, Access.READ),
-    Route("/api/devices", devices, Access.READ),
-    Route("/api/anomalies", anomalies, Access.READ),
+    Route("/api/devices", devices, Access.READ, query=_PAGE),
+    Route("/api/anomalies", anomalies, Access.READ, query=(*_PAGE, "flagged")),
     Route("/api/sites", site_list, Access.READ),
     Route("/api/upper", upper_tier, Access.READ),
-    Route("/api/fairness", fairness, Access.READ, query=("latest",)),
-    Route("/api/personal", personal, Access.READ),
-    Route("/api/audit", audit, Access.READ, query=("version",)),
-    Route("/api/drift", drift, Access.READ),
-    Route("/api/lines", lines, Access.READ),
-    Route("/api/enrolment", enrolment, Access.READ),
+    Route("/api/fairness", fairness, Access.READ, query=("latest", "top")),
+    Route("/api/personal", personal, Access.READ, query=_PAGE),
+    Route("/api/audit", audit, Access.READ, query=("version", *_PAGE)),
+    Route("/api/drift", drift, Access.READ, query=_PAGE),
+    Route("/api/lines", lines, Access.READ, query=_PAGE),
+    Route("/api/enrolment", enrolment, Access.READ, query=_PAGE),
     Route("/api/models/<version>", model, Access.READ),
     Route("/api/admin/enroll", enroll, Access.ADMIN, ("POST",)),
     Route("/api/admin/revoke", revoke, Access.ADMIN, ("POST",)),

@@ -16,6 +16,7 @@ from aggregator.web.api import check_query, register_routes
 from aggregator.web.auth import Access, Tokens
 from aggregator.web.bodies import MAX_BODY_BYTES
 from aggregator.web.context import ApiError, WebContext, close_request_store
+from aggregator.web.history_cache import HistoryCache
 from aggregator.web.metrics import make_registry
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,10 @@ def create_app(location: StoreLocation, read_token: str | None, admin_token: str
     _check_static(Path(app.static_folder or ""))
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     location = location if is_postgres(location) else Path(location)
+    history = HistoryCache()
     app.extensions["fedge"] = WebContext(
         location, Tokens(read_token, admin_token), actions,
-        make_registry(lambda: Store(location)))
+        make_registry(lambda: Store(location), history), history)
     access = register_routes(app)
     app.before_request(lambda: _authorize(app, access))
     app.before_request(check_query)  # after the token check: no hints before that

@@ -1,4 +1,5 @@
-"""What one app's views share: the store's path, the tokens, the admin actions, metrics.
+"""What one app's views share: the store's path, the tokens, the admin actions, metrics,
+the parsed model history.
 
 It lives in the app (`app.extensions["fedge"]`), never in a module global, so two apps
 in one process (or in one test run) stay apart.
@@ -7,6 +8,7 @@ in one process (or in one test run) stay apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import current_app, g
 from prometheus_client import CollectorRegistry
@@ -15,6 +17,9 @@ from aggregator.store import Store
 from aggregator.store_db import StoreLocation
 from aggregator.web.actions import AdminActions
 from aggregator.web.auth import Tokens
+
+if TYPE_CHECKING:  # it imports the read model, which raises this module's ApiError
+    from aggregator.web.history_cache import HistoryCache
 
 
 class ApiError(Exception):
@@ -32,6 +37,7 @@ class WebContext:
     tokens: Tokens
     actions: AdminActions | None
     registry: CollectorRegistry
+    history: HistoryCache  # the parsed model history, shared by requests
 
 
 def web_context() -> WebContext:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aggregator.web.paging import page_schema
+
 
 def lines_schema() -> dict[str, Any]:
     """The OpenAPI schema of /api/lines' answer."""
@@ -13,7 +15,11 @@ def lines_schema() -> dict[str, Any]:
     line = {"type": "object", "properties": {
         "line": {"type": "string"}, "first_version": {"type": "integer"},
         "last_version": {"type": "integer"},
-        "devices": {"type": "array", "items": {"type": "string"}}}}
+        "devices": {"type": "array", "items": {"type": "string"},
+                    "description": "Devices holding a version of the line, by id: at "
+                                   "most ?limit= of them"},
+        "device_count": {"type": "integer",
+                         "description": "How many devices hold a version of the line"}}}
     device = {"type": "object", "properties": {
         "device_id": {"type": "string"}, "model_version": maybe_int, "line": maybe_text,
         "refused": {**maybe_text, "description": "The device's status reason when it "
@@ -22,4 +28,6 @@ def lines_schema() -> dict[str, Any]:
         part["required"] = list(part["properties"])
     return {"type": "object", "required": ["lines", "devices"], "properties": {
         "lines": {"type": "array", "items": line, "description": "Newest line first"},
-        "devices": {"type": "array", "items": device}}}
+        "devices": {"type": "array", "items": device,
+                    "description": "A page of the devices with a status, by id"},
+        **page_schema()}}

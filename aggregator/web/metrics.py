@@ -16,34 +16,36 @@ from aggregator.store import Store
 from aggregator.version_record import VersionRecord
 from aggregator.web import readmodel
 from aggregator.web.drift_view import drift_metrics
+from aggregator.web.history_cache import HistoryCache
 
 
 class StoreCollector:
     """Turns the store's current state into metric families when Prometheus scrapes."""
 
-    def __init__(self, open_store: Callable[[], Store]) -> None:
+    def __init__(self, open_store: Callable[[], Store], history: HistoryCache) -> None:
         self.open_store = open_store
+        self.history = history
 
     def collect(self) -> Iterator[Metric]:
         store = self.open_store()
         try:
-            yield from _families(store)
+            yield from _families(store, self.history)
         finally:
             store.close()
 
 
-def _families(store: Store) -> list[Metric]:
-    history = readmodel.version_records(store)
-    devices = store.devices()
+def _families(store: Store, cache: HistoryCache) -> list[Metric]:
+    history = cache.records(store)
+    devices = readmodel.device_counts(store)
     families: list[Metric] = []
     if history:
         families.append(GaugeMetricFamily("fedge_model_version", "Current global model version",
                                           value=history[-1].version))
     families.append(GaugeMetricFamily("fedge_devices_online", "Devices whose status is online",
-                                      value=sum(1 for d in devices if d["online"])))
+                                      value=devices["online"]))
     families.append(GaugeMetricFamily(
         "fedge_devices_eligible", "Devices online and eligible to train",
-        value=sum(1 for d in devices if d["online"] and d["eligible"])))
+        value=devices["eligible"]))
     families.append(_updates_by_state(store))
     families.append(CounterMetricFamily("fedge_rejections", "Updates refused, with a reason",
                                         value=readmodel.rejection_count(store)))
@@ -56,7 +58,8 @@ def _families(store: Store) -> list[Metric]:
         families.append(GaugeMetricFamily("fedge_last_accuracy",
                                           "Test accuracy of the latest evaluated version",
                                           value=evaluated[-1].accuracy))
-    return (families + _fairness(history) + _personal(history) + drift_metrics(store)
+    return (families + cache.derived(store, "metrics-fairness", _fairness)
+            + cache.derived(store, "metrics-personal", _personal) + drift_metrics(store)
             + _stages(store))
 
 
@@ -89,7 +92,7 @@ _FAIRNESS_GAUGES = (
 def _fairness(history: list[VersionRecord]) -> list[Metric]:
     """The latest version whose devices reported their accuracy (none under secure
     aggregation, which reveals no per-device metric)."""
-    for row in readmodel.fairness(history, len(history)):
+    for row in readmodel.fairness(history, len(history), top=0):
         if row["devices"]:
             return [GaugeMetricFamily(name, text, value=row[key])
                     for key, name, text in _FAIRNESS_GAUGES if row[key] is not None]
@@ -159,9 +162,9 @@ def _updates_by_state(store: Store) -> GaugeMetricFamily:
     return family
 
 
-def make_registry(open_store: Callable[[], Store]) -> CollectorRegistry:
+def make_registry(open_store: Callable[[], Store], history: HistoryCache) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(open_store))
+    registry.register(StoreCollector(open_store, history))
     return registry
 
 

@@ -10,6 +10,8 @@ from typing import Any
 from aggregator.web import bodies
 from aggregator.web.drift_view import drift_schema
 from aggregator.web.lines_view import lines_schema
+from aggregator.web.openapi_fleet import site_schema, status_schema
+from aggregator.web.paging import MAX_LIMIT, page_parameters, page_schema
 
 JSON = bodies.JSON
 MAX_VERSION = 2**63 - 1  # the largest SQLite INTEGER: no version number can be larger
@@ -42,9 +44,14 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): _json(_ref("Error"), _REASONS[c]) for c in codes}
 
 
-def _listing(key: str, item: str) -> dict[str, Any]:
-    return {"type": "object", "required": [key],
-            "properties": {key: {"type": "array", "items": _ref(item)}}}
+def _listing(key: str, item: str, paged: bool = False) -> dict[str, Any]:
+    """{key: [item, ...]}; `paged`: a page of them, with how many there are in all."""
+    listing: dict[str, Any] = {"type": "object", "required": [key],
+               "properties": {key: {"type": "array", "items": _ref(item)}}}
+    if paged:
+        listing["properties"].update(page_schema())
+        listing["required"] = [key, "total", "limit", "offset"]
+    return listing
 
 
 def _get(summary: str, ok: dict[str, Any], *codes: int, **extra: Any) -> dict[str, Any]:
@@ -80,12 +87,19 @@ def _paths() -> dict[str, Any]:
     return {
         "/api/overview": _get("Headline numbers of the federation", _json(_ref("Overview"))),
         "/api/versions": _get("Every model version with its info",
-                              _json(_listing("versions", "Version"))),
+                              _json(_listing("versions", "Version")), parameters=[{
+                                  "name": "brief", "in": "query", "required": False,
+                                  "description": "true: without the parts with a row per "
+                                                 "device (devices, fairness, personal), "
+                                                 "with device_count instead",
+                                  "schema": {"type": "string", "enum": ["true", "false"]}}]),
         "/api/stages": _get("Each version's stage, the open canary and its reports, the pin, "
                             "the audit trail of every move, commands not applied yet",
                             _json({"type": "object", "required": ["stages", "audit"]})),
-        "/api/devices": _get("Devices: status, eligibility, contributions, rejections",
-                             _json(_listing("devices", "Device"))),
+        "/api/devices": _get("Devices, a page at a time by id: status, eligibility, "
+                             "contributions, rejections",
+                             _json(_listing("devices", "Device", paged=True)),
+                             parameters=page_parameters("devices")),
         "/api/sites": _get("An upper tier's sites: online, last aggregate, devices behind "
                            "each (docs/tiers.md)", _json(_listing("sites", "Site"))),
         "/api/upper": _get("A site's upper tier: the upper model it adopted and its count "
@@ -103,10 +117,17 @@ def _paths() -> dict[str, Any]:
                                    "federation": {"type": "string", "nullable": True},
                                    "every_versions": {"type": "integer", "nullable": True},
                                    "holding": {"type": "boolean"}}}}})),
-        "/api/anomalies": _get("Devices whose recent updates were rejected or clipped",
-                               _json(_ref("Anomalies"))),
-        "/api/audit": _get("Which devices' updates went into which version",
-                           _json(_listing("audit", "AuditRow")), parameters=[version_query]),
+        "/api/anomalies": _get("Devices whose recent updates were rejected or clipped, a "
+                               "page at a time by id",
+                               _json(_ref("Anomalies")),
+                               parameters=[*page_parameters("devices"), {
+                                   "name": "flagged", "in": "query", "required": False,
+                                   "description": "true: only the flagged devices; false: "
+                                                  "only the others",
+                                   "schema": {"type": "string", "enum": ["true", "false"]}}]),
+        "/api/audit": _get("Which devices' updates went into which version, a page at a "
+                           "time", _json(_listing("audit", "AuditRow", paged=True)),
+                           parameters=[version_query, *page_parameters("rows")]),
         "/api/fairness": _get("Per version, newest first: the spread of accuracy on the "
                               "devices' own data and each device's share of the samples",
                               _json(_listing("fairness", "FairnessRow")),
@@ -114,19 +135,29 @@ def _paths() -> dict[str, Any]:
                                            "description": "how many versions (default "
                                                           f"{FAIRNESS_DEFAULT})",
                                            "schema": {"type": "integer", "minimum": 1,
-                                                      "maximum": FAIRNESS_MAX}}]),
+                                                      "maximum": FAIRNESS_MAX}},
+                                          {"name": "top", "in": "query", "required": False,
+                                           "description": "only the largest this many "
+                                                          "shares in contributions and "
+                                                          "weights (default: every device)",
+                                           "schema": {"type": "integer", "minimum": 0,
+                                                      "maximum": MAX_LIMIT}}]),
         "/api/personal": _get("Personalised and clustered federations: each device's global "
                               "vs personal accuracy on its held-out data and its cluster, "
-                              "from the latest version that has them",
-                              _json(_ref("Personal"))),
+                              "from the latest version that has them (a page of the "
+                              "devices, by id)", _json(_ref("Personal")),
+                              parameters=page_parameters("devices")),
         "/api/drift": _get("Drift: each device's latest scores and their history, the "
-                           "[drift] rule and the retraining campaigns it opened",
-                           _json(_ref("Drift"))),
+                           "[drift] rule and the retraining campaigns it opened (a page "
+                           "of the devices, by id)", _json(_ref("Drift")),
+                           parameters=page_parameters("devices")),
         "/api/lines": _get("Model lines: the versions of each architecture, which devices "
-                           "are on which line, and why some refused a model",
-                           _json(_ref("Lines"))),
-        "/api/enrolment": _get("Enrolled device keys and revocations",
-                               _json(_listing("enrolment", "Enrolment"))),
+                           "are on which line, and why some refused a model (a page of "
+                           "the devices, by id)", _json(_ref("Lines")),
+                           parameters=page_parameters("devices")),
+        "/api/enrolment": _get("Enrolled device keys and revocations, a page at a time "
+                               "by id", _json(_listing("enrolment", "Enrolment", paged=True)),
+                               parameters=page_parameters("devices")),
         "/api/models/{version}": _get("Download one model version", blob, 404,
                                       parameters=[version_path]),
         "/api/status": _get("The federation at a glance, as `fedge status` prints it",
@@ -196,7 +227,10 @@ def _schemas() -> dict[str, Any]:
             "updates": integer, "update_bytes": integer, "model_bytes": integer,
             "delta_bytes": integer, "round_wall_s": {"type": "number"},
             "max_train_s": {"type": "number"}, "mode": text,
-            "devices": {"type": "array", "items": text}, "accuracy": num, "loss": num,
+            "devices": {"type": "array", "items": text},
+            "device_count": _described(integer, "How many devices it was made from "
+                                                "(?brief=true, in place of devices)"),
+            "accuracy": num, "loss": num,
             "stage": _described({"type": "string", "nullable": True, "enum": [
                 "candidate", "canary", "production", "rolled_back", "retired", None]},
                 "The version's stage (docs/lifecycle.md)"),
@@ -228,7 +262,7 @@ def _schemas() -> dict[str, Any]:
             "versions": _described(integer, "Versions made with DP")}},
         "Anomalies": {"type": "object", "properties": {
             "window": integer, "threshold": integer, "clip_factor": {"type": "number"},
-            "devices": {"type": "array", "items": _ref("AnomalyRow")}}},
+            "devices": {"type": "array", "items": _ref("AnomalyRow")}, **page_schema()}},
         "AnomalyRow": {"type": "object", "properties": {
             "device_id": text, "recent": _described(integer, "Outcomes in the window"),
             "rejected": integer,
@@ -249,10 +283,10 @@ def _schemas() -> dict[str, Any]:
                         heartbeat_age_s=num,
                         model_version={"type": "integer", "nullable": True},
                         training_finished={"type": "boolean"}),
-        "Status": _status_schema(),
+        "Status": status_schema(),
         "FairnessRow": _fairness_schema(),
         "Personal": _personal_schema(),
-        "Site": _site_schema(),
+        "Site": site_schema(),
         "Drift": drift_schema(),
         "Lines": lines_schema(),
     }
@@ -277,40 +311,9 @@ def _personal_schema() -> dict[str, Any]:
         "personal_accuracy": _described(num, "Mean over devices: their own model"),
         "cluster_sizes": _described(by_cluster, "Cluster -> devices that chose it"),
         "cluster_accuracy": _described(by_cluster, "Cluster -> its model's accuracy on "
-                                                   "the gateway's test set")}}
+                                                   "the gateway's test set"),
+        **page_schema()}}
     schema["required"] = list(schema["properties"])
-    return schema
-
-
-def _status_schema() -> dict[str, Any]:
-    """aggregator.status.FleetStatus as JSON."""
-    num = {"type": "number", "nullable": True}
-    maybe_int = {"type": "integer", "nullable": True}
-    maybe_bool = {"type": "boolean", "nullable": True}
-    text = {"type": "string"}
-    round_ = {"type": "object", "nullable": True, "properties": {
-        "task_id": text, "round": {"type": "integer"}, "mode": text,
-        "model_version": {"type": "integer"}, "invited": maybe_int,
-        "updates": {"type": "integer"}, "opened_s_ago": {"type": "number"},
-        "deadline_in_s": num}}
-    device = {"type": "object", "properties": {
-        "device_id": text, "online": maybe_bool, "eligible": maybe_bool, "reason": text,
-        "model_version": maybe_int, "last_seen_s_ago": num}}
-    rejection = {"type": "object", "properties": {
-        "device_id": text, "reason": text, "s_ago": {"type": "number"}}}
-    schema = {"type": "object", "properties": {
-        "model_version": maybe_int, "versions": {"type": "integer"}, "accuracy": num,
-        "last_version_s_ago": num, "round": round_,
-        "devices": {"type": "array", "items": device},
-        "not_eligible": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "rejections_total": {"type": "integer"},
-        "recent_rejections": {"type": "array", "items": rejection},
-        "stopped": {"type": "string", "nullable": True}, "finished": {"type": "boolean"},
-        "broker": {"type": "object", "nullable": True, "properties": {
-            "connected": {"type": "boolean"}, "since": {"type": "number"}, "reason": text}},
-        "tier": _described({"type": "string", "nullable": True},
-                           "Where it sits in a tree of aggregators (docs/tiers.md)")}}
-    schema["required"] = [key for key in schema["properties"] if key != "tier"]
     return schema
 
 
@@ -334,7 +337,9 @@ def _fairness_schema() -> dict[str, Any]:
             "type": "number"}}, "Device -> its share of the aggregation weight under "
                                 "[strategy] weighting (the samples share by default)"),
         "note": _described({"type": "string", "nullable": True},
-                           "Why there are no figures (secure aggregation), or null")}}
+                           "Why there are no figures (secure aggregation), or null"),
+        "contributors": _described(integer, "Devices whose updates the version was made "
+                                            "from (contributions holds ?top= of them)")}}
     schema["required"] = list(schema["properties"])
     return schema
 
@@ -369,21 +374,3 @@ def openapi_document() -> dict[str, Any]:
         "components": {"schemas": _schemas(),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
-
-
-def _site_schema() -> dict[str, Any]:
-    """aggregator/tier_view.py's rows."""
-    integer = {"type": "integer", "nullable": True}
-    number = {"type": "number", "nullable": True}
-    return {"type": "object", "properties": {
-        "site": {"type": "string"}, "online": {"type": "boolean", "nullable": True},
-        "last_seen": number, "model_version": integer, "aggregates_used": integer,
-        "last_aggregate_at": number, "last_aggregate_upper_version": integer,
-        "last_aggregate_samples": _described(integer, "The aggregate's weight: the samples "
-                                                      "of the device updates in it"),
-        "last_aggregate_state": {"type": "string"},
-        "devices_behind": _described(integer, "Device updates in the last aggregate"),
-        "site_versions": _described(integer, "Site versions the last aggregate spans"),
-        "samples_used": _described(integer, "Samples of its aggregates that went into versions"),
-        "sample_share": _described(number, "Its share of the sites' samples_used"),
-        "aggregate_share": _described(number, "Its share of the sites' aggregates_used")}}

@@ -12,6 +12,7 @@ import math
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from aggregator.personalize import merged
 from aggregator.states import UPDATE_STATES
 from aggregator.store import Store
 from aggregator.version_record import VersionRecord
+from aggregator.web.paging import Page, chunks
 
 
 @dataclass(frozen=True)
@@ -43,16 +45,37 @@ def finite(value: Any) -> Any:
     return value
 
 
-def versions(store: Store) -> list[dict[str, Any]]:
-    """One row per model version: its number, creation time and the service's info."""
-    return [finite(record.to_json()) for record in store.model_history()]
+PER_DEVICE_INFO = ("devices", "fairness", "personal")  # what grows with the cohort
 
 
-def versions_with_stages(store: Store) -> list[dict[str, Any]]:
-    """The versions as the API lists them: each with its stage (docs/lifecycle.md)."""
+def versions(store: Store, brief: bool = False) -> list[dict[str, Any]]:
+    """One row per model version: its number, creation time and the service's info.
+    `brief`: without the parts with a row per device (PER_DEVICE_INFO: the
+    contributors, the fairness figures, the personal figures, which /api/fairness and
+    /api/personal serve), and with `device_count`, the contributors' number."""
+    return [finite(_brief(record.to_json()) if brief else record.to_json())
+            for record in store.model_history()]
+
+
+def _brief(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if k not in PER_DEVICE_INFO}
+    if isinstance(row.get("devices"), list):
+        out["device_count"] = len(row["devices"])
+    return out
+
+
+def version_rows(history: list[VersionRecord], brief: bool = False) -> list[dict[str, Any]]:
+    """`versions` from records already read (version_records: NaN already None)."""
+    return [_brief(record.to_json()) if brief else record.to_json() for record in history]
+
+
+def versions_with_stages(store: Store, brief: bool = False,
+                         rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The versions as the API lists them (`rows`: as `versions` gives them): each with
+    its stage (docs/lifecycle.md)."""
     stages = store.stages()
     return [{**row, "stage": None if (s := stages.get(row["version"])) is None else s.value}
-            for row in versions(store)]
+            for row in (versions(store, brief) if rows is None else rows)]
 
 
 def stages(store: Store) -> dict[str, Any]:
@@ -74,12 +97,12 @@ def version_records(store: Store) -> list[VersionRecord]:
     return [VersionRecord.from_json(row) for row in versions(store)]
 
 
-def overview(store: Store) -> dict[str, Any]:
-    """The headline numbers; a store without any model yet gives nulls and zeros."""
-    history = version_records(store)
+def overview(store: Store, history: list[VersionRecord] | None = None) -> dict[str, Any]:
+    """The headline numbers; a store without any model yet gives nulls and zeros.
+    `history`: version_records(store), when the caller has it already."""
+    history = version_records(store) if history is None else history
     latest = history[-1] if history else None
     evaluated = [h for h in history if h.accuracy is not None]
-    devices = store.devices()
     return {
         "model_version": latest.version if latest else None,
         "mode": _mode(store, history),
@@ -92,14 +115,23 @@ def overview(store: Store) -> dict[str, Any]:
         "updates": update_counts(store),
         "secure_contributions": sum(secure_contributions(store).values()),
         "rejections": rejection_count(store),
-        "devices": {"known": len(devices),
-                    "online": sum(1 for d in devices if d["online"]),
-                    "eligible": sum(1 for d in devices if d["online"] and d["eligible"])},
-        "enrolled": sum(1 for e in store.enrolment() if e["revoked_at"] is None),
+        "devices": device_counts(store),
+        "enrolled": store.db.execute("SELECT COUNT(*) FROM enrolment "
+                                     "WHERE revoked_at IS NULL").fetchone()[0],
         "privacy": privacy(store, history),
         "stopped": store.note("stopped"),
         "generated_at": time.time(),
     }
+
+
+def device_counts(store: Store) -> dict[str, int]:
+    """Devices with a status: known, online, and online and eligible; counted by the
+    database, not by a Python row per device."""
+    known, online, eligible = store.db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN online<>0 THEN 1 ELSE 0 END), 0), "
+        "COALESCE(SUM(CASE WHEN online<>0 AND eligible<>0 THEN 1 ELSE 0 END), 0) "
+        "FROM devices").fetchone()
+    return {"known": int(known), "online": int(online), "eligible": int(eligible)}
 
 
 def privacy(store: Store, history: list[VersionRecord]) -> dict[str, Any] | None:
@@ -115,12 +147,15 @@ def privacy(store: Store, history: list[VersionRecord]) -> dict[str, Any] | None
                    "versions": len(spent)})
 
 
-def anomalies(store: Store) -> dict[str, Any]:
-    """Every device's recent rejections and clipped updates, and its flag."""
+def anomalies(store: Store, page: Page, flagged: bool | None = None) -> dict[str, Any]:
+    """A page of the devices' recent rejections and clipped updates, and their flags;
+    `flagged` True (False): only the devices flagged (not flagged)."""
     config = stored_config(store)
+    rows = [row for row in device_anomalies(store, config, flagged_only=bool(flagged))
+            if flagged is None or row["flagged"] == flagged]
     return {"window": config.window, "threshold": config.threshold,
-            "clip_factor": config.clip_factor,
-            "devices": device_anomalies(store, config)}
+            "clip_factor": config.clip_factor, "devices": page.of(rows),
+            **page.meta(len(rows))}
 
 
 def uplink(history: list[VersionRecord]) -> dict[str, Any]:
@@ -144,38 +179,26 @@ def _mode(store: Store, history: list[VersionRecord]) -> str | None:
     return None if row is None else row[0]
 
 
-def devices(store: Store) -> list[dict[str, Any]]:
-    """Every device with a status, plus any that only ever sent updates (stored or refused)."""
-    rows = {d["device_id"]: {**d, "online": bool(d["online"]),
-                             "eligible": bool(d["eligible"])} for d in store.devices()}
-    contributions = Counter(_count_by_device(store, "SELECT device_id, COUNT(*) FROM updates "
-                                                    "WHERE state='aggregated' GROUP BY device_id"))
-    contributions.update(secure_contributions(store))
-    rejections = _count_by_device(store, "SELECT device_id, COUNT(*) FROM rejections "
-                                         "GROUP BY device_id")
-    local = last_local_accuracy(store)
-    for device in (contributions.keys() | rejections.keys() | local.keys()) - rows.keys():
-        rows[device] = {"device_id": device, "online": None, "eligible": None, "reason": "",
-                        "model_version": None, "last_seen": None, "battery_pct": None}
-    return [finite({**rows[d], "contributions": contributions.get(d, 0),
-                    "rejections": rejections.get(d, 0),
-                    **local.get(d, {"last_local_accuracy": None, "last_local_version": None})})
-            for d in sorted(rows)]
-
-
-def last_local_accuracy(store: Store) -> dict[str, dict[str, Any]]:
-    """Per device, what its latest stored update said about the model it started from.
+def last_local_accuracy(store: Store, devices: Sequence[str] | None = None
+                        ) -> dict[str, dict[str, Any]]:
+    """Per device (of `devices`, or every one), what its latest stored update said about
+    the model it started from.
 
     `local_accuracy` is that model on the device's own data, before training; the update's
     `base_version` says which model. Parsed in Python rather than with json_extract: a
     device's metrics may hold NaN, which SQLite's JSON functions refuse as malformed.
     The newest update per device by a window (what SQLite's bare columns next to MAX did;
-    PostgreSQL has no bare columns).
+    PostgreSQL has no bare columns); for a page of devices, only their rows (by index).
     """
-    rows = store.db.execute("SELECT device_id, metrics, base_version FROM ("
-                            "SELECT device_id, metrics, base_version, ROW_NUMBER() OVER "
-                            "(PARTITION BY device_id ORDER BY received_at DESC) AS n "
-                            "FROM updates) AS newest WHERE n = 1")
+    newest = ("SELECT device_id, metrics, base_version FROM ("
+              "SELECT device_id, metrics, base_version, ROW_NUMBER() OVER "
+              "(PARTITION BY device_id ORDER BY received_at DESC) AS n "
+              "FROM updates{where}) AS newest WHERE n = 1")
+    if devices is None:
+        rows = list(store.db.execute(newest.format(where="")))
+    else:
+        rows = [row for marks, part in chunks(devices) for row in store.db.execute(
+            newest.format(where=f" WHERE device_id IN ({marks})"), part)]
     return {device: {"last_local_accuracy": _metric(metrics, "local_accuracy"),
                      "last_local_version": base} for device, metrics, base in rows}
 
@@ -224,22 +247,36 @@ def model_blob(store: Store, version: int) -> ModelBlob | None:
     return None if row is None else ModelBlob(version, row[0], bytes(row[1]))
 
 
-def fairness(history: list[VersionRecord], latest: int) -> list[dict[str, Any]]:
+def fairness(history: list[VersionRecord], latest: int,
+             top: int | None = None) -> list[dict[str, Any]]:
     """The latest `latest` versions made from updates (not version 0), newest first: each
-    version's fairness figures, or a note saying why it has none."""
+    version's fairness figures, or a note saying why it has none. `top`: only the `top`
+    largest shares in `contributions` and `weights` (`contributors` says how many
+    devices there were)."""
     rows: list[dict[str, Any]] = []
     for record in reversed([h for h in history if h.version > 0][-latest:] if latest else []):
         stored = record.metric("fairness")
         row: dict[str, Any] = {"version": record.version, "created_at": record.created_at,
                                "round": record.round}
         if isinstance(stored, dict):
-            rows.append(finite({**row, **Fairness.from_json(stored).to_json(), "note": None}))
+            figures = Fairness.from_json(stored).to_json()
+            contributors = len(figures["contributions"])
+            if top is not None:
+                figures = {**figures, "contributions": _largest(figures["contributions"], top),
+                           "weights": _largest(figures["weights"], top)}
+            rows.append(finite({**row, **figures, "note": None,
+                                "contributors": contributors}))
             continue
         note = SECURE_NOTE if record.secagg is not None else "not recorded for this version"
         rows.append({**row, "devices": 0, "median": None, "p10": None, "worst_decile": None,
                      "under_floor": 0, "floor": None, "contributions": {}, "weights": {},
-                     "note": note})
+                     "note": note, "contributors": 0})
     return rows
+
+
+def _largest(shares: dict[str, float], top: int) -> dict[str, float]:
+    """The `top` largest shares, largest first (ties by device id)."""
+    return dict(sorted(shares.items(), key=lambda item: (-item[1], item[0]))[:top])
 
 
 def personal(history: list[VersionRecord]) -> dict[str, Any]:
@@ -247,7 +284,8 @@ def personal(history: list[VersionRecord]) -> dict[str, Any]:
     docs/heterogeneity.md): per device, from the latest version that has its row, the
     global model's and its personal model's accuracy on its held-out data and its
     cluster; their means; each cluster's size, and its model's accuracy on the gateway's
-    test set at the latest version."""
+    test set at the latest version. Every device: /api/personal serves a page of them
+    (paged_personal)."""
     stored = merged(record.metric("personal") for record in history)
     if stored is None:
         return {"version": None, "devices": [], "global_accuracy": None,
@@ -265,3 +303,9 @@ def personal(history: list[VersionRecord]) -> dict[str, Any]:
                    "cluster_sizes": stored["cluster_sizes"],
                    "cluster_accuracy": {str(c): record.metrics[f"cluster{c}_accuracy"]
                                         for c in clusters}})
+
+
+def paged_personal(view: dict[str, Any], page: Page) -> dict[str, Any]:
+    """`personal`'s answer with a page of its devices and how many there are; the means
+    and cluster sizes stay those of every device."""
+    return {**view, "devices": page.of(view["devices"]), **page.meta(len(view["devices"]))}

@@ -75,7 +75,8 @@ def test_api_lines_says_who_is_on_which_line_and_who_refused(tmp_path):
     assert devices["d0"]["refused"] is None and devices["d2"]["line"] is None
     client = create_app(tmp_path / "agg.sqlite3", None, None).test_client()
     body = client.get("/api/lines").get_json()
-    assert body == view
+    assert body == {**view, "total": 3, "limit": 500, "offset": 0}
+    assert [r["device_count"] for r in body["lines"]] == [1, 1]
     schema = openapi_document()["components"]["schemas"]["Lines"]
     assert set(body["devices"][0]) == set(
         schema["properties"]["devices"]["items"]["required"])

@@ -327,7 +327,8 @@ def test_audit_all_and_one_version(client, filled):
     one = get(client, "/api/audit?version=3").get_json()["audit"]
     assert {r["device_id"] for r in one} == {"dev-0", "dev-1", "dev-2", "dev-3"}
     assert all(r["used_in"] == 3 and len(r["digest"]) == 64 for r in one)
-    assert get(client, "/api/audit?version=99").get_json() == {"audit": []}
+    assert get(client, "/api/audit?version=99").get_json() == {
+        "audit": [], "total": 0, "limit": 500, "offset": 0}
 
 
 def test_enrolment(client):
@@ -391,7 +392,8 @@ def test_empty_store(tmp_path):
     assert o["model_version"] is None and o["mode"] is None and o["accuracy"] is None
     assert o["versions"] == 0 and o["compression_ratio"] is None
     assert client.get("/api/versions").get_json() == {"versions": []}
-    assert client.get("/api/devices").get_json() == {"devices": []}
+    assert client.get("/api/devices").get_json() == {
+        "devices": [], "total": 0, "limit": 500, "offset": 0}
     text = client.get("/metrics").get_data(as_text=True)
     assert "fedge_model_version" not in text and "fedge_devices_online 0.0" in text
 

@@ -6,6 +6,9 @@
   const KEY = "fedge-read-token";
   const REFRESH_MS = 5000;
   const MAX_VERSION_ROWS = 50;
+  // Per-device tables show a page of the fleet (the API's ?limit=) and say "N of M".
+  const DEVICE_ROWS = 200;
+  const TOP_SHARES = 5;  // per version, the largest contributions shown (api/fairness ?top=)
   const $ = (id) => document.getElementById(id);
   let timer = null;
 
@@ -64,8 +67,8 @@
     text("ov-mode", o.mode ? `${o.mode} · round ${o.rounds}` : "");
     text("ov-accuracy", fixed(3)(o.accuracy));
     text("ov-loss", o.loss === null ? "" : `loss ${fixed(3)(o.loss)} (v${o.evaluated_version})`);
-    text("ov-devices", `${o.devices.online} / ${o.devices.known}`);
-    text("ov-eligible", `${o.devices.eligible} eligible · ${o.enrolled} enrolled`);
+    text("ov-devices", `${int(o.devices.online)} / ${int(o.devices.known)}`);
+    text("ov-eligible", `${int(o.devices.eligible)} eligible · ${int(o.enrolled)} enrolled`);
     const secure = o.secure_contributions || 0;  // secure rounds store no update
     text("ov-updates", int(o.updates.aggregated + secure));
     text("ov-pending", (secure ? `${secure} in secure sums · ` : "") +
@@ -151,7 +154,16 @@
     return [a.flagged ? "⚑ flagged" : "", a.flagged ? "flag warn" : "flag", tip];
   }
 
-  function renderDevices(devices, anomalies) {
+  // "200 of 10,000 devices" when the API answered a page of them (api/... ?limit=).
+  function shown(id, rows, body, what) {
+    const total = body.total === undefined ? rows.length : body.total;
+    text(id, total > rows.length ? `Showing ${int(rows.length)} of ${int(total)} ${what}` +
+      ` (sorted by id; the API pages with ?limit= and ?offset=)` : "");
+  }
+
+  function renderDevices(body, anomalies) {
+    const devices = body.devices;
+    shown("devices-shown", devices, body, "devices");
     const byDevice = new Map(anomalies.devices.map((a) => [a.device_id, a]));
     const rows = devices.map((d) => {
       const status = d.online === null ? "unknown" : d.online ? "online" : "offline";
@@ -253,7 +265,8 @@
         [fixed(4)(v.accuracy), "num"], [fixed(4)(v.loss), "num"],
         [v.round_wall_s === undefined ? dash : fixed(2)(v.round_wall_s) + " s", "num"],
         [fixed(2)(v.epsilon), "num", v.epsilon === undefined ? "" : `at δ ${v.dp_delta}, q ${fixed(3)(v.dp_sampling_rate)}, z ${fixed(2)(v.dp_noise_multiplier)}, clip ${fixed(3)(v.dp_clip)}`],
-        [(v.devices || []).join(", ")],
+        v.devices ? [v.devices.join(", ")]
+          : [v.device_count === undefined ? "" : `${int(v.device_count)} devices`],
       ]);
       tr.appendChild(downloadCell(v.version));
       tr.appendChild(stageActions(v, production));
@@ -269,6 +282,8 @@
     const body = rows.map((f) => {
       if (f.note) return row([["v" + f.version, "num"], [f.note, "empty"]]);
       const shares = Object.entries(f.contributions).map(([d, s]) => `${d} ${pct(s)}`);
+      const more = (f.contributors || 0) - shares.length;
+      if (more > 0) shares.push(`and ${int(more)} more`);
       return row([["v" + f.version, "num"], [int(f.devices), "num"],
         [fixed(3)(f.median), "num"], [fixed(3)(f.p10), "num"], [fixed(3)(f.worst_decile), "num"],
         [int(f.under_floor), f.under_floor ? "num warn" : "num", `below ${f.floor}`],
@@ -280,6 +295,7 @@
   // Personalised and clustered federations: each device's global vs personal accuracy
   // on its held-out data and the cluster it chose (api/personal).
   function renderPersonal(p) {
+    shown("personal-shown", p.devices, p, "devices");
     const body = p.devices.map((d) => row([[d.device_id], [fixed(3)(d.global_accuracy), "num"],
       [fixed(3)(d.personal_accuracy), "num"],
       [d.cluster === null ? dash : String(d.cluster), "num",
@@ -317,6 +333,7 @@
       (c.until_version === null ? "" : ` → v${c.until_version}`) + (c.open ? " (open)" : "") +
       `: ${c.devices.join(", ")}`);
     text("drift-summary", [rule, ...campaigns].join(" · "));
+    shown("drift-shown", d.devices, d, "devices with drift reports");
     const body = d.devices.map((r) => {
       const tr = row([[r.device_id], [r.online ? "online" : "offline"],
         [fixed(3)(r.psi_max), r.drifting ? "num warn" : "num", r.why || (r.feature === null ? "" : `feature ${r.feature}`)],
@@ -332,8 +349,12 @@
   // Model lines (api/lines): each architecture's versions and the devices on it; the
   // devices that refused a model say why.
   function renderLines(l) {
-    const body = l.lines.map((line) => row([[line.line], [`v${line.first_version}–v${line.last_version}`, "num"],
-      [int(line.devices.length), "num"], [line.devices.join(", ")]]));
+    const body = l.lines.map((line) => {
+      const count = line.device_count === undefined ? line.devices.length : line.device_count;
+      const more = count > line.devices.length ? `, and ${int(count - line.devices.length)} more` : "";
+      return row([[line.line], [`v${line.first_version}–v${line.last_version}`, "num"],
+        [int(count), "num"], [line.devices.join(", ") + more]]);
+    });
     for (const d of l.devices.filter((d) => d.refused)) {
       body.push(row([[d.line || dash], ["", "num"], ["", "num"], [`${d.device_id}: ${d.refused}`, "warn"]]));
     }
@@ -353,16 +374,17 @@
     clearTimeout(timer);
     try {
       const [overview, versions, devices, anomalies, fairness, personal] = await Promise.all(
-        [api("api/overview"), api("api/versions"), api("api/devices"), api("api/anomalies"),
-          api("api/fairness"), api("api/personal")]);
+        [api("api/overview"), api("api/versions?brief=true"),
+          api(`api/devices?limit=${DEVICE_ROWS}`), api("api/anomalies?flagged=true&limit=10000"),
+          api(`api/fairness?top=${TOP_SHARES}`), api(`api/personal?limit=${DEVICE_ROWS}`)]);
       renderOverview(overview);
       renderCharts(versions.versions);
-      renderDevices(devices.devices, anomalies);
+      renderDevices(devices, anomalies);
       renderVersions(versions.versions);
       renderFairness(fairness.fairness);
       renderPersonal(personal);
-      api("api/drift").then(renderDrift).catch(() => {});  // its own: an older gateway has none
-      api("api/lines").then(renderLines).catch(() => {});
+      api(`api/drift?limit=${DEVICE_ROWS}`).then(renderDrift).catch(() => {});  // its own: an older gateway has none
+      api(`api/lines?limit=${DEVICE_ROWS}`).then(renderLines).catch(() => {});
       api("api/sites").then(window.FedgeTiers.sites).catch(() => {});  // docs/tiers.md
       api("api/upper").then(window.FedgeTiers.upper).catch(() => {});
       $("login").hidden = true;
