@@ -10,9 +10,18 @@ little-endian (the first value in the lowest bits of the first byte).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 SUPPORTED_BITS = (1, 2, 4, 8)
+
+
+class UniformSource(Protocol):
+    """Where stochastic rounding draws its uniforms in [0, 1): a device's PortableRandom
+    (edge_client/shared/portable_random.py), or a numpy Generator."""
+
+    def random(self, size: int, /) -> np.ndarray: ...
 
 
 def packed_size(count: int, bits: int) -> int:
@@ -26,7 +35,7 @@ def block_count(count: int, block_size: int) -> int:
 
 
 def quantize(
-    values: np.ndarray, bits: int, block_size: int, rng: np.random.Generator
+    values: np.ndarray, bits: int, block_size: int, rng: UniformSource
 ) -> tuple[bytes, np.ndarray]:
     """Stochastically round `values` to packed `bits`-bit codes plus per-block float32 scales."""
     _check(bits, block_size)
