@@ -1,0 +1,98 @@
+"""A device on the demo's configuration never loads numpy.random (6.7 MB of RSS, loaded by
+numpy 2 only when something touches it): its shuffle and stochastic rounding come from
+PortableRandom, its initial weights are drawn only if read before the aggregator's
+arrive (benchmarks/footprint.py, docs/raspberry-pi.md "Footprint")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edge_client.shared.codecs import CodecConfig, encode_vector
+from edge_client.shared.protocol.seeds import delta_seed
+from edge_client.training import mlp_trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZES = [16, 12, 4]
+DOWNLINK = CodecConfig(quantize="q8")
+
+# In a fresh interpreter: what `fedge device` imports, then one whole round of an offline
+# EdgeClient (model held, task with the demo's topk 1% q4 uplink, fit, update encoded and
+# stored) and the decoding of a q8 model delta.
+ROUND = f"""
+import sys
+import numpy as np
+import fedge.cli, fedge.roles
+assert "numpy.random" not in sys.modules, "loaded by the device's imports"
+from edge_client.client import EdgeClient
+from edge_client.client_config import ClientConfig
+from edge_client.device_state import DeviceState
+from edge_client.eligibility import EligibilityConfig
+from edge_client.shared.codecs import CodecConfig, decode_dense
+from edge_client.shared.protocol import Model, Task, TrainConfig, Update, decode, encode
+from edge_client.shared.protocol.seeds import delta_seed
+from edge_client.training import mlp_trainer
+
+given = np.load(sys.argv[1])
+weights = {{k[2:]: given[k] for k in given.files if k.startswith("w:")}}
+folder = sys.argv[2]
+DeviceState(folder, "dev-0", 10**7).save_model(
+    encode(Model(version=0, tensors=weights, arch={{}})), 0)
+config = ClientConfig(device_id="dev-0", state_dir=folder,
+                      eligibility=EligibilityConfig(enabled=False))
+client = EdgeClient(config, mlp_trainer({SIZES!r}), given["x"], given["y"])
+assert client.model_version == 0
+codec = CodecConfig(sparsify="topk", fraction=0.01, quantize="q4").to_wire()
+task = Task(task_id="r1", mode="sync", round=1, model_version=0, invited=("dev-0",),
+            train=TrainConfig(epochs=2, batch_size=8), codec=codec)
+client.receive(client.topics.task, encode(task))
+[entry] = client.outbox.entries()
+assert decode(entry.payload, expect=Update).blob
+delta = decode_dense(given["delta"].tobytes(), CodecConfig(quantize="q8"),
+                     int(given["n"]), delta_seed(1))
+assert delta.shape == (int(given["n"]),)
+print("numpy.random" in sys.modules)
+"""
+
+
+def test_a_demo_device_round_loads_no_numpy_random(tmp_path):
+    weights = mlp_trainer(SIZES, seed=0).get_weights()
+    n = sum(w.size for w in weights.values())
+    rng = np.random.default_rng(0)
+    delta = encode_vector(rng.normal(size=n).astype(np.float32), DOWNLINK, delta_seed(1), rng)
+    np.savez(tmp_path / "given.npz", x=rng.normal(size=(40, SIZES[0])).astype(np.float32),
+             y=rng.integers(0, SIZES[-1], 40), n=n,
+             delta=np.frombuffer(delta.blob, dtype=np.uint8),
+             **{f"w:{name}": w for name, w in weights.items()})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", ROUND, str(tmp_path / "given.npz"),
+                           str(tmp_path / "dev")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "False", "numpy.random was loaded by the round"
+
+
+def test_a_fresh_model_still_draws_its_initial_weights_when_read():
+    """The draw is deferred, not dropped: reading a new model's weights gives the seed's."""
+    a, b = mlp_trainer(SIZES, seed=3), mlp_trainer(SIZES, seed=3)
+    x = np.ones((2, SIZES[0]), np.float32)
+    np.testing.assert_array_equal(a.model.forward(x), b.model.forward(x))
+    first, second = a.get_weights(), b.get_weights()
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+    assert np.abs(first["dense0.weight"]).sum() > 0
+    rng = np.random.default_rng(3)
+    expected = (rng.standard_normal((SIZES[0], SIZES[1])) * np.sqrt(2.0 / SIZES[0]))
+    np.testing.assert_array_equal(first["dense0.weight"], expected.astype(np.float32))
+
+
+def test_weights_set_before_any_read_replace_the_draw():
+    trainer = mlp_trainer(SIZES, seed=3)
+    given = {k: np.full_like(v, 0.5) for k, v in mlp_trainer(SIZES, seed=9).get_weights().items()}
+    trainer.set_weights(given)
+    assert trainer.model._draw_weights is None
+    assert all(np.array_equal(v, given[k]) for k, v in trainer.get_weights().items())
