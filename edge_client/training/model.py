@@ -53,6 +53,13 @@ class Sequential:
             x = layer.forward(x)
         return x
 
+    def output_shape(self, x: np.ndarray) -> tuple[int, ...]:
+        """The shape `forward(x)` gives (ValueError: x does not fit), found without
+        drawing the initial weights: shapes do not depend on their values."""
+        for layer in self._layers:
+            x = layer.forward(x)
+        return x.shape
+
     def backward(self, grad: np.ndarray) -> np.ndarray:
         for layer in reversed(self.layers):
             grad = layer.backward(grad)

@@ -18,6 +18,10 @@ from edge_client.training.trainer import FitResult
 
 _EVAL_CHUNK = 1024  # rows per evaluate forward pass; bounds memory on small devices
 _EVAL_CHUNK_BYTES = 4 * 2**20  # and fewer rows when they are wide (memory-mapped data)
+# And fewer rows when the model is wide: each float32 activation of a chunk under 256 KiB
+# (the demo's 1333 units: 49 rows), so evaluating 232 samples before a fit holds 0.3 MB
+# of activations, not 2.7 MB that glibc keeps in the process once freed.
+_EVAL_ACTIVATION_BYTES = 256 * 2**10
 
 
 class NumpyTrainer:
@@ -90,7 +94,9 @@ class NumpyTrainer:
         self.model.set_training(False)
         loss_sum = 0.0
         correct = 0
-        chunk = max(1, min(_EVAL_CHUNK, _EVAL_CHUNK_BYTES // max(1, x[:1].nbytes)))
+        widest = max((p.shape[-1] for p in self.model.params().values() if p.ndim), default=1)
+        chunk = max(1, min(_EVAL_CHUNK, _EVAL_CHUNK_BYTES // max(1, x[:1].nbytes),
+                           _EVAL_ACTIVATION_BYTES // (4 * widest)))
         for begin in range(0, len(x), chunk):
             xb, yb = _batch(x, y, slice(begin, begin + chunk))
             logits = self.model.forward(xb)
