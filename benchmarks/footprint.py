@@ -124,8 +124,8 @@ def _env() -> dict[str, str]:
 
 def compile_bytecode() -> None:
     """Import what is measured once, so the .pyc files exist before any measurement
-    (threadpoolctl and the IDNA codec: what a device imports once running; compiling
-    threadpoolctl in the device would add 2.8 MB to a measured peak)."""
+    (threadpoolctl and the IDNA codec too: a device imports them once running, and
+    compiling threadpoolctl takes 2.8 MB of peak RSS in an interpreter that only imports)."""
     subprocess.run([sys.executable, "-c", f"import {DEPENDENCIES}, edge_client.client, "
                     "fedge.cli, fedge.roles, fedge.demo, aggregator.service, threadpoolctl, "
                     "encodings.idna"],
