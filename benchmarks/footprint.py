@@ -288,6 +288,7 @@ def status(key):
 
 x_file, y_file = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2], mmap_mode="r")
 trainer = mlp_trainer([x_file.shape[1], 16, 4])
+trainer.get_weights()  # drawn now (a device's are set before it trains), not measured
 start, peak, done = status("RssAnon"), [0.0], threading.Event()
 
 def sample():
