@@ -20,31 +20,28 @@ ROOT = Path(__file__).resolve().parents[2]
 SIZES = [16, 12, 4]
 DOWNLINK = CodecConfig(quantize="q8")
 
-# In a fresh interpreter: what `fedge device` imports, then one whole round of an offline
-# EdgeClient (model held, task with the demo's topk 1% q4 uplink, fit, update encoded and
-# stored) and the decoding of a q8 model delta.
+# In a fresh interpreter: `fedge device`'s start (its imports, the TOML read, the data
+# loaded and checked against the [model], the EdgeClient built; never connected), then
+# one whole round (model held, task with the demo's topk 1% q4 uplink, fit, update
+# encoded and stored) and the decoding of a q8 model delta.
 ROUND = f"""
 import sys
+from pathlib import Path
 import numpy as np
 import fedge.cli, fedge.roles
 assert "numpy.random" not in sys.modules, "loaded by the device's imports"
-from edge_client.client import EdgeClient
-from edge_client.client_config import ClientConfig
 from edge_client.device_state import DeviceState
-from edge_client.eligibility import EligibilityConfig
 from edge_client.shared.codecs import CodecConfig, decode_dense
 from edge_client.shared.protocol import Model, Task, TrainConfig, Update, decode, encode
 from edge_client.shared.protocol.seeds import delta_seed
-from edge_client.training import mlp_trainer
 
-given = np.load(sys.argv[1])
+folder = Path(sys.argv[1])
+given = np.load(folder / "given.npz")
 weights = {{k[2:]: given[k] for k in given.files if k.startswith("w:")}}
-folder = sys.argv[2]
-DeviceState(folder, "dev-0", 10**7).save_model(
+DeviceState(folder / "state", "dev-0", 10**7).save_model(
     encode(Model(version=0, tensors=weights, arch={{}})), 0)
-config = ClientConfig(device_id="dev-0", state_dir=folder,
-                      eligibility=EligibilityConfig(enabled=False))
-client = EdgeClient(config, mlp_trainer({SIZES!r}), given["x"], given["y"])
+client = fedge.roles.build_device_run(folder / "device.toml").client
+assert "numpy.random" not in sys.modules, "loaded by the device's start"
 assert client.model_version == 0
 codec = CodecConfig(sparsify="topk", fraction=0.01, quantize="q4").to_wire()
 task = Task(task_id="r1", mode="sync", round=1, model_version=0, invited=("dev-0",),
@@ -57,6 +54,18 @@ delta = decode_dense(given["delta"].tobytes(), CodecConfig(quantize="q8"),
 assert delta.shape == (int(given["n"]),)
 print("numpy.random" in sys.modules)
 """
+DEVICE_TOML = f"""device_id = "dev-0"
+federation = "plain"
+host = "127.0.0.1"
+port = 1
+state_dir = "state"
+[model]
+sizes = {SIZES!r}
+[data]
+path = "data.npz"
+[eligibility]
+enabled = false
+"""
 
 
 def test_a_demo_device_round_loads_no_numpy_random(tmp_path):
@@ -64,15 +73,15 @@ def test_a_demo_device_round_loads_no_numpy_random(tmp_path):
     n = sum(w.size for w in weights.values())
     rng = np.random.default_rng(0)
     delta = encode_vector(rng.normal(size=n).astype(np.float32), DOWNLINK, delta_seed(1), rng)
-    np.savez(tmp_path / "given.npz", x=rng.normal(size=(40, SIZES[0])).astype(np.float32),
-             y=rng.integers(0, SIZES[-1], 40), n=n,
-             delta=np.frombuffer(delta.blob, dtype=np.uint8),
+    np.savez(tmp_path / "data.npz", x=rng.normal(size=(40, SIZES[0])).astype(np.float32),
+             y=rng.integers(0, SIZES[-1], 40))
+    np.savez(tmp_path / "given.npz", n=n, delta=np.frombuffer(delta.blob, dtype=np.uint8),
              **{f"w:{name}": w for name, w in weights.items()})
+    (tmp_path / "device.toml").write_text(DEVICE_TOML)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    done = subprocess.run([sys.executable, "-c", ROUND, str(tmp_path / "given.npz"),
-                           str(tmp_path / "dev")], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run([sys.executable, "-c", ROUND, str(tmp_path)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == "False", "numpy.random was loaded by the round"
 
