@@ -24,7 +24,7 @@ DOWNLINK = CodecConfig(quantize="q8")
 # loaded and checked against the [model], the EdgeClient built; never connected), then
 # one whole round (model held, task with the demo's topk 1% q4 uplink, fit, update
 # encoded and stored) and the decoding of a q8 model delta.
-ROUND = f"""
+ROUND = """
 import sys
 from pathlib import Path
 import numpy as np
@@ -37,9 +37,9 @@ from edge_client.shared.protocol.seeds import delta_seed
 
 folder = Path(sys.argv[1])
 given = np.load(folder / "given.npz")
-weights = {{k[2:]: given[k] for k in given.files if k.startswith("w:")}}
+weights = {k[2:]: given[k] for k in given.files if k.startswith("w:")}
 DeviceState(folder / "state", "dev-0", 10**7).save_model(
-    encode(Model(version=0, tensors=weights, arch={{}})), 0)
+    encode(Model(version=0, tensors=weights, arch={})), 0)
 client = fedge.roles.build_device_run(folder / "device.toml").client
 assert "numpy.random" not in sys.modules, "loaded by the device's start"
 assert client.model_version == 0
