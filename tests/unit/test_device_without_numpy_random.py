@@ -105,3 +105,12 @@ def test_weights_set_before_any_read_replace_the_draw():
     trainer.set_weights(given)
     assert trainer.model._draw_weights is None
     assert all(np.array_equal(v, given[k]) for k, v in trainer.get_weights().items())
+
+
+def test_checking_a_sample_against_a_fresh_model_draws_nothing():
+    """`fedge device` checks its data fits the [model] before any weights arrive."""
+    trainer = mlp_trainer(SIZES, seed=3)
+    assert trainer.model.output_shape(np.zeros((2, SIZES[0]), np.float32)) == (2, SIZES[-1])
+    assert trainer.model._draw_weights is not None
+    np.testing.assert_array_equal(trainer.get_weights()["dense0.weight"],
+                                  mlp_trainer(SIZES, seed=3).get_weights()["dense0.weight"])
