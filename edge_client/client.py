@@ -21,7 +21,6 @@ import numpy as np
 
 from edge_client.client_config import ClientConfig
 from edge_client.device_io import DeviceIO, TrainerFailed
-from edge_client.drift.saved import reference_for
 from edge_client.eligibility import Decision, EligibilityPolicy
 from edge_client.local_data import checked_local_data
 from edge_client.narration import DeviceNarrator
@@ -78,7 +77,9 @@ class EdgeClient:
         self.narrator = DeviceNarrator(config.device_id, config.federation,
                                        Topics(config.federation).task,
                                        no_task_warning_s=config.no_task_warning_s)
-        if predictor is not None:
+        if predictor is not None:  # a serving device: its drift reference is loaded then
+            from edge_client.drift.saved import reference_for
+
             on_model = on_model or _served_by(predictor)
             predictor.monitor_drift(reference_for(config.state_dir, x, config.device_id))
         self.io = DeviceIO(config, trainer, self.narrator, on_model,

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edge_client.canary_eval import RUNNABLE, canary_report, trainer_report
 from edge_client.client_config import ClientConfig
 from edge_client.device_state import DeviceState
 from edge_client.holdout import held_out, split_holdout
@@ -141,6 +140,10 @@ class DeviceIO:
                         holdout: tuple[np.ndarray, np.ndarray]) -> CanaryEvaluated:
         """Both models in the numpy runtime when it can build them (with agreement),
         else through the app's trainer (docs/lifecycle.md)."""
+        # Only a device in a staged rollout's canary cohort gets here: the numpy runtime
+        # (edge_client/export) is loaded then, not by every device at start.
+        from edge_client.canary_eval import RUNNABLE, canary_report, trainer_report
+
         me, candidate, production = self.config.device_id, action.candidate, action.production
         try:
             if candidate.arch.get("kind") in RUNNABLE:

@@ -35,6 +35,8 @@ def split_holdout(data: Data, device_id: str) -> tuple[Data, Data]:
         return data, data
     if is_mapped(x) or is_mapped(y):  # views of the file, never a copy
         return (x[:n - held], y[:n - held]), (x[n - held:], y[n - held:])
+    # numpy.random, loaded here only by a canary or personalised device (a plain one
+    # never splits its data): the split each device has always made stays the same.
     order = np.random.default_rng(zlib.crc32(device_id.encode())).permutation(n)
     keep, out = np.sort(order[held:]), np.sort(order[:held])
     return (x[keep], y[keep]), (x[out], y[out])

@@ -242,7 +242,7 @@ def check_data_fits(trainer: NumpyTrainer, x: np.ndarray, y: np.ndarray, where: 
                           f"at least one sample; got x {x.shape}, y {y.shape}")
     trainer.model.set_training(False)
     try:
-        classes = trainer.model.forward(x[:1]).shape[1]
+        classes = trainer.model.output_shape(x[:1])[1]
     except ValueError as exc:
         raise ConfigError(f"{where}: x of shape {x.shape} does not fit [model]: {exc}") from None
     if y.min() < 0 or y.max() >= classes:

@@ -76,7 +76,9 @@ class Downlink:
         if step is None or step.model is None or step.model.version != version:
             return None
         model = step.model
-        self.model = HeldModel(model.version, copy_weights(model.tensors), model.arch,
+        # The fetched model's own arrays, not a copy: the trainer took a copy of them
+        # (InstallModel), and the fetcher keeps none once it hands a model over.
+        self.model = HeldModel(model.version, model.tensors, model.arch,
                                sha256_hex(step.blob))
         return step
 

@@ -17,6 +17,7 @@ from edge_client.shared.codecs import CodecConfig, ErrorFeedback, encode_vector
 from edge_client.shared.codecs.adaptive import codec_for_update
 from edge_client.shared.codecs.dp import DeviceDp, clip_and_noise
 from edge_client.shared.codecs.frame import FORMAT_VERSION, LEAN_FORMAT_VERSION
+from edge_client.shared.portable_random import PortableRandom
 from edge_client.shared.protocol import Task, Update
 from edge_client.shared.protocol.lean_update import LEAN_UPDATE_VERSION
 from edge_client.shared.protocol.seeds import training_seed, update_seed
@@ -46,8 +47,8 @@ class UpdateMaker:
         self.device_id = device_id
         self.feedback: ErrorFeedback | None = None
         self.feedback_version: int | None = None
-        self._rng = np.random.default_rng()
-        self._dp_rng = np.random.default_rng()  # OS entropy: DP noise nobody can redraw
+        self._rng = PortableRandom(0)  # reseeded per update in make()
+        self._dp_rng: np.random.Generator | None = None  # made by the first DP update
 
     def resume(self, residual: tuple[ErrorFeedback, int] | None) -> None:
         if residual is not None:
@@ -80,7 +81,7 @@ class UpdateMaker:
         `extra`: figures sent with it (a personalised or clustered device's); `only`: the
         tensors whose delta can be non-zero (a dense update leaves the rest out).
         ValueError: under DP, a diverged fit gives no update that can be noised."""
-        self._rng = np.random.default_rng(self.seed(task))  # stochastic rounding, reproducible
+        self._rng = PortableRandom(self.seed(task))  # stochastic rounding, reproducible
         delta = {name: (trained[name] - base[name]).astype(np.float32) for name in base}
         # How the global model does on this device's own data: reported with the update,
         # so the gateway sees quality where the data is (the data itself stays here).
@@ -103,7 +104,10 @@ class UpdateMaker:
         return update if codec is None else self._compress(update, codec, task)
 
     def add_dp_noise(self, update: Update, dp: DeviceDp) -> Update:
-        """Distributed DP: the whole delta clipped to C, plus this device's noise share."""
+        """Distributed DP: the whole delta clipped to C, plus this device's noise share.
+        Gaussian noise from numpy.random, loaded only by a federation that asks for DP."""
+        if self._dp_rng is None:
+            self._dp_rng = np.random.default_rng()  # OS entropy: DP noise nobody can redraw
         vector, _ = clip_and_noise(flatten_sorted(update.tensors), dp, self._dp_rng)
         return dataclasses.replace(update, tensors=unflatten_like(vector, update.tensors),
                                    metrics={**update.metrics, **dp.metrics()})

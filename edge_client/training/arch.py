@@ -8,7 +8,8 @@
 
 Layers are named conv0, conv1, ..., dense0, dense1, ..., aq0, aq1, ... in order, and
 weights are drawn from one generator in layer order, so (arch, seed) always gives the
-same model. With "qat", ActQuant layers go where the int8 model requantizes: after the
+same model (drawn when first read: a device's come from the aggregator, and never load
+numpy.random). With "qat", ActQuant layers go where the int8 model requantizes: after the
 input, and after every Dense/Conv1D (after its ReLU when one follows, so the ReLU is
 fused as TFLite does); MaxPool1D and Flatten keep their input's quantization.
 """
@@ -83,18 +84,31 @@ def sequential(input_shape: Sequence[int], layers: Sequence[dict[str, Any]], see
                          f"{list(shape)}")
     if not isinstance(layers, list | tuple) or not layers:
         raise ValueError("arch layers must be a non-empty list of tables")
-    rng = np.random.default_rng(seed)
     counts = {"conv": 0, "dense": 0}
     built: list[Layer] = []
     for i, spec in enumerate(layers):
         kind, options = _layer_options(spec, f"arch layers[{i}]")
         where = f"arch layers[{i}] ({kind})"
-        layer, shape = _BUILDERS[kind](options, shape, counts, rng, qat, where)
+        layer, shape = _BUILDERS[kind](options, shape, counts, qat, where)
         built.append(layer)
     if len(shape) != 1:
         raise ValueError(f"arch: the last layer must give flat logits (n, classes), but it "
                          f"gives (n, {', '.join(map(str, shape))}); end with flatten and dense")
-    return Sequential(_with_act_quant(built) if qat else built)
+    return Sequential(_with_act_quant(built) if qat else built, InitialWeights(built, seed))
+
+
+class InitialWeights:
+    """Draws a model's initial weights from one generator of `seed`, layer by layer in
+    order: run by the model only if they are read before anything sets them (model.py)."""
+
+    def __init__(self, layers: list[Layer], seed: int) -> None:
+        self.layers, self.seed = layers, seed
+
+    def __call__(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        for layer in self.layers:
+            if isinstance(layer, Dense | Conv1D):
+                layer.draw_weights(rng)
 
 
 def _with_act_quant(layers: list[Layer]) -> list[Layer]:
@@ -132,17 +146,17 @@ def _layer_options(spec: Any, where: str) -> tuple[str, dict[str, Any]]:
     return kind, options
 
 
-def _dense(options: dict, shape: Shape, counts: dict, rng: np.random.Generator, qat: bool,
+def _dense(options: dict, shape: Shape, counts: dict, qat: bool,
            where: str) -> tuple[Layer, Shape]:
     if len(shape) != 1:
         raise ValueError(f"{where}: dense needs a flat input, got (n, "
                          f"{', '.join(map(str, shape))}); put a flatten before it")
     name = f"dense{counts['dense']}"
     counts["dense"] += 1
-    return Dense(shape[0], options["units"], name, rng, qat=qat), (options["units"],)
+    return Dense(shape[0], options["units"], name, None, qat=qat), (options["units"],)
 
 
-def _conv1d(options: dict, shape: Shape, counts: dict, rng: np.random.Generator, qat: bool,
+def _conv1d(options: dict, shape: Shape, counts: dict, qat: bool,
             where: str) -> tuple[Layer, Shape]:
     if len(shape) != 2:
         raise ValueError(f"{where}: conv1d needs (length, channels) input, got {list(shape)}")
@@ -151,17 +165,17 @@ def _conv1d(options: dict, shape: Shape, counts: dict, rng: np.random.Generator,
                          f"length {shape[0]}")
     name = f"conv{counts['conv']}"
     counts["conv"] += 1
-    layer = Conv1D(shape[1], options["filters"], options["kernel"], name, rng,
+    layer = Conv1D(shape[1], options["filters"], options["kernel"], name, None,
                    stride=options["stride"], qat=qat)
     return layer, (layer.output_length(shape[0]), options["filters"])
 
 
-def _relu(options: dict, shape: Shape, counts: dict, rng: np.random.Generator, qat: bool,
+def _relu(options: dict, shape: Shape, counts: dict, qat: bool,
           where: str) -> tuple[Layer, Shape]:
     return ReLU(), shape
 
 
-def _maxpool1d(options: dict, shape: Shape, counts: dict, rng: np.random.Generator, qat: bool,
+def _maxpool1d(options: dict, shape: Shape, counts: dict, qat: bool,
                where: str) -> tuple[Layer, Shape]:
     if len(shape) != 2:
         raise ValueError(f"{where}: maxpool1d needs (length, channels) input, got {list(shape)}")
@@ -171,7 +185,7 @@ def _maxpool1d(options: dict, shape: Shape, counts: dict, rng: np.random.Generat
     return MaxPool1D(options["size"]), (shape[0] // options["size"], shape[1])
 
 
-def _flatten(options: dict, shape: Shape, counts: dict, rng: np.random.Generator, qat: bool,
+def _flatten(options: dict, shape: Shape, counts: dict, qat: bool,
              where: str) -> tuple[Layer, Shape]:
     return Flatten(), (math.prod(shape),)
 

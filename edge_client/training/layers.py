@@ -34,7 +34,7 @@ class Dense:
         in_features: int,
         out_features: int,
         name: str,
-        rng: np.random.Generator,
+        rng: np.random.Generator | None,
         qat: bool = False,
     ) -> None:
         if in_features < 1 or out_features < 1:
@@ -43,14 +43,20 @@ class Dense:
         self.in_features = in_features
         self.out_features = out_features
         self.qat = qat
-        # He init keeps activation variance steady through ReLUs.
-        std = np.sqrt(2.0 / in_features)
-        self.weight = (rng.standard_normal((in_features, out_features)) * std).astype(np.float32)
+        self.weight = np.zeros((in_features, out_features), dtype=np.float32)
+        if rng is not None:
+            self.draw_weights(rng)
         self.bias = np.zeros(out_features, dtype=np.float32)
         self.grad_weight = np.zeros_like(self.weight)
         self.grad_bias = np.zeros_like(self.bias)
         self._x: np.ndarray | None = None
         self._used_weight: np.ndarray | None = None
+
+    def draw_weights(self, rng: np.random.Generator) -> None:
+        """He init (keeps activation variance steady through ReLUs); with rng None the
+        constructor leaves zeros for the model to draw into later (model.py)."""
+        std = np.sqrt(2.0 / self.in_features)
+        self.weight[...] = (rng.standard_normal(self.weight.shape) * std).astype(np.float32)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -108,7 +114,7 @@ class Conv1D:
         out_channels: int,
         kernel: int,
         name: str,
-        rng: np.random.Generator,
+        rng: np.random.Generator | None,
         stride: int = 1,
         qat: bool = False,
     ) -> None:
@@ -123,15 +129,20 @@ class Conv1D:
         self.kernel = kernel
         self.stride = stride
         self.qat = qat
-        std = np.sqrt(2.0 / (kernel * in_channels))
-        shape = (kernel, in_channels, out_channels)
-        self.weight = (rng.standard_normal(shape) * std).astype(np.float32)
+        self.weight = np.zeros((kernel, in_channels, out_channels), dtype=np.float32)
+        if rng is not None:
+            self.draw_weights(rng)
         self.bias = np.zeros(out_channels, dtype=np.float32)
         self.grad_weight = np.zeros_like(self.weight)
         self.grad_bias = np.zeros_like(self.bias)
         self._cols: np.ndarray | None = None
         self._x_shape: tuple[int, ...] = ()
         self._used_weight: np.ndarray | None = None
+
+    def draw_weights(self, rng: np.random.Generator) -> None:
+        """He init over the kernel's fan-in; rng None in the constructor: as Dense."""
+        std = np.sqrt(2.0 / (self.kernel * self.in_channels))
+        self.weight[...] = (rng.standard_normal(self.weight.shape) * std).astype(np.float32)
 
     def output_length(self, length: int) -> int:
         return (length - self.kernel) // self.stride + 1

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from edge_client.shared.portable_random import PortableRandom
 from edge_client.shared.train_config import TrainConfig
 from edge_client.shared.weights import Weights
 from edge_client.training.arch import build_model, mlp
@@ -14,10 +15,13 @@ from edge_client.training.losses import softmax_cross_entropy
 from edge_client.training.model import Sequential
 from edge_client.training.optim import SGD
 from edge_client.training.trainer import FitResult
-from edge_client.training.weights import check_weights_match
 
 _EVAL_CHUNK = 1024  # rows per evaluate forward pass; bounds memory on small devices
 _EVAL_CHUNK_BYTES = 4 * 2**20  # and fewer rows when they are wide (memory-mapped data)
+# And fewer rows when the model is wide: each float32 activation of a chunk under 256 KiB
+# (the demo's 1333 units: 49 rows), so evaluating 232 samples before a fit holds 0.3 MB
+# of activations, not 2.7 MB that glibc keeps in the process once freed.
+_EVAL_ACTIVATION_BYTES = 256 * 2**10
 
 
 class NumpyTrainer:
@@ -30,10 +34,7 @@ class NumpyTrainer:
         return {name: p.copy() for name, p in self.model.params().items()}
 
     def set_weights(self, weights: Weights) -> None:
-        params = self.model.params()
-        check_weights_match(params, weights)
-        for name, param in params.items():
-            param[...] = weights[name]
+        self.model.load(weights)  # ValueError naming any name or shape that differs
 
     def adopt(self, arch: dict, weights: Weights) -> None:
         """Train a new architecture from now on (a new model line), with `weights`.
@@ -53,7 +54,8 @@ class NumpyTrainer:
 
         Batches are read by index and converted one at a time, so x may be memory-mapped
         (`np.load(path, mmap_mode="r")`) and larger than memory; the shuffled order holds
-        8 bytes per sample."""
+        8 bytes per sample (16 while it is drawn). The shuffle is PortableRandom's
+        (edge_client/shared/portable_random.py), so training never loads numpy.random."""
         start = time.perf_counter()
         x, y = _as_dataset(x, y)
         optimizer = SGD(config.lr, config.momentum)
@@ -63,7 +65,7 @@ class NumpyTrainer:
         self.model.set_training(True)  # QAT: ActQuant layers track their ranges
         try:
             for epoch in range(config.epochs):
-                order = np.random.default_rng((config.seed, epoch)).permutation(len(x))
+                order = PortableRandom(config.seed, epoch).permutation(len(x))
                 for begin in range(0, len(x), config.batch_size):
                     if should_stop is not None and should_stop():
                         stopped = True
@@ -92,7 +94,9 @@ class NumpyTrainer:
         self.model.set_training(False)
         loss_sum = 0.0
         correct = 0
-        chunk = max(1, min(_EVAL_CHUNK, _EVAL_CHUNK_BYTES // max(1, x[:1].nbytes)))
+        widest = max((p.shape[-1] for p in self.model.params().values() if p.ndim), default=1)
+        chunk = max(1, min(_EVAL_CHUNK, _EVAL_CHUNK_BYTES // max(1, x[:1].nbytes),
+                           _EVAL_ACTIVATION_BYTES // (4 * widest)))
         for begin in range(0, len(x), chunk):
             xb, yb = _batch(x, y, slice(begin, begin + chunk))
             logits = self.model.forward(xb)

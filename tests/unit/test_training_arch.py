@@ -7,6 +7,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
+from edge_client.shared.portable_random import PortableRandom
 from edge_client.shared.settings import ConfigError, from_table
 from edge_client.training import (
     ActQuant,
@@ -172,7 +173,7 @@ def test_fit_tracks_ranges_and_neither_sgd_nor_fedprox_moves_them():
     trainer.fit(x, y, config)
     expected = None
     for epoch in range(2):
-        order = np.random.default_rng((3, epoch)).permutation(len(x))
+        order = PortableRandom(3, epoch).permutation(len(x))  # the trainer's shuffle
         for begin in range(0, len(x), 16):
             batch = x[order[begin:begin + 16]]
             seen = np.array([batch.min(), batch.max()], np.float32)

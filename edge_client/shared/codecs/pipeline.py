@@ -62,7 +62,13 @@ from edge_client.shared.codecs.frame import (  # noqa: F401  (re-exported)
     seal,
 )
 from edge_client.shared.codecs.index_coding import bitmap_size, decode_indices, encode_indices
-from edge_client.shared.codecs.quantize import block_count, dequantize, packed_size, quantize
+from edge_client.shared.codecs.quantize import (
+    UniformSource,
+    block_count,
+    dequantize,
+    packed_size,
+    quantize,
+)
 from edge_client.shared.codecs.sparsify import k_for, randk_indices, threshold_indices, topk_indices
 from edge_client.shared.protocol.errors import RemoteProtocolError
 
@@ -80,7 +86,7 @@ class Encoded:
 
 
 def encode_vector(
-    v: np.ndarray, config: CodecConfig, seed: int, rng: np.random.Generator,
+    v: np.ndarray, config: CodecConfig, seed: int, rng: UniformSource,
     frame: int = FORMAT_VERSION,
 ) -> Encoded:
     """Encode `v`; `seed` is shared with the receiver, `rng` is the sender's own randomness.
@@ -168,7 +174,7 @@ def _select(v: np.ndarray, config: CodecConfig, seed: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64)
 
 
-def _encode_values(values: np.ndarray, config: CodecConfig, rng: np.random.Generator) -> bytes:
+def _encode_values(values: np.ndarray, config: CodecConfig, rng: UniformSource) -> bytes:
     if config.quantize == "f32":
         return values.astype("<f4").tobytes()
     if config.quantize == "f16":
