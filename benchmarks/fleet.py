@@ -240,8 +240,10 @@ def run(fleet: Fleet, args: argparse.Namespace, workdir: Path) -> dict:
             enrol(workdir / "aggregator.sqlite3", fleet, len(started), keys)
         toml.write_text(aggregator_toml(fleet, port, workdir / "aggregator.sqlite3"))
         with (workdir / "aggregator.log").open("wb") as log:
+            probe = (["benchmarks.aggregator_memtrace", args.trace_memory] if args.trace_memory
+                     else ["fedge"])
             aggregator = subprocess.Popen(
-                [sys.executable, "-m", "fedge", "aggregator", "serve", "--config", str(toml)],
+                [sys.executable, "-m", *probe, "aggregator", "serve", "--config", str(toml)],
                 cwd=ROOT, env=_env(), stdout=log, stderr=log)
         memory = MemoryWatch(aggregator.pid).start()
         spy = profile(aggregator.pid, Path(args.profile)) if args.profile else None
@@ -311,6 +313,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="updates sent for the raw baseline; 0: 3,000 / 300 dense")
     parser.add_argument("--time-limit-s", type=float, default=900.0)
     parser.add_argument("--profile", help="write a py-spy profile of the aggregator here")
+    parser.add_argument("--trace-memory",
+                        help="write where the aggregator's RSS peak goes to this JSON file "
+                             "(benchmarks/aggregator_memtrace.py; FEDGE_TRACEMALLOC=1: "
+                             "Python allocation sites too)")
     parser.add_argument("--keep", help="keep logs, store and configs in this folder")
     args = parser.parse_args(argv)
     if args.devices < 1 or not 1 <= args.invited <= args.devices or args.rounds < 1:
