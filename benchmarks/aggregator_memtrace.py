@@ -6,12 +6,12 @@ A benchmark-side debug hook (`benchmarks/fleet.py --trace-memory OUT.json` start
 aggregator this way); nothing in fedge knows of it. A thread samples every 20 ms: the
 process's RSS (anonymous and file-backed, /proc/self/status), glibc's heap
 (`mallinfo2`: in use vs kept free), and what fedge's own bounded parts hold then: the
-upload assembler (bytes of partial uploads, how many are open) and the service inbox
-(bytes queued), with the maximum of each over the run. At every new RSS peak it
-rewrites OUT.json with those figures, so the
-file describes the peak even if the process is killed. With FEDGE_TRACEMALLOC=1 the
-Python allocations are traced too (slower) and the top allocation sites at the peak are
-written as well.
+upload assembler (bytes of unfinished uploads, those in memory, chunks spilled to
+files, how many uploads are open) and the service inbox (bytes queued), with the
+maximum of each over the run. At every new RSS peak it rewrites OUT.json with those
+figures, so the file describes the peak even if the process is killed. With
+FEDGE_TRACEMALLOC=1 the Python allocations are traced too (slower) and the top
+allocation sites at the peak are written as well.
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def _fedge_parts(assembler: Any, inbox: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     if assembler is not None:
         out["assembler_held_mb"] = round(assembler.pending_bytes() / 2**20, 1)
+        out["assembler_in_memory_mb"] = round(assembler.memory_held() / 2**20, 1)
+        out["assembler_spilled_chunks"] = assembler.spilled
         out["assembler_reserved_mb"] = round(assembler.reserved_bytes() / 2**20, 1)
         out["assembler_open"] = assembler.open_count()
         out["assembler_evicted"] = assembler.evicted
