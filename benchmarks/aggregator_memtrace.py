@@ -93,13 +93,14 @@ def _fedge_parts(assembler: Any, inbox: Any) -> dict[str, float]:
 
 
 class Probe:
+    """Records the figures at the RSS peak, at the peak of glibc's heap in use and (when
+    tracing) at the peak of traced Python memory, with its top allocation sites."""
+
     def __init__(self, out: Path, trace: bool) -> None:
         self.out = out
         self.trace = trace
-        self.peak_rss = 0.0
-        self.samples: list[dict] = []
         self.maxima: dict[str, float] = {}
-        self.peak: dict = {}
+        self.peaks: dict[str, dict] = {}
 
     def run(self) -> None:
         assembler = inbox = None
@@ -107,30 +108,33 @@ class Probe:
             time.sleep(INTERVAL_S)
             if assembler is None or inbox is None:
                 assembler, inbox = _find_parts()
-            status = _status()
-            rss = status.get("VmRSS", 0.0)
-            parts = _fedge_parts(assembler, inbox)
-            heap = _mallinfo()
-            for key, value in [*parts.items(), *heap.items(), *status.items()]:
-                self.maxima[key] = max(self.maxima.get(key, 0.0), value)
-            if rss <= self.peak_rss:
-                continue
-            self.peak_rss = rss
-            self.peak = {"at_s": round(time.monotonic() - STARTED, 2), **status,
-                         **_mallinfo(), **parts}
+            figures = {"at_s": round(time.monotonic() - STARTED, 2), **_status(),
+                       **_mallinfo(), **_fedge_parts(assembler, inbox)}
             if self.trace:
-                snapshot = tracemalloc.take_snapshot()
-                traced, _ = tracemalloc.get_traced_memory()
-                self.peak["tracemalloc_mb"] = round(traced / 2**20, 1)
-                self.peak["top"] = [
-                    f"{s.size / 2**20:.1f} MB {s.count} blocks {s.traceback.format()[-1].strip()}"
-                    for s in snapshot.statistics("lineno")[:TOP]]
-            self.write()
+                figures["tracemalloc_mb"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 1)
+            changed = False
+            for peak, key in (("at_rss_peak", "VmRSS"), ("at_heap_peak", "heap_in_use_mb"),
+                              ("at_traced_peak", "tracemalloc_mb")):
+                if key in figures and figures[key] > self.peaks.get(peak, {}).get(key, 0.0):
+                    self.peaks[peak] = dict(figures)
+                    changed = True
+                    if peak == "at_traced_peak":
+                        self.peaks[peak]["top"] = _top()
+            for key, value in figures.items():
+                self.maxima[key] = max(self.maxima.get(key, 0.0), value)
+            if changed:
+                self.write()
 
     def write(self) -> None:
-        self.out.write_text(json.dumps({"peak": self.peak, "maxima": self.maxima,
+        self.out.write_text(json.dumps({**self.peaks, "maxima": self.maxima,
                                         "env": {k: v for k, v in os.environ.items()
                                                 if k.startswith("MALLOC_")}}, indent=1))
+
+
+def _top() -> list[str]:
+    snapshot = tracemalloc.take_snapshot()
+    return [f"{s.size / 2**20:.1f} MB {s.count} blocks {s.traceback.format()[-1].strip()}"
+            for s in snapshot.statistics("lineno")[:TOP]]
 
 
 STARTED = time.monotonic()

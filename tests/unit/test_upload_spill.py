@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import tracemalloc
 
 import pytest
 
@@ -108,3 +109,21 @@ def test_close_removes_the_directory(tmp_path):
 def test_a_negative_memory_budget_is_refused():
     with pytest.raises(ValueError, match="upload_memory_bytes"):
         LimitsConfig(upload_memory_bytes=-1)
+
+
+def test_spilled_chunks_leave_no_copy_in_memory(tmp_path):
+    """An open upload keeps its first chunk's header, not its data: else every open
+    upload held 64 KB in memory, spilled or not."""
+    assembler = Assembler(10**8, max_transfers=1000, memory_bytes=0,
+                          spill=FileSpill(str(tmp_path)))
+    firsts = [split(os.urandom(200_000), f"t{i}", 65536)[0] for i in range(100)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i, message in enumerate(firsts):
+            assert assembler.add(f"dev{i}", message, 0.0) is None
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert assembler.spilled == 100
+    assert held < 1_000_000  # 100 x 64 KB would be 6.5 MB

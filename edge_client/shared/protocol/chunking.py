@@ -7,6 +7,7 @@ a socket, so tests can feed them dropped, duplicated and reordered chunks direct
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -227,7 +228,8 @@ class Assembler:
             self._drop(victim)
             self.evicted += 1
             self._log_eviction(victim, now)
-        partial = _Partial(first=chunk, started_at=now)
+        # its header only: the data is kept (or spilled) with the other parts
+        partial = _Partial(first=dataclasses.replace(chunk, data=b""), started_at=now)
         self._partial[key] = partial
         self._open.add(key)
         self._reserved += chunk.size
