@@ -27,6 +27,11 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+# imported here, not in the sampling thread: two threads importing one package at once
+# can each see it half initialised
+from edge_client.shared.inbox import Inbox
+from edge_client.shared.protocol.chunking import Assembler
+
 INTERVAL_S = 0.02
 TOP = 15
 
@@ -64,9 +69,6 @@ def _status() -> dict[str, float]:
 
 def _find_parts() -> tuple[object | None, object | None]:
     """The aggregator's upload assembler and service inbox, among the live objects."""
-    from edge_client.shared.inbox import Inbox
-    from edge_client.shared.protocol.chunking import Assembler
-
     assembler = inbox = None
     for obj in gc.get_objects():
         if isinstance(obj, Assembler) and obj.max_payload > 1_000_000:  # the uploads'
