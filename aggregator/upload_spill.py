@@ -67,15 +67,17 @@ class FileSpill:
         spilled.size += len(data)
         return True
 
-    def take(self, key: Key) -> dict[int, bytes]:
+    def take(self, key: Key) -> dict[int, bytes | memoryview]:
         spilled = self._files.pop(key, None)
         if spilled is None:
             return {}
         try:
-            data = spilled.path.read_bytes()
+            data = memoryview(spilled.path.read_bytes())
         finally:
             _remove(spilled.path)
-        return {index: data[offset:offset + size]
+        if len(data) < spilled.size:
+            raise OSError(f"{spilled.path} holds {len(data)} bytes, not {spilled.size}")
+        return {index: data[offset:offset + size]  # views: no copy before the join
                 for index, (offset, size) in spilled.parts.items()}
 
     def discard(self, key: Key) -> None:

@@ -127,3 +127,13 @@ def test_spilled_chunks_leave_no_copy_in_memory(tmp_path):
         tracemalloc.stop()
     assert assembler.spilled == 100
     assert held < 1_000_000  # 100 x 64 KB would be 6.5 MB
+
+
+def test_a_truncated_spill_file_is_unreadable(tmp_path):
+    spill = FileSpill(str(tmp_path))
+    assert spill.put(("dev", "t"), 0, b"x" * 100)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"x" * 10)
+    with pytest.raises(OSError, match="holds 10 bytes, not 100"):
+        spill.take(("dev", "t"))

@@ -110,7 +110,7 @@ class PartSpill(Protocol):
         """Keep chunk `index` of upload `key`; False: not kept (hold it in memory)."""
         ...
 
-    def take(self, key: Key) -> dict[int, bytes]:
+    def take(self, key: Key) -> dict[int, bytes | memoryview]:
         """The upload's kept chunks by index, forgotten here; OSError if unreadable."""
         ...
 
@@ -254,7 +254,8 @@ class Assembler:
         self._logged_at, self._evicted_logged = now, self.evicted
 
     @staticmethod
-    def _finish(chunk: Chunk, partial: _Partial, spilled: dict[int, bytes]) -> bytes:
+    def _finish(chunk: Chunk, partial: _Partial,
+                spilled: dict[int, bytes | memoryview]) -> bytes:
         payload = b"".join(data if (data := partial.parts[i]) is not None else spilled[i]
                            for i in range(chunk.count))
         if len(payload) != chunk.size:
