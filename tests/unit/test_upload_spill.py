@@ -10,7 +10,8 @@ import tracemalloc
 
 import pytest
 
-from aggregator.limits import LimitsConfig
+from aggregator.config import load_aggregator_config
+from aggregator.limits import LimitsConfig, upload_assembler
 from aggregator.upload_spill import FileSpill
 from edge_client.shared.protocol import Assembler
 from edge_client.shared.protocol.chunking import split
@@ -109,6 +110,17 @@ def test_close_removes_the_directory(tmp_path):
 def test_a_negative_memory_budget_is_refused():
     with pytest.raises(ValueError, match="upload_memory_bytes"):
         LimitsConfig(upload_memory_bytes=-1)
+
+
+def test_the_limits_table_sets_the_budget_and_the_folder(tmp_path):
+    config = load_aggregator_config({"limits": {"upload_memory_bytes": 0,
+                                                "upload_spill_dir": str(tmp_path)}}, "agg.toml")
+    assembler = upload_assembler(config)
+    payload = os.urandom(5000)
+    results = [assembler.add("dev", c, 0.0) for c in split(payload, "t", CHUNK)]
+    assert results[-1] == ("t", payload) and assembler.spilled == 5
+    assert [p.name.startswith("fedge-uploads-") for p in tmp_path.iterdir()] == [True]
+    assert load_aggregator_config({}, "agg.toml").limits.upload_memory_bytes == 32 * 2**20
 
 
 def test_spilled_chunks_leave_no_copy_in_memory(tmp_path):
