@@ -117,8 +117,9 @@ def test_the_limits_table_sets_the_budget_and_the_folder(tmp_path):
                                                 "upload_spill_dir": str(tmp_path)}}, "agg.toml")
     assembler = upload_assembler(config)
     payload = os.urandom(5000)
-    results = [assembler.add("dev", c, 0.0) for c in split(payload, "t", CHUNK)]
-    assert results[-1] == ("t", payload) and assembler.spilled == 5
+    chunks = split(payload, "t", CHUNK)
+    results = [assembler.add("dev", c, 0.0) for c in chunks]
+    assert results[-1] == ("t", payload) and assembler.spilled == len(chunks)
     assert [p.name.startswith("fedge-uploads-") for p in tmp_path.iterdir()] == [True]
     assert load_aggregator_config({}, "agg.toml").limits.upload_memory_bytes == 32 * 2**20
 
