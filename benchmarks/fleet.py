@@ -23,7 +23,8 @@ over the rounds' ingest windows (a task's first such update received -> its last
 raw baseline's window; sync; `updates_per_s_from_task_open` counts from the task's
 opening instead), or the updates received from the first task to the last version over
 that span (async). `aggregator_cpu_ms_per_update` is the aggregator process's CPU time
-over the run per update stored.
+over the run per update stored. `--trace-memory FILE` runs the aggregator under
+benchmarks/aggregator_memtrace.py and writes where its memory peak goes to FILE.
 The aggregator tops invitations up with newcomers on trial, so more than K devices may
 be invited; what comes after the round closed is acknowledged "late" and stored, outside
 the rate. `lost` counts updates acknowledged but not in the store, plus updates never
