@@ -191,7 +191,7 @@ class Assembler:
         if len(partial.parts) < chunk.count:
             return None
         try:
-            spilled = self.spill.take(key) if self.spill and partial.spilled else {}
+            spilled = self.spill.take(key) if self.spill is not None and partial.spilled else {}
         except OSError as exc:  # no ack goes out: the device resends the whole upload
             log.error("chunking: dropped upload %s from %s: its spilled chunks could not "
                       "be read back: %s", chunk.transfer[:8], source, exc)
@@ -201,9 +201,11 @@ class Assembler:
         return chunk.transfer, self._finish(chunk, partial, spilled)
 
     def _keep(self, key: Key, partial: _Partial, chunk: Chunk) -> None:
-        """Hold the chunk's data, or hand it to the spill past the memory budget."""
+        """Hold the chunk's data, or hand it to the spill past the memory budget (not
+        the chunk that completes its upload: it is read at once)."""
         size = len(chunk.data)
-        if (self.spill is not None and self._in_memory + size > self.memory_bytes
+        last = len(partial.parts) + 1 == chunk.count
+        if (self.spill is not None and not last and self._in_memory + size > self.memory_bytes
                 and self.spill.put(key, chunk.index, chunk.data)):
             partial.parts[chunk.index] = None
             partial.spilled = True
