@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from aggregator.upload_spill import FileSpill
 from edge_client.shared.inbox import DEFAULT_BLOCK_S, DEFAULT_MAX_BYTES, Inbox
 from edge_client.shared.protocol.chunking import Assembler
 
@@ -29,6 +30,9 @@ class LimitsConfig:
     open_uploads: int = 1000  # open uploads across all devices
     open_upload_bytes: int | None = None  # their declared sizes together; None: 4 x
     #                    max_update_bytes
+    upload_memory_bytes: int = 32 * 2**20  # chunks of open uploads held in memory; past
+    #                    it they wait in files (aggregator/upload_spill.py)
+    upload_spill_dir: str = ""  # where those files go; "": the system's temporary directory
     answered_rejections_per_device_s: float = 50.0  # rejections answered (logged, stored,
     #                    acked) per device per second; past it only counted
     answered_rejections_s: float = 500.0  # ... and across all devices
@@ -51,6 +55,9 @@ class LimitsConfig:
             raise ValueError("limits: uploads_per_device and open_uploads must be >= 1")
         if self.open_upload_bytes is not None and self.open_upload_bytes < 1:
             raise ValueError("limits.open_upload_bytes must be >= 1 (or left out)")
+        if self.upload_memory_bytes < 0:
+            raise ValueError(f"limits.upload_memory_bytes must be >= 0, "
+                             f"not {self.upload_memory_bytes}")
         if self.rejections_per_device < 1 or self.rejections_total < 1:
             raise ValueError("limits: rejections_per_device and rejections_total must be >= 1")
 
@@ -74,11 +81,13 @@ def check_limits(config: AggregatorConfig) -> None:
 
 
 def upload_assembler(config: AggregatorConfig) -> Assembler:
-    """The reassembly of device uploads under the configured limits."""
+    """The reassembly of device uploads under the configured limits; past
+    `upload_memory_bytes` their chunks wait in files."""
     limits = config.limits
     return Assembler(config.max_update_bytes, limits.uploads_per_device,
                      config.upload_timeout_s, limits.upload_bytes(config.max_update_bytes),
-                     limits.open_uploads)
+                     limits.open_uploads, limits.upload_memory_bytes,
+                     FileSpill(limits.upload_spill_dir))
 
 
 def service_inbox(config: AggregatorConfig) -> Inbox:

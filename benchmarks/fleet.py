@@ -23,7 +23,8 @@ over the rounds' ingest windows (a task's first such update received -> its last
 raw baseline's window; sync; `updates_per_s_from_task_open` counts from the task's
 opening instead), or the updates received from the first task to the last version over
 that span (async). `aggregator_cpu_ms_per_update` is the aggregator process's CPU time
-over the run per update stored.
+over the run per update stored. `--trace-memory FILE` runs the aggregator under
+benchmarks/aggregator_memtrace.py and writes where its memory peak goes to FILE.
 The aggregator tops invitations up with newcomers on trial, so more than K devices may
 be invited; what comes after the round closed is acknowledged "late" and stored, outside
 the rate. `lost` counts updates acknowledged but not in the store, plus updates never
@@ -240,8 +241,10 @@ def run(fleet: Fleet, args: argparse.Namespace, workdir: Path) -> dict:
             enrol(workdir / "aggregator.sqlite3", fleet, len(started), keys)
         toml.write_text(aggregator_toml(fleet, port, workdir / "aggregator.sqlite3"))
         with (workdir / "aggregator.log").open("wb") as log:
+            probe = (["benchmarks.aggregator_memtrace", args.trace_memory] if args.trace_memory
+                     else ["fedge"])
             aggregator = subprocess.Popen(
-                [sys.executable, "-m", "fedge", "aggregator", "serve", "--config", str(toml)],
+                [sys.executable, "-m", *probe, "aggregator", "serve", "--config", str(toml)],
                 cwd=ROOT, env=_env(), stdout=log, stderr=log)
         memory = MemoryWatch(aggregator.pid).start()
         spy = profile(aggregator.pid, Path(args.profile)) if args.profile else None
@@ -311,6 +314,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="updates sent for the raw baseline; 0: 3,000 / 300 dense")
     parser.add_argument("--time-limit-s", type=float, default=900.0)
     parser.add_argument("--profile", help="write a py-spy profile of the aggregator here")
+    parser.add_argument("--trace-memory",
+                        help="write where the aggregator's RSS peak goes to this JSON file "
+                             "(benchmarks/aggregator_memtrace.py; FEDGE_TRACEMALLOC=1: "
+                             "Python allocation sites too)")
     parser.add_argument("--keep", help="keep logs, store and configs in this folder")
     args = parser.parse_args(argv)
     if args.devices < 1 or not 1 <= args.invited <= args.devices or args.rounds < 1:

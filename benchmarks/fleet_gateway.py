@@ -63,6 +63,7 @@ def mosquitto_conf(fleet: Fleet, port: int) -> str:
 
 def aggregator_toml(fleet: Fleet, port: int, db_path: Path) -> str:
     """Sync rounds inviting `invited` devices, or async with a buffer of that many."""
+    upload_bytes = max(256 * 2**20, 2 * fleet.invited * fleet.update_bytes_estimate())
     lines = [
         'federation = "fleet"', 'host = "127.0.0.1"', f"port = {port}",
         f'db_path = "{db_path}"', f'mode = "{fleet.mode}"', f"rounds = {fleet.rounds}",
@@ -76,6 +77,9 @@ def aggregator_toml(fleet: Fleet, port: int, db_path: Path) -> str:
         f"concurrency = {fleet.concurrency}",
         "", "[presence]", f"max_newcomers = {max(1000, fleet.devices)}",
         "", "[limits]", f"open_uploads = {max(1000, 2 * fleet.invited)}",
+        # a round of unfinished uploads, twice over; past upload_memory_bytes they wait
+        # in files, so this bounds disk, not memory
+        f"open_upload_bytes = {upload_bytes}",
         "", "[ingest]", f"workers = {fleet.ingest_workers}",
     ]
     if fleet.sign:

@@ -7,10 +7,12 @@ a socket, so tests can feed them dropped, duplicated and reordered chunks direct
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgpack
 
@@ -96,12 +98,35 @@ def decode_chunk(message: bytes) -> Chunk:
     return Chunk(transfer, index, count, size, digest, data)
 
 
+Key = tuple[str, str]  # (source, transfer)
+
+
+class PartSpill(Protocol):
+    """Where an Assembler keeps chunk data past its memory budget (the aggregator's:
+    files, aggregator/upload_spill.py). Devices uploading at once interleave their
+    chunks, so the partial uploads held grow with the cohort; spilled, they do not."""
+
+    def put(self, key: Key, index: int, data: bytes) -> bool:
+        """Keep chunk `index` of upload `key`; False: not kept (hold it in memory)."""
+        ...
+
+    def take(self, key: Key) -> dict[int, bytes | memoryview]:
+        """The upload's kept chunks by index, forgotten here; OSError if unreadable."""
+        ...
+
+    def discard(self, key: Key) -> None:
+        """Forget the upload's kept chunks (a dropped upload); none kept is fine."""
+        ...
+
+
 @dataclass
 class _Partial:
     first: Chunk
     started_at: float
-    parts: dict[int, bytes] = field(default_factory=dict)
+    parts: dict[int, bytes | None] = field(default_factory=dict)  # None: in the spill
     received: int = 0
+    in_memory: int = 0  # bytes of `parts` held here
+    spilled: bool = False
 
 
 class Assembler:
@@ -113,11 +138,15 @@ class Assembler:
     their declared sizes stay under `max_total_bytes` (default: four payloads of the
     maximum size); a new transfer evicts others until it fits, fairly per source (see
     `OpenUploads.victim`). Evictions are counted and logged at most every 10 s.
+
+    With a `spill`, at most `memory_bytes` of chunk data stay in memory; further chunks
+    go to the spill until their upload completes (or is dropped).
     """
 
     def __init__(self, max_payload: int, max_transfers_per_source: int = 2,
                  timeout_s: float = 300.0, max_total_bytes: int | None = None,
-                 max_transfers: int = 1000) -> None:
+                 max_transfers: int = 1000, memory_bytes: int = 0,
+                 spill: PartSpill | None = None) -> None:
         self.max_payload = max_payload
         self.max_transfers_per_source = max_transfers_per_source
         self.max_transfers = max_transfers
@@ -128,6 +157,10 @@ class Assembler:
         self._open = OpenUploads()
         self._reserved = 0  # running totals: never a sum over open transfers
         self._held = 0
+        self.memory_bytes = memory_bytes
+        self.spill = spill
+        self.spilled = 0  # chunks handed to the spill
+        self._in_memory = 0
         self._logged_at: float | None = None
         self._evicted_logged = 0
 
@@ -154,13 +187,35 @@ class Assembler:
                                       chunk.transfer)
         partial.received += len(chunk.data)
         self._held += len(chunk.data)
-        partial.parts[chunk.index] = chunk.data
+        self._keep(key, partial, chunk)
         if len(partial.parts) < chunk.count:
             return None
+        try:
+            spilled = self.spill.take(key) if self.spill is not None and partial.spilled else {}
+        except OSError as exc:  # no ack goes out: the device resends the whole upload
+            log.error("chunking: dropped upload %s from %s: its spilled chunks could not "
+                      "be read back: %s", chunk.transfer[:8], source, exc)
+            self._drop(key)
+            return None
         self._drop(key)
-        return chunk.transfer, self._finish(chunk, partial)
+        return chunk.transfer, self._finish(chunk, partial, spilled)
 
-    def _start(self, key: tuple[str, str], chunk: Chunk, now: float) -> _Partial:
+    def _keep(self, key: Key, partial: _Partial, chunk: Chunk) -> None:
+        """Hold the chunk's data, or hand it to the spill past the memory budget (not
+        the chunk that completes its upload: it is read at once)."""
+        size = len(chunk.data)
+        last = len(partial.parts) + 1 == chunk.count
+        if (self.spill is not None and not last and self._in_memory + size > self.memory_bytes
+                and self.spill.put(key, chunk.index, chunk.data)):
+            partial.parts[chunk.index] = None
+            partial.spilled = True
+            self.spilled += 1
+            return
+        partial.parts[chunk.index] = chunk.data
+        partial.in_memory += size
+        self._in_memory += size
+
+    def _start(self, key: Key, chunk: Chunk, now: float) -> _Partial:
         if chunk.size > self.max_payload:
             raise RemoteProtocolError(f"declared size {chunk.size} exceeds the limit of "
                                       f"{self.max_payload} bytes", chunk.transfer)
@@ -175,17 +230,21 @@ class Assembler:
             self._drop(victim)
             self.evicted += 1
             self._log_eviction(victim, now)
-        partial = _Partial(first=chunk, started_at=now)
+        # its header only: the data is kept (or spilled) with the other parts
+        partial = _Partial(first=dataclasses.replace(chunk, data=b""), started_at=now)
         self._partial[key] = partial
         self._open.add(key)
         self._reserved += chunk.size
         return partial
 
-    def _drop(self, key: tuple[str, str]) -> None:
+    def _drop(self, key: Key) -> None:
         partial = self._partial.pop(key)
         self._open.remove(key)
         self._reserved -= partial.first.size
         self._held -= partial.received
+        self._in_memory -= partial.in_memory
+        if partial.spilled and self.spill is not None:
+            self.spill.discard(key)
 
     def _log_eviction(self, victim: tuple[str, str], now: float) -> None:
         if self._logged_at is not None and now - self._logged_at < 10.0:
@@ -197,8 +256,10 @@ class Assembler:
         self._logged_at, self._evicted_logged = now, self.evicted
 
     @staticmethod
-    def _finish(chunk: Chunk, partial: _Partial) -> bytes:
-        payload = b"".join(partial.parts[i] for i in range(chunk.count))
+    def _finish(chunk: Chunk, partial: _Partial,
+                spilled: dict[int, bytes | memoryview]) -> bytes:
+        payload = b"".join(data if (data := partial.parts[i]) is not None else spilled[i]
+                           for i in range(chunk.count))
         if len(payload) != chunk.size:
             raise RemoteProtocolError(f"reassembled {len(payload)} bytes, declared "
                                       f"{chunk.size}", chunk.transfer)
@@ -217,8 +278,12 @@ class Assembler:
         return stale
 
     def pending_bytes(self) -> int:
-        """Bytes held right now."""
+        """Bytes of the uploads in progress received so far (in memory or spilled)."""
         return self._held
+
+    def memory_held(self) -> int:
+        """Bytes of the uploads in progress held in memory."""
+        return self._in_memory
 
     def reserved_bytes(self) -> int:
         """Declared sizes of the transfers in progress: what they may grow to."""
