@@ -57,14 +57,15 @@ class Burst:
         """Before a restart: `task()` then waits for the task published again."""
         self._tasks.drain()
 
-    def make_updates(self, task: Task) -> None:
+    def make_updates(self, task: Task, chunk_size: int | None = None) -> None:
         for device in self.devices:
             nonce = uuid.uuid4().hex
             update = Update(device_id=device, task_id=task.task_id, nonce=nonce,
                             base_version=task.model_version, num_samples=10,
                             tensors={k: np.full_like(v, 0.01) for k, v in self.weights.items()},
                             metrics={}, created_at=time.time())
-            self.outbox[nonce] = (device, split(encode(update), nonce))
+            self.outbox[nonce] = (device, split(encode(update), nonce, chunk_size)
+                                  if chunk_size else split(encode(update), nonce))
 
     def send(self, nonces: list[str] | None = None) -> int:
         """Publish (QoS 1) every update not yet acked, or those named; how many."""

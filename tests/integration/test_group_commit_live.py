@@ -15,6 +15,7 @@ import time
 import pytest
 
 from aggregator.config import AggregatorConfig, AsyncConfig
+from aggregator.limits import LimitsConfig
 from aggregator.service import Aggregator
 from edge_client.training import mlp_trainer
 from tests.integration.burst import SIZES, Burst
@@ -102,3 +103,45 @@ def test_sigkill_during_a_burst_loses_no_acked_update(mosquitto, tmp_path):
     # each kill came mid-burst: some acks before it, some updates still unacked
     assert len(killed_at) == kills and killed_at[0] > 0
     assert all(a < b < devices for a, b in itertools.pairwise(killed_at))
+
+
+def test_interleaved_uploads_past_the_memory_budget_wait_in_files_and_all_arrive(
+        mosquitto, tmp_path):
+    """Chunks of many uploads arriving interleaved, as a cohort's do: with
+    `[limits] upload_memory_bytes = 0` every chunk but an upload's last waits in a file
+    (aggregator/upload_spill.py), and every update is still acked, stored and whole."""
+    devices, chunk_size = 40, 300  # 44 bytes of data a chunk
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    config = AggregatorConfig(federation=FEDERATION, port=mosquitto.port, mode="async",
+                              async_=AsyncConfig(buffer_size=NEVER), rounds=0,
+                              db_path=tmp_path / "agg.sqlite3", presence_settle_s=0.2,
+                              limits=LimitsConfig(upload_memory_bytes=0,
+                                                  upload_spill_dir=str(spill_dir)))
+    agg = Aggregator(config, initial_weights=WEIGHTS)
+    stop = threading.Event()
+    serving = threading.Thread(target=agg.run, args=(stop, False), daemon=True)
+    burst = Burst(mosquitto, FEDERATION, devices, WEIGHTS)
+    serving.start()
+    try:
+        burst.say_online()
+        burst.make_updates(burst.task(), chunk_size=chunk_size)
+        uploads = list(burst.outbox.values())
+        assert min(len(chunks) for _, chunks in uploads) >= 3
+        for round_robin in itertools.zip_longest(*(chunks for _, chunks in uploads)):
+            for (device, _), chunk in zip(uploads, round_robin, strict=True):
+                if chunk is not None:  # chunk i of every upload, then chunk i + 1
+                    burst.client.publish(burst.topics.update(device), chunk, qos=1)
+        burst.until_all_acked(timeout=60)
+        assert set(burst.acked.values()) == {"accepted"}
+        assembler = agg.core.ingest.assembler
+        assert assembler.spilled >= devices  # every upload had chunks in a file
+        assert assembler.memory_held() == 0
+    finally:
+        stop.set()
+        serving.join(30)
+        burst.close()
+    with sqlite3.connect(config.db_path) as db:
+        stored = {n for (n,) in db.execute("SELECT nonce FROM updates")}
+    assert stored == set(burst.acked)
+    assert [p for p in spill_dir.rglob("*") if p.is_file()] == []  # taken back, removed
