@@ -194,7 +194,7 @@ def check(work: Path, arch: str) -> BundleFigures:
         store = Store(folder / "agg.sqlite3")
         history = store.model_history()
         store.close()
-        model_versions = [h["version"] for h in history]
+        model_versions = [h.version for h in history]
         (work / f"device-bundle-{arch}.log").write_text(log)
         accepted = log.count("by the aggregator") - log.count("rejected")
         if result["rc"] != 0 or accepted < 1 or model_versions[-1:] != [ROUNDS]:
@@ -212,7 +212,7 @@ def check(work: Path, arch: str) -> BundleFigures:
             unit_enabled=os.readlink(wants) == "/etc/systemd/system/fedge-device.service",
             device_user="fedge", device_rss_mb_peak=result["peak_rss_mb"],
             device_log_accepted=accepted, signed=True, model_versions=model_versions,
-            accuracy=history[-1].get("accuracy") if history else None)
+            accuracy=history[-1].accuracy if history else None)
     finally:
         broker.stop()
 
