@@ -13,9 +13,13 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
+from aggregator.config import AggregatorConfig
+from aggregator.service import Aggregator
 from edge_client.shared.protocol import Ack, Status, Task, Topics, Update, decode, encode
 from edge_client.shared.protocol.chunking import split
 from tests.mqtt_helpers import close_client, paho_client, subscribe
@@ -106,3 +110,21 @@ class Burst:
 
     def close(self) -> None:
         close_client(self.client)
+
+
+@contextmanager
+def serving_burst(broker, config: AggregatorConfig, devices: int,
+                  weights: dict[str, np.ndarray]) -> Iterator[tuple[Aggregator, Burst]]:
+    """An aggregator serving `config` on its own thread, and a burst of `devices` to
+    drive it; both stopped on the way out."""
+    agg = Aggregator(config, initial_weights=weights)
+    stop = threading.Event()
+    serving = threading.Thread(target=agg.run, args=(stop, False), daemon=True)
+    burst = Burst(broker, config.federation, devices, weights)
+    serving.start()
+    try:
+        yield agg, burst
+    finally:
+        stop.set()
+        serving.join(30)
+        burst.close()

@@ -9,16 +9,14 @@ import random
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from aggregator.config import AggregatorConfig, AsyncConfig
 from aggregator.limits import LimitsConfig
-from aggregator.service import Aggregator
 from edge_client.training import mlp_trainer
-from tests.integration.burst import SIZES, Burst
+from tests.integration.burst import SIZES, Burst, serving_burst
 from tests.integration.fleet import FEDERATION
 
 pytestmark = pytest.mark.integration
@@ -32,22 +30,13 @@ def test_a_burst_from_many_devices_is_acked_and_stored_in_far_fewer_commits(mosq
     config = AggregatorConfig(federation=FEDERATION, port=mosquitto.port, mode="async",
                               async_=AsyncConfig(buffer_size=NEVER), rounds=0,
                               db_path=tmp_path / "agg.sqlite3", presence_settle_s=0.2)
-    agg = Aggregator(config, initial_weights=WEIGHTS)
-    stop = threading.Event()
-    serving = threading.Thread(target=agg.run, args=(stop, False), daemon=True)
-    burst = Burst(mosquitto, FEDERATION, devices, WEIGHTS)
-    serving.start()
-    try:
+    with serving_burst(mosquitto, config, devices, WEIGHTS) as (agg, burst):
         burst.say_online()
         burst.make_updates(burst.task())
         burst.send()
         burst.until_all_acked(timeout=60)
         assert set(burst.acked.values()) == {"accepted"}
         assert agg.link.acks.enabled  # paho 2.x: manual acks, the burst waited at the broker
-    finally:
-        stop.set()
-        serving.join(30)
-        burst.close()
     with sqlite3.connect(config.db_path) as db:
         stored = {n for (n,) in db.execute("SELECT nonce FROM updates")}
     assert stored == set(burst.acked)
@@ -118,12 +107,7 @@ def test_interleaved_uploads_past_the_memory_budget_wait_in_files_and_all_arrive
                               db_path=tmp_path / "agg.sqlite3", presence_settle_s=0.2,
                               limits=LimitsConfig(upload_memory_bytes=0,
                                                   upload_spill_dir=str(spill_dir)))
-    agg = Aggregator(config, initial_weights=WEIGHTS)
-    stop = threading.Event()
-    serving = threading.Thread(target=agg.run, args=(stop, False), daemon=True)
-    burst = Burst(mosquitto, FEDERATION, devices, WEIGHTS)
-    serving.start()
-    try:
+    with serving_burst(mosquitto, config, devices, WEIGHTS) as (agg, burst):
         burst.say_online()
         burst.make_updates(burst.task(), chunk_size=chunk_size)
         uploads = list(burst.outbox.values())
@@ -137,10 +121,6 @@ def test_interleaved_uploads_past_the_memory_budget_wait_in_files_and_all_arrive
         assembler = agg.core.ingest.assembler
         assert assembler.spilled >= devices  # every upload had chunks in a file
         assert assembler.memory_held() == 0
-    finally:
-        stop.set()
-        serving.join(30)
-        burst.close()
     with sqlite3.connect(config.db_path) as db:
         stored = {n for (n,) in db.execute("SELECT nonce FROM updates")}
     assert stored == set(burst.acked)

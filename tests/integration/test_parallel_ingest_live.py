@@ -13,19 +13,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from aggregator.config import AggregatorConfig, AsyncConfig
 from aggregator.ingest_batch import IngestConfig
-from aggregator.service import Aggregator
 from aggregator.store import Store
 from edge_client.shared.protocol import Topics
-from edge_client.shared.protocol.chunking import decode_chunk, split
 from edge_client.training import mlp_trainer
-from tests.integration.burst import Burst
+from tests.integration.burst import serving_burst
 from tests.integration.fleet import FEDERATION, Digits, federate
 
 pytestmark = pytest.mark.integration
@@ -64,17 +61,9 @@ def test_a_burst_of_multi_chunk_updates_through_two_workers_is_stored_and_acked(
                               async_=AsyncConfig(buffer_size=NEVER), rounds=0,
                               presence_settle_s=0.2, ingest=IngestConfig(workers=2),
                               **where)
-    agg = Aggregator(config, initial_weights=weights)
-    stop = threading.Event()
-    serving = threading.Thread(target=agg.run, args=(stop, False), daemon=True)
-    burst = Burst(mosquitto, FEDERATION, devices, weights)
-    serving.start()
-    try:
+    with serving_burst(mosquitto, config, devices, weights) as (agg, burst):
         burst.say_online()
-        burst.make_updates(burst.task())
-        for nonce, (device, chunks) in list(burst.outbox.items()):
-            message = b"".join(_payloads(chunks))
-            burst.outbox[nonce] = (device, split(message, nonce, 400))
+        burst.make_updates(burst.task(), chunk_size=400)
         assert all(len(chunks) >= 3 for _, chunks in burst.outbox.values())
         # Junk on an update topic is refused by a worker and answered by the writer.
         burst.client.publish(Topics(FEDERATION).update("burst-00000"), b"junk", qos=1)
@@ -83,21 +72,12 @@ def test_a_burst_of_multi_chunk_updates_through_two_workers_is_stored_and_acked(
         assert burst.acked.pop("") == "rejected"  # the junk's answer names no transfer
         assert set(burst.acked.values()) == {"accepted"}
         assert Topics(FEDERATION).all_updates not in agg.link._filters  # the workers' job
-    finally:
-        stop.set()
-        serving.join(30)
-        burst.close()
     store = Store(config.store_location)
     try:
         assert {nonce for _, _, nonce, _ in store.update_keys()} == set(burst.acked)
         assert store.count_rejections() == 1  # the junk, once
     finally:
         store.close()
-
-
-def _payloads(chunks: list[bytes]) -> list[bytes]:
-    """The message the chunks carry, in order (to cut it again into smaller chunks)."""
-    return [decode_chunk(c).data for c in chunks]
 
 
 def test_workers_of_a_killed_service_exit_and_a_killed_worker_is_started_again(
