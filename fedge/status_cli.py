@@ -1,6 +1,6 @@
 """`fedge status`: the federation at a glance in the terminal, from the gateway's store.
 
-    fedge status --config aggregator.toml [--watch [SECONDS]] [--json]
+    fedge status --config aggregator.toml [--watch [SECONDS]] [--json] [--devices N|all]
     fedge status --db aggregator.sqlite3
     fedge status --url http://gateway:8080 [--token-file read.token]   (the REST API)
 """
@@ -23,6 +23,8 @@ from aggregator.store_db import StoreLocation, describe, store_errors
 from edge_client.shared.settings import ConfigError
 from fedge.roles import load_aggregator_file
 
+DEVICE_ROWS = 50  # device lines `fedge status` prints by default
+
 
 def add_status_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="the federation at a glance: version, round, devices",
@@ -35,13 +37,26 @@ def add_status_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                    help="redraw every SECONDS (default 2) until Ctrl-C")
     p.add_argument("--json", action="store_true", help="one JSON object (per redraw)")
+    p.add_argument("--devices", default=str(DEVICE_ROWS), metavar="N|all",
+                   help=f"device rows to print, the idle ones first (default {DEVICE_ROWS}; "
+                        "'all' for every device; --json always has them all)")
     p.set_defaults(func=_status)
+
+
+def _device_rows(text: str) -> int | None:
+    """--devices: a whole number >= 0, or 'all' (None: no cap); ValueError else."""
+    if text == "all":
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"--devices must be a whole number or 'all', not {text[:20]!r}")
+    return int(text)
 
 
 def _status(args: argparse.Namespace) -> int:
     try:
+        rows = _device_rows(args.devices)
         read = _from_api(args) if args.url else _from_store(_db_path(args))
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
         print(f"fedge status: {exc}", file=sys.stderr)
         return 2
     if args.watch is not None and not args.watch > 0:
@@ -59,7 +74,7 @@ def _status(args: argparse.Namespace) -> int:
             else:
                 if args.watch is not None:
                     print("\033[2J\033[H", end="")  # clear the terminal, cursor home
-                print(render(status, where), flush=True)
+                print(render(status, where, rows), flush=True)
             if args.watch is None:
                 return 0
             time.sleep(args.watch)
@@ -122,8 +137,12 @@ def _db_path(args: argparse.Namespace) -> StoreLocation:
     return Path(path)
 
 
-def render(s: FleetStatus, where: object) -> str:
-    """Plain lines a person reads top to bottom: the model, the round, the devices."""
+def render(s: FleetStatus, where: object, device_rows: int | None = None) -> str:
+    """Plain lines a person reads top to bottom: the model, the round, the devices.
+
+    At most `device_rows` device lines (None: all), the idle ones first: at fleet size
+    the counts above them are the overview, and the devices that do not train are what
+    a person looks for; the rest are counted in a closing line."""
     lines = [f"from        {where}"]
     if s.model_version is None:
         lines.append("model       none yet")
@@ -149,12 +168,16 @@ def render(s: FleetStatus, where: object) -> str:
         summary += "; not eligible: " + ", ".join(f"{n} {why}"
                                                   for why, n in s.not_eligible.items())
     lines.append(summary)
-    for d in s.devices:
+    shown = sorted(s.devices, key=lambda d: (d.online and d.eligible, d.device_id))
+    for d in shown[:device_rows]:
         state = ("offline" if not d.online else "eligible" if d.eligible
                  else f"not eligible: {d.reason}")
         version = f"v{d.model_version}" if d.model_version is not None else "-"
         lines.append(f"  {d.device_id:<20} {version:>6}  {state}  "
                      f"(seen {_ago(d.last_seen_s_ago)})")
+    if device_rows is not None and len(shown) > device_rows:
+        lines.append(f"  ... and {len(shown) - device_rows:,} more (--devices all lists "
+                     "every one)")
     lines.append(f"rejections  {s.rejections_total} in all")
     for r in s.recent_rejections:
         lines.append(f"  {_ago(r.s_ago):>10}  {r.device_id}: {r.reason[:120]}")

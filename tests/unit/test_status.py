@@ -59,6 +59,27 @@ def test_the_command_prints_json_and_refuses_what_it_cannot_read(tmp_path, capsy
     assert main(["status", "--db", str(tmp_path / "agg.sqlite3"), "--watch", "0"]) == 2
 
 
+def test_device_rows_are_capped_idle_devices_first_and_the_rest_counted(tmp_path, capsys):
+    s = fleet_status(_store(tmp_path))  # a eligible; b, c not eligible; d offline
+    rows = [line.split()[0] for line in render(s, "here", 2).splitlines()
+            if line.startswith("  ") and line.split()[0] in {"a", "b", "c", "d"}]
+    assert rows == ["b", "c"]  # idle first, by id
+    text = render(s, "here", 2)
+    assert "  ... and 2 more (--devices all lists every one)" in text
+    assert "4 known, 3 online, 1 eligible" in text  # the counts cover every device
+    assert "more (--devices" not in render(s, "here")  # None: every device
+    db = str(tmp_path / "agg.sqlite3")
+    assert main(["status", "--db", db, "--devices", "all"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {d} " in out for d in "abcd") and "more (--devices" not in out
+    assert main(["status", "--db", db, "--devices", "1"]) == 0
+    assert "... and 3 more" in capsys.readouterr().out
+    for bad in ("-1", "two", "1.5", ""):
+        assert main(["status", "--db", db, "--devices", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fedge status: --devices must be") and err.count("\n") == 1
+
+
 def test_health_says_what_is_wrong(tmp_path):
     from aggregator.status import BROKER_NOTE, HEARTBEAT_NOTE, service_health
 
